@@ -1,0 +1,98 @@
+//! Which systemd unit a process runs in, read from `/proc/<pid>/cgroup`.
+//!
+//! systemd names a unit's cgroup after the unit (`…/system.slice/foo.service`),
+//! so the unit is the innermost path component with a unit suffix. Both the
+//! unified hierarchy (`0::/path`) and the hybrid layout's `name=systemd` line
+//! are understood; on a hybrid host the unified line may be `/`, so the
+//! `name=systemd` line wins when present. See cgroups(7) and systemd.unit(5).
+
+use std::fs;
+use std::path::Path;
+
+/// Unit suffixes systemd uses for cgroup-owning units.
+const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".slice", ".socket", ".mount", ".swap"];
+
+/// The unit named by the contents of a `/proc/<pid>/cgroup` file, if any.
+/// Slices are returned only when nothing more specific is there.
+#[must_use]
+pub fn unit_from_cgroup(contents: &str) -> Option<String> {
+    let mut systemd_path = None;
+    let mut unified_path = None;
+    for line in contents.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if controllers == "name=systemd" {
+            systemd_path = Some(path);
+        } else if id == "0" && controllers.is_empty() {
+            unified_path = Some(path);
+        }
+    }
+    let path = systemd_path.or(unified_path)?;
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let suffix_of = |c: &&str| UNIT_SUFFIXES.iter().copied().find(|s| c.ends_with(*s));
+    components
+        .iter()
+        .rev()
+        .find(|c| suffix_of(c).is_some_and(|s| s != ".slice"))
+        .or_else(|| {
+            components
+                .iter()
+                .rev()
+                .find(|c| suffix_of(c) == Some(".slice"))
+        })
+        .map(|c| (*c).to_owned())
+}
+
+/// The unit of process `pid` under `proc_root` (normally `/proc`), or `None`
+/// when it has none or the process is gone or hidden.
+#[must_use]
+pub fn unit_of_pid(proc_root: &Path, pid: u32) -> Option<String> {
+    let contents = fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    unit_from_cgroup(&contents)
+}
+
+/// The unit of this process.
+#[must_use]
+pub fn own_unit() -> Option<String> {
+    let contents = fs::read_to_string("/proc/self/cgroup").ok()?;
+    unit_from_cgroup(&contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unified_hierarchy_names_the_service() {
+        let text = "0::/system.slice/every-channel-publisher-wgbh.service\n";
+        assert_eq!(
+            unit_from_cgroup(text).as_deref(),
+            Some("every-channel-publisher-wgbh.service")
+        );
+    }
+
+    #[test]
+    fn hybrid_hierarchy_prefers_the_name_systemd_line() {
+        let text =
+            "12:pids:/system.slice/a.service\n1:name=systemd:/system.slice/a.service\n0::/\n";
+        assert_eq!(unit_from_cgroup(text).as_deref(), Some("a.service"));
+    }
+
+    #[test]
+    fn nested_cgroups_inside_a_unit_name_the_unit() {
+        let text = "0::/system.slice/pub.service/helpers\n";
+        assert_eq!(unit_from_cgroup(text).as_deref(), Some("pub.service"));
+    }
+
+    #[test]
+    fn user_sessions_name_their_scope_and_bare_roots_name_nothing() {
+        let text = "0::/user.slice/user-1000.slice/session-4.scope\n";
+        assert_eq!(unit_from_cgroup(text).as_deref(), Some("session-4.scope"));
+        assert_eq!(unit_from_cgroup("0::/\n"), None);
+        assert_eq!(unit_from_cgroup(""), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! The command line as parsed, before validation (see `command::*` for the
+//! settings the program acts on). Names here are a contract: operators'
+//! scripts and the NixOS module use them.
+
+// Doc comments here are `--help` text, where Markdown backticks would show.
+#![allow(clippy::doc_markdown)]
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+/// Where lock files live unless `--lock-dir` or `EC_LAUNCH_LOCK_DIR` says otherwise.
+pub const DEFAULT_LOCK_DIR: &str = "/run/every-channel/source-locks";
+/// The variable that overrides [`DEFAULT_LOCK_DIR`].
+pub const LOCK_DIR_ENV: &str = "EC_LAUNCH_LOCK_DIR";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ec-launch",
+    version,
+    about = "Run one reader per source per node: take the source's lock, then exec the program",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// More diagnostics on stderr (-v debug, -vv trace); EC_LAUNCH_LOG overrides
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take the source's lock and exec PROGRAM holding it; skip or wait if held
+    Run(RunArgs),
+    /// Print a source's canonical key and lock file path
+    Key(KeyArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnBusy {
+    /// Exit at once with the busy code
+    Skip,
+    /// Block until the holder lets go (bounded by --wait-timeout)
+    Wait,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory holding the lock files
+    #[arg(long, value_name = "DIR", env = LOCK_DIR_ENV, default_value = DEFAULT_LOCK_DIR)]
+    pub lock_dir: PathBuf,
+
+    /// Use KEY as the source's identity instead of deriving it from the source
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+
+    /// What to do when another process holds the source
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = OnBusy::Skip)]
+    pub on_busy: OnBusy,
+
+    /// With --on-busy wait: give up after SECS seconds and exit with the busy code
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub wait_timeout: Option<Duration>,
+
+    /// Exit code when the source is busy or the wait timed out
+    #[arg(long, value_name = "N", default_value_t = crate::exit_code::DEFAULT_BUSY)]
+    pub busy_exit_code: u8,
+
+    /// The source URL (or device path) the program will read
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "source_file",
+        conflicts_with = "source_file"
+    )]
+    pub source: Option<String>,
+
+    /// Read the source URL from PATH (e.g. $CREDENTIALS_DIRECTORY/source), keeping it off the command line
+    #[arg(long, value_name = "PATH")]
+    pub source_file: Option<PathBuf>,
+
+    /// The program and its arguments, after `--`; `{source}` in an argument is replaced by the source
+    #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]", value_parser = clap::value_parser!(OsString))]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Directory holding the lock files
+    #[arg(long, value_name = "DIR", env = LOCK_DIR_ENV, default_value = DEFAULT_LOCK_DIR)]
+    pub lock_dir: PathBuf,
+
+    /// Print {"key": …, "lock_file": …}
+    #[arg(long)]
+    pub json: bool,
+
+    /// The source URL or device path
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds; pass e.g. 30 or 2.5"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("{text:?} is not a usable number of seconds; pass a value from 0 up"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn wait_timeouts_take_fractional_seconds_and_reject_negatives() {
+        assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! One module per subcommand; each turns parsed arguments into validated
+//! settings, acts, and returns the exit status.
+
+pub mod key;
+pub mod run;

@@ -1,0 +1,208 @@
+//! `ec-launch run`: take the source's lock, then become the program.
+//!
+//! The order matters: validate everything that can be validated (source,
+//! key, arguments) before touching the lock directory, so bad input never
+//! costs a lock; take the lock before exec, so nothing runs without it; and
+//! keep no process of ours afterwards, so the lock lives exactly as long as
+//! the program and the children that inherit its descriptor.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cgroup;
+use crate::cli::{OnBusy, RunArgs};
+use crate::error::Error;
+use crate::exec::{self, Launch};
+use crate::exit_code::ExitStatus;
+use crate::holder::{self, LockedInode};
+use crate::lock::{self, Access, Acquired, BusyPolicy};
+use crate::lock_record::LockRecord;
+use crate::redact::redact_source;
+use crate::source_key::{KeyError, SourceKey};
+
+/// `run`'s validated settings.
+#[derive(Debug)]
+struct RunConfig {
+    lock_dir: PathBuf,
+    /// The source as the program needs it (may hold credentials).
+    source: String,
+    key: SourceKey,
+    policy: BusyPolicy,
+    busy_status: ExitStatus,
+    program: OsString,
+    args: Vec<OsString>,
+}
+
+impl RunConfig {
+    fn from_args(args: RunArgs) -> Result<Self, Error> {
+        let source = match (&args.source, &args.source_file) {
+            (Some(source), _) => source.trim().to_owned(),
+            (None, Some(path)) => read_source_file(path)?,
+            // clap requires one of the two.
+            (None, None) => String::new(),
+        };
+        if source.is_empty() {
+            return Err(KeyError::Empty.into());
+        }
+        let key = match &args.key {
+            // An operator-named key stands for a source we may not understand,
+            // so the source itself is only required to be non-empty.
+            Some(key) => SourceKey::from_override(key)?,
+            None => SourceKey::from_source(&source)?,
+        };
+        let policy = match args.on_busy {
+            OnBusy::Skip => BusyPolicy::Skip,
+            OnBusy::Wait => BusyPolicy::Wait {
+                timeout: args.wait_timeout,
+            },
+        };
+        let mut command = args.command.into_iter();
+        let program = command.next().unwrap_or_default();
+        if program.is_empty() {
+            return Err(Error::NulInArgument {
+                what: "the program name (empty)".into(),
+            });
+        }
+        Ok(Self {
+            lock_dir: args.lock_dir,
+            source,
+            key,
+            policy,
+            busy_status: ExitStatus::Busy(args.busy_exit_code),
+            program,
+            args: command.collect(),
+        })
+    }
+}
+
+/// Reads one source from a file: one line, surrounding whitespace ignored.
+fn read_source_file(path: &Path) -> Result<String, Error> {
+    let text = fs::read_to_string(path).map_err(|source| Error::ReadSourceFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let source = lines.next().ok_or_else(|| Error::SourceFileEmpty {
+        path: path.to_owned(),
+    })?;
+    if lines.next().is_some() {
+        return Err(Error::SourceFileMultiline {
+            path: path.to_owned(),
+        });
+    }
+    Ok(source.to_owned())
+}
+
+/// Runs `ec-launch run`. On success this never returns: the process is the
+/// program now. It returns the busy status, or an error.
+///
+/// # Errors
+/// Invalid input, lock directory or file problems, or a failed exec.
+pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
+    if args.wait_timeout.is_some() && args.on_busy == OnBusy::Skip {
+        tracing::warn!("--wait-timeout has no effect with --on-busy skip");
+    }
+    let config = RunConfig::from_args(args)?;
+    lock::ensure_lock_dir(&config.lock_dir)?;
+    let lock_path = config.key.lock_path(&config.lock_dir);
+    let program_name = config.program.to_string_lossy().into_owned();
+    let redacted = redact_source(&config.source);
+
+    match lock::acquire(&lock_path, config.policy)? {
+        Acquired::Held(held) => {
+            match held.access {
+                Access::ReadWrite => {
+                    let record = LockRecord::for_this_launch(
+                        config.key.as_str(),
+                        &redacted,
+                        &program_name,
+                        cgroup::own_unit(),
+                    );
+                    if let Err(e) = record.write_into(&held.lock) {
+                        tracing::warn!(lock_file = %lock_path.display(), "holding the lock, but cannot write the launch record: {e}");
+                    }
+                }
+                Access::ReadOnly => tracing::warn!(
+                    lock_file = %lock_path.display(),
+                    "holding the lock through a read-only descriptor (the file belongs to another user); its launch record is not updated"
+                ),
+            }
+            tracing::info!(key = %config.key, lock_file = %lock_path.display(), "source lock acquired; starting {program_name}");
+            let launch = Launch {
+                program: &config.program,
+                args: &config.args,
+                source: &config.source,
+                key: config.key.as_str(),
+            };
+            Err(exec::exec(&launch, &held))
+        }
+        Acquired::Busy { file, timed_out } => {
+            report_busy(&config, &lock_path, &file, timed_out, &program_name);
+            Ok(config.busy_status)
+        }
+    }
+}
+
+/// One warning: who holds the source (from the kernel), since when (from
+/// the record, when the recorded launcher is among the holders), and what
+/// we did instead.
+fn report_busy(
+    config: &RunConfig,
+    lock_path: &Path,
+    file: &fs::File,
+    timed_out: bool,
+    program: &str,
+) {
+    let proc_root = Path::new("/proc");
+    let holders = LockedInode::of_file(file)
+        .map(|inode| holder::lock_table_holders(proc_root, inode))
+        .unwrap_or_default();
+    let record = LockRecord::read_from(file);
+    let mut described: Vec<String> = holders
+        .iter()
+        .map(|h| {
+            let mut text = format!("pid {}", h.pid);
+            if let Some(command) = &h.command {
+                let _ = write!(text, " ({command})");
+            }
+            match &h.unit {
+                Some(unit) => {
+                    let _ = write!(text, " in {unit}");
+                }
+                None => text.push_str(" outside any systemd unit"),
+            }
+            if !h.alive {
+                text.push_str(" [exited; a child that inherited the lock holds it]");
+            }
+            if let Some(record) = record.as_ref().filter(|r| r.pid == h.pid) {
+                let _ = write!(text, " since {}", record.started_at);
+            }
+            text
+        })
+        .collect();
+    if described.is_empty() {
+        described.push("a process this user cannot see".into());
+    }
+    let waited = match config.policy {
+        BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
+            format!("gave up waiting after {}; ", seconds(t))
+        }
+        _ => String::new(),
+    };
+    tracing::warn!(
+        key = %config.key,
+        lock_file = %lock_path.display(),
+        "source busy: held by {}; {waited}not starting {program}, exiting {} (see `ec-launch status --lock-dir {} '{}'`)",
+        described.join(", "),
+        config.busy_status.code(),
+        config.lock_dir.display(),
+        config.key,
+    );
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{}s", duration.as_secs_f64())
+}

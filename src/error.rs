@@ -1,0 +1,160 @@
+//! The one error type of `ec-launch`, and how each kind maps to an exit code.
+//!
+//! Each variant names the operation and the object, carries the path it
+//! concerns, and keeps the underlying cause as its `source`, so `main` prints
+//! the chain once, followed by [`Error::hint`]: what the operator should do.
+//! No variant carries a raw source URL: it may hold a credential.
+
+use std::io;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+
+use crate::exit_code::ExitStatus;
+use crate::source_key::KeyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read --source-file {path:?}")]
+    ReadSourceFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("--source-file {path:?} holds no source")]
+    SourceFileEmpty { path: PathBuf },
+    #[error("--source-file {path:?} holds more than one line")]
+    SourceFileMultiline { path: PathBuf },
+    #[error("invalid source")]
+    Key(#[from] KeyError),
+    #[error("cannot create lock directory {path:?}")]
+    CreateLockDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot inspect lock directory {path:?}")]
+    InspectLockDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("lock directory {path:?} is a symlink")]
+    LockDirSymlink { path: PathBuf },
+    #[error("lock directory {path:?} is not a directory")]
+    LockDirNotDirectory { path: PathBuf },
+    #[error(
+        "lock directory {path:?} is writable by others (mode {mode:04o}) and not a root-owned sticky directory"
+    )]
+    LockDirWorldWritable { path: PathBuf, mode: u32 },
+    #[error("cannot open lock file {path:?}")]
+    OpenLockFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("lock file {path:?} is a symlink")]
+    LockFileSymlink { path: PathBuf },
+    #[error("lock file {path:?} is not a regular file (it is a {kind})")]
+    LockFileNotRegular { path: PathBuf, kind: &'static str },
+    #[error("cannot lock {path:?}")]
+    Flock {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("lock file {path:?} was replaced {attempts} times while being locked")]
+    LockFileUnstable { path: PathBuf, attempts: u32 },
+    #[error("cannot prepare the lock descriptor of {path:?} for the program")]
+    PassLock {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("{what} contains a NUL byte")]
+    NulInArgument { what: String },
+    #[error("cannot run {program:?}")]
+    Exec {
+        program: String,
+        #[source]
+        source: Errno,
+    },
+}
+
+impl Error {
+    /// The exit status this error ends the process with.
+    #[must_use]
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            Self::ReadSourceFile { .. } | Self::Key(KeyError::PathUnresolvable { .. }) => {
+                ExitStatus::NoInput
+            }
+            Self::SourceFileEmpty { .. } | Self::SourceFileMultiline { .. } | Self::Key(_) => {
+                ExitStatus::BadSource
+            }
+            Self::CreateLockDir { source, .. }
+            | Self::InspectLockDir { source, .. }
+            | Self::OpenLockFile { source, .. } => {
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    ExitStatus::NoPermission
+                } else {
+                    ExitStatus::LockUnusable
+                }
+            }
+            Self::LockDirSymlink { .. }
+            | Self::LockDirNotDirectory { .. }
+            | Self::LockDirWorldWritable { .. }
+            | Self::LockFileSymlink { .. }
+            | Self::LockFileNotRegular { .. } => ExitStatus::LockUnusable,
+            Self::Flock { .. } | Self::LockFileUnstable { .. } | Self::PassLock { .. } => {
+                ExitStatus::OsError
+            }
+            Self::NulInArgument { .. } => ExitStatus::BadArgument,
+            Self::Exec { source, .. } => match source {
+                Errno::ENOENT | Errno::ENOTDIR => ExitStatus::NotFound,
+                _ => ExitStatus::CannotRun,
+            },
+        }
+    }
+
+    /// What the operator should do about it, printed after the cause.
+    #[must_use]
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Self::ReadSourceFile { .. } => {
+                "check the path and that this user may read it (under systemd, LoadCredential= puts it in $CREDENTIALS_DIRECTORY)"
+            }
+            Self::SourceFileEmpty { .. } | Self::SourceFileMultiline { .. } => {
+                "write exactly one source URL or device path into the file"
+            }
+            Self::Key(_) => "fix --source, or name the source yourself with --key",
+            Self::CreateLockDir { .. } | Self::InspectLockDir { .. } => {
+                "create the directory (the NixOS module does, via tmpfiles) or pass a usable --lock-dir"
+            }
+            Self::LockDirSymlink { .. } | Self::LockDirNotDirectory { .. } => {
+                "point --lock-dir at a real directory, not a link or file"
+            }
+            Self::LockDirWorldWritable { .. } => {
+                "chmod o-w the directory (or make it root-owned with the sticky bit), or use another --lock-dir"
+            }
+            Self::OpenLockFile { .. } => {
+                "make the lock directory writable by this user (the NixOS module does), or run as the service user"
+            }
+            Self::LockFileSymlink { .. } | Self::LockFileNotRegular { .. } => {
+                "something planted this path: inspect it, remove it, and let ec-launch create the lock file"
+            }
+            Self::Flock { .. } | Self::LockFileUnstable { .. } | Self::PassLock { .. } => {
+                "the lock directory may be on a filesystem without flock(2) support or something deletes lock files; keep it on tmpfs (/run) and never delete lock files"
+            }
+            Self::NulInArgument { .. } => {
+                "remove the NUL byte: arguments cannot carry one through exec"
+            }
+            Self::Exec { source, .. } => match source {
+                Errno::ENOENT | Errno::ENOTDIR => "check the program name and PATH",
+                _ => {
+                    "check the program's permissions and that it is an executable for this machine"
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Replacing ourselves with the program, keeping the lock.
+//!
+//! After `execvp(3)` no process of ours remains: the program runs with the
+//! launcher's PID, so systemd's main PID, signals and exit status are the
+//! program's own. Three things must be right before the call:
+//! - the lock descriptor must survive exec: Rust opens every file
+//!   `O_CLOEXEC`, so `FD_CLOEXEC` is cleared on that one descriptor only;
+//! - SIGPIPE must be back to its default: Rust ignores it at start-up, and an
+//!   ignored disposition survives exec (signal(7)), which would turn a
+//!   reader's closed pipe into endless EPIPE instead of a clean death;
+//! - arguments pass byte-exact as `OsString`; the one exception is the
+//!   documented `{source}` token, replaced by the source URL.
+//!
+//! If exec fails we return the errno; the caller's exit status follows the
+//! `env(1)` convention (127 not found, 126 anything else).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::signal::{SigHandler, Signal, signal};
+
+use crate::error::Error;
+use crate::lock::HeldLock;
+
+/// The token in ARGS that is replaced by the source URL.
+pub const SOURCE_TOKEN: &str = "{source}";
+
+/// Environment the program receives from us; any inherited values of these
+/// names are replaced, so a nested launch never sees its parent's.
+pub mod env {
+    pub const SOURCE_KEY: &str = "EC_SOURCE_KEY";
+    pub const SOURCE_LOCK: &str = "EC_SOURCE_LOCK";
+    pub const SOURCE_LOCK_FD: &str = "EC_SOURCE_LOCK_FD";
+    pub const SOURCE_URL: &str = "EC_SOURCE_URL";
+    pub const ALL: [&str; 4] = [SOURCE_KEY, SOURCE_LOCK, SOURCE_LOCK_FD, SOURCE_URL];
+}
+
+/// What to run under the lock.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    pub program: &'a OsStr,
+    pub args: &'a [OsString],
+    /// The source as given (unredacted: the program needs it to connect).
+    pub source: &'a str,
+    pub key: &'a str,
+}
+
+/// Execs the program holding `held`. Returns only on failure.
+#[must_use]
+pub fn exec(launch: &Launch<'_>, held: &HeldLock) -> Error {
+    match try_exec(launch, held) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+fn try_exec(launch: &Launch<'_>, held: &HeldLock) -> Result<Never, Error> {
+    let argv = program_argv(launch)?;
+    let lock_fd = held.lock.as_raw_fd();
+    let envp = program_environment(launch, held.path.as_os_str().as_bytes(), lock_fd)?;
+
+    fcntl(&*held.lock, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| Error::PassLock {
+        path: held.path.clone(),
+        source,
+    })?;
+    // SAFETY: installing SIG_DFL runs no code of ours in signal context, and
+    // this process is about to exec; no other thread depends on SIGPIPE.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(|source| Error::PassLock {
+        path: held.path.clone(),
+        source,
+    })?;
+
+    let errno = match nix::unistd::execvpe(&argv[0], &argv, &envp) {
+        Ok(never) => match never {},
+        Err(errno) => errno,
+    };
+    Err(Error::Exec {
+        program: launch.program.to_string_lossy().into_owned(),
+        source: errno,
+    })
+}
+
+fn program_argv(launch: &Launch<'_>) -> Result<Vec<CString>, Error> {
+    let mut argv = Vec::with_capacity(launch.args.len() + 1);
+    argv.push(c_string(
+        launch.program.as_bytes().to_vec(),
+        "the program name",
+    )?);
+    for (index, arg) in launch.args.iter().enumerate() {
+        let bytes = substitute_source(arg.as_bytes(), launch.source.as_bytes());
+        argv.push(c_string(bytes, &format!("argument {}", index + 1))?);
+    }
+    Ok(argv)
+}
+
+/// Replaces every `{source}` in `arg` with `source`; other bytes untouched.
+fn substitute_source(arg: &[u8], source: &[u8]) -> Vec<u8> {
+    let token = SOURCE_TOKEN.as_bytes();
+    let mut out = Vec::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(at) = rest.windows(token.len()).position(|w| w == token) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(source);
+        rest = &rest[at + token.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+fn program_environment(
+    launch: &Launch<'_>,
+    lock_path: &[u8],
+    lock_fd: i32,
+) -> Result<Vec<CString>, Error> {
+    let mut envp = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        if env::ALL.iter().any(|ours| name == OsStr::new(ours)) {
+            continue;
+        }
+        let mut entry = name.into_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        // An inherited entry cannot hold a NUL byte; skip rather than fail.
+        if let Ok(entry) = CString::new(entry) {
+            envp.push(entry);
+        }
+    }
+    let lock_fd = lock_fd.to_string();
+    let ours: [(&str, &[u8]); 4] = [
+        (env::SOURCE_KEY, launch.key.as_bytes()),
+        (env::SOURCE_LOCK, lock_path),
+        (env::SOURCE_LOCK_FD, lock_fd.as_bytes()),
+        (env::SOURCE_URL, launch.source.as_bytes()),
+    ];
+    for (name, value) in ours {
+        let mut entry = name.as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value);
+        envp.push(c_string(entry, name)?);
+    }
+    Ok(envp)
+}
+
+fn c_string(bytes: Vec<u8>, what: &str) -> Result<CString, Error> {
+    CString::new(bytes).map_err(|_| Error::NulInArgument {
+        what: what.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_token_is_replaced_everywhere_and_nothing_else_changes() {
+        assert_eq!(
+            substitute_source(b"--in={source}", b"http://h/x"),
+            b"--in=http://h/x"
+        );
+        assert_eq!(substitute_source(b"{source}{source}", b"u"), b"uu");
+        assert_eq!(substitute_source(b"\xff-{sourc}", b"u"), b"\xff-{sourc}");
+    }
+}

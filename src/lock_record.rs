@@ -1,0 +1,122 @@
+//! The launch record kept *inside* each lock file.
+//!
+//! The record is written through the locked descriptor and never by
+//! replacing the file, because the file's inode is the lock: a rename would
+//! put a fresh, unlocked inode at the path. It says who launched last, which
+//! is not necessarily who holds the lock now (holders fork and exit); the
+//! kernel's lock table is the authority and `status` treats the record as a
+//! hint. The record is one line of JSON; readers tolerate a missing or torn
+//! record.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// A record larger than this is not ours; reading stops there.
+const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// Who launched under this lock, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// PID of the launcher, which is the program's PID after exec.
+    pub pid: u32,
+    /// The systemd unit the launcher ran in, when under systemd.
+    pub unit: Option<String>,
+    /// The source with credentials masked (see `redact`).
+    pub source: String,
+    /// The canonical source key.
+    pub key: String,
+    /// The program as named on the command line (no arguments: they may
+    /// carry the source URL).
+    pub program: String,
+    /// Launch time, RFC 3339 UTC.
+    pub started_at: String,
+    /// Launch time, seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// The `ec-launch` version that wrote the record.
+    pub ec_launch_version: String,
+}
+
+impl LockRecord {
+    /// A record for a launch happening now in this process.
+    #[must_use]
+    pub fn for_this_launch(
+        key: &str,
+        redacted_source: &str,
+        program: &str,
+        unit: Option<String>,
+    ) -> Self {
+        let now = SystemTime::now();
+        Self {
+            pid: std::process::id(),
+            unit,
+            source: redacted_source.to_owned(),
+            key: key.to_owned(),
+            program: program.to_owned(),
+            started_at: humantime::format_rfc3339_seconds(now).to_string(),
+            started_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            ec_launch_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// Replaces the file's contents with this record, in place.
+    ///
+    /// # Errors
+    /// Any write or truncate failure.
+    pub fn write_into(&self, file: &File) -> io::Result<()> {
+        let mut line = serde_json::to_vec(self).map_err(io::Error::other)?;
+        line.push(b'\n');
+        // Write first, then cut: a reader racing us sees the new record with
+        // at worst a stale tail, which fails to parse and is reported as
+        // unreadable rather than as a wrong holder.
+        file.write_all_at(&line, 0)?;
+        file.set_len(line.len() as u64)
+    }
+
+    /// Reads the record from a lock file, `None` when absent or unreadable.
+    #[must_use]
+    pub fn read_from(file: &File) -> Option<Self> {
+        let mut buffer = vec![0; MAX_RECORD_BYTES];
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match file.read_at(&mut buffer[filled..], filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        Self::parse(&buffer[..filled])
+    }
+
+    /// Parses a record from a lock file's bytes.
+    #[must_use]
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        let line = bytes.split(|b| *b == b'\n').next()?;
+        serde_json::from_slice(line).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_survives_a_round_trip_through_a_shorter_rewrite() {
+        let file = tempfile::tempfile().unwrap();
+        let long = LockRecord::for_this_launch("k", "http://h/", "a-very-long-program-name", None);
+        long.write_into(&file).unwrap();
+        let short = LockRecord::for_this_launch("k", "http://h/", "p", Some("x.service".into()));
+        short.write_into(&file).unwrap();
+        assert_eq!(LockRecord::read_from(&file), Some(short));
+    }
+
+    #[test]
+    fn garbage_is_no_record() {
+        assert_eq!(LockRecord::parse(b""), None);
+        assert_eq!(LockRecord::parse(b"{\"pid\": 1"), None);
+    }
+}

@@ -1,1 +1,12 @@
-//! placeholder
+//! Integration tests: the built `ec-launch` binary, real processes, real
+//! `flock(2)`, real signals. One test crate, one module per subject.
+
+// Test code: panics are the assertion mechanism and casts are on small values.
+#![allow(
+    clippy::missing_panics_doc,
+    clippy::cast_possible_wrap,
+    clippy::must_use_candidate
+)]
+
+mod run;
+mod testenv;

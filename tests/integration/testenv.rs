@@ -1,0 +1,249 @@
+//! The test environment: a private temp directory with a lock directory,
+//! the built `ec-launch` binary, and helpers that look at the kernel's view
+//! (`/proc/locks`) independently of the code under test.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ec-launch");
+
+/// The UID/GID the privilege tests drop to when running as root.
+pub const NOBODY: u32 = 65534;
+
+/// The default busy status.
+pub const BUSY: i32 = 75;
+
+/// A temp directory (world-traversable, so a dropped-privilege launcher can
+/// reach it) with `locks/` inside as the lock directory.
+#[derive(Debug)]
+pub struct TestEnv {
+    dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    #[must_use]
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ec-launch-test")
+            .tempdir()
+            .expect("create temp dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        Self { dir }
+    }
+
+    /// A path inside the environment.
+    #[must_use]
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    #[must_use]
+    pub fn lock_dir(&self) -> PathBuf {
+        self.path("locks")
+    }
+
+    /// `ec-launch` with a clean environment for our variables.
+    #[must_use]
+    pub fn ec_launch(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(self.dir.path())
+            .env_remove("EC_LAUNCH_LOCK_DIR")
+            .env_remove("EC_LAUNCH_LOG")
+            .env_remove("JOURNAL_STREAM");
+        command
+    }
+
+    /// `ec-launch run --lock-dir <env> --source SOURCE [extra…] -- PROGRAM…`.
+    #[must_use]
+    pub fn run<S: AsRef<OsStr>>(&self, source: &str, extra: &[&str], program: &[S]) -> Command {
+        let mut command = self.ec_launch();
+        command
+            .arg("run")
+            .arg("--lock-dir")
+            .arg(self.lock_dir())
+            .arg("--source")
+            .arg(source)
+            .args(extra)
+            .arg("--")
+            .args(program);
+        command
+    }
+
+    /// A shell program: `sh -c SCRIPT`, run in the environment's directory.
+    #[must_use]
+    pub fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    /// The lock file `ec-launch key` names for a source.
+    #[must_use]
+    pub fn lock_file_of(&self, source: &str) -> PathBuf {
+        let output = self
+            .ec_launch()
+            .args(["key", "--json", "--lock-dir"])
+            .arg(self.lock_dir())
+            .arg(source)
+            .output()
+            .expect("run ec-launch key");
+        assert!(
+            output.status.success(),
+            "key failed: {}",
+            text(&output.stderr)
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("key --json output");
+        PathBuf::from(json["lock_file"].as_str().expect("lock_file"))
+    }
+}
+
+/// Kills (SIGKILL) and reaps a child when dropped, so a failing test leaves
+/// no process behind.
+#[derive(Debug)]
+pub struct Guard(pub Child);
+
+impl Guard {
+    pub fn spawn(command: &mut Command) -> Self {
+        Self::spawn_with_stdin(command, Stdio::null())
+    }
+
+    pub fn spawn_with_stdin(command: &mut Command, stdin: Stdio) -> Self {
+        Self(
+            command
+                .stdin(stdin)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn"),
+        )
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits for exit and returns (status code, stderr).
+    pub fn finish(mut self) -> (Option<i32>, String) {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.0.stderr.take() {
+            pipe.read_to_string(&mut stderr).expect("read stderr");
+        }
+        let status = self.0.wait().expect("wait");
+        (status.code(), stderr)
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[must_use]
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Output's status code, stdout and stderr, for assertion messages.
+#[must_use]
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr)
+    )
+}
+
+/// Polls `condition` until true or `limit` passes. For synchronising with
+/// other processes (readiness), never for asserting how fast something is.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
+
+/// A generous bound for readiness waits.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// One `/proc/locks` FLOCK row, parsed here independently of the crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLock {
+    pub pid: i64,
+    pub waiting: bool,
+}
+
+/// The FLOCK rows of `/proc/locks` on the inode `path` names now.
+#[must_use]
+pub fn kernel_locks(path: &Path) -> Vec<KernelLock> {
+    let Ok(metadata) = fs::metadata(path) else {
+        return Vec::new();
+    };
+    kernel_locks_on(metadata.dev(), metadata.ino())
+}
+
+/// The FLOCK rows of `/proc/locks` on a device and inode.
+#[must_use]
+pub fn kernel_locks_on(dev: u64, ino: u64) -> Vec<KernelLock> {
+    let wanted = format!(
+        "{:02x}:{:02x}:{ino}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    let table = fs::read_to_string("/proc/locks").expect("read /proc/locks");
+    table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let waiting = fields.get(1) == Some(&"->");
+            let rest = if waiting { &fields[2..] } else { &fields[1..] };
+            (rest.first() == Some(&"FLOCK") && rest.get(4) == Some(&wanted.as_str())).then(|| {
+                KernelLock {
+                    pid: rest[3].parse().unwrap_or(0),
+                    waiting,
+                }
+            })
+        })
+        .collect()
+}
+
+/// PIDs holding (not awaiting) a flock on the file at `path`.
+#[must_use]
+pub fn holders(path: &Path) -> Vec<i64> {
+    kernel_locks(path)
+        .into_iter()
+        .filter(|l| !l.waiting)
+        .map(|l| l.pid)
+        .collect()
+}
+
+#[must_use]
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Fails (never skips) a test that needs root.
+pub fn require_root(what: &str) {
+    assert!(
+        is_root(),
+        "this test needs root to {what}: run the test suite as root (CI does, via .ci/run)"
+    );
+}

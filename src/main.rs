@@ -13,6 +13,8 @@ mod lock_record;
 mod logging;
 mod proc_locks;
 mod redact;
+#[cfg(test)]
+mod secret_props;
 mod source_key;
 
 use std::error::Error as _;

@@ -9,4 +9,5 @@
 )]
 
 mod run;
+mod secrets;
 mod testenv;

@@ -1,0 +1,146 @@
+//! No credential in any output of the binary: log lines at every level, the
+//! busy warning, error messages, `key` output, lock file names and records.
+
+use std::fs::{self, File};
+
+use proptest::prelude::*;
+
+use crate::testenv::{BUSY, TestEnv, describe, text};
+
+const MARKER: &str = "XSECRETX";
+
+/// Everything the binary left behind or printed, as one string.
+fn everything(env: &TestEnv, outputs: &[&std::process::Output]) -> String {
+    let mut all = String::new();
+    for output in outputs {
+        all.push_str(&text(&output.stdout));
+        all.push_str(&text(&output.stderr));
+    }
+    if let Ok(entries) = fs::read_dir(env.lock_dir()) {
+        for entry in entries.flatten() {
+            all.push_str(&entry.file_name().to_string_lossy());
+            all.push_str(&fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    all
+}
+
+fn assert_no_secret(all: &str, url: &str) {
+    assert!(
+        !all.to_ascii_uppercase().contains(MARKER),
+        "credential of {url} leaked:\n{all}"
+    );
+}
+
+/// Runs every path through the binary that prints or stores the source.
+fn exercise(url: &str) {
+    let env = TestEnv::new();
+    let ran = env.run(url, &["-vv"], &["true"]).output().unwrap();
+    assert_eq!(ran.status.code(), Some(0), "{}", describe(&ran));
+
+    let key = env
+        .ec_launch()
+        .args(["key", "--lock-dir"])
+        .arg(env.lock_dir())
+        .arg(url)
+        .output()
+        .unwrap();
+    let key_json = env
+        .ec_launch()
+        .args(["key", "--json", "--lock-dir"])
+        .arg(env.lock_dir())
+        .arg(url)
+        .output()
+        .unwrap();
+
+    // Busy and timed-out paths print the holder and the key.
+    let lock_file = env.lock_file_of(url);
+    let held = File::open(&lock_file).unwrap();
+    held.lock().unwrap();
+    let busy = env.run(url, &["-vv"], &["true"]).output().unwrap();
+    assert_eq!(busy.status.code(), Some(BUSY), "{}", describe(&busy));
+    let timed_out = env
+        .run(
+            url,
+            &["--on-busy", "wait", "--wait-timeout", "0.05"],
+            &["true"],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        timed_out.status.code(),
+        Some(BUSY),
+        "{}",
+        describe(&timed_out)
+    );
+    drop(held);
+
+    // A program that cannot run, after the lock was taken.
+    let failed = env
+        .run(url, &[], &["ec-launch-no-such-program"])
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(127), "{}", describe(&failed));
+
+    assert_no_secret(
+        &everything(&env, &[&ran, &key, &key_json, &busy, &timed_out, &failed]),
+        url,
+    );
+}
+
+#[test]
+fn credentials_in_userinfo_and_query_never_reach_any_output() {
+    exercise(
+        "http://admin:XSECRETXhunter2@10.0.0.5:5004/auto/v5.1?token=XSECRETXabc&duration=60#XSECRETX",
+    );
+    exercise(
+        "https://XSECRETXuser:XSECRETXpw@cdn.example/live/master.m3u8?X-Amz-Signature=XSECRETX1&a=1",
+    );
+}
+
+#[test]
+fn invalid_sources_with_credentials_are_not_echoed_in_errors() {
+    let env = TestEnv::new();
+    for url in [
+        "http://admin:XSECRETX@[::1",
+        "http://admin:XSECRETX@host:99999/x",
+        "XSECRETX not a url",
+        "mailto:XSECRETX@example.com",
+    ] {
+        let output = env.run(url, &[], &["true"]).output().unwrap();
+        assert!(!output.status.success(), "{}", describe(&output));
+        assert_no_secret(&everything(&env, &[&output]), url);
+        let key = env.ec_launch().args(["key", url]).output().unwrap();
+        assert!(!key.status.success(), "{}", describe(&key));
+        assert_no_secret(&everything(&env, &[&key]), url);
+    }
+}
+
+fn secret() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9._~-]{0,10}".prop_map(|tail| format!("{MARKER}{tail}"))
+}
+
+prop_compose! {
+    fn url_with_credentials()(
+        user in "[a-z]{1,6}",
+        password in secret(),
+        host in "[a-z]{1,8}\\.[a-z]{2,4}",
+        hdhomerun in any::<bool>(),
+        token_name in prop::sample::select(vec!["token", "api_key", "password", "auth", "sig", "secret"]),
+        token in secret(),
+    ) -> String {
+        let path = if hdhomerun { ":5004/auto/v7.1" } else { "/live/stream.ts" };
+        format!("http://{user}:{password}@{host}{path}?{token_name}={token}&channel=7")
+    }
+}
+
+proptest! {
+    // Each case runs the binary six times, so keep the count modest; the
+    // in-process property tests in `src/secret_props.rs` cover many more URLs.
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn generated_credentials_never_reach_any_output_of_the_binary(url in url_with_credentials()) {
+        exercise(&url);
+    }
+}

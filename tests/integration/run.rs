@@ -141,7 +141,15 @@ fn equivalent_spellings_collide_and_different_sources_do_not() {
 #[test]
 fn sigkill_of_the_holder_frees_the_lock_at_once() {
     let env = TestEnv::new();
-    let mut holder = start_holder(&env, SOURCE);
+    // A holder with no children: a child would hold the inherited lock on
+    // after the parent dies, which is the point of another test.
+    let mut holder = Guard::spawn(&mut env.run(SOURCE, &[], &["sleep", "300"]));
+    let lock_file = env.lock_file_of(SOURCE);
+    let pid = i64::from(holder.pid());
+    assert!(
+        wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
+        "holder never locked"
+    );
     holder.0.kill().unwrap();
     holder.0.wait().unwrap();
     // No retry loop: once the holder is reaped its descriptor is closed.

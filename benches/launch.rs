@@ -1,0 +1,292 @@
+//! Launch cost of `ec-launch run` beside its references, measured in one run.
+//!
+//! Run `bench/launch.sh` (it also builds the static binary the flake ships),
+//! or `cargo bench --bench launch` for the cargo-built binary alone. Needs
+//! util-linux `flock` and GNU `time`.
+//!
+//! Whole-process wall time of each command, interleaved round by round in a
+//! shuffled order so drift in machine load hits all of them alike:
+//! - `/bin/true` exec'd bare,
+//! - `flock -n -F <file> /bin/true` (util-linux: lock, then exec without fork),
+//! - `ec-launch run --source … -- /bin/true` (lock, record, exec), as built by
+//!   cargo, and the static build named by `EC_LAUNCH_STATIC` when set.
+//!
+//! Then peak RSS of each (GNU `time -f %M`, the `wait4(2)` rusage maximum),
+//! and the contention case: 256 launchers released together on one source,
+//! timed until every loser has exited with the busy code. Figures only: no
+//! pass/fail threshold here.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EC_LAUNCH: &str = env!("CARGO_BIN_EXE_ec-launch");
+const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
+const WARMUP: usize = 50;
+const ROUNDS: usize = 2000;
+const RSS_SAMPLES: usize = 20;
+const CONTENDERS: usize = 256;
+const CONTENTION_ROUNDS: usize = 5;
+
+struct Case {
+    name: String,
+    argv: Vec<String>,
+    samples: Vec<Duration>,
+}
+
+impl Case {
+    fn new(name: &str, argv: Vec<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            argv,
+            samples: Vec::new(),
+        }
+    }
+}
+
+fn main() {
+    require("flock", &["--version"]);
+    require("/usr/bin/time", &["--version"]);
+    let work = tempfile::tempdir().expect("temp dir");
+    let lock_dir = work.path().join("locks").display().to_string();
+    let flock_file = work.path().join("flock.lock").display().to_string();
+
+    let ec_launch = |binary: &str, program: &[&str]| -> Vec<String> {
+        let mut argv: Vec<String> = [
+            binary,
+            "run",
+            "--lock-dir",
+            &lock_dir,
+            "--source",
+            SOURCE,
+            "--",
+        ]
+        .map(String::from)
+        .to_vec();
+        argv.extend(program.iter().map(|w| (*w).to_owned()));
+        argv
+    };
+    let flock = |program: &[&str]| -> Vec<String> {
+        let mut argv: Vec<String> = ["flock", "-n", "-E", "75", "-F", &flock_file]
+            .map(String::from)
+            .to_vec();
+        argv.extend(program.iter().map(|w| (*w).to_owned()));
+        argv
+    };
+    let mut binaries = vec![("ec-launch (cargo build)".to_owned(), EC_LAUNCH.to_owned())];
+    if let Ok(path) = std::env::var("EC_LAUNCH_STATIC") {
+        binaries.push(("ec-launch (static, shipped)".to_owned(), path));
+    }
+
+    let mut cases = vec![
+        Case::new("bare exec /bin/true", vec!["/bin/true".into()]),
+        Case::new("flock -n -F file /bin/true", flock(&["/bin/true"])),
+    ];
+    for (name, binary) in &binaries {
+        cases.push(Case::new(name, ec_launch(binary, &["/bin/true"])));
+    }
+    measure_interleaved(&mut cases);
+    report(&mut cases);
+
+    println!(
+        "\ncontention: {CONTENDERS} launchers released together on one source, until all losers exit 75"
+    );
+    let mut contenders = vec![("flock -n -E 75 -F".to_owned(), flock(&["sleep", "5"]))];
+    for (name, binary) in &binaries {
+        contenders.push((name.clone(), ec_launch(binary, &["sleep", "5"])));
+    }
+    for (name, argv) in &contenders {
+        let mut times: Vec<Duration> = (0..CONTENTION_ROUNDS)
+            .map(|_| contention(argv, work.path()))
+            .collect();
+        times.sort();
+        println!(
+            "{name:<30} median {:>9}  min {:>9}  max {:>9}  ({CONTENTION_ROUNDS} rounds)",
+            millis(times[times.len() / 2]),
+            millis(times[0]),
+            millis(times[times.len() - 1])
+        );
+    }
+}
+
+/// Runs every case once per round, in a fresh shuffled order each round,
+/// after a warm-up (page cache, lock directory and lock files in place).
+fn measure_interleaved(cases: &mut [Case]) {
+    for case in cases.iter() {
+        for _ in 0..WARMUP {
+            run_once(&case.argv);
+        }
+    }
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..ROUNDS {
+        shuffle(&mut order, &mut seed);
+        for &i in &order {
+            let elapsed = run_once(&cases[i].argv);
+            cases[i].samples.push(elapsed);
+        }
+    }
+}
+
+/// Prints each case's figures, then each ec-launch build against flock(1).
+fn report(cases: &mut [Case]) {
+    println!(
+        "ec-launch launch benchmark ({ROUNDS} interleaved rounds, {} cores)",
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    );
+    println!(
+        "{:<30} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "command", "median", "mean", "p95", "min", "peak RSS"
+    );
+    let mut figures = Vec::new();
+    for case in cases.iter_mut() {
+        case.samples.sort();
+        let n = case.samples.len();
+        let median = case.samples[n / 2];
+        let mean = case.samples.iter().sum::<Duration>() / u32::try_from(n).expect("sample count");
+        let rss = peak_rss_kib(&case.argv);
+        println!(
+            "{:<30} {:>9} {:>9} {:>9} {:>9} {:>6} KiB",
+            case.name,
+            micros(median),
+            micros(mean),
+            micros(case.samples[n * 95 / 100]),
+            micros(case.samples[0]),
+            rss
+        );
+        figures.push((median, mean, rss));
+    }
+    let (flock_median, flock_mean, flock_rss) = figures[1];
+    for (case, (median, mean, rss)) in cases.iter().zip(&figures).skip(2) {
+        println!(
+            "{} vs flock(1): median {:+.1}%, mean {:+.1}%, peak RSS {:.2}x  (targets: <= +10%, <= 2x)",
+            case.name,
+            percent(*median, flock_median),
+            percent(*mean, flock_mean),
+            ratio(*rss, flock_rss),
+        );
+    }
+}
+
+fn require(program: &str, args: &[&str]) {
+    let ok = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        ok,
+        "the benchmark needs {program}: apt-get install util-linux time"
+    );
+}
+
+fn run_once(argv: &[String]) -> Duration {
+    let start = Instant::now();
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawn");
+    let elapsed = start.elapsed();
+    assert!(status.success(), "{argv:?} failed: {status}");
+    elapsed
+}
+
+/// Median of GNU time's `%M` (max RSS in KiB) over a few runs.
+fn peak_rss_kib(argv: &[String]) -> u64 {
+    let mut samples: Vec<u64> = (0..RSS_SAMPLES)
+        .map(|_| {
+            let output = Command::new("/usr/bin/time")
+                .args(["-f", "%M"])
+                .args(argv)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .output()
+                .expect("run /usr/bin/time");
+            let text = String::from_utf8_lossy(&output.stderr);
+            text.lines()
+                .last()
+                .unwrap_or("0")
+                .trim()
+                .parse()
+                .unwrap_or(0)
+        })
+        .collect();
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+/// Releases `CONTENDERS` copies of a command at once (each reads a shared
+/// pipe before exec'ing it) and times until all but the winner have exited.
+fn contention(argv: &[String], dir: &Path) -> Duration {
+    let (gate, gate_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let words: Vec<String> = argv.iter().map(|w| format!("'{w}'")).collect();
+    let script = format!("read _; exec {}", words.join(" "));
+    let mut children: Vec<std::process::Child> = (0..CONTENDERS)
+        .map(|_| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .current_dir(dir)
+                .stdin(Stdio::from(OwnedFd::try_clone(&gate).expect("dup gate")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    drop(gate);
+    // Let every shell reach its read(2) before opening the gate.
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    drop(gate_writer);
+    let mut busy = 0;
+    while busy < CONTENDERS - 1 {
+        children.retain_mut(|child| match child.try_wait().expect("try_wait") {
+            Some(status) => {
+                assert_eq!(status.code(), Some(75), "a loser must exit 75");
+                busy += 1;
+                false
+            }
+            None => true,
+        });
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let elapsed = start.elapsed();
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    elapsed
+}
+
+fn shuffle(order: &mut [usize], seed: &mut u64) {
+    for i in (1..order.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let j = usize::try_from(*seed % (i as u64 + 1)).expect("index");
+        order.swap(i, j);
+    }
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn percent(value: Duration, reference: Duration) -> f64 {
+    (value.as_secs_f64() / reference.as_secs_f64() - 1.0) * 100.0
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn ratio(value: u64, reference: u64) -> f64 {
+    value as f64 / reference as f64
+}

@@ -34,6 +34,26 @@ fn start_holder(env: &TestEnv, source: &str) -> Guard {
     holder
 }
 
+/// Runs a launch that must be refused with `code` and `message`, and checks
+/// the program did not run.
+#[track_caller]
+fn assert_refused(env: &TestEnv, code: i32, message: &str) {
+    let output = env
+        .run(SOURCE, &[], &TestEnv::sh("touch ran"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(code), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains(message),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        !env.path("ran").exists(),
+        "a refused launch ran the program"
+    );
+}
+
 #[test]
 fn exec_keeps_the_launchers_pid_and_the_program_holds_the_lock() {
     let env = TestEnv::new();
@@ -303,17 +323,7 @@ fn a_symlink_at_the_lock_path_is_refused() {
     let target = env.path("elsewhere");
     fs::write(&target, "").unwrap();
     std::os::unix::fs::symlink(&target, &lock_file).unwrap();
-    let output = env
-        .run(SOURCE, &[], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(73), "{}", describe(&output));
-    assert!(
-        text(&output.stderr).contains("is a symlink"),
-        "{}",
-        describe(&output)
-    );
-    assert!(!env.path("ran").exists());
+    assert_refused(&env, 73, "is a symlink");
 }
 
 #[test]
@@ -322,17 +332,7 @@ fn a_planted_fifo_at_the_lock_path_is_refused_without_hanging() {
     let lock_file = env.lock_file_of(SOURCE);
     fs::create_dir_all(env.lock_dir()).unwrap();
     nix::unistd::mkfifo(&lock_file, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-    let output = env
-        .run(SOURCE, &[], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(73), "{}", describe(&output));
-    assert!(
-        text(&output.stderr).contains("not a regular file (it is a FIFO)"),
-        "{}",
-        describe(&output)
-    );
-    assert!(!env.path("ran").exists());
+    assert_refused(&env, 73, "not a regular file (it is a FIFO)");
 }
 
 #[test]
@@ -341,50 +341,26 @@ fn an_unsafe_lock_directory_is_refused() {
     let real = env.path("real-locks");
     fs::create_dir(&real).unwrap();
     std::os::unix::fs::symlink(&real, env.lock_dir()).unwrap();
-    let output = env
-        .run(SOURCE, &[], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(73),
-        "symlinked dir: {}",
-        describe(&output)
-    );
+    assert_refused(&env, 73, "is a symlink");
 
     fs::remove_file(env.lock_dir()).unwrap();
     fs::create_dir(env.lock_dir()).unwrap();
     fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o777)).unwrap();
-    let output = env
-        .run(SOURCE, &[], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(73),
-        "world-writable dir: {}",
-        describe(&output)
-    );
-    assert!(
-        text(&output.stderr).contains("writable by others"),
-        "{}",
-        describe(&output)
-    );
-    assert!(!env.path("ran").exists());
+    assert_refused(&env, 73, "writable by others");
 
     // A sticky world-writable directory is acceptable only when root owns it.
     fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o1777)).unwrap();
-    let output = env
-        .run(SOURCE, &[], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    let expected = if is_root() { 0 } else { 73 };
-    assert_eq!(
-        output.status.code(),
-        Some(expected),
-        "sticky dir: {}",
-        describe(&output)
-    );
+    if is_root() {
+        let output = env.run(SOURCE, &[], &["true"]).output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "root-owned sticky dir: {}",
+            describe(&output)
+        );
+    } else {
+        assert_refused(&env, 73, "writable by others");
+    }
 }
 
 #[test]

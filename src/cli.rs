@@ -39,6 +39,15 @@ pub enum Command {
     Run(RunArgs),
     /// Print a source's canonical key and lock file path
     Key(KeyArgs),
+    /// Print a shell completion script (for packagers)
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page in roff (for packagers)
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -9,23 +9,85 @@
 //! After a successful `run`, `ec-launch` is gone: the status is the program's
 //! own, because the program *is* the process `ec-launch` was.
 //!
-//! | code | name          | meaning                                                        |
-//! |------|---------------|----------------------------------------------------------------|
-//! | 0    | `Success`     | `key`/`status` succeeded (`status SOURCE`: the source is held) |
-//! | 2    | `Usage`       | command line rejected by the parser (clap's own code)          |
-//! | 3    | `SourceFree`  | `status SOURCE`: the source is free                            |
-//! | 4    | `Orphaned`    | `status`: a lock is held on a file that no longer exists       |
-//! | 64   | `BadArgument` | an argument clap accepted but cannot be used (NUL byte, …)     |
-//! | 65   | `BadSource`   | the source is empty, not a URL/path we understand, or bad key  |
-//! | 66   | `NoInput`     | `--source-file` or a device path cannot be read                |
-//! | 71   | `OsError`     | an unexpected system call failure (see the message)            |
-//! | 73   | `LockUnusable`| lock directory or lock file unsafe or cannot be created        |
-//! | 75   | `Busy`        | the source is held (skip) or the wait timed out (configurable) |
-//! | 77   | `NoPermission`| permission denied on the lock directory or lock file           |
-//! | 126  | `CannotRun`   | the program was found but cannot be executed                   |
-//! | 127  | `NotFound`    | the program was not found                                      |
+//! [`TABLE`] is the one description of them: `ec-launch man` renders it, and
+//! a test checks that the README's table says the same.
 
 use std::process;
+
+/// Every documented exit status and its meaning, as the README lists them.
+pub const TABLE: &[(&str, &str)] = &[
+    (
+        "program's",
+        "`run` exec'd the program; its status is the exit status",
+    ),
+    (
+        "0",
+        "`key`/`status` succeeded; `status SOURCE`: the source is held",
+    ),
+    ("2", "command line rejected (clap's usage error)"),
+    ("3", "`status SOURCE`: the source is free"),
+    (
+        "4",
+        "`status`: a lock is held on a file that no longer exists (orphaned)",
+    ),
+    (
+        "64",
+        "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name)",
+    ),
+    (
+        "65",
+        "the source is empty, not a URL with a host, or `--key` is empty/has control characters",
+    ),
+    (
+        "66",
+        "`--source-file` cannot be read, or a device path does not resolve",
+    ),
+    (
+        "71",
+        "an unexpected system call failure while locking (see the message)",
+    ),
+    (
+        "73",
+        "lock directory or lock file unusable: symlink, not a directory, writable by others, FIFO/socket/device at the lock path, cannot be created",
+    ),
+    (
+        "75",
+        "busy: held by another process (skip), or `--wait-timeout` passed; `--busy-exit-code` changes it",
+    ),
+    ("77", "permission denied on the lock directory or lock file"),
+    ("126", "the program was found but cannot be executed"),
+    ("127", "the program was not found"),
+];
+
+/// The man page's EXIT STATUS and ENVIRONMENT sections, rendered from [`TABLE`].
+#[must_use]
+pub fn man_sections() -> String {
+    let mut roff = String::from(".SH \"EXIT STATUS\"\n");
+    for (code, meaning) in TABLE {
+        roff.push_str(".TP\n");
+        roff.push_str(&roff_escape(code));
+        roff.push('\n');
+        roff.push_str(&roff_escape(&meaning.replace('`', "")));
+        roff.push('\n');
+    }
+    roff.push_str(
+        ".SH ENVIRONMENT\n.TP\nEC_LAUNCH_LOCK_DIR\ndefault for \\-\\-lock\\-dir\n\
+         .TP\nEC_LAUNCH_LOG\nlog level (off, error, warn, info, debug, trace), overriding \\-v\n\
+         .TP\nEC_SOURCE_URL, EC_SOURCE_KEY, EC_SOURCE_LOCK, EC_SOURCE_LOCK_FD\nset for the program by run\n",
+    );
+    roff
+}
+
+/// Escapes the characters roff treats specially in running text.
+fn roff_escape(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    // A leading ' or . would be read as a request.
+    if escaped.starts_with(['.', '\'']) {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
+}
 
 /// The default busy status: `EX_TEMPFAIL`, "try again later", which is what a
 /// skipped duplicate launch is.
@@ -74,5 +136,45 @@ impl ExitStatus {
 impl From<ExitStatus> for process::ExitCode {
     fn from(status: ExitStatus) -> Self {
         process::ExitCode::from(status.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_lists_the_same_exit_codes() {
+        let readme = include_str!("../README.md");
+        for (code, meaning) in TABLE {
+            let row = format!("| {code} | {meaning} |");
+            assert!(readme.contains(&row), "README.md lacks the row {row}");
+        }
+    }
+
+    #[test]
+    fn statuses_match_the_table() {
+        let statuses = [
+            ExitStatus::Success,
+            ExitStatus::Usage,
+            ExitStatus::SourceFree,
+            ExitStatus::Orphaned,
+            ExitStatus::BadArgument,
+            ExitStatus::BadSource,
+            ExitStatus::NoInput,
+            ExitStatus::OsError,
+            ExitStatus::LockUnusable,
+            ExitStatus::Busy(DEFAULT_BUSY),
+            ExitStatus::NoPermission,
+            ExitStatus::CannotRun,
+            ExitStatus::NotFound,
+        ];
+        for status in statuses {
+            let code = status.code().to_string();
+            assert!(
+                TABLE.iter().any(|(c, _)| *c == code),
+                "exit code {code} is not documented"
+            );
+        }
     }
 }

@@ -56,6 +56,8 @@ fn run() -> ExitStatus {
     let result = match cli.command {
         Command::Run(args) => command::run::run(args),
         Command::Key(args) => command::key::key(&args),
+        Command::Completions { shell } => Ok(command::docs::completions(shell)),
+        Command::Man => Ok(command::docs::man()),
     };
     match result {
         Ok(status) => status,

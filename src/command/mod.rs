@@ -1,5 +1,6 @@
 //! One module per subcommand; each turns parsed arguments into validated
 //! settings, acts, and returns the exit status.
 
+pub mod docs;
 pub mod key;
 pub mod run;

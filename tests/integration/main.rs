@@ -8,6 +8,7 @@
     clippy::must_use_candidate
 )]
 
+mod cli;
 mod run;
 mod secrets;
 mod testenv;

@@ -5,7 +5,7 @@ use std::fs::{self, File};
 
 use proptest::prelude::*;
 
-use crate::testenv::{BUSY, TestEnv, describe, text};
+use crate::testenv::{BUSY, PATIENCE, TestEnv, describe, holders, text, wait_until};
 
 const MARKER: &str = "XSECRETX";
 
@@ -74,6 +74,9 @@ fn exercise(url: &str) {
         describe(&timed_out)
     );
     drop(held);
+    // Another test thread forking at this moment briefly shares our
+    // descriptor (and so the lock) until its child execs; wait that out.
+    assert!(wait_until(PATIENCE, || holders(&lock_file).is_empty()));
 
     // A program that cannot run, after the lock was taken.
     let failed = env

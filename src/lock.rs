@@ -133,6 +133,7 @@ pub fn acquire(path: &Path, policy: BusyPolicy) -> Result<Acquired, Error> {
     };
     for _ in 0..MAX_ATTEMPTS {
         let (file, access) = open_lock_file(path)?;
+        tracing::trace!(lock_file = %path.display(), ?access, "lock file opened");
         let lock = match policy {
             BusyPolicy::Skip => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => lock,

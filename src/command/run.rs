@@ -110,6 +110,7 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     let lock_path = config.key.lock_path(&config.lock_dir);
     let program_name = config.program.to_string_lossy().into_owned();
     let redacted = redact_source(&config.source);
+    tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
 
     match lock::acquire(&lock_path, config.policy)? {
         Acquired::Held(held) => {

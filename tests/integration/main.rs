@@ -9,6 +9,7 @@
 )]
 
 mod cli;
+mod logging;
 mod run;
 mod secrets;
 mod testenv;

@@ -470,29 +470,37 @@ fn the_program_gets_the_lock_descriptor_the_source_and_the_key() {
 }
 
 #[test]
-fn sigpipe_is_back_to_default_for_the_program() {
+fn sigpipe_is_back_to_default_for_the_program_even_if_we_inherit_it_ignored() {
     let env = TestEnv::new();
-    let output = env
-        .run(
-            SOURCE,
-            &[],
-            &TestEnv::sh("grep SigIgn /proc/$$/status > sigign"),
-        )
-        .output()
-        .unwrap();
+    let mut command = env.run(
+        SOURCE,
+        &[],
+        &TestEnv::sh("grep SigIgn /proc/$$/status > sigign"),
+    );
+    // SAFETY: between fork and exec only async-signal-safe calls are
+    // allowed; sigaction(2) (via signal) is one. An ignored disposition
+    // survives exec, so ec-launch starts with SIGPIPE ignored, as it would
+    // under a supervisor that ignores it.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+            .map(|_| ())
+            .map_err(std::io::Error::from)
+        });
+    }
+    let output = command.output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     let line = fs::read_to_string(env.path("sigign")).unwrap();
     let mask = u64::from_str_radix(line.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap();
-    let sigpipe_bit = 1 << (libc_sigpipe() - 1);
+    let sigpipe_bit = 1 << (nix::sys::signal::Signal::SIGPIPE as u32 - 1);
     assert_eq!(
         mask & sigpipe_bit,
         0,
         "SIGPIPE must not be ignored after exec: {line}"
     );
-}
-
-fn libc_sigpipe() -> u32 {
-    nix::sys::signal::Signal::SIGPIPE as u32
 }
 
 #[test]

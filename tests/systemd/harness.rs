@@ -379,6 +379,14 @@ impl Container {
             .unwrap_or_default()
     }
 
+    /// `systemctl is-active`'s answer; it exits non-zero for every state but
+    /// `active`, so the answer is read whatever the exit status.
+    pub fn state(&self, unit: &str) -> String {
+        self.exec(&["systemctl", "is-active", unit])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|e| e)
+    }
+
     /// The unit's journal, as plain messages.
     pub fn journal(&self, unit: &str) -> String {
         self.run(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])

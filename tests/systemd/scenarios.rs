@@ -492,9 +492,7 @@ fn incident(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result
                 .join(", "),
             stats["open_streams"],
             stats["busy_503"],
-            c.systemctl(&["is-active", INCIDENT_UNIT])
-                .unwrap_or_else(|e| e.lines().last().unwrap_or_default().to_owned())
-                .trim(),
+            c.state(INCIDENT_UNIT),
             c.property(INCIDENT_UNIT, "NRestarts"),
         );
         checks.say(&row);
@@ -852,10 +850,7 @@ fn duplicate(
     // (100ms) many times over.
     thread::sleep(Duration::from_secs(3));
     let exits = exits_of(probe, DUPLICATE_UNIT);
-    let state = c
-        .systemctl(&["is-active", DUPLICATE_UNIT])
-        .unwrap_or_else(|e| e);
-    let state = state.lines().last().unwrap_or_default().trim().to_owned();
+    let state = c.state(DUPLICATE_UNIT);
     let restarts = c.property(DUPLICATE_UNIT, "NRestarts");
     let ran = probe
         .records("ran.log")
@@ -887,10 +882,21 @@ fn duplicate(
         .find(|l| l.contains("source busy"))
         .unwrap_or_default()
         .to_owned();
+    let named = busy_line.contains(&format!("pid {}", holder.main_pid)) && busy_line.contains(FIX_UNIT);
+    let detail = if named {
+        busy_line
+    } else {
+        // What ec-launch read to find the unit, to tell a parsing problem
+        // from a placement problem.
+        let cgroup = c
+            .run(&["cat", &format!("/proc/{}/cgroup", holder.main_pid)])
+            .unwrap_or_default();
+        format!("{busy_line}; holder's /proc/PID/cgroup: {:?}", cgroup.trim())
+    };
     checks.check(
         "the duplicate's journal names the holder's PID and unit",
-        busy_line.contains(&format!("pid {}", holder.main_pid)) && busy_line.contains(FIX_UNIT),
-        &busy_line,
+        named,
+        &detail,
     );
     let main_now: u32 = c.property(FIX_UNIT, "MainPID").parse().unwrap_or(0);
     checks.check(

@@ -123,7 +123,10 @@ pub fn missing_requirements() -> Vec<String> {
         missing.push("must run as root (it mounts, unshares and boots systemd)".into());
     }
     let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !filesystems.lines().any(|l| l.trim_end().ends_with("\toverlay")) {
+    if !filesystems
+        .lines()
+        .any(|l| l.trim_end().ends_with("\toverlay"))
+    {
         // The module may just not be loaded yet; loading it is what mount(8) would do.
         let _ = Command::new("modprobe").arg("overlay").status();
         let again = fs::read_to_string("/proc/filesystems").unwrap_or_default();
@@ -227,7 +230,7 @@ impl Container {
         // per-run cgroups.
         unsafe {
             command.pre_exec(move || {
-                for mut join in joins.iter() {
+                for mut join in &joins {
                     join.write_all(b"0")?;
                 }
                 Ok(())
@@ -266,11 +269,14 @@ impl Container {
     fn wait_for_leader(&mut self, launcher: u32) -> Result<i32, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let tasks = fs::read_dir(format!("/proc/{launcher}/task")).into_iter().flatten();
+            let tasks = fs::read_dir(format!("/proc/{launcher}/task"))
+                .into_iter()
+                .flatten();
             for task in tasks.flatten() {
                 let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
                 for child in children.split_whitespace() {
-                    let comm = fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+                    let comm =
+                        fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
                     if comm.trim() == "systemd" {
                         return child.parse().map_err(|_| "bad PID".to_owned());
                     }
@@ -304,7 +310,14 @@ impl Container {
     pub fn exec(&self, argv: &[&str]) -> Result<Output, String> {
         let leader = self.leader.ok_or("the container has no PID 1")?;
         let mut child = Command::new("nsenter")
-            .args(["--target", &leader.to_string(), "--all", "--root", "--wd", "--"])
+            .args([
+                "--target",
+                &leader.to_string(),
+                "--all",
+                "--root",
+                "--wd",
+                "--",
+            ])
             .args([
                 "/usr/bin/env",
                 "-i",
@@ -340,7 +353,9 @@ impl Container {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{argv:?} in the container took over {EXEC_TIMEOUT:?}"));
+                return Err(format!(
+                    "{argv:?} in the container took over {EXEC_TIMEOUT:?}"
+                ));
             }
             thread::sleep(Duration::from_millis(5));
         };
@@ -367,9 +382,9 @@ impl Container {
     }
 
     pub fn systemctl(&self, args: &[&str]) -> Result<String, String> {
-        let mut argv = vec!["systemctl"];
-        argv.extend_from_slice(args);
-        self.run(&argv)
+        let mut command = vec!["systemctl"];
+        command.extend_from_slice(args);
+        self.run(&command)
     }
 
     /// One property of a unit, as `systemctl show -P` prints it.
@@ -382,9 +397,10 @@ impl Container {
     /// `systemctl is-active`'s answer; it exits non-zero for every state but
     /// `active`, so the answer is read whatever the exit status.
     pub fn state(&self, unit: &str) -> String {
-        self.exec(&["systemctl", "is-active", unit])
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_else(|e| e)
+        self.exec(&["systemctl", "is-active", unit]).map_or_else(
+            |e| e,
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        )
     }
 
     /// The unit's journal, as plain messages.
@@ -457,9 +473,7 @@ impl Drop for Container {
 }
 
 fn count_processes(dir: &Path) -> usize {
-    let mut count = fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|t| t.lines().count())
-        .unwrap_or(0);
+    let mut count = fs::read_to_string(dir.join("cgroup.procs")).map_or(0, |t| t.lines().count());
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             count += count_processes(&entry.path());
@@ -485,7 +499,12 @@ fn namespaces_mounting(tag: &str) -> usize {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter(|e| {
             fs::read_to_string(e.path().join("mountinfo")).is_ok_and(|text| text.contains(tag))
         })
@@ -494,7 +513,7 @@ fn namespaces_mounting(tag: &str) -> usize {
 
 /// The mount-namespace side of the launcher: runs inside `unshare --mount`,
 /// builds the overlay root, copies the staged units and programs in, and
-/// execs `systemd-nspawn`. Arguments: NAME STAGING_DIR.
+/// execs `systemd-nspawn`. Arguments: `NAME STAGING_DIR`.
 pub fn container_root_main(args: &[String]) -> ExitCode {
     let (Some(name), Some(staging)) = (args.first(), args.get(1)) else {
         eprintln!("usage: {CONTAINER_ROOT_ROLE} NAME STAGING_DIR");
@@ -544,7 +563,14 @@ fn build_root(name: &str, staging: &Path) -> Result<PathBuf, String> {
         }
     };
     // Our /run first: nspawn's state and the overlay's layers live there.
-    mount(&["-t", "tmpfs", "-o", "mode=0755,size=2g", &format!("{name}-run"), "/run"])?;
+    mount(&[
+        "-t",
+        "tmpfs",
+        "-o",
+        "mode=0755,size=2g",
+        &format!("{name}-run"),
+        "/run",
+    ])?;
     let base = PathBuf::from("/run").join(name);
     let (upper, work, root) = (base.join("upper"), base.join("work"), base.join("root"));
     for dir in [&upper, &work, &root] {
@@ -581,7 +607,10 @@ fn build_root(name: &str, staging: &Path) -> Result<PathBuf, String> {
     let default = units.join("default.target");
     let _ = fs::remove_file(&default);
     symlink("ec-suite.target", &default).map_err(|e| e.to_string())?;
-    for entry in fs::read_dir(staging.join("units")).map_err(|e| e.to_string())?.flatten() {
+    for entry in fs::read_dir(staging.join("units"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
         fs::copy(entry.path(), units.join(entry.file_name())).map_err(|e| e.to_string())?;
     }
     // A machine-id of its own, so the container's journal is not the host's.
@@ -593,7 +622,10 @@ fn build_root(name: &str, staging: &Path) -> Result<PathBuf, String> {
 
     let opt = root.join(crate::programs::SUITE_DIR.trim_start_matches('/'));
     fs::create_dir_all(&opt).map_err(|e| e.to_string())?;
-    for entry in fs::read_dir(staging.join("opt")).map_err(|e| e.to_string())?.flatten() {
+    for entry in fs::read_dir(staging.join("opt"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
         let to = opt.join(entry.file_name());
         if entry.file_type().is_ok_and(|t| t.is_symlink()) {
             let target = fs::read_link(entry.path()).map_err(|e| e.to_string())?;

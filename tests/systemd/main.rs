@@ -26,7 +26,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// The one test this binary holds, named as libtest would list it.
-const TEST_NAME: &str = "the_503_incident_reproduces_under_systemd_and_the_policy_with_ec_launch_prevents_it";
+const TEST_NAME: &str =
+    "the_503_incident_reproduces_under_systemd_and_the_policy_with_ec_launch_prevents_it";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();

@@ -124,9 +124,10 @@ fn render_value(key: &str, value: &Value) -> Result<String, String> {
 /// does not know; those are checked against `systemctl cat` only.
 pub fn expected_show(key: &str, rendered: &str) -> Option<(&'static str, String)> {
     let duration = |text: &str| {
-        humantime::parse_duration(text)
-            .map(|d| humantime::format_duration(d).to_string())
-            .unwrap_or_else(|_| text.to_owned())
+        humantime::parse_duration(text).map_or_else(
+            |_| text.to_owned(),
+            |d| humantime::format_duration(d).to_string(),
+        )
     };
     match key {
         "KillMode" => Some(("KillMode", rendered.to_owned())),
@@ -143,4 +144,3 @@ pub fn expected_show(key: &str, rendered: &str) -> Option<(&'static str, String)
 pub fn unit_file(description: &str, service: &str) -> String {
     format!("[Unit]\nDescription={description}\n\n[Service]\n{service}")
 }
-

@@ -52,15 +52,13 @@ fn own_unit() -> String {
 }
 
 pub fn publisher_main(args: &[String]) -> ExitCode {
-    let url = match args.first() {
-        Some(url) => url.clone(),
-        None => match std::env::var("EC_SOURCE_URL") {
-            Ok(url) => url,
-            Err(_) => {
-                eprintln!("usage: publisher URL");
-                return ExitCode::from(2);
-            }
-        },
+    let Some(url) = args
+        .first()
+        .cloned()
+        .or_else(|| std::env::var("EC_SOURCE_URL").ok())
+    else {
+        eprintln!("usage: publisher URL");
+        return ExitCode::from(2);
     };
     let pid = std::process::id();
     let unit = own_unit();
@@ -162,10 +160,10 @@ pub struct ProcessFacts {
 
 impl ProcessFacts {
     fn read(pid: u32) -> Option<Self> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let stat_line = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name is in parentheses and may hold spaces; fields are
         // counted after its closing parenthesis (field 3 onward).
-        let (head, rest) = stat.rsplit_once(')')?;
+        let (head, rest) = stat_line.rsplit_once(')')?;
         let comm = head.split_once('(')?.1.to_owned();
         let start = rest.split_whitespace().nth(19)?.parse().ok()?;
         let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -199,9 +199,15 @@ fn stage(staging: &Staging, policy: &UnitPolicy) -> Result<(), String> {
     ] {
         staging.alias("ec-suite", role)?;
     }
-    staging.program(std::path::Path::new(env!("CARGO_BIN_EXE_ec-launch")), "ec-launch")?;
+    staging.program(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ec-launch")),
+        "ec-launch",
+    )?;
 
-    for (unit, device) in [(INCIDENT_TUNER_UNIT, INCIDENT_DEVICE), (FIX_TUNER_UNIT, FIX_DEVICE)] {
+    for (unit, device) in [
+        (INCIDENT_TUNER_UNIT, INCIDENT_DEVICE),
+        (FIX_TUNER_UNIT, FIX_DEVICE),
+    ] {
         staging.unit(
             unit,
             &policy::unit_file(
@@ -321,9 +327,10 @@ struct Probe<'a> {
 
 impl Probe<'_> {
     fn stats(&self, device: &str) -> Result<Value, String> {
-        let text = self
-            .container
-            .run(&[&format!("{SUITE_DIR}/http-get"), &format!("http://{device}/stats")])?;
+        let text = self.container.run(&[
+            &format!("{SUITE_DIR}/http-get"),
+            &format!("http://{device}/stats"),
+        ])?;
         serde_json::from_str(&text).map_err(|e| format!("bad /stats answer {text:?}: {e}"))
     }
 
@@ -379,7 +386,11 @@ impl Probe<'_> {
                 .iter()
                 .find(|p| p.comm == "stubborn-helper" && p.ignores_sigterm);
             let open = self.counter(device, "open_streams").unwrap_or(0);
-            let main_pid: u32 = self.container.property(unit, "MainPID").parse().unwrap_or(0);
+            let main_pid: u32 = self
+                .container
+                .property(unit, "MainPID")
+                .parse()
+                .unwrap_or(0);
             if let (Some(publisher), Some(_)) = (publisher, helper)
                 && open == streams
                 && main_pid == publisher.pid
@@ -391,7 +402,10 @@ impl Probe<'_> {
             }
             last = format!(
                 "processes {:?}, open streams {open}, MainPID {main_pid}",
-                processes.iter().map(ProcessFacts::to_line).collect::<Vec<_>>()
+                processes
+                    .iter()
+                    .map(ProcessFacts::to_line)
+                    .collect::<Vec<_>>()
             );
             thread::sleep(Duration::from_millis(100));
         }
@@ -425,7 +439,11 @@ impl Probe<'_> {
                 && fields
                     .get(5)
                     .is_some_and(|id| id.rsplit(':').next() == Some(inode.as_str()));
-            if is_ours { fields.get(4)?.parse().ok() } else { None }
+            if is_ours {
+                fields.get(4)?.parse().ok()
+            } else {
+                None
+            }
         })
     }
 
@@ -498,7 +516,12 @@ fn incident(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result
         checks.say(&row);
         figures.incident_rows.push(row);
     }
-    seen.extend(probe.unit_processes(INCIDENT_UNIT).iter().map(ProcessFacts::id));
+    seen.extend(
+        probe
+            .unit_processes(INCIDENT_UNIT)
+            .iter()
+            .map(ProcessFacts::id),
+    );
     figures.incident_503 = probe.counter(INCIDENT_DEVICE, "busy_503")?;
     figures.incident_survivors = survivors.len();
     let open = probe.counter(INCIDENT_DEVICE, "open_streams")?;
@@ -518,7 +541,10 @@ fn incident(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result
             figures.incident_503
         ),
     );
-    let refusals = c.journal(INCIDENT_UNIT).matches("805 All Tuners In Use").count();
+    let refusals = c
+        .journal(INCIDENT_UNIT)
+        .matches("805 All Tuners In Use")
+        .count();
     checks.say(&format!(
         "journal of {INCIDENT_UNIT}: {refusals} lines report 805 All Tuners In Use"
     ));
@@ -726,9 +752,7 @@ fn timed(probe: &Probe, action: &str, unit: &str) -> Result<(f64, Option<f64>), 
         stamp("ActiveExitTimestampMonotonic"),
         stamp("InactiveEnterTimestampMonotonic"),
     ) {
-        (Some(exit), Some(enter)) if enter >= exit && exit > 0 => {
-            Some((enter - exit) as f64 / 1e6)
-        }
+        (Some(exit), Some(enter)) if enter >= exit && exit > 0 => Some((enter - exit) as f64 / 1e6),
         _ => None,
     };
     Ok((wall, systemd))
@@ -882,7 +906,8 @@ fn duplicate(
         .find(|l| l.contains("source busy"))
         .unwrap_or_default()
         .to_owned();
-    let named = busy_line.contains(&format!("pid {}", holder.main_pid)) && busy_line.contains(FIX_UNIT);
+    let named =
+        busy_line.contains(&format!("pid {}", holder.main_pid)) && busy_line.contains(FIX_UNIT);
     let detail = if named {
         busy_line
     } else {
@@ -891,7 +916,10 @@ fn duplicate(
         let cgroup = c
             .run(&["cat", &format!("/proc/{}/cgroup", holder.main_pid)])
             .unwrap_or_default();
-        format!("{busy_line}; holder's /proc/PID/cgroup: {:?}", cgroup.trim())
+        format!(
+            "{busy_line}; holder's /proc/PID/cgroup: {:?}",
+            cgroup.trim()
+        )
     };
     checks.check(
         "the duplicate's journal names the holder's PID and unit",
@@ -946,7 +974,13 @@ fn handover(
         ),
     );
     let mut status_figures = Figures::default();
-    holder_checks(checks, probe, DUPLICATE_UNIT, &instance, &mut status_figures)?;
+    holder_checks(
+        checks,
+        probe,
+        DUPLICATE_UNIT,
+        &instance,
+        &mut status_figures,
+    )?;
     let ids = instance.ids();
     let (wall, systemd) = timed(probe, "stop", DUPLICATE_UNIT)?;
     let left = probe.alive(&ids);

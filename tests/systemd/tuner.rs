@@ -14,6 +14,7 @@
 //! kernel already knows the connection is gone even if the streaming thread
 //! has not yet woken up to notice.
 
+use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -97,7 +98,12 @@ fn serve(device: &Shared, mut stream: TcpStream) -> io::Result<()> {
     let path = path.split('?').next().unwrap_or_default().to_owned();
     if path == "/stats" {
         let body = stats(&lock(device)).to_string();
-        return respond(&mut stream, "200 OK", &[("Content-Type", "application/json")], &body);
+        return respond(
+            &mut stream,
+            "200 OK",
+            &[("Content-Type", "application/json")],
+            &body,
+        );
     }
     let Some((tuner, channel)) = parse_stream_path(&path) else {
         return respond(&mut stream, "404 Not Found", &[], "unknown path\n");
@@ -240,7 +246,12 @@ fn stream_until_closed(
         match stream.read(&mut sink) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 if stream.write_all(&chunk).is_err() {
                     return Ok(());
                 }
@@ -259,7 +270,7 @@ fn stream_until_closed(
 fn respond_head(stream: &mut TcpStream, status: &str, headers: &[(&str, &str)]) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
     for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
+        let _ = write!(head, "{name}: {value}\r\n");
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())
@@ -389,4 +400,3 @@ pub fn http_get_main(args: &[String]) -> ExitCode {
         }
     }
 }
-

@@ -22,7 +22,6 @@
 //!   cgroup is left. `Drop` runs it when a scenario panics.
 
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::Write as _;
 use std::os::unix::fs::symlink;
@@ -598,11 +597,7 @@ fn build_root(name: &str, staging: &Path) -> Result<PathBuf, String> {
             fs::remove_dir_all(entry.path()).map_err(|e| e.to_string())?;
         }
     }
-    let mut target = String::new();
-    let _ = write!(
-        target,
-        "[Unit]\nDescription=ec-launch systemd suite (boot target)\nRequires=basic.target\nAfter=basic.target\nAllowIsolate=yes\n"
-    );
+    let target = "[Unit]\nDescription=ec-launch systemd suite (boot target)\nRequires=basic.target\nAfter=basic.target\nAllowIsolate=yes\n";
     fs::write(units.join("ec-suite.target"), target).map_err(|e| e.to_string())?;
     let default = units.join("default.target");
     let _ = fs::remove_file(&default);

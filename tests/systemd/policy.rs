@@ -16,7 +16,7 @@ pub const POLICY_FILE: &str = "nixos/unit-policy.json";
 /// Keys of the policy file that are not unit settings.
 const NOT_SETTINGS: &[&str] = &["comment"];
 
-/// The unit policy, in file order.
+/// The unit policy, keys in alphabetical order (`serde_json`'s map order).
 #[derive(Debug, Clone)]
 pub struct UnitPolicy {
     settings: Vec<(String, Value)>,

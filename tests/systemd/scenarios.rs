@@ -258,7 +258,7 @@ struct Figures {
     fast_stops: Vec<f64>,
     other_stops: Vec<String>,
     duplicate: String,
-    status_ran: String,
+    status: Vec<String>,
 }
 
 impl Figures {
@@ -294,7 +294,9 @@ impl Figures {
             self.fix_503, self.fix_survivors
         );
         println!("  => duplicate unit: {}", self.duplicate);
-        println!("  => ec-launch status: {}", self.status_ran);
+        for status in &self.status {
+            println!("  => ec-launch status: {status}");
+        }
     }
 }
 
@@ -689,7 +691,9 @@ fn holder_checks(
     );
     match (code, verdict) {
         (Some(0), Ok(detail)) => {
-            figures.status_ran = format!("ran, named the holder ({detail})");
+            figures
+                .status
+                .push(format!("{unit}: ran, named the holder ({detail})"));
             checks.check(&sentence, true, &detail);
         }
         (code, verdict) => {
@@ -698,7 +702,7 @@ fn holder_checks(
             } else {
                 format!("exit {code:?}, {verdict:?}, stderr {:?}", stderr.trim())
             };
-            figures.status_ran = format!("ran, FAILED: {why}");
+            figures.status.push(format!("{unit}: ran, FAILED: {why}"));
             checks.fail(&sentence, &why);
         }
     }
@@ -973,14 +977,7 @@ fn handover(
             instance.main_pid
         ),
     );
-    let mut status_figures = Figures::default();
-    holder_checks(
-        checks,
-        probe,
-        DUPLICATE_UNIT,
-        &instance,
-        &mut status_figures,
-    )?;
+    holder_checks(checks, probe, DUPLICATE_UNIT, &instance, figures)?;
     let ids = instance.ids();
     let (wall, systemd) = timed(probe, "stop", DUPLICATE_UNIT)?;
     let left = probe.alive(&ids);

@@ -4,7 +4,10 @@
 //! so the unit is the innermost path component with a unit suffix. Both the
 //! unified hierarchy (`0::/path`) and the hybrid layout's `name=systemd` line
 //! are understood; on a hybrid host the unified line may be `/`, so the
-//! `name=systemd` line wins when present. See cgroups(7) and systemd.unit(5).
+//! `name=systemd` line wins when it names a unit. It can be present and say
+//! nothing (`name=systemd:/`) when a unified-mode systemd runs in a container
+//! on a hybrid host, so the unified line is then used. See cgroups(7) and
+//! systemd.unit(5).
 
 use std::fs;
 use std::path::Path;
@@ -31,7 +34,13 @@ pub fn unit_from_cgroup(contents: &str) -> Option<String> {
             unified_path = Some(path);
         }
     }
-    let path = systemd_path.or(unified_path)?;
+    systemd_path
+        .and_then(unit_from_path)
+        .or_else(|| unified_path.and_then(unit_from_path))
+}
+
+/// The innermost unit named in a cgroup path.
+fn unit_from_path(path: &str) -> Option<String> {
     let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let suffix_of = |c: &&str| UNIT_SUFFIXES.iter().copied().find(|s| c.ends_with(*s));
     components
@@ -80,6 +89,13 @@ mod tests {
         let text =
             "12:pids:/system.slice/a.service\n1:name=systemd:/system.slice/a.service\n0::/\n";
         assert_eq!(unit_from_cgroup(text).as_deref(), Some("a.service"));
+    }
+
+    #[test]
+    fn an_empty_name_systemd_line_yields_to_the_unified_line() {
+        // A unified-mode systemd in a container on a hybrid host.
+        let text = "9:name=systemd:/\n8:pids:/\n0::/system.slice/pub-a.service\n";
+        assert_eq!(unit_from_cgroup(text).as_deref(), Some("pub-a.service"));
     }
 
     #[test]

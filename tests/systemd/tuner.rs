@@ -1,0 +1,402 @@
+//! A tuner emulator that answers like an HDHomeRun's HTTP streaming port, and
+//! the small HTTP client the stand-in programs use.
+//!
+//! The emulator has N tuners. `GET /auto/v<ch>` takes the first free tuner and
+//! streams MPEG-TS null packets until the client closes the connection;
+//! `GET /tuner<K>/v<ch>` takes tuner K. When no tuner is free (or tuner K is
+//! taken) it answers 503, and with `X-HDHomeRun-Error: 805 All Tuners In Use`
+//! when every tuner is taken, which is what a publisher saw in the incident.
+//! `GET /stats` answers JSON: open streams, 503s served, streams served.
+//!
+//! A tuner is held exactly as long as its TCP connection is open: a process
+//! that ignores SIGTERM but keeps its socket keeps its tuner. A client that
+//! closed its end frees the tuner before a new request is refused, because the
+//! kernel already knows the connection is gone even if the streaming thread
+//! has not yet woken up to notice.
+
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+/// How often a stream sends a chunk, and so how long a closed client's
+/// tuner can stay marked busy in the worst case.
+const TICK: Duration = Duration::from_millis(20);
+/// Seven MPEG-TS null packets (PID 0x1FFF), the size of one RTP-sized chunk.
+const CHUNK_PACKETS: usize = 7;
+
+#[derive(Debug)]
+struct Stream {
+    id: u64,
+    channel: String,
+    client: SocketAddr,
+    since: Instant,
+    /// A second handle on the client socket, used only to ask the kernel
+    /// whether the client has closed.
+    probe: TcpStream,
+}
+
+#[derive(Debug, Default)]
+struct Device {
+    tuners: Vec<Option<Stream>>,
+    next_id: u64,
+    busy_503: u64,
+    streams_served: u64,
+}
+
+type Shared = Arc<Mutex<Device>>;
+
+fn lock(device: &Shared) -> std::sync::MutexGuard<'_, Device> {
+    device.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `tuner-emulator LISTEN_ADDR [TUNERS]`: serves until killed.
+pub fn emulator_main(args: &[String]) -> ExitCode {
+    let Some(listen) = args.first() else {
+        eprintln!("usage: tuner-emulator LISTEN_ADDR [TUNERS]");
+        return ExitCode::from(2);
+    };
+    let tuners: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2);
+    let listener = match TcpListener::bind(listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("tuner-emulator: cannot listen on {listen}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!("tuner-emulator: {tuners} tuners on http://{listen}");
+    let device: Shared = Arc::new(Mutex::new(Device {
+        tuners: (0..tuners).map(|_| None).collect(),
+        ..Device::default()
+    }));
+    for connection in listener.incoming() {
+        match connection {
+            Ok(stream) => {
+                let device = Arc::clone(&device);
+                thread::spawn(move || {
+                    if let Err(e) = serve(&device, stream) {
+                        eprintln!("tuner-emulator: connection: {e}");
+                    }
+                });
+            }
+            Err(e) => eprintln!("tuner-emulator: accept: {e}"),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn serve(device: &Shared, mut stream: TcpStream) -> io::Result<()> {
+    let client = stream.peer_addr()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let path = read_request_path(&mut stream)?;
+    let path = path.split('?').next().unwrap_or_default().to_owned();
+    if path == "/stats" {
+        let body = stats(&lock(device)).to_string();
+        return respond(
+            &mut stream,
+            "200 OK",
+            &[("Content-Type", "application/json")],
+            &body,
+        );
+    }
+    let Some((tuner, channel)) = parse_stream_path(&path) else {
+        return respond(&mut stream, "404 Not Found", &[], "unknown path\n");
+    };
+    let taken = take_tuner(device, tuner, &channel, client, &stream)?;
+    let (index, id) = match taken {
+        Ok(taken) => taken,
+        Err(all_busy) => {
+            let header: &[(&str, &str)] = if all_busy {
+                &[("X-HDHomeRun-Error", "805 All Tuners In Use")]
+            } else {
+                &[]
+            };
+            eprintln!("tuner-emulator: 503 to {client} for {path} (all busy: {all_busy})");
+            return respond(&mut stream, "503 Service Unavailable", header, "");
+        }
+    };
+    eprintln!("tuner-emulator: tuner{index} -> {client} v{channel}");
+    let result = stream_until_closed(device, &mut stream, index, id);
+    release(device, index, id);
+    eprintln!("tuner-emulator: tuner{index} free ({client} closed)");
+    result
+}
+
+fn read_request_path(stream: &mut TcpStream) -> io::Result<String> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some("GET"), Some(path)) => Ok(path.to_owned()),
+        _ => Err(io::Error::other(format!("bad request {request_line:?}"))),
+    }
+}
+
+/// `/auto/v5.1` -> (None, "5.1"); `/tuner1/v5.1` -> (Some(1), "5.1").
+fn parse_stream_path(path: &str) -> Option<(Option<usize>, String)> {
+    let mut segments = path.trim_start_matches('/').split('/');
+    let tuner = segments.next()?;
+    let channel = segments.next()?.strip_prefix('v')?.to_owned();
+    if channel.is_empty() || segments.next().is_some() {
+        return None;
+    }
+    match tuner {
+        "auto" => Some((None, channel)),
+        named => Some((Some(named.strip_prefix("tuner")?.parse().ok()?), channel)),
+    }
+}
+
+/// Takes the requested tuner. `Err(true)` when every tuner is busy,
+/// `Err(false)` when a named tuner is busy or does not exist.
+#[allow(clippy::type_complexity)]
+fn take_tuner(
+    device: &Shared,
+    wanted: Option<usize>,
+    channel: &str,
+    client: SocketAddr,
+    stream: &TcpStream,
+) -> io::Result<Result<(usize, u64), bool>> {
+    let mut device = lock(device);
+    for slot in &mut device.tuners {
+        if slot.as_ref().is_some_and(|s| client_closed(&s.probe)) {
+            *slot = None;
+        }
+    }
+    let free = match wanted {
+        None => device.tuners.iter().position(Option::is_none),
+        Some(k) => device.tuners.get(k).and_then(|s| s.is_none().then_some(k)),
+    };
+    let Some(index) = free else {
+        device.busy_503 += 1;
+        return Ok(Err(device.tuners.iter().all(Option::is_some)));
+    };
+    device.next_id += 1;
+    device.streams_served += 1;
+    let id = device.next_id;
+    device.tuners[index] = Some(Stream {
+        id,
+        channel: channel.to_owned(),
+        client,
+        since: Instant::now(),
+        probe: stream.try_clone()?,
+    });
+    Ok(Ok((index, id)))
+}
+
+fn release(device: &Shared, index: usize, id: u64) {
+    let mut device = lock(device);
+    if device.tuners[index].as_ref().is_some_and(|s| s.id == id) {
+        device.tuners[index] = None;
+    }
+}
+
+/// Whether the client has closed its end: a non-blocking peek that sees
+/// end-of-file or an error. Pending data means the client is still there.
+fn client_closed(stream: &TcpStream) -> bool {
+    let mut byte = [0_u8; 1];
+    // SAFETY: recv(2) writes at most one byte into `byte`, which lives for the
+    // whole call; the descriptor is owned by `stream`, which outlives the call.
+    // MSG_DONTWAIT makes this one call non-blocking without changing the
+    // descriptor's flags, which the streaming thread shares.
+    let n = unsafe {
+        nix::libc::recv(
+            stream.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            nix::libc::MSG_PEEK | nix::libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+fn stream_until_closed(
+    device: &Shared,
+    stream: &mut TcpStream,
+    index: usize,
+    id: u64,
+) -> io::Result<()> {
+    respond_head(stream, "200 OK", &[("Content-Type", "video/mpeg")])?;
+    let mut chunk = Vec::with_capacity(188 * CHUNK_PACKETS);
+    for _ in 0..CHUNK_PACKETS {
+        chunk.extend_from_slice(&[0x47, 0x1F, 0xFF, 0x10]);
+        chunk.resize(chunk.len() + 184, 0xFF);
+    }
+    // The read timeout is the clock: a read that times out means "send the
+    // next chunk"; a read of 0 bytes means the client closed.
+    stream.set_read_timeout(Some(TICK))?;
+    let mut sink = [0_u8; 512];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stream.write_all(&chunk).is_err() {
+                    return Ok(());
+                }
+            }
+            Err(_) => return Ok(()),
+        }
+        let still_ours = lock(device).tuners[index]
+            .as_ref()
+            .is_some_and(|s| s.id == id);
+        if !still_ours {
+            return Ok(());
+        }
+    }
+}
+
+fn respond_head(stream: &mut TcpStream, status: &str, headers: &[(&str, &str)]) -> io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> io::Result<()> {
+    respond_head(stream, status, headers)?;
+    stream.write_all(body.as_bytes())
+}
+
+fn stats(device: &Device) -> serde_json::Value {
+    let streams: Vec<_> = device
+        .tuners
+        .iter()
+        .enumerate()
+        .filter_map(|(index, slot)| {
+            slot.as_ref().map(|s| {
+                json!({
+                    "tuner": index,
+                    "channel": s.channel,
+                    "client": s.client.to_string(),
+                    "seconds": s.since.elapsed().as_secs_f64(),
+                })
+            })
+        })
+        .collect();
+    json!({
+        "tuners": device.tuners.len(),
+        "open_streams": streams.len(),
+        "busy_503": device.busy_503,
+        "streams_served": device.streams_served,
+        "streams": streams,
+    })
+}
+
+/// A response's status line and headers, with the connection left at the body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: BufReader<TcpStream>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET url` over a fresh connection (plain HTTP only: the emulator's).
+pub fn get(url: &str) -> io::Result<Response> {
+    let parsed = url::Url::parse(url).map_err(io::Error::other)?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| io::Error::other("URL without host"))?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let mut stream = TcpStream::connect((host, port))?;
+    let mut target = parsed.path().to_owned();
+    if let Some(query) = parsed.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: ec-systemd-suite\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = BufReader::new(stream);
+    let mut status_line = String::new();
+    body.read_line(&mut status_line)?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if body.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// `http-get URL`: prints the body of a 200 answer (used for `/stats`).
+pub fn http_get_main(args: &[String]) -> ExitCode {
+    let Some(url) = args.first() else {
+        eprintln!("usage: http-get URL");
+        return ExitCode::from(2);
+    };
+    match get(url) {
+        Ok(mut response) if response.status == 200 => {
+            let mut body = String::new();
+            match response.body.read_to_string(&mut body) {
+                Ok(_) => {
+                    print!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("http-get: {url}: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Ok(response) => {
+            eprintln!("http-get: {url}: HTTP {}", response.status);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("http-get: {url}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

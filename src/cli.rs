@@ -39,6 +39,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print a source's canonical key and lock file path
     Key(KeyArgs),
+    /// Show who holds which source, from the kernel's lock table
+    Status(StatusArgs),
     /// Print a shell completion script (for packagers)
     #[command(hide = true)]
     Completions {
@@ -111,6 +113,21 @@ pub struct KeyArgs {
     /// The source URL or device path
     #[arg(value_name = "SOURCE")]
     pub source: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Directory holding the lock files
+    #[arg(long, value_name = "DIR", env = LOCK_DIR_ENV, default_value = DEFAULT_LOCK_DIR)]
+    pub lock_dir: PathBuf,
+
+    /// Print {"locks": [...], "warnings": [...]} (schema in the README)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only this source (URL, device path or key); exit 0 if held, 3 if free
+    #[arg(value_name = "SOURCE")]
+    pub source: Option<String>,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -33,6 +33,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read lock directory {path:?}")]
+    ReadLockDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot inspect lock directory {path:?}")]
     InspectLockDir {
         path: PathBuf,
@@ -92,6 +98,11 @@ impl Error {
             Self::SourceFileEmpty { .. } | Self::SourceFileMultiline { .. } | Self::Key(_) => {
                 ExitStatus::BadSource
             }
+            Self::ReadLockDir { source, .. } => match source.kind() {
+                io::ErrorKind::NotFound => ExitStatus::NoInput,
+                io::ErrorKind::PermissionDenied => ExitStatus::NoPermission,
+                _ => ExitStatus::LockUnusable,
+            },
             Self::CreateLockDir { source, .. }
             | Self::InspectLockDir { source, .. }
             | Self::OpenLockFile { source, .. } => {
@@ -128,6 +139,9 @@ impl Error {
                 "write exactly one source URL or device path into the file"
             }
             Self::Key(_) => "fix --source, or name the source yourself with --key",
+            Self::ReadLockDir { .. } => {
+                "check --lock-dir (default /run/every-channel/source-locks; the first launch creates it) and that this user may list it"
+            }
             Self::CreateLockDir { .. } | Self::InspectLockDir { .. } => {
                 "create the directory (the NixOS module does, via tmpfiles) or pass a usable --lock-dir"
             }

@@ -1,32 +1,34 @@
 //! Who holds a lock, according to the kernel.
 //!
-//! A lock file's record says who launched last; the kernel's lock table says
-//! who holds the lock now. `/proc/locks` names the process that *took* a
-//! flock(2) lock, which may have exited while a child that inherited the
-//! descriptor still holds it, so a row's PID is checked for liveness.
+//! A lock file's record says who launched last; the kernel says who holds
+//! the lock now, in two places (proc(5)):
+//! - `/proc/locks` lists each flock(2) lock once, with the PID that *took*
+//!   it. After the program forks a helper and exits, that PID is dead while
+//!   the helper, which inherited the descriptor, holds the lock.
+//! - `/proc/<pid>/fdinfo/<fd>` has a `lock:` line for every lock owned by
+//!   that descriptor's open file description, so every process sharing it
+//!   shows the lock, whoever took it.
+//!
+//! [`HolderScan`] reads both once: the lock table, then the descriptors of
+//! every visible process that point into the lock directory (only those
+//! fdinfo files are read, which keeps a scan of thousands of processes
+//! cheap). Descriptors whose file was deleted while locked are kept as
+//! orphans: such a lock still excludes nobody who opens the path anew.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
+use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::cgroup;
-use crate::proc_locks::{self, LockKind};
+use crate::proc_locks::{self, LockKind, LockRow};
+use crate::process::{self, BootClock, ProcessInfo};
 
-/// A process holding (or recorded as holding) a lock.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    pub pid: u32,
-    /// `/proc/<pid>/comm`, when readable.
-    pub command: Option<String>,
-    /// The systemd unit, when the process is in one.
-    pub unit: Option<String>,
-    /// False when the kernel's row names a PID that has exited: the lock is
-    /// then held by a process that inherited the descriptor.
-    pub alive: bool,
-}
+/// What the kernel appends to a descriptor's link when its file is gone.
+const DELETED_SUFFIX: &str = " (deleted)";
 
 /// The device and inode a lock is on, in `/proc/locks` terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LockedInode {
     pub dev_major: u32,
     pub dev_minor: u32,
@@ -34,56 +36,244 @@ pub struct LockedInode {
 }
 
 impl LockedInode {
-    /// The inode an open lock file refers to.
+    /// The inode of an open file.
     ///
     /// # Errors
     /// When `fstat` fails.
-    pub fn of_file(file: &File) -> std::io::Result<Self> {
-        let metadata = file.metadata()?;
+    pub fn of_file(file: &File) -> io::Result<Self> {
+        Ok(Self::of_metadata(&file.metadata()?))
+    }
+
+    /// The inode `metadata` describes.
+    #[must_use]
+    pub fn of_metadata(metadata: &fs::Metadata) -> Self {
         let dev = metadata.dev();
-        Ok(Self {
-            // Truncation is fine: Linux majors and minors are 12 and 20 bits.
-            #[allow(clippy::cast_possible_truncation)]
+        // Linux majors and minors are 12 and 20 bits wide.
+        #[allow(clippy::cast_possible_truncation)]
+        Self {
             dev_major: nix::sys::stat::major(dev) as u32,
-            #[allow(clippy::cast_possible_truncation)]
             dev_minor: nix::sys::stat::minor(dev) as u32,
             inode: metadata.ino(),
-        })
+        }
+    }
+
+    fn of_row(row: &LockRow) -> Self {
+        Self {
+            dev_major: row.dev_major,
+            dev_minor: row.dev_minor,
+            inode: row.inode,
+        }
     }
 }
 
-/// The processes the kernel's lock table names as holding a flock(2) lock
-/// on `inode`, as seen under `proc_root` (normally `/proc`).
-#[must_use]
-pub fn lock_table_holders(proc_root: &Path, inode: LockedInode) -> Vec<Holder> {
-    let Ok(table) = fs::read_to_string(proc_root.join("locks")) else {
-        return Vec::new();
+/// A held lock whose file was deleted: seen through a holder's descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanedLock {
+    pub inode: LockedInode,
+    /// The path the file had.
+    pub path: PathBuf,
+    /// A descriptor through which its contents (the record) can be read.
+    pub via: PathBuf,
+}
+
+/// One snapshot of flock(2) holders under a lock directory.
+#[derive(Debug, Default)]
+pub struct HolderScan {
+    /// Inodes with a held (not awaited) flock, and the PIDs that took them.
+    table: BTreeMap<LockedInode, BTreeSet<Option<u32>>>,
+    /// Processes with a descriptor sharing each held lock.
+    sharers: BTreeMap<LockedInode, BTreeSet<u32>>,
+    orphans: BTreeMap<LockedInode, OrphanedLock>,
+    /// Processes whose descriptors we may not read (other users', unless root).
+    pub uninspectable: usize,
+    /// `/proc` is mounted with `hidepid`, hiding other users' processes.
+    pub hidepid: bool,
+    clock: Option<BootClock>,
+    proc_root: PathBuf,
+}
+
+impl HolderScan {
+    /// Scans `/proc` under `proc_root` for locks on files in `lock_dir`.
+    #[must_use]
+    pub fn take(proc_root: &Path, lock_dir: &Path) -> Self {
+        let mut scan = Self {
+            clock: BootClock::read(proc_root),
+            proc_root: proc_root.to_owned(),
+            hidepid: hidepid_in_force(proc_root),
+            ..Self::default()
+        };
+        if let Ok(text) = fs::read_to_string(proc_root.join("locks")) {
+            for row in proc_locks::parse(&text) {
+                if row.kind == LockKind::Flock && !row.waiting {
+                    scan.table
+                        .entry(LockedInode::of_row(&row))
+                        .or_default()
+                        .insert(row.pid);
+                }
+            }
+        }
+        // Nothing held anywhere: no process can hold one of ours.
+        if scan.table.is_empty() {
+            return scan;
+        }
+        let lock_dir = lock_dir
+            .canonicalize()
+            .unwrap_or_else(|_| lock_dir.to_owned());
+        scan.scan_descriptors(&lock_dir);
+        scan
+    }
+
+    fn scan_descriptors(&mut self, lock_dir: &Path) {
+        let Ok(entries) = fs::read_dir(&self.proc_root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let fd_dir = entry.path().join("fd");
+            let fds = match fs::read_dir(&fd_dir) {
+                Ok(fds) => fds,
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    self.uninspectable += 1;
+                    continue;
+                }
+                // Exited meanwhile, or a kernel thread: nothing to see.
+                Err(_) => continue,
+            };
+            for fd in fds.flatten() {
+                let Ok(target) = fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let Some(in_dir) = lock_dir_path(&target, lock_dir) else {
+                    continue;
+                };
+                let fdinfo = entry.path().join("fdinfo").join(fd.file_name());
+                let Ok(info) = fs::read_to_string(&fdinfo) else {
+                    continue;
+                };
+                for row in proc_locks::parse_fdinfo_locks(&info) {
+                    if row.kind != LockKind::Flock || row.waiting {
+                        continue;
+                    }
+                    let inode = LockedInode::of_row(&row);
+                    self.sharers.entry(inode).or_default().insert(pid);
+                    if let LockDirPath::Deleted(path) = &in_dir {
+                        self.orphans.entry(inode).or_insert_with(|| OrphanedLock {
+                            inode,
+                            path: path.clone(),
+                            via: fd.path(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when the kernel lists a held flock on `inode`.
+    #[must_use]
+    pub fn is_held(&self, inode: LockedInode) -> bool {
+        self.table.contains_key(&inode)
+    }
+
+    /// Every process holding the lock on `inode`: those sharing the locked
+    /// open file, and the recorded taker if it is still alive (its
+    /// descriptors may be hidden from us).
+    #[must_use]
+    pub fn holders(&self, inode: LockedInode) -> Vec<ProcessInfo> {
+        let mut pids: BTreeSet<u32> = self.sharers.get(&inode).cloned().unwrap_or_default();
+        for pid in self.table.get(&inode).into_iter().flatten().flatten() {
+            if self.proc_root.join(pid.to_string()).exists() {
+                pids.insert(*pid);
+            }
+        }
+        pids.into_iter()
+            .map(|pid| process::describe(&self.proc_root, pid, self.clock))
+            .collect()
+    }
+
+    /// PIDs the lock table names as takers of `inode` that no longer exist.
+    #[must_use]
+    pub fn exited_takers(&self, inode: LockedInode) -> Vec<u32> {
+        self.table
+            .get(&inode)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|pid| !self.proc_root.join(pid.to_string()).exists())
+            .copied()
+            .collect()
+    }
+
+    /// Held locks whose files were deleted.
+    pub fn orphans(&self) -> impl Iterator<Item = &OrphanedLock> {
+        self.orphans.values()
+    }
+
+    /// Why the holder list may be incomplete, for the operator.
+    #[must_use]
+    pub fn visibility_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.hidepid {
+            warnings.push(
+                "/proc is mounted with hidepid: other users' processes are invisible here, so holders may be missing; run as root".to_owned(),
+            );
+        }
+        if self.uninspectable > 0 {
+            warnings.push(format!(
+                "the descriptors of {} processes of other users could not be read, so holders among them are missing; run as root",
+                self.uninspectable
+            ));
+        }
+        warnings
+    }
+}
+
+enum LockDirPath {
+    Present,
+    Deleted(PathBuf),
+}
+
+/// Whether a descriptor's link target is a file directly in `lock_dir`.
+fn lock_dir_path(target: &Path, lock_dir: &Path) -> Option<LockDirPath> {
+    let text = target.to_str()?;
+    let (path, deleted) = match text.strip_suffix(DELETED_SUFFIX) {
+        Some(path) => (Path::new(path), true),
+        None => (target, false),
     };
-    let mut pids: Vec<u32> = proc_locks::parse(&table)
-        .into_iter()
-        .filter(|row| {
-            row.kind == LockKind::Flock && row.holds(inode.dev_major, inode.dev_minor, inode.inode)
-        })
-        .filter_map(|row| row.pid)
-        .collect();
-    pids.sort_unstable();
-    pids.dedup();
-    pids.into_iter()
-        .map(|pid| describe(proc_root, pid))
-        .collect()
+    if path.parent() != Some(lock_dir) {
+        return None;
+    }
+    Some(if deleted {
+        LockDirPath::Deleted(path.to_owned())
+    } else {
+        LockDirPath::Present
+    })
 }
 
-/// Reads what `/proc` says about `pid`.
-#[must_use]
-pub fn describe(proc_root: &Path, pid: u32) -> Holder {
-    let dir = proc_root.join(pid.to_string());
-    let command = fs::read_to_string(dir.join("comm"))
-        .ok()
-        .map(|c| c.trim_end().to_owned());
-    Holder {
-        pid,
-        alive: command.is_some(),
-        command,
-        unit: cgroup::unit_of_pid(proc_root, pid),
-    }
+/// True when the proc filesystem at `proc_root` hides processes (`hidepid`
+/// other than 0/off), per `/proc/self/mountinfo`.
+fn hidepid_in_force(proc_root: &Path) -> bool {
+    let Ok(mountinfo) = fs::read_to_string(proc_root.join("self/mountinfo")) else {
+        return false;
+    };
+    let root = proc_root.to_string_lossy();
+    mountinfo.lines().any(|line| {
+        let mut halves = line.splitn(2, " - ");
+        let (Some(mount), Some(fs)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        let mount_point = mount.split_whitespace().nth(4);
+        mount_point == Some(root.as_ref())
+            && fs.starts_with("proc ")
+            && fs.split([' ', ',']).any(|option| {
+                option
+                    .strip_prefix("hidepid=")
+                    .is_some_and(|v| v != "0" && v != "off")
+            })
+    })
 }

@@ -24,6 +24,7 @@ mod lock;
 mod lock_record;
 mod logging;
 mod proc_locks;
+mod process;
 mod redact;
 #[cfg(test)]
 mod secret_props;
@@ -56,6 +57,7 @@ fn run() -> ExitStatus {
     let result = match cli.command {
         Command::Run(args) => command::run::run(args),
         Command::Key(args) => command::key::key(&args),
+        Command::Status(args) => command::status::status(&args),
         Command::Completions { shell } => Ok(command::docs::completions(shell)),
         Command::Man => Ok(command::docs::man()),
     };

@@ -37,6 +37,7 @@ pub struct LockRow {
 
 impl LockRow {
     /// True when this row is a lock held (not awaited) on the given file.
+    #[cfg(test)]
     #[must_use]
     pub fn holds(&self, dev_major: u32, dev_minor: u32, inode: u64) -> bool {
         !self.waiting
@@ -140,5 +141,40 @@ garbage line
         assert_eq!(rows[3].kind, LockKind::Posix);
         assert_eq!(rows[3].dev_major, 0x103);
         assert_eq!(rows[5].kind, LockKind::Other);
+    }
+}
+
+/// The `lock:` rows of a `/proc/<pid>/fdinfo/<fd>` file: the locks whose
+/// owner is this descriptor's open file description (proc(5)). A process
+/// that inherited a flock(2) descriptor shows the lock here even though
+/// `/proc/locks` names the process that took it.
+#[must_use]
+pub fn parse_fdinfo_locks(fdinfo: &str) -> Vec<LockRow> {
+    fdinfo
+        .lines()
+        .filter_map(|line| line.strip_prefix("lock:"))
+        .filter_map(parse_line)
+        .collect()
+}
+
+#[cfg(test)]
+mod fdinfo_tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_lock_lines_are_the_rows_of_this_open_file() {
+        // Captured from a `sleep` forked by `flock -n file sleep 30`: the
+        // row still names flock's PID (13233), the fdinfo is the child's.
+        let fdinfo = "pos:\t0\nflags:\t0100000\nmnt_id:\t27\nino:\t10010687\n\
+                      lock:\t1: FLOCK  ADVISORY  WRITE 13233 fe:00:10010687 0 EOF\n";
+        let rows = parse_fdinfo_locks(fdinfo);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].pid, Some(13233));
+        assert!(rows[0].holds(0xfe, 0, 10_010_687));
+    }
+
+    #[test]
+    fn fdinfo_without_locks_has_no_rows() {
+        assert!(parse_fdinfo_locks("pos:\t0\nflags:\t02\nmnt_id:\t24\nino:\t3\n").is_empty());
     }
 }

@@ -4,3 +4,4 @@
 pub mod docs;
 pub mod key;
 pub mod run;
+pub mod status;

@@ -17,9 +17,10 @@ use crate::cli::{OnBusy, RunArgs};
 use crate::error::Error;
 use crate::exec::{self, Launch};
 use crate::exit_code::ExitStatus;
-use crate::holder::{self, LockedInode};
+use crate::holder::{HolderScan, LockedInode};
 use crate::lock::{self, Access, Acquired, BusyPolicy};
 use crate::lock_record::LockRecord;
+use crate::process::ProcessInfo;
 use crate::redact::redact_source;
 use crate::source_key::{KeyError, SourceKey};
 
@@ -157,35 +158,17 @@ fn report_busy(
     timed_out: bool,
     program: &str,
 ) {
-    let proc_root = Path::new("/proc");
-    let holders = LockedInode::of_file(file)
-        .map(|inode| holder::lock_table_holders(proc_root, inode))
-        .unwrap_or_default();
-    let record = LockRecord::read_from(file);
-    let mut described: Vec<String> = holders
-        .iter()
-        .map(|h| {
-            let mut text = format!("pid {}", h.pid);
-            if let Some(command) = &h.command {
-                let _ = write!(text, " ({command})");
-            }
-            match &h.unit {
-                Some(unit) => {
-                    let _ = write!(text, " in {unit}");
-                }
-                None => text.push_str(" outside any systemd unit"),
-            }
-            if !h.alive {
-                text.push_str(" [exited; a child that inherited the lock holds it]");
-            }
-            if let Some(record) = record.as_ref().filter(|r| r.pid == h.pid) {
-                let _ = write!(text, " since {}", record.started_at);
-            }
-            text
-        })
-        .collect();
+    let scan = HolderScan::take(Path::new("/proc"), &config.lock_dir);
+    let inode = LockedInode::of_file(file).ok();
+    let holders = inode.map(|i| scan.holders(i)).unwrap_or_default();
+    let mut described: Vec<String> = holders.iter().map(describe_holder).collect();
     if described.is_empty() {
         described.push("a process this user cannot see".into());
+    }
+    let exited = inode.map(|i| scan.exited_takers(i)).unwrap_or_default();
+    if !exited.is_empty() {
+        let pids: Vec<String> = exited.iter().map(u32::to_string).collect();
+        described.push(format!("inherited from exited pid {}", pids.join(", ")));
     }
     let waited = match config.policy {
         BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
@@ -202,6 +185,24 @@ fn report_busy(
         config.lock_dir.display(),
         config.key,
     );
+}
+
+/// `pid 4242 (ec-node) in x.service since 2026-…`.
+fn describe_holder(holder: &ProcessInfo) -> String {
+    let mut text = format!("pid {}", holder.pid);
+    if let Some(command) = &holder.command {
+        let _ = write!(text, " ({command})");
+    }
+    match &holder.unit {
+        Some(unit) => {
+            let _ = write!(text, " in {unit}");
+        }
+        None => text.push_str(" outside any systemd unit"),
+    }
+    if let Some(since) = &holder.since {
+        let _ = write!(text, " since {since}");
+    }
+    text
 }
 
 fn seconds(duration: Duration) -> String {

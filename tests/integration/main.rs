@@ -12,4 +12,5 @@ mod cli;
 mod logging;
 mod run;
 mod secrets;
+mod status;
 mod testenv;

@@ -204,7 +204,8 @@ fn a_child_that_inherits_the_descriptor_keeps_the_lock_after_its_parent_exits_an
         describe(&busy)
     );
     assert!(
-        text(&busy.stderr).contains("exited; a child that inherited the lock holds it"),
+        text(&busy.stderr).contains(&format!("held by pid {helper} (sleep)"))
+            && text(&busy.stderr).contains("inherited from exited pid"),
         "{}",
         describe(&busy)
     );

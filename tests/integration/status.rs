@@ -1,0 +1,273 @@
+//! `ec-launch status`: holders from the kernel, orphans, exit codes, JSON.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Output;
+
+use crate::testenv::{
+    Guard, NOBODY, PATIENCE, TestEnv, describe, holders, is_root, text, wait_until,
+};
+
+const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
+const OTHER: &str = "http://10.0.0.5:5004/auto/v4.1";
+
+fn status(env: &TestEnv, args: &[&str]) -> Output {
+    env.ec_launch()
+        .args(["status", "--lock-dir"])
+        .arg(env.lock_dir())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(output)))
+}
+
+/// Starts `sleep 300` under the lock of `source` and waits until it holds it.
+fn hold(env: &TestEnv, source: &str) -> Guard {
+    let holder = Guard::spawn(&mut env.run(source, &[], &["sleep", "300"]));
+    let lock_file = env.lock_file_of(source);
+    let pid = i64::from(holder.pid());
+    assert!(
+        wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
+        "never held"
+    );
+    holder
+}
+
+#[test]
+fn held_and_free_sources_are_listed_with_the_holder_from_the_kernel() {
+    let env = TestEnv::new();
+    let freed = env.run(OTHER, &[], &["true"]).output().unwrap();
+    assert_eq!(freed.status.code(), Some(0), "{}", describe(&freed));
+    let holder = hold(&env, SOURCE);
+
+    let output = status(&env, &["--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let report = json(&output);
+    let locks = report["locks"].as_array().unwrap();
+    assert_eq!(locks.len(), 2, "{report:#}");
+    let held = locks
+        .iter()
+        .find(|l| l["key"] == "hdhomerun://10.0.0.5/v5.1")
+        .unwrap();
+    assert_eq!(held["state"], "held");
+    assert_eq!(held["orphaned"], false);
+    assert_eq!(
+        held["lock_file"],
+        env.lock_file_of(SOURCE).to_str().unwrap()
+    );
+    assert_eq!(held["holders"].as_array().unwrap().len(), 1, "{held:#}");
+    assert_eq!(held["holders"][0]["pid"], holder.pid());
+    assert_eq!(held["holders"][0]["command"], "sleep");
+    assert!(
+        held["holders"][0]["since"]
+            .as_str()
+            .unwrap()
+            .starts_with("20")
+    );
+    assert_eq!(held["metadata"]["pid"], holder.pid());
+    let free = locks
+        .iter()
+        .find(|l| l["key"] == "hdhomerun://10.0.0.5/v4.1")
+        .unwrap();
+    assert_eq!(free["state"], "free");
+    assert_eq!(free["holders"].as_array().unwrap().len(), 0);
+
+    let table = status(&env, &[]);
+    assert_eq!(table.status.code(), Some(0), "{}", describe(&table));
+    let lines: Vec<String> = text(&table.stdout).lines().map(str::to_owned).collect();
+    assert!(lines[0].starts_with("STATE"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("held") && l.contains(&format!("{} sleep", holder.pid()))),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("free ")), "{lines:?}");
+}
+
+#[test]
+fn with_a_source_the_exit_code_says_held_or_free() {
+    let env = TestEnv::new();
+    let _holder = hold(&env, SOURCE);
+    // Any spelling of the source, and its key, find the lock.
+    for spelling in [
+        SOURCE,
+        "http://10.0.0.5:5004/tuner2/v5.1",
+        "hdhomerun://10.0.0.5/v5.1",
+    ] {
+        let output = status(&env, &[spelling]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{spelling}: {}",
+            describe(&output)
+        );
+    }
+    let free = status(&env, &[OTHER]);
+    assert_eq!(
+        free.status.code(),
+        Some(3),
+        "never launched: {}",
+        describe(&free)
+    );
+    let ran = env.run(OTHER, &[], &["true"]).output().unwrap();
+    assert_eq!(ran.status.code(), Some(0));
+    let free = status(&env, &["--json", OTHER]);
+    assert_eq!(
+        free.status.code(),
+        Some(3),
+        "launched and exited: {}",
+        describe(&free)
+    );
+    assert_eq!(json(&free)["locks"][0]["state"], "free");
+}
+
+#[test]
+fn a_helper_that_inherited_the_lock_is_named_as_the_holder() {
+    let env = TestEnv::new();
+    let program = TestEnv::sh("sleep 300 </dev/null >/dev/null 2>&1 & echo $! > helper.pid");
+    let output = env.run(SOURCE, &[], &program).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let helper: u32 = fs::read_to_string(env.path("helper.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _kill = KillOnDrop(helper);
+
+    let report = status(&env, &["--json", SOURCE]);
+    assert_eq!(report.status.code(), Some(0), "{}", describe(&report));
+    let lock = &json(&report)["locks"][0];
+    assert_eq!(lock["state"], "held");
+    let pids: Vec<u64> = lock["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        pids,
+        vec![u64::from(helper)],
+        "the helper, not the exited launcher: {lock:#}"
+    );
+    let launcher = lock["metadata"]["pid"].as_u64().unwrap();
+    assert_ne!(launcher, u64::from(helper));
+    let warnings = lock["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("(pid {launcher}) has exited")),
+        "{warnings}"
+    );
+}
+
+/// SIGKILLs a process that is not our child when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        wait_until(PATIENCE, || nix::sys::signal::kill(pid, None).is_err());
+    }
+}
+
+#[test]
+fn a_lock_file_deleted_while_held_is_reported_as_orphaned_with_exit_4() {
+    let env = TestEnv::new();
+    let holder = hold(&env, SOURCE);
+    let lock_file = env.lock_file_of(SOURCE);
+    fs::remove_file(&lock_file).unwrap();
+
+    let output = status(&env, &["--json"]);
+    assert_eq!(output.status.code(), Some(4), "{}", describe(&output));
+    let report = json(&output);
+    let lock = &report["locks"][0];
+    assert_eq!(lock["orphaned"], true, "{report:#}");
+    assert_eq!(lock["state"], "held");
+    assert_eq!(
+        lock["key"], "hdhomerun://10.0.0.5/v5.1",
+        "the record is read through the holder's descriptor"
+    );
+    assert_eq!(lock["lock_file"], lock_file.to_str().unwrap());
+    assert_eq!(lock["holders"][0]["pid"], holder.pid());
+
+    let one = status(&env, &[SOURCE]);
+    assert_eq!(one.status.code(), Some(4), "{}", describe(&one));
+    assert!(text(&one.stdout).contains("ORPHANED"), "{}", describe(&one));
+    // An orphan of another source does not answer for this one.
+    let other = status(&env, &[OTHER]);
+    assert_eq!(other.status.code(), Some(3), "{}", describe(&other));
+}
+
+#[test]
+fn no_credential_appears_in_status_output() {
+    let env = TestEnv::new();
+    let secret = "http://admin:XSECRETXpw@10.0.0.5:5004/auto/v5.1?token=XSECRETXtok";
+    let _holder = hold(&env, secret);
+    for args in [vec![], vec!["--json"], vec![secret], vec!["--json", secret]] {
+        let output = status(&env, &args);
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        assert!(
+            !all.contains("XSECRETX"),
+            "credential leaked by status {args:?}: {all}"
+        );
+        assert!(
+            all.contains("***"),
+            "the redacted source should be shown: {all}"
+        );
+    }
+}
+
+#[test]
+fn an_unreadable_or_missing_lock_directory_has_its_own_exit_code() {
+    let env = TestEnv::new();
+    let missing = status(&env, &[]);
+    assert_eq!(missing.status.code(), Some(66), "{}", describe(&missing));
+    let stderr = text(&missing.stderr);
+    assert!(
+        stderr.starts_with("error: cannot read lock directory")
+            && stderr.contains("check --lock-dir"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1);
+
+    fs::create_dir(env.lock_dir()).unwrap();
+    fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o300)).unwrap();
+    let mut command = env.ec_launch();
+    command.args(["status", "--lock-dir"]).arg(env.lock_dir());
+    if is_root() {
+        command.uid(NOBODY).gid(NOBODY);
+        fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o333)).unwrap();
+    }
+    let denied = command.output().unwrap();
+    assert_eq!(denied.status.code(), Some(77), "{}", describe(&denied));
+}
+
+#[test]
+fn an_unprivileged_user_is_told_when_other_users_holders_are_invisible() {
+    crate::testenv::require_root("start a holder as root and run status as another user");
+    let env = TestEnv::new();
+    let _holder = hold(&env, SOURCE);
+    fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = env.ec_launch();
+    command
+        .args(["status", "--json", "--lock-dir"])
+        .arg(env.lock_dir())
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let report = json(&output);
+    // The lock table still shows the lock held, and says why holders may be missing.
+    assert_eq!(report["locks"][0]["state"], "held", "{report:#}");
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("could not be read") || warnings.contains("hidepid"),
+        "{report:#}"
+    );
+}

@@ -96,10 +96,26 @@ impl HolderScan {
     /// Scans `/proc` under `proc_root` for locks on files in `lock_dir`.
     #[must_use]
     pub fn take(proc_root: &Path, lock_dir: &Path) -> Self {
+        let mut scan = Self::lock_table(proc_root);
+        scan.hidepid = hidepid_in_force(proc_root);
+        // Nothing held anywhere: no process can hold one of ours.
+        if !scan.table.is_empty() {
+            let lock_dir = lock_dir
+                .canonicalize()
+                .unwrap_or_else(|_| lock_dir.to_owned());
+            scan.scan_descriptors(&lock_dir);
+        }
+        scan
+    }
+
+    /// Reads only `/proc/locks`: enough to name a holder that took its lock
+    /// and is still alive, at a fraction of a full scan's cost. Holders that
+    /// merely share the descriptor are not found this way.
+    #[must_use]
+    pub fn lock_table(proc_root: &Path) -> Self {
         let mut scan = Self {
-            clock: BootClock::read(proc_root),
+            clock: BootClock::read(),
             proc_root: proc_root.to_owned(),
-            hidepid: hidepid_in_force(proc_root),
             ..Self::default()
         };
         if let Ok(text) = fs::read_to_string(proc_root.join("locks")) {
@@ -112,14 +128,6 @@ impl HolderScan {
                 }
             }
         }
-        // Nothing held anywhere: no process can hold one of ours.
-        if scan.table.is_empty() {
-            return scan;
-        }
-        let lock_dir = lock_dir
-            .canonicalize()
-            .unwrap_or_else(|_| lock_dir.to_owned());
-        scan.scan_descriptors(&lock_dir);
         scan
     }
 
@@ -194,6 +202,24 @@ impl HolderScan {
         pids.into_iter()
             .map(|pid| process::describe(&self.proc_root, pid, self.clock))
             .collect()
+    }
+
+    /// True when the lock table names at least one taker of `inode` and all
+    /// of them are alive: the cheap case where no descriptor scan is needed
+    /// to name a holder.
+    #[must_use]
+    pub fn all_takers_alive(&self, inode: LockedInode) -> bool {
+        let takers: Vec<Option<u32>> = self
+            .table
+            .get(&inode)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        !takers.is_empty()
+            && takers
+                .iter()
+                .all(|pid| pid.is_some_and(|pid| self.proc_root.join(pid.to_string()).exists()))
     }
 
     /// PIDs the lock table names as takers of `inode` that no longer exist.

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::cgroup;
 
@@ -21,27 +21,32 @@ pub struct ProcessInfo {
 /// Converts start times from clock ticks after boot to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct BootClock {
-    boot_unix: u64,
+    /// Wall-clock time at boot: `CLOCK_REALTIME` minus `CLOCK_BOOTTIME`, the
+    /// clock `/proc/<pid>/stat` start times count on. Sub-second, unlike
+    /// `btime` in `/proc/stat`, and without generating that large file.
+    boot: SystemTime,
     ticks_per_second: u64,
 }
 
 impl BootClock {
-    /// Reads the boot time (`btime` in `/proc/stat`) and `CLK_TCK`.
+    /// Reads the clocks and `CLK_TCK`.
     #[must_use]
-    pub fn read(proc_root: &Path) -> Option<Self> {
-        let stat = fs::read_to_string(proc_root.join("stat")).ok()?;
-        let boot_unix = parse_btime(&stat)?;
+    pub fn read() -> Option<Self> {
+        use nix::time::{ClockId, clock_gettime};
+        let since_boot = Duration::from(clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?);
+        let boot = SystemTime::now().checked_sub(since_boot)?;
         let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
         let ticks_per_second = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
         Some(Self {
-            boot_unix,
+            boot,
             ticks_per_second,
         })
     }
 
     fn start_of(self, start_ticks: u64) -> SystemTime {
-        let after_boot = Duration::from_secs(start_ticks / self.ticks_per_second);
-        UNIX_EPOCH + Duration::from_secs(self.boot_unix) + after_boot
+        let seconds = start_ticks / self.ticks_per_second;
+        let nanos = (start_ticks % self.ticks_per_second) * 1_000_000_000 / self.ticks_per_second;
+        self.boot + Duration::from_secs(seconds) + Duration::from_nanos(nanos)
     }
 }
 
@@ -64,14 +69,6 @@ pub fn describe(proc_root: &Path, pid: u32, clock: Option<BootClock>) -> Process
         unit: cgroup::unit_of_pid(proc_root, pid),
         since,
     }
-}
-
-/// `btime` from `/proc/stat`: boot time, seconds since the epoch.
-#[must_use]
-pub fn parse_btime(stat: &str) -> Option<u64> {
-    stat.lines()
-        .find_map(|line| line.strip_prefix("btime "))
-        .and_then(|value| value.trim().parse().ok())
 }
 
 /// Field 22, `starttime`, of `/proc/<pid>/stat`, in clock ticks after boot.
@@ -97,16 +94,12 @@ mod tests {
     }
 
     #[test]
-    fn boot_time_comes_from_the_btime_line() {
-        let stat = "cpu  1 2 3\nintr 5\nbtime 1795345800\nprocesses 99\n";
-        assert_eq!(parse_btime(stat), Some(1_795_345_800));
-        assert_eq!(parse_btime("cpu 1\n"), None);
-    }
-
-    #[test]
     fn this_process_is_described_from_the_real_proc() {
-        let clock = BootClock::read(Path::new("/proc"));
-        assert!(clock.is_some(), "/proc/stat must have btime");
+        let clock = BootClock::read();
+        assert!(
+            clock.is_some(),
+            "CLOCK_BOOTTIME and CLK_TCK must be readable"
+        );
         let me = describe(Path::new("/proc"), std::process::id(), clock);
         assert!(me.command.is_some());
         let since = me.since.expect("start time");

@@ -158,8 +158,14 @@ fn report_busy(
     timed_out: bool,
     program: &str,
 ) {
-    let scan = HolderScan::take(Path::new("/proc"), &config.lock_dir);
     let inode = LockedInode::of_file(file).ok();
+    // The lock table names the taker; only when it has exited is the whole
+    // of /proc scanned for the children that inherited the lock. Under a
+    // burst of duplicate launches that keeps each loser cheap.
+    let mut scan = HolderScan::lock_table(Path::new("/proc"));
+    if inode.is_some_and(|i| !scan.all_takers_alive(i)) {
+        scan = HolderScan::take(Path::new("/proc"), &config.lock_dir);
+    }
     let holders = inode.map(|i| scan.holders(i)).unwrap_or_default();
     let mut described: Vec<String> = holders.iter().map(describe_holder).collect();
     if described.is_empty() {

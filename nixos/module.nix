@@ -205,6 +205,7 @@ let
   # and the checks need to know about it.
   units =
     lib.mapAttrsToList (name: unit: {
+      inherit name;
       serviceName = "every-channel-publisher-${name}";
       optionPath = "services.every-channel.publishers.${name}";
       description = "every-channel publisher ${name}";
@@ -212,6 +213,7 @@ let
       inherit unit;
     }) publishers
     ++ lib.mapAttrsToList (name: unit: {
+      inherit name;
       serviceName = "every-channel-archive-${name}";
       optionPath = "services.every-channel.archiveWorkers.${name}";
       description = "every-channel archive worker ${name}";
@@ -223,6 +225,7 @@ let
   # subject so the message points at the line to change.
   unitChecks =
     {
+      name,
       optionPath,
       unit,
       sourceRequired,
@@ -234,6 +237,12 @@ let
     in
     {
       assertions = [
+        {
+          # The name becomes part of a unit name; keep it to characters
+          # systemd takes without escaping.
+          assertion = builtins.match "[A-Za-z0-9:_.-]+" name != null;
+          message = "${optionPath}: the name may only contain letters, digits, `:`, `_`, `.` and `-`.";
+        }
         {
           assertion = !both;
           message = "${optionPath}: set only one of `source` and `sourceFile`, not both.";

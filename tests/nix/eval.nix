@@ -288,6 +288,16 @@ let
         ]
       ) (builtins.toJSON (failingAssertions neitherSource));
 
+    "a name systemd would have to escape fails with a readable assertion" =
+      let
+        cfg = withEveryChannel { publishers."channel 5" = { source = tunerUrl; }; };
+      in
+      check (
+        failingAssertions cfg == [
+          "services.every-channel.publishers.channel 5: the name may only contain letters, digits, `:`, `_`, `.` and `-`."
+        ]
+      ) (builtins.toJSON (failingAssertions cfg));
+
     "publishers without a package fail with a readable assertion" =
       check (
         failingAssertions noPackage == [

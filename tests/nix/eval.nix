@@ -218,6 +218,43 @@ let
         )
         publisher.ExecStart;
 
+    "the flake has the outputs issue 4 lists, for every Linux system" =
+      let
+        shape = {
+          packages = [
+            "default"
+            "ec-launch"
+          ];
+          checks = [
+            "clippy"
+            "ec-launch"
+            "vm-test"
+          ];
+          devShells = [ "default" ];
+        };
+        systems = [
+          "aarch64-linux"
+          "x86_64-linux"
+        ];
+        real = (import ../../flake.nix).outputs {
+          self = real;
+          nixpkgs = {
+            inherit lib;
+            legacyPackages = lib.genAttrs systems (_: throw "eval.nix: nixpkgs is not available");
+          };
+        };
+      in
+      check (
+        lib.all (
+          output:
+          builtins.attrNames real.${output} == systems
+          && lib.all (system: builtins.attrNames real.${output}.${system} == shape.${output}) systems
+        ) (builtins.attrNames shape)
+        && builtins.attrNames real.formatter == systems
+        && real.overlays ? default
+        && real.nixosModules ? default
+      ) (builtins.toJSON (lib.mapAttrs (_: builtins.attrNames) real));
+
     "launcherPackage defaults to the flake's package" =
       check (config.services.every-channel.launcherPackage == ecLaunch) "launcherPackage";
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# status benchmark: `ec-launch status` over 2,000 lock files (200 of them
+# held, 100 of those by a helper that inherited the lock from an exited
+# launcher) with a few thousand extra idle processes on the machine.
+# Prints figures from hyperfine; cleans up every process it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LOCKS=${LOCKS:-2000}
+HELD=${HELD:-200}
+IDLE=${IDLE:-3000}
+command -v hyperfine >/dev/null || { echo "bench: needs hyperfine (apt-get install hyperfine)" >&2; exit 1; }
+
+cargo build --release --locked --quiet
+bin=$PWD/target/release/ec-launch
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  ((${#pids[@]})) && kill -9 "${pids[@]}" 2>/dev/null || true
+  [ -f "$work/helpers.pids" ] && xargs -r kill -9 < "$work/helpers.pids" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+export EC_LAUNCH_LOCK_DIR=$work/locks EC_LAUNCH_LOG=off
+for i in $(seq 1 "$LOCKS"); do
+  "$bin" run --source "http://10.1.$((i / 250)).$((i % 250 + 1)):5004/auto/v$i.1" -- true
+done
+# Half the held ones are held by the launched program itself, half by a
+# helper it forked before exiting (the case only fdinfo can explain).
+for i in $(seq 1 "$HELD"); do
+  source="http://10.1.$((i / 250)).$((i % 250 + 1)):5004/auto/v$i.1"
+  if ((i % 2)); then
+    "$bin" run --source "$source" -- sleep 86400 &
+    pids+=($!)
+  else
+    "$bin" run --source "$source" -- sh -c "sleep 86400 </dev/null >/dev/null 2>&1 & echo \$! >> '$work/helpers.pids'"
+  fi
+done
+for _ in $(seq 1 "$IDLE"); do
+  sleep 86400 </dev/null >/dev/null 2>&1 &
+  pids+=($!)
+done
+sleep 1
+echo "lock files: $(ls "$EC_LAUNCH_LOCK_DIR" | wc -l), held: $("$bin" status --json | grep -c '"state": "held"'), processes: $(ls /proc | grep -c '^[0-9]')"
+hyperfine --warmup 3 --runs 30 -N "$bin status --lock-dir $EC_LAUNCH_LOCK_DIR" "$bin status --json --lock-dir $EC_LAUNCH_LOCK_DIR"

@@ -1,0 +1,71 @@
+# ec-launch as a Nix package. Name, version and description come from
+# Cargo.toml so there is one place to bump them.
+{
+  lib,
+  stdenv,
+  glibc,
+  rustPlatform,
+  installShellFiles,
+}:
+
+let
+  manifest = (builtins.fromTOML (builtins.readFile ../Cargo.toml)).package;
+in
+rustPlatform.buildRustPackage {
+  pname = manifest.name;
+  inherit (manifest) version;
+
+  # Only what the build reads, so editing the README, the module or the Nix
+  # tests does not rebuild the package. Cargo wants every [[test]] target it
+  # is told about to exist, hence the Rust files under tests/.
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../Cargo.toml
+      ../Cargo.lock
+      ../clippy.toml
+      ../src
+      (lib.fileset.fileFilter (file: file.hasExt "rs") ../tests)
+      ../benches
+    ];
+  };
+
+  cargoLock.lockFile = ../Cargo.lock;
+
+  nativeBuildInputs = [ installShellFiles ];
+
+  # Statically linked against glibc: a launch then does no dynamic-loader
+  # work, which is what brings ec-launch under flock(1)'s launch time
+  # (evolution/ECP-0128-launch-cost.md; bench/launch.sh builds it the same
+  # way). buildRustPackage passes an explicit --target, so the flag does not
+  # reach proc-macro crates, which cannot be linked statically.
+  buildInputs = lib.optionals stdenv.hostPlatform.isGnu [ glibc.static ];
+  env.RUSTFLAGS = lib.optionalString stdenv.hostPlatform.isGnu "-C target-feature=+crt-static";
+
+  # The unit tests only. The integration and acceptance suites need
+  # flock(1), root, systemd and nix-instantiate, none of which the build
+  # sandbox has; CI (.ci/run) runs them.
+  cargoTestFlags = [ "--bins" ];
+
+  # Completions and the man page are rendered by the binary from the same
+  # clap definition it parses with, so they cannot drift from the flags.
+  postInstall = lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
+    installShellCompletion --cmd ec-launch \
+      --bash <($out/bin/ec-launch completions bash) \
+      --fish <($out/bin/ec-launch completions fish) \
+      --zsh <($out/bin/ec-launch completions zsh)
+    $out/bin/ec-launch man > ec-launch.1
+    installManPage ec-launch.1
+  '';
+
+  meta = {
+    inherit (manifest) description;
+    homepage = manifest.repository;
+    license = [
+      lib.licenses.mit
+      lib.licenses.asl20
+    ];
+    mainProgram = "ec-launch";
+    platforms = lib.platforms.linux;
+  };
+}

@@ -1,0 +1,507 @@
+# The every-channel publisher and archive-worker units.
+#
+# Why this module exists: in the 503 incident, publishers restarted while
+# their helper children (ffmpeg, proof and archive helpers) survived and kept
+# the tuner streams open. Two things prevent that together:
+#   - every unit with a source runs through `ec-launch run`, which takes a
+#     per-source flock(2) lock and execs ec-node, so two units never read one
+#     source at once;
+#   - every unit gets the kill policy from ./unit-policy.json (KillMode,
+#     SendSIGKILL, TimeoutStopSec, …), so stopping or restarting a unit kills
+#     its whole cgroup within a bounded time.
+# ./unit-policy.json is shared with the systemd acceptance suite; this module
+# applies every key in it (except "comment") and never restates the values.
+{ config, lib, ... }:
+
+let
+  inherit (lib)
+    mkOption
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkDefault
+    types
+    ;
+
+  cfg = config.services.every-channel;
+
+  # Everything but the comment is systemd serviceConfig, applied as is.
+  # stopTimeout is the only knob: the file's TimeoutStopSec is its default.
+  unitPolicy = removeAttrs (builtins.fromJSON (builtins.readFile ./unit-policy.json)) [ "comment" ];
+  killPolicy = unitPolicy // {
+    TimeoutStopSec = cfg.stopTimeout;
+  };
+
+  # One ExecStart word. systemd unquotes C-style double-quoted strings (which
+  # JSON strings are), expands `%` specifiers and `$` variables, so those are
+  # doubled. Kept here rather than using NixOS's `utils` module argument so
+  # the module evaluates in tests/nix/eval.nix with nixpkgs.lib alone.
+  execWord = arg: lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
+  execLine = args: lib.concatMapStringsSep " " execWord args;
+
+  isDevice = source: source != null && lib.hasPrefix "/dev/" source;
+
+  # Credentials in a URL: `user:pass@host`, or a query parameter whose name
+  # is (or ends in) one of the usual secret names. Only the fact is reported,
+  # never the value.
+  secretParam = "([a-z0-9_.-]*[_.-])?(token|key|apikey|password|passwd|pass|pwd|auth|authorization|sig|signature|secret|credential|credentials)";
+  hasCredentials =
+    source:
+    let
+      url = lib.toLower source;
+    in
+    builtins.match "[a-z][a-z0-9+.-]*://[^/?#]*@.*" url != null
+    || builtins.match ".*[?&]${secretParam}(=.*|&.*|#.*|)" url != null;
+
+  ecNode =
+    if cfg.package != null then
+      lib.getExe' cfg.package "ec-node"
+    else
+      throw "services.every-channel.package is not set; see the assertion message";
+
+  ecLaunch =
+    if cfg.launcherPackage != null then
+      lib.getExe' cfg.launcherPackage "ec-launch"
+    else
+      throw "services.every-channel.launcherPackage is not set; see the assertion message";
+
+  # Options shared by publishers and archive workers. `sourceRequired`
+  # decides only the documentation; the assertions enforce the rule.
+  unitOptions =
+    { kind, sourceRequired }:
+    { name, ... }:
+    {
+      options = {
+        enable = mkOption {
+          type = types.bool;
+          default = true;
+          description = "Whether to run this ${kind}.";
+        };
+
+        source = mkOption {
+          type = types.nullOr types.nonEmptyStr;
+          default = null;
+          example = "http://192.168.1.20:5004/auto/v5.1";
+          description = ''
+            The source URL (or `/dev/video*` device) ${
+              if sourceRequired then "this publisher reads" else "this worker reads, if any"
+            }. It ends up in the unit file in the world-readable Nix store:
+            a URL with credentials belongs in `sourceFile`.
+            ${
+              if sourceRequired then
+                "Set exactly one of `source` and `sourceFile`."
+              else
+                "With a source, the worker runs under the source lock like a publisher."
+            }
+          '';
+        };
+
+        sourceFile = mkOption {
+          type = types.nullOr (
+            types.pathWith {
+              absolute = true;
+              inStore = false;
+            }
+          );
+          default = null;
+          example = "/run/keys/tuner-url";
+          description = ''
+            A file holding the source URL, for URLs with credentials. systemd
+            passes it with `LoadCredential=` (it may be readable by root
+            only), and `ec-launch` reads it with `--source-file`; it is never
+            copied into the Nix store. Give it as a string, not a Nix path.
+            The program sees the URL in `EC_SOURCE_URL`; a `{source}` in
+            `args` would put it on the command line.
+          '';
+        };
+
+        lockKey = mkOption {
+          type = types.nullOr types.nonEmptyStr;
+          default = null;
+          description = ''
+            Use this as the source's lock identity instead of the key
+            `ec-launch` derives from the source (`ec-launch key SOURCE`).
+          '';
+        };
+
+        onBusy = mkOption {
+          type = types.enum [
+            "skip"
+            "wait"
+          ];
+          default = "skip";
+          description = ''
+            What to do when another unit holds the source: `skip` exits with
+            75, a clean stop that is not restarted; `wait` blocks until the
+            holder lets go.
+          '';
+        };
+
+        devices = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "/dev/video0" ];
+          description = ''
+            Device nodes the unit may open. A `/dev/…` `source` is added
+            automatically; list the device here when it comes from
+            `sourceFile`.
+          '';
+        };
+
+        args = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [
+            "publish"
+            "--channel"
+            "5.1"
+          ];
+          description = "Arguments passed to `ec-node`, escaped for systemd.";
+        };
+
+        environment = mkOption {
+          type = types.attrsOf types.str;
+          default = { };
+          description = "Environment variables for `ec-node`.";
+        };
+
+        environmentFile = mkOption {
+          type = types.nullOr types.path;
+          default = null;
+          example = "/run/keys/every-channel.env";
+          description = ''
+            An `EnvironmentFile=` for secrets that must not be in the Nix
+            store; give it as a string so it is not copied there.
+          '';
+        };
+
+        restartSec = mkOption {
+          type = types.either types.str types.ints.unsigned;
+          default = "5s";
+          description = "`RestartSec=`: the pause before systemd restarts the unit.";
+        };
+
+        serviceConfig = mkOption {
+          type = types.attrsOf types.anything;
+          default = { };
+          example = {
+            ReadWritePaths = [ "/var/lib/every-channel" ];
+          };
+          description = ''
+            Extra `[Service]` settings. They override the hardening defaults
+            and add to lists; a value contradicting the kill policy is an
+            evaluation error (use `lib.mkForce` on
+            `systemd.services.<unit>.serviceConfig` if you really mean it).
+          '';
+        };
+      };
+    };
+
+  enabled = lib.filterAttrs (_: unit: unit.enable);
+  publishers = enabled cfg.publishers;
+  archiveWorkers = enabled cfg.archiveWorkers;
+
+  # Every enabled publisher and archive worker, with what the unit builder
+  # and the checks need to know about it.
+  units =
+    lib.mapAttrsToList (name: unit: {
+      inherit name;
+      serviceName = "every-channel-publisher-${name}";
+      optionPath = "services.every-channel.publishers.${name}";
+      description = "every-channel publisher ${name}";
+      sourceRequired = true;
+      inherit unit;
+    }) publishers
+    ++ lib.mapAttrsToList (name: unit: {
+      inherit name;
+      serviceName = "every-channel-archive-${name}";
+      optionPath = "services.every-channel.archiveWorkers.${name}";
+      description = "every-channel archive worker ${name}";
+      sourceRequired = false;
+      inherit unit;
+    }) archiveWorkers;
+
+  # What is asserted and warned about, per unit, with the option path as the
+  # subject so the message points at the line to change.
+  unitChecks =
+    {
+      name,
+      optionPath,
+      unit,
+      sourceRequired,
+      ...
+    }:
+    let
+      both = unit.source != null && unit.sourceFile != null;
+      neither = unit.source == null && unit.sourceFile == null;
+    in
+    {
+      assertions = [
+        {
+          # The name becomes part of a unit name; keep it to characters
+          # systemd takes without escaping.
+          assertion = builtins.match "[A-Za-z0-9:_.-]+" name != null;
+          message = "${optionPath}: the name may only contain letters, digits, `:`, `_`, `.` and `-`.";
+        }
+        {
+          assertion = !both;
+          message = "${optionPath}: set only one of `source` and `sourceFile`, not both.";
+        }
+        {
+          assertion = !(sourceRequired && neither);
+          message = "${optionPath}: set `source` (a URL) or `sourceFile` (a file holding the URL); neither is set.";
+        }
+        {
+          assertion = unit.source != null || unit.sourceFile != null || unit.lockKey == null;
+          message = "${optionPath}: `lockKey` only applies with `source` or `sourceFile`.";
+        }
+      ];
+      warnings =
+        lib.optional (unit.source != null && !isDevice unit.source && hasCredentials unit.source)
+          "${optionPath}.source looks like it contains credentials (userinfo or a secret query parameter); the Nix store is world-readable, so put the URL in a root-only file and use `sourceFile` instead."
+        ++
+          lib.optional (unit.sourceFile != null && lib.any (lib.hasInfix "{source}") unit.args)
+            "${optionPath}.args contains `{source}`, which puts the URL from `sourceFile` on ec-node's command line where every user can read it; have ec-node read EC_SOURCE_URL instead.";
+    };
+
+  # The systemd service for one publisher or archive worker.
+  mkUnit =
+    { description, unit, ... }:
+    let
+      hasSource = unit.source != null || unit.sourceFile != null;
+      devices = unit.devices ++ lib.optional (isDevice unit.source) unit.source;
+      launcher =
+        [
+          ecLaunch
+          "run"
+          "--lock-dir"
+          cfg.sourceLockDir
+          "--on-busy"
+          unit.onBusy
+        ]
+        ++ lib.optionals (unit.lockKey != null) [
+          "--key"
+          unit.lockKey
+        ]
+        ++ lib.optionals (unit.source != null) [
+          "--source"
+          unit.source
+        ];
+      # `%d` is systemd's specifier for $CREDENTIALS_DIRECTORY, so it stays
+      # outside execWord, which would escape it.
+      sourceFileArgs = lib.optionalString (unit.sourceFile != null) " --source-file %d/source";
+      program = execLine ([ ecNode ] ++ unit.args);
+    in
+    {
+      inherit description;
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      inherit (unit) environment;
+
+      serviceConfig = mkMerge [
+        # The policy: plain definitions, so a contradicting one elsewhere is
+        # an evaluation error instead of a silent override.
+        killPolicy
+        {
+          Type = "exec";
+          ExecStart =
+            if hasSource then "${execLine launcher}${sourceFileArgs} -- ${program}" else program;
+          RestartSec = unit.restartSec;
+          User = cfg.user;
+          Group = cfg.group;
+        }
+        (mkIf (unit.sourceFile != null) {
+          LoadCredential = [ "source:${toString unit.sourceFile}" ];
+        })
+        (mkIf (unit.environmentFile != null) {
+          EnvironmentFile = toString unit.environmentFile;
+        })
+        # Hardening in the style of nixpkgs services, as defaults the
+        # per-unit serviceConfig can override.
+        (lib.mapAttrs (_: mkDefault) {
+          NoNewPrivileges = true;
+          PrivateTmp = true;
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          # Not ProcSubset=pid: ec-launch reads /proc/locks to name the
+          # holder of a busy source. All units share one user, so holders
+          # stay visible with ProtectProc=invisible.
+          ProtectProc = "invisible";
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          # No RemoveIPC: all units share one user, and stopping one would
+          # remove the IPC objects of the others.
+          CapabilityBoundingSet = "";
+          # Tuners are on the network; AF_NETLINK lets ec-node list interfaces.
+          RestrictAddressFamilies = "AF_UNIX AF_INET AF_INET6 AF_NETLINK";
+          SystemCallArchitectures = "native";
+          SystemCallErrorNumber = "EPERM";
+          UMask = "0022";
+          # No MemoryDenyWriteExecute: ec-node's helpers are not ours to
+          # know, and a JIT among them would crash under it.
+          PrivateDevices = devices == [ ];
+        })
+        # Lists at normal priority, so the per-unit serviceConfig adds to
+        # them; a mkDefault list would be dropped by any definition.
+        {
+          # ProtectSystem=strict leaves /run read-only; the lock directory is
+          # the one place every unit writes to.
+          ReadWritePaths = lib.optional hasSource cfg.sourceLockDir;
+          SystemCallFilter = [
+            "@system-service"
+            "~@privileged"
+          ];
+        }
+        (mkIf (devices != [ ]) {
+          DevicePolicy = mkDefault "closed";
+          DeviceAllow = map (device: "${device} rw") devices;
+          # Video4Linux nodes are group `video`.
+          SupplementaryGroups = [ "video" ];
+        })
+        unit.serviceConfig
+      ];
+    };
+in
+{
+  options.services.every-channel = {
+    enable = mkEnableOption "every-channel publishers and archive workers";
+
+    package = mkOption {
+      type = types.nullOr types.package;
+      default = null;
+      description = ''
+        The package providing `bin/ec-node`. It is not in nixpkgs, so there
+        is no default; it is required once a publisher or archive worker is
+        defined.
+      '';
+    };
+
+    launcherPackage = mkOption {
+      type = types.nullOr types.package;
+      default = null;
+      defaultText = lib.literalMD "this flake's `ec-launch` package, when the module is imported as `nixosModules.default`";
+      description = "The package providing `bin/ec-launch`.";
+    };
+
+    publishers = mkOption {
+      type = types.attrsOf (
+        types.submodule (unitOptions {
+          kind = "publisher";
+          sourceRequired = true;
+        })
+      );
+      default = { };
+      description = ''
+        Publishers, each `every-channel-publisher-<name>.service`: ec-node
+        reading one source, started through `ec-launch run` under that
+        source's lock.
+      '';
+    };
+
+    archiveWorkers = mkOption {
+      type = types.attrsOf (
+        types.submodule (unitOptions {
+          kind = "archive worker";
+          sourceRequired = false;
+        })
+      );
+      default = { };
+      description = ''
+        Archive workers, each `every-channel-archive-<name>.service`: ec-node
+        with the same kill policy; with a `source` or `sourceFile` it also
+        runs under that source's lock.
+      '';
+    };
+
+    extraUnits = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "wt-publish" ];
+      description = ''
+        Names of services defined elsewhere (with or without `.service`)
+        that get the same kill and restart policy as the publishers.
+      '';
+    };
+
+    sourceLockDir = mkOption {
+      type = types.strMatching "/.+";
+      default = "/run/every-channel/source-locks";
+      description = ''
+        Where `ec-launch` keeps the per-source lock files. Created by
+        systemd-tmpfiles, writable by `group`, shared by every unit.
+      '';
+    };
+
+    stopTimeout = mkOption {
+      type = types.str;
+      default = unitPolicy.TimeoutStopSec;
+      example = "30s";
+      description = ''
+        `TimeoutStopSec=`: how long systemd waits after SIGTERM before it
+        SIGKILLs whatever is left in a unit's cgroup.
+      '';
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = "every-channel";
+      description = "The user every unit runs as; created as a system user when left at the default.";
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "every-channel";
+      description = "The group every unit runs as; created when left at the default.";
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = units == [ ] || cfg.package != null;
+          message = "services.every-channel.package is not set, but publishers or archive workers are defined: set it to the package that provides bin/ec-node.";
+        }
+        {
+          assertion = units == [ ] || cfg.launcherPackage != null;
+          message = "services.every-channel.launcherPackage is not set: import the module as this flake's nixosModules.default, which sets it, or set it to an ec-launch package.";
+        }
+      ]
+      ++ lib.concatMap (unit: (unitChecks unit).assertions) units;
+      warnings = lib.concatMap (unit: (unitChecks unit).warnings) units;
+
+      systemd.services = mkMerge [
+        (lib.listToAttrs (map (unit: lib.nameValuePair unit.serviceName (mkUnit unit)) units))
+        (lib.genAttrs (map (lib.removeSuffix ".service") cfg.extraUnits) (_: {
+          serviceConfig = killPolicy;
+        }))
+      ];
+
+      # Not a RuntimeDirectory: systemd removes that when its one unit stops,
+      # taking lock files other units still hold. Group-writable rather than
+      # world-writable: ec-launch refuses a directory others can write to
+      # unless it is root-owned and sticky.
+      systemd.tmpfiles.rules = [ "d ${cfg.sourceLockDir} 0775 root ${cfg.group} - -" ];
+    }
+
+    (mkIf (cfg.user == "every-channel") {
+      users.users.every-channel = {
+        isSystemUser = true;
+        inherit (cfg) group;
+        description = "every-channel publishers";
+      };
+    })
+    (mkIf (cfg.group == "every-channel") {
+      users.groups.every-channel = { };
+    })
+  ]);
+}

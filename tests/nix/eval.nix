@@ -1,0 +1,435 @@
+# Evaluates the NixOS module with nixpkgs.lib alone, against the stand-in
+# options in ./nixos-stub.nix, and checks the unit contract of issue 4:
+# the kill policy from nixos/unit-policy.json on every unit, credential
+# handling, readable failures for misconfigurations, no PartOf/BindsTo.
+#
+#   EC_NIXPKGS_LIB=/path/to/nixpkgs.lib \
+#     nix-instantiate --store dummy:// --eval --strict --json tests/nix/eval.nix
+#
+# EC_NIXPKGS_LIB names a checkout of nix-community/nixpkgs.lib, or its lib/
+# directory. On success this prints the evaluated serviceConfig of one
+# publisher and one archive worker; on failure it throws with the list of
+# failed checks.
+let
+  lib =
+    let
+      dir = builtins.getEnv "EC_NIXPKGS_LIB";
+    in
+    if dir == "" then
+      throw "set EC_NIXPKGS_LIB to a checkout of github.com/nix-community/nixpkgs.lib (or its lib/ directory)"
+    else if builtins.pathExists (dir + "/lib/default.nix") then
+      import (dir + "/lib")
+    else
+      import dir;
+
+  policy = removeAttrs (builtins.fromJSON (builtins.readFile ../../nixos/unit-policy.json)) [
+    "comment"
+  ];
+
+  # Packages as far as the module can tell: derivations with a store path.
+  fakePackage = name: {
+    type = "derivation";
+    inherit name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+  };
+  ecNode = fakePackage "ec-node-0.1";
+  ecLaunch = fakePackage "ec-launch-0.1.0";
+  system = "x86_64-linux";
+
+  # The flake's own nixosModules.default, so the launcherPackage default is
+  # tested as shipped; nixpkgs is replaced by lib and a fake package set.
+  flake =
+    let
+      outputs = (import ../../flake.nix).outputs {
+        self = outputs // {
+          packages.${system}.ec-launch = ecLaunch;
+        };
+        nixpkgs = {
+          inherit lib;
+          legacyPackages = throw "eval.nix: the module must not need nixpkgs";
+        };
+      };
+    in
+    outputs;
+
+  evalConfig =
+    configuration:
+    (lib.evalModules {
+      modules = [
+        ./nixos-stub.nix
+        flake.nixosModules.default
+        { _module.args.pkgs.stdenv.hostPlatform.system = system; }
+        configuration
+      ];
+    }).config;
+
+  tunerUrl = "http://10.0.0.5:5004/auto/v5.1";
+  secretPassword = "hunter2";
+  secretToken = "sekrit99";
+
+  base = {
+    services.every-channel = {
+      enable = true;
+      package = ecNode;
+      publishers = {
+        tuner-a = {
+          source = tunerUrl;
+          args = [
+            "publish"
+            "--name"
+            "tuner a"
+            "--bitrate-share=50%"
+            "$HOME"
+          ];
+          environment.EC_NODE_LOG = "info";
+        };
+        secret = {
+          sourceFile = "/run/keys/tuner-url";
+        };
+        leaky.source = "http://admin:${secretPassword}@10.0.0.6:5004/auto/v7.1";
+        tokened.source = "https://cdn.example/live?channel=5&access_token=${secretToken}";
+        webcam.source = "/dev/video0";
+        # Disabled: neither source is set, and that must not matter.
+        off.enable = false;
+      };
+      archiveWorkers = {
+        nightly = {
+          args = [
+            "archive"
+            "--to"
+            "/var/lib/every-channel"
+          ];
+          environmentFile = "/run/keys/archive.env";
+          serviceConfig.ReadWritePaths = [ "/var/lib/every-channel" ];
+          serviceConfig.ProtectHome = "read-only";
+        };
+        proof = {
+          source = tunerUrl;
+          onBusy = "wait";
+          lockKey = "tuner-a";
+          args = [ "proof" ];
+        };
+      };
+      extraUnits = [ "wt-publish.service" ];
+    };
+    # Defined by some other module; the kill policy is added to it.
+    systemd.services.wt-publish.serviceConfig.ExecStart = "/run/current-system/sw/bin/wt-publish";
+  };
+
+  config = evalConfig base;
+  services = config.systemd.services;
+  ours = lib.filterAttrs (name: _: lib.hasPrefix "every-channel-" name) services;
+  sc = name: services.${name}.serviceConfig;
+  publisher = sc "every-channel-publisher-tuner-a";
+  archiveWorker = sc "every-channel-archive-proof";
+
+  failingAssertions = cfg: map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
+  # An evaluation that must fail (type error, merge conflict, throw).
+  fails = value: !(builtins.tryEval (builtins.deepSeq value value)).success;
+
+  withEveryChannel = settings: evalConfig (lib.recursiveUpdate base { services.every-channel = settings; });
+  onePublisher =
+    publisher:
+    evalConfig {
+      services.every-channel = {
+        enable = true;
+        package = ecNode;
+        publishers.broken = publisher;
+      };
+    };
+
+  bothSources = onePublisher {
+    source = tunerUrl;
+    sourceFile = "/run/keys/tuner-url";
+  };
+  neitherSource = onePublisher { args = [ "publish" ]; };
+  noPackage = evalConfig {
+    services.every-channel = {
+      enable = true;
+      publishers.a.source = tunerUrl;
+    };
+  };
+
+  # name → { ok; detail }: every check, so a failure report lists them all.
+  check = ok: detail: { inherit ok detail; };
+  has = needle: haystack: lib.hasInfix needle haystack;
+
+  policyChecks = lib.concatMap (
+    unit:
+    lib.mapAttrsToList (
+      key: want:
+      let
+        got = (sc unit).${key} or null;
+        expected = if key == "TimeoutStopSec" then config.services.every-channel.stopTimeout else want;
+      in
+      lib.nameValuePair "policy ${key} on ${unit}" (
+        check (
+          if lib.isList expected then
+            lib.isList got && lib.all (x: lib.elem x got) expected
+          else
+            got == expected
+        ) "got ${builtins.toJSON got}, want ${builtins.toJSON expected}"
+      )
+    ) policy
+  ) (builtins.attrNames ours ++ [ "wt-publish" ]);
+
+  checks = lib.listToAttrs policyChecks // {
+    "units exist for enabled publishers and workers only" =
+      let
+        want = [
+          "every-channel-archive-nightly"
+          "every-channel-archive-proof"
+          "every-channel-publisher-leaky"
+          "every-channel-publisher-secret"
+          "every-channel-publisher-tokened"
+          "every-channel-publisher-tuner-a"
+          "every-channel-publisher-webcam"
+        ];
+      in
+      check (builtins.attrNames ours == want) (builtins.toJSON (builtins.attrNames ours));
+
+    "units start at boot after the network" = check (lib.all (
+      unit:
+      unit.wantedBy == [ "multi-user.target" ]
+      && lib.elem "network-online.target" unit.after
+      && lib.elem "network-online.target" unit.wants
+    ) (builtins.attrValues ours)) "wantedBy/after/wants";
+
+    "no unit is PartOf or BindsTo anything" = check (lib.all (
+      unit:
+      unit.partOf == [ ]
+      && unit.bindsTo == [ ]
+      && !(unit.unitConfig ? PartOf)
+      && !(unit.unitConfig ? BindsTo)
+    ) (builtins.attrValues ours)) "partOf/bindsTo";
+
+    "the policy reaches a unit defined elsewhere without replacing it" =
+      check ((sc "wt-publish").ExecStart == "/run/current-system/sw/bin/wt-publish")
+        (builtins.toJSON (sc "wt-publish"));
+
+    "publisher ExecStart runs ec-node through the launcher" =
+      check
+        (
+          publisher.ExecStart == lib.concatStringsSep " " [
+            ''"${ecLaunch}/bin/ec-launch" "run" "--lock-dir" "/run/every-channel/source-locks"''
+            ''"--on-busy" "skip" "--source" "${tunerUrl}" --''
+            ''"${ecNode}/bin/ec-node" "publish" "--name" "tuner a" "--bitrate-share=50%%" "$$HOME"''
+          ]
+        )
+        publisher.ExecStart;
+
+    "the flake has the outputs issue 4 lists, for every Linux system" =
+      let
+        shape = {
+          packages = [
+            "default"
+            "ec-launch"
+          ];
+          checks = [
+            "clippy"
+            "ec-launch"
+            "vm-test"
+          ];
+          devShells = [ "default" ];
+        };
+        systems = [
+          "aarch64-linux"
+          "x86_64-linux"
+        ];
+        real = (import ../../flake.nix).outputs {
+          self = real;
+          nixpkgs = {
+            inherit lib;
+            legacyPackages = lib.genAttrs systems (_: throw "eval.nix: nixpkgs is not available");
+          };
+        };
+      in
+      check (
+        lib.all (
+          output:
+          builtins.attrNames real.${output} == systems
+          && lib.all (system: builtins.attrNames real.${output}.${system} == shape.${output}) systems
+        ) (builtins.attrNames shape)
+        && builtins.attrNames real.formatter == systems
+        && real.overlays ? default
+        && real.nixosModules ? default
+      ) (builtins.toJSON (lib.mapAttrs (_: builtins.attrNames) real));
+
+    "launcherPackage defaults to the flake's package" =
+      check (config.services.every-channel.launcherPackage == ecLaunch) "launcherPackage";
+
+    "a worker with a source takes the lock with its key and policy" =
+      check (
+        has ''"--on-busy" "wait" "--key" "tuner-a" "--source" "${tunerUrl}" -- "${ecNode}/bin/ec-node" "proof"'' archiveWorker.ExecStart
+      ) archiveWorker.ExecStart;
+
+    "a worker without a source runs ec-node directly" =
+      let
+        s = sc "every-channel-archive-nightly";
+      in
+      check (
+        s.ExecStart == ''"${ecNode}/bin/ec-node" "archive" "--to" "/var/lib/every-channel"''
+        && s.ReadWritePaths == [ "/var/lib/every-channel" ]
+        && s.EnvironmentFile == "/run/keys/archive.env"
+        && s.ProtectHome == "read-only"
+      ) (builtins.toJSON s);
+
+    "sourceFile goes through LoadCredential and stays off the command line" =
+      let
+        s = sc "every-channel-publisher-secret";
+      in
+      check (
+        s.LoadCredential == [ "source:/run/keys/tuner-url" ]
+        && has " --source-file %d/source -- " s.ExecStart
+        && !(has "/run/keys/tuner-url" s.ExecStart)
+        && !(has "--source\"" s.ExecStart)
+      ) s.ExecStart;
+
+    "a Nix path or store path as sourceFile is rejected" =
+      check (
+        fails (onePublisher { sourceFile = ./eval.nix; }).systemd.services
+        && fails (onePublisher { sourceFile = "/nix/store/00000000000000000000000000000000-url"; }).systemd.services
+      ) "sourceFile = ./eval.nix and a /nix/store string must not evaluate";
+
+    "credentials in source warn without echoing them" =
+      let
+        inherit (config) warnings;
+        about = name: lib.filter (has "publishers.${name}.source") warnings;
+      in
+      check (
+        lib.length (about "leaky") == 1
+        && lib.length (about "tokened") == 1
+        && about "tuner-a" == [ ]
+        && !(lib.any (w: has secretPassword w || has secretToken w || has "admin" w) warnings)
+      ) (builtins.toJSON warnings);
+
+    "{source} with a sourceFile warns" =
+      let
+        cfg = withEveryChannel { publishers.secret.args = [ "--input={source}" ]; };
+      in
+      check (lib.any (has "publishers.secret.args contains `{source}`") cfg.warnings) (
+        builtins.toJSON cfg.warnings
+      );
+
+    "both source and sourceFile fail with a readable assertion" =
+      check (
+        failingAssertions bothSources == [
+          "services.every-channel.publishers.broken: set only one of `source` and `sourceFile`, not both."
+        ]
+      ) (builtins.toJSON (failingAssertions bothSources));
+
+    "neither source nor sourceFile fails with a readable assertion" =
+      check (
+        failingAssertions neitherSource == [
+          "services.every-channel.publishers.broken: set `source` (a URL) or `sourceFile` (a file holding the URL); neither is set."
+        ]
+      ) (builtins.toJSON (failingAssertions neitherSource));
+
+    "a name systemd would have to escape fails with a readable assertion" =
+      let
+        cfg = withEveryChannel { publishers."channel 5" = { source = tunerUrl; }; };
+      in
+      check (
+        failingAssertions cfg == [
+          "services.every-channel.publishers.channel 5: the name may only contain letters, digits, `:`, `_`, `.` and `-`."
+        ]
+      ) (builtins.toJSON (failingAssertions cfg));
+
+    "publishers without a package fail with a readable assertion" =
+      check (
+        failingAssertions noPackage == [
+          "services.every-channel.package is not set, but publishers or archive workers are defined: set it to the package that provides bin/ec-node."
+        ]
+      ) (builtins.toJSON (failingAssertions noPackage));
+
+    "the base configuration passes every assertion" =
+      check (failingAssertions config == [ ]) (builtins.toJSON (failingAssertions config));
+
+    "the kill policy cannot be overridden through serviceConfig" =
+      check (fails (withEveryChannel { publishers.tuner-a.serviceConfig.KillMode = "process"; }).systemd.services.every-channel-publisher-tuner-a.serviceConfig) "KillMode = process must conflict";
+
+    "stopTimeout sets TimeoutStopSec everywhere" =
+      let
+        cfg = withEveryChannel { stopTimeout = "30s"; };
+      in
+      check (lib.all (
+        name: cfg.systemd.services.${name}.serviceConfig.TimeoutStopSec or null == "30s"
+      ) (builtins.attrNames ours ++ [ "wt-publish" ])) "TimeoutStopSec";
+
+    "the lock directory comes from tmpfiles, group-writable, not world-writable" =
+      check (config.systemd.tmpfiles.rules == [ "d /run/every-channel/source-locks 0775 root every-channel - -" ])
+        (builtins.toJSON config.systemd.tmpfiles.rules);
+
+    "hardening keeps the lock directory writable and devices private" =
+      check (
+        publisher.ProtectSystem == "strict"
+        && publisher.ReadWritePaths == [ "/run/every-channel/source-locks" ]
+        && publisher.PrivateDevices
+        && publisher.NoNewPrivileges
+        && lib.elem "@system-service" publisher.SystemCallFilter
+        && has "AF_INET" publisher.RestrictAddressFamilies
+        && !(publisher ? RemoveIPC)
+        && !(publisher ? ProcSubset)
+      ) (builtins.toJSON publisher);
+
+    "a /dev/video source gets its device and nothing else" =
+      let
+        s = sc "every-channel-publisher-webcam";
+      in
+      check (
+        !s.PrivateDevices
+        && s.DevicePolicy == "closed"
+        && s.DeviceAllow == [ "/dev/video0 rw" ]
+        && s.SupplementaryGroups == [ "video" ]
+      ) (builtins.toJSON s);
+
+    "the default user and group are created as system accounts" =
+      check (
+        config.users.users.every-channel.isSystemUser
+        && config.users.users.every-channel.group == "every-channel"
+        && config.users.groups ? every-channel
+      ) "users";
+
+    "a custom user is used but not created" =
+      let
+        cfg = withEveryChannel {
+          user = "tv";
+          group = "video";
+        };
+      in
+      check (
+        cfg.users.users == { }
+        && cfg.users.groups == { }
+        && cfg.systemd.services.every-channel-publisher-tuner-a.serviceConfig.User == "tv"
+        && cfg.systemd.tmpfiles.rules == [ "d /run/every-channel/source-locks 0775 root video - -" ]
+      ) "users";
+
+    "a disabled module defines nothing" =
+      let
+        cfg = withEveryChannel { enable = false; };
+      in
+      check (builtins.attrNames cfg.systemd.services == [ "wt-publish" ]) (
+        builtins.toJSON (builtins.attrNames cfg.systemd.services)
+      );
+  };
+
+  failed = lib.filterAttrs (_: c: !c.ok) checks;
+in
+if failed != { } then
+  throw (
+    "tests/nix/eval.nix: ${toString (lib.length (builtins.attrNames failed))} of ${toString (lib.length (builtins.attrNames checks))} checks failed:\n"
+    + lib.concatStringsSep "\n" (lib.mapAttrsToList (name: c: "  - ${name}: ${c.detail}") failed)
+  )
+else
+  {
+    passed = lib.length (builtins.attrNames checks);
+    nixpkgsLibVersion = lib.version;
+    publisherServiceConfig = publisher;
+    archiveWorkerServiceConfig = archiveWorker;
+    assertionMessages = {
+      bothSources = failingAssertions bothSources;
+      neitherSource = failingAssertions neitherSource;
+      noPackage = failingAssertions noPackage;
+    };
+    inherit (config) warnings;
+  }

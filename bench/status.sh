@@ -42,4 +42,5 @@ for _ in $(seq 1 "$IDLE"); do
 done
 sleep 1
 echo "lock files: $(ls "$EC_LAUNCH_LOCK_DIR" | wc -l), held: $("$bin" status --json | grep -c '"state": "held"'), processes: $(ls /proc | grep -c '^[0-9]')"
+[ -n "${KEEP:-}" ] && { echo "$EC_LAUNCH_LOCK_DIR"; sleep "$KEEP"; }
 hyperfine --warmup 3 --runs 30 -N "$bin status --lock-dir $EC_LAUNCH_LOCK_DIR" "$bin status --json --lock-dir $EC_LAUNCH_LOCK_DIR"

@@ -15,11 +15,18 @@
 //! cheap). Descriptors whose file was deleted while locked are kept as
 //! orphans: such a lock still excludes nobody who opens the path anew.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::thread;
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use crate::proc_locks::{self, LockKind, LockRow};
 use crate::process::{self, BootClock, ProcessInfo};
@@ -84,6 +91,8 @@ pub struct HolderScan {
     /// Processes with a descriptor sharing each held lock.
     sharers: BTreeMap<LockedInode, BTreeSet<u32>>,
     orphans: BTreeMap<LockedInode, OrphanedLock>,
+    /// Every PID listed in `/proc` by the descriptor scan, when one ran.
+    visible_pids: Option<HashSet<u32>>,
     /// Processes whose descriptors we may not read (other users', unless root).
     pub uninspectable: usize,
     /// `/proc` is mounted with `hidepid`, hiding other users' processes.
@@ -135,50 +144,48 @@ impl HolderScan {
         let Ok(entries) = fs::read_dir(&self.proc_root) else {
             return;
         };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let fd_dir = entry.path().join("fd");
-            let fds = match fs::read_dir(&fd_dir) {
-                Ok(fds) => fds,
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                    self.uninspectable += 1;
-                    continue;
-                }
-                // Exited meanwhile, or a kernel thread: nothing to see.
-                Err(_) => continue,
-            };
-            for fd in fds.flatten() {
-                let Ok(target) = fs::read_link(fd.path()) else {
-                    continue;
-                };
-                let Some(in_dir) = lock_dir_path(&target, lock_dir) else {
-                    continue;
-                };
-                let fdinfo = entry.path().join("fdinfo").join(fd.file_name());
-                let Ok(info) = fs::read_to_string(&fdinfo) else {
-                    continue;
-                };
-                for row in proc_locks::parse_fdinfo_locks(&info) {
-                    if row.kind != LockKind::Flock || row.waiting {
-                        continue;
-                    }
-                    let inode = LockedInode::of_row(&row);
-                    self.sharers.entry(inode).or_default().insert(pid);
-                    if let LockDirPath::Deleted(path) = &in_dir {
-                        self.orphans.entry(inode).or_insert_with(|| OrphanedLock {
-                            inode,
-                            path: path.clone(),
-                            via: fd.path(),
+        let pids: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
+        // The scan is system calls on /proc, thousands of them on a busy
+        // node; spreading processes over the cores roughly divides the time.
+        let workers = thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let chunk = pids.len().div_ceil(workers).max(1);
+        let proc_root = &self.proc_root;
+        let results: Vec<DescriptorFindings> = thread::scope(|scope| {
+            let handles: Vec<_> = pids
+                .chunks(chunk)
+                .map(|pids| scope.spawn(move || scan_processes(proc_root, pids, lock_dir)))
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for found in results {
+            self.uninspectable += found.uninspectable;
+            for share in found.shares {
+                self.sharers
+                    .entry(share.inode)
+                    .or_default()
+                    .insert(share.pid);
+                if let Some(path) = share.deleted_path {
+                    self.orphans
+                        .entry(share.inode)
+                        .or_insert_with(|| OrphanedLock {
+                            inode: share.inode,
+                            path,
+                            via: share.via,
                         });
-                    }
                 }
             }
+        }
+        self.visible_pids = Some(pids.into_iter().collect());
+    }
+
+    /// True when process `pid` exists (as far as this user can see).
+    fn is_alive(&self, pid: u32) -> bool {
+        match &self.visible_pids {
+            Some(pids) => pids.contains(&pid),
+            None => self.proc_root.join(pid.to_string()).exists(),
         }
     }
 
@@ -195,7 +202,7 @@ impl HolderScan {
     pub fn holders(&self, inode: LockedInode) -> Vec<ProcessInfo> {
         let mut pids: BTreeSet<u32> = self.sharers.get(&inode).cloned().unwrap_or_default();
         for pid in self.table.get(&inode).into_iter().flatten().flatten() {
-            if self.proc_root.join(pid.to_string()).exists() {
+            if self.is_alive(*pid) {
                 pids.insert(*pid);
             }
         }
@@ -219,7 +226,7 @@ impl HolderScan {
         !takers.is_empty()
             && takers
                 .iter()
-                .all(|pid| pid.is_some_and(|pid| self.proc_root.join(pid.to_string()).exists()))
+                .all(|pid| pid.is_some_and(|pid| self.is_alive(pid)))
     }
 
     /// PIDs the lock table names as takers of `inode` that no longer exist.
@@ -230,7 +237,7 @@ impl HolderScan {
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|pid| !self.proc_root.join(pid.to_string()).exists())
+            .filter(|pid| !self.is_alive(**pid))
             .copied()
             .collect()
     }
@@ -257,6 +264,82 @@ impl HolderScan {
         }
         warnings
     }
+}
+
+/// One descriptor sharing a held flock on a file in the lock directory.
+struct Share {
+    pid: u32,
+    inode: LockedInode,
+    /// Set when the file was deleted: the path it had.
+    deleted_path: Option<PathBuf>,
+    /// The descriptor's `/proc/<pid>/fd/<n>` link.
+    via: PathBuf,
+}
+
+#[derive(Default)]
+struct DescriptorFindings {
+    shares: Vec<Share>,
+    uninspectable: usize,
+}
+
+/// Looks through the descriptors of `pids` for ones into `lock_dir` whose
+/// fdinfo shows a held flock. Only those fdinfo files are read. Paths are
+/// resolved relative to open directories (`readlinkat` on the `fd`
+/// directory): on a node with thousands of processes most of the scan's
+/// time is the kernel walking `/proc` paths, and this walks one component
+/// per descriptor instead of four.
+fn scan_processes(proc_root: &Path, pids: &[u32], lock_dir: &Path) -> DescriptorFindings {
+    let mut found = DescriptorFindings::default();
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let Ok(proc_dir) = nix::fcntl::open(proc_root, flags, Mode::empty()) else {
+        return found;
+    };
+    for &pid in pids {
+        let fd_dir_path = format!("{pid}/fd");
+        let mut fd_dir = match Dir::openat(&proc_dir, fd_dir_path.as_str(), flags, Mode::empty()) {
+            Ok(dir) => dir,
+            Err(Errno::EACCES | Errno::EPERM) => {
+                found.uninspectable += 1;
+                continue;
+            }
+            // Exited meanwhile, or a kernel thread: nothing to see.
+            Err(_) => continue,
+        };
+        let names: Vec<CString> = fd_dir
+            .iter()
+            .flatten()
+            .map(|entry| entry.file_name().to_owned())
+            .filter(|name| name.as_bytes().first().is_some_and(u8::is_ascii_digit))
+            .collect();
+        for name in names {
+            let Ok(target) = nix::fcntl::readlinkat(&fd_dir, name.as_c_str()) else {
+                continue;
+            };
+            let Some(in_dir) = lock_dir_path(Path::new(&target), lock_dir) else {
+                continue;
+            };
+            let fd = name.to_string_lossy();
+            let process_dir = proc_root.join(pid.to_string());
+            let Ok(info) = fs::read_to_string(process_dir.join("fdinfo").join(fd.as_ref())) else {
+                continue;
+            };
+            for row in proc_locks::parse_fdinfo_locks(&info) {
+                if row.kind != LockKind::Flock || row.waiting {
+                    continue;
+                }
+                found.shares.push(Share {
+                    pid,
+                    inode: LockedInode::of_row(&row),
+                    deleted_path: match &in_dir {
+                        LockDirPath::Deleted(path) => Some(path.clone()),
+                        LockDirPath::Present => None,
+                    },
+                    via: process_dir.join("fd").join(fd.as_ref()),
+                });
+            }
+        }
+    }
+    found
 }
 
 enum LockDirPath {

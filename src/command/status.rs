@@ -308,16 +308,20 @@ fn print_report(report: &Report, json: bool) {
         text.push_str(&row[4]);
         text
     };
-    println!("{}", line(&header));
+    // One write for the whole table: thousands of lines, one system call.
+    let mut out = line(&header);
+    out.push('\n');
     for (row, lock) in rows.iter().zip(&report.locks) {
-        println!("{}", line(row));
+        out.push_str(&line(row));
+        out.push('\n');
         for warning in &lock.warnings {
-            println!("  ! {warning}");
+            let _ = writeln!(out, "  ! {warning}");
         }
     }
     if report.locks.is_empty() {
-        println!("(no lock files)");
+        out.push_str("(no lock files)\n");
     }
+    print!("{out}");
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }

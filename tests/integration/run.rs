@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::testenv::{
-    BUSY, Guard, NOBODY, PATIENCE, TestEnv, describe, holders, is_root, kernel_locks,
+    BUSY, Guard, KillOnDrop, NOBODY, PATIENCE, TestEnv, describe, holders, is_root, kernel_locks,
     kernel_locks_on, require_root, text, wait_until,
 };
 
@@ -22,16 +22,9 @@ fn held_until_release(pid_file: &str) -> Vec<String> {
     ))
 }
 
-/// Starts a holder of SOURCE and waits until it holds the lock.
+/// Starts a holder of SOURCE that runs until `release` appears.
 fn start_holder(env: &TestEnv, source: &str) -> Guard {
-    let holder = Guard::spawn(&mut env.run(source, &[], &held_until_release("holder.pid")));
-    let lock_file = env.lock_file_of(source);
-    let pid = i64::from(holder.pid());
-    assert!(
-        wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
-        "holder pid {pid} never showed in /proc/locks"
-    );
-    holder
+    env.hold(source, &held_until_release("holder.pid"))
 }
 
 /// Runs a launch that must be refused with `code` and `message`, and checks
@@ -185,13 +178,12 @@ fn a_child_that_inherits_the_descriptor_keeps_the_lock_after_its_parent_exits_an
     let program = TestEnv::sh("sleep 300 </dev/null >/dev/null 2>&1 & echo $! > helper.pid");
     let output = env.run(SOURCE, &[], &program).output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    let helper: i32 = fs::read_to_string(env.path("helper.pid"))
+    let helper: u32 = fs::read_to_string(env.path("helper.pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    let helper = nix::unistd::Pid::from_raw(helper);
-    let kill_helper = scopeguard(helper);
+    let kill_helper = KillOnDrop(helper);
 
     let busy = env
         .run(SOURCE, &[], &TestEnv::sh("touch ran"))
@@ -218,21 +210,6 @@ fn a_child_that_inherits_the_descriptor_keeps_the_lock_after_its_parent_exits_an
     );
     let free = env.run(SOURCE, &[], &["true"]).output().unwrap();
     assert_eq!(free.status.code(), Some(0), "{}", describe(&free));
-}
-
-/// SIGKILLs a PID when dropped (and waits until it is gone).
-struct KillOnDrop(nix::unistd::Pid);
-
-fn scopeguard(pid: nix::unistd::Pid) -> KillOnDrop {
-    KillOnDrop(pid)
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
-        // Not our child (it was reparented), so poll for it to vanish.
-        wait_until(PATIENCE, || nix::sys::signal::kill(self.0, None).is_err());
-    }
 }
 
 #[test]

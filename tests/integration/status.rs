@@ -5,9 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Output;
 
-use crate::testenv::{
-    Guard, NOBODY, PATIENCE, TestEnv, describe, holders, is_root, text, wait_until,
-};
+use crate::testenv::{Guard, KillOnDrop, NOBODY, TestEnv, describe, is_root, text};
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
 const OTHER: &str = "http://10.0.0.5:5004/auto/v4.1";
@@ -26,16 +24,9 @@ fn json(output: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(output)))
 }
 
-/// Starts `sleep 300` under the lock of `source` and waits until it holds it.
+/// Starts `sleep 300` under the lock of `source`, holding it.
 fn hold(env: &TestEnv, source: &str) -> Guard {
-    let holder = Guard::spawn(&mut env.run(source, &[], &["sleep", "300"]));
-    let lock_file = env.lock_file_of(source);
-    let pid = i64::from(holder.pid());
-    assert!(
-        wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
-        "never held"
-    );
-    holder
+    env.hold(source, &["sleep", "300"])
 }
 
 #[test]
@@ -162,17 +153,6 @@ fn a_helper_that_inherited_the_lock_is_named_as_the_holder() {
         warnings.contains(&format!("(pid {launcher}) has exited")),
         "{warnings}"
     );
-}
-
-/// SIGKILLs a process that is not our child when dropped.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        wait_until(PATIENCE, || nix::sys::signal::kill(pid, None).is_err());
-    }
 }
 
 #[test]

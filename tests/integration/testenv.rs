@@ -82,6 +82,20 @@ impl TestEnv {
         vec!["sh".into(), "-c".into(), script.into()]
     }
 
+    /// Launches `program` on `source` and waits until the kernel shows its
+    /// process holding the lock.
+    #[track_caller]
+    pub fn hold<S: AsRef<OsStr>>(&self, source: &str, program: &[S]) -> Guard {
+        let holder = Guard::spawn(&mut self.run(source, &[], program));
+        let lock_file = self.lock_file_of(source);
+        let pid = i64::from(holder.pid());
+        assert!(
+            wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
+            "holder pid {pid} never showed in /proc/locks"
+        );
+        holder
+    }
+
     /// The lock file `ec-launch key` names for a source.
     #[must_use]
     pub fn lock_file_of(&self, source: &str) -> PathBuf {
@@ -246,4 +260,17 @@ pub fn require_root(what: &str) {
         is_root(),
         "this test needs root to {what}: run the test suite as root (CI does, via .ci/run)"
     );
+}
+
+/// SIGKILLs a process that is not our child (a reparented helper) when
+/// dropped, and waits until it is gone.
+#[derive(Debug)]
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        wait_until(PATIENCE, || nix::sys::signal::kill(pid, None).is_err());
+    }
 }

@@ -367,17 +367,19 @@ fn lock_dir_path(target: &Path, lock_dir: &Path) -> Option<LockDirPath> {
 /// True when the proc filesystem at `proc_root` hides processes (`hidepid`
 /// other than 0/off), per `/proc/self/mountinfo`.
 fn hidepid_in_force(proc_root: &Path) -> bool {
-    let Ok(mountinfo) = fs::read_to_string(proc_root.join("self/mountinfo")) else {
-        return false;
-    };
-    let root = proc_root.to_string_lossy();
+    fs::read_to_string(proc_root.join("self/mountinfo"))
+        .is_ok_and(|mountinfo| mountinfo_hides_pids(&mountinfo, &proc_root.to_string_lossy()))
+}
+
+/// True when `mountinfo` (proc(5) format) shows a proc filesystem mounted
+/// at `mount_point` with `hidepid` set to anything but 0/off.
+fn mountinfo_hides_pids(mountinfo: &str, mount_point: &str) -> bool {
     mountinfo.lines().any(|line| {
         let mut halves = line.splitn(2, " - ");
         let (Some(mount), Some(fs)) = (halves.next(), halves.next()) else {
             return false;
         };
-        let mount_point = mount.split_whitespace().nth(4);
-        mount_point == Some(root.as_ref())
+        mount.split_whitespace().nth(4) == Some(mount_point)
             && fs.starts_with("proc ")
             && fs.split([' ', ',']).any(|option| {
                 option
@@ -385,4 +387,38 @@ fn hidepid_in_force(proc_root: &Path) -> bool {
                     .is_some_and(|v| v != "0" && v != "off")
             })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidepid_is_read_from_the_proc_mount_only() {
+        let hidden = "22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw,hidepid=invisible\n";
+        assert!(mountinfo_hides_pids(hidden, "/proc"));
+        let open = "22 1 0:21 / /proc rw,relatime shared:12 - proc proc rw\n\
+                    40 22 0:33 / /proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw\n";
+        assert!(!mountinfo_hides_pids(open, "/proc"));
+        let zero = "22 1 0:21 / /proc rw - proc proc rw,hidepid=0\n";
+        assert!(!mountinfo_hides_pids(zero, "/proc"));
+        // Another proc mount (a container's) does not describe ours.
+        let elsewhere = "90 1 0:50 / /srv/ct/proc rw - proc proc rw,hidepid=2\n";
+        assert!(!mountinfo_hides_pids(elsewhere, "/proc"));
+    }
+
+    #[test]
+    fn descriptor_links_into_the_lock_directory_are_recognised() {
+        let dir = Path::new("/run/every-channel/source-locks");
+        assert!(matches!(
+            lock_dir_path(Path::new("/run/every-channel/source-locks/a.lock"), dir),
+            Some(LockDirPath::Present)
+        ));
+        assert!(matches!(
+            lock_dir_path(Path::new("/run/every-channel/source-locks/a.lock (deleted)"), dir),
+            Some(LockDirPath::Deleted(p)) if p == dir.join("a.lock")
+        ));
+        assert!(lock_dir_path(Path::new("/run/every-channel/other/a.lock"), dir).is_none());
+        assert!(lock_dir_path(Path::new("socket:[1234]"), dir).is_none());
+    }
 }

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::testenv::{
-    BUSY, Guard, KillOnDrop, NOBODY, PATIENCE, TestEnv, describe, holders, is_root, kernel_locks,
+    BUSY, Guard, NOBODY, PATIENCE, TestEnv, describe, holders, is_root, kernel_locks,
     kernel_locks_on, require_root, text, wait_until,
 };
 
@@ -174,16 +174,8 @@ fn sigkill_of_the_holder_frees_the_lock_at_once() {
 fn a_child_that_inherits_the_descriptor_keeps_the_lock_after_its_parent_exits_and_frees_it_when_it_dies()
  {
     let env = TestEnv::new();
-    // The program forks a helper (inheriting the lock descriptor) and exits.
-    let program = TestEnv::sh("sleep 300 </dev/null >/dev/null 2>&1 & echo $! > helper.pid");
-    let output = env.run(SOURCE, &[], &program).output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    let helper: u32 = fs::read_to_string(env.path("helper.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let kill_helper = KillOnDrop(helper);
+    let kill_helper = env.leave_helper_holding(SOURCE);
+    let helper = kill_helper.0;
 
     let busy = env
         .run(SOURCE, &[], &TestEnv::sh("touch ran"))

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Output;
 
-use crate::testenv::{Guard, KillOnDrop, NOBODY, TestEnv, describe, is_root, text};
+use crate::testenv::{Guard, NOBODY, TestEnv, describe, is_root, text};
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
 const OTHER: &str = "http://10.0.0.5:5004/auto/v4.1";
@@ -121,15 +121,8 @@ fn with_a_source_the_exit_code_says_held_or_free() {
 #[test]
 fn a_helper_that_inherited_the_lock_is_named_as_the_holder() {
     let env = TestEnv::new();
-    let program = TestEnv::sh("sleep 300 </dev/null >/dev/null 2>&1 & echo $! > helper.pid");
-    let output = env.run(SOURCE, &[], &program).output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    let helper: u32 = fs::read_to_string(env.path("helper.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _kill = KillOnDrop(helper);
+    let kill_helper = env.leave_helper_holding(SOURCE);
+    let helper = kill_helper.0;
 
     let report = status(&env, &["--json", SOURCE]);
     assert_eq!(report.status.code(), Some(0), "{}", describe(&report));

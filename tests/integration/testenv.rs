@@ -96,6 +96,21 @@ impl TestEnv {
         holder
     }
 
+    /// Launches a program on `source` that forks a helper (which inherits
+    /// the lock descriptor) and exits at once; returns the helper, killed
+    /// when dropped.
+    #[track_caller]
+    pub fn leave_helper_holding(&self, source: &str) -> KillOnDrop {
+        let program = Self::sh("sleep 300 </dev/null >/dev/null 2>&1 & echo $! > helper.pid");
+        let output = self
+            .run(source, &[], &program)
+            .output()
+            .expect("run ec-launch");
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        let pid = fs::read_to_string(self.path("helper.pid")).expect("helper.pid");
+        KillOnDrop(pid.trim().parse().expect("helper pid"))
+    }
+
     /// The lock file `ec-launch key` names for a source.
     #[must_use]
     pub fn lock_file_of(&self, source: &str) -> PathBuf {

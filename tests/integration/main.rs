@@ -10,6 +10,8 @@
 
 mod cli;
 mod logging;
+#[path = "../common/privilege.rs"]
+mod privilege;
 mod run;
 mod secrets;
 mod status;

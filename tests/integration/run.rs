@@ -362,7 +362,7 @@ fn an_unwritable_lock_directory_is_a_clear_error_and_the_program_does_not_run() 
 
 #[test]
 fn a_lock_file_created_by_root_does_not_stop_a_later_run_as_the_service_user() {
-    require_root("create a lock file as root and run as another user");
+    require_root!("create a lock file as root and run as another user");
     let env = TestEnv::new();
     let first = env.run(SOURCE, &[], &["true"]).output().unwrap();
     assert_eq!(first.status.code(), Some(0), "{}", describe(&first));

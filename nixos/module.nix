@@ -7,11 +7,19 @@
 #     per-source flock(2) lock and execs ec-node, so two units never read one
 #     source at once;
 #   - every unit gets the kill policy from ./unit-policy.json (KillMode,
-#     SendSIGKILL, TimeoutStopSec, …), so stopping or restarting a unit kills
-#     its whole cgroup within a bounded time.
+#     SendSIGKILL, TimeoutStopSec), so stopping or restarting a unit kills
+#     its whole cgroup within a bounded time; units defined elsewhere
+#     (extraUnits) get that half only, the module's own units also the
+#     restart half (Restart=always, exit 75 a clean stop).
 # ./unit-policy.json is shared with the systemd acceptance suite; this module
-# applies every key in it (except "comment") and never restates the values.
-{ config, lib, ... }:
+# applies every key of both halves and never restates the values.
+{
+  config,
+  options,
+  lib,
+  pkgs,
+  ...
+}:
 
 let
   inherit (lib)
@@ -25,12 +33,15 @@ let
 
   cfg = config.services.every-channel;
 
-  # Everything but the comment is systemd serviceConfig, applied as is.
-  # stopTimeout is the only knob: the file's TimeoutStopSec is its default.
-  unitPolicy = removeAttrs (builtins.fromJSON (builtins.readFile ./unit-policy.json)) [ "comment" ];
-  killPolicy = unitPolicy // {
+  # Both halves are systemd serviceConfig, applied as is: `kill` to every
+  # unit including extraUnits, `restart` (Restart=always, 75 a clean stop)
+  # only to the units this module starts. stopTimeout is the only knob: the
+  # file's TimeoutStopSec is its default.
+  unitPolicy = builtins.fromJSON (builtins.readFile ./unit-policy.json);
+  killPolicy = unitPolicy.kill // {
     TimeoutStopSec = cfg.stopTimeout;
   };
+  ownUnitPolicy = killPolicy // unitPolicy.restart;
 
   # One ExecStart word. systemd unquotes C-style double-quoted strings (which
   # JSON strings are), expands `%` specifiers and `$` variables, so those are
@@ -197,6 +208,17 @@ let
       };
     };
 
+  # extraUnits names as systemd.services keys.
+  extraUnitNames = map (lib.removeSuffix ".service") cfg.extraUnits;
+
+  # Service names some module other than this one defines. This module
+  # defines every extraUnits entry itself (to add the kill policy), so the
+  # merged config cannot tell a mistyped name from a real one; the
+  # definitions can. Read from `options`, not `config`, so no cycle.
+  servicesDefinedElsewhere = lib.concatMap (def: builtins.attrNames def.value) (
+    lib.filter (def: def.file != toString ./module.nix) options.systemd.services.definitionsWithLocations
+  );
+
   enabled = lib.filterAttrs (_: unit: unit.enable);
   publishers = enabled cfg.publishers;
   archiveWorkers = enabled cfg.archiveWorkers;
@@ -302,7 +324,7 @@ let
       serviceConfig = mkMerge [
         # The policy: plain definitions, so a contradicting one elsewhere is
         # an evaluation error instead of a silent override.
-        killPolicy
+        ownUnitPolicy
         {
           Type = "exec";
           ExecStart =
@@ -428,7 +450,10 @@ in
       example = [ "wt-publish" ];
       description = ''
         Names of services defined elsewhere (with or without `.service`)
-        that get the same kill and restart policy as the publishers.
+        that get the kill policy of the publishers (`KillMode`,
+        `SendSIGKILL`, `TimeoutStopSec`) and nothing else: the restart
+        policy and exit status 75 belong to programs `ec-launch` starts. A
+        name no other module defines in `systemd.services` is warned about.
       '';
     };
 
@@ -443,7 +468,7 @@ in
 
     stopTimeout = mkOption {
       type = types.str;
-      default = unitPolicy.TimeoutStopSec;
+      default = unitPolicy.kill.TimeoutStopSec;
       example = "30s";
       description = ''
         `TimeoutStopSec=`: how long systemd waits after SIGTERM before it
@@ -477,11 +502,16 @@ in
         }
       ]
       ++ lib.concatMap (unit: (unitChecks unit).assertions) units;
-      warnings = lib.concatMap (unit: (unitChecks unit).warnings) units;
+      warnings =
+        lib.concatMap (unit: (unitChecks unit).warnings) units
+        ++ map (
+          name:
+          "services.every-channel.extraUnits: `${name}` is not defined in systemd.services by any other module, so the kill policy would create a unit with nothing to run; check the spelling (a unit that only comes from a package in systemd.packages is fine)."
+        ) (lib.filter (name: !(lib.elem name servicesDefinedElsewhere)) extraUnitNames);
 
       systemd.services = mkMerge [
         (lib.listToAttrs (map (unit: lib.nameValuePair unit.serviceName (mkUnit unit)) units))
-        (lib.genAttrs (map (lib.removeSuffix ".service") cfg.extraUnits) (_: {
+        (lib.genAttrs extraUnitNames (_: {
           serviceConfig = killPolicy;
         }))
       ];

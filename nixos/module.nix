@@ -64,9 +64,10 @@ let
     builtins.match "[a-z][a-z0-9+.-]*://[^/?#]*@.*" url != null
     || builtins.match ".*[?&]${secretParam}(=.*|&.*|#.*|)" url != null;
 
-  ecNode =
+  programOf =
+    unit:
     if cfg.package != null then
-      lib.getExe' cfg.package "ec-node"
+      lib.getExe' cfg.package unit.program
     else
       throw "services.every-channel.package is not set; see the assertion message";
 
@@ -159,6 +160,18 @@ let
           '';
         };
 
+        program = mkOption {
+          # A name in the package's bin/, not a path: the unit runs what the
+          # package provides, nothing else.
+          type = types.strMatching "[^/]+";
+          default = "ec-node";
+          example = "ec-archive";
+          description = ''
+            The program of `package` this unit runs (`bin/<program>`),
+            through `ec-launch run` when the unit has a source.
+          '';
+        };
+
         args = mkOption {
           type = types.listOf types.str;
           default = [ ];
@@ -167,7 +180,7 @@ let
             "--channel"
             "5.1"
           ];
-          description = "Arguments passed to `ec-node`, escaped for systemd.";
+          description = "Arguments passed to `program`, escaped for systemd.";
         };
 
         environment = mkOption {
@@ -312,7 +325,7 @@ let
       # `%d` is systemd's specifier for $CREDENTIALS_DIRECTORY, so it stays
       # outside execWord, which would escape it.
       sourceFileArgs = lib.optionalString (unit.sourceFile != null) " --source-file %d/source";
-      program = execLine ([ ecNode ] ++ unit.args);
+      program = execLine ([ (programOf unit) ] ++ unit.args);
     in
     {
       inherit description;
@@ -401,9 +414,9 @@ in
       type = types.nullOr types.package;
       default = null;
       description = ''
-        The package providing `bin/ec-node`. It is not in nixpkgs, so there
-        is no default; it is required once a publisher or archive worker is
-        defined.
+        The package providing `bin/ec-node` (and any other `program` a
+        unit runs). It is not in nixpkgs, so there is no default; it is
+        required once a publisher or archive worker is defined.
       '';
     };
 
@@ -412,6 +425,18 @@ in
       default = null;
       defaultText = lib.literalMD "this flake's `ec-launch` package, when the module is imported as `nixosModules.default`";
       description = "The package providing `bin/ec-launch`.";
+    };
+
+    installLauncher = mkOption {
+      type = types.bool;
+      default = true;
+      example = false;
+      description = ''
+        Whether to put `launcherPackage` in `environment.systemPackages`,
+        so the `ec-launch status` that every busy journal line points to,
+        its man page (`man ec-launch`) and its shell completions are on
+        the node.
+      '';
     };
 
     publishers = mkOption {
@@ -508,6 +533,11 @@ in
           name:
           "services.every-channel.extraUnits: `${name}` is not defined in systemd.services by any other module, so the kill policy would create a unit with nothing to run; check the spelling (a unit that only comes from a package in systemd.packages is fine)."
         ) (lib.filter (name: !(lib.elem name servicesDefinedElsewhere)) extraUnitNames);
+
+      # The launcher every busy journal line tells the operator to run.
+      environment.systemPackages = lib.optional (
+        cfg.installLauncher && cfg.launcherPackage != null
+      ) cfg.launcherPackage;
 
       systemd.services = mkMerge [
         (lib.listToAttrs (map (unit: lib.nameValuePair unit.serviceName (mkUnit unit)) units))

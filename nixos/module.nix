@@ -43,6 +43,10 @@ let
   };
   ownUnitPolicy = killPolicy // unitPolicy.restart;
 
+  # The hardening of the module's own units; a data file so the systemd
+  # acceptance suite can boot units hardened as the nodes' are.
+  hardening = builtins.fromJSON (builtins.readFile ./unit-hardening.json);
+
   # One ExecStart word. systemd unquotes C-style double-quoted strings (which
   # JSON strings are), expands `%` specifiers and `$` variables, so those are
   # doubled. Kept here rather than using NixOS's `utils` module argument so
@@ -352,49 +356,19 @@ let
         (mkIf (unit.environmentFile != null) {
           EnvironmentFile = toString unit.environmentFile;
         })
-        # Hardening in the style of nixpkgs services, as defaults the
-        # per-unit serviceConfig can override.
-        (lib.mapAttrs (_: mkDefault) {
-          NoNewPrivileges = true;
-          PrivateTmp = true;
-          ProtectSystem = "strict";
-          ProtectHome = true;
-          ProtectKernelTunables = true;
-          ProtectKernelModules = true;
-          ProtectKernelLogs = true;
-          ProtectControlGroups = true;
-          ProtectClock = true;
-          ProtectHostname = true;
-          # Not ProcSubset=pid: ec-launch reads /proc/locks to name the
-          # holder of a busy source. All units share one user, so holders
-          # stay visible with ProtectProc=invisible.
-          ProtectProc = "invisible";
-          RestrictNamespaces = true;
-          RestrictRealtime = true;
-          RestrictSUIDSGID = true;
-          LockPersonality = true;
-          # No RemoveIPC: all units share one user, and stopping one would
-          # remove the IPC objects of the others.
-          CapabilityBoundingSet = "";
-          # Tuners are on the network; AF_NETLINK lets ec-node list interfaces.
-          RestrictAddressFamilies = "AF_UNIX AF_INET AF_INET6 AF_NETLINK";
-          SystemCallArchitectures = "native";
-          SystemCallErrorNumber = "EPERM";
-          UMask = "0022";
-          # No MemoryDenyWriteExecute: ec-node's helpers are not ours to
-          # know, and a JIT among them would crash under it.
-          PrivateDevices = devices == [ ];
-        })
-        # Lists at normal priority, so the per-unit serviceConfig adds to
-        # them; a mkDefault list would be dropped by any definition.
+        # Hardening from ./unit-hardening.json (the reasons are in its
+        # `why`): defaults the per-unit serviceConfig can override …
+        (lib.mapAttrs (_: mkDefault) hardening.defaults)
+        {
+          PrivateDevices = mkDefault (devices == [ ]);
+        }
+        # … and lists at normal priority, so the per-unit serviceConfig adds
+        # to them; a mkDefault list would be dropped by any definition.
+        hardening.lists
         {
           # ProtectSystem=strict leaves /run read-only; the lock directory is
           # the one place every unit writes to.
           ReadWritePaths = lib.optional hasSource cfg.sourceLockDir;
-          SystemCallFilter = [
-            "@system-service"
-            "~@privileged"
-          ];
         }
         (mkIf (devices != [ ]) {
           DevicePolicy = mkDefault "closed";

@@ -49,8 +49,12 @@ let
 
   # One ExecStart word. systemd unquotes C-style double-quoted strings (which
   # JSON strings are), expands `%` specifiers and `$` variables, so those are
-  # doubled. Kept here rather than using NixOS's `utils` module argument so
-  # the module evaluates in tests/nix/eval.nix with nixpkgs.lib alone.
+  # doubled. This mirrors NixOS's `utils.escapeSystemdExecArg` (defined in
+  # nixpkgs' nixos/lib/utils.nix, which is not part of nixpkgs.lib) for the
+  # strings it is given here. Kept here rather than taking NixOS's `utils`
+  # module argument so the module evaluates in tests/nix/eval.nix with
+  # nixpkgs.lib alone; that test checks the two agree on words that
+  # escapeSystemdExecArg escaped.
   execWord = arg: lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
   execLine = args: lib.concatMapStringsSep " " execWord args;
 
@@ -260,6 +264,50 @@ let
       inherit unit;
     }) archiveWorkers;
 
+  # The build-time source check (./check-sources.sh): every enabled unit
+  # that takes a lock, as (option path, source, lockKey, onBusy). Keys are
+  # derived by the launcher at build time, not here, so the check and
+  # `ec-launch run` cannot disagree; the script says what the sandbox
+  # cannot key (sourceFile, devices).
+  lockedUnits = map (
+    { optionPath, unit, ... }:
+    {
+      option = optionPath;
+      inherit (unit) source lockKey onBusy;
+    }
+  ) (lib.filter ({ unit, ... }: unit.source != null || unit.sourceFile != null) units);
+
+  sourceCheckArgs = [
+    ecLaunch
+    cfg.sourceLockDir
+  ]
+  ++ lib.concatMap (u: [
+    u.option
+    u.onBusy
+    (if u.source == null then "" else u.source)
+    (if u.lockKey == null then "" else u.lockKey)
+  ]) lockedUnits;
+
+  # Built with the system (system.checks): a duplicate fails the build
+  # before deploy. It runs the launcher, never a device or a tuner. The
+  # report (notes on standbys and on what was not compared) is its output.
+  sourceCheck =
+    pkgs.runCommand "every-channel-source-check"
+      {
+        # For people and tests/nix/eval.nix: what is compared.
+        sourceUnits = builtins.toJSON lockedUnits;
+        checkArgs = builtins.toJSON sourceCheckArgs;
+      }
+      ''
+        if sh ${./check-sources.sh} ${lib.escapeShellArgs sourceCheckArgs} > report; then
+          cat report
+          mv report "$out"
+        else
+          cat report >&2
+          exit 1
+        fi
+      '';
+
   # What is asserted and warned about, per unit, with the option path as the
   # subject so the message points at the line to change.
   unitChecks =
@@ -456,6 +504,21 @@ in
       '';
     };
 
+    checkSources = mkOption {
+      type = types.bool;
+      default = true;
+      example = false;
+      description = ''
+        Whether to check at build time (in `system.checks`) that no two
+        enabled units lock one source with `onBusy = "skip"`; only the
+        first to start would run. Keys are derived with
+        `launcherPackage`'s `ec-launch key --json`; a unit that waits on
+        another's source is a standby and only noted. The build has no
+        devices and no network: device sources are compared by path, and
+        `sourceFile` units only by their `lockKey`.
+      '';
+    };
+
     sourceLockDir = mkOption {
       type = types.strMatching "/.+";
       default = "/run/every-channel/source-locks";
@@ -507,6 +570,8 @@ in
           name:
           "services.every-channel.extraUnits: `${name}` is not defined in systemd.services by any other module, so the kill policy would create a unit with nothing to run; check the spelling (a unit that only comes from a package in systemd.packages is fine)."
         ) (lib.filter (name: !(lib.elem name servicesDefinedElsewhere)) extraUnitNames);
+
+      system.checks = lib.optional (cfg.checkSources && lockedUnits != [ ]) sourceCheck;
 
       # The launcher every busy journal line tells the operator to run.
       environment.systemPackages = lib.optional (

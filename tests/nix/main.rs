@@ -9,6 +9,15 @@
 //! directory with its own store and cache, so it runs as any user and does
 //! not depend on what git tracks. Evaluating the module needs a nixpkgs.lib
 //! tree, which CI does not have; see `tests/nix/eval.nix` and the README.
+//! The module's build-time source check runs here as its derivation would
+//! run it (`source_check`).
+
+// The systemd suite's reader of nixos/unit-policy.json, so a change to the
+// file's shape that the suite cannot read fails here, where CI runs it.
+#[allow(dead_code)]
+#[path = "../systemd/policy.rs"]
+mod policy;
+mod source_check;
 
 use std::env;
 use std::ffi::OsStr;
@@ -181,5 +190,30 @@ fn flake_lock_pins_every_input_to_a_revision_and_hash() {
             locked["lastModified"].is_u64(),
             "input {name} has no lastModified: {locked}"
         );
+    }
+}
+
+#[test]
+fn the_unit_policy_reads_as_the_systemd_suite_reads_it() {
+    let policy = policy::UnitPolicy::load().unwrap_or_else(|e| panic!("{e}"));
+    // A publisher gets both halves: the values the module sets today.
+    assert_eq!(
+        policy.service_lines(policy::StopTimeout::PolicyDefault),
+        "KillMode=control-group\nRestart=always\nRestartPreventExitStatus=75\n\
+         SendSIGKILL=yes\nSuccessExitStatus=75\nTimeoutStopSec=10s\n"
+    );
+    for (shape, why) in [
+        (
+            r#"{"kill": {"KillMode": "control-group"}, "extra": {}}"#,
+            "unknown key",
+        ),
+        (
+            r#"{"kill": {"KillMode": "control-group"}, "restart": {"KillMode": "mixed"}}"#,
+            "more than one half",
+        ),
+        (r#"{"KillMode": "control-group"}"#, "unknown key"),
+    ] {
+        let error = policy::UnitPolicy::from_json(shape).expect_err(shape);
+        assert!(error.contains(why), "{shape}: {error}");
     }
 }

@@ -217,3 +217,71 @@ fn the_unit_policy_reads_as_the_systemd_suite_reads_it() {
         assert!(error.contains(why), "{shape}: {error}");
     }
 }
+
+/// The fenced `nix` code blocks of the README, in order.
+fn readme_nix_blocks(readme: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, "```nix") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// The README's node flake is what operators paste into an existing
+/// configuration: it must parse, declare the `nixpkgs` it builds with, and
+/// make every other input follow it (one nixpkgs on the node, not several).
+#[test]
+fn the_readme_node_flake_parses_and_its_inputs_follow_its_nixpkgs() {
+    let nix_instantiate = require("nix-instantiate");
+    let readme = fs::read_to_string(repo_root().join("README.md")).expect("cannot read README.md");
+    let blocks = readme_nix_blocks(&readme);
+    let flakes: Vec<&String> = blocks
+        .iter()
+        .filter(|b| b.contains("nixosSystem"))
+        .collect();
+    assert_eq!(
+        flakes.len(),
+        1,
+        "want one node flake in the README, found {}",
+        flakes.len()
+    );
+
+    let scratch = tempfile::tempdir().expect("cannot create a temporary directory");
+    let file = scratch.path().join("flake.nix");
+    fs::write(&file, flakes[0]).expect("cannot write the README's flake");
+    let output = run(Command::new(&nix_instantiate)
+        .args([
+            "--store", "dummy://", "--eval", "--strict", "--json", "--expr",
+        ])
+        .arg(format!("(import {}).inputs", file.display())));
+    assert!(
+        output.status.success(),
+        "the README's node flake does not evaluate:\n{}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let inputs: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("nix-instantiate printed no JSON");
+    let inputs = inputs.as_object().expect("inputs is not an attribute set");
+    assert!(
+        inputs.contains_key("nixpkgs"),
+        "the README's node flake has no nixpkgs input: {inputs:?}"
+    );
+    for (name, input) in inputs.iter().filter(|(name, _)| name.as_str() != "nixpkgs") {
+        assert_eq!(
+            input["inputs"]["nixpkgs"]["follows"], "nixpkgs",
+            "input {name} does not follow the node's nixpkgs: {input}"
+        );
+    }
+}

@@ -105,6 +105,7 @@ while [ "$i" -le "$count" ]; do
     skipping=""
     skips=0
     waiting=""
+    waits=0
     members=0
     j=$i
     while [ "$j" -le "$count" ]; do
@@ -117,6 +118,7 @@ while [ "$i" -le "$count" ]; do
                 skips=$((skips + 1))
             else
                 waiting="${waiting:+$waiting and }$member"
+                waits=$((waits + 1))
             fi
         fi
         j=$((j + 1))
@@ -128,7 +130,9 @@ while [ "$i" -le "$count" ]; do
         errors=$((errors + 1))
     elif [ "$members" -ge 2 ]; then
         if [ -n "$skipping" ]; then
-            say "note: one source ($how $identity): $skipping runs it, $waiting waits as a standby"
+            standby="waits as a standby"
+            [ "$waits" -gt 1 ] && standby="wait as standbys"
+            say "note: one source ($how $identity): $skipping runs it, $waiting $standby"
         else
             say "note: one source ($how $identity): $waiting wait for it; the first to start runs it, the others are standbys"
         fi

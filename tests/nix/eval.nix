@@ -1,7 +1,10 @@
 # Evaluates the NixOS module with nixpkgs.lib alone, against the stand-in
 # options in ./nixos-stub.nix, and checks the unit contract of issue 4:
 # the kill policy from nixos/unit-policy.json on every unit, credential
-# handling, readable failures for misconfigurations, no PartOf/BindsTo.
+# handling, readable failures for misconfigurations, no PartOf/BindsTo; and
+# issue 9's items: the launcher on PATH, `program`, the kill-only policy of
+# extraUnits, hardening from nixos/unit-hardening.json, escaping as nixpkgs'
+# utils.escapeSystemdExecArg, and the inputs of the build-time source check.
 #
 #   EC_NIXPKGS_LIB=/path/to/nixpkgs.lib \
 #     nix-instantiate --store dummy:// --eval --strict --json tests/nix/eval.nix

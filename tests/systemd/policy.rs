@@ -3,6 +3,11 @@
 //! lines. Nothing here restates a policy value, so a change to the file
 //! changes the units the suite boots; a key the renderer cannot express
 //! fails the suite instead of being dropped.
+//!
+//! The file has two halves: `kill` (every unit the module touches, units
+//! defined elsewhere included) and `restart` (the module's own units, which
+//! `ec-launch run` starts). Every unit the suite boots runs through
+//! `ec-launch run`, like a publisher, so it gets both.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -15,6 +20,9 @@ pub const POLICY_FILE: &str = "nixos/unit-policy.json";
 
 /// Keys of the policy file that are not unit settings.
 const NOT_SETTINGS: &[&str] = &["comment"];
+
+/// The halves of the policy file; a publisher gets all of them.
+const HALVES: &[&str] = &["kill", "restart"];
 
 /// The unit policy, keys in alphabetical order (`serde_json`'s map order).
 #[derive(Debug, Clone)]
@@ -48,17 +56,31 @@ impl UnitPolicy {
         let object: Map<String, Value> =
             serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
         let mut settings = Vec::new();
-        for (key, value) in object {
-            if NOT_SETTINGS.contains(&key.as_str()) {
+        for (half, body) in object {
+            if NOT_SETTINGS.contains(&half.as_str()) {
                 continue;
             }
-            // Rendering up front rejects values a unit file cannot carry.
-            render_value(&key, &value)?;
-            settings.push((key, value));
+            if !HALVES.contains(&half.as_str()) {
+                return Err(format!(
+                    "unknown key {half:?}: the policy has the halves {HALVES:?} and a comment"
+                ));
+            }
+            let Value::Object(body) = body else {
+                return Err(format!("{half:?} is not an object of unit settings"));
+            };
+            for (key, value) in body {
+                if settings.iter().any(|(known, _)| *known == key) {
+                    return Err(format!("{key} is set in more than one half"));
+                }
+                // Rendering up front rejects values a unit file cannot carry.
+                render_value(&key, &value)?;
+                settings.push((key, value));
+            }
         }
         if settings.is_empty() {
             return Err("the unit policy has no settings".into());
         }
+        settings.sort_by(|(a, _), (b, _)| a.cmp(b));
         Ok(Self { settings })
     }
 

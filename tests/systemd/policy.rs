@@ -120,6 +120,70 @@ impl UnitPolicy {
     }
 }
 
+/// The hardening file, relative to the crate root.
+pub const HARDENING_FILE: &str = "nixos/unit-hardening.json";
+
+/// Parts of the hardening file that are not unit settings.
+const HARDENING_NOT_SETTINGS: &[&str] = &["comment", "why"];
+
+/// Parts of the hardening file that hold unit settings (`defaults` the
+/// module sets with `mkDefault`, `lists` at normal priority); a publisher
+/// unit of the module gets all of them.
+const HARDENING_PARTS: &[&str] = &["defaults", "lists"];
+
+/// The sandbox the module gives every publisher, read from
+/// `nixos/unit-hardening.json`, so the suite's units forbid what deployed
+/// units forbid (a syscall, an address family, a path).
+#[derive(Debug, Clone)]
+pub struct Hardening {
+    lines: String,
+}
+
+impl Hardening {
+    pub fn load() -> Result<Self, String> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(HARDENING_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let object: Map<String, Value> =
+            serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
+        let mut lines = String::new();
+        for (part, body) in object {
+            if HARDENING_NOT_SETTINGS.contains(&part.as_str()) {
+                continue;
+            }
+            if !HARDENING_PARTS.contains(&part.as_str()) {
+                return Err(format!(
+                    "unknown key {part:?}: the file has {HARDENING_PARTS:?}, a comment and why"
+                ));
+            }
+            let Value::Object(body) = body else {
+                return Err(format!("{part:?} is not an object of unit settings"));
+            };
+            for (key, value) in body {
+                let _ = writeln!(lines, "{key}={}", render_value(&key, &value)?);
+            }
+        }
+        if lines.is_empty() {
+            return Err("the hardening file has no settings".into());
+        }
+        Ok(Self { lines })
+    }
+
+    /// The `[Service]` lines of a publisher on a network source with its
+    /// locks in `lock_dir`: the file's settings plus what the module
+    /// computes per unit (the lock directory writable, no devices).
+    pub fn publisher_lines(&self, lock_dir: &str) -> String {
+        format!(
+            "{}ReadWritePaths={lock_dir}\nPrivateDevices=yes\n",
+            self.lines
+        )
+    }
+}
+
 fn render_value(key: &str, value: &Value) -> Result<String, String> {
     let scalar = |v: &Value| match v {
         Value::Bool(true) => Ok("yes".to_owned()),

@@ -26,6 +26,7 @@ mod logging;
 mod proc_locks;
 mod process;
 mod redact;
+mod secret_params;
 #[cfg(test)]
 mod secret_props;
 mod source_key;

@@ -9,6 +9,7 @@
 )]
 
 mod cli;
+mod keys;
 mod logging;
 mod run;
 mod secrets;

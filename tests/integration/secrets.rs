@@ -147,3 +147,62 @@ proptest! {
         exercise(&url);
     }
 }
+
+/// `run --key NAME` with a source the key rules cannot parse: the source
+/// is still recorded, logged and shown by `status`, all redacted.
+fn exercise_with_key(url: &str) {
+    let env = TestEnv::new();
+    let ran = env
+        .run(url, &["-vv", "--key", "studio-a"], &["true"])
+        .output()
+        .unwrap();
+    assert_eq!(ran.status.code(), Some(0), "{url}: {}", describe(&ran));
+    let status = env
+        .ec_launch()
+        .args(["status", "--lock-dir"])
+        .arg(env.lock_dir())
+        .output()
+        .unwrap();
+    let status_json = env
+        .ec_launch()
+        .args(["status", "--json", "--lock-dir"])
+        .arg(env.lock_dir())
+        .output()
+        .unwrap();
+    assert_no_secret(&everything(&env, &[&ran, &status, &status_json]), url);
+}
+
+#[test]
+fn sources_without_an_authority_are_redacted_with_key() {
+    for url in [
+        "admin:XSECRETX@cam/stream",
+        "rtsp:admin:XSECRETX@cam/s",
+        "rtsp://admin:XSECRETX/pw@cam/s",
+        "rtsp://XSECRETX/pw@cam/s",
+        "http://h/x?a=1;token=XSECRETX",
+        "rtsp://cam/s?XSECRETX",
+        "http://h/live;jsessionid=XSECRETX/x.ts",
+        "XSECRETX",
+    ] {
+        exercise_with_key(url);
+    }
+}
+
+#[test]
+fn path_like_sources_are_not_echoed_raw_in_errors() {
+    let env = TestEnv::new();
+    for source in [
+        "//admin:XSECRETX@host/x",
+        "/dev/ec-launch-absent?token=XSECRETX",
+        "/dev/admin:XSECRETX@absent",
+    ] {
+        let output = env.run(source, &[], &["true"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(66), "{}", describe(&output));
+        assert!(
+            text(&output.stderr).contains("cannot be resolved"),
+            "{}",
+            describe(&output)
+        );
+        assert_no_secret(&everything(&env, &[&output]), source);
+    }
+}

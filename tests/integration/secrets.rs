@@ -206,3 +206,97 @@ fn path_like_sources_are_not_echoed_raw_in_errors() {
         assert_no_secret(&everything(&env, &[&output]), source);
     }
 }
+
+#[test]
+fn command_line_errors_never_echo_a_credential() {
+    let env = TestEnv::new();
+    let cases: Vec<Vec<&str>> = vec![
+        // A forgotten --source: the URL is an unexpected positional.
+        vec!["run", "http://admin:XSECRETX@h/x", "--", "true"],
+        vec![
+            "run",
+            "--source",
+            "http://h/x",
+            "rtsp://u:XSECRETX@cam/s",
+            "--",
+            "true",
+        ],
+        // Invalid values.
+        vec![
+            "run",
+            "--busy-exit-code",
+            "http://u:XSECRETX@h/x",
+            "--source",
+            "http://h/x",
+            "--",
+            "true",
+        ],
+        vec![
+            "run",
+            "--wait-timeout=http://h/x?token=XSECRETX",
+            "--source",
+            "http://h/x",
+            "--",
+            "true",
+        ],
+        vec![
+            "run",
+            "--on-busy",
+            "rtsp://u:XSECRETX@cam/s",
+            "--source",
+            "http://h/x",
+            "--",
+            "true",
+        ],
+        // Unknown flags with a value glued on.
+        vec!["run", "--sourc=http://u:XSECRETX@h/x", "--", "true"],
+        vec![
+            "key",
+            "http://h/x?token=XSECRETX",
+            "rtsp://u:XSECRETX@cam/s",
+        ],
+        vec!["status", "--lock-dir", "x", "a", "admin:XSECRETX@cam/s"],
+    ];
+    for args in cases {
+        let output = env.ec_launch().args(&args).output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            describe(&output)
+        );
+        assert!(
+            text(&output.stderr).starts_with("error:"),
+            "{args:?}: {}",
+            describe(&output)
+        );
+        assert_no_secret(&everything(&env, &[&output]), &args.join(" "));
+    }
+}
+
+#[test]
+fn help_and_version_are_printed_by_clap_unchanged() {
+    let env = TestEnv::new();
+    let help = env.ec_launch().args(["run", "--help"]).output().unwrap();
+    assert_eq!(help.status.code(), Some(0), "{}", describe(&help));
+    assert!(
+        text(&help.stdout).contains("Usage: ec-launch run"),
+        "{}",
+        describe(&help)
+    );
+    assert!(help.stderr.is_empty(), "{}", describe(&help));
+    let version = env.ec_launch().arg("--version").output().unwrap();
+    assert_eq!(version.status.code(), Some(0), "{}", describe(&version));
+    assert_eq!(
+        text(&version.stdout),
+        format!("ec-launch {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    // No subcommand: clap prints help on stderr and exits 2.
+    let bare = env.ec_launch().output().unwrap();
+    assert_eq!(bare.status.code(), Some(2), "{}", describe(&bare));
+    assert!(
+        text(&bare.stderr).contains("Usage: ec-launch"),
+        "{}",
+        describe(&bare)
+    );
+}

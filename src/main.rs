@@ -96,8 +96,8 @@ fn parse_args() -> Result<Cli, ExitStatus> {
 }
 
 /// `text` with every argument (and the value of every `--flag=value`) that
-/// the redactor would change replaced by its redacted form, longest first
-/// so a value inside a longer argument is not half-replaced.
+/// could hold a credential replaced by its redacted form, longest first so
+/// a value inside a longer argument is not half-replaced.
 fn redact_arguments(text: &str, args: &[String]) -> String {
     let mut candidates: Vec<&str> = args
         .iter()
@@ -110,15 +110,9 @@ fn redact_arguments(text: &str, args: &[String]) -> String {
     candidates.sort_by_key(|arg| std::cmp::Reverse(arg.len()));
     let mut text = text.to_owned();
     for arg in candidates {
-        let shown = redact::redact_source(arg);
-        if shown != arg && !shown.starts_with('<') {
+        let shown = redact::redact_word(arg);
+        if shown != arg {
             text = text.replace(arg, &shown);
-        } else if shown != arg {
-            // Neither a URL nor a path: nothing tells which part is secret,
-            // so it is not echoed at all when it could hold one.
-            if arg.contains(['@', '?', ';', ':']) {
-                text = text.replace(arg, redact::MASK);
-            }
         }
     }
     text

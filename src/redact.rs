@@ -54,6 +54,24 @@ pub fn redact_source(source: &str) -> String {
     shown
 }
 
+/// An argument or word that may or may not be a source (a program name, a
+/// value clap quotes): redacted when it is a source with something to hide,
+/// masked whole when it has no recognisable form but could hold userinfo or
+/// parameters, and left as it is otherwise (`ec-node`, `--source`, `75`).
+#[must_use]
+pub fn redact_word(word: &str) -> String {
+    let shown = redact_source(word);
+    if shown == word.trim() {
+        word.to_owned()
+    } else if scheme_len(word.trim()).is_some() || word.trim().starts_with('/') {
+        shown
+    } else if word.contains(['@', '?', ';', ':']) {
+        MASK.to_owned()
+    } else {
+        word.to_owned()
+    }
+}
+
 /// The length of `scheme:` at the start of `text`, if it starts with one
 /// (RFC 3986: a letter, then letters, digits, `+`, `-`, `.`).
 fn scheme_len(text: &str) -> Option<usize> {
@@ -167,6 +185,15 @@ mod tests {
     fn sources_a_url_parser_rejects_are_still_masked() {
         assert_eq!(redact_source("http://us er:secret@"), "http://***@");
         assert_eq!(redact_source("XSECRETX"), "<unrecognised source>");
+    }
+
+    #[test]
+    fn words_are_redacted_only_when_they_hide_something() {
+        assert_eq!(redact_word("ec-node"), "ec-node");
+        assert_eq!(redact_word("--source"), "--source");
+        assert_eq!(redact_word("http://h/x"), "http://h/x");
+        assert_eq!(redact_word("http://u:S3CR3T@h/x"), "http://***@h/x");
+        assert_eq!(redact_word("--x=u:S3CR3T@h"), "***");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::holder::{HolderScan, LockedInode};
 use crate::lock::{self, Access, Acquired, BusyPolicy};
 use crate::lock_record::LockRecord;
 use crate::process::ProcessInfo;
-use crate::redact::redact_source;
+use crate::redact::{redact_source, redact_word};
 use crate::source_key::{self, SourceKey};
 
 /// `run`'s validated settings.
@@ -110,7 +110,8 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     let config = RunConfig::from_args(args)?;
     lock::ensure_lock_dir(&config.lock_dir)?;
     let lock_path = config.key.lock_path(&config.lock_dir);
-    let program_name = config.program.to_string_lossy().into_owned();
+    // Logged and recorded: a URL given as the program must not show its credential.
+    let program_name = redact_word(&config.program.to_string_lossy());
     let redacted = redact_source(&config.source);
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
 

@@ -300,3 +300,18 @@ fn help_and_version_are_printed_by_clap_unchanged() {
         describe(&bare)
     );
 }
+
+#[test]
+fn a_source_given_as_the_program_is_not_echoed_by_the_exec_error() {
+    // `--source` forgotten the other way round: the URL lands after `--`.
+    let env = TestEnv::new();
+    let url = "http://admin:XSECRETX@h/x?token=XSECRETX";
+    let output = env.run("http://h/x", &[], &[url]).output().unwrap();
+    assert_eq!(output.status.code(), Some(127), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains("cannot run"),
+        "{}",
+        describe(&output)
+    );
+    assert_no_secret(&everything(&env, &[&output]), url);
+}

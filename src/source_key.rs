@@ -330,7 +330,8 @@ fn trailing_slash_matters(scheme: &str) -> bool {
 /// spelling as a dotted quad (the `url` crate does this for http and https
 /// only; for other schemes the host is opaque to it).
 fn normalise_domain(domain: &str) -> String {
-    let lower = percent_normalise(&domain.to_ascii_lowercase());
+    // Decode first (`%43` is `C`, then `c`), then upper-case what stays escaped.
+    let lower = percent_normalise(&percent_normalise(domain).to_ascii_lowercase());
     let name = lower
         .strip_suffix('.')
         .filter(|n| !n.is_empty())
@@ -745,6 +746,8 @@ mod tests {
     fn rfc_3986_equivalent_spellings_share_a_key() {
         for (a, b) in [
             ("rtsp://%63am.local/%73tream1", "rtsp://cam.local/stream1"),
+            ("rtsp://%43AM.local/s", "rtsp://cam.local/s"),
+            ("rtsp://caf%c3%a9.local/s", "rtsp://caf%C3%A9.local/s"),
             ("rtsp://cam.local./stream1", "rtsp://cam.local/stream1"),
             ("http://cam.example./x", "http://cam.example/x"),
             ("rtsp://cam.local/stream1/", "rtsp://cam.local/stream1"),

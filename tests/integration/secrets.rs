@@ -129,11 +129,18 @@ prop_compose! {
         password in secret(),
         host in "[a-z]{1,8}\\.[a-z]{2,4}",
         hdhomerun in any::<bool>(),
-        token_name in prop::sample::select(vec!["token", "api_key", "password", "auth", "sig", "secret"]),
+        token_name in prop::sample::select(vec![
+            "token", "api_key", "password", "auth", "sig", "secret", "jwt", "hmac", "hdnts",
+            "__token__", "X-Amz-Signature", "X-Goog-Signature", "wmsAuthSign", "accessToken",
+            "passphrase", "wowzatokenhash",
+        ]),
         token in secret(),
+        separator in prop::sample::select(vec!["&", ";"]),
+        bare in prop::option::of(secret()),
     ) -> String {
         let path = if hdhomerun { ":5004/auto/v7.1" } else { "/live/stream.ts" };
-        format!("http://{user}:{password}@{host}{path}?{token_name}={token}&channel=7")
+        let bare = bare.map(|b| format!("{separator}{b}")).unwrap_or_default();
+        format!("http://{user}:{password}@{host}{path}?{token_name}={token}{separator}channel=7{bare}")
     }
 }
 

@@ -96,13 +96,16 @@ let
       items = sourceParams source;
       names = map (item: builtins.head (lib.splitString "=" item)) (builtins.filter (lib.hasInfix "=") items);
       lowerNames = map lib.toLower names;
+      # Up to the last `@` before the query; empty in ffmpeg's multicast
+      # spelling `udp://@239.0.0.1:1234`, which hides nothing.
+      userinfo = builtins.match "([a-zA-Z][a-zA-Z0-9+.-]*://)?([^?#]*)@.*" source;
       envelopeSigned = lib.any (
         envelope:
         lib.any (marker: lib.elem marker lowerNames) envelope.when
         && lib.any (param: lib.elem param lowerNames) envelope.params
       ) secretParams.envelopes;
     in
-    builtins.match "[^?#]*@.*" source != null
+    userinfo != null && builtins.elemAt userinfo 1 != ""
     || lib.any (item: !(lib.hasInfix "=" item)) items
     || lib.any isSecretName names
     || envelopeSigned;

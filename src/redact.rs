@@ -96,6 +96,10 @@ fn mask_userinfo(head: &str, scheme_len: Option<usize>) -> String {
         None if head.starts_with("//") => 2,
         _ => 0,
     };
+    if at == keep {
+        // `udp://@239.0.0.1:1234` (ffmpeg's multicast spelling): nothing to hide.
+        return head.to_owned();
+    }
     format!("{}{MASK}{}", &head[..keep], &head[at..])
 }
 
@@ -210,6 +214,10 @@ mod tests {
             "rtsp://***@cam/s"
         );
         assert_eq!(redact_source("//admin:S3CR3T@h/x"), "//***@h/x");
+        assert_eq!(
+            redact_source("udp://@239.0.0.1:1234"),
+            "udp://@239.0.0.1:1234"
+        );
     }
 
     #[test]

@@ -330,6 +330,7 @@ let
           "http://h/x?channel_key=5"
           "http://h/x?keyframe=1&author=me"
           "http://h/x?expires=5&se=1"
+          "udp://@239.0.0.1:1234"
         ];
         wrong = lib.filter (s: !warnsFor s) secret ++ lib.filter warnsFor harmless;
       in

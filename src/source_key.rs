@@ -710,6 +710,25 @@ mod tests {
         // Pinned: a change here renames every lock file on a fleet, which
         // breaks mutual exclusion between old and new versions mid-deploy.
         assert_eq!(k.lock_file_name(), "10.0.0.5-v5.1-c2d4c137cb6e4fc8.lock");
+        // Keys the rules of ECP-0124 already got right keep their names
+        // under ECP-0130 (names as the old rules computed them).
+        for (source, name) in [
+            (
+                "rtsp://cam.local:8554/stream1",
+                "cam.local-8554-stream1-f1173574cc733569.lock",
+            ),
+            (
+                "https://user:pw@cdn.example:443/x",
+                "cdn.example-x-f834094c4b0b3190.lock",
+            ),
+            (
+                "HTTP://Example.COM:80/a/./b/../live.ts?b=2&a=1&token=s3cret#x",
+                "example.com-live.ts-1c00a3e6fd55e186.lock",
+            ),
+        ] {
+            let k = SourceKey::from_source(source).unwrap();
+            assert_eq!(k.lock_file_name(), name, "{source}");
+        }
         let o = SourceKey::from_override("Studio A / Camera 2").unwrap();
         assert!(o.lock_file_name().starts_with("studio_a___camera_2-"));
     }

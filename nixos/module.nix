@@ -60,17 +60,74 @@ let
 
   isDevice = source: source != null && lib.hasPrefix "/dev/" source;
 
-  # Credentials in a URL: `user:pass@host`, or a query parameter whose name
-  # is (or ends in) one of the usual secret names. Only the fact is reported,
-  # never the value.
-  secretParam = "([a-z0-9_.-]*[_.-])?(token|key|apikey|password|passwd|pass|pwd|auth|authorization|sig|signature|secret|credential|credentials)";
+  # Credentials in a source: userinfo (anything up to an `@` before the
+  # query, with or without `//`), or a parameter (query, or `;name=value`
+  # in the path, `&` or `;` between them) that nixos/secret-params.json
+  # calls a credential: the one list ec-launch's redactor and key rules
+  # read too (evolution/ECP-0130-key-normalisation-and-secret-parameters.md).
+  # Names are compared lower-cased but, unlike ec-launch, not
+  # percent-decoded. Only the fact is reported, never the value.
+  secretParams = builtins.fromJSON (builtins.readFile ./secret-params.json);
+  # `x_api_key`, `auth-token`, `my.secret`, `accessToken`: the word at the
+  # end after a separator, or capitalised after a lower-case letter or digit.
+  endsWithWord =
+    name: word:
+    let
+      headLength = builtins.stringLength name - builtins.stringLength word;
+      before = builtins.substring (headLength - 1) 1 name;
+      first = builtins.substring headLength 1 name;
+    in
+    lib.hasSuffix word (lib.toLower name)
+    && (
+      headLength == 0
+      || lib.elem before [
+        "_"
+        "-"
+        "."
+      ]
+      || (builtins.match "[a-z0-9]" before != null && builtins.match "[A-Z]" first != null)
+    );
+  isSecretName =
+    name:
+    let
+      lower = lib.toLower name;
+    in
+    lib.elem lower secretParams.names
+    || lib.any (prefix: lib.hasPrefix prefix lower) secretParams.prefixes
+    || lib.any (endsWithWord name) secretParams.suffixes;
+  sourceParams =
+    source:
+    let
+      parts = lib.splitString "?" (builtins.head (lib.splitString "#" source));
+      path = builtins.head parts;
+      query = lib.concatStringsSep "?" (builtins.tail parts);
+      pathItems = lib.concatMap (segment: builtins.tail (lib.splitString ";" segment)) (
+        lib.splitString "/" path
+      );
+      queryItems = lib.optionals (builtins.length parts > 1) (
+        builtins.filter builtins.isString (builtins.split "[&;]" query)
+      );
+    in
+    builtins.filter (item: item != "") (pathItems ++ queryItems);
   hasCredentials =
     source:
     let
-      url = lib.toLower source;
+      items = sourceParams source;
+      names = map (item: builtins.head (lib.splitString "=" item)) (builtins.filter (lib.hasInfix "=") items);
+      lowerNames = map lib.toLower names;
+      # Up to the last `@` before the query; empty in ffmpeg's multicast
+      # spelling `udp://@239.0.0.1:1234`, which hides nothing.
+      userinfo = builtins.match "([a-zA-Z][a-zA-Z0-9+.-]*://)?([^?#]*)@.*" source;
+      envelopeSigned = lib.any (
+        envelope:
+        lib.any (marker: lib.elem marker lowerNames) envelope.when
+        && lib.any (param: lib.elem param lowerNames) envelope.params
+      ) secretParams.envelopes;
     in
-    builtins.match "[a-z][a-z0-9+.-]*://[^/?#]*@.*" url != null
-    || builtins.match ".*[?&]${secretParam}(=.*|&.*|#.*|)" url != null;
+    userinfo != null && builtins.elemAt userinfo 1 != ""
+    || lib.any (item: !(lib.hasInfix "=" item)) items
+    || lib.any isSecretName names
+    || envelopeSigned;
 
   programOf =
     unit:
@@ -345,7 +402,7 @@ let
       ];
       warnings =
         lib.optional (unit.source != null && !isDevice unit.source && hasCredentials unit.source)
-          "${optionPath}.source looks like it contains credentials (userinfo or a secret query parameter); the Nix store is world-readable, so put the URL in a root-only file and use `sourceFile` instead."
+          "${optionPath}.source looks like it contains credentials (userinfo, or a parameter nixos/secret-params.json calls a credential); the Nix store is world-readable, so put the URL in a root-only file and use `sourceFile` instead."
         ++
           lib.optional (unit.sourceFile != null && lib.any (lib.hasInfix "{source}") unit.args)
             "${optionPath}.args contains `{source}`, which puts the URL from `sourceFile` on ec-node's command line where every user can read it; have ec-node read EC_SOURCE_URL instead.";

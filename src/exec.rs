@@ -79,7 +79,8 @@ fn try_exec(launch: &Launch<'_>, held: &HeldLock) -> Result<Never, Error> {
         Err(errno) => errno,
     };
     Err(Error::Exec {
-        program: launch.program.to_string_lossy().into_owned(),
+        // A URL given as the program (a forgotten --source) may hold a credential.
+        program: crate::redact::redact_word(&launch.program.to_string_lossy()),
         source: errno,
     })
 }

@@ -36,7 +36,7 @@ pub const TABLE: &[(&str, &str)] = &[
     ),
     (
         "65",
-        "the source is empty, not a URL with a host, or `--key` is empty/has control characters",
+        "the source is empty, has whitespace or control characters, is not a URL with a host, has an `@` after the host, or `--key` is empty/has control characters",
     ),
     (
         "66",

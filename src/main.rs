@@ -26,6 +26,7 @@ mod logging;
 mod proc_locks;
 mod process;
 mod redact;
+mod secret_params;
 #[cfg(test)]
 mod secret_props;
 mod source_key;
@@ -52,7 +53,10 @@ extern "C" fn main(
 
 #[cfg_attr(test, allow(dead_code))]
 fn run() -> ExitStatus {
-    let cli = Cli::parse();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(status) => return status,
+    };
     logging::init(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => command::run::run(args),
@@ -68,6 +72,50 @@ fn run() -> ExitStatus {
             error.exit_status()
         }
     }
+}
+
+/// The command line, or clap's answer to it: help and version as clap
+/// prints them, and usage errors with every argument that carries a
+/// credential redacted (clap quotes unexpected and invalid arguments).
+fn parse_args() -> Result<Cli, ExitStatus> {
+    let error = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(error) => error,
+    };
+    if !error.use_stderr() {
+        // --help, --version: not an error, and nothing of the user's in it.
+        let _ = error.print();
+        return Err(ExitStatus::Success);
+    }
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    eprint!("{}", redact_arguments(&error.render().to_string(), &args));
+    Err(ExitStatus::Usage)
+}
+
+/// `text` with every argument (and the value of every `--flag=value`) that
+/// could hold a credential replaced by its redacted form, longest first so
+/// a value inside a longer argument is not half-replaced.
+fn redact_arguments(text: &str, args: &[String]) -> String {
+    let mut candidates: Vec<&str> = args
+        .iter()
+        .flat_map(|arg| {
+            let value = arg.split_once('=').map(|(_, value)| value);
+            std::iter::once(arg.as_str()).chain(value)
+        })
+        .filter(|arg| !arg.is_empty())
+        .collect();
+    candidates.sort_by_key(|arg| std::cmp::Reverse(arg.len()));
+    let mut text = text.to_owned();
+    for arg in candidates {
+        let shown = redact::redact_word(arg);
+        if shown != arg {
+            text = text.replace(arg, &shown);
+        }
+    }
+    text
 }
 
 /// `error: <what>: <cause>: <cause>; <what to do>`, on one line.

@@ -21,8 +21,8 @@ use crate::holder::{HolderScan, LockedInode};
 use crate::lock::{self, Access, Acquired, BusyPolicy};
 use crate::lock_record::LockRecord;
 use crate::process::ProcessInfo;
-use crate::redact::redact_source;
-use crate::source_key::{KeyError, SourceKey};
+use crate::redact::{redact_source, redact_word};
+use crate::source_key::{self, SourceKey};
 
 /// `run`'s validated settings.
 #[derive(Debug)]
@@ -40,14 +40,13 @@ struct RunConfig {
 impl RunConfig {
     fn from_args(args: RunArgs) -> Result<Self, Error> {
         let source = match (&args.source, &args.source_file) {
-            (Some(source), _) => source.trim().to_owned(),
+            (Some(source), _) => source.clone(),
             (None, Some(path)) => read_source_file(path)?,
             // clap requires one of the two.
             (None, None) => String::new(),
         };
-        if source.is_empty() {
-            return Err(KeyError::Empty.into());
-        }
+        // Also with --key: what is recorded and logged is what the program gets.
+        source_key::ensure_source_text(&source)?;
         let key = match &args.key {
             // An operator-named key stands for a source we may not understand,
             // so the source itself is only required to be non-empty.
@@ -79,13 +78,15 @@ impl RunConfig {
     }
 }
 
-/// Reads one source from a file: one line, surrounding whitespace ignored.
+/// Reads one source from a file: one line (`\n` or `\r\n` ends it), blank
+/// lines ignored. The line is taken as it is: whitespace in it is refused
+/// later, never trimmed, so the program gets exactly what was keyed.
 fn read_source_file(path: &Path) -> Result<String, Error> {
     let text = fs::read_to_string(path).map_err(|source| Error::ReadSourceFile {
         path: path.to_owned(),
         source,
     })?;
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let source = lines.next().ok_or_else(|| Error::SourceFileEmpty {
         path: path.to_owned(),
     })?;
@@ -109,7 +110,8 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     let config = RunConfig::from_args(args)?;
     lock::ensure_lock_dir(&config.lock_dir)?;
     let lock_path = config.key.lock_path(&config.lock_dir);
-    let program_name = config.program.to_string_lossy().into_owned();
+    // Logged and recorded: a URL given as the program must not show its credential.
+    let program_name = redact_word(&config.program.to_string_lossy());
     let redacted = redact_source(&config.source);
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
 

@@ -9,6 +9,7 @@
 )]
 
 mod cli;
+mod keys;
 mod logging;
 #[path = "../common/privilege.rs"]
 mod privilege;

@@ -508,7 +508,7 @@ fn bad_input_is_one_line_with_a_documented_code_and_no_lock_is_taken() {
             "the source is empty",
         ),
         (
-            vec!["--source".into(), "not a url".into()],
+            vec!["--source".into(), "not-a-url".into()],
             65,
             "not a valid URL",
         ),

@@ -340,6 +340,39 @@ let
         && !(lib.any (w: has secretPassword w || has secretToken w || has "admin" w) warnings)
       ) (builtins.toJSON warnings);
 
+    # The warning reads nixos/secret-params.json, the list the redactor and
+    # the key rules use: exact names and suffix rules, never a substring.
+    "the credential warning follows the shared secret-parameter list" =
+      let
+        warnsFor =
+          source:
+          lib.any (has "publishers.probe.source") (withEveryChannel { publishers.probe = { inherit source; }; })
+          .warnings;
+        secret = [
+          "http://h/x?a=1;token=${secretToken}"
+          "rtsp://cam/s?${secretToken}"
+          "admin:${secretPassword}@cam/stream"
+          "rtsp:admin:${secretPassword}@cam/s"
+          "rtsp://admin:pa/ss@cam/s"
+          "https://b.s3.amazonaws.com/x.ts?X-Amz-Signature=${secretToken}"
+          "https://d.cloudfront.net/x.m3u8?Expires=1&Policy=p&Key-Pair-Id=K"
+          "https://e.akamaized.net/x.m3u8?hdnts=exp=1~hmac=${secretToken}"
+          "https://h/x?jwt=${secretToken}"
+          "https://h/x?accessToken=${secretToken}"
+          "https://h/x?x_api_key=${secretToken}"
+          "https://h/x?wmsAuthSign=${secretToken}"
+          "https://h/live;jsessionid=${secretToken}/x.ts"
+        ];
+        harmless = [
+          "http://h/x?channel_key=5"
+          "http://h/x?keyframe=1&author=me"
+          "http://h/x?expires=5&se=1"
+          "udp://@239.0.0.1:1234"
+        ];
+        wrong = lib.filter (s: !warnsFor s) secret ++ lib.filter warnsFor harmless;
+      in
+      check (wrong == [ ]) (builtins.toJSON wrong);
+
     "{source} with a sourceFile warns" =
       let
         cfg = withEveryChannel { publishers.secret.args = [ "--input={source}" ]; };

@@ -646,7 +646,7 @@ in
       # taking lock files other units still hold. Group-writable rather than
       # world-writable: ec-launch refuses a directory others can write to
       # unless it is root-owned and sticky.
-      systemd.tmpfiles.rules = [ "d ${cfg.sourceLockDir} 0775 root ${cfg.group} - -" ];
+      systemd.tmpfiles.rules = [ "d ${cfg.sourceLockDir} 2775 root ${cfg.group} - -" ];
     }
 
     (mkIf (cfg.user == "every-channel") {

@@ -427,7 +427,7 @@ let
       ) (builtins.attrNames ours ++ [ "wt-publish" ])) "TimeoutStopSec";
 
     "the lock directory comes from tmpfiles, group-writable, not world-writable" =
-      check (config.systemd.tmpfiles.rules == [ "d /run/every-channel/source-locks 0775 root every-channel - -" ])
+      check (config.systemd.tmpfiles.rules == [ "d /run/every-channel/source-locks 2775 root every-channel - -" ])
         (builtins.toJSON config.systemd.tmpfiles.rules);
 
     "hardening keeps the lock directory writable and devices private" =
@@ -471,7 +471,7 @@ let
         cfg.users.users == { }
         && cfg.users.groups == { }
         && cfg.systemd.services.every-channel-publisher-tuner-a.serviceConfig.User == "tv"
-        && cfg.systemd.tmpfiles.rules == [ "d /run/every-channel/source-locks 0775 root video - -" ]
+        && cfg.systemd.tmpfiles.rules == [ "d /run/every-channel/source-locks 2775 root video - -" ]
       ) "users";
 
     # Issue 9, item 1: the launcher on the node's PATH, with its man page

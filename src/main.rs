@@ -45,10 +45,36 @@ extern "C" fn main(
     _argc: std::ffi::c_int,
     _argv: *const *const std::ffi::c_char,
 ) -> std::ffi::c_int {
+    if !ensure_standard_descriptors() {
+        return std::ffi::c_int::from(ExitStatus::OsError.code());
+    }
     let status = run();
     // Rust's own entry point would flush stdout on the way out; ours must.
     let _ = std::io::Write::flush(&mut std::io::stdout());
     std::ffi::c_int::from(status.code())
+}
+
+/// Opens `/dev/null` on whichever of descriptors 0, 1 and 2 is closed, before
+/// anything else is opened. A daemon-style caller (`<&-`) would otherwise
+/// get the lock file on a standard descriptor: the program's own redirection
+/// would drop the lock, and with 2 closed our log would go into the lock
+/// file. Rust's own start-up does this; our C `main` skips it (ECP-0129).
+/// False when a descriptor cannot be opened: then nothing is safe to open.
+#[cfg_attr(test, allow(dead_code))]
+fn ensure_standard_descriptors() -> bool {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the flags of descriptor `fd`, open or not.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1 {
+            continue;
+        }
+        // SAFETY: a NUL-terminated static path; no pointer outlives the call.
+        // Every lower descriptor is open, so the lowest free one is `fd`.
+        let opened = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        if opened != fd {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg_attr(test, allow(dead_code))]

@@ -10,6 +10,7 @@
 
 mod cli;
 mod keys;
+mod lock_path;
 mod logging;
 #[path = "../common/privilege.rs"]
 mod privilege;

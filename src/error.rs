@@ -49,10 +49,10 @@ pub enum Error {
     LockDirSymlink { path: PathBuf },
     #[error("lock directory {path:?} is not a directory")]
     LockDirNotDirectory { path: PathBuf },
-    #[error(
-        "lock directory {path:?} is writable by others (mode {mode:04o}) and not a root-owned sticky directory"
-    )]
-    LockDirWorldWritable { path: PathBuf, mode: u32 },
+    /// A directory (or symlink) on the way to the lock directory that a user
+    /// other than root or us could change (ECP-0129).
+    #[error("{path:?}, on the lock directory's path, {reason}")]
+    UntrustedLockPath { path: PathBuf, reason: String },
     #[error("cannot open lock file {path:?}")]
     OpenLockFile {
         path: PathBuf,
@@ -63,6 +63,10 @@ pub enum Error {
     LockFileSymlink { path: PathBuf },
     #[error("lock file {path:?} is not a regular file (it is a {kind})")]
     LockFileNotRegular { path: PathBuf, kind: &'static str },
+    #[error("lock file {path:?} is owned by uid {uid}, not by root or this user")]
+    LockFileForeign { path: PathBuf, uid: u32 },
+    #[error("lock file {path:?} has {links} hard links")]
+    LockFileLinked { path: PathBuf, links: u64 },
     #[error("cannot lock {path:?}")]
     Flock {
         path: PathBuf,
@@ -114,9 +118,11 @@ impl Error {
             }
             Self::LockDirSymlink { .. }
             | Self::LockDirNotDirectory { .. }
-            | Self::LockDirWorldWritable { .. }
+            | Self::UntrustedLockPath { .. }
             | Self::LockFileSymlink { .. }
-            | Self::LockFileNotRegular { .. } => ExitStatus::LockUnusable,
+            | Self::LockFileNotRegular { .. }
+            | Self::LockFileForeign { .. }
+            | Self::LockFileLinked { .. } => ExitStatus::LockUnusable,
             Self::Flock { .. } | Self::LockFileUnstable { .. } | Self::PassLock { .. } => {
                 ExitStatus::OsError
             }
@@ -148,14 +154,19 @@ impl Error {
             Self::LockDirSymlink { .. } | Self::LockDirNotDirectory { .. } => {
                 "point --lock-dir at a real directory, not a link or file"
             }
-            Self::LockDirWorldWritable { .. } => {
-                "chmod o-w the directory (or make it root-owned with the sticky bit), or use another --lock-dir"
+            Self::UntrustedLockPath { .. } => {
+                "every directory from / to the lock directory must be owned by root or this user and writable by no one else (sticky directories and a group this user is in excepted): fix that directory's owner or mode, or use another --lock-dir"
             }
             Self::OpenLockFile { .. } => {
                 "make the lock directory writable by this user (the NixOS module does), or run as the service user"
             }
-            Self::LockFileSymlink { .. } | Self::LockFileNotRegular { .. } => {
+            Self::LockFileSymlink { .. }
+            | Self::LockFileNotRegular { .. }
+            | Self::LockFileLinked { .. } => {
                 "something planted this path: inspect it, remove it, and let ec-launch create the lock file"
+            }
+            Self::LockFileForeign { .. } => {
+                "another user could delete it while we hold it: if that user is the service, run as it (e.g. runuser -u <user> -- ec-launch …); otherwise inspect the file and remove it"
             }
             Self::Flock { .. } | Self::LockFileUnstable { .. } | Self::PassLock { .. } => {
                 "the lock directory may be on a filesystem without flock(2) support or something deletes lock files; keep it on tmpfs (/run) and never delete lock files"

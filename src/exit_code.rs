@@ -48,7 +48,7 @@ pub const TABLE: &[(&str, &str)] = &[
     ),
     (
         "73",
-        "lock directory or lock file unusable: symlink, not a directory, writable by others, FIFO/socket/device at the lock path, cannot be created",
+        "lock directory or lock file unusable: a directory on its path owned or writable by another user (ECP-0129), symlink, not a directory, FIFO/socket/device, another user's lock file or one with a second hard link at the lock path, cannot be created (e.g. read-only or full filesystem)",
     ),
     (
         "75",

@@ -23,6 +23,7 @@ mod holder;
 mod lock;
 mod lock_record;
 mod logging;
+mod path_trust;
 mod proc_locks;
 mod process;
 mod redact;

@@ -20,6 +20,7 @@ use crate::exit_code::ExitStatus;
 use crate::holder::{HolderScan, LockedInode};
 use crate::lock::{self, Access, Acquired, BusyPolicy};
 use crate::lock_record::LockRecord;
+use crate::path_trust::Launcher;
 use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
 use crate::source_key::{self, SourceKey};
@@ -108,14 +109,15 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
         tracing::warn!("--wait-timeout has no effect with --on-busy skip");
     }
     let config = RunConfig::from_args(args)?;
-    lock::ensure_lock_dir(&config.lock_dir)?;
+    let me = Launcher::current();
+    lock::ensure_lock_dir(&config.lock_dir, &me)?;
     let lock_path = config.key.lock_path(&config.lock_dir);
     // Logged and recorded: a URL given as the program must not show its credential.
     let program_name = redact_word(&config.program.to_string_lossy());
     let redacted = redact_source(&config.source);
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
 
-    match lock::acquire(&lock_path, config.policy)? {
+    match lock::acquire(&lock_path, config.policy, &me)? {
         Acquired::Held(held) => {
             match held.access {
                 Access::ReadWrite => {

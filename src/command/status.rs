@@ -88,10 +88,13 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         Some(key) => {
             let path = key.lock_path(&args.lock_dir);
             ensure_readable_dir(&args.lock_dir)?;
-            if path.exists() {
-                vec![path]
-            } else {
-                Vec::new()
+            // What run would refuse to open, status refuses too (ECP-0129).
+            match fs::symlink_metadata(&path) {
+                Ok(metadata) => {
+                    crate::path_trust::ensure_regular(&path, &metadata)?;
+                    vec![path]
+                }
+                Err(_) => Vec::new(),
             }
         }
         None => lock_files(&args.lock_dir)?,
@@ -168,7 +171,17 @@ fn lock_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 fn inspect_file(scan: &HolderScan, path: &Path) -> Option<LockStatus> {
     // Read-only and without following links: status must never create,
     // truncate or lock anything.
-    let file = open_read_only(path).ok()?;
+    let file = match open_read_only(path) {
+        Ok(file) => file,
+        // Lock files are 0660: other users still learn held or free from
+        // the inode, only not the launch record.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let metadata = fs::symlink_metadata(path).ok()?;
+            let inode = LockedInode::of_metadata(&metadata);
+            return Some(lock_status(scan, path.to_owned(), inode, None, false));
+        }
+        Err(_) => return None,
+    };
     let inode = LockedInode::of_file(&file).ok()?;
     Some(lock_status(
         scan,
@@ -181,11 +194,20 @@ fn inspect_file(scan: &HolderScan, path: &Path) -> Option<LockStatus> {
 
 fn open_read_only(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let flags = (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits();
-    fs::OpenOptions::new()
+    // Never open what is not a regular file (a planted device node).
+    let regular =
+        |m: &fs::Metadata| crate::path_trust::ensure_regular(path, m).map_err(io::Error::other);
+    regular(&fs::symlink_metadata(path)?)?;
+    let flags = (nix::fcntl::OFlag::O_NOFOLLOW
+        | nix::fcntl::OFlag::O_NONBLOCK
+        | nix::fcntl::OFlag::O_NOCTTY)
+        .bits();
+    let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags)
-        .open(path)
+        .open(path)?;
+    regular(&file.metadata()?)?;
+    Ok(file)
 }
 
 fn lock_status(

@@ -123,8 +123,9 @@ pub fn ensure_lock_dir(dir: &Path, me: &Launcher) -> Result<(), Error> {
 /// # Errors
 /// Opening or locking failures; never "busy", which is [`Acquired::Busy`].
 pub fn acquire(path: &Path, policy: BusyPolicy, me: &Launcher) -> Result<Acquired, Error> {
+    // A timeout too large for the clock is no timeout: it would never pass.
     let deadline = match policy {
-        BusyPolicy::Wait { timeout: Some(t) } => Some(Instant::now() + t),
+        BusyPolicy::Wait { timeout: Some(t) } => Instant::now().checked_add(t),
         _ => None,
     };
     for _ in 0..MAX_ATTEMPTS {
@@ -141,14 +142,20 @@ pub fn acquire(path: &Path, policy: BusyPolicy, me: &Launcher) -> Result<Acquire
                 }
                 Err((_, source)) => return Err(flock_error(path, source)),
             },
-            BusyPolicy::Wait { .. } => match wait_for_lock(file, deadline, path)? {
-                WaitOutcome::Locked(lock) => lock,
-                WaitOutcome::TimedOut(file) => {
-                    return Ok(Acquired::Busy {
-                        file,
-                        timed_out: true,
-                    });
-                }
+            // A free lock is taken without a helper thread, so a zero or tiny
+            // timeout never reports a free source as busy.
+            BusyPolicy::Wait { .. } => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => lock,
+                Err((file, Errno::EWOULDBLOCK)) => match wait_for_lock(file, deadline, path)? {
+                    WaitOutcome::Locked(lock) => lock,
+                    WaitOutcome::TimedOut(file) => {
+                        return Ok(Acquired::Busy {
+                            file,
+                            timed_out: true,
+                        });
+                    }
+                },
+                Err((_, source)) => return Err(flock_error(path, source)),
             },
         };
         if path_still_names(&lock, path)? {
@@ -190,6 +197,10 @@ fn wait_for_lock(file: File, deadline: Option<Instant>, path: &Path) -> Result<W
             .map(WaitOutcome::Locked)
             .map_err(|e| flock_error(path, e));
     };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Ok(WaitOutcome::TimedOut(file));
+    }
     // A second descriptor for the same open file, kept here so a timed-out
     // caller still has the file to read the holder's record from.
     let kept = file.try_clone().map_err(|source| Error::OpenLockFile {
@@ -206,11 +217,16 @@ fn wait_for_lock(file: File, deadline: Option<Instant>, path: &Path) -> Result<W
             path: path.to_owned(),
             source,
         })?;
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    match receiver.recv_timeout(remaining) {
-        Ok(Ok(lock)) => Ok(WaitOutcome::Locked(lock)),
-        Ok(Err(e)) => Err(flock_error(path, e)),
-        Err(_) => Ok(WaitOutcome::TimedOut(kept)),
+    let outcome = match receiver.recv_timeout(remaining) {
+        // Time is up; the helper may have got the lock in the meantime.
+        Err(mpsc::RecvTimeoutError::Timeout) => receiver.try_recv().ok(),
+        Ok(outcome) => Some(outcome),
+        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+    };
+    match outcome {
+        Some(Ok(lock)) => Ok(WaitOutcome::Locked(lock)),
+        Some(Err(e)) => Err(flock_error(path, e)),
+        None => Ok(WaitOutcome::TimedOut(kept)),
     }
 }
 

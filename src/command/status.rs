@@ -79,11 +79,13 @@ struct Report {
 /// An invalid SOURCE, or a lock directory that cannot be read.
 pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
     let proc_root = Path::new("/proc");
+    crate::cli::ensure_lock_dir_given(&args.lock_dir)?;
     let key = args
         .source
         .as_deref()
         .map(SourceKey::from_source)
-        .transpose()?;
+        .transpose()
+        .map_err(Error::SourceArg)?;
     let files = match &key {
         Some(key) => {
             let path = key.lock_path(&args.lock_dir);

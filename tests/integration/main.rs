@@ -9,6 +9,7 @@
 )]
 
 mod cli;
+mod input;
 mod keys;
 mod lock_path;
 mod logging;

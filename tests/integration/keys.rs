@@ -28,7 +28,7 @@ fn key_of(env: &TestEnv, source: &str) -> String {
 
 #[test]
 fn links_mknod_copies_and_bind_mounts_of_one_device_are_one_source() {
-    require_root("mknod a copy of /dev/null and bind-mount it");
+    require_root!("mknod a copy of /dev/null and bind-mount it");
     let env = TestEnv::new();
     let rdev = fs::metadata("/dev/null").unwrap().rdev();
     let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
@@ -73,7 +73,7 @@ fn links_mknod_copies_and_bind_mounts_of_one_device_are_one_source() {
 
 #[test]
 fn a_launch_on_a_device_copy_is_refused_while_the_device_is_held() {
-    require_root("mknod a copy of /dev/null");
+    require_root!("mknod a copy of /dev/null");
     let env = TestEnv::new();
     let rdev = fs::metadata("/dev/null").unwrap().rdev();
     let copy = env.path("null-copy");

@@ -188,6 +188,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_nul_in_the_source_is_refused_while_preparing_not_at_exec() {
+        let args = [OsString::from("--in={source}")];
+        let launch = Launch {
+            program: OsStr::new("ec-node"),
+            args: &args,
+            source: "http://h/x?a=\0",
+            key: "http://h/x",
+            lock_path: Path::new("/run/x.lock"),
+        };
+        let error = prepare(&launch).unwrap_err();
+        assert_eq!(error.to_string(), "the source contains a NUL byte");
+    }
+
+    #[test]
     fn source_token_is_replaced_everywhere_and_nothing_else_changes() {
         assert_eq!(
             substitute_source(b"--in={source}", b"http://h/x"),

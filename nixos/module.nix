@@ -643,9 +643,10 @@ in
       ];
 
       # Not a RuntimeDirectory: systemd removes that when its one unit stops,
-      # taking lock files other units still hold. Group-writable rather than
-      # world-writable: ec-launch refuses a directory others can write to
-      # unless it is root-owned and sticky.
+      # taking lock files other units still hold. Group-writable for the
+      # service's group, never world-writable (ec-launch's trust rule,
+      # ECP-0129). Setgid, so a lock file root creates during a manual run
+      # belongs to the group and stays usable by the service user.
       systemd.tmpfiles.rules = [ "d ${cfg.sourceLockDir} 2775 root ${cfg.group} - -" ];
     }
 

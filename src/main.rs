@@ -23,6 +23,7 @@ mod holder;
 mod lock;
 mod lock_record;
 mod logging;
+mod printable;
 mod proc_locks;
 mod process;
 mod redact;

@@ -13,4 +13,5 @@ mod logging;
 mod run;
 mod secrets;
 mod status;
+mod status_truth;
 mod testenv;

@@ -44,6 +44,10 @@ use crate::lock_record::LockRecord;
 use crate::proc_locks::{self, LockKind, LockRow};
 use crate::process::{self, BootClock, ProcessInfo};
 
+/// A `/proc/locks` shorter than this comes from one page of the `seq_file`,
+/// consistent in itself.
+const SINGLE_READ_BYTES: usize = 3072;
+
 /// What the kernel appends to a descriptor's link when its file is gone.
 const DELETED_SUFFIX: &str = " (deleted)";
 
@@ -270,7 +274,11 @@ impl HolderScan {
             table_complete: process::in_initial_pid_namespace(proc_root),
             ..Self::default()
         };
-        if let Ok(text) = fs::read_to_string(proc_root.join("locks")) {
+        // /proc/locks is a seq_file: a table longer than a page takes more
+        // than one read(2), and rows removed meanwhile shift the rest, so a
+        // row can be skipped. Such a table is read twice and the union kept.
+        let mut reads = 0;
+        while let Ok(text) = fs::read_to_string(proc_root.join("locks")) {
             for row in proc_locks::parse(&text) {
                 if row.kind == LockKind::Flock && !row.waiting {
                     scan.table
@@ -278,6 +286,10 @@ impl HolderScan {
                         .or_default()
                         .insert(row.pid);
                 }
+            }
+            reads += 1;
+            if reads == 2 || text.len() < SINGLE_READ_BYTES {
+                break;
             }
         }
         scan

@@ -76,6 +76,8 @@ struct HolderJson {
     command: Option<String>,
     unit: Option<String>,
     since: Option<String>,
+    /// With `pid`, the identity: clock ticks after boot, as in the record.
+    start_ticks: Option<u64>,
 }
 
 impl From<ProcessInfo> for HolderJson {
@@ -85,6 +87,7 @@ impl From<ProcessInfo> for HolderJson {
             command: info.command,
             unit: info.unit,
             since: info.since,
+            start_ticks: info.start_ticks,
         }
     }
 }

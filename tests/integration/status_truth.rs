@@ -270,6 +270,10 @@ fn a_holder_started_in_a_pid_namespace_is_matched_to_its_record_from_the_host() 
         lock["metadata"]["start_ticks"].as_u64().is_some(),
         "{report:#}"
     );
+    assert_eq!(
+        lock["holders"][0]["start_ticks"], lock["metadata"]["start_ticks"],
+        "one process, one start time, from both namespaces: {report:#}"
+    );
 }
 
 /// Runs `script` as PID 1 of a fresh pid namespace with its own /proc, in

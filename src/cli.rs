@@ -125,7 +125,8 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Only this source (URL, device path or key); exit 0 if held, 3 if free
+    /// Only this source (URL, device path or key); exit 0 if held, 3 if free,
+    /// 4 if orphaned, 5 if this user cannot tell
     #[arg(value_name = "SOURCE")]
     pub source: Option<String>,
 }

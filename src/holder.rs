@@ -216,6 +216,7 @@ impl HolderScan {
         if wanted.is_empty() {
             return scan;
         }
+        let mut ours_found: BTreeSet<LockedInode> = scan.sharers.keys().copied().collect();
         // Not found through the directory's path. A living taker's own
         // descriptors say where the file is, or that it is someone else's.
         let mut targets = HashSet::new();
@@ -229,6 +230,7 @@ impl HolderScan {
                 Some((target, via)) => {
                     if is_ours(&inode, &via) {
                         targets.insert(without_deleted_suffix(&target).to_vec());
+                        ours_found.insert(inode);
                     }
                 }
                 None => {
@@ -248,12 +250,17 @@ impl HolderScan {
                 by_inode: &by_inode,
             },
         );
-        // Found by inode alone: someone else's lock on the same filesystem
-        // (another program's, another lock directory's) is not reported.
+        // Someone else's lock on the same filesystem (another program's,
+        // another lock directory's, or one sharing a path text with ours) is
+        // not reported.
         let foreign: Vec<LockedInode> = scan
             .located
             .iter()
-            .filter(|(inode, location)| by_inode.contains(inode) && !is_ours(inode, &location.via))
+            .filter(|(inode, location)| {
+                let placed = ours_found.contains(inode);
+                let found_by_inode = by_inode.contains(inode) && is_ours(inode, &location.via);
+                !(placed || found_by_inode)
+            })
             .map(|(inode, _)| *inode)
             .collect();
         for inode in foreign {

@@ -127,7 +127,8 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         if listed.contains(inode) {
             continue;
         }
-        let record = File::open(&location.via)
+        // Through the holder's descriptor link (a magic link: followed).
+        let record = open_via(&location.via)
             .ok()
             .and_then(|f| LockRecord::read_from(&f));
         let placement = if location.deleted {
@@ -289,10 +290,11 @@ fn misplaced(lock_dir: &Path, inode: LockedInode, record: Option<&LockRecord>) -
     };
     let expected = match SourceKey::from_source(key) {
         Ok(derived) if derived.as_str() == key => Some(derived),
-        // A device that does not resolve here: its file name is not known.
-        Err(KeyError::PathUnresolvable { .. }) => None,
-        // An operator-named key (`--key`).
-        _ => SourceKey::from_override(key)
+        // A device that does not resolve here, or a `--key` that reads as
+        // another source: which name launchers use is not known.
+        Ok(_) | Err(KeyError::PathUnresolvable { .. }) => None,
+        // An operator-named key (`--key`) that is no source.
+        Err(_) => SourceKey::from_override(key)
             .ok()
             .filter(|k| k.as_str() == key),
     };
@@ -300,6 +302,15 @@ fn misplaced(lock_dir: &Path, inode: LockedInode, record: Option<&LockRecord>) -
         fs::symlink_metadata(key.lock_path(lock_dir))
             .map_or(true, |m| LockedInode::of_metadata(&m) != inode)
     })
+}
+
+/// Opens a `/proc/<pid>/fd/<n>` link read-only, without blocking (a FIFO).
+fn open_via(via: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(via)
 }
 
 fn open_read_only(path: &Path) -> io::Result<File> {
@@ -541,4 +552,46 @@ fn describe(holder: &HolderJson) -> String {
         text.push_str(since);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record_for(key: &SourceKey) -> LockRecord {
+        LockRecord::for_this_launch(key.as_str(), "x", "p", None)
+    }
+
+    #[test]
+    fn a_lock_file_is_misplaced_only_when_its_keys_path_leads_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = [
+            SourceKey::from_source("http://10.0.0.5:5004/auto/v5.1").unwrap(),
+            SourceKey::from_source("HTTP://Cam.example:80/a/../live?b=2&a=1&token=s").unwrap(),
+            SourceKey::from_source("rtsp://cam.example/stream").unwrap(),
+            SourceKey::from_override("tuner-a").unwrap(),
+        ];
+        for key in keys {
+            let path = key.lock_path(dir.path());
+            fs::write(&path, b"").unwrap();
+            let inode = LockedInode::of_metadata(&fs::metadata(&path).unwrap());
+            let record = record_for(&key);
+            assert!(!misplaced(dir.path(), inode, Some(&record)), "{key}");
+            let renamed = dir.path().join("renamed.lock");
+            fs::rename(&path, &renamed).unwrap();
+            assert!(misplaced(dir.path(), inode, Some(&record)), "{key}");
+            fs::remove_file(&renamed).unwrap();
+        }
+        // Without a record, or with a key naming an absent device, it is
+        // not judged.
+        let inode = LockedInode {
+            dev_major: 0,
+            dev_minor: 0,
+            inode: 1,
+        };
+        assert!(!misplaced(dir.path(), inode, None));
+        let mut record = record_for(&SourceKey::from_override("x").unwrap());
+        record.key = "/dev/no-such-video-device".into();
+        assert!(!misplaced(dir.path(), inode, Some(&record)));
+    }
 }

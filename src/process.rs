@@ -138,13 +138,15 @@ pub fn pid_namespace_of(proc_root: &Path, pid: &str) -> Option<u64> {
     link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// True when this process is in the initial PID namespace, the only one
-/// whose `/proc/locks` lists every lock (elsewhere, locks taken by
-/// processes outside the namespace, or by ones that have exited, are left
-/// out). Unknown counts as not.
+/// True when the proc filesystem at `proc_root` belongs to the initial PID
+/// namespace, the only one whose `/proc/locks` lists every lock (elsewhere,
+/// locks taken by processes outside the namespace, or by ones that have
+/// exited, are left out). The namespace is the one of its PID 1 (whose
+/// link only root may read), else our own. Unknown counts as not.
 #[must_use]
 pub fn in_initial_pid_namespace(proc_root: &Path) -> bool {
-    pid_namespace_of(proc_root, "self") == Some(INIT_PID_NAMESPACE)
+    pid_namespace_of(proc_root, "1").or_else(|| pid_namespace_of(proc_root, "self"))
+        == Some(INIT_PID_NAMESPACE)
 }
 
 /// Field 22, `starttime`, of `/proc/<pid>/stat`, in clock ticks after boot.
@@ -167,6 +169,19 @@ mod tests {
                     18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
         assert_eq!(parse_start_ticks(stat), Some(987_654));
         assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn the_initial_pid_namespace_is_recognised_by_its_fixed_inode() {
+        let proc_root = tempfile::tempdir().unwrap();
+        let ns = proc_root.path().join("1/ns");
+        fs::create_dir_all(&ns).unwrap();
+        std::os::unix::fs::symlink("pid:[4026531836]", ns.join("pid")).unwrap();
+        assert!(in_initial_pid_namespace(proc_root.path()));
+        fs::remove_file(ns.join("pid")).unwrap();
+        std::os::unix::fs::symlink("pid:[4026532123]", ns.join("pid")).unwrap();
+        assert!(!in_initial_pid_namespace(proc_root.path()));
+        assert!(!in_initial_pid_namespace(Path::new("/nonexistent")));
     }
 
     #[test]

@@ -461,6 +461,29 @@ fn a_lock_file_status_cannot_examine_is_unknown_with_its_own_exit_code() {
     assert!(table.contains("unknown"), "{table}");
 }
 
+#[test]
+fn a_lock_held_outside_a_pid_namespace_is_unknown_there_never_free() {
+    require_root("create a pid namespace");
+    let env = TestEnv::new();
+    let _holder = env.hold(SOURCE, &["sleep", "300"]);
+    // Inside, /proc/locks leaves out the host holder's row altogether.
+    let output = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(BIN)
+        .args(["status", "--json", "--lock-dir"])
+        .arg(env.lock_dir())
+        .arg(SOURCE)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(5), "{}", describe(&output));
+    let report = json(&output);
+    assert_eq!(only_lock(&report)["state"], "unknown", "{report:#}");
+    assert!(
+        report["warnings"].to_string().contains("PID namespace"),
+        "{report:#}"
+    );
+}
+
 // --- item 11: control characters ---------------------------------------------
 
 fn has_raw_control(bytes: &[u8]) -> bool {

@@ -11,7 +11,8 @@ IDLE=${IDLE:-3000}
 command -v hyperfine >/dev/null || { echo "bench: needs hyperfine (apt-get install hyperfine)" >&2; exit 1; }
 
 cargo build --release --locked --quiet
-bin=$PWD/target/release/ec-launch
+# .cargo/config.toml builds for the host triple: target/<host>/release.
+bin=$PWD/target/$(rustc -vV | sed -n 's/^host: //p')/release/ec-launch
 work=$(mktemp -d)
 pids=()
 cleanup() {

@@ -1,15 +1,17 @@
 //! Launch cost of `ec-launch run` beside its references, measured in one run.
 //!
-//! Run `bench/launch.sh` (it also builds the static binary the flake ships),
-//! or `cargo bench --bench launch` for the cargo-built binary alone. Needs
-//! util-linux `flock` and GNU `time`.
+//! Run `bench/launch.sh` (it also builds a dynamically linked binary to
+//! compare with), or `cargo bench --bench launch` for the cargo-built binary
+//! alone, which `.cargo/config.toml` links statically as the flake does.
+//! Needs util-linux `flock` and GNU `time`.
 //!
 //! Whole-process wall time of each command, interleaved round by round in a
 //! shuffled order so drift in machine load hits all of them alike:
 //! - `/bin/true` exec'd bare,
 //! - `flock -n -F <file> /bin/true` (util-linux: lock, then exec without fork),
 //! - `ec-launch run --source … -- /bin/true` (lock, record, exec), as built by
-//!   cargo, and the static build named by `EC_LAUNCH_STATIC` when set.
+//!   `cargo build --release` (static), and the dynamically linked build named
+//!   by `EC_LAUNCH_DYNAMIC` when set.
 //!
 //! Then peak RSS of each (GNU `time -f %M`, the `wait4(2)` rusage maximum),
 //! and the contention case: 256 launchers released together on one source,
@@ -74,9 +76,12 @@ fn main() {
         argv.extend(program.iter().map(|w| (*w).to_owned()));
         argv
     };
-    let mut binaries = vec![("ec-launch (cargo build)".to_owned(), EC_LAUNCH.to_owned())];
-    if let Ok(path) = std::env::var("EC_LAUNCH_STATIC") {
-        binaries.push(("ec-launch (static, shipped)".to_owned(), path));
+    let mut binaries = vec![(
+        "ec-launch (cargo build --release)".to_owned(),
+        EC_LAUNCH.to_owned(),
+    )];
+    if let Ok(path) = std::env::var("EC_LAUNCH_DYNAMIC") {
+        binaries.push(("ec-launch (dynamically linked)".to_owned(), path));
     }
 
     let mut cases = vec![

@@ -7,11 +7,19 @@
 #     per-source flock(2) lock and execs ec-node, so two units never read one
 #     source at once;
 #   - every unit gets the kill policy from ./unit-policy.json (KillMode,
-#     SendSIGKILL, TimeoutStopSec, …), so stopping or restarting a unit kills
-#     its whole cgroup within a bounded time.
+#     SendSIGKILL, TimeoutStopSec), so stopping or restarting a unit kills
+#     its whole cgroup within a bounded time; units defined elsewhere
+#     (extraUnits) get that half only, the module's own units also the
+#     restart half (Restart=always, exit 75 a clean stop).
 # ./unit-policy.json is shared with the systemd acceptance suite; this module
-# applies every key in it (except "comment") and never restates the values.
-{ config, lib, ... }:
+# applies every key of both halves and never restates the values.
+{
+  config,
+  options,
+  lib,
+  pkgs,
+  ...
+}:
 
 let
   inherit (lib)
@@ -25,37 +33,106 @@ let
 
   cfg = config.services.every-channel;
 
-  # Everything but the comment is systemd serviceConfig, applied as is.
-  # stopTimeout is the only knob: the file's TimeoutStopSec is its default.
-  unitPolicy = removeAttrs (builtins.fromJSON (builtins.readFile ./unit-policy.json)) [ "comment" ];
-  killPolicy = unitPolicy // {
+  # Both halves are systemd serviceConfig, applied as is: `kill` to every
+  # unit including extraUnits, `restart` (Restart=always, 75 a clean stop)
+  # only to the units this module starts. stopTimeout is the only knob: the
+  # file's TimeoutStopSec is its default.
+  unitPolicy = builtins.fromJSON (builtins.readFile ./unit-policy.json);
+  killPolicy = unitPolicy.kill // {
     TimeoutStopSec = cfg.stopTimeout;
   };
+  ownUnitPolicy = killPolicy // unitPolicy.restart;
+
+  # The hardening of the module's own units; a data file so the systemd
+  # acceptance suite can boot units hardened as the nodes' are.
+  hardening = builtins.fromJSON (builtins.readFile ./unit-hardening.json);
 
   # One ExecStart word. systemd unquotes C-style double-quoted strings (which
   # JSON strings are), expands `%` specifiers and `$` variables, so those are
-  # doubled. Kept here rather than using NixOS's `utils` module argument so
-  # the module evaluates in tests/nix/eval.nix with nixpkgs.lib alone.
+  # doubled. This mirrors NixOS's `utils.escapeSystemdExecArg` (defined in
+  # nixpkgs' nixos/lib/utils.nix, which is not part of nixpkgs.lib) for the
+  # strings it is given here. Kept here rather than taking NixOS's `utils`
+  # module argument so the module evaluates in tests/nix/eval.nix with
+  # nixpkgs.lib alone; that test checks the two agree on words that
+  # escapeSystemdExecArg escaped.
   execWord = arg: lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
   execLine = args: lib.concatMapStringsSep " " execWord args;
 
   isDevice = source: source != null && lib.hasPrefix "/dev/" source;
 
-  # Credentials in a URL: `user:pass@host`, or a query parameter whose name
-  # is (or ends in) one of the usual secret names. Only the fact is reported,
-  # never the value.
-  secretParam = "([a-z0-9_.-]*[_.-])?(token|key|apikey|password|passwd|pass|pwd|auth|authorization|sig|signature|secret|credential|credentials)";
+  # Credentials in a source: userinfo (anything up to an `@` before the
+  # query, with or without `//`), or a parameter (query, or `;name=value`
+  # in the path, `&` or `;` between them) that nixos/secret-params.json
+  # calls a credential: the one list ec-launch's redactor and key rules
+  # read too (evolution/ECP-0130-key-normalisation-and-secret-parameters.md).
+  # Names are compared lower-cased but, unlike ec-launch, not
+  # percent-decoded. Only the fact is reported, never the value.
+  secretParams = builtins.fromJSON (builtins.readFile ./secret-params.json);
+  # `x_api_key`, `auth-token`, `my.secret`, `accessToken`: the word at the
+  # end after a separator, or capitalised after a lower-case letter or digit.
+  endsWithWord =
+    name: word:
+    let
+      headLength = builtins.stringLength name - builtins.stringLength word;
+      before = builtins.substring (headLength - 1) 1 name;
+      first = builtins.substring headLength 1 name;
+    in
+    lib.hasSuffix word (lib.toLower name)
+    && (
+      headLength == 0
+      || lib.elem before [
+        "_"
+        "-"
+        "."
+      ]
+      || (builtins.match "[a-z0-9]" before != null && builtins.match "[A-Z]" first != null)
+    );
+  isSecretName =
+    name:
+    let
+      lower = lib.toLower name;
+    in
+    lib.elem lower secretParams.names
+    || lib.any (prefix: lib.hasPrefix prefix lower) secretParams.prefixes
+    || lib.any (endsWithWord name) secretParams.suffixes;
+  sourceParams =
+    source:
+    let
+      parts = lib.splitString "?" (builtins.head (lib.splitString "#" source));
+      path = builtins.head parts;
+      query = lib.concatStringsSep "?" (builtins.tail parts);
+      pathItems = lib.concatMap (segment: builtins.tail (lib.splitString ";" segment)) (
+        lib.splitString "/" path
+      );
+      queryItems = lib.optionals (builtins.length parts > 1) (
+        builtins.filter builtins.isString (builtins.split "[&;]" query)
+      );
+    in
+    builtins.filter (item: item != "") (pathItems ++ queryItems);
   hasCredentials =
     source:
     let
-      url = lib.toLower source;
+      items = sourceParams source;
+      names = map (item: builtins.head (lib.splitString "=" item)) (builtins.filter (lib.hasInfix "=") items);
+      lowerNames = map lib.toLower names;
+      # Up to the last `@` before the query; empty in ffmpeg's multicast
+      # spelling `udp://@239.0.0.1:1234`, which hides nothing.
+      userinfo = builtins.match "([a-zA-Z][a-zA-Z0-9+.-]*://)?([^?#]*)@.*" source;
+      envelopeSigned = lib.any (
+        envelope:
+        lib.any (marker: lib.elem marker lowerNames) envelope.when
+        && lib.any (param: lib.elem param lowerNames) envelope.params
+      ) secretParams.envelopes;
     in
-    builtins.match "[a-z][a-z0-9+.-]*://[^/?#]*@.*" url != null
-    || builtins.match ".*[?&]${secretParam}(=.*|&.*|#.*|)" url != null;
+    userinfo != null && builtins.elemAt userinfo 1 != ""
+    || lib.any (item: !(lib.hasInfix "=" item)) items
+    || lib.any isSecretName names
+    || envelopeSigned;
 
-  ecNode =
+  programOf =
+    unit:
     if cfg.package != null then
-      lib.getExe' cfg.package "ec-node"
+      lib.getExe' cfg.package unit.program
     else
       throw "services.every-channel.package is not set; see the assertion message";
 
@@ -148,6 +225,18 @@ let
           '';
         };
 
+        program = mkOption {
+          # A name in the package's bin/, not a path: the unit runs what the
+          # package provides, nothing else.
+          type = types.strMatching "[^/]+";
+          default = "ec-node";
+          example = "ec-archive";
+          description = ''
+            The program of `package` this unit runs (`bin/<program>`),
+            through `ec-launch run` when the unit has a source.
+          '';
+        };
+
         args = mkOption {
           type = types.listOf types.str;
           default = [ ];
@@ -156,7 +245,7 @@ let
             "--channel"
             "5.1"
           ];
-          description = "Arguments passed to `ec-node`, escaped for systemd.";
+          description = "Arguments passed to `program`, escaped for systemd.";
         };
 
         environment = mkOption {
@@ -197,6 +286,17 @@ let
       };
     };
 
+  # extraUnits names as systemd.services keys.
+  extraUnitNames = map (lib.removeSuffix ".service") cfg.extraUnits;
+
+  # Service names some module other than this one defines. This module
+  # defines every extraUnits entry itself (to add the kill policy), so the
+  # merged config cannot tell a mistyped name from a real one; the
+  # definitions can. Read from `options`, not `config`, so no cycle.
+  servicesDefinedElsewhere = lib.concatMap (def: builtins.attrNames def.value) (
+    lib.filter (def: def.file != toString ./module.nix) options.systemd.services.definitionsWithLocations
+  );
+
   enabled = lib.filterAttrs (_: unit: unit.enable);
   publishers = enabled cfg.publishers;
   archiveWorkers = enabled cfg.archiveWorkers;
@@ -220,6 +320,50 @@ let
       sourceRequired = false;
       inherit unit;
     }) archiveWorkers;
+
+  # The build-time source check (./check-sources.sh): every enabled unit
+  # that takes a lock, as (option path, source, lockKey, onBusy). Keys are
+  # derived by the launcher at build time, not here, so the check and
+  # `ec-launch run` cannot disagree; the script says what the sandbox
+  # cannot key (sourceFile, devices).
+  lockedUnits = map (
+    { optionPath, unit, ... }:
+    {
+      option = optionPath;
+      inherit (unit) source lockKey onBusy;
+    }
+  ) (lib.filter ({ unit, ... }: unit.source != null || unit.sourceFile != null) units);
+
+  sourceCheckArgs = [
+    ecLaunch
+    cfg.sourceLockDir
+  ]
+  ++ lib.concatMap (u: [
+    u.option
+    u.onBusy
+    (if u.source == null then "" else u.source)
+    (if u.lockKey == null then "" else u.lockKey)
+  ]) lockedUnits;
+
+  # Built with the system (system.checks): a duplicate fails the build
+  # before deploy. It runs the launcher, never a device or a tuner. The
+  # report (notes on standbys and on what was not compared) is its output.
+  sourceCheck =
+    pkgs.runCommand "every-channel-source-check"
+      {
+        # For people and tests/nix/eval.nix: what is compared.
+        sourceUnits = builtins.toJSON lockedUnits;
+        checkArgs = builtins.toJSON sourceCheckArgs;
+      }
+      ''
+        if sh ${./check-sources.sh} ${lib.escapeShellArgs sourceCheckArgs} > report; then
+          cat report
+          mv report "$out"
+        else
+          cat report >&2
+          exit 1
+        fi
+      '';
 
   # What is asserted and warned about, per unit, with the option path as the
   # subject so the message points at the line to change.
@@ -258,7 +402,7 @@ let
       ];
       warnings =
         lib.optional (unit.source != null && !isDevice unit.source && hasCredentials unit.source)
-          "${optionPath}.source looks like it contains credentials (userinfo or a secret query parameter); the Nix store is world-readable, so put the URL in a root-only file and use `sourceFile` instead."
+          "${optionPath}.source looks like it contains credentials (userinfo, or a parameter nixos/secret-params.json calls a credential); the Nix store is world-readable, so put the URL in a root-only file and use `sourceFile` instead."
         ++
           lib.optional (unit.sourceFile != null && lib.any (lib.hasInfix "{source}") unit.args)
             "${optionPath}.args contains `{source}`, which puts the URL from `sourceFile` on ec-node's command line where every user can read it; have ec-node read EC_SOURCE_URL instead.";
@@ -290,7 +434,7 @@ let
       # `%d` is systemd's specifier for $CREDENTIALS_DIRECTORY, so it stays
       # outside execWord, which would escape it.
       sourceFileArgs = lib.optionalString (unit.sourceFile != null) " --source-file %d/source";
-      program = execLine ([ ecNode ] ++ unit.args);
+      program = execLine ([ (programOf unit) ] ++ unit.args);
     in
     {
       inherit description;
@@ -302,7 +446,7 @@ let
       serviceConfig = mkMerge [
         # The policy: plain definitions, so a contradicting one elsewhere is
         # an evaluation error instead of a silent override.
-        killPolicy
+        ownUnitPolicy
         {
           Type = "exec";
           ExecStart =
@@ -317,49 +461,19 @@ let
         (mkIf (unit.environmentFile != null) {
           EnvironmentFile = toString unit.environmentFile;
         })
-        # Hardening in the style of nixpkgs services, as defaults the
-        # per-unit serviceConfig can override.
-        (lib.mapAttrs (_: mkDefault) {
-          NoNewPrivileges = true;
-          PrivateTmp = true;
-          ProtectSystem = "strict";
-          ProtectHome = true;
-          ProtectKernelTunables = true;
-          ProtectKernelModules = true;
-          ProtectKernelLogs = true;
-          ProtectControlGroups = true;
-          ProtectClock = true;
-          ProtectHostname = true;
-          # Not ProcSubset=pid: ec-launch reads /proc/locks to name the
-          # holder of a busy source. All units share one user, so holders
-          # stay visible with ProtectProc=invisible.
-          ProtectProc = "invisible";
-          RestrictNamespaces = true;
-          RestrictRealtime = true;
-          RestrictSUIDSGID = true;
-          LockPersonality = true;
-          # No RemoveIPC: all units share one user, and stopping one would
-          # remove the IPC objects of the others.
-          CapabilityBoundingSet = "";
-          # Tuners are on the network; AF_NETLINK lets ec-node list interfaces.
-          RestrictAddressFamilies = "AF_UNIX AF_INET AF_INET6 AF_NETLINK";
-          SystemCallArchitectures = "native";
-          SystemCallErrorNumber = "EPERM";
-          UMask = "0022";
-          # No MemoryDenyWriteExecute: ec-node's helpers are not ours to
-          # know, and a JIT among them would crash under it.
-          PrivateDevices = devices == [ ];
-        })
-        # Lists at normal priority, so the per-unit serviceConfig adds to
-        # them; a mkDefault list would be dropped by any definition.
+        # Hardening from ./unit-hardening.json (the reasons are in its
+        # `why`): defaults the per-unit serviceConfig can override …
+        (lib.mapAttrs (_: mkDefault) hardening.defaults)
+        {
+          PrivateDevices = mkDefault (devices == [ ]);
+        }
+        # … and lists at normal priority, so the per-unit serviceConfig adds
+        # to them; a mkDefault list would be dropped by any definition.
+        hardening.lists
         {
           # ProtectSystem=strict leaves /run read-only; the lock directory is
           # the one place every unit writes to.
           ReadWritePaths = lib.optional hasSource cfg.sourceLockDir;
-          SystemCallFilter = [
-            "@system-service"
-            "~@privileged"
-          ];
         }
         (mkIf (devices != [ ]) {
           DevicePolicy = mkDefault "closed";
@@ -379,9 +493,9 @@ in
       type = types.nullOr types.package;
       default = null;
       description = ''
-        The package providing `bin/ec-node`. It is not in nixpkgs, so there
-        is no default; it is required once a publisher or archive worker is
-        defined.
+        The package providing `bin/ec-node` (and any other `program` a
+        unit runs). It is not in nixpkgs, so there is no default; it is
+        required once a publisher or archive worker is defined.
       '';
     };
 
@@ -390,6 +504,18 @@ in
       default = null;
       defaultText = lib.literalMD "this flake's `ec-launch` package, when the module is imported as `nixosModules.default`";
       description = "The package providing `bin/ec-launch`.";
+    };
+
+    installLauncher = mkOption {
+      type = types.bool;
+      default = true;
+      example = false;
+      description = ''
+        Whether to put `launcherPackage` in `environment.systemPackages`,
+        so the `ec-launch status` that every busy journal line points to,
+        its man page (`man ec-launch`) and its shell completions are on
+        the node.
+      '';
     };
 
     publishers = mkOption {
@@ -428,7 +554,25 @@ in
       example = [ "wt-publish" ];
       description = ''
         Names of services defined elsewhere (with or without `.service`)
-        that get the same kill and restart policy as the publishers.
+        that get the kill policy of the publishers (`KillMode`,
+        `SendSIGKILL`, `TimeoutStopSec`) and nothing else: the restart
+        policy and exit status 75 belong to programs `ec-launch` starts. A
+        name no other module defines in `systemd.services` is warned about.
+      '';
+    };
+
+    checkSources = mkOption {
+      type = types.bool;
+      default = true;
+      example = false;
+      description = ''
+        Whether to check at build time (in `system.checks`) that no two
+        enabled units lock one source with `onBusy = "skip"`; only the
+        first to start would run. Keys are derived with
+        `launcherPackage`'s `ec-launch key --json`; a unit that waits on
+        another's source is a standby and only noted. The build has no
+        devices and no network: device sources are compared by path, and
+        `sourceFile` units only by their `lockKey`.
       '';
     };
 
@@ -443,7 +587,7 @@ in
 
     stopTimeout = mkOption {
       type = types.str;
-      default = unitPolicy.TimeoutStopSec;
+      default = unitPolicy.kill.TimeoutStopSec;
       example = "30s";
       description = ''
         `TimeoutStopSec=`: how long systemd waits after SIGTERM before it
@@ -477,11 +621,23 @@ in
         }
       ]
       ++ lib.concatMap (unit: (unitChecks unit).assertions) units;
-      warnings = lib.concatMap (unit: (unitChecks unit).warnings) units;
+      warnings =
+        lib.concatMap (unit: (unitChecks unit).warnings) units
+        ++ map (
+          name:
+          "services.every-channel.extraUnits: `${name}` is not defined in systemd.services by any other module, so the kill policy would create a unit with nothing to run; check the spelling (a unit that only comes from a package in systemd.packages is fine)."
+        ) (lib.filter (name: !(lib.elem name servicesDefinedElsewhere)) extraUnitNames);
+
+      system.checks = lib.optional (cfg.checkSources && lockedUnits != [ ]) sourceCheck;
+
+      # The launcher every busy journal line tells the operator to run.
+      environment.systemPackages = lib.optional (
+        cfg.installLauncher && cfg.launcherPackage != null
+      ) cfg.launcherPackage;
 
       systemd.services = mkMerge [
         (lib.listToAttrs (map (unit: lib.nameValuePair unit.serviceName (mkUnit unit)) units))
-        (lib.genAttrs (map (lib.removeSuffix ".service") cfg.extraUnits) (_: {
+        (lib.genAttrs extraUnitNames (_: {
           serviceConfig = killPolicy;
         }))
       ];
@@ -490,7 +646,7 @@ in
       # taking lock files other units still hold. Group-writable rather than
       # world-writable: ec-launch refuses a directory others can write to
       # unless it is root-owned and sticky.
-      systemd.tmpfiles.rules = [ "d ${cfg.sourceLockDir} 0775 root ${cfg.group} - -" ];
+      systemd.tmpfiles.rules = [ "d ${cfg.sourceLockDir} 2775 root ${cfg.group} - -" ];
     }
 
     (mkIf (cfg.user == "every-channel") {

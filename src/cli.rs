@@ -62,8 +62,8 @@ pub enum OnBusy {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Directory holding the lock files
-    #[arg(long, value_name = "DIR", env = LOCK_DIR_ENV, default_value = DEFAULT_LOCK_DIR)]
+    /// Directory holding the lock files [default: $EC_LAUNCH_LOCK_DIR, else /run/every-channel/source-locks]
+    #[arg(long, value_name = "DIR", value_parser = parse_lock_dir, default_value_os_t = default_lock_dir(), hide_default_value = true)]
     pub lock_dir: PathBuf,
 
     /// Use KEY as the source's identity instead of deriving it from the source
@@ -79,7 +79,7 @@ pub struct RunArgs {
     pub wait_timeout: Option<Duration>,
 
     /// Exit code when the source is busy or the wait timed out
-    #[arg(long, value_name = "N", default_value_t = crate::exit_code::DEFAULT_BUSY)]
+    #[arg(long, value_name = "N", value_parser = parse_busy_exit_code, default_value_t = crate::exit_code::DEFAULT_BUSY)]
     pub busy_exit_code: u8,
 
     /// The source URL (or device path) the program will read
@@ -102,8 +102,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct KeyArgs {
-    /// Directory holding the lock files
-    #[arg(long, value_name = "DIR", env = LOCK_DIR_ENV, default_value = DEFAULT_LOCK_DIR)]
+    /// Directory holding the lock files [default: $EC_LAUNCH_LOCK_DIR, else /run/every-channel/source-locks]
+    #[arg(long, value_name = "DIR", value_parser = parse_lock_dir, default_value_os_t = default_lock_dir(), hide_default_value = true)]
     pub lock_dir: PathBuf,
 
     /// Print {"key": …, "lock_file": …}
@@ -117,8 +117,8 @@ pub struct KeyArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Directory holding the lock files
-    #[arg(long, value_name = "DIR", env = LOCK_DIR_ENV, default_value = DEFAULT_LOCK_DIR)]
+    /// Directory holding the lock files [default: $EC_LAUNCH_LOCK_DIR, else /run/every-channel/source-locks]
+    #[arg(long, value_name = "DIR", value_parser = parse_lock_dir, default_value_os_t = default_lock_dir(), hide_default_value = true)]
     pub lock_dir: PathBuf,
 
     /// Print {"locks": [...], "warnings": [...]} (schema in the README)
@@ -129,6 +129,48 @@ pub struct StatusArgs {
     /// 4 if orphaned, 5 if this user cannot tell
     #[arg(value_name = "SOURCE")]
     pub source: Option<String>,
+}
+
+/// `$EC_LAUNCH_LOCK_DIR`, else [`DEFAULT_LOCK_DIR`]. A variable set but
+/// empty yields an empty path, which [`ensure_lock_dir_given`] reports as the
+/// variable's fault (clap would blame `--lock-dir`).
+fn default_lock_dir() -> PathBuf {
+    std::env::var_os(LOCK_DIR_ENV).map_or_else(|| PathBuf::from(DEFAULT_LOCK_DIR), PathBuf::from)
+}
+
+fn parse_lock_dir(text: &str) -> Result<PathBuf, String> {
+    // Only the default can be empty (see `default_lock_dir`); an empty
+    // `--lock-dir ''` is the flag's fault.
+    if text.is_empty() && std::env::var_os(LOCK_DIR_ENV).is_none_or(|v| !v.is_empty()) {
+        return Err("the lock directory path is empty; pass a directory".into());
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// Refuses a lock directory that came out empty: `EC_LAUNCH_LOCK_DIR=`.
+///
+/// # Errors
+/// [`Error::LockDirEnvEmpty`].
+pub fn ensure_lock_dir_given(dir: &std::path::Path) -> Result<(), crate::error::Error> {
+    if dir.as_os_str().is_empty() {
+        return Err(crate::error::Error::LockDirEnvEmpty);
+    }
+    Ok(())
+}
+
+/// A busy code must not be one `ec-launch` uses for something else, or a
+/// script could not tell "busy" from, say, "program not found". 0 (busy
+/// counts as success) and the default 75 are accepted.
+fn parse_busy_exit_code(text: &str) -> Result<u8, String> {
+    let code: u8 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an exit code; pass 0 to 255"))?;
+    match crate::exit_code::meaning_of_reserved(code) {
+        Some(meaning) => Err(format!(
+            "{code} already means: {meaning}; pick another, e.g. 75 (the default), or 0 to count busy as success"
+        )),
+        None => Ok(code),
+    }
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -148,6 +190,18 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn busy_exit_codes_may_not_reuse_documented_codes_except_success() {
+        assert_eq!(parse_busy_exit_code("0"), Ok(0));
+        assert_eq!(parse_busy_exit_code("75"), Ok(75));
+        assert_eq!(parse_busy_exit_code("1"), Ok(1));
+        for reserved in [
+            "2", "3", "4", "64", "65", "66", "71", "73", "77", "126", "127",
+        ] {
+            assert!(parse_busy_exit_code(reserved).is_err(), "{reserved}");
+        }
     }
 
     #[test]

@@ -11,12 +11,17 @@
 //! - arguments pass byte-exact as `OsString`; the one exception is the
 //!   documented `{source}` token, replaced by the source URL.
 //!
+//! Everything that can fail on bad input (a NUL byte in the source or an
+//! argument) is built by [`prepare`] before the lock directory is touched;
+//! after locking only the descriptor number is added (ECP-0129).
+//!
 //! If exec fails we return the errno; the caller's exit status follows the
 //! `env(1)` convention (127 not found, 126 anything else).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::signal::{SigHandler, Signal, signal};
@@ -45,12 +50,38 @@ pub struct Launch<'a> {
     /// The source as given (unredacted: the program needs it to connect).
     pub source: &'a str,
     pub key: &'a str,
+    /// The lock file the program is told about in `EC_SOURCE_LOCK`.
+    pub lock_path: &'a Path,
 }
 
-/// Execs the program holding `held`. Returns only on failure.
+/// The program's `argv` and environment, validated before locking; only
+/// `EC_SOURCE_LOCK_FD` is missing, as the descriptor does not exist yet.
+#[derive(Debug)]
+pub struct Prepared {
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    program: String,
+}
+
+/// Builds `argv` and the environment.
+///
+/// # Errors
+/// [`Error::NulInArgument`] when the source or an argument holds a NUL byte.
+pub fn prepare(launch: &Launch<'_>) -> Result<Prepared, Error> {
+    // Named first, so a NUL in a `{source}` argument blames the source.
+    c_string(launch.source.as_bytes().to_vec(), "the source")?;
+    Ok(Prepared {
+        argv: program_argv(launch)?,
+        envp: program_environment(launch, launch.lock_path.as_os_str().as_bytes())?,
+        // A URL given as the program (a forgotten --source) may hold a credential.
+        program: crate::redact::redact_word(&launch.program.to_string_lossy()),
+    })
+}
+
+/// Execs the prepared program holding `held`. Returns only on failure.
 #[must_use]
-pub fn exec(launch: &Launch<'_>, held: &HeldLock) -> Error {
-    match try_exec(launch, held) {
+pub fn exec(prepared: Prepared, held: &HeldLock) -> Error {
+    match try_exec(prepared, held) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -58,10 +89,17 @@ pub fn exec(launch: &Launch<'_>, held: &HeldLock) -> Error {
 
 enum Never {}
 
-fn try_exec(launch: &Launch<'_>, held: &HeldLock) -> Result<Never, Error> {
-    let argv = program_argv(launch)?;
+fn try_exec(prepared: Prepared, held: &HeldLock) -> Result<Never, Error> {
+    let Prepared {
+        argv,
+        mut envp,
+        program,
+    } = prepared;
     let lock_fd = held.lock.as_raw_fd();
-    let envp = program_environment(launch, held.path.as_os_str().as_bytes(), lock_fd)?;
+    envp.push(c_string(
+        format!("{}={lock_fd}", env::SOURCE_LOCK_FD).into_bytes(),
+        env::SOURCE_LOCK_FD,
+    )?);
 
     fcntl(&*held.lock, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| Error::PassLock {
         path: held.path.clone(),
@@ -79,7 +117,7 @@ fn try_exec(launch: &Launch<'_>, held: &HeldLock) -> Result<Never, Error> {
         Err(errno) => errno,
     };
     Err(Error::Exec {
-        program: launch.program.to_string_lossy().into_owned(),
+        program,
         source: errno,
     })
 }
@@ -111,11 +149,7 @@ fn substitute_source(arg: &[u8], source: &[u8]) -> Vec<u8> {
     out
 }
 
-fn program_environment(
-    launch: &Launch<'_>,
-    lock_path: &[u8],
-    lock_fd: i32,
-) -> Result<Vec<CString>, Error> {
+fn program_environment(launch: &Launch<'_>, lock_path: &[u8]) -> Result<Vec<CString>, Error> {
     let mut envp = Vec::new();
     for (name, value) in std::env::vars_os() {
         if env::ALL.iter().any(|ours| name == OsStr::new(ours)) {
@@ -129,11 +163,9 @@ fn program_environment(
             envp.push(entry);
         }
     }
-    let lock_fd = lock_fd.to_string();
-    let ours: [(&str, &[u8]); 4] = [
+    let ours: [(&str, &[u8]); 3] = [
         (env::SOURCE_KEY, launch.key.as_bytes()),
         (env::SOURCE_LOCK, lock_path),
-        (env::SOURCE_LOCK_FD, lock_fd.as_bytes()),
         (env::SOURCE_URL, launch.source.as_bytes()),
     ];
     for (name, value) in ours {
@@ -154,6 +186,20 @@ fn c_string(bytes: Vec<u8>, what: &str) -> Result<CString, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_in_the_source_is_refused_while_preparing_not_at_exec() {
+        let args = [OsString::from("--in={source}")];
+        let launch = Launch {
+            program: OsStr::new("ec-node"),
+            args: &args,
+            source: "http://h/x?a=\0",
+            key: "http://h/x",
+            lock_path: Path::new("/run/x.lock"),
+        };
+        let error = prepare(&launch).unwrap_err();
+        assert_eq!(error.to_string(), "the source contains a NUL byte");
+    }
 
     #[test]
     fn source_token_is_replaced_everywhere_and_nothing_else_changes() {

@@ -36,15 +36,15 @@ pub const TABLE: &[(&str, &str)] = &[
     ),
     (
         "64",
-        "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name)",
+        "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name), or `EC_LAUNCH_LOCK_DIR` is set but empty",
     ),
     (
         "65",
-        "the source is empty, not a URL with a host, or `--key` is empty/has control characters",
+        "the source is empty, has whitespace or control characters, is not a URL with a host, has an `@` after the host, or `--key` is empty/has control characters",
     ),
     (
         "66",
-        "`--source-file` cannot be read, or a device path does not resolve",
+        "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve",
     ),
     (
         "71",
@@ -52,11 +52,11 @@ pub const TABLE: &[(&str, &str)] = &[
     ),
     (
         "73",
-        "lock directory or lock file unusable: symlink, not a directory, writable by others, FIFO/socket/device at the lock path, cannot be created",
+        "lock directory or lock file unusable: a directory on its path owned or writable by another user (ECP-0129), symlink, not a directory, FIFO/socket/device, another user's lock file or one with a second hard link at the lock path, cannot be created (e.g. read-only or full filesystem)",
     ),
     (
         "75",
-        "busy: held by another process (skip), or `--wait-timeout` passed; `--busy-exit-code` changes it",
+        "busy: held by another process (skip), or `--wait-timeout` passed; `--busy-exit-code` changes it (to 0 or a code not in this table)",
     ),
     ("77", "permission denied on the lock directory or lock file"),
     ("126", "the program was found but cannot be executed"),
@@ -91,6 +91,20 @@ fn roff_escape(text: &str) -> String {
     } else {
         escaped
     }
+}
+
+/// The meaning of `code` when `ec-launch` itself uses it, so it cannot be the
+/// busy code; `None` for free codes, for 0 (busy as success is a sane
+/// choice) and for the default busy code. Derived from [`TABLE`].
+#[must_use]
+pub fn meaning_of_reserved(code: u8) -> Option<&'static str> {
+    if code == 0 || code == DEFAULT_BUSY {
+        return None;
+    }
+    TABLE
+        .iter()
+        .find(|(c, _)| c.parse::<u8>() == Ok(code))
+        .map(|(_, meaning)| *meaning)
 }
 
 /// The default busy status: `EX_TEMPFAIL`, "try again later", which is what a

@@ -11,13 +11,19 @@
 //!   inode, so after locking we compare `fstat` of the descriptor with
 //!   `lstat` of the path and start over if the file was replaced or unlinked
 //!   while we waited. We never delete or replace lock files ourselves.
-//! - Lock files are opened with `O_NOFOLLOW` and must be regular files; the
-//!   directory must not be a symlink or writable by others unless it is a
-//!   root-owned sticky directory, so another user cannot steer our open.
+//! - The lock directory, every directory above it and the lock file pass
+//!   the one trust rule of [`crate::path_trust`] (ECP-0129), so no other user
+//!   can steer our open or replace the file under us. Lock files are opened
+//!   with `O_NOFOLLOW` and must be regular files.
+//! - We create lock files `0660` and lock directories `0755` whatever the
+//!   umask: users outside the file's user and group cannot open a lock file,
+//!   so they cannot `flock` it and block every publisher (ECP-0129). In the
+//!   NixOS module's setgid directory every file gets the service's group, so
+//!   a file root created in a manual run stays usable by the service.
 
-use std::fs::{self, DirBuilder, File, Metadata, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -27,11 +33,13 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 
 use crate::error::Error;
+use crate::path_trust::{self, Launcher, LockDir};
 
-/// Mode of a lock directory `ec-launch` creates (before umask).
+/// Mode of a lock directory `ec-launch` creates, set explicitly (no umask).
 const LOCK_DIR_MODE: u32 = 0o755;
-/// Mode of a lock file `ec-launch` creates (before umask).
-const LOCK_FILE_MODE: u32 = 0o644;
+/// Mode of a lock file `ec-launch` creates, set explicitly (no umask): read
+/// and write for its user and group, nothing for others.
+const LOCK_FILE_MODE: u32 = 0o660;
 /// How often the path may be found replaced before we give up; reaching it
 /// means something is deleting lock files in a loop.
 const MAX_ATTEMPTS: u32 = 64;
@@ -74,65 +82,54 @@ pub enum Acquired {
     },
 }
 
-/// Makes sure `dir` exists and is safe to create lock files in.
+/// Makes sure `dir` exists and that it and every directory above it pass
+/// the trust rule; creates it (mode [`LOCK_DIR_MODE`]) when missing.
 ///
 /// # Errors
-/// [`Error::CreateLockDir`], [`Error::InspectLockDir`] and the unsafe-directory variants.
-pub fn ensure_lock_dir(dir: &Path) -> Result<(), Error> {
-    let metadata = match fs::symlink_metadata(dir) {
-        Ok(metadata) => metadata,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(LOCK_DIR_MODE)
-                .create(dir)
-                .map_err(|source| Error::CreateLockDir {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-            fs::symlink_metadata(dir).map_err(|source| Error::InspectLockDir {
-                path: dir.to_owned(),
-                source,
-            })?
-        }
-        Err(source) => {
-            return Err(Error::InspectLockDir {
-                path: dir.to_owned(),
-                source,
-            });
-        }
+/// [`Error::CreateLockDir`], [`Error::InspectLockDir`] and the untrusted-path variants.
+pub fn ensure_lock_dir(dir: &Path, me: &Launcher) -> Result<(), Error> {
+    if path_trust::check_lock_dir(dir, me)? == LockDir::Trusted {
+        return Ok(());
+    }
+    let create_error = |source| Error::CreateLockDir {
+        path: dir.to_owned(),
+        source,
     };
-    ensure_safe_dir(dir, &metadata)
-}
-
-fn ensure_safe_dir(dir: &Path, metadata: &Metadata) -> Result<(), Error> {
-    let path = dir.to_owned();
-    if metadata.file_type().is_symlink() {
-        return Err(Error::LockDirSymlink { path });
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(LOCK_DIR_MODE)
+            .create(parent)
+            .map_err(create_error)?;
     }
-    if !metadata.is_dir() {
-        return Err(Error::LockDirNotDirectory { path });
+    match DirBuilder::new().mode(LOCK_DIR_MODE).create(dir) {
+        // Ours: the mode is what we document, whatever the umask took away.
+        Ok(()) => {
+            fs::set_permissions(dir, Permissions::from_mode(LOCK_DIR_MODE))
+                .map_err(create_error)?;
+        }
+        // A concurrent launcher (or tmpfiles) was first: its mode stands.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(create_error(e)),
     }
-    let mode = metadata.mode() & 0o7777;
-    let others_can_write = mode & 0o002 != 0;
-    let root_sticky = metadata.uid() == 0 && mode & 0o1000 != 0;
-    if others_can_write && !root_sticky {
-        return Err(Error::LockDirWorldWritable { path, mode });
+    match path_trust::check_lock_dir(dir, me)? {
+        LockDir::Trusted => Ok(()),
+        LockDir::Missing => Err(create_error(io::Error::from(io::ErrorKind::NotFound))),
     }
-    Ok(())
 }
 
 /// Takes the lock at `path` according to `policy`.
 ///
 /// # Errors
 /// Opening or locking failures; never "busy", which is [`Acquired::Busy`].
-pub fn acquire(path: &Path, policy: BusyPolicy) -> Result<Acquired, Error> {
+pub fn acquire(path: &Path, policy: BusyPolicy, me: &Launcher) -> Result<Acquired, Error> {
+    // A timeout too large for the clock is no timeout: it would never pass.
     let deadline = match policy {
-        BusyPolicy::Wait { timeout: Some(t) } => Some(Instant::now() + t),
+        BusyPolicy::Wait { timeout: Some(t) } => Instant::now().checked_add(t),
         _ => None,
     };
     for _ in 0..MAX_ATTEMPTS {
-        let (file, access) = open_lock_file(path)?;
+        let (file, access) = open_lock_file(path, me)?;
         tracing::trace!(lock_file = %path.display(), ?access, "lock file opened");
         let lock = match policy {
             BusyPolicy::Skip => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -145,14 +142,20 @@ pub fn acquire(path: &Path, policy: BusyPolicy) -> Result<Acquired, Error> {
                 }
                 Err((_, source)) => return Err(flock_error(path, source)),
             },
-            BusyPolicy::Wait { .. } => match wait_for_lock(file, deadline, path)? {
-                WaitOutcome::Locked(lock) => lock,
-                WaitOutcome::TimedOut(file) => {
-                    return Ok(Acquired::Busy {
-                        file,
-                        timed_out: true,
-                    });
-                }
+            // A free lock is taken without a helper thread, so a zero or tiny
+            // timeout never reports a free source as busy.
+            BusyPolicy::Wait { .. } => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => lock,
+                Err((file, Errno::EWOULDBLOCK)) => match wait_for_lock(file, deadline, path)? {
+                    WaitOutcome::Locked(lock) => lock,
+                    WaitOutcome::TimedOut(file) => {
+                        return Ok(Acquired::Busy {
+                            file,
+                            timed_out: true,
+                        });
+                    }
+                },
+                Err((_, source)) => return Err(flock_error(path, source)),
             },
         };
         if path_still_names(&lock, path)? {
@@ -194,6 +197,10 @@ fn wait_for_lock(file: File, deadline: Option<Instant>, path: &Path) -> Result<W
             .map(WaitOutcome::Locked)
             .map_err(|e| flock_error(path, e));
     };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Ok(WaitOutcome::TimedOut(file));
+    }
     // A second descriptor for the same open file, kept here so a timed-out
     // caller still has the file to read the holder's record from.
     let kept = file.try_clone().map_err(|source| Error::OpenLockFile {
@@ -210,11 +217,16 @@ fn wait_for_lock(file: File, deadline: Option<Instant>, path: &Path) -> Result<W
             path: path.to_owned(),
             source,
         })?;
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    match receiver.recv_timeout(remaining) {
-        Ok(Ok(lock)) => Ok(WaitOutcome::Locked(lock)),
-        Ok(Err(e)) => Err(flock_error(path, e)),
-        Err(_) => Ok(WaitOutcome::TimedOut(kept)),
+    let outcome = match receiver.recv_timeout(remaining) {
+        // Time is up; the helper may have got the lock in the meantime.
+        Err(mpsc::RecvTimeoutError::Timeout) => receiver.try_recv().ok(),
+        Ok(outcome) => Some(outcome),
+        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+    };
+    match outcome {
+        Some(Ok(lock)) => Ok(WaitOutcome::Locked(lock)),
+        Some(Err(e)) => Err(flock_error(path, e)),
+        None => Ok(WaitOutcome::TimedOut(kept)),
     }
 }
 
@@ -245,11 +257,12 @@ fn path_still_names(lock: &Flock<File>, path: &Path) -> Result<bool, Error> {
 }
 
 /// Opens (creating if needed) the lock file without following links and
-/// without blocking on a planted FIFO, and checks it is a regular file.
-fn open_lock_file(path: &Path) -> Result<(File, Access), Error> {
+/// without blocking on a planted FIFO, and checks it against the trust rule
+/// before and after opening.
+fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access), Error> {
     // Look before opening: opening a planted device node can have effects.
     match fs::symlink_metadata(path) {
-        Ok(metadata) => ensure_regular(path, &metadata)?,
+        Ok(metadata) => path_trust::ensure_trusted_lock_file(path, &metadata, me)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(Error::OpenLockFile {
@@ -258,30 +271,37 @@ fn open_lock_file(path: &Path) -> Result<(File, Access), Error> {
             });
         }
     }
-    let flags = (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits();
-    let read_write = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(LOCK_FILE_MODE)
-        .custom_flags(flags)
-        .open(path);
-    let (file, access) = match read_write {
-        Ok(file) => (file, Access::ReadWrite),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            let read_only = OpenOptions::new().read(true).custom_flags(flags).open(path);
-            match read_only {
-                Ok(file) => (file, Access::ReadOnly),
-                // Not there and we may not create it: report the create failure.
-                Err(_) => return Err(open_error(path, e)),
-            }
+    let flags = (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits();
+    let open = |write: bool, create: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .create_new(create)
+            .mode(LOCK_FILE_MODE)
+            .custom_flags(flags)
+            .open(path)
+    };
+    // Create exclusively, so a file we set the mode of is one we made; an
+    // existing file is opened without O_CREAT and never changed.
+    let (file, access) = match open(true, true) {
+        Ok(file) => {
+            file.set_permissions(Permissions::from_mode(LOCK_FILE_MODE))
+                .map_err(|source| open_error(path, source))?;
+            (file, Access::ReadWrite)
         }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match open(true, false) {
+            Ok(file) => (file, Access::ReadWrite),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => match open(false, false) {
+                Ok(file) => (file, Access::ReadOnly),
+                Err(_) => return Err(open_error(path, e)),
+            },
+            Err(e) => return Err(open_error(path, e)),
+        },
         Err(e) => return Err(open_error(path, e)),
     };
     // And look again at what we opened: the path may have changed between.
     let metadata = file.metadata().map_err(|source| open_error(path, source))?;
-    ensure_regular(path, &metadata)?;
+    path_trust::ensure_trusted_lock_file(path, &metadata, me)?;
     // O_NONBLOCK was only for the open; the descriptor is handed to the
     // program, which should see ordinary blocking semantics.
     nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty())).map_err(|source| {
@@ -303,29 +323,4 @@ fn open_error(path: &Path, source: io::Error) -> Error {
         path: path.to_owned(),
         source,
     }
-}
-
-fn ensure_regular(path: &Path, metadata: &Metadata) -> Result<(), Error> {
-    let file_type = metadata.file_type();
-    let kind = if file_type.is_file() {
-        return Ok(());
-    } else if file_type.is_symlink() {
-        return Err(Error::LockFileSymlink {
-            path: path.to_owned(),
-        });
-    } else if file_type.is_dir() {
-        "directory"
-    } else if file_type.is_fifo() {
-        "FIFO"
-    } else if file_type.is_socket() {
-        "socket"
-    } else if file_type.is_block_device() || file_type.is_char_device() {
-        "device node"
-    } else {
-        "special file"
-    };
-    Err(Error::LockFileNotRegular {
-        path: path.to_owned(),
-        kind,
-    })
 }

@@ -1,11 +1,19 @@
 //! Property tests: no generated credential survives into anything we print
-//! or store, and canonical keys are fixpoints of key derivation.
+//! or store, canonical keys are fixpoints of key derivation, spellings of
+//! one source share a key, and a parameter that is not a credential always
+//! tells two sources apart.
+//!
+//! Every generated source is valid input for the rule it is used with: URLs
+//! that the key rules accept for the key properties (no `xn--` labels, which
+//! the WHATWG host parser decodes as punycode and rejects when invalid), and
+//! anything at all, parseable or not, for the redaction property.
 
 use std::fmt::Write as _;
 
 use proptest::prelude::*;
 
 use crate::redact::redact_source;
+use crate::secret_params::{listed_envelopes, listed_names};
 use crate::source_key::SourceKey;
 
 /// Every generated secret contains this marker; no other generated part can
@@ -16,40 +24,90 @@ fn secret() -> impl Strategy<Value = String> {
     "[A-Za-z0-9._~-]{0,12}".prop_map(|tail| format!("{MARKER}{tail}"))
 }
 
+/// Credential parameter names: every exact name of the shared list, names
+/// caught by its suffix and prefix rules, and the signed-URL schemes the
+/// ECP names, in the spellings their vendors use.
 fn sensitive_name() -> impl Strategy<Value = String> {
-    prop::sample::select(vec![
-        "token",
-        "access_token",
-        "api_key",
-        "key",
-        "password",
-        "passwd",
-        "pwd",
-        "auth",
-        "authorization",
-        "sig",
-        "Signature",
-        "X-Amz-Signature",
-        "secret",
-        "client_secret",
-        "credential",
-        "session_id",
-    ])
-    .prop_map(str::to_owned)
+    let mut names = listed_names();
+    names.extend(
+        [
+            "access_token",
+            "accessToken",
+            "id_token",
+            "refresh-token",
+            "api_key",
+            "x_api_key",
+            "apiKey",
+            "client_secret",
+            "Signature",
+            "url_sig",
+            "X-Amz-Signature",
+            "X-Amz-Credential",
+            "X-Amz-Security-Token",
+            "X-Goog-Signature",
+            "X-Goog-Credential",
+            "wowzatokenhash",
+            "wowzatokenendtime",
+            "wmsAuthSign",
+            "hdnts",
+            "__token__",
+            "HMAC",
+            "JWT",
+            "PHPSESSID",
+            "session_id",
+        ]
+        .map(str::to_owned),
+    );
+    prop::sample::select(names)
+}
+
+/// A signed URL's query from one of the listed envelopes: the marker, plus
+/// its signing parameters, all with secret values.
+fn envelope_query() -> impl Strategy<Value = Vec<(String, String)>> {
+    let envelopes = listed_envelopes();
+    (prop::sample::select(envelopes), secret(), secret()).prop_map(|((when, params), a, b)| {
+        let mut pairs = vec![(when[0].clone(), a)];
+        pairs.extend(params.into_iter().map(|p| (p, b.clone())));
+        pairs
+    })
+}
+
+/// A DNS label that is valid for every scheme: not `xn--…` (punycode).
+fn label() -> impl Strategy<Value = String> {
+    "[a-z][a-z0-9-]{0,10}".prop_filter("xn-- labels are punycode", |l| !l.starts_with("xn--"))
 }
 
 fn host() -> impl Strategy<Value = String> {
     prop_oneof![
         (1u8..=254, 0u8..=255, 1u8..=254).prop_map(|(a, b, c)| format!("10.{a}.{b}.{c}")),
-        "[a-z][a-z0-9-]{0,10}(\\.[a-z]{2,5}){0,2}",
+        (label(), prop::collection::vec("[a-z]{2,5}", 0..3)).prop_map(|(first, rest)| {
+            std::iter::once(first)
+                .chain(rest)
+                .collect::<Vec<_>>()
+                .join(".")
+        }),
     ]
 }
 
+/// Harmless parameter names: never a credential by the shared list.
+fn harmless_name() -> impl Strategy<Value = String> {
+    "[a-z][a-z_]{0,8}".prop_filter("not a credential", |n| {
+        !crate::secret_params::is_credential_name(n) && !listed_envelope_param(n)
+    })
+}
+
+fn listed_envelope_param(name: &str) -> bool {
+    listed_envelopes()
+        .iter()
+        .any(|(when, params)| when.iter().chain(params).any(|p| p == name))
+}
+
 prop_compose! {
-    /// A URL with credentials in the userinfo, sensitive query parameters
-    /// and the fragment, plus harmless parameters and path segments.
+    /// A URL with credentials in the userinfo, credential parameters (query
+    /// and path), a signed-URL envelope and the fragment, plus harmless
+    /// parameters and path segments.
     fn url_with_credentials()(
-        scheme in prop::sample::select(vec!["http", "https", "rtsp", "srt", "udp"]),
+        scheme in prop::sample::select(vec!["http", "https", "rtsp", "rtmp", "srt", "udp", "rtp"]),
         user in prop::option::of("[a-z]{1,6}"),
         password in secret(),
         with_userinfo in any::<bool>(),
@@ -58,8 +116,12 @@ prop_compose! {
         hdhomerun_path in any::<bool>(),
         channel in (1u8..70, 0u8..10),
         segments in prop::collection::vec("[a-z0-9_.-]{1,8}", 0..4),
+        path_secret in prop::option::of(secret()),
         secrets in prop::collection::vec((sensitive_name(), secret()), 0..3),
-        harmless in prop::collection::vec(("[a-z]{1,6}", "[a-z0-9]{0,6}"), 0..3),
+        envelope in prop::option::of(envelope_query()),
+        bare in prop::option::of(secret()),
+        harmless in prop::collection::vec((harmless_name(), "[a-z0-9]{0,6}"), 0..3),
+        semicolons in any::<bool>(),
         fragment in prop::option::of(secret()),
     ) -> String {
         let mut url = format!("{scheme}://");
@@ -80,12 +142,17 @@ prop_compose! {
                 url.push('/');
                 url.push_str(segment);
             }
+            if let Some(value) = path_secret {
+                let _ = write!(url, "/live;jsessionid={value}");
+            }
         }
         let mut params: Vec<String> = secrets.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        params.extend(envelope.into_iter().flatten().map(|(n, v)| format!("{n}={v}")));
+        params.extend(bare);
         params.extend(harmless.iter().map(|(n, v)| format!("{n}={v}")));
         if !params.is_empty() {
             url.push('?');
-            url.push_str(&params.join("&"));
+            url.push_str(&params.join(if semicolons { ";" } else { "&" }));
         }
         if let Some(fragment) = fragment {
             url.push('#');
@@ -95,8 +162,44 @@ prop_compose! {
     }
 }
 
+prop_compose! {
+    /// Sources the key rules may refuse but the redactor must still mask:
+    /// userinfo without `//`, a `/` in the password, a `//` path.
+    fn odd_source_with_credentials()(
+        form in 0usize..5,
+        user in "[a-z]{1,6}",
+        password in secret(),
+        host in host(),
+        tail in "[a-z0-9/]{0,8}",
+    ) -> String {
+        match form {
+            0 => format!("{user}:{password}@{host}/{tail}"),
+            1 => format!("rtsp:{user}:{password}@{host}/{tail}"),
+            2 => format!("rtsp://{user}:{password}/x@{host}/{tail}"),
+            3 => format!("//{user}:{password}@{host}/{tail}"),
+            _ => format!("rtsp://{host}/{tail}?{password}"),
+        }
+    }
+}
+
 fn leaks(text: &str) -> bool {
     text.to_ascii_uppercase().contains(MARKER)
+}
+
+/// Other spellings of `10.a.b.c` (`inet_aton` and WHATWG forms).
+fn ipv4_spellings(a: u8, b: u8, c: u8) -> Vec<String> {
+    let n = (10u32 << 24) | (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
+    vec![
+        format!("{n}"),
+        format!("0x{n:x}"),
+        format!("0{n:o}"),
+        format!("012.{a}.{b}.{c}"),
+        format!("0xa.0x{a:x}.{b}.{c}"),
+        format!("10.{}", n & 0x00ff_ffff),
+        format!("10.{a}.{}", (u32::from(b) << 8) | u32::from(c)),
+        format!("10.{a}.{b}.{c}."),
+        format!("[::ffff:10.{a}.{b}.{c}]"),
+    ]
 }
 
 proptest! {
@@ -104,6 +207,12 @@ proptest! {
     fn redacted_sources_never_contain_a_credential(url in url_with_credentials()) {
         let shown = redact_source(&url);
         prop_assert!(!leaks(&shown), "{url} shown as {shown}");
+    }
+
+    #[test]
+    fn odd_sources_are_redacted_whatever_they_parse_as(source in odd_source_with_credentials()) {
+        let shown = redact_source(&source);
+        prop_assert!(!leaks(&shown), "{source} shown as {shown}");
     }
 
     #[test]
@@ -120,5 +229,61 @@ proptest! {
         let again = SourceKey::from_source(key.as_str()).unwrap();
         prop_assert_eq!(key.as_str(), again.as_str());
         prop_assert_eq!(key.lock_file_name(), again.lock_file_name());
+    }
+
+    #[test]
+    fn no_two_sources_differing_in_a_non_secret_parameter_share_a_key(
+        scheme in prop::sample::select(vec!["http", "https", "rtsp", "rtmp", "srt", "udp", "rtp"]),
+        host in host(),
+        path in "(/[a-z0-9]{1,6}){1,3}",
+        name in harmless_name(),
+        values in ("[a-z0-9]{0,4}", "[a-z0-9]{0,4}").prop_filter("different", |(a, b)| a != b),
+        secrets in prop::collection::vec((sensitive_name(), secret()), 0..3),
+        envelope in prop::option::of(envelope_query()),
+        others in prop::collection::vec((harmless_name(), "[a-z0-9]{0,4}"), 0..3),
+    ) {
+        let build = |value: &str| {
+            let mut params: Vec<String> = others.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            params.push(format!("{name}={value}"));
+            params.extend(secrets.iter().map(|(n, v)| format!("{n}={v}")));
+            params.extend(envelope.iter().flatten().map(|(n, v)| format!("{n}={v}")));
+            format!("{scheme}://{host}:9000{path}?{}", params.join("&"))
+        };
+        let (a, b) = (build(&values.0), build(&values.1));
+        // A repeated name can make the two values sort the same way only if
+        // they are equal, which the filter excludes.
+        let (ka, kb) = (SourceKey::from_source(&a).unwrap(), SourceKey::from_source(&b).unwrap());
+        prop_assert_ne!(ka.as_str(), kb.as_str(), "{} and {}", a, b);
+    }
+
+    #[test]
+    fn sources_differing_only_in_credentials_share_a_key(
+        scheme in prop::sample::select(vec!["http", "https", "rtsp", "rtmp", "srt", "udp", "rtp"]),
+        host in host(),
+        path in "(/[a-z0-9]{1,6}){1,3}",
+        secrets in prop::collection::vec((sensitive_name(), secret(), secret()), 1..4),
+        harmless in prop::collection::vec((harmless_name(), "[a-z0-9]{0,4}"), 0..3),
+    ) {
+        let build = |second: bool| {
+            let mut params: Vec<String> = harmless.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            params.extend(secrets.iter().map(|(n, a, b)| format!("{n}={}", if second { b } else { a })));
+            format!("{scheme}://{host}:9000{path}?{}", params.join("&"))
+        };
+        let (a, b) = (build(false), build(true));
+        let (ka, kb) = (SourceKey::from_source(&a).unwrap(), SourceKey::from_source(&b).unwrap());
+        prop_assert_eq!(ka.as_str(), kb.as_str());
+    }
+
+    #[test]
+    fn every_spelling_of_an_ipv4_host_shares_a_key(
+        scheme in prop::sample::select(vec!["http", "https", "rtsp", "rtmp", "srt", "udp", "rtp"]),
+        (a, b, c) in (0u8..=255, 0u8..=255, 1u8..=254),
+        path in "(/[a-z0-9]{1,6}){0,3}",
+    ) {
+        let expected = SourceKey::from_source(&format!("{scheme}://10.{a}.{b}.{c}:9000{path}")).unwrap();
+        for spelling in ipv4_spellings(a, b, c) {
+            let key = SourceKey::from_source(&format!("{scheme}://{spelling}:9000{path}")).unwrap();
+            prop_assert_eq!(key.as_str(), expected.as_str(), "{}", spelling);
+        }
     }
 }

@@ -13,7 +13,8 @@ use crate::source_key::SourceKey;
 /// # Errors
 /// When the source cannot be turned into a key.
 pub fn key(args: &KeyArgs) -> Result<ExitStatus, Error> {
-    let key = SourceKey::from_source(&args.source)?;
+    crate::cli::ensure_lock_dir_given(&args.lock_dir)?;
+    let key = SourceKey::from_source(&args.source).map_err(Error::SourceArg)?;
     let lock_file = key.lock_path(&args.lock_dir);
     println!("{}", render(&key, &lock_file, args.json));
     Ok(ExitStatus::Success)

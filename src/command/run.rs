@@ -1,16 +1,18 @@
 //! `ec-launch run`: take the source's lock, then become the program.
 //!
 //! The order matters: validate everything that can be validated (source,
-//! key, arguments) before touching the lock directory, so bad input never
-//! costs a lock; take the lock before exec, so nothing runs without it; and
+//! key, arguments, the program's whole `argv` and environment) before
+//! touching the lock directory, so bad input never costs a lock; take the lock before exec, so nothing runs without it; and
 //! keep no process of ours afterwards, so the lock lives exactly as long as
 //! the program and the children that inherit its descriptor.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::fs;
+use std::fs::{self, OpenOptions};
+use std::io::Read as _;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,10 +24,11 @@ use crate::exit_code::ExitStatus;
 use crate::holder::{Absence, HolderScan, LockedInode};
 use crate::lock::{self, Access, Acquired, BusyPolicy};
 use crate::lock_record::LockRecord;
+use crate::path_trust::{self, Launcher};
 use crate::printable::{printable, printable_path};
 use crate::process::ProcessInfo;
-use crate::redact::redact_source;
-use crate::source_key::{KeyError, SourceKey};
+use crate::redact::{redact_source, redact_word};
+use crate::source_key::{self, SourceKey};
 
 /// `run`'s validated settings.
 #[derive(Debug)]
@@ -42,15 +45,15 @@ struct RunConfig {
 
 impl RunConfig {
     fn from_args(args: RunArgs) -> Result<Self, Error> {
+        crate::cli::ensure_lock_dir_given(&args.lock_dir)?;
         let source = match (&args.source, &args.source_file) {
-            (Some(source), _) => source.trim().to_owned(),
+            (Some(source), _) => source.clone(),
             (None, Some(path)) => read_source_file(path)?,
             // clap requires one of the two.
             (None, None) => String::new(),
         };
-        if source.is_empty() {
-            return Err(KeyError::Empty.into());
-        }
+        // Also with --key: what is recorded and logged is what the program gets.
+        source_key::ensure_source_text(&source)?;
         let key = match &args.key {
             // An operator-named key stands for a source we may not understand,
             // so the source itself is only required to be non-empty.
@@ -66,9 +69,7 @@ impl RunConfig {
         let mut command = args.command.into_iter();
         let program = command.next().unwrap_or_default();
         if program.is_empty() {
-            return Err(Error::NulInArgument {
-                what: "the program name (empty)".into(),
-            });
+            return Err(Error::EmptyProgram);
         }
         Ok(Self {
             lock_dir: args.lock_dir,
@@ -82,13 +83,52 @@ impl RunConfig {
     }
 }
 
-/// Reads one source from a file: one line, surrounding whitespace ignored.
+/// The most `--source-file` may hold: a URL with its credentials is far
+/// smaller, and a bound keeps `/dev/zero` or a huge file from eating memory.
+const MAX_SOURCE_FILE: u64 = 64 * 1024;
+
+/// Reads one source from a file: one line (`\n` or `\r\n` ends it), blank
+/// lines ignored. The line is taken as it is: whitespace in it is refused
+/// later, never trimmed, so the program gets exactly what was keyed.
+/// Only a regular file of at most [`MAX_SOURCE_FILE`] bytes is read; a FIFO
+/// or device is refused before it is opened (and, should the path change in
+/// between, opening does not block and the opened file is checked again).
 fn read_source_file(path: &Path) -> Result<String, Error> {
-    let text = fs::read_to_string(path).map_err(|source| Error::ReadSourceFile {
+    let read_error = |source| Error::ReadSourceFile {
         path: path.to_owned(),
         source,
-    })?;
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    };
+    let ensure_regular = |metadata: &fs::Metadata| {
+        if metadata.is_file() {
+            Ok(())
+        } else {
+            Err(Error::SourceFileNotRegular {
+                path: path.to_owned(),
+                kind: path_trust::kind(metadata.file_type()),
+            })
+        }
+    };
+    ensure_regular(&fs::metadata(path).map_err(read_error)?)?;
+    let flags = (nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY).bits();
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(read_error)?;
+    ensure_regular(&file.metadata().map_err(read_error)?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SOURCE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_SOURCE_FILE {
+        return Err(Error::SourceFileTooLarge {
+            path: path.to_owned(),
+            limit: MAX_SOURCE_FILE,
+        });
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let source = lines.next().ok_or_else(|| Error::SourceFileEmpty {
         path: path.to_owned(),
     })?;
@@ -110,13 +150,23 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
         tracing::warn!("--wait-timeout has no effect with --on-busy skip");
     }
     let config = RunConfig::from_args(args)?;
-    lock::ensure_lock_dir(&config.lock_dir)?;
     let lock_path = config.key.lock_path(&config.lock_dir);
-    let program_name = config.program.to_string_lossy().into_owned();
+    let prepared = exec::prepare(&Launch {
+        program: &config.program,
+        args: &config.args,
+        source: &config.source,
+        key: config.key.as_str(),
+        lock_path: &lock_path,
+    })?;
+    // Logged and recorded: a URL given as the program must not show its credential.
+    let program_name = redact_word(&config.program.to_string_lossy());
     let redacted = redact_source(&config.source);
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
+    // Only now, with nothing left to validate, is the lock directory touched.
+    let me = Launcher::current();
+    lock::ensure_lock_dir(&config.lock_dir, &me)?;
 
-    match lock::acquire(&lock_path, config.policy)? {
+    match lock::acquire(&lock_path, config.policy, &me)? {
         Acquired::Held(held) => {
             match held.access {
                 Access::ReadWrite => {
@@ -137,13 +187,7 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
                 ),
             }
             tracing::info!(key = %config.key, lock_file = %lock_path.display(), "source lock acquired; starting {program_name}");
-            let launch = Launch {
-                program: &config.program,
-                args: &config.args,
-                source: &config.source,
-                key: config.key.as_str(),
-            };
-            Err(exec::exec(&launch, &held))
+            Err(exec::exec(prepared, &held))
         }
         Acquired::Busy { file, timed_out } => {
             report_busy(&config, &lock_path, &file, timed_out, &program_name);

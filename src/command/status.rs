@@ -104,15 +104,23 @@ struct Report {
 /// An invalid SOURCE, or a lock directory that cannot be read.
 pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
     let proc_root = Path::new("/proc");
+    crate::cli::ensure_lock_dir_given(&args.lock_dir)?;
     let key = args
         .source
         .as_deref()
         .map(SourceKey::from_source)
-        .transpose()?;
+        .transpose()
+        .map_err(Error::SourceArg)?;
     let entries = lock_files(&args.lock_dir)?;
+    let wanted = key.as_ref().map(|key| key.lock_path(&args.lock_dir));
+    if let Some(path) = &wanted {
+        // What run would refuse to open, status refuses too (ECP-0129).
+        if let Ok(metadata) = fs::symlink_metadata(path) {
+            crate::path_trust::ensure_regular(path, &metadata)?;
+        }
+    }
     let listed: BTreeSet<LockedInode> = entries.iter().map(|(_, inode)| *inode).collect();
     let scan = HolderScan::take(proc_root, &args.lock_dir, &listed);
-    let wanted = key.as_ref().map(|key| key.lock_path(&args.lock_dir));
     let mut locks: Vec<LockStatus> = entries
         .iter()
         // For one source: its file, and held files that may be it renamed.
@@ -315,11 +323,20 @@ fn open_via(via: &Path) -> io::Result<File> {
 
 fn open_read_only(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let flags = (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits();
-    fs::OpenOptions::new()
+    // Never open what is not a regular file (a planted device node).
+    let regular =
+        |m: &fs::Metadata| crate::path_trust::ensure_regular(path, m).map_err(io::Error::other);
+    regular(&fs::symlink_metadata(path)?)?;
+    let flags = (nix::fcntl::OFlag::O_NOFOLLOW
+        | nix::fcntl::OFlag::O_NONBLOCK
+        | nix::fcntl::OFlag::O_NOCTTY)
+        .bits();
+    let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags)
-        .open(path)
+        .open(path)?;
+    regular(&file.metadata()?)?;
+    Ok(file)
 }
 
 fn lock_status(

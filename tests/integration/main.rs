@@ -9,7 +9,12 @@
 )]
 
 mod cli;
+mod input;
+mod keys;
+mod lock_path;
 mod logging;
+#[path = "../common/privilege.rs"]
+mod privilege;
 mod run;
 mod secrets;
 mod status;

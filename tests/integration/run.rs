@@ -338,7 +338,7 @@ fn an_unwritable_lock_directory_is_a_clear_error_and_the_program_does_not_run() 
     let env = TestEnv::new();
     fs::create_dir(env.lock_dir()).unwrap();
     fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o555)).unwrap();
-    fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o1777)).unwrap();
     let mut command = env.run(SOURCE, &[], &TestEnv::sh("touch ran"));
     if is_root() {
         // Root ignores directory permissions; an unprivileged user does not.
@@ -361,18 +361,22 @@ fn an_unwritable_lock_directory_is_a_clear_error_and_the_program_does_not_run() 
 }
 
 #[test]
-fn a_lock_file_created_by_root_does_not_stop_a_later_run_as_the_service_user() {
-    require_root("create a lock file as root and run as another user");
+fn a_root_owned_lock_file_the_service_user_may_only_read_still_locks() {
+    require_root!("create a lock file as root and run as another user");
     let env = TestEnv::new();
     let first = env.run(SOURCE, &[], &["true"]).output().unwrap();
     assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
     let lock_file = env.lock_file_of(SOURCE);
     assert_eq!(fs::metadata(&lock_file).unwrap().uid(), 0);
+    // As versions before ECP-0129 created them; today's are 0660 and, in
+    // the module's setgid directory, writable by the service's group (see
+    // lock_path.rs).
+    fs::set_permissions(&lock_file, fs::Permissions::from_mode(0o644)).unwrap();
 
     // The service user may traverse but not write the directory or the file.
     let mut as_service = env.run(SOURCE, &[], &held_until_release("service.pid"));
     as_service.uid(NOBODY).gid(NOBODY);
-    fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o1777)).unwrap();
     let service = Guard::spawn(&mut as_service);
     let pid = i64::from(service.pid());
     assert!(
@@ -508,7 +512,7 @@ fn bad_input_is_one_line_with_a_documented_code_and_no_lock_is_taken() {
             "the source is empty",
         ),
         (
-            vec!["--source".into(), "not a url".into()],
+            vec!["--source".into(), "not-a-url".into()],
             65,
             "not a valid URL",
         ),

@@ -129,11 +129,18 @@ prop_compose! {
         password in secret(),
         host in "[a-z]{1,8}\\.[a-z]{2,4}",
         hdhomerun in any::<bool>(),
-        token_name in prop::sample::select(vec!["token", "api_key", "password", "auth", "sig", "secret"]),
+        token_name in prop::sample::select(vec![
+            "token", "api_key", "password", "auth", "sig", "secret", "jwt", "hmac", "hdnts",
+            "__token__", "X-Amz-Signature", "X-Goog-Signature", "wmsAuthSign", "accessToken",
+            "passphrase", "wowzatokenhash",
+        ]),
         token in secret(),
+        separator in prop::sample::select(vec!["&", ";"]),
+        bare in prop::option::of(secret()),
     ) -> String {
         let path = if hdhomerun { ":5004/auto/v7.1" } else { "/live/stream.ts" };
-        format!("http://{user}:{password}@{host}{path}?{token_name}={token}&channel=7")
+        let bare = bare.map(|b| format!("{separator}{b}")).unwrap_or_default();
+        format!("http://{user}:{password}@{host}{path}?{token_name}={token}{separator}channel=7{bare}")
     }
 }
 
@@ -146,4 +153,172 @@ proptest! {
     fn generated_credentials_never_reach_any_output_of_the_binary(url in url_with_credentials()) {
         exercise(&url);
     }
+}
+
+/// `run --key NAME` with a source the key rules cannot parse: the source
+/// is still recorded, logged and shown by `status`, all redacted.
+fn exercise_with_key(url: &str) {
+    let env = TestEnv::new();
+    let ran = env
+        .run(url, &["-vv", "--key", "studio-a"], &["true"])
+        .output()
+        .unwrap();
+    assert_eq!(ran.status.code(), Some(0), "{url}: {}", describe(&ran));
+    let status = env
+        .ec_launch()
+        .args(["status", "--lock-dir"])
+        .arg(env.lock_dir())
+        .output()
+        .unwrap();
+    let status_json = env
+        .ec_launch()
+        .args(["status", "--json", "--lock-dir"])
+        .arg(env.lock_dir())
+        .output()
+        .unwrap();
+    assert_no_secret(&everything(&env, &[&ran, &status, &status_json]), url);
+}
+
+#[test]
+fn sources_without_an_authority_are_redacted_with_key() {
+    for url in [
+        "admin:XSECRETX@cam/stream",
+        "rtsp:admin:XSECRETX@cam/s",
+        "rtsp://admin:XSECRETX/pw@cam/s",
+        "rtsp://XSECRETX/pw@cam/s",
+        "http://h/x?a=1;token=XSECRETX",
+        "rtsp://cam/s?XSECRETX",
+        "http://h/live;jsessionid=XSECRETX/x.ts",
+        "XSECRETX",
+    ] {
+        exercise_with_key(url);
+    }
+}
+
+#[test]
+fn path_like_sources_are_not_echoed_raw_in_errors() {
+    let env = TestEnv::new();
+    for source in [
+        "//admin:XSECRETX@host/x",
+        "/dev/ec-launch-absent?token=XSECRETX",
+        "/dev/admin:XSECRETX@absent",
+    ] {
+        let output = env.run(source, &[], &["true"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(66), "{}", describe(&output));
+        assert!(
+            text(&output.stderr).contains("cannot be resolved"),
+            "{}",
+            describe(&output)
+        );
+        assert_no_secret(&everything(&env, &[&output]), source);
+    }
+}
+
+#[test]
+fn command_line_errors_never_echo_a_credential() {
+    let env = TestEnv::new();
+    let cases: Vec<Vec<&str>> = vec![
+        // A forgotten --source: the URL is an unexpected positional.
+        vec!["run", "http://admin:XSECRETX@h/x", "--", "true"],
+        vec![
+            "run",
+            "--source",
+            "http://h/x",
+            "rtsp://u:XSECRETX@cam/s",
+            "--",
+            "true",
+        ],
+        // Invalid values.
+        vec![
+            "run",
+            "--busy-exit-code",
+            "http://u:XSECRETX@h/x",
+            "--source",
+            "http://h/x",
+            "--",
+            "true",
+        ],
+        vec![
+            "run",
+            "--wait-timeout=http://h/x?token=XSECRETX",
+            "--source",
+            "http://h/x",
+            "--",
+            "true",
+        ],
+        vec![
+            "run",
+            "--on-busy",
+            "rtsp://u:XSECRETX@cam/s",
+            "--source",
+            "http://h/x",
+            "--",
+            "true",
+        ],
+        // Unknown flags with a value glued on.
+        vec!["run", "--sourc=http://u:XSECRETX@h/x", "--", "true"],
+        vec![
+            "key",
+            "http://h/x?token=XSECRETX",
+            "rtsp://u:XSECRETX@cam/s",
+        ],
+        vec!["status", "--lock-dir", "x", "a", "admin:XSECRETX@cam/s"],
+    ];
+    for args in cases {
+        let output = env.ec_launch().args(&args).output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            describe(&output)
+        );
+        assert!(
+            text(&output.stderr).starts_with("error:"),
+            "{args:?}: {}",
+            describe(&output)
+        );
+        assert_no_secret(&everything(&env, &[&output]), &args.join(" "));
+    }
+}
+
+#[test]
+fn help_and_version_are_printed_by_clap_unchanged() {
+    let env = TestEnv::new();
+    let help = env.ec_launch().args(["run", "--help"]).output().unwrap();
+    assert_eq!(help.status.code(), Some(0), "{}", describe(&help));
+    assert!(
+        text(&help.stdout).contains("Usage: ec-launch run"),
+        "{}",
+        describe(&help)
+    );
+    assert!(help.stderr.is_empty(), "{}", describe(&help));
+    let version = env.ec_launch().arg("--version").output().unwrap();
+    assert_eq!(version.status.code(), Some(0), "{}", describe(&version));
+    assert_eq!(
+        text(&version.stdout),
+        format!("ec-launch {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    // No subcommand: clap prints help on stderr and exits 2.
+    let bare = env.ec_launch().output().unwrap();
+    assert_eq!(bare.status.code(), Some(2), "{}", describe(&bare));
+    assert!(
+        text(&bare.stderr).contains("Usage: ec-launch"),
+        "{}",
+        describe(&bare)
+    );
+}
+
+#[test]
+fn a_source_given_as_the_program_is_not_echoed_by_the_exec_error() {
+    // `--source` forgotten the other way round: the URL lands after `--`.
+    let env = TestEnv::new();
+    let url = "http://admin:XSECRETX@h/x?token=XSECRETX";
+    let output = env.run("http://h/x", &[], &[url]).output().unwrap();
+    assert_eq!(output.status.code(), Some(127), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains("cannot run"),
+        "{}",
+        describe(&output)
+    );
+    assert_no_secret(&everything(&env, &[&output]), url);
 }

@@ -223,7 +223,7 @@ fn an_unreadable_or_missing_lock_directory_has_its_own_exit_code() {
 
 #[test]
 fn an_unprivileged_user_is_told_when_other_users_holders_are_invisible() {
-    crate::testenv::require_root("start a holder as root and run status as another user");
+    crate::testenv::require_root!("start a holder as root and run status as another user");
     let env = TestEnv::new();
     let _holder = hold(&env, SOURCE);
     fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o755)).unwrap();

@@ -12,17 +12,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::testenv::{
-    BIN, BUSY, Guard, KillOnDrop, NOBODY, PATIENCE, TestEnv, describe, holders, require_root, text,
-    wait_until,
+    BIN, BUSY, Guard, KillOnDrop, NOBODY, PATIENCE, TestEnv, describe, holders, text, wait_until,
 };
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
 const KEY: &str = "hdhomerun://10.0.0.5/v5.1";
 
+/// Names the lock directory: by `--lock-dir`, or, for a name that is not
+/// UTF-8 (which the command line refuses), by `EC_LAUNCH_LOCK_DIR`.
+fn lock_dir_of<'c>(command: &'c mut Command, lock_dir: &Path) -> &'c mut Command {
+    if lock_dir.to_str().is_some() {
+        command.arg("--lock-dir").arg(lock_dir)
+    } else {
+        command.env("EC_LAUNCH_LOCK_DIR", lock_dir)
+    }
+}
+
 fn status_in(env: &TestEnv, lock_dir: &Path, args: &[&str]) -> Output {
-    env.ec_launch()
-        .args(["status", "--lock-dir"])
-        .arg(lock_dir)
+    let mut command = env.ec_launch();
+    lock_dir_of(command.arg("status"), lock_dir)
         .args(args)
         .output()
         .unwrap()
@@ -57,10 +65,7 @@ fn only_lock(report: &serde_json::Value) -> &serde_json::Value {
 /// `ec-launch run --lock-dir DIR --source SOURCE -- PROGRAM…`.
 fn run_in<S: AsRef<OsStr>>(env: &TestEnv, lock_dir: &Path, program: &[S]) -> Command {
     let mut command = env.ec_launch();
-    command
-        .arg("run")
-        .arg("--lock-dir")
-        .arg(lock_dir)
+    lock_dir_of(command.arg("run"), lock_dir)
         .arg("--source")
         .arg(SOURCE)
         .arg("--")
@@ -183,7 +188,7 @@ impl Drop for BindMount {
 
 #[test]
 fn a_lock_directory_reached_through_a_bind_mount_shows_the_same_holders_and_orphans() {
-    require_root("bind-mount the lock directory");
+    crate::testenv::require_root!("bind-mount the lock directory");
     let env = TestEnv::new();
     fs::create_dir(env.lock_dir()).unwrap();
     let bound = env.path("bound");
@@ -209,10 +214,15 @@ fn a_lock_directory_reached_through_a_bind_mount_shows_the_same_holders_and_orph
 #[test]
 fn a_lock_directory_with_a_non_utf8_name_is_scanned_and_reported() {
     let env = TestEnv::new();
+    // The command line takes UTF-8 only, so the directory's real name is
+    // reached through a link; descriptors show the real one.
     let mut name = env.path("").into_os_string().into_vec();
-    name.extend_from_slice(b"locks-\xff\x1b");
-    let lock_dir = PathBuf::from(OsString::from_vec(name));
-    fs::create_dir(&lock_dir).unwrap();
+    name.extend_from_slice(b"real-\xff\x1b");
+    let real = PathBuf::from(OsString::from_vec(name));
+    fs::create_dir(&real).unwrap();
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&real, env.path("link")).unwrap();
+    let lock_dir = env.path("link").join("locks");
     let helper = leave_helper_holding_in(&env, &lock_dir);
     let output = status_in(&env, &lock_dir, &["--json"]);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
@@ -220,7 +230,7 @@ fn a_lock_directory_with_a_non_utf8_name_is_scanned_and_reported() {
     let lock = only_lock(&report);
     assert_eq!(holder_pids(lock), vec![u64::from(helper.0)], "{report:#}");
     let shown = lock["lock_file"].as_str().unwrap();
-    assert!(shown.contains("locks-\\xff\\x1b"), "{shown}");
+    assert!(shown.contains("link/locks/"), "{shown}");
 
     let file = fs::read_dir(&lock_dir).unwrap().next().unwrap().unwrap();
     fs::remove_file(file.path()).unwrap();
@@ -237,7 +247,7 @@ fn a_lock_directory_with_a_non_utf8_name_is_scanned_and_reported() {
 
 #[test]
 fn a_holder_started_in_a_pid_namespace_is_matched_to_its_record_from_the_host() {
-    require_root("create a pid namespace");
+    crate::testenv::require_root!("create a pid namespace");
     let env = TestEnv::new();
     let mut command = Command::new("unshare");
     command
@@ -291,7 +301,7 @@ fn in_pid_namespace(env: &TestEnv, script: &str) -> Output {
 
 #[test]
 fn a_reused_pid_of_an_exited_taker_is_never_named_as_the_holder() {
-    require_root("create a pid namespace and write its ns_last_pid");
+    crate::testenv::require_root!("create a pid namespace and write its ns_last_pid");
     let env = TestEnv::new();
     // The launcher forks a helper and exits; its pid is then handed to an
     // impostor through ns_last_pid. Both the busy message and status must
@@ -337,7 +347,7 @@ fn a_reused_pid_of_an_exited_taker_is_never_named_as_the_holder() {
 
 #[test]
 fn a_reused_pid_in_the_hosts_lock_table_is_never_named_as_the_holder() {
-    require_root("write the initial namespace's ns_last_pid");
+    crate::testenv::require_root!("write the initial namespace's ns_last_pid");
     // Only the initial PID namespace's /proc/locks shows an exited taker's
     // PID as it was (a child namespace leaves the row out), so this reuse
     // has to happen there. The write races other forks on the host; a lost
@@ -393,7 +403,7 @@ fn a_reused_pid_in_the_hosts_lock_table_is_never_named_as_the_holder() {
 
 #[test]
 fn a_held_lock_file_this_user_cannot_open_is_still_reported_held() {
-    require_root("hold a lock as root and run status as another user");
+    crate::testenv::require_root!("hold a lock as root and run status as another user");
     let env = TestEnv::new();
     let holder = env.hold(SOURCE, &["sleep", "300"]);
     fs::set_permissions(env.lock_file_of(SOURCE), fs::Permissions::from_mode(0o600)).unwrap();
@@ -426,7 +436,7 @@ fn a_held_lock_file_this_user_cannot_open_is_still_reported_held() {
 
 #[test]
 fn a_lock_file_status_cannot_examine_is_unknown_with_its_own_exit_code() {
-    require_root("make a directory listable but not searchable for another user");
+    crate::testenv::require_root!("make a directory listable but not searchable for another user");
     let env = TestEnv::new();
     let _holder = env.hold(SOURCE, &["sleep", "300"]);
     // Others may list the names but not look at the files.
@@ -463,7 +473,7 @@ fn a_lock_file_status_cannot_examine_is_unknown_with_its_own_exit_code() {
 
 #[test]
 fn a_lock_held_outside_a_pid_namespace_is_unknown_there_never_free() {
-    require_root("create a pid namespace");
+    crate::testenv::require_root!("create a pid namespace");
     let env = TestEnv::new();
     let _holder = env.hold(SOURCE, &["sleep", "300"]);
     // Inside, /proc/locks leaves out the host holder's row altogether.

@@ -269,13 +269,24 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Fails (never skips) a test that needs root.
-pub fn require_root(what: &str) {
-    assert!(
-        is_root(),
-        "this test needs root to {what}: run the test suite as root (CI does, via .ci/run)"
-    );
+/// Ends the calling test early, saying so, when it needs root and this is a
+/// non-root run that may skip it (see `tests/common/privilege.rs`); as root,
+/// or in CI, the test goes on (and fails on its own without root).
+macro_rules! require_root {
+    ($what:expr) => {
+        if let Some(reason) = $crate::privilege::root_skip_reason($what) {
+            let test = std::thread::current().name().unwrap_or("a test").to_owned();
+            $crate::privilege::announce_skip(&test, &reason);
+            return;
+        }
+        assert!(
+            $crate::testenv::is_root(),
+            "this test needs root to {}: run the test suite as root (CI does, via .ci/run)",
+            $what
+        );
+    };
 }
+pub(crate) use require_root;
 
 /// SIGKILLs a process that is not our child (a reparented helper) when
 /// dropped, and waits until it is gone.

@@ -1,7 +1,10 @@
 # Evaluates the NixOS module with nixpkgs.lib alone, against the stand-in
 # options in ./nixos-stub.nix, and checks the unit contract of issue 4:
 # the kill policy from nixos/unit-policy.json on every unit, credential
-# handling, readable failures for misconfigurations, no PartOf/BindsTo.
+# handling, readable failures for misconfigurations, no PartOf/BindsTo; and
+# issue 9's items: the launcher on PATH, `program`, the kill-only policy of
+# extraUnits, hardening from nixos/unit-hardening.json, escaping as nixpkgs'
+# utils.escapeSystemdExecArg, and the inputs of the build-time source check.
 #
 #   EC_NIXPKGS_LIB=/path/to/nixpkgs.lib \
 #     nix-instantiate --store dummy:// --eval --strict --json tests/nix/eval.nix
@@ -22,9 +25,14 @@ let
     else
       import dir;
 
-  policy = removeAttrs (builtins.fromJSON (builtins.readFile ../../nixos/unit-policy.json)) [
-    "comment"
-  ];
+  # The two halves of the policy: `kill` for every unit, extraUnits too;
+  # `restart` for the module's own units only.
+  policyFile = builtins.fromJSON (builtins.readFile ../../nixos/unit-policy.json);
+  killPolicy = policyFile.kill or { };
+  restartPolicy = policyFile.restart or { };
+  policy = killPolicy // restartPolicy;
+
+  hardeningFile = ../../nixos/unit-hardening.json;
 
   # Packages as far as the module can tell: derivations with a store path.
   fakePackage = name: {
@@ -35,6 +43,22 @@ let
   ecNode = fakePackage "ec-node-0.1";
   ecLaunch = fakePackage "ec-launch-0.1.0";
   system = "x86_64-linux";
+
+  # pkgs as far as the module may use it. runCommand stands in for nixpkgs'
+  # (its extra attributes become attributes of the derivation, as there),
+  # so the check derivation's inputs can be read back here; it is never
+  # built: tests/nix/source_check.rs runs the script it would run.
+  pkgs = {
+    stdenv.hostPlatform.system = system;
+    runCommand =
+      name: env: buildCommand:
+      env
+      // {
+        type = "derivation";
+        inherit name buildCommand;
+        outPath = "/nix/store/00000000000000000000000000000000-${name}";
+      };
+  };
 
   # The flake's own nixosModules.default, so the launcherPackage default is
   # tested as shipped; nixpkgs is replaced by lib and a fake package set.
@@ -58,7 +82,7 @@ let
       modules = [
         ./nixos-stub.nix
         flake.nixosModules.default
-        { _module.args.pkgs.stdenv.hostPlatform.system = system; }
+        { _module.args.pkgs = pkgs; }
         configuration
       ];
     }).config;
@@ -151,11 +175,24 @@ let
   };
 
   # name → { ok; detail }: every check, so a failure report lists them all.
-  check = ok: detail: { inherit ok detail; };
+  # A check whose evaluation throws (an option that does not exist yet, a
+  # missing attribute) fails with the reason instead of ending the run.
+  check = ok: detail: {
+    ok =
+      let
+        result = builtins.tryEval ok;
+      in
+      result.success && result.value;
+    detail =
+      let
+        result = builtins.tryEval detail;
+      in
+      if result.success then result.value else "(evaluation failed; rerun with --show-trace)";
+  };
   has = needle: haystack: lib.hasInfix needle haystack;
 
   policyChecks = lib.concatMap (
-    unit:
+    { unit, half }:
     lib.mapAttrsToList (
       key: want:
       let
@@ -170,8 +207,8 @@ let
             got == expected
         ) "got ${builtins.toJSON got}, want ${builtins.toJSON expected}"
       )
-    ) policy
-  ) (builtins.attrNames ours ++ [ "wt-publish" ]);
+    ) half
+  ) (map (unit: { inherit unit; half = policy; }) (builtins.attrNames ours) ++ [ { unit = "wt-publish"; half = killPolicy; } ]);
 
   checks = lib.listToAttrs policyChecks // {
     "units exist for enabled publishers and workers only" =
@@ -303,6 +340,39 @@ let
         && !(lib.any (w: has secretPassword w || has secretToken w || has "admin" w) warnings)
       ) (builtins.toJSON warnings);
 
+    # The warning reads nixos/secret-params.json, the list the redactor and
+    # the key rules use: exact names and suffix rules, never a substring.
+    "the credential warning follows the shared secret-parameter list" =
+      let
+        warnsFor =
+          source:
+          lib.any (has "publishers.probe.source") (withEveryChannel { publishers.probe = { inherit source; }; })
+          .warnings;
+        secret = [
+          "http://h/x?a=1;token=${secretToken}"
+          "rtsp://cam/s?${secretToken}"
+          "admin:${secretPassword}@cam/stream"
+          "rtsp:admin:${secretPassword}@cam/s"
+          "rtsp://admin:pa/ss@cam/s"
+          "https://b.s3.amazonaws.com/x.ts?X-Amz-Signature=${secretToken}"
+          "https://d.cloudfront.net/x.m3u8?Expires=1&Policy=p&Key-Pair-Id=K"
+          "https://e.akamaized.net/x.m3u8?hdnts=exp=1~hmac=${secretToken}"
+          "https://h/x?jwt=${secretToken}"
+          "https://h/x?accessToken=${secretToken}"
+          "https://h/x?x_api_key=${secretToken}"
+          "https://h/x?wmsAuthSign=${secretToken}"
+          "https://h/live;jsessionid=${secretToken}/x.ts"
+        ];
+        harmless = [
+          "http://h/x?channel_key=5"
+          "http://h/x?keyframe=1&author=me"
+          "http://h/x?expires=5&se=1"
+          "udp://@239.0.0.1:1234"
+        ];
+        wrong = lib.filter (s: !warnsFor s) secret ++ lib.filter warnsFor harmless;
+      in
+      check (wrong == [ ]) (builtins.toJSON wrong);
+
     "{source} with a sourceFile warns" =
       let
         cfg = withEveryChannel { publishers.secret.args = [ "--input={source}" ]; };
@@ -357,7 +427,7 @@ let
       ) (builtins.attrNames ours ++ [ "wt-publish" ])) "TimeoutStopSec";
 
     "the lock directory comes from tmpfiles, group-writable, not world-writable" =
-      check (config.systemd.tmpfiles.rules == [ "d /run/every-channel/source-locks 0775 root every-channel - -" ])
+      check (config.systemd.tmpfiles.rules == [ "d /run/every-channel/source-locks 2775 root every-channel - -" ])
         (builtins.toJSON config.systemd.tmpfiles.rules);
 
     "hardening keeps the lock directory writable and devices private" =
@@ -401,8 +471,210 @@ let
         cfg.users.users == { }
         && cfg.users.groups == { }
         && cfg.systemd.services.every-channel-publisher-tuner-a.serviceConfig.User == "tv"
-        && cfg.systemd.tmpfiles.rules == [ "d /run/every-channel/source-locks 0775 root video - -" ]
+        && cfg.systemd.tmpfiles.rules == [ "d /run/every-channel/source-locks 2775 root video - -" ]
       ) "users";
+
+    # Issue 9, item 1: the launcher on the node's PATH, with its man page
+    # and completions.
+    "the launcher package is installed system-wide" =
+      check (
+        config.environment.systemPackages == [ ecLaunch ]
+        && (config.services.every-channel.installLauncher or false)
+      ) (builtins.toJSON config.environment.systemPackages);
+
+    "installLauncher = false keeps the launcher off the PATH" =
+      let
+        cfg = withEveryChannel { installLauncher = false; };
+      in
+      check (cfg.environment.systemPackages == [ ]) (builtins.toJSON cfg.environment.systemPackages);
+
+    "a disabled module installs nothing" =
+      let
+        cfg = withEveryChannel { enable = false; };
+      in
+      check (cfg.environment.systemPackages == [ ] && cfg.system.checks == [ ]) "systemPackages/checks";
+
+    # Item 5: another program of the package.
+    "program defaults to ec-node" =
+      check (lib.all (u: (u.program or null) == "ec-node") (
+        builtins.attrValues config.services.every-channel.publishers
+        ++ builtins.attrValues config.services.every-channel.archiveWorkers
+      )) "program";
+
+    "program runs another binary of the package, with or without a lock" =
+      let
+        cfg = withEveryChannel {
+          publishers.tuner-a.program = "ec-relay";
+          archiveWorkers.nightly.program = "ec-archive";
+        };
+        s = name: cfg.systemd.services.${name}.serviceConfig.ExecStart;
+      in
+      check (
+        has '' -- "${ecNode}/bin/ec-relay" "publish" '' (s "every-channel-publisher-tuner-a")
+        && lib.hasPrefix ''"${ecNode}/bin/ec-archive" "archive"'' (s "every-channel-archive-nightly")
+      ) (builtins.toJSON [ (s "every-channel-publisher-tuner-a") (s "every-channel-archive-nightly") ]);
+
+    "a program with a slash is a type error" =
+      check (fails (withEveryChannel { publishers.tuner-a.program = "../bin/sh"; }).systemd.services) "program = ../bin/sh must not evaluate";
+
+    # Item 5b: units defined elsewhere get the kill policy and nothing else.
+    "the policy file is split into kill and restart halves" =
+      check (
+        builtins.attrNames killPolicy == [ "KillMode" "SendSIGKILL" "TimeoutStopSec" ]
+        && builtins.attrNames restartPolicy == [ "Restart" "RestartPreventExitStatus" "SuccessExitStatus" ]
+      ) (builtins.toJSON policyFile);
+
+    "extraUnits get KillMode, SendSIGKILL and TimeoutStopSec only" =
+      let
+        s = sc "wt-publish";
+      in
+      check (
+        builtins.attrNames s == [ "ExecStart" "KillMode" "SendSIGKILL" "TimeoutStopSec" ]
+        && s.KillMode == "control-group"
+        && s.SendSIGKILL
+        && s.TimeoutStopSec == "10s"
+      ) (builtins.toJSON s);
+
+    "the module's own units keep every policy value they had" =
+      check (lib.all (
+        name:
+        let
+          s = sc name;
+        in
+        s.KillMode == "control-group"
+        && s.SendSIGKILL
+        && s.TimeoutStopSec == "10s"
+        && s.Restart == "always"
+        && s.SuccessExitStatus == [ 75 ]
+        && s.RestartPreventExitStatus == [ 75 ]
+      ) (builtins.attrNames ours)) "policy values";
+
+    "a mistyped extraUnits name warns" =
+      let
+        cfg = withEveryChannel { extraUnits = [ "wt-publish.service" "wt-pubish" ]; };
+        about = lib.filter (has "extraUnits") cfg.warnings;
+      in
+      check (
+        lib.length about == 1
+        && has "`wt-pubish`" (lib.head about)
+        && !(lib.any (has "extraUnits") config.warnings)
+      ) (builtins.toJSON cfg.warnings);
+
+    # Item 14b: hardening defaults from a data file, values unchanged.
+    "hardening defaults come from unit-hardening.json, values unchanged" =
+      let
+        file = builtins.fromJSON (builtins.readFile hardeningFile);
+        # Every value the module set before the file existed.
+        pinned = {
+          NoNewPrivileges = true;
+          PrivateTmp = true;
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          ProtectProc = "invisible";
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          CapabilityBoundingSet = "";
+          RestrictAddressFamilies = "AF_UNIX AF_INET AF_INET6 AF_NETLINK";
+          SystemCallArchitectures = "native";
+          SystemCallErrorNumber = "EPERM";
+          UMask = "0022";
+        };
+        pinnedLists.SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+      in
+      check (
+        builtins.pathExists hardeningFile
+        && (file.defaults or null) == pinned
+        && (file.lists or null) == pinnedLists
+        && lib.all (unit: lib.all (key: ((sc unit).${key} or null) == pinned.${key}) (builtins.attrNames pinned)) [
+          "every-channel-publisher-tuner-a"
+          "every-channel-archive-proof"
+        ]
+        && (publisher.SystemCallFilter or null) == pinnedLists.SystemCallFilter
+        && (sc "every-channel-archive-nightly").ProtectHome == "read-only"
+      ) (if builtins.pathExists hardeningFile then builtins.toJSON file else "nixos/unit-hardening.json is missing");
+
+    # Item 15: the module's escaping behaves as nixpkgs'
+    # utils.escapeSystemdExecArg (nixos/lib/utils.nix): toJSON of the
+    # string, then `%` and `$` doubled. The expected words were produced by
+    # that function (evaluated with nixpkgs.lib outside this repository) and
+    # are written out here, so the check runs without nixpkgs.
+    "arguments are escaped exactly as utils.escapeSystemdExecArg does" =
+      let
+        vectors = [
+          { arg = "plain"; want = ''"plain"''; }
+          { arg = "two words"; want = ''"two words"''; }
+          { arg = ""; want = ''""''; }
+          { arg = ''say "hi"''; want = ''"say \"hi\""''; }
+          { arg = ''back\slash''; want = ''"back\\slash"''; }
+          { arg = "100%"; want = ''"100%%"''; }
+          { arg = "%n"; want = ''"%%n"''; }
+          { arg = "$HOME"; want = ''"$$HOME"''; }
+          { arg = "\${X}"; want = ''"$''${X}"''; }
+          { arg = "$$"; want = ''"$$$$"''; }
+          { arg = ";"; want = ''";"''; }
+          { arg = "tab\there"; want = ''"tab\there"''; }
+          { arg = "line\nbreak"; want = ''"line\nbreak"''; }
+          { arg = "cr\rx"; want = ''"cr\rx"''; }
+          { arg = "é ü 日本"; want = ''"é ü 日本"''; }
+          { arg = "'single'"; want = ''"'single'"''; }
+          { arg = "--x=%d/source"; want = ''"--x=%%d/source"''; }
+          { arg = ''\"''; want = ''"\\\""''; }
+        ];
+        cfg = withEveryChannel { archiveWorkers.nightly.args = map (v: v.arg) vectors; };
+        got = cfg.systemd.services.every-channel-archive-nightly.serviceConfig.ExecStart;
+        want = lib.concatStringsSep " " ([ ''"${ecNode}/bin/ec-node"'' ] ++ map (v: v.want) vectors);
+      in
+      check (got == want) "got ${got}\nwant ${want}";
+
+    # Item 4: duplicates caught at build time. The check derivation's
+    # inputs: every enabled unit that takes a lock, in unit order.
+    "the source check compares every locked unit's option path, source, lockKey and onBusy" =
+      let
+        checks = config.system.checks;
+        sourceCheck = lib.head checks;
+        unit = kind: name: source: lockKey: onBusy: {
+          option = "services.every-channel.${kind}.${name}";
+          inherit source lockKey onBusy;
+        };
+        want = [
+          (unit "publishers" "leaky" "http://admin:${secretPassword}@10.0.0.6:5004/auto/v7.1" null "skip")
+          (unit "publishers" "secret" null null "skip")
+          (unit "publishers" "tokened" "https://cdn.example/live?channel=5&access_token=${secretToken}" null "skip")
+          (unit "publishers" "tuner-a" tunerUrl null "skip")
+          (unit "publishers" "webcam" "/dev/video0" null "skip")
+          (unit "archiveWorkers" "proof" tunerUrl "tuner-a" "wait")
+        ];
+        args = lib.concatMap (u: [
+          u.option
+          u.onBusy
+          (if u.source == null then "" else u.source)
+          (if u.lockKey == null then "" else u.lockKey)
+        ]) want;
+      in
+      check (
+        lib.length checks == 1
+        && (sourceCheck.name or null) == "every-channel-source-check"
+        && builtins.fromJSON (sourceCheck.sourceUnits or "null") == want
+        && builtins.fromJSON (sourceCheck.checkArgs or "null") == [ "${ecLaunch}/bin/ec-launch" "/run/every-channel/source-locks" ] ++ args
+        && has "-check-sources.sh" (sourceCheck.buildCommand or "")
+      ) (if checks == [ ] then "system.checks is empty" else builtins.toJSON (removeAttrs sourceCheck [ "buildCommand" ]));
+
+    "checkSources = false adds no check" =
+      let
+        cfg = withEveryChannel { checkSources = false; };
+      in
+      check (cfg.system.checks == [ ]) (builtins.toJSON (map (c: c.name) cfg.system.checks));
 
     "a disabled module defines nothing" =
       let

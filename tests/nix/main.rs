@@ -9,6 +9,15 @@
 //! directory with its own store and cache, so it runs as any user and does
 //! not depend on what git tracks. Evaluating the module needs a nixpkgs.lib
 //! tree, which CI does not have; see `tests/nix/eval.nix` and the README.
+//! The module's build-time source check runs here as its derivation would
+//! run it (`source_check`).
+
+// The systemd suite's reader of nixos/unit-policy.json, so a change to the
+// file's shape that the suite cannot read fails here, where CI runs it.
+#[allow(dead_code)]
+#[path = "../systemd/policy.rs"]
+mod policy;
+mod source_check;
 
 use std::env;
 use std::ffi::OsStr;
@@ -180,6 +189,99 @@ fn flake_lock_pins_every_input_to_a_revision_and_hash() {
         assert!(
             locked["lastModified"].is_u64(),
             "input {name} has no lastModified: {locked}"
+        );
+    }
+}
+
+#[test]
+fn the_unit_policy_reads_as_the_systemd_suite_reads_it() {
+    let policy = policy::UnitPolicy::load().unwrap_or_else(|e| panic!("{e}"));
+    // A publisher gets both halves: the values the module sets today.
+    assert_eq!(
+        policy.service_lines(policy::StopTimeout::PolicyDefault),
+        "KillMode=control-group\nRestart=always\nRestartPreventExitStatus=75\n\
+         SendSIGKILL=yes\nSuccessExitStatus=75\nTimeoutStopSec=10s\n"
+    );
+    for (shape, why) in [
+        (
+            r#"{"kill": {"KillMode": "control-group"}, "extra": {}}"#,
+            "unknown key",
+        ),
+        (
+            r#"{"kill": {"KillMode": "control-group"}, "restart": {"KillMode": "mixed"}}"#,
+            "more than one half",
+        ),
+        (r#"{"KillMode": "control-group"}"#, "unknown key"),
+    ] {
+        let error = policy::UnitPolicy::from_json(shape).expect_err(shape);
+        assert!(error.contains(why), "{shape}: {error}");
+    }
+}
+
+/// The fenced `nix` code blocks of the README, in order.
+fn readme_nix_blocks(readme: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, "```nix") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// The README's node flake is what operators paste into an existing
+/// configuration: it must parse, declare the `nixpkgs` it builds with, and
+/// make every other input follow it (one nixpkgs on the node, not several).
+#[test]
+fn the_readme_node_flake_parses_and_its_inputs_follow_its_nixpkgs() {
+    let nix_instantiate = require("nix-instantiate");
+    let readme = fs::read_to_string(repo_root().join("README.md")).expect("cannot read README.md");
+    let blocks = readme_nix_blocks(&readme);
+    let flakes: Vec<&String> = blocks
+        .iter()
+        .filter(|b| b.contains("nixosSystem"))
+        .collect();
+    assert_eq!(
+        flakes.len(),
+        1,
+        "want one node flake in the README, found {}",
+        flakes.len()
+    );
+
+    let scratch = tempfile::tempdir().expect("cannot create a temporary directory");
+    let file = scratch.path().join("flake.nix");
+    fs::write(&file, flakes[0]).expect("cannot write the README's flake");
+    let output = run(Command::new(&nix_instantiate)
+        .args([
+            "--store", "dummy://", "--eval", "--strict", "--json", "--expr",
+        ])
+        .arg(format!("(import {}).inputs", file.display())));
+    assert!(
+        output.status.success(),
+        "the README's node flake does not evaluate:\n{}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let inputs: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("nix-instantiate printed no JSON");
+    let inputs = inputs.as_object().expect("inputs is not an attribute set");
+    assert!(
+        inputs.contains_key("nixpkgs"),
+        "the README's node flake has no nixpkgs input: {inputs:?}"
+    );
+    for (name, input) in inputs.iter().filter(|(name, _)| name.as_str() != "nixpkgs") {
+        assert_eq!(
+            input["inputs"]["nixpkgs"]["follows"], "nixpkgs",
+            "input {name} does not follow the node's nixpkgs: {input}"
         );
     }
 }

@@ -82,6 +82,18 @@ in
       default = { };
     };
 
+    # NixOS's `environment.systemPackages` and `system.checks` are lists of
+    # packages; `types.package` accepts any derivation-shaped attribute set.
+    environment.systemPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+    };
+
+    system.checks = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+    };
+
     systemd.tmpfiles.rules = mkOption {
       type = types.listOf types.str;
       default = [ ];

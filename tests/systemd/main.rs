@@ -9,7 +9,10 @@
 //! its stubborn helper (see `tuner` and `programs`).
 //!
 //! A missing requirement (root, overlayfs, systemd-nspawn, unshare) is a
-//! failure with a message, never a skip: CI runs this as root.
+//! failure with a message. The one exception is a developer who is not root:
+//! the suite is then reported as ignored, with the reason, unless
+//! `EC_LAUNCH_TEST_REQUIRE_ROOT` is set, which `.ci/run` does so that CI can
+//! never pass by skipping it.
 
 // Figures are small counts and durations shown with two decimals.
 #![allow(clippy::cast_precision_loss)]
@@ -18,6 +21,8 @@
 
 mod harness;
 mod policy;
+#[path = "../common/privilege.rs"]
+mod privilege;
 mod programs;
 mod scenarios;
 mod tuner;
@@ -25,7 +30,7 @@ mod tuner;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// The one test this binary holds, named as libtest would list it.
+/// The one test this binary holds.
 const TEST_NAME: &str =
     "the_503_incident_reproduces_under_systemd_and_the_policy_with_ec_launch_prevents_it";
 
@@ -49,60 +54,26 @@ fn main() -> ExitCode {
     if rest.first().map(String::as_str) == Some(harness::CONTAINER_ROOT_ROLE) {
         return harness::container_root_main(&rest[1..]);
     }
-    libtest_like_main(rest)
+    run_as_test_suite()
 }
 
-/// Honours the libtest arguments `cargo test` may pass (`--list`, a name
-/// filter, `--skip`, `--exact`), so `cargo test some_other_test` does not boot
-/// a container.
-fn libtest_like_main(args: &[String]) -> ExitCode {
-    let mut filters = Vec::new();
-    let mut skips = Vec::new();
-    let (mut list, mut exact, mut ignored_only) = (false, false, false);
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--list" => list = true,
-            "--exact" => exact = true,
-            "--ignored" => ignored_only = true,
-            "--skip" => skips.extend(iter.next().cloned()),
-            // Options that take a value.
-            "--test-threads" | "--format" | "--color" | "-Z" | "--logfile" | "--report-time" => {
-                iter.next();
-            }
-            other if other.starts_with('-') => {}
-            filter => filters.push(filter.to_owned()),
-        }
-    }
-    let matches = |pattern: &str| {
-        if exact {
-            pattern == TEST_NAME
-        } else {
-            TEST_NAME.contains(pattern)
-        }
-    };
-    let selected = !ignored_only
-        && (filters.is_empty() || filters.iter().any(|f| matches(f)))
-        && !skips.iter().any(|s| matches(s));
-    if list {
-        if selected {
-            println!("{TEST_NAME}: test");
-        }
-        return ExitCode::SUCCESS;
-    }
-    if !selected {
-        println!("\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed; 1 filtered out\n");
-        return ExitCode::SUCCESS;
-    }
-    println!("\nrunning 1 test: {TEST_NAME}");
-    let passed = scenarios::run_suite();
-    println!(
-        "\ntest {TEST_NAME} ... {}",
-        if passed { "ok" } else { "FAILED" }
+/// The suite as `cargo test` sees it: libtest's command line, filters and
+/// summary, through `libtest-mimic`.
+fn run_as_test_suite() -> ExitCode {
+    let arguments = libtest_mimic::Arguments::from_args();
+    let skip_reason = privilege::root_skip_reason(
+        "boot systemd as PID 1 of a container (it mounts, unshares and runs systemd-nspawn)",
     );
-    if passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    if let Some(reason) = &skip_reason {
+        privilege::announce_skip(TEST_NAME, reason);
     }
+    let suite = libtest_mimic::Trial::test(TEST_NAME, || {
+        if scenarios::run_suite() {
+            Ok(())
+        } else {
+            Err("checks failed; see the lines marked FAIL above".into())
+        }
+    })
+    .with_ignored_flag(skip_reason.is_some());
+    libtest_mimic::run(&arguments, vec![suite]).exit_code()
 }

@@ -3,6 +3,11 @@
 //! lines. Nothing here restates a policy value, so a change to the file
 //! changes the units the suite boots; a key the renderer cannot express
 //! fails the suite instead of being dropped.
+//!
+//! The file has two halves: `kill` (every unit the module touches, units
+//! defined elsewhere included) and `restart` (the module's own units, which
+//! `ec-launch run` starts). Every unit the suite boots runs through
+//! `ec-launch run`, like a publisher, so it gets both.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -15,6 +20,9 @@ pub const POLICY_FILE: &str = "nixos/unit-policy.json";
 
 /// Keys of the policy file that are not unit settings.
 const NOT_SETTINGS: &[&str] = &["comment"];
+
+/// The halves of the policy file; a publisher gets all of them.
+const HALVES: &[&str] = &["kill", "restart"];
 
 /// The unit policy, keys in alphabetical order (`serde_json`'s map order).
 #[derive(Debug, Clone)]
@@ -48,17 +56,31 @@ impl UnitPolicy {
         let object: Map<String, Value> =
             serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
         let mut settings = Vec::new();
-        for (key, value) in object {
-            if NOT_SETTINGS.contains(&key.as_str()) {
+        for (half, body) in object {
+            if NOT_SETTINGS.contains(&half.as_str()) {
                 continue;
             }
-            // Rendering up front rejects values a unit file cannot carry.
-            render_value(&key, &value)?;
-            settings.push((key, value));
+            if !HALVES.contains(&half.as_str()) {
+                return Err(format!(
+                    "unknown key {half:?}: the policy has the halves {HALVES:?} and a comment"
+                ));
+            }
+            let Value::Object(body) = body else {
+                return Err(format!("{half:?} is not an object of unit settings"));
+            };
+            for (key, value) in body {
+                if settings.iter().any(|(known, _)| *known == key) {
+                    return Err(format!("{key} is set in more than one half"));
+                }
+                // Rendering up front rejects values a unit file cannot carry.
+                render_value(&key, &value)?;
+                settings.push((key, value));
+            }
         }
         if settings.is_empty() {
             return Err("the unit policy has no settings".into());
         }
+        settings.sort_by(|(a, _), (b, _)| a.cmp(b));
         Ok(Self { settings })
     }
 
@@ -95,6 +117,70 @@ impl UnitPolicy {
             let _ = writeln!(lines, "{key}={value}");
         }
         lines
+    }
+}
+
+/// The hardening file, relative to the crate root.
+pub const HARDENING_FILE: &str = "nixos/unit-hardening.json";
+
+/// Parts of the hardening file that are not unit settings.
+const HARDENING_NOT_SETTINGS: &[&str] = &["comment", "why"];
+
+/// Parts of the hardening file that hold unit settings (`defaults` the
+/// module sets with `mkDefault`, `lists` at normal priority); a publisher
+/// unit of the module gets all of them.
+const HARDENING_PARTS: &[&str] = &["defaults", "lists"];
+
+/// The sandbox the module gives every publisher, read from
+/// `nixos/unit-hardening.json`, so the suite's units forbid what deployed
+/// units forbid (a syscall, an address family, a path).
+#[derive(Debug, Clone)]
+pub struct Hardening {
+    lines: String,
+}
+
+impl Hardening {
+    pub fn load() -> Result<Self, String> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(HARDENING_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let object: Map<String, Value> =
+            serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
+        let mut lines = String::new();
+        for (part, body) in object {
+            if HARDENING_NOT_SETTINGS.contains(&part.as_str()) {
+                continue;
+            }
+            if !HARDENING_PARTS.contains(&part.as_str()) {
+                return Err(format!(
+                    "unknown key {part:?}: the file has {HARDENING_PARTS:?}, a comment and why"
+                ));
+            }
+            let Value::Object(body) = body else {
+                return Err(format!("{part:?} is not an object of unit settings"));
+            };
+            for (key, value) in body {
+                let _ = writeln!(lines, "{key}={}", render_value(&key, &value)?);
+            }
+        }
+        if lines.is_empty() {
+            return Err("the hardening file has no settings".into());
+        }
+        Ok(Self { lines })
+    }
+
+    /// The `[Service]` lines of a publisher on a network source with its
+    /// locks in `lock_dir`: the file's settings plus what the module
+    /// computes per unit (the lock directory writable, no devices).
+    pub fn publisher_lines(&self, lock_dir: &str) -> String {
+        format!(
+            "{}ReadWritePaths={lock_dir}\nPrivateDevices=yes\n",
+            self.lines
+        )
     }
 }
 

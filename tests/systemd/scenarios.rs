@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{self, Container, Staging};
-use crate::policy::{self, StopTimeout, UnitPolicy};
+use crate::policy::{self, Hardening, StopTimeout, UnitPolicy};
 use crate::programs::{ProcessFacts, RECORD_DIR, SUITE_DIR};
 
 /// Tuners per emulated device (the default, a two-tuner HDHomeRun).
@@ -33,6 +33,8 @@ const STREAMS_PER_INSTANCE: u64 = 2;
 const INCIDENT_DEVICE: &str = "127.0.0.2:5004";
 const FIX_DEVICE: &str = "127.0.0.3:5004";
 const CHANNEL_PATH: &str = "/auto/v5.1";
+/// The module's default lock directory; in a deployment tmpfiles creates it.
+const LOCK_DIR: &str = "/run/every-channel/source-locks";
 const INCIDENT_RESTARTS: usize = 3;
 const FIX_RESTARTS: usize = 20;
 /// The module's `stopTimeout` option as the suite sets it for the many
@@ -139,8 +141,9 @@ fn prepare_and_run(checks: &mut Checks, log_dir: &std::path::Path) -> Result<Fig
         policy::POLICY_FILE,
         indent(&policy.service_lines(StopTimeout::PolicyDefault))
     ));
+    let hardening = Hardening::load()?;
     let staging = Staging::new()?;
-    stage(&staging, &policy)?;
+    stage(&staging, &policy, &hardening)?;
     checks.say("booting the host's systemd as PID 1 of a throw-away container");
     let mut container = Container::boot(&staging, log_dir)?;
     checks.say(&format!(
@@ -186,7 +189,7 @@ fn indent(text: &str) -> String {
 }
 
 /// Writes the programs and every unit into the staging directory.
-fn stage(staging: &Staging, policy: &UnitPolicy) -> Result<(), String> {
+fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Result<(), String> {
     let this = std::env::current_exe().map_err(|e| e.to_string())?;
     staging.program(&this, "ec-suite")?;
     for role in [
@@ -233,11 +236,17 @@ fn stage(staging: &Staging, policy: &UnitPolicy) -> Result<(), String> {
         (DUPLICATE_UNIT, StopTimeout::ModuleOption(FAST_STOP_TIMEOUT)),
         (DEFAULT_TIMEOUT_UNIT, StopTimeout::PolicyDefault),
     ] {
+        // The module's sandbox too, so a feature the deployed units forbid
+        // fails here rather than on the first deploy.
         let service = format!(
-            "ExecStart={SUITE_DIR}/ec-launch run --source {} -- {SUITE_DIR}/publisher {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\n{}",
+            "ExecStart={SUITE_DIR}/ec-launch run --lock-dir {LOCK_DIR} --source {} -- {SUITE_DIR}/publisher {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\n{}{}",
             source(FIX_DEVICE),
-            policy.service_lines(stop)
+            policy.service_lines(stop),
+            hardening.publisher_lines(LOCK_DIR),
         );
+        // The suite's own instrumentation: where its programs record what
+        // they saw. Not a module setting.
+        let service = format!("{service}ReadWritePaths={RECORD_DIR}\n");
         staging.unit(
             unit,
             &policy::unit_file("publisher with the module's policy and ec-launch", &service),
@@ -776,6 +785,9 @@ fn fix(
     ));
     c.systemctl(&["start", FIX_TUNER_UNIT])?;
     probe.wait_ready(FIX_DEVICE)?;
+    // What the module's tmpfiles rule does at boot: the sandboxed units
+    // can write only directories that exist when they start.
+    c.run(&["mkdir", "-p", LOCK_DIR, RECORD_DIR])?;
     c.systemctl(&["start", FIX_UNIT])?;
     let mut instance = probe.wait_instance(FIX_UNIT, FIX_DEVICE, STREAMS_PER_INSTANCE)?;
     holder_checks(checks, probe, FIX_UNIT, &instance, figures)?;

@@ -18,4 +18,5 @@ mod privilege;
 mod run;
 mod secrets;
 mod status;
+mod status_truth;
 mod testenv;

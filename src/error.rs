@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 
+use crate::device_http::DeviceError;
 use crate::exit_code::ExitStatus;
 use crate::source_key::KeyError;
 
@@ -94,6 +95,16 @@ pub enum Error {
     NulInArgument { what: String },
     #[error("the program name is empty")]
     EmptyProgram,
+    /// `--tuners auto`: the device did not tell its tuner count. Names the
+    /// host only (`url` is built from it), never the source.
+    #[allow(dead_code)] // constructed by run's slot code, landing with the slots work
+    #[error("cannot ask device {device} for its tuner count (GET {url})")]
+    AskDevice {
+        device: String,
+        url: String,
+        #[source]
+        source: DeviceError,
+    },
     #[error("cannot run {program:?}")]
     Exec {
         program: String,
@@ -157,6 +168,13 @@ impl Error {
             Self::NulInArgument { .. } | Self::EmptyProgram | Self::LockDirEnvEmpty => {
                 ExitStatus::BadArgument
             }
+            Self::AskDevice { source, .. } => {
+                if source.needs_explicit_count() {
+                    ExitStatus::DeviceNeedsTunerCount
+                } else {
+                    ExitStatus::DeviceUnavailable
+                }
+            }
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => ExitStatus::NotFound,
                 _ => ExitStatus::CannotRun,
@@ -219,6 +237,13 @@ impl Error {
                 "remove the NUL byte: arguments cannot carry one through exec"
             }
             Self::EmptyProgram => "name the program to run after `--`",
+            Self::AskDevice { source, .. } => {
+                if source.needs_explicit_count() {
+                    "this device cannot tell its tuner count: pass --tuners N with the number of tuners it has"
+                } else {
+                    "check that the device is on and answers on port 80 from this node (curl the URL above), or pass --tuners N; under systemd the unit is restarted"
+                }
+            }
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => "check the program name and PATH",
                 _ => {

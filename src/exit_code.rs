@@ -35,6 +35,10 @@ pub const TABLE: &[(&str, &str)] = &[
         "`status`: whether a lock is held cannot be told (a lock file this user cannot examine, or a PID namespace whose lock table hides it)",
     ),
     (
+        "6",
+        "`status --device`: a device reports a tuner in use by a reader that holds no slot on this node (a foreign reader)",
+    ),
+    (
         "64",
         "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name), or `EC_LAUNCH_LOCK_DIR` is set but empty",
     ),
@@ -45,6 +49,10 @@ pub const TABLE: &[(&str, &str)] = &[
     (
         "66",
         "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve",
+    ),
+    (
+        "69",
+        "a tuner device cannot be asked: `run --tuners auto` (no connection, timeout, an HTTP error other than 404, a malformed answer; systemd restarts it), or `status --device` (and no foreign reader was seen)",
     ),
     (
         "71",
@@ -59,6 +67,10 @@ pub const TABLE: &[(&str, &str)] = &[
         "busy: held by another process (skip), or `--wait-timeout` passed; `--busy-exit-code` changes it (to 0 or a code not in this table)",
     ),
     ("77", "permission denied on the lock directory or lock file"),
+    (
+        "78",
+        "`run --tuners auto`: the device has no `discover.json` (HTTP 404) or no usable `TunerCount`; pass `--tuners N`",
+    ),
     ("126", "the program was found but cannot be executed"),
     ("127", "the program was not found"),
 ];
@@ -119,14 +131,20 @@ pub enum ExitStatus {
     SourceFree,
     Orphaned,
     StateUnknown,
+    /// `status --device` saw a tuner in use by a reader without a slot here.
+    ForeignReader,
     BadArgument,
     BadSource,
     NoInput,
+    /// A tuner device cannot be asked (`EX_UNAVAILABLE`).
+    DeviceUnavailable,
     OsError,
     LockUnusable,
     /// Busy carries its number because `--busy-exit-code` may change it.
     Busy(u8),
     NoPermission,
+    /// The device cannot tell its tuner count: configure N (`EX_CONFIG`).
+    DeviceNeedsTunerCount,
     CannotRun,
     NotFound,
 }
@@ -140,13 +158,16 @@ impl ExitStatus {
             Self::SourceFree => 3,
             Self::Orphaned => 4,
             Self::StateUnknown => 5,
+            Self::ForeignReader => 6,
             Self::BadArgument => 64,
             Self::BadSource => 65,
             Self::NoInput => 66,
+            Self::DeviceUnavailable => 69,
             Self::OsError => 71,
             Self::LockUnusable => 73,
             Self::Busy(code) => code,
             Self::NoPermission => 77,
+            Self::DeviceNeedsTunerCount => 78,
             Self::CannotRun => 126,
             Self::NotFound => 127,
         }
@@ -180,13 +201,16 @@ mod tests {
             ExitStatus::SourceFree,
             ExitStatus::Orphaned,
             ExitStatus::StateUnknown,
+            ExitStatus::ForeignReader,
             ExitStatus::BadArgument,
             ExitStatus::BadSource,
             ExitStatus::NoInput,
+            ExitStatus::DeviceUnavailable,
             ExitStatus::OsError,
             ExitStatus::LockUnusable,
             ExitStatus::Busy(DEFAULT_BUSY),
             ExitStatus::NoPermission,
+            ExitStatus::DeviceNeedsTunerCount,
             ExitStatus::CannotRun,
             ExitStatus::NotFound,
         ];

@@ -16,9 +16,11 @@
 mod cgroup;
 mod cli;
 mod command;
+mod device_http;
 mod error;
 mod exec;
 mod exit_code;
+mod foreign_reader;
 mod holder;
 mod lock;
 mod lock_record;

@@ -924,29 +924,15 @@ let
       in
       check (wrong == [ ]) (builtins.toJSON wrong);
 
-    # The README's example: more channels than tuners, every publisher a
-    # standby for a tuner.
+    # The README's example (quoted verbatim, tests/nix/main.rs checks):
+    # more channels than tuners, every publisher a standby for a tuner.
     "three waiting publishers share a two-tuner box without warnings" =
       let
         cfg = evalConfig {
+          imports = [ ./devices-example.nix ];
           services.every-channel = {
             enable = true;
             package = ecNode;
-            devices.living-room = {
-              host = "192.168.1.20";
-              tuners = 2;
-            };
-            publishers = lib.genAttrs [ "wxyz" "wabc" "wdef" ] (name: {
-              source = "http://192.168.1.20:5004/auto/v${
-                {
-                  wxyz = "5.1";
-                  wabc = "7.1";
-                  wdef = "9.1";
-                }
-                .${name}
-              }";
-              onBusy = "wait";
-            });
           };
         };
         exec = map (name: cfg.systemd.services."every-channel-publisher-${name}".serviceConfig.ExecStart) [
@@ -957,6 +943,7 @@ let
       in
       check (
         lib.all (has ''"--on-busy" "wait" ${tunerFlags 2 "192.168.1.20"} "--source" "http://192.168.1.20:5004/auto/v'') exec
+        && lib.length exec == 3
         && failingAssertions cfg == [ ]
         && cfg.warnings == [ ]
       ) (builtins.toJSON (exec ++ cfg.warnings));

@@ -998,6 +998,29 @@ let
         && auto.warnings == [ ]
       ) (builtins.toJSON (skipping.warnings ++ waiting.warnings ++ standbyCfg.warnings ++ auto.warnings));
 
+    "device assertions and warnings never echo a credential" =
+      let
+        cfg = withEveryChannel {
+          devices = {
+            inherit hdhr;
+            attic = {
+              host = "10.0.0.6";
+              tuners = 1;
+            };
+          };
+          # leaky's source (admin:hunter2@10.0.0.6) is on attic by its
+          # host; naming hdhr contradicts that, and puts a third source
+          # (with tuner-a skipping) on hdhr's two tuners: a warning.
+          publishers.leaky.device = "hdhr";
+        };
+        messages = failingAssertions cfg ++ lib.filter (has "devices.") cfg.warnings;
+      in
+      check (
+        lib.any (has "publishers.leaky.device") messages
+        && lib.any (has "services.every-channel.devices.hdhr: 3 sources on 2 tuners") messages
+        && !(lib.any (m: has secretPassword m || has "admin" m) messages)
+      ) (builtins.toJSON messages);
+
     "devices leave the build-time source check's inputs alone" =
       let
         cfg = withEveryChannel {

@@ -4,7 +4,11 @@
 # handling, readable failures for misconfigurations, no PartOf/BindsTo; and
 # issue 9's items: the launcher on PATH, `program`, the kill-only policy of
 # extraUnits, hardening from nixos/unit-hardening.json, escaping as nixpkgs'
-# utils.escapeSystemdExecArg, and the inputs of the build-time source check.
+# utils.escapeSystemdExecArg, and the inputs of the build-time source check;
+# and issue 10's tuner devices: `--tuners`/`--device` for units on a declared
+# host or naming the device, the assertions on contradictions, the warning
+# for skipping units on too few tuners, and the README's example
+# (./devices-example.nix).
 #
 #   EC_NIXPKGS_LIB=/path/to/nixpkgs.lib \
 #     nix-instantiate --store dummy:// --eval --strict --json tests/nix/eval.nix

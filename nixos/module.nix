@@ -11,6 +11,9 @@
 #     its whole cgroup within a bounded time; units defined elsewhere
 #     (extraUnits) get that half only, the module's own units also the
 #     restart half (Restart=always, exit 75 a clean stop).
+# A unit on a tuner box declared in `devices` also takes one of the box's
+# tuner slots (`--tuners`/`--device`, evolution/ECP-0132-tuner-slots.md),
+# so the node never has more readers on a box than it has tuners.
 # ./unit-policy.json is shared with the systemd acceptance suite; this module
 # applies every key of both halves and never restates the values.
 {

@@ -13,6 +13,7 @@ mod input;
 mod keys;
 mod lock_path;
 mod logging;
+mod operator;
 #[path = "../common/privilege.rs"]
 mod privilege;
 mod run;

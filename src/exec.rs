@@ -5,9 +5,11 @@
 //! program's own. Three things must be right before the call:
 //! - the lock descriptor must survive exec: Rust opens every file
 //!   `O_CLOEXEC`, so `FD_CLOEXEC` is cleared on that one descriptor only;
-//! - SIGPIPE must be back to its default: Rust ignores it at start-up, and an
-//!   ignored disposition survives exec (signal(7)), which would turn a
-//!   reader's closed pipe into endless EPIPE instead of a clean death;
+//! - SIGPIPE must be at its default: an ignored disposition survives exec
+//!   (signal(7)), which would turn a reader's closed pipe into endless EPIPE
+//!   instead of a clean death. Our C `main` skips std's start-up, which would
+//!   ignore it, so it is ignored only if our parent left it so (some shells
+//!   and supervisors do); the reset is for that case;
 //! - arguments pass byte-exact as `OsString`; the one exception is the
 //!   documented `{source}` token, replaced by the source URL.
 //!

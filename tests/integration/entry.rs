@@ -18,14 +18,12 @@ fn non_utf8_lock_dir(env: &TestEnv) -> PathBuf {
 }
 
 fn lock_files_in(dir: &PathBuf) -> usize {
-    fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "lock"))
-                .count()
-        })
-        .unwrap_or(0)
+    fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "lock"))
+            .count()
+    })
 }
 
 #[test]

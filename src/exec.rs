@@ -109,10 +109,8 @@ fn try_exec(prepared: Prepared, held: &HeldLock) -> Result<Never, Error> {
     })?;
     // SAFETY: installing SIG_DFL runs no code of ours in signal context, and
     // this process is about to exec; no other thread depends on SIGPIPE.
-    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(|source| Error::PassLock {
-        path: held.path.clone(),
-        source,
-    })?;
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map_err(|source| Error::ResetSigpipe { source })?;
 
     let errno = match nix::unistd::execvpe(&argv[0], &argv, &envp) {
         Ok(never) => match never {},

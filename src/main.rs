@@ -230,3 +230,36 @@ mod tests {
         assert!(matches!(cli.command, Command::Key(_)));
     }
 }
+
+#[cfg(test)]
+mod error_line_tests {
+    use super::*;
+    use crate::source_key::KeyError;
+
+    #[test]
+    fn every_source_error_gives_its_advice_once() {
+        let causes = || {
+            [
+                KeyError::Empty,
+                KeyError::Whitespace,
+                KeyError::NotAUrl("relative URL without a base".into()),
+                KeyError::NoHost,
+                KeyError::AtAfterHost,
+                KeyError::PathUnresolvable {
+                    path: "/dev/x".into(),
+                    reason: "not found".into(),
+                },
+                KeyError::BadOverride,
+            ]
+        };
+        let errors = causes()
+            .into_iter()
+            .map(error::Error::Key)
+            .chain(causes().into_iter().map(error::Error::SourceArg));
+        for error in errors {
+            let line = error_line(&error);
+            assert_eq!(line.matches("; ").count(), 1, "{line}");
+            assert!(!line.ends_with("; "), "{line}");
+        }
+    }
+}

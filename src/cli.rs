@@ -13,9 +13,9 @@ use clap::builder::TypedValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 /// Where lock files live unless `--lock-dir` or `EC_LAUNCH_LOCK_DIR` says otherwise.
-pub const DEFAULT_LOCK_DIR: &str = "/run/every-channel/source-locks";
+const DEFAULT_LOCK_DIR: &str = "/run/every-channel/source-locks";
 /// The variable that overrides [`DEFAULT_LOCK_DIR`].
-pub const LOCK_DIR_ENV: &str = "EC_LAUNCH_LOCK_DIR";
+const LOCK_DIR_ENV: &str = "EC_LAUNCH_LOCK_DIR";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -32,11 +32,11 @@ use crate::error::Error;
 use crate::lock::HeldLock;
 
 /// The token in ARGS that is replaced by the source URL.
-pub const SOURCE_TOKEN: &str = "{source}";
+const SOURCE_TOKEN: &str = "{source}";
 
 /// Environment the program receives from us; any inherited values of these
 /// names are replaced, so a nested launch never sees its parent's.
-pub mod env {
+mod env {
     pub const SOURCE_KEY: &str = "EC_SOURCE_KEY";
     pub const SOURCE_LOCK: &str = "EC_SOURCE_LOCK";
     pub const SOURCE_LOCK_FD: &str = "EC_SOURCE_LOCK_FD";

@@ -18,7 +18,7 @@
 use std::process;
 
 /// The first row of the README's table: not a status of ours.
-pub const PROGRAMS_ROW: (&str, &str) = (
+const PROGRAMS_ROW: (&str, &str) = (
     "program's",
     "`run` exec'd the program; its status is the exit status",
 );

@@ -196,6 +196,7 @@ fn error_line(error: &error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source_key::KeyError;
 
     #[test]
     fn the_command_line_is_read_from_the_argv_main_receives_byte_exact() {
@@ -229,12 +230,6 @@ mod tests {
         let cli = parse_args(&args).expect("parses");
         assert!(matches!(cli.command, Command::Key(_)));
     }
-}
-
-#[cfg(test)]
-mod error_line_tests {
-    use super::*;
-    use crate::source_key::KeyError;
 
     #[test]
     fn every_source_error_gives_its_advice_once() {

@@ -8,8 +8,10 @@
 //! need. It also leaves SIGPIPE as inherited (std's start-up would ignore
 //! it), which exec would pass on (`exec` resets it, in case we are started
 //! with it ignored). The command line is parsed from the `argc`/`argv` this
-//! `main` receives, never from `std::env::args_os()`: std fills that from a
-//! hook only glibc calls, so on musl it would be empty (ECP-0128).
+//! `main` receives, never from `std::env::args_os()`: std fills that in its
+//! own start-up (skipped here) or from the arguments glibc, and no other
+//! libc, passes to `.init_array` functions; on musl it would be empty
+//! (ECP-0128).
 //! Measured in `evolution/ECP-0128-launch-cost.md`.
 
 // Unit tests get the test harness's `main` instead.

@@ -87,3 +87,24 @@ fn a_lock_dir_variable_that_is_not_utf8_is_the_default() {
         describe(&output)
     );
 }
+
+#[test]
+fn a_source_file_path_that_is_not_utf8_is_read() {
+    let env = TestEnv::new();
+    let path = env
+        .path("")
+        .join(OsString::from_vec(b"source-\xff".to_vec()));
+    fs::write(&path, format!("{SOURCE}\n")).unwrap();
+    let output = env
+        .ec_launch()
+        .arg("run")
+        .arg("--lock-dir")
+        .arg(env.lock_dir())
+        .arg("--source-file")
+        .arg(&path)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(lock_files_in(&env.lock_dir()), 1, "{}", describe(&output));
+}

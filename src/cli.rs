@@ -130,6 +130,10 @@ pub struct StatusArgs {
     /// 4 if orphaned, 5 if this user cannot tell
     #[arg(value_name = "SOURCE")]
     pub source: Option<String>,
+
+    /// Only the source `run --key KEY` named (taken as it is, like run's --key); exits as for SOURCE
+    #[arg(long, value_name = "KEY", conflicts_with = "source")]
+    pub key: Option<String>,
 }
 
 /// `$EC_LAUNCH_LOCK_DIR`, else [`DEFAULT_LOCK_DIR`]. A variable set but

@@ -118,11 +118,20 @@ pub fn ensure_lock_dir(dir: &Path, me: &Launcher) -> Result<(), Error> {
     }
 }
 
-/// Takes the lock at `path` according to `policy`.
+/// Takes the lock at `path` according to `policy`. When a `Wait` policy
+/// finds the lock held and is about to block, `on_wait` is called once with
+/// the (unlocked) file: a waiting unit must say whom it waits for, not sit
+/// silent in `flock(2)`.
 ///
 /// # Errors
 /// Opening or locking failures; never "busy", which is [`Acquired::Busy`].
-pub fn acquire(path: &Path, policy: BusyPolicy, me: &Launcher) -> Result<Acquired, Error> {
+pub fn acquire(
+    path: &Path,
+    policy: BusyPolicy,
+    me: &Launcher,
+    on_wait: &mut dyn FnMut(&File),
+) -> Result<Acquired, Error> {
+    let mut announced = false;
     // A timeout too large for the clock is no timeout: it would never pass.
     let deadline = match policy {
         BusyPolicy::Wait { timeout: Some(t) } => Instant::now().checked_add(t),
@@ -146,15 +155,22 @@ pub fn acquire(path: &Path, policy: BusyPolicy, me: &Launcher) -> Result<Acquire
             // timeout never reports a free source as busy.
             BusyPolicy::Wait { .. } => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => lock,
-                Err((file, Errno::EWOULDBLOCK)) => match wait_for_lock(file, deadline, path)? {
-                    WaitOutcome::Locked(lock) => lock,
-                    WaitOutcome::TimedOut(file) => {
-                        return Ok(Acquired::Busy {
-                            file,
-                            timed_out: true,
-                        });
+                Err((file, Errno::EWOULDBLOCK)) => {
+                    // Once: a retry after a replaced file waits on.
+                    if !announced {
+                        announced = true;
+                        on_wait(&file);
                     }
-                },
+                    match wait_for_lock(file, deadline, path)? {
+                        WaitOutcome::Locked(lock) => lock,
+                        WaitOutcome::TimedOut(file) => {
+                            return Ok(Acquired::Busy {
+                                file,
+                                timed_out: true,
+                            });
+                        }
+                    }
+                }
                 Err((_, source)) => return Err(flock_error(path, source)),
             },
         };

@@ -14,6 +14,7 @@ mod input;
 mod keys;
 mod lock_path;
 mod logging;
+mod operator;
 #[path = "../common/privilege.rs"]
 mod privilege;
 mod run;

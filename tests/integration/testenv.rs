@@ -142,13 +142,7 @@ impl TestEnv {
     /// to be finished with expectations and `run()`; the program is
     /// [`TOUCH_RAN`] unless `program` says otherwise.
     pub fn launch(&self, source: impl AsRef<OsStr>) -> Invocation<'_> {
-        let mut invocation = self.command(["run"]);
-        invocation.args.push("--lock-dir".into());
-        invocation.args.push(self.lock_dir().into());
-        invocation.args.push("--source".into());
-        invocation.args.push(source.as_ref().to_owned());
-        invocation.program = Some(TOUCH_RAN.iter().map(OsString::from).collect());
-        invocation
+        self.launch_in(self.lock_dir(), source)
     }
 
     /// `ec-launch run --lock-dir <env> --source-file PATH …`, like `launch`.
@@ -158,6 +152,22 @@ impl TestEnv {
         invocation.args.push(self.lock_dir().into());
         invocation.args.push("--source-file".into());
         invocation.args.push(path.as_ref().to_owned());
+        invocation.program = Some(TOUCH_RAN.iter().map(OsString::from).collect());
+        invocation
+    }
+
+    /// `ec-launch run --lock-dir DIR --source SOURCE …` with another lock
+    /// directory, like `launch`.
+    pub fn launch_in(
+        &self,
+        lock_dir: impl AsRef<OsStr>,
+        source: impl AsRef<OsStr>,
+    ) -> Invocation<'_> {
+        let mut invocation = self.command(["run"]);
+        invocation.args.push("--lock-dir".into());
+        invocation.args.push(lock_dir.as_ref().to_owned());
+        invocation.args.push("--source".into());
+        invocation.args.push(source.as_ref().to_owned());
         invocation.program = Some(TOUCH_RAN.iter().map(OsString::from).collect());
         invocation
     }
@@ -176,6 +186,7 @@ impl TestEnv {
             vars: Vec::new(),
             uid: None,
             stderr_file: None,
+            shell: None,
             label: None,
             status: Some(0),
             failure: false,
@@ -207,6 +218,7 @@ pub struct Invocation<'e> {
     vars: Vec<(OsString, Option<OsString>)>,
     uid: Option<u32>,
     stderr_file: Option<fs::File>,
+    shell: Option<String>,
     label: Option<String>,
     status: Option<i32>,
     failure: bool,
@@ -259,6 +271,14 @@ impl Invocation<'_> {
     /// Runs as this UID and GID (the test must be root).
     pub fn uid(mut self, id: u32) -> Self {
         self.uid = Some(id);
+        self
+    }
+
+    /// Starts `ec-launch` through `sh -c SCRIPT sh ec-launch ARGS…`, for a
+    /// umask, a resource limit or closed descriptors: SCRIPT ends with
+    /// `exec "$@"` (plus any redirections).
+    pub fn through_shell(mut self, script: impl Into<String>) -> Self {
+        self.shell = Some(script.into());
         self
     }
 
@@ -373,6 +393,18 @@ impl Invocation<'_> {
     /// (`pre_exec`, wrapping it in another program).
     pub fn to_command(&self) -> Command {
         let mut command = self.env.ec_launch();
+        if let Some(script) = &self.shell {
+            let direct = command;
+            command = Command::new("sh");
+            command.args(["-c", script, "sh", BIN]);
+            command.current_dir(self.env.dir.path());
+            for (name, value) in direct.get_envs() {
+                match value {
+                    Some(value) => command.env(name, value),
+                    None => command.env_remove(name),
+                };
+            }
+        }
         command.args(self.command_line());
         for (name, value) in &self.vars {
             match value {

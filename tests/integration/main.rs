@@ -19,3 +19,8 @@ mod run;
 mod secrets;
 mod status;
 mod testenv;
+mod tuner;
+// The emulator program's entry point is the example's; here only the device.
+#[allow(dead_code)]
+#[path = "../support/tuner_emulator.rs"]
+mod tuner_emulator;

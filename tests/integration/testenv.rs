@@ -61,22 +61,6 @@ impl TestEnv {
         command
     }
 
-    /// `ec-launch run --lock-dir <env> --source SOURCE [extra…] -- PROGRAM…`.
-    #[must_use]
-    pub fn run<S: AsRef<OsStr>>(&self, source: &str, extra: &[&str], program: &[S]) -> Command {
-        let mut command = self.ec_launch();
-        command
-            .arg("run")
-            .arg("--lock-dir")
-            .arg(self.lock_dir())
-            .arg("--source")
-            .arg(source)
-            .args(extra)
-            .arg("--")
-            .args(program);
-        command
-    }
-
     /// A shell program: `sh -c SCRIPT`, run in the environment's directory.
     #[must_use]
     pub fn sh(script: &str) -> Vec<String> {
@@ -87,7 +71,7 @@ impl TestEnv {
     /// process holding the lock.
     #[track_caller]
     pub fn hold<S: AsRef<OsStr>>(&self, source: &str, program: &[S]) -> Guard {
-        let holder = Guard::spawn(&mut self.run(source, &[], program));
+        let holder = self.launch(source).program(program).spawn();
         let lock_file = self.lock_file_of(source);
         let pid = i64::from(holder.pid());
         assert!(
@@ -102,33 +86,25 @@ impl TestEnv {
     /// when dropped.
     #[track_caller]
     pub fn leave_helper_holding(&self, source: &str) -> KillOnDrop {
-        let program = Self::sh("sleep 300 </dev/null >/dev/null 2>&1 & echo $! > helper.pid");
-        let output = self
-            .run(source, &[], &program)
-            .output()
-            .expect("run ec-launch");
-        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        self.launch(source)
+            .program(Self::sh(
+                "sleep 300 </dev/null >/dev/null 2>&1 & echo $! > helper.pid",
+            ))
+            .run();
         let pid = fs::read_to_string(self.path("helper.pid")).expect("helper.pid");
         KillOnDrop(pid.trim().parse().expect("helper pid"))
     }
 
     /// The lock file `ec-launch key` names for a source.
     #[must_use]
+    #[track_caller]
     pub fn lock_file_of(&self, source: &str) -> PathBuf {
-        let output = self
-            .ec_launch()
-            .args(["key", "--json", "--lock-dir"])
+        let json = self
+            .command(["key", "--json", "--lock-dir"])
             .arg(self.lock_dir())
             .arg(source)
-            .output()
-            .expect("run ec-launch key");
-        assert!(
-            output.status.success(),
-            "key failed: {}",
-            text(&output.stderr)
-        );
-        let json: serde_json::Value =
-            serde_json::from_slice(&output.stdout).expect("key --json output");
+            .run()
+            .json();
         PathBuf::from(json["lock_file"].as_str().expect("lock_file"))
     }
 }

@@ -125,7 +125,8 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Only this source (URL, device path or key); exit 0 if held, 3 if free
+    /// Only this source (URL, device path or key); exit 0 if held, 3 if free,
+    /// 4 if orphaned, 5 if this user cannot tell
     #[arg(value_name = "SOURCE")]
     pub source: Option<String>,
 }
@@ -197,7 +198,7 @@ mod tests {
         assert_eq!(parse_busy_exit_code("75"), Ok(75));
         assert_eq!(parse_busy_exit_code("1"), Ok(1));
         for reserved in [
-            "2", "3", "4", "64", "65", "66", "71", "73", "77", "126", "127",
+            "2", "3", "4", "5", "64", "65", "66", "71", "73", "77", "126", "127",
         ] {
             assert!(parse_busy_exit_code(reserved).is_err(), "{reserved}");
         }

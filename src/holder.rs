@@ -4,31 +4,49 @@
 //! the lock now, in two places (proc(5)):
 //! - `/proc/locks` lists each flock(2) lock once, with the PID that *took*
 //!   it. After the program forks a helper and exits, that PID is dead while
-//!   the helper, which inherited the descriptor, holds the lock.
+//!   the helper, which inherited the descriptor, holds the lock. In the
+//!   initial PID namespace the dead PID is still listed, and may meanwhile
+//!   belong to an unrelated process; in a child namespace the row is left
+//!   out altogether when the taker is outside it or gone.
 //! - `/proc/<pid>/fdinfo/<fd>` has a `lock:` line for every lock owned by
 //!   that descriptor's open file description, so every process sharing it
-//!   shows the lock, whoever took it.
+//!   shows the lock, whoever took it. This is the proof a process holds it.
 //!
-//! [`HolderScan`] reads both once: the lock table, then the descriptors of
-//! every visible process that point into the lock directory (only those
-//! fdinfo files are read, which keeps a scan of thousands of processes
-//! cheap). Descriptors whose file was deleted while locked are kept as
-//! orphans: such a lock still excludes nobody who opens the path anew.
+//! So a lock is identified by device and inode, never by a path string (a
+//! held file may be renamed, moved out of the directory, deleted, or
+//! reached through a bind mount), and a process is named as a holder only
+//! when one of its descriptors shows the lock, or, when its descriptors
+//! cannot be read, when its start time is the one the launch record names.
+//!
+//! [`HolderScan`] reads the lock table once, then the descriptors of every
+//! visible process. Pass one reads only the links of descriptors and the
+//! fdinfo of those whose link points into the lock directory: the normal
+//! case, kept cheap for thousands of processes. Only when a held lock on the
+//! lock directory's filesystem was not found that way (moved, reached by
+//! another path, or someone else's lock) are the takers' descriptors
+//! `stat`ed, and only when that does not place it is a second pass made that
+//! `stat`s descriptors until it is found.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::thread;
 
-use rustix::fs::{Mode, OFlags, RawDir};
+use rustix::fs::{AtFlags, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
+use crate::lock_record::LockRecord;
 use crate::proc_locks::{self, LockKind, LockRow};
 use crate::process::{self, BootClock, ProcessInfo};
+
+/// A `/proc/locks` shorter than this comes from one page of the `seq_file`,
+/// consistent in itself.
+const SINGLE_READ_BYTES: usize = 3072;
 
 /// What the kernel appends to a descriptor's link when its file is gone.
 const DELETED_SUFFIX: &str = " (deleted)";
@@ -63,6 +81,19 @@ impl LockedInode {
         }
     }
 
+    /// The inode a `stat` result describes.
+    #[must_use]
+    pub fn of_stat(stat: &Stat) -> Self {
+        let dev = stat.st_dev;
+        // Linux majors and minors are 12 and 20 bits wide.
+        #[allow(clippy::cast_possible_truncation)]
+        Self {
+            dev_major: rustix::fs::major(dev) as u32,
+            dev_minor: rustix::fs::minor(dev) as u32,
+            inode: stat.st_ino,
+        }
+    }
+
     fn of_row(row: &LockRow) -> Self {
         Self {
             dev_major: row.dev_major,
@@ -72,61 +103,189 @@ impl LockedInode {
     }
 }
 
-/// A held lock whose file was deleted: seen through a holder's descriptor.
+/// Where a held lock's file is now, as a holder's descriptor shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrphanedLock {
-    pub inode: LockedInode,
-    /// The path the file had.
+pub struct Location {
+    /// The path the kernel gives for the file (the one it had, if deleted).
     pub path: PathBuf,
+    /// The file was deleted while held.
+    pub deleted: bool,
     /// A descriptor through which its contents (the record) can be read.
     pub via: PathBuf,
 }
 
-/// One snapshot of flock(2) holders under a lock directory.
+/// Why a PID the lock table names as taker is not named as a holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absence {
+    /// No such process now.
+    Exited,
+    /// A process with this PID exists but none of its descriptors holds the
+    /// lock: the taker exited and the PID was reused, or it closed its copy.
+    NotHolding,
+    /// Its descriptors cannot be read and nothing else proves it is the
+    /// taker (no record with its start time).
+    Unverified,
+}
+
+/// One snapshot of flock(2) holders of locks in a lock directory.
 #[derive(Debug, Default)]
 pub struct HolderScan {
     /// Inodes with a held (not awaited) flock, and the PIDs that took them.
     table: BTreeMap<LockedInode, BTreeSet<Option<u32>>>,
-    /// Processes with a descriptor sharing each held lock.
-    sharers: BTreeMap<LockedInode, BTreeSet<u32>>,
-    orphans: BTreeMap<LockedInode, OrphanedLock>,
+    /// Processes whose descriptors show each held lock, with the start time
+    /// they had when found.
+    sharers: BTreeMap<LockedInode, BTreeMap<u32, Option<u64>>>,
+    /// Where each lock found through descriptors is.
+    located: BTreeMap<LockedInode, Location>,
     /// Every PID listed in `/proc` by the descriptor scan, when one ran.
     visible_pids: Option<HashSet<u32>>,
+    /// Processes whose descriptors this user may not read.
+    unreadable_pids: HashSet<u32>,
     /// Processes whose descriptors we may not read (other users', unless root).
     pub uninspectable: usize,
     /// `/proc` is mounted with `hidepid`, hiding other users' processes.
     pub hidepid: bool,
+    /// False in a child PID namespace: its `/proc/locks` leaves out locks
+    /// whose taker is outside it or has exited, so "not listed" is not "free".
+    pub table_complete: bool,
     clock: Option<BootClock>,
     proc_root: PathBuf,
 }
 
+/// Which descriptors a pass over `/proc` looks at.
+struct Wanted<'a> {
+    /// Descriptors whose link points into this directory (pass one).
+    lock_dir: Option<&'a [u8]>,
+    /// Descriptors whose link is exactly one of these (a placed lock's path).
+    targets: &'a HashSet<Vec<u8>>,
+    /// Inodes looked for by `stat`ing every other path descriptor.
+    by_inode: &'a BTreeSet<LockedInode>,
+}
+
 impl HolderScan {
-    /// Scans `/proc` under `proc_root` for locks on files in `lock_dir`.
+    /// Scans `/proc` under `proc_root` for holders of locks on files in
+    /// `lock_dir`; `listed` are the inodes of the directory's lock files,
+    /// which are looked for even where the lock table cannot be trusted.
     #[must_use]
-    pub fn take(proc_root: &Path, lock_dir: &Path) -> Self {
+    pub fn take(proc_root: &Path, lock_dir: &Path, listed: &BTreeSet<LockedInode>) -> Self {
         let mut scan = Self::lock_table(proc_root);
         scan.hidepid = hidepid_in_force(proc_root);
-        // Nothing held anywhere: no process can hold one of ours.
-        if !scan.table.is_empty() {
-            let lock_dir = lock_dir
-                .canonicalize()
-                .unwrap_or_else(|_| lock_dir.to_owned());
-            scan.scan_descriptors(&lock_dir);
+        // A rename never leaves a filesystem, so only locks on the lock
+        // directory's can be ours. (A bind mount has the same device.)
+        let dir_inode = fs::metadata(lock_dir)
+            .ok()
+            .map(|m| LockedInode::of_metadata(&m));
+        let device = dir_inode.map(|i| (i.dev_major, i.dev_minor));
+        // A lock found away from the directory's path is ours when it is
+        // listed there, or its record says it was made there.
+        let is_ours = |inode: &LockedInode, via: &Path| {
+            listed.contains(inode) || dir_inode.is_some_and(|dir| made_in(via, dir.inode))
+        };
+        let ours =
+            |inode: &LockedInode| device.is_none_or(|d| (inode.dev_major, inode.dev_minor) == d);
+        let mut wanted: BTreeSet<LockedInode> = scan.table.keys().copied().filter(ours).collect();
+        if !scan.table_complete {
+            wanted.extend(listed.iter().copied());
+        }
+        // Nothing held on that filesystem: no process can hold one of ours.
+        if wanted.is_empty() {
+            return scan;
+        }
+        let lock_dir = lock_dir
+            .canonicalize()
+            .unwrap_or_else(|_| lock_dir.to_owned());
+        let Ok(entries) = fs::read_dir(&scan.proc_root) else {
+            return scan;
+        };
+        let pids: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
+        scan.visible_pids = Some(pids.iter().copied().collect());
+        let no_targets = HashSet::new();
+        let nothing = BTreeSet::new();
+        scan.pass(
+            &pids,
+            &Wanted {
+                lock_dir: Some(lock_dir.as_os_str().as_bytes()),
+                targets: &no_targets,
+                by_inode: &nothing,
+            },
+        );
+        wanted.retain(|inode| !scan.sharers.contains_key(inode));
+        if wanted.is_empty() {
+            return scan;
+        }
+        let mut ours_found: BTreeSet<LockedInode> = scan.sharers.keys().copied().collect();
+        // Not found through the directory's path. A living taker's own
+        // descriptors say where the file is, or that it is someone else's.
+        let mut targets = HashSet::new();
+        let mut by_inode = BTreeSet::new();
+        for inode in wanted {
+            let takers: Vec<u32> = scan.takers(inode).collect();
+            let found = takers
+                .iter()
+                .find_map(|&pid| scan.descriptor_holding(pid, inode).ok().flatten());
+            match found {
+                Some((target, via)) => {
+                    if is_ours(&inode, &via) {
+                        targets.insert(without_deleted_suffix(&target).to_vec());
+                        ours_found.insert(inode);
+                    }
+                }
+                None => {
+                    by_inode.insert(inode);
+                }
+            }
+        }
+        if targets.is_empty() && by_inode.is_empty() {
+            return scan;
+        }
+        scan.uninspectable = 0;
+        scan.pass(
+            &pids,
+            &Wanted {
+                lock_dir: None,
+                targets: &targets,
+                by_inode: &by_inode,
+            },
+        );
+        // Someone else's lock on the same filesystem (another program's,
+        // another lock directory's, or one sharing a path text with ours) is
+        // not reported.
+        let foreign: Vec<LockedInode> = scan
+            .located
+            .iter()
+            .filter(|(inode, location)| {
+                let placed = ours_found.contains(inode);
+                let found_by_inode = by_inode.contains(inode) && is_ours(inode, &location.via);
+                !(placed || found_by_inode)
+            })
+            .map(|(inode, _)| *inode)
+            .collect();
+        for inode in foreign {
+            scan.located.remove(&inode);
+            scan.sharers.remove(&inode);
         }
         scan
     }
 
     /// Reads only `/proc/locks`: enough to name a holder that took its lock
-    /// and is still alive, at a fraction of a full scan's cost. Holders that
-    /// merely share the descriptor are not found this way.
+    /// and still holds it (see [`HolderScan::verify_takers`]), at a fraction
+    /// of a full scan's cost.
     #[must_use]
     pub fn lock_table(proc_root: &Path) -> Self {
         let mut scan = Self {
             clock: BootClock::read(),
             proc_root: proc_root.to_owned(),
+            table_complete: process::in_initial_pid_namespace(proc_root),
             ..Self::default()
         };
-        if let Ok(text) = fs::read_to_string(proc_root.join("locks")) {
+        // /proc/locks is a seq_file: a table longer than a page takes more
+        // than one read(2), and rows removed meanwhile shift the rest, so a
+        // row can be skipped. Such a table is read twice and the union kept.
+        let mut reads = 0;
+        while let Ok(text) = fs::read_to_string(proc_root.join("locks")) {
             for row in proc_locks::parse(&text) {
                 if row.kind == LockKind::Flock && !row.waiting {
                     scan.table
@@ -135,49 +294,133 @@ impl HolderScan {
                         .insert(row.pid);
                 }
             }
+            reads += 1;
+            if reads == 2 || text.len() < SINGLE_READ_BYTES {
+                break;
+            }
         }
         scan
     }
 
-    fn scan_descriptors(&mut self, lock_dir: &Path) {
-        let Ok(entries) = fs::read_dir(&self.proc_root) else {
-            return;
-        };
-        let pids: Vec<u32> = entries
+    /// Checks each taker of `inode` through its own descriptors (a few
+    /// `stat`s, not a scan of `/proc`), or, when this user may not read
+    /// them, against `record`'s PID and start time; true when there is at
+    /// least one taker and every one still holds the lock. A reused PID
+    /// does not.
+    pub fn verify_takers(&mut self, inode: LockedInode, record: Option<&LockRecord>) -> bool {
+        let takers: Vec<Option<u32>> = self
+            .table
+            .get(&inode)
+            .into_iter()
             .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .copied()
             .collect();
-        // The scan is system calls on /proc, thousands of them on a busy
-        // node; spreading processes over the cores roughly divides the time.
+        let mut all = !takers.is_empty();
+        for taker in takers {
+            let Some(pid) = taker else {
+                all = false;
+                continue;
+            };
+            match self.descriptor_holding(pid, inode) {
+                Ok(Some(_)) => {
+                    let start = process::start_ticks_of(&self.proc_root, pid);
+                    self.sharers.entry(inode).or_default().insert(pid, start);
+                }
+                Ok(None) => all = false,
+                Err(()) => {
+                    self.unreadable_pids.insert(pid);
+                    all &= self.recorded_launcher_start(pid, record).is_some();
+                }
+            }
+        }
+        all
+    }
+
+    /// The start time of `pid` when `record` names it as the launcher with
+    /// that start time; `None` otherwise (or for a record without one).
+    fn recorded_launcher_start(&self, pid: u32, record: Option<&LockRecord>) -> Option<u64> {
+        let record = record.filter(|r| r.pid == pid)?;
+        let start = process::start_ticks_of(&self.proc_root, pid)?;
+        (record.start_ticks == Some(start)).then_some(start)
+    }
+
+    /// The PIDs the lock table names as takers of `inode`.
+    fn takers(&self, inode: LockedInode) -> impl Iterator<Item = u32> + '_ {
+        self.table
+            .get(&inode)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .copied()
+    }
+
+    /// The descriptor of `pid` that holds the lock on `inode`, as (link
+    /// target, path of the descriptor); `Err` when its descriptors cannot
+    /// be read.
+    fn descriptor_holding(
+        &self,
+        pid: u32,
+        inode: LockedInode,
+    ) -> Result<Option<(Vec<u8>, PathBuf)>, ()> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let process_dir = self.proc_root.join(pid.to_string());
+        let fd_dir = match rustix::fs::open(process_dir.join("fd"), flags, Mode::empty()) {
+            Ok(dir) => dir,
+            Err(Errno::ACCESS | Errno::PERM) => return Err(()),
+            Err(_) => return Ok(None),
+        };
+        let mut buffer: Vec<u8> = Vec::with_capacity(4096);
+        for name in descriptor_names(&fd_dir, &mut buffer) {
+            let Ok(stat) = rustix::fs::statat(&fd_dir, name.as_c_str(), AtFlags::empty()) else {
+                continue;
+            };
+            if LockedInode::of_stat(&stat) != inode {
+                continue;
+            }
+            let fd = name.to_string_lossy();
+            let holds = fs::read_to_string(process_dir.join("fdinfo").join(fd.as_ref())).is_ok_and(
+                |info| {
+                    proc_locks::parse_fdinfo_locks(&info).iter().any(|row| {
+                        row.kind == LockKind::Flock
+                            && !row.waiting
+                            && LockedInode::of_row(row) == inode
+                    })
+                },
+            );
+            if holds {
+                let target = rustix::fs::readlinkat(&fd_dir, name.as_c_str(), Vec::new())
+                    .map(CString::into_bytes)
+                    .unwrap_or_default();
+                return Ok(Some((target, process_dir.join("fd").join(fd.as_ref()))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One pass over the descriptors of `pids`, spread over the cores: the
+    /// scan is system calls on `/proc`, thousands of them on a busy node.
+    fn pass(&mut self, pids: &[u32], wanted: &Wanted<'_>) {
         let workers = thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let chunk = pids.len().div_ceil(workers).max(1);
         let proc_root = &self.proc_root;
         let results: Vec<DescriptorFindings> = thread::scope(|scope| {
             let handles: Vec<_> = pids
                 .chunks(chunk)
-                .map(|pids| scope.spawn(move || scan_processes(proc_root, pids, lock_dir)))
+                .map(|pids| scope.spawn(move || scan_processes(proc_root, pids, wanted)))
                 .collect();
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
         for found in results {
-            self.uninspectable += found.uninspectable;
+            self.uninspectable += found.unreadable.len();
+            self.unreadable_pids.extend(found.unreadable);
             for share in found.shares {
                 self.sharers
                     .entry(share.inode)
                     .or_default()
-                    .insert(share.pid);
-                if let Some(path) = share.deleted_path {
-                    self.orphans
-                        .entry(share.inode)
-                        .or_insert_with(|| OrphanedLock {
-                            inode: share.inode,
-                            path,
-                            via: share.via,
-                        });
-                }
+                    .insert(share.pid, share.start_ticks);
+                self.located.entry(share.inode).or_insert(share.location);
             }
         }
-        self.visible_pids = Some(pids.into_iter().collect());
     }
 
     /// True when process `pid` exists (as far as this user can see).
@@ -188,62 +431,66 @@ impl HolderScan {
         }
     }
 
-    /// True when the kernel lists a held flock on `inode`.
+    /// True when the kernel shows a held flock on `inode`, in its lock
+    /// table or in a holder's descriptor.
     #[must_use]
     pub fn is_held(&self, inode: LockedInode) -> bool {
-        self.table.contains_key(&inode)
+        self.table.contains_key(&inode) || self.sharers.contains_key(&inode)
     }
 
-    /// Every process holding the lock on `inode`: those sharing the locked
-    /// open file, and the recorded taker if it is still alive (its
-    /// descriptors may be hidden from us).
+    /// Every process holding the lock on `inode`: those whose descriptors
+    /// show it, and a taker whose descriptors cannot be read when `record`
+    /// names it by PID and start time. A process whose start time changed
+    /// since it was found (its PID was reused) is not named.
     #[must_use]
-    pub fn holders(&self, inode: LockedInode) -> Vec<ProcessInfo> {
-        let mut pids: BTreeSet<u32> = self.sharers.get(&inode).cloned().unwrap_or_default();
-        for pid in self.table.get(&inode).into_iter().flatten().flatten() {
-            if self.is_alive(*pid) {
-                pids.insert(*pid);
+    pub fn holders(&self, inode: LockedInode, record: Option<&LockRecord>) -> Vec<ProcessInfo> {
+        let mut pids: BTreeMap<u32, Option<u64>> =
+            self.sharers.get(&inode).cloned().unwrap_or_default();
+        for pid in self.takers(inode) {
+            if pids.contains_key(&pid) || !self.unreadable_pids.contains(&pid) {
+                continue;
+            }
+            if let Some(start) = self.recorded_launcher_start(pid, record) {
+                pids.insert(pid, Some(start));
             }
         }
         pids.into_iter()
-            .map(|pid| process::describe(&self.proc_root, pid, self.clock))
+            .filter_map(|(pid, start)| process::describe(&self.proc_root, pid, self.clock, start))
             .collect()
     }
 
-    /// True when the lock table names at least one taker of `inode` and all
-    /// of them are alive: the cheap case where no descriptor scan is needed
-    /// to name a holder.
+    /// The takers of `inode` that are not among `holders`, and why.
     #[must_use]
-    pub fn all_takers_alive(&self, inode: LockedInode) -> bool {
-        let takers: Vec<Option<u32>> = self
-            .table
-            .get(&inode)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
-        !takers.is_empty()
-            && takers
-                .iter()
-                .all(|pid| pid.is_some_and(|pid| self.is_alive(pid)))
-    }
-
-    /// PIDs the lock table names as takers of `inode` that no longer exist.
-    #[must_use]
-    pub fn exited_takers(&self, inode: LockedInode) -> Vec<u32> {
-        self.table
-            .get(&inode)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|pid| !self.is_alive(**pid))
-            .copied()
+    pub fn absent_takers(
+        &self,
+        inode: LockedInode,
+        holders: &[ProcessInfo],
+    ) -> Vec<(u32, Absence)> {
+        self.takers(inode)
+            .filter(|pid| !holders.iter().any(|h| h.pid == *pid))
+            .map(|pid| {
+                let why = if !self.is_alive(pid) {
+                    Absence::Exited
+                } else if self.unreadable_pids.contains(&pid) {
+                    Absence::Unverified
+                } else {
+                    Absence::NotHolding
+                };
+                (pid, why)
+            })
             .collect()
     }
 
-    /// Held locks whose files were deleted.
-    pub fn orphans(&self) -> impl Iterator<Item = &OrphanedLock> {
-        self.orphans.values()
+    /// The PIDs of `pid` from our namespace inward (see
+    /// [`process::namespace_pids`]).
+    #[must_use]
+    pub fn namespace_pids(&self, pid: u32) -> Vec<u32> {
+        process::namespace_pids(&self.proc_root, pid)
+    }
+
+    /// Held locks found through descriptors, and where their files are now.
+    pub fn located(&self) -> impl Iterator<Item = (&LockedInode, &Location)> {
+        self.located.iter()
     }
 
     /// Why the holder list may be incomplete, for the operator.
@@ -261,68 +508,113 @@ impl HolderScan {
                 self.uninspectable
             ));
         }
+        if !self.table_complete {
+            warnings.push(
+                "this PID namespace's /proc/locks leaves out locks taken by processes outside it or that have exited, so a lock not found held is reported unknown; run status in the host's namespace".to_owned(),
+            );
+        }
         warnings
     }
 }
 
-/// One descriptor sharing a held flock on a file in the lock directory.
+/// True when the file behind `via` holds a launch record made in the lock
+/// directory with inode `dir_inode`. Opened without blocking, in case it is
+/// a FIFO.
+fn made_in(via: &Path, dir_inode: u64) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(via)
+        .ok()
+        .and_then(|file| LockRecord::read_from(&file))
+        .is_some_and(|record| record.lock_dir_inode == Some(dir_inode))
+}
+
+/// A descriptor link without the kernel's " (deleted)" mark.
+fn without_deleted_suffix(target: &[u8]) -> &[u8] {
+    target
+        .strip_suffix(DELETED_SUFFIX.as_bytes())
+        .unwrap_or(target)
+}
+
+/// Whether `path` names an entry directly in `dir`, compared as bytes: a
+/// directory name need not be UTF-8.
+fn in_directory(path: &[u8], dir: &[u8]) -> bool {
+    Path::new(OsStr::from_bytes(path)).parent() == Some(Path::new(OsStr::from_bytes(dir)))
+}
+
+/// One descriptor sharing a held flock on a file we look for.
 struct Share {
     pid: u32,
+    start_ticks: Option<u64>,
     inode: LockedInode,
-    /// Set when the file was deleted: the path it had.
-    deleted_path: Option<PathBuf>,
-    /// The descriptor's `/proc/<pid>/fd/<n>` link.
-    via: PathBuf,
+    location: Location,
 }
 
 #[derive(Default)]
 struct DescriptorFindings {
     shares: Vec<Share>,
-    uninspectable: usize,
+    unreadable: Vec<u32>,
 }
 
-/// Looks through the descriptors of `pids` for ones into `lock_dir` whose
-/// fdinfo shows a held flock. Only those fdinfo files are read. On a node
-/// with thousands of processes the scan is nearly all system calls into
-/// `/proc`, so it makes few: links are read relative to the open `fd`
-/// directory (`readlinkat`: one path component per descriptor, not four).
-fn scan_processes(proc_root: &Path, pids: &[u32], lock_dir: &Path) -> DescriptorFindings {
+/// The numeric entries of an open `/proc/<pid>/fd` directory, read with
+/// getdents(2) straight into one reused buffer (no opendir bookkeeping).
+fn descriptor_names(fd_dir: &OwnedFd, buffer: &mut Vec<u8>) -> Vec<CString> {
+    let mut names = Vec::new();
+    let mut entries = RawDir::new(fd_dir, buffer.spare_capacity_mut());
+    while let Some(Ok(entry)) = entries.next() {
+        let name = entry.file_name();
+        if name.to_bytes().first().is_some_and(u8::is_ascii_digit) {
+            names.push(name.to_owned());
+        }
+    }
+    names
+}
+
+/// Looks through the descriptors of `pids` for the ones `wanted` names and
+/// keeps those whose fdinfo shows a held flock. Only their fdinfo files are
+/// read, and links are read relative to the open `fd` directory
+/// (`readlinkat`: one path component per descriptor, not four). A `stat`
+/// per descriptor is paid only while `wanted.by_inode` is not empty.
+fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> DescriptorFindings {
     let mut found = DescriptorFindings::default();
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let Ok(proc_dir) = rustix::fs::open(proc_root, flags, Mode::empty()) else {
         return found;
     };
-    // getdents(2) straight into one reused buffer: no opendir bookkeeping
-    // (fstat, fcntl, lseek) per process.
     let mut buffer: Vec<u8> = Vec::with_capacity(32 * 1024);
+    // Inodes still looked for by stat in this thread; a found one's path
+    // is matched as text from then on.
+    let mut by_inode = wanted.by_inode.clone();
+    let mut targets = wanted.targets.clone();
     for &pid in pids {
         let fd_dir = match rustix::fs::openat(&proc_dir, format!("{pid}/fd"), flags, Mode::empty())
         {
             Ok(dir) => dir,
             Err(Errno::ACCESS | Errno::PERM) => {
-                found.uninspectable += 1;
+                found.unreadable.push(pid);
                 continue;
             }
             // Exited meanwhile, or a kernel thread: nothing to see.
             Err(_) => continue,
         };
-        let mut names: Vec<CString> = Vec::new();
-        let mut entries = RawDir::new(&fd_dir, buffer.spare_capacity_mut());
-        while let Some(Ok(entry)) = entries.next() {
-            let name = entry.file_name();
-            if name.to_bytes().first().is_some_and(u8::is_ascii_digit) {
-                names.push(name.to_owned());
-            }
-        }
-        for name in names {
+        let mut start_ticks = None;
+        for name in descriptor_names(&fd_dir, &mut buffer) {
             let Ok(target) = rustix::fs::readlinkat(&fd_dir, name.as_c_str(), Vec::new()) else {
                 continue;
             };
-            let Some(in_dir) =
-                lock_dir_path(Path::new(OsStr::from_bytes(target.as_bytes())), lock_dir)
-            else {
+            let target = target.into_bytes();
+            let path = without_deleted_suffix(&target);
+            let in_dir = wanted.lock_dir.is_some_and(|dir| in_directory(path, dir));
+            let mut matched = in_dir || targets.contains(path);
+            if !matched && !by_inode.is_empty() && target.first() == Some(&b'/') {
+                matched = rustix::fs::statat(&fd_dir, name.as_c_str(), AtFlags::empty())
+                    .is_ok_and(|stat| by_inode.contains(&LockedInode::of_stat(&stat)));
+            }
+            if !matched {
                 continue;
-            };
+            }
             let fd = name.to_string_lossy();
             let process_dir = proc_root.join(pid.to_string());
             let Ok(info) = fs::read_to_string(process_dir.join("fdinfo").join(fd.as_ref())) else {
@@ -332,41 +624,27 @@ fn scan_processes(proc_root: &Path, pids: &[u32], lock_dir: &Path) -> Descriptor
                 if row.kind != LockKind::Flock || row.waiting {
                     continue;
                 }
+                let inode = LockedInode::of_row(&row);
+                if by_inode.remove(&inode) {
+                    targets.insert(path.to_vec());
+                }
+                if start_ticks.is_none() {
+                    start_ticks = process::start_ticks_of(proc_root, pid);
+                }
                 found.shares.push(Share {
                     pid,
-                    inode: LockedInode::of_row(&row),
-                    deleted_path: match &in_dir {
-                        LockDirPath::Deleted(path) => Some(path.clone()),
-                        LockDirPath::Present => None,
+                    start_ticks,
+                    inode,
+                    location: Location {
+                        path: PathBuf::from(OsStr::from_bytes(path)),
+                        deleted: path.len() != target.len(),
+                        via: process_dir.join("fd").join(fd.as_ref()),
                     },
-                    via: process_dir.join("fd").join(fd.as_ref()),
                 });
             }
         }
     }
     found
-}
-
-enum LockDirPath {
-    Present,
-    Deleted(PathBuf),
-}
-
-/// Whether a descriptor's link target is a file directly in `lock_dir`.
-fn lock_dir_path(target: &Path, lock_dir: &Path) -> Option<LockDirPath> {
-    let text = target.to_str()?;
-    let (path, deleted) = match text.strip_suffix(DELETED_SUFFIX) {
-        Some(path) => (Path::new(path), true),
-        None => (target, false),
-    };
-    if path.parent() != Some(lock_dir) {
-        return None;
-    }
-    Some(if deleted {
-        LockDirPath::Deleted(path.to_owned())
-    } else {
-        LockDirPath::Present
-    })
 }
 
 /// True when the proc filesystem at `proc_root` hides processes (`hidepid`
@@ -413,17 +691,15 @@ mod tests {
     }
 
     #[test]
-    fn descriptor_links_into_the_lock_directory_are_recognised() {
-        let dir = Path::new("/run/every-channel/source-locks");
-        assert!(matches!(
-            lock_dir_path(Path::new("/run/every-channel/source-locks/a.lock"), dir),
-            Some(LockDirPath::Present)
+    fn descriptor_links_are_matched_to_the_lock_directory_as_bytes() {
+        let dir = b"/run/locks-\xff";
+        assert!(in_directory(b"/run/locks-\xff/a.lock", dir));
+        assert!(in_directory(
+            without_deleted_suffix(b"/run/locks-\xff/a.lock (deleted)"),
+            dir
         ));
-        assert!(matches!(
-            lock_dir_path(Path::new("/run/every-channel/source-locks/a.lock (deleted)"), dir),
-            Some(LockDirPath::Deleted(p)) if p == dir.join("a.lock")
-        ));
-        assert!(lock_dir_path(Path::new("/run/every-channel/other/a.lock"), dir).is_none());
-        assert!(lock_dir_path(Path::new("socket:[1234]"), dir).is_none());
+        assert!(!in_directory(b"/run/locks-\xff/sub/a.lock", dir));
+        assert!(!in_directory(b"socket:[1234]", dir));
+        assert_eq!(without_deleted_suffix(b"/x/a.lock"), b"/x/a.lock");
     }
 }

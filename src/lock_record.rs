@@ -7,13 +7,22 @@
 //! kernel's lock table is the authority and `status` treats the record as a
 //! hint. The record is one line of JSON; readers tolerate a missing or torn
 //! record.
+//!
+//! `pid` is the launcher's PID as it saw itself, which is another number
+//! outside its PID namespace and may belong to another process later; the
+//! launcher's start time and PID namespace, recorded beside it, are what a
+//! reader matches a process against (ECP-0131). Fields are only ever added,
+//! and records without the newer ones still parse.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::process;
 
 /// A record larger than this is not ours; reading stops there.
 const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -38,6 +47,19 @@ pub struct LockRecord {
     pub started_unix: u64,
     /// The `ec-launch` version that wrote the record.
     pub ec_launch_version: String,
+    /// The launcher's start time in clock ticks after boot
+    /// (`/proc/self/stat` field 22): with `pid`, which process this is.
+    #[serde(default)]
+    pub start_ticks: Option<u64>,
+    /// The inode of the launcher's PID namespace (`/proc/self/ns/pid`): the
+    /// namespace `pid` is counted in.
+    #[serde(default)]
+    pub pid_namespace: Option<u64>,
+    /// The inode of the lock directory the file was created in, so a lock
+    /// file moved out of it is still known as its lock, whatever path
+    /// (bind mount, container) either side reaches the directory by.
+    #[serde(default)]
+    pub lock_dir_inode: Option<u64>,
 }
 
 impl LockRecord {
@@ -59,6 +81,11 @@ impl LockRecord {
             started_at: humantime::format_rfc3339_seconds(now).to_string(),
             started_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             ec_launch_version: env!("CARGO_PKG_VERSION").to_owned(),
+            start_ticks: fs::read_to_string("/proc/self/stat")
+                .ok()
+                .and_then(|stat| process::parse_start_ticks(&stat)),
+            pid_namespace: process::pid_namespace_of(Path::new("/proc"), "self"),
+            lock_dir_inode: None,
         }
     }
 
@@ -120,6 +147,18 @@ mod tests {
         let short = LockRecord::for_this_launch("k", "http://h/", "p", Some("x.service".into()));
         short.write_into(&file).unwrap();
         assert_eq!(LockRecord::read_from(&file), Some(short));
+    }
+
+    #[test]
+    fn a_record_names_the_launchers_start_time_and_namespace_and_old_records_still_parse() {
+        let record = LockRecord::for_this_launch("k", "http://h/", "p", None);
+        let me = process::start_ticks_of(Path::new("/proc"), std::process::id());
+        assert!(me.is_some());
+        assert_eq!(record.start_ticks, me);
+        assert!(record.pid_namespace.is_some());
+        let old = br#"{"pid":7,"unit":null,"source":"s","key":"k","program":"p","started_at":"t","started_unix":0,"ec_launch_version":"0.1.0"}"#;
+        let old = LockRecord::parse(old).expect("a record without the newer fields");
+        assert_eq!((old.start_ticks, old.pid_namespace), (None, None));
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod lock;
 mod lock_record;
 mod logging;
 mod path_trust;
+mod printable;
 mod proc_locks;
 mod process;
 mod redact;

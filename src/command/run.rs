@@ -6,10 +6,12 @@
 //! keep no process of ours afterwards, so the lock lives exactly as long as
 //! the program and the children that inherit its descriptor.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io::Read as _;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,10 +21,11 @@ use crate::cli::{OnBusy, RunArgs};
 use crate::error::Error;
 use crate::exec::{self, Launch};
 use crate::exit_code::ExitStatus;
-use crate::holder::{HolderScan, LockedInode};
+use crate::holder::{Absence, HolderScan, LockedInode};
 use crate::lock::{self, Access, Acquired, BusyPolicy};
 use crate::lock_record::LockRecord;
 use crate::path_trust::{self, Launcher};
+use crate::printable::{printable, printable_path};
 use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
 use crate::source_key::{self, SourceKey};
@@ -167,12 +170,13 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
         Acquired::Held(held) => {
             match held.access {
                 Access::ReadWrite => {
-                    let record = LockRecord::for_this_launch(
+                    let mut record = LockRecord::for_this_launch(
                         config.key.as_str(),
                         &redacted,
                         &program_name,
                         cgroup::own_unit(),
                     );
+                    record.lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
                     if let Err(e) = record.write_into(&held.lock) {
                         tracing::warn!(lock_file = %lock_path.display(), "holding the lock, but cannot write the launch record: {e}");
                     }
@@ -203,22 +207,39 @@ fn report_busy(
     program: &str,
 ) {
     let inode = LockedInode::of_file(file).ok();
-    // The lock table names the taker; only when it has exited is the whole
-    // of /proc scanned for the children that inherited the lock. Under a
-    // burst of duplicate launches that keeps each loser cheap.
+    let record = LockRecord::read_from(file);
+    // The lock table names the taker; it is named as the holder when its
+    // own descriptors still hold the lock (a few stats: a reused PID does
+    // not pass). Otherwise the whole of /proc is scanned for the processes
+    // that inherited the lock. Under a burst of duplicate launches that
+    // keeps each loser cheap.
     let mut scan = HolderScan::lock_table(Path::new("/proc"));
-    if inode.is_some_and(|i| !scan.all_takers_alive(i)) {
-        scan = HolderScan::take(Path::new("/proc"), &config.lock_dir);
+    if let Some(inode) = inode
+        && !scan.verify_takers(inode, record.as_ref())
+    {
+        scan = HolderScan::take(
+            Path::new("/proc"),
+            &config.lock_dir,
+            &BTreeSet::from([inode]),
+        );
     }
-    let holders = inode.map(|i| scan.holders(i)).unwrap_or_default();
+    let holders = inode
+        .map(|i| scan.holders(i, record.as_ref()))
+        .unwrap_or_default();
     let mut described: Vec<String> = holders.iter().map(describe_holder).collect();
     if described.is_empty() {
         described.push("a process this user cannot see".into());
     }
-    let exited = inode.map(|i| scan.exited_takers(i)).unwrap_or_default();
+    let absent = inode
+        .map(|i| scan.absent_takers(i, &holders))
+        .unwrap_or_default();
+    let exited: Vec<String> = absent
+        .iter()
+        .filter(|(_, why)| *why != Absence::Unverified)
+        .map(|(pid, _)| pid.to_string())
+        .collect();
     if !exited.is_empty() {
-        let pids: Vec<String> = exited.iter().map(u32::to_string).collect();
-        described.push(format!("inherited from exited pid {}", pids.join(", ")));
+        described.push(format!("inherited from exited pid {}", exited.join(", ")));
     }
     let waited = match config.policy {
         BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
@@ -227,25 +248,28 @@ fn report_busy(
         _ => String::new(),
     };
     tracing::warn!(
-        key = %config.key,
-        lock_file = %lock_path.display(),
-        "source busy: held by {}; {waited}not starting {program}, exiting {} (see `ec-launch status --lock-dir {} '{}'`)",
+        key = %printable(config.key.as_str()),
+        lock_file = %printable_path(lock_path),
+        "source busy: held by {}; {waited}not starting {}, exiting {} (see `ec-launch status --lock-dir {} '{}'`)",
         described.join(", "),
+        printable(program),
         config.busy_status.code(),
-        config.lock_dir.display(),
-        config.key,
+        printable_path(&config.lock_dir),
+        printable(config.key.as_str()),
     );
 }
 
 /// `pid 4242 (ec-node) in x.service since 2026-…`.
+/// Text from `/proc` is escaped: the log line goes to a terminal or the
+/// journal, and a command name can be set to anything.
 fn describe_holder(holder: &ProcessInfo) -> String {
     let mut text = format!("pid {}", holder.pid);
     if let Some(command) = &holder.command {
-        let _ = write!(text, " ({command})");
+        let _ = write!(text, " ({})", printable(command));
     }
     match &holder.unit {
         Some(unit) => {
-            let _ = write!(text, " in {unit}");
+            let _ = write!(text, " in {}", printable(unit));
         }
         None => text.push_str(" outside any systemd unit"),
     }

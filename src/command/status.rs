@@ -4,13 +4,19 @@
 //! by device and inode against one [`HolderScan`] of `/proc`. The launch
 //! record inside each file is shown for what it is, the last recorded
 //! launch, and flagged when it disagrees with the kernel. Held locks whose
-//! files were deleted (the one way to get two holders of one source) are
-//! found from the holders' descriptors, listed as orphaned, and make the
-//! exit status non-zero.
+//! files were deleted, moved or renamed (the ways to get two holders of one
+//! source: a new launcher locks a new file at the key's path) are found by
+//! inode from the holders' descriptors, listed as orphaned, and make the
+//! exit status non-zero. What cannot be known (a file this user cannot
+//! examine, a lock table that hides locks) is reported as `unknown` with
+//! its own exit status, never as free. Text from processes and files is
+//! escaped before it reaches the terminal.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -18,11 +24,12 @@ use serde::Serialize;
 use crate::cli::StatusArgs;
 use crate::error::Error;
 use crate::exit_code::ExitStatus;
-use crate::holder::{HolderScan, LockedInode};
+use crate::holder::{Absence, HolderScan, LockedInode};
 use crate::lock_record::LockRecord;
+use crate::printable::{printable, printable_path};
 use crate::process::ProcessInfo;
 use crate::redact::redact_source;
-use crate::source_key::SourceKey;
+use crate::source_key::{KeyError, SourceKey};
 
 /// One lock as `status` reports it; also the `--json` schema of an entry.
 #[derive(Debug, Serialize)]
@@ -31,9 +38,12 @@ struct LockStatus {
     key: Option<String>,
     /// The recorded (redacted) source.
     source: Option<String>,
+    /// Exact when UTF-8; other bytes of a name are written `\xNN`.
+    #[serde(serialize_with = "path_as_text")]
     lock_file: PathBuf,
     state: State,
-    /// Held, but the file is gone: new launchers cannot see this lock.
+    /// Held, but not at its key's path (deleted, moved or renamed): new
+    /// launchers cannot see this lock.
     orphaned: bool,
     holders: Vec<HolderJson>,
     /// The last recorded launch, as written into the file.
@@ -46,6 +56,18 @@ struct LockStatus {
 enum State {
     Held,
     Free,
+    /// This user cannot tell: the file cannot be examined, is not a regular
+    /// file, or the lock table in this PID namespace may hide its lock.
+    Unknown,
+}
+
+/// Where a held lock's file is, relative to where launchers look for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    InPlace,
+    Deleted,
+    /// Renamed inside the directory or moved out of it.
+    Moved,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +76,8 @@ struct HolderJson {
     command: Option<String>,
     unit: Option<String>,
     since: Option<String>,
+    /// With `pid`, the identity: clock ticks after boot, as in the record.
+    start_ticks: Option<u64>,
 }
 
 impl From<ProcessInfo> for HolderJson {
@@ -63,6 +87,7 @@ impl From<ProcessInfo> for HolderJson {
             command: info.command,
             unit: info.unit,
             since: info.since,
+            start_ticks: info.start_ticks,
         }
     }
 }
@@ -86,41 +111,54 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         .map(SourceKey::from_source)
         .transpose()
         .map_err(Error::SourceArg)?;
-    let files = match &key {
-        Some(key) => {
-            let path = key.lock_path(&args.lock_dir);
-            ensure_readable_dir(&args.lock_dir)?;
-            // What run would refuse to open, status refuses too (ECP-0129).
-            match fs::symlink_metadata(&path) {
-                Ok(metadata) => {
-                    crate::path_trust::ensure_regular(&path, &metadata)?;
-                    vec![path]
-                }
-                Err(_) => Vec::new(),
-            }
+    let entries = lock_files(&args.lock_dir)?;
+    let wanted = key.as_ref().map(|key| key.lock_path(&args.lock_dir));
+    if let Some(path) = &wanted {
+        // What run would refuse to open, status refuses too (ECP-0129).
+        if let Ok(metadata) = fs::symlink_metadata(path) {
+            crate::path_trust::ensure_regular(path, &metadata)?;
         }
-        None => lock_files(&args.lock_dir)?,
-    };
-    let scan = HolderScan::take(proc_root, &args.lock_dir);
-    let mut locks: Vec<LockStatus> = files
+    }
+    let listed: BTreeSet<LockedInode> = entries.iter().map(|(_, inode)| *inode).collect();
+    let scan = HolderScan::take(proc_root, &args.lock_dir, &listed);
+    let mut locks: Vec<LockStatus> = entries
         .iter()
-        .filter_map(|path| inspect_file(&scan, path))
+        // For one source: its file, and held files that may be it renamed.
+        .filter(|(path, inode)| {
+            wanted
+                .as_ref()
+                .is_none_or(|w| w == path || scan.is_held(*inode))
+        })
+        .filter_map(|(path, _)| inspect_file(&scan, &args.lock_dir, path))
         .collect();
-    for orphan in scan.orphans() {
-        let record = File::open(&orphan.via)
+    for (inode, location) in scan.located() {
+        if listed.contains(inode) {
+            continue;
+        }
+        // Through the holder's descriptor link (a magic link: followed).
+        let record = open_via(&location.via)
             .ok()
             .and_then(|f| LockRecord::read_from(&f));
+        let placement = if location.deleted {
+            Placement::Deleted
+        } else {
+            Placement::Moved
+        };
         locks.push(lock_status(
             &scan,
-            orphan.path.clone(),
-            orphan.inode,
+            &args.lock_dir,
+            location.path.clone(),
+            Some(*inode),
             record,
-            true,
+            placement,
+            Vec::new(),
         ));
     }
     if let Some(key) = &key {
-        // Orphans of other sources are not this question's answer.
-        locks.retain(|lock| !lock.orphaned || lock.key.as_deref() == Some(key.as_str()));
+        // Other sources' locks are not this question's answer.
+        locks.retain(|lock| {
+            Some(&lock.lock_file) == wanted.as_ref() || lock.key.as_deref() == Some(key.as_str())
+        });
         for lock in &mut locks {
             lock.key = Some(key.as_str().to_owned());
         }
@@ -137,6 +175,8 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
 fn exit_status(report: &Report, for_one_source: bool) -> ExitStatus {
     if report.locks.iter().any(|l| l.orphaned) {
         ExitStatus::Orphaned
+    } else if report.locks.iter().any(|l| l.state == State::Unknown) {
+        ExitStatus::StateUnknown
     } else if for_one_source && !report.locks.iter().any(|l| l.state == State::Held) {
         ExitStatus::SourceFree
     } else {
@@ -144,54 +184,141 @@ fn exit_status(report: &Report, for_one_source: bool) -> ExitStatus {
     }
 }
 
-fn ensure_readable_dir(dir: &Path) -> Result<(), Error> {
-    fs::read_dir(dir)
-        .map(drop)
-        .map_err(|source| Error::ReadLockDir {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
-/// The `*.lock` regular files in `dir`, sorted.
-fn lock_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let entries = fs::read_dir(dir).map_err(|source| Error::ReadLockDir {
+/// The `*.lock` entries of `dir` that are not directories, sorted, with the
+/// inode each names (from the directory entry: no `stat` per file). An
+/// entry whose type cannot be told is kept: it is reported, not skipped.
+fn lock_files(dir: &Path) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
+    let read_error = |source| Error::ReadLockDir {
         path: dir.to_owned(),
         source,
-    })?;
-    let mut files: Vec<PathBuf> = entries
+    };
+    let device = LockedInode::of_metadata(&fs::metadata(dir).map_err(read_error)?);
+    let entries = fs::read_dir(dir).map_err(read_error)?;
+    let mut files: Vec<(PathBuf, LockedInode)> = entries
         .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "lock"))
+        .filter(|e| e.file_type().map_or(true, |t| !t.is_dir()))
+        .filter(|e| {
+            Path::new(&e.file_name())
+                .extension()
+                .is_some_and(|x| x == "lock")
+        })
+        .map(|e| {
+            let inode = LockedInode {
+                inode: e.ino(),
+                ..device
+            };
+            (e.path(), inode)
+        })
         .collect();
     files.sort();
     Ok(files)
 }
 
-/// A lock file as it is now; `None` if it vanished or cannot be opened.
-fn inspect_file(scan: &HolderScan, path: &Path) -> Option<LockStatus> {
+/// A lock file as it is now; `None` if it vanished. A file this user cannot
+/// open is still judged by its inode (a `stat` needs no read permission);
+/// one that cannot even be examined is `unknown`.
+fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockStatus> {
     // Read-only and without following links: status must never create,
     // truncate or lock anything.
-    let file = match open_read_only(path) {
-        Ok(file) => file,
-        // Lock files are 0660: other users still learn held or free from
-        // the inode, only not the launch record.
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            let metadata = fs::symlink_metadata(path).ok()?;
-            let inode = LockedInode::of_metadata(&metadata);
-            return Some(lock_status(scan, path.to_owned(), inode, None, false));
-        }
-        Err(_) => return None,
+    let (metadata, record, mut warnings) = match open_read_only(path) {
+        Ok(file) => (file.metadata(), LockRecord::read_from(&file), Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => (
+            fs::symlink_metadata(path),
+            None,
+            vec![format!(
+                "cannot read the launch record ({e}); run as root or as the service user to see it"
+            )],
+        ),
     };
-    let inode = LockedInode::of_file(&file).ok()?;
-    Some(lock_status(
-        scan,
-        path.to_owned(),
-        inode,
-        LockRecord::read_from(&file),
-        false,
-    ))
+    let unknown = |warning: String| {
+        lock_status(
+            scan,
+            lock_dir,
+            path.to_owned(),
+            None,
+            None,
+            Placement::InPlace,
+            vec![warning],
+        )
+    };
+    match metadata {
+        Ok(metadata) if metadata.file_type().is_file() => {
+            let inode = LockedInode::of_metadata(&metadata);
+            let placement = if scan.is_held(inode) && misplaced(lock_dir, inode, record.as_ref()) {
+                Placement::Moved
+            } else {
+                Placement::InPlace
+            };
+            Some(lock_status(
+                scan,
+                lock_dir,
+                path.to_owned(),
+                Some(inode),
+                record,
+                placement,
+                warnings,
+            ))
+        }
+        Ok(metadata) => Some(unknown(format!(
+            "not a regular file (a {}): `run` refuses to lock it; inspect it and remove it",
+            kind_of(metadata.file_type())
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            warnings.clear();
+            Some(unknown(format!(
+                "cannot examine the lock file ({e}), so whether it is held is unknown; run as root or as a user who may search the lock directory"
+            )))
+        }
+    }
+}
+
+fn kind_of(file_type: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_symlink() {
+        "symlink"
+    } else if file_type.is_fifo() {
+        "FIFO"
+    } else if file_type.is_socket() {
+        "socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
+}
+
+/// True when the record's key says launchers look for this lock at a path
+/// that does not lead to `inode`: the file was renamed. Unknown keys (no
+/// record, a device that does not resolve here) are never called misplaced.
+fn misplaced(lock_dir: &Path, inode: LockedInode, record: Option<&LockRecord>) -> bool {
+    let Some(key) = record.map(|r| r.key.as_str()) else {
+        return false;
+    };
+    let expected = match SourceKey::from_source(key) {
+        Ok(derived) if derived.as_str() == key => Some(derived),
+        // A device that does not resolve here, or a `--key` that reads as
+        // another source: which name launchers use is not known.
+        Ok(_) | Err(KeyError::PathUnresolvable { .. }) => None,
+        // An operator-named key (`--key`) that is no source.
+        Err(_) => SourceKey::from_override(key)
+            .ok()
+            .filter(|k| k.as_str() == key),
+    };
+    expected.is_some_and(|key| {
+        fs::symlink_metadata(key.lock_path(lock_dir))
+            .map_or(true, |m| LockedInode::of_metadata(&m) != inode)
+    })
+}
+
+/// Opens a `/proc/<pid>/fd/<n>` link read-only, without blocking (a FIFO).
+fn open_via(via: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(via)
 }
 
 fn open_read_only(path: &Path) -> io::Result<File> {
@@ -214,44 +341,93 @@ fn open_read_only(path: &Path) -> io::Result<File> {
 
 fn lock_status(
     scan: &HolderScan,
+    lock_dir: &Path,
     lock_file: PathBuf,
-    inode: LockedInode,
+    inode: Option<LockedInode>,
     record: Option<LockRecord>,
-    orphaned: bool,
+    placement: Placement,
+    mut warnings: Vec<String>,
 ) -> LockStatus {
-    let held = scan.is_held(inode);
-    let holders = if held {
-        scan.holders(inode)
-    } else {
-        Vec::new()
+    let held = inode.is_some_and(|inode| scan.is_held(inode));
+    let holders = match inode {
+        Some(inode) if held => scan.holders(inode, record.as_ref()),
+        _ => Vec::new(),
     };
-    let mut warnings = Vec::new();
-    if orphaned {
-        warnings.push(
+    let state = match inode {
+        Some(_) if held => State::Held,
+        Some(_) if scan.table_complete => State::Free,
+        Some(_) => {
+            warnings.push("not seen held, but this PID namespace's lock table may hide the lock; run status in the host's namespace".to_owned());
+            State::Unknown
+        }
+        None => State::Unknown,
+    };
+    match placement {
+        Placement::InPlace => {}
+        Placement::Deleted => warnings.push(
             "the lock file was deleted while held: a new launcher would lock a new file at this path and run a second reader; stop these holders".to_owned(),
-        );
+        ),
+        Placement::Moved => warnings.push(format!(
+            "the lock file was moved or renamed while held (it is now at this path): a new launcher would lock a new file{} and run a second reader; stop these holders",
+            record
+                .as_ref()
+                .and_then(|r| SourceKey::from_source(&r.key).ok())
+                .map(|k| format!(" at {}", printable_path(&k.lock_path(lock_dir))))
+                .unwrap_or_default()
+        )),
     }
-    let exited = if held {
-        scan.exited_takers(inode)
-    } else {
-        Vec::new()
+    let absent = match inode {
+        Some(inode) if held => scan.absent_takers(inode, &holders),
+        _ => Vec::new(),
     };
+    let pids_of = |wanted: Absence| -> Vec<u32> {
+        absent
+            .iter()
+            .filter(|(_, why)| *why == wanted)
+            .map(|(pid, _)| *pid)
+            .collect()
+    };
+    let exited = pids_of(Absence::Exited);
     if !exited.is_empty() {
         warnings.push(format!(
             "the process that took the lock (pid {}) has exited; the holders inherited its descriptor",
             join(&exited)
         ));
     }
+    let not_holding = pids_of(Absence::NotHolding);
+    if !not_holding.is_empty() {
+        warnings.push(format!(
+            "pid {}, named by the lock table as the taker, does not hold the lock: the taker exited and its pid was reused, or it closed its descriptor",
+            join(&not_holding)
+        ));
+    }
+    let unverified = pids_of(Absence::Unverified);
+    if !unverified.is_empty() {
+        warnings.push(format!(
+            "the lock table names pid {} as the taker, but its descriptors cannot be read to confirm it still holds the lock; run as root",
+            join(&unverified)
+        ));
+    }
     if let Some(record) = &record {
-        let recorded_is_holder = holders.iter().any(|h| h.pid == record.pid);
+        let recorded_is_holder = holders
+            .iter()
+            .any(|h| is_recorded_launcher(scan, h, record));
         // An exited taker was already reported above; that is this case.
         if held && !recorded_is_holder && !exited.contains(&record.pid) {
+            let namespace = if record.pid_namespace.is_some()
+                && record.pid_namespace
+                    != crate::process::pid_namespace_of(Path::new("/proc"), "self")
+            {
+                " in another PID namespace"
+            } else {
+                ""
+            };
             warnings.push(format!(
-                "the record names pid {} (launched {}), which does not hold the lock now",
+                "the record names pid {}{namespace} (launched {}), which does not hold the lock now",
                 record.pid, record.started_at
             ));
         }
-    } else if held {
+    } else if held && inode.is_some() && warnings.iter().all(|w| !w.starts_with("cannot read")) {
         warnings.push("the lock file has no readable launch record".to_owned());
     }
     if held && holders.is_empty() {
@@ -267,11 +443,32 @@ fn lock_status(
         key: record.as_ref().map(|r| r.key.clone()),
         source: record.as_ref().map(|r| r.source.clone()),
         lock_file,
-        state: if held { State::Held } else { State::Free },
-        orphaned,
+        state,
+        orphaned: held && placement != Placement::InPlace,
         holders: holders.into_iter().map(HolderJson::from).collect(),
         metadata: record,
         warnings,
+    }
+}
+
+/// True when `holder` is the launcher `record` names: the same start time
+/// (when recorded) and the same PID, as we see it or as it saw itself in
+/// its PID namespace.
+fn is_recorded_launcher(scan: &HolderScan, holder: &ProcessInfo, record: &LockRecord) -> bool {
+    if record.start_ticks.is_some() && holder.start_ticks != record.start_ticks {
+        return false;
+    }
+    holder.pid == record.pid
+        || (record.start_ticks.is_some()
+            && scan.namespace_pids(holder.pid).last() == Some(&record.pid))
+}
+
+/// A path as a JSON string: exact when it is UTF-8, else with the other
+/// bytes written `\xNN` (serde refuses such paths, which emptied the report).
+fn path_as_text<S: serde::Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+    match path.to_str() {
+        Some(text) => serializer.serialize_str(text),
+        None => serializer.serialize_str(&printable_path(path)),
     }
 }
 
@@ -298,6 +495,7 @@ fn print_report(report: &Report, json: bool) {
                 (_, true) => "ORPHANED",
                 (State::Held, false) => "held",
                 (State::Free, false) => "free",
+                (State::Unknown, false) => "unknown",
             };
             let holders = if lock.holders.is_empty() {
                 "-".to_owned()
@@ -308,12 +506,18 @@ fn print_report(report: &Report, json: bool) {
                     .collect::<Vec<_>>()
                     .join("; ")
             };
+            // Keys, sources and paths come from files anyone with write
+            // access may forge: escaped, like everything printed here.
             [
                 state.to_owned(),
-                lock.key.clone().unwrap_or_else(|| "?".into()),
-                lock.source.clone().unwrap_or_else(|| "?".into()),
+                lock.key
+                    .as_deref()
+                    .map_or_else(|| "?".into(), |k| printable(k).into_owned()),
+                lock.source
+                    .as_deref()
+                    .map_or_else(|| "?".into(), |s| printable(s).into_owned()),
                 holders,
-                lock.lock_file.display().to_string(),
+                printable_path(&lock.lock_file),
             ]
         })
         .collect();
@@ -339,7 +543,7 @@ fn print_report(report: &Report, json: bool) {
         out.push_str(&line(row));
         out.push('\n');
         for warning in &lock.warnings {
-            let _ = writeln!(out, "  ! {warning}");
+            let _ = writeln!(out, "  ! {}", printable(warning));
         }
     }
     if report.locks.is_empty() {
@@ -347,7 +551,7 @@ fn print_report(report: &Report, json: bool) {
     }
     print!("{out}");
     for warning in &report.warnings {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", printable(warning));
     }
 }
 
@@ -356,13 +560,55 @@ fn describe(holder: &HolderJson) -> String {
     let mut text = holder.pid.to_string();
     if let Some(command) = &holder.command {
         text.push(' ');
-        text.push_str(command);
+        text.push_str(&printable(command));
     }
     text.push(' ');
-    text.push_str(holder.unit.as_deref().unwrap_or("(no unit)"));
+    text.push_str(&printable(holder.unit.as_deref().unwrap_or("(no unit)")));
     if let Some(since) = &holder.since {
         text.push_str(" since ");
         text.push_str(since);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record_for(key: &SourceKey) -> LockRecord {
+        LockRecord::for_this_launch(key.as_str(), "x", "p", None)
+    }
+
+    #[test]
+    fn a_lock_file_is_misplaced_only_when_its_keys_path_leads_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = [
+            SourceKey::from_source("http://10.0.0.5:5004/auto/v5.1").unwrap(),
+            SourceKey::from_source("HTTP://Cam.example:80/a/../live?b=2&a=1&token=s").unwrap(),
+            SourceKey::from_source("rtsp://cam.example/stream").unwrap(),
+            SourceKey::from_override("tuner-a").unwrap(),
+        ];
+        for key in keys {
+            let path = key.lock_path(dir.path());
+            fs::write(&path, b"").unwrap();
+            let inode = LockedInode::of_metadata(&fs::metadata(&path).unwrap());
+            let record = record_for(&key);
+            assert!(!misplaced(dir.path(), inode, Some(&record)), "{key}");
+            let renamed = dir.path().join("renamed.lock");
+            fs::rename(&path, &renamed).unwrap();
+            assert!(misplaced(dir.path(), inode, Some(&record)), "{key}");
+            fs::remove_file(&renamed).unwrap();
+        }
+        // Without a record, or with a key naming an absent device, it is
+        // not judged.
+        let inode = LockedInode {
+            dev_major: 0,
+            dev_minor: 0,
+            inode: 1,
+        };
+        assert!(!misplaced(dir.path(), inode, None));
+        let mut record = record_for(&SourceKey::from_override("x").unwrap());
+        record.key = "/dev/no-such-video-device".into();
+        assert!(!misplaced(dir.path(), inode, Some(&record)));
+    }
 }

@@ -232,7 +232,7 @@ fn an_empty_lock_dir_variable_is_blamed_on_the_variable() {
 fn busy_exit_codes_that_mean_something_else_are_refused_and_sane_ones_work() {
     let env = TestEnv::new();
     for code in [
-        "2", "3", "4", "64", "65", "66", "71", "73", "77", "126", "127",
+        "2", "3", "4", "5", "64", "65", "66", "71", "73", "77", "126", "127",
     ] {
         env.launch(SOURCE)
             .args(["--busy-exit-code", code])

@@ -18,6 +18,7 @@ mod privilege;
 mod run;
 mod secrets;
 mod status;
+mod status_truth;
 mod testenv;
 mod tuner;
 // The emulator program's entry point is the example's; here only the device.

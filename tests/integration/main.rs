@@ -10,6 +10,7 @@
 
 mod cli;
 mod input;
+mod invocation;
 mod keys;
 mod lock_path;
 mod logging;

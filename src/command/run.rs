@@ -14,7 +14,7 @@ use std::io::Read as _;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cgroup;
 use crate::cli::{OnBusy, RunArgs};
@@ -25,7 +25,7 @@ use crate::holder::{Absence, HolderScan, LockedInode};
 use crate::lock::{self, Access, Acquired, BusyPolicy};
 use crate::lock_record::LockRecord;
 use crate::path_trust::{self, Launcher};
-use crate::printable::{printable, printable_path};
+use crate::printable::{printable, printable_path, shell_word};
 use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
 use crate::source_key::{self, SourceKey};
@@ -37,6 +37,8 @@ struct RunConfig {
     /// The source as the program needs it (may hold credentials).
     source: String,
     key: SourceKey,
+    /// The key was named with `--key` (so `status` must be asked with `--key`).
+    key_named: bool,
     policy: BusyPolicy,
     busy_status: ExitStatus,
     program: OsString,
@@ -75,6 +77,7 @@ impl RunConfig {
             lock_dir: args.lock_dir,
             source,
             key,
+            key_named: args.key.is_some(),
             policy,
             busy_status: ExitStatus::Busy(args.busy_exit_code),
             program,
@@ -166,7 +169,24 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     let me = Launcher::current();
     lock::ensure_lock_dir(&config.lock_dir, &me)?;
 
-    match lock::acquire(&lock_path, config.policy, &me)? {
+    let mut wait_started = None;
+    let mut announce_wait = |file: &fs::File| {
+        wait_started = Some(Instant::now());
+        let until = match config.policy {
+            BusyPolicy::Wait { timeout: Some(t) } => format!(" (up to {})", seconds(t)),
+            _ => String::new(),
+        };
+        tracing::info!(
+            key = %printable(config.key.as_str()),
+            lock_file = %printable_path(&lock_path),
+            "source busy: held by {}; waiting{until} before starting {} (see `{}`)",
+            describe_holders(&config, file),
+            printable(&program_name),
+            status_command(&config),
+        );
+    };
+    let acquired = lock::acquire(&lock_path, config.policy, &me, &mut announce_wait)?;
+    match acquired {
         Acquired::Held(held) => {
             match held.access {
                 Access::ReadWrite => {
@@ -186,7 +206,10 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
                     "holding the lock through a read-only descriptor (the file belongs to another user); its launch record is not updated"
                 ),
             }
-            tracing::info!(key = %config.key, lock_file = %lock_path.display(), "source lock acquired; starting {program_name}");
+            let waited = wait_started
+                .map(|start| format!(" after waiting {:.1}s", start.elapsed().as_secs_f64()))
+                .unwrap_or_default();
+            tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), "source lock acquired{waited}; starting {}", printable(&program_name));
             Err(exec::exec(prepared, &held))
         }
         Acquired::Busy { file, timed_out } => {
@@ -196,9 +219,8 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     }
 }
 
-/// One warning: who holds the source (from the kernel), since when (from
-/// the record, when the recorded launcher is among the holders), and what
-/// we did instead.
+/// One warning: who holds the source (from the kernel), since when, and
+/// what we did instead.
 fn report_busy(
     config: &RunConfig,
     lock_path: &Path,
@@ -206,13 +228,30 @@ fn report_busy(
     timed_out: bool,
     program: &str,
 ) {
+    let waited = match config.policy {
+        BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
+            format!("gave up waiting after {}; ", seconds(t))
+        }
+        _ => String::new(),
+    };
+    tracing::warn!(
+        key = %printable(config.key.as_str()),
+        lock_file = %printable_path(lock_path),
+        "source busy: held by {}; {waited}not starting {}, exiting {} (see `{}`)",
+        describe_holders(config, file),
+        printable(program),
+        config.busy_status.code(),
+        status_command(config),
+    );
+}
+
+/// Who holds the lock on `file`, from the kernel: the taker when its own
+/// descriptors still hold the lock (a few stats: a reused PID does not
+/// pass), else every process the scan of `/proc` finds sharing it. Under a
+/// burst of duplicate launches the cheap path keeps each loser cheap.
+fn describe_holders(config: &RunConfig, file: &fs::File) -> String {
     let inode = LockedInode::of_file(file).ok();
     let record = LockRecord::read_from(file);
-    // The lock table names the taker; it is named as the holder when its
-    // own descriptors still hold the lock (a few stats: a reused PID does
-    // not pass). Otherwise the whole of /proc is scanned for the processes
-    // that inherited the lock. Under a burst of duplicate launches that
-    // keeps each loser cheap.
     let mut scan = HolderScan::lock_table(Path::new("/proc"));
     if let Some(inode) = inode
         && !scan.verify_takers(inode, record.as_ref())
@@ -241,22 +280,19 @@ fn report_busy(
     if !exited.is_empty() {
         described.push(format!("inherited from exited pid {}", exited.join(", ")));
     }
-    let waited = match config.policy {
-        BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
-            format!("gave up waiting after {}; ", seconds(t))
-        }
-        _ => String::new(),
-    };
-    tracing::warn!(
-        key = %printable(config.key.as_str()),
-        lock_file = %printable_path(lock_path),
-        "source busy: held by {}; {waited}not starting {}, exiting {} (see `ec-launch status --lock-dir {} '{}'`)",
-        described.join(", "),
-        printable(program),
-        config.busy_status.code(),
-        printable_path(&config.lock_dir),
-        printable(config.key.as_str()),
-    );
+    described.join(", ")
+}
+
+/// The `status` command that shows this source's holders, quoted so it works
+/// when pasted into a shell (a test runs it). An operator-named key is
+/// asked for with `--key`, which takes it as it is.
+fn status_command(config: &RunConfig) -> String {
+    let key_flag = if config.key_named { "--key " } else { "" };
+    format!(
+        "ec-launch status --lock-dir {} {key_flag}{}",
+        shell_word(&printable_path(&config.lock_dir)),
+        shell_word(config.key.as_str()),
+    )
 }
 
 /// `pid 4242 (ec-node) in x.service since 2026-…`.

@@ -9,11 +9,13 @@
 )]
 
 mod cli;
+mod entry;
 mod input;
 mod invocation;
 mod keys;
 mod lock_path;
 mod logging;
+mod operator;
 #[path = "../common/privilege.rs"]
 mod privilege;
 mod run;

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use crate::testenv::{PATIENCE, wait_until};
-use crate::tuner_emulator::{Options, serve_forever};
+use crate::tuner_emulator::{Api, Discover, Options, serve_forever};
 
 /// An emulated device of `tuners` tuners on a free loopback port; its thread
 /// ends with the test process.
@@ -101,7 +101,8 @@ fn each_tuner_serves_one_reader_and_unknown_paths_are_404() {
 }
 
 #[test]
-fn the_emulator_command_line_takes_a_listen_address_and_a_tuner_count_and_nothing_else() {
+fn the_emulator_command_line_takes_addresses_a_tuner_count_and_the_device_apis_answers_and_nothing_else()
+ {
     let parse = |args: &[&str]| {
         Options::from_args(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
     };
@@ -109,14 +110,39 @@ fn the_emulator_command_line_takes_a_listen_address_and_a_tuner_count_and_nothin
         parse(&[]),
         Ok(Some(Options {
             listen: "127.0.0.1:5004".into(),
-            tuners: 2
+            tuners: 2,
+            api_listen: None,
+            api: Api::default(),
         }))
     );
     assert_eq!(
         parse(&["--listen", "0.0.0.0:80", "--tuners=4"]),
         Ok(Some(Options {
             listen: "0.0.0.0:80".into(),
-            tuners: 4
+            tuners: 4,
+            api_listen: None,
+            api: Api::default(),
+        }))
+    );
+    assert_eq!(
+        parse(&[
+            "--api",
+            "127.0.0.5:80",
+            "--discover",
+            "404",
+            "--tuner-count",
+            "0",
+            "--device-id=1318A0B2"
+        ]),
+        Ok(Some(Options {
+            listen: "127.0.0.1:5004".into(),
+            tuners: 2,
+            api_listen: Some("127.0.0.5:80".into()),
+            api: Api {
+                discover: Discover::NotFound,
+                tuner_count: Some(0),
+                device_id: "1318A0B2".into(),
+            },
         }))
     );
     assert_eq!(parse(&["--help"]), Ok(None));
@@ -125,7 +151,47 @@ fn the_emulator_command_line_takes_a_listen_address_and_a_tuner_count_and_nothin
         &["--tuners", "two"],
         &["--listen"],
         &["127.0.0.1:5004"],
+        &["--discover", "maybe"],
+        &["--tuner-count", "many"],
     ] {
         assert!(parse(bad).is_err(), "{bad:?} was accepted");
     }
+}
+
+fn json(device: SocketAddr, path: &str) -> serde_json::Value {
+    let (code, headers, mut body) = get(device, path);
+    assert_eq!(code, 200, "{path}: {headers}");
+    let mut text = String::new();
+    body.read_to_string(&mut text).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text:?}"))
+}
+
+#[test]
+fn discover_json_reports_the_tuner_count_and_a_device_id() {
+    let device = device(3);
+    let discover = json(device, "/discover.json");
+    assert_eq!(discover["TunerCount"], 3, "{discover}");
+    assert!(discover["DeviceID"].is_string(), "{discover}");
+}
+
+#[test]
+fn status_json_names_each_tuners_channel_and_the_peer_address_of_its_stream() {
+    let device = device(2);
+    let (code, _, stream) = get(device, "/auto/v5.1");
+    assert_eq!(code, 200);
+    let status = json(device, "/status.json");
+    assert_eq!(
+        status,
+        serde_json::json!([
+            {"Resource": "tuner0", "VctNumber": "5.1", "VctName": "EMU5.1",
+             "Frequency": 503_000_000, "TargetIP": "127.0.0.1"},
+            {"Resource": "tuner1"}
+        ])
+    );
+    drop(stream);
+    // A closed reader's tuner is idle in the device's own view at once.
+    assert_eq!(
+        json(device, "/status.json")[0],
+        serde_json::json!({"Resource": "tuner0"})
+    );
 }

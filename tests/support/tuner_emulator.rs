@@ -13,6 +13,14 @@
 //! when every tuner is taken, which is what a publisher saw in the incident.
 //! `GET /stats` answers JSON: open streams, 503s served, streams served.
 //!
+//! It also answers the device's HTTP API, as an HDHomeRun does on port 80:
+//! `GET /discover.json` (`TunerCount`, `DeviceID`; or, to test clients, a
+//! 404 like older models, a connection that never answers, or garbage) and
+//! `GET /status.json` (per tuner: `Resource`, and while streaming `VctNumber`
+//! and `TargetIP`, the peer address of the stream). `--api ADDR` listens on
+//! a second address (e.g. port 80) for the same device; every path is served
+//! on every address.
+//!
 //! A tuner is held exactly as long as its TCP connection is open: a process
 //! that ignores SIGTERM but keeps its socket keeps its tuner. A client that
 //! closed its end frees the tuner before a new request is refused, because the
@@ -50,8 +58,42 @@ struct Stream {
     probe: TcpStream,
 }
 
+/// How `/discover.json` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Discover {
+    /// 200 with `TunerCount` and `DeviceID`.
+    #[default]
+    Answer,
+    /// 404, like models without `discover.json`.
+    NotFound,
+    /// Accepts, reads the request, never answers (closes after a minute).
+    Hang,
+    /// 200 with a body that is not JSON.
+    Garbage,
+}
+
+/// What the device's HTTP API says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Api {
+    pub discover: Discover,
+    /// `TunerCount` in `discover.json` (the real count unless set).
+    pub tuner_count: Option<usize>,
+    pub device_id: String,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self {
+            discover: Discover::Answer,
+            tuner_count: None,
+            device_id: "EC0DE501".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Device {
+    api: Api,
     tuners: Vec<Option<Stream>>,
     next_id: u64,
     busy_503: u64,
@@ -65,17 +107,25 @@ fn lock(device: &Shared) -> std::sync::MutexGuard<'_, Device> {
 }
 
 /// How to call the program.
-pub const USAGE: &str = "usage: tuner-emulator [--listen ADDR] [--tuners N]
+pub const USAGE: &str = "usage: tuner-emulator [--listen ADDR] [--tuners N] [--api ADDR]
+                      [--discover answer|404|hang|garbage] [--tuner-count N] [--device-id ID]
 
 Serves an HDHomeRun-like HTTP streaming port until killed.
-  --listen ADDR  address and port to listen on (default 127.0.0.1:5004)
-  --tuners N     number of tuners, at least 1 (default 2)";
+  --listen ADDR       address and port to listen on (default 127.0.0.1:5004)
+  --tuners N          number of tuners, at least 1 (default 2)
+  --api ADDR          also listen here, e.g. 127.0.0.5:80 (the device's HTTP API port)
+  --discover MODE     how /discover.json answers (default answer)
+  --tuner-count N     the TunerCount /discover.json reports (default: --tuners)
+  --device-id ID      the DeviceID /discover.json reports (default EC0DE501)";
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub listen: String,
     pub tuners: usize,
+    /// A second address serving the same device (the HTTP API's port 80).
+    pub api_listen: Option<String>,
+    pub api: Api,
 }
 
 impl Options {
@@ -84,6 +134,8 @@ impl Options {
         let mut options = Self {
             listen: "127.0.0.1:5004".to_owned(),
             tuners: 2,
+            api_listen: None,
+            api: Api::default(),
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -106,6 +158,29 @@ impl Options {
                         format!("--tuners {given:?} is not a count of at least 1")
                     })?;
                 }
+                "--api" => options.api_listen = Some(value("--api")?),
+                "--discover" => {
+                    options.api.discover = match value("--discover")?.as_str() {
+                        "answer" => Discover::Answer,
+                        "404" => Discover::NotFound,
+                        "hang" => Discover::Hang,
+                        "garbage" => Discover::Garbage,
+                        other => {
+                            return Err(format!(
+                                "--discover {other:?} is not answer, 404, hang or garbage"
+                            ));
+                        }
+                    };
+                }
+                "--tuner-count" => {
+                    let given = value("--tuner-count")?;
+                    options.api.tuner_count = Some(
+                        given
+                            .parse()
+                            .map_err(|_| format!("--tuner-count {given:?} is not a count"))?,
+                    );
+                }
+                "--device-id" => options.api.device_id = value("--device-id")?,
                 other => return Err(format!("unexpected argument {other:?}")),
             }
         }
@@ -126,30 +201,64 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Options { listen, tuners } = options;
-    let listener = match TcpListener::bind(&listen) {
-        Ok(listener) => listener,
-        Err(e) => {
-            eprintln!("tuner-emulator: error: cannot listen on {listen}: {e}");
-            return ExitCode::from(1);
+    let mut listeners = Vec::new();
+    for address in std::iter::once(&options.listen).chain(&options.api_listen) {
+        match TcpListener::bind(address) {
+            Ok(listener) => listeners.push(listener),
+            Err(e) => {
+                eprintln!("tuner-emulator: error: cannot listen on {address}: {e}");
+                return ExitCode::from(1);
+            }
         }
-    };
-    eprintln!("tuner-emulator: {tuners} tuners on http://{listen}");
-    serve_forever(&listener, tuners);
+    }
+    eprintln!(
+        "tuner-emulator: {} tuners on http://{}{}",
+        options.tuners,
+        options.listen,
+        options
+            .api_listen
+            .as_deref()
+            .map(|api| format!(" and http://{api}"))
+            .unwrap_or_default()
+    );
+    serve_device(listeners, options.tuners, options.api);
     ExitCode::SUCCESS
 }
 
 /// Serves a device of `tuners` tuners on `listener`, one thread per
 /// connection, until accepting fails for good (it does not, in practice).
+#[allow(dead_code)] // the integration tests' in-process device; programs use serve_device
 pub fn serve_forever(listener: &TcpListener, tuners: usize) {
     let device: Shared = Arc::new(Mutex::new(Device {
         tuners: (0..tuners).map(|_| None).collect(),
         ..Device::default()
     }));
+    accept_forever(listener, &device);
+}
+
+/// Serves one device of `tuners` tuners, whose HTTP API says `api`, on
+/// every listener (one thread each beyond the first) until accepting fails.
+pub fn serve_device(listeners: Vec<TcpListener>, tuners: usize, api: Api) {
+    let device: Shared = Arc::new(Mutex::new(Device {
+        api,
+        tuners: (0..tuners).map(|_| None).collect(),
+        ..Device::default()
+    }));
+    let mut threads = Vec::new();
+    for listener in listeners {
+        let device = Arc::clone(&device);
+        threads.push(thread::spawn(move || accept_forever(&listener, &device)));
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+}
+
+fn accept_forever(listener: &TcpListener, device: &Shared) {
     for connection in listener.incoming() {
         match connection {
             Ok(stream) => {
-                let device = Arc::clone(&device);
+                let device = Arc::clone(device);
                 thread::spawn(move || {
                     if let Err(e) = serve(&device, stream) {
                         eprintln!("tuner-emulator: connection: {e}");
@@ -174,6 +283,13 @@ fn serve(device: &Shared, mut stream: TcpStream) -> io::Result<()> {
             &[("Content-Type", "application/json")],
             &body,
         );
+    }
+    if path == "/discover.json" {
+        return discover(device, &mut stream);
+    }
+    if path == "/status.json" {
+        let body = tuner_status(&mut lock(device)).to_string();
+        return respond_json(&mut stream, &body);
     }
     let Some((tuner, channel)) = parse_stream_path(&path) else {
         return respond(&mut stream, "404 Not Found", &[], "unknown path\n");
@@ -240,11 +356,7 @@ fn take_tuner(
     stream: &TcpStream,
 ) -> io::Result<Result<(usize, u64), bool>> {
     let mut device = lock(device);
-    for slot in &mut device.tuners {
-        if slot.as_ref().is_some_and(|s| client_closed(&s.probe)) {
-            *slot = None;
-        }
-    }
+    forget_closed(&mut device);
     let free = match wanted {
         None => device.tuners.iter().position(Option::is_none),
         Some(k) => device.tuners.get(k).and_then(|s| s.is_none().then_some(k)),
@@ -264,6 +376,77 @@ fn take_tuner(
         probe: stream.try_clone()?,
     });
     Ok(Ok((index, id)))
+}
+
+/// Frees the tuners whose clients have closed, before answering anything
+/// that depends on which are busy.
+fn forget_closed(device: &mut Device) {
+    for slot in &mut device.tuners {
+        if slot.as_ref().is_some_and(|s| client_closed(&s.probe)) {
+            *slot = None;
+        }
+    }
+}
+
+/// `/discover.json` as the device is told to answer it.
+fn discover(device: &Shared, stream: &mut TcpStream) -> io::Result<()> {
+    let (api, tuners) = {
+        let device = lock(device);
+        (device.api.clone(), device.tuners.len())
+    };
+    match api.discover {
+        Discover::Answer => {
+            let local = stream.local_addr()?;
+            let body = json!({
+                "FriendlyName": "every-channel tuner emulator",
+                "ModelNumber": "HDHR-EMU",
+                "DeviceID": api.device_id,
+                "TunerCount": api.tuner_count.unwrap_or(tuners),
+                "BaseURL": format!("http://{local}"),
+            });
+            respond_json(stream, &body.to_string())
+        }
+        Discover::NotFound => respond(stream, "404 Not Found", &[], "unknown path\n"),
+        Discover::Hang => {
+            thread::sleep(Duration::from_secs(60));
+            Ok(())
+        }
+        Discover::Garbage => respond_json(stream, "{\"TunerCount\": 3, <html>"),
+    }
+}
+
+/// `/status.json`: every tuner, with channel and target while streaming.
+fn tuner_status(device: &mut Device) -> serde_json::Value {
+    forget_closed(device);
+    let tuners: Vec<_> = device
+        .tuners
+        .iter()
+        .enumerate()
+        .map(|(index, slot)| match slot {
+            None => json!({ "Resource": format!("tuner{index}") }),
+            Some(s) => json!({
+                "Resource": format!("tuner{index}"),
+                "VctNumber": s.channel,
+                "VctName": format!("EMU{}", s.channel),
+                "Frequency": 503_000_000,
+                "TargetIP": s.client.ip().to_string(),
+            }),
+        })
+        .collect();
+    serde_json::Value::Array(tuners)
+}
+
+fn respond_json(stream: &mut TcpStream, body: &str) -> io::Result<()> {
+    let length = body.len().to_string();
+    respond(
+        stream,
+        "200 OK",
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Length", &length),
+        ],
+        body,
+    )
 }
 
 fn release(device: &Shared, index: usize, id: u64) {

@@ -9,6 +9,7 @@
 )]
 
 mod cli;
+mod device;
 mod entry;
 mod input;
 mod invocation;

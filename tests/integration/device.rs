@@ -1,0 +1,333 @@
+//! Asking the device (issue #10, ECP-0132): `run --tuners auto` against the
+//! tuner emulator's `discover.json` on port 80, and `status --device`
+//! comparing the emulator's `status.json` with the slots held here.
+//!
+//! Each test has its own loopback address (127.0.0.x), since port 80 is one
+//! per address; binding it needs root (`require_root!`). The emulator runs
+//! in this process, on threads that end with it.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::FromRawFd as _;
+use std::time::{Duration, Instant};
+
+use crate::testenv::{BUSY, PATIENCE, TestEnv, require_root, wait_until};
+use crate::tuner_emulator::{Api, Discover, serve_device};
+
+/// A credential in every source: it must never show in any output.
+const SECRET: &str = "s3cr3t-t0ken";
+
+fn source(ip: Ipv4Addr, channel: u32) -> String {
+    format!("http://{ip}:5004/auto/v{channel}.1?token={SECRET}")
+}
+
+/// An emulated device of `tuners` tuners at `ip`: streams on port 5004, its
+/// HTTP API on port 80, both answered by one device.
+fn device(ip: Ipv4Addr, tuners: usize, api: Api) {
+    let listeners = [5004, 80].map(|port| {
+        TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"))
+    });
+    std::thread::spawn(move || serve_device(listeners.into(), tuners, api));
+}
+
+fn discovering(discover: Discover) -> Api {
+    Api {
+        discover,
+        ..Api::default()
+    }
+}
+
+/// `sh -c` that leaves `ran-<name>` and then sleeps, holding what it holds.
+fn held_program(name: &str) -> Vec<String> {
+    TestEnv::sh(&format!("touch ran-{name}; exec sleep 300"))
+}
+
+#[test]
+fn tuners_auto_takes_the_tuner_count_from_discover_json() {
+    require_root!("listen on port 80 of a loopback address");
+    let ip = Ipv4Addr::new(127, 0, 0, 21);
+    device(
+        ip,
+        4,
+        Api {
+            tuner_count: Some(3),
+            ..Api::default()
+        },
+    );
+    let env = TestEnv::new();
+    let _holders: Vec<_> = (1..=3)
+        .map(|n| {
+            let holder = env
+                .launch(source(ip, n))
+                .args(["--tuners", "auto"])
+                .program(held_program(&n.to_string()))
+                .spawn();
+            assert!(
+                wait_until(PATIENCE, || env.path(&format!("ran-{n}")).exists()),
+                "launcher {n} of 3 never ran"
+            );
+            holder
+        })
+        .collect();
+    env.launch(source(ip, 4))
+        .args(["--tuners", "auto"])
+        .expect_status(BUSY)
+        .output_lacks(SECRET)
+        .program_did_not_run()
+        .run();
+}
+
+#[test]
+fn tuners_auto_on_a_device_without_discover_json_exits_78_asking_for_a_count() {
+    require_root!("listen on port 80 of a loopback address");
+    let ip = Ipv4Addr::new(127, 0, 0, 22);
+    device(ip, 2, discovering(Discover::NotFound));
+    let env = TestEnv::new();
+    env.launch(source(ip, 1))
+        .args(["--tuners", "auto"])
+        .expect_status(78)
+        .one_line_error(format!(
+            "cannot ask device {ip} for its tuner count (GET http://{ip}/discover.json)"
+        ))
+        .stderr_contains("pass --tuners N")
+        .output_lacks(SECRET)
+        .program_did_not_run()
+        .run();
+}
+
+#[test]
+fn tuners_auto_on_a_device_reporting_no_usable_tuner_count_exits_78() {
+    require_root!("listen on port 80 of a loopback address");
+    let ip = Ipv4Addr::new(127, 0, 0, 23);
+    device(
+        ip,
+        2,
+        Api {
+            tuner_count: Some(0),
+            ..Api::default()
+        },
+    );
+    TestEnv::new()
+        .launch(source(ip, 1))
+        .args(["--tuners", "auto"])
+        .expect_status(78)
+        .one_line_error("no usable TunerCount")
+        .program_did_not_run()
+        .run();
+}
+
+#[test]
+fn tuners_auto_on_a_hung_device_gives_up_after_the_timeouts_and_exits_69() {
+    require_root!("listen on port 80 of a loopback address");
+    let ip = Ipv4Addr::new(127, 0, 0, 24);
+    device(ip, 2, discovering(Discover::Hang));
+    let env = TestEnv::new();
+    let started = Instant::now();
+    env.launch(source(ip, 1))
+        .args(["--tuners", "auto"])
+        .expect_status(69)
+        .one_line_error("no complete answer within 2s")
+        .output_lacks(SECRET)
+        .program_did_not_run()
+        .run();
+    let took = started.elapsed();
+    // Two attempts of a 2 s deadline each; never the emulator's minute.
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn tuners_auto_on_a_device_answering_garbage_exits_69() {
+    require_root!("listen on port 80 of a loopback address");
+    let ip = Ipv4Addr::new(127, 0, 0, 25);
+    device(ip, 2, discovering(Discover::Garbage));
+    TestEnv::new()
+        .launch(source(ip, 1))
+        .args(["--tuners", "auto"])
+        .expect_status(69)
+        .one_line_error("malformed answer: not JSON")
+        .output_lacks(SECRET)
+        .program_did_not_run()
+        .run();
+}
+
+#[test]
+fn tuners_auto_with_nothing_listening_exits_69_and_a_number_never_asks() {
+    // Nothing listens on 127.0.0.26:80: refused at once, no root needed.
+    let ip = Ipv4Addr::new(127, 0, 0, 26);
+    let env = TestEnv::new();
+    env.launch(source(ip, 1))
+        .args(["--tuners", "auto"])
+        .expect_status(69)
+        .one_line_error(format!("cannot ask device {ip} for its tuner count"))
+        .stderr_contains("Connection refused")
+        .output_lacks(SECRET)
+        .program_did_not_run()
+        .run();
+    // With a number, the same unreachable device is never asked.
+    env.launch(source(ip, 1))
+        .args(["--tuners", "2"])
+        .program_ran()
+        .run();
+}
+
+/// A publisher stand-in: streams `channel` from the device at `ip` from the
+/// address the kernel picks (bash's /dev/tcp), leaves `ran-<name>` once the
+/// device has answered, and reads until killed.
+fn streamer(ip: Ipv4Addr, channel: u32, name: &str) -> Vec<String> {
+    let script = format!(
+        "exec 3<>/dev/tcp/{ip}/5004 && printf 'GET /auto/v{channel}.1 HTTP/1.1\\r\\nHost: {ip}\\r\\n\\r\\n' >&3 \
+         && read -r status <&3 && touch ran-{name} && exec cat <&3 >/dev/null"
+    );
+    vec!["bash".into(), "-c".into(), script]
+}
+
+/// A reader outside any launcher streaming `channel` from the device at
+/// `device`, from the local address `from` (bound before connecting, as
+/// another node's address would be); it holds a tuner while it lives.
+fn reader_from(from: Ipv4Addr, device: Ipv4Addr, channel: u32) -> BufReader<TcpStream> {
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned by
+    // the TcpStream made from it below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh socket that nothing else owns.
+    let mut stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let address = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap(),
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let (local, remote) = (address(from, 0), address(device, 5004));
+    let size = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap();
+    // SAFETY: both addresses are valid sockaddr_in values of `size` bytes
+    // that outlive the calls.
+    let (bound, connected) = unsafe {
+        (
+            libc::bind(fd, (&raw const local).cast(), size),
+            libc::connect(fd, (&raw const remote).cast(), size),
+        )
+    };
+    assert_eq!(
+        (bound, connected),
+        (0, 0),
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    write!(
+        stream,
+        "GET /auto/v{channel}.1 HTTP/1.1\r\nHost: {device}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(
+        status.contains(" 200 "),
+        "the device refused the reader: {status:?}"
+    );
+    reader
+}
+
+/// `ec-launch status --lock-dir <env> --device [extra…]`.
+fn status_device<'e>(env: &'e TestEnv, extra: &[&str]) -> crate::testenv::Invocation<'e> {
+    env.command(["status", "--device", "--lock-dir"])
+        .arg(env.lock_dir())
+        .args(extra)
+}
+
+#[test]
+fn status_device_reports_a_reader_from_another_address_as_foreign_and_exits_6() {
+    require_root!("listen on port 80 of a loopback address");
+    let ip = Ipv4Addr::new(127, 0, 0, 27);
+    device(ip, 2, Api::default());
+    let env = TestEnv::new();
+    let _ours = env
+        .launch(source(ip, 1))
+        .args(["--tuners", "2"])
+        .program(streamer(ip, 1, "ours"))
+        .spawn();
+    assert!(wait_until(PATIENCE, || env.path("ran-ours").exists()));
+    status_device(&env, &[])
+        .stdout_contains(&format!("{ip}"))
+        .output_lacks("foreign reader")
+        .output_lacks(SECRET)
+        .run();
+
+    let foreign = reader_from(Ipv4Addr::new(127, 0, 0, 9), ip, 7);
+    status_device(&env, &[])
+        .expect_status(6)
+        .stdout_contains(format!(
+            "! foreign reader: device {ip} reports tuner1 on channel 7.1 streaming to 127.0.0.9, not this node (127.0.0.1)"
+        ))
+        .output_lacks(SECRET)
+        .run();
+    let json = status_device(&env, &["--json"])
+        .expect_status(6)
+        .run()
+        .json();
+    let entry = json["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == ip.to_string())
+        .unwrap_or_else(|| panic!("no device {ip} in {json}"));
+    assert_eq!(
+        entry["foreign_readers"][0]["target"], "127.0.0.9",
+        "{entry}"
+    );
+    assert_eq!(
+        entry["foreign_readers"][0]["reason"], "other_target",
+        "{entry}"
+    );
+    assert_eq!(entry["our_address"], "127.0.0.1", "{entry}");
+
+    drop(foreign);
+    status_device(&env, &[])
+        .output_lacks("foreign reader")
+        .run();
+}
+
+#[test]
+fn status_device_reports_a_reader_on_this_node_that_took_no_slot_and_exits_6() {
+    require_root!("listen on port 80 of a loopback address");
+    let ip = Ipv4Addr::new(127, 0, 0, 28);
+    device(ip, 3, Api::default());
+    let env = TestEnv::new();
+    let _ours = env
+        .launch(source(ip, 1))
+        .args(["--tuners", "3"])
+        .program(streamer(ip, 1, "ours"))
+        .spawn();
+    assert!(wait_until(PATIENCE, || env.path("ran-ours").exists()));
+    // A hand-started reader on this node: same address, no slot.
+    let _stray = reader_from(Ipv4Addr::LOCALHOST, ip, 4);
+    status_device(&env, &[])
+        .expect_status(6)
+        .stdout_contains("streaming to this node (127.0.0.1), beyond the slots held here")
+        .run();
+}
+
+#[test]
+fn status_device_on_a_device_that_cannot_be_asked_warns_and_exits_69() {
+    // Nothing listens on 127.0.0.29:80; a slot file names the device.
+    let ip = Ipv4Addr::new(127, 0, 0, 29);
+    let env = TestEnv::new();
+    env.launch(source(ip, 1))
+        .args(["--tuners", "2"])
+        .program(["true"])
+        .run();
+    status_device(&env, &[])
+        .expect_status(69)
+        .stdout_contains(format!("cannot ask device {ip} for its tuners"))
+        .run();
+    // Without --device, nothing is asked.
+    env.command(["status", "--lock-dir"])
+        .arg(env.lock_dir())
+        .output_lacks("cannot ask")
+        .run();
+}

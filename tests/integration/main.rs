@@ -17,6 +17,7 @@ mod logging;
 mod privilege;
 mod run;
 mod secrets;
+mod slots;
 mod status;
 mod status_truth;
 mod testenv;

@@ -90,6 +90,18 @@ pub enum Error {
         #[source]
         source: Errno,
     },
+    /// `--tuners` without `--device` on a source with no host (ECP-0132).
+    #[error("--tuners needs a device, and the source names no host")]
+    NoDeviceKey,
+    /// `--tuners auto` until the device client asks `discover.json`.
+    #[error("--tuners auto cannot ask the device for its tuner count yet")]
+    TunersAutoUnavailable,
+    #[error("cannot start waiting for tuner slot {path:?}")]
+    WaitForSlot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what} contains a NUL byte")]
     NulInArgument { what: String },
     #[error("the program name is empty")]
@@ -151,12 +163,15 @@ impl Error {
             | Self::LockFileNotRegular { .. }
             | Self::LockFileForeign { .. }
             | Self::LockFileLinked { .. } => ExitStatus::LockUnusable,
-            Self::Flock { .. } | Self::LockFileUnstable { .. } | Self::PassLock { .. } => {
-                ExitStatus::OsError
-            }
-            Self::NulInArgument { .. } | Self::EmptyProgram | Self::LockDirEnvEmpty => {
-                ExitStatus::BadArgument
-            }
+            Self::Flock { .. }
+            | Self::LockFileUnstable { .. }
+            | Self::PassLock { .. }
+            | Self::WaitForSlot { .. } => ExitStatus::OsError,
+            Self::NulInArgument { .. }
+            | Self::EmptyProgram
+            | Self::LockDirEnvEmpty
+            | Self::NoDeviceKey
+            | Self::TunersAutoUnavailable => ExitStatus::BadArgument,
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => ExitStatus::NotFound,
                 _ => ExitStatus::CannotRun,
@@ -217,6 +232,15 @@ impl Error {
             }
             Self::NulInArgument { .. } => {
                 "remove the NUL byte: arguments cannot carry one through exec"
+            }
+            Self::NoDeviceKey => {
+                "name the tuner device with --device KEY (the same key for every launcher of the device)"
+            }
+            Self::TunersAutoUnavailable => {
+                "pass the device's number of tuners, e.g. --tuners 2"
+            }
+            Self::WaitForSlot { .. } => {
+                "the system is out of threads or memory: free some, or use --on-busy skip"
             }
             Self::EmptyProgram => "name the program to run after `--`",
             Self::Exec { source, .. } => match source {

@@ -6,7 +6,6 @@
 //! keep no process of ours afterwards, so the lock lives exactly as long as
 //! the program and the children that inherit its descriptor.
 
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
@@ -14,7 +13,7 @@ use std::io::Read as _;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cgroup;
 use crate::cli::{OnBusy, RunArgs};
@@ -22,13 +21,14 @@ use crate::error::Error;
 use crate::exec::{self, Launch};
 use crate::exit_code::ExitStatus;
 use crate::holder::{Absence, HolderScan, LockedInode};
-use crate::lock::{self, Access, Acquired, BusyPolicy};
+use crate::lock::{self, Access, Acquired, BusyPolicy, HeldLock};
 use crate::lock_record::LockRecord;
 use crate::path_trust::{self, Launcher};
 use crate::printable::{printable, printable_path};
 use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
 use crate::source_key::{self, SourceKey};
+use crate::tuner_slot::{self, DeviceKey, SlotOutcome};
 
 /// `run`'s validated settings.
 #[derive(Debug)]
@@ -41,6 +41,16 @@ struct RunConfig {
     busy_status: ExitStatus,
     program: OsString,
     args: Vec<OsString>,
+    /// With `--tuners`: which device's slots, and how many.
+    tuners: Option<TunerConfig>,
+}
+
+/// `--tuners N` and `--device KEY`, validated (ECP-0132).
+#[derive(Debug)]
+struct TunerConfig {
+    device: DeviceKey,
+    /// As given (or learnt by `auto`), before agreeing with other launchers.
+    count: u32,
 }
 
 impl RunConfig {
@@ -71,6 +81,18 @@ impl RunConfig {
         if program.is_empty() {
             return Err(Error::EmptyProgram);
         }
+        let tuners = match args.tuners {
+            None => None,
+            Some(tuners) => {
+                let host = tuner_slot::source_host(&key, &source);
+                let device = match args.device {
+                    Some(device) => device,
+                    None => DeviceKey::of_source(&key, &source).ok_or(Error::NoDeviceKey)?,
+                };
+                let count = tuner_slot::tuner_count(tuners, &device, host.as_deref())?;
+                Some(TunerConfig { device, count })
+            }
+        };
         Ok(Self {
             lock_dir: args.lock_dir,
             source,
@@ -79,6 +101,7 @@ impl RunConfig {
             busy_status: ExitStatus::Busy(args.busy_exit_code),
             program,
             args: command.collect(),
+            tuners,
         })
     }
 }
@@ -149,7 +172,13 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     if args.wait_timeout.is_some() && args.on_busy == OnBusy::Skip {
         tracing::warn!("--wait-timeout has no effect with --on-busy skip");
     }
+    // --wait-timeout bounds the source lock and the slot together.
+    let started = Instant::now();
     let config = RunConfig::from_args(args)?;
+    let deadline = match config.policy {
+        BusyPolicy::Wait { timeout: Some(t) } => started.checked_add(t),
+        _ => None,
+    };
     let lock_path = config.key.lock_path(&config.lock_dir);
     let prepared = exec::prepare(&Launch {
         program: &config.program,
@@ -157,6 +186,7 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
         source: &config.source,
         key: config.key.as_str(),
         lock_path: &lock_path,
+        device: config.tuners.as_ref().map(|t| t.device.as_str()),
     })?;
     // Logged and recorded: a URL given as the program must not show its credential.
     let program_name = redact_word(&config.program.to_string_lossy());
@@ -168,32 +198,102 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
 
     match lock::acquire(&lock_path, config.policy, &me)? {
         Acquired::Held(held) => {
-            match held.access {
-                Access::ReadWrite => {
-                    let mut record = LockRecord::for_this_launch(
-                        config.key.as_str(),
-                        &redacted,
-                        &program_name,
-                        cgroup::own_unit(),
-                    );
-                    record.lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
-                    if let Err(e) = record.write_into(&held.lock) {
-                        tracing::warn!(lock_file = %lock_path.display(), "holding the lock, but cannot write the launch record: {e}");
+            let unit = cgroup::own_unit();
+            let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
+            let record = || {
+                let mut record = LockRecord::for_this_launch(
+                    config.key.as_str(),
+                    &redacted,
+                    &program_name,
+                    unit.clone(),
+                );
+                record.lock_dir_inode = lock_dir_inode;
+                record
+            };
+            write_record(&held, &record(), "lock");
+            // Source first, then a slot: a duplicate stopped above.
+            let slot = match &config.tuners {
+                None => None,
+                Some(tuners) => {
+                    let agreed = agree_on_count(&config.lock_dir, tuners);
+                    let wait = matches!(config.policy, BusyPolicy::Wait { .. });
+                    match tuner_slot::acquire(
+                        &config.lock_dir,
+                        &tuners.device,
+                        agreed,
+                        wait,
+                        deadline,
+                        &me,
+                    )? {
+                        SlotOutcome::Held(slot) => {
+                            let mut slot_record = record();
+                            slot_record.device = Some(tuners.device.as_str().to_owned());
+                            slot_record.slot = Some(slot.slot);
+                            slot_record.tuners = Some(tuners.count);
+                            write_record(&slot.lock, &slot_record, "tuner slot");
+                            Some(slot)
+                        }
+                        SlotOutcome::Busy { slots, timed_out } => {
+                            report_device_busy(
+                                &config,
+                                &tuners.device,
+                                &slots,
+                                timed_out,
+                                &program_name,
+                            );
+                            return Ok(config.busy_status);
+                        }
                     }
                 }
-                Access::ReadOnly => tracing::warn!(
-                    lock_file = %lock_path.display(),
-                    "holding the lock through a read-only descriptor (the file belongs to another user); its launch record is not updated"
-                ),
+            };
+            match &slot {
+                None => {
+                    tracing::info!(key = %config.key, lock_file = %lock_path.display(), "source lock acquired; starting {program_name}");
+                }
+                Some(slot) => {
+                    tracing::info!(key = %config.key, lock_file = %lock_path.display(), slot_file = %slot.lock.path.display(), "source lock and tuner slot {} acquired; starting {program_name}", slot.slot);
+                }
             }
-            tracing::info!(key = %config.key, lock_file = %lock_path.display(), "source lock acquired; starting {program_name}");
-            Err(exec::exec(prepared, &held))
+            Err(exec::exec(prepared, &held, slot.as_ref()))
         }
         Acquired::Busy { file, timed_out } => {
             report_busy(&config, &lock_path, &file, timed_out, &program_name);
             Ok(config.busy_status)
         }
     }
+}
+
+/// Writes `record` into a held lock or slot file, or says why not.
+fn write_record(held: &HeldLock, record: &LockRecord, what: &str) {
+    match held.access {
+        Access::ReadWrite => {
+            if let Err(e) = record.write_into(&held.lock) {
+                tracing::warn!(lock_file = %held.path.display(), "holding the {what}, but cannot write the launch record: {e}");
+            }
+        }
+        Access::ReadOnly => tracing::warn!(
+            lock_file = %held.path.display(),
+            "holding the {what} through a read-only descriptor (the file belongs to another user); its launch record is not updated"
+        ),
+    }
+}
+
+/// The count to share: ours, or a smaller one the holders were started
+/// with (ECP-0132), warned about.
+fn agree_on_count(lock_dir: &Path, tuners: &TunerConfig) -> u32 {
+    let agreement = tuner_slot::agree_on_count(lock_dir, &tuners.device, tuners.count);
+    if !agreement.others.is_empty() {
+        let others: Vec<String> = agreement.others.iter().map(u32::to_string).collect();
+        tracing::warn!(
+            device = %printable(tuners.device.as_str()),
+            "launchers of device {} disagree on its tuner count: this one says --tuners {}, held slots were taken with --tuners {}; using {} (give every launcher of the device the same --tuners)",
+            printable(tuners.device.as_str()),
+            tuners.count,
+            others.join(", "),
+            agreement.count,
+        );
+    }
+    agreement.count
 }
 
 /// One warning: who holds the source (from the kernel), since when (from
@@ -206,57 +306,117 @@ fn report_busy(
     timed_out: bool,
     program: &str,
 ) {
-    let inode = LockedInode::of_file(file).ok();
-    let record = LockRecord::read_from(file);
-    // The lock table names the taker; it is named as the holder when its
-    // own descriptors still hold the lock (a few stats: a reused PID does
-    // not pass). Otherwise the whole of /proc is scanned for the processes
-    // that inherited the lock. Under a burst of duplicate launches that
-    // keeps each loser cheap.
-    let mut scan = HolderScan::lock_table(Path::new("/proc"));
-    if let Some(inode) = inode
-        && !scan.verify_takers(inode, record.as_ref())
-    {
-        scan = HolderScan::take(
-            Path::new("/proc"),
-            &config.lock_dir,
-            &BTreeSet::from([inode]),
-        );
-    }
-    let holders = inode
-        .map(|i| scan.holders(i, record.as_ref()))
-        .unwrap_or_default();
-    let mut described: Vec<String> = holders.iter().map(describe_holder).collect();
-    if described.is_empty() {
-        described.push("a process this user cannot see".into());
-    }
-    let absent = inode
-        .map(|i| scan.absent_takers(i, &holders))
-        .unwrap_or_default();
-    let exited: Vec<String> = absent
-        .iter()
-        .filter(|(_, why)| *why != Absence::Unverified)
-        .map(|(pid, _)| pid.to_string())
-        .collect();
-    if !exited.is_empty() {
-        described.push(format!("inherited from exited pid {}", exited.join(", ")));
-    }
-    let waited = match config.policy {
-        BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
-            format!("gave up waiting after {}; ", seconds(t))
-        }
-        _ => String::new(),
-    };
+    let (described, _) = describe_holders(&config.lock_dir, &[file]).remove(0);
     tracing::warn!(
         key = %printable(config.key.as_str()),
         lock_file = %printable_path(lock_path),
-        "source busy: held by {}; {waited}not starting {}, exiting {} (see `ec-launch status --lock-dir {} '{}'`)",
+        "source busy: held by {}; {}not starting {}, exiting {} (see `ec-launch status --lock-dir {} '{}'`)",
         described.join(", "),
+        gave_up(config, timed_out),
         printable(program),
         config.busy_status.code(),
         printable_path(&config.lock_dir),
         printable(config.key.as_str()),
     );
+}
+
+/// One warning naming, for every slot of the device, its holders and the
+/// source they read (from the slot's record), and what we did instead.
+fn report_device_busy(
+    config: &RunConfig,
+    device: &DeviceKey,
+    slots: &[(u32, fs::File)],
+    timed_out: bool,
+    program: &str,
+) {
+    let files: Vec<&fs::File> = slots.iter().map(|(_, file)| file).collect();
+    let described: Vec<String> = slots
+        .iter()
+        .zip(describe_holders(&config.lock_dir, &files))
+        .map(|((slot, _), (holders, record))| {
+            let source = record
+                .map(|r| format!(" reading {}", printable(&redact_source(&r.source))))
+                .unwrap_or_default();
+            format!("slot {slot} held by {}{source}", holders.join(", "))
+        })
+        .collect();
+    tracing::warn!(
+        device = %printable(device.as_str()),
+        key = %printable(config.key.as_str()),
+        "device busy: all {} tuner slots of {} are held: {}; {}not starting {}, exiting {} (see `ec-launch status --lock-dir {}`)",
+        slots.len(),
+        printable(device.as_str()),
+        described.join("; "),
+        gave_up(config, timed_out),
+        printable(program),
+        config.busy_status.code(),
+        printable_path(&config.lock_dir),
+    );
+}
+
+fn gave_up(config: &RunConfig, timed_out: bool) -> String {
+    match config.policy {
+        BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
+            format!("gave up waiting after {}; ", seconds(t))
+        }
+        _ => String::new(),
+    }
+}
+
+/// For each open lock or slot file: its holders as a warning names them
+/// (from the kernel), and its record.
+///
+/// The lock table names each taker; it is named as the holder when its own
+/// descriptors still hold the lock (a few stats: a reused PID does not
+/// pass). Otherwise the whole of /proc is scanned, once, for the processes
+/// that inherited the locks. Under a burst of launches that keeps each
+/// loser cheap.
+fn describe_holders(
+    lock_dir: &Path,
+    files: &[&fs::File],
+) -> Vec<(Vec<String>, Option<LockRecord>)> {
+    let proc_root = Path::new("/proc");
+    let inodes: Vec<Option<LockedInode>> = files
+        .iter()
+        .map(|f| LockedInode::of_file(f).ok())
+        .collect();
+    let records: Vec<Option<LockRecord>> =
+        files.iter().map(|f| LockRecord::read_from(f)).collect();
+    let mut scan = HolderScan::lock_table(proc_root);
+    let mut verified = true;
+    for (inode, record) in inodes.iter().zip(&records) {
+        if let Some(inode) = inode {
+            verified &= scan.verify_takers(*inode, record.as_ref());
+        }
+    }
+    if !verified {
+        scan = HolderScan::take(proc_root, lock_dir, &inodes.iter().flatten().copied().collect());
+    }
+    inodes
+        .into_iter()
+        .zip(records)
+        .map(|(inode, record)| {
+            let holders = inode
+                .map(|i| scan.holders(i, record.as_ref()))
+                .unwrap_or_default();
+            let mut described: Vec<String> = holders.iter().map(describe_holder).collect();
+            if described.is_empty() {
+                described.push("a process this user cannot see".into());
+            }
+            let absent = inode
+                .map(|i| scan.absent_takers(i, &holders))
+                .unwrap_or_default();
+            let exited: Vec<String> = absent
+                .iter()
+                .filter(|(_, why)| *why != Absence::Unverified)
+                .map(|(pid, _)| pid.to_string())
+                .collect();
+            if !exited.is_empty() {
+                described.push(format!("inherited from exited pid {}", exited.join(", ")));
+            }
+            (described, record)
+        })
+        .collect()
 }
 
 /// `pid 4242 (ec-node) in x.service since 2026-…`.

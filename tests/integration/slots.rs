@@ -102,7 +102,7 @@ fn the_program_gets_the_device_key_its_slot_and_the_slot_descriptor() {
     // An unusual spelling of the host: the device is the canonical host.
     let output = env
         .run(
-            "http://010.0.0.5:5004/auto/v7.1",
+            "http://0x0a000005:5004/auto/v7.1",
             &["--tuners", "2"],
             &TestEnv::sh(script),
         )

@@ -16,9 +16,11 @@
 //! - A held slot is never taken from its holder: only the kernel frees it,
 //!   when the last descriptor of the holder's open file description closes.
 //! - The count N is what the launchers of a device agree on: records of
-//!   slots the kernel shows held carry their launcher's N, and a launcher
-//!   that sees another uses the smallest (records of free slots are stale).
+//!   slots the kernel shows held (found busy while trying them in order)
+//!   carry their launcher's N, and a launcher that sees a smaller one uses
+//!   it (records of free slots are stale and not read).
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
@@ -28,10 +30,11 @@ use std::thread;
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::holder::{HolderScan, LockedInode};
+use crate::holder::LockedInode;
 use crate::lock::{self, Acquired, BusyPolicy, HeldLock};
 use crate::lock_record::LockRecord;
 use crate::path_trust::{self, Launcher};
+use crate::printable::printable;
 use crate::source_key::{self, SourceKey};
 
 /// The most tuners a device may be declared with (HDHomeRun boxes have 2-6;
@@ -170,15 +173,14 @@ pub struct SlotFile {
     pub inode: LockedInode,
 }
 
-/// Every slot file in `dir` (of `device` only, when given), sorted by
-/// device and slot. An unreadable directory has none.
+/// Every slot file in `dir`, sorted by device and slot. An unreadable
+/// directory has none.
 #[must_use]
-pub fn slot_files(dir: &Path, device: Option<&DeviceKey>) -> Vec<SlotFile> {
+pub fn slot_files(dir: &Path) -> Vec<SlotFile> {
     let Ok(metadata) = fs::metadata(dir) else {
         return Vec::new();
     };
     let device_inode = LockedInode::of_metadata(&metadata);
-    let stem = device.map(DeviceKey::file_stem);
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -188,9 +190,6 @@ pub fn slot_files(dir: &Path, device: Option<&DeviceKey>) -> Vec<SlotFile> {
         .filter_map(|e| {
             let name = e.file_name();
             let (found, slot) = parse_slot_file_name(name.to_str()?)?;
-            if stem.as_deref().is_some_and(|s| s != found) {
-                return None;
-            }
             Some(SlotFile {
                 path: e.path(),
                 stem: found.to_owned(),
@@ -226,39 +225,6 @@ pub fn open_record(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// The count this launcher uses, and the other counts held slots were
-/// taken with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Agreement {
-    pub count: u32,
-    /// Counts in records of held slots that differ from ours, ascending.
-    pub others: Vec<u32>,
-}
-
-/// Reads the records of `device`'s slots that the kernel shows held and
-/// returns the smallest of their counts and `wanted`.
-#[must_use]
-pub fn agree_on_count(lock_dir: &Path, device: &DeviceKey, wanted: u32) -> Agreement {
-    let files = slot_files(lock_dir, Some(device));
-    let mut others: Vec<u32> = Vec::new();
-    if !files.is_empty() {
-        let scan = HolderScan::lock_table(Path::new("/proc"));
-        for file in files.iter().filter(|f| scan.is_held(f.inode)) {
-            let Ok(opened) = open_record(&file.path) else {
-                continue;
-            };
-            let recorded = LockRecord::read_from(&opened).and_then(|r| r.tuners);
-            if let Some(n) = recorded.filter(|n| *n != wanted && (1..=MAX_TUNERS).contains(n)) {
-                others.push(n);
-            }
-        }
-    }
-    others.sort_unstable();
-    others.dedup();
-    let count = others.first().map_or(wanted, |n| wanted.min(*n));
-    Agreement { count, others }
-}
-
 /// A slot we hold. Dropping it unlocks; exec keeps it.
 #[derive(Debug)]
 pub struct HeldSlot {
@@ -278,27 +244,49 @@ pub enum SlotOutcome {
     },
 }
 
-/// Takes one of `count` slots of `device`: the first free one in slot
+/// Takes one of `wanted` slots of `device`: the first free one in slot
 /// order; with `wait`, whichever frees first, until `deadline`.
+///
+/// Agreement on the count comes with the attempt: a slot that is busy is
+/// one the kernel shows held, and its record carries its launcher's count.
+/// Slots are tried in order, so the counts of every held slot below a free
+/// one are known before it is taken, and a held slot above it cannot
+/// forbid it (its launcher's count is larger than its index). A smaller
+/// count than ours is warned about and used.
 ///
 /// # Errors
 /// Opening or locking failures of a slot file, as for source locks.
 pub fn acquire(
     lock_dir: &Path,
     device: &DeviceKey,
-    count: u32,
+    wanted: u32,
     wait: bool,
     deadline: Option<Instant>,
     me: &Launcher,
 ) -> Result<SlotOutcome, Error> {
+    let mut count = wanted;
+    let mut others = BTreeSet::new();
     let mut busy = Vec::new();
-    for slot in 0..count {
+    let mut slot = 0;
+    while slot < count {
         let path = device.slot_path(lock_dir, slot);
         match lock::acquire(&path, BusyPolicy::Skip, me)? {
-            Acquired::Held(lock) => return Ok(SlotOutcome::Held(HeldSlot { lock, slot })),
-            Acquired::Busy { file, .. } => busy.push((slot, file)),
+            Acquired::Held(lock) => {
+                warn_on_disagreement(device, wanted, &others, count);
+                return Ok(SlotOutcome::Held(HeldSlot { lock, slot }));
+            }
+            Acquired::Busy { file, .. } => {
+                let recorded = LockRecord::read_from(&file).and_then(|r| r.tuners);
+                if let Some(n) = recorded.filter(|n| *n != wanted && (1..=MAX_TUNERS).contains(n)) {
+                    others.insert(n);
+                    count = count.min(n);
+                }
+                busy.push((slot, file));
+            }
         }
+        slot += 1;
     }
+    warn_on_disagreement(device, wanted, &others, count);
     let timed_out = |slots| SlotOutcome::Busy {
         slots,
         timed_out: true,
@@ -313,8 +301,9 @@ pub fn acquire(
     if remaining.is_some_and(|r| r.is_zero()) {
         return Ok(timed_out(busy));
     }
-    tracing::info!(device = %device, "all {count} tuner slots of the device are held; waiting for one to free");
-    // One blocked flock(2) per slot; `decided` makes exactly one the winner.
+    tracing::info!(device = %printable(device.as_str()), "all {count} tuner slots of the device are held; waiting for one to free");
+    // One blocked flock(2) per slot we may take; `decided` makes exactly
+    // one the winner.
     let decided = Arc::new(Mutex::new(false));
     let (sender, receiver) = mpsc::channel();
     for slot in 0..count {
@@ -365,6 +354,19 @@ pub fn acquire(
         Some(Err(error)) => Err(error),
         None => Ok(timed_out(busy)),
     }
+}
+
+fn warn_on_disagreement(device: &DeviceKey, wanted: u32, others: &BTreeSet<u32>, count: u32) {
+    if others.is_empty() {
+        return;
+    }
+    let others: Vec<String> = others.iter().map(u32::to_string).collect();
+    tracing::warn!(
+        device = %printable(device.as_str()),
+        "launchers of device {} disagree on its tuner count: this one says --tuners {wanted}, held slots were taken with --tuners {}; using {count} (give every launcher of the device the same --tuners)",
+        printable(device.as_str()),
+        others.join(", "),
+    );
 }
 
 #[cfg(test)]

@@ -215,12 +215,11 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
             let slot = match &config.tuners {
                 None => None,
                 Some(tuners) => {
-                    let agreed = agree_on_count(&config.lock_dir, tuners);
                     let wait = matches!(config.policy, BusyPolicy::Wait { .. });
                     match tuner_slot::acquire(
                         &config.lock_dir,
                         &tuners.device,
-                        agreed,
+                        tuners.count,
                         wait,
                         deadline,
                         &me,
@@ -276,24 +275,6 @@ fn write_record(held: &HeldLock, record: &LockRecord, what: &str) {
             "holding the {what} through a read-only descriptor (the file belongs to another user); its launch record is not updated"
         ),
     }
-}
-
-/// The count to share: ours, or a smaller one the holders were started
-/// with (ECP-0132), warned about.
-fn agree_on_count(lock_dir: &Path, tuners: &TunerConfig) -> u32 {
-    let agreement = tuner_slot::agree_on_count(lock_dir, &tuners.device, tuners.count);
-    if !agreement.others.is_empty() {
-        let others: Vec<String> = agreement.others.iter().map(u32::to_string).collect();
-        tracing::warn!(
-            device = %printable(tuners.device.as_str()),
-            "launchers of device {} disagree on its tuner count: this one says --tuners {}, held slots were taken with --tuners {}; using {} (give every launcher of the device the same --tuners)",
-            printable(tuners.device.as_str()),
-            tuners.count,
-            others.join(", "),
-            agreement.count,
-        );
-    }
-    agreement.count
 }
 
 /// One warning: who holds the source (from the kernel), since when (from

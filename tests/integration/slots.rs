@@ -454,11 +454,11 @@ fn status_groups_slots_by_device_with_holders_and_waiters_in_text_and_json() {
         .unwrap_or_else(|| panic!("no device line: {stdout}"));
     assert!(
         line.contains(&format!(
-            "slot 0 pid {} sh ((no unit), {})",
+            "slot 0 pid {} sh (no unit, {})",
             first.pid(),
             channel(1)
         )) && line.contains(&format!(
-            "slot 1 pid {} sh ((no unit), {})",
+            "slot 1 pid {} sh (no unit, {})",
             second.pid(),
             channel(2)
         )) && line.ends_with("; 1 waiting"),

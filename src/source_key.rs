@@ -279,7 +279,10 @@ impl SourceKey {
     /// `<label>-<sha256 prefix>.lock`: readable in `ls`, unique by hash.
     #[must_use]
     pub fn lock_file_name(&self) -> String {
-        format!("{}.lock", hashed_name(&self.label, self.canonical.as_bytes()))
+        format!(
+            "{}.lock",
+            hashed_name(&self.label, self.canonical.as_bytes())
+        )
     }
 
     /// The lock file for this key inside `lock_dir`.

@@ -150,8 +150,8 @@ fn slot(scan: &HolderScan, file: &SlotFile) -> SlotStatus {
         // Redacted when written; again, against a hand-edited file.
         record.source = redact_source(&record.source);
     }
-    let regular = opened.is_ok()
-        || fs::symlink_metadata(&file.path).is_ok_and(|m| m.file_type().is_file());
+    let regular =
+        opened.is_ok() || fs::symlink_metadata(&file.path).is_ok_and(|m| m.file_type().is_file());
     let state = if !regular {
         State::Unknown
     } else if scan.is_held(file.inode) {

@@ -357,12 +357,9 @@ fn describe_holders(
     files: &[&fs::File],
 ) -> Vec<(Vec<String>, Option<LockRecord>)> {
     let proc_root = Path::new("/proc");
-    let inodes: Vec<Option<LockedInode>> = files
-        .iter()
-        .map(|f| LockedInode::of_file(f).ok())
-        .collect();
-    let records: Vec<Option<LockRecord>> =
-        files.iter().map(|f| LockRecord::read_from(f)).collect();
+    let inodes: Vec<Option<LockedInode>> =
+        files.iter().map(|f| LockedInode::of_file(f).ok()).collect();
+    let records: Vec<Option<LockRecord>> = files.iter().map(|f| LockRecord::read_from(f)).collect();
     let mut scan = HolderScan::lock_table(proc_root);
     let mut verified = true;
     for (inode, record) in inodes.iter().zip(&records) {
@@ -371,7 +368,11 @@ fn describe_holders(
         }
     }
     if !verified {
-        scan = HolderScan::take(proc_root, lock_dir, &inodes.iter().flatten().copied().collect());
+        scan = HolderScan::take(
+            proc_root,
+            lock_dir,
+            &inodes.iter().flatten().copied().collect(),
+        );
     }
     inodes
         .into_iter()

@@ -483,7 +483,10 @@ fn is_recorded_launcher(scan: &HolderScan, holder: &ProcessInfo, record: &LockRe
 
 /// A path as a JSON string: exact when it is UTF-8, else with the other
 /// bytes written `\xNN` (serde refuses such paths, which emptied the report).
-pub(super) fn path_as_text<S: serde::Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+pub(super) fn path_as_text<S: serde::Serializer>(
+    path: &Path,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     match path.to_str() {
         Some(text) => serializer.serialize_str(text),
         None => serializer.serialize_str(&printable_path(path)),

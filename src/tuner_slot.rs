@@ -105,14 +105,21 @@ pub struct DeviceKey {
 }
 
 impl DeviceKey {
-    /// `--device KEY`, taken as it is (trimmed).
+    /// `--device KEY`, taken as it is (trimmed). The key is printed in logs,
+    /// `status` and the program's environment, so what could carry a
+    /// credential (userinfo's `@`, a query or fragment) is refused: a
+    /// device key is a name, not a URL.
     ///
     /// # Errors
-    /// A message for clap when the key is empty or has control characters.
+    /// A message for clap when the key is empty, has whitespace or control
+    /// characters, or `@`, `?` or `#`.
     pub fn from_flag(text: &str) -> Result<Self, String> {
         let key = text.trim();
-        if key.is_empty() || key.chars().any(char::is_control) {
-            return Err("the device key is empty or has control characters; pass a printable name such as 10.0.0.5".into());
+        if key.is_empty() || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("the device key is empty or has whitespace or control characters; pass a printable name such as 10.0.0.5".into());
+        }
+        if key.contains(['@', '?', '#']) {
+            return Err("a device key is a name, not a URL: it may not contain @, ? or # (it is printed, and a credential must not be); pass e.g. 10.0.0.5 or den-hdhomerun".into());
         }
         Ok(Self {
             canonical: key.to_owned(),
@@ -427,6 +434,14 @@ mod tests {
         assert!(DeviceKey::from_flag("").is_err());
         assert!(DeviceKey::from_flag("  ").is_err());
         assert!(DeviceKey::from_flag("a\x1bb").is_err());
+        assert!(DeviceKey::from_flag("a b").is_err());
+        for secretive in ["admin:pw@10.0.0.5", "box?token=s", "box#x"] {
+            assert!(DeviceKey::from_flag(secretive).is_err(), "{secretive}");
+        }
+        assert_eq!(
+            DeviceKey::from_flag("[fd00::5]").unwrap().as_str(),
+            "[fd00::5]"
+        );
         assert_eq!(DeviceKey::from_flag(" den ").unwrap().as_str(), "den");
     }
 }

@@ -494,6 +494,21 @@ fn status_groups_slots_by_device_with_holders_and_waiters_in_text_and_json() {
         "{line}"
     );
     assert!(!stdout.contains("ORPHANED"), "{stdout}");
+    // `status SOURCE` keeps its meaning: the source's lock, held (0), and
+    // its slot is not taken for a moved lock of the source.
+    let one = env
+        .ec_launch()
+        .arg("status")
+        .arg("--lock-dir")
+        .arg(env.lock_dir())
+        .arg("--json")
+        .arg(channel(1))
+        .output()
+        .unwrap();
+    assert_eq!(one.status.code(), Some(0), "{}", describe(&one));
+    let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(one["locks"].as_array().unwrap().len(), 1, "{one:#}");
+    assert_eq!(one["locks"][0]["orphaned"], false, "{one:#}");
     assert!(
         !stdout.contains(".slot"),
         "slot files are not source locks: {stdout}"
@@ -547,6 +562,11 @@ fn tuner_flags_that_cannot_be_used_are_refused_before_the_lock_directory_is_touc
         (&["--tuners", "65"][..], 2, "--tuners"),
         (&["--device", "box"][..], 2, "--tuners"),
         (&["--tuners", "2", "--device", ""][..], 2, "--device"),
+        (
+            &["--tuners", "2", "--device", "admin:S3CR3T@10.0.0.5"][..],
+            2,
+            "--device",
+        ),
         (&["--tuners", "auto"][..], 64, "--tuners auto"),
     ] {
         let output = env

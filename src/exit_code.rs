@@ -36,7 +36,7 @@ pub const TABLE: &[(&str, &str)] = &[
     ),
     (
         "64",
-        "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name), or `EC_LAUNCH_LOCK_DIR` is set but empty",
+        "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--tuners` on a source without a host and no `--device`, `--tuners auto` until the device can be asked), or `EC_LAUNCH_LOCK_DIR` is set but empty",
     ),
     (
         "65",
@@ -56,7 +56,7 @@ pub const TABLE: &[(&str, &str)] = &[
     ),
     (
         "75",
-        "busy: held by another process (skip), or `--wait-timeout` passed; `--busy-exit-code` changes it (to 0 or a code not in this table)",
+        "busy: held by another process (skip), every tuner slot of the device held (`--tuners`, skip), or `--wait-timeout` passed; `--busy-exit-code` changes it (to 0 or a code not in this table)",
     ),
     ("77", "permission denied on the lock directory or lock file"),
     ("126", "the program was found but cannot be executed"),
@@ -77,7 +77,8 @@ pub fn man_sections() -> String {
     roff.push_str(
         ".SH ENVIRONMENT\n.TP\nEC_LAUNCH_LOCK_DIR\ndefault for \\-\\-lock\\-dir\n\
          .TP\nEC_LAUNCH_LOG\nlog level (off, error, warn, info, debug, trace), overriding \\-v\n\
-         .TP\nEC_SOURCE_URL, EC_SOURCE_KEY, EC_SOURCE_LOCK, EC_SOURCE_LOCK_FD\nset for the program by run\n",
+         .TP\nEC_SOURCE_URL, EC_SOURCE_KEY, EC_SOURCE_LOCK, EC_SOURCE_LOCK_FD\nset for the program by run\n\
+         .TP\nEC_DEVICE_KEY, EC_TUNER_SLOT, EC_TUNER_SLOT_FD\nset for the program by run \\-\\-tuners\n",
     );
     roff
 }

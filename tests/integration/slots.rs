@@ -168,11 +168,19 @@ fn a_waiter_takes_a_slot_as_soon_as_a_holder_is_sigkilled() {
     let env = TestEnv::new();
     // `sleep` without children: a child would keep the slot after the kill.
     let mut first = Guard::spawn(&mut env.run(&channel(1), &["--tuners", "2"], &["sleep", "300"]));
+    let first_pid = i64::from(first.pid());
+    let mut first_slot = None;
+    assert!(
+        wait_until(PATIENCE, || {
+            first_slot = slot_files(&env)
+                .into_iter()
+                .find(|f| holders(f).contains(&first_pid));
+            first_slot.is_some()
+        }),
+        "the first holder never took a slot"
+    );
+    let first_slot = first_slot.unwrap();
     let _second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
-    assert!(wait_until(PATIENCE, || slot_files(&env)
-        .iter()
-        .all(|f| !holders(f).is_empty())
-        && slot_files(&env).len() == 2));
     let mut waiter = Guard::spawn(&mut env.run(
         &channel(3),
         &["--tuners", "2", "--on-busy", "wait"],
@@ -358,7 +366,10 @@ fn launchers_on_256_channels_of_one_device_with_four_tuners_never_run_more_than_
         );
         let slots = slot_files(&env);
         assert_eq!(slots.len(), TUNERS, "round {round}: {slots:?}");
-        assert!(slots.iter().all(|s| holders(s).len() == 1), "round {round}");
+        assert!(
+            wait_until(PATIENCE, || slots.iter().all(|s| holders(s).len() == 1)),
+            "round {round}: each slot held once"
+        );
         fs::write(env.path("release"), "").unwrap();
         for winner in launchers {
             let (code, stderr) = winner.finish();

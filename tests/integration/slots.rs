@@ -227,8 +227,8 @@ fn a_waiter_takes_a_slot_as_soon_as_a_holder_is_sigkilled() {
         .collect();
     assert_eq!(
         held_by_waiter,
-        vec![&slots[0]],
-        "the waiter holds slot 0 only"
+        vec![&first_slot],
+        "the waiter holds the freed slot only"
     );
     assert!(
         waiters(&slots).is_empty(),

@@ -11,6 +11,9 @@
 #     its whole cgroup within a bounded time; units defined elsewhere
 #     (extraUnits) get that half only, the module's own units also the
 #     restart half (Restart=always, exit 75 a clean stop).
+# A unit on a tuner box declared in `devices` also takes one of the box's
+# tuner slots (`--tuners`/`--device`, evolution/ECP-0132-tuner-slots.md),
+# so the node never has more readers on a box than it has tuners.
 # ./unit-policy.json is shared with the systemd acceptance suite; this module
 # applies every key of both halves and never restates the values.
 {
@@ -59,6 +62,78 @@ let
   execLine = args: lib.concatMapStringsSep " " execWord args;
 
   isDevice = source: source != null && lib.hasPrefix "/dev/" source;
+
+  # Tuner devices (issue #10, evolution/ECP-0132-tuner-slots.md). A unit is
+  # on a device when its source URL's host is the device's host, as far as
+  # Nix can tell without resolving names: `scheme://[userinfo@]host[:port]`
+  # followed by a path, query or fragment, IPv6 in brackets. Compared
+  # lower-cased, without one trailing dot, brackets or an IPv4-mapped
+  # IPv6 prefix (so far ec-launch's key rules, ECP-0130); other spellings of
+  # one box (a name and its address, `010.0.0.5`, `fe80:0::1`) are not
+  # folded, and a unit that uses one names the device with `device`.
+  sourceHost =
+    source:
+    let
+      parts = builtins.match "[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*@)?([[][.0-9A-Fa-f:]*[]]|[-A-Za-z0-9._~%!$&'()*+,;=]*)(:[0-9]*)?([/?#].*)?" source;
+      host = builtins.elemAt parts 1;
+    in
+    if source == null || parts == null || host == "" then null else normaliseHost host;
+  normaliseHost =
+    host:
+    let
+      lower = lib.toLower host;
+      bracketed = builtins.match "[[](.*)[]]" lower;
+      bare = if bracketed == null then lower else builtins.head bracketed;
+      mapped = builtins.match "::ffff:([0-9]+[.][0-9]+[.][0-9]+[.][0-9]+)" bare;
+    in
+    if mapped != null then
+      builtins.head mapped
+    else if lib.hasInfix ":" bare then
+      bare
+    else
+      lib.removeSuffix "." bare;
+  # `--device`: the host as ec-launch writes a host in a key, so a launcher
+  # started by hand on the same source finds the same slots.
+  deviceKey =
+    host:
+    let
+      normal = normaliseHost host;
+    in
+    if lib.hasInfix ":" normal then "[${normal}]" else normal;
+  # A name or IPv4 address, or an IPv6 address (at least two colons) with or
+  # without brackets; no scheme, userinfo, port or path.
+  isHost =
+    host:
+    let
+      ipv6 = "[.0-9A-Fa-f]*:[.0-9A-Fa-f]*:[.0-9A-Fa-f:]*";
+    in
+    builtins.match "[A-Za-z0-9._-]+|${ipv6}|[[]${ipv6}[]]" host != null;
+  optionOfDevice = name: "services.every-channel.devices.${name}";
+  # The declared device a unit's source host is, or null.
+  deviceOfHost =
+    host:
+    let
+      names = lib.filter (name: normaliseHost cfg.devices.${name}.host == host) (
+        builtins.attrNames cfg.devices
+      );
+    in
+    if host == null || names == [ ] then null else builtins.head names;
+  # The device a unit is on: its `device`, else the one its source's host is.
+  deviceOfUnit =
+    unit: if unit.device != null then unit.device else deviceOfHost (sourceHost unit.source);
+  # `ec-launch run` flags of a unit on a device, before `--`.
+  tunerArgs =
+    unit:
+    let
+      name = deviceOfUnit unit;
+      device = cfg.devices.${name};
+    in
+    lib.optionals (name != null && cfg.devices ? ${name}) [
+      "--tuners"
+      (toString device.tuners)
+      "--device"
+      (deviceKey device.host)
+    ];
 
   # Credentials in a source: userinfo (anything up to an `@` before the
   # query, with or without `//`), or a parameter (query, or `;name=value`
@@ -208,9 +283,33 @@ let
           ];
           default = "skip";
           description = ''
-            What to do when another unit holds the source: `skip` exits with
-            75, a clean stop that is not restarted; `wait` blocks until the
-            holder lets go.
+            What to do when another unit holds the source, or, on a device
+            in `services.every-channel.devices`, when every tuner is taken:
+            `skip` exits with 75, a clean stop that is not restarted (the
+            unit stays inactive until the next switch or a manual start);
+            `wait` blocks, without asking the device, until the holder lets
+            go or a tuner frees, and starts the program then.
+
+            With more channels than tuners, `wait` is what you want: every
+            publisher of the box is a standby for a tuner, the ones that
+            start first stream, and the others take a tuner the moment one
+            frees. With `skip`, whichever finds the tuners taken at boot
+            stays off.
+          '';
+        };
+
+        device = mkOption {
+          type = types.nullOr types.nonEmptyStr;
+          default = null;
+          example = "living-room";
+          description = ''
+            The name of the tuner device in `services.every-channel.devices`
+            this unit reads from, for a source the module cannot match to
+            the device's `host`: a `sourceFile` (read only on the node), or
+            a `source` spelling the box differently (a name where the device
+            is declared by address). A unit whose `source` URL has the
+            device's host needs nothing here. Not to be confused with
+            `devices`, the device nodes the unit may open.
           '';
         };
 
@@ -378,6 +477,7 @@ let
     let
       both = unit.source != null && unit.sourceFile != null;
       neither = unit.source == null && unit.sourceFile == null;
+      hostDevice = deviceOfHost (sourceHost unit.source);
     in
     {
       assertions = [
@@ -399,6 +499,29 @@ let
           assertion = unit.source != null || unit.sourceFile != null || unit.lockKey == null;
           message = "${optionPath}: `lockKey` only applies with `source` or `sourceFile`.";
         }
+        {
+          assertion = unit.source != null || unit.sourceFile != null || unit.device == null;
+          message = "${optionPath}.device: `device` only applies with `source` or `sourceFile`.";
+        }
+        {
+          assertion = unit.device == null || cfg.devices ? ${unit.device};
+          message =
+            let
+              declared = builtins.attrNames cfg.devices;
+            in
+            "${optionPath}.device: no device `${unit.device}` in services.every-channel.devices (${
+              if declared == [ ] then
+                "none declared"
+              else
+                "declared: ${lib.concatMapStringsSep ", " (name: "`${name}`") declared}"
+            }); declare it there or fix the name.";
+        }
+        {
+          assertion = unit.device == null || hostDevice == null || hostDevice == unit.device;
+          message = "${optionPath}.device: `${unit.device}` is ${optionOfDevice unit.device}, but the source's host ${
+            deviceKey (sourceHost unit.source)
+          } is ${optionOfDevice hostDevice}; remove `device` (the host picks the device) or fix the source.";
+        }
       ];
       warnings =
         lib.optional (unit.source != null && !isDevice unit.source && hasCredentials unit.source)
@@ -407,6 +530,67 @@ let
           lib.optional (unit.sourceFile != null && lib.any (lib.hasInfix "{source}") unit.args)
             "${optionPath}.args contains `{source}`, which puts the URL from `sourceFile` on ec-node's command line where every user can read it; have ec-node read EC_SOURCE_URL instead.";
     };
+
+  # Per device: contradictions are assertions, with the option to change;
+  # more sources than tuners with a unit that skips is a warning (it may
+  # be meant, but it is the 503 incident's shape with a quieter ending).
+  deviceNames = builtins.attrNames cfg.devices;
+  unitsOnDevice =
+    name:
+    lib.filter (
+      { unit, ... }: (unit.source != null || unit.sourceFile != null) && deviceOfUnit unit == name
+    ) units;
+  hostGroups = lib.groupBy (name: normaliseHost cfg.devices.${name}.host) (
+    lib.filter (name: isHost cfg.devices.${name}.host) deviceNames
+  );
+  deviceAssertions =
+    lib.concatMap (
+      name:
+      let
+        device = cfg.devices.${name};
+      in
+      [
+        {
+          assertion = isHost device.host;
+          message = "${optionOfDevice name}.host: `${device.host}` is not a host name or address; give it alone, without scheme, user, port or path (e.g. \"10.0.0.5\" or \"fe80::1\").";
+        }
+        {
+          assertion = device.tuners == "auto" || device.tuners >= 1;
+          message = "${optionOfDevice name}.tuners: ${toString device.tuners} is not a number of tuners; give how many the device has (1 or more), or \"auto\" to ask it.";
+        }
+      ]
+    ) deviceNames
+    ++ lib.mapAttrsToList (host: names: {
+      assertion = lib.length names == 1;
+      message = "${lib.concatMapStringsSep ", " optionOfDevice names}: one host `${deviceKey host}`, declared more than once; declare each box once (a unit that spells it differently takes `device`).";
+    }) hostGroups;
+  deviceWarnings = lib.concatMap (
+    name:
+    let
+      inherit (cfg.devices.${name}) tuners;
+      on = unitsOnDevice name;
+      # Units on one source share a tuner (a standby waits on the source
+      # lock and never takes a slot); the spelling stands in for the key.
+      sources = lib.unique (
+        map (
+          { unit, ... }:
+          if unit.lockKey != null then
+            unit.lockKey
+          else if unit.source != null then
+            unit.source
+          else
+            toString unit.sourceFile
+        ) on
+      );
+      skipping = lib.filter ({ unit, ... }: unit.onBusy == "skip") on;
+    in
+    lib.optional (builtins.isInt tuners && lib.length sources > tuners && skipping != [ ])
+      "${optionOfDevice name}: ${toString (lib.length sources)} sources on ${toString tuners} tuners, and ${
+        lib.concatMapStringsSep ", " (u: u.optionPath) skipping
+      } ${
+        if lib.length skipping == 1 then "has" else "have"
+      } onBusy = \"skip\": a unit that finds every tuner taken exits 75 and is not restarted, so its channel stays off. Set onBusy = \"wait\" on them: a waiting unit takes the next tuner that frees."
+  ) deviceNames;
 
   # The systemd service for one publisher or archive worker.
   mkUnit =
@@ -427,6 +611,7 @@ let
           "--key"
           unit.lockKey
         ]
+        ++ tunerArgs unit
         ++ lib.optionals (unit.source != null) [
           "--source"
           unit.source
@@ -548,6 +733,61 @@ in
       '';
     };
 
+    devices = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            host = mkOption {
+              type = types.nonEmptyStr;
+              example = "192.168.1.20";
+              description = ''
+                The device's host name or address as its sources' URLs spell
+                it (`http://<host>:5004/auto/v5.1`), alone: no scheme, port
+                or path; an IPv6 address with or without brackets. Every
+                publisher and archive worker whose `source` has this host
+                (compared case-insensitively) is on the device. One box, one
+                entry: a unit that spells the box differently (its name
+                where this is its address) or reads a `sourceFile` takes
+                `device = "<name>"`. Passed to `ec-launch run` as
+                `--device`, the device's identity in the lock directory.
+              '';
+            };
+            tuners = mkOption {
+              type = types.either types.int (types.enum [ "auto" ]);
+              example = "auto";
+              description = ''
+                How many tuners the device has: at most that many of its
+                units read at once (`ec-launch run --tuners`); the others
+                wait or skip by their `onBusy`, without asking the device.
+                `"auto"` asks the device at every start
+                (`GET http://<host>/discover.json`, its `TunerCount`); a
+                device that cannot be asked fails the start, which systemd
+                retries, and one without `discover.json` (older HDHomeRun
+                models answer 404) needs a number.
+              '';
+            };
+          };
+        }
+      );
+      default = { };
+      example = lib.literalExpression ''
+        {
+          living-room = { host = "192.168.1.20"; tuners = 2; };
+          attic = { host = "hdhr-attic.lan"; tuners = "auto"; };
+        }
+      '';
+      description = ''
+        Tuner devices (an HDHomeRun has 2 to 4 tuners, and every open stream
+        takes one), each declared once. Every publisher and archive worker
+        whose source is on a device's `host` (or that names it with
+        `device`) runs `ec-launch run --tuners <tuners> --device <host>`:
+        it takes one of the device's tuner slots after its source lock, so
+        at most `tuners` units on this node read the device at once and
+        none asks a full device. Readers on other nodes or outside these
+        units are not counted (`ec-launch status --device` shows them).
+      '';
+    };
+
     extraUnits = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -620,9 +860,11 @@ in
           message = "services.every-channel.launcherPackage is not set: import the module as this flake's nixosModules.default, which sets it, or set it to an ec-launch package.";
         }
       ]
-      ++ lib.concatMap (unit: (unitChecks unit).assertions) units;
+      ++ lib.concatMap (unit: (unitChecks unit).assertions) units
+      ++ deviceAssertions;
       warnings =
         lib.concatMap (unit: (unitChecks unit).warnings) units
+        ++ deviceWarnings
         ++ map (
           name:
           "services.every-channel.extraUnits: `${name}` is not defined in systemd.services by any other module, so the kill policy would create a unit with nothing to run; check the spelling (a unit that only comes from a package in systemd.packages is fine)."

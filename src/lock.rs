@@ -118,11 +118,20 @@ pub fn ensure_lock_dir(dir: &Path, me: &Launcher) -> Result<(), Error> {
     }
 }
 
-/// Takes the lock at `path` according to `policy`.
+/// Takes the lock at `path` according to `policy`. When a `Wait` policy
+/// finds the lock held and is about to block, `on_wait` is called once with
+/// the (unlocked) file: a waiting unit must say whom it waits for, not sit
+/// silent in `flock(2)`.
 ///
 /// # Errors
 /// Opening or locking failures; never "busy", which is [`Acquired::Busy`].
-pub fn acquire(path: &Path, policy: BusyPolicy, me: &Launcher) -> Result<Acquired, Error> {
+pub fn acquire(
+    path: &Path,
+    policy: BusyPolicy,
+    me: &Launcher,
+    on_wait: &mut dyn FnMut(&File),
+) -> Result<Acquired, Error> {
+    let mut announced = false;
     // A timeout too large for the clock is no timeout: it would never pass.
     let deadline = match policy {
         BusyPolicy::Wait { timeout: Some(t) } => Instant::now().checked_add(t),
@@ -146,15 +155,22 @@ pub fn acquire(path: &Path, policy: BusyPolicy, me: &Launcher) -> Result<Acquire
             // timeout never reports a free source as busy.
             BusyPolicy::Wait { .. } => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => lock,
-                Err((file, Errno::EWOULDBLOCK)) => match wait_for_lock(file, deadline, path)? {
-                    WaitOutcome::Locked(lock) => lock,
-                    WaitOutcome::TimedOut(file) => {
-                        return Ok(Acquired::Busy {
-                            file,
-                            timed_out: true,
-                        });
+                Err((file, Errno::EWOULDBLOCK)) => {
+                    // Once: a retry after a replaced file waits on.
+                    if !announced {
+                        announced = true;
+                        on_wait(&file);
                     }
-                },
+                    match wait_for_lock(file, deadline, path)? {
+                        WaitOutcome::Locked(lock) => lock,
+                        WaitOutcome::TimedOut(file) => {
+                            return Ok(Acquired::Busy {
+                                file,
+                                timed_out: true,
+                            });
+                        }
+                    }
+                }
                 Err((_, source)) => return Err(flock_error(path, source)),
             },
         };
@@ -203,17 +219,19 @@ fn wait_for_lock(file: File, deadline: Option<Instant>, path: &Path) -> Result<W
     }
     // A second descriptor for the same open file, kept here so a timed-out
     // caller still has the file to read the holder's record from.
-    let kept = file.try_clone().map_err(|source| Error::OpenLockFile {
-        path: path.to_owned(),
-        source,
-    })?;
+    let kept = file
+        .try_clone()
+        .map_err(|source| Error::DuplicateLockDescriptor {
+            path: path.to_owned(),
+            source,
+        })?;
     let (sender, receiver) = mpsc::channel();
     thread::Builder::new()
         .name("flock-wait".into())
         .spawn(move || {
             let _ = sender.send(blocking_lock(file));
         })
-        .map_err(|source| Error::OpenLockFile {
+        .map_err(|source| Error::StartWaitThread {
             path: path.to_owned(),
             source,
         })?;
@@ -242,14 +260,14 @@ fn blocking_lock(mut file: File) -> Result<Flock<File>, Errno> {
 
 /// True when `path` still names the inode `lock` is on.
 fn path_still_names(lock: &Flock<File>, path: &Path) -> Result<bool, Error> {
-    let held = lock.metadata().map_err(|source| Error::OpenLockFile {
+    let held = lock.metadata().map_err(|source| Error::InspectLockFile {
         path: path.to_owned(),
         source,
     })?;
     match fs::symlink_metadata(path) {
         Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(Error::OpenLockFile {
+        Err(source) => Err(Error::InspectLockFile {
             path: path.to_owned(),
             source,
         }),
@@ -265,7 +283,7 @@ fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access), Error> {
         Ok(metadata) => path_trust::ensure_trusted_lock_file(path, &metadata, me)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(source) => {
-            return Err(Error::OpenLockFile {
+            return Err(Error::InspectLockFile {
                 path: path.to_owned(),
                 source,
             });
@@ -305,7 +323,7 @@ fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access), Error> {
     // O_NONBLOCK was only for the open; the descriptor is handed to the
     // program, which should see ordinary blocking semantics.
     nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty())).map_err(|source| {
-        Error::PassLock {
+        Error::MakeLockBlocking {
             path: path.to_owned(),
             source,
         }

@@ -27,7 +27,7 @@ pub fn printable(text: &str) -> Cow<'_, str> {
 
 /// Bytes as text: UTF-8 runs escaped like [`printable`], other bytes as `\xNN`.
 #[must_use]
-pub fn printable_bytes(bytes: &[u8]) -> String {
+fn printable_bytes(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         push_escaped(&mut text, chunk.valid());
@@ -42,6 +42,20 @@ pub fn printable_bytes(bytes: &[u8]) -> String {
 #[must_use]
 pub fn printable_path(path: &Path) -> String {
     printable_bytes(path.as_os_str().as_bytes())
+}
+
+/// `text` as one word of a POSIX shell command line, so a command we
+/// suggest works when pasted: bare when every character is one the shell
+/// takes literally, else in single quotes (a `'` inside as `'\''`). Text
+/// with control characters cannot be pasted anyway; it is escaped like
+/// [`printable`] inside the quotes, so the terminal stays safe.
+#[must_use]
+pub fn shell_word(text: &str) -> Cow<'_, str> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(format!("'{}'", printable(text).replace('\'', "'\\''")))
 }
 
 fn push_escaped(out: &mut String, text: &str) {
@@ -81,5 +95,25 @@ mod tests {
             "locks-\\xff\\x1b/a.lock"
         );
         assert_eq!(printable_bytes("é".as_bytes()), "é");
+    }
+}
+
+#[cfg(test)]
+mod shell_word_tests {
+    use super::shell_word;
+
+    #[test]
+    fn shell_words_are_bare_when_safe_and_quoted_otherwise() {
+        assert_eq!(
+            shell_word("hdhomerun://10.0.0.5/v5.1"),
+            "hdhomerun://10.0.0.5/v5.1"
+        );
+        assert_eq!(
+            shell_word("/run/every-channel/source-locks"),
+            "/run/every-channel/source-locks"
+        );
+        assert_eq!(shell_word("Studio A's feed"), "'Studio A'\\''s feed'");
+        assert_eq!(shell_word(""), "''");
+        assert_eq!(shell_word("a$b`c"), "'a$b`c'");
     }
 }

@@ -239,6 +239,10 @@ pub struct HeldSlot {
     pub slot: u32,
 }
 
+/// A slot found held: its index and its file, open (unlocked) so the
+/// caller can name its holders.
+pub type BusySlot = (u32, File);
+
 /// The outcome of trying to take a slot.
 #[derive(Debug)]
 pub enum SlotOutcome {
@@ -246,7 +250,7 @@ pub enum SlotOutcome {
     /// Every slot is held; each file is open (unlocked) so the caller can
     /// name its holders.
     Busy {
-        slots: Vec<(u32, File)>,
+        slots: Vec<BusySlot>,
         timed_out: bool,
     },
 }
@@ -261,6 +265,8 @@ pub enum SlotOutcome {
 /// forbid it (its launcher's count is larger than its index). A smaller
 /// count than ours is warned about and used.
 ///
+/// `on_wait` is called once, with every slot's file, before blocking.
+///
 /// # Errors
 /// Opening or locking failures of a slot file, as for source locks.
 pub fn acquire(
@@ -270,6 +276,7 @@ pub fn acquire(
     wait: bool,
     deadline: Option<Instant>,
     me: &Launcher,
+    on_wait: &mut dyn FnMut(&[BusySlot]),
 ) -> Result<SlotOutcome, Error> {
     let mut count = wanted;
     let mut others = BTreeSet::new();
@@ -277,7 +284,7 @@ pub fn acquire(
     let mut slot = 0;
     while slot < count {
         let path = device.slot_path(lock_dir, slot);
-        match lock::acquire(&path, BusyPolicy::Skip, me)? {
+        match lock::acquire(&path, BusyPolicy::Skip, me, &mut |_| {})? {
             Acquired::Held(lock) => {
                 warn_on_disagreement(device, wanted, &others, count);
                 return Ok(SlotOutcome::Held(HeldSlot { lock, slot }));
@@ -308,7 +315,7 @@ pub fn acquire(
     if remaining.is_some_and(|r| r.is_zero()) {
         return Ok(timed_out(busy));
     }
-    tracing::info!(device = %printable(device.as_str()), "all {count} tuner slots of the device are held; waiting for one to free");
+    on_wait(&busy);
     // One blocked flock(2) per slot we may take; `decided` makes exactly
     // one the winner.
     let decided = Arc::new(Mutex::new(false));
@@ -319,7 +326,9 @@ pub fn acquire(
         thread::Builder::new()
             .name(format!("slot-wait-{slot}"))
             .spawn(move || {
-                let outcome = lock::acquire(&path, BusyPolicy::Wait { timeout: None }, &me);
+                // All were busy a moment ago: announced once, above.
+                let outcome =
+                    lock::acquire(&path, BusyPolicy::Wait { timeout: None }, &me, &mut |_| {});
                 let mut decided = decided.lock().unwrap_or_else(PoisonError::into_inner);
                 if *decided {
                     // A late winner: unlock at once (dropping `outcome`).
@@ -338,7 +347,7 @@ pub fn acquire(
                     }
                 }
             })
-            .map_err(|source| Error::WaitForSlot {
+            .map_err(|source| Error::StartWaitThread {
                 path: device.slot_path(lock_dir, slot),
                 source,
             })?;

@@ -6,6 +6,7 @@
 //! keep no process of ours afterwards, so the lock lives exactly as long as
 //! the program and the children that inherit its descriptor.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
@@ -24,11 +25,11 @@ use crate::holder::{Absence, HolderScan, LockedInode};
 use crate::lock::{self, Access, Acquired, BusyPolicy, HeldLock};
 use crate::lock_record::LockRecord;
 use crate::path_trust::{self, Launcher};
-use crate::printable::{printable, printable_path};
+use crate::printable::{printable, printable_path, shell_word};
 use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
 use crate::source_key::{self, SourceKey};
-use crate::tuner_slot::{self, DeviceKey, SlotOutcome};
+use crate::tuner_slot::{self, BusySlot, DeviceKey, HeldSlot, SlotOutcome};
 
 /// `run`'s validated settings.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ struct RunConfig {
     /// The source as the program needs it (may hold credentials).
     source: String,
     key: SourceKey,
+    /// The key was named with `--key` (so `status` must be asked with `--key`).
+    key_named: bool,
     policy: BusyPolicy,
     busy_status: ExitStatus,
     program: OsString,
@@ -97,6 +100,7 @@ impl RunConfig {
             lock_dir: args.lock_dir,
             source,
             key,
+            key_named: args.key.is_some(),
             policy,
             busy_status: ExitStatus::Busy(args.busy_exit_code),
             program,
@@ -196,7 +200,21 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     let me = Launcher::current();
     lock::ensure_lock_dir(&config.lock_dir, &me)?;
 
-    match lock::acquire(&lock_path, config.policy, &me)? {
+    let mut wait_started = None;
+    let mut announce_wait = |file: &fs::File| {
+        wait_started = Some(Instant::now());
+        let until = until(&config);
+        tracing::info!(
+            key = %printable(config.key.as_str()),
+            lock_file = %printable_path(&lock_path),
+            "source busy: held by {}; waiting{until} before starting {} (see `{}`)",
+            describe_holders(&config, file),
+            printable(&program_name),
+            status_command(&config),
+        );
+    };
+    let acquired = lock::acquire(&lock_path, config.policy, &me, &mut announce_wait)?;
+    match acquired {
         Acquired::Held(held) => {
             let unit = cgroup::own_unit();
             let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
@@ -215,42 +233,36 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
             let slot = match &config.tuners {
                 None => None,
                 Some(tuners) => {
-                    let wait = matches!(config.policy, BusyPolicy::Wait { .. });
-                    match tuner_slot::acquire(
-                        &config.lock_dir,
-                        &tuners.device,
-                        tuners.count,
-                        wait,
+                    let slot_record = |slot: u32| LockRecord {
+                        device: Some(tuners.device.as_str().to_owned()),
+                        slot: Some(slot),
+                        tuners: Some(tuners.count),
+                        ..record()
+                    };
+                    let taken = take_slot(
+                        &config,
+                        tuners,
                         deadline,
                         &me,
-                    )? {
-                        SlotOutcome::Held(slot) => {
-                            let mut slot_record = record();
-                            slot_record.device = Some(tuners.device.as_str().to_owned());
-                            slot_record.slot = Some(slot.slot);
-                            slot_record.tuners = Some(tuners.count);
-                            write_record(&slot.lock, &slot_record, "tuner slot");
-                            Some(slot)
-                        }
-                        SlotOutcome::Busy { slots, timed_out } => {
-                            report_device_busy(
-                                &config,
-                                &tuners.device,
-                                &slots,
-                                timed_out,
-                                &program_name,
-                            );
-                            return Ok(config.busy_status);
-                        }
-                    }
+                        &program_name,
+                        &mut wait_started,
+                    )?;
+                    let Some(slot) = taken else {
+                        return Ok(config.busy_status);
+                    };
+                    write_record(&slot.lock, &slot_record(slot.slot), "tuner slot");
+                    Some(slot)
                 }
             };
+            let waited = wait_started
+                .map(|start| format!(" after waiting {:.1}s", start.elapsed().as_secs_f64()))
+                .unwrap_or_default();
             match &slot {
                 None => {
-                    tracing::info!(key = %config.key, lock_file = %lock_path.display(), "source lock acquired; starting {program_name}");
+                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), "source lock acquired{waited}; starting {}", printable(&program_name));
                 }
                 Some(slot) => {
-                    tracing::info!(key = %config.key, lock_file = %lock_path.display(), slot_file = %slot.lock.path.display(), "source lock and tuner slot {} acquired; starting {program_name}", slot.slot);
+                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), slot_file = %printable_path(&slot.lock.path), "source lock and tuner slot {} acquired{waited}; starting {}", slot.slot, printable(&program_name));
                 }
             }
             Err(exec::exec(prepared, &held, slot.as_ref()))
@@ -262,24 +274,66 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     }
 }
 
+/// Takes one of the device's slots (ECP-0132), announcing a wait; `None`
+/// when every slot stayed held, which is reported here.
+fn take_slot(
+    config: &RunConfig,
+    tuners: &TunerConfig,
+    deadline: Option<Instant>,
+    me: &Launcher,
+    program_name: &str,
+    wait_started: &mut Option<Instant>,
+) -> Result<Option<HeldSlot>, Error> {
+    let wait = matches!(config.policy, BusyPolicy::Wait { .. });
+    let mut announce_wait = |slots: &[BusySlot]| {
+        wait_started.get_or_insert_with(Instant::now);
+        tracing::info!(
+            device = %printable(tuners.device.as_str()),
+            key = %printable(config.key.as_str()),
+            "device busy: all {} tuner slots of {} are held: {}; waiting{} before starting {} (see `{}`)",
+            slots.len(),
+            printable(tuners.device.as_str()),
+            describe_slots(&config.lock_dir, slots),
+            until(config),
+            printable(program_name),
+            device_status_command(config),
+        );
+    };
+    let outcome = tuner_slot::acquire(
+        &config.lock_dir,
+        &tuners.device,
+        tuners.count,
+        wait,
+        deadline,
+        me,
+        &mut announce_wait,
+    )?;
+    match outcome {
+        SlotOutcome::Held(slot) => Ok(Some(slot)),
+        SlotOutcome::Busy { slots, timed_out } => {
+            report_device_busy(config, &tuners.device, &slots, timed_out, program_name);
+            Ok(None)
+        }
+    }
+}
+
 /// Writes `record` into a held lock or slot file, or says why not.
 fn write_record(held: &HeldLock, record: &LockRecord, what: &str) {
     match held.access {
         Access::ReadWrite => {
             if let Err(e) = record.write_into(&held.lock) {
-                tracing::warn!(lock_file = %held.path.display(), "holding the {what}, but cannot write the launch record: {e}");
+                tracing::warn!(lock_file = %printable_path(&held.path), "holding the {what}, but cannot write the launch record: {e}");
             }
         }
         Access::ReadOnly => tracing::warn!(
-            lock_file = %held.path.display(),
+            lock_file = %printable_path(&held.path),
             "holding the {what} through a read-only descriptor (the file belongs to another user); its launch record is not updated"
         ),
     }
 }
 
-/// One warning: who holds the source (from the kernel), since when (from
-/// the record, when the recorded launcher is among the holders), and what
-/// we did instead.
+/// One warning: who holds the source (from the kernel), since when, and
+/// what we did instead.
 fn report_busy(
     config: &RunConfig,
     lock_path: &Path,
@@ -287,18 +341,26 @@ fn report_busy(
     timed_out: bool,
     program: &str,
 ) {
-    let (described, _) = describe_holders(&config.lock_dir, &[file]).remove(0);
+    let waited = match config.policy {
+        BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
+            format!("gave up waiting after {}; ", seconds(t))
+        }
+        _ => String::new(),
+    };
     tracing::warn!(
         key = %printable(config.key.as_str()),
         lock_file = %printable_path(lock_path),
-        "source busy: held by {}; {}not starting {}, exiting {} (see `ec-launch status --lock-dir {} '{}'`)",
-        described.join(", "),
-        gave_up(config, timed_out),
+        "source busy: held by {}; {waited}not starting {}, exiting {} (see `{}`)",
+        describe_holders(config, file),
         printable(program),
         config.busy_status.code(),
-        printable_path(&config.lock_dir),
-        printable(config.key.as_str()),
+        status_command(config),
     );
+}
+
+/// Who holds the lock on `file`, from the kernel (see [`describe_files`]).
+fn describe_holders(config: &RunConfig, file: &fs::File) -> String {
+    describe_files(&config.lock_dir, &[file]).remove(0).0
 }
 
 /// One warning naming, for every slot of the device, its holders and the
@@ -306,56 +368,59 @@ fn report_busy(
 fn report_device_busy(
     config: &RunConfig,
     device: &DeviceKey,
-    slots: &[(u32, fs::File)],
+    slots: &[BusySlot],
     timed_out: bool,
     program: &str,
 ) {
-    let files: Vec<&fs::File> = slots.iter().map(|(_, file)| file).collect();
-    let described: Vec<String> = slots
-        .iter()
-        .zip(describe_holders(&config.lock_dir, &files))
-        .map(|((slot, _), (holders, record))| {
-            let source = record
-                .map(|r| format!(" reading {}", printable(&redact_source(&r.source))))
-                .unwrap_or_default();
-            format!("slot {slot} held by {}{source}", holders.join(", "))
-        })
-        .collect();
-    tracing::warn!(
-        device = %printable(device.as_str()),
-        key = %printable(config.key.as_str()),
-        "device busy: all {} tuner slots of {} are held: {}; {}not starting {}, exiting {} (see `ec-launch status --lock-dir {}`)",
-        slots.len(),
-        printable(device.as_str()),
-        described.join("; "),
-        gave_up(config, timed_out),
-        printable(program),
-        config.busy_status.code(),
-        printable_path(&config.lock_dir),
-    );
-}
-
-fn gave_up(config: &RunConfig, timed_out: bool) -> String {
-    match config.policy {
+    let waited = match config.policy {
         BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
             format!("gave up waiting after {}; ", seconds(t))
         }
         _ => String::new(),
+    };
+    tracing::warn!(
+        device = %printable(device.as_str()),
+        key = %printable(config.key.as_str()),
+        "device busy: all {} tuner slots of {} are held: {}; {waited}not starting {}, exiting {} (see `{}`)",
+        slots.len(),
+        printable(device.as_str()),
+        describe_slots(&config.lock_dir, slots),
+        printable(program),
+        config.busy_status.code(),
+        device_status_command(config),
+    );
+}
+
+/// `slot 0 held by pid 4242 (ec-node) in x.service since … reading http://…; slot 1 …`
+fn describe_slots(lock_dir: &Path, slots: &[BusySlot]) -> String {
+    let files: Vec<&fs::File> = slots.iter().map(|(_, file)| file).collect();
+    slots
+        .iter()
+        .zip(describe_files(lock_dir, &files))
+        .map(|((slot, _), (holders, record))| {
+            let source = record
+                .map(|r| format!(" reading {}", printable(&redact_source(&r.source))))
+                .unwrap_or_default();
+            format!("slot {slot} held by {holders}{source}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// ` (up to 30s)` with a wait timeout, else nothing.
+fn until(config: &RunConfig) -> String {
+    match config.policy {
+        BusyPolicy::Wait { timeout: Some(t) } => format!(" (up to {})", seconds(t)),
+        _ => String::new(),
     }
 }
 
-/// For each open lock or slot file: its holders as a warning names them
-/// (from the kernel), and its record.
-///
-/// The lock table names each taker; it is named as the holder when its own
-/// descriptors still hold the lock (a few stats: a reused PID does not
-/// pass). Otherwise the whole of /proc is scanned, once, for the processes
-/// that inherited the locks. Under a burst of launches that keeps each
-/// loser cheap.
-fn describe_holders(
-    lock_dir: &Path,
-    files: &[&fs::File],
-) -> Vec<(Vec<String>, Option<LockRecord>)> {
+/// For each open lock or slot file: who holds it, from the kernel, and its
+/// record. A taker is named when its own descriptors still hold the lock (a
+/// few stats: a reused PID does not pass); only when one is not verified is
+/// `/proc` scanned, once for all the files, for the processes sharing them.
+/// Under a burst of launches the cheap path keeps each loser cheap.
+fn describe_files(lock_dir: &Path, files: &[&fs::File]) -> Vec<(String, Option<LockRecord>)> {
     let proc_root = Path::new("/proc");
     let inodes: Vec<Option<LockedInode>> =
         files.iter().map(|f| LockedInode::of_file(f).ok()).collect();
@@ -368,11 +433,8 @@ fn describe_holders(
         }
     }
     if !verified {
-        scan = HolderScan::take(
-            proc_root,
-            lock_dir,
-            &inodes.iter().flatten().copied().collect(),
-        );
+        let listed: BTreeSet<LockedInode> = inodes.iter().flatten().copied().collect();
+        scan = HolderScan::take(proc_root, lock_dir, &listed);
     }
     inodes
         .into_iter()
@@ -396,9 +458,30 @@ fn describe_holders(
             if !exited.is_empty() {
                 described.push(format!("inherited from exited pid {}", exited.join(", ")));
             }
-            (described, record)
+            (described.join(", "), record)
         })
         .collect()
+}
+
+/// The `status` command that shows the lock directory's devices, quoted so
+/// it works when pasted into a shell.
+fn device_status_command(config: &RunConfig) -> String {
+    format!(
+        "ec-launch status --lock-dir {}",
+        shell_word(&printable_path(&config.lock_dir)),
+    )
+}
+
+/// The `status` command that shows this source's holders, quoted so it works
+/// when pasted into a shell (a test runs it). An operator-named key is
+/// asked for with `--key`, which takes it as it is.
+fn status_command(config: &RunConfig) -> String {
+    let key_flag = if config.key_named { "--key " } else { "" };
+    format!(
+        "ec-launch status --lock-dir {} {key_flag}{}",
+        shell_word(&printable_path(&config.lock_dir)),
+        shell_word(config.key.as_str()),
+    )
 }
 
 /// `pid 4242 (ec-node) in x.service since 2026-…`.

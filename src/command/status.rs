@@ -109,12 +109,13 @@ struct Report {
 pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
     let proc_root = Path::new("/proc");
     crate::cli::ensure_lock_dir_given(&args.lock_dir)?;
-    let key = args
-        .source
-        .as_deref()
-        .map(SourceKey::from_source)
-        .transpose()
-        .map_err(Error::SourceArg)?;
+    let key = match (&args.source, &args.key) {
+        (Some(source), _) => Some(SourceKey::from_source(source)),
+        (None, Some(key)) => Some(SourceKey::from_override(key)),
+        (None, None) => None,
+    }
+    .transpose()
+    .map_err(Error::SourceArg)?;
     let entries = lock_files(&args.lock_dir)?;
     let wanted = key.as_ref().map(|key| key.lock_path(&args.lock_dir));
     if let Some(path) = &wanted {

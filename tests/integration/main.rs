@@ -9,10 +9,12 @@
 )]
 
 mod cli;
+mod entry;
 mod input;
 mod keys;
 mod lock_path;
 mod logging;
+mod operator;
 #[path = "../common/privilege.rs"]
 mod privilege;
 mod run;

@@ -4,7 +4,11 @@
 # handling, readable failures for misconfigurations, no PartOf/BindsTo; and
 # issue 9's items: the launcher on PATH, `program`, the kill-only policy of
 # extraUnits, hardening from nixos/unit-hardening.json, escaping as nixpkgs'
-# utils.escapeSystemdExecArg, and the inputs of the build-time source check.
+# utils.escapeSystemdExecArg, and the inputs of the build-time source check;
+# and issue 10's tuner devices: `--tuners`/`--device` for units on a declared
+# host or naming the device, the assertions on contradictions, the warning
+# for skipping units on too few tuners, and the README's example
+# (./devices-example.nix).
 #
 #   EC_NIXPKGS_LIB=/path/to/nixpkgs.lib \
 #     nix-instantiate --store dummy:// --eval --strict --json tests/nix/eval.nix
@@ -76,16 +80,17 @@ let
     in
     outputs;
 
-  evalConfig =
+  evalModule =
     configuration:
-    (lib.evalModules {
+    lib.evalModules {
       modules = [
         ./nixos-stub.nix
         flake.nixosModules.default
         { _module.args.pkgs = pkgs; }
         configuration
       ];
-    }).config;
+    };
+  evalConfig = configuration: (evalModule configuration).config;
 
   tunerUrl = "http://10.0.0.5:5004/auto/v5.1";
   secretPassword = "hunter2";
@@ -172,6 +177,25 @@ let
       enable = true;
       publishers.a.source = tunerUrl;
     };
+  };
+
+  # Issue 10: one publisher `probe` beside `devices`, and the flags a unit
+  # on a device gets.
+  probe =
+    devices: publisher:
+    evalConfig {
+      services.every-channel = {
+        enable = true;
+        package = ecNode;
+        inherit devices;
+        publishers.probe = publisher;
+      };
+    };
+  probeExec = devices: publisher: (probe devices publisher).systemd.services.every-channel-publisher-probe.serviceConfig.ExecStart;
+  tunerFlags = tuners: device: ''"--tuners" "${toString tuners}" "--device" "${device}"'';
+  hdhr = {
+    host = "10.0.0.5";
+    tuners = 2;
   };
 
   # name → { ok; detail }: every check, so a failure report lists them all.
@@ -683,6 +707,350 @@ let
       check (builtins.attrNames cfg.systemd.services == [ "wt-publish" ]) (
         builtins.toJSON (builtins.attrNames cfg.systemd.services)
       );
+
+    # Issue 10: tuner capacity. A box is declared once in `devices`; every
+    # unit whose source is on its host runs `ec-launch run --tuners N
+    # --device HOST`, so at most N of them read it at once.
+    "a declared device gives every unit on its host --tuners and --device" =
+      let
+        cfg = withEveryChannel { devices = { inherit hdhr; }; };
+        s = name: cfg.systemd.services.${name}.serviceConfig.ExecStart;
+        others = [
+          "every-channel-publisher-leaky"
+          "every-channel-publisher-tokened"
+          "every-channel-publisher-webcam"
+          "every-channel-publisher-secret"
+          "every-channel-archive-nightly"
+        ];
+      in
+      check (
+        s "every-channel-publisher-tuner-a" == lib.concatStringsSep " " [
+          ''"${ecLaunch}/bin/ec-launch" "run" "--lock-dir" "/run/every-channel/source-locks"''
+          ''"--on-busy" "skip" "--tuners" "2" "--device" "10.0.0.5" "--source" "${tunerUrl}" --''
+          ''"${ecNode}/bin/ec-node" "publish" "--name" "tuner a" "--bitrate-share=50%%" "$$HOME"''
+        ]
+        && has ''"--on-busy" "wait" "--key" "tuner-a" ${tunerFlags 2 "10.0.0.5"} "--source" "${tunerUrl}" -- '' (s "every-channel-archive-proof")
+        && lib.all (name: !(has "--tuners" (s name)) && !(has "--device" (s name))) others
+        && failingAssertions cfg == [ ]
+      ) (builtins.toJSON (map s ([ "every-channel-publisher-tuner-a" "every-channel-archive-proof" ] ++ others)));
+
+    "a source is on a device when its URL's host is the device's host, in any case" =
+      let
+        devices = {
+          inherit hdhr;
+          named = {
+            host = "Tuner.Local";
+            tuners = 3;
+          };
+          v6 = {
+            host = "fe80::1";
+            tuners = 4;
+          };
+        };
+        on = [
+          { source = "http://10.0.0.5:5004/auto/v5.1"; want = tunerFlags 2 "10.0.0.5"; }
+          { source = "hdhomerun://10.0.0.5/v5.1"; want = tunerFlags 2 "10.0.0.5"; }
+          { source = "HTTP://10.0.0.5/auto/v2.1"; want = tunerFlags 2 "10.0.0.5"; }
+          { source = "rtsp://viewer@10.0.0.5:554/s"; want = tunerFlags 2 "10.0.0.5"; }
+          { source = "http://10.0.0.5"; want = tunerFlags 2 "10.0.0.5"; }
+          { source = "http://10.0.0.5?program=3"; want = tunerFlags 2 "10.0.0.5"; }
+          { source = "udp://@10.0.0.5:1234"; want = tunerFlags 2 "10.0.0.5"; }
+          { source = "http://tuner.local:5004/auto/v5.1"; want = tunerFlags 3 "tuner.local"; }
+          { source = "http://TUNER.LOCAL./auto/v5.1"; want = tunerFlags 3 "tuner.local"; }
+          { source = "http://[FE80::1]:5004/auto/v5.1"; want = tunerFlags 4 "[fe80::1]"; }
+        ];
+        off = [
+          "http://10.0.0.50:5004/auto/v5.1"
+          "http://10.0.0.5.example/auto/v5.1"
+          "http://x10.0.0.5/x"
+          "http://cam/10.0.0.5/x"
+          "http://cam/x?host=10.0.0.5"
+          "http://cam/x#10.0.0.5"
+          "http://[fe80::10]/x"
+          "http://tuner.local.example/x"
+          "/dev/video0"
+        ];
+        wrong =
+          map (u: u.source) (lib.filter (u: !(has "${u.want} \"--source\"" (probeExec devices { inherit (u) source; }))) on)
+          ++ lib.filter (source: has "--tuners" (probeExec devices { inherit source; })) off;
+      in
+      check (wrong == [ ]) (builtins.toJSON wrong);
+
+    "--device is the declared host as ec-launch keys it: lower case, no trailing dot, IPv6 in brackets" =
+      let
+        device = host: source: probeExec { box = { inherit host; tuners = 2; }; } { inherit source; };
+      in
+      check (
+        has (tunerFlags 2 "tuner.local") (device "Tuner.Local." "http://tuner.local/x")
+        && has (tunerFlags 2 "[fe80::1]") (device "[FE80::1]" "http://[fe80::1]/x")
+        && has (tunerFlags 2 "[fe80::1]") (device "fe80::1" "http://[fe80::1]/x")
+      ) (device "[FE80::1]" "http://[fe80::1]/x");
+
+    "tuners = \"auto\" asks the device" =
+      check (has ''${tunerFlags "auto" "10.0.0.5"} "--source"'' (
+        probeExec { hdhr = hdhr // { tuners = "auto"; }; } { source = tunerUrl; }
+      )) (probeExec { hdhr = hdhr // { tuners = "auto"; }; } { source = tunerUrl; });
+
+    "a sourceFile unit joins a device with `device`" =
+      let
+        cfg = withEveryChannel {
+          devices = { inherit hdhr; };
+          publishers.secret.device = "hdhr";
+        };
+        s = cfg.systemd.services.every-channel-publisher-secret.serviceConfig.ExecStart;
+      in
+      check (
+        has ''"--on-busy" "skip" ${tunerFlags 2 "10.0.0.5"} --source-file %d/source -- '' s
+        && failingAssertions cfg == [ ]
+      ) s;
+
+    "another spelling of the box joins it with `device`" =
+      let
+        cfg = probe { inherit hdhr; } {
+          source = "http://hdhr-living-room.lan:5004/auto/v5.1";
+          device = "hdhr";
+        };
+        s = cfg.systemd.services.every-channel-publisher-probe.serviceConfig.ExecStart;
+      in
+      check (has "${tunerFlags 2 "10.0.0.5"} \"--source\"" s && failingAssertions cfg == [ ]) s;
+
+    "`device` naming the device its source is on anyway is allowed" =
+      let
+        cfg = probe { inherit hdhr; } {
+          source = tunerUrl;
+          device = "hdhr";
+        };
+      in
+      check (failingAssertions cfg == [ ]) (builtins.toJSON (failingAssertions cfg));
+
+    "`device` naming no declared device fails with a readable assertion" =
+      let
+        cfg = withEveryChannel {
+          devices = { inherit hdhr; };
+          publishers.secret.device = "hdhrr";
+        };
+        none = withEveryChannel { publishers.secret.device = "hdhr"; };
+      in
+      check (
+        failingAssertions cfg == [
+          "services.every-channel.publishers.secret.device: no device `hdhrr` in services.every-channel.devices (declared: `hdhr`); declare it there or fix the name."
+        ]
+        && failingAssertions none == [
+          "services.every-channel.publishers.secret.device: no device `hdhr` in services.every-channel.devices (none declared); declare it there or fix the name."
+        ]
+      ) (builtins.toJSON (failingAssertions cfg ++ failingAssertions none));
+
+    "`device` contradicting the device of the source's host fails with a readable assertion" =
+      let
+        cfg = withEveryChannel {
+          devices = {
+            inherit hdhr;
+            attic = {
+              host = "10.0.0.6";
+              tuners = 4;
+            };
+          };
+          archiveWorkers.proof.device = "attic";
+        };
+      in
+      check (
+        failingAssertions cfg == [
+          "services.every-channel.archiveWorkers.proof.device: `attic` is services.every-channel.devices.attic, but the source's host 10.0.0.5 is services.every-channel.devices.hdhr; remove `device` (the host picks the device) or fix the source."
+        ]
+      ) (builtins.toJSON (failingAssertions cfg));
+
+    "`device` on a unit without a source fails with a readable assertion" =
+      let
+        cfg = withEveryChannel {
+          devices = { inherit hdhr; };
+          archiveWorkers.nightly.device = "hdhr";
+        };
+      in
+      check (
+        failingAssertions cfg == [
+          "services.every-channel.archiveWorkers.nightly.device: `device` only applies with `source` or `sourceFile`."
+        ]
+      ) (builtins.toJSON (failingAssertions cfg));
+
+    "fewer than one tuner fails with a readable assertion" =
+      let
+        cfg = tuners: withEveryChannel { devices.hdhr = hdhr // { inherit tuners; }; };
+        message = tuners: "services.every-channel.devices.hdhr.tuners: ${toString tuners} is not a number of tuners; give how many the device has (1 or more), or \"auto\" to ask it.";
+      in
+      check (
+        failingAssertions (cfg 0) == [ (message 0) ] && failingAssertions (cfg (-1)) == [ (message (-1)) ]
+      ) (builtins.toJSON (failingAssertions (cfg 0) ++ failingAssertions (cfg (-1))));
+
+    "tuners other than a number or \"auto\" is a type error" =
+      check (
+        !fails (withEveryChannel { devices = { inherit hdhr; }; }).systemd.services
+        && fails (withEveryChannel { devices.hdhr = hdhr // { tuners = "2"; }; }).systemd.services
+        && fails (withEveryChannel { devices.hdhr = hdhr // { tuners = "Auto"; }; }).systemd.services
+        && fails (withEveryChannel { devices.hdhr = { host = "10.0.0.5"; }; }).systemd.services
+      ) "tuners = \"2\", \"Auto\" and a missing tuners must not evaluate";
+
+    "two devices on one host fail with a readable assertion" =
+      let
+        cfg = withEveryChannel {
+          devices = {
+            inherit hdhr;
+            den = {
+              host = "Tuner.local";
+              tuners = 2;
+            };
+            loft = {
+              host = "tuner.local.";
+              tuners = 4;
+            };
+          };
+        };
+      in
+      check (
+        failingAssertions cfg == [
+          "services.every-channel.devices.den, services.every-channel.devices.loft: one host `tuner.local`, declared more than once; declare each box once (a unit that spells it differently takes `device`)."
+        ]
+      ) (builtins.toJSON (failingAssertions cfg));
+
+    "a host with a scheme, port, path or space fails with a readable assertion" =
+      let
+        bad = [
+          "http://10.0.0.5"
+          "10.0.0.5:5004"
+          "10.0.0.5/auto"
+          "admin@10.0.0.5"
+          "tuner local"
+          "[fe80::1]:80"
+        ];
+        message = host: "services.every-channel.devices.hdhr.host: `${host}` is not a host name or address; give it alone, without scheme, user, port or path (e.g. \"10.0.0.5\" or \"fe80::1\").";
+        wrong = lib.filter (
+          host: failingAssertions (withEveryChannel { devices.hdhr = hdhr // { inherit host; }; }) != [ (message host) ]
+        ) bad;
+      in
+      check (wrong == [ ]) (builtins.toJSON wrong);
+
+    # The README's example (quoted verbatim, tests/nix/main.rs checks):
+    # more channels than tuners, every publisher a standby for a tuner.
+    "three waiting publishers share a two-tuner box without warnings" =
+      let
+        cfg = evalConfig {
+          imports = [ ./devices-example.nix ];
+          services.every-channel = {
+            enable = true;
+            package = ecNode;
+          };
+        };
+        exec = map (name: cfg.systemd.services."every-channel-publisher-${name}".serviceConfig.ExecStart) [
+          "wxyz"
+          "wabc"
+          "wdef"
+        ];
+      in
+      check (
+        lib.all (has ''"--on-busy" "wait" ${tunerFlags 2 "192.168.1.20"} "--source" "http://192.168.1.20:5004/auto/v'') exec
+        && lib.length exec == 3
+        && failingAssertions cfg == [ ]
+        && cfg.warnings == [ ]
+      ) (builtins.toJSON (exec ++ cfg.warnings));
+
+    "more sources than tuners with onBusy = skip warn, naming the units" =
+      let
+        channels = onBusy: lib.genAttrs [ "a" "b" "c" ] (name: {
+          source = "http://10.0.0.5:5004/auto/v${name}";
+          inherit onBusy;
+        });
+        skipping = withEveryChannel { devices = { inherit hdhr; }; publishers = channels "skip"; };
+        about = cfg: lib.filter (has "services.every-channel.devices.hdhr") cfg.warnings;
+        waiting = evalConfig {
+          services.every-channel = {
+            enable = true;
+            package = ecNode;
+            devices = { inherit hdhr; };
+            publishers = channels "wait";
+          };
+        };
+        # Two sources, one of them with a standby: two tuners are enough.
+        standbyCfg = evalConfig {
+          services.every-channel = {
+            enable = true;
+            package = ecNode;
+            devices = { inherit hdhr; };
+            publishers = {
+              a.source = tunerUrl;
+              a-standby = {
+                source = tunerUrl;
+                onBusy = "wait";
+              };
+              b.source = "http://10.0.0.5:5004/auto/v7.1";
+            };
+          };
+        };
+        auto = evalConfig {
+          services.every-channel = {
+            enable = true;
+            package = ecNode;
+            devices.hdhr = hdhr // { tuners = "auto"; };
+            publishers = channels "skip";
+          };
+        };
+      in
+      check (
+        lib.length (about skipping) == 1
+        && lib.all (name: has "publishers.${name}" (lib.head (about skipping))) [ "a" "b" "c" "tuner-a" ]
+        && has "onBusy = \"wait\"" (lib.head (about skipping))
+        && waiting.warnings == [ ]
+        && standbyCfg.warnings == [ ]
+        && auto.warnings == [ ]
+      ) (builtins.toJSON (skipping.warnings ++ waiting.warnings ++ standbyCfg.warnings ++ auto.warnings));
+
+    "device assertions and warnings never echo a credential" =
+      let
+        cfg = withEveryChannel {
+          devices = {
+            inherit hdhr;
+            attic = {
+              host = "10.0.0.6";
+              tuners = 1;
+            };
+          };
+          # leaky's source (admin:hunter2@10.0.0.6) is on attic by its
+          # host; naming hdhr contradicts that, and puts a third source
+          # (with tuner-a skipping) on hdhr's two tuners: a warning.
+          publishers.leaky.device = "hdhr";
+        };
+        messages = failingAssertions cfg ++ lib.filter (has "devices.") cfg.warnings;
+      in
+      check (
+        lib.any (has "publishers.leaky.device") messages
+        && lib.any (has "services.every-channel.devices.hdhr: 3 sources on 2 tuners") messages
+        && !(lib.any (m: has secretPassword m || has "admin" m) messages)
+      ) (builtins.toJSON messages);
+
+    "devices leave the build-time source check's inputs alone" =
+      let
+        cfg = withEveryChannel {
+          devices = { inherit hdhr; };
+          publishers.secret.device = "hdhr";
+        };
+        inputs = c: map (check: { inherit (check) sourceUnits checkArgs; }) c.system.checks;
+      in
+      check (inputs cfg == inputs config) (builtins.toJSON (inputs cfg));
+
+    "onBusy says wait is for more channels than tuners; devices and device are documented" =
+      let
+        options = (evalModule base).options.services.every-channel;
+        unitOptions = options.publishers.type.getSubOptions [ ];
+        deviceOptions = options.devices.type.getSubOptions [ ];
+      in
+      check (
+        has "more channels than tuners" unitOptions.onBusy.description
+        && has "services.every-channel.devices" unitOptions.device.description
+        && unitOptions.device.default == null
+        && options.devices.default == { }
+        && options.devices ? example
+        && has "auto" deviceOptions.tuners.description
+        && has "discover.json" deviceOptions.tuners.description
+        && deviceOptions.host ? description
+      ) (unitOptions.onBusy.description);
   };
 
   failed = lib.filterAttrs (_: c: !c.ok) checks;

@@ -285,3 +285,19 @@ fn the_readme_node_flake_parses_and_its_inputs_follow_its_nixpkgs() {
         );
     }
 }
+
+/// The README's tuner-device example is `tests/nix/devices-example.nix`,
+/// which `tests/nix/eval.nix` evaluates (three waiting publishers on a
+/// two-tuner box get `--tuners 2 --device …`, no assertion, no warning):
+/// the documented configuration is the tested one.
+#[test]
+fn the_readme_tuner_example_is_the_one_eval_nix_evaluates() {
+    let readme = fs::read_to_string(repo_root().join("README.md")).expect("cannot read README.md");
+    let example = fs::read_to_string(repo_root().join("tests/nix/devices-example.nix"))
+        .expect("cannot read tests/nix/devices-example.nix");
+    assert!(
+        readme_nix_blocks(&readme).contains(&example),
+        "README.md has no ```nix block equal to tests/nix/devices-example.nix; \
+         quote the file verbatim in the NixOS module's tuner section"
+    );
+}

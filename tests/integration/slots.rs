@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::testenv::{
-    BUSY, Guard, KillOnDrop, PATIENCE, TestEnv, describe, holders, kernel_locks, text, wait_until,
+    BUSY, Guard, KillOnDrop, PATIENCE, TestEnv, holders, kernel_locks, wait_until,
 };
 
 /// Channel `n` of the device at 10.0.0.5.
@@ -26,7 +26,11 @@ fn held_program(name: &str) -> Vec<String> {
 /// Launches `program` on `source` with `extra` flags and waits until it runs.
 #[track_caller]
 fn hold_slot(env: &TestEnv, source: &str, extra: &[&str], name: &str) -> Guard {
-    let holder = Guard::spawn(&mut env.run(source, extra, &held_program(name)));
+    let holder = env
+        .launch(source)
+        .args(extra)
+        .program(held_program(name))
+        .spawn();
     assert!(
         wait_until(PATIENCE, || env.path(&format!("{name}.pid")).exists()),
         "{name} never started its program"
@@ -74,24 +78,20 @@ fn two_tuners_and_three_sources_run_exactly_two_programs_and_the_third_skips_nam
     let env = TestEnv::new();
     let first = hold_slot(&env, &channel(1), &["--tuners", "2"], "first");
     let second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
-    let third = env
-        .run(&channel(3), &["--tuners", "2"], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(third.status.code(), Some(BUSY), "{}", describe(&third));
-    assert!(
-        !env.path("ran").exists(),
-        "a third program ran on two tuners"
-    );
-    let stderr = text(&third.stderr);
-    assert_eq!(stderr.lines().count(), 1, "one warning: {stderr}");
+    let mut third = env
+        .launch(channel(3))
+        .args(["--tuners", "2"])
+        .expect_status(BUSY)
+        .stderr_lines(1)
+        .stderr_contains("outside any systemd unit")
+        .stderr_contains("10.0.0.5")
+        .program_did_not_run();
     for (slot, holder, source) in [(0, &first, channel(1)), (1, &second, channel(2))] {
-        let named = format!("slot {slot} held by pid {} (sh)", holder.pid());
-        assert!(stderr.contains(&named), "{named:?} missing: {stderr}");
-        assert!(stderr.contains(&source), "{source} missing: {stderr}");
+        third = third
+            .stderr_contains(format!("slot {slot} held by pid {} (sh)", holder.pid()))
+            .stderr_contains(source);
     }
-    assert!(stderr.contains("outside any systemd unit"), "{stderr}");
-    assert!(stderr.contains("10.0.0.5"), "{stderr}");
+    third.run();
     // Exactly two slot files, each held by its program.
     let slots = slot_files(&env);
     assert_eq!(slots.len(), 2, "{slots:?}");
@@ -105,15 +105,10 @@ fn the_program_gets_the_device_key_its_slot_and_the_slot_descriptor() {
     let script = "{ echo \"$EC_DEVICE_KEY\"; echo \"$EC_TUNER_SLOT\"; \
                   readlink /proc/$$/fd/$EC_TUNER_SLOT_FD; readlink /proc/$$/fd/$EC_SOURCE_LOCK_FD; } > env.out";
     // An unusual spelling of the host: the device is the canonical host.
-    let output = env
-        .run(
-            "http://0x0a000005:5004/auto/v7.1",
-            &["--tuners", "2"],
-            &TestEnv::sh(script),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch("http://0x0a000005:5004/auto/v7.1")
+        .args(["--tuners", "2"])
+        .program(TestEnv::sh(script))
+        .run();
     let seen = fs::read_to_string(env.path("env.out")).unwrap();
     let lines: Vec<&str> = seen.lines().collect();
     assert_eq!(lines[0], "10.0.0.5", "{seen}");
@@ -127,37 +122,25 @@ fn the_program_gets_the_device_key_its_slot_and_the_slot_descriptor() {
         "{seen}"
     );
     // Any launcher of the host names the same slot files, --device another set.
-    let output = env
-        .run(
-            "hdhomerun://10.0.0.5/v8.1",
-            &["--tuners", "2"],
-            &TestEnv::sh(script),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch("hdhomerun://10.0.0.5/v8.1")
+        .args(["--tuners", "2"])
+        .program(TestEnv::sh(script))
+        .run();
     assert_eq!(slot_files(&env).len(), 1);
-    let output = env
-        .run(
-            &channel(7),
-            &["--tuners", "2", "--device", "den-box"],
-            &TestEnv::sh(script),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch(channel(7))
+        .args(["--tuners", "2", "--device", "den-box"])
+        .program(TestEnv::sh(script))
+        .run();
     let seen = fs::read_to_string(env.path("env.out")).unwrap();
     assert_eq!(seen.lines().next(), Some("den-box"), "{seen}");
     assert_eq!(slot_files(&env).len(), 2);
     // A launch without --tuners hands on none of a parent's slot variables.
-    let output = env
-        .run(&channel(9), &[], &TestEnv::sh(script))
+    env.launch(channel(9))
+        .program(TestEnv::sh(script))
         .env("EC_TUNER_SLOT", "5")
         .env("EC_DEVICE_KEY", "parent")
         .env("EC_TUNER_SLOT_FD", "9")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        .run();
     let seen = fs::read_to_string(env.path("env.out")).unwrap();
     assert_eq!(seen.lines().next(), Some(""), "{seen}");
     assert_eq!(seen.lines().nth(1), Some(""), "{seen}");
@@ -167,7 +150,11 @@ fn the_program_gets_the_device_key_its_slot_and_the_slot_descriptor() {
 fn a_waiter_takes_a_slot_as_soon_as_a_holder_is_sigkilled() {
     let env = TestEnv::new();
     // `sleep` without children: a child would keep the slot after the kill.
-    let mut first = Guard::spawn(&mut env.run(&channel(1), &["--tuners", "2"], &["sleep", "300"]));
+    let mut first = env
+        .launch(channel(1))
+        .args(["--tuners", "2"])
+        .program(["sleep", "300"])
+        .spawn();
     let first_pid = i64::from(first.pid());
     let mut first_slot = None;
     assert!(
@@ -181,19 +168,22 @@ fn a_waiter_takes_a_slot_as_soon_as_a_holder_is_sigkilled() {
     );
     let first_slot = first_slot.unwrap();
     let _second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
-    let mut waiter = Guard::spawn(&mut env.run(
-        &channel(3),
-        &["--tuners", "2", "--on-busy", "wait"],
-        &TestEnv::sh("date +%s%N > ran; exec sleep 300"),
-    ));
+    let mut waiter = env
+        .launch(channel(3))
+        .args(["--tuners", "2", "--on-busy", "wait"])
+        .program(TestEnv::sh("date +%s%N > ran; exec sleep 300"))
+        .spawn();
     let waiter_pid = i64::from(waiter.pid());
     // Blocked in flock(2) on both slots: the kernel lists it as a waiter.
+    let waiting_on_every_slot = || {
+        slot_files(&env).iter().all(|f| {
+            kernel_locks(f)
+                .iter()
+                .any(|l| l.waiting && l.pid == waiter_pid)
+        })
+    };
     assert!(
-        wait_until(PATIENCE, || slot_files(&env).iter().all(|f| kernel_locks(
-            f
-        )
-        .iter()
-        .any(|l| l.waiting && l.pid == waiter_pid))),
+        wait_until(PATIENCE, waiting_on_every_slot),
         "the waiter never blocked in flock on every slot"
     );
     assert!(waiter.running());
@@ -240,64 +230,48 @@ fn a_waiter_takes_a_slot_as_soon_as_a_holder_is_sigkilled() {
 fn a_child_that_inherits_the_slot_descriptor_keeps_the_slot_after_its_parent_exits() {
     let env = TestEnv::new();
     let program = TestEnv::sh("sleep 300 </dev/null >/dev/null 2>&1 & echo $! > helper.pid");
-    let output = env
-        .run(&channel(1), &["--tuners", "1"], &program)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch(channel(1))
+        .args(["--tuners", "1"])
+        .program(program)
+        .run();
     let helper: u32 = fs::read_to_string(env.path("helper.pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     let helper = KillOnDrop(helper);
-    let busy = env
-        .run(&channel(2), &["--tuners", "1"], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(busy.status.code(), Some(BUSY), "{}", describe(&busy));
-    assert!(
-        text(&busy.stderr).contains(&format!("slot 0 held by pid {} (sleep)", helper.0)),
-        "{}",
-        describe(&busy)
-    );
-    assert!(!env.path("ran").exists());
+    env.launch(channel(2))
+        .args(["--tuners", "1"])
+        .expect_status(BUSY)
+        .stderr_contains(format!("slot 0 held by pid {} (sleep)", helper.0))
+        .program_did_not_run()
+        .run();
     drop(helper);
     let slot = slot_files(&env).remove(0);
     assert!(wait_until(PATIENCE, || holders(&slot).is_empty()));
-    let free = env
-        .run(&channel(2), &["--tuners", "1"], &["true"])
-        .output()
-        .unwrap();
-    assert_eq!(free.status.code(), Some(0), "{}", describe(&free));
+    env.launch(channel(2))
+        .args(["--tuners", "1"])
+        .program_ran()
+        .run();
 }
 
 #[test]
 fn a_slot_wait_timeout_gives_up_with_the_busy_code_without_running() {
     let env = TestEnv::new();
     let _first = hold_slot(&env, &channel(1), &["--tuners", "1"], "first");
-    let output = env
-        .run(
-            &channel(2),
-            &[
-                "--tuners",
-                "1",
-                "--on-busy",
-                "wait",
-                "--wait-timeout",
-                "0.3",
-            ],
-            &TestEnv::sh("touch ran"),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(BUSY), "{}", describe(&output));
-    assert!(
-        text(&output.stderr).contains("gave up waiting after 0.3s"),
-        "{}",
-        describe(&output)
-    );
-    assert!(!env.path("ran").exists());
+    env.launch(channel(2))
+        .args([
+            "--tuners",
+            "1",
+            "--on-busy",
+            "wait",
+            "--wait-timeout",
+            "0.3",
+        ])
+        .expect_status(BUSY)
+        .stderr_contains("gave up waiting after 0.3s")
+        .program_did_not_run()
+        .run();
 }
 
 #[test]
@@ -382,41 +356,27 @@ fn launchers_on_256_channels_of_one_device_with_four_tuners_never_run_more_than_
 fn launchers_that_disagree_on_the_tuner_count_warn_and_use_the_smaller() {
     let env = TestEnv::new();
     // A record of a past configuration on a free slot does not count.
-    let stale = env
-        .run(&channel(9), &["--tuners", "3"], &["true"])
-        .output()
-        .unwrap();
-    assert_eq!(stale.status.code(), Some(0), "{}", describe(&stale));
-    let agreeing = env
-        .run(&channel(8), &["--tuners", "1"], &["true"])
-        .output()
-        .unwrap();
-    assert_eq!(agreeing.status.code(), Some(0), "{}", describe(&agreeing));
-    assert!(
-        !text(&agreeing.stderr).contains("WARN"),
-        "a stale record must not count: {}",
-        describe(&agreeing)
-    );
-    // A holder that says one tuner; a launcher that says two must use one.
+    env.launch(channel(9))
+        .args(["--tuners", "3"])
+        .program(["true"])
+        .run();
+    env.launch(channel(8))
+        .args(["--tuners", "1"])
+        .program(["true"])
+        .label("a stale record must not count")
+        .stderr_lacks("WARN")
+        .run();
+    // A holder that says one tuner; a launcher that says two must use one,
+    // and say so.
     let first = hold_slot(&env, &channel(1), &["--tuners", "1"], "first");
-    let output = env
-        .run(&channel(2), &["--tuners", "2"], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(BUSY), "{}", describe(&output));
-    assert!(
-        !env.path("ran").exists(),
-        "two programs ran on a 1-tuner device"
-    );
-    let stderr = text(&output.stderr);
-    assert!(
-        stderr.contains("--tuners 2") && stderr.contains("using 1"),
-        "the disagreement is warned about: {stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("slot 0 held by pid {}", first.pid())),
-        "{stderr}"
-    );
+    env.launch(channel(2))
+        .args(["--tuners", "2"])
+        .expect_status(BUSY)
+        .stderr_contains("this one says --tuners 2")
+        .stderr_contains("using 1")
+        .stderr_contains(format!("slot 0 held by pid {}", first.pid()))
+        .program_did_not_run()
+        .run();
 }
 
 #[test]
@@ -424,11 +384,11 @@ fn a_duplicate_of_a_held_source_never_takes_a_slot() {
     let env = TestEnv::new();
     let first = hold_slot(&env, &channel(1), &["--tuners", "2"], "first");
     // A duplicate that waits: it waits on the source lock, holding no slot.
-    let duplicate = Guard::spawn(&mut env.run(
-        &channel(1),
-        &["--tuners", "2", "--on-busy", "wait"],
-        &TestEnv::sh("touch duplicate-ran"),
-    ));
+    let duplicate = env
+        .launch(channel(1))
+        .args(["--tuners", "2", "--on-busy", "wait"])
+        .program(TestEnv::sh("touch duplicate-ran"))
+        .spawn();
     let lock_file = env.lock_file_of(&channel(1));
     let duplicate_pid = i64::from(duplicate.pid());
     assert!(
@@ -444,22 +404,19 @@ fn a_duplicate_of_a_held_source_never_takes_a_slot() {
         );
     }
     // So the second tuner is still free for another channel.
-    let second = env
-        .run(&channel(2), &["--tuners", "2"], &["true"])
-        .output()
-        .unwrap();
-    assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
+    env.launch(channel(2))
+        .args(["--tuners", "2"])
+        .program_ran()
+        .run();
     // And a skipping duplicate says the source is busy, not the device.
-    let skipped = env
-        .run(&channel(1), &["--tuners", "2"], &["true"])
-        .output()
-        .unwrap();
-    assert_eq!(skipped.status.code(), Some(BUSY), "{}", describe(&skipped));
-    assert!(
-        text(&skipped.stderr).contains(&format!("source busy: held by pid {}", first.pid())),
-        "{}",
-        describe(&skipped)
-    );
+    let _ = fs::remove_file(env.path("ran"));
+    env.launch(channel(1))
+        .args(["--tuners", "2"])
+        .expect_status(BUSY)
+        .stderr_contains(format!("source busy: held by pid {}", first.pid()))
+        .stderr_lacks("device busy")
+        .program_did_not_run()
+        .run();
 }
 
 #[test]
@@ -467,27 +424,18 @@ fn status_groups_slots_by_device_with_holders_and_waiters_in_text_and_json() {
     let env = TestEnv::new();
     let first = hold_slot(&env, &channel(1), &["--tuners", "2"], "first");
     let second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
-    let waiter = Guard::spawn(&mut env.run(
-        &channel(3),
-        &["--tuners", "2", "--on-busy", "wait"],
-        &["true"],
-    ));
+    let waiter = env
+        .launch(channel(3))
+        .args(["--tuners", "2", "--on-busy", "wait"])
+        .program(["true"])
+        .spawn();
     let waiter_pid = i64::from(waiter.pid());
     assert!(
         wait_until(PATIENCE, || waiters(&slot_files(&env)) == vec![waiter_pid]),
         "the waiter never blocked on the slots"
     );
-    let status = |json: bool| {
-        let mut command = env.ec_launch();
-        command.arg("status").arg("--lock-dir").arg(env.lock_dir());
-        if json {
-            command.arg("--json");
-        }
-        command.output().unwrap()
-    };
-    let output = status(false);
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    let stdout = text(&output.stdout);
+    let status = || env.command(["status", "--lock-dir"]).arg(env.lock_dir());
+    let stdout = status().run().stdout;
     let line = stdout
         .lines()
         .find(|l| l.starts_with("10.0.0.5  tuners 2/2 held: "))
@@ -505,29 +453,17 @@ fn status_groups_slots_by_device_with_holders_and_waiters_in_text_and_json() {
         "{line}"
     );
     assert!(!stdout.contains("ORPHANED"), "{stdout}");
-    // `status SOURCE` keeps its meaning: the source's lock, held (0), and
-    // its slot is not taken for a moved lock of the source.
-    let one = env
-        .ec_launch()
-        .arg("status")
-        .arg("--lock-dir")
-        .arg(env.lock_dir())
-        .arg("--json")
-        .arg(channel(1))
-        .output()
-        .unwrap();
-    assert_eq!(one.status.code(), Some(0), "{}", describe(&one));
-    let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
-    assert_eq!(one["locks"].as_array().unwrap().len(), 1, "{one:#}");
-    assert_eq!(one["locks"][0]["orphaned"], false, "{one:#}");
     assert!(
         !stdout.contains(".slot"),
         "slot files are not source locks: {stdout}"
     );
+    // `status SOURCE` keeps its meaning: the source's lock, held (0), and
+    // its slot is not taken for a moved lock of the source.
+    let one = status().arg("--json").arg(channel(1)).run().json();
+    assert_eq!(one["locks"].as_array().unwrap().len(), 1, "{one:#}");
+    assert_eq!(one["locks"][0]["orphaned"], false, "{one:#}");
 
-    let output = status(true);
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let json = status().arg("--json").run().json();
     // The three source locks, as before: the waiter holds its source's.
     let locks = json["locks"].as_array().unwrap();
     assert_eq!(locks.len(), 3, "{json:#}");
@@ -580,50 +516,29 @@ fn tuner_flags_that_cannot_be_used_are_refused_before_the_lock_directory_is_touc
         ),
         (&["--tuners", "auto"][..], 64, "--tuners auto"),
     ] {
-        let output = env
-            .run(&channel(1), extra, &TestEnv::sh("touch ran"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(code),
-            "{extra:?}: {}",
-            describe(&output)
-        );
-        assert!(
-            text(&output.stderr).contains(message),
-            "{extra:?}: {}",
-            describe(&output)
-        );
-        assert!(!env.path("ran").exists());
-        assert!(
-            !env.lock_dir().exists(),
-            "{extra:?} touched the lock directory"
-        );
+        env.launch(channel(1))
+            .args(extra)
+            .label(format!("{extra:?}"))
+            .expect_status(code)
+            .stderr_contains(message)
+            .output_lacks("S3CR3T")
+            .program_did_not_run()
+            .lock_dir_untouched()
+            .run();
     }
     // A source without a host names no device: --device is needed.
-    let output = env
-        .run("/dev/null", &["--tuners", "2"], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64), "{}", describe(&output));
-    let stderr = text(&output.stderr);
-    assert!(
-        stderr.starts_with("error: ") && stderr.lines().count() == 1 && stderr.contains("--device"),
-        "{stderr}"
-    );
-    assert!(!env.lock_dir().exists());
+    env.launch("/dev/null")
+        .args(["--tuners", "2"])
+        .expect_status(64)
+        .one_line_error("--device")
+        .program_did_not_run()
+        .lock_dir_untouched()
+        .run();
     // With --key, the device is still the network source's host.
-    let script = "echo \"$EC_DEVICE_KEY\" > env.out";
-    let output = env
-        .run(
-            &channel(1),
-            &["--key", "studio-a", "--tuners", "2"],
-            &TestEnv::sh(script),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch(channel(1))
+        .args(["--key", "studio-a", "--tuners", "2"])
+        .program(TestEnv::sh("echo \"$EC_DEVICE_KEY\" > env.out"))
+        .run();
     assert_eq!(
         fs::read_to_string(env.path("env.out")).unwrap(),
         "10.0.0.5\n"

@@ -278,3 +278,76 @@ fn describe_slot(slot: &SlotStatus) -> String {
 fn join<T: ToString>(items: impl Iterator<Item = T>) -> String {
     items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(index: u32, state: State, pid: Option<u32>) -> SlotStatus {
+        SlotStatus {
+            slot: index,
+            slot_file: PathBuf::from(format!("/run/l/d-0.tuner{index}.slot")),
+            state,
+            holders: pid
+                .map(|pid| {
+                    HolderJson::from(crate::process::ProcessInfo {
+                        pid,
+                        command: Some("ec-node\x1b".into()),
+                        unit: Some("a.service".into()),
+                        since: None,
+                        start_ticks: None,
+                    })
+                })
+                .into_iter()
+                .collect(),
+            source: pid.map(|_| "http://10.0.0.5:5004/auto/v5.1".into()),
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn a_device_is_one_line_with_each_slot_its_holders_and_the_waiters() {
+        let device = DeviceStatus {
+            device: Some("10.0.0.5".into()),
+            name: "10.0.0.5-d68ebdae456af6a8".into(),
+            tuners: Some(2),
+            held: 1,
+            waiting: 3,
+            device_ids: Vec::new(),
+            slots: vec![
+                slot(0, State::Held, Some(42)),
+                slot(1, State::Free, None),
+                // A free file of a past, larger configuration: not shown.
+                slot(2, State::Free, None),
+            ],
+            warnings: vec!["w\rx".into()],
+        };
+        let mut out = String::new();
+        write_text(&mut out, &[device]);
+        assert_eq!(
+            out,
+            "\n10.0.0.5  tuners 1/2 held: slot 0 pid 42 ec-node\\x1b (a.service, http://10.0.0.5:5004/auto/v5.1), slot 1 free; 3 waiting\n  ! w\\rx\n"
+        );
+        let mut none = String::new();
+        write_text(&mut none, &[]);
+        assert_eq!(none, "", "no devices, no block: the table is as it was");
+    }
+
+    #[test]
+    fn two_device_keys_reporting_one_device_id_are_warned_about() {
+        let device = |key: &str| DeviceStatus {
+            device: Some(key.into()),
+            name: key.into(),
+            tuners: Some(2),
+            held: 0,
+            waiting: 0,
+            device_ids: vec!["1040ABCD".into()],
+            slots: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let warnings = shared_device_ids(&[device("10.0.0.5"), device("hdhr.lan")]);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("10.0.0.5, hdhr.lan report one DeviceID 1040ABCD"));
+        assert!(shared_device_ids(&[device("10.0.0.5")]).is_empty());
+    }
+}

@@ -544,3 +544,31 @@ fn tuner_flags_that_cannot_be_used_are_refused_before_the_lock_directory_is_touc
         "10.0.0.5\n"
     );
 }
+
+#[test]
+fn a_credential_in_a_slot_holders_source_reaches_no_output_and_no_slot_file() {
+    let env = TestEnv::new();
+    let secret_source = "http://admin:S3CR3T@10.0.0.5:5004/auto/v1.1?token=S3CR3T";
+    let _holder = hold_slot(&env, secret_source, &["--tuners", "1"], "holder");
+    env.launch(channel(2))
+        .args(["--tuners", "1"])
+        .expect_status(BUSY)
+        .stderr_contains("reading http://***@10.0.0.5:5004/auto/v1.1?token=***")
+        .output_lacks("S3CR3T")
+        .program_did_not_run()
+        .run();
+    for json in [false, true] {
+        let mut status = env.command(["status", "--lock-dir"]).arg(env.lock_dir());
+        if json {
+            status = status.arg("--json");
+        }
+        status
+            .stdout_contains("10.0.0.5")
+            .output_lacks("S3CR3T")
+            .run();
+    }
+    for slot in slot_files(&env) {
+        let content = fs::read_to_string(&slot).unwrap();
+        assert!(!content.contains("S3CR3T"), "{content}");
+    }
+}

@@ -67,15 +67,31 @@ impl Tuners {
     }
 }
 
+/// How many tuners to share, and the device's own `DeviceID` when the
+/// device was asked (recorded in slot records, shown by `status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunerCount {
+    pub count: u32,
+    pub device_id: Option<String>,
+}
+
 /// The number of tuners to share: `--tuners N` as given; for `auto` the
 /// device is asked (`GET http://<host>/discover.json`, ECP-0132), which is
-/// the device client's job and not there yet.
+/// the device client's job and not there yet. `host` is the source's host
+/// (the device key may be a `--device` name).
 ///
 /// # Errors
 /// [`Error::TunersAutoUnavailable`] for `auto`.
-pub fn tuner_count(tuners: Tuners, device: &DeviceKey, host: Option<&str>) -> Result<u32, Error> {
+pub fn tuner_count(
+    tuners: Tuners,
+    device: &DeviceKey,
+    host: Option<&str>,
+) -> Result<TunerCount, Error> {
     match tuners {
-        Tuners::Count(n) => Ok(n),
+        Tuners::Count(count) => Ok(TunerCount {
+            count,
+            device_id: None,
+        }),
         Tuners::Auto => {
             let _ = (device, host);
             Err(Error::TunersAutoUnavailable)

@@ -54,6 +54,8 @@ struct TunerConfig {
     device: DeviceKey,
     /// As given (or learnt by `auto`), before agreeing with other launchers.
     count: u32,
+    /// The device's own `DeviceID`, when `auto` learnt it.
+    device_id: Option<String>,
 }
 
 impl RunConfig {
@@ -92,8 +94,12 @@ impl RunConfig {
                     Some(device) => device,
                     None => DeviceKey::of_source(&key, &source).ok_or(Error::NoDeviceKey)?,
                 };
-                let count = tuner_slot::tuner_count(tuners, &device, host.as_deref())?;
-                Some(TunerConfig { device, count })
+                let asked = tuner_slot::tuner_count(tuners, &device, host.as_deref())?;
+                Some(TunerConfig {
+                    device,
+                    count: asked.count,
+                    device_id: asked.device_id,
+                })
             }
         };
         Ok(Self {
@@ -237,6 +243,7 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
                         device: Some(tuners.device.as_str().to_owned()),
                         slot: Some(slot),
                         tuners: Some(tuners.count),
+                        device_id: tuners.device_id.clone(),
                         ..record()
                     };
                     let taken = take_slot(

@@ -10,9 +10,6 @@
 //! panic. Only the host is ever named in an error: the device key carries no
 //! credential, and nothing else of the source reaches this module.
 
-// `discover` is called by run's slot code, which lands with the slots work.
-#![allow(dead_code)]
-
 use std::fmt;
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs as _, UdpSocket};

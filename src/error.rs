@@ -125,13 +125,18 @@ pub enum Error {
         #[source]
         source: Errno,
     },
+    /// `--tuners` without `--device` on a source with no host (ECP-0132).
+    #[error("--tuners needs a device, and the source names no host")]
+    NoDeviceKey,
+    /// `--tuners auto` on a source without a host: nothing to ask.
+    #[error("--tuners auto asks the source's host, and the source names no host")]
+    TunersAutoWithoutHost,
     #[error("{what} contains a NUL byte")]
     NulInArgument { what: String },
     #[error("the program name is empty")]
     EmptyProgram,
     /// `--tuners auto`: the device did not tell its tuner count. Names the
     /// host only (`url` is built from it), never the source.
-    #[allow(dead_code)] // constructed by run's slot code, landing with the slots work
     #[error("cannot ask device {device} for its tuner count (GET {url})")]
     AskDevice {
         device: String,
@@ -304,6 +309,14 @@ impl Error {
             Self::AskDevice { .. } => (
                 ExitStatus::DeviceUnavailable,
                 "check that the device is on and answers on port 80 from this node (curl the URL above), or pass --tuners N; under systemd the unit is restarted",
+            ),
+            Self::NoDeviceKey => (
+                BadArgument,
+                "name the tuner device with --device KEY (the same key for every launcher of the device)",
+            ),
+            Self::TunersAutoWithoutHost => (
+                BadArgument,
+                "pass the device's number of tuners, e.g. --tuners 2: only a network source's host can be asked",
             ),
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => (NotFound, "check the program name and PATH"),

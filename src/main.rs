@@ -39,6 +39,7 @@ mod secret_params;
 #[cfg(test)]
 mod secret_props;
 mod source_key;
+mod tuner_slot;
 
 use std::error::Error as _;
 use std::ffi::{CStr, OsStr, OsString, c_char, c_int};

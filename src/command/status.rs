@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::device_view::{self, DeviceStatus};
 use crate::cli::StatusArgs;
 use crate::error::Error;
 use crate::exit_code::ExitStatus;
@@ -30,6 +31,7 @@ use crate::printable::{printable, printable_path};
 use crate::process::ProcessInfo;
 use crate::redact::redact_source;
 use crate::source_key::{KeyError, SourceKey};
+use crate::tuner_slot;
 
 /// One lock as `status` reports it; also the `--json` schema of an entry.
 #[derive(Debug, Serialize)]
@@ -53,7 +55,7 @@ struct LockStatus {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-enum State {
+pub(super) enum State {
     Held,
     Free,
     /// This user cannot tell: the file cannot be examined, is not a regular
@@ -71,10 +73,10 @@ enum Placement {
 }
 
 #[derive(Debug, Serialize)]
-struct HolderJson {
-    pid: u32,
-    command: Option<String>,
-    unit: Option<String>,
+pub(super) struct HolderJson {
+    pub(super) pid: u32,
+    pub(super) command: Option<String>,
+    pub(super) unit: Option<String>,
     since: Option<String>,
     /// With `pid`, the identity: clock ticks after boot, as in the record.
     start_ticks: Option<u64>,
@@ -95,6 +97,8 @@ impl From<ProcessInfo> for HolderJson {
 #[derive(Debug, Serialize)]
 struct Report {
     locks: Vec<LockStatus>,
+    /// Tuner slots by device (ECP-0132); empty for `status SOURCE`.
+    devices: Vec<DeviceStatus>,
     warnings: Vec<String>,
 }
 
@@ -120,7 +124,14 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
             crate::path_trust::ensure_regular(path, &metadata)?;
         }
     }
-    let listed: BTreeSet<LockedInode> = entries.iter().map(|(_, inode)| *inode).collect();
+    // Slot files are listed too: found held through their holders'
+    // descriptors, they are this directory's files, not moved locks.
+    let slots = tuner_slot::slot_files(&args.lock_dir);
+    let listed: BTreeSet<LockedInode> = entries
+        .iter()
+        .map(|(_, inode)| *inode)
+        .chain(slots.iter().map(|s| s.inode))
+        .collect();
     let scan = HolderScan::take(proc_root, &args.lock_dir, &listed);
     let mut locks: Vec<LockStatus> = entries
         .iter()
@@ -165,9 +176,16 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         }
     }
     locks.sort_by(|a, b| (&a.key, &a.lock_file).cmp(&(&b.key, &b.lock_file)));
+    let (devices, mut warnings) = if key.is_some() {
+        (Vec::new(), Vec::new())
+    } else {
+        device_view::devices(&scan, proc_root, &slots)
+    };
+    warnings.extend(scan.visibility_warnings());
     let report = Report {
         locks,
-        warnings: scan.visibility_warnings(),
+        devices,
+        warnings,
     };
     print_report(&report, args.json);
     Ok(exit_status(&report, key.is_some()))
@@ -466,7 +484,10 @@ fn is_recorded_launcher(scan: &HolderScan, holder: &ProcessInfo, record: &LockRe
 
 /// A path as a JSON string: exact when it is UTF-8, else with the other
 /// bytes written `\xNN` (serde refuses such paths, which emptied the report).
-fn path_as_text<S: serde::Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+pub(super) fn path_as_text<S: serde::Serializer>(
+    path: &Path,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     match path.to_str() {
         Some(text) => serializer.serialize_str(text),
         None => serializer.serialize_str(&printable_path(path)),
@@ -550,6 +571,7 @@ fn print_report(report: &Report, json: bool) {
     if report.locks.is_empty() {
         out.push_str("(no lock files)\n");
     }
+    device_view::write_text(&mut out, &report.devices);
     print!("{out}");
     for warning in &report.warnings {
         eprintln!("warning: {}", printable(warning));

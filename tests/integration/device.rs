@@ -154,6 +154,18 @@ fn tuners_auto_on_a_device_answering_garbage_exits_69() {
 }
 
 #[test]
+fn tuners_auto_on_a_source_without_a_host_has_nothing_to_ask_and_exits_64() {
+    TestEnv::new()
+        .launch("/dev/null")
+        .args(["--tuners", "auto", "--device", "attic"])
+        .expect_status(64)
+        .one_line_error("--tuners auto asks the source's host, and the source names no host")
+        .program_did_not_run()
+        .lock_dir_untouched()
+        .run();
+}
+
+#[test]
 fn tuners_auto_with_nothing_listening_exits_69_and_a_number_never_asks() {
     // Nothing listens on 127.0.0.26:80: refused at once, no root needed.
     let ip = Ipv4Addr::new(127, 0, 0, 26);
@@ -253,7 +265,7 @@ fn status_device_reports_a_reader_from_another_address_as_foreign_and_exits_6() 
         .spawn();
     assert!(wait_until(PATIENCE, || env.path("ran-ours").exists()));
     status_device(&env, &[])
-        .stdout_contains(&format!("{ip}"))
+        .stdout_contains(format!("{ip}"))
         .output_lacks("foreign reader")
         .output_lacks(SECRET)
         .run();

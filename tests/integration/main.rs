@@ -21,6 +21,7 @@ mod operator;
 mod privilege;
 mod run;
 mod secrets;
+mod slots;
 mod status;
 mod status_truth;
 mod testenv;

@@ -9,9 +9,6 @@
 //! this node than it holds slots, the excess is foreign too (a reader here
 //! that took no slot: a hand-started `ec-node`, a `curl`, a stale helper).
 
-// Used by `status --device` once the slots' devices view lands.
-#![allow(dead_code)]
-
 use std::net::IpAddr;
 
 use serde::Serialize;

@@ -21,7 +21,6 @@ mod cgroup;
 mod cli;
 mod command;
 mod device_http;
-mod device_view;
 mod error;
 mod exec;
 mod exit_code;

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::device_report::DeviceReport;
 use super::status::{HolderJson, State, path_as_text};
+use crate::device_http::Device;
 use crate::holder::{HolderScan, LockedInode};
 use crate::lock_record::LockRecord;
 use crate::printable::printable;
@@ -43,6 +45,9 @@ pub(super) struct DeviceStatus {
     device_ids: Vec<String>,
     slots: Vec<SlotStatus>,
     warnings: Vec<String>,
+    /// With `status --device`: the device's own view beside ours.
+    #[serde(flatten)]
+    report: Option<DeviceReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,6 +145,7 @@ fn device(
         device_ids: device_ids.into_iter().collect(),
         slots,
         warnings,
+        report: None,
     }
 }
 
@@ -174,6 +180,56 @@ fn slot(scan: &HolderScan, file: &SlotFile) -> SlotStatus {
         source: record.as_ref().map(|r| r.source.clone()),
         metadata: record,
     }
+}
+
+/// `status --device`: asks every device whose host is known for its own
+/// view (`status.json`) and adds what it says (foreign readers, or why it
+/// could not be asked) to the device's entry and warnings.
+pub(super) fn ask_devices(devices: &mut [DeviceStatus]) {
+    for device in devices {
+        let Some(host) = host_of(device) else {
+            device.warnings.push(
+                "no host known for this device (no slot record names a network source): not asked"
+                    .to_owned(),
+            );
+            continue;
+        };
+        let asked = Device::from_host(&host);
+        let report = DeviceReport::ask(&asked, device.held);
+        device.warnings.extend(report.warnings(&asked));
+        device.report = Some(report);
+    }
+}
+
+/// The host to ask: the one the slot records' sources stream from (the
+/// held slots' first), else the device key when it is the source's host.
+fn host_of(device: &DeviceStatus) -> Option<String> {
+    let from_records = device
+        .slots
+        .iter()
+        .filter(|s| s.state == State::Held)
+        .chain(device.slots.iter())
+        .filter_map(|s| s.source.as_deref())
+        .find_map(|source| {
+            let url = url::Url::parse(source).ok()?;
+            url.host_str().map(str::to_owned)
+        });
+    from_records.or_else(|| device.device.clone())
+}
+
+/// True when a device reported a tuner no slot here accounts for.
+pub(super) fn foreign_reader_seen(devices: &[DeviceStatus]) -> bool {
+    devices
+        .iter()
+        .filter_map(|d| d.report.as_ref())
+        .any(|r| !r.foreign_readers.is_empty())
+}
+
+/// True when `--device` asked and a device could not be told.
+pub(super) fn device_unanswered(devices: &[DeviceStatus]) -> bool {
+    devices
+        .iter()
+        .any(|d| d.report.as_ref().is_some_and(DeviceReport::unanswered))
 }
 
 /// The processes waiting on each inode (`->` rows; `None` for a PID
@@ -321,6 +377,7 @@ mod tests {
                 slot(2, State::Free, None),
             ],
             warnings: vec!["w\rx".into()],
+            report: None,
         };
         let mut out = String::new();
         write_text(&mut out, &[device]);
@@ -344,10 +401,33 @@ mod tests {
             device_ids: vec!["1040ABCD".into()],
             slots: Vec::new(),
             warnings: Vec::new(),
+            report: None,
         };
         let warnings = shared_device_ids(&[device("10.0.0.5"), device("hdhr.lan")]);
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("10.0.0.5, hdhr.lan report one DeviceID 1040ABCD"));
         assert!(shared_device_ids(&[device("10.0.0.5")]).is_empty());
+    }
+
+    #[test]
+    fn a_device_is_asked_at_the_host_its_slots_stream_from_not_at_its_name() {
+        let mut device = DeviceStatus {
+            device: Some("attic".into()),
+            name: "attic-0".into(),
+            tuners: Some(2),
+            held: 1,
+            waiting: 0,
+            device_ids: Vec::new(),
+            slots: vec![slot(0, State::Held, Some(42)), slot(1, State::Free, None)],
+            warnings: Vec::new(),
+            report: None,
+        };
+        assert_eq!(host_of(&device).as_deref(), Some("10.0.0.5"));
+        // A redacted credential in the record's source does not hide its host.
+        device.slots[0].source = Some("http://***@[fd00::5]:5004/auto/v5.1?token=***".into());
+        assert_eq!(host_of(&device).as_deref(), Some("[fd00::5]"));
+        // No record: the device key, which is the source's host unless named.
+        device.slots[0].source = None;
+        assert_eq!(host_of(&device).as_deref(), Some("attic"));
     }
 }

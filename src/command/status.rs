@@ -176,11 +176,14 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         }
     }
     locks.sort_by(|a, b| (&a.key, &a.lock_file).cmp(&(&b.key, &b.lock_file)));
-    let (devices, mut warnings) = if key.is_some() {
+    let (mut devices, mut warnings) = if key.is_some() {
         (Vec::new(), Vec::new())
     } else {
         device_view::devices(&scan, proc_root, &slots)
     };
+    if args.device {
+        device_view::ask_devices(&mut devices);
+    }
     warnings.extend(scan.visibility_warnings());
     let report = Report {
         locks,
@@ -194,8 +197,12 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
 fn exit_status(report: &Report, for_one_source: bool) -> ExitStatus {
     if report.locks.iter().any(|l| l.orphaned) {
         ExitStatus::Orphaned
+    } else if device_view::foreign_reader_seen(&report.devices) {
+        ExitStatus::ForeignReader
     } else if report.locks.iter().any(|l| l.state == State::Unknown) {
         ExitStatus::StateUnknown
+    } else if device_view::device_unanswered(&report.devices) {
+        ExitStatus::DeviceUnavailable
     } else if for_one_source && !report.locks.iter().any(|l| l.state == State::Held) {
         ExitStatus::SourceFree
     } else {

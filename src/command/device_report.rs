@@ -6,9 +6,6 @@
 //! and never fatal: a device that cannot be asked is a warning in its entry
 //! and makes the exit status 69 unless a foreign reader is seen (ECP-0132).
 
-// Called by `status --device` once the slots' devices view lands.
-#![allow(dead_code)]
-
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -18,9 +15,9 @@ use crate::foreign_reader::{ForeignReader, Reason, foreign_readers};
 use crate::printable::printable;
 
 /// What the device said and what it means; flattened into a `devices[]`
-/// entry of `status --json`.
+/// entry of `status --json` (only with `--device`).
 #[derive(Debug, Serialize)]
-pub struct DeviceView {
+pub struct DeviceReport {
     /// This node's address towards the device, as the kernel picks it.
     pub our_address: Option<String>,
     /// The device's tuners as `status.json` reports them; `null` when it
@@ -53,7 +50,7 @@ impl From<&TunerStatus> for TunerJson {
     }
 }
 
-impl DeviceView {
+impl DeviceReport {
     /// Asks `device` for its tuners and compares them with the `slots_held`
     /// slots this node holds on it.
     #[must_use]
@@ -156,7 +153,7 @@ mod tests {
             r#"[{"Resource":"tuner0","VctNumber":"5.1","TargetIP":"127.0.0.1"},
                 {"Resource":"tuner1","VctNumber":"7.1","TargetIP":"127.0.0.9"}]"#,
         );
-        let view = DeviceView::ask(&device, 1);
+        let view = DeviceReport::ask(&device, 1);
         server.join().expect("server");
         assert_eq!(view.our_address.as_deref(), Some("127.0.0.1"));
         assert_eq!(view.foreign_readers.len(), 1, "{view:?}");
@@ -179,7 +176,7 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         drop(listener);
         let device = Device::with_port("127.0.0.1", port);
-        let view = DeviceView::ask(&device, 0);
+        let view = DeviceReport::ask(&device, 0);
         assert!(view.unanswered());
         assert!(view.foreign_readers.is_empty());
         let warnings = view.warnings(&device);
@@ -194,7 +191,7 @@ mod tests {
         let (device, server) = device_answering(
             r#"[{"Resource":"tuner0\u001b[2J","VctNumber":"5.1\r","TargetIP":"evil\u0007"}]"#,
         );
-        let view = DeviceView::ask(&device, 0);
+        let view = DeviceReport::ask(&device, 0);
         server.join().expect("server");
         let warnings = view.warnings(&device).join("\n");
         assert!(

@@ -37,7 +37,7 @@ const MAX_DEVICE_ID: usize = 64;
 pub enum DeviceError {
     /// No connection, a timeout, or a broken connection: the device cannot
     /// be asked (now).
-    #[error("{0}")]
+    #[error("the device did not answer")]
     Transport(#[source] io::Error),
     /// The device answered with an HTTP error other than 404.
     #[error("the device answered HTTP {0}")]
@@ -59,6 +59,20 @@ impl DeviceError {
     #[must_use]
     pub fn needs_explicit_count(&self) -> bool {
         matches!(self, Self::NotFound | Self::NoTunerCount(_))
+    }
+
+    /// The message with its causes, for a warning (an error returned to
+    /// `main` gets its chain printed there).
+    #[must_use]
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(inner) = cause {
+            text.push_str(": ");
+            text.push_str(&inner.to_string());
+            cause = inner.source();
+        }
+        text
     }
 
     /// True when a second attempt may succeed: the device could not be
@@ -561,6 +575,15 @@ mod tests {
             body.len()
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn a_transport_error_names_its_cause_once_in_the_chain() {
+        use std::error::Error as _;
+        let error = DeviceError::Transport(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let chain = format!("{error}: {}", error.source().expect("a cause"));
+        assert_eq!(chain.matches("refused").count(), 1, "{chain}");
+        assert_eq!(error.with_causes(), chain);
     }
 
     #[test]

@@ -77,8 +77,9 @@ impl DeviceReport {
                 view.device_tuners = Some(tuners.iter().map(TunerJson::from).collect());
             }
             Err(e) => view.problems.push(format!(
-                "cannot ask device {device} for its tuners (GET {}): {e}; its foreign readers are unknown: check that it is on and answers on port 80 from this node",
-                device.url("status.json")
+                "cannot ask device {device} for its tuners (GET {}): {}; its foreign readers are unknown: check that it is on and answers on port 80 from this node",
+                device.url("status.json"),
+                e.with_causes()
             )),
         }
         view

@@ -174,7 +174,7 @@ fn tuners_auto_with_nothing_listening_exits_69_and_a_number_never_asks() {
         .args(["--tuners", "auto"])
         .expect_status(69)
         .one_line_error(format!("cannot ask device {ip} for its tuner count"))
-        .stderr_contains("Connection refused")
+        .stderr_contains("the device did not answer: Connection refused (os error 111); check")
         .output_lacks(SECRET)
         .program_did_not_run()
         .run();
@@ -186,12 +186,13 @@ fn tuners_auto_with_nothing_listening_exits_69_and_a_number_never_asks() {
 }
 
 /// A publisher stand-in: streams `channel` from the device at `ip` from the
-/// address the kernel picks (bash's /dev/tcp), leaves `ran-<name>` once the
-/// device has answered, and reads until killed.
+/// address the kernel picks (bash's /dev/tcp, on a descriptor bash picks
+/// above the inherited lock and slot descriptors), leaves `ran-<name>` once
+/// the device has answered, and reads until killed.
 fn streamer(ip: Ipv4Addr, channel: u32, name: &str) -> Vec<String> {
     let script = format!(
-        "exec 3<>/dev/tcp/{ip}/5004 && printf 'GET /auto/v{channel}.1 HTTP/1.1\\r\\nHost: {ip}\\r\\n\\r\\n' >&3 \
-         && read -r status <&3 && touch ran-{name} && exec cat <&3 >/dev/null"
+        "exec {{tuner}}<>/dev/tcp/{ip}/5004 && printf 'GET /auto/v{channel}.1 HTTP/1.1\\r\\nHost: {ip}\\r\\n\\r\\n' >&$tuner \
+         && read -r status <&$tuner && touch ran-{name} && exec cat <&$tuner >/dev/null"
     );
     vec!["bash".into(), "-c".into(), script]
 }
@@ -335,7 +336,9 @@ fn status_device_on_a_device_that_cannot_be_asked_warns_and_exits_69() {
         .run();
     status_device(&env, &[])
         .expect_status(69)
-        .stdout_contains(format!("cannot ask device {ip} for its tuners"))
+        .stdout_contains(format!(
+            "cannot ask device {ip} for its tuners (GET http://{ip}/status.json): the device did not answer: Connection refused"
+        ))
         .run();
     // Without --device, nothing is asked.
     env.command(["status", "--lock-dir"])

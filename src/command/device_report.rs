@@ -188,6 +188,19 @@ mod tests {
     }
 
     #[test]
+    fn a_device_answering_garbage_is_a_warning_and_its_readers_unknown() {
+        let (device, server) = device_answering("{\"Resource\": <html>");
+        let view = DeviceReport::ask(&device, 0);
+        server.join().expect("server");
+        assert!(view.unanswered());
+        let warnings = view.warnings(&device);
+        assert!(
+            warnings[0].contains("malformed answer: not JSON"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn control_characters_from_the_device_are_escaped_in_warnings() {
         let (device, server) = device_answering(
             r#"[{"Resource":"tuner0\u001b[2J","VctNumber":"5.1\r","TargetIP":"evil\u0007"}]"#,

@@ -31,6 +31,9 @@ mod redact;
 mod secret_params;
 #[cfg(test)]
 mod secret_props;
+// Used by `status --readers` and the progress watchdog (issue 11).
+#[allow(dead_code)]
+mod sock_diag;
 mod source_key;
 
 use std::error::Error as _;

@@ -16,7 +16,7 @@
 //! Nothing here prints a credential: sources are named by their keys, which
 //! never hold one, and connections by address.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -210,12 +210,21 @@ pub fn account(
     describe: &dyn Fn(u32) -> Option<ProcessInfo>,
 ) -> ReadersReport {
     let mut report = ReadersReport::default();
-    for (index, (endpoint, addresses)) in endpoints.iter().enumerate() {
-        let on_endpoint: Vec<&LockView<'_>> = locks
-            .iter()
-            .filter(|(_, e)| *e == Some(index))
-            .map(|(lock, _)| *lock)
-            .collect();
+    // Grouped once: thousands of locks and endpoints on a busy node.
+    let mut locks_of: Vec<Vec<&LockView<'_>>> = vec![Vec::new(); endpoints.len()];
+    for (lock, index) in locks {
+        if let Some(group) = index.and_then(|i| locks_of.get_mut(i)) {
+            group.push(lock);
+        }
+    }
+    let mut to_remote: HashMap<SocketAddr, Vec<&TcpConnection>> = HashMap::new();
+    for connection in connections {
+        to_remote
+            .entry(connection.remote)
+            .or_default()
+            .push(connection);
+    }
+    for ((endpoint, addresses), on_endpoint) in endpoints.iter().zip(locks_of) {
         let mut sources: Vec<String> = on_endpoint
             .iter()
             .filter_map(|l| l.key.map(str::to_owned))
@@ -235,7 +244,12 @@ pub fn account(
         let mut readers = Vec::new();
         let mut warnings = Vec::new();
         let mut connections_of: BTreeMap<u32, usize> = BTreeMap::new();
-        for connection in connections.iter().filter(|c| addresses.contains(&c.remote)) {
+        let mut seen = HashSet::new();
+        let to_endpoint = addresses
+            .iter()
+            .flat_map(|a| to_remote.get(a).into_iter().flatten())
+            .filter(|c| seen.insert(c.inode));
+        for connection in to_endpoint {
             let pids = owners(connection.inode);
             let stale = !pids.is_empty() && !pids.iter().any(|p| held_by.contains_key(p));
             let row = |pid: Option<u32>, info: Option<ProcessInfo>| Reader {

@@ -246,13 +246,13 @@ fn readers_report(
         })
         .collect();
     let mut endpoints: Vec<(Endpoint, Vec<std::net::SocketAddr>)> = Vec::new();
+    let mut index_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut placed = Vec::with_capacity(views.len());
     let mut without_endpoint = Vec::new();
     for view in &views {
         match readers::endpoint_of(view.key, view.source) {
             Ok(endpoint) => {
-                let known = endpoints.iter().position(|(e, _)| e.name == endpoint.name);
-                let index = known.unwrap_or_else(|| {
+                let index = *index_of.entry(endpoint.name.clone()).or_insert_with(|| {
                     let addresses = endpoint.addresses();
                     endpoints.push((endpoint, addresses));
                     endpoints.len() - 1
@@ -276,7 +276,8 @@ fn readers_report(
         .iter()
         .flat_map(|(_, a)| a.iter().copied())
         .collect();
-    connections.retain(|c| watched.contains(&c.remote));
+    let watched_set: HashSet<std::net::SocketAddr> = watched.iter().copied().collect();
+    connections.retain(|c| watched_set.contains(&c.remote));
     if connections.iter().any(|c| owners(c.inode).is_empty()) {
         let still: HashSet<u64> = sock_diag::established_to(&watched)
             .map(|now| now.into_iter().map(|c| c.inode).collect())

@@ -381,3 +381,30 @@ fn plain_status_has_no_readers_section() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(report.get("readers").is_none(), "{report:#}");
 }
+
+#[test]
+fn for_one_source_another_channels_holder_on_its_endpoint_still_accounts_for_its_connection() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let asked = stand_in.source("v5.1");
+    let done = env.run(&asked, &[], &["true"]).output().unwrap();
+    assert_eq!(done.status.code(), Some(0), "{}", describe(&done));
+    let other = env.hold(&stand_in.source("v7.1"), &bash(&stand_in.reader_script()));
+    stand_in.wait_for(1);
+
+    let output = readers(&env, &["--json", &asked]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // The asked source is free (3); the connection is the other channel's.
+    assert_eq!(output.status.code(), Some(3), "{report:#}");
+    let ours = of_pid(&connections_to(&report, stand_in.address), other.pid());
+    assert_eq!(ours[0]["stale"], false, "{report:#}");
+
+    let stray = stray_reader(&stand_in);
+    stand_in.wait_for(2);
+    let output = readers(&env, &["--json", &asked]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(STALE), "{report:#}");
+    let stale = of_pid(&connections_to(&report, stand_in.address), stray.pid());
+    assert_eq!(stale[0]["stale"], true, "{report:#}");
+}

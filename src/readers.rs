@@ -88,10 +88,9 @@ pub fn endpoint_of(key: Option<&str>, source: Option<&str>) -> Result<Endpoint, 
 /// The endpoint a canonical key names (see `source_key`).
 fn endpoint_of_key(key: &str) -> Result<Endpoint, String> {
     if key.starts_with('/') {
-        return Err("a device path: no network endpoint".to_owned());
+        return Err("a device path".to_owned());
     }
-    let not_network =
-        || "keyed by --key, and its source is no network URL: no network endpoint".to_owned();
+    let not_network = || "keyed by --key, and its recorded source is no network URL".to_owned();
     let url = Url::parse(key).map_err(|_| not_network())?;
     let host = url
         .host_str()
@@ -106,7 +105,7 @@ fn endpoint_of_key(key: &str) -> Result<Endpoint, String> {
     };
     if UDP_SCHEMES.contains(&scheme.as_str()) {
         return Err(format!(
-            "a {scheme} source streams over UDP: no TCP connection to watch"
+            "a {scheme} source streams over UDP, which has no connection to watch"
         ));
     }
     let Some(port) = port else {

@@ -242,6 +242,12 @@ pub fn account(
         }
         let mut readers = Vec::new();
         let mut warnings = Vec::new();
+        if addresses.is_empty() {
+            warnings.push(format!(
+                "the host of {} does not resolve here, so connections to it cannot be matched; check the name, or use an address in the source",
+                endpoint.name
+            ));
+        }
         let mut connections_of: BTreeMap<u32, usize> = BTreeMap::new();
         let mut seen = HashSet::new();
         let to_endpoint = addresses
@@ -480,6 +486,19 @@ mod tests {
         assert_eq!(from_source.map(|e| e.name), Ok("10.0.0.5:5004".into()));
         let device = endpoint_of(Some("tuner-a"), Some("/dev/null"));
         assert!(device.unwrap_err().contains("device"));
+    }
+
+    #[test]
+    fn an_endpoint_whose_host_does_not_resolve_says_so() {
+        let unknown = endpoint_of_key("rtsp://no-such-host.invalid/s").unwrap();
+        let report = account(&[(unknown, Vec::new())], &[], &[], &|_| vec![], &|_| None);
+        let warnings = &report.endpoints[0].warnings;
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("no-such-host.invalid:554") && w.contains("does not resolve")),
+            "{warnings:?}"
+        );
     }
 
     fn connection(inode: u64, local: &str, remote: &str) -> TcpConnection {

@@ -230,16 +230,7 @@ pub fn account(
             .collect();
         sources.sort();
         sources.dedup();
-        // Keys of the sources on this endpoint each process holds.
-        let mut held_by: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
-        for lock in &on_endpoint {
-            for pid in &lock.holders {
-                held_by
-                    .entry(*pid)
-                    .or_default()
-                    .insert(lock.key.unwrap_or("?").to_owned());
-            }
-        }
+        let held_by = held_by_process(&on_endpoint);
         let mut readers = Vec::new();
         let mut warnings = Vec::new();
         if addresses.is_empty() {
@@ -295,11 +286,7 @@ pub fn account(
         for (pid, count) in &connections_of {
             let held = held_by.get(pid).map_or(0, BTreeSet::len);
             if held > 0 && *count > held {
-                warnings.push(format!(
-                    "pid {pid} holds the lock of {held} source{} on {} but has {count} connections to it: a second stream of its own uses a tuner; check the program",
-                    if held == 1 { "" } else { "s" },
-                    endpoint.name
-                ));
+                warnings.push(second_stream_advice(*pid, held, *count, &endpoint.name));
             }
         }
         readers.sort_by(|a, b| (!a.stale, a.pid, &a.local).cmp(&(!b.stale, b.pid, &b.local)));
@@ -316,6 +303,28 @@ pub fn account(
         .endpoints
         .sort_by_key(|e| !e.connections.iter().any(|c| c.stale));
     report
+}
+
+/// The keys of the sources in `locks` each process holds.
+fn held_by_process(locks: &[&LockView<'_>]) -> BTreeMap<u32, BTreeSet<String>> {
+    let mut held_by: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+    for lock in locks {
+        for pid in &lock.holders {
+            held_by
+                .entry(*pid)
+                .or_default()
+                .insert(lock.key.unwrap_or("?").to_owned());
+        }
+    }
+    held_by
+}
+
+/// The `!` line for a holder with more connections than sources held.
+fn second_stream_advice(pid: u32, held: usize, count: usize, endpoint: &str) -> String {
+    format!(
+        "pid {pid} holds the lock of {held} source{} on {endpoint} but has {count} connections to it: a second stream of its own uses a tuner; check the program",
+        if held == 1 { "" } else { "s" },
+    )
 }
 
 /// The `!` line for a stale reader: what it is and what to do.

@@ -159,6 +159,9 @@ pub struct ReadersReport {
     /// Connections whose owner cannot be seen.
     #[serde(skip)]
     pub unowned: usize,
+    /// Locks whose record cannot be read, so whose endpoint is unknown.
+    #[serde(skip)]
+    pub unreadable_records: usize,
 }
 
 #[derive(Debug, Serialize)]

@@ -38,6 +38,7 @@ mod secret_params;
 mod secret_props;
 mod sock_diag;
 mod source_key;
+mod tuner_slot;
 
 use std::error::Error as _;
 use std::ffi::{CStr, OsStr, OsString, c_char, c_int};

@@ -143,6 +143,11 @@ pub struct StatusArgs {
     #[arg(value_name = "SOURCE")]
     pub source: Option<String>,
 
+    /// Also list the processes with a TCP connection to each source's endpoint;
+    /// exit 7 when one holds no lock of a source there (a stale reader)
+    #[arg(long)]
+    pub readers: bool,
+
     /// Only the source `run --key KEY` named (taken as it is, like run's --key); exits as for SOURCE
     #[arg(long, value_name = "KEY", conflicts_with = "source")]
     pub key: Option<String>,
@@ -222,7 +227,8 @@ mod tests {
         assert_eq!(parse_busy_exit_code("75"), Ok(75));
         assert_eq!(parse_busy_exit_code("1"), Ok(1));
         for reserved in [
-            "2", "3", "4", "5", "6", "64", "65", "66", "69", "71", "73", "77", "78", "126", "127",
+            "2", "3", "4", "5", "6", "7", "64", "65", "66", "69", "71", "73", "77", "78", "126",
+            "127",
         ] {
             assert!(parse_busy_exit_code(reserved).is_err(), "{reserved}");
         }

@@ -33,10 +33,12 @@ mod path_trust;
 mod printable;
 mod proc_locks;
 mod process;
+mod readers;
 mod redact;
 mod secret_params;
 #[cfg(test)]
 mod secret_props;
+mod sock_diag;
 mod source_key;
 mod tuner_slot;
 

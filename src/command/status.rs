@@ -11,8 +11,13 @@
 //! examine, a lock table that hides locks) is reported as `unknown` with
 //! its own exit status, never as free. Text from processes and files is
 //! escaped before it reaches the terminal.
+//!
+//! With `--readers` the established TCP connections (`sock_diag`) are
+//! dumped *before* the descriptor scan, which then also finds their owners,
+//! and `readers` accounts for each connection to a source's endpoint
+//! against the locks found (ECP-0133). Without it nothing of that runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io;
@@ -29,7 +34,9 @@ use crate::holder::{Absence, HolderScan, LockedInode};
 use crate::lock_record::LockRecord;
 use crate::printable::{printable, printable_path};
 use crate::process::ProcessInfo;
+use crate::readers::{self, Endpoint, LockView, ReadersReport, WithoutEndpoint};
 use crate::redact::redact_source;
+use crate::sock_diag::{self, TcpConnection};
 use crate::source_key::{KeyError, SourceKey};
 use crate::tuner_slot;
 
@@ -100,6 +107,9 @@ struct Report {
     /// Tuner slots by device (ECP-0132); empty for `status SOURCE`.
     devices: Vec<DeviceStatus>,
     warnings: Vec<String>,
+    /// Only with `--readers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readers: Option<ReadersReport>,
 }
 
 /// Runs `ec-launch status`.
@@ -132,7 +142,15 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         .map(|(_, inode)| *inode)
         .chain(slots.iter().map(|s| s.inode))
         .collect();
-    let scan = HolderScan::take(proc_root, &args.lock_dir, &listed);
+    let mut warnings = Vec::new();
+    // Connections first, then their owners in the one descriptor scan.
+    let connections = if args.readers {
+        socket_table(&mut warnings)
+    } else {
+        None
+    };
+    let sockets: HashSet<u64> = connections.iter().flatten().map(|c| c.inode).collect();
+    let scan = HolderScan::take_with_sockets(proc_root, &args.lock_dir, &listed, &sockets);
     let mut locks: Vec<LockStatus> = entries
         .iter()
         // For one source: its file, and held files that may be it renamed.
@@ -166,6 +184,19 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
             Vec::new(),
         ));
     }
+    // Slots are shown for the whole directory only, but a slot holder
+    // accounts for its connection to the device whatever is asked.
+    let (devices, device_warnings) = if key.is_none() || connections.is_some() {
+        device_view::devices(&scan, proc_root, &slots)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    // Before the locks are narrowed to SOURCE: another channel's holder on
+    // the same endpoint accounts for its connection.
+    let readers = connections.map(|c| {
+        let slots = device_view::slot_holdings(&devices);
+        readers_report(&scan, &locks, &slots, c, key.as_ref())
+    });
     if let Some(key) = &key {
         // Other sources' locks are not this question's answer.
         locks.retain(|lock| {
@@ -176,10 +207,11 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         }
     }
     locks.sort_by(|a, b| (&a.key, &a.lock_file).cmp(&(&b.key, &b.lock_file)));
-    let (mut devices, mut warnings) = if key.is_some() {
-        (Vec::new(), Vec::new())
+    let mut devices = if key.is_some() {
+        Vec::new()
     } else {
-        device_view::devices(&scan, proc_root, &slots)
+        warnings.extend(device_warnings);
+        devices
     };
     if args.device {
         device_view::ask_devices(&mut devices);
@@ -189,17 +221,41 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         locks,
         devices,
         warnings,
+        readers,
     };
     print_report(&report, args.json);
-    Ok(exit_status(&report, key.is_some()))
+    Ok(exit_status(&report, key.is_some(), args.readers))
 }
 
-fn exit_status(report: &Report, for_one_source: bool) -> ExitStatus {
+/// Every established TCP connection, or `None` with a warning saying why
+/// the table cannot be read.
+fn socket_table(warnings: &mut Vec<String>) -> Option<Vec<TcpConnection>> {
+    sock_diag::established_to(&[])
+        .map_err(|e| {
+            warnings.push(format!(
+                "cannot read the kernel's TCP socket table (netlink sock_diag: {e}), so readers are unknown; run as root on a kernel with inet_diag"
+            ));
+        })
+        .ok()
+}
+
+/// The most severe finding decides: an orphan (a second holder can start),
+/// then a reader without a slot or lock (a foreign reader the device
+/// reports, then a stale reader on this node: both are the incident's
+/// signature), then what cannot be told, then a device that did not answer.
+fn exit_status(report: &Report, for_one_source: bool, readers_wanted: bool) -> ExitStatus {
+    let readers_unknown = readers_wanted
+        && report
+            .readers
+            .as_ref()
+            .is_none_or(|readers| readers.unowned > 0 || readers.unreadable_records > 0);
     if report.locks.iter().any(|l| l.orphaned) {
         ExitStatus::Orphaned
     } else if device_view::foreign_reader_seen(&report.devices) {
         ExitStatus::ForeignReader
-    } else if report.locks.iter().any(|l| l.state == State::Unknown) {
+    } else if report.readers.as_ref().is_some_and(|r| r.stale > 0) {
+        ExitStatus::StaleReader
+    } else if readers_unknown || report.locks.iter().any(|l| l.state == State::Unknown) {
         ExitStatus::StateUnknown
     } else if device_view::device_unanswered(&report.devices) {
         ExitStatus::DeviceUnavailable
@@ -208,6 +264,103 @@ fn exit_status(report: &Report, for_one_source: bool) -> ExitStatus {
     } else {
         ExitStatus::Success
     }
+}
+
+/// The readers of every endpoint of `locks` (all of them: another
+/// channel's holder on the same endpoint accounts for its connection),
+/// narrowed to `key`'s endpoint when given. A connection no visible
+/// process owns is looked up again: one closed between the socket dump and
+/// the descriptor scan is gone, one still there is reported.
+fn readers_report(
+    scan: &HolderScan,
+    locks: &[LockStatus],
+    slots: &[device_view::SlotHolding],
+    mut connections: Vec<TcpConnection>,
+    key: Option<&SourceKey>,
+) -> ReadersReport {
+    let views: Vec<LockView<'_>> = locks
+        .iter()
+        .map(|lock| LockView {
+            key: lock.key.as_deref(),
+            source: lock.source.as_deref(),
+            lock_file: &lock.lock_file,
+            holders: lock.holders.iter().map(|h| h.pid).collect(),
+            slot: false,
+        })
+        .chain(slots.iter().map(|slot| LockView {
+            key: Some(&slot.label),
+            source: slot.source.as_deref(),
+            lock_file: &slot.slot_file,
+            holders: slot.holders.clone(),
+            slot: true,
+        }))
+        .collect();
+    let mut endpoints: Vec<(Endpoint, Vec<std::net::SocketAddr>)> = Vec::new();
+    let mut index_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut placed = Vec::with_capacity(views.len());
+    let mut without_endpoint = Vec::new();
+    for view in &views {
+        match readers::endpoint_of(view.key, view.source) {
+            Ok(endpoint) => {
+                let index = *index_of.entry(endpoint.name.clone()).or_insert_with(|| {
+                    let addresses = endpoint.addresses();
+                    endpoints.push((endpoint, addresses));
+                    endpoints.len() - 1
+                });
+                placed.push((view, Some(index)));
+            }
+            Err(reason) => {
+                if !view.slot && key.is_none_or(|k| view.key == Some(k.as_str())) {
+                    without_endpoint.push(WithoutEndpoint {
+                        key: view.key.map(str::to_owned),
+                        lock_file: view.lock_file.to_owned(),
+                        reason,
+                    });
+                }
+                placed.push((view, None));
+            }
+        }
+    }
+    let owners = |inode: u64| scan.socket_owners(inode).collect::<Vec<u32>>();
+    let watched: Vec<std::net::SocketAddr> = endpoints
+        .iter()
+        .flat_map(|(_, a)| a.iter().copied())
+        .collect();
+    let watched_set: HashSet<std::net::SocketAddr> = watched.iter().copied().collect();
+    connections.retain(|c| watched_set.contains(&c.remote));
+    if connections.iter().any(|c| owners(c.inode).is_empty()) {
+        let still: HashSet<u64> = sock_diag::established_to(&watched)
+            .map(|now| now.into_iter().map(|c| c.inode).collect())
+            .unwrap_or_default();
+        connections.retain(|c| !owners(c.inode).is_empty() || still.contains(&c.inode));
+    }
+    let mut report = readers::account(&endpoints, &placed, &connections, &owners, &|pid| {
+        scan.describe(pid)
+    });
+    if let Some(key) = key {
+        report
+            .endpoints
+            .retain(|e| e.sources.iter().any(|s| s == key.as_str()));
+        report.stale = report
+            .endpoints
+            .iter()
+            .flat_map(|e| &e.connections)
+            .filter(|c| c.stale)
+            .count();
+        report.unowned = report
+            .endpoints
+            .iter()
+            .flat_map(|e| &e.connections)
+            .filter(|c| c.pid.is_none())
+            .count();
+    }
+    // A lock without a readable record may have readers nobody can see.
+    report.unreadable_records = without_endpoint
+        .iter()
+        .filter(|lock| lock.key.is_none())
+        .count();
+    report.without_endpoint = without_endpoint;
+    report
 }
 
 /// The `*.lock` entries of `dir` that are not directories, sorted, with the
@@ -579,6 +732,9 @@ fn print_report(report: &Report, json: bool) {
         out.push_str("(no lock files)\n");
     }
     device_view::write_text(&mut out, &report.devices);
+    if let Some(readers) = &report.readers {
+        out.push_str(&readers::render(readers));
+    }
     print!("{out}");
     for warning in &report.warnings {
         eprintln!("warning: {}", printable(warning));

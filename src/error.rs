@@ -94,6 +94,16 @@ pub enum Error {
     NulInArgument { what: String },
     #[error("the program name is empty")]
     EmptyProgram,
+    #[error("--progress-watchdog cannot watch this source")]
+    ProgressWatchdogUnwatchable {
+        #[source]
+        reason: crate::watchdog::Unwatchable,
+    },
+    #[error("cannot start the progress watchdog's monitor")]
+    StartWatchdog {
+        #[source]
+        source: Errno,
+    },
     #[error("cannot run {program:?}")]
     Exec {
         program: String,
@@ -157,6 +167,8 @@ impl Error {
             Self::NulInArgument { .. } | Self::EmptyProgram | Self::LockDirEnvEmpty => {
                 ExitStatus::BadArgument
             }
+            Self::ProgressWatchdogUnwatchable { .. } => ExitStatus::BadArgument,
+            Self::StartWatchdog { .. } => ExitStatus::OsError,
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => ExitStatus::NotFound,
                 _ => ExitStatus::CannotRun,
@@ -219,6 +231,12 @@ impl Error {
                 "remove the NUL byte: arguments cannot carry one through exec"
             }
             Self::EmptyProgram => "name the program to run after `--`",
+            Self::ProgressWatchdogUnwatchable { .. } => {
+                "drop --progress-watchdog (and WatchdogSec=) for this source, or let the program ping the watchdog itself (sd_notify WATCHDOG=1)"
+            }
+            Self::StartWatchdog { .. } => {
+                "the system is out of processes or descriptors: check the unit's TasksMax= and LimitNOFILE="
+            }
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => "check the program name and PATH",
                 _ => {

@@ -31,7 +31,9 @@ mod redact;
 mod secret_params;
 #[cfg(test)]
 mod secret_props;
+mod sock_diag;
 mod source_key;
+mod watchdog;
 
 use std::error::Error as _;
 use std::fmt::Write as _;

@@ -310,7 +310,7 @@ fn extra_default_port(scheme: &str) -> Option<u16> {
     }
 }
 
-fn default_port(scheme: &str) -> Option<u16> {
+pub(crate) fn default_port(scheme: &str) -> Option<u16> {
     match scheme {
         "http" | "ws" => Some(80),
         "https" | "wss" => Some(443),

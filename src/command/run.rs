@@ -29,6 +29,7 @@ use crate::printable::{printable, printable_path, shell_word};
 use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
 use crate::source_key::{self, SourceKey};
+use crate::watchdog;
 
 /// `run`'s validated settings.
 #[derive(Debug)]
@@ -43,6 +44,7 @@ struct RunConfig {
     busy_status: ExitStatus,
     program: OsString,
     args: Vec<OsString>,
+    progress_watchdog: bool,
 }
 
 impl RunConfig {
@@ -82,6 +84,7 @@ impl RunConfig {
             busy_status: ExitStatus::Busy(args.busy_exit_code),
             program,
             args: command.collect(),
+            progress_watchdog: args.progress_watchdog,
         })
     }
 }
@@ -165,9 +168,17 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     let program_name = redact_word(&config.program.to_string_lossy());
     let redacted = redact_source(&config.source);
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
+    let watchdog_plan = if config.progress_watchdog {
+        watchdog::plan(&config.source)?
+    } else {
+        None
+    };
     // Only now, with nothing left to validate, is the lock directory touched.
     let me = Launcher::current();
     lock::ensure_lock_dir(&config.lock_dir, &me)?;
+    // Forked before the lock file is opened, so it never has the descriptor;
+    // kept until exec, which closes its pipe and tells it the program runs.
+    let _monitor = watchdog_plan.as_ref().map(watchdog::start).transpose()?;
 
     let mut wait_started = None;
     let mut announce_wait = |file: &fs::File| {

@@ -21,3 +21,4 @@ mod secrets;
 mod status;
 mod status_truth;
 mod testenv;
+mod watchdog;

@@ -18,7 +18,7 @@ const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".slice", ".socket", ".mo
 /// The unit named by the contents of a `/proc/<pid>/cgroup` file, if any.
 /// Slices are returned only when nothing more specific is there.
 #[must_use]
-pub fn unit_from_cgroup(contents: &str) -> Option<String> {
+fn unit_from_cgroup(contents: &str) -> Option<String> {
     let mut systemd_path = None;
     let mut unified_path = None;
     for line in contents.lines() {

@@ -9,12 +9,13 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 /// Where lock files live unless `--lock-dir` or `EC_LAUNCH_LOCK_DIR` says otherwise.
-pub const DEFAULT_LOCK_DIR: &str = "/run/every-channel/source-locks";
+const DEFAULT_LOCK_DIR: &str = "/run/every-channel/source-locks";
 /// The variable that overrides [`DEFAULT_LOCK_DIR`].
-pub const LOCK_DIR_ENV: &str = "EC_LAUNCH_LOCK_DIR";
+const LOCK_DIR_ENV: &str = "EC_LAUNCH_LOCK_DIR";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,7 +64,7 @@ pub enum OnBusy {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Directory holding the lock files [default: $EC_LAUNCH_LOCK_DIR, else /run/every-channel/source-locks]
-    #[arg(long, value_name = "DIR", value_parser = parse_lock_dir, default_value_os_t = default_lock_dir(), hide_default_value = true)]
+    #[arg(long, value_name = "DIR", value_parser = lock_dir_parser(), default_value_os_t = default_lock_dir(), hide_default_value = true)]
     pub lock_dir: PathBuf,
 
     /// Use KEY as the source's identity instead of deriving it from the source
@@ -107,7 +108,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     /// Directory holding the lock files [default: $EC_LAUNCH_LOCK_DIR, else /run/every-channel/source-locks]
-    #[arg(long, value_name = "DIR", value_parser = parse_lock_dir, default_value_os_t = default_lock_dir(), hide_default_value = true)]
+    #[arg(long, value_name = "DIR", value_parser = lock_dir_parser(), default_value_os_t = default_lock_dir(), hide_default_value = true)]
     pub lock_dir: PathBuf,
 
     /// Print {"key": …, "lock_file": …}
@@ -122,7 +123,7 @@ pub struct KeyArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Directory holding the lock files [default: $EC_LAUNCH_LOCK_DIR, else /run/every-channel/source-locks]
-    #[arg(long, value_name = "DIR", value_parser = parse_lock_dir, default_value_os_t = default_lock_dir(), hide_default_value = true)]
+    #[arg(long, value_name = "DIR", value_parser = lock_dir_parser(), default_value_os_t = default_lock_dir(), hide_default_value = true)]
     pub lock_dir: PathBuf,
 
     /// Print {"locks": [...], "warnings": [...]} (schema in the README)
@@ -146,7 +147,14 @@ fn default_lock_dir() -> PathBuf {
     std::env::var_os(LOCK_DIR_ENV).map_or_else(|| PathBuf::from(DEFAULT_LOCK_DIR), PathBuf::from)
 }
 
-fn parse_lock_dir(text: &str) -> Result<PathBuf, String> {
+/// `--lock-dir` as bytes: a Linux path need not be UTF-8, and clap's
+/// `&str` parsers would refuse one that is not (so would the default taken
+/// from `EC_LAUNCH_LOCK_DIR`, which goes through the same parser).
+fn lock_dir_parser() -> impl TypedValueParser<Value = PathBuf> {
+    clap::builder::OsStringValueParser::new().try_map(parse_lock_dir)
+}
+
+fn parse_lock_dir(text: OsString) -> Result<PathBuf, String> {
     // Only the default can be empty (see `default_lock_dir`); an empty
     // `--lock-dir ''` is the flag's fault.
     if text.is_empty() && std::env::var_os(LOCK_DIR_ENV).is_none_or(|v| !v.is_empty()) {

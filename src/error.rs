@@ -3,6 +3,10 @@
 //! Each variant names the operation and the object, carries the path it
 //! concerns, and keeps the underlying cause as its `source`, so `main` prints
 //! the chain once, followed by [`Error::hint`]: what the operator should do.
+//! Advice lives only in the hint, never in a message or a cause's message,
+//! so it is given once. A variant's exit status and hint are decided together
+//! in one match ([`Error::outcome`]): adding an error is a variant here and
+//! one arm there, and the compiler checks both.
 //! No variant carries a raw source URL: it may hold a credential.
 
 use std::io;
@@ -76,6 +80,30 @@ pub enum Error {
     LockFileForeign { path: PathBuf, uid: u32 },
     #[error("lock file {path:?} has {links} hard links")]
     LockFileLinked { path: PathBuf, links: u64 },
+    #[error("cannot inspect lock file {path:?}")]
+    InspectLockFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot clear O_NONBLOCK on lock file {path:?}")]
+    MakeLockBlocking {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot duplicate the descriptor of lock file {path:?} to wait on it")]
+    DuplicateLockDescriptor {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the thread that waits for the lock on {path:?}")]
+    StartWaitThread {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot lock {path:?}")]
     Flock {
         path: PathBuf,
@@ -84,9 +112,15 @@ pub enum Error {
     },
     #[error("lock file {path:?} was replaced {attempts} times while being locked")]
     LockFileUnstable { path: PathBuf, attempts: u32 },
-    #[error("cannot prepare the lock descriptor of {path:?} for the program")]
+    /// Clearing `FD_CLOEXEC`, so the lock survives exec.
+    #[error("cannot keep the lock descriptor of {path:?} open across exec")]
     PassLock {
         path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot restore SIGPIPE's default disposition for the program")]
+    ResetSigpipe {
         #[source]
         source: Errno,
     },
@@ -126,123 +160,239 @@ fn filesystem_hint(source: &io::Error) -> Option<&'static str> {
     }
 }
 
+/// Permission denied is 77; any other failure makes the lock path unusable.
+fn denied_or_unusable(source: &io::Error) -> ExitStatus {
+    if source.kind() == io::ErrorKind::PermissionDenied {
+        ExitStatus::NoPermission
+    } else {
+        ExitStatus::LockUnusable
+    }
+}
+
+/// The SOURCE argument of `key` and `status` is wrong as a whole.
+const SOURCE_ARG_HINT: &str =
+    "pass SOURCE as a stream URL, an absolute device path, or a key as `ec-launch key` prints it";
+
+/// A failure that only a broken or exhausted system explains.
+const REPORT_HINT: &str = "this should not happen on a working system: retry, and report it with the message if it persists";
+
 impl Error {
     /// The exit status this error ends the process with.
     #[must_use]
     pub fn exit_status(&self) -> ExitStatus {
-        match self {
-            Self::ReadSourceFile { .. }
-            | Self::SourceFileNotRegular { .. }
-            | Self::SourceFileTooLarge { .. }
-            | Self::Key(KeyError::PathUnresolvable { .. })
-            | Self::SourceArg(KeyError::PathUnresolvable { .. }) => ExitStatus::NoInput,
-            Self::SourceFileEmpty { .. }
-            | Self::SourceFileMultiline { .. }
-            | Self::Key(_)
-            | Self::SourceArg(_) => ExitStatus::BadSource,
-            Self::ReadLockDir { source, .. } => match source.kind() {
-                io::ErrorKind::NotFound => ExitStatus::NoInput,
-                io::ErrorKind::PermissionDenied => ExitStatus::NoPermission,
-                _ => ExitStatus::LockUnusable,
-            },
-            Self::CreateLockDir { source, .. }
-            | Self::InspectLockDir { source, .. }
-            | Self::OpenLockFile { source, .. } => {
-                if source.kind() == io::ErrorKind::PermissionDenied {
-                    ExitStatus::NoPermission
-                } else {
-                    ExitStatus::LockUnusable
-                }
-            }
-            Self::LockDirSymlink { .. }
-            | Self::LockDirNotDirectory { .. }
-            | Self::UntrustedLockPath { .. }
-            | Self::LockFileSymlink { .. }
-            | Self::LockFileNotRegular { .. }
-            | Self::LockFileForeign { .. }
-            | Self::LockFileLinked { .. } => ExitStatus::LockUnusable,
-            Self::Flock { .. } | Self::LockFileUnstable { .. } | Self::PassLock { .. } => {
-                ExitStatus::OsError
-            }
-            Self::NulInArgument { .. } | Self::EmptyProgram | Self::LockDirEnvEmpty => {
-                ExitStatus::BadArgument
-            }
-            Self::ProgressWatchdogUnwatchable { .. } => ExitStatus::BadArgument,
-            Self::StartWatchdog { .. } => ExitStatus::OsError,
-            Self::Exec { source, .. } => match source {
-                Errno::ENOENT | Errno::ENOTDIR => ExitStatus::NotFound,
-                _ => ExitStatus::CannotRun,
-            },
-        }
+        self.outcome().0
     }
 
     /// What the operator should do about it, printed after the cause.
     #[must_use]
     pub fn hint(&self) -> &'static str {
+        self.outcome().1
+    }
+
+    /// The exit status and the hint of each variant, side by side.
+    #[allow(clippy::too_many_lines)] // one arm per variant is the point
+    fn outcome(&self) -> (ExitStatus, &'static str) {
+        use ExitStatus::{
+            BadArgument, BadSource, CannotRun, LockUnusable, NoInput, NotFound, OsError,
+        };
+        const PLANTED: &str = "something planted this path: inspect it, remove it, and let ec-launch create the lock file";
+        const FLOCK: &str = "the lock directory may be on a filesystem without flock(2) support or something deletes lock files; keep it on tmpfs (/run) and never delete lock files";
+        const CREATE_DIR: &str = "create the directory (the NixOS module does, via tmpfiles) or pass a usable --lock-dir";
         match self {
-            Self::ReadSourceFile { .. } => {
-                "check the path and that this user may read it (under systemd, LoadCredential= puts it in $CREDENTIALS_DIRECTORY)"
+            Self::ReadSourceFile { .. } => (
+                NoInput,
+                "check the path and that this user may read it (under systemd, LoadCredential= puts it in $CREDENTIALS_DIRECTORY)",
+            ),
+            Self::SourceFileEmpty { .. } | Self::SourceFileMultiline { .. } => (
+                BadSource,
+                "write exactly one source URL or device path into the file",
+            ),
+            Self::SourceFileNotRegular { .. } | Self::SourceFileTooLarge { .. } => (
+                NoInput,
+                "point --source-file at a regular file of at most 64 KiB holding one source URL or device path",
+            ),
+            Self::Key(cause) | Self::SourceArg(cause) => {
+                let from_arg = matches!(self, Self::SourceArg(_));
+                match cause {
+                    KeyError::Empty | KeyError::NotAUrl(_) | KeyError::NoHost if from_arg => {
+                        (BadSource, SOURCE_ARG_HINT)
+                    }
+                    KeyError::Empty => (
+                        BadSource,
+                        "pass a stream URL or device path with --source or --source-file",
+                    ),
+                    KeyError::NotAUrl(_) | KeyError::NoHost => (
+                        BadSource,
+                        "pass a network URL such as http://10.0.0.5:5004/auto/v5.1 or an absolute device path, or name the source yourself with --key",
+                    ),
+                    KeyError::Whitespace => (
+                        BadSource,
+                        "remove it, or percent-encode it in the URL (a space is %20)",
+                    ),
+                    KeyError::AtAfterHost => (
+                        BadSource,
+                        "percent-encode a `/` in a password as %2F and an `@` in a path as %40",
+                    ),
+                    KeyError::PathUnresolvable { .. } => {
+                        (NoInput, "check the device exists and the path is right")
+                    }
+                    KeyError::BadOverride => (BadSource, "pass a non-empty, printable --key"),
+                }
             }
-            Self::SourceFileEmpty { .. } | Self::SourceFileMultiline { .. } => {
-                "write exactly one source URL or device path into the file"
-            }
-            Self::SourceFileNotRegular { .. } | Self::SourceFileTooLarge { .. } => {
-                "point --source-file at a regular file of at most 64 KiB holding one source URL or device path"
-            }
-            Self::Key(KeyError::BadOverride) => "pass a non-empty, printable --key",
-            Self::Key(_) => {
-                "fix the source (--source or --source-file), or name the source yourself with --key"
-            }
-            Self::SourceArg(_) => {
-                "pass SOURCE as a stream URL, an absolute device path, or a key as `ec-launch key` prints it"
-            }
-            Self::LockDirEnvEmpty => {
-                "unset EC_LAUNCH_LOCK_DIR or set it to a directory (default /run/every-channel/source-locks)"
-            }
-            Self::ReadLockDir { .. } => {
-                "check --lock-dir (default /run/every-channel/source-locks; the first launch creates it) and that this user may list it"
-            }
-            Self::CreateLockDir { source, .. } | Self::InspectLockDir { source, .. } => {
+            Self::LockDirEnvEmpty => (
+                BadArgument,
+                "unset EC_LAUNCH_LOCK_DIR or set it to a directory (default /run/every-channel/source-locks)",
+            ),
+            Self::ReadLockDir { source, .. } => (
+                match source.kind() {
+                    io::ErrorKind::NotFound => NoInput,
+                    _ => denied_or_unusable(source),
+                },
+                "check --lock-dir (default /run/every-channel/source-locks; the first launch creates it) and that this user may list it",
+            ),
+            Self::CreateLockDir { source, .. } | Self::InspectLockDir { source, .. } => (
+                denied_or_unusable(source),
+                filesystem_hint(source).unwrap_or(CREATE_DIR),
+            ),
+            Self::LockDirSymlink { .. } | Self::LockDirNotDirectory { .. } => (
+                LockUnusable,
+                "point --lock-dir at a real directory, not a link or file",
+            ),
+            Self::UntrustedLockPath { .. } => (
+                LockUnusable,
+                "every directory from / to the lock directory must be owned by root or this user and writable by no one else (sticky directories and a group this user is in excepted): fix that directory's owner or mode, or use another --lock-dir",
+            ),
+            Self::OpenLockFile { source, .. } => (
+                denied_or_unusable(source),
                 filesystem_hint(source).unwrap_or(
-                    "create the directory (the NixOS module does, via tmpfiles) or pass a usable --lock-dir",
-                )
-            }
-            Self::LockDirSymlink { .. } | Self::LockDirNotDirectory { .. } => {
-                "point --lock-dir at a real directory, not a link or file"
-            }
-            Self::UntrustedLockPath { .. } => {
-                "every directory from / to the lock directory must be owned by root or this user and writable by no one else (sticky directories and a group this user is in excepted): fix that directory's owner or mode, or use another --lock-dir"
-            }
-            Self::OpenLockFile { source, .. } => filesystem_hint(source).unwrap_or(
-                "make the lock directory writable by this user (the NixOS module does), or run as the service user",
+                    "make the lock directory writable by this user (the NixOS module does), or run as the service user",
+                ),
+            ),
+            Self::InspectLockFile { source, .. } => (
+                denied_or_unusable(source),
+                "check that this user may search the lock directory and that nothing renames or deletes lock files",
             ),
             Self::LockFileSymlink { .. }
             | Self::LockFileNotRegular { .. }
-            | Self::LockFileLinked { .. } => {
-                "something planted this path: inspect it, remove it, and let ec-launch create the lock file"
+            | Self::LockFileLinked { .. } => (LockUnusable, PLANTED),
+            Self::LockFileForeign { .. } => (
+                LockUnusable,
+                "another user could delete it while we hold it: if that user is the service, run as it (e.g. runuser -u <user> -- ec-launch …); otherwise inspect the file and remove it",
+            ),
+            Self::MakeLockBlocking { .. } | Self::PassLock { .. } | Self::ResetSigpipe { .. } => {
+                (OsError, REPORT_HINT)
             }
-            Self::LockFileForeign { .. } => {
-                "another user could delete it while we hold it: if that user is the service, run as it (e.g. runuser -u <user> -- ec-launch …); otherwise inspect the file and remove it"
-            }
-            Self::Flock { .. } | Self::LockFileUnstable { .. } | Self::PassLock { .. } => {
-                "the lock directory may be on a filesystem without flock(2) support or something deletes lock files; keep it on tmpfs (/run) and never delete lock files"
-            }
-            Self::NulInArgument { .. } => {
-                "remove the NUL byte: arguments cannot carry one through exec"
-            }
-            Self::EmptyProgram => "name the program to run after `--`",
-            Self::ProgressWatchdogUnwatchable { .. } => {
-                "drop --progress-watchdog (and WatchdogSec=) for this source, or let the program ping the watchdog itself (sd_notify WATCHDOG=1)"
-            }
-            Self::StartWatchdog { .. } => {
-                "the system is out of processes or descriptors: check the unit's TasksMax= and LimitNOFILE="
-            }
+            Self::DuplicateLockDescriptor { .. } => (
+                OsError,
+                "the process is at its open-file limit: raise LimitNOFILE= (ulimit -n) for this service",
+            ),
+            Self::StartWaitThread { .. } => (
+                OsError,
+                "the service is out of tasks or memory: raise TasksMax= (ulimit -u) or free memory, or use --on-busy wait without --wait-timeout",
+            ),
+            Self::Flock { .. } | Self::LockFileUnstable { .. } => (OsError, FLOCK),
+            Self::NulInArgument { .. } => (
+                BadArgument,
+                "remove the NUL byte: arguments cannot carry one through exec",
+            ),
+            Self::EmptyProgram => (BadArgument, "name the program to run after `--`"),
+            Self::ProgressWatchdogUnwatchable { .. } => (
+                BadArgument,
+                "drop --progress-watchdog (and WatchdogSec=) for this source, or let the program ping the watchdog itself (sd_notify WATCHDOG=1)",
+            ),
+            Self::StartWatchdog { .. } => (
+                OsError,
+                "the service is out of tasks or descriptors: raise TasksMax= or LimitNOFILE= for this service",
+            ),
             Self::Exec { source, .. } => match source {
-                Errno::ENOENT | Errno::ENOTDIR => "check the program name and PATH",
-                _ => {
-                    "check the program's permissions and that it is an executable for this machine"
-                }
+                Errno::ENOENT | Errno::ENOTDIR => (NotFound, "check the program name and PATH"),
+                _ => (
+                    CannotRun,
+                    "check the program's permissions and that it is an executable for this machine",
+                ),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(errno: Errno) -> io::Error {
+        io::Error::from_raw_os_error(errno as i32)
+    }
+
+    #[test]
+    fn each_step_of_locking_and_passing_the_lock_is_named_in_its_own_words() {
+        let path = || PathBuf::from("/run/l/x.lock");
+        let errors = [
+            Error::OpenLockFile {
+                path: path(),
+                source: io(Errno::EMFILE),
+            },
+            Error::InspectLockFile {
+                path: path(),
+                source: io(Errno::EIO),
+            },
+            Error::DuplicateLockDescriptor {
+                path: path(),
+                source: io(Errno::EMFILE),
+            },
+            Error::StartWaitThread {
+                path: path(),
+                source: io(Errno::EAGAIN),
+            },
+            Error::MakeLockBlocking {
+                path: path(),
+                source: Errno::EBADF,
+            },
+            Error::PassLock {
+                path: path(),
+                source: Errno::EBADF,
+            },
+            Error::ResetSigpipe {
+                source: Errno::EINVAL,
+            },
+            Error::NulInArgument {
+                what: "argument 1".into(),
+            },
+            Error::EmptyProgram,
+        ];
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let mut distinct = messages.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), messages.len(), "{messages:#?}");
+        assert!(messages[2].contains("duplicate"), "{}", messages[2]);
+        assert!(messages[3].contains("thread"), "{}", messages[3]);
+        assert!(messages[4].contains("O_NONBLOCK"), "{}", messages[4]);
+        assert!(messages[6].contains("SIGPIPE"), "{}", messages[6]);
+        assert!(!messages[8].contains("NUL"), "{}", messages[8]);
+    }
+
+    #[test]
+    fn failures_no_operator_caused_are_system_call_failures_not_permission_problems() {
+        let path = || PathBuf::from("/run/l/x.lock");
+        for error in [
+            Error::DuplicateLockDescriptor {
+                path: path(),
+                source: io(Errno::EMFILE),
+            },
+            Error::StartWaitThread {
+                path: path(),
+                source: io(Errno::EAGAIN),
+            },
+            Error::MakeLockBlocking {
+                path: path(),
+                source: Errno::EBADF,
+            },
+            Error::ResetSigpipe {
+                source: Errno::EINVAL,
+            },
+        ] {
+            assert_eq!(error.exit_status(), ExitStatus::OsError, "{error}");
+            assert!(!error.hint().contains("flock(2)"), "{error}");
         }
     }
 }

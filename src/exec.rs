@@ -5,9 +5,11 @@
 //! program's own. Three things must be right before the call:
 //! - the lock descriptor must survive exec: Rust opens every file
 //!   `O_CLOEXEC`, so `FD_CLOEXEC` is cleared on that one descriptor only;
-//! - SIGPIPE must be back to its default: Rust ignores it at start-up, and an
-//!   ignored disposition survives exec (signal(7)), which would turn a
-//!   reader's closed pipe into endless EPIPE instead of a clean death;
+//! - SIGPIPE must be at its default: an ignored disposition survives exec
+//!   (signal(7)), which would turn a reader's closed pipe into endless EPIPE
+//!   instead of a clean death. Our C `main` skips std's start-up, which would
+//!   ignore it, so it is ignored only if our parent left it so (some shells
+//!   and supervisors do); the reset is for that case;
 //! - arguments pass byte-exact as `OsString`; the one exception is the
 //!   documented `{source}` token, replaced by the source URL.
 //!
@@ -30,11 +32,11 @@ use crate::error::Error;
 use crate::lock::HeldLock;
 
 /// The token in ARGS that is replaced by the source URL.
-pub const SOURCE_TOKEN: &str = "{source}";
+const SOURCE_TOKEN: &str = "{source}";
 
 /// Environment the program receives from us; any inherited values of these
 /// names are replaced, so a nested launch never sees its parent's.
-pub mod env {
+mod env {
     pub const SOURCE_KEY: &str = "EC_SOURCE_KEY";
     pub const SOURCE_LOCK: &str = "EC_SOURCE_LOCK";
     pub const SOURCE_LOCK_FD: &str = "EC_SOURCE_LOCK_FD";
@@ -107,10 +109,8 @@ fn try_exec(prepared: Prepared, held: &HeldLock) -> Result<Never, Error> {
     })?;
     // SAFETY: installing SIG_DFL runs no code of ours in signal context, and
     // this process is about to exec; no other thread depends on SIGPIPE.
-    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(|source| Error::PassLock {
-        path: held.path.clone(),
-        source,
-    })?;
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map_err(|source| Error::ResetSigpipe { source })?;
 
     let errno = match nix::unistd::execvpe(&argv[0], &argv, &envp) {
         Ok(never) => match never {},

@@ -9,67 +9,97 @@
 //! After a successful `run`, `ec-launch` is gone: the status is the program's
 //! own, because the program *is* the process `ec-launch` was.
 //!
-//! [`TABLE`] is the one description of them: `ec-launch man` renders it, and
-//! a test checks that the README's table says the same.
+//! [`ExitStatus`] is the one description of them: each variant is declared
+//! once with its number and meaning (the [`exit_statuses!`] macro below), and
+//! `ec-launch man`, the `--busy-exit-code` check, [`ExitStatus::code`] and a
+//! test against the README's table all read that declaration. Adding a
+//! status is one entry there.
 
 use std::process;
 
-/// Every documented exit status and its meaning, as the README lists them.
-pub const TABLE: &[(&str, &str)] = &[
-    (
-        "program's",
-        "`run` exec'd the program; its status is the exit status",
-    ),
-    (
-        "0",
-        "`key`/`status` succeeded; `status SOURCE`: the source is held",
-    ),
-    ("2", "command line rejected (clap's usage error)"),
-    ("3", "`status SOURCE`: the source is free"),
-    (
-        "4",
-        "`status`: a lock is held on a file that no longer exists (orphaned)",
-    ),
-    (
-        "5",
-        "`status`: whether a lock is held cannot be told (a lock file this user cannot examine, or a PID namespace whose lock table hides it)",
-    ),
-    (
-        "64",
-        "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name), or `EC_LAUNCH_LOCK_DIR` is set but empty",
-    ),
-    (
-        "65",
-        "the source is empty, has whitespace or control characters, is not a URL with a host, has an `@` after the host, or `--key` is empty/has control characters",
-    ),
-    (
-        "66",
-        "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve",
-    ),
-    (
-        "71",
-        "an unexpected system call failure while locking (see the message)",
-    ),
-    (
-        "73",
-        "lock directory or lock file unusable: a directory on its path owned or writable by another user (ECP-0129), symlink, not a directory, FIFO/socket/device, another user's lock file or one with a second hard link at the lock path, cannot be created (e.g. read-only or full filesystem)",
-    ),
-    (
-        "75",
-        "busy: held by another process (skip), or `--wait-timeout` passed; `--busy-exit-code` changes it (to 0 or a code not in this table)",
-    ),
-    ("77", "permission denied on the lock directory or lock file"),
-    ("126", "the program was found but cannot be executed"),
-    ("127", "the program was not found"),
-];
+/// The first row of the README's table: not a status of ours.
+const PROGRAMS_ROW: (&str, &str) = (
+    "program's",
+    "`run` exec'd the program; its status is the exit status",
+);
 
-/// The man page's EXIT STATUS and ENVIRONMENT sections, rendered from [`TABLE`].
+/// The default busy status: `EX_TEMPFAIL`, "try again later", which is what a
+/// skipped duplicate launch is.
+pub const DEFAULT_BUSY: u8 = 75;
+
+/// Declares [`ExitStatus`] from `Variant => code, "meaning";` entries, in the
+/// README's order. A variant that carries its number (`Busy`) binds it as
+/// `Variant(name: u8 = documented) => name`; the documented value is what
+/// the table shows.
+macro_rules! exit_statuses {
+    ($(
+        $(#[$attr:meta])*
+        $variant:ident $(($number:ident: $ty:ty = $documented:expr))? => $code:expr, $meaning:literal;
+    )*) => {
+        /// A status `ec-launch` returns on its own behalf (never the program's).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ExitStatus {
+            $($(#[$attr])* $variant $(($ty))?,)*
+        }
+
+        impl ExitStatus {
+            /// Every status, with its documented number, in table order.
+            pub const ALL: &[Self] = &[$(Self::$variant $(($documented))?,)*];
+
+            #[must_use]
+            pub const fn code(self) -> u8 {
+                match self {
+                    $(Self::$variant $(($number))? => $code,)*
+                }
+            }
+
+            /// What the status means, as the README and the man page say it.
+            #[must_use]
+            pub const fn meaning(self) -> &'static str {
+                match self {
+                    $(Self::$variant { .. } => $meaning,)*
+                }
+            }
+        }
+    };
+}
+
+exit_statuses! {
+    Success => 0, "`key`/`status` succeeded; `status SOURCE`: the source is held";
+    /// clap rejected the command line.
+    Usage => 2, "command line rejected (clap's usage error)";
+    SourceFree => 3, "`status SOURCE`: the source is free";
+    Orphaned => 4, "`status`: a lock is held on a file that no longer exists (orphaned)";
+    StateUnknown => 5, "`status`: whether a lock is held cannot be told (a lock file this user cannot examine, or a PID namespace whose lock table hides it)";
+    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name), or `EC_LAUNCH_LOCK_DIR` is set but empty";
+    BadSource => 65, "the source is empty, has whitespace or control characters, is not a URL with a host, has an `@` after the host, or `--key` is empty/has control characters";
+    NoInput => 66, "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve";
+    OsError => 71, "an unexpected system call failure while locking (see the message)";
+    LockUnusable => 73, "lock directory or lock file unusable: a directory on its path owned or writable by another user (ECP-0129), symlink, not a directory, FIFO/socket/device, another user's lock file or one with a second hard link at the lock path, cannot be created (e.g. read-only or full filesystem)";
+    /// Busy carries its number because `--busy-exit-code` may change it.
+    Busy(code: u8 = DEFAULT_BUSY) => code, "busy: held by another process (skip), or `--wait-timeout` passed; `--busy-exit-code` changes it (to 0 or a code not in this table)";
+    NoPermission => 77, "permission denied on the lock directory or lock file";
+    CannotRun => 126, "the program was found but cannot be executed";
+    NotFound => 127, "the program was not found";
+}
+
+/// Every documented exit status and its meaning as the README's table rows:
+/// the program's own first, then each [`ExitStatus`].
+pub fn rows() -> impl Iterator<Item = (String, &'static str)> {
+    std::iter::once((PROGRAMS_ROW.0.to_owned(), PROGRAMS_ROW.1)).chain(
+        ExitStatus::ALL
+            .iter()
+            .map(|status| (status.code().to_string(), status.meaning())),
+    )
+}
+
+/// The man page's EXIT STATUS and ENVIRONMENT sections, rendered from [`rows`].
 #[must_use]
 pub fn man_sections() -> String {
     let mut roff = String::from(".SH \"EXIT STATUS\"\n");
-    for (code, meaning) in TABLE {
+    for (code, meaning) in rows() {
         roff.push_str(".TP\n");
-        roff.push_str(&roff_escape(code));
+        roff.push_str(&roff_escape(&code));
         roff.push('\n');
         roff.push_str(&roff_escape(&meaning.replace('`', "")));
         roff.push('\n');
@@ -95,62 +125,16 @@ fn roff_escape(text: &str) -> String {
 
 /// The meaning of `code` when `ec-launch` itself uses it, so it cannot be the
 /// busy code; `None` for free codes, for 0 (busy as success is a sane
-/// choice) and for the default busy code. Derived from [`TABLE`].
+/// choice) and for the default busy code.
 #[must_use]
 pub fn meaning_of_reserved(code: u8) -> Option<&'static str> {
     if code == 0 || code == DEFAULT_BUSY {
         return None;
     }
-    TABLE
+    ExitStatus::ALL
         .iter()
-        .find(|(c, _)| c.parse::<u8>() == Ok(code))
-        .map(|(_, meaning)| *meaning)
-}
-
-/// The default busy status: `EX_TEMPFAIL`, "try again later", which is what a
-/// skipped duplicate launch is.
-pub const DEFAULT_BUSY: u8 = 75;
-
-/// A status `ec-launch` returns on its own behalf (never the program's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    Success,
-    Usage,
-    SourceFree,
-    Orphaned,
-    StateUnknown,
-    BadArgument,
-    BadSource,
-    NoInput,
-    OsError,
-    LockUnusable,
-    /// Busy carries its number because `--busy-exit-code` may change it.
-    Busy(u8),
-    NoPermission,
-    CannotRun,
-    NotFound,
-}
-
-impl ExitStatus {
-    #[must_use]
-    pub fn code(self) -> u8 {
-        match self {
-            Self::Success => 0,
-            Self::Usage => 2,
-            Self::SourceFree => 3,
-            Self::Orphaned => 4,
-            Self::StateUnknown => 5,
-            Self::BadArgument => 64,
-            Self::BadSource => 65,
-            Self::NoInput => 66,
-            Self::OsError => 71,
-            Self::LockUnusable => 73,
-            Self::Busy(code) => code,
-            Self::NoPermission => 77,
-            Self::CannotRun => 126,
-            Self::NotFound => 127,
-        }
-    }
+        .find(|status| status.code() == code)
+        .map(|status| status.meaning())
 }
 
 impl From<ExitStatus> for process::ExitCode {
@@ -166,36 +150,40 @@ mod tests {
     #[test]
     fn the_readme_lists_the_same_exit_codes() {
         let readme = include_str!("../README.md");
-        for (code, meaning) in TABLE {
+        for (code, meaning) in rows() {
             let row = format!("| {code} | {meaning} |");
             assert!(readme.contains(&row), "README.md lacks the row {row}");
         }
     }
 
     #[test]
-    fn statuses_match_the_table() {
-        let statuses = [
-            ExitStatus::Success,
-            ExitStatus::Usage,
-            ExitStatus::SourceFree,
-            ExitStatus::Orphaned,
-            ExitStatus::StateUnknown,
-            ExitStatus::BadArgument,
-            ExitStatus::BadSource,
-            ExitStatus::NoInput,
-            ExitStatus::OsError,
-            ExitStatus::LockUnusable,
-            ExitStatus::Busy(DEFAULT_BUSY),
-            ExitStatus::NoPermission,
-            ExitStatus::CannotRun,
-            ExitStatus::NotFound,
-        ];
-        for status in statuses {
-            let code = status.code().to_string();
-            assert!(
-                TABLE.iter().any(|(c, _)| *c == code),
-                "exit code {code} is not documented"
-            );
-        }
+    fn every_status_has_its_own_number_and_a_meaning() {
+        let mut codes: Vec<u8> = ExitStatus::ALL.iter().map(|s| s.code()).collect();
+        let count = codes.len();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), count, "two statuses share a number");
+        assert!(ExitStatus::ALL.iter().all(|s| !s.meaning().is_empty()));
+    }
+
+    #[test]
+    fn busy_reports_the_number_it_was_given_and_documents_the_default() {
+        assert_eq!(ExitStatus::Busy(9).code(), 9);
+        assert_eq!(
+            ExitStatus::Busy(9).meaning(),
+            ExitStatus::Busy(DEFAULT_BUSY).meaning()
+        );
+        assert!(ExitStatus::ALL.contains(&ExitStatus::Busy(DEFAULT_BUSY)));
+    }
+
+    #[test]
+    fn codes_we_use_are_reserved_except_success_and_the_default_busy_code() {
+        assert_eq!(meaning_of_reserved(0), None);
+        assert_eq!(meaning_of_reserved(DEFAULT_BUSY), None);
+        assert_eq!(meaning_of_reserved(1), None);
+        assert_eq!(
+            meaning_of_reserved(127),
+            Some(ExitStatus::NotFound.meaning())
+        );
     }
 }

@@ -219,17 +219,19 @@ fn wait_for_lock(file: File, deadline: Option<Instant>, path: &Path) -> Result<W
     }
     // A second descriptor for the same open file, kept here so a timed-out
     // caller still has the file to read the holder's record from.
-    let kept = file.try_clone().map_err(|source| Error::OpenLockFile {
-        path: path.to_owned(),
-        source,
-    })?;
+    let kept = file
+        .try_clone()
+        .map_err(|source| Error::DuplicateLockDescriptor {
+            path: path.to_owned(),
+            source,
+        })?;
     let (sender, receiver) = mpsc::channel();
     thread::Builder::new()
         .name("flock-wait".into())
         .spawn(move || {
             let _ = sender.send(blocking_lock(file));
         })
-        .map_err(|source| Error::OpenLockFile {
+        .map_err(|source| Error::StartWaitThread {
             path: path.to_owned(),
             source,
         })?;
@@ -258,14 +260,14 @@ fn blocking_lock(mut file: File) -> Result<Flock<File>, Errno> {
 
 /// True when `path` still names the inode `lock` is on.
 fn path_still_names(lock: &Flock<File>, path: &Path) -> Result<bool, Error> {
-    let held = lock.metadata().map_err(|source| Error::OpenLockFile {
+    let held = lock.metadata().map_err(|source| Error::InspectLockFile {
         path: path.to_owned(),
         source,
     })?;
     match fs::symlink_metadata(path) {
         Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(Error::OpenLockFile {
+        Err(source) => Err(Error::InspectLockFile {
             path: path.to_owned(),
             source,
         }),
@@ -281,7 +283,7 @@ fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access), Error> {
         Ok(metadata) => path_trust::ensure_trusted_lock_file(path, &metadata, me)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(source) => {
-            return Err(Error::OpenLockFile {
+            return Err(Error::InspectLockFile {
                 path: path.to_owned(),
                 source,
             });
@@ -321,7 +323,7 @@ fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access), Error> {
     // O_NONBLOCK was only for the open; the descriptor is handed to the
     // program, which should see ordinary blocking semantics.
     nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty())).map_err(|source| {
-        Error::PassLock {
+        Error::MakeLockBlocking {
             path: path.to_owned(),
             source,
         }

@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use tracing_subscriber::filter::LevelFilter;
 
 /// The variable that overrides `-v`.
-pub const LOG_ENV: &str = "EC_LAUNCH_LOG";
+const LOG_ENV: &str = "EC_LAUNCH_LOG";
 
 /// Installs the stderr logger.
 pub fn init(verbosity: u8) {

@@ -27,7 +27,7 @@ pub fn printable(text: &str) -> Cow<'_, str> {
 
 /// Bytes as text: UTF-8 runs escaped like [`printable`], other bytes as `\xNN`.
 #[must_use]
-pub fn printable_bytes(bytes: &[u8]) -> String {
+fn printable_bytes(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         push_escaped(&mut text, chunk.valid());

@@ -35,18 +35,6 @@ pub struct LockRow {
     pub inode: u64,
 }
 
-impl LockRow {
-    /// True when this row is a lock held (not awaited) on the given file.
-    #[cfg(test)]
-    #[must_use]
-    pub fn holds(&self, dev_major: u32, dev_minor: u32, inode: u64) -> bool {
-        !self.waiting
-            && self.dev_major == dev_major
-            && self.dev_minor == dev_minor
-            && self.inode == inode
-    }
-}
-
 /// Parses `/proc/locks`; malformed lines are skipped, not fatal, because
 /// the format has grown fields before.
 #[must_use]
@@ -56,7 +44,7 @@ pub fn parse(text: &str) -> Vec<LockRow> {
 
 /// Parses one row (also the tail of a `lock:` line in fdinfo).
 #[must_use]
-pub fn parse_line(line: &str) -> Option<LockRow> {
+fn parse_line(line: &str) -> Option<LockRow> {
     let mut fields = line.split_whitespace();
     let id = fields.next()?;
     if !id.ends_with(':') {
@@ -100,6 +88,14 @@ pub fn parse_line(line: &str) -> Option<LockRow> {
 mod tests {
     use super::*;
 
+    /// True when `row` is a lock held (not awaited) on the given file.
+    pub(super) fn holds(row: &LockRow, dev_major: u32, dev_minor: u32, inode: u64) -> bool {
+        !row.waiting
+            && row.dev_major == dev_major
+            && row.dev_minor == dev_minor
+            && row.inode == inode
+    }
+
     const SAMPLE: &str = "\
 1: FLOCK  ADVISORY  WRITE 4242 00:2a:1311 0 EOF
 1: -> FLOCK  ADVISORY  WRITE 4300 00:2a:1311 0 EOF
@@ -127,8 +123,8 @@ garbage line
             }
         );
         assert!(rows[1].waiting);
-        assert!(!rows[1].holds(0, 0x2a, 1311));
-        assert!(rows[0].holds(0, 0x2a, 1311));
+        assert!(!holds(&rows[1], 0, 0x2a, 1311));
+        assert!(holds(&rows[0], 0, 0x2a, 1311));
     }
 
     #[test]
@@ -159,6 +155,7 @@ pub fn parse_fdinfo_locks(fdinfo: &str) -> Vec<LockRow> {
 
 #[cfg(test)]
 mod fdinfo_tests {
+    use super::tests::holds;
     use super::*;
 
     #[test]
@@ -170,7 +167,7 @@ mod fdinfo_tests {
         let rows = parse_fdinfo_locks(fdinfo);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].pid, Some(13233));
-        assert!(rows[0].holds(0xfe, 0, 10_010_687));
+        assert!(holds(&rows[0], 0xfe, 0, 10_010_687));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use crate::secret_params::ParamNames;
 
 /// What replaces a secret.
-pub const MASK: &str = "***";
+const MASK: &str = "***";
 
 /// The source as it may be shown: userinfo replaced by [`MASK`], credential
 /// parameter values masked (bare parameters entirely), fragment dropped. A

@@ -29,8 +29,6 @@ static LIST: LazyLock<SecretParams> = LazyLock::new(|| {
 /// is `CloudFront`'s signature envelope).
 #[derive(Debug, Deserialize)]
 struct Envelope {
-    #[allow(dead_code)]
-    scheme: String,
     when: Vec<String>,
     params: Vec<String>,
 }

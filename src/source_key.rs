@@ -47,28 +47,23 @@ const LABEL_MAX: usize = 48;
 const HASH_HEX_DIGITS: usize = 16;
 
 /// Why a source cannot be turned into a key. Messages never quote the source
-/// raw: it may hold a credential.
+/// raw: it may hold a credential. They say what is wrong only; what to do
+/// depends on where the source came from and is `Error::hint`'s.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("the source is empty; pass a stream URL or device path")]
+    #[error("the source is empty")]
     Empty,
-    #[error(
-        "the source contains whitespace or a control character; remove it, or percent-encode it in the URL (a space is %20)"
-    )]
+    #[error("the source contains whitespace or a control character")]
     Whitespace,
-    #[error("the source is not a valid URL ({0}); pass e.g. http://10.0.0.5:5004/auto/v5.1")]
+    #[error("the source is not a valid URL ({0})")]
     NotAUrl(String),
-    #[error(
-        "the source URL has no host; pass a network URL such as http://<ip>:5004/auto/v<channel>, or an absolute device path"
-    )]
+    #[error("the source URL has no host")]
     NoHost,
-    #[error(
-        "the source has an `@` after its host; percent-encode a `/` in a password as %2F and an `@` in a path as %40"
-    )]
+    #[error("the source has an `@` after its host")]
     AtAfterHost,
-    #[error("the source path {path} cannot be resolved ({reason}); check the device exists")]
+    #[error("the source path {path} cannot be resolved ({reason})")]
     PathUnresolvable { path: String, reason: String },
-    #[error("the --key value is empty or contains control characters; pass a printable key")]
+    #[error("the --key value is empty or contains control characters")]
     BadOverride,
 }
 

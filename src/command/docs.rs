@@ -83,7 +83,7 @@ mod tests {
                 }
             }
         }
-        for (code, _) in crate::exit_code::TABLE {
+        for (code, _) in crate::exit_code::rows() {
             assert!(
                 page.contains(&format!(".TP\n{code}\n")),
                 "exit code {code} is missing"

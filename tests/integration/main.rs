@@ -9,6 +9,7 @@
 )]
 
 mod cli;
+mod entry;
 mod input;
 mod keys;
 mod lock_path;

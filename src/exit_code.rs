@@ -71,7 +71,7 @@ exit_statuses! {
     SourceFree => 3, "`status SOURCE`: the source is free";
     Orphaned => 4, "`status`: a lock is held on a file that no longer exists (orphaned)";
     StateUnknown => 5, "`status`: whether a lock is held cannot be told (a lock file this user cannot examine, or a PID namespace whose lock table hides it)";
-    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name), or `EC_LAUNCH_LOCK_DIR` is set but empty";
+    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--progress-watchdog` on a source without TCP bytes to count), or `EC_LAUNCH_LOCK_DIR` is set but empty";
     BadSource => 65, "the source is empty, has whitespace or control characters, is not a URL with a host, has an `@` after the host, or `--key` is empty/has control characters";
     NoInput => 66, "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve";
     OsError => 71, "an unexpected system call failure while locking (see the message)";

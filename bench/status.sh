@@ -2,6 +2,7 @@
 # status benchmark: `ec-launch status` over 2,000 lock files (200 of them
 # held, 100 of those by a helper that inherited the lock from an exited
 # launcher) with a few thousand extra idle processes on the machine.
+# Also times `status --readers` over the same locks and processes.
 # Prints figures from hyperfine; cleans up every process it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,4 +45,7 @@ done
 sleep 1
 echo "lock files: $(ls "$EC_LAUNCH_LOCK_DIR" | wc -l), held: $("$bin" status --json | grep -c '"state": "held"'), processes: $(ls /proc | grep -c '^[0-9]')"
 [ -n "${KEEP:-}" ] && { echo "$EC_LAUNCH_LOCK_DIR"; sleep "$KEEP"; }
-hyperfine --warmup 3 --runs 30 -N "$bin status --lock-dir $EC_LAUNCH_LOCK_DIR" "$bin status --json --lock-dir $EC_LAUNCH_LOCK_DIR"
+# `--readers` beside plain status (ECP-0133; target: no worse than twice):
+# the same scan plus the socket dump (IPv4, IPv6) and 2,000 endpoints.
+hyperfine --warmup 3 --runs 30 -N "$bin status --lock-dir $EC_LAUNCH_LOCK_DIR" "$bin status --json --lock-dir $EC_LAUNCH_LOCK_DIR" \
+  "$bin status --readers --lock-dir $EC_LAUNCH_LOCK_DIR"

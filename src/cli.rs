@@ -135,6 +135,11 @@ pub struct StatusArgs {
     #[arg(value_name = "SOURCE")]
     pub source: Option<String>,
 
+    /// Also list the processes with a TCP connection to each source's endpoint;
+    /// exit 7 when one holds no lock of a source there (a stale reader)
+    #[arg(long)]
+    pub readers: bool,
+
     /// Only the source `run --key KEY` named (taken as it is, like run's --key); exits as for SOURCE
     #[arg(long, value_name = "KEY", conflicts_with = "source")]
     pub key: Option<String>,
@@ -214,7 +219,7 @@ mod tests {
         assert_eq!(parse_busy_exit_code("75"), Ok(75));
         assert_eq!(parse_busy_exit_code("1"), Ok(1));
         for reserved in [
-            "2", "3", "4", "5", "64", "65", "66", "71", "73", "77", "126", "127",
+            "2", "3", "4", "5", "7", "64", "65", "66", "71", "73", "77", "126", "127",
         ] {
             assert!(parse_busy_exit_code(reserved).is_err(), "{reserved}");
         }

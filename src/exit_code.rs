@@ -71,6 +71,8 @@ exit_statuses! {
     SourceFree => 3, "`status SOURCE`: the source is free";
     Orphaned => 4, "`status`: a lock is held on a file that no longer exists (orphaned)";
     StateUnknown => 5, "`status`: whether a lock is held cannot be told (a lock file this user cannot examine, or a PID namespace whose lock table hides it)";
+    /// A process reads a source's endpoint without any lock there (ECP-0133).
+    StaleReader => 7, "`status --readers`: a process has a TCP connection to a source's endpoint and holds the lock of no source there (a stale reader)";
     BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--progress-watchdog` on a source without TCP bytes to count), or `EC_LAUNCH_LOCK_DIR` is set but empty";
     BadSource => 65, "the source is empty, has whitespace or control characters, is not a URL with a host, has an `@` after the host, or `--key` is empty/has control characters";
     NoInput => 66, "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve";

@@ -26,6 +26,12 @@
 //! another path, or someone else's lock) are the takers' descriptors
 //! `stat`ed, and only when that does not place it is a second pass made that
 //! `stat`s descriptors until it is found.
+//!
+//! For `status --readers` the same first pass also keeps the descriptors
+//! whose link is `socket:[inode]` for an inode asked for (the connections
+//! to sources' endpoints, ECP-0133): the links are read anyway, so the
+//! owners of those sockets cost one comparison per descriptor. That pass
+//! then runs even when no lock is held: a stale reader needs none.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{CString, OsStr};
@@ -148,6 +154,8 @@ pub struct HolderScan {
     /// False in a child PID namespace: its `/proc/locks` leaves out locks
     /// whose taker is outside it or has exited, so "not listed" is not "free".
     pub table_complete: bool,
+    /// The processes whose descriptors show each socket asked for.
+    socket_owners: BTreeMap<u64, BTreeSet<u32>>,
     clock: Option<BootClock>,
     proc_root: PathBuf,
 }
@@ -160,6 +168,8 @@ struct Wanted<'a> {
     targets: &'a HashSet<Vec<u8>>,
     /// Inodes looked for by `stat`ing every other path descriptor.
     by_inode: &'a BTreeSet<LockedInode>,
+    /// Socket inodes whose owners are wanted (`socket:[inode]` links).
+    sockets: &'a HashSet<u64>,
 }
 
 impl HolderScan {
@@ -168,6 +178,18 @@ impl HolderScan {
     /// which are looked for even where the lock table cannot be trusted.
     #[must_use]
     pub fn take(proc_root: &Path, lock_dir: &Path, listed: &BTreeSet<LockedInode>) -> Self {
+        Self::take_with_sockets(proc_root, lock_dir, listed, &HashSet::new())
+    }
+
+    /// [`HolderScan::take`], also finding the processes that have one of
+    /// `sockets` (socket inodes) open; see [`HolderScan::socket_owners`].
+    #[must_use]
+    pub fn take_with_sockets(
+        proc_root: &Path,
+        lock_dir: &Path,
+        listed: &BTreeSet<LockedInode>,
+        sockets: &HashSet<u64>,
+    ) -> Self {
         let mut scan = Self::lock_table(proc_root);
         scan.hidepid = hidepid_in_force(proc_root);
         // A rename never leaves a filesystem, so only locks on the lock
@@ -188,7 +210,7 @@ impl HolderScan {
             wanted.extend(listed.iter().copied());
         }
         // Nothing held on that filesystem: no process can hold one of ours.
-        if wanted.is_empty() {
+        if wanted.is_empty() && sockets.is_empty() {
             return scan;
         }
         let lock_dir = lock_dir
@@ -210,6 +232,7 @@ impl HolderScan {
                 lock_dir: Some(lock_dir.as_os_str().as_bytes()),
                 targets: &no_targets,
                 by_inode: &nothing,
+                sockets,
             },
         );
         wanted.retain(|inode| !scan.sharers.contains_key(inode));
@@ -248,6 +271,7 @@ impl HolderScan {
                 lock_dir: None,
                 targets: &targets,
                 by_inode: &by_inode,
+                sockets: &HashSet::new(),
             },
         );
         // Someone else's lock on the same filesystem (another program's,
@@ -411,6 +435,9 @@ impl HolderScan {
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
         for found in results {
+            for (inode, pid) in found.sockets {
+                self.socket_owners.entry(inode).or_default().insert(pid);
+            }
             self.uninspectable += found.unreadable.len();
             self.unreadable_pids.extend(found.unreadable);
             for share in found.shares {
@@ -421,6 +448,22 @@ impl HolderScan {
                 self.located.entry(share.inode).or_insert(share.location);
             }
         }
+    }
+
+    /// The processes with socket `inode` open, among those asked for in
+    /// [`HolderScan::take_with_sockets`] (empty when none is visible).
+    pub fn socket_owners(&self, inode: u64) -> impl Iterator<Item = u32> + '_ {
+        self.socket_owners
+            .get(&inode)
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+
+    /// What `/proc` says about `pid` now (no start-time check).
+    #[must_use]
+    pub fn describe(&self, pid: u32) -> Option<ProcessInfo> {
+        process::describe(&self.proc_root, pid, self.clock, None)
     }
 
     /// True when process `pid` exists (as far as this user can see).
@@ -555,6 +598,8 @@ struct Share {
 #[derive(Default)]
 struct DescriptorFindings {
     shares: Vec<Share>,
+    /// (socket inode, pid) for each wanted socket found.
+    sockets: Vec<(u64, u32)>,
     unreadable: Vec<u32>,
 }
 
@@ -605,6 +650,14 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
                 continue;
             };
             let target = target.into_bytes();
+            if !wanted.sockets.is_empty()
+                && let Some(inode) = socket_inode(&target)
+            {
+                if wanted.sockets.contains(&inode) {
+                    found.sockets.push((inode, pid));
+                }
+                continue;
+            }
             let path = without_deleted_suffix(&target);
             let in_dir = wanted.lock_dir.is_some_and(|dir| in_directory(path, dir));
             let mut matched = in_dir || targets.contains(path);
@@ -645,6 +698,12 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
         }
     }
     found
+}
+
+/// The inode of a descriptor link `socket:[inode]` (proc(5)).
+fn socket_inode(target: &[u8]) -> Option<u64> {
+    let digits = target.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// True when the proc filesystem at `proc_root` hides processes (`hidepid`
@@ -701,5 +760,14 @@ mod tests {
         assert!(!in_directory(b"/run/locks-\xff/sub/a.lock", dir));
         assert!(!in_directory(b"socket:[1234]", dir));
         assert_eq!(without_deleted_suffix(b"/x/a.lock"), b"/x/a.lock");
+    }
+
+    #[test]
+    fn socket_links_give_their_inode_and_nothing_else_does() {
+        assert_eq!(socket_inode(b"socket:[4026531993]"), Some(4_026_531_993));
+        assert_eq!(socket_inode(b"socket:[]"), None);
+        assert_eq!(socket_inode(b"socket:[12"), None);
+        assert_eq!(socket_inode(b"pipe:[12]"), None);
+        assert_eq!(socket_inode(b"/run/socket:[12]"), None);
     }
 }

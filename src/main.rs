@@ -31,12 +31,11 @@ mod path_trust;
 mod printable;
 mod proc_locks;
 mod process;
+mod readers;
 mod redact;
 mod secret_params;
 #[cfg(test)]
 mod secret_props;
-// Used by `status --readers` and the progress watchdog (issue 11).
-#[allow(dead_code)]
 mod sock_diag;
 mod source_key;
 mod watchdog;

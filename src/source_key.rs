@@ -40,7 +40,7 @@ use crate::redact::{decode, redact_source};
 use crate::secret_params::ParamNames;
 
 /// The port HDHomeRun devices serve streams on.
-const HDHOMERUN_STREAM_PORT: u16 = 5004;
+pub const HDHOMERUN_STREAM_PORT: u16 = 5004;
 /// How many bytes of the label a lock file name keeps.
 const LABEL_MAX: usize = 48;
 /// How many hex digits of the SHA-256 a lock file name keeps (64 bits).
@@ -305,7 +305,8 @@ fn extra_default_port(scheme: &str) -> Option<u16> {
     }
 }
 
-pub(crate) fn default_port(scheme: &str) -> Option<u16> {
+/// The port a URL of `scheme` means when it names none (`None`: it must).
+pub fn default_port(scheme: &str) -> Option<u16> {
     match scheme {
         "http" | "ws" => Some(80),
         "https" | "wss" => Some(443),

@@ -11,8 +11,13 @@
 //! examine, a lock table that hides locks) is reported as `unknown` with
 //! its own exit status, never as free. Text from processes and files is
 //! escaped before it reaches the terminal.
+//!
+//! With `--readers` the established TCP connections (`sock_diag`) are
+//! dumped *before* the descriptor scan, which then also finds their owners,
+//! and `readers` accounts for each connection to a source's endpoint
+//! against the locks found (ECP-0133). Without it nothing of that runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io;
@@ -28,7 +33,9 @@ use crate::holder::{Absence, HolderScan, LockedInode};
 use crate::lock_record::LockRecord;
 use crate::printable::{printable, printable_path};
 use crate::process::ProcessInfo;
+use crate::readers::{self, Endpoint, LockView, ReadersReport, WithoutEndpoint};
 use crate::redact::redact_source;
+use crate::sock_diag::{self, TcpConnection};
 use crate::source_key::{KeyError, SourceKey};
 
 /// One lock as `status` reports it; also the `--json` schema of an entry.
@@ -96,6 +103,9 @@ impl From<ProcessInfo> for HolderJson {
 struct Report {
     locks: Vec<LockStatus>,
     warnings: Vec<String>,
+    /// Only with `--readers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readers: Option<ReadersReport>,
 }
 
 /// Runs `ec-launch status`.
@@ -121,7 +131,23 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         }
     }
     let listed: BTreeSet<LockedInode> = entries.iter().map(|(_, inode)| *inode).collect();
-    let scan = HolderScan::take(proc_root, &args.lock_dir, &listed);
+    let mut warnings = Vec::new();
+    // Connections first, then their owners in the one descriptor scan.
+    let connections = if args.readers {
+        match sock_diag::established_to(&[]) {
+            Ok(connections) => Some(connections),
+            Err(e) => {
+                warnings.push(format!(
+                    "cannot read the kernel's TCP socket table (netlink sock_diag: {e}), so readers are unknown; run as root on a kernel with inet_diag"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let sockets: HashSet<u64> = connections.iter().flatten().map(|c| c.inode).collect();
+    let scan = HolderScan::take_with_sockets(proc_root, &args.lock_dir, &listed, &sockets);
     let mut locks: Vec<LockStatus> = entries
         .iter()
         // For one source: its file, and held files that may be it renamed.
@@ -155,6 +181,9 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
             Vec::new(),
         ));
     }
+    // Before the locks are narrowed to SOURCE: another channel's holder on
+    // the same endpoint accounts for its connection.
+    let readers = connections.map(|c| readers_report(&scan, &locks, c, key.as_ref()));
     if let Some(key) = &key {
         // Other sources' locks are not this question's answer.
         locks.retain(|lock| {
@@ -165,24 +194,118 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         }
     }
     locks.sort_by(|a, b| (&a.key, &a.lock_file).cmp(&(&b.key, &b.lock_file)));
+    warnings.extend(scan.visibility_warnings());
     let report = Report {
         locks,
-        warnings: scan.visibility_warnings(),
+        warnings,
+        readers,
     };
     print_report(&report, args.json);
-    Ok(exit_status(&report, key.is_some()))
+    Ok(exit_status(&report, key.is_some(), args.readers))
 }
 
-fn exit_status(report: &Report, for_one_source: bool) -> ExitStatus {
+/// Orphaned before a stale reader (both are the incident; an orphan can
+/// start a second holder), both before anything unknown.
+fn exit_status(report: &Report, for_one_source: bool, readers_wanted: bool) -> ExitStatus {
+    let readers_unknown = readers_wanted
+        && report
+            .readers
+            .as_ref()
+            .is_none_or(|readers| readers.unowned > 0);
     if report.locks.iter().any(|l| l.orphaned) {
         ExitStatus::Orphaned
-    } else if report.locks.iter().any(|l| l.state == State::Unknown) {
+    } else if report.readers.as_ref().is_some_and(|r| r.stale > 0) {
+        ExitStatus::StaleReader
+    } else if readers_unknown || report.locks.iter().any(|l| l.state == State::Unknown) {
         ExitStatus::StateUnknown
     } else if for_one_source && !report.locks.iter().any(|l| l.state == State::Held) {
         ExitStatus::SourceFree
     } else {
         ExitStatus::Success
     }
+}
+
+/// The readers of every endpoint of `locks` (all of them: another
+/// channel's holder on the same endpoint accounts for its connection),
+/// narrowed to `key`'s endpoint when given. A connection no visible
+/// process owns is looked up again: one closed between the socket dump and
+/// the descriptor scan is gone, one still there is reported.
+fn readers_report(
+    scan: &HolderScan,
+    locks: &[LockStatus],
+    mut connections: Vec<TcpConnection>,
+    key: Option<&SourceKey>,
+) -> ReadersReport {
+    let views: Vec<LockView<'_>> = locks
+        .iter()
+        .map(|lock| LockView {
+            key: lock.key.as_deref(),
+            source: lock.source.as_deref(),
+            lock_file: &lock.lock_file,
+            holders: lock.holders.iter().map(|h| h.pid).collect(),
+        })
+        .collect();
+    let mut endpoints: Vec<(Endpoint, Vec<std::net::SocketAddr>)> = Vec::new();
+    let mut index_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut placed = Vec::with_capacity(views.len());
+    let mut without_endpoint = Vec::new();
+    for view in &views {
+        match readers::endpoint_of(view.key, view.source) {
+            Ok(endpoint) => {
+                let index = *index_of.entry(endpoint.name.clone()).or_insert_with(|| {
+                    let addresses = endpoint.addresses();
+                    endpoints.push((endpoint, addresses));
+                    endpoints.len() - 1
+                });
+                placed.push((view, Some(index)));
+            }
+            Err(reason) => {
+                if key.is_none_or(|k| view.key == Some(k.as_str())) {
+                    without_endpoint.push(WithoutEndpoint {
+                        key: view.key.map(str::to_owned),
+                        lock_file: view.lock_file.to_owned(),
+                        reason,
+                    });
+                }
+                placed.push((view, None));
+            }
+        }
+    }
+    let owners = |inode: u64| scan.socket_owners(inode).collect::<Vec<u32>>();
+    let watched: Vec<std::net::SocketAddr> = endpoints
+        .iter()
+        .flat_map(|(_, a)| a.iter().copied())
+        .collect();
+    let watched_set: HashSet<std::net::SocketAddr> = watched.iter().copied().collect();
+    connections.retain(|c| watched_set.contains(&c.remote));
+    if connections.iter().any(|c| owners(c.inode).is_empty()) {
+        let still: HashSet<u64> = sock_diag::established_to(&watched)
+            .map(|now| now.into_iter().map(|c| c.inode).collect())
+            .unwrap_or_default();
+        connections.retain(|c| !owners(c.inode).is_empty() || still.contains(&c.inode));
+    }
+    let mut report = readers::account(&endpoints, &placed, &connections, &owners, &|pid| {
+        scan.describe(pid)
+    });
+    if let Some(key) = key {
+        report
+            .endpoints
+            .retain(|e| e.sources.iter().any(|s| s == key.as_str()));
+        report.stale = report
+            .endpoints
+            .iter()
+            .flat_map(|e| &e.connections)
+            .filter(|c| c.stale)
+            .count();
+        report.unowned = report
+            .endpoints
+            .iter()
+            .flat_map(|e| &e.connections)
+            .filter(|c| c.pid.is_none())
+            .count();
+    }
+    report.without_endpoint = without_endpoint;
+    report
 }
 
 /// The `*.lock` entries of `dir` that are not directories, sorted, with the
@@ -549,6 +672,9 @@ fn print_report(report: &Report, json: bool) {
     }
     if report.locks.is_empty() {
         out.push_str("(no lock files)\n");
+    }
+    if let Some(readers) = &report.readers {
+        out.push_str(&readers::render(readers));
     }
     print!("{out}");
     for warning in &report.warnings {

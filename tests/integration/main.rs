@@ -17,6 +17,7 @@ mod logging;
 mod operator;
 #[path = "../common/privilege.rs"]
 mod privilege;
+mod readers;
 mod run;
 mod secrets;
 mod status;

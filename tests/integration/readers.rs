@@ -1,0 +1,410 @@
+//! `ec-launch status --readers`: who has a TCP connection to a source's
+//! endpoint, and whether it holds a lock there. Real processes (bash's
+//! `/dev/tcp`) reading from a loopback stand-in server that streams.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::testenv::{
+    Guard, KillOnDrop, PATIENCE, TestEnv, describe, require_root, text, wait_until,
+};
+
+/// The exit status of a `status` that found a stale reader.
+const STALE: i32 = 7;
+
+/// A stand-in tuner: accepts every connection and streams to it until the
+/// reader goes away.
+struct StandIn {
+    address: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl StandIn {
+    fn start(bind: &str) -> Self {
+        let listener = TcpListener::bind(bind).expect("bind the stand-in server");
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let chunk = [0x47u8; 1316];
+                    while stream.write_all(&chunk).is_ok() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
+            }
+        });
+        Self { address, accepted }
+    }
+
+    /// A source URL of channel `channel` on this stand-in.
+    fn source(&self, channel: &str) -> String {
+        format!("http://{}/auto/{channel}", self.address)
+    }
+
+    /// A shell script that connects to the stand-in and reads it forever.
+    /// `{s}<>` lets bash pick a free descriptor (10 up): a fixed `3<>`
+    /// would close the inherited lock descriptor and drop the lock.
+    fn reader_script(&self) -> String {
+        format!(
+            "exec {{s}}<>/dev/tcp/{}/{}; exec cat <&$s >/dev/null",
+            self.address.ip(),
+            self.address.port()
+        )
+    }
+
+    /// Waits until `count` connections in all have been accepted.
+    #[track_caller]
+    fn wait_for(&self, count: usize) {
+        assert!(
+            wait_until(PATIENCE, || self.accepted.load(Ordering::SeqCst) >= count),
+            "the stand-in never saw {count} connections"
+        );
+        // The reader's exec into `cat` follows the connect at once.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn bash(script: &str) -> Vec<String> {
+    vec!["bash".into(), "-c".into(), script.into()]
+}
+
+/// A reader started outside any lock.
+fn stray_reader(stand_in: &StandIn) -> Guard {
+    Guard::spawn(std::process::Command::new("bash").args(["-c", &stand_in.reader_script()]))
+}
+
+fn readers(env: &TestEnv, args: &[&str]) -> Output {
+    env.ec_launch()
+        .args(["status", "--readers", "--lock-dir"])
+        .arg(env.lock_dir())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn readers_json(env: &TestEnv) -> (Option<i32>, serde_json::Value) {
+    let output = readers(env, &["--json"]);
+    let json = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(&output)));
+    (output.status.code(), json)
+}
+
+/// The connections of the endpoint `address` in a `readers` report.
+fn connections_to(report: &serde_json::Value, address: SocketAddr) -> Vec<serde_json::Value> {
+    let endpoints = report["readers"]["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no readers.endpoints: {report:#}"));
+    let endpoint = endpoints
+        .iter()
+        .find(|e| e["endpoint"] == address.to_string())
+        .unwrap_or_else(|| panic!("no endpoint {address}: {report:#}"));
+    endpoint["connections"].as_array().unwrap().clone()
+}
+
+fn of_pid(connections: &[serde_json::Value], pid: u32) -> Vec<serde_json::Value> {
+    connections
+        .iter()
+        .filter(|c| c["pid"] == pid)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_lock_holders_connection_is_shown_as_held_with_its_bytes() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let source = stand_in.source("v5.1");
+    let holder = env.hold(&source, &bash(&stand_in.reader_script()));
+    stand_in.wait_for(1);
+
+    let (code, report) = readers_json(&env);
+    assert_eq!(code, Some(0), "{report:#}");
+    let connections = connections_to(&report, stand_in.address);
+    let ours = of_pid(&connections, holder.pid());
+    assert_eq!(ours.len(), 1, "{report:#}");
+    assert_eq!(ours[0]["stale"], false, "{report:#}");
+    assert_eq!(ours[0]["remote"], stand_in.address.to_string());
+    assert_eq!(ours[0]["holds"][0], source, "{report:#}");
+    assert!(
+        ours[0]["bytes_received"].as_u64().unwrap() > 0,
+        "{report:#}"
+    );
+    assert_eq!(report["readers"]["stale"], 0);
+
+    let table = readers(&env, &[]);
+    assert_eq!(table.status.code(), Some(0), "{}", describe(&table));
+    let out = text(&table.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("held") && l.contains(&holder.pid().to_string())),
+        "{out}"
+    );
+    assert!(!out.contains('!'), "{out}");
+}
+
+#[test]
+fn two_holders_of_two_channels_on_one_endpoint_are_both_accounted_for() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let first = env.hold(&stand_in.source("v5.1"), &bash(&stand_in.reader_script()));
+    let second = env.hold(&stand_in.source("v7.1"), &bash(&stand_in.reader_script()));
+    stand_in.wait_for(2);
+
+    let (code, report) = readers_json(&env);
+    assert_eq!(code, Some(0), "{report:#}");
+    let connections = connections_to(&report, stand_in.address);
+    for (holder, channel) in [(&first, "v5.1"), (&second, "v7.1")] {
+        let ours = of_pid(&connections, holder.pid());
+        assert_eq!(ours.len(), 1, "{report:#}");
+        assert_eq!(ours[0]["stale"], false, "{report:#}");
+        assert_eq!(ours[0]["holds"][0], stand_in.source(channel));
+    }
+    let endpoint = &report["readers"]["endpoints"][0];
+    assert_eq!(
+        endpoint["sources"].as_array().unwrap().len(),
+        2,
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_reader_outside_any_lock_is_a_stale_reader_shown_first_with_exit_7() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let holder = env.hold(&stand_in.source("v5.1"), &bash(&stand_in.reader_script()));
+    stand_in.wait_for(1);
+    let stray = stray_reader(&stand_in);
+    stand_in.wait_for(2);
+
+    let (code, report) = readers_json(&env);
+    assert_eq!(code, Some(STALE), "{report:#}");
+    assert_eq!(report["readers"]["stale"], 1, "{report:#}");
+    let connections = connections_to(&report, stand_in.address);
+    let stale = of_pid(&connections, stray.pid());
+    assert_eq!(stale.len(), 1, "{report:#}");
+    assert_eq!(stale[0]["stale"], true);
+    assert_eq!(stale[0]["holds"].as_array().unwrap().len(), 0);
+    assert_eq!(of_pid(&connections, holder.pid())[0]["stale"], false);
+
+    let table = readers(&env, &[]);
+    assert_eq!(table.status.code(), Some(STALE), "{}", describe(&table));
+    let out = text(&table.stdout);
+    let readers_at = out.find("READER").unwrap_or_else(|| panic!("{out}"));
+    let stale_at = out.find("STALE").unwrap_or_else(|| panic!("{out}"));
+    let held_at = out[readers_at..]
+        .find("\nheld")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(stale_at < readers_at + held_at, "stale not first:\n{out}");
+    let warning = out
+        .lines()
+        .find(|l| l.trim_start().starts_with('!') && l.contains(&stray.pid().to_string()))
+        .unwrap_or_else(|| panic!("no ! line for the stale reader:\n{out}"));
+    assert!(warning.contains("kill"), "{warning}");
+}
+
+#[test]
+fn a_stale_reader_of_a_free_source_is_found_too() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let done = env
+        .run(&stand_in.source("v5.1"), &[], &["true"])
+        .output()
+        .unwrap();
+    assert_eq!(done.status.code(), Some(0), "{}", describe(&done));
+    let stray = stray_reader(&stand_in);
+    stand_in.wait_for(1);
+
+    let (code, report) = readers_json(&env);
+    assert_eq!(code, Some(STALE), "{report:#}");
+    let stale = of_pid(&connections_to(&report, stand_in.address), stray.pid());
+    assert_eq!(stale[0]["stale"], true, "{report:#}");
+}
+
+#[test]
+fn an_ipv6_endpoint_is_watched_like_an_ipv4_one() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("[::1]:0");
+    let holder = env.hold(&stand_in.source("v5.1"), &bash(&stand_in.reader_script()));
+    stand_in.wait_for(1);
+    let stray = stray_reader(&stand_in);
+    stand_in.wait_for(2);
+
+    let (code, report) = readers_json(&env);
+    assert_eq!(code, Some(STALE), "{report:#}");
+    let connections = connections_to(&report, stand_in.address);
+    assert_eq!(
+        of_pid(&connections, holder.pid())[0]["stale"],
+        false,
+        "{report:#}"
+    );
+    assert_eq!(
+        of_pid(&connections, stray.pid())[0]["stale"],
+        true,
+        "{report:#}"
+    );
+    assert_eq!(
+        of_pid(&connections, holder.pid())[0]["remote"],
+        stand_in.address.to_string()
+    );
+}
+
+#[test]
+fn a_child_that_inherited_the_lock_descriptor_and_owns_the_socket_holds_it() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let source = stand_in.source("v5.1");
+    // The launched shell forks the reader and exits: only the child has
+    // the lock descriptor and the socket.
+    let script = format!(
+        "( {} ) </dev/null >/dev/null 2>&1 & echo $! > helper.pid",
+        stand_in.reader_script()
+    );
+    let launched = env.run(&source, &[], &bash(&script)).output().unwrap();
+    assert_eq!(launched.status.code(), Some(0), "{}", describe(&launched));
+    let pid: u32 = std::fs::read_to_string(env.path("helper.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _helper = KillOnDrop(pid);
+    stand_in.wait_for(1);
+
+    let (code, report) = readers_json(&env);
+    assert_eq!(code, Some(0), "{report:#}");
+    let ours = of_pid(&connections_to(&report, stand_in.address), pid);
+    assert_eq!(ours.len(), 1, "{report:#}");
+    assert_eq!(ours[0]["stale"], false, "{report:#}");
+    assert_eq!(ours[0]["holds"][0], source);
+}
+
+#[test]
+fn a_holder_with_a_second_connection_of_its_own_is_flagged() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let (ip, port) = (stand_in.address.ip(), stand_in.address.port());
+    let script = format!(
+        "exec {{a}}<>/dev/tcp/{ip}/{port} {{b}}<>/dev/tcp/{ip}/{port}; exec cat <&$a >/dev/null"
+    );
+    let holder = env.hold(&stand_in.source("v5.1"), &bash(&script));
+    stand_in.wait_for(2);
+
+    let (code, report) = readers_json(&env);
+    // Inside its lock: flagged, not stale.
+    assert_eq!(code, Some(0), "{report:#}");
+    let ours = of_pid(&connections_to(&report, stand_in.address), holder.pid());
+    assert_eq!(ours.len(), 2, "{report:#}");
+    assert!(ours.iter().all(|c| c["stale"] == false), "{report:#}");
+    let table = text(&readers(&env, &[]).stdout);
+    assert!(
+        table.lines().any(|l| l.trim_start().starts_with('!')
+            && l.contains(&holder.pid().to_string())
+            && l.contains("2 connections")),
+        "{table}"
+    );
+}
+
+#[test]
+fn no_credential_of_a_source_is_printed() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let source = format!(
+        "http://admin:S3CR3T@{}/auto/v5.1?token=T0KEN",
+        stand_in.address
+    );
+    let _holder = env.hold(&source, &bash(&stand_in.reader_script()));
+    stand_in.wait_for(1);
+    let _stray = stray_reader(&stand_in);
+    stand_in.wait_for(2);
+
+    for args in [&[][..], &["--json"][..]] {
+        let output = readers(&env, args);
+        assert_eq!(output.status.code(), Some(STALE), "{}", describe(&output));
+        let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        assert!(all.contains(&stand_in.address.to_string()), "{all}");
+        for secret in ["S3CR3T", "T0KEN", "admin"] {
+            assert!(!all.contains(secret), "{secret} printed:\n{all}");
+        }
+    }
+}
+
+#[test]
+fn a_source_known_only_by_its_key_is_said_to_have_no_endpoint() {
+    let env = TestEnv::new();
+    let done = env
+        .run("/dev/null", &["--key", "tuner-a"], &["true"])
+        .output()
+        .unwrap();
+    assert_eq!(done.status.code(), Some(0), "{}", describe(&done));
+
+    let (code, report) = readers_json(&env);
+    assert_eq!(code, Some(0), "{report:#}");
+    let without = report["readers"]["without_endpoint"].as_array().unwrap();
+    assert_eq!(without.len(), 1, "{report:#}");
+    assert_eq!(without[0]["key"], "tuner-a");
+    let table = text(&readers(&env, &[]).stdout);
+    assert!(
+        table.contains("tuner-a") && table.contains("no network endpoint"),
+        "{table}"
+    );
+}
+
+#[test]
+fn plain_status_has_no_readers_section() {
+    let env = TestEnv::new();
+    let done = env
+        .run("http://127.0.0.1:9/x", &[], &["true"])
+        .output()
+        .unwrap();
+    assert_eq!(done.status.code(), Some(0), "{}", describe(&done));
+    let output = env
+        .ec_launch()
+        .args(["status", "--json", "--lock-dir"])
+        .arg(env.lock_dir())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report.get("readers").is_none(), "{report:#}");
+}
+
+#[test]
+fn for_one_source_another_channels_holder_on_its_endpoint_still_accounts_for_its_connection() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let asked = stand_in.source("v5.1");
+    let done = env.run(&asked, &[], &["true"]).output().unwrap();
+    assert_eq!(done.status.code(), Some(0), "{}", describe(&done));
+    let other = env.hold(&stand_in.source("v7.1"), &bash(&stand_in.reader_script()));
+    stand_in.wait_for(1);
+
+    let output = readers(&env, &["--json", &asked]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // The asked source is free (3); the connection is the other channel's.
+    assert_eq!(output.status.code(), Some(3), "{report:#}");
+    let ours = of_pid(&connections_to(&report, stand_in.address), other.pid());
+    assert_eq!(ours[0]["stale"], false, "{report:#}");
+
+    let stray = stray_reader(&stand_in);
+    stand_in.wait_for(2);
+    let output = readers(&env, &["--json", &asked]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(STALE), "{report:#}");
+    let stale = of_pid(&connections_to(&report, stand_in.address), stray.pid());
+    assert_eq!(stale[0]["stale"], true, "{report:#}");
+}

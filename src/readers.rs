@@ -159,6 +159,9 @@ pub struct ReadersReport {
     /// Connections whose owner cannot be seen.
     #[serde(skip)]
     pub unowned: usize,
+    /// Locks whose record cannot be read, so whose endpoint is unknown.
+    #[serde(skip)]
+    pub unreadable_records: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -471,6 +474,9 @@ mod tests {
         );
         assert_eq!(endpoint("http://[::1]:8080/a"), Ok("[::1]:8080".into()));
         assert_eq!(endpoint("rtmp://10.0.0.8/app"), Ok("10.0.0.8:1935".into()));
+        let v6 = endpoint_of(Some("hdhomerun://[fd00::5]/v5.1"), None).unwrap();
+        assert_eq!(v6.name, "[fd00::5]:5004");
+        assert_eq!(v6.addresses(), vec!["[fd00::5]:5004".parse().unwrap()]);
     }
 
     #[test]

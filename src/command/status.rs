@@ -211,7 +211,7 @@ fn exit_status(report: &Report, for_one_source: bool, readers_wanted: bool) -> E
         && report
             .readers
             .as_ref()
-            .is_none_or(|readers| readers.unowned > 0);
+            .is_none_or(|readers| readers.unowned > 0 || readers.unreadable_records > 0);
     if report.locks.iter().any(|l| l.orphaned) {
         ExitStatus::Orphaned
     } else if report.readers.as_ref().is_some_and(|r| r.stale > 0) {
@@ -304,6 +304,11 @@ fn readers_report(
             .filter(|c| c.pid.is_none())
             .count();
     }
+    // A lock without a readable record may have readers nobody can see.
+    report.unreadable_records = without_endpoint
+        .iter()
+        .filter(|lock| lock.key.is_none())
+        .count();
     report.without_endpoint = without_endpoint;
     report
 }

@@ -3,32 +3,16 @@
 //! (ECP-0129).
 
 use std::fs;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::testenv::{BUSY, Guard, PATIENCE, TestEnv, describe, require_root, text, wait_until};
+use crate::testenv::{BUSY, Guard, PATIENCE, TOUCH_RAN, TestEnv, require_root, wait_until};
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
 
-/// Runs `command` under a 512 MiB address-space limit, so a launcher that
-/// reads without a bound fails instead of eating the machine.
-fn bounded(command: &Command) -> Command {
-    let mut wrapped = Command::new("sh");
-    wrapped
-        .args(["-c", "ulimit -v 524288; exec \"$@\"", "sh"])
-        .arg(command.get_program())
-        .args(command.get_args());
-    if let Some(dir) = command.get_current_dir() {
-        wrapped.current_dir(dir);
-    }
-    for (name, value) in command.get_envs() {
-        match value {
-            Some(value) => wrapped.env(name, value),
-            None => wrapped.env_remove(name),
-        };
-    }
-    wrapped
-}
+/// Under a 512 MiB address-space limit, so a launcher that reads without a
+/// bound fails instead of eating the machine.
+const BOUNDED: &str = "ulimit -v 524288; exec \"$@\"";
 
 /// Waits at most `limit` for `child`; a child still running then is killed
 /// and reported as `None`.
@@ -40,28 +24,6 @@ fn finish_within(limit: Duration, mut child: Guard) -> Option<(Option<i32>, Stri
     }
 }
 
-#[track_caller]
-fn assert_one_line_error(output: &Output, code: i32, message: &str) {
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(code), "{}", describe(output));
-    assert!(
-        stderr.starts_with("error: ") && stderr.contains(message),
-        "{}",
-        describe(output)
-    );
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-fn run_with_source_file(env: &TestEnv, path: &str) -> Command {
-    let mut command = env.ec_launch();
-    command
-        .args(["run", "--lock-dir"])
-        .arg(env.lock_dir())
-        .args(["--source-file", path, "--", "sh", "-c", "touch ran"]);
-    command
-}
-
 #[test]
 fn a_source_file_that_is_not_a_regular_file_is_refused_without_reading_or_blocking() {
     let env = TestEnv::new();
@@ -71,7 +33,7 @@ fn a_source_file_that_is_not_a_regular_file_is_refused_without_reading_or_blocki
     )
     .unwrap();
     for (path, kind) in [("/dev/zero", "device node"), ("fifo", "FIFO")] {
-        let child = Guard::spawn(&mut bounded(&run_with_source_file(&env, path)));
+        let child = env.launch_from_file(path).through_shell(BOUNDED).spawn();
         let Some((code, stderr)) = finish_within(Duration::from_secs(10), child) else {
             panic!("--source-file {path} blocked");
         };
@@ -93,11 +55,12 @@ fn a_source_file_larger_than_64_kib_is_refused() {
         format!("{SOURCE}?pad={}\n", "x".repeat(70_000)),
     )
     .unwrap();
-    let output = bounded(&run_with_source_file(&env, "big"))
-        .output()
-        .unwrap();
-    assert_one_line_error(&output, 66, "is larger than 65536 bytes");
-    assert!(!env.lock_dir().exists());
+    env.launch_from_file("big")
+        .through_shell(BOUNDED)
+        .expect_status(66)
+        .one_line_error("is larger than 65536 bytes")
+        .lock_dir_untouched()
+        .run();
 }
 
 #[test]
@@ -112,21 +75,18 @@ fn a_nul_byte_in_the_source_is_refused_before_the_lock_directory_is_touched() {
         (&["--key", "studio"], 65, "control character"),
     ];
     for (extra, code, message) in cases {
-        let output = env
-            .ec_launch()
-            .args(["run", "--lock-dir"])
+        env.command(["run", "--lock-dir"])
             .arg(env.lock_dir())
             .args(extra)
-            .args(["--source-file", "nul", "--", "sh", "-c", "touch ran"])
-            .output()
-            .unwrap();
-        assert_one_line_error(&output, code, message);
-        assert!(!text(&output.stderr).contains("starting"));
-        assert!(!env.path("ran").exists());
-        assert!(
-            !env.lock_dir().exists(),
-            "{extra:?}: the lock directory was touched before validation"
-        );
+            .args(["--source-file", "nul"])
+            .program(TOUCH_RAN)
+            .label(format!("{extra:?}"))
+            .expect_status(code)
+            .one_line_error(message)
+            .stderr_lacks("starting")
+            .program_did_not_run()
+            .lock_dir_untouched()
+            .run();
     }
 }
 
@@ -135,20 +95,11 @@ fn wait_timeout_zero_takes_a_free_lock_every_time() {
     let env = TestEnv::new();
     for value in ["0", "0.000001"] {
         for round in 0..40 {
-            let output = env
-                .run(
-                    SOURCE,
-                    &["--on-busy", "wait", &format!("--wait-timeout={value}")],
-                    &["true"],
-                )
-                .output()
-                .unwrap();
-            assert_eq!(
-                output.status.code(),
-                Some(0),
-                "--wait-timeout {value}, round {round}: {}",
-                describe(&output)
-            );
+            env.launch(SOURCE)
+                .args(["--on-busy", "wait", &format!("--wait-timeout={value}")])
+                .program(["true"])
+                .label(format!("--wait-timeout {value}, round {round}"))
+                .run();
         }
     }
 }
@@ -158,20 +109,11 @@ fn every_wait_timeout_the_parser_accepts_works_and_none_panics() {
     let env = TestEnv::new();
     let accepted = ["0", "-0", "1e-300", "0.5", "1e19", "1.8e19"];
     for value in accepted {
-        let output = env
-            .run(
-                SOURCE,
-                &["--on-busy", "wait", &format!("--wait-timeout={value}")],
-                &["true"],
-            )
-            .output()
-            .unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "free lock, --wait-timeout {value}: {}",
-            describe(&output)
-        );
+        env.launch(SOURCE)
+            .args(["--on-busy", "wait", &format!("--wait-timeout={value}")])
+            .program(["true"])
+            .label(format!("free lock, --wait-timeout {value}"))
+            .run();
     }
     let rejected = [
         "1e300",
@@ -184,25 +126,13 @@ fn every_wait_timeout_the_parser_accepts_works_and_none_panics() {
         "99999999999999999999999",
     ];
     for value in rejected {
-        let output = env
-            .run(
-                SOURCE,
-                &["--on-busy", "wait", &format!("--wait-timeout={value}")],
-                &["true"],
-            )
-            .output()
-            .unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "--wait-timeout {value}: {}",
-            describe(&output)
-        );
-        assert!(
-            !text(&output.stderr).contains("panicked"),
-            "{}",
-            describe(&output)
-        );
+        env.launch(SOURCE)
+            .args(["--on-busy", "wait", &format!("--wait-timeout={value}")])
+            .program(["true"])
+            .label(format!("--wait-timeout {value}"))
+            .expect_status(2)
+            .stderr_lacks("panicked")
+            .run();
     }
     // Held: tiny timeouts give up with the busy code, naming the real holder;
     // a huge one waits like no timeout at all.
@@ -211,32 +141,19 @@ fn every_wait_timeout_the_parser_accepts_works_and_none_panics() {
         &TestEnv::sh("while [ ! -e release ]; do sleep 0.02; done"),
     );
     for value in ["0", "1e-9", "0.01"] {
-        let output = env
-            .run(
-                SOURCE,
-                &["--on-busy", "wait", &format!("--wait-timeout={value}")],
-                &["true"],
-            )
-            .output()
-            .unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(BUSY),
-            "{value}: {}",
-            describe(&output)
-        );
-        let stderr = text(&output.stderr);
-        assert!(
-            stderr.contains(&format!("pid {}", holder.pid())),
-            "{value}: {stderr}"
-        );
+        env.launch(SOURCE)
+            .args(["--on-busy", "wait", &format!("--wait-timeout={value}")])
+            .program(["true"])
+            .label(value)
+            .expect_status(BUSY)
+            .stderr_contains(format!("pid {}", holder.pid()))
+            .run();
     }
-    let mut waiter = env.run(
-        SOURCE,
-        &["--on-busy", "wait", "--wait-timeout", "1e19"],
-        &TestEnv::sh("touch waited"),
-    );
-    let mut waiter = Guard::spawn(&mut waiter);
+    let mut waiter = env
+        .launch(SOURCE)
+        .args(["--on-busy", "wait", "--wait-timeout", "1e19"])
+        .program(TestEnv::sh("touch waited"))
+        .spawn();
     std::thread::sleep(Duration::from_millis(300));
     assert!(waiter.running(), "a huge timeout must keep waiting");
     fs::write(env.path("release"), "").unwrap();
@@ -252,29 +169,27 @@ fn every_wait_timeout_the_parser_accepts_works_and_none_panics() {
 fn extreme_flag_values_never_panic() {
     let env = TestEnv::new();
     let verbose = format!("-{}", "v".repeat(300));
-    let output = env.run(SOURCE, &[&verbose], &["true"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch(SOURCE).arg(&verbose).program(["true"]).run();
     for code in ["256", "-1", "1e2"] {
-        let output = env
-            .run(SOURCE, &["--busy-exit-code", code], &["true"])
-            .output()
-            .unwrap();
-        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
-        assert!(!text(&output.stderr).contains("panicked"));
+        env.launch(SOURCE)
+            .args(["--busy-exit-code", code])
+            .program(["true"])
+            .expect_status(2)
+            .stderr_lacks("panicked")
+            .run();
     }
 }
 
 #[test]
 fn an_empty_program_name_is_called_empty() {
     let env = TestEnv::new();
-    let output = env.run(SOURCE, &[], &[""]).output().unwrap();
-    assert_one_line_error(&output, 64, "the program name is empty");
-    assert!(
-        !text(&output.stderr).contains("NUL"),
-        "{}",
-        describe(&output)
-    );
-    assert!(!env.lock_dir().exists());
+    env.launch(SOURCE)
+        .program([""])
+        .expect_status(64)
+        .one_line_error("the program name is empty")
+        .stderr_lacks("NUL")
+        .lock_dir_untouched()
+        .run();
 }
 
 #[test]
@@ -282,21 +197,16 @@ fn key_and_status_errors_suggest_only_what_those_commands_take() {
     let env = TestEnv::new();
     fs::create_dir(env.lock_dir()).unwrap();
     for command in ["key", "status"] {
-        let output = env
-            .ec_launch()
-            .arg(command)
-            .arg("--lock-dir")
+        env.command([command, "--lock-dir"])
             .arg(env.lock_dir())
             .arg("mailto:a@b.c")
-            .output()
-            .unwrap();
-        assert_one_line_error(&output, 65, "has no host");
-        let stderr = text(&output.stderr);
-        assert!(
-            !stderr.contains("--source") && !stderr.contains("--key"),
-            "{command}: {stderr}"
-        );
-        assert!(stderr.contains("SOURCE"), "{command}: {stderr}");
+            .label(command)
+            .expect_status(65)
+            .one_line_error("has no host")
+            .stderr_lacks("--source")
+            .stderr_lacks("--key")
+            .stderr_contains("SOURCE")
+            .run();
     }
 }
 
@@ -308,24 +218,13 @@ fn an_empty_lock_dir_variable_is_blamed_on_the_variable() {
         vec!["key", SOURCE],
         vec!["status"],
     ] {
-        let output = env
-            .ec_launch()
+        env.command(&command)
             .env("EC_LAUNCH_LOCK_DIR", "")
-            .args(&command)
-            .output()
-            .unwrap();
-        let stderr = text(&output.stderr);
-        assert!(
-            stderr.contains("EC_LAUNCH_LOCK_DIR") && !stderr.contains("--lock-dir <DIR>"),
-            "{command:?}: {}",
-            describe(&output)
-        );
-        assert_eq!(
-            output.status.code(),
-            Some(64),
-            "{command:?}: {}",
-            describe(&output)
-        );
+            .label(format!("{command:?}"))
+            .expect_status(64)
+            .stderr_contains("EC_LAUNCH_LOCK_DIR")
+            .stderr_lacks("--lock-dir <DIR>")
+            .run();
     }
 }
 
@@ -335,42 +234,25 @@ fn busy_exit_codes_that_mean_something_else_are_refused_and_sane_ones_work() {
     for code in [
         "2", "3", "4", "5", "64", "65", "66", "71", "73", "77", "126", "127",
     ] {
-        let output = env
-            .run(
-                SOURCE,
-                &["--busy-exit-code", code],
-                &TestEnv::sh("touch ran"),
-            )
-            .output()
-            .unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{code}: {}",
-            describe(&output)
-        );
-        assert!(
-            text(&output.stderr).contains("already means"),
-            "{code}: {}",
-            describe(&output)
-        );
-        assert!(!env.path("ran").exists());
+        env.launch(SOURCE)
+            .args(["--busy-exit-code", code])
+            .label(code)
+            .expect_status(2)
+            .stderr_contains("already means")
+            .program_did_not_run()
+            .run();
     }
     let _holder = env.hold(
         SOURCE,
         &TestEnv::sh("while [ ! -e release ]; do sleep 0.02; done"),
     );
     for code in ["0", "1", "75", "100", "255"] {
-        let output = env
-            .run(SOURCE, &["--busy-exit-code", code], &["true"])
-            .output()
-            .unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(code.parse().unwrap()),
-            "{code}: {}",
-            describe(&output)
-        );
+        env.launch(SOURCE)
+            .args(["--busy-exit-code", code])
+            .program(["true"])
+            .label(code)
+            .expect_status(code.parse().unwrap())
+            .run();
     }
     fs::write(env.path("release"), "").unwrap();
 }
@@ -412,36 +294,26 @@ fn a_read_only_or_full_filesystem_is_named_as_such() {
         .unwrap();
     assert!(remount.success());
     for lock_dir in ["locks", "new/locks"] {
-        let mut command = env.ec_launch();
-        command
-            .args(["run", "--lock-dir"])
-            .arg(read_only.0.join(lock_dir))
-            .args(["--source", SOURCE, "--", "true"]);
-        let output = command.output().unwrap();
-        assert_one_line_error(&output, 73, "Read-only file system");
-        assert!(
-            text(&output.stderr).contains("read-only filesystem")
-                && !text(&output.stderr).contains("make the"),
-            "{}",
-            describe(&output)
-        );
+        env.launch_in(read_only.0.join(lock_dir), SOURCE)
+            .program(["true"])
+            .label(lock_dir)
+            .expect_status(73)
+            .one_line_error("Read-only file system")
+            .stderr_contains("read-only filesystem")
+            .stderr_lacks("make the")
+            .run();
     }
 
     // Room for the root and the lock directory, no inode for a lock file.
     let full = Mount::tmpfs(env.path("full"), "nr_inodes=2,mode=755");
     fs::create_dir(full.0.join("locks")).unwrap();
-    let mut command = env.ec_launch();
-    command
-        .args(["run", "--lock-dir"])
-        .arg(full.0.join("locks"))
-        .args(["--source", SOURCE, "--", "true"]);
-    let output = command.output().unwrap();
-    assert_one_line_error(&output, 73, "No space left on device");
-    assert!(
-        text(&output.stderr).contains("full") && !text(&output.stderr).contains("make the"),
-        "{}",
-        describe(&output)
-    );
+    env.launch_in(full.0.join("locks"), SOURCE)
+        .program(["true"])
+        .expect_status(73)
+        .one_line_error("No space left on device")
+        .stderr_contains("full")
+        .stderr_lacks("make the")
+        .run();
     drop(full);
     drop(read_only);
 }

@@ -5,24 +5,17 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::process::Command;
 
-use crate::testenv::{TestEnv, describe, holders, require_root, text};
+use crate::testenv::{TestEnv, describe, holders, require_root};
 
 /// `ec-launch key --json SOURCE` → the key, or a failure with its output.
 fn key_of(env: &TestEnv, source: &str) -> String {
-    let output = env
-        .ec_launch()
-        .args(["key", "--json", "--lock-dir"])
+    let json = env
+        .command(["key", "--json", "--lock-dir"])
         .arg(env.lock_dir())
         .arg(source)
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{source}: {}",
-        describe(&output)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        .label(source)
+        .run()
+        .json();
     json["key"].as_str().unwrap().to_owned()
 }
 
@@ -89,12 +82,10 @@ fn a_launch_on_a_device_copy_is_refused_while_the_device_is_held() {
     assert!(made.status.success(), "{}", describe(&made));
     let _holder = env.hold("/dev/null", &["sleep", "300"]);
     assert_eq!(holders(&env.lock_file_of("/dev/null")).len(), 1);
-    let output = env
-        .run(copy.to_str().unwrap(), &[], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(75), "{}", describe(&output));
-    assert!(!env.path("ran").exists());
+    env.launch(&copy)
+        .expect_status(75)
+        .program_did_not_run()
+        .run();
 }
 
 #[test]
@@ -107,59 +98,28 @@ fn sources_with_whitespace_or_control_characters_are_refused_everywhere() {
         "rtsp://cam/a\u{1b}[2Jb",
     ];
     for source in sources {
-        let ran = env
-            .run(source, &[], &TestEnv::sh("touch ran"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            ran.status.code(),
-            Some(65),
-            "{source:?}: {}",
-            describe(&ran)
-        );
-        assert!(
-            text(&ran.stderr).contains("whitespace or a control character"),
-            "{}",
-            describe(&ran)
-        );
-        assert!(!env.path("ran").exists(), "{source:?} launched the program");
+        env.launch(source)
+            .label(format!("{source:?}"))
+            .expect_status(65)
+            .stderr_contains("whitespace or a control character")
+            .program_did_not_run()
+            .run();
 
         for subcommand in ["key", "status"] {
-            let output = env
-                .ec_launch()
-                .args([subcommand, "--lock-dir"])
+            env.command([subcommand, "--lock-dir"])
                 .arg(env.lock_dir())
                 .arg(source)
-                .output()
-                .unwrap();
-            assert_eq!(
-                output.status.code(),
-                Some(65),
-                "{subcommand} {source:?}: {}",
-                describe(&output)
-            );
+                .label(format!("{subcommand} {source:?}"))
+                .expect_status(65)
+                .run();
         }
 
         fs::write(env.path("source"), format!("{source}\n")).unwrap();
-        let from_file = env
-            .ec_launch()
-            .args(["run", "--lock-dir"])
-            .arg(env.lock_dir())
-            .arg("--source-file")
-            .arg(env.path("source"))
-            .args(["--", "sh", "-c", "touch ran"])
-            .output()
-            .unwrap();
-        assert_eq!(
-            from_file.status.code(),
-            Some(65),
-            "file {source:?}: {}",
-            describe(&from_file)
-        );
-        assert!(
-            !env.path("ran").exists(),
-            "file {source:?} launched the program"
-        );
+        env.launch_from_file(env.path("source"))
+            .label(format!("file {source:?}"))
+            .expect_status(65)
+            .program_did_not_run()
+            .run();
     }
 }
 
@@ -167,21 +127,11 @@ fn sources_with_whitespace_or_control_characters_are_refused_everywhere() {
 fn a_source_file_line_is_passed_exactly_as_it_was_keyed() {
     let env = TestEnv::new();
     fs::write(env.path("source"), "\nrtsp://cam.local/stream1\r\n\n").unwrap();
-    let output = env
-        .ec_launch()
-        .args(["run", "--lock-dir"])
-        .arg(env.lock_dir())
-        .arg("--source-file")
-        .arg(env.path("source"))
-        .args([
-            "--",
-            "sh",
-            "-c",
+    env.launch_from_file(env.path("source"))
+        .program(TestEnv::sh(
             "printf %s \"$EC_SOURCE_URL|$EC_SOURCE_KEY\" > got",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        ))
+        .run();
     assert_eq!(
         fs::read_to_string(env.path("got")).unwrap(),
         "rtsp://cam.local/stream1|rtsp://cam.local/stream1"

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::testenv::{
-    BIN, BUSY, Guard, NOBODY, PATIENCE, TestEnv, describe, holders, require_root, text, wait_until,
+    BUSY, Invocation, NOBODY, PATIENCE, TestEnv, describe, holders, require_root, text, wait_until,
 };
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
@@ -16,25 +16,16 @@ const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
 /// A group the test user `nobody` is not a member of.
 const STRANGERS: u32 = 4242;
 
-/// A launch of SOURCE that must be refused with 73 naming `message`, and
-/// must not run the program.
+/// A launch that must be refused with 73 naming `message`, in one line,
+/// without running the program.
 #[track_caller]
-fn assert_refused(env: &TestEnv, command: &mut Command, message: &str) {
-    let output = command.output().unwrap();
-    assert_eq!(output.status.code(), Some(73), "{}", describe(&output));
-    let stderr = text(&output.stderr);
-    assert!(stderr.contains(message), "{}", describe(&output));
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        !env.path("ran").exists(),
-        "a refused launch ran the program"
-    );
-}
-
-#[track_caller]
-fn assert_runs(command: &mut Command) {
-    let output = command.output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+fn assert_refused(launch: Invocation<'_>, message: &str) {
+    launch
+        .expect_status(73)
+        .stderr_contains(message)
+        .stderr_lines(1)
+        .program_did_not_run()
+        .run();
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) {
@@ -66,24 +57,16 @@ fn a_lock_file_another_user_planted_in_a_sticky_directory_is_refused() {
     // The planter could delete it while we hold it: a second reader.
     let planted = as_nobody(&env, &format!("touch '{}'", lock_file.display()));
     assert!(planted.status.success(), "{}", describe(&planted));
-    assert_refused(
-        &env,
-        &mut env.run(SOURCE, &[], &TestEnv::sh("touch ran")),
-        "is owned by uid 65534",
-    );
+    assert_refused(env.launch(SOURCE), "is owned by uid 65534");
 }
 
 #[test]
 fn a_lock_file_with_a_second_hard_link_is_refused() {
     let env = TestEnv::new();
-    assert_runs(&mut env.run(SOURCE, &[], &["true"]));
+    env.launch(SOURCE).program(["true"]).run();
     let lock_file = env.lock_file_of(SOURCE);
     fs::hard_link(&lock_file, env.path("someones-file")).unwrap();
-    assert_refused(
-        &env,
-        &mut env.run(SOURCE, &[], &TestEnv::sh("touch ran")),
-        "has 2 hard links",
-    );
+    assert_refused(env.launch(SOURCE), "has 2 hard links");
 }
 
 #[test]
@@ -92,11 +75,7 @@ fn a_lock_directory_owned_by_another_user_is_refused() {
     let env = TestEnv::new();
     fs::create_dir(env.lock_dir()).unwrap();
     chown(&env.lock_dir(), NOBODY, NOBODY);
-    assert_refused(
-        &env,
-        &mut env.run(SOURCE, &[], &TestEnv::sh("touch ran")),
-        "is owned by uid 65534",
-    );
+    assert_refused(env.launch(SOURCE), "is owned by uid 65534");
 }
 
 #[test]
@@ -106,32 +85,19 @@ fn a_directory_above_the_lock_directory_that_others_may_rename_in_is_refused() {
     let parent = env.path("parent");
     let lock_dir = parent.join("locks");
     fs::create_dir_all(&lock_dir).unwrap();
-    let launch = |env: &TestEnv| {
-        let mut command = env.ec_launch();
-        command.args(["run", "--lock-dir"]).arg(&lock_dir).args([
-            "--source",
-            SOURCE,
-            "--",
-            "sh",
-            "-c",
-            "touch ran",
-        ]);
-        command
-    };
+    let launch = || env.launch_in(&lock_dir, SOURCE);
     // Writable by everyone, not sticky: anyone can rename `locks` away.
     chmod(&parent, 0o777);
-    assert_refused(&env, &mut launch(&env), "is writable by others");
+    assert_refused(launch(), "is writable by others");
     // Owned by someone else: they can.
     chmod(&parent, 0o755);
     chown(&parent, NOBODY, NOBODY);
-    assert_refused(&env, &mut launch(&env), "is owned by uid 65534");
+    assert_refused(launch(), "is owned by uid 65534");
     // Writable by a group the launcher is not in.
     chown(&parent, 0, STRANGERS);
     chmod(&parent, 0o775);
-    let mut as_nobody = launch(&env);
-    as_nobody.uid(NOBODY).gid(NOBODY);
     chown(&lock_dir, NOBODY, NOBODY);
-    assert_refused(&env, &mut as_nobody, "is writable by group 4242");
+    assert_refused(launch().uid(NOBODY), "is writable by group 4242");
     // A symlink on the way is followed, and its target checked too.
     chmod(&parent, 0o755);
     chown(&parent, 0, 0);
@@ -143,7 +109,7 @@ fn a_directory_above_the_lock_directory_that_others_may_rename_in_is_refused() {
     fs::remove_dir(&lock_dir).unwrap();
     fs::remove_dir(&parent).unwrap();
     std::os::unix::fs::symlink(&open, &parent).unwrap();
-    assert_refused(&env, &mut launch(&env), "is writable by others");
+    assert_refused(launch(), "is writable by others");
 }
 
 #[test]
@@ -158,40 +124,32 @@ fn the_modules_setgid_group_directory_serves_root_and_the_service_user_read_writ
     chmod(&env.path(""), 0o1777);
 
     // A manual run as root, under a strict umask, creates the file…
-    let mut manual = Command::new("sh");
-    manual
-        .args([
-            "-c",
-            "umask 077; exec \"$@\"",
-            "sh",
-            BIN,
-            "run",
-            "--lock-dir",
-        ])
-        .arg(env.lock_dir())
-        .args(["--source", SOURCE, "--", "true"])
-        .current_dir(env.path(""));
-    assert_runs(&mut manual);
+    env.launch(SOURCE)
+        .program(["true"])
+        .through_shell("umask 077; exec \"$@\"")
+        .run();
     let lock_file = env.lock_file_of(SOURCE);
     let metadata = fs::metadata(&lock_file).unwrap();
     assert_eq!(metadata.mode() & 0o7777, 0o660, "lock file mode");
     assert_eq!((metadata.uid(), metadata.gid()), (0, NOBODY));
 
     // …and the service user later takes it read-write (its record is written).
-    let mut service = env.run(
-        SOURCE,
-        &[],
-        &TestEnv::sh("echo $$ > service.pid; while [ ! -e release ]; do sleep 0.02; done"),
-    );
-    service.uid(NOBODY).gid(NOBODY);
-    let service = Guard::spawn(&mut service);
+    let service = env
+        .launch(SOURCE)
+        .program(TestEnv::sh(
+            "echo $$ > service.pid; while [ ! -e release ]; do sleep 0.02; done",
+        ))
+        .uid(NOBODY)
+        .spawn();
     let pid = i64::from(service.pid());
     assert!(
         wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
         "the service user must hold the lock"
     );
-    let busy = env.run(SOURCE, &[], &["true"]).output().unwrap();
-    assert_eq!(busy.status.code(), Some(BUSY), "{}", describe(&busy));
+    env.launch(SOURCE)
+        .program(["true"])
+        .expect_status(BUSY)
+        .run();
     fs::write(env.path("release"), "").unwrap();
     let (code, stderr) = service.finish();
     assert_eq!(code, Some(0), "{stderr}");
@@ -208,7 +166,7 @@ fn the_modules_setgid_group_directory_serves_root_and_the_service_user_read_writ
 fn users_outside_the_files_user_and_group_cannot_open_a_lock_file_to_block_it() {
     require_root!("try the lock file as another user");
     let env = TestEnv::new();
-    assert_runs(&mut env.run(SOURCE, &[], &["true"]));
+    env.launch(SOURCE).program(["true"]).run();
     let lock_file = env.lock_file_of(SOURCE);
     let attempt = as_nobody(
         &env,
@@ -225,14 +183,10 @@ fn users_outside_the_files_user_and_group_cannot_open_a_lock_file_to_block_it() 
 fn lock_files_and_directories_get_their_documented_modes_whatever_the_umask() {
     for umask in ["000", "077"] {
         let env = TestEnv::new();
-        let mut command = Command::new("sh");
-        command
-            .args(["-c", &format!("umask {umask}; exec \"$@\""), "sh", BIN])
-            .args(["run", "--lock-dir"])
-            .arg(env.lock_dir())
-            .args(["--source", SOURCE, "--", "true"])
-            .current_dir(env.path(""));
-        assert_runs(&mut command);
+        env.launch(SOURCE)
+            .program(["true"])
+            .through_shell(format!("umask {umask}; exec \"$@\""))
+            .run();
         let dir_mode = fs::metadata(env.lock_dir()).unwrap().mode() & 0o7777;
         assert_eq!(dir_mode, 0o755, "lock directory under umask {umask}");
         let file_mode = fs::metadata(env.lock_file_of(SOURCE)).unwrap().mode() & 0o7777;
@@ -240,20 +194,11 @@ fn lock_files_and_directories_get_their_documented_modes_whatever_the_umask() {
     }
 }
 
-/// `sh -c 'exec <closing> ec-launch run … -- PROGRAM'`.
-fn launch_with_closed(env: &TestEnv, closing: &str, extra: &[&str], program: &str) -> Command {
-    let mut command = Command::new("sh");
-    command
-        .args(["-c", &format!("exec {closing} \"$@\""), "sh", BIN])
-        .args(["run", "--lock-dir"])
-        .arg(env.lock_dir())
-        .args(["--source", SOURCE])
-        .args(extra)
-        .args(["--", "sh", "-c", program])
-        .current_dir(env.path(""))
-        .env_remove("EC_LAUNCH_LOG")
-        .env_remove("JOURNAL_STREAM");
-    command
+/// `sh -c 'exec <closing> ec-launch run … -- sh -c PROGRAM'`.
+fn launch_with_closed<'e>(env: &'e TestEnv, closing: &str, program: &str) -> Invocation<'e> {
+    env.launch(SOURCE)
+        .program(TestEnv::sh(program))
+        .through_shell(format!("exec {closing} \"$@\""))
 }
 
 #[test]
@@ -262,7 +207,7 @@ fn with_descriptors_0_to_2_closed_the_lock_is_on_3_or_above_and_survives_the_pro
     let env = TestEnv::new();
     let program = "echo $EC_SOURCE_LOCK_FD > fd; exec </dev/null >/dev/null 2>/dev/null; \
                    touch redirected; while [ ! -e release ]; do sleep 0.02; done";
-    let holder = Guard::spawn(&mut launch_with_closed(&env, "<&- >&- 2>&-", &[], program));
+    let holder = launch_with_closed(&env, "<&- >&- 2>&-", program).spawn();
     assert!(wait_until(PATIENCE, || env.path("redirected").exists()));
     let fd: i32 = fs::read_to_string(env.path("fd"))
         .unwrap()
@@ -284,10 +229,7 @@ fn with_descriptors_0_to_2_closed_the_lock_is_on_3_or_above_and_survives_the_pro
 #[test]
 fn with_stderr_closed_no_log_line_is_written_into_the_lock_file() {
     let env = TestEnv::new();
-    let output = launch_with_closed(&env, "2>&-", &["-v"], "true")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    launch_with_closed(&env, "2>&-", "true").arg("-v").run();
     let content = fs::read_to_string(env.lock_file_of(SOURCE)).unwrap();
     assert!(
         !content.contains("lock acquired") && !content.contains("DEBUG"),
@@ -309,28 +251,16 @@ fn status_of_a_source_refuses_what_run_refuses_instead_of_opening_it() {
         nix::sys::stat::makedev(1, 3),
     )
     .unwrap();
-    let status = |env: &TestEnv| {
-        env.ec_launch()
-            .args(["status", "--lock-dir"])
+    let status = || {
+        env.command(["status", "--lock-dir"])
             .arg(env.lock_dir())
             .arg(SOURCE)
-            .output()
-            .unwrap()
+            .expect_status(73)
     };
-    let output = status(&env);
-    assert_eq!(output.status.code(), Some(73), "{}", describe(&output));
-    assert!(
-        text(&output.stderr).contains("not a regular file (it is a device node)"),
-        "{}",
-        describe(&output)
-    );
+    status()
+        .stderr_contains("not a regular file (it is a device node)")
+        .run();
     fs::remove_file(&lock_file).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", &lock_file).unwrap();
-    let output = status(&env);
-    assert_eq!(output.status.code(), Some(73), "{}", describe(&output));
-    assert!(
-        text(&output.stderr).contains("is a symlink"),
-        "{}",
-        describe(&output)
-    );
+    status().stderr_contains("is a symlink").run();
 }

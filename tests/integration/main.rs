@@ -11,6 +11,7 @@
 mod cli;
 mod entry;
 mod input;
+mod invocation;
 mod keys;
 mod lock_path;
 mod logging;
@@ -23,4 +24,9 @@ mod secrets;
 mod status;
 mod status_truth;
 mod testenv;
+mod tuner;
+// The emulator program's entry point is the example's; here only the device.
+#[allow(dead_code)]
+#[path = "../support/tuner_emulator.rs"]
+mod tuner_emulator;
 mod watchdog;

@@ -113,7 +113,11 @@ fn a_waiting_launch_says_who_it_waits_for_and_how_long_it_waited() {
         SOURCE,
         &TestEnv::sh("while [ ! -e release ]; do sleep 0.02; done"),
     );
-    let mut waiter = Guard::spawn(&mut env.run(SOURCE, &["--on-busy", "wait"], &["true"]));
+    let mut waiter = env
+        .launch(SOURCE)
+        .args(["--on-busy", "wait"])
+        .program(["true"])
+        .spawn();
     // Announced while the wait lasts (read before the holder lets go),
     // naming the holder. Read on a thread, so a silent waiter fails the
     // test instead of hanging it.

@@ -4,13 +4,14 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::testenv::{
-    Guard, KillOnDrop, PATIENCE, TestEnv, describe, require_root, text, wait_until,
+    Guard, KillOnDrop, NOBODY, PATIENCE, TestEnv, describe, require_root, text, wait_until,
 };
 
 /// The exit status of a `status` that found a stale reader.
@@ -407,4 +408,60 @@ fn for_one_source_another_channels_holder_on_its_endpoint_still_accounts_for_its
     assert_eq!(output.status.code(), Some(STALE), "{report:#}");
     let stale = of_pid(&connections_to(&report, stand_in.address), stray.pid());
     assert_eq!(stale[0]["stale"], true, "{report:#}");
+}
+
+#[test]
+fn a_user_who_cannot_read_the_records_or_the_readers_is_told_unknown_not_clear() {
+    require_root!("start readers as root and run status as another user");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let _holder = env.hold(&stand_in.source("v5.1"), &bash(&stand_in.reader_script()));
+    stand_in.wait_for(1);
+    let _stray = stray_reader(&stand_in);
+    stand_in.wait_for(2);
+    let output = env
+        .ec_launch()
+        .args(["status", "--readers", "--json", "--lock-dir"])
+        .arg(env.lock_dir())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    // Neither the records (0660) nor root's descriptors are readable: a
+    // stale reader may be there, so the answer is "cannot tell" (5).
+    assert_eq!(output.status.code(), Some(5), "{}", describe(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let without = report["readers"]["without_endpoint"].to_string();
+    assert!(without.contains("no readable launch record"), "{report:#}");
+}
+
+#[test]
+fn a_connection_whose_owner_this_user_cannot_see_is_unknown_not_clear() {
+    require_root!("start a reader as root and run status as another user");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    let source = stand_in.source("v5.1");
+    let _holder = env.hold(&source, &bash(&stand_in.reader_script()));
+    stand_in.wait_for(1);
+    // The record is readable, so the endpoint is known; root's
+    // descriptors are not, so the connection's owner is not.
+    std::fs::set_permissions(
+        env.lock_file_of(&source),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let output = env
+        .ec_launch()
+        .args(["status", "--readers", "--json", "--lock-dir"])
+        .arg(env.lock_dir())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(5), "{}", describe(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let connections = connections_to(&report, stand_in.address);
+    assert_eq!(connections.len(), 1, "{report:#}");
+    assert!(connections[0]["pid"].is_null(), "{report:#}");
+    assert_eq!(connections[0]["stale"], false, "{report:#}");
 }

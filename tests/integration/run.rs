@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::testenv::{
-    BUSY, Guard, NOBODY, PATIENCE, TestEnv, describe, holders, is_root, kernel_locks,
-    kernel_locks_on, require_root, text, wait_until,
+    BUSY, Guard, NOBODY, Outcome, PATIENCE, TOUCH_RAN, TestEnv, describe, holders, is_root,
+    kernel_locks, kernel_locks_on, require_root, wait_until,
 };
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
@@ -31,20 +31,11 @@ fn start_holder(env: &TestEnv, source: &str) -> Guard {
 /// the program did not run.
 #[track_caller]
 fn assert_refused(env: &TestEnv, code: i32, message: &str) {
-    let output = env
-        .run(SOURCE, &[], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(code), "{}", describe(&output));
-    assert!(
-        text(&output.stderr).contains(message),
-        "{}",
-        describe(&output)
-    );
-    assert!(
-        !env.path("ran").exists(),
-        "a refused launch ran the program"
-    );
+    env.launch(SOURCE)
+        .expect_status(code)
+        .stderr_contains(message)
+        .program_did_not_run()
+        .run();
 }
 
 #[test]
@@ -74,49 +65,25 @@ fn exec_keeps_the_launchers_pid_and_the_program_holds_the_lock() {
 fn a_second_launch_on_a_held_source_exits_75_without_running_and_names_the_holder() {
     let env = TestEnv::new();
     let holder = start_holder(&env, SOURCE);
-    let output = env
-        .run(SOURCE, &[], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(BUSY), "{}", describe(&output));
-    assert!(
-        !env.path("ran").exists(),
-        "the program must not run when the source is busy"
-    );
-    let stderr = text(&output.stderr);
-    assert!(
-        stderr.contains(&format!("pid {}", holder.pid())),
-        "holder pid missing: {stderr}"
-    );
-    assert!(
-        stderr.contains("since "),
-        "holder start time missing: {stderr}"
-    );
-    assert!(
-        stderr.contains("ec-launch status"),
-        "pointer to status missing: {stderr}"
-    );
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "one warning line expected: {stderr}"
-    );
+    env.launch(SOURCE)
+        .expect_status(BUSY)
+        .program_did_not_run()
+        .stderr_contains(format!("pid {}", holder.pid()))
+        .stderr_contains("since ")
+        .stderr_contains("ec-launch status")
+        .stderr_lines(1)
+        .run();
 }
 
 #[test]
 fn the_busy_exit_code_is_configurable() {
     let env = TestEnv::new();
     let _holder = start_holder(&env, SOURCE);
-    let output = env
-        .run(
-            SOURCE,
-            &["--busy-exit-code", "0"],
-            &TestEnv::sh("touch ran"),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    assert!(!env.path("ran").exists());
+    env.launch(SOURCE)
+        .args(["--busy-exit-code", "0"])
+        .expect_status(0)
+        .program_did_not_run()
+        .run();
 }
 
 #[test]
@@ -128,26 +95,21 @@ fn equivalent_spellings_collide_and_different_sources_do_not() {
         "http://10.0.0.5:5004/auto/v5.1?duration=600&transcode=mobile",
         "http://user:pw@10.0.0.5:5004/auto/v05.1#x",
     ] {
-        let output = env.run(same, &[], &["true"]).output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(BUSY),
-            "{same} must share the lock: {}",
-            describe(&output)
-        );
+        env.launch(same)
+            .program(["true"])
+            .label(format!("{same} must share the lock"))
+            .expect_status(BUSY)
+            .run();
     }
     for different in [
         "http://10.0.0.5:5004/auto/v4.1",
         "http://10.0.0.6:5004/auto/v5.1",
         "http://10.0.0.5:5004/auto/ch573000000",
     ] {
-        let output = env.run(different, &[], &["true"]).output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{different} is another source: {}",
-            describe(&output)
-        );
+        env.launch(different)
+            .program(["true"])
+            .label(format!("{different} is another source"))
+            .run();
     }
 }
 
@@ -156,7 +118,7 @@ fn sigkill_of_the_holder_frees_the_lock_at_once() {
     let env = TestEnv::new();
     // A holder with no children: a child would hold the inherited lock on
     // after the parent dies, which is the point of another test.
-    let mut holder = Guard::spawn(&mut env.run(SOURCE, &[], &["sleep", "300"]));
+    let mut holder = env.launch(SOURCE).program(["sleep", "300"]).spawn();
     let lock_file = env.lock_file_of(SOURCE);
     let pid = i64::from(holder.pid());
     assert!(
@@ -166,8 +128,7 @@ fn sigkill_of_the_holder_frees_the_lock_at_once() {
     holder.0.kill().unwrap();
     holder.0.wait().unwrap();
     // No retry loop: once the holder is reaped its descriptor is closed.
-    let output = env.run(SOURCE, &[], &["true"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch(SOURCE).program(["true"]).run();
 }
 
 #[test]
@@ -177,22 +138,12 @@ fn a_child_that_inherits_the_descriptor_keeps_the_lock_after_its_parent_exits_an
     let kill_helper = env.leave_helper_holding(SOURCE);
     let helper = kill_helper.0;
 
-    let busy = env
-        .run(SOURCE, &[], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        busy.status.code(),
-        Some(BUSY),
-        "the helper must still hold the lock: {}",
-        describe(&busy)
-    );
-    assert!(
-        text(&busy.stderr).contains(&format!("held by pid {helper} (sleep)"))
-            && text(&busy.stderr).contains("inherited from exited pid"),
-        "{}",
-        describe(&busy)
-    );
+    env.launch(SOURCE)
+        .label("the helper must still hold the lock")
+        .expect_status(BUSY)
+        .stderr_contains(format!("held by pid {helper} (sleep)"))
+        .stderr_contains("inherited from exited pid")
+        .run();
 
     drop(kill_helper);
     let lock_file = env.lock_file_of(SOURCE);
@@ -200,16 +151,14 @@ fn a_child_that_inherits_the_descriptor_keeps_the_lock_after_its_parent_exits_an
         wait_until(PATIENCE, || holders(&lock_file).is_empty()),
         "the lock must end with the helper"
     );
-    let free = env.run(SOURCE, &[], &["true"]).output().unwrap();
-    assert_eq!(free.status.code(), Some(0), "{}", describe(&free));
+    env.launch(SOURCE).program(["true"]).run();
 }
 
 #[test]
 fn wait_mode_blocks_in_flock_until_the_holder_lets_go_then_runs() {
     let env = TestEnv::new();
     let holder = start_holder(&env, SOURCE);
-    let mut waiter =
-        Guard::spawn(&mut env.run(SOURCE, &["--on-busy", "wait"], &TestEnv::sh("touch ran")));
+    let mut waiter = env.launch(SOURCE).args(["--on-busy", "wait"]).spawn();
     let lock_file = env.lock_file_of(SOURCE);
     let waiter_pid = i64::from(waiter.pid());
     // Blocked in flock(2): the kernel lists it as a waiter, not a poller.
@@ -233,53 +182,41 @@ fn wait_mode_blocks_in_flock_until_the_holder_lets_go_then_runs() {
 fn wait_mode_times_out_with_the_busy_code_without_running() {
     let env = TestEnv::new();
     let _holder = start_holder(&env, SOURCE);
-    let output = env
-        .run(
-            SOURCE,
-            &["--on-busy", "wait", "--wait-timeout", "0.3"],
-            &TestEnv::sh("touch ran"),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(BUSY), "{}", describe(&output));
-    assert!(!env.path("ran").exists());
-    assert!(
-        text(&output.stderr).contains("gave up waiting after 0.3s"),
-        "{}",
-        describe(&output)
-    );
+    env.launch(SOURCE)
+        .args(["--on-busy", "wait", "--wait-timeout", "0.3"])
+        .expect_status(BUSY)
+        .program_did_not_run()
+        .stderr_contains("gave up waiting after 0.3s")
+        .run();
 }
 
 #[test]
 fn a_missing_program_exits_127_and_a_non_executable_one_126() {
     let env = TestEnv::new();
     let output = env
-        .run(SOURCE, &[], &["ec-launch-no-such-program"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(127), "{}", describe(&output));
-    let last_line = |o: &std::process::Output| {
-        text(&o.stderr)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_owned()
-    };
+        .launch(SOURCE)
+        .program(["ec-launch-no-such-program"])
+        .expect_status(127)
+        .run();
+    let last_line = |o: &Outcome| o.stderr.lines().last().unwrap_or_default().to_owned();
     assert!(
         last_line(&output).starts_with("error: cannot run"),
         "{}",
-        describe(&output)
+        output.describe()
     );
 
     let script = env.path("not-executable");
     fs::write(&script, "#!/bin/sh\n").unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
-    let output = env.run(SOURCE, &[], &[&script]).output().unwrap();
-    assert_eq!(output.status.code(), Some(126), "{}", describe(&output));
+    let output = env
+        .launch(SOURCE)
+        .program([&script])
+        .expect_status(126)
+        .run();
     assert!(
         last_line(&output).contains("Permission denied"),
         "{}",
-        describe(&output)
+        output.describe()
     );
     // A failed exec leaves no lock held.
     assert!(holders(&env.lock_file_of(SOURCE)).is_empty());
@@ -321,13 +258,10 @@ fn an_unsafe_lock_directory_is_refused() {
     // A sticky world-writable directory is acceptable only when root owns it.
     fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o1777)).unwrap();
     if is_root() {
-        let output = env.run(SOURCE, &[], &["true"]).output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "root-owned sticky dir: {}",
-            describe(&output)
-        );
+        env.launch(SOURCE)
+            .program(["true"])
+            .label("root-owned sticky dir")
+            .run();
     } else {
         assert_refused(&env, 73, "writable by others");
     }
@@ -339,33 +273,25 @@ fn an_unwritable_lock_directory_is_a_clear_error_and_the_program_does_not_run() 
     fs::create_dir(env.lock_dir()).unwrap();
     fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o555)).unwrap();
     fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o1777)).unwrap();
-    let mut command = env.run(SOURCE, &[], &TestEnv::sh("touch ran"));
+    let mut launch = env.launch(SOURCE);
     if is_root() {
         // Root ignores directory permissions; an unprivileged user does not.
-        command.uid(NOBODY).gid(NOBODY);
+        launch = launch.uid(NOBODY);
     }
-    let output = command.output().unwrap();
-    assert_eq!(output.status.code(), Some(77), "{}", describe(&output));
-    let stderr = text(&output.stderr);
-    assert!(
-        stderr.starts_with("error: cannot open lock file"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("Permission denied"), "{stderr}");
-    assert!(
-        stderr.contains("make the lock directory writable"),
-        "{stderr}"
-    );
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(!env.path("ran").exists());
+    launch
+        .expect_status(77)
+        .one_line_error("Permission denied")
+        .stderr_contains("make the lock directory writable")
+        .stderr_starts_with("error: cannot open lock file")
+        .program_did_not_run()
+        .run();
 }
 
 #[test]
 fn a_root_owned_lock_file_the_service_user_may_only_read_still_locks() {
     require_root!("create a lock file as root and run as another user");
     let env = TestEnv::new();
-    let first = env.run(SOURCE, &[], &["true"]).output().unwrap();
-    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    env.launch(SOURCE).program(["true"]).run();
     let lock_file = env.lock_file_of(SOURCE);
     assert_eq!(fs::metadata(&lock_file).unwrap().uid(), 0);
     // As versions before ECP-0129 created them; today's are 0660 and, in
@@ -374,18 +300,22 @@ fn a_root_owned_lock_file_the_service_user_may_only_read_still_locks() {
     fs::set_permissions(&lock_file, fs::Permissions::from_mode(0o644)).unwrap();
 
     // The service user may traverse but not write the directory or the file.
-    let mut as_service = env.run(SOURCE, &[], &held_until_release("service.pid"));
-    as_service.uid(NOBODY).gid(NOBODY);
     fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o1777)).unwrap();
-    let service = Guard::spawn(&mut as_service);
+    let service = env
+        .launch(SOURCE)
+        .program(held_until_release("service.pid"))
+        .uid(NOBODY)
+        .spawn();
     let pid = i64::from(service.pid());
     assert!(
         wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
         "the service user must hold the lock through a read-only descriptor"
     );
     // And it excludes others like any lock.
-    let busy = env.run(SOURCE, &[], &["true"]).output().unwrap();
-    assert_eq!(busy.status.code(), Some(BUSY), "{}", describe(&busy));
+    env.launch(SOURCE)
+        .program(["true"])
+        .expect_status(BUSY)
+        .run();
     fs::write(env.path("release"), "").unwrap();
     let (code, stderr) = service.finish();
     assert_eq!(code, Some(0), "{stderr}");
@@ -411,8 +341,7 @@ fn non_utf8_and_dash_arguments_arrive_byte_exact() {
         .map(OsString::from)
         .collect();
     program.extend(args.iter().cloned());
-    let output = env.run(SOURCE, &[], &program).output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch(SOURCE).program(program).run();
     let mut expected = Vec::new();
     for arg in &args {
         expected.extend_from_slice(arg.as_bytes());
@@ -427,8 +356,7 @@ fn the_program_gets_the_lock_descriptor_the_source_and_the_key() {
     let source = "http://admin:pw@10.0.0.5:5004/auto/v5.1";
     let script = "{ echo \"$EC_SOURCE_URL\"; echo \"$EC_SOURCE_KEY\"; echo \"$EC_SOURCE_LOCK\"; \
                   readlink /proc/$$/fd/$EC_SOURCE_LOCK_FD; echo '{source}'; } > env.out";
-    let output = env.run(source, &[], &TestEnv::sh(script)).output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch(source).program(TestEnv::sh(script)).run();
     let lock_file = env.lock_file_of(source);
     let lock_file = lock_file.to_str().unwrap();
     let seen = fs::read_to_string(env.path("env.out")).unwrap();
@@ -446,11 +374,10 @@ fn the_program_gets_the_lock_descriptor_the_source_and_the_key() {
 #[test]
 fn sigpipe_is_back_to_default_for_the_program_even_if_we_inherit_it_ignored() {
     let env = TestEnv::new();
-    let mut command = env.run(
-        SOURCE,
-        &[],
-        &TestEnv::sh("grep SigIgn /proc/$$/status > sigign"),
-    );
+    let mut command = env
+        .launch(SOURCE)
+        .program(TestEnv::sh("grep SigIgn /proc/$$/status > sigign"))
+        .to_command();
     // SAFETY: between fork and exec only async-signal-safe calls are
     // allowed; sigaction(2) (via signal) is one. An ignored disposition
     // survives exec, so ec-launch starts with SIGPIPE ignored, as it would
@@ -482,23 +409,13 @@ fn a_source_file_keeps_the_url_off_the_command_line() {
     let env = TestEnv::new();
     let secret_url = "http://admin:hunter2@10.0.0.5:5004/auto/v5.1";
     fs::write(env.path("source"), format!("{secret_url}\n")).unwrap();
-    let mut command = env.ec_launch();
-    command
-        .args(["run", "--lock-dir"])
-        .arg(env.lock_dir())
-        .arg("--source-file")
-        .arg(env.path("source"))
-        .args(["--", "sh", "-c", "echo \"$EC_SOURCE_URL\" > url"]);
-    let output = command.output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch_from_file(env.path("source"))
+        .program(["sh", "-c", "echo \"$EC_SOURCE_URL\" > url"])
+        .stderr_lacks("hunter2")
+        .run();
     assert_eq!(
         fs::read_to_string(env.path("url")).unwrap().trim(),
         secret_url
-    );
-    assert!(
-        !text(&output.stderr).contains("hunter2"),
-        "{}",
-        describe(&output)
     );
 }
 
@@ -550,58 +467,35 @@ fn bad_input_is_one_line_with_a_documented_code_and_no_lock_is_taken() {
         "holds no source",
     ));
     for (args, code, message) in cases {
-        let output = env
-            .ec_launch()
-            .args(["run", "--lock-dir"])
+        env.command(["run", "--lock-dir"])
             .arg(env.lock_dir())
             .args(&args)
-            .args(["--", "sh", "-c", "touch ran"])
-            .output()
-            .unwrap();
-        let stderr = text(&output.stderr);
-        assert_eq!(
-            output.status.code(),
-            Some(code),
-            "{args:?}: {}",
-            describe(&output)
-        );
-        assert!(
-            stderr.starts_with("error: ") && stderr.contains(message),
-            "{args:?}: {stderr}"
-        );
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
-        assert!(!env.path("ran").exists(), "{args:?} ran the program");
-        assert!(
-            !env.lock_dir().exists(),
-            "{args:?} touched the lock directory before validating"
-        );
+            .program(TOUCH_RAN)
+            .label(format!("{args:?}"))
+            .expect_status(code)
+            .one_line_error(message)
+            .program_did_not_run()
+            .lock_dir_untouched()
+            .run();
     }
-    let usage = env
-        .ec_launch()
-        .args(["run", "--source", SOURCE, "true"])
-        .output()
-        .unwrap();
-    assert_eq!(usage.status.code(), Some(2), "{}", describe(&usage));
+    env.command(["run", "--source", SOURCE, "true"])
+        .expect_status(2)
+        .run();
 }
 
 #[test]
 fn the_lock_dir_variable_overrides_the_default() {
     let env = TestEnv::new();
-    let output = env
-        .ec_launch()
+    env.command(["run", "--source", SOURCE, "--", "true"])
         .env("EC_LAUNCH_LOCK_DIR", env.lock_dir())
-        .args(["run", "--source", SOURCE, "--", "true"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        .run();
     assert!(env.lock_file_of(SOURCE).exists());
 }
 
 #[test]
 fn a_lock_directory_created_by_ec_launch_is_0755() {
     let env = TestEnv::new();
-    let output = env.run(SOURCE, &[], &["true"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    env.launch(SOURCE).program(["true"]).run();
     let mode = fs::metadata(env.lock_dir()).unwrap().mode() & 0o7777;
     // umask may only remove bits.
     assert_eq!(mode & !0o755, 0, "mode {mode:o}");
@@ -690,7 +584,12 @@ fn waiters_recheck_the_path_so_a_deleted_lock_file_never_yields_two_programs() {
 
     let program = TestEnv::sh("echo $$ >> runs; while [ ! -e release ]; do sleep 0.02; done");
     let mut waiters: Vec<Guard> = (0..WAITERS)
-        .map(|_| Guard::spawn(&mut env.run(SOURCE, &["--on-busy", "wait"], &program)))
+        .map(|_| {
+            env.launch(SOURCE)
+                .args(["--on-busy", "wait"])
+                .program(&program)
+                .spawn()
+        })
         .collect();
     let waiter_pids: Vec<i64> = waiters.iter().map(|w| i64::from(w.pid())).collect();
     assert!(
@@ -707,7 +606,7 @@ fn waiters_recheck_the_path_so_a_deleted_lock_file_never_yields_two_programs() {
     fs::remove_file(&lock_file).unwrap();
     drop(held);
     let mut newcomers: Vec<Guard> = (0..NEWCOMERS)
-        .map(|_| Guard::spawn(&mut env.run(SOURCE, &[], &program)))
+        .map(|_| env.launch(SOURCE).program(&program).spawn())
         .collect();
 
     // Settle: every launcher has either exited busy, or runs the program, or
@@ -750,12 +649,10 @@ fn waiters_recheck_the_path_so_a_deleted_lock_file_never_yields_two_programs() {
 #[test]
 fn a_launch_record_is_written_into_the_lock_file_in_place() {
     let env = TestEnv::new();
-    let first = env.run(SOURCE, &[], &["true"]).output().unwrap();
-    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    env.launch(SOURCE).program(["true"]).run();
     let lock_file = env.lock_file_of(SOURCE);
     let inode = fs::metadata(&lock_file).unwrap().ino();
-    let second = env.run(SOURCE, &[], &["true"]).output().unwrap();
-    assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
+    env.launch(SOURCE).program(["true"]).run();
     assert_eq!(
         fs::metadata(&lock_file).unwrap().ino(),
         inode,

@@ -5,16 +5,16 @@ use std::fs::{self, File};
 
 use proptest::prelude::*;
 
-use crate::testenv::{BUSY, PATIENCE, TestEnv, describe, holders, text, wait_until};
+use crate::testenv::{BUSY, Outcome, PATIENCE, TestEnv, holders, wait_until};
 
 const MARKER: &str = "XSECRETX";
 
 /// Everything the binary left behind or printed, as one string.
-fn everything(env: &TestEnv, outputs: &[&std::process::Output]) -> String {
+fn everything(env: &TestEnv, outputs: &[&Outcome]) -> String {
     let mut all = String::new();
     for output in outputs {
-        all.push_str(&text(&output.stdout));
-        all.push_str(&text(&output.stderr));
+        all.push_str(&output.stdout);
+        all.push_str(&output.stderr);
     }
     if let Ok(entries) = fs::read_dir(env.lock_dir()) {
         for entry in entries.flatten() {
@@ -35,44 +35,34 @@ fn assert_no_secret(all: &str, url: &str) {
 /// Runs every path through the binary that prints or stores the source.
 fn exercise(url: &str) {
     let env = TestEnv::new();
-    let ran = env.run(url, &["-vv"], &["true"]).output().unwrap();
-    assert_eq!(ran.status.code(), Some(0), "{}", describe(&ran));
-
+    let ran = env.launch(url).arg("-vv").program(["true"]).run();
     let key = env
-        .ec_launch()
-        .args(["key", "--lock-dir"])
+        .command(["key", "--lock-dir"])
         .arg(env.lock_dir())
         .arg(url)
-        .output()
-        .unwrap();
+        .run();
     let key_json = env
-        .ec_launch()
-        .args(["key", "--json", "--lock-dir"])
+        .command(["key", "--json", "--lock-dir"])
         .arg(env.lock_dir())
         .arg(url)
-        .output()
-        .unwrap();
+        .run();
 
     // Busy and timed-out paths print the holder and the key.
     let lock_file = env.lock_file_of(url);
     let held = File::open(&lock_file).unwrap();
     held.lock().unwrap();
-    let busy = env.run(url, &["-vv"], &["true"]).output().unwrap();
-    assert_eq!(busy.status.code(), Some(BUSY), "{}", describe(&busy));
+    let busy = env
+        .launch(url)
+        .arg("-vv")
+        .program(["true"])
+        .expect_status(BUSY)
+        .run();
     let timed_out = env
-        .run(
-            url,
-            &["--on-busy", "wait", "--wait-timeout", "0.05"],
-            &["true"],
-        )
-        .output()
-        .unwrap();
-    assert_eq!(
-        timed_out.status.code(),
-        Some(BUSY),
-        "{}",
-        describe(&timed_out)
-    );
+        .launch(url)
+        .args(["--on-busy", "wait", "--wait-timeout", "0.05"])
+        .program(["true"])
+        .expect_status(BUSY)
+        .run();
     drop(held);
     // Another test thread forking at this moment briefly shares our
     // descriptor (and so the lock) until its child execs; wait that out.
@@ -80,10 +70,10 @@ fn exercise(url: &str) {
 
     // A program that cannot run, after the lock was taken.
     let failed = env
-        .run(url, &[], &["ec-launch-no-such-program"])
-        .output()
-        .unwrap();
-    assert_eq!(failed.status.code(), Some(127), "{}", describe(&failed));
+        .launch(url)
+        .program(["ec-launch-no-such-program"])
+        .expect_status(127)
+        .run();
 
     assert_no_secret(
         &everything(&env, &[&ran, &key, &key_json, &busy, &timed_out, &failed]),
@@ -110,11 +100,9 @@ fn invalid_sources_with_credentials_are_not_echoed_in_errors() {
         "XSECRETX not a url",
         "mailto:XSECRETX@example.com",
     ] {
-        let output = env.run(url, &[], &["true"]).output().unwrap();
-        assert!(!output.status.success(), "{}", describe(&output));
+        let output = env.launch(url).program(["true"]).expect_failure().run();
         assert_no_secret(&everything(&env, &[&output]), url);
-        let key = env.ec_launch().args(["key", url]).output().unwrap();
-        assert!(!key.status.success(), "{}", describe(&key));
+        let key = env.command(["key", url]).expect_failure().run();
         assert_no_secret(&everything(&env, &[&key]), url);
     }
 }
@@ -160,22 +148,21 @@ proptest! {
 fn exercise_with_key(url: &str) {
     let env = TestEnv::new();
     let ran = env
-        .run(url, &["-vv", "--key", "studio-a"], &["true"])
-        .output()
-        .unwrap();
-    assert_eq!(ran.status.code(), Some(0), "{url}: {}", describe(&ran));
+        .launch(url)
+        .args(["-vv", "--key", "studio-a"])
+        .program(["true"])
+        .label(url)
+        .run();
     let status = env
-        .ec_launch()
-        .args(["status", "--lock-dir"])
+        .command(["status", "--lock-dir"])
         .arg(env.lock_dir())
-        .output()
-        .unwrap();
+        .any_status()
+        .run();
     let status_json = env
-        .ec_launch()
-        .args(["status", "--json", "--lock-dir"])
+        .command(["status", "--json", "--lock-dir"])
         .arg(env.lock_dir())
-        .output()
-        .unwrap();
+        .any_status()
+        .run();
     assert_no_secret(&everything(&env, &[&ran, &status, &status_json]), url);
 }
 
@@ -203,13 +190,12 @@ fn path_like_sources_are_not_echoed_raw_in_errors() {
         "/dev/ec-launch-absent?token=XSECRETX",
         "/dev/admin:XSECRETX@absent",
     ] {
-        let output = env.run(source, &[], &["true"]).output().unwrap();
-        assert_eq!(output.status.code(), Some(66), "{}", describe(&output));
-        assert!(
-            text(&output.stderr).contains("cannot be resolved"),
-            "{}",
-            describe(&output)
-        );
+        let output = env
+            .launch(source)
+            .program(["true"])
+            .expect_status(66)
+            .stderr_contains("cannot be resolved")
+            .run();
         assert_no_secret(&everything(&env, &[&output]), source);
     }
 }
@@ -265,18 +251,12 @@ fn command_line_errors_never_echo_a_credential() {
         vec!["status", "--lock-dir", "x", "a", "admin:XSECRETX@cam/s"],
     ];
     for args in cases {
-        let output = env.ec_launch().args(&args).output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            describe(&output)
-        );
-        assert!(
-            text(&output.stderr).starts_with("error:"),
-            "{args:?}: {}",
-            describe(&output)
-        );
+        let output = env
+            .command(&args)
+            .label(format!("{args:?}"))
+            .expect_status(2)
+            .stderr_starts_with("error:")
+            .run();
         assert_no_secret(&everything(&env, &[&output]), &args.join(" "));
     }
 }
@@ -284,28 +264,18 @@ fn command_line_errors_never_echo_a_credential() {
 #[test]
 fn help_and_version_are_printed_by_clap_unchanged() {
     let env = TestEnv::new();
-    let help = env.ec_launch().args(["run", "--help"]).output().unwrap();
-    assert_eq!(help.status.code(), Some(0), "{}", describe(&help));
-    assert!(
-        text(&help.stdout).contains("Usage: ec-launch run"),
-        "{}",
-        describe(&help)
-    );
-    assert!(help.stderr.is_empty(), "{}", describe(&help));
-    let version = env.ec_launch().arg("--version").output().unwrap();
-    assert_eq!(version.status.code(), Some(0), "{}", describe(&version));
-    assert_eq!(
-        text(&version.stdout),
-        format!("ec-launch {}\n", env!("CARGO_PKG_VERSION"))
-    );
+    env.command(["run", "--help"])
+        .stdout_contains("Usage: ec-launch run")
+        .stderr_is("")
+        .run();
+    env.command(["--version"])
+        .stdout_is(format!("ec-launch {}\n", env!("CARGO_PKG_VERSION")))
+        .run();
     // No subcommand: clap prints help on stderr and exits 2.
-    let bare = env.ec_launch().output().unwrap();
-    assert_eq!(bare.status.code(), Some(2), "{}", describe(&bare));
-    assert!(
-        text(&bare.stderr).contains("Usage: ec-launch"),
-        "{}",
-        describe(&bare)
-    );
+    env.command::<[&str; 0], &str>([])
+        .expect_status(2)
+        .stderr_contains("Usage: ec-launch")
+        .run();
 }
 
 #[test]
@@ -313,12 +283,11 @@ fn a_source_given_as_the_program_is_not_echoed_by_the_exec_error() {
     // `--source` forgotten the other way round: the URL lands after `--`.
     let env = TestEnv::new();
     let url = "http://admin:XSECRETX@h/x?token=XSECRETX";
-    let output = env.run("http://h/x", &[], &[url]).output().unwrap();
-    assert_eq!(output.status.code(), Some(127), "{}", describe(&output));
-    assert!(
-        text(&output.stderr).contains("cannot run"),
-        "{}",
-        describe(&output)
-    );
+    let output = env
+        .launch("http://h/x")
+        .program([url])
+        .expect_status(127)
+        .stderr_contains("cannot run")
+        .run();
     assert_no_secret(&everything(&env, &[&output]), url);
 }

@@ -2,26 +2,17 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::process::Output;
 
-use crate::testenv::{Guard, NOBODY, TestEnv, describe, is_root, text};
+use crate::testenv::{Guard, Invocation, NOBODY, TestEnv, is_root};
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
 const OTHER: &str = "http://10.0.0.5:5004/auto/v4.1";
 
-fn status(env: &TestEnv, args: &[&str]) -> Output {
-    env.ec_launch()
-        .args(["status", "--lock-dir"])
+/// `ec-launch status --lock-dir <env> ARGS…`, expected to exit 0.
+fn status<'e>(env: &'e TestEnv, args: &[&str]) -> Invocation<'e> {
+    env.command(["status", "--lock-dir"])
         .arg(env.lock_dir())
         .args(args)
-        .output()
-        .unwrap()
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(output)))
 }
 
 /// Starts `sleep 300` under the lock of `source`, holding it.
@@ -32,13 +23,10 @@ fn hold(env: &TestEnv, source: &str) -> Guard {
 #[test]
 fn held_and_free_sources_are_listed_with_the_holder_from_the_kernel() {
     let env = TestEnv::new();
-    let freed = env.run(OTHER, &[], &["true"]).output().unwrap();
-    assert_eq!(freed.status.code(), Some(0), "{}", describe(&freed));
+    env.launch(OTHER).program(["true"]).run();
     let holder = hold(&env, SOURCE);
 
-    let output = status(&env, &["--json"]);
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    let report = json(&output);
+    let report = status(&env, &["--json"]).run().json();
     let locks = report["locks"].as_array().unwrap();
     assert_eq!(locks.len(), 2, "{report:#}");
     let held = locks
@@ -68,9 +56,8 @@ fn held_and_free_sources_are_listed_with_the_holder_from_the_kernel() {
     assert_eq!(free["state"], "free");
     assert_eq!(free["holders"].as_array().unwrap().len(), 0);
 
-    let table = status(&env, &[]);
-    assert_eq!(table.status.code(), Some(0), "{}", describe(&table));
-    let lines: Vec<String> = text(&table.stdout).lines().map(str::to_owned).collect();
+    let table = status(&env, &[]).run();
+    let lines: Vec<String> = table.stdout.lines().map(str::to_owned).collect();
     assert!(lines[0].starts_with("STATE"), "{lines:?}");
     assert!(
         lines
@@ -91,31 +78,18 @@ fn with_a_source_the_exit_code_says_held_or_free() {
         "http://10.0.0.5:5004/tuner2/v5.1",
         "hdhomerun://10.0.0.5/v5.1",
     ] {
-        let output = status(&env, &[spelling]);
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{spelling}: {}",
-            describe(&output)
-        );
+        status(&env, &[spelling]).label(spelling).run();
     }
-    let free = status(&env, &[OTHER]);
-    assert_eq!(
-        free.status.code(),
-        Some(3),
-        "never launched: {}",
-        describe(&free)
-    );
-    let ran = env.run(OTHER, &[], &["true"]).output().unwrap();
-    assert_eq!(ran.status.code(), Some(0));
-    let free = status(&env, &["--json", OTHER]);
-    assert_eq!(
-        free.status.code(),
-        Some(3),
-        "launched and exited: {}",
-        describe(&free)
-    );
-    assert_eq!(json(&free)["locks"][0]["state"], "free");
+    status(&env, &[OTHER])
+        .label("never launched")
+        .expect_status(3)
+        .run();
+    env.launch(OTHER).program(["true"]).run();
+    let free = status(&env, &["--json", OTHER])
+        .label("launched and exited")
+        .expect_status(3)
+        .run();
+    assert_eq!(free.json()["locks"][0]["state"], "free");
 }
 
 #[test]
@@ -124,9 +98,8 @@ fn a_helper_that_inherited_the_lock_is_named_as_the_holder() {
     let kill_helper = env.leave_helper_holding(SOURCE);
     let helper = kill_helper.0;
 
-    let report = status(&env, &["--json", SOURCE]);
-    assert_eq!(report.status.code(), Some(0), "{}", describe(&report));
-    let lock = &json(&report)["locks"][0];
+    let report = status(&env, &["--json", SOURCE]).run().json();
+    let lock = &report["locks"][0];
     assert_eq!(lock["state"], "held");
     let pids: Vec<u64> = lock["holders"]
         .as_array()
@@ -155,9 +128,7 @@ fn a_lock_file_deleted_while_held_is_reported_as_orphaned_with_exit_4() {
     let lock_file = env.lock_file_of(SOURCE);
     fs::remove_file(&lock_file).unwrap();
 
-    let output = status(&env, &["--json"]);
-    assert_eq!(output.status.code(), Some(4), "{}", describe(&output));
-    let report = json(&output);
+    let report = status(&env, &["--json"]).expect_status(4).run().json();
     let lock = &report["locks"][0];
     assert_eq!(lock["orphaned"], true, "{report:#}");
     assert_eq!(lock["state"], "held");
@@ -168,12 +139,12 @@ fn a_lock_file_deleted_while_held_is_reported_as_orphaned_with_exit_4() {
     assert_eq!(lock["lock_file"], lock_file.to_str().unwrap());
     assert_eq!(lock["holders"][0]["pid"], holder.pid());
 
-    let one = status(&env, &[SOURCE]);
-    assert_eq!(one.status.code(), Some(4), "{}", describe(&one));
-    assert!(text(&one.stdout).contains("ORPHANED"), "{}", describe(&one));
+    status(&env, &[SOURCE])
+        .expect_status(4)
+        .stdout_contains("ORPHANED")
+        .run();
     // An orphan of another source does not answer for this one.
-    let other = status(&env, &[OTHER]);
-    assert_eq!(other.status.code(), Some(3), "{}", describe(&other));
+    status(&env, &[OTHER]).expect_status(3).run();
 }
 
 #[test]
@@ -182,13 +153,11 @@ fn no_credential_appears_in_status_output() {
     let secret = "http://admin:XSECRETXpw@10.0.0.5:5004/auto/v5.1?token=XSECRETXtok";
     let _holder = hold(&env, secret);
     for args in [vec![], vec!["--json"], vec![secret], vec!["--json", secret]] {
-        let output = status(&env, &args);
-        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-        let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
-        assert!(
-            !all.contains("XSECRETX"),
-            "credential leaked by status {args:?}: {all}"
-        );
+        let output = status(&env, &args)
+            .label(format!("status {args:?}"))
+            .output_lacks("XSECRETX")
+            .run();
+        let all = format!("{}{}", output.stdout, output.stderr);
         assert!(
             all.contains("***"),
             "the redacted source should be shown: {all}"
@@ -199,26 +168,21 @@ fn no_credential_appears_in_status_output() {
 #[test]
 fn an_unreadable_or_missing_lock_directory_has_its_own_exit_code() {
     let env = TestEnv::new();
-    let missing = status(&env, &[]);
-    assert_eq!(missing.status.code(), Some(66), "{}", describe(&missing));
-    let stderr = text(&missing.stderr);
-    assert!(
-        stderr.starts_with("error: cannot read lock directory")
-            && stderr.contains("check --lock-dir"),
-        "{stderr}"
-    );
-    assert_eq!(stderr.lines().count(), 1);
+    status(&env, &[])
+        .expect_status(66)
+        .stderr_starts_with("error: cannot read lock directory")
+        .stderr_contains("check --lock-dir")
+        .stderr_lines(1)
+        .run();
 
     fs::create_dir(env.lock_dir()).unwrap();
     fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o300)).unwrap();
-    let mut command = env.ec_launch();
-    command.args(["status", "--lock-dir"]).arg(env.lock_dir());
+    let mut denied = status(&env, &[]);
     if is_root() {
-        command.uid(NOBODY).gid(NOBODY);
+        denied = denied.uid(NOBODY);
         fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o333)).unwrap();
     }
-    let denied = command.output().unwrap();
-    assert_eq!(denied.status.code(), Some(77), "{}", describe(&denied));
+    denied.expect_status(77).run();
 }
 
 #[test]
@@ -227,15 +191,7 @@ fn an_unprivileged_user_is_told_when_other_users_holders_are_invisible() {
     let env = TestEnv::new();
     let _holder = hold(&env, SOURCE);
     fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut command = env.ec_launch();
-    command
-        .args(["status", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .uid(NOBODY)
-        .gid(NOBODY);
-    let output = command.output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    let report = json(&output);
+    let report = status(&env, &["--json"]).uid(NOBODY).run().json();
     // The lock table still shows the lock held, and says why holders may be missing.
     assert_eq!(report["locks"][0]["state"], "held", "{report:#}");
     let warnings = report["warnings"].to_string();

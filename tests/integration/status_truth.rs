@@ -86,11 +86,8 @@ fn leave_helper_holding_in(env: &TestEnv, lock_dir: &Path) -> KillOnDrop {
 
 /// A launch of SOURCE that only touches `ran`: the harm a lying status hides.
 fn second_launch_runs(env: &TestEnv) -> bool {
-    let output = env
-        .run(SOURCE, &[], &TestEnv::sh("touch ran"))
-        .output()
-        .unwrap();
-    output.status.code() == Some(0) && env.path("ran").exists()
+    let output = env.launch(SOURCE).any_status().run();
+    output.code == Some(0) && env.path("ran").exists()
 }
 
 // --- item 8: moved, renamed, bind-mounted, non-UTF-8 ------------------------
@@ -377,14 +374,12 @@ fn a_reused_pid_in_the_hosts_lock_table_is_never_named_as_the_holder() {
         (text(&forced.stdout).trim() == "ours").then(|| KillOnDrop(u32::try_from(taker).unwrap()));
     assert!(Path::new(&format!("/proc/{taker}")).exists());
 
-    let busy = env.run(SOURCE, &[], &["true"]).output().unwrap();
-    assert_eq!(busy.status.code(), Some(BUSY), "{}", describe(&busy));
-    let stderr = text(&busy.stderr);
-    assert!(
-        stderr.contains(&format!("pid {} (sleep)", helper.0)),
-        "{stderr}"
-    );
-    assert!(!stderr.contains(&format!("pid {taker} (")), "{stderr}");
+    env.launch(SOURCE)
+        .program(["true"])
+        .expect_status(BUSY)
+        .stderr_contains(format!("pid {} (sleep)", helper.0))
+        .stderr_lacks(format!("pid {taker} ("))
+        .run();
 
     let output = status(&env, &["--json", SOURCE]);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
@@ -525,7 +520,13 @@ fn a_holders_command_name_is_escaped_in_status_text_and_the_busy_message() {
         "{:?}",
         text(&table.stdout)
     );
-    let busy = env.run(SOURCE, &[], &["true"]).output().unwrap();
+    // Raw bytes, not the builder's text: escaping is about bytes.
+    let busy = env
+        .launch(SOURCE)
+        .program(["true"])
+        .to_command()
+        .output()
+        .unwrap();
     assert_eq!(busy.status.code(), Some(BUSY), "{}", describe(&busy));
     let stderr = busy.stderr.strip_suffix(b"\n").unwrap_or(&busy.stderr);
     assert!(!has_raw_control(stderr), "{:?}", text(&busy.stderr));

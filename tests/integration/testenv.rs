@@ -19,6 +19,8 @@ pub const NOBODY: u32 = 65534;
 /// The default busy status.
 pub const BUSY: i32 = 75;
 
+pub use crate::invocation::{Invocation, Outcome, TOUCH_RAN};
+
 /// A temp directory (world-traversable, so a dropped-privilege launcher can
 /// reach it) with `locks/` inside as the lock directory.
 #[derive(Debug)]
@@ -60,22 +62,6 @@ impl TestEnv {
         command
     }
 
-    /// `ec-launch run --lock-dir <env> --source SOURCE [extra…] -- PROGRAM…`.
-    #[must_use]
-    pub fn run<S: AsRef<OsStr>>(&self, source: &str, extra: &[&str], program: &[S]) -> Command {
-        let mut command = self.ec_launch();
-        command
-            .arg("run")
-            .arg("--lock-dir")
-            .arg(self.lock_dir())
-            .arg("--source")
-            .arg(source)
-            .args(extra)
-            .arg("--")
-            .args(program);
-        command
-    }
-
     /// A shell program: `sh -c SCRIPT`, run in the environment's directory.
     #[must_use]
     pub fn sh(script: &str) -> Vec<String> {
@@ -86,7 +72,7 @@ impl TestEnv {
     /// process holding the lock.
     #[track_caller]
     pub fn hold<S: AsRef<OsStr>>(&self, source: &str, program: &[S]) -> Guard {
-        let holder = Guard::spawn(&mut self.run(source, &[], program));
+        let holder = self.launch(source).program(program).spawn();
         let lock_file = self.lock_file_of(source);
         let pid = i64::from(holder.pid());
         assert!(
@@ -101,33 +87,25 @@ impl TestEnv {
     /// when dropped.
     #[track_caller]
     pub fn leave_helper_holding(&self, source: &str) -> KillOnDrop {
-        let program = Self::sh("sleep 300 </dev/null >/dev/null 2>&1 & echo $! > helper.pid");
-        let output = self
-            .run(source, &[], &program)
-            .output()
-            .expect("run ec-launch");
-        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        self.launch(source)
+            .program(Self::sh(
+                "sleep 300 </dev/null >/dev/null 2>&1 & echo $! > helper.pid",
+            ))
+            .run();
         let pid = fs::read_to_string(self.path("helper.pid")).expect("helper.pid");
         KillOnDrop(pid.trim().parse().expect("helper pid"))
     }
 
     /// The lock file `ec-launch key` names for a source.
     #[must_use]
+    #[track_caller]
     pub fn lock_file_of(&self, source: &str) -> PathBuf {
-        let output = self
-            .ec_launch()
-            .args(["key", "--json", "--lock-dir"])
+        let json = self
+            .command(["key", "--json", "--lock-dir"])
             .arg(self.lock_dir())
             .arg(source)
-            .output()
-            .expect("run ec-launch key");
-        assert!(
-            output.status.success(),
-            "key failed: {}",
-            text(&output.stderr)
-        );
-        let json: serde_json::Value =
-            serde_json::from_slice(&output.stdout).expect("key --json output");
+            .run()
+            .json();
         PathBuf::from(json["lock_file"].as_str().expect("lock_file"))
     }
 }
@@ -229,6 +207,9 @@ pub fn kernel_locks(path: &Path) -> Vec<KernelLock> {
     kernel_locks_on(metadata.dev(), metadata.ino())
 }
 
+/// How many reads of `/proc/locks` one query unites (see `kernel_locks_on`).
+const PROC_LOCKS_READS: usize = 3;
+
 /// The FLOCK rows of `/proc/locks` on a device and inode.
 #[must_use]
 pub fn kernel_locks_on(dev: u64, ino: u64) -> Vec<KernelLock> {
@@ -237,21 +218,32 @@ pub fn kernel_locks_on(dev: u64, ino: u64) -> Vec<KernelLock> {
         nix::sys::stat::major(dev),
         nix::sys::stat::minor(dev)
     );
-    let table = fs::read_to_string("/proc/locks").expect("read /proc/locks");
-    table
-        .lines()
-        .filter_map(|line| {
+    // /proc/locks is a seq_file: a table longer than a page takes more than
+    // one read(2), and rows removed in between shift the rest, so one read
+    // can skip a row (tests that take hundreds of locks make such tables).
+    // Read three times and keep the union: against the churn in
+    // `kernel_locks_sees_a_steady_lock_while_hundreds_of_others_come_and_go`
+    // one read missed the row about once in 90 queries, the union of two
+    // about once in 1,300, of three never in 8,000.
+    let mut rows = Vec::new();
+    for _ in 0..PROC_LOCKS_READS {
+        let table = fs::read_to_string("/proc/locks").expect("read /proc/locks");
+        for line in table.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let waiting = fields.get(1) == Some(&"->");
             let rest = if waiting { &fields[2..] } else { &fields[1..] };
-            (rest.first() == Some(&"FLOCK") && rest.get(4) == Some(&wanted.as_str())).then(|| {
-                KernelLock {
+            if rest.first() == Some(&"FLOCK") && rest.get(4) == Some(&wanted.as_str()) {
+                let row = KernelLock {
                     pid: rest[3].parse().unwrap_or(0),
                     waiting,
+                };
+                if !rows.contains(&row) {
+                    rows.push(row);
                 }
-            })
-        })
-        .collect()
+            }
+        }
+    }
+    rows
 }
 
 /// PIDs holding (not awaiting) a flock on the file at `path`.
@@ -299,4 +291,50 @@ impl Drop for KillOnDrop {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         wait_until(PATIENCE, || nix::sys::signal::kill(pid, None).is_err());
     }
+}
+
+#[test]
+fn kernel_locks_sees_a_steady_lock_while_hundreds_of_others_come_and_go() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let env = TestEnv::new();
+    let take = |name: String| {
+        let file = fs::File::create(env.path(&name)).unwrap();
+        file.lock().unwrap();
+        file
+    };
+    // A table of several pages, the steady lock in its middle.
+    let mut held: Vec<fs::File> = (0..200).map(|i| take(format!("before-{i}"))).collect();
+    let steady = take("steady".into());
+    held.extend((0..200).map(|i| take(format!("after-{i}"))));
+    let pid = i64::from(std::process::id());
+    let stop = AtomicBool::new(false);
+    let misses = std::thread::scope(|scope| {
+        for churner in 0..2 {
+            let files: Vec<fs::File> = (0..100)
+                .map(|i| fs::File::create(env.path(&format!("churn-{churner}-{i}"))).unwrap())
+                .collect();
+            let stop = &stop;
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for file in &files {
+                        file.lock().unwrap();
+                    }
+                    for file in &files {
+                        file.unlock().unwrap();
+                    }
+                }
+            });
+        }
+        let misses = (0..400)
+            .filter(|_| !holders(&env.path("steady")).contains(&pid))
+            .count();
+        stop.store(true, Ordering::Relaxed);
+        misses
+    });
+    assert_eq!(
+        misses, 0,
+        "the steady lock was missed in {misses} of 400 reads"
+    );
+    drop((steady, held));
 }

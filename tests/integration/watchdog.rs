@@ -163,10 +163,23 @@ impl Notify {
     }
 }
 
+/// `ec-launch run --lock-dir <env> --source SOURCE [extra…] -- PROGRAM…`
+/// as a `Command`, for launches that run beside the test (the fake notify
+/// socket is read while they run) and variables that must be unset.
+fn watched<S: AsRef<std::ffi::OsStr>>(
+    env: &TestEnv,
+    source: &str,
+    extra: &[&str],
+    program: &[S],
+) -> std::process::Command {
+    env.launch(source).args(extra).program(program).to_command()
+}
+
 /// `ec-launch run --progress-watchdog` on `source` with the watchdog's
 /// environment, running `script` in bash.
 fn launch(env: &TestEnv, notify: &Notify, source: &str, script: &str) -> Guard {
-    let mut command = env.run(
+    let mut command = watched(
+        &env,
         source,
         &["--progress-watchdog"],
         &["bash".to_owned(), "-c".to_owned(), script.to_owned()],
@@ -350,7 +363,9 @@ fn the_monitor_exits_and_the_lock_is_released_when_the_program_is_killed() {
         holders(&lock_file)
     );
     let again = env
-        .run(&tuner.source(), &[], &["true"])
+        .launch(tuner.source())
+        .program(["true"])
+        .to_command()
         .output()
         .expect("run again");
     assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
@@ -420,7 +435,8 @@ fn without_watchdog_usec_it_warns_once_and_starts_no_monitor() {
     let env = TestEnv::new();
     let tuner = Tuner::start(true);
     let notify = Notify::bind(&env);
-    let mut command = env.run(
+    let mut command = watched(
+        &env,
         &tuner.source(),
         &["--progress-watchdog"],
         &TestEnv::sh("echo \"$(cat /proc/$$/task/*/children)\" > children; sleep 1"),
@@ -451,7 +467,12 @@ fn a_watchdog_meant_for_another_pid_starts_no_monitor() {
     let env = TestEnv::new();
     let tuner = Tuner::start(true);
     let notify = Notify::bind(&env);
-    let mut command = env.run(&tuner.source(), &["--progress-watchdog"], &["sleep", "1"]);
+    let mut command = watched(
+        &env,
+        &tuner.source(),
+        &["--progress-watchdog"],
+        &["sleep", "1"],
+    );
     command
         .env("WATCHDOG_USEC", WATCHDOG_USEC)
         .env("WATCHDOG_PID", "1")
@@ -509,7 +530,8 @@ fn a_launch_waiting_for_the_lock_keeps_the_watchdog_fed() {
     let tuner = Tuner::start(false);
     let notify = Notify::bind(&env);
     let _holder = env.hold(&tuner.source(), &["sleep", "30"]);
-    let mut command = env.run(
+    let mut command = watched(
+        &env,
         &tuner.source(),
         &["--progress-watchdog", "--on-busy", "wait"],
         &["true"],
@@ -532,8 +554,7 @@ fn a_launch_waiting_for_the_lock_keeps_the_watchdog_fed() {
 fn sources_without_a_tcp_byte_count_are_refused_before_locking() {
     let env = TestEnv::new();
     for source in ["udp://239.0.0.1:1234", "srt://127.0.0.1:9000", "/dev/null"] {
-        let output = env
-            .run(source, &["--progress-watchdog"], &["true"])
+        let output = watched(&env, source, &["--progress-watchdog"], &["true"])
             .env("WATCHDOG_USEC", WATCHDOG_USEC)
             .env("NOTIFY_SOCKET", "/nonexistent")
             .output()
@@ -567,7 +588,8 @@ fn a_credential_in_the_source_never_shows_in_the_watchdogs_messages() {
         "http://op:S3CR3T@127.0.0.1:{}/auto/v5.1?token=S3CR3T",
         tuner.port
     );
-    let mut command = env.run(
+    let mut command = watched(
+        &env,
         &source,
         &["--progress-watchdog"],
         &[

@@ -1,4 +1,4 @@
-# The incident, replayed in a VM: a one-tuner HDHomeRun stand-in, two
+# The incident, replayed in a VM: a one-tuner HDHomeRun emulator, two
 # publishers configured on the same channel, and an ec-node stand-in whose
 # helper child ignores SIGTERM and holds the tuner stream, like the ffmpeg
 # children that outlived their publishers.
@@ -13,66 +13,34 @@
 { self, pkgs }:
 
 let
+  inherit (pkgs) lib;
   tunerPort = 5004;
   source = "http://127.0.0.1:${toString tunerPort}/auto/v5.1";
 
-  # One tuner: a second concurrent stream gets 503, as from a busy
-  # HDHomeRun. /status reports the open streams and the refusals.
-  fakeTuner = pkgs.writeText "fake-tuner.py" ''
-    import json, select, socket, threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    TUNERS = 1
-    lock = threading.Lock()
-    state = {"active": 0, "refused": 0, "served": 0}
-
-    class Tuner(BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path == "/status":
-                with lock:
-                    body = json.dumps(state).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                return
-            if self.path != "/auto/v5.1":
-                self.send_error(404)
-                return
-            with lock:
-                busy = state["active"] >= TUNERS
-                if busy:
-                    state["refused"] += 1
-                else:
-                    state["active"] += 1
-                    state["served"] += 1
-            if busy:
-                self.send_error(503, "All tuners busy")
-                return
-            try:
-                self.send_response(200)
-                self.send_header("Content-Type", "video/mp2t")
-                self.end_headers()
-                while True:
-                    self.wfile.write(b"\x47" * 188 * 7)
-                    self.wfile.flush()
-                    # A closed client socket reads as EOF: notice a killed
-                    # reader at once instead of at the next failed write.
-                    readable, _, _ = select.select([self.connection], [], [], 0.05)
-                    if readable and not self.connection.recv(1, socket.MSG_DONTWAIT):
-                        break
-            except OSError:
-                pass
-            finally:
-                with lock:
-                    state["active"] -= 1
-
-        def log_message(self, *args):
-            pass
-
-    ThreadingHTTPServer(("127.0.0.1", ${toString tunerPort}), Tuner).serve_forever()
-  '';
+  # The tuner emulator the systemd suite runs too (one emulator, in Rust:
+  # tests/support/tuner_emulator.rs), built as this crate's `tuner-emulator`
+  # example from the same source and vendored dependencies as the package.
+  # With one tuner, a second concurrent stream gets 503 (805 All Tuners In
+  # Use), as from a busy HDHomeRun; /stats reports the open streams, the
+  # refusals and the streams served.
+  tunerEmulator = self.packages.${pkgs.stdenv.hostPlatform.system}.ec-launch.overrideAttrs (old: {
+    pname = "ec-launch-tuner-emulator";
+    cargoBuildFlags = [
+      "--example"
+      "tuner-emulator"
+    ];
+    doCheck = false;
+    installPhase = ''
+      runHook preInstall
+      install -Dm755 "$(find target -path '*/release/examples/tuner-emulator' -type f)" \
+        "$out/bin/tuner-emulator"
+      runHook postInstall
+    '';
+    postInstall = "";
+    meta = old.meta // {
+      mainProgram = "tuner-emulator";
+    };
+  });
 
   # The helper ec-node starts: it ignores SIGTERM, so only SIGKILL (from
   # the unit's kill policy) ends it, and it holds the tuner stream. It
@@ -128,10 +96,10 @@ in
       checkSources = false;
     };
 
-    systemd.services.fake-tuner = {
+    systemd.services.tuner-emulator = {
       wantedBy = [ "multi-user.target" ];
       before = publisherUnits;
-      serviceConfig.ExecStart = "${pkgs.python3.interpreter} ${fakeTuner}";
+      serviceConfig.ExecStart = "${lib.getExe tunerEmulator} --listen 127.0.0.1:${toString tunerPort} --tuners 1";
     };
 
     environment.systemPackages = [ pkgs.curl ];
@@ -143,19 +111,19 @@ in
     publishers = ${builtins.toJSON publisherUnits}
 
     def tuner():
-        return json.loads(machine.succeed("curl -sf http://127.0.0.1:${toString tunerPort}/status"))
+        return json.loads(machine.succeed("curl -sf http://127.0.0.1:${toString tunerPort}/stats"))
 
     def show(unit, prop):
         return machine.succeed(f"systemctl show -P {prop} {unit}").strip()
 
     start_all()
-    machine.wait_for_unit("fake-tuner.service")
+    machine.wait_for_unit("tuner-emulator.service")
     machine.wait_for_open_port(${toString tunerPort}, "127.0.0.1")
 
     with subtest("one publisher reads the source, the other skips with 75"):
         def settled(_):
             states = sorted(show(u, "ActiveState") for u in publishers)
-            return states == ["active", "inactive"] and tuner()["active"] == 1
+            return states == ["active", "inactive"] and tuner()["open_streams"] == 1
         retry(settled)
         running = next(u for u in publishers if show(u, "ActiveState") == "active")
         skipped = next(u for u in publishers if u != running)
@@ -173,8 +141,8 @@ in
         for pid in old:
             machine.fail(f"test -d /proc/{pid}")
         machine.wait_until_succeeds(f"systemctl is-active {running}")
-        retry(lambda _: tuner()["active"] == 1 and tuner()["served"] == 2)
-        assert tuner()["refused"] == 0, tuner()
+        retry(lambda _: tuner()["open_streams"] == 1 and tuner()["streams_served"] == 2)
+        assert tuner()["busy_503"] == 0, tuner()
         assert show(skipped, "ActiveState") == "inactive"
   '';
 }

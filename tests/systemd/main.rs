@@ -6,7 +6,8 @@
 //! as PID 1 of a throw-away container (see `harness`), runs the scenarios
 //! (see `scenarios`) and tears everything down. Copied into the container
 //! under other names, it is the tuner emulator, the stand-in publisher and
-//! its stubborn helper (see `tuner` and `programs`).
+//! its stubborn helper (see `tuner_emulator`, shared with the
+//! `tuner-emulator` example, and `programs`).
 //!
 //! A missing requirement (root, overlayfs, systemd-nspawn, unshare) is a
 //! failure with a message. The one exception is a developer who is not root:
@@ -26,6 +27,8 @@ mod privilege;
 mod programs;
 mod scenarios;
 mod tuner;
+#[path = "../support/tuner_emulator.rs"]
+mod tuner_emulator;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -43,7 +46,7 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     let rest = args.get(1..).unwrap_or_default();
     match role.as_str() {
-        "tuner-emulator" => return tuner::emulator_main(rest),
+        "tuner-emulator" => return tuner_emulator::main(rest),
         "http-get" => return tuner::http_get_main(rest),
         "publisher" => return programs::publisher_main(rest),
         "stubborn-helper" => return programs::helper_main(rest),

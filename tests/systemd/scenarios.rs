@@ -215,7 +215,9 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
             unit,
             &policy::unit_file(
                 &format!("HDHomeRun-like tuner emulator on {device}"),
-                &format!("ExecStart={SUITE_DIR}/tuner-emulator {device} {TUNERS}\n"),
+                &format!(
+                    "ExecStart={SUITE_DIR}/tuner-emulator --listen {device} --tuners {TUNERS}\n"
+                ),
             ),
         )?;
     }

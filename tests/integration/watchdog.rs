@@ -179,7 +179,7 @@ fn watched<S: AsRef<std::ffi::OsStr>>(
 /// environment, running `script` in bash.
 fn launch(env: &TestEnv, notify: &Notify, source: &str, script: &str) -> Guard {
     let mut command = watched(
-        &env,
+        env,
         source,
         &["--progress-watchdog"],
         &["bash".to_owned(), "-c".to_owned(), script.to_owned()],

@@ -219,11 +219,7 @@ fn a_stale_reader_of_a_free_source_is_found_too() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
     let stand_in = StandIn::start("127.0.0.1:0");
-    let done = env
-        .run(&stand_in.source("v5.1"), &[], &["true"])
-        .output()
-        .unwrap();
-    assert_eq!(done.status.code(), Some(0), "{}", describe(&done));
+    env.launch(stand_in.source("v5.1")).program(["true"]).run();
     let stray = stray_reader(&stand_in);
     stand_in.wait_for(1);
 
@@ -274,8 +270,7 @@ fn a_child_that_inherited_the_lock_descriptor_and_owns_the_socket_holds_it() {
         "( {} ) </dev/null >/dev/null 2>&1 & echo $! > helper.pid",
         stand_in.reader_script()
     );
-    let launched = env.run(&source, &[], &bash(&script)).output().unwrap();
-    assert_eq!(launched.status.code(), Some(0), "{}", describe(&launched));
+    env.launch(&source).program(bash(&script)).run();
     let pid: u32 = std::fs::read_to_string(env.path("helper.pid"))
         .unwrap()
         .trim()
@@ -347,11 +342,10 @@ fn no_credential_of_a_source_is_printed() {
 #[test]
 fn a_source_known_only_by_its_key_is_said_to_have_no_endpoint() {
     let env = TestEnv::new();
-    let done = env
-        .run("/dev/null", &["--key", "tuner-a"], &["true"])
-        .output()
-        .unwrap();
-    assert_eq!(done.status.code(), Some(0), "{}", describe(&done));
+    env.launch("/dev/null")
+        .args(["--key", "tuner-a"])
+        .program(["true"])
+        .run();
 
     let (code, report) = readers_json(&env);
     assert_eq!(code, Some(0), "{report:#}");
@@ -368,11 +362,7 @@ fn a_source_known_only_by_its_key_is_said_to_have_no_endpoint() {
 #[test]
 fn plain_status_has_no_readers_section() {
     let env = TestEnv::new();
-    let done = env
-        .run("http://127.0.0.1:9/x", &[], &["true"])
-        .output()
-        .unwrap();
-    assert_eq!(done.status.code(), Some(0), "{}", describe(&done));
+    env.launch("http://127.0.0.1:9/x").program(["true"]).run();
     let output = env
         .ec_launch()
         .args(["status", "--json", "--lock-dir"])
@@ -389,8 +379,7 @@ fn for_one_source_another_channels_holder_on_its_endpoint_still_accounts_for_its
     let env = TestEnv::new();
     let stand_in = StandIn::start("127.0.0.1:0");
     let asked = stand_in.source("v5.1");
-    let done = env.run(&asked, &[], &["true"]).output().unwrap();
-    assert_eq!(done.status.code(), Some(0), "{}", describe(&done));
+    env.launch(&asked).program(["true"]).run();
     let other = env.hold(&stand_in.source("v7.1"), &bash(&stand_in.reader_script()));
     stand_in.wait_for(1);
 

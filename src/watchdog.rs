@@ -534,6 +534,10 @@ struct Meter {
     /// Socket inodes known to belong (true) or not (false) to the program's
     /// process tree: a connection's owner is looked up once.
     owned: HashMap<u64, bool>,
+    /// A measurement problem already logged (logged again only after it
+    /// went away): without a measurement there is no ping, so the unit is
+    /// restarted, and the journal must say why.
+    problem: Option<String>,
 }
 
 impl Meter {
@@ -545,6 +549,7 @@ impl Meter {
             remotes,
             at_last_ping: HashMap::new(),
             owned: HashMap::new(),
+            problem: None,
         }
     }
 
@@ -573,11 +578,23 @@ impl Meter {
     /// (socket inode, bytes received) of the program tree's connections.
     fn connections(&mut self) -> Vec<(u64, u64)> {
         if self.remotes.is_empty() {
+            // An empty list would mean "every connection" to sock_diag.
+            self.report(Some(format!(
+                "{} resolves to no address, so no connection can be counted",
+                self.endpoint
+            )));
             return Vec::new();
         }
-        let Ok(all) = sock_diag::established_to(&self.remotes) else {
-            return Vec::new();
+        let all = match sock_diag::established_to(&self.remotes) {
+            Ok(all) => all,
+            Err(e) => {
+                self.report(Some(format!(
+                    "cannot read the kernel's TCP connections (sock_diag: {e}); allow AF_NETLINK in RestrictAddressFamilies="
+                )));
+                return Vec::new();
+            }
         };
+        self.report(None);
         if all.iter().any(|c| !self.owned.contains_key(&c.inode)) {
             let ours = socket_inodes(Path::new("/proc"), self.program);
             for connection in &all {
@@ -589,6 +606,23 @@ impl Meter {
             .filter(|c| self.owned.get(&c.inode) == Some(&true))
             .map(|c| (c.inode, c.bytes_received))
             .collect()
+    }
+}
+
+impl Meter {
+    /// Logs a measurement problem when it starts, and when it ends.
+    fn report(&mut self, problem: Option<String>) {
+        if problem == self.problem {
+            return;
+        }
+        if let Some(text) = &problem {
+            tracing::warn!(
+                "progress watchdog: {text}; no pings while this lasts, so systemd restarts the unit"
+            );
+        } else {
+            tracing::info!("progress watchdog: connections can be counted again");
+        }
+        self.problem = problem;
     }
 }
 

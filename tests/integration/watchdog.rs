@@ -610,3 +610,32 @@ fn a_credential_in_the_source_never_shows_in_the_watchdogs_messages() {
     );
     assert!(!stderr.contains("S3CR3T"), "{stderr}");
 }
+
+#[test]
+fn a_host_name_that_resolves_to_nothing_is_said_once_and_gets_no_ping() {
+    let env = TestEnv::new();
+    let notify = Notify::bind(&env);
+    let mut command = watched(
+        &env,
+        "http://no-such-tuner.invalid:5004/auto/v5.1",
+        &["--progress-watchdog"],
+        &["sleep", "2"],
+    );
+    command
+        .env("WATCHDOG_USEC", WATCHDOG_USEC)
+        .env("NOTIFY_SOCKET", &notify.address)
+        .env_remove("WATCHDOG_PID");
+    let program = Guard::spawn(&mut command);
+    // The start's ping, then none: nothing can be counted.
+    let pings = notify.collect(INTERVAL * 5);
+    let (status, stderr) = program.finish();
+    assert_eq!(status, Some(0), "{stderr}");
+    assert_eq!(pings.len(), 1, "{pings:?}");
+    assert_eq!(
+        stderr
+            .matches("no-such-tuner.invalid:5004 resolves to no address")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -364,6 +364,7 @@ fn monitor(plan: &Plan, exec_signal: OwnedFd, program: nix::unistd::Pid) -> i32 
         return 0;
     }
     let _ = nix::sys::prctl::set_name(MONITOR_NAME);
+    hide_arguments();
     let Ok(socket) = UnixDatagram::unbound() else {
         tracing::error!("progress watchdog: cannot create a datagram socket; exiting");
         return 71;
@@ -414,6 +415,45 @@ fn monitor(plan: &Plan, exec_signal: OwnedFd, program: nix::unistd::Pid) -> i32 
             );
         }
     }
+}
+
+/// Blanks the monitor's command line after `argv[0]`. It is the
+/// launcher's, `--source URL` included, and `/proc/<pid>/cmdline` is
+/// readable by every local user: the launcher shows it for milliseconds,
+/// the monitor would for the life of the unit. The argument area's bounds
+/// are `arg_start` and `arg_end` in `/proc/self/stat` (proc(5), fields 48
+/// and 49); its bytes are ours to overwrite, as setproctitle does.
+fn hide_arguments() {
+    let Some((start, end)) = fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| parse_argument_area(&stat))
+    else {
+        return;
+    };
+    let Ok(length) = usize::try_from(end - start) else {
+        return;
+    };
+    let Ok(start) = usize::try_from(start) else {
+        return;
+    };
+    // SAFETY: the kernel reports [start, end) as this process's argument
+    // strings, on its initial stack: mapped and writable. Nothing in this
+    // process reads them any more (std keeps raw pointers only, for
+    // `env::args`, which the monitor does not call), so no reference
+    // aliases the slice while it lives.
+    let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, length) };
+    let first_end = area.iter().position(|b| *b == 0).unwrap_or(area.len());
+    area[first_end..].fill(0);
+}
+
+/// `(arg_start, arg_end)` from `/proc/<pid>/stat` text: fields 48 and 49,
+/// counted after the parenthesised command name (which may hold spaces).
+fn parse_argument_area(stat: &str) -> Option<(u64, u64)> {
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // `fields[0]` is field 3 (state).
+    let arg_start: u64 = fields.get(48 - 3)?.parse().ok()?;
+    let arg_end: u64 = fields.get(49 - 3)?.parse().ok()?;
+    (arg_start != 0 && arg_end > arg_start).then_some((arg_start, arg_end))
 }
 
 /// Closes every descriptor but 0-2 and `keep` (moved to 3), and points 0
@@ -797,6 +837,19 @@ mod tests {
         ] {
             assert!(matches!(off, Watchdog::Off(_)), "{off:?}");
         }
+    }
+
+    #[test]
+    fn the_argument_area_is_read_from_fields_48_and_49_of_stat() {
+        let mut fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        fields[48 - 3] = "140737488347000".into();
+        fields[49 - 3] = "140737488347100".into();
+        let stat = format!("42 (a) b) {}\n", fields.join(" "));
+        assert_eq!(
+            parse_argument_area(&stat),
+            Some((140_737_488_347_000, 140_737_488_347_100))
+        );
+        assert_eq!(parse_argument_area("42 (short) S 1 2"), None);
     }
 
     #[test]

@@ -602,7 +602,17 @@ fn a_credential_in_the_source_never_shows_in_the_watchdogs_messages() {
         .env("WATCHDOG_USEC", WATCHDOG_USEC)
         .env("NOTIFY_SOCKET", &notify.address)
         .env("EC_LAUNCH_LOG", "debug");
-    let (status, stderr) = Guard::spawn(&mut command).finish();
+    let program = Guard::spawn(&mut command);
+    // The monitor lives as long as the program: its command line (readable
+    // by every local user) must not keep the launcher's `--source URL`.
+    let monitor = monitor_of(&notify.collect(INTERVAL * 2), program.pid());
+    let cmdline = fs::read(format!("/proc/{monitor}/cmdline")).expect("monitor's cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(
+        !cmdline.contains("S3CR3T") && !cmdline.contains("127.0.0.1"),
+        "the monitor's command line shows the source: {cmdline:?}"
+    );
+    let (status, stderr) = program.finish();
     assert_eq!(status, Some(0), "{stderr}");
     assert!(
         stderr.contains("no bytes received from 127.0.0.1:"),

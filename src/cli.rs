@@ -83,6 +83,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = parse_busy_exit_code, default_value_t = crate::exit_code::DEFAULT_BUSY)]
     pub busy_exit_code: u8,
 
+    /// Also take one of the device's N tuner slots (after the source lock); auto asks the device
+    #[arg(long, value_name = "N|auto", value_parser = crate::tuner_slot::Tuners::parse)]
+    pub tuners: Option<crate::tuner_slot::Tuners>,
+
+    /// The tuner device's key for --tuners [default: the source's host]
+    #[arg(long, value_name = "KEY", requires = "tuners", value_parser = crate::tuner_slot::DeviceKey::from_flag)]
+    pub device: Option<crate::tuner_slot::DeviceKey>,
+
     /// The source URL (or device path) the program will read
     #[arg(
         long,
@@ -126,9 +134,13 @@ pub struct StatusArgs {
     #[arg(long, value_name = "DIR", value_parser = lock_dir_parser(), default_value_os_t = default_lock_dir(), hide_default_value = true)]
     pub lock_dir: PathBuf,
 
-    /// Print {"locks": [...], "warnings": [...]} (schema in the README)
+    /// Print {"locks": [...], "devices": [...], "warnings": [...]} (schema in the README)
     #[arg(long)]
     pub json: bool,
+
+    /// Also ask each device with a host for its own view of its tuners
+    #[arg(long)]
+    pub device: bool,
 
     /// Only this source (URL, device path or key); exit 0 if held, 3 if free,
     /// 4 if orphaned, 5 if this user cannot tell

@@ -124,6 +124,12 @@ pub enum Error {
         #[source]
         source: Errno,
     },
+    /// `--tuners` without `--device` on a source with no host (ECP-0132).
+    #[error("--tuners needs a device, and the source names no host")]
+    NoDeviceKey,
+    /// `--tuners auto` until the device client asks `discover.json`.
+    #[error("--tuners auto cannot ask the device for its tuner count yet")]
+    TunersAutoUnavailable,
     #[error("{what} contains a NUL byte")]
     NulInArgument { what: String },
     #[error("the program name is empty")]
@@ -303,6 +309,14 @@ impl Error {
             Self::StartWatchdog { .. } => (
                 OsError,
                 "the service is out of tasks or descriptors: raise TasksMax= or LimitNOFILE= for this service",
+            ),
+            Self::NoDeviceKey => (
+                BadArgument,
+                "name the tuner device with --device KEY (the same key for every launcher of the device)",
+            ),
+            Self::TunersAutoUnavailable => (
+                BadArgument,
+                "pass the device's number of tuners, e.g. --tuners 2",
             ),
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => (NotFound, "check the program name and PATH"),

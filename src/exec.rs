@@ -30,6 +30,7 @@ use nix::sys::signal::{SigHandler, Signal, signal};
 
 use crate::error::Error;
 use crate::lock::HeldLock;
+use crate::tuner_slot::HeldSlot;
 
 /// The token in ARGS that is replaced by the source URL.
 const SOURCE_TOKEN: &str = "{source}";
@@ -41,7 +42,18 @@ mod env {
     pub const SOURCE_LOCK: &str = "EC_SOURCE_LOCK";
     pub const SOURCE_LOCK_FD: &str = "EC_SOURCE_LOCK_FD";
     pub const SOURCE_URL: &str = "EC_SOURCE_URL";
-    pub const ALL: [&str; 4] = [SOURCE_KEY, SOURCE_LOCK, SOURCE_LOCK_FD, SOURCE_URL];
+    pub const DEVICE_KEY: &str = "EC_DEVICE_KEY";
+    pub const TUNER_SLOT: &str = "EC_TUNER_SLOT";
+    pub const TUNER_SLOT_FD: &str = "EC_TUNER_SLOT_FD";
+    pub const ALL: [&str; 7] = [
+        SOURCE_KEY,
+        SOURCE_LOCK,
+        SOURCE_LOCK_FD,
+        SOURCE_URL,
+        DEVICE_KEY,
+        TUNER_SLOT,
+        TUNER_SLOT_FD,
+    ];
 }
 
 /// What to run under the lock.
@@ -54,10 +66,13 @@ pub struct Launch<'a> {
     pub key: &'a str,
     /// The lock file the program is told about in `EC_SOURCE_LOCK`.
     pub lock_path: &'a Path,
+    /// With `--tuners`: the device key, in `EC_DEVICE_KEY`.
+    pub device: Option<&'a str>,
 }
 
 /// The program's `argv` and environment, validated before locking; only
-/// `EC_SOURCE_LOCK_FD` is missing, as the descriptor does not exist yet.
+/// `EC_SOURCE_LOCK_FD` (and a slot's `EC_TUNER_SLOT`, `EC_TUNER_SLOT_FD`)
+/// are missing, as the descriptors do not exist yet.
 #[derive(Debug)]
 pub struct Prepared {
     argv: Vec<CString>,
@@ -80,10 +95,11 @@ pub fn prepare(launch: &Launch<'_>) -> Result<Prepared, Error> {
     })
 }
 
-/// Execs the prepared program holding `held`. Returns only on failure.
+/// Execs the prepared program holding `held` (and `slot`, with
+/// `--tuners`). Returns only on failure.
 #[must_use]
-pub fn exec(prepared: Prepared, held: &HeldLock) -> Error {
-    match try_exec(prepared, held) {
+pub fn exec(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Error {
+    match try_exec(prepared, held, slot) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -91,7 +107,7 @@ pub fn exec(prepared: Prepared, held: &HeldLock) -> Error {
 
 enum Never {}
 
-fn try_exec(prepared: Prepared, held: &HeldLock) -> Result<Never, Error> {
+fn try_exec(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Result<Never, Error> {
     let Prepared {
         argv,
         mut envp,
@@ -103,10 +119,27 @@ fn try_exec(prepared: Prepared, held: &HeldLock) -> Result<Never, Error> {
         env::SOURCE_LOCK_FD,
     )?);
 
-    fcntl(&*held.lock, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| Error::PassLock {
-        path: held.path.clone(),
-        source,
-    })?;
+    let mut kept = vec![held];
+    if let Some(slot) = slot {
+        let fd = slot.lock.lock.as_raw_fd();
+        for (name, value) in [
+            (env::TUNER_SLOT, slot.slot.to_string()),
+            (env::TUNER_SLOT_FD, fd.to_string()),
+        ] {
+            envp.push(c_string(format!("{name}={value}").into_bytes(), name)?);
+        }
+        kept.push(&slot.lock);
+    }
+    // Only these descriptors survive exec: a waiting thread's slot
+    // descriptors stay close-on-exec, so the program holds one slot.
+    for lock in kept {
+        fcntl(&*lock.lock, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| {
+            Error::PassLock {
+                path: lock.path.clone(),
+                source,
+            }
+        })?;
+    }
     // SAFETY: installing SIG_DFL runs no code of ours in signal context, and
     // this process is about to exec; no other thread depends on SIGPIPE.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }
@@ -168,7 +201,8 @@ fn program_environment(launch: &Launch<'_>, lock_path: &[u8]) -> Result<Vec<CStr
         (env::SOURCE_LOCK, lock_path),
         (env::SOURCE_URL, launch.source.as_bytes()),
     ];
-    for (name, value) in ours {
+    let device = launch.device.map(|d| (env::DEVICE_KEY, d.as_bytes()));
+    for (name, value) in ours.into_iter().chain(device) {
         let mut entry = name.as_bytes().to_vec();
         entry.push(b'=');
         entry.extend_from_slice(value);
@@ -196,6 +230,7 @@ mod tests {
             source: "http://h/x?a=\0",
             key: "http://h/x",
             lock_path: Path::new("/run/x.lock"),
+            device: None,
         };
         let error = prepare(&launch).unwrap_err();
         assert_eq!(error.to_string(), "the source contains a NUL byte");

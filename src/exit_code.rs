@@ -73,13 +73,13 @@ exit_statuses! {
     StateUnknown => 5, "`status`: whether a lock is held cannot be told (a lock file this user cannot examine, or a PID namespace whose lock table hides it)";
     /// A process reads a source's endpoint without any lock there (ECP-0133).
     StaleReader => 7, "`status --readers`: a process has a TCP connection to a source's endpoint and holds the lock of no source there (a stale reader)";
-    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--progress-watchdog` on a source without TCP bytes to count), or `EC_LAUNCH_LOCK_DIR` is set but empty";
+    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--tuners` on a source without a host and no `--device`, `--tuners auto` until the device can be asked, `--progress-watchdog` on a source without TCP bytes to count), or `EC_LAUNCH_LOCK_DIR` is set but empty";
     BadSource => 65, "the source is empty, has whitespace or control characters, is not a URL with a host, has an `@` after the host, or `--key` is empty/has control characters";
     NoInput => 66, "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve";
     OsError => 71, "an unexpected system call failure while locking (see the message)";
     LockUnusable => 73, "lock directory or lock file unusable: a directory on its path owned or writable by another user (ECP-0129), symlink, not a directory, FIFO/socket/device, another user's lock file or one with a second hard link at the lock path, cannot be created (e.g. read-only or full filesystem)";
     /// Busy carries its number because `--busy-exit-code` may change it.
-    Busy(code: u8 = DEFAULT_BUSY) => code, "busy: held by another process (skip), or `--wait-timeout` passed; `--busy-exit-code` changes it (to 0 or a code not in this table)";
+    Busy(code: u8 = DEFAULT_BUSY) => code, "busy: held by another process (skip), every tuner slot of the device held (`--tuners`, skip), or `--wait-timeout` passed; `--busy-exit-code` changes it (to 0 or a code not in this table)";
     NoPermission => 77, "permission denied on the lock directory or lock file";
     CannotRun => 126, "the program was found but cannot be executed";
     NotFound => 127, "the program was not found";
@@ -109,7 +109,8 @@ pub fn man_sections() -> String {
     roff.push_str(
         ".SH ENVIRONMENT\n.TP\nEC_LAUNCH_LOCK_DIR\ndefault for \\-\\-lock\\-dir\n\
          .TP\nEC_LAUNCH_LOG\nlog level (off, error, warn, info, debug, trace), overriding \\-v\n\
-         .TP\nEC_SOURCE_URL, EC_SOURCE_KEY, EC_SOURCE_LOCK, EC_SOURCE_LOCK_FD\nset for the program by run\n",
+         .TP\nEC_SOURCE_URL, EC_SOURCE_KEY, EC_SOURCE_LOCK, EC_SOURCE_LOCK_FD\nset for the program by run\n\
+         .TP\nEC_DEVICE_KEY, EC_TUNER_SLOT, EC_TUNER_SLOT_FD\nset for the program by run \\-\\-tuners\n",
     );
     roff
 }

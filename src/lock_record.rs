@@ -60,6 +60,21 @@ pub struct LockRecord {
     /// (bind mount, container) either side reaches the directory by.
     #[serde(default)]
     pub lock_dir_inode: Option<u64>,
+    /// Slot records only (ECP-0132), absent from source lock records: the
+    /// device key the slot belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Slot records only: this slot's index, 0 to `tuners` - 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+    /// Slot records only: the launcher's `--tuners` (as given, or as
+    /// `auto` learnt it). Launchers compare it to agree on the count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuners: Option<u32>,
+    /// Slot records only: the device's own `DeviceID`, when `--tuners auto`
+    /// learnt it from the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
 }
 
 impl LockRecord {
@@ -86,6 +101,10 @@ impl LockRecord {
                 .and_then(|stat| process::parse_start_ticks(&stat)),
             pid_namespace: process::pid_namespace_of(Path::new("/proc"), "self"),
             lock_dir_inode: None,
+            device: None,
+            slot: None,
+            tuners: None,
+            device_id: None,
         }
     }
 
@@ -159,6 +178,24 @@ mod tests {
         let old = br#"{"pid":7,"unit":null,"source":"s","key":"k","program":"p","started_at":"t","started_unix":0,"ec_launch_version":"0.1.0"}"#;
         let old = LockRecord::parse(old).expect("a record without the newer fields");
         assert_eq!((old.start_ticks, old.pid_namespace), (None, None));
+    }
+
+    #[test]
+    fn source_lock_records_have_no_slot_fields_and_slot_records_keep_theirs() {
+        let record = LockRecord::for_this_launch("k", "http://h/", "p", None);
+        let json = serde_json::to_string(&record).unwrap();
+        for field in ["device", "slot", "tuners", "device_id"] {
+            assert!(!json.contains(&format!("\"{field}\"")), "{json}");
+        }
+        let slot = LockRecord {
+            device: Some("10.0.0.5".into()),
+            slot: Some(1),
+            tuners: Some(2),
+            ..record
+        };
+        let file = tempfile::tempfile().unwrap();
+        slot.write_into(&file).unwrap();
+        assert_eq!(LockRecord::read_from(&file), Some(slot));
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod secret_params;
 mod secret_props;
 mod sock_diag;
 mod source_key;
+mod tuner_slot;
 mod watchdog;
 
 use std::error::Error as _;

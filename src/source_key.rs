@@ -72,6 +72,9 @@ pub enum KeyError {
 pub struct SourceKey {
     canonical: String,
     label: String,
+    /// The source's host as canonicalised in the key (`10.0.0.5`,
+    /// `cam.example`, `[::1]`); `None` for devices, paths and `--key`.
+    host: Option<String>,
 }
 
 impl SourceKey {
@@ -114,6 +117,7 @@ impl SourceKey {
         Ok(Self {
             canonical: key.to_owned(),
             label: sanitize_label(key),
+            host: None,
         })
     }
 
@@ -136,6 +140,7 @@ impl SourceKey {
         Self {
             label: sanitize_label(canonical.trim_start_matches('/')),
             canonical,
+            host: None,
         }
     }
 
@@ -164,7 +169,11 @@ impl SourceKey {
         let node = path.canonicalize().map_err(unresolvable)?;
         let canonical = node.to_string_lossy().into_owned();
         let label = sanitize_label(canonical.trim_start_matches('/'));
-        Ok(Self { canonical, label })
+        Ok(Self {
+            canonical,
+            label,
+            host: None,
+        })
     }
 
     fn from_url(url: &Url) -> Result<Self, KeyError> {
@@ -196,6 +205,7 @@ impl SourceKey {
             return Ok(Self {
                 label: sanitize_label(&format!("{host}-{channel}")),
                 canonical: format!("hdhomerun://{host}/{channel}"),
+                host: Some(host),
             });
         }
         let mut canonical = format!("{scheme}://{host}");
@@ -243,6 +253,7 @@ impl SourceKey {
         Ok(Self {
             canonical,
             label: sanitize_label(&label),
+            host: Some(host),
         })
     }
 
@@ -252,15 +263,21 @@ impl SourceKey {
         &self.canonical
     }
 
+    /// The source's host as canonicalised for the key: what names its
+    /// tuner device when no `--device` is given (ECP-0132). `None` for a
+    /// device path, a file and an operator-named key.
+    #[must_use]
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
     /// `<label>-<sha256 prefix>.lock`: readable in `ls`, unique by hash.
     #[must_use]
     pub fn lock_file_name(&self) -> String {
-        let digest = Sha256::digest(self.canonical.as_bytes());
-        let mut hash = String::with_capacity(HASH_HEX_DIGITS);
-        for byte in &digest[..HASH_HEX_DIGITS / 2] {
-            let _ = write!(hash, "{byte:02x}");
-        }
-        format!("{}-{hash}.lock", self.label)
+        format!(
+            "{}.lock",
+            hashed_name(&self.label, self.canonical.as_bytes())
+        )
     }
 
     /// The lock file for this key inside `lock_dir`.
@@ -562,7 +579,22 @@ fn split_numbers(text: &str, separator: char, max: usize) -> Option<Vec<String>>
 }
 
 /// A file-name-safe, bounded label: `[a-z0-9._-]`, anything else becomes `_`.
-fn sanitize_label(text: &str) -> String {
+/// `<label>-<first 16 hex digits of SHA-256(identity)>`: the stem of lock
+/// and slot file names, the same for every `ec-launch` version.
+#[must_use]
+pub fn hashed_name(label: &str, identity: &[u8]) -> String {
+    let digest = Sha256::digest(identity);
+    let mut hash = String::with_capacity(HASH_HEX_DIGITS);
+    for byte in &digest[..HASH_HEX_DIGITS / 2] {
+        let _ = write!(hash, "{byte:02x}");
+    }
+    format!("{label}-{hash}")
+}
+
+/// A file name label: lower-case letters, digits, `.`, `-` and `_`, other
+/// characters `_`, at most [`LABEL_MAX`] bytes.
+#[must_use]
+pub fn sanitize_label(text: &str) -> String {
     let mut label: String = text
         .chars()
         .map(|c| match c {

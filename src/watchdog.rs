@@ -272,6 +272,19 @@ pub struct Plan {
     interval: Duration,
 }
 
+/// `run --progress-watchdog`: validates the source and, when systemd's
+/// watchdog is on for us, forks the monitor. Call it before any lock file
+/// is opened, while the launcher is single-threaded.
+///
+/// # Errors
+/// As [`plan`] and [`start`].
+pub fn start_if_asked(asked: bool, source: &str) -> Result<Option<Monitor>, Error> {
+    if !asked {
+        return Ok(None);
+    }
+    plan(source)?.as_ref().map(start).transpose()
+}
+
 /// `--progress-watchdog`'s plan for `source`: `None` when systemd's watchdog
 /// is not enabled for this process (warned once: the program runs without
 /// a monitor).
@@ -280,7 +293,7 @@ pub struct Plan {
 /// [`Error::ProgressWatchdogUnwatchable`] when the source has no TCP
 /// endpoint to count bytes on (checked even without `WATCHDOG_USEC`, so a
 /// unit that cannot work fails on its first start, not after a restart).
-pub fn plan(source: &str) -> Result<Option<Plan>, Error> {
+fn plan(source: &str) -> Result<Option<Plan>, Error> {
     let endpoint = Endpoint::from_source(source)
         .map_err(|reason| Error::ProgressWatchdogUnwatchable { reason })?;
     let own_pid = std::process::id();
@@ -318,7 +331,7 @@ pub struct Monitor {
 ///
 /// # Errors
 /// [`Error::StartWatchdog`] when the pipe or the fork fails.
-pub fn start(plan: &Plan) -> Result<Monitor, Error> {
+fn start(plan: &Plan) -> Result<Monitor, Error> {
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|source| Error::StartWatchdog { source })?;
     let program_pid = nix::unistd::getpid();

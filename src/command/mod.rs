@@ -1,6 +1,7 @@
 //! One module per subcommand; each turns parsed arguments into validated
 //! settings, acts, and returns the exit status.
 
+mod device_view;
 pub mod docs;
 pub mod key;
 pub mod run;

@@ -22,13 +22,14 @@ use crate::error::Error;
 use crate::exec::{self, Launch};
 use crate::exit_code::ExitStatus;
 use crate::holder::{Absence, HolderScan, LockedInode};
-use crate::lock::{self, Access, Acquired, BusyPolicy};
+use crate::lock::{self, Access, Acquired, BusyPolicy, HeldLock};
 use crate::lock_record::LockRecord;
 use crate::path_trust::{self, Launcher};
 use crate::printable::{printable, printable_path, shell_word};
 use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
 use crate::source_key::{self, SourceKey};
+use crate::tuner_slot::{self, BusySlot, DeviceKey, HeldSlot, SlotOutcome};
 use crate::watchdog;
 
 /// `run`'s validated settings.
@@ -44,7 +45,19 @@ struct RunConfig {
     busy_status: ExitStatus,
     program: OsString,
     args: Vec<OsString>,
+    /// With `--tuners`: which device's slots, and how many.
+    tuners: Option<TunerConfig>,
     progress_watchdog: bool,
+}
+
+/// `--tuners N` and `--device KEY`, validated (ECP-0132).
+#[derive(Debug)]
+struct TunerConfig {
+    device: DeviceKey,
+    /// As given (or learnt by `auto`), before agreeing with other launchers.
+    count: u32,
+    /// The device's own `DeviceID`, when `auto` learnt it.
+    device_id: Option<String>,
 }
 
 impl RunConfig {
@@ -75,6 +88,22 @@ impl RunConfig {
         if program.is_empty() {
             return Err(Error::EmptyProgram);
         }
+        let tuners = match args.tuners {
+            None => None,
+            Some(tuners) => {
+                let host = tuner_slot::source_host(&key, &source);
+                let device = match args.device {
+                    Some(device) => device,
+                    None => DeviceKey::of_source(&key, &source).ok_or(Error::NoDeviceKey)?,
+                };
+                let asked = tuner_slot::tuner_count(tuners, &device, host.as_deref())?;
+                Some(TunerConfig {
+                    device,
+                    count: asked.count,
+                    device_id: asked.device_id,
+                })
+            }
+        };
         Ok(Self {
             lock_dir: args.lock_dir,
             source,
@@ -84,6 +113,7 @@ impl RunConfig {
             busy_status: ExitStatus::Busy(args.busy_exit_code),
             program,
             args: command.collect(),
+            tuners,
             progress_watchdog: args.progress_watchdog,
         })
     }
@@ -155,7 +185,13 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     if args.wait_timeout.is_some() && args.on_busy == OnBusy::Skip {
         tracing::warn!("--wait-timeout has no effect with --on-busy skip");
     }
+    // --wait-timeout bounds the source lock and the slot together.
+    let started = Instant::now();
     let config = RunConfig::from_args(args)?;
+    let deadline = match config.policy {
+        BusyPolicy::Wait { timeout: Some(t) } => started.checked_add(t),
+        _ => None,
+    };
     let lock_path = config.key.lock_path(&config.lock_dir);
     let prepared = exec::prepare(&Launch {
         program: &config.program,
@@ -163,30 +199,23 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
         source: &config.source,
         key: config.key.as_str(),
         lock_path: &lock_path,
+        device: config.tuners.as_ref().map(|t| t.device.as_str()),
     })?;
     // Logged and recorded: a URL given as the program must not show its credential.
     let program_name = redact_word(&config.program.to_string_lossy());
     let redacted = redact_source(&config.source);
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
-    let watchdog_plan = if config.progress_watchdog {
-        watchdog::plan(&config.source)?
-    } else {
-        None
-    };
+    // Forked before any lock file is opened, so it never has a lock
+    // descriptor; kept until exec, which tells it the program runs.
+    let _monitor = watchdog::start_if_asked(config.progress_watchdog, &config.source)?;
     // Only now, with nothing left to validate, is the lock directory touched.
     let me = Launcher::current();
     lock::ensure_lock_dir(&config.lock_dir, &me)?;
-    // Forked before the lock file is opened, so it never has the descriptor;
-    // kept until exec, which closes its pipe and tells it the program runs.
-    let _monitor = watchdog_plan.as_ref().map(watchdog::start).transpose()?;
 
     let mut wait_started = None;
     let mut announce_wait = |file: &fs::File| {
         wait_started = Some(Instant::now());
-        let until = match config.policy {
-            BusyPolicy::Wait { timeout: Some(t) } => format!(" (up to {})", seconds(t)),
-            _ => String::new(),
-        };
+        let until = until(&config);
         tracing::info!(
             key = %printable(config.key.as_str()),
             lock_file = %printable_path(&lock_path),
@@ -199,34 +228,120 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     let acquired = lock::acquire(&lock_path, config.policy, &me, &mut announce_wait)?;
     match acquired {
         Acquired::Held(held) => {
-            match held.access {
-                Access::ReadWrite => {
-                    let mut record = LockRecord::for_this_launch(
-                        config.key.as_str(),
-                        &redacted,
+            let unit = cgroup::own_unit();
+            let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
+            let record = || {
+                let mut record = LockRecord::for_this_launch(
+                    config.key.as_str(),
+                    &redacted,
+                    &program_name,
+                    unit.clone(),
+                );
+                record.lock_dir_inode = lock_dir_inode;
+                record
+            };
+            write_record(&held, &record(), "lock");
+            // Source first, then a slot: a duplicate stopped above.
+            let slot = match &config.tuners {
+                None => None,
+                Some(tuners) => {
+                    let slot_record = |slot: u32| LockRecord {
+                        device: Some(tuners.device.as_str().to_owned()),
+                        slot: Some(slot),
+                        tuners: Some(tuners.count),
+                        device_id: tuners.device_id.clone(),
+                        ..record()
+                    };
+                    let taken = take_slot(
+                        &config,
+                        tuners,
+                        deadline,
+                        &me,
                         &program_name,
-                        cgroup::own_unit(),
-                    );
-                    record.lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
-                    if let Err(e) = record.write_into(&held.lock) {
-                        tracing::warn!(lock_file = %lock_path.display(), "holding the lock, but cannot write the launch record: {e}");
-                    }
+                        &mut wait_started,
+                    )?;
+                    let Some(slot) = taken else {
+                        return Ok(config.busy_status);
+                    };
+                    write_record(&slot.lock, &slot_record(slot.slot), "tuner slot");
+                    Some(slot)
                 }
-                Access::ReadOnly => tracing::warn!(
-                    lock_file = %lock_path.display(),
-                    "holding the lock through a read-only descriptor (the file belongs to another user); its launch record is not updated"
-                ),
-            }
+            };
             let waited = wait_started
                 .map(|start| format!(" after waiting {:.1}s", start.elapsed().as_secs_f64()))
                 .unwrap_or_default();
-            tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), "source lock acquired{waited}; starting {}", printable(&program_name));
-            Err(exec::exec(prepared, &held))
+            match &slot {
+                None => {
+                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), "source lock acquired{waited}; starting {}", printable(&program_name));
+                }
+                Some(slot) => {
+                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), slot_file = %printable_path(&slot.lock.path), "source lock and tuner slot {} acquired{waited}; starting {}", slot.slot, printable(&program_name));
+                }
+            }
+            Err(exec::exec(prepared, &held, slot.as_ref()))
         }
         Acquired::Busy { file, timed_out } => {
             report_busy(&config, &lock_path, &file, timed_out, &program_name);
             Ok(config.busy_status)
         }
+    }
+}
+
+/// Takes one of the device's slots (ECP-0132), announcing a wait; `None`
+/// when every slot stayed held, which is reported here.
+fn take_slot(
+    config: &RunConfig,
+    tuners: &TunerConfig,
+    deadline: Option<Instant>,
+    me: &Launcher,
+    program_name: &str,
+    wait_started: &mut Option<Instant>,
+) -> Result<Option<HeldSlot>, Error> {
+    let wait = matches!(config.policy, BusyPolicy::Wait { .. });
+    let mut announce_wait = |slots: &[BusySlot]| {
+        wait_started.get_or_insert_with(Instant::now);
+        tracing::info!(
+            device = %printable(tuners.device.as_str()),
+            key = %printable(config.key.as_str()),
+            "device busy: all {} tuner slots of {} are held: {}; waiting{} before starting {} (see `{}`)",
+            slots.len(),
+            printable(tuners.device.as_str()),
+            describe_slots(&config.lock_dir, slots),
+            until(config),
+            printable(program_name),
+            device_status_command(config),
+        );
+    };
+    let outcome = tuner_slot::acquire(
+        &config.lock_dir,
+        &tuners.device,
+        tuners.count,
+        wait,
+        deadline,
+        me,
+        &mut announce_wait,
+    )?;
+    match outcome {
+        SlotOutcome::Held(slot) => Ok(Some(slot)),
+        SlotOutcome::Busy { slots, timed_out } => {
+            report_device_busy(config, &tuners.device, &slots, timed_out, program_name);
+            Ok(None)
+        }
+    }
+}
+
+/// Writes `record` into a held lock or slot file, or says why not.
+fn write_record(held: &HeldLock, record: &LockRecord, what: &str) {
+    match held.access {
+        Access::ReadWrite => {
+            if let Err(e) = record.write_into(&held.lock) {
+                tracing::warn!(lock_file = %printable_path(&held.path), "holding the {what}, but cannot write the launch record: {e}");
+            }
+        }
+        Access::ReadOnly => tracing::warn!(
+            lock_file = %printable_path(&held.path),
+            "holding the {what} through a read-only descriptor (the file belongs to another user); its launch record is not updated"
+        ),
     }
 }
 
@@ -256,42 +371,118 @@ fn report_busy(
     );
 }
 
-/// Who holds the lock on `file`, from the kernel: the taker when its own
-/// descriptors still hold the lock (a few stats: a reused PID does not
-/// pass), else every process the scan of `/proc` finds sharing it. Under a
-/// burst of duplicate launches the cheap path keeps each loser cheap.
+/// Who holds the lock on `file`, from the kernel (see [`describe_files`]).
 fn describe_holders(config: &RunConfig, file: &fs::File) -> String {
-    let inode = LockedInode::of_file(file).ok();
-    let record = LockRecord::read_from(file);
-    let mut scan = HolderScan::lock_table(Path::new("/proc"));
-    if let Some(inode) = inode
-        && !scan.verify_takers(inode, record.as_ref())
-    {
-        scan = HolderScan::take(
-            Path::new("/proc"),
-            &config.lock_dir,
-            &BTreeSet::from([inode]),
-        );
-    }
-    let holders = inode
-        .map(|i| scan.holders(i, record.as_ref()))
-        .unwrap_or_default();
-    let mut described: Vec<String> = holders.iter().map(describe_holder).collect();
-    if described.is_empty() {
-        described.push("a process this user cannot see".into());
-    }
-    let absent = inode
-        .map(|i| scan.absent_takers(i, &holders))
-        .unwrap_or_default();
-    let exited: Vec<String> = absent
+    describe_files(&config.lock_dir, &[file]).remove(0).0
+}
+
+/// One warning naming, for every slot of the device, its holders and the
+/// source they read (from the slot's record), and what we did instead.
+fn report_device_busy(
+    config: &RunConfig,
+    device: &DeviceKey,
+    slots: &[BusySlot],
+    timed_out: bool,
+    program: &str,
+) {
+    let waited = match config.policy {
+        BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
+            format!("gave up waiting after {}; ", seconds(t))
+        }
+        _ => String::new(),
+    };
+    tracing::warn!(
+        device = %printable(device.as_str()),
+        key = %printable(config.key.as_str()),
+        "device busy: all {} tuner slots of {} are held: {}; {waited}not starting {}, exiting {} (see `{}`)",
+        slots.len(),
+        printable(device.as_str()),
+        describe_slots(&config.lock_dir, slots),
+        printable(program),
+        config.busy_status.code(),
+        device_status_command(config),
+    );
+}
+
+/// `slot 0 held by pid 4242 (ec-node) in x.service since … reading http://…; slot 1 …`
+fn describe_slots(lock_dir: &Path, slots: &[BusySlot]) -> String {
+    let files: Vec<&fs::File> = slots.iter().map(|(_, file)| file).collect();
+    slots
         .iter()
-        .filter(|(_, why)| *why != Absence::Unverified)
-        .map(|(pid, _)| pid.to_string())
-        .collect();
-    if !exited.is_empty() {
-        described.push(format!("inherited from exited pid {}", exited.join(", ")));
+        .zip(describe_files(lock_dir, &files))
+        .map(|((slot, _), (holders, record))| {
+            let source = record
+                .map(|r| format!(" reading {}", printable(&redact_source(&r.source))))
+                .unwrap_or_default();
+            format!("slot {slot} held by {holders}{source}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// ` (up to 30s)` with a wait timeout, else nothing.
+fn until(config: &RunConfig) -> String {
+    match config.policy {
+        BusyPolicy::Wait { timeout: Some(t) } => format!(" (up to {})", seconds(t)),
+        _ => String::new(),
     }
-    described.join(", ")
+}
+
+/// For each open lock or slot file: who holds it, from the kernel, and its
+/// record. A taker is named when its own descriptors still hold the lock (a
+/// few stats: a reused PID does not pass); only when one is not verified is
+/// `/proc` scanned, once for all the files, for the processes sharing them.
+/// Under a burst of launches the cheap path keeps each loser cheap.
+fn describe_files(lock_dir: &Path, files: &[&fs::File]) -> Vec<(String, Option<LockRecord>)> {
+    let proc_root = Path::new("/proc");
+    let inodes: Vec<Option<LockedInode>> =
+        files.iter().map(|f| LockedInode::of_file(f).ok()).collect();
+    let records: Vec<Option<LockRecord>> = files.iter().map(|f| LockRecord::read_from(f)).collect();
+    let mut scan = HolderScan::lock_table(proc_root);
+    let mut verified = true;
+    for (inode, record) in inodes.iter().zip(&records) {
+        if let Some(inode) = inode {
+            verified &= scan.verify_takers(*inode, record.as_ref());
+        }
+    }
+    if !verified {
+        let listed: BTreeSet<LockedInode> = inodes.iter().flatten().copied().collect();
+        scan = HolderScan::take(proc_root, lock_dir, &listed);
+    }
+    inodes
+        .into_iter()
+        .zip(records)
+        .map(|(inode, record)| {
+            let holders = inode
+                .map(|i| scan.holders(i, record.as_ref()))
+                .unwrap_or_default();
+            let mut described: Vec<String> = holders.iter().map(describe_holder).collect();
+            if described.is_empty() {
+                described.push("a process this user cannot see".into());
+            }
+            let absent = inode
+                .map(|i| scan.absent_takers(i, &holders))
+                .unwrap_or_default();
+            let exited: Vec<String> = absent
+                .iter()
+                .filter(|(_, why)| *why != Absence::Unverified)
+                .map(|(pid, _)| pid.to_string())
+                .collect();
+            if !exited.is_empty() {
+                described.push(format!("inherited from exited pid {}", exited.join(", ")));
+            }
+            (described.join(", "), record)
+        })
+        .collect()
+}
+
+/// The `status` command that shows the lock directory's devices, quoted so
+/// it works when pasted into a shell.
+fn device_status_command(config: &RunConfig) -> String {
+    format!(
+        "ec-launch status --lock-dir {}",
+        shell_word(&printable_path(&config.lock_dir)),
+    )
 }
 
 /// The `status` command that shows this source's holders, quoted so it works

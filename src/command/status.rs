@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::device_view::{self, DeviceStatus};
 use crate::cli::StatusArgs;
 use crate::error::Error;
 use crate::exit_code::ExitStatus;
@@ -37,6 +38,7 @@ use crate::readers::{self, Endpoint, LockView, ReadersReport, WithoutEndpoint};
 use crate::redact::redact_source;
 use crate::sock_diag::{self, TcpConnection};
 use crate::source_key::{KeyError, SourceKey};
+use crate::tuner_slot;
 
 /// One lock as `status` reports it; also the `--json` schema of an entry.
 #[derive(Debug, Serialize)]
@@ -60,7 +62,7 @@ struct LockStatus {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-enum State {
+pub(super) enum State {
     Held,
     Free,
     /// This user cannot tell: the file cannot be examined, is not a regular
@@ -78,10 +80,10 @@ enum Placement {
 }
 
 #[derive(Debug, Serialize)]
-struct HolderJson {
-    pid: u32,
-    command: Option<String>,
-    unit: Option<String>,
+pub(super) struct HolderJson {
+    pub(super) pid: u32,
+    pub(super) command: Option<String>,
+    pub(super) unit: Option<String>,
     since: Option<String>,
     /// With `pid`, the identity: clock ticks after boot, as in the record.
     start_ticks: Option<u64>,
@@ -102,6 +104,8 @@ impl From<ProcessInfo> for HolderJson {
 #[derive(Debug, Serialize)]
 struct Report {
     locks: Vec<LockStatus>,
+    /// Tuner slots by device (ECP-0132); empty for `status SOURCE`.
+    devices: Vec<DeviceStatus>,
     warnings: Vec<String>,
     /// Only with `--readers`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,7 +134,14 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
             crate::path_trust::ensure_regular(path, &metadata)?;
         }
     }
-    let listed: BTreeSet<LockedInode> = entries.iter().map(|(_, inode)| *inode).collect();
+    // Slot files are listed too: found held through their holders'
+    // descriptors, they are this directory's files, not moved locks.
+    let slots = tuner_slot::slot_files(&args.lock_dir);
+    let listed: BTreeSet<LockedInode> = entries
+        .iter()
+        .map(|(_, inode)| *inode)
+        .chain(slots.iter().map(|s| s.inode))
+        .collect();
     let mut warnings = Vec::new();
     // Connections first, then their owners in the one descriptor scan.
     let connections = if args.readers {
@@ -194,9 +205,17 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         }
     }
     locks.sort_by(|a, b| (&a.key, &a.lock_file).cmp(&(&b.key, &b.lock_file)));
+    let devices = if key.is_some() {
+        Vec::new()
+    } else {
+        let (devices, device_warnings) = device_view::devices(&scan, proc_root, &slots);
+        warnings.extend(device_warnings);
+        devices
+    };
     warnings.extend(scan.visibility_warnings());
     let report = Report {
         locks,
+        devices,
         warnings,
         readers,
     };
@@ -594,7 +613,10 @@ fn is_recorded_launcher(scan: &HolderScan, holder: &ProcessInfo, record: &LockRe
 
 /// A path as a JSON string: exact when it is UTF-8, else with the other
 /// bytes written `\xNN` (serde refuses such paths, which emptied the report).
-fn path_as_text<S: serde::Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+pub(super) fn path_as_text<S: serde::Serializer>(
+    path: &Path,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     match path.to_str() {
         Some(text) => serializer.serialize_str(text),
         None => serializer.serialize_str(&printable_path(path)),
@@ -678,6 +700,7 @@ fn print_report(report: &Report, json: bool) {
     if report.locks.is_empty() {
         out.push_str("(no lock files)\n");
     }
+    device_view::write_text(&mut out, &report.devices);
     if let Some(readers) = &report.readers {
         out.push_str(&readers::render(readers));
     }

@@ -21,6 +21,7 @@ mod privilege;
 mod readers;
 mod run;
 mod secrets;
+mod slots;
 mod status;
 mod status_truth;
 mod testenv;

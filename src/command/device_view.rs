@@ -1,0 +1,353 @@
+//! `status`'s device view: tuner slots grouped by device (ECP-0132).
+//!
+//! Slot files (`<stem>.tuner<i>.slot`) are judged like source lock files:
+//! by inode, against the same [`HolderScan`], the record inside each shown
+//! as the last launch on that slot. A device is the set of slot files that
+//! share a stem; its key and count come from the records (the file name
+//! only has a label and a hash). Waiters are the `->` rows of `/proc/locks`
+//! on the device's slot inodes, counted once per process: a launcher that
+//! waits blocks one thread on every slot. Slot files are never `*.lock`, so
+//! the `locks` section is what it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::status::{HolderJson, State, path_as_text};
+use crate::holder::{HolderScan, LockedInode};
+use crate::lock_record::LockRecord;
+use crate::printable::printable;
+use crate::proc_locks::{self, LockKind};
+use crate::redact::redact_source;
+use crate::tuner_slot::{self, SlotFile};
+
+/// One device as `status` reports it; also the `--json` schema of
+/// `devices[]`.
+#[derive(Debug, Serialize)]
+pub(super) struct DeviceStatus {
+    /// The device key, from the slot records; `null` when none says.
+    device: Option<String>,
+    /// `<label>-<hash>`, shared by the device's slot file names.
+    name: String,
+    /// The count the holders agree on (the smallest in records of held
+    /// slots), else the newest record's; `null` when no record says.
+    tuners: Option<u32>,
+    /// Slots the kernel shows held.
+    held: usize,
+    /// Processes blocked in `flock(2)` on one of the device's slots.
+    waiting: usize,
+    /// `DeviceID`s recorded by `--tuners auto`.
+    device_ids: Vec<String>,
+    slots: Vec<SlotStatus>,
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct SlotStatus {
+    slot: u32,
+    #[serde(serialize_with = "path_as_text")]
+    slot_file: PathBuf,
+    state: State,
+    holders: Vec<HolderJson>,
+    /// The recorded (redacted) source of the last launch on this slot.
+    source: Option<String>,
+    /// The last launch on this slot, as written into the file.
+    metadata: Option<LockRecord>,
+}
+
+/// The devices whose slot files are `files`, and warnings about them all.
+pub(super) fn devices(
+    scan: &HolderScan,
+    proc_root: &Path,
+    files: &[SlotFile],
+) -> (Vec<DeviceStatus>, Vec<String>) {
+    if files.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let waiting = waiters(proc_root);
+    let mut by_stem: BTreeMap<&str, Vec<&SlotFile>> = BTreeMap::new();
+    for file in files {
+        by_stem.entry(&file.stem).or_default().push(file);
+    }
+    let devices: Vec<DeviceStatus> = by_stem
+        .into_iter()
+        .map(|(stem, files)| device(scan, stem, &files, &waiting))
+        .collect();
+    let warnings = shared_device_ids(&devices);
+    (devices, warnings)
+}
+
+fn device(
+    scan: &HolderScan,
+    stem: &str,
+    files: &[&SlotFile],
+    waiting: &BTreeMap<LockedInode, BTreeSet<Option<u32>>>,
+) -> DeviceStatus {
+    let slots: Vec<SlotStatus> = files.iter().map(|file| slot(scan, file)).collect();
+    let records = || slots.iter().filter_map(|s| s.metadata.as_ref());
+    let held_records = || {
+        slots
+            .iter()
+            .filter(|s| s.state == State::Held)
+            .filter_map(|s| s.metadata.as_ref())
+    };
+    let held_counts: BTreeSet<u32> = held_records().filter_map(|r| r.tuners).collect();
+    let tuners = held_counts.first().copied().or_else(|| {
+        records()
+            .filter(|r| r.tuners.is_some())
+            .max_by_key(|r| r.started_unix)
+            .and_then(|r| r.tuners)
+    });
+    let device = held_records()
+        .chain(records())
+        .find_map(|r| r.device.clone());
+    let mut warnings = Vec::new();
+    if held_counts.len() > 1 {
+        warnings.push(format!(
+            "the launchers holding slots disagree on the tuner count ({}); new launchers use the smallest: give every launcher of the device the same --tuners",
+            join(held_counts.iter())
+        ));
+    }
+    if let Some(n) = tuners {
+        let beyond: Vec<u32> = slots
+            .iter()
+            .filter(|s| s.state == State::Held && s.slot >= n)
+            .map(|s| s.slot)
+            .collect();
+        if !beyond.is_empty() {
+            warnings.push(format!(
+                "slot {} is held beyond the device's {n} tuners: taken by a launcher with a larger --tuners, which may run more readers than the device has tuners",
+                join(beyond.iter())
+            ));
+        }
+    }
+    let waiting: BTreeSet<Option<u32>> = files
+        .iter()
+        .filter_map(|f| waiting.get(&f.inode))
+        .flatten()
+        .copied()
+        .collect();
+    let device_ids: BTreeSet<String> = records().filter_map(|r| r.device_id.clone()).collect();
+    DeviceStatus {
+        device,
+        name: stem.to_owned(),
+        tuners,
+        held: slots.iter().filter(|s| s.state == State::Held).count(),
+        waiting: waiting.len(),
+        device_ids: device_ids.into_iter().collect(),
+        slots,
+        warnings,
+    }
+}
+
+fn slot(scan: &HolderScan, file: &SlotFile) -> SlotStatus {
+    let opened = tuner_slot::open_record(&file.path);
+    let mut record = opened.as_ref().ok().and_then(LockRecord::read_from);
+    if let Some(record) = &mut record {
+        // Redacted when written; again, against a hand-edited file.
+        record.source = redact_source(&record.source);
+    }
+    let regular =
+        opened.is_ok() || fs::symlink_metadata(&file.path).is_ok_and(|m| m.file_type().is_file());
+    let state = if !regular {
+        State::Unknown
+    } else if scan.is_held(file.inode) {
+        State::Held
+    } else if scan.table_complete {
+        State::Free
+    } else {
+        State::Unknown
+    };
+    let holders = if state == State::Held {
+        scan.holders(file.inode, record.as_ref())
+    } else {
+        Vec::new()
+    };
+    SlotStatus {
+        slot: file.slot,
+        slot_file: file.path.clone(),
+        state,
+        holders: holders.into_iter().map(HolderJson::from).collect(),
+        source: record.as_ref().map(|r| r.source.clone()),
+        metadata: record,
+    }
+}
+
+/// The processes waiting on each inode (`->` rows; `None` for a PID
+/// outside this namespace).
+fn waiters(proc_root: &Path) -> BTreeMap<LockedInode, BTreeSet<Option<u32>>> {
+    let mut waiting: BTreeMap<LockedInode, BTreeSet<Option<u32>>> = BTreeMap::new();
+    let text = fs::read_to_string(proc_root.join("locks")).unwrap_or_default();
+    for row in proc_locks::parse(&text) {
+        if row.kind == LockKind::Flock && row.waiting {
+            let inode = LockedInode {
+                dev_major: row.dev_major,
+                dev_minor: row.dev_minor,
+                inode: row.inode,
+            };
+            waiting.entry(inode).or_default().insert(row.pid);
+        }
+    }
+    waiting
+}
+
+/// Two device keys whose records name one `DeviceID` are two names of one
+/// box: their launchers count its tuners twice.
+fn shared_device_ids(devices: &[DeviceStatus]) -> Vec<String> {
+    let mut keys_of: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for device in devices {
+        for id in &device.device_ids {
+            keys_of
+                .entry(id)
+                .or_default()
+                .insert(device.device.clone().unwrap_or_else(|| device.name.clone()));
+        }
+    }
+    keys_of
+        .into_iter()
+        .filter(|(_, keys)| keys.len() > 1)
+        .map(|(id, keys)| {
+            format!(
+                "device keys {} report one DeviceID {id}: two names of one box count its tuners twice; give their launchers one --device",
+                join(keys.iter())
+            )
+        })
+        .collect()
+}
+
+/// `10.0.0.5  tuners 2/2 held: slot 0 pid 4242 ec-node (x.service, http://…), slot 1 free; 1 waiting`
+/// and the device's warnings, escaped for the terminal.
+pub(super) fn write_text(out: &mut String, devices: &[DeviceStatus]) {
+    if devices.is_empty() {
+        return;
+    }
+    out.push('\n');
+    for device in devices {
+        let name = device.device.as_deref().unwrap_or(&device.name);
+        let tuners = device
+            .tuners
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        let shown: Vec<String> = device
+            .slots
+            .iter()
+            .filter(|s| s.state != State::Free || device.tuners.is_none_or(|n| s.slot < n))
+            .map(describe_slot)
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}  tuners {}/{tuners} held: {}; {} waiting",
+            printable(name),
+            device.held,
+            shown.join(", "),
+            device.waiting
+        );
+        for warning in &device.warnings {
+            let _ = writeln!(out, "  ! {}", printable(warning));
+        }
+    }
+}
+
+fn describe_slot(slot: &SlotStatus) -> String {
+    let state = match slot.state {
+        State::Held => "",
+        State::Free => " free",
+        State::Unknown => " unknown",
+    };
+    let mut text = format!("slot {}{state}", slot.slot);
+    if slot.state == State::Held && slot.holders.is_empty() {
+        text.push_str(" held by a process this user cannot see");
+    }
+    let source = slot.source.as_deref().map_or("?".into(), printable);
+    for (index, holder) in slot.holders.iter().enumerate() {
+        if index > 0 {
+            text.push_str(" and");
+        }
+        let _ = write!(text, " pid {}", holder.pid);
+        if let Some(command) = &holder.command {
+            let _ = write!(text, " {}", printable(command));
+        }
+        let unit = holder.unit.as_deref().map_or("no unit".into(), printable);
+        let _ = write!(text, " ({unit}, {source})");
+    }
+    text
+}
+
+fn join<T: ToString>(items: impl Iterator<Item = T>) -> String {
+    items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(index: u32, state: State, pid: Option<u32>) -> SlotStatus {
+        SlotStatus {
+            slot: index,
+            slot_file: PathBuf::from(format!("/run/l/d-0.tuner{index}.slot")),
+            state,
+            holders: pid
+                .map(|pid| {
+                    HolderJson::from(crate::process::ProcessInfo {
+                        pid,
+                        command: Some("ec-node\x1b".into()),
+                        unit: Some("a.service".into()),
+                        since: None,
+                        start_ticks: None,
+                    })
+                })
+                .into_iter()
+                .collect(),
+            source: pid.map(|_| "http://10.0.0.5:5004/auto/v5.1".into()),
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn a_device_is_one_line_with_each_slot_its_holders_and_the_waiters() {
+        let device = DeviceStatus {
+            device: Some("10.0.0.5".into()),
+            name: "10.0.0.5-d68ebdae456af6a8".into(),
+            tuners: Some(2),
+            held: 1,
+            waiting: 3,
+            device_ids: Vec::new(),
+            slots: vec![
+                slot(0, State::Held, Some(42)),
+                slot(1, State::Free, None),
+                // A free file of a past, larger configuration: not shown.
+                slot(2, State::Free, None),
+            ],
+            warnings: vec!["w\rx".into()],
+        };
+        let mut out = String::new();
+        write_text(&mut out, &[device]);
+        assert_eq!(
+            out,
+            "\n10.0.0.5  tuners 1/2 held: slot 0 pid 42 ec-node\\x1b (a.service, http://10.0.0.5:5004/auto/v5.1), slot 1 free; 3 waiting\n  ! w\\rx\n"
+        );
+        let mut none = String::new();
+        write_text(&mut none, &[]);
+        assert_eq!(none, "", "no devices, no block: the table is as it was");
+    }
+
+    #[test]
+    fn two_device_keys_reporting_one_device_id_are_warned_about() {
+        let device = |key: &str| DeviceStatus {
+            device: Some(key.into()),
+            name: key.into(),
+            tuners: Some(2),
+            held: 0,
+            waiting: 0,
+            device_ids: vec!["1040ABCD".into()],
+            slots: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let warnings = shared_device_ids(&[device("10.0.0.5"), device("hdhr.lan")]);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("10.0.0.5, hdhr.lan report one DeviceID 1040ABCD"));
+        assert!(shared_device_ids(&[device("10.0.0.5")]).is_empty());
+    }
+}

@@ -1,0 +1,472 @@
+//! Tuner slots: at most N readers per device on a node (ECP-0132).
+//!
+//! A device (named by a [`DeviceKey`]: `--device KEY`, else the source's
+//! canonical host) has N slot files in the lock directory,
+//! `<label>-<16 hex digits of SHA-256("device\0" + key)>.tuner<i>.slot`;
+//! a launcher that holds its source lock takes one of them with the same
+//! primitive and the same code as the source lock ([`crate::lock::acquire`]:
+//! `O_NOFOLLOW`, trust rule, inode re-check, never deleted). Invariants:
+//! - The source lock is always taken first, so a duplicate of a held source
+//!   never touches a slot and no lock-order cycle can form.
+//! - A launcher holds at most one slot. Waiting blocks one thread per slot
+//!   in `flock(LOCK_EX)`, each on its own open file description (no
+//!   polling); the first thread to lock wins, a thread that locks later
+//!   unlocks at once, and the losers' descriptors are close-on-exec, so the
+//!   program inherits exactly one slot.
+//! - A held slot is never taken from its holder: only the kernel frees it,
+//!   when the last descriptor of the holder's open file description closes.
+//! - The count N is what the launchers of a device agree on: records of
+//!   slots the kernel shows held (found busy while trying them in order)
+//!   carry their launcher's N, and a launcher that sees a smaller one uses
+//!   it (records of free slots are stale and not read).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread;
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::holder::LockedInode;
+use crate::lock::{self, Acquired, BusyPolicy, HeldLock};
+use crate::lock_record::LockRecord;
+use crate::path_trust::{self, Launcher};
+use crate::printable::printable;
+use crate::source_key::{self, SourceKey};
+
+/// The most tuners a device may be declared with (HDHomeRun boxes have 2-6;
+/// one waiting thread per slot must stay cheap).
+pub const MAX_TUNERS: u32 = 64;
+
+/// What `--tuners` says: a number, or ask the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tuners {
+    Count(u32),
+    /// Ask the device's `discover.json` for `TunerCount` (see [`tuner_count`]).
+    Auto,
+}
+
+impl Tuners {
+    /// Parses `--tuners`: `auto`, or an integer from 1 to [`MAX_TUNERS`].
+    ///
+    /// # Errors
+    /// A message for clap when the text is neither.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "auto" {
+            return Ok(Self::Auto);
+        }
+        match text.parse::<u32>() {
+            Ok(n @ 1..=MAX_TUNERS) => Ok(Self::Count(n)),
+            _ => Err(format!(
+                "{text:?} is not a tuner count; pass the device's number of tuners (1 to {MAX_TUNERS}) or auto"
+            )),
+        }
+    }
+}
+
+/// How many tuners to share, and the device's own `DeviceID` when the
+/// device was asked (recorded in slot records, shown by `status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunerCount {
+    pub count: u32,
+    pub device_id: Option<String>,
+}
+
+/// The number of tuners to share: `--tuners N` as given; for `auto` the
+/// device is asked (`GET http://<host>/discover.json`, ECP-0132), which is
+/// the device client's job and not there yet. `host` is the source's host
+/// (the device key may be a `--device` name).
+///
+/// # Errors
+/// [`Error::TunersAutoUnavailable`] for `auto`.
+pub fn tuner_count(
+    tuners: Tuners,
+    device: &DeviceKey,
+    host: Option<&str>,
+) -> Result<TunerCount, Error> {
+    match tuners {
+        Tuners::Count(count) => Ok(TunerCount {
+            count,
+            device_id: None,
+        }),
+        Tuners::Auto => {
+            let _ = (device, host);
+            Err(Error::TunersAutoUnavailable)
+        }
+    }
+}
+
+/// The source's host as canonicalised for the key. `key` is the source's
+/// own key when it has one; with `--key` the source is keyed again for its
+/// host. `None` for a source without a host (a device path).
+#[must_use]
+pub fn source_host(key: &SourceKey, source: &str) -> Option<String> {
+    match key.host() {
+        Some(host) => Some(host.to_owned()),
+        None => SourceKey::from_source(source)
+            .ok()?
+            .host()
+            .map(str::to_owned),
+    }
+}
+
+/// The name of one tuner device on this node. Every launcher of a device
+/// must derive the same key without the network (ECP-0132).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKey {
+    canonical: String,
+}
+
+impl DeviceKey {
+    /// `--device KEY`, taken as it is (trimmed). The key is printed in logs,
+    /// `status` and the program's environment, so what could carry a
+    /// credential (userinfo's `@`, a query or fragment) is refused: a
+    /// device key is a name, not a URL.
+    ///
+    /// # Errors
+    /// A message for clap when the key is empty, has whitespace or control
+    /// characters, or `@`, `?` or `#`.
+    pub fn from_flag(text: &str) -> Result<Self, String> {
+        let key = text.trim();
+        if key.is_empty() || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("the device key is empty or has whitespace or control characters; pass a printable name such as 10.0.0.5".into());
+        }
+        if key.contains(['@', '?', '#']) {
+            return Err("a device key is a name, not a URL: it may not contain @, ? or # (it is printed, and a credential must not be); pass e.g. 10.0.0.5 or den-hdhomerun".into());
+        }
+        Ok(Self {
+            canonical: key.to_owned(),
+        })
+    }
+
+    /// The device of a source: its host as canonicalised for the key
+    /// (`http://0x0a000005:5004/auto/v5.1` → `10.0.0.5`), see [`source_host`].
+    #[must_use]
+    pub fn of_source(key: &SourceKey, source: &str) -> Option<Self> {
+        source_host(key, source).map(|canonical| Self { canonical })
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.canonical
+    }
+
+    /// `<label>-<hash>`: the part of the slot file names that names the device.
+    #[must_use]
+    pub fn file_stem(&self) -> String {
+        let mut identity = b"device\0".to_vec();
+        identity.extend_from_slice(self.canonical.as_bytes());
+        source_key::hashed_name(&source_key::sanitize_label(&self.canonical), &identity)
+    }
+
+    /// The file of slot `slot` in `lock_dir`.
+    #[must_use]
+    pub fn slot_path(&self, lock_dir: &Path, slot: u32) -> PathBuf {
+        lock_dir.join(format!("{}.tuner{slot}.slot", self.file_stem()))
+    }
+}
+
+impl std::fmt::Display for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.canonical)
+    }
+}
+
+/// Splits a slot file name into the device's stem and the slot index.
+#[must_use]
+pub fn parse_slot_file_name(name: &str) -> Option<(&str, u32)> {
+    let (stem, index) = name.strip_suffix(".slot")?.rsplit_once(".tuner")?;
+    if stem.is_empty() || index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem, index.parse().ok()?))
+}
+
+/// One slot file found in the lock directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotFile {
+    pub path: PathBuf,
+    /// The device's stem: files with one stem are one device's slots.
+    pub stem: String,
+    pub slot: u32,
+    /// From the directory entry (no `stat`).
+    pub inode: LockedInode,
+}
+
+/// Every slot file in `dir`, sorted by device and slot. An unreadable
+/// directory has none.
+#[must_use]
+pub fn slot_files(dir: &Path) -> Vec<SlotFile> {
+    let Ok(metadata) = fs::metadata(dir) else {
+        return Vec::new();
+    };
+    let device_inode = LockedInode::of_metadata(&metadata);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<SlotFile> = entries
+        .flatten()
+        .filter(|e| e.file_type().map_or(true, |t| !t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name();
+            let (found, slot) = parse_slot_file_name(name.to_str()?)?;
+            Some(SlotFile {
+                path: e.path(),
+                stem: found.to_owned(),
+                slot,
+                inode: LockedInode {
+                    inode: e.ino(),
+                    ..device_inode
+                },
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| (&a.stem, a.slot).cmp(&(&b.stem, b.slot)));
+    files
+}
+
+/// Opens a slot (or lock) file to read its record: read-only, without
+/// following links, without blocking on a planted FIFO, regular files only.
+///
+/// # Errors
+/// Whatever `open` or `fstat` says; a file that is not regular is `Other`.
+pub fn open_record(path: &Path) -> io::Result<File> {
+    let flags = (nix::fcntl::OFlag::O_NOFOLLOW
+        | nix::fcntl::OFlag::O_NONBLOCK
+        | nix::fcntl::OFlag::O_NOCTTY)
+        .bits();
+    let regular = |m: &fs::Metadata| path_trust::ensure_regular(path, m).map_err(io::Error::other);
+    regular(&fs::symlink_metadata(path)?)?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    regular(&file.metadata()?)?;
+    Ok(file)
+}
+
+/// A slot we hold. Dropping it unlocks; exec keeps it.
+#[derive(Debug)]
+pub struct HeldSlot {
+    pub lock: HeldLock,
+    pub slot: u32,
+}
+
+/// A slot found held: its index and its file, open (unlocked) so the
+/// caller can name its holders.
+pub type BusySlot = (u32, File);
+
+/// The outcome of trying to take a slot.
+#[derive(Debug)]
+pub enum SlotOutcome {
+    Held(HeldSlot),
+    /// Every slot is held; each file is open (unlocked) so the caller can
+    /// name its holders.
+    Busy {
+        slots: Vec<BusySlot>,
+        timed_out: bool,
+    },
+}
+
+/// Takes one of `wanted` slots of `device`: the first free one in slot
+/// order; with `wait`, whichever frees first, until `deadline`.
+///
+/// Agreement on the count comes with the attempt: a slot that is busy is
+/// one the kernel shows held, and its record carries its launcher's count.
+/// Slots are tried in order, so the counts of every held slot below a free
+/// one are known before it is taken, and a held slot above it cannot
+/// forbid it (its launcher's count is larger than its index). A smaller
+/// count than ours is warned about and used.
+///
+/// `on_wait` is called once, with every slot's file, before blocking.
+///
+/// # Errors
+/// Opening or locking failures of a slot file, as for source locks.
+pub fn acquire(
+    lock_dir: &Path,
+    device: &DeviceKey,
+    wanted: u32,
+    wait: bool,
+    deadline: Option<Instant>,
+    me: &Launcher,
+    on_wait: &mut dyn FnMut(&[BusySlot]),
+) -> Result<SlotOutcome, Error> {
+    let mut count = wanted;
+    let mut others = BTreeSet::new();
+    let mut busy = Vec::new();
+    let mut slot = 0;
+    while slot < count {
+        let path = device.slot_path(lock_dir, slot);
+        match lock::acquire(&path, BusyPolicy::Skip, me, &mut |_| {})? {
+            Acquired::Held(lock) => {
+                warn_on_disagreement(device, wanted, &others, count);
+                return Ok(SlotOutcome::Held(HeldSlot { lock, slot }));
+            }
+            Acquired::Busy { file, .. } => {
+                let recorded = LockRecord::read_from(&file).and_then(|r| r.tuners);
+                if let Some(n) = recorded.filter(|n| *n != wanted && (1..=MAX_TUNERS).contains(n)) {
+                    others.insert(n);
+                    count = count.min(n);
+                }
+                busy.push((slot, file));
+            }
+        }
+        slot += 1;
+    }
+    warn_on_disagreement(device, wanted, &others, count);
+    let timed_out = |slots| SlotOutcome::Busy {
+        slots,
+        timed_out: true,
+    };
+    if !wait {
+        return Ok(SlotOutcome::Busy {
+            slots: busy,
+            timed_out: false,
+        });
+    }
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    if remaining.is_some_and(|r| r.is_zero()) {
+        return Ok(timed_out(busy));
+    }
+    on_wait(&busy);
+    // One blocked flock(2) per slot we may take; `decided` makes exactly
+    // one the winner.
+    let decided = Arc::new(Mutex::new(false));
+    let (sender, receiver) = mpsc::channel();
+    for slot in 0..count {
+        let path = device.slot_path(lock_dir, slot);
+        let (decided, sender, me) = (Arc::clone(&decided), sender.clone(), me.clone());
+        thread::Builder::new()
+            .name(format!("slot-wait-{slot}"))
+            .spawn(move || {
+                // All were busy a moment ago: announced once, above.
+                let outcome =
+                    lock::acquire(&path, BusyPolicy::Wait { timeout: None }, &me, &mut |_| {});
+                let mut decided = decided.lock().unwrap_or_else(PoisonError::into_inner);
+                if *decided {
+                    // A late winner: unlock at once (dropping `outcome`).
+                    return;
+                }
+                match outcome {
+                    Ok(Acquired::Held(lock)) => {
+                        *decided = true;
+                        let _ = sender.send(Ok(HeldSlot { lock, slot }));
+                    }
+                    // Without a timeout a wait only ends locked or failed.
+                    Ok(Acquired::Busy { .. }) => {}
+                    Err(error) => {
+                        *decided = true;
+                        let _ = sender.send(Err(error));
+                    }
+                }
+            })
+            .map_err(|source| Error::StartWaitThread {
+                path: device.slot_path(lock_dir, slot),
+                source,
+            })?;
+    }
+    drop(sender);
+    let winner = match remaining {
+        None => receiver.recv().ok(),
+        Some(remaining) => receiver.recv_timeout(remaining).ok().or_else(|| {
+            // Time is up: no thread may win from now on, but one may have
+            // won just before we decided.
+            *decided.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            receiver.try_recv().ok()
+        }),
+    };
+    match winner {
+        Some(Ok(held)) => Ok(SlotOutcome::Held(held)),
+        Some(Err(error)) => Err(error),
+        None => Ok(timed_out(busy)),
+    }
+}
+
+fn warn_on_disagreement(device: &DeviceKey, wanted: u32, others: &BTreeSet<u32>, count: u32) {
+    if others.is_empty() {
+        return;
+    }
+    let others: Vec<String> = others.iter().map(u32::to_string).collect();
+    tracing::warn!(
+        device = %printable(device.as_str()),
+        "launchers of device {} disagree on its tuner count: this one says --tuners {wanted}, held slots were taken with --tuners {}; using {count} (give every launcher of the device the same --tuners)",
+        printable(device.as_str()),
+        others.join(", "),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuner_counts_are_auto_or_one_to_sixty_four() {
+        assert_eq!(Tuners::parse("auto"), Ok(Tuners::Auto));
+        assert_eq!(Tuners::parse("2"), Ok(Tuners::Count(2)));
+        assert_eq!(Tuners::parse("64"), Ok(Tuners::Count(64)));
+        for bad in ["0", "65", "-1", "two", "", " 2", "Auto"] {
+            assert!(Tuners::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_device_is_its_sources_canonical_host_whatever_the_spelling_or_key() {
+        let of = |source: &str| {
+            let key = SourceKey::from_source(source).unwrap();
+            DeviceKey::of_source(&key, source).map(|d| d.as_str().to_owned())
+        };
+        for source in [
+            "http://10.0.0.5:5004/auto/v5.1",
+            "http://012.0.0.5:5004/tuner1/v7.1",
+            "hdhomerun://10.0.0.5/v5.1",
+            "HTTP://0x0a000005/status",
+        ] {
+            assert_eq!(of(source).as_deref(), Some("10.0.0.5"), "{source}");
+        }
+        assert_eq!(of("rtsp://Cam.Local./s").as_deref(), Some("cam.local"));
+        assert_eq!(of("/dev/null"), None);
+        let key = SourceKey::from_override("studio-a").unwrap();
+        let source = "http://10.0.0.5:5004/auto/v5.1";
+        assert_eq!(
+            DeviceKey::of_source(&key, source).unwrap().as_str(),
+            "10.0.0.5"
+        );
+    }
+
+    #[test]
+    fn slot_file_names_are_stable_and_parse_back() {
+        let device = DeviceKey::from_flag("10.0.0.5").unwrap();
+        let path = device.slot_path(Path::new("/run/x"), 1);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        // Pinned: every ec-launch version must name a device's slots alike.
+        assert_eq!(name, "10.0.0.5-d68ebdae456af6a8.tuner1.slot");
+        assert_eq!(
+            parse_slot_file_name(name),
+            Some(("10.0.0.5-d68ebdae456af6a8", 1))
+        );
+        assert_eq!(parse_slot_file_name("a.lock"), None);
+        assert_eq!(parse_slot_file_name("a.tunerx.slot"), None);
+        assert_eq!(parse_slot_file_name(".tuner1.slot"), None);
+        // Not a source lock name: `status` lists `*.lock` only.
+        assert_ne!(path.extension().unwrap(), "lock");
+    }
+
+    #[test]
+    fn device_flags_must_be_printable_and_non_empty() {
+        assert!(DeviceKey::from_flag("").is_err());
+        assert!(DeviceKey::from_flag("  ").is_err());
+        assert!(DeviceKey::from_flag("a\x1bb").is_err());
+        assert!(DeviceKey::from_flag("a b").is_err());
+        for secretive in ["admin:pw@10.0.0.5", "box?token=s", "box#x"] {
+            assert!(DeviceKey::from_flag(secretive).is_err(), "{secretive}");
+        }
+        assert_eq!(
+            DeviceKey::from_flag("[fd00::5]").unwrap().as_str(),
+            "[fd00::5]"
+        );
+        assert_eq!(DeviceKey::from_flag(" den ").unwrap().as_str(), "den");
+    }
+}

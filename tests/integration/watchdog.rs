@@ -431,6 +431,59 @@ fn the_monitor_holds_no_lock_descriptor_and_no_descriptor_of_the_launcher() {
 }
 
 #[test]
+fn with_tuner_slots_the_monitor_holds_no_slot_descriptor_and_the_program_holds_one() {
+    let env = TestEnv::new();
+    let tuner = Tuner::start(true);
+    let notify = Notify::bind(&env);
+    let mut command = watched(
+        &env,
+        &tuner.source(),
+        &["--progress-watchdog", "--tuners", "2"],
+        &[
+            "bash".to_owned(),
+            "-c".to_owned(),
+            reader_in_a_child(tuner.port),
+        ],
+    );
+    command
+        .env("WATCHDOG_USEC", WATCHDOG_USEC)
+        .env("NOTIFY_SOCKET", &notify.address)
+        .env_remove("WATCHDOG_PID");
+    let program = Guard::spawn(&mut command);
+    tuner.wait_for_client();
+    let monitor = monitor_of(&notify.collect(INTERVAL * 3), program.pid());
+    let slots: Vec<fs::Metadata> = fs::read_dir(env.lock_dir())
+        .expect("lock dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".slot"))
+        .map(|e| e.metadata().expect("slot metadata"))
+        .collect();
+    assert!(!slots.is_empty(), "no slot file was made");
+    let open_in = |pid: i32| -> Vec<(u64, u64)> {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fds")
+            .flatten()
+            .filter_map(|e| fs::metadata(e.path()).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect()
+    };
+    let is_slot =
+        |(dev, ino): &(u64, u64)| slots.iter().any(|m| m.dev() == *dev && m.ino() == *ino);
+    assert_eq!(
+        open_in(program.pid() as i32)
+            .iter()
+            .filter(|f| is_slot(f))
+            .count(),
+        1,
+        "the program should hold exactly one slot"
+    );
+    assert!(
+        !open_in(monitor).iter().any(is_slot),
+        "the monitor holds a tuner slot"
+    );
+}
+
+#[test]
 fn without_watchdog_usec_it_warns_once_and_starts_no_monitor() {
     let env = TestEnv::new();
     let tuner = Tuner::start(true);

@@ -39,7 +39,13 @@ pub struct LockView<'a> {
     pub lock_file: &'a Path,
     /// The processes the kernel shows holding it.
     pub holders: Vec<u32>,
+    /// A tuner slot (ECP-0132), not a source: its holders are accounted
+    /// for on its source's endpoint, but it is not one of its sources.
+    pub slot: bool,
 }
+
+/// How a held tuner slot is named in `holds`: `tuner slot 0 of 10.0.0.5`.
+pub const SLOT_LABEL: &str = "tuner slot ";
 
 /// A source's network endpoint: where its reader connects.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -229,6 +235,7 @@ pub fn account(
     for ((endpoint, addresses), on_endpoint) in endpoints.iter().zip(locks_of) {
         let mut sources: Vec<String> = on_endpoint
             .iter()
+            .filter(|l| !l.slot)
             .filter_map(|l| l.key.map(str::to_owned))
             .collect();
         sources.sort();
@@ -286,12 +293,7 @@ pub fn account(
                 readers.push(row(Some(pid), info));
             }
         }
-        for (pid, count) in &connections_of {
-            let held = held_by.get(pid).map_or(0, BTreeSet::len);
-            if held > 0 && *count > held {
-                warnings.push(second_stream_advice(*pid, held, *count, &endpoint.name));
-            }
-        }
+        warnings.extend(second_streams(&connections_of, &held_by, &endpoint.name));
         readers.sort_by(|a, b| (!a.stale, a.pid, &a.local).cmp(&(!b.stale, b.pid, &b.local)));
         report.endpoints.push(EndpointReaders {
             endpoint: endpoint.name.clone(),
@@ -306,6 +308,32 @@ pub fn account(
         .endpoints
         .sort_by_key(|e| !e.connections.iter().any(|c| c.stale));
     report
+}
+
+/// The `!` lines for holders with more connections to `endpoint` than
+/// sources they hold there. A slot counts only for a process holding no
+/// source lock (the normal publisher holds its source's lock and a slot).
+fn second_streams(
+    connections_of: &BTreeMap<u32, usize>,
+    held_by: &BTreeMap<u32, BTreeSet<String>>,
+    endpoint: &str,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (pid, count) in connections_of {
+        let keys = held_by.get(pid);
+        let sources = keys.map_or(0, |k| {
+            k.iter().filter(|k| !k.starts_with(SLOT_LABEL)).count()
+        });
+        let held = if sources > 0 {
+            sources
+        } else {
+            keys.map_or(0, BTreeSet::len)
+        };
+        if held > 0 && *count > held {
+            lines.push(second_stream_advice(*pid, held, *count, endpoint));
+        }
+    }
+    lines
 }
 
 /// The keys of the sources in `locks` each process holds.
@@ -535,12 +563,14 @@ mod tests {
             source: None,
             lock_file: path,
             holders: vec![100],
+            slot: false,
         };
         let seven = LockView {
             key: Some("hdhomerun://10.0.0.5/v7.1"),
             source: None,
             lock_file: path,
             holders: vec![200],
+            slot: false,
         };
         let locks = [(&five, Some(0)), (&seven, Some(0))];
         let connections = [

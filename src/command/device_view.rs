@@ -220,6 +220,38 @@ fn shared_device_ids(devices: &[DeviceStatus]) -> Vec<String> {
 
 /// `10.0.0.5  tuners 2/2 held: slot 0 pid 4242 ec-node (x.service, http://…), slot 1 free; 1 waiting`
 /// and the device's warnings, escaped for the terminal.
+/// A held tuner slot as `status --readers` accounts for it (ECP-0133):
+/// its holders read the device on the slot's behalf.
+#[derive(Debug)]
+pub(super) struct SlotHolding {
+    /// `tuner slot <i> of <device>`.
+    pub label: String,
+    /// The recorded (redacted) source of the last launch on the slot.
+    pub source: Option<String>,
+    pub slot_file: PathBuf,
+    pub holders: Vec<u32>,
+}
+
+/// Every held slot of `devices`, with its holders.
+pub(super) fn slot_holdings(devices: &[DeviceStatus]) -> Vec<SlotHolding> {
+    devices
+        .iter()
+        .flat_map(|device| {
+            let name = device.device.as_deref().unwrap_or(&device.name);
+            device
+                .slots
+                .iter()
+                .filter(|slot| !slot.holders.is_empty())
+                .map(move |slot| SlotHolding {
+                    label: format!("{}{} of {name}", crate::readers::SLOT_LABEL, slot.slot),
+                    source: slot.source.clone(),
+                    slot_file: slot.slot_file.clone(),
+                    holders: slot.holders.iter().map(|h| h.pid).collect(),
+                })
+        })
+        .collect()
+}
+
 pub(super) fn write_text(out: &mut String, devices: &[DeviceStatus]) {
     if devices.is_empty() {
         return;

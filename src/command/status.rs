@@ -145,15 +145,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
     let mut warnings = Vec::new();
     // Connections first, then their owners in the one descriptor scan.
     let connections = if args.readers {
-        match sock_diag::established_to(&[]) {
-            Ok(connections) => Some(connections),
-            Err(e) => {
-                warnings.push(format!(
-                    "cannot read the kernel's TCP socket table (netlink sock_diag: {e}), so readers are unknown; run as root on a kernel with inet_diag"
-                ));
-                None
-            }
-        }
+        socket_table(&mut warnings)
     } else {
         None
     };
@@ -192,9 +184,19 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
             Vec::new(),
         ));
     }
+    // Slots are shown for the whole directory only, but a slot holder
+    // accounts for its connection to the device whatever is asked.
+    let (devices, device_warnings) = if key.is_none() || connections.is_some() {
+        device_view::devices(&scan, proc_root, &slots)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     // Before the locks are narrowed to SOURCE: another channel's holder on
     // the same endpoint accounts for its connection.
-    let readers = connections.map(|c| readers_report(&scan, &locks, c, key.as_ref()));
+    let readers = connections.map(|c| {
+        let slots = device_view::slot_holdings(&devices);
+        readers_report(&scan, &locks, &slots, c, key.as_ref())
+    });
     if let Some(key) = &key {
         // Other sources' locks are not this question's answer.
         locks.retain(|lock| {
@@ -208,7 +210,6 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
     let devices = if key.is_some() {
         Vec::new()
     } else {
-        let (devices, device_warnings) = device_view::devices(&scan, proc_root, &slots);
         warnings.extend(device_warnings);
         devices
     };
@@ -221,6 +222,18 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
     };
     print_report(&report, args.json);
     Ok(exit_status(&report, key.is_some(), args.readers))
+}
+
+/// Every established TCP connection, or `None` with a warning saying why
+/// the table cannot be read.
+fn socket_table(warnings: &mut Vec<String>) -> Option<Vec<TcpConnection>> {
+    sock_diag::established_to(&[])
+        .map_err(|e| {
+            warnings.push(format!(
+                "cannot read the kernel's TCP socket table (netlink sock_diag: {e}), so readers are unknown; run as root on a kernel with inet_diag"
+            ));
+        })
+        .ok()
 }
 
 /// Orphaned before a stale reader (both are the incident; an orphan can
@@ -252,6 +265,7 @@ fn exit_status(report: &Report, for_one_source: bool, readers_wanted: bool) -> E
 fn readers_report(
     scan: &HolderScan,
     locks: &[LockStatus],
+    slots: &[device_view::SlotHolding],
     mut connections: Vec<TcpConnection>,
     key: Option<&SourceKey>,
 ) -> ReadersReport {
@@ -262,7 +276,15 @@ fn readers_report(
             source: lock.source.as_deref(),
             lock_file: &lock.lock_file,
             holders: lock.holders.iter().map(|h| h.pid).collect(),
+            slot: false,
         })
+        .chain(slots.iter().map(|slot| LockView {
+            key: Some(&slot.label),
+            source: slot.source.as_deref(),
+            lock_file: &slot.slot_file,
+            holders: slot.holders.clone(),
+            slot: true,
+        }))
         .collect();
     let mut endpoints: Vec<(Endpoint, Vec<std::net::SocketAddr>)> = Vec::new();
     let mut index_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -279,7 +301,7 @@ fn readers_report(
                 placed.push((view, Some(index)));
             }
             Err(reason) => {
-                if key.is_none_or(|k| view.key == Some(k.as_str())) {
+                if !view.slot && key.is_none_or(|k| view.key == Some(k.as_str())) {
                     without_endpoint.push(WithoutEndpoint {
                         key: view.key.map(str::to_owned),
                         lock_file: view.lock_file.to_owned(),

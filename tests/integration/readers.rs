@@ -454,3 +454,40 @@ fn a_connection_whose_owner_this_user_cannot_see_is_unknown_not_clear() {
     assert!(connections[0]["pid"].is_null(), "{report:#}");
     assert_eq!(connections[0]["stale"], false, "{report:#}");
 }
+
+#[test]
+fn a_reader_holding_only_a_tuner_slot_of_the_device_is_accounted_for() {
+    require_root!("see every process's descriptors");
+    let env = TestEnv::new();
+    let stand_in = StandIn::start("127.0.0.1:0");
+    // The program lets go of the source lock and keeps its tuner slot.
+    let script = format!(
+        "eval \"exec $EC_SOURCE_LOCK_FD>&-\"; {}",
+        stand_in.reader_script()
+    );
+    let holder = Guard::spawn(
+        &mut env
+            .launch(stand_in.source("v5.1"))
+            .args(["--tuners", "2"])
+            .program(bash(&script))
+            .to_command(),
+    );
+    stand_in.wait_for(1);
+
+    let (code, report) = readers_json(&env);
+    assert_eq!(code, Some(0), "{report:#}");
+    let ours = of_pid(&connections_to(&report, stand_in.address), holder.pid());
+    assert_eq!(ours.len(), 1, "{report:#}");
+    assert_eq!(ours[0]["stale"], false, "{report:#}");
+    assert!(
+        ours[0]["holds"][0].as_str().unwrap().contains("tuner slot"),
+        "{report:#}"
+    );
+    // A slot is not a source of the endpoint.
+    let endpoint = &report["readers"]["endpoints"][0];
+    assert_eq!(
+        endpoint["sources"].as_array().unwrap().len(),
+        1,
+        "{report:#}"
+    );
+}

@@ -242,6 +242,17 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Pings later than the start-up window (`start` + 1.5 intervals): those
+/// while the launcher had not exec'd yet (a loaded machine may take a tick
+/// for that) and the one at the exec are inside it; a monitor pinging
+/// regardless of bytes shows up after it within one interval.
+fn after_start_up(pings: &[Ping], start: Instant) -> Vec<&Ping> {
+    pings
+        .iter()
+        .filter(|p| p.at.duration_since(start) > INTERVAL * 3 / 2)
+        .collect()
+}
+
 /// The monitor: the one sender of pings, checked to be the program's child
 /// named `ec-watchdog` (not the program: it does not speak `sd_notify`).
 #[track_caller]
@@ -311,10 +322,14 @@ fn a_connection_that_sends_nothing_gets_no_ping_after_the_programs_start() {
         &reader_in_a_child(tuner.port),
     );
     tuner.wait_for_client();
-    // One ping at the program's start (it gets a full interval to connect),
+    // A ping at the program's start (it gets a full interval to connect),
     // from the monitor, which is alive and watching; after that, silence.
+    let start = Instant::now();
     let pings = notify.collect(INTERVAL * 6);
-    assert_eq!(pings.len(), 1, "a silent tuner was pinged for: {pings:?}");
+    assert!(
+        !pings.is_empty() && after_start_up(&pings, start).is_empty(),
+        "a silent tuner was pinged for: {pings:?}"
+    );
     let monitor = monitor_of(&pings, program.pid());
     assert!(
         alive(monitor),
@@ -690,10 +705,14 @@ fn a_host_name_that_resolves_to_nothing_is_said_once_and_gets_no_ping() {
         .env_remove("WATCHDOG_PID");
     let program = Guard::spawn(&mut command);
     // The start's ping, then none: nothing can be counted.
+    let start = Instant::now();
     let pings = notify.collect(INTERVAL * 5);
     let (status, stderr) = program.finish();
     assert_eq!(status, Some(0), "{stderr}");
-    assert_eq!(pings.len(), 1, "{pings:?}");
+    assert!(
+        !pings.is_empty() && after_start_up(&pings, start).is_empty(),
+        "{pings:?}"
+    );
     assert_eq!(
         stderr
             .matches("no-such-tuner.invalid:5004 resolves to no address")

@@ -63,6 +63,25 @@ let
 
   isDevice = source: source != null && lib.hasPrefix "/dev/" source;
 
+  # Sources the progress watchdog cannot count bytes of (ECP-0133): device
+  # paths and UDP schemes. `ec-launch run --progress-watchdog` refuses
+  # them too (exit 64); this says so at evaluation, naming the option.
+  unwatchableSource =
+    source:
+    let
+      scheme = builtins.match "([A-Za-z][A-Za-z0-9+.-]*):.*" source;
+    in
+    source != null
+    && (
+      lib.hasPrefix "/" source
+      || (scheme != null && lib.elem (lib.toLower (builtins.head scheme)) [
+        "udp"
+        "rtp"
+        "srt"
+        "file"
+      ])
+    );
+
   # Tuner devices (issue #10, evolution/ECP-0132-tuner-slots.md). A unit is
   # on a device when its source URL's host is the device's host, as far as
   # Nix can tell without resolving names: `scheme://[userinfo@]host[:port]`
@@ -363,6 +382,27 @@ let
           '';
         };
 
+        watchdogSec = mkOption {
+          type = types.nullOr (types.either types.ints.positive types.nonEmptyStr);
+          default = null;
+          example = "30s";
+          description = ''
+            Restart the unit when its source stops delivering bytes
+            (`evolution/ECP-0133-stale-readers-and-progress-watchdog.md`):
+            sets `WatchdogSec=` to this, `NotifyAccess=all` and
+            `ec-launch run --progress-watchdog`, whose monitor pings
+            systemd's watchdog every half of it only while bytes arrive on
+            the program's TCP connections to the source's host and port.
+            With no ping for this long, systemd kills the unit (its
+            `WatchdogSignal=`, SIGABRT by default) and `Restart=always`
+            starts it again. Leave time to connect and receive the first
+            bytes: the first ping after the start needs them within half of
+            it. Only for network sources over TCP (HTTP, RTSP with RTP over
+            TCP, RTMP); not for `/dev/…`, `udp://`, `rtp://` or `srt://`.
+            A program that sends `WATCHDOG=1` itself may ping as well.
+          '';
+        };
+
         restartSec = mkOption {
           type = types.either types.str types.ints.unsigned;
           default = "5s";
@@ -504,6 +544,14 @@ let
           message = "${optionPath}.device: `device` only applies with `source` or `sourceFile`.";
         }
         {
+          assertion = unit.watchdogSec == null || unit.source != null || unit.sourceFile != null;
+          message = "${optionPath}.watchdogSec: the progress watchdog counts the bytes of the unit's source; set `source` or `sourceFile`, or remove `watchdogSec`.";
+        }
+        {
+          assertion = unit.watchdogSec == null || !unwatchableSource unit.source;
+          message = "${optionPath}.watchdogSec: the source (a device path or a UDP stream: udp, rtp, srt) has no TCP connection whose bytes ec-launch can count, so the unit would be restarted while healthy; remove `watchdogSec`, or set `serviceConfig.WatchdogSec` if the program pings the watchdog itself.";
+        }
+        {
           assertion = unit.device == null || cfg.devices ? ${unit.device};
           message =
             let
@@ -612,6 +660,7 @@ let
           unit.lockKey
         ]
         ++ tunerArgs unit
+        ++ lib.optional (unit.watchdogSec != null) "--progress-watchdog"
         ++ lib.optionals (unit.source != null) [
           "--source"
           unit.source
@@ -645,6 +694,12 @@ let
         })
         (mkIf (unit.environmentFile != null) {
           EnvironmentFile = toString unit.environmentFile;
+        })
+        # The progress watchdog: its monitor is not the main process, so
+        # systemd must accept notifications from the whole cgroup.
+        (mkIf (hasSource && unit.watchdogSec != null) {
+          WatchdogSec = unit.watchdogSec;
+          NotifyAccess = "all";
         })
         # Hardening from ./unit-hardening.json (the reasons are in its
         # `why`): defaults the per-unit serviceConfig can override …

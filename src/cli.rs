@@ -104,6 +104,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub source_file: Option<PathBuf>,
 
+    /// Under systemd's WatchdogSec=: fork a monitor that sends WATCHDOG=1 only while bytes arrive from the source's TCP endpoint
+    #[arg(long)]
+    pub progress_watchdog: bool,
+
     /// The program and its arguments, after `--`; `{source}` in an argument is replaced by the source
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]", value_parser = clap::value_parser!(OsString))]
     pub command: Vec<OsString>,

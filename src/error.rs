@@ -144,6 +144,16 @@ pub enum Error {
         #[source]
         source: DeviceError,
     },
+    #[error("--progress-watchdog cannot watch this source")]
+    ProgressWatchdogUnwatchable {
+        #[source]
+        reason: crate::watchdog::Unwatchable,
+    },
+    #[error("cannot start the progress watchdog's monitor")]
+    StartWatchdog {
+        #[source]
+        source: Errno,
+    },
     #[error("cannot run {program:?}")]
     Exec {
         program: String,
@@ -309,6 +319,14 @@ impl Error {
             Self::AskDevice { .. } => (
                 ExitStatus::DeviceUnavailable,
                 "check that the device is on and answers on port 80 from this node (curl the URL above), or pass --tuners N; under systemd the unit is restarted",
+            ),
+            Self::ProgressWatchdogUnwatchable { .. } => (
+                BadArgument,
+                "drop --progress-watchdog (and WatchdogSec=) for this source, or let the program ping the watchdog itself (sd_notify WATCHDOG=1)",
+            ),
+            Self::StartWatchdog { .. } => (
+                OsError,
+                "the service is out of tasks or descriptors: raise TasksMax= or LimitNOFILE= for this service",
             ),
             Self::NoDeviceKey => (
                 BadArgument,

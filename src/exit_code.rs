@@ -75,7 +75,7 @@ exit_statuses! {
     ForeignReader => 6, "`status --device`: a device reports a tuner in use by a reader that holds no slot on this node (a foreign reader)";
     /// A process reads a source's endpoint without any lock there (ECP-0133).
     StaleReader => 7, "`status --readers`: a process has a TCP connection to a source's endpoint and holds the lock of no source there (a stale reader)";
-    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--tuners` on a source without a host and no `--device`, `--tuners auto` on a source without a host), or `EC_LAUNCH_LOCK_DIR` is set but empty";
+    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--tuners` on a source without a host and no `--device`, `--tuners auto` on a source without a host, `--progress-watchdog` on a source without TCP bytes to count), or `EC_LAUNCH_LOCK_DIR` is set but empty";
     BadSource => 65, "the source is empty, has whitespace or control characters, is not a URL with a host, has an `@` after the host, or `--key` is empty/has control characters";
     NoInput => 66, "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve";
     /// A tuner device cannot be asked (`EX_UNAVAILABLE`).

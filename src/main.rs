@@ -41,6 +41,7 @@ mod secret_props;
 mod sock_diag;
 mod source_key;
 mod tuner_slot;
+mod watchdog;
 
 use std::error::Error as _;
 use std::ffi::{CStr, OsStr, OsString, c_char, c_int};

@@ -30,6 +30,7 @@ use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
 use crate::source_key::{self, SourceKey};
 use crate::tuner_slot::{self, BusySlot, DeviceKey, HeldSlot, SlotOutcome};
+use crate::watchdog;
 
 /// `run`'s validated settings.
 #[derive(Debug)]
@@ -46,6 +47,7 @@ struct RunConfig {
     args: Vec<OsString>,
     /// With `--tuners`: which device's slots, and how many.
     tuners: Option<TunerConfig>,
+    progress_watchdog: bool,
 }
 
 /// `--tuners N` and `--device KEY`, validated (ECP-0132).
@@ -112,6 +114,7 @@ impl RunConfig {
             program,
             args: command.collect(),
             tuners,
+            progress_watchdog: args.progress_watchdog,
         })
     }
 }
@@ -202,6 +205,9 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     let program_name = redact_word(&config.program.to_string_lossy());
     let redacted = redact_source(&config.source);
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
+    // Forked before any lock file is opened, so it never has a lock
+    // descriptor; kept until exec, which tells it the program runs.
+    let _monitor = watchdog::start_if_asked(config.progress_watchdog, &config.source)?;
     // Only now, with nothing left to validate, is the lock directory touched.
     let me = Launcher::current();
     lock::ensure_lock_dir(&config.lock_dir, &me)?;

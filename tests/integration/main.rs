@@ -31,3 +31,4 @@ mod tuner;
 #[allow(dead_code)]
 #[path = "../support/tuner_emulator.rs"]
 mod tuner_emulator;
+mod watchdog;

@@ -167,6 +167,18 @@ let
       };
     };
 
+  # Issue 11: one publisher `wd` with a watchdog.
+  watchdogEval =
+    publisher:
+    evalConfig {
+      services.every-channel = {
+        enable = true;
+        package = ecNode;
+        publishers.wd = publisher;
+      };
+    };
+  watchdogUnit = publisher: (watchdogEval publisher).systemd.services.every-channel-publisher-wd.serviceConfig;
+
   bothSources = onePublisher {
     source = tunerUrl;
     sourceFile = "/run/keys/tuner-url";
@@ -1051,6 +1063,65 @@ let
         && has "discover.json" deviceOptions.tuners.description
         && deviceOptions.host ? description
       ) (unitOptions.onBusy.description);
+
+    # Issue 11: the progress watchdog.
+    "watchdogSec sets WatchdogSec, NotifyAccess=all and --progress-watchdog, keeping Restart=always" =
+      let
+        s = watchdogUnit { source = tunerUrl; watchdogSec = "30s"; };
+      in
+      check (
+        s.WatchdogSec == "30s"
+        && s.NotifyAccess == "all"
+        && s.Restart == "always"
+        && has ''"--on-busy" "skip" "--progress-watchdog" "--source" "${tunerUrl}" --'' s.ExecStart
+      ) (builtins.toJSON s);
+
+    "watchdogSec works with a sourceFile and takes seconds as a number" =
+      let
+        s = watchdogUnit { sourceFile = "/run/keys/tuner-url"; watchdogSec = 20; };
+      in
+      check (
+        s.WatchdogSec == 20
+        && s.NotifyAccess == "all"
+        && has ''"--progress-watchdog" --source-file %d/source --'' s.ExecStart
+      ) (builtins.toJSON s);
+
+    "without watchdogSec a unit has no watchdog, no NotifyAccess and no --progress-watchdog" = check (
+      lib.all (
+        s: !(s ? WatchdogSec) && !(s ? NotifyAccess) && !(has "--progress-watchdog" s.ExecStart)
+      ) (map (name: sc name) (builtins.attrNames ours))
+      && ((evalModule base).options.services.every-channel.publishers.type.getSubOptions [ ]).watchdogSec.default == null
+    ) (builtins.toJSON publisher);
+
+    "watchdogSec on a source without TCP bytes to count is an assertion naming the option" =
+      let
+        messages = map (
+          source: failingAssertions (watchdogEval { inherit source; watchdogSec = "30s"; })
+        ) [
+          "/dev/video0"
+          "udp://239.0.0.1:1234"
+          "RTP://239.0.0.1:5004"
+          "srt://10.0.0.9:9000"
+        ];
+        healthy = failingAssertions (watchdogEval {
+          source = "rtsp://10.0.0.7/stream1";
+          watchdogSec = "30s";
+        });
+      in
+      check (
+        lib.all (
+          m: lib.length m == 1 && has "services.every-channel.publishers.wd.watchdogSec: the source" (lib.head m)
+        ) messages
+        && healthy == [ ]
+      ) (builtins.toJSON (messages ++ [ healthy ]));
+
+    "the watchdogSec description says what restarts a stalled publisher" =
+      let
+        d = ((evalModule base).options.services.every-channel.publishers.type.getSubOptions [ ]).watchdogSec.description;
+      in
+      check (
+        has "Restart=always" d && has "NotifyAccess=all" d && has "--progress-watchdog" d && has "udp://" d
+      ) d;
   };
 
   failed = lib.filterAttrs (_: c: !c.ok) checks;

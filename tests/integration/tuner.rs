@@ -195,3 +195,41 @@ fn status_json_names_each_tuners_channel_and_the_peer_address_of_its_stream() {
         serde_json::json!({"Resource": "tuner0"})
     );
 }
+
+/// Bytes that arrive on `stream` within `window`.
+fn bytes_within(stream: &mut BufReader<TcpStream>, window: Duration) -> usize {
+    let deadline = std::time::Instant::now() + window;
+    let mut total = 0;
+    let mut buffer = [0_u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return total;
+        }
+        stream.get_ref().set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return total,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+#[test]
+fn a_stalled_device_keeps_its_streams_open_but_sends_nothing_until_resumed() {
+    let device = device(2);
+    let (code, _, mut stream) = get(device, "/auto/v5.1");
+    assert_eq!(code, 200);
+    assert!(bytes_within(&mut stream, Duration::from_millis(200)) > 0);
+
+    let (code, _, _) = get(device, "/control/stall");
+    assert_eq!(code, 200, "the emulator takes a stall command");
+    // What was in flight before the stall drains within one read timeout;
+    // after that the stream stays open and silent.
+    bytes_within(&mut stream, Duration::from_millis(300));
+    assert_eq!(bytes_within(&mut stream, Duration::from_millis(500)), 0);
+    assert_eq!(stats(device)["open_streams"], 1, "the tuner stays taken");
+
+    let (code, _, _) = get(device, "/control/resume");
+    assert_eq!(code, 200, "the emulator takes a resume command");
+    assert!(bytes_within(&mut stream, Duration::from_millis(300)) > 0);
+}

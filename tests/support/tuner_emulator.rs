@@ -12,6 +12,9 @@
 //! taken) it answers 503, and with `X-HDHomeRun-Error: 805 All Tuners In Use`
 //! when every tuner is taken, which is what a publisher saw in the incident.
 //! `GET /stats` answers JSON: open streams, 503s served, streams served.
+//! `GET /control/stall` makes every stream, open or new, send nothing while
+//! keeping its connection and tuner (a stalled tuner: the publisher is
+//! connected and receives no bytes); `GET /control/resume` ends that.
 //!
 //! It also answers the device's HTTP API, as an HDHomeRun does on port 80:
 //! `GET /discover.json` (`TunerCount`, `DeviceID`; or, to test clients, a
@@ -98,6 +101,8 @@ struct Device {
     next_id: u64,
     busy_503: u64,
     streams_served: u64,
+    /// Set by `/control/stall`: streams stay open and send nothing.
+    stalled: bool,
 }
 
 type Shared = Arc<Mutex<Device>>;
@@ -283,6 +288,16 @@ fn serve(device: &Shared, mut stream: TcpStream) -> io::Result<()> {
             &[("Content-Type", "application/json")],
             &body,
         );
+    }
+    if let Some(command) = path.strip_prefix("/control/") {
+        let stalled = match command {
+            "stall" => true,
+            "resume" => false,
+            _ => return respond(&mut stream, "404 Not Found", &[], "unknown control\n"),
+        };
+        lock(device).stalled = stalled;
+        eprintln!("tuner-emulator: {command}");
+        return respond(&mut stream, "200 OK", &[], &format!("{command}\n"));
     }
     if path == "/discover.json" {
         return discover(device, &mut stream);
@@ -505,7 +520,7 @@ fn stream_until_closed(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if stream.write_all(&chunk).is_err() {
+                if !lock(device).stalled && stream.write_all(&chunk).is_err() {
                     return Ok(());
                 }
             }

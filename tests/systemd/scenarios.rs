@@ -26,6 +26,10 @@ use crate::harness::{self, Container, Staging};
 use crate::policy::{self, Hardening, StopTimeout, UnitPolicy};
 use crate::programs::{ProcessFacts, RECORD_DIR, SUITE_DIR};
 
+/// Issue 11: the progress watchdog and stale readers.
+#[path = "watch.rs"]
+mod watch;
+
 /// Tuners per emulated device (the issue's default, a two-tuner HDHomeRun).
 const TUNERS: usize = 2;
 /// A publisher instance holds two streams: its own and its helper's.
@@ -254,7 +258,7 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
             &policy::unit_file("publisher with the module's policy and ec-launch", &service),
         )?;
     }
-    Ok(())
+    watch::stage(staging, policy, hardening)
 }
 
 /// Everything the figures block prints at the end.
@@ -270,6 +274,7 @@ struct Figures {
     other_stops: Vec<String>,
     duplicate: String,
     status: Vec<String>,
+    watch: watch::Figures,
 }
 
 impl Figures {
@@ -308,6 +313,7 @@ impl Figures {
         for status in &self.status {
             println!("  => ec-launch status: {status}");
         }
+        self.watch.print();
     }
 }
 
@@ -488,7 +494,8 @@ fn scenarios(
     let probe = Probe { container };
     incident(checks, &probe, figures)?;
     units_carry_the_policy(checks, &probe, policy)?;
-    fix(checks, &probe, policy, figures)
+    fix(checks, &probe, policy, figures)?;
+    watch::scenarios(checks, &probe, &mut figures.watch)
 }
 
 fn incident(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<(), String> {

@@ -61,6 +61,7 @@ const SLOT_UNITS: [(&str, &str); 3] = [
     ("ec-slots-c.service", "/auto/v7.1"),
 ];
 const SLOT_RESTARTS: usize = 10;
+const FOREIGN_UNIT: &str = "ec-foreign-reader.service";
 
 fn source(device: &str) -> String {
     format!("http://{device}{CHANNEL_PATH}")
@@ -228,7 +229,13 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
             &policy::unit_file(
                 &format!("HDHomeRun-like tuner emulator on {device}"),
                 &format!(
-                    "ExecStart={SUITE_DIR}/tuner-emulator --listen {device} --tuners {TUNERS}\n"
+                    "ExecStart={SUITE_DIR}/tuner-emulator --listen {device} --tuners {TUNERS}{}\n",
+                    // The HDHomeRun API (discover.json, status.json) on port 80.
+                    if device == SLOTS_DEVICE {
+                        format!(" --api {SLOTS_DEVICE_KEY}:80")
+                    } else {
+                        String::new()
+                    }
                 ),
             ),
         )?;
@@ -1222,6 +1229,9 @@ fn tuner_slots(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Res
         let waiter = waiting[0];
         // The waiter is queued in flock(2) on the slots, not still starting.
         wait_for_slot_waiter(probe)?;
+        // Ten restarts in a few seconds would trip systemd's start rate limit
+        // (5 in 10 s); an operator does not restart that fast. Reset it.
+        let _ = c.systemctl(&["reset-failed", unit]);
         c.systemctl(&["restart", unit])?;
         let (now_streaming, _) = wait_two_stream_one_waits(probe)?;
         // From the old reader's last moment (it records SIGTERM, then exits
@@ -1260,5 +1270,43 @@ fn tuner_slots(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Res
         c.systemctl(&["stop", unit])?;
         let _ = c.systemctl(&["reset-failed", unit]);
     }
+    foreign_reader(checks, probe, figures)
+}
+
+/// A reader outside every unit that takes a slot (a stale helper, a test
+/// `curl`) holds a tuner: the device's own view shows it, ours does not.
+fn foreign_reader(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<(), String> {
+    let c = probe.container;
+    checks.say("=== a foreign reader: a stream of the device that holds no slot on this node");
+    c.run(&[
+        "systemd-run",
+        "--unit",
+        FOREIGN_UNIT,
+        &format!("{SUITE_DIR}/reader"),
+        &format!("http://{SLOTS_DEVICE}/auto/v9.1"),
+    ])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.counter(SLOTS_DEVICE, "open_streams").unwrap_or(0) != 1 && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = c.exec(&[&format!("{SUITE_DIR}/ec-launch"), "status", "--device"])?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let code = output.status.code();
+    let line = text
+        .lines()
+        .find(|l| l.contains("foreign"))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    figures.slot_rows.push(format!(
+        "status --device with a foreign reader: exit {code:?}: {line}"
+    ));
+    checks.check(
+        "`ec-launch status --device` reports the stream outside every slot as a foreign reader and exits 6",
+        code == Some(6) && !line.is_empty(),
+        &format!("exit {code:?}: {text}"),
+    );
+    c.systemctl(&["stop", FOREIGN_UNIT])?;
     Ok(())
 }

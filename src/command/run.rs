@@ -32,6 +32,11 @@ use crate::source_key::{self, SourceKey};
 use crate::tuner_slot::{self, BusySlot, DeviceKey, HeldSlot, SlotOutcome};
 use crate::watchdog;
 
+/// How long a launch that waited pauses before exec, so the previous
+/// holder's stream is closed on the device before ours opens (ECP-0132,
+/// "Hand-over"). Far below a device's 503-and-restart cycle (`RestartSec`).
+const HANDOVER_SETTLE: Duration = Duration::from_millis(250);
+
 /// `run`'s validated settings.
 #[derive(Debug)]
 struct RunConfig {
@@ -267,6 +272,14 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
                     Some(slot)
                 }
             };
+            if wait_started.is_some() {
+                // Taken after a wait: another reader just let go, and its
+                // connection to the device can outlive its lock by a few
+                // milliseconds (its flock is released before its socket's
+                // FIN reaches the device). Connecting at once was seen to
+                // get a 503 in the acceptance suite; give it time to close.
+                std::thread::sleep(HANDOVER_SETTLE);
+            }
             let waited = wait_started
                 .map(|start| format!(" after waiting {:.1}s", start.elapsed().as_secs_f64()))
                 .unwrap_or_default();

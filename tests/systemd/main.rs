@@ -49,6 +49,7 @@ fn main() -> ExitCode {
         "tuner-emulator" => return tuner_emulator::main(rest),
         "http-get" => return tuner::http_get_main(rest),
         "publisher" => return programs::publisher_main(rest),
+        "reader" => return programs::reader_main(rest),
         "stubborn-helper" => return programs::helper_main(rest),
         "record-exit" => return programs::record_exit_main(rest),
         "inspect" => return programs::inspect_main(rest),

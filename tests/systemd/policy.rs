@@ -164,7 +164,15 @@ impl Hardening {
                 return Err(format!("{part:?} is not an object of unit settings"));
             };
             for (key, value) in body {
-                let _ = writeln!(lines, "{key}={}", render_value(&key, &value)?);
+                // A list is one directive per item, as NixOS renders it:
+                // joined, `~@privileged` would be read as a syscall name.
+                let items = match value {
+                    Value::Array(items) => items,
+                    scalar => vec![scalar],
+                };
+                for item in items {
+                    let _ = writeln!(lines, "{key}={}", render_value(&key, &item)?);
+                }
             }
         }
         if lines.is_empty() {

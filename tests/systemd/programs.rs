@@ -147,6 +147,73 @@ pub fn record_exit_main(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Microseconds since the epoch: records from different programs in the
+/// container compare on one clock.
+pub fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+/// A reader that holds one stream and nothing else (no helper): what a
+/// publisher costs a tuner when a tuner slot is the claim. Records when it
+/// got its stream, and which slot it runs under.
+pub fn reader_main(args: &[String]) -> ExitCode {
+    let Some(url) = args
+        .first()
+        .cloned()
+        .or_else(|| std::env::var("EC_SOURCE_URL").ok())
+    else {
+        eprintln!("usage: reader URL");
+        return ExitCode::from(2);
+    };
+    let unit = own_unit();
+    let slot = std::env::var("EC_TUNER_SLOT").unwrap_or_else(|_| "none".into());
+    // SIGTERM (systemd's stop) is taken by a thread that records the moment
+    // and exits: that moment is when this reader's tuner slot frees, the
+    // start of a hand-over.
+    let mut term = nix::sys::signal::SigSet::empty();
+    term.add(nix::sys::signal::Signal::SIGTERM);
+    if let Err(e) = term.thread_block() {
+        eprintln!("reader: cannot block SIGTERM: {e}");
+        return ExitCode::from(1);
+    }
+    let stopping_unit = unit.clone();
+    thread::spawn(move || {
+        if term.wait().is_ok() {
+            append_record(
+                "readers.log",
+                &format!("{stopping_unit} stopping at={}", unix_micros()),
+            );
+            std::process::exit(143);
+        }
+    });
+    match tuner::get(&url) {
+        Ok(mut response) if response.status == 200 => {
+            append_record(
+                "readers.log",
+                &format!("{unit} streaming slot={slot} at={}", unix_micros()),
+            );
+            eprintln!("reader: streaming {url} in slot {slot}");
+            let ended = drain(&mut response.body);
+            eprintln!("reader: stream ended: {ended:?}");
+        }
+        Ok(response) => {
+            append_record(
+                "readers.log",
+                &format!(
+                    "{unit} refused status={} at={}",
+                    response.status,
+                    unix_micros()
+                ),
+            );
+            eprintln!("reader: {url} refused: HTTP {}", response.status);
+        }
+        Err(e) => eprintln!("reader: {url}: {e}"),
+    }
+    ExitCode::from(1)
+}
+
 /// One process as `inspect` reports it: `PID START COMM SIGTERM_IGNORED`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessFacts {

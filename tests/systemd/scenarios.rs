@@ -55,6 +55,17 @@ const INCIDENT_UNIT: &str = "ec-incident-publisher.service";
 const FIX_UNIT: &str = "ec-publisher-a.service";
 const DUPLICATE_UNIT: &str = "ec-publisher-b.service";
 const DEFAULT_TIMEOUT_UNIT: &str = "ec-publisher-default.service";
+/// Issue #10: three publishers on three channels of one two-tuner device.
+const SLOTS_DEVICE: &str = "127.0.0.4:5004";
+const SLOTS_DEVICE_KEY: &str = "127.0.0.4";
+const SLOTS_TUNER_UNIT: &str = "ec-tuner-slots.service";
+const SLOT_UNITS: [(&str, &str); 3] = [
+    ("ec-slots-a.service", "/auto/v5.1"),
+    ("ec-slots-b.service", "/auto/v6.1"),
+    ("ec-slots-c.service", "/auto/v7.1"),
+];
+const SLOT_RESTARTS: usize = 10;
+const FOREIGN_UNIT: &str = "ec-foreign-reader.service";
 
 fn source(device: &str) -> String {
     format!("http://{device}{CHANNEL_PATH}")
@@ -200,6 +211,7 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
         "tuner-emulator",
         "http-get",
         "publisher",
+        "reader",
         "stubborn-helper",
         "record-exit",
         "inspect",
@@ -214,13 +226,20 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
     for (unit, device) in [
         (INCIDENT_TUNER_UNIT, INCIDENT_DEVICE),
         (FIX_TUNER_UNIT, FIX_DEVICE),
+        (SLOTS_TUNER_UNIT, SLOTS_DEVICE),
     ] {
         staging.unit(
             unit,
             &policy::unit_file(
                 &format!("HDHomeRun-like tuner emulator on {device}"),
                 &format!(
-                    "ExecStart={SUITE_DIR}/tuner-emulator --listen {device} --tuners {TUNERS}\n"
+                    "ExecStart={SUITE_DIR}/tuner-emulator --listen {device} --tuners {TUNERS}{}\n",
+                    // The HDHomeRun API (discover.json, status.json) on port 80.
+                    if device == SLOTS_DEVICE {
+                        format!(" --api {SLOTS_DEVICE_KEY}:80")
+                    } else {
+                        String::new()
+                    }
                 ),
             ),
         )?;
@@ -258,6 +277,19 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
             &policy::unit_file("publisher with the module's policy and ec-launch", &service),
         )?;
     }
+    // What the module renders for units on a declared two-tuner device with
+    // onBusy = "wait": --tuners/--device before `--`.
+    for (unit, path) in SLOT_UNITS {
+        let service = format!(
+            "ExecStart={SUITE_DIR}/ec-launch run --lock-dir {LOCK_DIR} --on-busy wait --tuners {TUNERS} --device {SLOTS_DEVICE_KEY} --source http://{SLOTS_DEVICE}{path} -- {SUITE_DIR}/reader\nExecStopPost={SUITE_DIR}/record-exit %n\n{}{}ReadWritePaths={RECORD_DIR}\n",
+            policy.service_lines(StopTimeout::ModuleOption(FAST_STOP_TIMEOUT)),
+            hardening.publisher_lines(LOCK_DIR),
+        );
+        staging.unit(
+            unit,
+            &policy::unit_file("a publisher on a declared two-tuner device", &service),
+        )?;
+    }
     watch::stage(staging, policy, hardening)
 }
 
@@ -274,6 +306,9 @@ struct Figures {
     other_stops: Vec<String>,
     duplicate: String,
     status: Vec<String>,
+    slot_handovers: Vec<f64>,
+    slot_503: u64,
+    slot_rows: Vec<String>,
     watch: watch::Figures,
 }
 
@@ -313,6 +348,22 @@ impl Figures {
         for status in &self.status {
             println!("  => ec-launch status: {status}");
         }
+        println!("tuner slots (3 publishers, 3 channels, {TUNERS} tuners, onBusy wait):");
+        for row in &self.slot_rows {
+            println!("  {row}");
+        }
+        let mut sorted = self.slot_handovers.clone();
+        sorted.sort_by(f64::total_cmp);
+        if let (Some(min), Some(max)) = (sorted.first(), sorted.last()) {
+            println!(
+                "  => hand-over (old reader stops -> waiter streaming), {} restarts: min {:.0} ms / median {:.0} ms / max {:.0} ms",
+                sorted.len(),
+                min * 1000.0,
+                median(&sorted) * 1000.0,
+                max * 1000.0
+            );
+        }
+        println!("  => 503 answers: {}", self.slot_503);
         self.watch.print();
     }
 }
@@ -495,6 +546,7 @@ fn scenarios(
     incident(checks, &probe, figures)?;
     units_carry_the_policy(checks, &probe, policy)?;
     fix(checks, &probe, policy, figures)?;
+    tuner_slots(checks, &probe, figures)?;
     watch::scenarios(checks, &probe, &mut figures.watch)
 }
 
@@ -1048,5 +1100,220 @@ fn default_timeout(
         &format!("{wall:.2}s, bound {:.1}s", (default + STOP_MARGIN).as_secs_f64()),
     );
     let _ = c.systemctl(&["reset-failed", DEFAULT_TIMEOUT_UNIT]);
+    Ok(())
+}
+
+/// The units of `SLOT_UNITS` whose main process is the reader (streaming)
+/// and those whose main process is still `ec-launch` (waiting for a slot).
+fn slot_roles(probe: &Probe) -> (Vec<&'static str>, Vec<&'static str>) {
+    let mut streaming = Vec::new();
+    let mut waiting = Vec::new();
+    for (unit, _) in SLOT_UNITS {
+        let main_pid = probe.container.property(unit, "MainPID");
+        let comm = probe
+            .unit_processes(unit)
+            .into_iter()
+            .find(|p| p.pid.to_string() == main_pid)
+            .map(|p| p.comm)
+            .unwrap_or_default();
+        match comm.as_str() {
+            "reader" => streaming.push(unit),
+            "ec-launch" => waiting.push(unit),
+            _ => {}
+        }
+    }
+    (streaming, waiting)
+}
+
+/// Waits until two units stream and one waits, with two streams open.
+fn wait_two_stream_one_waits(
+    probe: &Probe,
+) -> Result<(Vec<&'static str>, Vec<&'static str>), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let (streaming, waiting) = slot_roles(probe);
+        let open = probe.counter(SLOTS_DEVICE, "open_streams").unwrap_or(0);
+        if streaming.len() == TUNERS && waiting.len() == SLOT_UNITS.len() - TUNERS && open == 2 {
+            return Ok((streaming, waiting));
+        }
+        last = format!("streaming {streaming:?}, waiting {waiting:?}, open streams {open}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("the slot units did not settle: {last}"))
+}
+
+/// Waits until `status --json` counts one process blocked on the slots.
+fn wait_for_slot_waiter(probe: &Probe) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let output =
+            probe
+                .container
+                .exec(&[&format!("{SUITE_DIR}/ec-launch"), "status", "--json"])?;
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        let waiting = report["devices"].as_array().and_then(|devices| {
+            devices
+                .iter()
+                .find(|d| d["device"].as_str() == Some(SLOTS_DEVICE_KEY))
+                .and_then(|d| d["waiting"].as_u64())
+        });
+        if waiting == Some(1) {
+            return Ok(());
+        }
+        last = format!("waiting {waiting:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("no launcher queued on the slots: {last}"))
+}
+
+/// The time (µs since the epoch) in the last `file` record of `unit` that
+/// contains `marker`.
+fn last_record_time(probe: &Probe, file: &str, unit: &str, marker: &str) -> Option<u128> {
+    probe
+        .records(file)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{unit} ")) && l.contains(marker))
+        .filter_map(|l| l.rsplit("at=").next()?.trim().parse().ok())
+        .next_back()
+}
+
+fn tuner_slots(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<(), String> {
+    let c = probe.container;
+    checks.say(&format!(
+        "=== tuner slots: {} publishers on {} channels of a {TUNERS}-tuner device, --tuners {TUNERS}, onBusy wait",
+        SLOT_UNITS.len(),
+        SLOT_UNITS.len()
+    ));
+    c.systemctl(&["start", SLOTS_TUNER_UNIT])?;
+    probe.wait_ready(SLOTS_DEVICE)?;
+    for (unit, _) in SLOT_UNITS {
+        c.systemctl(&["start", unit])?;
+    }
+    let (streaming, waiting) = wait_two_stream_one_waits(probe)?;
+    let refused = probe.counter(SLOTS_DEVICE, "busy_503")?;
+    checks.check(
+        "with three publishers on a two-tuner device, two stream and the third waits without asking the device",
+        refused == 0,
+        &format!("streaming {streaming:?}, waiting {waiting:?}, 503 answers {refused}"),
+    );
+    // Inside the container's PID namespace a free lock may be `unknown`
+    // (exit 5, ECP-0131): the report is what is checked, not the status.
+    let status = String::from_utf8_lossy(
+        &c.exec(&[&format!("{SUITE_DIR}/ec-launch"), "status", "--json"])?
+            .stdout,
+    )
+    .into_owned();
+    let report: Value =
+        serde_json::from_str(&status).map_err(|e| format!("status --json: {e}: {status}"))?;
+    let device = report["devices"]
+        .as_array()
+        .and_then(|devices| {
+            devices
+                .iter()
+                .find(|d| d["device"].as_str() == Some(SLOTS_DEVICE_KEY))
+        })
+        .cloned()
+        .unwrap_or(Value::Null);
+    checks.check(
+        "`ec-launch status --json` lists the device with both slots held and one waiter",
+        device["held"].as_u64() == Some(TUNERS as u64) && device["waiting"].as_u64() == Some(1),
+        &device.to_string(),
+    );
+    let text = String::from_utf8_lossy(
+        &c.exec(&[&format!("{SUITE_DIR}/ec-launch"), "status"])?
+            .stdout,
+    )
+    .into_owned();
+    if let Some(line) = text.lines().find(|l| l.starts_with(SLOTS_DEVICE_KEY)) {
+        figures.slot_rows.push(format!("status: {line}"));
+    }
+
+    for round in 1..=SLOT_RESTARTS {
+        let (streaming, waiting) = wait_two_stream_one_waits(probe)?;
+        let unit = streaming[round % streaming.len()];
+        let waiter = waiting[0];
+        // The waiter is queued in flock(2) on the slots, not still starting.
+        wait_for_slot_waiter(probe)?;
+        // Ten restarts in a few seconds would trip systemd's start rate limit
+        // (5 in 10 s); an operator does not restart that fast. Reset it.
+        let _ = c.systemctl(&["reset-failed", unit]);
+        c.systemctl(&["restart", unit])?;
+        let (now_streaming, _) = wait_two_stream_one_waits(probe)?;
+        // From the old reader's last moment (it records SIGTERM, then exits
+        // and its slot frees) to the waiter's reader holding its stream.
+        let stopped = last_record_time(probe, "readers.log", unit, "stopping");
+        let started = last_record_time(probe, "readers.log", waiter, "streaming");
+        let handover = match (stopped, started) {
+            (Some(stopped), Some(started)) if started >= stopped => Some(Duration::from_micros(
+                u64::try_from(started - stopped).unwrap_or(u64::MAX),
+            )),
+            _ => None,
+        };
+        let refused = probe.counter(SLOTS_DEVICE, "busy_503")?;
+        figures.slot_rows.push(format!(
+            "restart {round:2}: {unit} restarted, {waiter} streaming {} after its reader stopped, streaming now {now_streaming:?}, 503 so far {refused}",
+            handover.map_or("?".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
+        ));
+        if let Some(handover) = handover {
+            figures.slot_handovers.push(handover.as_secs_f64());
+        }
+        checks.check(
+            &format!(
+                "restart {round}: the waiter streams within 1 s of the slot freeing, and no 503"
+            ),
+            now_streaming.contains(&waiter)
+                && handover.is_some_and(|d| d < Duration::from_secs(1))
+                && refused == 0,
+            &format!(
+                "{waiter} streaming: {}, hand-over {handover:?}, 503 {refused}",
+                now_streaming.contains(&waiter)
+            ),
+        );
+    }
+    figures.slot_503 = probe.counter(SLOTS_DEVICE, "busy_503")?;
+    for (unit, _) in SLOT_UNITS {
+        c.systemctl(&["stop", unit])?;
+        let _ = c.systemctl(&["reset-failed", unit]);
+    }
+    foreign_reader(checks, probe, figures)
+}
+
+/// A reader outside every unit that takes a slot (a stale helper, a test
+/// `curl`) holds a tuner: the device's own view shows it, ours does not.
+fn foreign_reader(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<(), String> {
+    let c = probe.container;
+    checks.say("=== a foreign reader: a stream of the device that holds no slot on this node");
+    c.run(&[
+        "systemd-run",
+        "--unit",
+        FOREIGN_UNIT,
+        &format!("{SUITE_DIR}/reader"),
+        &format!("http://{SLOTS_DEVICE}/auto/v9.1"),
+    ])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.counter(SLOTS_DEVICE, "open_streams").unwrap_or(0) != 1 && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = c.exec(&[&format!("{SUITE_DIR}/ec-launch"), "status", "--device"])?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let code = output.status.code();
+    let line = text
+        .lines()
+        .find(|l| l.contains("foreign"))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    figures.slot_rows.push(format!(
+        "status --device with a foreign reader: exit {code:?}: {line}"
+    ));
+    checks.check(
+        "`ec-launch status --device` reports the stream outside every slot as a foreign reader and exits 6",
+        code == Some(6) && !line.is_empty(),
+        &format!("exit {code:?}: {text}"),
+    );
+    c.systemctl(&["stop", FOREIGN_UNIT])?;
     Ok(())
 }

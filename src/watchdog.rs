@@ -6,7 +6,7 @@
 //! With `WatchdogSec=` systemd restarts a unit that stops sending
 //! `WATCHDOG=1`; this module makes "sending" mean "bytes arrived". Before
 //! the launcher locks and execs, it forks a small monitor that, every
-//! `WATCHDOG_USEC/2`, sums `tcpi_bytes_received` (socket diagnostics,
+//! `WATCHDOG_USEC/2` (at most every second), sums `tcpi_bytes_received` (socket diagnostics,
 //! `sock_diag(7)`) over the TCP connections that the program and its
 //! descendants have to the source's endpoint, and pings `$NOTIFY_SOCKET`
 //! only when that grew since the last ping. (`/proc/<pid>/io` `rchar` does
@@ -216,10 +216,22 @@ enum Watchdog {
     Off(String),
 }
 
+/// The longest tick: the last ping comes at most one tick after the last
+/// byte, so systemd acts at most `WatchdogSec` plus one tick after a stall.
+const MAX_TICK: Duration = Duration::from_secs(1);
+
+/// Half of `WATCHDOG_USEC` (`sd_watchdog_enabled(3)`'s advice), at most
+/// [`MAX_TICK`]: a skipped ping is harmless until `WatchdogSec` passes
+/// without one, so ticking often costs a few system calls and bounds the
+/// detection of a stall by `WatchdogSec + 1 s` whatever `WatchdogSec` is.
+fn ping_interval(watchdog_usec: u64) -> Duration {
+    Duration::from_micros(watchdog_usec / 2).clamp(Duration::from_millis(1), MAX_TICK)
+}
+
 impl Watchdog {
     /// `sd_watchdog_enabled(3)`'s rule: `WATCHDOG_USEC` is a positive number
     /// of microseconds, and `WATCHDOG_PID`, when set, is this process (the
-    /// program keeps our PID across exec). The ping interval is half of it.
+    /// program keeps our PID across exec). See [`ping_interval`].
     fn from_env(get: impl Fn(&str) -> Option<String>, own_pid: u32) -> Self {
         let Some(usec) = get(env::WATCHDOG_USEC) else {
             return Self::Off(
@@ -259,7 +271,7 @@ impl Watchdog {
         };
         Self::Enabled {
             socket,
-            interval: Duration::from_micros(usec / 2).max(Duration::from_millis(1)),
+            interval: ping_interval(usec),
         }
     }
 }
@@ -395,8 +407,9 @@ fn monitor(plan: &Plan, exec_signal: OwnedFd, program: nix::unistd::Pid) -> i32 
     if nix::unistd::getppid() != program {
         return 0;
     }
-    // The program runs now (our parent exec'd): it gets a full interval to
-    // connect, then every ping needs new bytes.
+    // The program runs now (our parent exec'd): one ping, then every ping
+    // needs new bytes; it has until `WatchdogSec` passes without one to
+    // connect.
     pinger.ping();
     let pid = u32::try_from(program.as_raw()).unwrap_or(0);
     let mut meter = Meter::new(plan.endpoint.clone(), pid);

@@ -817,10 +817,18 @@ mod tests {
     }
 
     #[test]
+    fn the_tick_is_half_the_watchdog_interval_and_at_most_a_second() {
+        assert_eq!(ping_interval(1_600_000), Duration::from_millis(800));
+        assert_eq!(ping_interval(4_000_000), Duration::from_secs(1));
+        assert_eq!(ping_interval(60_000_000), Duration::from_secs(1));
+        assert_eq!(ping_interval(1), Duration::from_millis(1));
+    }
+
+    #[test]
     fn the_watchdog_is_on_only_as_sd_watchdog_enabled_says() {
         let on = watchdog(
             &[
-                ("WATCHDOG_USEC", "4000000"),
+                ("WATCHDOG_USEC", "1600000"),
                 ("NOTIFY_SOCKET", "/run/systemd/notify"),
             ],
             7,
@@ -829,7 +837,7 @@ mod tests {
             on,
             Watchdog::Enabled {
                 socket: NotifySocket::Path("/run/systemd/notify".into()),
-                interval: Duration::from_secs(2)
+                interval: Duration::from_millis(800)
             }
         );
         let ours = watchdog(

@@ -367,12 +367,7 @@ fn report_busy(
     timed_out: bool,
     program: &str,
 ) {
-    let waited = match config.policy {
-        BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
-            format!("gave up waiting after {}; ", seconds(t))
-        }
-        _ => String::new(),
-    };
+    let waited = gave_up_waiting(config, timed_out);
     tracing::warn!(
         key = %printable(config.key.as_str()),
         lock_file = %printable_path(lock_path),
@@ -382,6 +377,16 @@ fn report_busy(
         config.busy_status.code(),
         status_command(config),
     );
+}
+
+/// `gave up waiting after 30s; ` when a bounded wait ran out, else nothing.
+fn gave_up_waiting(config: &RunConfig, timed_out: bool) -> String {
+    match config.policy {
+        BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
+            format!("gave up waiting after {}; ", seconds(t))
+        }
+        _ => String::new(),
+    }
 }
 
 /// Who holds the lock on `file`, from the kernel (see [`describe_files`]).
@@ -398,12 +403,7 @@ fn report_device_busy(
     timed_out: bool,
     program: &str,
 ) {
-    let waited = match config.policy {
-        BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
-            format!("gave up waiting after {}; ", seconds(t))
-        }
-        _ => String::new(),
-    };
+    let waited = gave_up_waiting(config, timed_out);
     tracing::warn!(
         device = %printable(device.as_str()),
         key = %printable(config.key.as_str()),

@@ -240,8 +240,9 @@ pub fn slot_files(dir: &Path) -> Vec<SlotFile> {
     files
 }
 
-/// Opens a slot (or lock) file to read its record: read-only, without
-/// following links, without blocking on a planted FIFO, regular files only.
+/// Opens a slot or lock file to read its record (`status` uses it for both):
+/// read-only, without following links, without blocking on a planted FIFO,
+/// regular files only, checked before and after the open.
 ///
 /// # Errors
 /// Whatever `open` or `fstat` says; a file that is not regular is `Other`.

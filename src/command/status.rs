@@ -399,7 +399,7 @@ fn lock_files(dir: &Path) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
 fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockStatus> {
     // Read-only and without following links: status must never create,
     // truncate or lock anything.
-    let (metadata, record, mut warnings) = match open_read_only(path) {
+    let (metadata, record, mut warnings) = match crate::tuner_slot::open_record(path) {
         Ok(file) => (file.metadata(), LockRecord::read_from(&file), Vec::new()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => (
@@ -498,24 +498,6 @@ fn open_via(via: &Path) -> io::Result<File> {
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(via)
-}
-
-fn open_read_only(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Never open what is not a regular file (a planted device node).
-    let regular =
-        |m: &fs::Metadata| crate::path_trust::ensure_regular(path, m).map_err(io::Error::other);
-    regular(&fs::symlink_metadata(path)?)?;
-    let flags = (nix::fcntl::OFlag::O_NOFOLLOW
-        | nix::fcntl::OFlag::O_NONBLOCK
-        | nix::fcntl::OFlag::O_NOCTTY)
-        .bits();
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)?;
-    regular(&file.metadata()?)?;
-    Ok(file)
 }
 
 fn lock_status(

@@ -5,12 +5,11 @@ use std::fs::{self, File};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::testenv::{
-    BUSY, Guard, NOBODY, Outcome, PATIENCE, TOUCH_RAN, TestEnv, describe, holders, is_root,
-    kernel_locks, kernel_locks_on, require_root, wait_until,
+    BUSY, Guard, NOBODY, Outcome, PATIENCE, Settled, TOUCH_RAN, TestEnv, describe, holders,
+    is_root, kernel_locks, kernel_locks_on, release_together, require_root, settle, wait_until,
 };
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
@@ -509,42 +508,21 @@ fn launchers_started_together_let_exactly_one_program_run_every_round() {
     for round in 0..ROUNDS {
         let _ = fs::remove_file(env.path("release"));
         let _ = fs::remove_file(env.path("runs"));
-        // Each launcher waits reading a pipe it inherited as stdin; closing
-        // the only write end releases all of them at once.
-        let (gate, gate_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let script = format!(
             "read _; exec {bin} run --lock-dir {dir} --source {SOURCE} -- \
              sh -c 'echo $$ >> runs; while [ ! -e release ]; do sleep 0.02; done'",
             bin = crate::testenv::BIN,
             dir = env.lock_dir().display(),
         );
-        let mut launchers: Vec<Guard> = (0..LAUNCHERS)
-            .map(|_| {
-                let mut command = std::process::Command::new("sh");
-                command.arg("-c").arg(&script).current_dir(env.path(""));
-                Guard::spawn_with_stdin(&mut command, Stdio::from(gate.try_clone().unwrap()))
-            })
-            .collect();
-        drop(gate);
-        drop(gate_writer);
+        let mut launchers = release_together(&env, std::iter::repeat_n(script, LAUNCHERS));
         // Every loser exits 75; the winner runs until released.
-        let mut busy = 0;
-        let mut others = Vec::new();
+        let Settled {
+            busy,
+            others,
+            in_time,
+        } = settle(&mut launchers, LAUNCHERS - 1, Duration::from_secs(120));
         assert!(
-            wait_until(Duration::from_secs(120), || {
-                launchers.retain_mut(|l| match l.0.try_wait().unwrap() {
-                    None => true,
-                    Some(status) if status.code() == Some(BUSY) => {
-                        busy += 1;
-                        false
-                    }
-                    Some(status) => {
-                        others.push(status.code());
-                        false
-                    }
-                });
-                launchers.len() <= 1 && busy + others.len() == LAUNCHERS - 1
-            }),
+            in_time,
             "round {round}: launchers did not settle ({} left, {busy} busy, others {others:?})",
             launchers.len()
         );

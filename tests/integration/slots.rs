@@ -3,11 +3,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::testenv::{
-    BUSY, Guard, KillOnDrop, PATIENCE, TestEnv, holders, kernel_locks, wait_until,
+    BUSY, Guard, KillOnDrop, PATIENCE, Settled, TestEnv, holders, kernel_locks, release_together,
+    settle, wait_until,
 };
 
 /// Channel `n` of the device at 10.0.0.5.
@@ -283,42 +283,23 @@ fn launchers_on_256_channels_of_one_device_with_four_tuners_never_run_more_than_
     for round in 0..ROUNDS {
         let _ = fs::remove_file(env.path("release"));
         let _ = fs::remove_file(env.path("runs"));
-        // Each launcher waits reading a pipe it inherited as stdin; closing
-        // the only write end releases all of them at once.
-        let (gate, gate_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let mut launchers: Vec<Guard> = (0..LAUNCHERS)
-            .map(|i| {
-                let script = format!(
-                    "read _; exec {bin} run --lock-dir {dir} --source {source} --tuners {TUNERS} -- \
-                     sh -c 'echo $$ >> runs; while [ ! -e release ]; do sleep 0.02; done'",
-                    bin = crate::testenv::BIN,
-                    dir = env.lock_dir().display(),
-                    source = channel(i),
-                );
-                let mut command = std::process::Command::new("sh");
-                command.arg("-c").arg(&script).current_dir(env.path(""));
-                Guard::spawn_with_stdin(&mut command, Stdio::from(gate.try_clone().unwrap()))
-            })
-            .collect();
-        drop(gate);
-        drop(gate_writer);
-        let mut busy = 0;
-        let mut others = Vec::new();
+        let scripts = (0..LAUNCHERS).map(|i| {
+            format!(
+                "read _; exec {bin} run --lock-dir {dir} --source {source} --tuners {TUNERS} -- \
+                 sh -c 'echo $$ >> runs; while [ ! -e release ]; do sleep 0.02; done'",
+                bin = crate::testenv::BIN,
+                dir = env.lock_dir().display(),
+                source = channel(i),
+            )
+        });
+        let mut launchers = release_together(&env, scripts);
+        let Settled {
+            busy,
+            others,
+            in_time,
+        } = settle(&mut launchers, LAUNCHERS - TUNERS, Duration::from_secs(180));
         assert!(
-            wait_until(Duration::from_secs(180), || {
-                launchers.retain_mut(|l| match l.0.try_wait().unwrap() {
-                    None => true,
-                    Some(status) if status.code() == Some(BUSY) => {
-                        busy += 1;
-                        false
-                    }
-                    Some(status) => {
-                        others.push(status.code());
-                        false
-                    }
-                });
-                busy + others.len() == LAUNCHERS - TUNERS
-            }),
+            in_time,
             "round {round}: launchers did not settle ({} left, {busy} busy, others {others:?})",
             launchers.len()
         );

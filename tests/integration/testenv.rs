@@ -175,6 +175,57 @@ pub fn describe(output: &Output) -> String {
     )
 }
 
+/// Starts `sh -c SCRIPT` in the environment's directory for each script,
+/// each blocked reading a pipe it inherited as stdin (a script starts with
+/// `read _;`), then releases all of them at once by closing the pipe's
+/// only write end: the closest thing to launchers started together.
+pub fn release_together(env: &TestEnv, scripts: impl IntoIterator<Item = String>) -> Vec<Guard> {
+    let (gate, gate_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let launchers = scripts
+        .into_iter()
+        .map(|script| {
+            let mut command = Command::new("sh");
+            command.arg("-c").arg(&script).current_dir(env.path(""));
+            Guard::spawn_with_stdin(&mut command, Stdio::from(gate.try_clone().expect("dup")))
+        })
+        .collect();
+    drop(gate);
+    drop(gate_writer);
+    launchers
+}
+
+/// How the launchers that exited ended, once `losers` of them have.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Exited with the busy status.
+    pub busy: usize,
+    /// Exited with anything else.
+    pub others: Vec<Option<i32>>,
+    /// `losers` exited within the limit.
+    pub in_time: bool,
+}
+
+/// Waits up to `limit` until `losers` of `launchers` have exited, keeping
+/// the ones still running in `launchers`.
+pub fn settle(launchers: &mut Vec<Guard>, losers: usize, limit: Duration) -> Settled {
+    let mut outcome = Settled::default();
+    outcome.in_time = wait_until(limit, || {
+        launchers.retain_mut(|l| match l.0.try_wait().expect("try_wait") {
+            None => true,
+            Some(status) if status.code() == Some(BUSY) => {
+                outcome.busy += 1;
+                false
+            }
+            Some(status) => {
+                outcome.others.push(status.code());
+                false
+            }
+        });
+        outcome.busy + outcome.others.len() == losers
+    });
+    outcome
+}
+
 /// Polls `condition` until true or `limit` passes. For synchronising with
 /// other processes (readiness), never for asserting how fast something is.
 pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {

@@ -236,5 +236,11 @@ pub fn expected_show(key: &str, rendered: &str) -> Option<(&'static str, String)
 
 /// A unit file for the suite. `service` holds the `[Service]` body.
 pub fn unit_file(description: &str, service: &str) -> String {
-    format!("[Unit]\nDescription={description}\n\n[Service]\n{service}")
+    unit_file_with(description, "", service)
+}
+
+/// A unit file with more `[Unit]` lines (`unit`, each ending in a newline),
+/// e.g. the `Wants=`/`After=` of a unit that needs another one running.
+pub fn unit_file_with(description: &str, unit: &str, service: &str) -> String {
+    format!("[Unit]\nDescription={description}\n{unit}\n[Service]\n{service}")
 }

@@ -1,0 +1,612 @@
+//! Issue 12 under a real systemd: two units standing for two nodes, one
+//! source, through etcd.
+//!
+//! Each unit is a "node": its own lock directory and `--node` name, so the
+//! local flock(2) never meets the other one and only the cluster key in etcd
+//! can keep them apart. Both run `ec-launch run --etcd … --on-busy wait`
+//! against one emulated device with a single tuner (127.0.0.8), so a second
+//! reader would be refused with a 503 the emulator counts. etcd runs in the
+//! container as a unit of its own (Debian's `etcd-server`, from the host's
+//! root the container overlays), `Type=notify`, and the publisher units
+//! `Wants=`/`After=` it, as the NixOS module orders them after the network.
+//!
+//! The story and its checks:
+//! 1. Starting node A's unit pulls etcd in first; A streams, with
+//!    `ec-launch` as the unit's main process and the reader as its child
+//!    (cluster mode supervises: someone must renew the lease).
+//! 2. Node B's unit starts: it stays `active`, waits (its journal says
+//!    "busy in the cluster") and opens no stream: one open stream, no 503.
+//!    etcd's source key and `ec-launch status --etcd` name node A's unit.
+//! 3. `systemctl stop` of A: B streams within 2 s (the figure is printed;
+//!    A revokes its lease on the way out, so B does not wait for the TTL),
+//!    never before A's reader stopped, still no 503; the key and `status
+//!    --etcd` now name node B's unit.
+//! 4. Stopping B leaves no process, no key in etcd and no open stream.
+//!
+//! The units carry the same policy and sandbox as the other publisher units
+//! (`nixos/unit-policy.json`, `nixos/unit-hardening.json`).
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{Checks, FAST_STOP_TIMEOUT, Probe, STOP_MARGIN, exits_of, last_record_time, timed};
+use crate::harness::Staging;
+use crate::policy::{self, Hardening, StopTimeout, UnitPolicy};
+use crate::programs::{ProcessFacts, RECORD_DIR, SUITE_DIR, unix_micros};
+
+const ETCD_UNIT: &str = "ec-etcd.service";
+const ETCD_BINARY: &str = "/usr/bin/etcd";
+const ETCDCTL_BINARY: &str = "/usr/bin/etcdctl";
+/// The container has a network of its own, so etcd's default ports are free.
+const ETCD_URL: &str = "http://127.0.0.1:2379";
+const ETCD_PEER_URL: &str = "http://127.0.0.1:2380";
+/// In the container's overlay (a tmpfs upper layer): gone with the container.
+const ETCD_DATA_DIR: &str = "/var/lib/ec-suite-etcd";
+/// Every key `ec-launch` writes (issue 12's key layout).
+const KEY_PREFIX: &str = "/every-channel/ec-launch/v1/";
+const SOURCE_KEYS: &str = "/every-channel/ec-launch/v1/sources/";
+/// `--etcd-ttl` and `--etcd-stop-grace` of both units: the smallest budget
+/// the launcher accepts with a 1 s grace (TTL/3 + TTL/6 + grace + 1 s < TTL).
+const TTL_SECS: u64 = 6;
+const STOP_GRACE_SECS: u64 = 1;
+/// One tuner: a second reader of the device is refused (503).
+const TUNERS: usize = 1;
+const DEVICE: &str = "127.0.0.8:5004";
+const CHANNEL_PATH: &str = "/auto/v5.1";
+const TUNER_UNIT: &str = "ec-tuner-cluster.service";
+/// The claim: after `systemctl stop` of the holder, the waiter streams
+/// within this (it is woken by the revoke, not by the lease's expiry).
+const HANDOVER_BOUND: Duration = Duration::from_secs(2);
+
+/// A unit standing for a node: its unit, `--node` name and lock directory.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    unit: &'static str,
+    name: &'static str,
+    lock_dir: &'static str,
+}
+
+const NODE_A: Node = Node {
+    unit: "ec-cluster-a.service",
+    name: "node-a",
+    lock_dir: "/run/ec-a",
+};
+const NODE_B: Node = Node {
+    unit: "ec-cluster-b.service",
+    name: "node-b",
+    lock_dir: "/run/ec-b",
+};
+
+fn source() -> String {
+    format!("http://{DEVICE}{CHANNEL_PATH}")
+}
+
+fn ec_launch() -> String {
+    format!("{SUITE_DIR}/ec-launch")
+}
+
+/// What this scenario prints at the end.
+#[derive(Debug, Default)]
+pub struct Figures {
+    lines: Vec<String>,
+    /// `systemctl stop` of the holder issued -> the waiter's reader streaming.
+    handover: Option<Duration>,
+    /// The old reader stopped -> the waiter's reader streaming.
+    reader_gap: Option<Duration>,
+    busy_503: Option<u64>,
+}
+
+impl Figures {
+    pub fn print(&self) {
+        println!(
+            "cluster mode (2 units as 2 nodes, 1 source, {TUNERS} tuner, etcd --etcd-ttl {TTL_SECS} --etcd-stop-grace {STOP_GRACE_SECS}, --on-busy wait):"
+        );
+        for line in &self.lines {
+            println!("  {line}");
+        }
+        let ms = |d: Option<Duration>| {
+            d.map_or_else(
+                || "?".to_owned(),
+                |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0),
+            )
+        };
+        println!(
+            "  => hand-over: systemctl stop of the holder issued -> waiter streaming {}; old reader stopped -> waiter streaming {}",
+            ms(self.handover),
+            ms(self.reader_gap)
+        );
+        println!(
+            "  => 503 answers: {}",
+            self.busy_503
+                .map_or_else(|| "?".to_owned(), |n| n.to_string())
+        );
+    }
+}
+
+/// Writes etcd's unit, the one-tuner device's and the two nodes' units.
+pub fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Result<(), String> {
+    staging.unit(
+        ETCD_UNIT,
+        &policy::unit_file(
+            "etcd for the cluster scenario (one member, loopback)",
+            // etcd tells systemd when it serves clients (Debian's own unit is
+            // Type=notify too), so units ordered after it find it ready.
+            &format!(
+                "Type=notify\nExecStart={ETCD_BINARY} --name ec-suite --data-dir {ETCD_DATA_DIR} --logger zap --log-outputs stderr --listen-client-urls {ETCD_URL} --advertise-client-urls {ETCD_URL} --listen-peer-urls {ETCD_PEER_URL} --initial-advertise-peer-urls {ETCD_PEER_URL} --initial-cluster ec-suite={ETCD_PEER_URL} --initial-cluster-state new\n"
+            ),
+        ),
+    )?;
+    staging.unit(
+        TUNER_UNIT,
+        &policy::unit_file(
+            &format!("HDHomeRun-like tuner emulator on {DEVICE} with {TUNERS} tuner"),
+            &format!("ExecStart={SUITE_DIR}/tuner-emulator --listen {DEVICE} --tuners {TUNERS}\n"),
+        ),
+    )?;
+    for node in [NODE_A, NODE_B] {
+        let service = format!(
+            "ExecStart={} run --etcd {ETCD_URL} --etcd-ttl {TTL_SECS} --etcd-stop-grace {STOP_GRACE_SECS} --node {} --lock-dir {} --on-busy wait --source {} -- {SUITE_DIR}/reader {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\n{}{}ReadWritePaths={RECORD_DIR}\n",
+            ec_launch(),
+            node.name,
+            node.lock_dir,
+            source(),
+            policy.service_lines(StopTimeout::ModuleOption(FAST_STOP_TIMEOUT)),
+            hardening.publisher_lines(node.lock_dir),
+        );
+        staging.unit(
+            node.unit,
+            &policy::unit_file_with(
+                &format!(
+                    "publisher standing for {} in cluster mode, with the module's policy",
+                    node.name
+                ),
+                &format!("Wants={ETCD_UNIT}\nAfter={ETCD_UNIT}\n"),
+                &service,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs the scenario, then stops everything it started.
+pub fn scenario(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<(), String> {
+    let c = probe.container;
+    checks.say(&format!(
+        "=== cluster mode: {} ({}) and {} ({}) on {} through etcd at {ETCD_URL}, {TUNERS} tuner",
+        NODE_A.unit,
+        NODE_A.name,
+        NODE_B.unit,
+        NODE_B.name,
+        source()
+    ));
+    c.run(&["mkdir", "-p", NODE_A.lock_dir, NODE_B.lock_dir, RECORD_DIR])?;
+    c.systemctl(&["start", TUNER_UNIT])?;
+    probe.wait_ready(DEVICE)?;
+    let result = story(checks, probe, figures);
+    for unit in [NODE_A.unit, NODE_B.unit, TUNER_UNIT, ETCD_UNIT] {
+        let _ = c.systemctl(&["stop", unit]);
+    }
+    let _ = c.systemctl(&["reset-failed"]);
+    result
+}
+
+fn story(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<(), String> {
+    let c = probe.container;
+    let first = first_node_streams(checks, probe, figures)?;
+    second_node_waits(checks, probe, &first, figures)?;
+
+    checks.say(&format!(
+        "systemctl stop {} while {} waits",
+        NODE_A.unit, NODE_B.unit
+    ));
+    let stop_issued = unix_micros();
+    let (wall, systemd) = timed(probe, "stop", NODE_A.unit)?;
+    let second = wait_reader(probe, NODE_B.unit);
+    let left = probe.alive(&first.ids);
+    let exit = exits_of(probe, NODE_A.unit).pop().unwrap_or_default();
+    let line = format!(
+        "systemctl stop {}: {:.2}s (wall {wall:.2}s), processes left {}, ExecStopPost saw: {exit}",
+        NODE_A.unit,
+        systemd.unwrap_or(wall),
+        left.len()
+    );
+    checks.say(&line);
+    figures.lines.push(line);
+    checks.check(
+        "stopping the holder's unit ends its launcher and reader within TimeoutStopSec",
+        left.is_empty() && Duration::from_secs_f64(wall) <= FAST_STOP_TIMEOUT + STOP_MARGIN,
+        &format!("{} left, {wall:.2}s", left.len()),
+    );
+    let second = second?;
+
+    let started = last_record_time(probe, "readers.log", NODE_B.unit, "streaming");
+    let stopped = last_record_time(probe, "readers.log", NODE_A.unit, "stopping");
+    figures.handover = elapsed(Some(stop_issued), started);
+    figures.reader_gap = elapsed(stopped, started);
+    let busy = probe.counter(DEVICE, "busy_503")?;
+    let open = probe.counter(DEVICE, "open_streams")?;
+    let line = format!(
+        "hand-over: {} streaming {:?} after `systemctl stop {}` was issued ({:?} after its reader stopped); open streams {open}, 503 answers {busy}",
+        NODE_B.unit, figures.handover, NODE_A.unit, figures.reader_gap
+    );
+    checks.say(&line);
+    figures.lines.push(line.clone());
+    checks.check(
+        &format!(
+            "once the holder's unit is stopped, the waiting node streams within {}s, and no 503",
+            HANDOVER_BOUND.as_secs()
+        ),
+        figures.handover.is_some_and(|d| d <= HANDOVER_BOUND) && busy == 0 && open == 1,
+        &line,
+    );
+    checks.check(
+        "the waiting node's reader starts only after the holder's reader stopped (no overlap)",
+        figures.reader_gap.is_some(),
+        &format!("old reader stopped at {stopped:?} µs, new reader streaming at {started:?} µs"),
+    );
+    supervision_checks(checks, NODE_B, &second);
+    key_names(checks, probe, NODE_B, &second)?;
+    status_names(checks, probe, NODE_B, &second, figures)?;
+
+    // The end: the last holder stops and leaves nothing behind, in etcd too.
+    let (wall, systemd) = timed(probe, "stop", NODE_B.unit)?;
+    let left = probe.alive(&second.ids);
+    let keys = etcd_keys(probe, KEY_PREFIX)?;
+    let open = probe.counter(DEVICE, "open_streams")?;
+    let served = probe.counter(DEVICE, "streams_served")?;
+    let busy = probe.counter(DEVICE, "busy_503")?;
+    figures.busy_503 = Some(busy);
+    let exit = exits_of(probe, NODE_B.unit).pop().unwrap_or_default();
+    let line = format!(
+        "systemctl stop {}: {:.2}s (wall {wall:.2}s), processes left {}, keys left in etcd {keys:?}, open streams {open}, streams served {served}, 503 answers {busy}, ExecStopPost saw: {exit}",
+        NODE_B.unit,
+        systemd.unwrap_or(wall),
+        left.len()
+    );
+    checks.say(&line);
+    figures.lines.push(line.clone());
+    checks.check(
+        "stopping the last holder leaves no process, no key in etcd (its lease is revoked) and no open stream",
+        left.is_empty() && keys.is_empty() && open == 0,
+        &line,
+    );
+    checks.check(
+        "over the whole scenario the one-tuner device served exactly two streams and never answered 503",
+        busy == 0 && served == 2,
+        &format!("{served} streams served, {busy} 503 answers"),
+    );
+    let _ = c.systemctl(&["reset-failed", NODE_A.unit, NODE_B.unit]);
+    Ok(())
+}
+
+/// From `from` to `to` (µs since the epoch), when both are known and `to`
+/// is not earlier.
+fn elapsed(from: Option<u128>, to: Option<u128>) -> Option<Duration> {
+    let (from, to) = (from?, to?);
+    let micros = to.checked_sub(from)?;
+    Some(Duration::from_micros(
+        u64::try_from(micros).unwrap_or(u64::MAX),
+    ))
+}
+
+/// A node's unit while it streams: its main process and its reader.
+#[derive(Debug)]
+struct Streaming {
+    main_pid: u32,
+    main_comm: String,
+    reader: ProcessFacts,
+    /// The reader's parent PID (proc(5) `stat` field 4).
+    reader_parent: Option<u32>,
+    /// Every process of the unit then, as `PID:START`.
+    ids: Vec<String>,
+}
+
+/// Waits until `unit` has a `reader` in its cgroup and the device serves
+/// exactly one stream.
+fn wait_reader(probe: &Probe, unit: &str) -> Result<Streaming, String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let processes = probe.unit_processes(unit);
+        let open = probe.counter(DEVICE, "open_streams").unwrap_or(0);
+        let main_pid: u32 = probe
+            .container
+            .property(unit, "MainPID")
+            .parse()
+            .unwrap_or(0);
+        if let Some(reader) = processes.iter().find(|p| p.comm == "reader")
+            && open == 1
+        {
+            return Ok(Streaming {
+                main_pid,
+                main_comm: processes
+                    .iter()
+                    .find(|p| p.pid == main_pid)
+                    .map_or_else(String::new, |p| p.comm.clone()),
+                reader: reader.clone(),
+                reader_parent: parent_of(probe, reader.pid),
+                ids: processes.iter().map(ProcessFacts::id).collect(),
+            });
+        }
+        last = format!(
+            "processes {:?}, open streams {open}, MainPID {main_pid}",
+            processes
+                .iter()
+                .map(ProcessFacts::to_line)
+                .collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{unit} did not come up streaming: {last}"))
+}
+
+fn parent_of(probe: &Probe, pid: u32) -> Option<u32> {
+    let stat = probe
+        .container
+        .run(&["cat", &format!("/proc/{pid}/stat")])
+        .ok()?;
+    // Fields after the parenthesised command name: state, then the parent.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn first_node_streams(
+    checks: &mut Checks,
+    probe: &Probe,
+    figures: &mut Figures,
+) -> Result<Streaming, String> {
+    let c = probe.container;
+    checks.say(&format!(
+        "starting {} alone (it Wants=/After= {ETCD_UNIT})",
+        NODE_A.unit
+    ));
+    c.systemctl(&["start", NODE_A.unit])?;
+    let etcd = c.state(ETCD_UNIT);
+    let health = c
+        .run(&[
+            &format!("{SUITE_DIR}/http-get"),
+            &format!("{ETCD_URL}/health"),
+        ])
+        .unwrap_or_else(|e| e);
+    let version = c.run(&[ETCD_BINARY, "--version"]).unwrap_or_else(|e| e);
+    let line = format!(
+        "{ETCD_UNIT}: {etcd}, /health {}, {}",
+        health.trim(),
+        version.lines().next().unwrap_or("?")
+    );
+    checks.say(&line);
+    figures.lines.push(line);
+    checks.check(
+        "starting a node's unit pulls etcd in first (Wants=/After=, Type=notify), and etcd is healthy",
+        etcd == "active" && health.contains("\"health\":\"true\""),
+        &format!("{ETCD_UNIT} {etcd}, /health {}", health.trim()),
+    );
+    let first = wait_reader(probe, NODE_A.unit)?;
+    let restarts = c.property(NODE_A.unit, "NRestarts");
+    checks.check(
+        "the first node streams at its first start (etcd was ready when its launcher ran)",
+        restarts == "0",
+        &format!("{} NRestarts {restarts}", NODE_A.unit),
+    );
+    supervision_checks(checks, NODE_A, &first);
+    key_names(checks, probe, NODE_A, &first)?;
+    Ok(first)
+}
+
+fn second_node_waits(
+    checks: &mut Checks,
+    probe: &Probe,
+    first: &Streaming,
+    figures: &mut Figures,
+) -> Result<(), String> {
+    let c = probe.container;
+    checks.say(&format!(
+        "starting {} while {} streams",
+        NODE_B.unit, NODE_A.unit
+    ));
+    c.systemctl(&["start", NODE_B.unit])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut busy_line = None;
+    while busy_line.is_none() && Instant::now() < deadline {
+        busy_line = c
+            .journal(NODE_B.unit)
+            .lines()
+            .find(|l| l.to_lowercase().contains("busy in the cluster"))
+            .map(str::to_owned);
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Time enough for a wrongly started reader to reach the device.
+    thread::sleep(Duration::from_secs(1));
+    let state = c.state(NODE_B.unit);
+    let main_pid = c.property(NODE_B.unit, "MainPID");
+    let processes = probe.unit_processes(NODE_B.unit);
+    let main_comm = processes
+        .iter()
+        .find(|p| p.pid.to_string() == main_pid)
+        .map_or("?", |p| p.comm.as_str());
+    let readers = processes.iter().filter(|p| p.comm == "reader").count();
+    let open = probe.counter(DEVICE, "open_streams")?;
+    let busy = probe.counter(DEVICE, "busy_503")?;
+    let first_now = c.property(NODE_A.unit, "MainPID");
+    let line = format!(
+        "{} waits: state {state}, MainPID {main_pid} ({main_comm}), readers {readers}; open streams {open}, 503 answers {busy}; journal: {}",
+        NODE_B.unit,
+        busy_line
+            .as_deref()
+            .unwrap_or("no \"busy in the cluster\" line")
+    );
+    checks.say(&line);
+    figures.lines.push(line.clone());
+    checks.check(
+        "the second node's unit stays active and waits in ec-launch, its journal saying the source is busy in the cluster",
+        state == "active" && main_comm == "ec-launch" && readers == 0 && busy_line.is_some(),
+        &line,
+    );
+    checks.check(
+        "while the second node waits, exactly one stream is open and the one-tuner device answered no 503",
+        open == 1 && busy == 0 && first_now == first.main_pid.to_string(),
+        &format!(
+            "open streams {open}, 503 answers {busy}, {} MainPID {} -> {first_now}",
+            NODE_A.unit, first.main_pid
+        ),
+    );
+    status_names(checks, probe, NODE_A, first, figures)
+}
+
+/// The streaming unit's main process is `ec-launch`, and the reader is its
+/// child: cluster mode supervises instead of exec'ing.
+fn supervision_checks(checks: &mut Checks, node: Node, streaming: &Streaming) {
+    checks.check(
+        &format!(
+            "{}'s main process is ec-launch and the reader is its child (cluster mode supervises)",
+            node.name
+        ),
+        streaming.main_comm == "ec-launch" && streaming.reader_parent == Some(streaming.main_pid),
+        &format!(
+            "{} MainPID {} ({}), reader pid {} parent {:?}",
+            node.unit,
+            streaming.main_pid,
+            streaming.main_comm,
+            streaming.reader.pid,
+            streaming.reader_parent
+        ),
+    );
+}
+
+/// The keys under `prefix` and their values, from `etcdctl get --prefix`
+/// (it prints each key on a line, then its value on the next).
+fn etcd_entries(probe: &Probe, prefix: &str) -> Result<Vec<(String, String)>, String> {
+    let text = probe.container.run(&[
+        ETCDCTL_BINARY,
+        "--endpoints",
+        ETCD_URL,
+        "get",
+        "--prefix",
+        prefix,
+    ])?;
+    let lines: Vec<&str> = text.lines().collect();
+    Ok(lines
+        .chunks(2)
+        .map(|pair| {
+            (
+                pair[0].to_owned(),
+                pair.get(1).copied().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
+fn etcd_keys(probe: &Probe, prefix: &str) -> Result<Vec<String>, String> {
+    Ok(etcd_entries(probe, prefix)?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect())
+}
+
+/// etcd holds one source key, whose value names `node`, its unit and one
+/// of its processes.
+fn key_names(
+    checks: &mut Checks,
+    probe: &Probe,
+    node: Node,
+    streaming: &Streaming,
+) -> Result<(), String> {
+    let entries = etcd_entries(probe, SOURCE_KEYS)?;
+    let verdict = match entries.as_slice() {
+        [(key, value)] => {
+            let holder: Value = serde_json::from_str(value).unwrap_or(Value::Null);
+            let pid = holder["pid"].as_u64();
+            let ours = [streaming.main_pid, streaming.reader.pid]
+                .iter()
+                .any(|p| pid == Some(u64::from(*p)));
+            if holder["node"] == node.name && holder["unit"] == node.unit && ours {
+                Ok(format!("{key} = {value}"))
+            } else {
+                Err(format!("{key} = {value}"))
+            }
+        }
+        other => Err(format!("{} source keys: {other:?}", other.len())),
+    };
+    let ok = verdict.is_ok();
+    checks.check(
+        &format!(
+            "etcd holds one source key, and its value names {} and its unit",
+            node.name
+        ),
+        ok,
+        &verdict.unwrap_or_else(|e| e),
+    );
+    Ok(())
+}
+
+/// Every object in `value` that has both a `node` and a `unit`: the
+/// cluster holders, wherever the report nests them.
+fn cluster_holders(value: &Value) -> Vec<&Value> {
+    match value {
+        Value::Object(map) => {
+            let mut found: Vec<&Value> = map.values().flat_map(cluster_holders).collect();
+            if map.contains_key("node") && map.contains_key("unit") {
+                found.push(value);
+            }
+            found
+        }
+        Value::Array(items) => items.iter().flat_map(cluster_holders).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `ec-launch status --etcd … SOURCE`, run inside the container like an
+/// operator would, names `node`'s unit as the source's only cluster holder.
+fn status_names(
+    checks: &mut Checks,
+    probe: &Probe,
+    node: Node,
+    streaming: &Streaming,
+    figures: &mut Figures,
+) -> Result<(), String> {
+    let c = probe.container;
+    let source = source();
+    let json = c.exec(&[
+        &ec_launch(),
+        "status",
+        "--etcd",
+        ETCD_URL,
+        "--json",
+        &source,
+    ])?;
+    let stdout = String::from_utf8_lossy(&json.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&json.stderr).trim().to_owned();
+    let code = json.status.code();
+    let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    let holders = cluster_holders(&report);
+    let named = holders.len() == 1
+        && holders[0]["node"] == node.name
+        && holders[0]["unit"] == node.unit
+        && [streaming.main_pid, streaming.reader.pid]
+            .iter()
+            .any(|p| holders[0]["pid"].as_u64() == Some(u64::from(*p)));
+    let text = c.exec(&[&ec_launch(), "status", "--etcd", ETCD_URL, &source])?;
+    let text = String::from_utf8_lossy(&text.stdout).trim().to_owned();
+    figures.lines.push(format!(
+        "`ec-launch status --etcd {ETCD_URL} SOURCE` while {} holds: {text}",
+        node.name
+    ));
+    checks.check(
+        &format!(
+            "`ec-launch status --etcd --json SOURCE` inside the container exits 0 and names {}'s unit as the only cluster holder",
+            node.name
+        ),
+        code == Some(0) && named,
+        &format!(
+            "exit {code:?}, holders {}, stderr {stderr:?}",
+            serde_json::to_string(&holders).unwrap_or_default()
+        ),
+    );
+    Ok(())
+}

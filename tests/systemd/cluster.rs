@@ -51,6 +51,19 @@ const SOURCE_KEYS: &str = "/every-channel/ec-launch/v1/sources/";
 /// the launcher accepts with a 1 s grace (TTL/3 + TTL/6 + grace + 1 s < TTL).
 const TTL_SECS: u64 = 6;
 const STOP_GRACE_SECS: u64 = 1;
+/// The fence's fixed margin (`FenceTiming`; `margin` of
+/// `nixos/cluster-timing.json`, which the module reads).
+const MARGIN_SECS: u64 = 1;
+/// What the module gives a cluster unit so that PID 1 kills a frozen
+/// launcher before its lease can lapse: `WatchdogSec = max 1 ((ttl -
+/// stopGrace - margin) / 2)`, pinged by the launcher's renewal thread
+/// (`NotifyAccess=main`), and `TimeoutAbortSec = stopGrace`. Here 2 s: a
+/// launcher that stops pinging, streaming or waiting, is restarted, which
+/// the checks on `NRestarts` would see.
+const WATCHDOG_SECS: u64 = {
+    let budget = (TTL_SECS - STOP_GRACE_SECS - MARGIN_SECS) / 2;
+    if budget > 1 { budget } else { 1 }
+};
 /// One tuner: a second reader of the device is refused (503).
 const TUNERS: usize = 1;
 const DEVICE: &str = "127.0.0.8:5004";
@@ -147,7 +160,7 @@ pub fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> R
     )?;
     for node in [NODE_A, NODE_B] {
         let service = format!(
-            "ExecStart={} run --etcd {ETCD_URL} --etcd-ttl {TTL_SECS} --etcd-stop-grace {STOP_GRACE_SECS} --node {} --lock-dir {} --on-busy wait --source {} -- {SUITE_DIR}/reader {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\n{}{}ReadWritePaths={RECORD_DIR}\n",
+            "ExecStart={} run --etcd {ETCD_URL} --etcd-ttl {TTL_SECS} --etcd-stop-grace {STOP_GRACE_SECS} --node {} --lock-dir {} --on-busy wait --source {} -- {SUITE_DIR}/reader {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\nWatchdogSec={WATCHDOG_SECS}\nNotifyAccess=main\nTimeoutAbortSec={STOP_GRACE_SECS}\n{}{}ReadWritePaths={RECORD_DIR}\n",
             ec_launch(),
             node.name,
             node.lock_dir,
@@ -339,7 +352,12 @@ fn wait_reader(probe: &Probe, unit: &str) -> Result<Streaming, String> {
         );
         thread::sleep(Duration::from_millis(50));
     }
-    Err(format!("{unit} did not come up streaming: {last}"))
+    let journal = probe.container.journal(unit);
+    let tail: Vec<&str> = journal.lines().rev().take(4).collect();
+    Err(format!(
+        "{unit} did not come up streaming: {last}; its journal ends: {:?}",
+        tail.into_iter().rev().collect::<Vec<_>>()
+    ))
 }
 
 fn parent_of(probe: &Probe, pid: u32) -> Option<u32> {
@@ -389,10 +407,14 @@ fn first_node_streams(
     );
     let first = wait_reader(probe, NODE_A.unit)?;
     let restarts = c.property(NODE_A.unit, "NRestarts");
+    let watchdog = c.property(NODE_A.unit, "WatchdogUSec");
     checks.check(
-        "the first node streams at its first start (etcd was ready when its launcher ran)",
-        restarts == "0",
-        &format!("{} NRestarts {restarts}", NODE_A.unit),
+        "the first node streams at its first start (etcd was ready when its launcher ran), under the module's launcher watchdog",
+        restarts == "0" && watchdog == format!("{WATCHDOG_SECS}s"),
+        &format!(
+            "{} NRestarts {restarts}, WatchdogUSec={watchdog}",
+            NODE_A.unit
+        ),
     );
     supervision_checks(checks, NODE_A, &first);
     key_names(checks, probe, NODE_A, &first)?;
@@ -410,6 +432,7 @@ fn second_node_waits(
         "starting {} while {} streams",
         NODE_B.unit, NODE_A.unit
     ));
+    let b_started = Instant::now();
     c.systemctl(&["start", NODE_B.unit])?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut busy_line = None;
@@ -421,9 +444,17 @@ fn second_node_waits(
             .map(str::to_owned);
         thread::sleep(Duration::from_millis(100));
     }
-    // Time enough for a wrongly started reader to reach the device.
-    thread::sleep(Duration::from_secs(1));
+    // Time enough for a wrongly started reader to reach the device, and
+    // for systemd's watchdog to act twice on a launcher that waits without
+    // pinging it.
+    thread::sleep(
+        (Duration::from_secs(WATCHDOG_SECS) * 2)
+            .saturating_sub(b_started.elapsed())
+            .max(Duration::from_secs(1)),
+    );
     let state = c.state(NODE_B.unit);
+    let restarts = c.property(NODE_B.unit, "NRestarts");
+    let waited = b_started.elapsed();
     let main_pid = c.property(NODE_B.unit, "MainPID");
     let processes = probe.unit_processes(NODE_B.unit);
     let main_comm = processes
@@ -434,9 +465,11 @@ fn second_node_waits(
     let open = probe.counter(DEVICE, "open_streams")?;
     let busy = probe.counter(DEVICE, "busy_503")?;
     let first_now = c.property(NODE_A.unit, "MainPID");
+    let first_restarts = c.property(NODE_A.unit, "NRestarts");
     let line = format!(
-        "{} waits: state {state}, MainPID {main_pid} ({main_comm}), readers {readers}; open streams {open}, 503 answers {busy}; journal: {}",
+        "{} waits: after {:.1}s state {state}, NRestarts {restarts}, MainPID {main_pid} ({main_comm}), readers {readers}; open streams {open}, 503 answers {busy}; journal: {}",
         NODE_B.unit,
+        waited.as_secs_f64(),
         busy_line
             .as_deref()
             .unwrap_or("no \"busy in the cluster\" line")
@@ -444,15 +477,22 @@ fn second_node_waits(
     checks.say(&line);
     figures.lines.push(line.clone());
     checks.check(
-        "the second node's unit stays active and waits in ec-launch, its journal saying the source is busy in the cluster",
-        state == "active" && main_comm == "ec-launch" && readers == 0 && busy_line.is_some(),
+        "the second node's unit stays active and waits in ec-launch (never restarted, watchdog included), its journal saying the source is busy in the cluster",
+        state == "active"
+            && restarts == "0"
+            && main_comm == "ec-launch"
+            && readers == 0
+            && busy_line.is_some(),
         &line,
     );
     checks.check(
         "while the second node waits, exactly one stream is open and the one-tuner device answered no 503",
-        open == 1 && busy == 0 && first_now == first.main_pid.to_string(),
+        open == 1
+            && busy == 0
+            && first_now == first.main_pid.to_string()
+            && first_restarts == "0",
         &format!(
-            "open streams {open}, 503 answers {busy}, {} MainPID {} -> {first_now}",
+            "open streams {open}, 503 answers {busy}, {} MainPID {} -> {first_now}, NRestarts {first_restarts}",
             NODE_A.unit, first.main_pid
         ),
     );

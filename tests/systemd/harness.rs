@@ -146,6 +146,16 @@ pub fn missing_requirements() -> Vec<String> {
             missing.push(format!("{tool} is missing (apt-get install {package})"));
         }
     }
+    // The cluster scenario's etcd runs inside the container, from the host's
+    // root the container overlays.
+    for (binary, package) in [
+        ("/usr/bin/etcd", "etcd-server"),
+        ("/usr/bin/etcdctl", "etcd-client"),
+    ] {
+        if !Path::new(binary).exists() {
+            missing.push(format!("{binary} is missing (apt-get install {package})"));
+        }
+    }
     if cgroup_roots().is_empty() {
         missing.push("no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified".into());
     }

@@ -328,6 +328,12 @@ struct Figures {
 impl Figures {
     fn print(&self, checks: &Checks) {
         checks.say("FIGURES");
+        if let Some(only) = std::env::var_os(ONLY_VAR) {
+            println!(
+                "({ONLY_VAR}={}: the figures of the scenarios that did not run are empty)",
+                only.to_string_lossy()
+            );
+        }
         println!("incident (KillMode=process, no lock, {TUNERS} tuners):");
         for row in &self.incident_rows {
             println!("  {row}");

@@ -14,6 +14,9 @@
 //! the suite is then reported as ignored, with the reason, unless
 //! `EC_LAUNCH_TEST_REQUIRE_ROOT` is set, which `.ci/run` does so that CI can
 //! never pass by skipping it.
+//!
+//! `EC_SYSTEMD_ONLY=<scenario>[,…]` runs only those scenarios in the boot
+//! (see `scenarios`), to iterate on one; CI leaves it unset.
 
 // Figures are small counts and durations shown with two decimals.
 #![allow(clippy::cast_precision_loss)]

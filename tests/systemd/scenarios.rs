@@ -9,6 +9,11 @@
 //!    source exits 75 once and stays down; stopping the holder lets the
 //!    duplicate start; `ec-launch status` names the holder.
 //!
+//! Later phases: tuner slots (issue 10, in this file), the progress
+//! watchdog and stale readers (issue 11, `watch`), two nodes on one source
+//! through etcd (issue 12, `cluster`). `EC_SYSTEMD_ONLY` (e.g. `cluster` or
+//! `fix,slots`) runs only the named ones while iterating.
+//!
 //! The two phases use two emulated devices (127.0.0.2 and 127.0.0.3, both on
 //! the container's loopback), so the incident's leftovers cannot touch the
 //! fix's figures. Checks are collected rather than asserted one by one, so a

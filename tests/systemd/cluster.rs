@@ -549,8 +549,8 @@ fn etcd_keys(probe: &Probe, prefix: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// etcd holds one source key, whose value names `node`, its unit and one
-/// of its processes.
+/// etcd holds one source key, whose value names `node`, its unit and its
+/// main process.
 fn key_names(
     checks: &mut Checks,
     probe: &Probe,
@@ -561,10 +561,8 @@ fn key_names(
     let verdict = match entries.as_slice() {
         [(key, value)] => {
             let holder: Value = serde_json::from_str(value).unwrap_or(Value::Null);
-            let pid = holder["pid"].as_u64();
-            let ours = [streaming.main_pid, streaming.reader.pid]
-                .iter()
-                .any(|p| pid == Some(u64::from(*p)));
+            // The supervising launcher's PID: the unit's MainPID.
+            let ours = holder["pid"].as_u64() == Some(u64::from(streaming.main_pid));
             if holder["node"] == node.name && holder["unit"] == node.unit && ours {
                 Ok(format!("{key} = {value}"))
             } else {
@@ -625,14 +623,23 @@ fn status_names(
     let code = json.status.code();
     let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
     let holders = cluster_holders(&report);
+    // The record's PID is the supervising launcher's: the unit's MainPID.
     let named = holders.len() == 1
         && holders[0]["node"] == node.name
         && holders[0]["unit"] == node.unit
-        && [streaming.main_pid, streaming.reader.pid]
-            .iter()
-            .any(|p| holders[0]["pid"].as_u64() == Some(u64::from(*p)));
+        && holders[0]["pid"].as_u64() == Some(u64::from(streaming.main_pid));
     let text = c.exec(&[&ec_launch(), "status", "--etcd", ETCD_URL, &source])?;
-    let text = String::from_utf8_lossy(&text.stdout).trim().to_owned();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    // The cluster's lines; all of it when there are none to pick.
+    let held: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("held by node"))
+        .collect();
+    let text = if held.is_empty() {
+        text.trim().to_owned()
+    } else {
+        held.join(" | ")
+    };
     figures.lines.push(format!(
         "`ec-launch status --etcd {ETCD_URL} SOURCE` while {} holds: {text}",
         node.name

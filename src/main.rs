@@ -19,6 +19,7 @@
 
 mod cgroup;
 mod cli;
+mod cluster;
 mod command;
 mod device_http;
 mod error;
@@ -39,6 +40,7 @@ mod secret_params;
 #[cfg(test)]
 mod secret_props;
 mod sock_diag;
+mod supervise;
 mod source_key;
 mod tuner_slot;
 mod watchdog;

@@ -13,6 +13,12 @@ pub mod etcd;
 pub mod fence;
 pub mod keyspace;
 pub mod record;
+pub mod session;
+
+/// The real-etcd test harness, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/support/etcd_server.rs"]
+pub(crate) mod etcd_server;
 
 use std::time::Duration;
 

@@ -154,6 +154,36 @@ pub enum Error {
         #[source]
         source: Errno,
     },
+    /// Cluster mode: `--etcd-ttl` leaves no time to stop the program
+    /// before the lease can expire (ECP-0134, `cluster::fence`).
+    #[error(
+        "--etcd-ttl {ttl} is too short for --etcd-stop-grace {stop_grace}: renewal every TTL/3, its timeout TTL/6, the stop grace and the {margin} margin must fit in the TTL, so the TTL must be at least {minimum}s"
+    )]
+    FenceBudget {
+        ttl: String,
+        stop_grace: String,
+        margin: String,
+        minimum: u64,
+    },
+    /// Cluster mode: blocking the signals the supervisor reads from a signalfd.
+    #[error("cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD to read them from a signalfd")]
+    BlockSignals {
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot open a signalfd for SIGTERM, SIGINT, SIGHUP and SIGCHLD")]
+    WatchSignals {
+        #[source]
+        source: Errno,
+    },
+    /// Cluster mode: the fence timer (a CLOCK_BOOTTIME timerfd) or the
+    /// renewer thread.
+    #[error("cannot start the lease renewer ({what})")]
+    StartRenewer {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot run {program:?}")]
     Exec {
         program: String,
@@ -335,6 +365,15 @@ impl Error {
             Self::TunersAutoWithoutHost => (
                 BadArgument,
                 "pass the device's number of tuners, e.g. --tuners 2: only a network source's host can be asked",
+            ),
+            Self::FenceBudget { .. } => (
+                BadArgument,
+                "raise --etcd-ttl to at least the minimum named, or shorten --etcd-stop-grace",
+            ),
+            Self::BlockSignals { .. } | Self::WatchSignals { .. } => (OsError, REPORT_HINT),
+            Self::StartRenewer { .. } => (
+                OsError,
+                "the service is out of tasks or descriptors: raise TasksMax= or LimitNOFILE= for this service",
             ),
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => (NotFound, "check the program name and PATH"),

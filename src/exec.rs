@@ -108,7 +108,11 @@ pub fn exec(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Err
 enum Never {}
 
 fn try_exec(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Result<Never, Error> {
-    let Passed { argv, envp, program } = pass(prepared, held, slot)?;
+    let Passed {
+        argv,
+        envp,
+        program,
+    } = pass(prepared, held, slot)?;
     // Only these descriptors survive exec: a waiting thread's slot
     // descriptors stay close-on-exec, so the program holds one slot.
     for lock in passed_locks(held, slot) {
@@ -151,11 +155,7 @@ pub struct Passed {
 ///
 /// # Errors
 /// [`Error::NulInArgument`] (cannot happen for numbers, kept for the type).
-pub fn pass(
-    prepared: Prepared,
-    held: &HeldLock,
-    slot: Option<&HeldSlot>,
-) -> Result<Passed, Error> {
+pub fn pass(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Result<Passed, Error> {
     let Prepared {
         argv,
         mut envp,

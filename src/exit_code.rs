@@ -84,6 +84,8 @@ exit_statuses! {
     LockUnusable => 73, "lock directory or lock file unusable: a directory on its path owned or writable by another user (ECP-0129), symlink, not a directory, FIFO/socket/device, another user's lock file or one with a second hard link at the lock path, cannot be created (e.g. read-only or full filesystem)";
     /// Busy carries its number because `--busy-exit-code` may change it.
     Busy(code: u8 = DEFAULT_BUSY) => code, "busy: held by another process (skip), every tuner slot of the device held (`--tuners`, skip), or `--wait-timeout` passed; `--busy-exit-code` changes it (to 0 or a code not in this table)";
+    /// Cluster mode: the program was stopped before its lease could expire.
+    Fenced => 76, "cluster mode: the lease was not renewed in time (etcd unreachable, partition, leader loss, lease lost); the program was stopped before the lease could expire on the server; systemd restarts it";
     NoPermission => 77, "permission denied on the lock directory or lock file";
     /// The device cannot tell its tuner count: configure N (`EX_CONFIG`).
     DeviceNeedsTunerCount => 78, "`run --tuners auto`: the device has no `discover.json` (HTTP 404) or no usable `TunerCount`; pass `--tuners N`";

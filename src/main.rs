@@ -19,6 +19,9 @@
 
 mod cgroup;
 mod cli;
+// Cluster mode's parts, until `run --etcd` calls them (issue #12).
+#[allow(dead_code)]
+mod cluster;
 mod command;
 mod device_http;
 mod error;
@@ -40,6 +43,8 @@ mod secret_params;
 mod secret_props;
 mod sock_diag;
 mod source_key;
+#[allow(dead_code)]
+mod supervise;
 mod tuner_slot;
 mod watchdog;
 

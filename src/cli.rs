@@ -168,7 +168,12 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct EtcdArgs {
     /// Cluster mode: etcd client URLs (http or https); the source's lock and tuner slot are also taken there, across nodes
-    #[arg(long = "etcd", value_name = "URL[,URL...]", env = "EC_LAUNCH_ETCD", value_delimiter = ',')]
+    #[arg(
+        long = "etcd",
+        value_name = "URL[,URL...]",
+        env = "EC_LAUNCH_ETCD",
+        value_delimiter = ','
+    )]
     pub endpoints: Vec<String>,
 
     /// The CA certificate that signed etcd's server certificate (PEM; the only root trusted)

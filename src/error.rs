@@ -159,6 +159,45 @@ pub enum Error {
     /// a password, a token or a key's bytes.
     #[error("cluster mode")]
     Etcd(#[from] EtcdError),
+    /// Cluster mode: `--etcd-ttl` leaves no time to stop the program
+    /// before the lease can expire (ECP-0134, `cluster::fence`).
+    #[error(
+        "--etcd-ttl {ttl} is too short for --etcd-stop-grace {stop_grace}: renewal every TTL/3, its timeout TTL/6, the stop grace and the {margin} margin must fit in the TTL, so the TTL must be at least {minimum}s"
+    )]
+    FenceBudget {
+        ttl: String,
+        stop_grace: String,
+        margin: String,
+        minimum: u64,
+    },
+    /// Cluster mode: blocking the signals the supervisor reads from a signalfd.
+    #[error("cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD to read them from a signalfd")]
+    BlockSignals {
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot open a signalfd for SIGTERM, SIGINT, SIGHUP and SIGCHLD")]
+    WatchSignals {
+        #[source]
+        source: Errno,
+    },
+    /// Cluster mode: the fence timer (a CLOCK_BOOTTIME timerfd) or the
+    /// renewer thread.
+    #[error("cannot start the lease renewer ({what})")]
+    StartRenewer {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// Cluster mode: etcd options without `--etcd`.
+    #[error("{flag} was given without --etcd")]
+    ClusterOptionWithoutEtcd { flag: &'static str },
+    /// Cluster mode: `--node` empty or with control characters.
+    #[error("--node is empty or has control characters")]
+    BadNodeName,
+    /// Cluster mode: the lease was lost before the program started.
+    #[error("the cluster lease was lost before the program started ({why})")]
+    Fenced { why: String },
     #[error("cannot run {program:?}")]
     Exec {
         program: String,
@@ -342,6 +381,27 @@ impl Error {
                 "pass the device's number of tuners, e.g. --tuners 2: only a network source's host can be asked",
             ),
             Self::Etcd(cause) => etcd_outcome(cause),
+            Self::ClusterOptionWithoutEtcd { .. } => (
+                BadArgument,
+                "pass --etcd URL for cluster mode, or drop the option (check EC_LAUNCH_ETCD_* in the environment)",
+            ),
+            Self::BadNodeName => (
+                BadArgument,
+                "pass a node name such as the host name, or leave --node out to use the host name",
+            ),
+            Self::Fenced { .. } => (
+                ExitStatus::Fenced,
+                "nothing was started; systemd restarts the unit, which takes the keys again",
+            ),
+            Self::FenceBudget { .. } => (
+                BadArgument,
+                "raise --etcd-ttl to at least the minimum named, or shorten --etcd-stop-grace",
+            ),
+            Self::BlockSignals { .. } | Self::WatchSignals { .. } => (OsError, REPORT_HINT),
+            Self::StartRenewer { .. } => (
+                OsError,
+                "the service is out of tasks or descriptors: raise TasksMax= or LimitNOFILE= for this service",
+            ),
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => (NotFound, "check the program name and PATH"),
                 _ => (

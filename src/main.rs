@@ -40,8 +40,8 @@ mod secret_params;
 #[cfg(test)]
 mod secret_props;
 mod sock_diag;
-mod supervise;
 mod source_key;
+mod supervise;
 mod tuner_slot;
 mod watchdog;
 

@@ -210,6 +210,35 @@ impl EtcdError {
     pub fn is_ambiguous(&self) -> bool {
         matches!(self, Self::Ambiguous { .. } | Self::Malformed { .. })
     }
+
+    /// True when etcd says our lease is gone (it expired while we waited,
+    /// or was revoked): nothing is held under it any more.
+    #[must_use]
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, Self::Rejected { code, message, .. }
+            if *code == CODE_NOT_FOUND && message.contains("lease not found"))
+    }
+}
+
+/// Reads one `--etcd` value as a URL; what it may be is checked by
+/// [`EtcdClient::connect`]. The text is never echoed: it may carry a
+/// password someone put in the URL.
+///
+/// # Errors
+/// [`EtcdError::BadConfig`] when it is not a URL.
+pub fn parse_endpoint(text: &str) -> Result<url::Url, EtcdError> {
+    if text.is_empty() {
+        return Err(EtcdError::BadConfig {
+            what: "--etcd",
+            reason: "an endpoint is empty (an empty EC_LAUNCH_ETCD, or a stray comma)".into(),
+        });
+    }
+    url::Url::parse(text.trim_end_matches('/')).map_err(|e| EtcdError::BadConfig {
+        what: "--etcd",
+        reason: format!(
+            "an endpoint is not a URL ({e}); give each as http://host:port or https://host:port, separated by commas"
+        ),
+    })
 }
 
 impl EtcdClient {

@@ -111,8 +111,15 @@ mod tests {
 
     #[test]
     fn keys_read_back_as_what_they_name() {
-        for key in ["hdhomerun://10.0.0.5/v5.1", "/dev/char/1:3", "odd key%2F\u{1}é"] {
-            assert_eq!(parse(source(key).as_bytes()), Some(Named::Source(key.into())));
+        for key in [
+            "hdhomerun://10.0.0.5/v5.1",
+            "/dev/char/1:3",
+            "odd key%2F\u{1}é",
+        ] {
+            assert_eq!(
+                parse(source(key).as_bytes()),
+                Some(Named::Source(key.into()))
+            );
         }
         assert_eq!(
             parse(slot("host:5004", 3).as_bytes()),
@@ -127,6 +134,10 @@ mod tests {
 
     #[test]
     fn control_bytes_never_reach_a_key() {
-        assert!(source("a\u{1b}[31m\nb").bytes().all(|b| b.is_ascii_graphic()));
+        assert!(
+            source("a\u{1b}[31m\nb")
+                .bytes()
+                .all(|b| b.is_ascii_graphic())
+        );
     }
 }

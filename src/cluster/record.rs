@@ -76,8 +76,12 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_and_tolerates_newer_fields() {
-        let record = ClusterRecord::for_this_launch("node-a", Some("a.service".into()), "http://h/v1");
-        assert_eq!(ClusterRecord::from_json(&record.to_json()), Some(record.clone()));
+        let record =
+            ClusterRecord::for_this_launch("node-a", Some("a.service".into()), "http://h/v1");
+        assert_eq!(
+            ClusterRecord::from_json(&record.to_json()),
+            Some(record.clone())
+        );
         let mut newer: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
         newer["added_later"] = serde_json::json!(1);
         assert_eq!(

@@ -9,6 +9,8 @@
 //! is never guessed at: the lease is revoked, which deletes whatever it
 //! may hold, and the claims start over under a new one.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use super::ClusterConfig;
@@ -17,6 +19,7 @@ use super::etcd::{EtcdClient, EtcdError, KeyValue};
 use super::fence::{self, BootInstant, Renewal, Renewer};
 use super::keyspace;
 use crate::error::Error;
+use crate::supervise::{self, Interrupts};
 
 /// What to take for the source, kept so a restart can take it again.
 #[derive(Debug)]
@@ -32,13 +35,19 @@ pub struct Session {
     client: EtcdClient,
     config_ping_watchdog: bool,
     timing: fence::FenceTiming,
-    lease: i64,
+    /// The lease all keys are under; 0 when none. Shared with the
+    /// interrupt thread, which revokes it on a stop request.
+    lease: Arc<AtomicI64>,
     renewer: Option<Renewer>,
+    /// Until the program runs: stop requests revoke the lease and end us.
+    interrupts: Option<Interrupts>,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("lease", &self.lease).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("lease", &self.lease())
+            .finish_non_exhaustive()
     }
 }
 
@@ -59,14 +68,22 @@ impl Session {
     /// # Errors
     /// etcd cannot be reached, refuses our credentials, or a file cannot be read.
     pub fn open(config: &ClusterConfig, ping_watchdog: bool) -> Result<Self, Error> {
+        // From the renewer on, the process has threads: signals are read
+        // (by the interrupt thread now, the supervisor later), never
+        // handled, so they are blocked before any thread starts.
+        let blocked = supervise::block_signals()?;
+        let interrupts = Interrupts::start(&blocked)?;
         let client = EtcdClient::connect(&config.connection.connect)?;
         let mut session = Self {
             client,
             config_ping_watchdog: ping_watchdog,
             timing: config.timing.clone(),
-            lease: 0,
+            lease: Arc::default(),
             renewer: None,
+            interrupts: None,
         };
+        interrupts.on_interrupt(session.revoker());
+        session.interrupts = Some(interrupts);
         session.grant()?;
         Ok(session)
     }
@@ -74,7 +91,7 @@ impl Session {
     fn grant(&mut self) -> Result<(), Error> {
         let sent = BootInstant::now();
         let lease = self.client.grant(self.timing.ttl)?;
-        self.lease = lease.id;
+        self.lease.store(lease.id, Ordering::SeqCst);
         let client = self.client.clone();
         let id = lease.id;
         self.renewer = Some(fence::start_renewer(
@@ -87,16 +104,39 @@ impl Session {
                 Ok(None) => Renewal::Lost,
                 Err(e) => Renewal::Failed(e.to_string()),
             }),
-        ));
+        )?);
         tracing::debug!(lease = id, ttl = ?lease.ttl, "cluster lease granted");
         Ok(())
     }
 
     /// Revokes the lease (deleting every key under it) and grants a new one.
     fn start_over(&mut self, why: &str) -> Result<(), Error> {
-        tracing::warn!("cluster: {why}; revoking the lease and taking the keys again under a new one");
+        tracing::warn!(
+            "cluster: {why}; revoking the lease and taking the keys again under a new one"
+        );
         self.release();
         self.grant()
+    }
+
+    fn lease(&self) -> i64 {
+        self.lease.load(Ordering::SeqCst)
+    }
+
+    /// Revokes whatever lease is current when called: for a stop request
+    /// that arrives on another thread while this one waits.
+    #[must_use]
+    pub fn revoker(&self) -> Box<dyn Fn() + Send> {
+        let client = self.client.clone();
+        let lease = self.lease.clone();
+        Box::new(move || revoke(&client, &lease))
+    }
+
+    /// The program is about to start: signals wait for the supervisor,
+    /// which forwards them to it.
+    pub fn hand_signals_to_supervisor(&mut self) {
+        if let Some(interrupts) = self.interrupts.take() {
+            interrupts.stop();
+        }
     }
 
     /// The renewer, for the supervisor to watch.
@@ -123,7 +163,7 @@ impl Session {
                 &self.client,
                 key.as_bytes(),
                 source.value,
-                self.lease,
+                self.lease(),
                 source.wait,
                 source.until,
                 on_wait,
@@ -161,7 +201,7 @@ impl Session {
                 prefix.as_bytes(),
                 count,
                 source.value,
-                self.lease,
+                self.lease(),
                 source.wait,
                 source.until,
                 on_wait,
@@ -200,22 +240,27 @@ impl Session {
         if let Some(renewer) = self.renewer.take() {
             renewer.stop();
         }
-        if self.lease != 0 {
-            match self.client.revoke(self.lease) {
-                Ok(()) => tracing::debug!(lease = self.lease, "cluster lease revoked"),
-                Err(e) => tracing::warn!(
-                    "cluster: cannot revoke lease {:x}: {e}; its keys are released when it expires",
-                    self.lease
-                ),
-            }
-            self.lease = 0;
-        }
+        revoke(&self.client, &self.lease);
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// Revokes the lease in `lease` once (whoever swaps it out first).
+fn revoke(client: &EtcdClient, lease: &AtomicI64) {
+    let id = lease.swap(0, Ordering::SeqCst);
+    if id == 0 {
+        return;
+    }
+    match client.revoke(id) {
+        Ok(()) => tracing::debug!(lease = id, "cluster lease revoked"),
+        Err(e) => tracing::warn!(
+            "cluster: cannot revoke lease {id:x}: {e}; its keys are released when it expires"
+        ),
     }
 }
 

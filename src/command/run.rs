@@ -258,7 +258,8 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
             // The cluster's key after the node's (ECP-0134): two units on
             // one node never race through etcd.
             let cluster_record =
-                ClusterRecord::for_this_launch(&node_name(&config), unit.clone(), &redacted).to_json();
+                ClusterRecord::for_this_launch(&node_name(&config), unit.clone(), &redacted)
+                    .to_json();
             let source_claim = SourceClaim {
                 key: config.key.as_str(),
                 value: &cluster_record,
@@ -268,8 +269,13 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
             let mut session = match &config.cluster {
                 None => None,
                 Some(cluster) => {
-                    let session =
-                        take_cluster_source(&config, cluster, &source_claim, &program_name, &mut wait_started)?;
+                    let session = take_cluster_source(
+                        &config,
+                        cluster,
+                        &source_claim,
+                        &program_name,
+                        &mut wait_started,
+                    )?;
                     let Some(session) = session else {
                         return Ok(config.busy_status);
                     };
@@ -300,7 +306,14 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
                     };
                     write_record(&slot.lock, &slot_record(slot.slot), "tuner slot");
                     if let Some(session) = &mut session {
-                        if !take_cluster_slot(&config, tuners, session, &source_claim, &program_name, &mut wait_started)? {
+                        if !take_cluster_slot(
+                            &config,
+                            tuners,
+                            session,
+                            &source_claim,
+                            &program_name,
+                            &mut wait_started,
+                        )? {
                             return Ok(config.busy_status);
                         }
                     }
@@ -318,19 +331,31 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
             let waited = wait_started
                 .map(|start| format!(" after waiting {:.1}s", start.elapsed().as_secs_f64()))
                 .unwrap_or_default();
+            let in_cluster = if session.is_some() {
+                " (here and in the cluster)"
+            } else {
+                ""
+            };
             match &slot {
                 None => {
-                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), "source lock acquired{waited}; starting {}", printable(&program_name));
+                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), "source lock acquired{in_cluster}{waited}; starting {}", printable(&program_name));
                 }
                 Some(slot) => {
-                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), slot_file = %printable_path(&slot.lock.path), "source lock and tuner slot {} acquired{waited}; starting {}", slot.slot, printable(&program_name));
+                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), slot_file = %printable_path(&slot.lock.path), "source lock and tuner slot {} acquired{in_cluster}{waited}; starting {}", slot.slot, printable(&program_name));
                 }
             }
             match session {
                 None => Err(exec::exec(prepared, &held, slot.as_ref())),
                 Some(session) => {
                     let cluster = config.cluster.as_ref().map(|c| c.timing.stop_grace);
-                    supervise_in_cluster(prepared, &held, slot.as_ref(), session, cluster.unwrap_or_default(), monitor)
+                    supervise_in_cluster(
+                        prepared,
+                        &held,
+                        slot.as_ref(),
+                        session,
+                        cluster.unwrap_or_default(),
+                        monitor,
+                    )
                 }
             }
         }
@@ -577,10 +602,12 @@ fn seconds(duration: Duration) -> String {
 
 /// `--node`, else the host name: how this launch is named in etcd.
 fn node_name(config: &RunConfig) -> String {
-    config.cluster.as_ref().map_or_else(
-        crate::cluster::record::default_node_name,
-        |c| c.connection.node.clone(),
-    )
+    config
+        .cluster
+        .as_ref()
+        .map_or_else(crate::cluster::record::default_node_name, |c| {
+            c.connection.node.clone()
+        })
 }
 
 /// Opens the cluster session and takes the source's key; `None` when it
@@ -592,7 +619,7 @@ fn take_cluster_source(
     program_name: &str,
     wait_started: &mut Option<Instant>,
 ) -> Result<Option<Session>, Error> {
-    // Before the renewer's thread exists: signals are read, never handled.
+    // The progress monitor, when asked, feeds systemd's watchdog instead.
     let ping_watchdog = !config.progress_watchdog;
     let mut session = Session::open(cluster, ping_watchdog)?;
     let mut announce_wait = |holder: &crate::cluster::etcd::KeyValue| {
@@ -688,6 +715,7 @@ fn supervise_in_cluster(
         session.release();
         return Err(Error::Fenced { why });
     }
+    session.hand_signals_to_supervisor();
     let child = crate::supervise::spawn(prepared, held, slot)?;
     // The monitor learns "the program runs" from this end closing (it was
     // written for exec, where closing is implicit).
@@ -754,5 +782,9 @@ fn cluster_status_command(config: &RunConfig) -> String {
                 .join(",")
         })
         .unwrap_or_default();
-    format!("ec-launch status --etcd {} {}", shell_word(&endpoints), status_command(config).trim_start_matches("ec-launch status "))
+    format!(
+        "ec-launch status --etcd {} {}",
+        shell_word(&endpoints),
+        status_command(config).trim_start_matches("ec-launch status ")
+    )
 }

@@ -232,13 +232,14 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         device_view::ask_devices(&mut devices);
     }
     warnings.extend(scan.visibility_warnings());
-    let (cluster, cluster_unanswered) = match cluster_view(args, key.as_ref(), args.source.as_deref()) {
-        Ok(cluster) => (cluster, false),
-        Err(e) => {
-            warnings.push(format!("cannot ask etcd for the cluster's holders: {e}"));
-            (None, true)
-        }
-    };
+    let (cluster, cluster_unanswered) =
+        match cluster_view(args, key.as_ref(), args.source.as_deref()) {
+            Ok(cluster) => (cluster, false),
+            Err(e) => {
+                warnings.push(format!("cannot ask etcd for the cluster's holders: {e}"));
+                (None, true)
+            }
+        };
     let report = Report {
         locks,
         devices,

@@ -754,8 +754,12 @@ let
         {
           assertion =
             !(cluster.enable && (unit.source != null || unit.sourceFile != null))
-            || !(unit.serviceConfig ? WatchdogSec || unit.serviceConfig ? NotifyAccess);
-          message = "${optionPath}.serviceConfig: WatchdogSec and NotifyAccess are set by cluster mode (the launcher pings systemd's watchdog so a frozen launcher is killed before its lease lapses); remove them, or use watchdogSec for the progress watchdog.";
+            || !(lib.any (setting: unit.serviceConfig ? ${setting}) [
+              "WatchdogSec"
+              "NotifyAccess"
+              "TimeoutAbortSec"
+            ]);
+          message = "${optionPath}.serviceConfig: WatchdogSec, NotifyAccess and TimeoutAbortSec are set by cluster mode (the launcher pings systemd's watchdog, so a frozen launcher is killed within stopGrace, before its lease lapses); remove them, or use watchdogSec for the progress watchdog.";
         }
         {
           assertion = unit.device == null || cfg.devices ? ${unit.device};

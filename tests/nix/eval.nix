@@ -8,7 +8,10 @@
 # and issue 10's tuner devices: `--tuners`/`--device` for units on a declared
 # host or naming the device, the assertions on contradictions, the warning
 # for skipping units on too few tuners, and the README's example
-# (./devices-example.nix).
+# (./devices-example.nix); and issue 12's cluster mode: the etcd flags,
+# credentials through LoadCredential, the launcher's watchdog, one readable
+# assertion per misconfiguration, and the README's two-node example
+# (./cluster-example.nix).
 #
 #   EC_NIXPKGS_LIB=/path/to/nixpkgs.lib \
 #     nix-instantiate --store dummy:// --eval --strict --json tests/nix/eval.nix
@@ -601,7 +604,7 @@ let
         && at false == [ ]
       ) (builtins.toJSON (at true));
 
-    "a unit's own WatchdogSec or NotifyAccess in cluster mode fails with a readable assertion" =
+    "a unit's own WatchdogSec, NotifyAccess or TimeoutAbortSec in cluster mode fails with a readable assertion" =
       let
         cfg = extra: failingAssertions (evalConfig (lib.recursiveUpdate base {
           services.every-channel = {
@@ -609,11 +612,12 @@ let
             publishers.tuner-a.serviceConfig = extra;
           };
         }));
-        message = "services.every-channel.publishers.tuner-a.serviceConfig: WatchdogSec and NotifyAccess are set by cluster mode (the launcher pings systemd's watchdog so a frozen launcher is killed before its lease lapses); remove them, or use watchdogSec for the progress watchdog.";
+        message = "services.every-channel.publishers.tuner-a.serviceConfig: WatchdogSec, NotifyAccess and TimeoutAbortSec are set by cluster mode (the launcher pings systemd's watchdog, so a frozen launcher is killed within stopGrace, before its lease lapses); remove them, or use watchdogSec for the progress watchdog.";
       in
       check (
         cfg { WatchdogSec = "30s"; } == [ message ]
         && cfg { NotifyAccess = "all"; } == [ message ]
+        && cfg { TimeoutAbortSec = "30s"; } == [ message ]
         && cfg { ReadWritePaths = [ "/var/lib/x" ]; } == [ ]
       ) (builtins.toJSON (cfg { WatchdogSec = "30s"; }));
 

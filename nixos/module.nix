@@ -215,12 +215,18 @@ let
   );
 
   # The launcher pings systemd's watchdog from its renewal thread, so PID 1
-  # kills a frozen launcher (which cannot fence) before its lease can lapse
-  # on the server: the last renewal it sent may be TTL/3 + TTL/6 old when it
-  # freezes, the watchdog fires at most WatchdogSec later, and the abort
-  # (TimeoutAbortSec = stopGrace) ends the cgroup; half of what the TTL
-  # leaves after the grace and the margin keeps that inside the TTL.
+  # kills a launcher that froze (and so cannot fence): the watchdog fires at
+  # most WatchdogSec after the last ping, and the abort (TimeoutAbortSec =
+  # stopGrace) ends the cgroup. A mitigation, not the guarantee
+  # (ECP-0134): it beats the lease when the freeze comes while renewals are
+  # on time, the last at most ttl/3 old, so the lease lasts at least 2/3 ttl
+  # more; the kill must come a margin before that, which holds for every
+  # ttl >= 3 × (stopGrace + margin) and is warned about otherwise. A
+  # launcher that freezes while renewals already fail is past what any
+  # watchdog can catch in time.
   clusterWatchdogSec = lib.max 1 ((cluster.ttl - cluster.stopGrace - clusterTiming.margin) / 2);
+  watchdogBeatsLease =
+    3 * (clusterWatchdogSec + cluster.stopGrace + clusterTiming.margin) <= 2 * cluster.ttl;
 
   # A systemd time span (systemd.time(7)) in seconds, or null when it is not
   # one this module reads: numbers (a bare one is seconds) with the units
@@ -338,7 +344,9 @@ let
       ) cluster.endpoints
     );
   clusterWarnings = lib.optionals cluster.enable (
-    lib.optional (cluster.userFile != null && anyEndpoint "http")
+    lib.optional (cluster.ttl >= minimumTtl cluster.stopGrace && !watchdogBeatsLease)
+      "${clusterOption "ttl"}: with ttl = ${toString cluster.ttl} and stopGrace = ${toString cluster.stopGrace}, systemd kills a frozen ec-launch up to WatchdogSec (${toString clusterWatchdogSec} s) + stopGrace after its last ping, which may leave less than a ${toString clusterTiming.margin} s margin before its lease expires on the server (2/3 of ttl after its last renewal); set ttl to at least ${toString (3 * (cluster.stopGrace + clusterTiming.margin))} (3 × (stopGrace + ${toString clusterTiming.margin})), or lower stopGrace."
+    ++ lib.optional (cluster.userFile != null && anyEndpoint "http")
       "${clusterOption "userFile"}: an endpoint is plain http, so the etcd password from userFile crosses the network in clear text; use https endpoints (with caFile)."
     ++
       lib.optional
@@ -1168,7 +1176,9 @@ in
           restarts. Must be more than 2 × (stopGrace + 1); an assertion
           names the minimum. Also sets the unit's `WatchdogSec=` to
           (ttl - stopGrace - 1) / 2 seconds (rounded down, at least 1) with
-          `NotifyAccess=main`, unless the unit has `watchdogSec`.
+          `NotifyAccess=main`, unless the unit has `watchdogSec`; below
+          3 × (stopGrace + 1) that watchdog may kill a frozen launcher
+          after its lease expired (warned about).
         '';
       };
 

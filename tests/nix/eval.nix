@@ -400,6 +400,34 @@ let
       in
       check (wrong == [ ]) (builtins.toJSON (map (c: c // { got = watchdog c.ttl c.stopGrace; }) wrong));
 
+    # A launcher frozen while its renewals are on time last renewed at most
+    # ttl/3 ago, so its lease lasts at least 2/3 ttl more; systemd must
+    # have killed the cgroup by then (WatchdogSec + stopGrace) with the
+    # launcher's 1 s margin to spare, or the operator is told.
+    "a ttl too short for the watchdog to beat the lease of a frozen launcher warns, naming the fix" =
+      let
+        warned =
+          ttl: stopGrace:
+          lib.filter (has "frozen") (evalConfig (lib.recursiveUpdate base {
+            services.every-channel = {
+              stopTimeout = "60s";
+              cluster = { enable = true; endpoints = etcdEndpoints; inherit ttl stopGrace; };
+            };
+          })).warnings;
+      in
+      check (
+        warned 7 2 == [
+          "services.every-channel.cluster.ttl: with ttl = 7 and stopGrace = 2, systemd kills a frozen ec-launch up to WatchdogSec (2 s) + stopGrace after its last ping, which may leave less than a 1 s margin before its lease expires on the server (2/3 of ttl after its last renewal); set ttl to at least 9 (3 × (stopGrace + 1)), or lower stopGrace."
+        ]
+        && warned 8 2 == [ ]
+        && warned 10 2 == [ ]
+        && warned 9 3 == [ ]
+        && lib.length (warned 10 3) == 1
+        && lib.all (ttl: warned ttl 10 != [ ]) [ 23 27 31 ]
+        && lib.all (ttl: warned ttl 10 == [ ]) [ 32 33 40 120 ]
+        && lib.all (has "at least 33") (warned 23 10)
+      ) (builtins.toJSON (warned 7 2 ++ warned 10 3 ++ warned 23 10));
+
     "a watchdog abort kills the unit within stopGrace (TimeoutAbortSec), not stopTimeout" =
       let
         s = clusterSc (clusterOn { ttl = 30; stopGrace = 5; }) "every-channel-publisher-tuner-a";

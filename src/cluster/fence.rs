@@ -491,6 +491,30 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixDatagram;
 
+    /// The NixOS module reads its defaults, its TTL check and the units'
+    /// WatchdogSec from `nixos/cluster-timing.json`; the launcher's flags
+    /// and margin must say the same, or the module would accept what the
+    /// launcher refuses.
+    #[test]
+    fn the_modules_timing_file_matches_the_launchers_defaults_and_margin() {
+        use clap::Parser as _;
+        let shared: serde_json::Value =
+            serde_json::from_str(include_str!("../../nixos/cluster-timing.json")).unwrap();
+        assert_eq!(Some(MARGIN.as_secs()), shared["margin"].as_u64());
+        let cli = crate::cli::Cli::try_parse_from([
+            "ec-launch", "run", "--source", "http://h/v1", "--", "true",
+        ])
+        .unwrap();
+        let crate::cli::Command::Run(run) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(Some(run.cluster.etcd_ttl.as_secs()), shared["ttl"].as_u64());
+        assert_eq!(
+            Some(run.cluster.etcd_stop_grace.as_secs()),
+            shared["stopGrace"].as_u64()
+        );
+    }
+
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
     }

@@ -51,19 +51,27 @@ const SOURCE_KEYS: &str = "/every-channel/ec-launch/v1/sources/";
 /// the launcher accepts with a 1 s grace (TTL/3 + TTL/6 + grace + 1 s < TTL).
 const TTL_SECS: u64 = 6;
 const STOP_GRACE_SECS: u64 = 1;
-/// The fence's fixed margin (`FenceTiming`; `margin` of
-/// `nixos/cluster-timing.json`, which the module reads).
-const MARGIN_SECS: u64 = 1;
+/// The fence's timing, which the module and the launcher also read.
+const TIMING_FILE: &str = "nixos/cluster-timing.json";
+
 /// What the module gives a cluster unit so that PID 1 kills a frozen
 /// launcher before its lease can lapse: `WatchdogSec = max 1 ((ttl -
-/// stopGrace - margin) / 2)`, pinged by the launcher's renewal thread
-/// (`NotifyAccess=main`), and `TimeoutAbortSec = stopGrace`. Here 2 s: a
+/// stopGrace - margin) / 2)` with the margin of [`TIMING_FILE`], pinged by
+/// the launcher's renewal thread (`NotifyAccess=main`). Here 2 s: a
 /// launcher that stops pinging, streaming or waiting, is restarted, which
-/// the checks on `NRestarts` would see.
-const WATCHDOG_SECS: u64 = {
-    let budget = (TTL_SECS - STOP_GRACE_SECS - MARGIN_SECS) / 2;
-    if budget > 1 { budget } else { 1 }
-};
+/// the checks on `NRestarts` see.
+fn watchdog_secs() -> Result<u64, String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(TIMING_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let timing: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let margin = timing["margin"]
+        .as_u64()
+        .ok_or_else(|| format!("{}: no whole-second \"margin\"", path.display()))?;
+    let budget = TTL_SECS.saturating_sub(STOP_GRACE_SECS + margin) / 2;
+    Ok(budget.max(1))
+}
 /// One tuner: a second reader of the device is refused (503).
 const TUNERS: usize = 1;
 const DEVICE: &str = "127.0.0.8:5004";
@@ -140,6 +148,7 @@ impl Figures {
 
 /// Writes etcd's unit, the one-tuner device's and the two nodes' units.
 pub fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Result<(), String> {
+    let watchdog = watchdog_secs()?;
     staging.unit(
         ETCD_UNIT,
         &policy::unit_file(
@@ -160,7 +169,7 @@ pub fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> R
     )?;
     for node in [NODE_A, NODE_B] {
         let service = format!(
-            "ExecStart={} run --etcd {ETCD_URL} --etcd-ttl {TTL_SECS} --etcd-stop-grace {STOP_GRACE_SECS} --node {} --lock-dir {} --on-busy wait --source {} -- {SUITE_DIR}/reader {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\nWatchdogSec={WATCHDOG_SECS}\nNotifyAccess=main\nTimeoutAbortSec={STOP_GRACE_SECS}\n{}{}ReadWritePaths={RECORD_DIR}\n",
+            "ExecStart={} run --etcd {ETCD_URL} --etcd-ttl {TTL_SECS} --etcd-stop-grace {STOP_GRACE_SECS} --node {} --lock-dir {} --on-busy wait --source {} -- {SUITE_DIR}/reader {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\nWatchdogSec={watchdog}\nNotifyAccess=main\nTimeoutAbortSec={STOP_GRACE_SECS}\n{}{}ReadWritePaths={RECORD_DIR}\n",
             ec_launch(),
             node.name,
             node.lock_dir,
@@ -410,7 +419,7 @@ fn first_node_streams(
     let watchdog = c.property(NODE_A.unit, "WatchdogUSec");
     checks.check(
         "the first node streams at its first start (etcd was ready when its launcher ran), under the module's launcher watchdog",
-        restarts == "0" && watchdog == format!("{WATCHDOG_SECS}s"),
+        restarts == "0" && watchdog == format!("{}s", watchdog_secs()?),
         &format!(
             "{} NRestarts {restarts}, WatchdogUSec={watchdog}",
             NODE_A.unit
@@ -432,6 +441,7 @@ fn second_node_waits(
         "starting {} while {} streams",
         NODE_B.unit, NODE_A.unit
     ));
+    let watchdog = Duration::from_secs(watchdog_secs()?);
     let b_started = Instant::now();
     c.systemctl(&["start", NODE_B.unit])?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -448,7 +458,7 @@ fn second_node_waits(
     // for systemd's watchdog to act twice on a launcher that waits without
     // pinging it.
     thread::sleep(
-        (Duration::from_secs(WATCHDOG_SECS) * 2)
+        (watchdog * 2)
             .saturating_sub(b_started.elapsed())
             .max(Duration::from_secs(1)),
     );

@@ -217,7 +217,7 @@ pub fn scenario(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Re
 fn story(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<(), String> {
     let c = probe.container;
     let first = first_node_streams(checks, probe, figures)?;
-    second_node_waits(checks, probe, &first, figures)?;
+    let second_started = second_node_waits(checks, probe, &first, figures)?;
 
     checks.say(&format!(
         "systemctl stop {} while {} waits",
@@ -227,7 +227,8 @@ fn story(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<()
     let (wall, systemd) = timed(probe, "stop", NODE_A.unit)?;
     let second = wait_reader(probe, NODE_B.unit);
     let left = probe.alive(&first.ids);
-    let exit = exits_of(probe, NODE_A.unit).pop().unwrap_or_default();
+    let first_exit = exits_of(probe, NODE_A.unit).pop().unwrap_or_default();
+    let exit = &first_exit;
     let line = format!(
         "systemctl stop {}: {:.2}s (wall {wall:.2}s), processes left {}, ExecStopPost saw: {exit}",
         NODE_A.unit,
@@ -269,7 +270,20 @@ fn story(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<()
         &format!("old reader stopped at {stopped:?} µs, new reader streaming at {started:?} µs"),
     );
     supervision_checks(checks, NODE_B, &second);
-    key_names(checks, probe, NODE_B, &second)?;
+    let record = key_names(checks, probe, NODE_B, &second)?;
+    // The record says when its holder took the key (status prints it as
+    // "since"): for the node that waited, the hand-over, not its start.
+    let since = record["since"].as_u64();
+    let stopped_secs = stopped.map(|micros| micros / 1_000_000);
+    checks.check(
+        "the new holder's record says since when it holds the key: not before the old reader stopped",
+        matches!((since, stopped_secs), (Some(since), Some(stopped)) if u128::from(since) >= stopped),
+        &format!(
+            "{}'s record: since {since:?}; its unit started at {}, the old reader stopped at {stopped_secs:?} (unix s)",
+            NODE_B.name,
+            second_started / 1_000_000
+        ),
+    );
     status_names(checks, probe, NODE_B, &second, figures)?;
 
     // The end: the last holder stops and leaves nothing behind, in etcd too.
@@ -298,6 +312,17 @@ fn story(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<()
         "over the whole scenario the one-tuner device served exactly two streams and never answered 503",
         busy == 0 && served == 2,
         &format!("{served} streams served, {busy} 503 answers"),
+    );
+    // The reader dies of systemd's SIGTERM, as a publisher does; a unit
+    // that runs it without a supervisor ends `success` (SIGTERM is a clean
+    // signal to systemd). A supervising launcher must end it as cleanly, or
+    // every stop leaves the unit `failed`.
+    checks.check(
+        "`systemctl stop` ends a cluster unit as cleanly as a unit without a supervisor: Result=success",
+        [&first_exit, &exit]
+            .iter()
+            .all(|e| e.contains("result=success")),
+        &format!("ExecStopPost saw: {first_exit}; {exit}"),
     );
     let _ = c.systemctl(&["reset-failed", NODE_A.unit, NODE_B.unit]);
     Ok(())
@@ -435,7 +460,7 @@ fn second_node_waits(
     probe: &Probe,
     first: &Streaming,
     figures: &mut Figures,
-) -> Result<(), String> {
+) -> Result<u128, String> {
     let c = probe.container;
     checks.say(&format!(
         "starting {} while {} streams",
@@ -443,6 +468,7 @@ fn second_node_waits(
     ));
     let watchdog = Duration::from_secs(watchdog_secs()?);
     let b_started = Instant::now();
+    let b_started_unix = unix_micros();
     c.systemctl(&["start", NODE_B.unit])?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut busy_line = None;
@@ -506,7 +532,8 @@ fn second_node_waits(
             NODE_A.unit, first.main_pid
         ),
     );
-    status_names(checks, probe, NODE_A, first, figures)
+    status_names(checks, probe, NODE_A, first, figures)?;
+    Ok(b_started_unix)
 }
 
 /// The streaming unit's main process is `ec-launch`, and the reader is its
@@ -560,17 +587,18 @@ fn etcd_keys(probe: &Probe, prefix: &str) -> Result<Vec<String>, String> {
 }
 
 /// etcd holds one source key, whose value names `node`, its unit and its
-/// main process.
+/// main process; returns that value.
 fn key_names(
     checks: &mut Checks,
     probe: &Probe,
     node: Node,
     streaming: &Streaming,
-) -> Result<(), String> {
+) -> Result<Value, String> {
     let entries = etcd_entries(probe, SOURCE_KEYS)?;
+    let mut holder = Value::Null;
     let verdict = match entries.as_slice() {
         [(key, value)] => {
-            let holder: Value = serde_json::from_str(value).unwrap_or(Value::Null);
+            holder = serde_json::from_str(value).unwrap_or(Value::Null);
             // The supervising launcher's PID: the unit's MainPID.
             let ours = holder["pid"].as_u64() == Some(u64::from(streaming.main_pid));
             if holder["node"] == node.name && holder["unit"] == node.unit && ours {
@@ -590,7 +618,7 @@ fn key_names(
         ok,
         &verdict.unwrap_or_else(|e| e),
     );
-    Ok(())
+    Ok(holder)
 }
 
 /// Every object in `value` that has both a `node` and a `unit`: the

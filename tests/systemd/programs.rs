@@ -170,7 +170,9 @@ pub fn reader_main(args: &[String]) -> ExitCode {
     let unit = own_unit();
     let slot = std::env::var("EC_TUNER_SLOT").unwrap_or_else(|_| "none".into());
     // SIGTERM (systemd's stop) is taken by a thread that records the moment
-    // and exits: that moment is when this reader's tuner slot frees, the
+    // and then dies of the signal, as a program without a handler does (so
+    // systemd and a supervising `ec-launch` see a death by SIGTERM, not an
+    // exit code): that moment is when this reader's tuner slot frees, the
     // start of a hand-over.
     let mut term = nix::sys::signal::SigSet::empty();
     term.add(nix::sys::signal::Signal::SIGTERM);
@@ -185,6 +187,10 @@ pub fn reader_main(args: &[String]) -> ExitCode {
                 "readers.log",
                 &format!("{stopping_unit} stopping at={}", unix_micros()),
             );
+            // The signal is blocked in every thread; unblocked here, the
+            // raised one is delivered before raise(3) returns.
+            let _ = term.thread_unblock();
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
             std::process::exit(143);
         }
     });

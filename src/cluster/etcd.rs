@@ -1149,7 +1149,7 @@ mod tests {
     //! Against real etcd (the harness in `tests/support/etcd_server.rs`).
 
     use super::*;
-    use crate::cluster::etcd_server::{EtcdServer, TlsFiles};
+    use crate::cluster::etcd_server::{EtcdCluster, EtcdServer, TlsFiles};
     use crate::error::Error;
     use crate::exit_code::ExitStatus;
 
@@ -1370,6 +1370,42 @@ mod tests {
             .expect("grant past the dead endpoint");
         assert_eq!(client.inner.current.load(Ordering::Relaxed), 1);
         assert!(client.keep_alive(lease.id).expect("keepalive").is_some());
+    }
+
+    #[test]
+    fn after_a_member_stops_or_freezes_the_next_call_goes_to_another_member() {
+        let mut cluster = EtcdCluster::start(3);
+        // Followers first: stopping a leader would test an election instead.
+        let leader = cluster.leader();
+        let mut order: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        order.push(leader);
+        let endpoints: Vec<String> = order.iter().map(|&i| cluster.url(i)).collect();
+        let client = EtcdClient::connect(&EtcdConnect {
+            call_timeout: Duration::from_millis(500),
+            ..config(&endpoints.join(","))
+        })
+        .expect("connect");
+        let lease = client.grant(Duration::from_secs(10)).expect("grant");
+        assert_eq!(client.inner.current.load(Ordering::Relaxed), 0);
+        // Stopped: refused at once, the same call goes on to the next.
+        cluster.stop_member(order[0]);
+        assert!(client.keep_alive(lease.id).expect("keepalive").is_some());
+        assert_eq!(client.inner.current.load(Ordering::Relaxed), 1);
+        // Frozen: this call's outcome is unknown, the next goes elsewhere.
+        cluster.start_member(order[0]);
+        cluster.freeze(order[1]);
+        let error = client.create(b"/c/k", b"v", lease.id).expect_err("frozen");
+        assert!(error.is_ambiguous(), "{error}");
+        // The leader answers at once: no election, no retry.
+        let next = client.create(b"/c/k", b"v", lease.id);
+        assert_eq!(client.inner.current.load(Ordering::Relaxed), 2);
+        cluster.thaw(order[1]);
+        let created = next.expect("another member answers");
+        // Whether the ambiguous create happened or not, the key is ours.
+        match created {
+            Created::Ours { .. } => {}
+            Created::Held { holder, .. } => assert_eq!(holder.lease, lease.id),
+        }
     }
 
     #[test]

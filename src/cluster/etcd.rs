@@ -674,7 +674,18 @@ impl EtcdClient {
             if let Some(token) = token {
                 request = request.header("Authorization", token);
             }
-            let config = request.config().timeout_connect(Some(left));
+            // Connecting gets less than the whole budget: a connect that
+            // times out is then reported as one (certainly not sent, not
+            // ambiguous), and a host that never answers leaves time for
+            // the next endpoint.
+            let mut connect = left.mul_f64(0.9);
+            if step + 1 < count {
+                connect = connect.min(inner.call_timeout / 2);
+            }
+            if let Some(window) = stream_window {
+                connect = connect.min(window.mul_f64(0.9));
+            }
+            let config = request.config().timeout_connect(Some(connect));
             let request = match stream_window {
                 // The window bounds the stream; its answer must start in time.
                 Some(window) => config
@@ -703,6 +714,8 @@ impl EtcdClient {
                         "etcd {operation} at {shown}: {reason}; trying the next endpoint"
                     );
                     last = Some((kind, shown, reason));
+                    // Should the time run out, the next call starts there.
+                    inner.current.store((index + 1) % count, Ordering::Relaxed);
                 }
                 Attempt::MaybeSent(reason) => {
                     inner.current.store((index + 1) % count, Ordering::Relaxed);
@@ -1192,6 +1205,50 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         drop(listener);
         format!("http://127.0.0.1:{port}")
+    }
+
+    /// A loopback URL that never completes a connection: a listener whose
+    /// accept queue (backlog 0) is full drops further SYNs, like a
+    /// host that went away without a reset. Keep the guard alive.
+    fn blackhole_endpoint() -> (String, Vec<std::net::TcpStream>, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        rustix::net::listen(&listener, 0).expect("listen with backlog 0");
+        let addr = listener.local_addr().expect("addr");
+        let mut fillers = Vec::new();
+        // Fill the queue until a connect hangs.
+        while fillers.len() < 8 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(stream) => fillers.push(stream),
+                Err(_) => break,
+            }
+        }
+        (format!("http://{addr}"), fillers, listener)
+    }
+
+    #[test]
+    fn a_first_endpoint_that_never_connects_leaves_time_for_the_next_and_is_skipped_after() {
+        let etcd = EtcdServer::start();
+        let (blackhole, _fillers, _listener) = blackhole_endpoint();
+        let client =
+            EtcdClient::connect(&config(&format!("{blackhole},{}", etcd.url()))).expect("connect");
+        let started = Instant::now();
+        let lease = client.grant(Duration::from_secs(5));
+        let took = started.elapsed();
+        assert!(lease.is_ok(), "{lease:?} after {took:?}");
+        assert!(took < TIMEOUT, "{took:?}");
+        let started = Instant::now();
+        client.grant(Duration::from_secs(5)).expect("second grant");
+        let took = started.elapsed();
+        assert!(
+            took < TIMEOUT / 3,
+            "the second call tried the dead endpoint again: {took:?}"
+        );
+        // Alone, it is unreachable: a connect that never finished sent nothing.
+        let alone = EtcdClient::connect(&config(&blackhole)).expect("connect");
+        let error = alone
+            .grant(Duration::from_secs(5))
+            .expect_err("never connects");
+        assert!(matches!(error, EtcdError::Unreachable { .. }), "{error}");
     }
 
     #[test]

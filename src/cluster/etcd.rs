@@ -11,7 +11,8 @@
 //! Endpoints fail over: a call starts at the endpoint that last answered,
 //! and goes on to the next one only when the request was certainly not
 //! applied (the connection was refused or never set up, the TLS handshake
-//! failed, the member has no leader). Once a request may have reached etcd,
+//! failed). After a member answered "no leader", the next call starts at
+//! the next endpoint. Once a request may have reached etcd,
 //! its result is unknown and the error says so ([`EtcdError::is_ambiguous`]):
 //! a txn that timed out may have created the key, and the caller must count
 //! it as "maybe acquired" (revoke the lease, start over), never retry it
@@ -52,7 +53,8 @@ const USER_FILE_LIMIT: u64 = 4096;
 /// The most a PEM file may hold.
 const PEM_LIMIT: u64 = 1 << 20;
 /// The read-only calls `connect` makes first; see [`classify`].
-const FIRST_CONTACT: [&str; 2] = ["/v3/auth/authenticate", "/v3/maintenance/status"];
+const FIRST_CONTACT: [&str; 2] = [AUTHENTICATE, "/v3/maintenance/status"];
+const AUTHENTICATE: &str = "/v3/auth/authenticate";
 /// gRPC's codes the gateway passes on (grpc/codes).
 const CODE_NOT_FOUND: i64 = 5;
 const CODE_PERMISSION_DENIED: i64 = 7;
@@ -551,9 +553,8 @@ impl EtcdClient {
         let Some(credentials) = &self.inner.credentials else {
             return Ok(());
         };
-        *self.token_slot() = None;
         let request = json!({ "name": credentials.user, "password": credentials.password.0 });
-        let (answer, endpoint) = match self.call(OP, "/v3/auth/authenticate", &request) {
+        let (answer, endpoint) = match self.call(OP, AUTHENTICATE, &request) {
             Ok(answer) => answer,
             Err(EtcdError::Rejected {
                 endpoint,
@@ -625,7 +626,7 @@ impl EtcdClient {
                 return Ok((answer, endpoint));
             };
             if is_invalid_token(code, &message)
-                && path != "/v3/auth/authenticate"
+                && path != AUTHENTICATE
                 && self.can_reauthenticate(reauthenticated)
             {
                 reauthenticated = true;
@@ -639,6 +640,10 @@ impl EtcdClient {
                     endpoint,
                     reason: message,
                 });
+            }
+            if code == CODE_UNAVAILABLE {
+                // "no leader": this member is cut off; try another next time.
+                self.advance_from(&endpoint);
             }
             return Err(refusal(operation, &endpoint, code, message));
         }
@@ -670,7 +675,13 @@ impl EtcdClient {
             }
             let url = format!("{}{}", endpoint.as_str().trim_end_matches('/'), path);
             let mut request = inner.agent.post(&url).content_type("application/json");
-            let token = self.token_slot().as_ref().map(|t| t.0.clone());
+            // Authenticating sends no token: the one we have may be the
+            // expired one it replaces (other threads keep using it meanwhile).
+            let token = if path == AUTHENTICATE {
+                None
+            } else {
+                self.token_slot().as_ref().map(|t| t.0.clone())
+            };
             if let Some(token) = token {
                 request = request.header("Authorization", token);
             }

@@ -1350,6 +1350,12 @@ mod tests {
     }
 
     #[test]
+    fn a_client_can_be_shared_by_threads() {
+        fn shareable<T: Send + Sync + Clone>() {}
+        shareable::<EtcdClient>();
+    }
+
+    #[test]
     fn prefix_end_is_the_first_key_after_the_prefix() {
         assert_eq!(prefix_end(b"/a/"), b"/a0");
         assert_eq!(prefix_end(b"a\xff"), b"b");

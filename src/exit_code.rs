@@ -93,13 +93,6 @@ exit_statuses! {
     NotFound => 127, "the program was not found";
 }
 
-impl ExitStatus {
-    /// The old name of [`ExitStatus::Unavailable`], for `status.rs` until
-    /// the coordinator renames its one use (engineers may not edit it).
-    #[allow(non_upper_case_globals)]
-    pub const DeviceUnavailable: Self = Self::Unavailable;
-}
-
 /// Every documented exit status and its meaning as the README's table rows:
 /// the program's own first, then each [`ExitStatus`].
 pub fn rows() -> impl Iterator<Item = (String, &'static str)> {

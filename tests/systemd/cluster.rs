@@ -648,11 +648,15 @@ fn status_names(
 ) -> Result<(), String> {
     let c = probe.container;
     let source = source();
+    // As the waiting unit's journal tells an operator to ask: with the
+    // node's name, so the holder on this node is marked as such.
     let json = c.exec(&[
         &ec_launch(),
         "status",
         "--etcd",
         ETCD_URL,
+        "--node",
+        node.name,
         "--json",
         &source,
     ])?;
@@ -665,8 +669,17 @@ fn status_names(
     let named = holders.len() == 1
         && holders[0]["node"] == node.name
         && holders[0]["unit"] == node.unit
-        && holders[0]["pid"].as_u64() == Some(u64::from(streaming.main_pid));
-    let text = c.exec(&[&ec_launch(), "status", "--etcd", ETCD_URL, &source])?;
+        && holders[0]["pid"].as_u64() == Some(u64::from(streaming.main_pid))
+        && holders[0]["this_node"] == true;
+    let text = c.exec(&[
+        &ec_launch(),
+        "status",
+        "--etcd",
+        ETCD_URL,
+        "--node",
+        node.name,
+        &source,
+    ])?;
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     // The cluster's lines; all of it when there are none to pick.
     let held: Vec<&str> = text
@@ -679,12 +692,13 @@ fn status_names(
         held.join(" | ")
     };
     figures.lines.push(format!(
-        "`ec-launch status --etcd {ETCD_URL} SOURCE` while {} holds: {text}",
+        "`ec-launch status --etcd {ETCD_URL} --node {} SOURCE` while it holds: {text}",
         node.name
     ));
     checks.check(
         &format!(
-            "`ec-launch status --etcd --json SOURCE` inside the container exits 0 and names {}'s unit as the only cluster holder",
+            "`ec-launch status --etcd --node {} --json SOURCE` inside the container exits 0 and names {}'s unit as the only cluster holder, on this node",
+            node.name,
             node.name
         ),
         code == Some(0) && named,

@@ -118,9 +118,10 @@ impl FenceTiming {
         self.ttl / 6
     }
 
-    /// When the program must be stopping: `sent + granted_ttl - stop grace
-    /// - margin`, where `sent` is the send instant of the grant or renewal
-    /// that returned `granted_ttl` (the server's, which may exceed ours).
+    /// When the program must be stopping: `sent` + `granted_ttl` - stop
+    /// grace - margin, where `sent` is the send instant of the grant or
+    /// renewal that returned `granted_ttl` (the server's, which may exceed
+    /// ours).
     #[must_use]
     pub fn deadline_after(&self, sent: BootInstant, granted_ttl: Duration) -> BootInstant {
         sent + granted_ttl.saturating_sub(self.stop_grace + self.margin)

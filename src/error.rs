@@ -166,7 +166,9 @@ pub enum Error {
         minimum: u64,
     },
     /// Cluster mode: blocking the signals the supervisor reads from a signalfd.
-    #[error("cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD to read them from a signalfd")]
+    #[error(
+        "cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD (SIGCHLD at its default) to read them from a signalfd"
+    )]
     BlockSignals {
         #[source]
         source: Errno,

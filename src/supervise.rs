@@ -18,7 +18,8 @@
 //!   child clears `FD_CLOEXEC`, so nothing else this process starts
 //!   inherits a lock;
 //! - the launcher installs no signal handler: SIGTERM, SIGINT, SIGHUP and
-//!   SIGCHLD are blocked ([`block_signals`], before any thread starts, so
+//!   SIGCHLD (reset to its default, should our parent have left it
+//!   ignored, which would reap the child for us) are blocked ([`block_signals`], before any thread starts, so
 //!   every thread inherits the mask) and read from a signalfd; the first
 //!   three are forwarded to the child's group;
 //! - the child's exit is seen on a pidfd (SIGCHLD wakes us too), and the
@@ -86,7 +87,19 @@ pub struct SignalGuard(());
 pub fn block_signals() -> Result<SignalGuard, Error> {
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&watched()), None)
         .map_err(|source| Error::BlockSignals { source })?;
+    keep_child_statuses()?;
     Ok(SignalGuard(()))
+}
+
+/// SIGCHLD back to its default disposition. An ignored SIGCHLD survives
+/// exec (signal(7)), and with it the kernel reaps our child itself
+/// (`SA_NOCLDWAIT`, wait(2)): its status would be lost. The default is no
+/// handler either: it only keeps the zombie for us.
+fn keep_child_statuses() -> Result<(), Error> {
+    // SAFETY: SIG_DFL runs no code of ours in signal context.
+    unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(|source| Error::BlockSignals { source })
 }
 
 /// How the supervised program ended.
@@ -136,6 +149,7 @@ pub fn spawn(
     let set = watched();
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
         .map_err(|source| Error::BlockSignals { source })?;
+    keep_child_statuses()?;
     let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|source| Error::WatchSignals { source })?;
 
@@ -635,6 +649,38 @@ mod tests {
         helper.kill().unwrap();
         helper.wait().unwrap();
         assert!(wait_dead(child), "pid {child} outlived its supervisor");
+    }
+
+    /// A launcher started with SIGCHLD ignored (a parent's `signal(SIGCHLD,
+    /// SIG_IGN)` survives exec): run as its own process by
+    /// [`a_launcher_started_with_sigchld_ignored_still_gets_the_childs_status`].
+    #[test]
+    #[ignore = "a helper process of another test"]
+    fn ignored_sigchld_helper() {
+        if std::env::var_os("EC_TEST_IGNORED_SIGCHLD").is_none() {
+            return;
+        }
+        // SAFETY: SIG_IGN runs no code; this process is the helper alone.
+        unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) }.unwrap();
+        let _guard = block_signals().unwrap();
+        let setup = Setup::new();
+        let ended = setup.sh("sleep 0.2; exit 42").wait(None);
+        std::process::exit(i32::from(ended.code()));
+    }
+
+    #[test]
+    fn a_launcher_started_with_sigchld_ignored_still_gets_the_childs_status() {
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "supervise::tests::ignored_sigchld_helper",
+                "--ignored",
+            ])
+            .env("EC_TEST_IGNORED_SIGCHLD", "1")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(42));
     }
 
     fn fence_now(grace: Duration) -> fence::Renewer {

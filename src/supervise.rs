@@ -448,7 +448,7 @@ mod tests {
                 program: OsStr::new(program),
                 args: &args,
                 source: SOURCE,
-                key: "http://10.0.0.5:5004/auto/v5.1",
+                key: SOURCE,
                 lock_path: &self.held.path,
                 device: None,
             })
@@ -556,6 +556,47 @@ mod tests {
         // The parent's descriptor stayed close-on-exec: only the child's copy passed.
         let flags = nix::fcntl::fcntl(&*setup.held.lock, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn with_a_slot_the_child_holds_the_slot_too_and_no_other_descriptor_of_ours() {
+        let setup = Setup::new();
+        let lock = |name: &str| {
+            let path = setup.file(name);
+            let file = fs::File::create(&path).unwrap();
+            HeldLock {
+                lock: Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap(),
+                path,
+                access: Access::ReadWrite,
+            }
+        };
+        let slot = HeldSlot {
+            lock: lock("device-slot-1.lock"),
+            slot: 1,
+        };
+        // Open in the launcher (a waiting thread's slot), never passed.
+        let other = lock("device-slot-0.lock");
+        let script = format!(
+            r#"cd '{}' || exit 99
+            [ "$EC_TUNER_SLOT" = 1 ] || exit 10
+            [ "$(readlink /proc/$$/fd/$EC_TUNER_SLOT_FD)" = "$PWD/device-slot-1.lock" ] || exit 11
+            [ -e /proc/$$/fd/{} ] && exit 12
+            exit 0"#,
+            setup.dir.path().display(),
+            other.lock.as_raw_fd()
+        );
+        let args: Vec<OsString> = ["-c", &script].iter().map(OsString::from).collect();
+        let prepared = exec::prepare(&Launch {
+            program: OsStr::new("sh"),
+            args: &args,
+            source: SOURCE,
+            key: SOURCE,
+            lock_path: &setup.held.path,
+            device: Some("10.0.0.5"),
+        })
+        .unwrap();
+        let child = spawn(prepared, &setup.held, Some(&slot)).unwrap();
+        assert_eq!(child.wait(None), Ended::Exited(0));
     }
 
     #[test]

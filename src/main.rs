@@ -19,8 +19,6 @@
 
 mod cgroup;
 mod cli;
-// Cluster mode's parts, until `run --etcd` calls them (issue #12).
-#[allow(dead_code)]
 mod cluster;
 mod command;
 mod device_http;
@@ -43,7 +41,6 @@ mod secret_params;
 mod secret_props;
 mod sock_diag;
 mod source_key;
-#[allow(dead_code)]
 mod supervise;
 mod tuner_slot;
 mod watchdog;

@@ -118,10 +118,10 @@ impl FenceTiming {
         self.ttl / 6
     }
 
-    /// When the program must be stopping: `sent` + `granted_ttl` - stop
-    /// grace - margin, where `sent` is the send instant of the grant or
-    /// renewal that returned `granted_ttl` (the server's, which may exceed
-    /// ours).
+    /// When the program must be stopping:
+    /// `sent + granted_ttl - stop_grace - margin`, where `sent` is the send
+    /// instant of the grant or renewal that returned `granted_ttl` (the
+    /// server's, which may exceed ours).
     #[must_use]
     pub fn deadline_after(&self, sent: BootInstant, granted_ttl: Duration) -> BootInstant {
         sent + granted_ttl.saturating_sub(self.stop_grace + self.margin)
@@ -491,6 +491,35 @@ fn renew_loop(
 mod tests {
     use super::*;
     use std::os::unix::net::UnixDatagram;
+
+    /// The NixOS module reads its defaults, its TTL check and the units'
+    /// `WatchdogSec` from `nixos/cluster-timing.json`; the launcher's flags
+    /// and margin must say the same, or the module would accept what the
+    /// launcher refuses.
+    #[test]
+    fn the_modules_timing_file_matches_the_launchers_defaults_and_margin() {
+        use clap::Parser as _;
+        let shared: serde_json::Value =
+            serde_json::from_str(include_str!("../../nixos/cluster-timing.json")).unwrap();
+        assert_eq!(Some(MARGIN.as_secs()), shared["margin"].as_u64());
+        let cli = crate::cli::Cli::try_parse_from([
+            "ec-launch",
+            "run",
+            "--source",
+            "http://h/v1",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let crate::cli::Command::Run(run) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(Some(run.cluster.etcd_ttl.as_secs()), shared["ttl"].as_u64());
+        assert_eq!(
+            Some(run.cluster.etcd_stop_grace.as_secs()),
+            shared["stopGrace"].as_u64()
+        );
+    }
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)

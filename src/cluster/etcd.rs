@@ -409,10 +409,12 @@ impl EtcdClient {
         Ok(Created::Held { holder, revision })
     }
 
-    /// The key, if it exists, and the store's revision.
+    /// The key, if it exists, and the store's revision (the tests read
+    /// what a claim wrote).
     ///
     /// # Errors
     /// Any [`EtcdError`].
+    #[cfg(test)]
     pub fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, i64), EtcdError> {
         const OP: &str = "get";
         let (answer, endpoint) =

@@ -761,9 +761,10 @@ fn supervise_in_cluster(
             // caller sees what the program said.
             std::process::exit(i32::from(code));
         }
-        crate::supervise::Ended::Fenced { why, child } => {
+        crate::supervise::Ended::Fenced { child, .. } => {
+            // The supervisor logged why when it fenced; this says how it ended.
             tracing::error!(
-                "cluster lease not renewed in time ({why}): stopped the program (it ended with {child}) before the lease could expire on the server; exiting {}",
+                "fence: the program ended with {child} before the lease could expire on the server; exiting {} (systemd restarts the unit, which takes the keys again)",
                 ExitStatus::Fenced.code()
             );
             Ok(ExitStatus::Fenced)

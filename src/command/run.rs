@@ -296,13 +296,19 @@ impl Launching<'_> {
         write_record(held, &record(), "lock");
         // The cluster's key after the node's (ECP-0134): two units on one
         // node never race through etcd. Nothing of it runs without --etcd.
-        let cluster_record = config.cluster.as_ref().map(|cluster| {
-            ClusterRecord::for_this_launch(&cluster.connection.node, unit.clone(), self.redacted)
+        let cluster_record = || {
+            config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
+                ClusterRecord::for_this_launch(
+                    &cluster.connection.node,
+                    unit.clone(),
+                    self.redacted,
+                )
                 .to_json()
-        });
+            })
+        };
         let source_claim = SourceClaim {
             key: config.key.as_str(),
-            value: cluster_record.as_deref().unwrap_or_default(),
+            value: &cluster_record,
             wait: matches!(config.policy, BusyPolicy::Wait { .. }),
             until: self.deadline,
         };

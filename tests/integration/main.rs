@@ -9,6 +9,7 @@
 )]
 
 mod cli;
+mod cluster_node;
 mod device;
 mod entry;
 mod input;
@@ -16,6 +17,7 @@ mod invocation;
 mod keys;
 mod lock_path;
 mod logging;
+mod netns;
 mod operator;
 #[path = "../common/privilege.rs"]
 mod privilege;

@@ -12,6 +12,9 @@ mod cli;
 mod cluster_node;
 mod device;
 mod entry;
+mod etcd_harness;
+#[path = "../support/etcd_server.rs"]
+mod etcd_server;
 mod input;
 mod invocation;
 mod keys;

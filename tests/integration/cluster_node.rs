@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::invocation::Invocation;
@@ -387,23 +387,6 @@ pub fn stopped_within(env: &TestEnv, tag: &str, limit: Duration) -> Option<Life>
         found.is_some()
     });
     found
-}
-
-/// Runs `etcdctl` (v3 API) with `args`; its stdout, panicking on failure.
-#[track_caller]
-pub fn etcdctl(endpoints: &str, args: &[&str]) -> String {
-    let output = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .args(args)
-        .output()
-        .expect("run etcdctl");
-    assert!(
-        output.status.success(),
-        "etcdctl {args:?}: {}",
-        crate::testenv::describe(&output)
-    );
-    crate::testenv::text(&output.stdout)
 }
 
 /// How long after `from` reader `tag` started, in microseconds (negative

@@ -9,6 +9,7 @@
 )]
 
 mod cli;
+mod cluster;
 mod cluster_node;
 mod device;
 mod entry;

@@ -5,11 +5,15 @@
 //! when its owner is dropped (which also destroys the veth pair). Root only.
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::testenv::wait_until;
 
 /// A named network namespace (`/run/netns/NAME`), deleted when dropped.
 #[derive(Debug)]
@@ -164,6 +168,89 @@ impl Link {
     }
 }
 
+/// One etcd member inside a namespace, listening for clients on
+/// `ADDRESS:2379` (its peer port on the namespace's own loopback): the
+/// ports are free because the namespace is new. Killed when dropped.
+#[derive(Debug)]
+pub struct EtcdInside {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdInside {
+    #[track_caller]
+    pub fn start(netns: &Netns, address: Ipv4Addr) -> Self {
+        crate::etcd_server::require_etcd();
+        let dir = tempfile::Builder::new()
+            .prefix("ec-launch-etcd-netns")
+            .tempdir()
+            .expect("create etcd temp dir");
+        let url = format!("http://{address}:2379");
+        let log = fs::File::create(dir.path().join("etcd.log")).expect("create etcd log");
+        let mut command = Command::new(crate::etcd_server::ETCD);
+        command
+            .args(["--name", "inside", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "inside=http://127.0.0.1:2380"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup etcd log"))
+            .stderr(log);
+        netns.enter_on_spawn(&mut command);
+        let mut etcd = Self {
+            child: command.spawn().expect("spawn etcd"),
+            url,
+            dir,
+        };
+        let socket = SocketAddr::from((address, 2379));
+        let healthy = wait_until(Duration::from_secs(30), || {
+            netns.run(|| health(socket)) || etcd.child.try_wait().ok().flatten().is_some()
+        });
+        assert!(
+            healthy && etcd.child.try_wait().ok().flatten().is_none(),
+            "etcd in {} never became healthy; its log:\n{}",
+            netns.name(),
+            fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default()
+        );
+        etcd
+    }
+
+    /// Its client URL (the `--etcd` form).
+    #[must_use]
+    pub fn endpoints(&self) -> String {
+        self.url.clone()
+    }
+}
+
+/// True if etcd at `socket` answers `GET /health` with health true.
+fn health(socket: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&socket, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut answer = String::new();
+    write!(stream, "GET /health HTTP/1.0\r\nHost: {socket}\r\n\r\n").is_ok()
+        && stream.read_to_string(&mut answer).is_ok()
+        && answer.contains("\"health\":\"true\"")
+}
+
+impl Drop for EtcdInside {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The fixture's own checks: a namespace pair that does not connect, or a
 /// cut that does not cut, would make the partition test prove nothing.
 mod checks {
@@ -171,7 +258,7 @@ mod checks {
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::Duration;
 
-    use super::Link;
+    use super::{EtcdInside, Link, health};
     use crate::testenv::require_root;
 
     #[test]
@@ -197,5 +284,21 @@ mod checks {
         assert!(TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_err());
         link.cut();
         assert!(connect(address).is_err(), "connected across a cut link");
+    }
+
+    #[test]
+    fn etcd_inside_the_etcd_side_answers_the_node_side_only_while_linked() {
+        require_root!("create network namespaces and a veth pair");
+        let link = Link::create();
+        let etcd = EtcdInside::start(&link.etcd_side, Link::ETCD_IP);
+        let socket = SocketAddr::from((Link::ETCD_IP, 2379));
+        assert_eq!(etcd.endpoints(), format!("http://{socket}"));
+        assert!(link.node_side.run(|| health(socket)));
+        link.cut();
+        assert!(!link.node_side.run(|| health(socket)));
+        assert!(
+            link.etcd_side.run(|| health(socket)),
+            "the etcd side still reaches it"
+        );
     }
 }

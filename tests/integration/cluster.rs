@@ -46,6 +46,12 @@ fn hold(env: &TestEnv, node: &Node<'_>, tag: &str) -> Launcher {
             launcher.log()
         );
     }
+    let life = Timeline::read(env).life(tag).cloned().unwrap();
+    assert_eq!(
+        life.parent,
+        launcher.pid(),
+        "in cluster mode ec-launch stays the reader's parent"
+    );
     launcher
 }
 
@@ -231,6 +237,28 @@ fn a_waiting_node_runs_within_ttl_and_a_second_after_the_active_node_is_killed()
         secs(delay)
     );
     Timeline::read(&env).assert_at_most(1);
+}
+
+#[test]
+fn a_sigkilled_launcher_takes_its_program_with_it() {
+    let etcd = EtcdServer::start();
+    let env = TestEnv::new();
+    let a = Node::new(&env, "a", etcd.endpoints());
+    let mut active = hold(&env, &a, "a");
+    let killed_at = now_micros();
+    active.signal(Signal::SIGKILL);
+    assert_eq!(active.exit_within(PATIENCE), Some(128 + 9));
+    let life = stopped_within(&env, "a", PATIENCE).expect("the reader outlived its launcher");
+    let after = i128::try_from(life.stop.unwrap()).unwrap() - i128::try_from(killed_at).unwrap();
+    eprintln!(
+        "FIGURE parent-death: reader dead {:.3} s after its launcher",
+        secs(after)
+    );
+    assert!(
+        after < micros(Duration::from_secs(1)),
+        "the reader lived {:.3} s after its launcher was killed",
+        secs(after)
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,7 +52,7 @@ flock -n 8 || { echo "reused $tag $EPOCHREALTIME" >> overlaps; exit 98; }
 for ((i = 0; i < tuners; i++)); do
   exec 9>>"tuner.$i"
   if flock -n 9; then
-    echo "start $tag $EPOCHREALTIME $$ $i" >> events
+    echo "start $tag $EPOCHREALTIME $$ $i $PPID" >> events
     # The watcher: blocks on alive.TAG until the reader (which keeps fd 8
     # across exec) is dead, in a session of its own so no signal for the
     # reader's process group reaches it.
@@ -169,6 +169,7 @@ impl<'e> Node<'e> {
         Launcher {
             guard: Guard(command.spawn().expect("spawn ec-launch")),
             log,
+            dir: self.env.path(""),
         }
     }
 }
@@ -217,6 +218,24 @@ pub fn brief_reader_program(env: &TestEnv, tag: &str, tuners: usize, seconds: f6
 pub struct Launcher {
     guard: Guard,
     log: PathBuf,
+    /// The environment's directory, where its reader logs.
+    dir: PathBuf,
+}
+
+/// Also SIGKILLs its reader if that still runs: the parent-death signal
+/// should have taken it, but that is under test too, and a failed test must
+/// leave no reader behind.
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.guard.0.kill();
+        let _ = self.guard.0.wait();
+        for life in Timeline::read_in(&self.dir).lives {
+            if life.parent == self.pid() && life.stop.is_none() {
+                let pid = nix::unistd::Pid::from_raw(i32::try_from(life.pid).expect("pid"));
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
 }
 
 impl Launcher {
@@ -261,6 +280,8 @@ impl Launcher {
 pub struct Life {
     pub tag: String,
     pub pid: u32,
+    /// Its launcher.
+    pub parent: u32,
     pub start: u128,
     /// `None` while it runs.
     pub stop: Option<u128>,
@@ -294,17 +315,24 @@ impl Timeline {
     /// Reads `events` and `overlaps` of `env`.
     #[must_use]
     pub fn read(env: &TestEnv) -> Self {
+        Self::read_in(&env.path(""))
+    }
+
+    /// Reads `events` and `overlaps` in `dir`.
+    #[must_use]
+    pub fn read_in(dir: &Path) -> Self {
         let mut lives: BTreeMap<String, Life> = BTreeMap::new();
-        let events = fs::read_to_string(env.path("events")).unwrap_or_default();
+        let events = fs::read_to_string(dir.join("events")).unwrap_or_default();
         for line in events.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             match fields.as_slice() {
-                ["start", tag, stamp, pid, _tuner] => {
+                ["start", tag, stamp, pid, _tuner, parent] => {
                     lives.insert(
                         (*tag).to_owned(),
                         Life {
                             tag: (*tag).to_owned(),
                             pid: pid.parse().expect("reader pid"),
+                            parent: parent.parse().expect("reader parent pid"),
                             start: parse_stamp(stamp),
                             stop: None,
                         },
@@ -323,7 +351,7 @@ impl Timeline {
         lives.sort_by_key(|l| l.start);
         Self {
             lives,
-            overlaps: fs::read_to_string(env.path("overlaps"))
+            overlaps: fs::read_to_string(dir.join("overlaps"))
                 .unwrap_or_default()
                 .lines()
                 .map(str::to_owned)

@@ -316,7 +316,7 @@ fn assert_fenced_before(env: &TestEnv, active: &mut Launcher, tag: &str, cut_at:
     eprintln!(
         "FIGURE fence: reader {tag} dead {:.3} s after the cut (budget from the last renewal: {} s)",
         secs(fenced_after),
-        (TTL - STOP_GRACE - MARGIN).as_secs()
+        TTL.saturating_sub(STOP_GRACE + MARGIN).as_secs()
     );
     eprintln!(
         "FIGURE fence margin: {:.3} s before the latest possible lease expiry (cut + TTL)",

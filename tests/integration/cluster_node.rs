@@ -10,7 +10,7 @@
 //! say: it writes the fact to `overlaps` and exits 99. For figures (failover
 //! times, the fence margin) each reader also logs its own start and, through
 //! a watcher that waits for its death on a second lock, its stop, on
-//! CLOCK_REALTIME in microseconds (bash's `$EPOCHREALTIME`: no fork between
+//! `CLOCK_REALTIME` in microseconds (bash's `$EPOCHREALTIME`: no fork between
 //! the event and its stamp).
 
 use std::collections::BTreeMap;
@@ -66,7 +66,7 @@ echo "overlap $tag $EPOCHREALTIME" >> overlaps
 exit 99
 "#;
 
-/// Now on CLOCK_REALTIME, in microseconds, like the readers' stamps.
+/// Now on `CLOCK_REALTIME`, in microseconds, like the readers' stamps.
 #[must_use]
 pub fn now_micros() -> u128 {
     SystemTime::now()
@@ -177,9 +177,9 @@ impl<'e> Node<'e> {
 /// Starts each node's invocation, all blocked in `read` on one pipe until
 /// its only write end closes: the closest thing to launchers started
 /// together on separate machines.
-pub fn start_together<'e>(launches: Vec<(&Node<'e>, Invocation<'e>)>) -> Vec<Launcher> {
+pub fn start_together<'e>(invocations: Vec<(&Node<'e>, Invocation<'e>)>) -> Vec<Launcher> {
     let (gate, gate_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-    let launchers = launches
+    let launchers = invocations
         .into_iter()
         .map(|(node, invocation)| {
             node.spawn(
@@ -213,7 +213,7 @@ pub fn brief_reader_program(env: &TestEnv, tag: &str, tuners: usize, seconds: f6
     program
 }
 
-/// A background `ec-launch`, its stderr in a file; SIGKILLed when dropped.
+/// A background `ec-launch`, its stderr in a file; killed (SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Launcher {
     guard: Guard,
@@ -275,7 +275,7 @@ impl Launcher {
     }
 }
 
-/// One reader's life as it logged it, in microseconds of CLOCK_REALTIME.
+/// One reader's life as it logged it, in microseconds of `CLOCK_REALTIME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Life {
     pub tag: String,

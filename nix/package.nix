@@ -15,9 +15,11 @@ rustPlatform.buildRustPackage {
   pname = manifest.name;
   inherit (manifest) version;
 
-  # Only what the build reads, so editing the README, the module or the Nix
-  # tests does not rebuild the package. Cargo wants every [[test]] target it
-  # is told about to exist, hence the Rust files under tests/.
+  # Only what the build reads, so editing the module or the Nix tests does
+  # not rebuild the package. Cargo wants every [[test]] target it is told
+  # about to exist, hence the Rust files under tests/. The JSON files are
+  # the module's and the launcher's one source of truth (`include_str!`),
+  # and the README's exit-code table is checked by a unit test.
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
@@ -27,6 +29,9 @@ rustPlatform.buildRustPackage {
       ../src
       (lib.fileset.fileFilter (file: file.hasExt "rs") ../tests)
       ../benches
+      ../README.md
+      ../nixos/secret-params.json
+      ../nixos/cluster-timing.json
     ];
   };
 

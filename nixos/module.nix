@@ -16,6 +16,11 @@
 # so the node never has more readers on a box than it has tuners.
 # ./unit-policy.json is shared with the systemd acceptance suite; this module
 # applies every key of both halves and never restates the values.
+# With `cluster.enable`, the same locks are also taken on etcd, so the
+# guarantee holds across nodes (evolution/ECP-0134-cluster-locks-on-etcd.md):
+# `ec-launch` then stays the unit's main process, renews its lease and stops
+# the program before the lease can lapse; the module passes the etcd flags
+# and credentials and sets the watchdog that catches a frozen launcher.
 {
   config,
   options,
@@ -58,7 +63,18 @@ let
   # module argument so the module evaluates in tests/nix/eval.nix with
   # nixpkgs.lib alone; that test checks the two agree on words that
   # escapeSystemdExecArg escaped.
-  execWord = arg: lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
+  #
+  # `credentialPath name` is the one exception: `%d/<name>`, the file
+  # `LoadCredential=<name>:…` put in the unit's credentials directory (`%d`
+  # is systemd's specifier for $CREDENTIALS_DIRECTORY), written unescaped so
+  # systemd expands it.
+  execWord =
+    arg:
+    if builtins.isAttrs arg && arg ? credential then
+      "%d/${arg.credential}"
+    else
+      lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
+  credentialPath = name: { credential = name; };
   execLine = args: lib.concatMapStringsSep " " execWord args;
 
   isDevice = source: source != null && lib.hasPrefix "/dev/" source;
@@ -153,6 +169,198 @@ let
       "--device"
       (deviceKey device.host)
     ];
+
+  # Cluster mode (issue #12, evolution/ECP-0134-cluster-locks-on-etcd.md).
+  # The timing rules are the launcher's (./cluster-timing.json): the module
+  # checks them at evaluation so a unit never starts only to exit 64.
+  clusterTiming = builtins.fromJSON (builtins.readFile ./cluster-timing.json);
+  cluster = cfg.cluster;
+  clusterOption = name: "services.every-channel.cluster.${name}";
+  # The smallest TTL `ec-launch run` accepts for a stop grace: renewal every
+  # TTL/3 and a call timeout of TTL/6 must leave the grace and the margin.
+  minimumTtl = stopGrace: 2 * (stopGrace + clusterTiming.margin) + 1;
+
+  # Files passed with LoadCredential=, by credential name: systemd reads
+  # them as root and hands the unit a copy in its credentials directory, so
+  # a root-only key or password file works for the service user and no
+  # path of one is on the command line.
+  clusterFiles = lib.filter (file: file.path != null) [
+    { name = "etcd-ca"; flag = "--etcd-ca"; path = cluster.caFile; }
+    { name = "etcd-cert"; flag = "--etcd-cert"; path = cluster.certFile; }
+    { name = "etcd-key"; flag = "--etcd-key"; path = cluster.keyFile; }
+    { name = "etcd-user"; flag = "--etcd-user-file"; path = cluster.userFile; }
+  ];
+  # A Nix path (a CA or certificate kept in the configuration) is copied to
+  # the store, which is fine for those; keyFile and userFile refuse them.
+  credentialSource = path: if builtins.isPath path then "${path}" else toString path;
+
+  # `ec-launch run` flags of a locked unit in cluster mode, before `--`.
+  clusterArgs = lib.optionals cluster.enable (
+    [
+      "--etcd"
+      (lib.concatStringsSep "," cluster.endpoints)
+      "--etcd-ttl"
+      (toString cluster.ttl)
+      "--etcd-stop-grace"
+      (toString cluster.stopGrace)
+    ]
+    ++ lib.concatMap (file: [
+      file.flag
+      (credentialPath file.name)
+    ]) clusterFiles
+    ++ [
+      "--node"
+      cluster.node
+    ]
+  );
+
+  # The launcher pings systemd's watchdog from its renewal thread, so PID 1
+  # kills a launcher that froze (and so cannot fence): the watchdog fires at
+  # most WatchdogSec after the last ping, and the abort (TimeoutAbortSec =
+  # stopGrace) ends the cgroup. A mitigation, not the guarantee
+  # (ECP-0134): it beats the lease when the freeze comes while renewals are
+  # on time, the last at most ttl/3 old, so the lease lasts at least 2/3 ttl
+  # more; the kill must come a margin before that, which holds for every
+  # ttl >= 3 × (stopGrace + margin) and is warned about otherwise. A
+  # launcher that freezes while renewals already fail is past what any
+  # watchdog can catch in time.
+  clusterWatchdogSec = lib.max 1 ((cluster.ttl - cluster.stopGrace - clusterTiming.margin) / 2);
+  watchdogBeatsLease =
+    3 * (clusterWatchdogSec + cluster.stopGrace + clusterTiming.margin) <= 2 * cluster.ttl;
+
+  # A systemd time span (systemd.time(7)) in seconds, or null when it is not
+  # one this module reads: numbers (a bare one is seconds) with the units
+  # systemd knows, separated by spaces or not, or "infinity".
+  timeSpanUnits =
+    let
+      per = seconds: names: lib.genAttrs names (_: seconds);
+    in
+    per 1.0e-6 [ "us" "usec" "µs" ]
+    // per 1.0e-3 [ "ms" "msec" ]
+    // per 1 [ "" "s" "sec" "second" "seconds" ]
+    // per 60 [ "m" "min" "minute" "minutes" ]
+    // per 3600 [ "h" "hr" "hour" "hours" ]
+    // per 86400 [ "d" "day" "days" ]
+    // per 604800 [ "w" "week" "weeks" ]
+    // per 2629800 [ "M" "month" "months" ]
+    // per 31557600 [ "y" "year" "years" ];
+  timeSpanSeconds =
+    text:
+    let
+      parts = builtins.split "([0-9]+[.]?[0-9]*|[.][0-9]+)[[:space:]]*([A-Za-zµ]*)" text;
+      gaps = builtins.filter builtins.isString parts;
+      terms = builtins.filter builtins.isList parts;
+      number =
+        digits:
+        builtins.fromJSON (
+          (if lib.hasPrefix "." digits then "0" else "")
+          + digits
+          + (if lib.hasSuffix "." digits then "0" else "")
+        );
+    in
+    if builtins.match "[[:space:]]*infinity[[:space:]]*" text != null then
+      1.0e18
+    else if
+      terms == [ ]
+      || !(lib.all (gap: builtins.match "[[:space:]]*" gap != null) gaps)
+      || !(lib.all (term: timeSpanUnits ? ${builtins.elemAt term 1}) terms)
+    then
+      null
+    else
+      lib.foldl' (sum: term: sum + number (builtins.head term) * timeSpanUnits.${builtins.elemAt term 1}) 0 terms;
+
+  # An endpoint's parts, or null when it is not `scheme://authority…`.
+  endpointParts = builtins.match "([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)";
+  endpointScheme =
+    endpoint:
+    let
+      parts = endpointParts endpoint;
+    in
+    if parts == null then null else lib.toLower (builtins.head parts);
+  endpointHasUserinfo =
+    endpoint:
+    let
+      parts = endpointParts endpoint;
+    in
+    parts != null && lib.hasInfix "@" (builtins.elemAt parts 1);
+  isEndpoint =
+    endpoint:
+    let
+      parts = endpointParts endpoint;
+    in
+    parts != null
+    && lib.elem (endpointScheme endpoint) [ "http" "https" ]
+    && builtins.match "[^:].*" (builtins.elemAt parts 1) != null
+    && builtins.match ".*[,[:space:]].*" endpoint == null;
+  anyEndpoint = scheme: lib.any (endpoint: endpointScheme endpoint == scheme) cluster.endpoints;
+  stopTimeoutSeconds = timeSpanSeconds cfg.stopTimeout;
+
+  # Messages name the option and, for an endpoint, its position: an
+  # endpoint may carry a password, and a message is output.
+  clusterAssertions =
+    lib.optionals cluster.enable (
+      [
+        {
+          assertion = cluster.endpoints != [ ];
+          message = "${clusterOption "endpoints"}: cluster mode is enabled but no etcd endpoint is given; list the cluster's client URLs, e.g. [ \"https://etcd-1.lan:2379\" ].";
+        }
+        {
+          assertion = cluster.ttl >= minimumTtl cluster.stopGrace;
+          message = "${clusterOption "ttl"}: ${toString cluster.ttl} s leaves no time to renew the lease before the fence (renewal every ttl/3, each call up to ttl/6, then stopGrace = ${toString cluster.stopGrace} s and a ${toString clusterTiming.margin} s margin); ec-launch refuses a ttl of 2 × (stopGrace + ${toString clusterTiming.margin}) s or less: set ttl to at least ${toString (minimumTtl cluster.stopGrace)}, or lower stopGrace.";
+        }
+        {
+          assertion = (cluster.certFile == null) == (cluster.keyFile == null);
+          message = "services.every-channel.cluster: certFile and keyFile go together (a client certificate and its key); set both, or neither.";
+        }
+        {
+          assertion = !(anyEndpoint "https") || cluster.caFile != null;
+          message = "${clusterOption "caFile"}: an endpoint is https, and ec-launch trusts only the CA it is given (not the system's roots); set caFile to the CA that signed the etcd servers' certificates.";
+        }
+        {
+          assertion = cluster.node != "";
+          message = "${clusterOption "node"}: empty (networking.hostName is empty, e.g. taken from DHCP); set node to a name that is unique among the cluster's nodes.";
+        }
+        {
+          assertion = stopTimeoutSeconds != null;
+          message = "services.every-channel.stopTimeout: `${cfg.stopTimeout}` is not a time span this module can read (seconds, or numbers with us, ms, s, min, h: \"10s\", \"1min 30s\"); cluster mode needs it to check that stopTimeout exceeds cluster.stopGrace + ${toString clusterTiming.margin} s.";
+        }
+        {
+          assertion = stopTimeoutSeconds == null || stopTimeoutSeconds > cluster.stopGrace + clusterTiming.margin;
+          message = "services.every-channel.stopTimeout: ${cfg.stopTimeout} is not more than cluster.stopGrace (${toString cluster.stopGrace} s) + ${toString clusterTiming.margin} s: systemd would SIGKILL the launcher before it has stopped the program and revoked the lease, so a standby on another node would wait a whole ttl; raise stopTimeout or lower stopGrace.";
+        }
+      ]
+      ++ lib.imap1 (
+        index: endpoint:
+        if endpointHasUserinfo endpoint then
+          {
+            assertion = false;
+            message = "${clusterOption "endpoints"}: entry ${toString index} has a user name or password in it (`user:password@`); the Nix store is world-readable and ec-launch refuses such URLs: remove it from the URL and put `user:password` in a root-only file named by ${clusterOption "userFile"}.";
+          }
+        else
+          {
+            assertion = isEndpoint endpoint;
+            message = "${clusterOption "endpoints"}: entry ${toString index} is not an etcd client URL; give `http://host:port` or `https://host:port` (one URL per entry, no comma or space).";
+          }
+      ) cluster.endpoints
+    );
+  clusterWarnings = lib.optionals cluster.enable (
+    lib.optional (cluster.ttl >= minimumTtl cluster.stopGrace && !watchdogBeatsLease)
+      "${clusterOption "ttl"}: with ttl = ${toString cluster.ttl} and stopGrace = ${toString cluster.stopGrace}, systemd kills a frozen ec-launch up to WatchdogSec (${toString clusterWatchdogSec} s) + stopGrace after its last ping, which may leave less than a ${toString clusterTiming.margin} s margin before its lease expires on the server (2/3 of ttl after its last renewal); set ttl to at least ${toString (3 * (cluster.stopGrace + clusterTiming.margin))} (3 × (stopGrace + ${toString clusterTiming.margin})), or lower stopGrace."
+    ++ lib.optional (cluster.userFile != null && anyEndpoint "http")
+      "${clusterOption "userFile"}: an endpoint is plain http, so the etcd password from userFile crosses the network in clear text; use https endpoints (with caFile)."
+    ++
+      lib.optional
+        (
+          cluster.endpoints != [ ]
+          && !(anyEndpoint "https")
+          && lib.any (file: file != null) [
+            cluster.caFile
+            cluster.certFile
+            cluster.keyFile
+          ]
+        )
+        "services.every-channel.cluster: caFile, certFile or keyFile is set but no endpoint is https, so they are not used; use https endpoints or remove them."
+  );
 
   # Credentials in a source: userinfo (anything up to an `@` before the
   # query, with or without `//`), or a parameter (query, or `;name=value`
@@ -552,6 +760,16 @@ let
           message = "${optionPath}.watchdogSec: the source (a device path or a UDP stream: udp, rtp, srt) has no TCP connection whose bytes ec-launch can count, so the unit would be restarted while healthy; remove `watchdogSec`, or set `serviceConfig.WatchdogSec` if the program pings the watchdog itself.";
         }
         {
+          assertion =
+            !(cluster.enable && (unit.source != null || unit.sourceFile != null))
+            || !(lib.any (setting: unit.serviceConfig ? ${setting}) [
+              "WatchdogSec"
+              "NotifyAccess"
+              "TimeoutAbortSec"
+            ]);
+          message = "${optionPath}.serviceConfig: WatchdogSec, NotifyAccess and TimeoutAbortSec are set by cluster mode (the launcher pings systemd's watchdog, so a frozen launcher is killed within stopGrace, before its lease lapses); remove them, or use watchdogSec for the progress watchdog.";
+        }
+        {
           assertion = unit.device == null || cfg.devices ? ${unit.device};
           message =
             let
@@ -661,6 +879,7 @@ let
         ]
         ++ tunerArgs unit
         ++ lib.optional (unit.watchdogSec != null) "--progress-watchdog"
+        ++ clusterArgs
         ++ lib.optionals (unit.source != null) [
           "--source"
           unit.source
@@ -700,6 +919,23 @@ let
         (mkIf (hasSource && unit.watchdogSec != null) {
           WatchdogSec = unit.watchdogSec;
           NotifyAccess = "all";
+        })
+        # Cluster mode: etcd's credentials, and the watchdog on the
+        # launcher, which stays the main process (so `Type=exec` still
+        # holds, and only the main PID may notify) and pings from its
+        # renewal thread. A unit with the progress watchdog keeps that one
+        # (its monitor feeds it, NotifyAccess=all, above). A watchdog abort
+        # ends the cgroup within stopGrace, as the launcher's own fence
+        # would; the default (TimeoutStopSec) could outlast the lease.
+        (mkIf (hasSource && cluster.enable && clusterFiles != [ ]) {
+          LoadCredential = map (file: "${file.name}:${credentialSource file.path}") clusterFiles;
+        })
+        (mkIf (hasSource && cluster.enable) {
+          TimeoutAbortSec = cluster.stopGrace;
+        })
+        (mkIf (hasSource && cluster.enable && unit.watchdogSec == null) {
+          WatchdogSec = clusterWatchdogSec;
+          NotifyAccess = "main";
         })
         # Hardening from ./unit-hardening.json (the reasons are in its
         # `why`): defaults the per-unit serviceConfig can override …
@@ -901,6 +1137,133 @@ in
       default = "every-channel";
       description = "The group every unit runs as; created when left at the default.";
     };
+
+    cluster = {
+      enable = mkEnableOption ''
+        cluster mode: every unit with a source also takes its source lock
+        (and, on a device, its tuner slot) on etcd, so the guarantee holds
+        across the nodes that share the cluster, not only on this one. The
+        local lock comes first as before; `ec-launch` then stays the unit's
+        main process, renews its lease and stops the program before the
+        lease can lapse (evolution/ECP-0134-cluster-locks-on-etcd.md)'';
+
+      endpoints = mkOption {
+        type = types.listOf types.nonEmptyStr;
+        default = [ ];
+        example = [
+          "https://etcd-1.lan:2379"
+          "https://etcd-2.lan:2379"
+          "https://etcd-3.lan:2379"
+        ];
+        description = ''
+          The etcd cluster's client URLs (`http://` or `https://`, one per
+          entry), passed as `ec-launch run --etcd`. Required with `enable`.
+          No `user:password@` in them: they end up in the world-readable
+          Nix store; use `userFile`. With an `https` endpoint, `caFile` is
+          required: `ec-launch` does not use the system's trusted roots.
+        '';
+      };
+
+      ttl = mkOption {
+        type = types.ints.positive;
+        default = clusterTiming.ttl;
+        description = ''
+          The lease TTL in seconds (`--etcd-ttl`): how long a node that died
+          or was cut off keeps its sources locked, so the longest a standby
+          on another node waits. The launcher renews every ttl/3 and, when
+          renewal fails for ttl - stopGrace - 1 s, stops the program
+          (SIGTERM, SIGKILL after `stopGrace`) and exits 76, which systemd
+          restarts. Must be more than 2 × (stopGrace + 1); an assertion
+          names the minimum. Also sets the unit's `WatchdogSec=` to
+          (ttl - stopGrace - 1) / 2 seconds (rounded down, at least 1) with
+          `NotifyAccess=main`, unless the unit has `watchdogSec`; below
+          3 × (stopGrace + 1) that watchdog may kill a frozen launcher
+          after its lease expired (warned about).
+        '';
+      };
+
+      stopGrace = mkOption {
+        type = types.ints.positive;
+        default = clusterTiming.stopGrace;
+        description = ''
+          Seconds between SIGTERM and SIGKILL when the launcher stops the
+          program because its lease is at risk (`--etcd-stop-grace`); also
+          the unit's `TimeoutAbortSec=`, so a watchdog abort is as quick.
+          `stopTimeout` must exceed it by more than 1 s.
+        '';
+      };
+
+      caFile = mkOption {
+        type = types.nullOr (types.pathWith { absolute = true; });
+        default = null;
+        example = "/etc/every-channel/etcd-ca.pem";
+        description = ''
+          The CA that signed the etcd servers' certificates
+          (`--etcd-ca`); required when an endpoint is `https`. Passed with
+          `LoadCredential=etcd-ca:…`. Not a secret: a Nix path is copied to
+          the store.
+        '';
+      };
+
+      certFile = mkOption {
+        type = types.nullOr (types.pathWith { absolute = true; });
+        default = null;
+        example = "/etc/every-channel/etcd-client.pem";
+        description = ''
+          A client certificate for etcd's `--client-cert-auth`
+          (`--etcd-cert`), with `keyFile`. Passed with
+          `LoadCredential=etcd-cert:…`.
+        '';
+      };
+
+      keyFile = mkOption {
+        type = types.nullOr (
+          types.pathWith {
+            absolute = true;
+            inStore = false;
+          }
+        );
+        default = null;
+        example = "/run/keys/etcd-client-key.pem";
+        description = ''
+          The key of `certFile` (`--etcd-key`). A secret: give a string
+          naming a file outside the Nix store (it may be root-only);
+          systemd passes it with `LoadCredential=etcd-key:…`, so only
+          `%d/etcd-key` is on the command line.
+        '';
+      };
+
+      userFile = mkOption {
+        type = types.nullOr (
+          types.pathWith {
+            absolute = true;
+            inStore = false;
+          }
+        );
+        default = null;
+        example = "/run/keys/etcd-user";
+        description = ''
+          A file holding `user:password` for etcd's authentication
+          (`--etcd-user-file`). A secret: give a string naming a file
+          outside the Nix store (it may be root-only); systemd passes it
+          with `LoadCredential=etcd-user:…`, so only `%d/etcd-user` is on
+          the command line. Over `http` endpoints the password crosses the
+          network in clear text (warned about).
+        '';
+      };
+
+      node = mkOption {
+        type = types.str;
+        default = config.networking.hostName;
+        defaultText = lib.literalExpression "config.networking.hostName";
+        example = "tuner-node-a";
+        description = ''
+          This node's name in the cluster (`--node`), shown by
+          `ec-launch status --etcd` as the holder's node. Unique among the
+          nodes; defaults to `networking.hostName`.
+        '';
+      };
+    };
   };
 
   config = mkIf cfg.enable (mkMerge [
@@ -916,10 +1279,12 @@ in
         }
       ]
       ++ lib.concatMap (unit: (unitChecks unit).assertions) units
-      ++ deviceAssertions;
+      ++ deviceAssertions
+      ++ clusterAssertions;
       warnings =
         lib.concatMap (unit: (unitChecks unit).warnings) units
         ++ deviceWarnings
+        ++ clusterWarnings
         ++ map (
           name:
           "services.every-channel.extraUnits: `${name}` is not defined in systemd.services by any other module, so the kill policy would create a unit with nothing to run; check the spelling (a unit that only comes from a package in systemd.packages is fine)."

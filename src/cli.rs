@@ -104,6 +104,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub source_file: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
     /// Under systemd's WatchdogSec=: fork a monitor that sends WATCHDOG=1 only while bytes arrive from the source's TCP endpoint
     #[arg(long)]
     pub progress_watchdog: bool,
@@ -155,6 +158,58 @@ pub struct StatusArgs {
     /// Only the source `run --key KEY` named (taken as it is, like run's --key); exits as for SOURCE
     #[arg(long, value_name = "KEY", conflicts_with = "source")]
     pub key: Option<String>,
+
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+/// Where the cluster's locks live and how to reach them (cluster mode,
+/// ECP-0134); shared by `run` and `status`.
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// Cluster mode: etcd client URLs (http or https); the source's lock and tuner slot are also taken there, across nodes
+    #[arg(
+        long = "etcd",
+        value_name = "URL[,URL...]",
+        env = "EC_LAUNCH_ETCD",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+
+    /// The CA certificate that signed etcd's server certificate (PEM; the only root trusted)
+    #[arg(long, value_name = "FILE", env = "EC_LAUNCH_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// Our client certificate for etcd (PEM); needs --etcd-key
+    #[arg(long, value_name = "FILE", env = "EC_LAUNCH_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// The private key of --etcd-cert (PEM)
+    #[arg(long, value_name = "FILE", env = "EC_LAUNCH_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+
+    /// A file holding `user:password` for etcd's authentication (never a flag value, so never on a command line)
+    #[arg(long, value_name = "FILE", env = "EC_LAUNCH_ETCD_USER_FILE")]
+    pub etcd_user_file: Option<PathBuf>,
+
+    /// This node's name in the cluster's records [default: the host name]
+    #[arg(long, value_name = "NAME", env = "EC_LAUNCH_NODE")]
+    pub node: Option<String>,
+}
+
+/// `run`'s cluster settings: the connection plus the lease's timing.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    /// Cluster mode: the lease's time to live; the program is stopped before it can expire unrenewed
+    #[arg(long, value_name = "SECS", env = "EC_LAUNCH_ETCD_TTL", value_parser = parse_seconds, default_value = "10")]
+    pub etcd_ttl: Duration,
+
+    /// Cluster mode: how long the program gets between SIGTERM and SIGKILL when the lease cannot be renewed
+    #[arg(long, value_name = "SECS", env = "EC_LAUNCH_ETCD_STOP_GRACE", value_parser = parse_seconds, default_value = "2")]
+    pub etcd_stop_grace: Duration,
 }
 
 /// `$EC_LAUNCH_LOCK_DIR`, else [`DEFAULT_LOCK_DIR`]. A variable set but

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 
+use crate::cluster::etcd::EtcdError;
 use crate::device_http::DeviceError;
 use crate::exit_code::ExitStatus;
 use crate::source_key::KeyError;
@@ -154,6 +155,49 @@ pub enum Error {
         #[source]
         source: Errno,
     },
+    /// Cluster mode: an etcd call failed (ECP-0134). Its text never holds
+    /// a password, a token or a key's bytes.
+    #[error("cluster mode")]
+    Etcd(#[from] EtcdError),
+    /// Cluster mode: `--etcd-ttl` leaves no time to stop the program
+    /// before the lease can expire (ECP-0134, `cluster::fence`).
+    #[error(
+        "--etcd-ttl {ttl} is too short for --etcd-stop-grace {stop_grace}: renewal every TTL/3, its timeout TTL/6, the stop grace and the {margin} margin must fit in the TTL, so the TTL must be at least {minimum}s"
+    )]
+    FenceBudget {
+        ttl: String,
+        stop_grace: String,
+        margin: String,
+        minimum: u64,
+    },
+    /// Cluster mode: blocking the signals the supervisor reads from a signalfd.
+    #[error("cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD to read them from a signalfd")]
+    BlockSignals {
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot open a signalfd for SIGTERM, SIGINT, SIGHUP and SIGCHLD")]
+    WatchSignals {
+        #[source]
+        source: Errno,
+    },
+    /// Cluster mode: the fence timer (a CLOCK_BOOTTIME timerfd) or the
+    /// renewer thread.
+    #[error("cannot start the lease renewer ({what})")]
+    StartRenewer {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// Cluster mode: etcd options without `--etcd`.
+    #[error("{flag} was given without --etcd")]
+    ClusterOptionWithoutEtcd { flag: &'static str },
+    /// Cluster mode: `--node` empty or with control characters.
+    #[error("--node is empty or has control characters")]
+    BadNodeName,
+    /// Cluster mode: the lease was lost before the program started.
+    #[error("the cluster lease was lost before the program started ({why})")]
+    Fenced { why: String },
     #[error("cannot run {program:?}")]
     Exec {
         program: String,
@@ -317,7 +361,7 @@ impl Error {
                 "this device cannot tell its tuner count: pass --tuners N with the number of tuners it has",
             ),
             Self::AskDevice { .. } => (
-                ExitStatus::DeviceUnavailable,
+                ExitStatus::Unavailable,
                 "check that the device is on and answers on port 80 from this node (curl the URL above), or pass --tuners N; under systemd the unit is restarted",
             ),
             Self::ProgressWatchdogUnwatchable { .. } => (
@@ -336,6 +380,28 @@ impl Error {
                 BadArgument,
                 "pass the device's number of tuners, e.g. --tuners 2: only a network source's host can be asked",
             ),
+            Self::Etcd(cause) => etcd_outcome(cause),
+            Self::ClusterOptionWithoutEtcd { .. } => (
+                BadArgument,
+                "pass --etcd URL for cluster mode, or drop the option (check EC_LAUNCH_ETCD_* in the environment)",
+            ),
+            Self::BadNodeName => (
+                BadArgument,
+                "pass a node name such as the host name, or leave --node out to use the host name",
+            ),
+            Self::Fenced { .. } => (
+                ExitStatus::Fenced,
+                "nothing was started; systemd restarts the unit, which takes the keys again",
+            ),
+            Self::FenceBudget { .. } => (
+                BadArgument,
+                "raise --etcd-ttl to at least the minimum named, or shorten --etcd-stop-grace",
+            ),
+            Self::BlockSignals { .. } | Self::WatchSignals { .. } => (OsError, REPORT_HINT),
+            Self::StartRenewer { .. } => (
+                OsError,
+                "the service is out of tasks or descriptors: raise TasksMax= or LimitNOFILE= for this service",
+            ),
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => (NotFound, "check the program name and PATH"),
                 _ => (
@@ -344,6 +410,45 @@ impl Error {
                 ),
             },
         }
+    }
+}
+
+/// The exit status and hint of a failed etcd call: the operator's flags
+/// (64, 66), etcd's health (69), or our credentials (77).
+fn etcd_outcome(cause: &EtcdError) -> (ExitStatus, &'static str) {
+    match cause {
+        EtcdError::BadConfig { .. } => (
+            ExitStatus::BadArgument,
+            "fix the --etcd flag named above (`ec-launch run --help` lists them)",
+        ),
+        EtcdError::FileUnreadable { .. } => (
+            ExitStatus::NoInput,
+            "check the path and that this user may read it (under systemd, LoadCredential= puts it in $CREDENTIALS_DIRECTORY)",
+        ),
+        EtcdError::Unreachable { .. } => (
+            ExitStatus::Unavailable,
+            "check that etcd runs and that this node reaches the --etcd endpoints (etcdctl endpoint health); under systemd the unit is restarted",
+        ),
+        EtcdError::Tls { .. } => (
+            ExitStatus::Unavailable,
+            "check that --etcd-ca is the CA that signed etcd's server certificate and that the certificate names the endpoint's host or IP address",
+        ),
+        EtcdError::AuthRejected { .. } => (
+            ExitStatus::NoPermission,
+            "check the user and password in --etcd-user-file, that the user's role may read and write the key prefix, and that etcd trusts the CA of --etcd-cert",
+        ),
+        EtcdError::Ambiguous { .. } => (
+            ExitStatus::Unavailable,
+            "etcd stopped answering during the call (overloaded, partitioned or electing a leader): check its health (etcdctl endpoint status); under systemd the unit is restarted",
+        ),
+        EtcdError::Rejected { .. } => (
+            ExitStatus::Unavailable,
+            "see etcd's message and check the cluster's health (etcdctl endpoint status); under systemd the unit is restarted",
+        ),
+        EtcdError::Malformed { .. } => (
+            ExitStatus::Unavailable,
+            "check that --etcd names etcd's client URLs (etcd 3.4 or later, whose JSON gateway answers under /v3)",
+        ),
     }
 }
 

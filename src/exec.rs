@@ -108,31 +108,14 @@ pub fn exec(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Err
 enum Never {}
 
 fn try_exec(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Result<Never, Error> {
-    let Prepared {
+    let Passed {
         argv,
-        mut envp,
+        envp,
         program,
-    } = prepared;
-    let lock_fd = held.lock.as_raw_fd();
-    envp.push(c_string(
-        format!("{}={lock_fd}", env::SOURCE_LOCK_FD).into_bytes(),
-        env::SOURCE_LOCK_FD,
-    )?);
-
-    let mut kept = vec![held];
-    if let Some(slot) = slot {
-        let fd = slot.lock.lock.as_raw_fd();
-        for (name, value) in [
-            (env::TUNER_SLOT, slot.slot.to_string()),
-            (env::TUNER_SLOT_FD, fd.to_string()),
-        ] {
-            envp.push(c_string(format!("{name}={value}").into_bytes(), name)?);
-        }
-        kept.push(&slot.lock);
-    }
+    } = pass(prepared, held, slot)?;
     // Only these descriptors survive exec: a waiting thread's slot
     // descriptors stay close-on-exec, so the program holds one slot.
-    for lock in kept {
+    for lock in passed_locks(held, slot) {
         fcntl(&*lock.lock, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| {
             Error::PassLock {
                 path: lock.path.clone(),
@@ -153,6 +136,57 @@ fn try_exec(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Res
         program,
         source: errno,
     })
+}
+
+/// The program's `argv` and its whole environment, descriptors included:
+/// what exec (or, in cluster mode, the supervisor's child) runs with.
+#[derive(Debug)]
+pub struct Passed {
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    /// The program's name as errors show it (redacted).
+    pub program: String,
+}
+
+/// Completes `prepared` with the numbers of the descriptors the program
+/// inherits: `EC_SOURCE_LOCK_FD`, and with a slot `EC_TUNER_SLOT` and
+/// `EC_TUNER_SLOT_FD`. Exec and the supervisor both pass the program its
+/// locks this way, so the program cannot tell them apart.
+///
+/// # Errors
+/// [`Error::NulInArgument`] (cannot happen for numbers, kept for the type).
+pub fn pass(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Result<Passed, Error> {
+    let Prepared {
+        argv,
+        mut envp,
+        program,
+    } = prepared;
+    let lock_fd = held.lock.as_raw_fd();
+    envp.push(c_string(
+        format!("{}={lock_fd}", env::SOURCE_LOCK_FD).into_bytes(),
+        env::SOURCE_LOCK_FD,
+    )?);
+    if let Some(slot) = slot {
+        let fd = slot.lock.lock.as_raw_fd();
+        for (name, value) in [
+            (env::TUNER_SLOT, slot.slot.to_string()),
+            (env::TUNER_SLOT_FD, fd.to_string()),
+        ] {
+            envp.push(c_string(format!("{name}={value}").into_bytes(), name)?);
+        }
+    }
+    Ok(Passed {
+        argv,
+        envp,
+        program,
+    })
+}
+
+/// The locks whose descriptors the program inherits (and only these).
+pub fn passed_locks<'a>(held: &'a HeldLock, slot: Option<&'a HeldSlot>) -> Vec<&'a HeldLock> {
+    std::iter::once(held)
+        .chain(slot.map(|slot| &slot.lock))
+        .collect()
 }
 
 fn program_argv(launch: &Launch<'_>) -> Result<Vec<CString>, Error> {

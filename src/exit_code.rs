@@ -75,20 +75,29 @@ exit_statuses! {
     ForeignReader => 6, "`status --device`: a device reports a tuner in use by a reader that holds no slot on this node (a foreign reader)";
     /// A process reads a source's endpoint without any lock there (ECP-0133).
     StaleReader => 7, "`status --readers`: a process has a TCP connection to a source's endpoint and holds the lock of no source there (a stale reader)";
-    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--tuners` on a source without a host and no `--device`, `--tuners auto` on a source without a host, `--progress-watchdog` on a source without TCP bytes to count), or `EC_LAUNCH_LOCK_DIR` is set but empty";
+    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--tuners` on a source without a host and no `--device`, `--tuners auto` on a source without a host, `--progress-watchdog` on a source without TCP bytes to count), or `EC_LAUNCH_LOCK_DIR` is set but empty; cluster mode: an `--etcd` URL with user information, a path or a scheme other than http/https, an https endpoint without `--etcd-ca`, `--etcd-cert` without `--etcd-key` (or the reverse), a malformed `--etcd-user-file` (not one `user:password` line) or certificate file, a `--etcd-ttl` too short for the renewal and the stop grace";
     BadSource => 65, "the source is empty, has whitespace or control characters, is not a URL with a host, has an `@` after the host, or `--key` is empty/has control characters";
-    NoInput => 66, "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve";
-    /// A tuner device cannot be asked (`EX_UNAVAILABLE`).
-    DeviceUnavailable => 69, "a tuner device cannot be asked: `run --tuners auto` (no connection, timeout, an HTTP error other than 404, a malformed answer; systemd restarts it), or `status --device` (and no foreign reader was seen)";
+    NoInput => 66, "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve; cluster mode: `--etcd-ca`, `--etcd-cert`, `--etcd-key` or `--etcd-user-file` cannot be read";
+    /// A tuner device or etcd cannot be asked (`EX_UNAVAILABLE`).
+    Unavailable => 69, "a tuner device cannot be asked: `run --tuners auto` (no connection, timeout, an HTTP error other than 404, a malformed answer; systemd restarts it), or `status --device` (and no foreign reader was seen); cluster mode: etcd cannot be reached or answers with an error while the locks are taken (no endpoint answers, a TLS handshake fails or the server's certificate is not signed by `--etcd-ca`, no leader, an answer that cannot be understood; systemd restarts it)";
     OsError => 71, "an unexpected system call failure while locking (see the message)";
     LockUnusable => 73, "lock directory or lock file unusable: a directory on its path owned or writable by another user (ECP-0129), symlink, not a directory, FIFO/socket/device, another user's lock file or one with a second hard link at the lock path, cannot be created (e.g. read-only or full filesystem)";
     /// Busy carries its number because `--busy-exit-code` may change it.
     Busy(code: u8 = DEFAULT_BUSY) => code, "busy: held by another process (skip), every tuner slot of the device held (`--tuners`, skip), or `--wait-timeout` passed; `--busy-exit-code` changes it (to 0 or a code not in this table)";
-    NoPermission => 77, "permission denied on the lock directory or lock file";
+    /// Cluster mode: the fence stopped the program (ECP-0134).
+    Fenced => 76, "cluster mode: the lease was not renewed in time (etcd unreachable, partition, leader loss, lease lost); the program was stopped before the lease could expire on the server; systemd restarts it";
+    NoPermission => 77, "permission denied on the lock directory or lock file; cluster mode: etcd refused our credentials (a wrong password or unknown user in `--etcd-user-file`, a client certificate it does not accept, a user without permission on the keys)";
     /// The device cannot tell its tuner count: configure N (`EX_CONFIG`).
     DeviceNeedsTunerCount => 78, "`run --tuners auto`: the device has no `discover.json` (HTTP 404) or no usable `TunerCount`; pass `--tuners N`";
     CannotRun => 126, "the program was found but cannot be executed";
     NotFound => 127, "the program was not found";
+}
+
+impl ExitStatus {
+    /// The old name of [`ExitStatus::Unavailable`], for `status.rs` until
+    /// the coordinator renames its one use (engineers may not edit it).
+    #[allow(non_upper_case_globals)]
+    pub const DeviceUnavailable: Self = Self::Unavailable;
 }
 
 /// Every documented exit status and its meaning as the README's table rows:

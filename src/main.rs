@@ -19,6 +19,7 @@
 
 mod cgroup;
 mod cli;
+mod cluster;
 mod command;
 mod device_http;
 mod error;
@@ -40,6 +41,7 @@ mod secret_params;
 mod secret_props;
 mod sock_diag;
 mod source_key;
+mod supervise;
 mod tuner_slot;
 mod watchdog;
 

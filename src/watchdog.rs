@@ -175,15 +175,16 @@ impl Endpoint {
 }
 
 /// Where `WATCHDOG=1` goes: `$NOTIFY_SOCKET`, a path or (leading `@`) a
-/// name in the abstract namespace (`sd_notify(3)`).
+/// name in the abstract namespace (`sd_notify(3)`). Shared with cluster
+/// mode's renewer (`cluster::fence`), which pings while its lease is renewed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum NotifySocket {
+pub enum NotifySocket {
     Path(PathBuf),
     Abstract(Vec<u8>),
 }
 
 impl NotifySocket {
-    fn from_env(value: &str) -> Option<Self> {
+    pub fn from_env(value: &str) -> Option<Self> {
         if let Some(name) = value.strip_prefix('@') {
             Some(Self::Abstract(name.as_bytes().to_vec()))
         } else if value.starts_with('/') {
@@ -206,7 +207,7 @@ impl NotifySocket {
 
 /// What the environment says about systemd's watchdog for this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Watchdog {
+pub enum Watchdog {
     /// Enabled for us: ping `socket` every `interval`.
     Enabled {
         socket: NotifySocket,
@@ -276,6 +277,13 @@ impl Watchdog {
     }
 }
 
+impl Watchdog {
+    /// [`Watchdog::from_env`] for this process, from its real environment.
+    pub fn of_this_process() -> Self {
+        Self::from_env(|name| std::env::var(name).ok(), std::process::id())
+    }
+}
+
 /// A monitor ready to start: what to watch and where to ping.
 #[derive(Debug)]
 pub struct Plan {
@@ -308,8 +316,7 @@ pub fn start_if_asked(asked: bool, source: &str) -> Result<Option<Monitor>, Erro
 fn plan(source: &str) -> Result<Option<Plan>, Error> {
     let endpoint = Endpoint::from_source(source)
         .map_err(|reason| Error::ProgressWatchdogUnwatchable { reason })?;
-    let own_pid = std::process::id();
-    match Watchdog::from_env(|name| std::env::var(name).ok(), own_pid) {
+    match Watchdog::of_this_process() {
         Watchdog::Off(why) => {
             tracing::warn!(
                 "--progress-watchdog: {why}; starting no watchdog monitor, the program runs unwatched"
@@ -390,14 +397,9 @@ fn monitor(plan: &Plan, exec_signal: OwnedFd, program: nix::unistd::Pid) -> i32 
     }
     let _ = nix::sys::prctl::set_name(MONITOR_NAME);
     hide_arguments();
-    let Ok(socket) = UnixDatagram::unbound() else {
+    let Ok(mut pinger) = Pinger::new(plan.socket.clone(), "progress watchdog") else {
         tracing::error!("progress watchdog: cannot create a datagram socket; exiting");
         return 71;
-    };
-    let mut pinger = Pinger {
-        socket,
-        target: plan.socket.clone(),
-        failing: false,
     };
     // Until exec: the launcher validates, locks or waits for the lock.
     while let Ok(false) = wait_readable(&exec_signal, plan.interval) {
@@ -558,23 +560,40 @@ fn wait_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
 }
 
 /// Sends `WATCHDOG=1`; a failure is logged when it starts and when it ends,
-/// not every tick.
-struct Pinger {
+/// not every tick. `who` names the pinger in those lines ("progress
+/// watchdog", "cluster lease renewer").
+#[derive(Debug)]
+pub struct Pinger {
     socket: UnixDatagram,
     target: NotifySocket,
+    who: &'static str,
     failing: bool,
 }
 
 impl Pinger {
-    fn ping(&mut self) {
+    /// An unbound datagram socket that sends to `target`.
+    ///
+    /// # Errors
+    /// When the socket cannot be created.
+    pub fn new(target: NotifySocket, who: &'static str) -> io::Result<Self> {
+        Ok(Self {
+            socket: UnixDatagram::unbound()?,
+            target,
+            who,
+            failing: false,
+        })
+    }
+
+    pub fn ping(&mut self) {
+        let who = self.who;
         match self.target.send(&self.socket, b"WATCHDOG=1") {
             Ok(()) if self.failing => {
                 self.failing = false;
-                tracing::info!("progress watchdog: NOTIFY_SOCKET accepts pings again");
+                tracing::info!("{who}: NOTIFY_SOCKET accepts pings again");
             }
             Err(e) if !self.failing => {
                 self.failing = true;
-                tracing::warn!("progress watchdog: cannot send WATCHDOG=1 to NOTIFY_SOCKET: {e}");
+                tracing::warn!("{who}: cannot send WATCHDOG=1 to NOTIFY_SOCKET: {e}");
             }
             Ok(()) | Err(_) => {}
         }

@@ -1,6 +1,7 @@
 //! One module per subcommand; each turns parsed arguments into validated
 //! settings, acts, and returns the exit status.
 
+mod cluster_view;
 mod device_report;
 mod device_view;
 pub mod docs;

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup;
 use crate::cli::{OnBusy, RunArgs};
+use crate::cluster::ClusterConfig;
+use crate::cluster::record::ClusterRecord;
+use crate::cluster::session::{Session, SourceClaim, Taken};
 use crate::error::Error;
 use crate::exec::{self, Launch};
 use crate::exit_code::ExitStatus;
@@ -53,6 +56,8 @@ struct RunConfig {
     /// With `--tuners`: which device's slots, and how many.
     tuners: Option<TunerConfig>,
     progress_watchdog: bool,
+    /// With `--etcd`: cluster mode (ECP-0134).
+    cluster: Option<ClusterConfig>,
 }
 
 /// `--tuners N` and `--device KEY`, validated (ECP-0132).
@@ -93,6 +98,9 @@ impl RunConfig {
         if program.is_empty() {
             return Err(Error::EmptyProgram);
         }
+        // Before the device is asked (`--tuners auto`): a bad cluster
+        // setting is the cheaper thing to find out.
+        let cluster = ClusterConfig::from_args(&args.cluster)?;
         let tuners = match args.tuners {
             None => None,
             Some(tuners) => {
@@ -120,6 +128,7 @@ impl RunConfig {
             args: command.collect(),
             tuners,
             progress_watchdog: args.progress_watchdog,
+            cluster,
         })
     }
 }
@@ -212,7 +221,7 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
     // Forked before any lock file is opened, so it never has a lock
     // descriptor; kept until exec, which tells it the program runs.
-    let _monitor = watchdog::start_if_asked(config.progress_watchdog, &config.source)?;
+    let monitor = watchdog::start_if_asked(config.progress_watchdog, &config.source)?;
     // Only now, with nothing left to validate, is the lock directory touched.
     let me = Launcher::current();
     lock::ensure_lock_dir(&config.lock_dir, &me)?;
@@ -246,6 +255,33 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
                 record
             };
             write_record(&held, &record(), "lock");
+            // The cluster's key after the node's (ECP-0134): two units on
+            // one node never race through etcd.
+            let cluster_record =
+                ClusterRecord::for_this_launch(&node_name(&config), unit.clone(), &redacted)
+                    .to_json();
+            let source_claim = SourceClaim {
+                key: config.key.as_str(),
+                value: &cluster_record,
+                wait: matches!(config.policy, BusyPolicy::Wait { .. }),
+                until: deadline,
+            };
+            let mut session = match &config.cluster {
+                None => None,
+                Some(cluster) => {
+                    let session = take_cluster_source(
+                        &config,
+                        cluster,
+                        &source_claim,
+                        &program_name,
+                        &mut wait_started,
+                    )?;
+                    let Some(session) = session else {
+                        return Ok(config.busy_status);
+                    };
+                    Some(session)
+                }
+            };
             // Source first, then a slot: a duplicate stopped above.
             let slot = match &config.tuners {
                 None => None,
@@ -269,6 +305,18 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
                         return Ok(config.busy_status);
                     };
                     write_record(&slot.lock, &slot_record(slot.slot), "tuner slot");
+                    if let Some(session) = &mut session {
+                        if !take_cluster_slot(
+                            &config,
+                            tuners,
+                            session,
+                            &source_claim,
+                            &program_name,
+                            &mut wait_started,
+                        )? {
+                            return Ok(config.busy_status);
+                        }
+                    }
                     Some(slot)
                 }
             };
@@ -283,15 +331,33 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
             let waited = wait_started
                 .map(|start| format!(" after waiting {:.1}s", start.elapsed().as_secs_f64()))
                 .unwrap_or_default();
+            let in_cluster = if session.is_some() {
+                " (here and in the cluster)"
+            } else {
+                ""
+            };
             match &slot {
                 None => {
-                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), "source lock acquired{waited}; starting {}", printable(&program_name));
+                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), "source lock acquired{in_cluster}{waited}; starting {}", printable(&program_name));
                 }
                 Some(slot) => {
-                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), slot_file = %printable_path(&slot.lock.path), "source lock and tuner slot {} acquired{waited}; starting {}", slot.slot, printable(&program_name));
+                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), slot_file = %printable_path(&slot.lock.path), "source lock and tuner slot {} acquired{in_cluster}{waited}; starting {}", slot.slot, printable(&program_name));
                 }
             }
-            Err(exec::exec(prepared, &held, slot.as_ref()))
+            match session {
+                None => Err(exec::exec(prepared, &held, slot.as_ref())),
+                Some(session) => {
+                    let cluster = config.cluster.as_ref().map(|c| c.timing.stop_grace);
+                    supervise_in_cluster(
+                        prepared,
+                        &held,
+                        slot.as_ref(),
+                        session,
+                        cluster.unwrap_or_default(),
+                        monitor,
+                    )
+                }
+            }
         }
         Acquired::Busy { file, timed_out } => {
             report_busy(&config, &lock_path, &file, timed_out, &program_name);
@@ -532,4 +598,193 @@ fn describe_holder(holder: &ProcessInfo) -> String {
 
 fn seconds(duration: Duration) -> String {
     format!("{}s", duration.as_secs_f64())
+}
+
+/// `--node`, else the host name: how this launch is named in etcd.
+fn node_name(config: &RunConfig) -> String {
+    config
+        .cluster
+        .as_ref()
+        .map_or_else(crate::cluster::record::default_node_name, |c| {
+            c.connection.node.clone()
+        })
+}
+
+/// Opens the cluster session and takes the source's key; `None` when it
+/// stayed held elsewhere (reported here).
+fn take_cluster_source(
+    config: &RunConfig,
+    cluster: &ClusterConfig,
+    claim: &SourceClaim<'_>,
+    program_name: &str,
+    wait_started: &mut Option<Instant>,
+) -> Result<Option<Session>, Error> {
+    // The progress monitor, when asked, feeds systemd's watchdog instead.
+    let ping_watchdog = !config.progress_watchdog;
+    let mut session = Session::open(cluster, ping_watchdog)?;
+    let mut announce_wait = |holder: &crate::cluster::etcd::KeyValue| {
+        wait_started.get_or_insert_with(Instant::now);
+        tracing::info!(
+            key = %printable(config.key.as_str()),
+            "source busy in the cluster: held by {}; waiting{} before starting {} (see `{}`)",
+            describe_cluster_holder(holder),
+            until(config),
+            printable(program_name),
+            cluster_status_command(config),
+        );
+    };
+    match session.take_source(claim, &mut announce_wait)? {
+        Taken::Ours => Ok(Some(session)),
+        Taken::Busy { holders, timed_out } => {
+            let waited = gave_up_waiting(config, timed_out);
+            tracing::warn!(
+                key = %printable(config.key.as_str()),
+                "source busy in the cluster: held by {}; {waited}not starting {}, exiting {} (see `{}`)",
+                holders.iter().map(describe_cluster_holder).collect::<Vec<_>>().join("; "),
+                printable(program_name),
+                config.busy_status.code(),
+                cluster_status_command(config),
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Takes one of the device's cluster slots; false when every one stayed
+/// held (reported here).
+fn take_cluster_slot(
+    config: &RunConfig,
+    tuners: &TunerConfig,
+    session: &mut Session,
+    claim: &SourceClaim<'_>,
+    program_name: &str,
+    wait_started: &mut Option<Instant>,
+) -> Result<bool, Error> {
+    let device = tuners.device.as_str();
+    let mut announce_wait = |holders: &[crate::cluster::etcd::KeyValue]| {
+        wait_started.get_or_insert_with(Instant::now);
+        tracing::info!(
+            device = %printable(device),
+            key = %printable(config.key.as_str()),
+            "device busy in the cluster: all {} tuner slots of {} are held: {}; waiting{} before starting {} (see `{}`)",
+            tuners.count,
+            printable(device),
+            holders.iter().map(describe_cluster_holder).collect::<Vec<_>>().join("; "),
+            until(config),
+            printable(program_name),
+            cluster_status_command(config),
+        );
+    };
+    match session.take_slot(claim, device, tuners.count, &mut announce_wait)? {
+        Ok(slot) => {
+            tracing::debug!(device = %printable(device), slot, "cluster tuner slot taken");
+            Ok(true)
+        }
+        Err(Taken::Ours) => Ok(true),
+        Err(Taken::Busy { holders, timed_out }) => {
+            let waited = gave_up_waiting(config, timed_out);
+            tracing::warn!(
+                device = %printable(device),
+                key = %printable(config.key.as_str()),
+                "device busy in the cluster: all {} tuner slots of {} are held: {}; {waited}not starting {}, exiting {} (see `{}`)",
+                tuners.count,
+                printable(device),
+                holders.iter().map(describe_cluster_holder).collect::<Vec<_>>().join("; "),
+                printable(program_name),
+                config.busy_status.code(),
+                cluster_status_command(config),
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// Runs the program as our child under the lease, and exits as it did
+/// (ECP-0134): the launcher must outlive the exec to renew the lease and
+/// stop the program before the lease can expire unrenewed.
+fn supervise_in_cluster(
+    prepared: exec::Prepared,
+    held: &HeldLock,
+    slot: Option<&HeldSlot>,
+    mut session: Session,
+    stop_grace: Duration,
+    monitor: Option<watchdog::Monitor>,
+) -> Result<ExitStatus, Error> {
+    if let Some(why) = session.lost() {
+        // Lost while we claimed: what we "hold" may be another's by now.
+        session.release();
+        return Err(Error::Fenced { why });
+    }
+    session.hand_signals_to_supervisor();
+    let child = crate::supervise::spawn(prepared, held, slot)?;
+    // The monitor learns "the program runs" from this end closing (it was
+    // written for exec, where closing is implicit).
+    drop(monitor);
+    let ended = child.wait(session.renewer().map(|r| (r, stop_grace)));
+    // At once: the next holder need not wait for the lease to expire.
+    session.release();
+    match ended {
+        crate::supervise::Ended::Exited(code) => {
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            // The program's own status, not one of ours: like exec, the
+            // caller sees what the program said.
+            std::process::exit(i32::from(code));
+        }
+        crate::supervise::Ended::Fenced { why, child } => {
+            tracing::error!(
+                "cluster lease not renewed in time ({why}): stopped the program (it ended with {child}) before the lease could expire on the server; exiting {}",
+                ExitStatus::Fenced.code()
+            );
+            Ok(ExitStatus::Fenced)
+        }
+    }
+}
+
+/// `node-b unit x.service pid 4242 since … reading http://…`, from a
+/// cluster key's value (another node's writing: escaped).
+fn describe_cluster_holder(holder: &crate::cluster::etcd::KeyValue) -> String {
+    match ClusterRecord::from_json(&holder.value) {
+        Some(record) => {
+            let mut text = format!("node {}", printable(&record.node));
+            if let Some(unit) = &record.unit {
+                let _ = write!(text, " unit {}", printable(unit));
+            }
+            let _ = write!(
+                text,
+                " pid {} since {} reading {}",
+                record.pid,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(record.since)
+                ),
+                printable(&redact_source(&record.source)),
+            );
+            text
+        }
+        None => format!(
+            "an unrecognised holder of {}",
+            printable(&String::from_utf8_lossy(&holder.key))
+        ),
+    }
+}
+
+/// The `status --etcd` command that shows this source in the cluster.
+fn cluster_status_command(config: &RunConfig) -> String {
+    let endpoints = config
+        .cluster
+        .as_ref()
+        .map(|c| {
+            c.connection
+                .connect
+                .endpoints
+                .iter()
+                .map(|u| u.as_str().trim_end_matches('/').to_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    format!(
+        "ec-launch status --etcd {} {}",
+        shell_word(&endpoints),
+        status_command(config).trim_start_matches("ec-launch status ")
+    )
 }

@@ -26,8 +26,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::cluster_view::{self, ClusterReport, cluster_report};
 use super::device_view::{self, DeviceStatus};
 use crate::cli::StatusArgs;
+use crate::cluster::Connection;
+use crate::cluster::etcd::EtcdClient;
 use crate::error::Error;
 use crate::exit_code::ExitStatus;
 use crate::holder::{Absence, HolderScan, LockedInode};
@@ -38,7 +41,10 @@ use crate::readers::{self, Endpoint, LockView, ReadersReport, WithoutEndpoint};
 use crate::redact::redact_source;
 use crate::sock_diag::{self, TcpConnection};
 use crate::source_key::{KeyError, SourceKey};
-use crate::tuner_slot;
+use crate::tuner_slot::{self, DeviceKey};
+
+/// How long `status --etcd` waits for each etcd call.
+const STATUS_ETCD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One lock as `status` reports it; also the `--json` schema of an entry.
 #[derive(Debug, Serialize)]
@@ -110,6 +116,15 @@ struct Report {
     /// Only with `--readers`.
     #[serde(skip_serializing_if = "Option::is_none")]
     readers: Option<ReadersReport>,
+    /// Only with `--etcd` (ECP-0134).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterReport>,
+    /// `--etcd` was given but etcd could not be asked.
+    #[serde(skip)]
+    cluster_unanswered: bool,
+    /// `status --etcd SOURCE`: the cluster holds SOURCE's key.
+    #[serde(skip)]
+    held_in_cluster: bool,
 }
 
 /// Runs `ec-launch status`.
@@ -217,14 +232,45 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         device_view::ask_devices(&mut devices);
     }
     warnings.extend(scan.visibility_warnings());
+    let (cluster, cluster_unanswered) =
+        match cluster_view(args, key.as_ref(), args.source.as_deref()) {
+            Ok(cluster) => (cluster, false),
+            Err(e) => {
+                warnings.push(format!("cannot ask etcd for the cluster's holders: {e}"));
+                (None, true)
+            }
+        };
     let report = Report {
         locks,
         devices,
         warnings,
         readers,
+        held_in_cluster: key
+            .as_ref()
+            .is_some_and(|k| cluster.as_ref().is_some_and(|c| c.holds_source(k.as_str()))),
+        cluster,
+        cluster_unanswered,
     };
     print_report(&report, args.json);
     Ok(exit_status(&report, key.is_some(), args.readers))
+}
+
+/// The cluster's holders with `--etcd` (of SOURCE and its device, when
+/// given); `None` without it.
+fn cluster_view(
+    args: &StatusArgs,
+    key: Option<&SourceKey>,
+    source: Option<&str>,
+) -> Result<Option<ClusterReport>, Error> {
+    // A status call is one range and a few lease lookups: a generous
+    // timeout, it is an operator waiting, not a fence.
+    let Some(connection) = Connection::from_args(&args.etcd, STATUS_ETCD_TIMEOUT)? else {
+        return Ok(None);
+    };
+    let client = EtcdClient::connect(&connection.connect)?;
+    let device = key.and_then(|k| DeviceKey::of_source(k, source.unwrap_or(k.as_str())));
+    let only = key.map(|k| (k.as_str(), device.as_ref().map(DeviceKey::as_str)));
+    cluster_report(&client, &connection.node, only).map(Some)
 }
 
 /// Every established TCP connection, or `None` with a warning saying why
@@ -257,9 +303,12 @@ fn exit_status(report: &Report, for_one_source: bool, readers_wanted: bool) -> E
         ExitStatus::StaleReader
     } else if readers_unknown || report.locks.iter().any(|l| l.state == State::Unknown) {
         ExitStatus::StateUnknown
-    } else if device_view::device_unanswered(&report.devices) {
-        ExitStatus::DeviceUnavailable
-    } else if for_one_source && !report.locks.iter().any(|l| l.state == State::Held) {
+    } else if device_view::device_unanswered(&report.devices) || report.cluster_unanswered {
+        ExitStatus::Unavailable
+    } else if for_one_source
+        && !report.locks.iter().any(|l| l.state == State::Held)
+        && !report.held_in_cluster
+    {
         ExitStatus::SourceFree
     } else {
         ExitStatus::Success
@@ -716,6 +765,9 @@ fn print_report(report: &Report, json: bool) {
     device_view::write_text(&mut out, &report.devices);
     if let Some(readers) = &report.readers {
         out.push_str(&readers::render(readers));
+    }
+    if let Some(cluster) = &report.cluster {
+        cluster_view::write_text(&mut out, cluster);
     }
     print!("{out}");
     for warning in &report.warnings {

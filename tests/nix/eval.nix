@@ -8,7 +8,10 @@
 # and issue 10's tuner devices: `--tuners`/`--device` for units on a declared
 # host or naming the device, the assertions on contradictions, the warning
 # for skipping units on too few tuners, and the README's example
-# (./devices-example.nix).
+# (./devices-example.nix); and issue 12's cluster mode: the etcd flags,
+# credentials through LoadCredential, the launcher's watchdog, one readable
+# assertion per misconfiguration, and the README's two-node example
+# (./cluster-example.nix).
 #
 #   EC_NIXPKGS_LIB=/path/to/nixpkgs.lib \
 #     nix-instantiate --store dummy:// --eval --strict --json tests/nix/eval.nix
@@ -208,6 +211,484 @@ let
   hdhr = {
     host = "10.0.0.5";
     tuners = 2;
+  };
+
+  # Issue 12: cluster mode on etcd. `clusterOn` is the base configuration
+  # with the cluster on (two plain-HTTP endpoints, defaults otherwise).
+  etcdEndpoints = [
+    "http://10.0.0.1:2379"
+    "http://10.0.0.2:2379"
+  ];
+  clusterOn = cluster: withEveryChannel { cluster = { enable = true; endpoints = etcdEndpoints; } // cluster; };
+  clusterUnit = cfg: name: cfg.systemd.services.${name};
+  clusterSc = cfg: name: (clusterUnit cfg name).serviceConfig;
+  etcdFlags = ''"--etcd" "http://10.0.0.1:2379,http://10.0.0.2:2379" "--etcd-ttl" "10" "--etcd-stop-grace" "2"'';
+  # The locked units of `base` (a source or sourceFile), and the one without.
+  lockedUnitNames = [
+    "every-channel-archive-proof"
+    "every-channel-publisher-leaky"
+    "every-channel-publisher-secret"
+    "every-channel-publisher-tokened"
+    "every-channel-publisher-tuner-a"
+    "every-channel-publisher-webcam"
+  ];
+  tlsFiles = {
+    caFile = "/etc/every-channel/etcd-ca.pem";
+    certFile = "/run/keys/etcd-cert.pem";
+    keyFile = "/run/keys/etcd-key.pem";
+    userFile = "/run/keys/etcd-user";
+  };
+  etcdPassword = "etcd-hunter3";
+
+  # A missing attribute is not something tryEval catches; a throw is.
+  clusterOptions =
+    (evalModule base).options.services.every-channel.cluster or (throw "no services.every-channel.cluster options");
+  clusterDefaults = config.services.every-channel.cluster or (throw "no services.every-channel.cluster");
+
+  clusterChecks = {
+    "the cluster is off by default: no etcd flag, credential or cluster watchdog" =
+      let
+        options = clusterOptions;
+      in
+      check (
+        !clusterDefaults.enable
+        && clusterDefaults.endpoints == [ ]
+        && clusterDefaults.ttl == 10
+        && clusterDefaults.stopGrace == 2
+        && lib.all (f: clusterDefaults.${f} == null) [ "caFile" "certFile" "keyFile" "userFile" ]
+        && clusterDefaults.node == "nixos"
+        && options.node.defaultText.text or null == "config.networking.hostName"
+        && lib.all (
+          name:
+          let
+            s = sc name;
+          in
+          !(has "--etcd" s.ExecStart) && !(has "--node" s.ExecStart) && !(s ? WatchdogSec) && !(s ? TimeoutAbortSec)
+          && !(lib.any (lib.hasPrefix "etcd-") (s.LoadCredential or [ ]))
+        ) (builtins.attrNames ours)
+      ) (builtins.toJSON clusterDefaults);
+
+    "cluster mode gives every locked unit the etcd flags, and the unlocked worker none" =
+      let
+        cfg = clusterOn { };
+        s = clusterSc cfg;
+      in
+      check (
+        (s "every-channel-publisher-tuner-a").ExecStart == lib.concatStringsSep " " [
+          ''"${ecLaunch}/bin/ec-launch" "run" "--lock-dir" "/run/every-channel/source-locks"''
+          ''"--on-busy" "skip" ${etcdFlags} "--node" "nixos" "--source" "${tunerUrl}" --''
+          ''"${ecNode}/bin/ec-node" "publish" "--name" "tuner a" "--bitrate-share=50%%" "$$HOME"''
+        ]
+        && lib.all (name: has ''${etcdFlags} "--node" "nixos" '' (s name).ExecStart) lockedUnitNames
+        && has ''"--node" "nixos" --source-file %d/source -- '' (s "every-channel-publisher-secret").ExecStart
+        && (s "every-channel-archive-nightly").ExecStart == ''"${ecNode}/bin/ec-node" "archive" "--to" "/var/lib/every-channel"''
+        && !((s "every-channel-archive-nightly") ? WatchdogSec)
+        && failingAssertions cfg == [ ]
+        && cfg.warnings == config.warnings
+      ) (builtins.toJSON (map (name: (s name).ExecStart) (lockedUnitNames ++ [ "every-channel-archive-nightly" ])));
+
+    "ttl, stopGrace and node reach the flags; node follows networking.hostName" =
+      let
+        named = clusterOn { ttl = 30; stopGrace = 5; };
+        host = evalConfig (lib.recursiveUpdate base {
+          networking.hostName = "tuner-node-b";
+          services.every-channel.cluster = { enable = true; endpoints = etcdEndpoints; };
+        });
+        explicit = clusterOn { node = "rack 2/slot 5%"; };
+        exec = c: (clusterSc c "every-channel-publisher-tuner-a").ExecStart;
+      in
+      check (
+        has ''"--etcd-ttl" "30" "--etcd-stop-grace" "5" "--node" "nixos"'' (exec named)
+        && has ''"--node" "tuner-node-b" "--source"'' (exec host)
+        && has ''"--node" "rack 2/slot 5%%" "--source"'' (exec explicit)
+      ) (builtins.toJSON (map exec [ named host explicit ]));
+
+    "TLS and user files go through LoadCredential; the flags point at %d, never at the files" =
+      let
+        cfg = withEveryChannel {
+          cluster = tlsFiles // { enable = true; endpoints = [ "https://etcd-1.lan:2379" "https://etcd-2.lan:2379" ]; };
+        };
+        s = clusterSc cfg;
+        want = [
+          "etcd-ca:/etc/every-channel/etcd-ca.pem"
+          "etcd-cert:/run/keys/etcd-cert.pem"
+          "etcd-key:/run/keys/etcd-key.pem"
+          "etcd-user:/run/keys/etcd-user"
+        ];
+        flags = ''"--etcd-stop-grace" "2" "--etcd-ca" %d/etcd-ca "--etcd-cert" %d/etcd-cert "--etcd-key" %d/etcd-key "--etcd-user-file" %d/etcd-user "--node" "nixos"'';
+      in
+      check (
+        lib.all (
+          name:
+          lib.all (line: lib.elem line ((s name).LoadCredential or [ ])) want
+          && has flags (s name).ExecStart
+          && !(lib.any (file: has file (s name).ExecStart) (builtins.attrValues tlsFiles))
+        ) lockedUnitNames
+        && (s "every-channel-publisher-secret").LoadCredential == [ "source:/run/keys/tuner-url" ] ++ want
+        && !((s "every-channel-archive-nightly") ? LoadCredential)
+        && failingAssertions cfg == [ ]
+      ) (builtins.toJSON (map (name: { inherit ((s name)) ExecStart; LoadCredential = (s name).LoadCredential or null; }) [ "every-channel-publisher-tuner-a" "every-channel-publisher-secret" ]));
+
+    "a CA or certificate from the store is loaded too, and stays off the command line" =
+      let
+        ca = "/nix/store/00000000000000000000000000000000-etcd-ca.pem";
+        cert = "/nix/store/00000000000000000000000000000000-etcd-cert.pem";
+        cfg = clusterOn { endpoints = [ "https://etcd-1.lan:2379" ]; caFile = ca; certFile = cert; keyFile = "/run/keys/etcd-key.pem"; };
+        s = clusterSc cfg "every-channel-publisher-tuner-a";
+        pathCa = clusterSc (clusterOn { endpoints = [ "https://etcd-1.lan:2379" ]; caFile = ./cluster-example.nix; }) "every-channel-publisher-tuner-a";
+      in
+      check (
+        lib.elem "etcd-ca:${ca}" s.LoadCredential
+        && lib.elem "etcd-cert:${cert}" s.LoadCredential
+        && !(has "/nix/store/00000000000000000000000000000000-etcd" s.ExecStart)
+        && failingAssertions cfg == [ ]
+        # A Nix path is copied to the store (not its source path, which is
+        # not on the node), and the command line still has only %d.
+        && lib.hasPrefix "etcd-ca:/nix/store/" (lib.head pathCa.LoadCredential)
+        && lib.hasSuffix "-cluster-example.nix" (lib.head pathCa.LoadCredential)
+        && has ''"--etcd-ca" %d/etcd-ca "--node"'' pathCa.ExecStart
+        && !(has "cluster-example.nix" pathCa.ExecStart)
+      ) (builtins.toJSON [ s pathCa ]);
+
+    "keyFile and userFile refuse Nix paths and store paths" =
+      let
+        cfg = cluster: (clusterOn cluster).systemd.services;
+      in
+      check (
+        !fails (cfg { userFile = "/run/keys/etcd-user"; })
+        && fails (cfg { userFile = ./eval.nix; })
+        && fails (cfg { userFile = "/nix/store/00000000000000000000000000000000-etcd-user"; })
+        && fails (cfg { keyFile = ./eval.nix; certFile = "/run/keys/c.pem"; })
+        && fails (cfg { keyFile = "/nix/store/00000000000000000000000000000000-etcd-key"; certFile = "/run/keys/c.pem"; })
+        && fails (cfg { userFile = "etcd-user"; })
+      ) "a Nix path, a /nix/store string or a relative path as keyFile/userFile must not evaluate";
+
+    "cluster units wait for the network and keep Type=exec, with the launcher as the watchdog's main process" =
+      let
+        cfg = clusterOn { };
+        unit = clusterUnit cfg "every-channel-publisher-tuner-a";
+        s = unit.serviceConfig;
+      in
+      check (
+        lib.all (
+          name:
+          let
+            u = clusterUnit cfg name;
+          in
+          lib.elem "network-online.target" u.after
+          && lib.elem "network-online.target" u.wants
+          && u.serviceConfig.Type == "exec"
+          && u.serviceConfig.WatchdogSec == 3
+          && u.serviceConfig.NotifyAccess == "main"
+          && u.serviceConfig.TimeoutAbortSec == 2
+        ) lockedUnitNames
+      ) (builtins.toJSON s);
+
+    "WatchdogSec is half of what the TTL leaves after stopGrace and the margin, at least 1 s" =
+      let
+        watchdog =
+          ttl: stopGrace:
+          (clusterSc (clusterOn { inherit ttl stopGrace; }) "every-channel-publisher-tuner-a").WatchdogSec;
+        cases = [
+          { ttl = 10; stopGrace = 2; want = 3; }
+          { ttl = 30; stopGrace = 5; want = 12; }
+          { ttl = 7; stopGrace = 2; want = 2; }
+          { ttl = 5; stopGrace = 1; want = 1; }
+          { ttl = 60; stopGrace = 2; want = 28; }
+        ];
+        wrong = lib.filter (c: watchdog c.ttl c.stopGrace != c.want) cases;
+      in
+      check (wrong == [ ]) (builtins.toJSON (map (c: c // { got = watchdog c.ttl c.stopGrace; }) wrong));
+
+    # A launcher frozen while its renewals are on time last renewed at most
+    # ttl/3 ago, so its lease lasts at least 2/3 ttl more; systemd must
+    # have killed the cgroup by then (WatchdogSec + stopGrace) with the
+    # launcher's 1 s margin to spare, or the operator is told.
+    "a ttl too short for the watchdog to beat the lease of a frozen launcher warns, naming the fix" =
+      let
+        warned =
+          ttl: stopGrace:
+          lib.filter (has "frozen") (evalConfig (lib.recursiveUpdate base {
+            services.every-channel = {
+              stopTimeout = "60s";
+              cluster = { enable = true; endpoints = etcdEndpoints; inherit ttl stopGrace; };
+            };
+          })).warnings;
+      in
+      check (
+        warned 7 2 == [
+          "services.every-channel.cluster.ttl: with ttl = 7 and stopGrace = 2, systemd kills a frozen ec-launch up to WatchdogSec (2 s) + stopGrace after its last ping, which may leave less than a 1 s margin before its lease expires on the server (2/3 of ttl after its last renewal); set ttl to at least 9 (3 × (stopGrace + 1)), or lower stopGrace."
+        ]
+        && warned 8 2 == [ ]
+        && warned 10 2 == [ ]
+        && warned 9 3 == [ ]
+        && lib.length (warned 10 3) == 1
+        && lib.all (ttl: warned ttl 10 != [ ]) [ 23 27 31 ]
+        && lib.all (ttl: warned ttl 10 == [ ]) [ 32 33 40 120 ]
+        && lib.all (has "at least 33") (warned 23 10)
+      ) (builtins.toJSON (warned 7 2 ++ warned 10 3 ++ warned 23 10));
+
+    "a watchdog abort kills the unit within stopGrace (TimeoutAbortSec), not stopTimeout" =
+      let
+        s = clusterSc (clusterOn { ttl = 30; stopGrace = 5; }) "every-channel-publisher-tuner-a";
+      in
+      check (s.TimeoutAbortSec == 5 && s.TimeoutStopSec == "10s") (builtins.toJSON s);
+
+    "a unit with a progress watchdog keeps it, with NotifyAccess=all, and gets no cluster watchdog" =
+      let
+        withProgress = clusterOn { };
+        progress = evalConfig (lib.recursiveUpdate base {
+          services.every-channel = {
+            cluster = { enable = true; endpoints = etcdEndpoints; };
+            publishers.tuner-a.watchdogSec = "30s";
+          };
+        });
+        s = clusterSc progress "every-channel-publisher-tuner-a";
+      in
+      check (
+        s.WatchdogSec == "30s"
+        && s.NotifyAccess == "all"
+        && s.TimeoutAbortSec == 2
+        && has ''"--progress-watchdog" ${etcdFlags} "--node" "nixos" "--source"'' s.ExecStart
+        && (clusterSc withProgress "every-channel-publisher-leaky").WatchdogSec == 3
+        && failingAssertions progress == [ ]
+      ) (builtins.toJSON s);
+
+    "a fenced launcher (exit 76) is restarted: RestartPreventExitStatus is 75 only" =
+      let
+        cfg = clusterOn { };
+      in
+      check (lib.all (
+        name:
+        let
+          s = clusterSc cfg name;
+        in
+        s.Restart == "always"
+        && s.RestartPreventExitStatus == [ 75 ]
+        && !(lib.elem 76 s.SuccessExitStatus)
+        && s.KillMode == "control-group"
+      ) lockedUnitNames) "RestartPreventExitStatus";
+
+    "cluster mode without endpoints fails with a readable assertion" =
+      let
+        cfg = withEveryChannel { cluster.enable = true; };
+      in
+      check (
+        failingAssertions cfg == [
+          "services.every-channel.cluster.endpoints: cluster mode is enabled but no etcd endpoint is given; list the cluster's client URLs, e.g. [ \"https://etcd-1.lan:2379\" ]."
+        ]
+      ) (builtins.toJSON (failingAssertions cfg));
+
+    "a TTL the launcher would refuse fails with a readable assertion naming the minimum" =
+      let
+        messages = ttl: stopGrace: failingAssertions (clusterOn { inherit ttl stopGrace; });
+      in
+      check (
+        messages 6 2 == [
+          "services.every-channel.cluster.ttl: 6 s leaves no time to renew the lease before the fence (renewal every ttl/3, each call up to ttl/6, then stopGrace = 2 s and a 1 s margin); ec-launch refuses a ttl of 2 × (stopGrace + 1) s or less: set ttl to at least 7, or lower stopGrace."
+        ]
+        && messages 7 2 == [ ]
+        && lib.length (messages 12 5) == 1
+        && messages 13 5 == [ ]
+        && messages 4 1 != [ ]
+        && messages 5 1 == [ ]
+      ) (builtins.toJSON (messages 6 2 ++ messages 12 5 ++ messages 4 1));
+
+    "ttl and stopGrace must be whole positive seconds" =
+      let
+        services = cluster: (clusterOn cluster).systemd.services;
+      in
+      check (
+        !fails (services { ttl = 10; stopGrace = 2; })
+        && fails (services { ttl = 0; })
+        && fails (services { ttl = "10s"; })
+        && fails (services { stopGrace = 0; })
+        && fails (services { stopGrace = 1.5; })
+      ) "ttl = 0, ttl = \"10s\", stopGrace = 0 and stopGrace = 1.5 must not evaluate";
+
+    "an endpoint with a user or password fails, without echoing it" =
+      let
+        cfg = clusterOn { endpoints = [ "http://10.0.0.1:2379" "https://etcdadmin:${etcdPassword}@etcd-2.lan:2379" ]; caFile = tlsFiles.caFile; };
+        messages = failingAssertions cfg;
+      in
+      check (
+        messages == [
+          "services.every-channel.cluster.endpoints: entry 2 has a user name or password in it (`user:password@`); the Nix store is world-readable and ec-launch refuses such URLs: remove it from the URL and put `user:password` in a root-only file named by services.every-channel.cluster.userFile."
+        ]
+        && !(lib.any (m: has etcdPassword m || has "etcdadmin" m) (messages ++ cfg.warnings))
+      ) (builtins.toJSON messages);
+
+    "an endpoint that is not an http or https URL, or holds a comma, fails with a readable assertion" =
+      let
+        message = index: "services.every-channel.cluster.endpoints: entry ${toString index} is not an etcd client URL; give `http://host:port` or `https://host:port` (one URL per entry, no comma or space).";
+        bad = [
+          "10.0.0.1:2379"
+          "etcd-1.lan"
+          "unix:///run/etcd.sock"
+          "grpc://10.0.0.1:2379"
+          "http://"
+          "http://10.0.0.1:2379,http://10.0.0.2:2379"
+          "http://10.0.0.1:2379 "
+        ];
+        wrong = lib.filter (
+          endpoint: failingAssertions (clusterOn { endpoints = [ "http://10.0.0.9:2379" endpoint ]; }) != [ (message 2) ]
+        ) bad;
+        good = [
+          "HTTP://10.0.0.1:2379"
+          "http://[fd00::1]:2379"
+          "http://etcd-1.lan"
+        ];
+        refused = lib.filter (endpoint: failingAssertions (clusterOn { endpoints = [ endpoint ]; }) != [ ]) good;
+      in
+      check (wrong == [ ] && refused == [ ]) (builtins.toJSON { inherit wrong refused; });
+
+    "certFile without keyFile, or keyFile without certFile, fails with a readable assertion" =
+      let
+        https = { endpoints = [ "https://etcd-1.lan:2379" ]; inherit (tlsFiles) caFile; };
+        certOnly = failingAssertions (clusterOn (https // { inherit (tlsFiles) certFile; }));
+        keyOnly = failingAssertions (clusterOn (https // { inherit (tlsFiles) keyFile; }));
+        message = "services.every-channel.cluster: certFile and keyFile go together (a client certificate and its key); set both, or neither.";
+      in
+      check (certOnly == [ message ] && keyOnly == [ message ]) (builtins.toJSON (certOnly ++ keyOnly));
+
+    "an https endpoint without caFile fails with a readable assertion" =
+      let
+        cfg = clusterOn { endpoints = [ "https://etcd-1.lan:2379" ]; };
+      in
+      check (
+        failingAssertions cfg == [
+          "services.every-channel.cluster.caFile: an endpoint is https, and ec-launch trusts only the CA it is given (not the system's roots); set caFile to the CA that signed the etcd servers' certificates."
+        ]
+      ) (builtins.toJSON (failingAssertions cfg));
+
+    "a password over plain http, or TLS files with no https endpoint, warn" =
+      let
+        userOverHttp = clusterOn { userFile = tlsFiles.userFile; };
+        unusedTls = clusterOn { inherit (tlsFiles) caFile certFile keyFile; };
+        mixed = clusterOn { endpoints = [ "https://etcd-1.lan:2379" "http://10.0.0.2:2379" ]; inherit (tlsFiles) caFile userFile; };
+        about = cfg: lib.filter (has "services.every-channel.cluster") cfg.warnings;
+        tls = clusterOn { endpoints = [ "https://etcd-1.lan:2379" ]; inherit (tlsFiles) caFile userFile; };
+      in
+      check (
+        about userOverHttp == [
+          "services.every-channel.cluster.userFile: an endpoint is plain http, so the etcd password from userFile crosses the network in clear text; use https endpoints (with caFile)."
+        ]
+        && about unusedTls == [
+          "services.every-channel.cluster: caFile, certFile or keyFile is set but no endpoint is https, so they are not used; use https endpoints or remove them."
+        ]
+        && lib.length (about mixed) == 1
+        && about tls == [ ]
+        && failingAssertions userOverHttp == [ ]
+        && failingAssertions unusedTls == [ ]
+      ) (builtins.toJSON (about userOverHttp ++ about unusedTls ++ about mixed ++ about tls));
+
+    "an empty node name fails with a readable assertion" =
+      let
+        cfg = evalConfig (lib.recursiveUpdate base {
+          networking.hostName = "";
+          services.every-channel.cluster = { enable = true; endpoints = etcdEndpoints; };
+        });
+      in
+      check (
+        failingAssertions cfg == [
+          "services.every-channel.cluster.node: empty (networking.hostName is empty, e.g. taken from DHCP); set node to a name that is unique among the cluster's nodes."
+        ]
+      ) (builtins.toJSON (failingAssertions cfg));
+
+    "a stopTimeout within stopGrace and the margin fails with a readable assertion" =
+      let
+        at = stopTimeout: cluster: failingAssertions (evalConfig (lib.recursiveUpdate base {
+          services.every-channel = {
+            inherit stopTimeout;
+            cluster = { enable = true; endpoints = etcdEndpoints; } // cluster;
+          };
+        }));
+        message = "services.every-channel.stopTimeout: 3s is not more than cluster.stopGrace (2 s) + 1 s: systemd would SIGKILL the launcher before it has stopped the program and revoked the lease, so a standby on another node would wait a whole ttl; raise stopTimeout or lower stopGrace.";
+        ok = [ "10s" "3500ms" "4" "1min" "1m 30s" "2min30s" "infinity" " 5 s" "0.5min" ];
+        refused = lib.filter (t: at t { } != [ ]) ok;
+      in
+      check (
+        at "3s" { } == [ message ]
+        && at "3" { } != [ ]
+        && at "2900ms" { } != [ ]
+        && at "10s" { stopGrace = 9; } != [ ]
+        && at "10s" { stopGrace = 8; ttl = 19; } == [ ]
+        && refused == [ ]
+      ) (builtins.toJSON { three = at "3s" { }; inherit refused; });
+
+    "a stopTimeout the module cannot read fails with a readable assertion in cluster mode only" =
+      let
+        at = enable: failingAssertions (evalConfig (lib.recursiveUpdate base {
+          services.every-channel = {
+            stopTimeout = "soon";
+            cluster = { inherit enable; endpoints = etcdEndpoints; };
+          };
+        }));
+      in
+      check (
+        at true == [
+          "services.every-channel.stopTimeout: `soon` is not a time span this module can read (seconds, or numbers with us, ms, s, min, h: \"10s\", \"1min 30s\"); cluster mode needs it to check that stopTimeout exceeds cluster.stopGrace + 1 s."
+        ]
+        && at false == [ ]
+      ) (builtins.toJSON (at true));
+
+    "a unit's own WatchdogSec, NotifyAccess or TimeoutAbortSec in cluster mode fails with a readable assertion" =
+      let
+        cfg = extra: failingAssertions (evalConfig (lib.recursiveUpdate base {
+          services.every-channel = {
+            cluster = { enable = true; endpoints = etcdEndpoints; };
+            publishers.tuner-a.serviceConfig = extra;
+          };
+        }));
+        message = "services.every-channel.publishers.tuner-a.serviceConfig: WatchdogSec, NotifyAccess and TimeoutAbortSec are set by cluster mode (the launcher pings systemd's watchdog, so a frozen launcher is killed within stopGrace, before its lease lapses); remove them, or use watchdogSec for the progress watchdog.";
+      in
+      check (
+        cfg { WatchdogSec = "30s"; } == [ message ]
+        && cfg { NotifyAccess = "all"; } == [ message ]
+        && cfg { TimeoutAbortSec = "30s"; } == [ message ]
+        && cfg { ReadWritePaths = [ "/var/lib/x" ]; } == [ ]
+      ) (builtins.toJSON (cfg { WatchdogSec = "30s"; }));
+
+    "the README's two-node example gives both nodes the same flags but their own --node" =
+      let
+        node =
+          hostName:
+          evalConfig {
+            imports = [ ./cluster-example.nix ];
+            networking.hostName = hostName;
+            services.every-channel = {
+              enable = true;
+              package = ecNode;
+            };
+          };
+        a = node "node-a";
+        b = node "node-b";
+        exec = cfg: cfg.systemd.services.every-channel-publisher-wxyz.serviceConfig.ExecStart;
+        flags = hostName: ''"--on-busy" "wait" "--tuners" "2" "--device" "192.168.1.20" "--etcd" "https://etcd-1.lan:2379,https://etcd-2.lan:2379,https://etcd-3.lan:2379" "--etcd-ttl" "10" "--etcd-stop-grace" "2" "--etcd-ca" %d/etcd-ca "--etcd-user-file" %d/etcd-user "--node" "${hostName}" "--source" "http://192.168.1.20:5004/auto/v5.1" -- '';
+        s = a.systemd.services.every-channel-publisher-wxyz.serviceConfig;
+      in
+      check (
+        has (flags "node-a") (exec a)
+        && has (flags "node-b") (exec b)
+        && s.LoadCredential == [ "etcd-ca:/etc/every-channel/etcd-ca.pem" "etcd-user:/run/keys/etcd-user" ]
+        && failingAssertions a == [ ]
+        && a.warnings == [ ]
+      ) (builtins.toJSON [ (exec a) (exec b) a.warnings ]);
+
+    "the cluster options are documented" =
+      let
+        options = clusterOptions;
+        d = name: options.${name}.description or "";
+      in
+      check (
+        lib.all (name: d name != "") [ "enable" "endpoints" "ttl" "stopGrace" "caFile" "certFile" "keyFile" "userFile" "node" ]
+        && has "LoadCredential" (d "userFile")
+        && has "user:password" (d "userFile")
+        && has "WatchdogSec" (d "ttl")
+        && has "76" (d "ttl")
+        && has "networking.hostName" (d "node")
+        && options.endpoints ? example
+      ) (builtins.toJSON (map d [ "endpoints" "ttl" "userFile" ]));
   };
 
   # name → { ok; detail }: every check, so a failure report lists them all.
@@ -1122,7 +1603,8 @@ let
       check (
         has "Restart=always" d && has "NotifyAccess=all" d && has "--progress-watchdog" d && has "udp://" d
       ) d;
-  };
+  }
+  // clusterChecks;
 
   failed = lib.filterAttrs (_: c: !c.ok) checks;
 in

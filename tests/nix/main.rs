@@ -301,3 +301,19 @@ fn the_readme_tuner_example_is_the_one_eval_nix_evaluates() {
          quote the file verbatim in the NixOS module's tuner section"
     );
 }
+
+/// The README's two-node cluster example is `tests/nix/cluster-example.nix`,
+/// which `tests/nix/eval.nix` evaluates for two host names (both nodes get
+/// the same etcd flags and their own `--node`, no assertion, no warning):
+/// the documented configuration is the tested one.
+#[test]
+fn the_readme_cluster_example_is_the_one_eval_nix_evaluates() {
+    let readme = fs::read_to_string(repo_root().join("README.md")).expect("cannot read README.md");
+    let example = fs::read_to_string(repo_root().join("tests/nix/cluster-example.nix"))
+        .expect("cannot read tests/nix/cluster-example.nix");
+    assert!(
+        readme_nix_blocks(&readme).contains(&example),
+        "README.md has no ```nix block equal to tests/nix/cluster-example.nix; \
+         quote the file verbatim in the cluster section's NixOS module part"
+    );
+}

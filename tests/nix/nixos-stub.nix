@@ -149,5 +149,11 @@ in
       type = types.listOf types.str;
       default = [ ];
     };
+
+    # NixOS's default; the cluster's `node` defaults to it.
+    networking.hostName = mkOption {
+      type = types.str;
+      default = "nixos";
+    };
   };
 }

@@ -1,0 +1,1123 @@
+//! The etcd client of cluster mode: etcd 3.4's JSON gateway (`/v3/…`) over
+//! blocking HTTP (`ureq`, rustls), with only the calls a lease-held lock
+//! needs (ECP-0134).
+//!
+//! Every call is bounded: the connect and the whole call each take at most
+//! `call_timeout` (the fence's TTL/6), so a renewal cannot outlast its share
+//! of the lease, and an answer is read up to a size limit. A watch stream is
+//! read for a bounded window and then made again from the same revision, so
+//! a half-open connection cannot block a waiting claimant forever.
+//!
+//! Endpoints fail over: a call starts at the endpoint that last answered,
+//! and goes on to the next one only when the request was certainly not
+//! applied (the connection was refused or never set up, the TLS handshake
+//! failed, the member has no leader). Once a request may have reached etcd,
+//! its result is unknown and the error says so ([`EtcdError::is_ambiguous`]):
+//! a txn that timed out may have created the key, and the caller must count
+//! it as "maybe acquired" (revoke the lease, start over), never retry it
+//! blindly. The next call then starts at the next endpoint.
+//!
+//! The gateway's quirks are part of the contract: int64s are strings, keys
+//! and values base64, a zero field is omitted: a keepalive of a lease that
+//! is gone answers without `TTL`, a txn whose compare failed has no
+//! `succeeded`.
+//!
+//! Credentials: the password from `--etcd-user-file` is sent only in the
+//! body of `/v3/auth/authenticate`; the token it buys goes in the
+//! `Authorization` header and is renewed once when etcd calls it invalid
+//! (simple tokens expire). Neither is ever in an error, a log line or a
+//! `Debug` output ([`Secret`]). TLS trusts only the `--etcd-ca` file, never a
+//! bundled web PKI, and presents the client certificate when one is given.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::printable::printable_path;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+
+/// The most an answer may hold; a list of every key of a big cluster fits.
+const ANSWER_LIMIT: u64 = 8 << 20;
+/// The most one message of a watch stream may hold.
+const WATCH_LINE_LIMIT: u64 = 1 << 20;
+/// The most a `--etcd-user-file` may hold (one `user:password` line).
+const USER_FILE_LIMIT: u64 = 4096;
+/// The most a PEM file may hold.
+const PEM_LIMIT: u64 = 1 << 20;
+/// gRPC's codes the gateway passes on (grpc/codes).
+const CODE_NOT_FOUND: i64 = 5;
+const CODE_PERMISSION_DENIED: i64 = 7;
+const CODE_UNAVAILABLE: i64 = 14;
+const CODE_UNAUTHENTICATED: i64 = 16;
+
+/// How to reach etcd: the validated form of the `--etcd*` flags.
+#[derive(Debug, Clone)]
+pub struct EtcdConnect {
+    pub endpoints: Vec<url::Url>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub user_file: Option<PathBuf>,
+    pub call_timeout: Duration,
+}
+
+/// A client of one etcd cluster; clones share the connection pool, the
+/// endpoint last known good and the auth token.
+#[derive(Clone, Debug)]
+pub struct EtcdClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    agent: ureq::Agent,
+    endpoints: Vec<url::Url>,
+    /// The endpoint the next call starts at: the last that answered.
+    current: AtomicUsize,
+    call_timeout: Duration,
+    /// How long one watch stream is read before it is made again.
+    watch_window: Duration,
+    credentials: Option<Credentials>,
+    token: Mutex<Option<Secret>>,
+}
+
+#[derive(Debug)]
+struct Credentials {
+    user: String,
+    password: Secret,
+}
+
+/// A password or token: shown as `<redacted>`, so a `{:?}` of anything that
+/// holds one cannot leak it.
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A lease etcd granted: its ID and the TTL the server chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: i64,
+    pub ttl: Duration,
+}
+
+/// A key as etcd stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+/// What a create txn did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The key did not exist and is ours now, at `revision`.
+    Ours { revision: i64 },
+    /// The key exists: `holder` as the txn saw it at `revision`.
+    Held { holder: KeyValue, revision: i64 },
+}
+
+/// How [`EtcdClient::wait_for_delete`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchOutcome {
+    /// A delete happened (or history was compacted away: look again).
+    Deleted,
+    /// `until` passed first.
+    TimedOut,
+}
+
+/// Why an etcd call failed. Display names the operation and the endpoint,
+/// never a password, a token or a key's bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// A flag's value cannot be used (exit 64).
+    #[error("{what}: {reason}")]
+    BadConfig { what: &'static str, reason: String },
+    /// A `--etcd-ca/cert/key/user-file` cannot be read (exit 66).
+    #[error("cannot read {what} {path:?}")]
+    FileUnreadable {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// No endpoint could be reached; nothing was applied (exit 69).
+    #[error("cannot reach etcd at {endpoints} ({operation}): {reason}")]
+    Unreachable {
+        operation: &'static str,
+        endpoints: String,
+        reason: String,
+    },
+    /// The TLS handshake failed, e.g. the server's certificate is not
+    /// signed by `--etcd-ca` (exit 69).
+    #[error("TLS with etcd at {endpoint} failed ({operation}): {reason}")]
+    Tls {
+        operation: &'static str,
+        endpoint: String,
+        reason: String,
+    },
+    /// etcd refused our credentials: the password, the user, or the client
+    /// certificate (exit 77).
+    #[error("etcd at {endpoint} refused our credentials ({operation}): {reason}")]
+    AuthRejected {
+        operation: &'static str,
+        endpoint: String,
+        reason: String,
+    },
+    /// The request may have reached etcd and no answer came: its outcome is
+    /// unknown (exit 69).
+    #[error("etcd at {endpoint} did not answer {operation} after it was sent: {reason}")]
+    Ambiguous {
+        operation: &'static str,
+        endpoint: String,
+        reason: String,
+    },
+    /// etcd answered with an error (exit 69).
+    #[error("etcd at {endpoint} refused {operation}: {message} (gRPC code {code})")]
+    Rejected {
+        operation: &'static str,
+        endpoint: String,
+        code: i64,
+        message: String,
+    },
+    /// The answer cannot be understood; whatever was asked may have been
+    /// done (exit 69).
+    #[error("etcd at {endpoint} gave an answer to {operation} that cannot be understood: {reason}")]
+    Malformed {
+        operation: &'static str,
+        endpoint: String,
+        reason: String,
+    },
+}
+
+impl EtcdError {
+    /// True when the request may have been applied: the caller must treat
+    /// a create as "maybe acquired" (revoke its lease and start over).
+    #[must_use]
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Self::Ambiguous { .. } | Self::Malformed { .. })
+    }
+
+    /// True when etcd says our lease is gone (it expired while we waited,
+    /// or was revoked): nothing is held under it any more.
+    #[must_use]
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, Self::Rejected { code, message, .. }
+            if *code == CODE_NOT_FOUND && message.contains("lease not found"))
+    }
+}
+
+/// Reads one `--etcd` value as a URL; what it may be is checked by
+/// [`EtcdClient::connect`]. The text is never echoed: it may carry a
+/// password someone put in the URL.
+///
+/// # Errors
+/// [`EtcdError::BadConfig`] when it is not a URL.
+pub fn parse_endpoint(text: &str) -> Result<url::Url, EtcdError> {
+    if text.is_empty() {
+        return Err(EtcdError::BadConfig {
+            what: "--etcd",
+            reason: "an endpoint is empty (an empty EC_LAUNCH_ETCD, or a stray comma)".into(),
+        });
+    }
+    url::Url::parse(text.trim_end_matches('/')).map_err(|e| EtcdError::BadConfig {
+        what: "--etcd",
+        reason: format!(
+            "an endpoint is not a URL ({e}); give each as http://host:port or https://host:port, separated by commas"
+        ),
+    })
+}
+
+impl EtcdClient {
+    /// Validates the endpoints, reads the CA, certificate, key and user
+    /// files, and (with a user file) authenticates.
+    ///
+    /// # Errors
+    /// [`EtcdError::BadConfig`] for an endpoint with userinfo, a path or a
+    /// scheme other than http/https, an https endpoint without a CA, half a
+    /// client certificate, or a malformed file; [`EtcdError::FileUnreadable`];
+    /// and any error of `/v3/auth/authenticate`.
+    pub fn connect(cfg: &EtcdConnect) -> Result<Self, EtcdError> {
+        ensure_endpoints(&cfg.endpoints)?;
+        let needs_tls = cfg.endpoints.iter().any(|u| u.scheme() == "https");
+        let mut tls = TlsConfig::builder();
+        match &cfg.ca_file {
+            Some(path) => {
+                let certs = read_certificates(path, "--etcd-ca")?;
+                tls = tls.root_certs(RootCerts::new_with_certs(&certs));
+            }
+            None if needs_tls => {
+                return Err(EtcdError::BadConfig {
+                    what: "--etcd",
+                    reason: "an https endpoint needs --etcd-ca, the CA that signed etcd's certificate (no public CA is trusted for the lock service)".into(),
+                });
+            }
+            // Plain http: no handshake will ask for roots.
+            None => tls = tls.root_certs(RootCerts::Specific(Arc::new(Vec::new()))),
+        }
+        match (&cfg.cert_file, &cfg.key_file) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certificates(cert, "--etcd-cert")?;
+                let key = read_private_key(key)?;
+                tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(EtcdError::BadConfig {
+                    what: "--etcd-cert/--etcd-key",
+                    reason: "one was given without the other".into(),
+                });
+            }
+        }
+        let credentials = cfg.user_file.as_deref().map(read_user_file).transpose()?;
+        // One process-wide provider: ring, the only one compiled in. A
+        // second install (another client) is refused harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .https_only(false)
+            .tls_config(tls.build())
+            .timeout_connect(Some(cfg.call_timeout))
+            .timeout_global(Some(cfg.call_timeout))
+            .max_redirects(0)
+            .user_agent(concat!("ec-launch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let client = Self {
+            inner: Arc::new(Inner {
+                agent,
+                endpoints: cfg.endpoints.clone(),
+                current: AtomicUsize::new(0),
+                call_timeout: cfg.call_timeout,
+                watch_window: (cfg.call_timeout * 6).max(Duration::from_secs(1)),
+                credentials,
+                token: Mutex::new(None),
+            }),
+        };
+        if client.inner.credentials.is_some() {
+            client.authenticate()?;
+        }
+        Ok(client)
+    }
+
+    /// Grants a lease of `ttl` (whole seconds, at least 1).
+    ///
+    /// # Errors
+    /// Any [`EtcdError`]; an ambiguous one may have granted a lease that
+    /// then expires unused.
+    pub fn grant(&self, ttl: Duration) -> Result<Lease, EtcdError> {
+        const OP: &str = "lease grant";
+        let seconds = ttl.as_secs().max(1);
+        let (answer, endpoint) = self.call(
+            OP,
+            "/v3/lease/grant",
+            &json!({ "TTL": seconds.to_string() }),
+        )?;
+        let id = int_field(&answer, "ID");
+        if id == 0 {
+            return Err(malformed(OP, &endpoint, "no lease ID"));
+        }
+        Ok(Lease {
+            id,
+            ttl: seconds_field(&answer, "TTL"),
+        })
+    }
+
+    /// Renews lease `id` once; `Some(ttl)` as the server set it, `None`
+    /// when the lease is gone (expired or revoked: no `TTL` in the answer).
+    ///
+    /// # Errors
+    /// Any [`EtcdError`]: the renewal may or may not have happened.
+    pub fn keep_alive(&self, id: i64) -> Result<Option<Duration>, EtcdError> {
+        const OP: &str = "lease keepalive";
+        let (answer, endpoint) =
+            self.call(OP, "/v3/lease/keepalive", &json!({ "ID": id.to_string() }))?;
+        let Some(result) = answer.get("result") else {
+            return Err(malformed(OP, &endpoint, "no result"));
+        };
+        Ok(positive_ttl(result))
+    }
+
+    /// Revokes lease `id`, deleting its keys at once; a lease that is
+    /// already gone is not an error.
+    ///
+    /// # Errors
+    /// Any other [`EtcdError`].
+    pub fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        match self.call(
+            "lease revoke",
+            "/v3/lease/revoke",
+            &json!({ "ID": id.to_string() }),
+        ) {
+            Ok(_) => Ok(()),
+            Err(EtcdError::Rejected { code, .. }) if code == CODE_NOT_FOUND => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Creates `key` with `value` under `lease` if it does not exist (one
+    /// txn: `create_revision == 0`); otherwise says who holds it.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`]; an ambiguous one may have created the key.
+    pub fn create(&self, key: &[u8], value: &[u8], lease: i64) -> Result<Created, EtcdError> {
+        const OP: &str = "create txn";
+        let key64 = BASE64.encode(key);
+        let request = json!({
+            "compare": [{
+                "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0"
+            }],
+            "success": [{ "request_put": {
+                "key": key64, "value": BASE64.encode(value), "lease": lease.to_string()
+            }}],
+            "failure": [{ "request_range": { "key": key64 } }],
+        });
+        let (answer, endpoint) = self.call(OP, "/v3/kv/txn", &request)?;
+        let revision = header_revision(&answer);
+        if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
+            return Ok(Created::Ours { revision });
+        }
+        // The compare failed: the range in the same txn saw the holder.
+        let holder = answer
+            .pointer("/responses/0/response_range/kvs/0")
+            .map(key_value)
+            .transpose()
+            .map_err(|reason| malformed(OP, &endpoint, reason))?
+            .ok_or_else(|| malformed(OP, &endpoint, "a failed create without the holder"))?;
+        Ok(Created::Held { holder, revision })
+    }
+
+    /// The key, if it exists, and the store's revision.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`].
+    pub fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, i64), EtcdError> {
+        const OP: &str = "get";
+        let (answer, endpoint) =
+            self.call(OP, "/v3/kv/range", &json!({ "key": BASE64.encode(key) }))?;
+        let kv = kvs(&answer)
+            .map_err(|reason| malformed(OP, &endpoint, reason))?
+            .into_iter()
+            .next();
+        Ok((kv, header_revision(&answer)))
+    }
+
+    /// Every key under `prefix`, in key order.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`].
+    pub fn list(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, EtcdError> {
+        const OP: &str = "list";
+        let request = json!({
+            "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix))
+        });
+        let (answer, endpoint) = self.call(OP, "/v3/kv/range", &request)?;
+        kvs(&answer).map_err(|reason| malformed(OP, &endpoint, reason))
+    }
+
+    /// The time lease `id` has left; `None` when it is gone.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`].
+    pub fn time_to_live(&self, id: i64) -> Result<Option<Duration>, EtcdError> {
+        let (answer, _) = self.call(
+            "lease time-to-live",
+            "/v3/lease/timetolive",
+            &json!({ "ID": id.to_string() }),
+        )?;
+        Ok(positive_ttl(&answer))
+    }
+
+    /// Blocks until a DELETE event for `key` (or any key under it when
+    /// `prefix`) after `after_revision`, or `until` passes. Reconnects a
+    /// broken watch stream (bounded per-stream read time, then re-watch
+    /// from the same revision) so a half-open connection cannot block
+    /// forever. Compacted history counts as a delete: the caller looks
+    /// again, which is always safe.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`] of making the watch (the wait is read-only: none
+    /// is ambiguous in effect).
+    pub fn wait_for_delete(
+        &self,
+        key: &[u8],
+        prefix: bool,
+        after_revision: i64,
+        until: Option<Instant>,
+    ) -> Result<WatchOutcome, EtcdError> {
+        let mut request = json!({
+            "key": BASE64.encode(key),
+            "start_revision": (after_revision + 1).to_string(),
+            "filters": ["NOPUT"],
+        });
+        if prefix {
+            request["range_end"] = Value::String(BASE64.encode(prefix_end(key)));
+        }
+        let request = json!({ "create_request": request });
+        loop {
+            let now = Instant::now();
+            let window_end = match until {
+                Some(until) if until <= now => return Ok(WatchOutcome::TimedOut),
+                Some(until) => until.min(now + self.inner.watch_window),
+                None => now + self.inner.watch_window,
+            };
+            if self.watch_once(&request, window_end)? {
+                return Ok(WatchOutcome::Deleted);
+            }
+        }
+    }
+
+    /// One watch stream until `window_end`: `true` on a delete.
+    fn watch_once(&self, request: &Value, window_end: Instant) -> Result<bool, EtcdError> {
+        const OP: &str = "watch";
+        let mut reauthenticated = false;
+        loop {
+            let window = window_end.saturating_duration_since(Instant::now());
+            let (response, endpoint) = self.send(OP, "/v3/watch", request, Some(window))?;
+            let mut lines = BufReader::new(response.into_body().into_reader());
+            let mut created = false;
+            loop {
+                let mut line = Vec::new();
+                let read = (&mut lines)
+                    .take(WATCH_LINE_LIMIT)
+                    .read_until(b'\n', &mut line);
+                match read {
+                    // The stream ended or broke, or the window passed, after
+                    // the watch was made: make it again.
+                    Ok(0) | Err(_) if created => return Ok(false),
+                    Ok(0) => {
+                        return Err(EtcdError::Unreachable {
+                            operation: OP,
+                            endpoints: endpoint,
+                            reason: "the watch stream ended before the watch was made".into(),
+                        });
+                    }
+                    Ok(_) if !line.ends_with(b"\n") && line.len() as u64 >= WATCH_LINE_LIMIT => {
+                        return Err(malformed(OP, &endpoint, "a watch message over 1 MiB"));
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        return Err(EtcdError::Unreachable {
+                            operation: OP,
+                            endpoints: endpoint,
+                            reason: format!("no answer to the watch: {error}"),
+                        });
+                    }
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let message: Value = serde_json::from_slice(&line)
+                    .map_err(|e| malformed(OP, &endpoint, e.to_string()))?;
+                if let Some((code, text)) = gateway_error(&message) {
+                    if is_invalid_token(code, &text) && self.can_reauthenticate(reauthenticated) {
+                        reauthenticated = true;
+                        self.authenticate()?;
+                        break;
+                    }
+                    return Err(rejected(OP, &endpoint, code, text));
+                }
+                let Some(result) = message.get("result") else {
+                    return Err(malformed(OP, &endpoint, "a watch message without result"));
+                };
+                if result.get("created").and_then(Value::as_bool) == Some(true) {
+                    created = true;
+                }
+                if result.get("canceled").and_then(Value::as_bool) == Some(true) {
+                    if int_field(result, "compact_revision") > 0 {
+                        return Ok(true);
+                    }
+                    let reason = result
+                        .get("cancel_reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no reason given");
+                    return Err(rejected(OP, &endpoint, 0, reason.to_owned()));
+                }
+                let deleted =
+                    result
+                        .get("events")
+                        .and_then(Value::as_array)
+                        .is_some_and(|events| {
+                            events
+                                .iter()
+                                .any(|e| e.get("type").and_then(Value::as_str) == Some("DELETE"))
+                        });
+                if deleted {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Buys a token with the user file's name and password.
+    fn authenticate(&self) -> Result<(), EtcdError> {
+        const OP: &str = "authenticate";
+        let Some(credentials) = &self.inner.credentials else {
+            return Ok(());
+        };
+        *self.token_slot() = None;
+        let request = json!({ "name": credentials.user, "password": credentials.password.0 });
+        let (answer, endpoint) = match self.call(OP, "/v3/auth/authenticate", &request) {
+            Ok(answer) => answer,
+            Err(EtcdError::Rejected {
+                endpoint,
+                code,
+                message,
+                ..
+            }) if code == 3
+                || code == CODE_UNAUTHENTICATED
+                || message.contains("authentication failed") =>
+            {
+                return Err(EtcdError::AuthRejected {
+                    operation: OP,
+                    endpoint,
+                    reason: message,
+                });
+            }
+            Err(error) => return Err(error),
+        };
+        let Some(token) = answer.get("token").and_then(Value::as_str) else {
+            return Err(malformed(
+                OP,
+                &endpoint,
+                "no token (is auth enabled on etcd?)",
+            ));
+        };
+        *self.token_slot() = Some(Secret(token.to_owned()));
+        Ok(())
+    }
+
+    fn token_slot(&self) -> std::sync::MutexGuard<'_, Option<Secret>> {
+        self.inner
+            .token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn can_reauthenticate(&self, already: bool) -> bool {
+        !already && self.inner.credentials.is_some()
+    }
+
+    /// A unary call: the answer's JSON and the endpoint that gave it. A
+    /// token etcd calls invalid is renewed and the call made once more (the
+    /// request was refused, so nothing was applied).
+    fn call(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: &Value,
+    ) -> Result<(Value, String), EtcdError> {
+        let mut reauthenticated = false;
+        loop {
+            let (response, endpoint) = self.send(operation, path, body, None)?;
+            let bytes = response
+                .into_body()
+                .with_config()
+                .limit(ANSWER_LIMIT)
+                .read_to_vec()
+                .map_err(|error| {
+                    self.advance_from(&endpoint);
+                    EtcdError::Ambiguous {
+                        operation,
+                        endpoint: endpoint.clone(),
+                        reason: format!("reading the answer: {error}"),
+                    }
+                })?;
+            let answer: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| malformed(operation, &endpoint, e.to_string()))?;
+            let Some((code, message)) = gateway_error(&answer) else {
+                return Ok((answer, endpoint));
+            };
+            if is_invalid_token(code, &message)
+                && path != "/v3/auth/authenticate"
+                && self.can_reauthenticate(reauthenticated)
+            {
+                reauthenticated = true;
+                self.authenticate()?;
+                continue;
+            }
+            if code == CODE_PERMISSION_DENIED {
+                return Err(EtcdError::AuthRejected {
+                    operation,
+                    endpoint,
+                    reason: message,
+                });
+            }
+            if is_maybe_applied(&message) {
+                self.advance_from(&endpoint);
+                return Err(EtcdError::Ambiguous {
+                    operation,
+                    endpoint,
+                    reason: message,
+                });
+            }
+            return Err(rejected(operation, &endpoint, code, message));
+        }
+    }
+
+    /// Sends one POST, failing over across endpoints while the request was
+    /// certainly not applied, within one `call_timeout` overall (or
+    /// `stream_window` for a watch stream).
+    fn send(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: &Value,
+        stream_window: Option<Duration>,
+    ) -> Result<(ureq::http::Response<ureq::Body>, String), EtcdError> {
+        let inner = &self.inner;
+        let count = inner.endpoints.len();
+        let start = inner.current.load(Ordering::Relaxed) % count;
+        let deadline = Instant::now() + inner.call_timeout;
+        let body = body.to_string();
+        let mut last = None;
+        for step in 0..count {
+            let index = (start + step) % count;
+            let endpoint = &inner.endpoints[index];
+            let shown = shown_endpoint(endpoint);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let url = format!("{}{}", endpoint.as_str().trim_end_matches('/'), path);
+            let mut request = inner.agent.post(&url).content_type("application/json");
+            let token = self.token_slot().as_ref().map(|t| t.0.clone());
+            if let Some(token) = token {
+                request = request.header("Authorization", token);
+            }
+            let config = request.config().timeout_connect(Some(left));
+            let request = match stream_window {
+                // The window bounds the stream; its answer must start in time.
+                Some(window) => config
+                    .timeout_global(Some(window.max(Duration::from_millis(1))))
+                    .timeout_recv_response(Some(left)),
+                None => config.timeout_global(Some(left)),
+            }
+            .build();
+            match classify(request.send(&body)) {
+                Attempt::Answered(response) => {
+                    inner.current.store(index, Ordering::Relaxed);
+                    let status = response.status().as_u16();
+                    if status != 200 && !is_json(&response) {
+                        return Err(rejected(
+                            operation,
+                            &shown,
+                            0,
+                            format!("HTTP status {status}"),
+                        ));
+                    }
+                    return Ok((response, shown));
+                }
+                Attempt::NotSent(kind, reason) => {
+                    tracing::debug!(
+                        "etcd {operation} at {shown}: {reason}; trying the next endpoint"
+                    );
+                    last = Some((kind, shown, reason));
+                }
+                Attempt::MaybeSent(reason) => {
+                    inner.current.store((index + 1) % count, Ordering::Relaxed);
+                    return Err(EtcdError::Ambiguous {
+                        operation,
+                        endpoint: shown,
+                        reason,
+                    });
+                }
+            }
+        }
+        Err(match last {
+            Some((NotSentKind::Tls, endpoint, reason)) => EtcdError::Tls {
+                operation,
+                endpoint,
+                reason,
+            },
+            Some((NotSentKind::CertRejected, endpoint, reason)) => EtcdError::AuthRejected {
+                operation,
+                endpoint,
+                reason,
+            },
+            Some((NotSentKind::Unreachable, _, reason)) => EtcdError::Unreachable {
+                operation,
+                endpoints: self.all_endpoints(),
+                reason,
+            },
+            None => EtcdError::Unreachable {
+                operation,
+                endpoints: self.all_endpoints(),
+                reason: format!("no answer within {:?}", inner.call_timeout),
+            },
+        })
+    }
+
+    /// After a failure at `endpoint`, the next call starts at the next one.
+    fn advance_from(&self, endpoint: &str) {
+        let inner = &self.inner;
+        if let Some(index) = inner
+            .endpoints
+            .iter()
+            .position(|e| shown_endpoint(e) == endpoint)
+        {
+            inner
+                .current
+                .store((index + 1) % inner.endpoints.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn all_endpoints(&self) -> String {
+        self.inner
+            .endpoints
+            .iter()
+            .map(shown_endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// What became of one attempt at one endpoint.
+enum Attempt {
+    Answered(ureq::http::Response<ureq::Body>),
+    /// Certainly not applied: try the next endpoint.
+    NotSent(NotSentKind, String),
+    /// May have reached etcd: the outcome is unknown.
+    MaybeSent(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum NotSentKind {
+    Unreachable,
+    Tls,
+    CertRejected,
+}
+
+fn classify(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Attempt {
+    use ureq::Timeout;
+    let error = match result {
+        Ok(response) => return Attempt::Answered(response),
+        Err(error) => error,
+    };
+    let reason = error.to_string();
+    if let Some(tls) = rustls_error(&error) {
+        return match tls {
+            rustls::Error::AlertReceived(alert) if is_certificate_alert(*alert) => {
+                Attempt::NotSent(NotSentKind::CertRejected, reason)
+            }
+            _ => Attempt::NotSent(NotSentKind::Tls, reason),
+        };
+    }
+    match &error {
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Timeout(Timeout::Resolve | Timeout::Connect) => {
+            Attempt::NotSent(NotSentKind::Unreachable, reason)
+        }
+        ureq::Error::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::AddrNotAvailable
+                    | io::ErrorKind::NetworkUnreachable
+                    | io::ErrorKind::HostUnreachable
+            ) =>
+        {
+            Attempt::NotSent(NotSentKind::Unreachable, reason)
+        }
+        _ => Attempt::MaybeSent(reason),
+    }
+}
+
+/// The rustls error under a ureq error, if the failure was TLS's.
+fn rustls_error(error: &ureq::Error) -> Option<&rustls::Error> {
+    match error {
+        ureq::Error::Rustls(tls) => Some(tls),
+        ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>(),
+        _ => None,
+    }
+}
+
+/// Alerts a server sends when it does not accept our client certificate
+/// (RFC 8446 6.2): a credentials problem, not a transport one.
+fn is_certificate_alert(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::CertificateRequired
+    )
+}
+
+fn is_json(response: &ureq::http::Response<ureq::Body>) -> bool {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// The error of a gateway answer: `{"error": "…", "code": N}` (unary) or
+/// `{"error": {"grpc_code": N, "message": "…"}}` (streams).
+fn gateway_error(answer: &Value) -> Option<(i64, String)> {
+    match answer.get("error")? {
+        Value::String(message) => Some((
+            answer.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message.clone(),
+        )),
+        Value::Object(error) => Some((
+            error.get("grpc_code").and_then(Value::as_i64).unwrap_or(0),
+            error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("no message")
+                .to_owned(),
+        )),
+        _ => None,
+    }
+}
+
+fn is_invalid_token(code: i64, message: &str) -> bool {
+    code == CODE_UNAUTHENTICATED || message.contains("invalid auth token")
+}
+
+/// etcd's errors after a proposal was made: it may still commit.
+fn is_maybe_applied(message: &str) -> bool {
+    ["request timed out", "leader changed", "timed out due to"]
+        .iter()
+        .any(|m| message.contains(m))
+}
+
+fn rejected(operation: &'static str, endpoint: &str, code: i64, message: String) -> EtcdError {
+    if code == CODE_UNAVAILABLE {
+        // "no leader" and the like: nothing was applied.
+        return EtcdError::Unreachable {
+            operation,
+            endpoints: endpoint.to_owned(),
+            reason: message,
+        };
+    }
+    EtcdError::Rejected {
+        operation,
+        endpoint: endpoint.to_owned(),
+        code,
+        message,
+    }
+}
+
+fn malformed(operation: &'static str, endpoint: &str, reason: impl Into<String>) -> EtcdError {
+    EtcdError::Malformed {
+        operation,
+        endpoint: endpoint.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// An endpoint as errors show it: scheme, host and port (nothing else can
+/// be in it: [`ensure_endpoints`]).
+fn shown_endpoint(url: &url::Url) -> String {
+    url.as_str().trim_end_matches('/').to_owned()
+}
+
+/// Refuses endpoints a client cannot use or must not print: only
+/// `http`/`https` with a host and nothing after it; userinfo would put a
+/// credential where logs show the endpoint.
+fn ensure_endpoints(endpoints: &[url::Url]) -> Result<(), EtcdError> {
+    let bad = |reason: String| EtcdError::BadConfig {
+        what: "--etcd",
+        reason,
+    };
+    if endpoints.is_empty() {
+        return Err(bad("no endpoint given".into()));
+    }
+    for url in endpoints {
+        // Never print a URL with userinfo: name its host only.
+        let host = url.host_str().unwrap_or("(no host)");
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(format!(
+                "the endpoint for {host} has user information; put credentials in --etcd-user-file"
+            )));
+        }
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(format!(
+                "the endpoint for {host} is not http:// or https://"
+            )));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("an endpoint has no host".into()));
+        }
+        if url.path() != "/" && !url.path().is_empty()
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(bad(format!(
+                "the endpoint for {host} has a path, query or fragment; give scheme://host:port only"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a file of at most `limit` bytes.
+fn read_limited(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>, EtcdError> {
+    let unreadable = |source| EtcdError::FileUnreadable {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > limit {
+        return Err(EtcdError::BadConfig {
+            what,
+            reason: format!("the file is larger than {limit} bytes"),
+        });
+    }
+    Ok(bytes)
+}
+
+fn read_certificates(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<Certificate<'static>>, EtcdError> {
+    let pem = read_limited(path, what, PEM_LIMIT)?;
+    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(cert)) => Some(cert),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(EtcdError::BadConfig {
+            what,
+            reason: format!("\"{}\" holds no PEM certificate", printable_path(path)),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_private_key(path: &Path) -> Result<PrivateKey<'static>, EtcdError> {
+    const WHAT: &str = "--etcd-key";
+    let pem = read_limited(path, WHAT, PEM_LIMIT)?;
+    ureq::tls::parse_pem(&pem)
+        .find_map(|item| match item {
+            Ok(PemItem::PrivateKey(key)) => Some(key),
+            _ => None,
+        })
+        .ok_or_else(|| EtcdError::BadConfig {
+            what: WHAT,
+            reason: format!("\"{}\" holds no PEM private key", printable_path(path)),
+        })
+}
+
+/// `user:password` on one line (a trailing newline is fine). The password
+/// may hold `:`; neither part may be empty. The file's text is never quoted
+/// in an error.
+fn read_user_file(path: &Path) -> Result<Credentials, EtcdError> {
+    const WHAT: &str = "--etcd-user-file";
+    let bytes = read_limited(path, WHAT, USER_FILE_LIMIT)?;
+    let bad = |reason: &str| EtcdError::BadConfig {
+        what: WHAT,
+        reason: format!(
+            "\"{}\" {reason}; write one line user:password",
+            printable_path(path)
+        ),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| bad("is not UTF-8"))?;
+    let line = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if line.contains(['\n', '\r']) {
+        return Err(bad("holds more than one line"));
+    }
+    let Some((user, password)) = line.split_once(':') else {
+        return Err(bad("has no `:` between user and password"));
+    };
+    if user.is_empty() || password.is_empty() {
+        return Err(bad("has an empty user or password"));
+    }
+    Ok(Credentials {
+        user: user.to_owned(),
+        password: Secret(password.to_owned()),
+    })
+}
+
+/// The first key after every key that starts with `prefix` (etcd's
+/// `range_end` for a prefix): the last byte below 0xff incremented, the
+/// bytes after it dropped; all 0xff means "to the end" (`\0`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// An int64 field of the gateway (a string, or absent for zero).
+fn int_field(object: &Value, name: &str) -> i64 {
+    match object.get(name) {
+        Some(Value::String(text)) => text.parse().unwrap_or(0),
+        Some(Value::Number(number)) => number.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn seconds_field(object: &Value, name: &str) -> Duration {
+    Duration::from_secs(u64::try_from(int_field(object, name)).unwrap_or(0))
+}
+
+/// A lease's TTL when positive; `None` when absent, 0 or -1 (gone).
+fn positive_ttl(object: &Value) -> Option<Duration> {
+    (int_field(object, "TTL") > 0).then(|| seconds_field(object, "TTL"))
+}
+
+fn header_revision(answer: &Value) -> i64 {
+    answer.get("header").map_or(0, |h| int_field(h, "revision"))
+}
+
+fn kvs(answer: &Value) -> Result<Vec<KeyValue>, String> {
+    match answer.get("kvs") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(kvs)) => kvs.iter().map(key_value).collect(),
+        Some(_) => Err("kvs is not a list".into()),
+    }
+}
+
+fn key_value(kv: &Value) -> Result<KeyValue, String> {
+    let bytes = |name: &str| match kv.get(name) {
+        None => Ok(Vec::new()),
+        Some(Value::String(text)) => BASE64
+            .decode(text)
+            .map_err(|e| format!("{name} is not base64: {e}")),
+        Some(_) => Err(format!("{name} is not a string")),
+    };
+    Ok(KeyValue {
+        key: bytes("key")?,
+        value: bytes("value")?,
+        create_revision: int_field(kv, "create_revision"),
+        mod_revision: int_field(kv, "mod_revision"),
+        lease: int_field(kv, "lease"),
+    })
+}

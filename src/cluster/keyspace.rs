@@ -1,0 +1,143 @@
+//! Where the cluster's locks live in etcd's flat key space (ECP-0134).
+//!
+//! One prefix per major version of the layout, so a future layout can run
+//! beside this one during a rollout instead of misreading it. Source keys
+//! and device keys are operator-visible text (`hdhomerun://10.0.0.5/v5.1`):
+//! they are percent-escaped so a `/` inside one is not a path separator
+//! (a prefix range over `devices/<a>/` must never match `devices/<a>/b/`),
+//! and control bytes cannot reach `etcdctl` output.
+
+/// Everything `ec-launch` keeps in etcd lives under this prefix.
+pub const PREFIX: &str = "/every-channel/ec-launch/v1";
+
+/// The key that stands for one source, cluster-wide.
+#[must_use]
+pub fn source(key: &str) -> String {
+    format!("{PREFIX}/sources/{}", escape(key))
+}
+
+/// The prefix under which one device's slots live, ending in `/`.
+#[must_use]
+pub fn device_slots(device: &str) -> String {
+    format!("{PREFIX}/devices/{}/", escape(device))
+}
+
+/// Slot `index` of a device, under [`device_slots`].
+#[must_use]
+pub fn slot(device: &str, index: u32) -> String {
+    format!("{}slot-{index}", device_slots(device))
+}
+
+/// Everything under [`PREFIX`], for `status --etcd`.
+#[must_use]
+pub fn everything() -> String {
+    format!("{PREFIX}/")
+}
+
+/// What a key under [`PREFIX`] names, for `status --etcd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    Source(String),
+    Slot { device: String, index: u32 },
+}
+
+/// Reads a key written by [`source`] or [`slot`]; `None` for anything else
+/// under the prefix (a newer layout, an operator's own key).
+#[must_use]
+pub fn parse(key: &[u8]) -> Option<Named> {
+    let key = std::str::from_utf8(key).ok()?;
+    let rest = key.strip_prefix(PREFIX)?.strip_prefix('/')?;
+    if let Some(source) = rest.strip_prefix("sources/") {
+        return Some(Named::Source(unescape(source)?));
+    }
+    let (device, slot) = rest.strip_prefix("devices/")?.split_once('/')?;
+    let index = slot.strip_prefix("slot-")?.parse().ok()?;
+    Some(Named::Slot {
+        device: unescape(device)?,
+        index,
+    })
+}
+
+/// Percent-escapes `/`, `%` and every byte outside printable ASCII.
+fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_graphic() && byte != b'/' && byte != b'%' {
+            escaped.push(char::from(byte));
+        } else {
+            escaped.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    escaped
+}
+
+fn unescape(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(byte);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_key_is_one_path_segment_under_the_prefix() {
+        assert_eq!(
+            source("hdhomerun://10.0.0.5/v5.1"),
+            "/every-channel/ec-launch/v1/sources/hdhomerun:%2F%2F10.0.0.5%2Fv5.1"
+        );
+        assert_eq!(
+            slot("10.0.0.5", 1),
+            "/every-channel/ec-launch/v1/devices/10.0.0.5/slot-1"
+        );
+    }
+
+    #[test]
+    fn a_device_named_like_another_devices_prefix_stays_apart() {
+        // `a` and `a/b` must not share the prefix a wait watches.
+        assert!(!slot("a/b", 0).starts_with(&device_slots("a")));
+    }
+
+    #[test]
+    fn keys_read_back_as_what_they_name() {
+        for key in [
+            "hdhomerun://10.0.0.5/v5.1",
+            "/dev/char/1:3",
+            "odd key%2F\u{1}é",
+        ] {
+            assert_eq!(
+                parse(source(key).as_bytes()),
+                Some(Named::Source(key.into()))
+            );
+        }
+        assert_eq!(
+            parse(slot("host:5004", 3).as_bytes()),
+            Some(Named::Slot {
+                device: "host:5004".into(),
+                index: 3
+            })
+        );
+        assert_eq!(parse(b"/every-channel/ec-launch/v2/sources/x"), None);
+        assert_eq!(parse(b"/every-channel/ec-launch/v1/devices/x/lease"), None);
+    }
+
+    #[test]
+    fn control_bytes_never_reach_a_key() {
+        assert!(
+            source("a\u{1b}[31m\nb")
+                .bytes()
+                .all(|b| b.is_ascii_graphic())
+        );
+    }
+}

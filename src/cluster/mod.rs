@@ -1,0 +1,107 @@
+//! Cluster mode (`--etcd`, ECP-0134): the source's lock and a tuner slot
+//! held in etcd too, so one reader per source and N per device hold across
+//! nodes, not only within one.
+//!
+//! The local `flock` is always taken first (two units on one node never
+//! race through etcd); the cluster key second, under a lease the launcher
+//! keeps alive while it supervises the program, and fences (stops the
+//! program) before the lease could expire on the server. Nothing here runs
+//! without `--etcd`: the local launch path is what it was.
+
+pub mod claim;
+pub mod etcd;
+pub mod fence;
+pub mod keyspace;
+pub mod record;
+pub mod session;
+
+/// The real-etcd test harness, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/support/etcd_server.rs"]
+pub(crate) mod etcd_server;
+
+use std::time::Duration;
+
+use crate::cli::{ClusterArgs, EtcdArgs};
+use crate::error::Error;
+use etcd::EtcdConnect;
+use fence::FenceTiming;
+
+/// How to reach etcd and who we are there; `status --etcd` needs no more.
+#[derive(Debug)]
+pub struct Connection {
+    pub connect: EtcdConnect,
+    /// This node's name in the records.
+    pub node: String,
+}
+
+/// `run`'s cluster settings, validated before anything is locked.
+#[derive(Debug)]
+pub struct ClusterConfig {
+    pub connection: Connection,
+    pub timing: FenceTiming,
+}
+
+impl Connection {
+    /// `None` without `--etcd` (local mode).
+    ///
+    /// # Errors
+    /// An endpoint that is not a URL, an empty `EC_LAUNCH_ETCD`, or etcd
+    /// options given without `--etcd`.
+    pub fn from_args(args: &EtcdArgs, call_timeout: Duration) -> Result<Option<Self>, Error> {
+        if args.endpoints.is_empty() {
+            let stray = [
+                ("--etcd-ca", args.etcd_ca.is_some()),
+                ("--etcd-cert", args.etcd_cert.is_some()),
+                ("--etcd-key", args.etcd_key.is_some()),
+                ("--etcd-user-file", args.etcd_user_file.is_some()),
+            ];
+            if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
+                return Err(Error::ClusterOptionWithoutEtcd { flag });
+            }
+            return Ok(None);
+        }
+        let mut endpoints = Vec::with_capacity(args.endpoints.len());
+        for text in &args.endpoints {
+            endpoints.push(etcd::parse_endpoint(text)?);
+        }
+        let node = match &args.node {
+            Some(node) => {
+                if node.is_empty() || node.chars().any(char::is_control) {
+                    return Err(Error::BadNodeName);
+                }
+                node.clone()
+            }
+            None => record::default_node_name(),
+        };
+        Ok(Some(Self {
+            connect: EtcdConnect {
+                endpoints,
+                ca_file: args.etcd_ca.clone(),
+                cert_file: args.etcd_cert.clone(),
+                key_file: args.etcd_key.clone(),
+                user_file: args.etcd_user_file.clone(),
+                call_timeout,
+            },
+            node,
+        }))
+    }
+}
+
+impl ClusterConfig {
+    /// `None` without `--etcd`.
+    ///
+    /// # Errors
+    /// As [`Connection::from_args`], and a TTL too short for the stop grace.
+    pub fn from_args(args: &ClusterArgs) -> Result<Option<Self>, Error> {
+        if args.etcd.endpoints.is_empty() {
+            Connection::from_args(&args.etcd, Duration::ZERO)?;
+            return Ok(None);
+        }
+        let timing = FenceTiming::new(args.etcd_ttl, args.etcd_stop_grace)?;
+        let Some(connection) = Connection::from_args(&args.etcd, timing.call_timeout())? else {
+            return Ok(None);
+        };
+        Ok(Some(Self { connection, timing }))
+    }
+}

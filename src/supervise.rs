@@ -1,0 +1,513 @@
+//! Cluster mode's supervision: the program runs as our child, because a
+//! lease needs someone left to renew it after the program started.
+//!
+//! Locally `ec-launch` execs and is gone; in cluster mode it stays the main
+//! process (systemd's main PID) and the program is its child:
+//! - the child is in its own process group, so a signal meant for the
+//!   program reaches everything it started, and the fence can kill it all;
+//! - the child has `PR_SET_PDEATHSIG(SIGKILL)`, re-checked with `getppid`
+//!   for a parent that died before the `prctl` (prctl(2)): when the launcher
+//!   dies outside systemd (whose `KillMode=control-group` covers it), no
+//!   reader outlives the renewer. The signal follows the *thread* that
+//!   spawned, so [`spawn`] and [`Supervisor::wait`] run on the main thread;
+//! - the child starts as exec would have left us: the same `argv` and
+//!   environment, the lock (and slot) descriptors inherited at the numbers
+//!   `EC_SOURCE_LOCK_FD`/`EC_TUNER_SLOT_FD` name (`exec::pass`), an empty
+//!   signal mask and SIGPIPE at its default; a failed exec is reported
+//!   before [`spawn`] returns (127 not found, 126 otherwise). Only the
+//!   child clears `FD_CLOEXEC`, so nothing else this process starts
+//!   inherits a lock;
+//! - the launcher installs no signal handler: SIGTERM, SIGINT, SIGHUP and
+//!   SIGCHLD are blocked ([`block_signals`], before any thread starts, so
+//!   every thread inherits the mask) and read from a signalfd; the first
+//!   three are forwarded to the child's group;
+//! - the child's exit is seen on a pidfd (SIGCHLD wakes us too), and the
+//!   group is SIGKILLed while the exited child is still unreaped (`waitid`
+//!   with `WNOWAIT`): what the program left behind in its group does not
+//!   outlive it (as systemd's control-group kill would do), and the group's
+//!   number cannot have been reused;
+//! - the exit status is the child's, or 128 + the signal that killed it,
+//!   like a shell (`Ended::Exited`); when the fence fires (`cluster::fence`)
+//!   the group gets SIGTERM, SIGKILL after the stop grace, and
+//!   [`Ended::Fenced`] reports it.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, killpg, pthread_sigmask, signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
+
+use crate::cluster::fence::Renewer;
+use crate::error::Error;
+use crate::exec::{self, Passed, Prepared};
+use crate::exit_code::ExitStatus;
+use crate::lock::HeldLock;
+use crate::tuner_slot::HeldSlot;
+
+/// Signals forwarded to the child's process group.
+const FORWARDED: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+
+/// Without a pidfd (a kernel before 5.3), how often the child is checked
+/// in case its SIGCHLD went to a thread that does not block it.
+const CHILD_CHECK: Duration = Duration::from_millis(100);
+
+fn watched() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in FORWARDED {
+        set.add(signal);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// Evidence that [`block_signals`] ran. The signals stay blocked for the
+/// rest of the process on purpose: unblocking one that is pending would
+/// end the launcher by it instead of with the child's status.
+#[derive(Debug)]
+#[must_use]
+pub struct SignalGuard(());
+
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGCHLD in the calling thread, so they
+/// wait to be read from a signalfd. Call it first in cluster mode, before
+/// any thread starts: threads inherit the mask, and a process-directed
+/// signal goes to a thread that does not block it.
+///
+/// # Errors
+/// [`Error::BlockSignals`] (cannot happen with a valid set).
+pub fn block_signals() -> Result<SignalGuard, Error> {
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&watched()), None)
+        .map_err(|source| Error::BlockSignals { source })?;
+    Ok(SignalGuard(()))
+}
+
+/// Before the child exists, a stop request must still stop the launcher:
+/// with the signals blocked (for the supervisor's signalfd) a SIGTERM
+/// during a cluster wait would otherwise be ignored until systemd's
+/// SIGKILL, and the lease would then linger for its TTL. This thread reads
+/// the forwarded signals until [`Interrupts::stop`]; on one it runs the
+/// cleanup (revoking the lease, so the next holder need not wait) and ends
+/// the process *by that signal*, as it would have ended unblocked.
+pub struct Interrupts {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cleanup: Cleanup,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Interrupts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interrupts").finish_non_exhaustive()
+    }
+}
+
+type Cleanup = std::sync::Arc<std::sync::Mutex<Option<Box<dyn Fn() + Send>>>>;
+
+/// How often the interrupt thread looks at its stop flag.
+const INTERRUPT_CHECK: Duration = Duration::from_millis(50);
+
+impl Interrupts {
+    /// Starts the thread; call after [`block_signals`].
+    ///
+    /// # Errors
+    /// [`Error::WatchSignals`], or [`Error::StartRenewer`] for the thread.
+    pub fn start(_blocked: &SignalGuard) -> Result<Self, Error> {
+        let mut set = SigSet::empty();
+        for signal in FORWARDED {
+            set.add(signal);
+        }
+        let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|source| Error::WatchSignals { source })?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cleanup: Cleanup = std::sync::Arc::default();
+        let thread = std::thread::Builder::new()
+            .name("ec-interrupts".into())
+            .spawn({
+                let stop = stop.clone();
+                let cleanup = cleanup.clone();
+                move || watch_interrupts(&signals, &stop, &cleanup)
+            })
+            .map_err(|source| Error::StartRenewer {
+                what: "the interrupt thread",
+                source,
+            })?;
+        Ok(Self {
+            stop,
+            cleanup,
+            thread: Some(thread),
+        })
+    }
+
+    /// What to do before dying of a signal (replaces the previous one).
+    pub fn on_interrupt(&self, cleanup: Box<dyn Fn() + Send>) {
+        if let Ok(mut slot) = self.cleanup.lock() {
+            *slot = Some(cleanup);
+        }
+    }
+
+    /// Stops reading: signals from now on wait, blocked, for the
+    /// supervisor's signalfd.
+    pub fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn watch_interrupts(
+    signals: &SignalFd,
+    stop: &std::sync::atomic::AtomicBool,
+    cleanup: &std::sync::Mutex<Option<Box<dyn Fn() + Send>>>,
+) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(INTERRUPT_CHECK).unwrap_or(PollTimeout::MAX);
+        if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+            continue;
+        }
+        let Ok(Some(info)) = signals.read_signal() else {
+            continue;
+        };
+        let Ok(signal) = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) else {
+            continue;
+        };
+        tracing::info!(
+            "{signal} before the program started: releasing the cluster keys and stopping"
+        );
+        if let Ok(slot) = cleanup.lock()
+            && let Some(cleanup) = slot.as_ref()
+        {
+            cleanup();
+        }
+        die_by(signal);
+    }
+}
+
+/// Ends the process by `signal`'s default action (no handler is ever
+/// installed): unblocked in this thread and sent to it.
+fn die_by(signal: Signal) -> ! {
+    let mut only = SigSet::empty();
+    only.add(signal);
+    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&only), None);
+    // SAFETY: tgkill takes a process ID, a thread ID of that process (this
+    // thread's own) and a signal number; no memory is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::gettid(),
+            signal as libc::c_int,
+        );
+    }
+    // Not reached for SIGTERM/SIGINT/SIGHUP, whose default is to terminate.
+    std::process::exit(128 + signal as i32);
+}
+
+/// How the supervised program ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited (its code) or was killed (128 + the signal).
+    Exited(u8),
+    /// The fence stopped it: why, and its status as in `Exited`.
+    Fenced { why: String, child: u8 },
+}
+
+impl Ended {
+    /// The launcher's exit status: the child's, or 76 when fenced.
+    #[must_use]
+    pub fn code(&self) -> u8 {
+        match self {
+            Self::Exited(code) => *code,
+            Self::Fenced { .. } => ExitStatus::Fenced.code(),
+        }
+    }
+}
+
+/// A running child and what we watch it with.
+#[derive(Debug)]
+pub struct Supervisor {
+    pid: Pid,
+    program: String,
+    signals: SignalFd,
+    /// Readable when the child exits; `None` without pidfd support.
+    exits: Option<OwnedFd>,
+}
+
+/// Spawns the prepared program holding `held` (and `slot`) as our child;
+/// see the module doc for how it starts. Call it on the thread that will
+/// call [`Supervisor::wait`] and outlive the child (the parent-death signal
+/// follows the spawning thread).
+///
+/// # Errors
+/// [`Error::Exec`] when the program cannot be run (127 not found, 126
+/// otherwise); [`Error::BlockSignals`], [`Error::WatchSignals`].
+pub fn spawn(
+    prepared: Prepared,
+    held: &HeldLock,
+    slot: Option<&HeldSlot>,
+) -> Result<Supervisor, Error> {
+    // A no-op after block_signals; the signalfd reads only blocked signals.
+    let set = watched();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .map_err(|source| Error::BlockSignals { source })?;
+    let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|source| Error::WatchSignals { source })?;
+
+    let Passed {
+        argv,
+        envp,
+        program,
+    } = exec::pass(prepared, held, slot)?;
+    let kept: Vec<RawFd> = exec::passed_locks(held, slot)
+        .into_iter()
+        .map(|lock| lock.lock.as_raw_fd())
+        .collect();
+    let mut command = Command::new(OsStr::from_bytes(argv[0].to_bytes()));
+    command
+        .args(
+            argv[1..]
+                .iter()
+                .map(|arg| OsStr::from_bytes(arg.to_bytes())),
+        )
+        .env_clear()
+        .process_group(0);
+    for entry in &envp {
+        let entry = entry.to_bytes();
+        if let Some(eq) = entry.iter().position(|&b| b == b'=') {
+            command.env(
+                OsStr::from_bytes(&entry[..eq]),
+                OsStr::from_bytes(&entry[eq + 1..]),
+            );
+        }
+    }
+    let parent = nix::unistd::getpid();
+    // SAFETY: `in_child` makes only async-signal-safe calls (prctl,
+    // getppid, fcntl, sigprocmask, sigaction) and allocates nothing: it
+    // runs in the child of a fork from a process that has threads.
+    unsafe {
+        command.pre_exec(move || in_child(parent, &kept));
+    }
+    let child = command.spawn().map_err(|e| Error::Exec {
+        program: program.clone(),
+        source: e.raw_os_error().map_or(Errno::EINVAL, Errno::from_raw),
+    })?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    tracing::debug!(pid = pid.as_raw(), "supervising {program}");
+    Ok(Supervisor {
+        pid,
+        program,
+        signals,
+        exits: pidfd_open(pid),
+    })
+}
+
+/// The child's side of [`spawn`], between fork and exec.
+fn in_child(parent: Pid, kept: &[RawFd]) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    // The parent may have died before the prctl: then no signal comes.
+    if nix::unistd::getppid() != parent {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    for &fd in kept {
+        // SAFETY: `fd` is a descriptor this (forked) process holds open;
+        // F_SETFD only changes its flags.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    // SAFETY: SIG_DFL runs no code of ours; this process is about to exec.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }?;
+    Ok(())
+}
+
+/// A pidfd for `pid` (pidfd_open(2), Linux 5.3), readable when it exits.
+fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the kernel just returned this descriptor, owned by no one else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// 128 + signal, like a shell; the exit code otherwise.
+fn status_code(status: WaitStatus) -> Option<u8> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(u8::try_from(code & 0xff).unwrap_or(u8::MAX)),
+        WaitStatus::Signaled(_, signal, _) => {
+            Some(128u8.saturating_add(u8::try_from(signal as i32).unwrap_or(0)))
+        }
+        _ => None,
+    }
+}
+
+impl Supervisor {
+    /// The child's PID (and its process group's ID).
+    #[must_use]
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Loops on the signalfd, the child's exit and the fence alarm:
+    /// SIGTERM/SIGINT/SIGHUP go to the child's group; when the fence fires,
+    /// logs why, SIGTERMs the group and SIGKILLs it after `stop grace`.
+    /// Returns when the child is reaped (its group killed first).
+    #[must_use]
+    pub fn wait(self, fence: Option<(&Renewer, Duration)>) -> Ended {
+        loop {
+            if let Some(code) = self.reap_if_exited() {
+                return Ended::Exited(code);
+            }
+            let (signalled, alarm) = self.poll(fence.map(|(renewer, _)| renewer), None);
+            if signalled {
+                self.forward_signals();
+            }
+            if alarm && let Some((renewer, grace)) = fence {
+                // Clear the timerfd; a renewal may have moved the deadline
+                // since it became readable, so ask.
+                let _ = nix::unistd::read(renewer.alarm_fd(), &mut [0u8; 8]);
+                if let Some(why) = renewer.fired() {
+                    return self.fence(why, grace);
+                }
+            }
+        }
+    }
+
+    /// Stops the child for the fence: SIGTERM, SIGKILL after `grace`.
+    fn fence(self, why: String, grace: Duration) -> Ended {
+        tracing::error!(
+            "fence: {why}; stopping {} (pid {}) before the lease can expire: SIGTERM to its process group, SIGKILL after {}",
+            self.program,
+            self.pid,
+            humantime::format_duration(grace)
+        );
+        self.signal_group(Signal::SIGTERM);
+        let until = Instant::now() + grace;
+        loop {
+            if let Some(child) = self.reap_if_exited() {
+                return Ended::Fenced { why, child };
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if self.poll(None, Some(left)).0 {
+                self.forward_signals();
+            }
+        }
+        tracing::warn!(
+            "fence: {} (pid {}) did not stop within {}; SIGKILL to its process group",
+            self.program,
+            self.pid,
+            humantime::format_duration(grace)
+        );
+        self.signal_group(Signal::SIGKILL);
+        loop {
+            if let Some(child) = self.reap_if_exited() {
+                return Ended::Fenced { why, child };
+            }
+            self.poll(None, None);
+            self.drain_signals();
+        }
+    }
+
+    /// Waits for a signal, the child's exit, or the alarm (or `timeout`).
+    /// Returns (a signal is readable, the alarm is readable).
+    fn poll(&self, renewer: Option<&Renewer>, timeout: Option<Duration>) -> (bool, bool) {
+        let check = if self.exits.is_some() {
+            timeout
+        } else {
+            Some(timeout.map_or(CHILD_CHECK, |t| t.min(CHILD_CHECK)))
+        };
+        let timeout = check.map_or(PollTimeout::NONE, |t| {
+            // Round up: a zero timeout would spin until the last millisecond.
+            PollTimeout::try_from(t + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX)
+        });
+        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(exits) = &self.exits {
+            fds.push(PollFd::new(exits.as_fd(), PollFlags::POLLIN));
+        }
+        let alarm_at = renewer.map(|renewer| {
+            fds.push(PollFd::new(renewer.alarm_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        if let Err(e) = poll(&mut fds, timeout)
+            && e != Errno::EINTR
+        {
+            // Not expected with valid descriptors; do not spin on it.
+            tracing::warn!("supervisor: poll failed: {e}");
+            std::thread::sleep(CHILD_CHECK);
+        }
+        let ready = |fd: &PollFd| fd.any().unwrap_or(false);
+        (
+            ready(&fds[0]),
+            alarm_at.is_some_and(|index| ready(&fds[index])),
+        )
+    }
+
+    /// Reads every pending signal; forwards those meant for the program.
+    fn forward_signals(&self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let Ok(signal) = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) else {
+                continue;
+            };
+            if FORWARDED.contains(&signal) {
+                tracing::info!("forwarding {signal} to {} (pid {})", self.program, self.pid);
+                self.signal_group(signal);
+            }
+        }
+    }
+
+    fn drain_signals(&self) {
+        while let Ok(Some(_)) = self.signals.read_signal() {}
+    }
+
+    fn signal_group(&self, signal: Signal) {
+        // ESRCH: the group is gone already (the child exited, unreaped).
+        if let Err(e) = killpg(self.pid, signal)
+            && e != Errno::ESRCH
+        {
+            tracing::warn!("cannot send {signal} to process group {}: {e}", self.pid);
+        }
+    }
+
+    /// When the child has exited: kills what is left of its group (the
+    /// unreaped child keeps the group's number from reuse), reaps it, and
+    /// returns its status.
+    fn reap_if_exited(&self) -> Option<u8> {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(self.pid), flags) {
+            Ok(WaitStatus::StillAlive) => return None,
+            Ok(_) => {}
+            Err(Errno::EINTR) => return None,
+            Err(e) => {
+                // ECHILD: someone else reaped it; nothing to report but that.
+                tracing::error!("cannot wait for {} (pid {}): {e}", self.program, self.pid);
+                return Some(ExitStatus::OsError.code());
+            }
+        }
+        self.signal_group(Signal::SIGKILL);
+        loop {
+            match nix::sys::wait::waitpid(self.pid, None) {
+                Ok(status) => {
+                    if let Some(code) = status_code(status) {
+                        return Some(code);
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::error!("cannot reap {} (pid {}): {e}", self.program, self.pid);
+                    return Some(ExitStatus::OsError.code());
+                }
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::cluster_node::{
-    FENCED, Launcher, MARGIN, NO_PERMISSION, Node, STOP_GRACE, TTL, Timeline, UNAVAILABLE,
+    FENCED, Launcher, Life, MARGIN, NO_PERMISSION, Node, STOP_GRACE, TTL, Timeline, UNAVAILABLE,
     brief_reader_program, figure, micros, now_micros, reader_program, secs, start_together,
     started_within, stopped_within,
 };
@@ -132,7 +132,7 @@ fn three_nodes_racing_for_one_source_run_exactly_one_program_per_round() {
             started_within(&env, &tag, PATIENCE).is_some(),
             "round {round}: the winner {tag} never started its reader"
         );
-        let timeline = Timeline::read(&env);
+        let timeline = Timeline::settled(&env);
         assert_eq!(
             timeline.lives.len(),
             round + 1,
@@ -143,8 +143,12 @@ fn three_nodes_racing_for_one_source_run_exactly_one_program_per_round() {
         // revoked lease frees the source for the next round at once.
         launchers[winner].signal(Signal::SIGTERM);
         assert_eq!(launchers[winner].exit_within(PATIENCE), Some(128 + 15));
+        assert!(
+            stopped_within(&env, &tag, PATIENCE).is_some(),
+            "round {round}: the reader outlived its launcher"
+        );
     }
-    Timeline::read(&env).assert_at_most(1);
+    Timeline::settled(&env).assert_at_most(1);
 }
 
 #[test]
@@ -178,7 +182,7 @@ fn two_tuners_across_four_nodes_never_run_more_than_two_programs() {
             launcher.log()
         );
     }
-    let timeline = Timeline::read(&env);
+    let timeline = Timeline::settled(&env);
     assert_eq!(
         timeline.lives.len(),
         4,
@@ -236,7 +240,7 @@ fn a_waiting_node_runs_within_ttl_and_a_second_after_the_active_node_is_killed()
         "the waiter took {:.3} s, more than TTL + 1 s",
         secs(delay)
     );
-    Timeline::read(&env).assert_at_most(1);
+    Timeline::settled(&env).assert_at_most(1);
 }
 
 #[test]
@@ -291,7 +295,10 @@ fn a_waiting_node_runs_within_a_second_of_a_clean_stop() {
     );
     let gap = figure(
         "failover after a clean stop (reader stop to start)",
-        Timeline::read(&env).life("a").unwrap().stop.unwrap(),
+        stopped_within(&env, "a", PATIENCE)
+            .expect("the holder's reader stopped")
+            .stop
+            .unwrap(),
         &took_over,
     );
     assert!(
@@ -303,7 +310,7 @@ fn a_waiting_node_runs_within_a_second_of_a_clean_stop() {
         "the waiter took {:.3} s after a clean stop: the lease was not revoked",
         secs(delay)
     );
-    Timeline::read(&env).assert_at_most(1);
+    Timeline::settled(&env).assert_at_most(1);
 }
 
 /// What a fenced holder looked like: its reader's stop, and the bound.
@@ -340,8 +347,23 @@ fn assert_fenced_before(env: &TestEnv, active: &mut Launcher, tag: &str, cut_at:
     stop
 }
 
+/// How a waiter came out of an outage: running its reader, or exited
+/// without one (status).
+fn outcome_of_waiter(env: &TestEnv, waiter: &mut Launcher, tag: &str) -> Result<Life, i32> {
+    let mut exited = None;
+    wait_until(PATIENCE, || {
+        exited = waiter.exit_within(Duration::ZERO);
+        Timeline::read(env).life(tag).is_some() || exited.is_some()
+    });
+    match (Timeline::read(env).life(tag).cloned(), exited) {
+        (Some(life), _) => Ok(life),
+        (None, Some(status)) => Err(status),
+        (None, None) => panic!("waiter {tag} neither ran nor exited:\n{}", waiter.log()),
+    }
+}
+
 #[test]
-fn freezing_etcd_fences_the_holder_before_its_lease_can_expire_and_the_next_waits_for_it() {
+fn freezing_etcd_fences_the_holder_before_its_lease_can_expire_and_no_one_overlaps_it() {
     let mut etcd = EtcdServer::start();
     let env = TestEnv::new();
     let a = Node::new(&env, "a", etcd.endpoints());
@@ -356,18 +378,58 @@ fn freezing_etcd_fences_the_holder_before_its_lease_can_expire_and_the_next_wait
         "the waiter ran while etcd was frozen"
     );
     etcd.thaw();
-    let took_over = started_within(&env, "b", PATIENCE).unwrap_or_else(|| {
-        panic!(
-            "the waiter never ran after the thaw (status {:?}):\n{}",
-            waiter.exit_within(Duration::ZERO),
-            waiter.log()
-        )
-    });
+    // The waiter takes over, or, if it gave up during the freeze (see
+    // `a_waiter_keeps_waiting_through_an_etcd_freeze_longer_than_its_fence_budget`),
+    // a restarted one does, as systemd would restart it. Either way after
+    // the fenced reader.
+    let (took_over, _restarted) = match outcome_of_waiter(&env, &mut waiter, "b") {
+        Ok(life) => (life, None),
+        Err(status) => {
+            eprintln!(
+                "FIGURE etcd freeze: the waiter exited {status} without running; restarting it"
+            );
+            assert_eq!(status, FENCED, "{}", waiter.log());
+            let mut restarted = b.start_reader(SOURCE, "b-restarted", &["--on-busy", "wait"]);
+            let life = started_within(&env, "b-restarted", PATIENCE)
+                .unwrap_or_else(|| panic!("the restarted waiter never ran:\n{}", restarted.log()));
+            assert!(restarted.running());
+            (life, Some(restarted))
+        }
+    };
+    figure(
+        "etcd freeze: takeover after the freeze began",
+        frozen_at,
+        &took_over,
+    );
     assert!(
         took_over.start > stop,
         "the waiter overlapped the fenced reader"
     );
-    Timeline::read(&env).assert_at_most(1);
+    Timeline::settled(&env).assert_at_most(1);
+}
+
+#[test]
+fn a_waiter_keeps_waiting_through_an_etcd_freeze_longer_than_its_fence_budget() {
+    let mut etcd = EtcdServer::start();
+    let env = TestEnv::new();
+    let a = Node::new(&env, "a", etcd.endpoints());
+    let b = Node::new(&env, "b", etcd.endpoints());
+    let _active = hold(&env, &a, "a");
+    let mut waiter = wait_behind(&env, &b, "b");
+    etcd.freeze();
+    // Longer than the fence budget (TTL - stop grace - margin) of both.
+    std::thread::sleep(TTL);
+    etcd.thaw();
+    // Nothing ran on the waiter's lease, so nothing needed fencing: it
+    // should take a fresh lease and go on waiting, and take over the
+    // source the fenced holder left.
+    match outcome_of_waiter(&env, &mut waiter, "b") {
+        Ok(_) => Timeline::settled(&env).assert_at_most(1),
+        Err(status) => panic!(
+            "the waiter exited {status} instead of taking over:\n{}",
+            waiter.log()
+        ),
+    }
 }
 
 #[test]
@@ -395,7 +457,7 @@ fn a_node_cut_off_by_its_link_is_fenced_before_its_lease_expires_and_the_etcd_si
         took_over.start > stop,
         "the etcd side overlapped the cut-off reader"
     );
-    Timeline::read(&env).assert_at_most(1);
+    Timeline::settled(&env).assert_at_most(1);
 }
 
 /// Leader loss: the holder survives if renewal resumes in time (no fence,
@@ -412,7 +474,7 @@ fn holder_survives_or_is_fenced(lose_leader: impl FnOnce(&mut EtcdCluster) -> us
     let old_leader = lose_leader(&mut cluster);
     // Long enough for the lease to have expired twice over had nobody renewed it.
     std::thread::sleep(TTL * 2);
-    let timeline = Timeline::read(&env);
+    let timeline = Timeline::settled(&env);
     timeline.assert_at_most(1);
     if active.running() {
         eprintln!("FIGURE leader {old_leader} lost: the holder survived");
@@ -540,6 +602,8 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
             "--node",
             node,
         ])
+        .arg("--lock-dir")
+        .arg(a.lock_dir())
         .run()
         .json()
     };
@@ -571,6 +635,8 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
     assert_eq!(status("b")["cluster"]["holders"][0]["this_node"], false);
     // The text form names the node too.
     env.command(["status", "--etcd", &etcd.endpoints(), "--node", "b"])
+        .arg("--lock-dir")
+        .arg(a.lock_dir())
         .stdout_contains("a")
         .run();
 }
@@ -720,6 +786,8 @@ mod credentials {
             "--etcd-user-file",
         ])
         .arg(env.path("user"))
+        .arg("--lock-dir")
+        .arg(a.lock_dir())
         .stdout_contains("\"node\"")
         .output_lacks(PASSWORD)
         .run();

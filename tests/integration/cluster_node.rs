@@ -8,10 +8,10 @@
 //! dies. The kernel arbitrates that lock, so a reader that finds every tuner
 //! file taken proves two readers ran at once, exactly, whatever the clocks
 //! say: it writes the fact to `overlaps` and exits 99. For figures (failover
-//! times, the fence margin) each reader also logs its own start and, through
-//! a watcher that waits for its death on a second lock, its stop, on
-//! `CLOCK_REALTIME` in microseconds (bash's `$EPOCHREALTIME`: no fork between
-//! the event and its stamp).
+//! times, the fence margin) and for the order of lives each reader also logs
+//! its own start and, through a watcher that reads a pipe only the reader
+//! holds open, its stop, on `CLOCK_REALTIME` in microseconds (bash's
+//! `$EPOCHREALTIME`: no fork between the event and its stamp).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -47,17 +47,18 @@ const READER: &str = r#"#!/bin/bash
 # reader TAG TUNERS [SECONDS]: stands for ec-node reading one of TUNERS tuners.
 cd "$(dirname "$0")" || exit 97
 tag=$1 tuners=$2 secs=${3:-600}
-exec 8>>"alive.$tag"
-flock -n 8 || { echo "reused $tag $EPOCHREALTIME" >> overlaps; exit 98; }
+# The watcher: reads a pipe whose only write end is this reader's fd 7
+# (kept across exec), so its read returns at the reader's death; in a
+# session of its own, so no signal for the reader's process group reaches
+# it. It says it is ready just before it blocks, and the reader starts
+# reading only then: a stop is stamped when it happens, never late.
+mkfifo "ready.$tag" || exit 97
+exec 7> >(exec setsid bash -c 'echo > "ready.$1"; read -r _; echo "stop $1 $EPOCHREALTIME" >> events' bash "$tag")
+read -r _ < "ready.$tag"
 for ((i = 0; i < tuners; i++)); do
   exec 9>>"tuner.$i"
   if flock -n 9; then
     echo "start $tag $EPOCHREALTIME $$ $i $PPID" >> events
-    # The watcher: blocks on alive.TAG until the reader (which keeps fd 8
-    # across exec) is dead, in a session of its own so no signal for the
-    # reader's process group reaches it.
-    setsid bash -c 'flock 8; echo "stop $1 $EPOCHREALTIME" >> events' bash "$tag" \
-      8<"alive.$tag" 9>&- </dev/null >/dev/null 2>&1 &
     exec sleep "$secs"
   fi
   exec 9>&-
@@ -359,6 +360,23 @@ impl Timeline {
         }
     }
 
+    /// Like [`Self::read`] once every life whose reader is dead has its stop
+    /// logged (the watcher writes it a moment after the death), so an
+    /// assertion never takes a dead reader for a running one.
+    #[must_use]
+    pub fn settled(env: &TestEnv) -> Self {
+        let mut timeline = Self::read(env);
+        wait_until(Duration::from_secs(5), || {
+            timeline = Self::read(env);
+            timeline
+                .lives
+                .iter()
+                .filter(|l| l.stop.is_none())
+                .all(|l| running(l.pid))
+        });
+        timeline
+    }
+
     /// The life of reader `tag`, if it started.
     #[must_use]
     pub fn life(&self, tag: &str) -> Option<&Life> {
@@ -390,6 +408,17 @@ impl Timeline {
             "{most} readers' logged lives overlap (at most {tuners} allowed):\n{self:#?}"
         );
     }
+}
+
+/// True while `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// Waits until reader `tag` has logged its start; its life.

@@ -502,7 +502,12 @@ mod tests {
             serde_json::from_str(include_str!("../../nixos/cluster-timing.json")).unwrap();
         assert_eq!(Some(MARGIN.as_secs()), shared["margin"].as_u64());
         let cli = crate::cli::Cli::try_parse_from([
-            "ec-launch", "run", "--source", "http://h/v1", "--", "true",
+            "ec-launch",
+            "run",
+            "--source",
+            "http://h/v1",
+            "--",
+            "true",
         ])
         .unwrap();
         let crate::cli::Command::Run(run) = cli.command else {

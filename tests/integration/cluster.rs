@@ -517,6 +517,69 @@ fn stopping_the_leader_of_three_members_never_lets_two_programs_run() {
     });
 }
 
+/// Moves the leadership of `cluster` to member `i` (`etcdctl move-leader`).
+#[track_caller]
+fn make_leader(cluster: &EtcdCluster, i: usize) {
+    let name = format!("m{i}");
+    let list = crate::testenv::text(&cluster.etcdctl(&["member", "list"]).stdout);
+    let id = list
+        .lines()
+        .map(|line| line.split(", ").collect::<Vec<_>>())
+        .find(|fields| fields.get(2) == Some(&name.as_str()))
+        .map(|fields| fields[0].to_owned())
+        .unwrap_or_else(|| panic!("no member {name} in {list}"));
+    let moved = cluster.etcdctl(&["move-leader", &id]);
+    assert!(
+        moved.status.success(),
+        "{}",
+        crate::testenv::describe(&moved)
+    );
+    assert!(
+        wait_until(PATIENCE, || cluster.leader() == i),
+        "member {i} never became leader"
+    );
+}
+
+#[test]
+fn the_holder_survives_a_frozen_leader_that_is_replaced_within_a_second() {
+    let mut cluster = EtcdCluster::start(3);
+    // The leader on the second endpoint: a renewal sent to the first (a
+    // follower, which forwards it to the frozen leader) times out, and the
+    // next try must reach a member that can answer.
+    make_leader(&cluster, 1);
+    let env = TestEnv::new();
+    let a = Node::new(&env, "a", cluster.endpoints());
+    let b = Node::new(&env, "b", cluster.endpoints());
+    let mut active = hold(&env, &a, "a");
+    let mut waiter = wait_behind(&env, &b, "b");
+    let frozen_at = std::time::Instant::now();
+    cluster.freeze(1);
+    let new_leader = cluster.leader();
+    let elected_after = frozen_at.elapsed();
+    eprintln!(
+        "FIGURE frozen leader 1 replaced by member {new_leader} after {:.3} s",
+        elected_after.as_secs_f64()
+    );
+    assert!(
+        elected_after < Duration::from_secs(1),
+        "the election itself took {elected_after:?}: this run proves nothing"
+    );
+    // Long enough for the lease to have expired twice over had nobody renewed it.
+    std::thread::sleep(TTL * 2);
+    assert!(
+        active.running(),
+        "the holder was fenced (status {:?}) although a new leader was elected {:.3} s after the freeze, well within the fence budget of {} s:\n{}",
+        active.exit_within(Duration::ZERO),
+        elected_after.as_secs_f64(),
+        TTL.saturating_sub(STOP_GRACE + MARGIN).as_secs(),
+        active.log()
+    );
+    let timeline = Timeline::settled(&env);
+    assert!(timeline.life("a").unwrap().stop.is_none());
+    assert!(timeline.life("b").is_none(), "the waiter ran");
+    assert!(waiter.running(), "the waiter gave up:\n{}", waiter.log());
+}
+
 #[test]
 fn ec_launch_forwards_termination_signals_to_the_program_and_exits_with_its_status() {
     let etcd = EtcdServer::start();

@@ -32,9 +32,6 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 /// The fixed margin of the design (ECP-0134).
 pub const MARGIN: Duration = Duration::from_secs(1);
 
-/// The cluster flags every test launcher gets besides `--etcd`.
-const TIMING_FLAGS: [&str; 4] = ["--etcd-ttl", "6", "--etcd-stop-grace", "1"];
-
 /// The exit status of a fenced launcher.
 pub const FENCED: i32 = 76;
 /// etcd unreachable, TLS failure, server not trusted.
@@ -91,6 +88,7 @@ pub struct Node<'e> {
     name: String,
     endpoints: String,
     netns: Option<&'e Netns>,
+    ttl: u64,
 }
 
 impl<'e> Node<'e> {
@@ -106,6 +104,7 @@ impl<'e> Node<'e> {
             name: name.to_owned(),
             endpoints: endpoints.into(),
             netns: None,
+            ttl: TTL.as_secs(),
         }
     }
 
@@ -113,6 +112,13 @@ impl<'e> Node<'e> {
     #[must_use]
     pub fn inside(mut self, netns: &'e Netns) -> Self {
         self.netns = Some(netns);
+        self
+    }
+
+    /// Its launchers use `--etcd-ttl SECS` instead of [`TTL`].
+    #[must_use]
+    pub fn ttl(mut self, secs: u64) -> Self {
+        self.ttl = secs;
         self
     }
 
@@ -127,13 +133,14 @@ impl<'e> Node<'e> {
     }
 
     /// `ec-launch run --lock-dir <its dir> --source SOURCE --node NAME
-    /// --etcd ENDPOINTS --etcd-ttl 6 --etcd-stop-grace 1 …`, to be finished
+    /// --etcd ENDPOINTS --etcd-ttl 6 --etcd-stop-grace 1 …` (its TTL), to be finished
     /// like any invocation (the program is `touch ran` unless said).
     pub fn launch(&self, source: &str) -> Invocation<'e> {
         self.env
             .launch_in(self.lock_dir(), source)
             .args(["--node", &self.name, "--etcd", &self.endpoints])
-            .args(TIMING_FLAGS)
+            .args(["--etcd-ttl", &self.ttl.to_string()])
+            .args(["--etcd-stop-grace", &STOP_GRACE.as_secs().to_string()])
     }
 
     /// Starts a launcher of the reader `tag` on `source` with `extra` flags

@@ -13,8 +13,8 @@ use nix::sys::signal::Signal;
 
 use crate::cluster_node::{
     FENCED, Launcher, Life, MARGIN, NO_PERMISSION, Node, STOP_GRACE, TTL, Timeline, UNAVAILABLE,
-    brief_reader_program, figure, micros, now_micros, reader_program, secs, start_together,
-    started_within, stopped_within,
+    brief_reader_program, figure, last_renewal_sent, micros, now_micros, reader_program, secs,
+    start_together, started_within, stopped_within,
 };
 use crate::etcd_server::{EtcdCluster, EtcdServer};
 use crate::netns::{EtcdInside, Link};
@@ -336,6 +336,22 @@ fn assert_fenced_before(env: &TestEnv, active: &mut Launcher, tag: &str, cut_at:
         TTL.as_secs(),
         active.log()
     );
+    // Tighter, where the launcher logged when its last good renewal was
+    // sent: the lease cannot expire on the server before that plus the TTL.
+    if let Some(sent) = last_renewal_sent(&active.log()) {
+        let earliest_expiry = sent + TTL.as_micros();
+        let margin = i128::try_from(earliest_expiry).unwrap() - i128::try_from(stop).unwrap();
+        eprintln!(
+            "FIGURE fence margin (measured): reader {tag} dead {:.3} s before the earliest possible lease expiry (last renewal sent + TTL)",
+            secs(margin)
+        );
+        assert!(
+            stop < earliest_expiry,
+            "reader {tag} outlived the earliest expiry of its lease by {:.3} s\n{}",
+            secs(-margin),
+            active.log()
+        );
+    }
     // The launcher itself is done soon after, with the fenced status: it
     // does not hang on the unreachable etcd (systemd must restart it).
     assert_eq!(

@@ -453,6 +453,28 @@ pub fn stopped_within(env: &TestEnv, tag: &str, limit: Duration) -> Option<Life>
     found
 }
 
+/// When the last successful renewal was sent, by the fence's own log line
+/// (`<RFC 3339 stamp> ERROR fence: … the last one that did was sent 4.0s
+/// ago …`), in microseconds of `CLOCK_REALTIME`: the earliest instant the
+/// server may expire the lease is this plus the TTL. `None` if the log has
+/// no such line (the claim is then checked against a looser bound).
+#[must_use]
+pub fn last_renewal_sent(log: &str) -> Option<u128> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("fence") && l.contains("was sent "))?;
+    let stamp = humantime::parse_rfc3339(line.split_whitespace().next()?).ok()?;
+    let ago: f64 = line
+        .split("was sent ")
+        .nth(1)?
+        .split("s ago")
+        .next()?
+        .parse()
+        .ok()?;
+    let at = stamp.duration_since(UNIX_EPOCH).ok()?;
+    Some(at.checked_sub(Duration::from_secs_f64(ago))?.as_micros())
+}
+
 /// How long after `from` reader `tag` started, in microseconds (negative
 /// if before), printing the figure as `what`.
 #[track_caller]

@@ -565,8 +565,7 @@ fn make_leader(cluster: &EtcdCluster, i: usize) {
         .lines()
         .map(|line| line.split(", ").collect::<Vec<_>>())
         .find(|fields| fields.get(2) == Some(&name.as_str()))
-        .map(|fields| fields[0].to_owned())
-        .unwrap_or_else(|| panic!("no member {name} in {list}"));
+        .map_or_else(|| panic!("no member {name} in {list}"), |f| f[0].to_owned());
     let moved = cluster.etcdctl(&["move-leader", &id]);
     assert!(
         moved.status.success(),

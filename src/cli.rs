@@ -286,8 +286,8 @@ mod tests {
         assert_eq!(parse_busy_exit_code("75"), Ok(75));
         assert_eq!(parse_busy_exit_code("1"), Ok(1));
         for reserved in [
-            "2", "3", "4", "5", "6", "7", "64", "65", "66", "69", "71", "73", "77", "78", "126",
-            "127",
+            "2", "3", "4", "5", "6", "7", "64", "65", "66", "69", "71", "73", "76", "77", "78",
+            "126", "127",
         ] {
             assert!(parse_busy_exit_code(reserved).is_err(), "{reserved}");
         }

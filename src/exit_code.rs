@@ -7,7 +7,9 @@
 //! that cannot be run (126 found but not runnable, 127 not found).
 //!
 //! After a successful `run`, `ec-launch` is gone: the status is the program's
-//! own, because the program *is* the process `ec-launch` was.
+//! own, because the program *is* the process `ec-launch` was. In cluster
+//! mode (`--etcd`) it supervises the program and passes its status on
+//! (128+N for a death by signal N), unless the fence stopped it (76).
 //!
 //! [`ExitStatus`] is the one description of them: each variant is declared
 //! once with its number and meaning (the [`exit_statuses!`] macro below), and
@@ -20,7 +22,7 @@ use std::process;
 /// The first row of the README's table: not a status of ours.
 const PROGRAMS_ROW: (&str, &str) = (
     "program's",
-    "`run` exec'd the program; its status is the exit status",
+    "`run` exec'd the program; its status is the exit status. With `--etcd`, `run` supervises it and exits with its status, or 128+N when signal N killed it",
 );
 
 /// The default busy status: `EX_TEMPFAIL`, "try again later", which is what a
@@ -91,13 +93,6 @@ exit_statuses! {
     DeviceNeedsTunerCount => 78, "`run --tuners auto`: the device has no `discover.json` (HTTP 404) or no usable `TunerCount`; pass `--tuners N`";
     CannotRun => 126, "the program was found but cannot be executed";
     NotFound => 127, "the program was not found";
-}
-
-impl ExitStatus {
-    /// The old name of [`ExitStatus::Unavailable`], for `status.rs` until
-    /// the coordinator renames its one use (engineers may not edit it).
-    #[allow(non_upper_case_globals)]
-    pub const DeviceUnavailable: Self = Self::Unavailable;
 }
 
 /// Every documented exit status and its meaning as the README's table rows:

@@ -126,3 +126,212 @@ pub fn claim_slot(
 fn passed(until: Option<Instant>) -> bool {
     until.is_some_and(|until| Instant::now() >= until)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against real etcd (the harness in `tests/support/etcd_server.rs`).
+
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::etcd::EtcdConnect;
+    use crate::cluster::etcd_server::EtcdServer;
+
+    const KEY: &[u8] = b"/every-channel/ec-launch/v1/sources/s";
+    const DEVICE: &[u8] = b"/every-channel/ec-launch/v1/devices/d";
+
+    fn client(etcd: &EtcdServer) -> EtcdClient {
+        EtcdClient::connect(&EtcdConnect {
+            endpoints: vec![url::Url::parse(&etcd.url()).expect("url")],
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user_file: None,
+            call_timeout: Duration::from_millis(1500),
+        })
+        .expect("connect")
+    }
+
+    fn lease(client: &EtcdClient, seconds: u64) -> i64 {
+        client
+            .grant(Duration::from_secs(seconds))
+            .expect("grant")
+            .id
+    }
+
+    fn claim_now(client: &EtcdClient, lease: i64, wait: bool, until: Option<Instant>) -> Claimed {
+        claim(client, KEY, b"v", lease, wait, until, &mut |_| {}).expect("claim")
+    }
+
+    #[test]
+    fn the_first_claimant_takes_the_key_and_a_skipping_second_is_told_the_holder() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let (first, second) = (lease(&client, 10), lease(&client, 10));
+        assert_eq!(claim_now(&client, first, false, None), Claimed::Ours);
+        match claim_now(&client, second, false, None) {
+            Claimed::Busy {
+                holder: Some(holder),
+                timed_out: false,
+            } => assert_eq!(holder.lease, first),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_key_already_held_by_our_own_lease_is_ours() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let ours = lease(&client, 10);
+        assert_eq!(claim_now(&client, ours, false, None), Claimed::Ours);
+        // As after a txn whose answer was lost.
+        assert_eq!(claim_now(&client, ours, false, None), Claimed::Ours);
+    }
+
+    #[test]
+    fn a_waiting_claimant_takes_the_key_when_the_holder_revokes() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let (first, second) = (lease(&client, 10), lease(&client, 10));
+        assert_eq!(claim_now(&client, first, false, None), Claimed::Ours);
+        let (waiting_tx, waiting) = mpsc::channel();
+        let waiter = {
+            let client = client.clone();
+            thread::spawn(move || {
+                let until = Some(Instant::now() + Duration::from_secs(20));
+                let claimed = claim(&client, KEY, b"two", second, true, until, &mut |holder| {
+                    waiting_tx.send(holder.lease).expect("report");
+                })
+                .expect("claim");
+                (claimed, Instant::now())
+            })
+        };
+        assert_eq!(waiting.recv().expect("the waiter waits"), first);
+        // Let the watch be made, then delete.
+        thread::sleep(Duration::from_millis(300));
+        let deleted = Instant::now();
+        client.revoke(first).expect("revoke");
+        let (claimed, woke) = waiter.join().expect("waiter");
+        assert_eq!(claimed, Claimed::Ours);
+        eprintln!(
+            "the waiter took the key {:?} after the revoke",
+            woke.saturating_duration_since(deleted)
+        );
+        let (kv, _) = client.get(KEY).expect("get");
+        assert_eq!(kv.expect("held").lease, second);
+    }
+
+    #[test]
+    fn a_waiting_claimant_takes_the_key_when_the_holders_lease_expires() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let (first, second) = (lease(&client, 1), lease(&client, 30));
+        assert_eq!(claim_now(&client, first, false, None), Claimed::Ours);
+        let started = Instant::now();
+        let until = Some(started + Duration::from_secs(20));
+        assert_eq!(claim_now(&client, second, true, until), Claimed::Ours);
+        eprintln!(
+            "took over {:?} after a 1 s lease was granted",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_waiting_claimant_gives_up_busy_when_until_passes() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let (first, second) = (lease(&client, 10), lease(&client, 10));
+        assert_eq!(claim_now(&client, first, false, None), Claimed::Ours);
+        let started = Instant::now();
+        let until = Some(started + Duration::from_millis(600));
+        match claim_now(&client, second, true, until) {
+            Claimed::Busy {
+                holder: Some(holder),
+                timed_out: true,
+            } => assert_eq!(holder.lease, first),
+            other => panic!("{other:?}"),
+        }
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(600), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+
+    fn slot(client: &EtcdClient, lease: i64, wait: bool, until: Option<Instant>) -> Option<u32> {
+        claim_slot(client, DEVICE, 2, b"v", lease, wait, until, &mut |_| {}).expect("claim_slot")
+    }
+
+    #[test]
+    fn two_slots_go_to_two_of_three_claimants_and_the_third_gets_the_one_freed() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let leases = [lease(&client, 10), lease(&client, 10), lease(&client, 10)];
+        assert_eq!(slot(&client, leases[0], false, None), Some(0));
+        assert_eq!(slot(&client, leases[1], false, None), Some(1));
+        assert_eq!(slot(&client, leases[2], false, None), None, "a third slot");
+        assert_eq!(
+            slot(&client, leases[1], false, None),
+            Some(1),
+            "our own slot"
+        );
+        let (waiting_tx, waiting) = mpsc::channel();
+        let waiter = {
+            let client = client.clone();
+            let lease = leases[2];
+            thread::spawn(move || {
+                let until = Some(Instant::now() + Duration::from_secs(20));
+                claim_slot(
+                    &client,
+                    DEVICE,
+                    2,
+                    b"v",
+                    lease,
+                    true,
+                    until,
+                    &mut |holders| {
+                        waiting_tx.send(holders.len()).expect("report");
+                    },
+                )
+                .expect("claim_slot")
+            })
+        };
+        assert_eq!(waiting.recv().expect("the third waits"), 2);
+        thread::sleep(Duration::from_millis(300));
+        client.revoke(leases[1]).expect("revoke");
+        assert_eq!(waiter.join().expect("waiter"), Some(1));
+        let held = client.list(DEVICE).expect("list");
+        assert_eq!(held.len(), 2);
+        assert_eq!(held[0].lease, leases[0]);
+        assert_eq!(held[1].lease, leases[2]);
+    }
+
+    #[test]
+    fn many_claimants_racing_for_one_key_leave_exactly_one_holder() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        for round in 0..5 {
+            let leases: Vec<i64> = (0..6).map(|_| lease(&client, 10)).collect();
+            let gate = std::sync::Arc::new(std::sync::Barrier::new(leases.len()));
+            let racers: Vec<_> = leases
+                .iter()
+                .map(|&lease| {
+                    let (client, gate) = (client.clone(), gate.clone());
+                    thread::spawn(move || {
+                        gate.wait();
+                        claim_now(&client, lease, false, None) == Claimed::Ours
+                    })
+                })
+                .collect();
+            let winners = racers
+                .into_iter()
+                .map(|r| r.join().expect("racer"))
+                .filter(|&won| won)
+                .count();
+            assert_eq!(winners, 1, "round {round}");
+            for lease in leases {
+                client.revoke(lease).expect("revoke");
+            }
+        }
+    }
+}

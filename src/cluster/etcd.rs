@@ -11,7 +11,8 @@
 //! Endpoints fail over: a call starts at the endpoint that last answered,
 //! and goes on to the next one only when the request was certainly not
 //! applied (the connection was refused or never set up, the TLS handshake
-//! failed, the member has no leader). Once a request may have reached etcd,
+//! failed). After a member answered "no leader", the next call starts at
+//! the next endpoint. Once a request may have reached etcd,
 //! its result is unknown and the error says so ([`EtcdError::is_ambiguous`]):
 //! a txn that timed out may have created the key, and the caller must count
 //! it as "maybe acquired" (revoke the lease, start over), never retry it
@@ -51,6 +52,9 @@ const WATCH_LINE_LIMIT: u64 = 1 << 20;
 const USER_FILE_LIMIT: u64 = 4096;
 /// The most a PEM file may hold.
 const PEM_LIMIT: u64 = 1 << 20;
+/// The read-only calls `connect` makes first; see [`classify`].
+const FIRST_CONTACT: [&str; 2] = [AUTHENTICATE, "/v3/maintenance/status"];
+const AUTHENTICATE: &str = "/v3/auth/authenticate";
 /// gRPC's codes the gateway passes on (grpc/codes).
 const CODE_NOT_FOUND: i64 = 5;
 const CODE_PERMISSION_DENIED: i64 = 7;
@@ -307,8 +311,13 @@ impl EtcdClient {
                 token: Mutex::new(None),
             }),
         };
+        // Credentials are checked at start, where a refusal is an operator's
+        // error (77), not a fault in the middle of a run: the password by
+        // authenticating, a client certificate by a read-only probe.
         if client.inner.credentials.is_some() {
             client.authenticate()?;
+        } else if needs_tls {
+            client.call("status probe", "/v3/maintenance/status", &json!({}))?;
         }
         Ok(client)
     }
@@ -522,29 +531,34 @@ impl EtcdClient {
                 }
                 let message: Value = serde_json::from_slice(&line)
                     .map_err(|e| malformed(OP, &endpoint, e.to_string()))?;
-                if let Some((code, text)) = gateway_error(&message) {
+                let result = message.get("result");
+                let compacted = result.is_some_and(|r| int_field(r, "compact_revision") > 0);
+                // History was compacted away: look again (always safe).
+                if compacted {
+                    return Ok(true);
+                }
+                // A stream error, or a watch etcd canceled (an expired
+                // token or a missing permission arrives as a cancel).
+                let failure = gateway_error(&message).or_else(|| {
+                    let result = result?;
+                    (result.get("canceled").and_then(Value::as_bool) == Some(true)).then(|| {
+                        let reason = result.get("cancel_reason").and_then(Value::as_str);
+                        (0, reason.unwrap_or("canceled, no reason given").to_owned())
+                    })
+                });
+                if let Some((code, text)) = failure {
                     if is_invalid_token(code, &text) && self.can_reauthenticate(reauthenticated) {
                         reauthenticated = true;
                         self.authenticate()?;
                         break;
                     }
-                    return Err(rejected(OP, &endpoint, code, text));
+                    return Err(refusal(OP, &endpoint, code, text));
                 }
-                let Some(result) = message.get("result") else {
+                let Some(result) = result else {
                     return Err(malformed(OP, &endpoint, "a watch message without result"));
                 };
                 if result.get("created").and_then(Value::as_bool) == Some(true) {
                     created = true;
-                }
-                if result.get("canceled").and_then(Value::as_bool) == Some(true) {
-                    if int_field(result, "compact_revision") > 0 {
-                        return Ok(true);
-                    }
-                    let reason = result
-                        .get("cancel_reason")
-                        .and_then(Value::as_str)
-                        .unwrap_or("no reason given");
-                    return Err(rejected(OP, &endpoint, 0, reason.to_owned()));
                 }
                 let deleted =
                     result
@@ -568,9 +582,8 @@ impl EtcdClient {
         let Some(credentials) = &self.inner.credentials else {
             return Ok(());
         };
-        *self.token_slot() = None;
         let request = json!({ "name": credentials.user, "password": credentials.password.0 });
-        let (answer, endpoint) = match self.call(OP, "/v3/auth/authenticate", &request) {
+        let (answer, endpoint) = match self.call(OP, AUTHENTICATE, &request) {
             Ok(answer) => answer,
             Err(EtcdError::Rejected {
                 endpoint,
@@ -642,19 +655,12 @@ impl EtcdClient {
                 return Ok((answer, endpoint));
             };
             if is_invalid_token(code, &message)
-                && path != "/v3/auth/authenticate"
+                && path != AUTHENTICATE
                 && self.can_reauthenticate(reauthenticated)
             {
                 reauthenticated = true;
                 self.authenticate()?;
                 continue;
-            }
-            if code == CODE_PERMISSION_DENIED {
-                return Err(EtcdError::AuthRejected {
-                    operation,
-                    endpoint,
-                    reason: message,
-                });
             }
             if is_maybe_applied(&message) {
                 self.advance_from(&endpoint);
@@ -664,7 +670,11 @@ impl EtcdClient {
                     reason: message,
                 });
             }
-            return Err(rejected(operation, &endpoint, code, message));
+            if code == CODE_UNAVAILABLE {
+                // "no leader": this member is cut off; try another next time.
+                self.advance_from(&endpoint);
+            }
+            return Err(refusal(operation, &endpoint, code, message));
         }
     }
 
@@ -694,11 +704,28 @@ impl EtcdClient {
             }
             let url = format!("{}{}", endpoint.as_str().trim_end_matches('/'), path);
             let mut request = inner.agent.post(&url).content_type("application/json");
-            let token = self.token_slot().as_ref().map(|t| t.0.clone());
+            // Authenticating sends no token: the one we have may be the
+            // expired one it replaces (other threads keep using it meanwhile).
+            let token = if path == AUTHENTICATE {
+                None
+            } else {
+                self.token_slot().as_ref().map(|t| t.0.clone())
+            };
             if let Some(token) = token {
                 request = request.header("Authorization", token);
             }
-            let config = request.config().timeout_connect(Some(left));
+            // Connecting gets less than the whole budget: a connect that
+            // times out is then reported as one (certainly not sent, not
+            // ambiguous), and a host that never answers leaves time for
+            // the next endpoint.
+            let mut connect = left.mul_f64(0.9);
+            if step + 1 < count {
+                connect = connect.min(inner.call_timeout / 2);
+            }
+            if let Some(window) = stream_window {
+                connect = connect.min(window.mul_f64(0.9));
+            }
+            let config = request.config().timeout_connect(Some(connect));
             let request = match stream_window {
                 // The window bounds the stream; its answer must start in time.
                 Some(window) => config
@@ -707,7 +734,8 @@ impl EtcdClient {
                 None => config.timeout_global(Some(left)),
             }
             .build();
-            match classify(request.send(&body)) {
+            let first_tls_contact = endpoint.scheme() == "https" && FIRST_CONTACT.contains(&path);
+            match classify(request.send(&body), first_tls_contact) {
                 Attempt::Answered(response) => {
                     inner.current.store(index, Ordering::Relaxed);
                     let status = response.status().as_u16();
@@ -726,6 +754,8 @@ impl EtcdClient {
                         "etcd {operation} at {shown}: {reason}; trying the next endpoint"
                     );
                     last = Some((kind, shown, reason));
+                    // Should the time run out, the next call starts there.
+                    inner.current.store((index + 1) % count, Ordering::Relaxed);
                 }
                 Attempt::MaybeSent(reason) => {
                     inner.current.store((index + 1) % count, Ordering::Relaxed);
@@ -801,7 +831,15 @@ enum NotSentKind {
     CertRejected,
 }
 
-fn classify(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Attempt {
+/// Sorts one attempt's result. `first_tls_contact`: a read-only first
+/// call over https (authenticate, or the status probe), where a connection
+/// closed before any answer is the server refusing our client certificate:
+/// TLS 1.3 verifies it after the client's side of the handshake is done, so
+/// the refusal arrives as a closed connection on the first request.
+fn classify(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    first_tls_contact: bool,
+) -> Attempt {
     use ureq::Timeout;
     let error = match result {
         Ok(response) => return Attempt::Answered(response),
@@ -832,6 +870,28 @@ fn classify(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> At
                     | io::ErrorKind::HostUnreachable
             ) =>
         {
+            Attempt::NotSent(NotSentKind::Unreachable, reason)
+        }
+        ureq::Error::Io(io)
+            if first_tls_contact
+                && matches!(
+                    io.kind(),
+                    io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::UnexpectedEof
+                ) =>
+        {
+            Attempt::NotSent(
+                NotSentKind::CertRejected,
+                format!(
+                    "{reason}: etcd closed the TLS connection before answering, so it did not accept our client certificate"
+                ),
+            )
+        }
+        // A write failed: the request never reached etcd whole, so it
+        // cannot have been applied.
+        ureq::Error::Io(io) if io.kind() == io::ErrorKind::BrokenPipe => {
             Attempt::NotSent(NotSentKind::Unreachable, reason)
         }
         _ => Attempt::MaybeSent(reason),
@@ -893,7 +953,9 @@ fn gateway_error(answer: &Value) -> Option<(i64, String)> {
 }
 
 fn is_invalid_token(code: i64, message: &str) -> bool {
-    code == CODE_UNAUTHENTICATED || message.contains("invalid auth token")
+    code == CODE_UNAUTHENTICATED
+        || message.contains("invalid auth token")
+        || message.contains("code = Unauthenticated")
 }
 
 /// etcd's errors after a proposal was made: it may still commit.
@@ -901,6 +963,19 @@ fn is_maybe_applied(message: &str) -> bool {
     ["request timed out", "leader changed", "timed out due to"]
         .iter()
         .any(|m| message.contains(m))
+}
+
+/// etcd's answer refusing a request: a missing permission is a credentials
+/// problem (77), anything else [`rejected`].
+fn refusal(operation: &'static str, endpoint: &str, code: i64, message: String) -> EtcdError {
+    if code == CODE_PERMISSION_DENIED || message.contains("permission denied") {
+        return EtcdError::AuthRejected {
+            operation,
+            endpoint: endpoint.to_owned(),
+            reason: message,
+        };
+    }
+    rejected(operation, endpoint, code, message)
 }
 
 fn rejected(operation: &'static str, endpoint: &str, code: i64, message: String) -> EtcdError {
@@ -1120,4 +1195,556 @@ fn key_value(kv: &Value) -> Result<KeyValue, String> {
         mod_revision: int_field(kv, "mod_revision"),
         lease: int_field(kv, "lease"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against real etcd (the harness in `tests/support/etcd_server.rs`).
+
+    use super::*;
+    use crate::cluster::etcd_server::{EtcdCluster, EtcdServer, TlsFiles};
+    use crate::error::Error;
+    use crate::exit_code::ExitStatus;
+
+    const TIMEOUT: Duration = Duration::from_millis(1500);
+
+    fn config(endpoints: &str) -> EtcdConnect {
+        EtcdConnect {
+            endpoints: endpoints
+                .split(',')
+                .map(|e| url::Url::parse(e).expect("endpoint URL"))
+                .collect(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user_file: None,
+            call_timeout: TIMEOUT,
+        }
+    }
+
+    fn client(etcd: &EtcdServer) -> EtcdClient {
+        EtcdClient::connect(&config(&etcd.url())).expect("connect")
+    }
+
+    fn tls_config(etcd: &EtcdServer, ca: &Path, cert: Option<(&Path, &Path)>) -> EtcdConnect {
+        EtcdConnect {
+            ca_file: Some(ca.to_owned()),
+            cert_file: cert.map(|c| c.0.to_owned()),
+            key_file: cert.map(|c| c.1.to_owned()),
+            ..config(&etcd.url())
+        }
+    }
+
+    fn status_of(error: EtcdError) -> ExitStatus {
+        Error::from(error).exit_status()
+    }
+
+    /// A loopback URL nothing listens on.
+    fn dead_endpoint() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// A loopback URL that never completes a connection: a listener whose
+    /// accept queue (backlog 0) is full drops further SYNs, like a
+    /// host that went away without a reset. Keep the guard alive.
+    fn blackhole_endpoint() -> (String, Vec<std::net::TcpStream>, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        rustix::net::listen(&listener, 0).expect("listen with backlog 0");
+        let addr = listener.local_addr().expect("addr");
+        let mut fillers = Vec::new();
+        // Fill the queue until a connect hangs.
+        while fillers.len() < 8 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(stream) => fillers.push(stream),
+                Err(_) => break,
+            }
+        }
+        (format!("http://{addr}"), fillers, listener)
+    }
+
+    #[test]
+    fn a_first_endpoint_that_never_connects_leaves_time_for_the_next_and_is_skipped_after() {
+        let etcd = EtcdServer::start();
+        let (blackhole, _fillers, _listener) = blackhole_endpoint();
+        let client =
+            EtcdClient::connect(&config(&format!("{blackhole},{}", etcd.url()))).expect("connect");
+        let started = Instant::now();
+        let lease = client.grant(Duration::from_secs(5));
+        let took = started.elapsed();
+        assert!(lease.is_ok(), "{lease:?} after {took:?}");
+        assert!(took < TIMEOUT, "{took:?}");
+        let started = Instant::now();
+        client.grant(Duration::from_secs(5)).expect("second grant");
+        let took = started.elapsed();
+        assert!(
+            took < TIMEOUT / 3,
+            "the second call tried the dead endpoint again: {took:?}"
+        );
+        // Alone, it is unreachable: a connect that never finished sent nothing.
+        let alone = EtcdClient::connect(&config(&blackhole)).expect("connect");
+        let error = alone
+            .grant(Duration::from_secs(5))
+            .expect_err("never connects");
+        assert!(matches!(error, EtcdError::Unreachable { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_granted_lease_renews_with_the_servers_ttl_and_a_revoked_one_renews_to_none() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let lease = client.grant(Duration::from_secs(5)).expect("grant");
+        assert_eq!(lease.ttl, Duration::from_secs(5));
+        assert_eq!(
+            client.keep_alive(lease.id).expect("keepalive"),
+            Some(Duration::from_secs(5))
+        );
+        let left = client.time_to_live(lease.id).expect("ttl");
+        assert!(
+            left.is_some_and(|l| l <= Duration::from_secs(5)),
+            "{left:?}"
+        );
+        client.revoke(lease.id).expect("revoke");
+        assert_eq!(client.keep_alive(lease.id).expect("keepalive"), None);
+        assert_eq!(client.time_to_live(lease.id).expect("ttl"), None);
+        client
+            .revoke(lease.id)
+            .expect("revoking a gone lease is fine");
+    }
+
+    #[test]
+    fn a_lease_that_expired_on_the_server_renews_to_none() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let lease = client.grant(Duration::from_secs(1)).expect("grant");
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(client.keep_alive(lease.id).expect("keepalive"), None);
+    }
+
+    #[test]
+    fn create_takes_a_free_key_and_names_the_holder_of_a_taken_one() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let first = client.grant(Duration::from_secs(10)).expect("grant");
+        let second = client.grant(Duration::from_secs(10)).expect("grant");
+        let key = b"/every-channel/t/sources/a";
+        let Created::Ours { revision } = client.create(key, b"one", first.id).expect("create")
+        else {
+            panic!("a free key was not taken");
+        };
+        let Created::Held {
+            holder,
+            revision: seen,
+        } = client.create(key, b"two", second.id).expect("create")
+        else {
+            panic!("a held key was taken twice");
+        };
+        assert_eq!(holder.value, b"one");
+        assert_eq!(holder.lease, first.id);
+        assert_eq!(holder.create_revision, revision);
+        assert!(seen >= revision);
+        let (kv, _) = client.get(key).expect("get");
+        assert_eq!(kv.expect("key exists").value, b"one");
+        client.revoke(first.id).expect("revoke");
+        assert_eq!(
+            client.get(key).expect("get").0,
+            None,
+            "revoke deletes the key"
+        );
+        assert!(matches!(
+            client.create(key, b"two", second.id).expect("create"),
+            Created::Ours { .. }
+        ));
+    }
+
+    #[test]
+    fn list_returns_the_keys_under_a_prefix_and_no_others() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let lease = client.grant(Duration::from_secs(10)).expect("grant");
+        for key in ["/p/a", "/p/b", "/p0", "/q"] {
+            client
+                .create(key.as_bytes(), b"v", lease.id)
+                .expect("create");
+        }
+        let keys: Vec<Vec<u8>> = client
+            .list(b"/p/")
+            .expect("list")
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, [b"/p/a".to_vec(), b"/p/b".to_vec()]);
+    }
+
+    #[test]
+    fn a_client_can_be_shared_by_threads() {
+        fn shareable<T: Send + Sync + Clone>() {}
+        shareable::<EtcdClient>();
+    }
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+
+    #[test]
+    fn a_watch_wakes_on_the_delete_after_the_revision_and_times_out_without_one() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let lease = client.grant(Duration::from_secs(10)).expect("grant");
+        let Created::Ours { revision } = client.create(b"/w/k", b"v", lease.id).expect("create")
+        else {
+            panic!("not created");
+        };
+        let started = Instant::now();
+        let until = Some(started + Duration::from_millis(700));
+        assert_eq!(
+            client
+                .wait_for_delete(b"/w/k", false, revision, until)
+                .expect("watch"),
+            WatchOutcome::TimedOut
+        );
+        assert!(started.elapsed() >= Duration::from_millis(700));
+        // A delete that happened before the watch was made still counts.
+        client.revoke(lease.id).expect("revoke");
+        let until = Some(Instant::now() + Duration::from_secs(5));
+        assert_eq!(
+            client
+                .wait_for_delete(b"/w/k", false, revision, until)
+                .expect("watch"),
+            WatchOutcome::Deleted
+        );
+        assert_eq!(
+            client
+                .wait_for_delete(b"/w/", true, revision, until)
+                .expect("watch"),
+            WatchOutcome::Deleted
+        );
+    }
+
+    #[test]
+    fn a_watch_outlives_several_stream_windows() {
+        let etcd = EtcdServer::start();
+        // A short call timeout makes the stream window short (1 s).
+        let client = EtcdClient::connect(&EtcdConnect {
+            call_timeout: Duration::from_millis(100),
+            ..config(&etcd.url())
+        })
+        .expect("connect");
+        let lease = client.grant(Duration::from_secs(10)).expect("grant");
+        let Created::Ours { revision } = client.create(b"/w/k", b"v", lease.id).expect("create")
+        else {
+            panic!("not created");
+        };
+        let deleter = client.clone();
+        let delete = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2500));
+            deleter.revoke(lease.id).expect("revoke");
+            Instant::now()
+        });
+        let outcome = client
+            .wait_for_delete(
+                b"/w/k",
+                false,
+                revision,
+                Some(Instant::now() + Duration::from_secs(10)),
+            )
+            .expect("watch");
+        let woke = Instant::now();
+        let delete_instant = delete.join().expect("deleter");
+        assert_eq!(outcome, WatchOutcome::Deleted);
+        eprintln!(
+            "woke {:?} after the delete",
+            woke.saturating_duration_since(delete_instant)
+        );
+    }
+
+    #[test]
+    fn a_dead_endpoint_first_in_the_list_is_skipped_and_the_good_one_remembered() {
+        let etcd = EtcdServer::start();
+        let endpoints = format!("{},{}", dead_endpoint(), etcd.url());
+        let client = EtcdClient::connect(&config(&endpoints)).expect("connect");
+        let lease = client
+            .grant(Duration::from_secs(5))
+            .expect("grant past the dead endpoint");
+        assert_eq!(client.inner.current.load(Ordering::Relaxed), 1);
+        assert!(client.keep_alive(lease.id).expect("keepalive").is_some());
+    }
+
+    #[test]
+    fn after_a_member_stops_or_freezes_the_next_call_goes_to_another_member() {
+        let mut cluster = EtcdCluster::start(3);
+        // Followers first: stopping a leader would test an election instead.
+        let leader = cluster.leader();
+        let mut order: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        order.push(leader);
+        let endpoints: Vec<String> = order.iter().map(|&i| cluster.url(i)).collect();
+        let client = EtcdClient::connect(&EtcdConnect {
+            call_timeout: Duration::from_millis(500),
+            ..config(&endpoints.join(","))
+        })
+        .expect("connect");
+        let lease = client.grant(Duration::from_secs(10)).expect("grant");
+        assert_eq!(client.inner.current.load(Ordering::Relaxed), 0);
+        // Stopped: refused at once, the same call goes on to the next.
+        cluster.stop_member(order[0]);
+        assert!(client.keep_alive(lease.id).expect("keepalive").is_some());
+        assert_eq!(client.inner.current.load(Ordering::Relaxed), 1);
+        // Frozen: this call's outcome is unknown, the next goes elsewhere.
+        cluster.start_member(order[0]);
+        cluster.freeze(order[1]);
+        let error = client.create(b"/c/k", b"v", lease.id).expect_err("frozen");
+        assert!(error.is_ambiguous(), "{error}");
+        // The leader answers at once: no election, no retry.
+        let next = client.create(b"/c/k", b"v", lease.id);
+        assert_eq!(client.inner.current.load(Ordering::Relaxed), 2);
+        cluster.thaw(order[1]);
+        let created = next.expect("another member answers");
+        // Whether the ambiguous create happened or not, the key is ours.
+        match created {
+            Created::Ours { .. } => {}
+            Created::Held { holder, .. } => assert_eq!(holder.lease, lease.id),
+        }
+    }
+
+    #[test]
+    fn no_endpoint_answering_is_unreachable_and_not_ambiguous() {
+        let client =
+            EtcdClient::connect(&config(&format!("{},{}", dead_endpoint(), dead_endpoint())))
+                .expect("connect without auth makes no call");
+        let error = client.create(b"/k", b"v", 1).expect_err("nothing listens");
+        assert!(matches!(error, EtcdError::Unreachable { .. }), "{error}");
+        assert!(!error.is_ambiguous());
+        assert_eq!(status_of(error), ExitStatus::Unavailable);
+    }
+
+    #[test]
+    fn a_create_sent_to_a_frozen_server_is_ambiguous() {
+        let mut etcd = EtcdServer::start();
+        let client = EtcdClient::connect(&EtcdConnect {
+            call_timeout: Duration::from_millis(300),
+            ..config(&etcd.url())
+        })
+        .expect("connect");
+        let lease = client.grant(Duration::from_secs(10)).expect("grant");
+        etcd.freeze();
+        let started = Instant::now();
+        let error = client.create(b"/k", b"v", lease.id).expect_err("frozen");
+        let took = started.elapsed();
+        etcd.thaw();
+        assert!(error.is_ambiguous(), "{error}");
+        assert!(took < Duration::from_secs(1), "the call took {took:?}");
+    }
+
+    #[test]
+    fn tls_with_the_right_ca_and_client_certificate_works() {
+        let etcd = EtcdServer::start_tls();
+        let tls: &TlsFiles = etcd.tls().expect("tls");
+        let client = EtcdClient::connect(&tls_config(&etcd, &tls.ca, Some((&tls.cert, &tls.key))))
+            .expect("connect");
+        let lease = client
+            .grant(Duration::from_secs(5))
+            .expect("grant over TLS");
+        assert!(matches!(
+            client.create(b"/t/k", b"v", lease.id).expect("create"),
+            Created::Ours { .. }
+        ));
+    }
+
+    #[test]
+    fn tls_refuses_a_server_certificate_from_another_ca_with_69() {
+        let etcd = EtcdServer::start_tls();
+        let tls = etcd.tls().expect("tls");
+        let error = EtcdClient::connect(&tls_config(
+            &etcd,
+            &tls.other_ca,
+            Some((&tls.cert, &tls.key)),
+        ))
+        .expect_err("untrusted server");
+        assert!(matches!(error, EtcdError::Tls { .. }), "{error}");
+        assert!(!error.is_ambiguous());
+        assert_eq!(status_of(error), ExitStatus::Unavailable);
+    }
+
+    #[test]
+    fn tls_without_an_accepted_client_certificate_is_refused_credentials_77() {
+        let etcd = EtcdServer::start_tls();
+        let tls = etcd.tls().expect("tls");
+        for cert in [
+            None,
+            Some((tls.other_cert.as_path(), tls.other_key.as_path())),
+        ] {
+            // Refused at start: connect probes with the certificate.
+            let error = EtcdClient::connect(&tls_config(&etcd, &tls.ca, cert))
+                .expect_err("no accepted cert");
+            assert!(
+                matches!(error, EtcdError::AuthRejected { .. }),
+                "{cert:?}: {error}"
+            );
+            assert_eq!(status_of(error), ExitStatus::NoPermission);
+        }
+    }
+
+    #[test]
+    fn an_https_endpoint_without_a_ca_is_refused_before_any_call() {
+        let error = EtcdClient::connect(&config("https://127.0.0.1:1")).expect_err("no CA");
+        assert!(matches!(error, EtcdError::BadConfig { .. }), "{error}");
+        assert_eq!(status_of(error), ExitStatus::BadArgument);
+    }
+
+    fn user_file(etcd: &EtcdServer, text: &str) -> PathBuf {
+        let path = etcd.path("user");
+        fs::write(&path, text).expect("write user file");
+        path
+    }
+
+    #[test]
+    fn auth_with_the_right_password_works_and_a_wrong_one_is_77() {
+        let mut etcd = EtcdServer::start();
+        etcd.enable_auth("publisher", "pw:with:colons");
+        let good = EtcdConnect {
+            user_file: Some(user_file(&etcd, "publisher:pw:with:colons\n")),
+            ..config(&etcd.url())
+        };
+        let client = EtcdClient::connect(&good).expect("connect with the right password");
+        let lease = client.grant(Duration::from_secs(5)).expect("grant");
+        client
+            .create(b"/every-channel/k", b"v", lease.id)
+            .expect("the role allows the prefix");
+        let outside = client
+            .create(b"/elsewhere", b"v", lease.id)
+            .expect_err("no permission");
+        assert_eq!(status_of(outside), ExitStatus::NoPermission);
+        let bad = EtcdConnect {
+            user_file: Some(user_file(&etcd, "publisher:wrong\n")),
+            ..config(&etcd.url())
+        };
+        let error = EtcdClient::connect(&bad).expect_err("wrong password");
+        assert!(matches!(error, EtcdError::AuthRejected { .. }), "{error}");
+        assert_eq!(status_of(error), ExitStatus::NoPermission);
+    }
+
+    #[test]
+    fn an_expired_token_is_renewed_once_and_the_call_succeeds() {
+        let mut etcd = EtcdServer::start_with_args(&["--auth-token-ttl=1"]);
+        etcd.enable_auth("publisher", "pw");
+        let client = EtcdClient::connect(&EtcdConnect {
+            user_file: Some(user_file(&etcd, "publisher:pw")),
+            ..config(&etcd.url())
+        })
+        .expect("connect");
+        let before = client.token_slot().as_ref().map(|t| t.0.clone());
+        std::thread::sleep(Duration::from_secs(3));
+        let lease = client
+            .grant(Duration::from_secs(60))
+            .expect("grant after expiry");
+        let after = client.token_slot().as_ref().map(|t| t.0.clone());
+        assert_ne!(before, after, "the token was not renewed");
+        let lease_id = lease.id;
+        std::thread::sleep(Duration::from_secs(3));
+        // A watch made with an expired token is renewed too.
+        let outcome = client
+            .wait_for_delete(
+                b"/every-channel/none",
+                false,
+                1,
+                Some(Instant::now() + Duration::from_millis(500)),
+            )
+            .expect("watch after expiry");
+        assert_eq!(outcome, WatchOutcome::TimedOut);
+        std::thread::sleep(Duration::from_secs(3));
+        // And a keepalive (etcd 3.4 does not check its token; a stream
+        // endpoint, whose errors have their own form).
+        assert!(
+            client
+                .keep_alive(lease_id)
+                .expect("keepalive after expiry")
+                .is_some()
+        );
+        client.revoke(lease_id).expect("revoke");
+    }
+
+    #[test]
+    fn user_files_are_one_user_password_line_and_bad_ones_are_64_or_66() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("user");
+        for good in ["u:p", "u:p\n", "u:p\r\n", "u:p:q"] {
+            fs::write(&path, good).expect("write");
+            assert!(read_user_file(&path).is_ok(), "{good:?}");
+        }
+        for bad in ["", "u", ":p", "u:", "u:p\nv:q", "u:p\n\n", "u:p\rx"] {
+            fs::write(&path, bad).expect("write");
+            let error = read_user_file(&path)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(status_of(error), ExitStatus::BadArgument, "{bad:?}");
+        }
+        let missing = read_user_file(&dir.path().join("missing")).expect_err("missing");
+        assert_eq!(status_of(missing), ExitStatus::NoInput);
+    }
+
+    #[test]
+    fn endpoints_with_userinfo_a_path_or_another_scheme_are_refused_without_the_password() {
+        for bad in [
+            "http://user:S3CR3T@127.0.0.1:2379",
+            "http://127.0.0.1:2379/v3",
+            "http://127.0.0.1:2379/?x=1",
+            "unix://127.0.0.1:2379",
+            "grpc://127.0.0.1:2379",
+        ] {
+            let error = EtcdClient::connect(&config(bad)).expect_err(bad);
+            let text = error.to_string();
+            assert!(
+                !text.contains("S3CR3T") && !text.contains("user:"),
+                "{text}"
+            );
+            assert_eq!(status_of(error), ExitStatus::BadArgument, "{bad}");
+        }
+        assert!(
+            ensure_endpoints(&[url::Url::parse("https://etcd.example:2379/").unwrap()]).is_ok()
+        );
+    }
+
+    #[test]
+    fn neither_the_password_nor_the_token_appears_in_any_error_or_debug_text() {
+        const PASSWORD: &str = "pw-S3CR3T-value";
+        let mut etcd = EtcdServer::start();
+        etcd.enable_auth("publisher", PASSWORD);
+        let client = EtcdClient::connect(&EtcdConnect {
+            user_file: Some(user_file(&etcd, &format!("publisher:{PASSWORD}\n"))),
+            ..config(&etcd.url())
+        })
+        .expect("connect");
+        let token = client.token_slot().as_ref().expect("a token").0.clone();
+        let mut texts = vec![format!("{client:?}")];
+        let mut errors = vec![
+            EtcdClient::connect(&EtcdConnect {
+                user_file: Some(user_file(&etcd, &format!("publisher:{PASSWORD}x\n"))),
+                ..config(&etcd.url())
+            })
+            .expect_err("wrong password"),
+            read_user_file(&user_file(&etcd, &format!("publisher:{PASSWORD}\nsecond")))
+                .expect_err("two lines"),
+            read_user_file(&user_file(&etcd, &format!("{PASSWORD}\n"))).expect_err("no colon"),
+            client
+                .create(b"/outside", b"v", 0)
+                .expect_err("no permission"),
+        ];
+        etcd.freeze();
+        errors.push(client.grant(Duration::from_secs(5)).expect_err("frozen"));
+        etcd.thaw();
+        for error in errors {
+            let error = Error::from(error);
+            texts.push(format!("{error:?}"));
+            texts.push(crate::error_line(&error));
+        }
+        for text in &texts {
+            assert!(!text.contains(PASSWORD), "password in {text}");
+            assert!(!text.contains(&token), "token in {text}");
+        }
+    }
 }

@@ -118,9 +118,10 @@ impl FenceTiming {
         self.ttl / 6
     }
 
-    /// When the program must be stopping: `sent + granted_ttl - stop grace
-    /// - margin`, where `sent` is the send instant of the grant or renewal
-    /// that returned `granted_ttl` (the server's, which may exceed ours).
+    /// When the program must be stopping:
+    /// `sent + granted_ttl - stop_grace - margin`, where `sent` is the send
+    /// instant of the grant or renewal that returned `granted_ttl` (the
+    /// server's, which may exceed ours).
     #[must_use]
     pub fn deadline_after(&self, sent: BootInstant, granted_ttl: Duration) -> BootInstant {
         sent + granted_ttl.saturating_sub(self.stop_grace + self.margin)
@@ -492,7 +493,7 @@ mod tests {
     use std::os::unix::net::UnixDatagram;
 
     /// The NixOS module reads its defaults, its TTL check and the units'
-    /// WatchdogSec from `nixos/cluster-timing.json`; the launcher's flags
+    /// `WatchdogSec` from `nixos/cluster-timing.json`; the launcher's flags
     /// and margin must say the same, or the module would accept what the
     /// launcher refuses.
     #[test]

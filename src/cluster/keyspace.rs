@@ -7,6 +7,8 @@
 //! (a prefix range over `devices/<a>/` must never match `devices/<a>/b/`),
 //! and control bytes cannot reach `etcdctl` output.
 
+use std::fmt::Write as _;
+
 /// Everything `ec-launch` keeps in etcd lives under this prefix.
 pub const PREFIX: &str = "/every-channel/ec-launch/v1";
 
@@ -22,9 +24,10 @@ pub fn device_slots(device: &str) -> String {
     format!("{PREFIX}/devices/{}/", escape(device))
 }
 
-/// Slot `index` of a device, under [`device_slots`].
-#[must_use]
-pub fn slot(device: &str, index: u32) -> String {
+/// Slot `index` of a device, under [`device_slots`] (the claim appends
+/// `slot-<i>` to the prefix itself; this pins the shape `parse` reads).
+#[cfg(test)]
+fn slot(device: &str, index: u32) -> String {
     format!("{}slot-{index}", device_slots(device))
 }
 
@@ -65,7 +68,7 @@ fn escape(text: &str) -> String {
         if byte.is_ascii_graphic() && byte != b'/' && byte != b'%' {
             escaped.push(char::from(byte));
         } else {
-            escaped.push_str(&format!("%{byte:02X}"));
+            let _ = write!(escaped, "%{byte:02X}");
         }
     }
     escaped

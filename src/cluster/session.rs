@@ -77,7 +77,7 @@ impl Session {
         let mut session = Self {
             client,
             config_ping_watchdog: ping_watchdog,
-            timing: config.timing.clone(),
+            timing: config.timing,
             lease: Arc::default(),
             renewer: None,
             interrupts: None,
@@ -95,7 +95,7 @@ impl Session {
         let client = self.client.clone();
         let id = lease.id;
         self.renewer = Some(fence::start_renewer(
-            self.timing.clone(),
+            self.timing,
             sent,
             lease.ttl,
             self.config_ping_watchdog,

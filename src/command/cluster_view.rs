@@ -18,6 +18,20 @@ use crate::cluster::record::ClusterRecord;
 use crate::error::Error;
 use crate::printable::printable;
 
+/// What `status` reports of the cluster.
+#[derive(Debug, Serialize)]
+pub(super) struct ClusterSection {
+    /// Only with `--etcd`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) cluster: Option<ClusterReport>,
+    /// `--etcd` was given but etcd could not be asked.
+    #[serde(skip)]
+    pub(super) unanswered: bool,
+    /// `status --etcd SOURCE`: the cluster holds SOURCE's key.
+    #[serde(skip)]
+    pub(super) holds_wanted: bool,
+}
+
 /// The `--json` schema of `cluster`.
 #[derive(Debug, Serialize)]
 pub(super) struct ClusterReport {
@@ -81,15 +95,12 @@ pub(super) fn cluster_report(
                 continue;
             }
         }
-        let ttl_left = match ttl_of_lease.get(&kv.lease) {
-            Some(ttl) => *ttl,
-            None => {
-                let ttl = client
-                    .time_to_live(kv.lease)?
-                    .map(|left: std::time::Duration| left.as_secs());
-                ttl_of_lease.insert(kv.lease, ttl);
-                ttl
-            }
+        let ttl_left = if let Some(ttl) = ttl_of_lease.get(&kv.lease) {
+            *ttl
+        } else {
+            let ttl = client.time_to_live(kv.lease)?.map(|left| left.as_secs());
+            ttl_of_lease.insert(kv.lease, ttl);
+            ttl
         };
         let record = ClusterRecord::from_json(&kv.value);
         let (source_key, device, slot) = match named {

@@ -240,128 +240,169 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
         );
     };
     let acquired = lock::acquire(&lock_path, config.policy, &me, &mut announce_wait)?;
-    match acquired {
-        Acquired::Held(held) => {
-            let unit = cgroup::own_unit();
-            let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
-            let record = || {
-                let mut record = LockRecord::for_this_launch(
-                    config.key.as_str(),
-                    &redacted,
-                    &program_name,
-                    unit.clone(),
-                );
-                record.lock_dir_inode = lock_dir_inode;
-                record
-            };
-            write_record(&held, &record(), "lock");
-            // The cluster's key after the node's (ECP-0134): two units on
-            // one node never race through etcd.
-            let cluster_record =
-                ClusterRecord::for_this_launch(&node_name(&config), unit.clone(), &redacted)
-                    .to_json();
-            let source_claim = SourceClaim {
-                key: config.key.as_str(),
-                value: &cluster_record,
-                wait: matches!(config.policy, BusyPolicy::Wait { .. }),
-                until: deadline,
-            };
-            let mut session = match &config.cluster {
-                None => None,
-                Some(cluster) => {
-                    let session = take_cluster_source(
-                        &config,
-                        cluster,
-                        &source_claim,
-                        &program_name,
-                        &mut wait_started,
-                    )?;
-                    let Some(session) = session else {
-                        return Ok(config.busy_status);
-                    };
-                    Some(session)
-                }
-            };
-            // Source first, then a slot: a duplicate stopped above.
-            let slot = match &config.tuners {
-                None => None,
-                Some(tuners) => {
-                    let slot_record = |slot: u32| LockRecord {
-                        device: Some(tuners.device.as_str().to_owned()),
-                        slot: Some(slot),
-                        tuners: Some(tuners.count),
-                        device_id: tuners.device_id.clone(),
-                        ..record()
-                    };
-                    let taken = take_slot(
-                        &config,
-                        tuners,
-                        deadline,
-                        &me,
-                        &program_name,
-                        &mut wait_started,
-                    )?;
-                    let Some(slot) = taken else {
-                        return Ok(config.busy_status);
-                    };
-                    write_record(&slot.lock, &slot_record(slot.slot), "tuner slot");
-                    if let Some(session) = &mut session {
-                        if !take_cluster_slot(
-                            &config,
-                            tuners,
-                            session,
-                            &source_claim,
-                            &program_name,
-                            &mut wait_started,
-                        )? {
-                            return Ok(config.busy_status);
-                        }
-                    }
-                    Some(slot)
-                }
-            };
-            if wait_started.is_some() {
-                // Taken after a wait: another reader just let go, and its
-                // connection to the device can outlive its lock by a few
-                // milliseconds (its flock is released before its socket's
-                // FIN reaches the device). Connecting at once was seen to
-                // get a 503 in the acceptance suite; give it time to close.
-                std::thread::sleep(HANDOVER_SETTLE);
-            }
-            let waited = wait_started
-                .map(|start| format!(" after waiting {:.1}s", start.elapsed().as_secs_f64()))
-                .unwrap_or_default();
-            let in_cluster = if session.is_some() {
-                " (here and in the cluster)"
-            } else {
-                ""
-            };
-            match &slot {
-                None => {
-                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), "source lock acquired{in_cluster}{waited}; starting {}", printable(&program_name));
-                }
-                Some(slot) => {
-                    tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(&lock_path), slot_file = %printable_path(&slot.lock.path), "source lock and tuner slot {} acquired{in_cluster}{waited}; starting {}", slot.slot, printable(&program_name));
-                }
-            }
-            match session {
-                None => Err(exec::exec(prepared, &held, slot.as_ref())),
-                Some(session) => {
-                    let cluster = config.cluster.as_ref().map(|c| c.timing.stop_grace);
-                    supervise_in_cluster(
-                        prepared,
-                        &held,
-                        slot.as_ref(),
-                        session,
-                        cluster.unwrap_or_default(),
-                        monitor,
-                    )
-                }
-            }
-        }
+    let held = match acquired {
+        Acquired::Held(held) => held,
         Acquired::Busy { file, timed_out } => {
             report_busy(&config, &lock_path, &file, timed_out, &program_name);
-            Ok(config.busy_status)
+            return Ok(config.busy_status);
+        }
+    };
+    let launch = Launching {
+        config: &config,
+        lock_path: &lock_path,
+        program_name: &program_name,
+        redacted: &redacted,
+        deadline,
+        me: &me,
+    };
+    launch.holding(&held, prepared, monitor, wait_started)
+}
+
+/// A launch that holds its source lock: what the rest needs to know.
+struct Launching<'a> {
+    config: &'a RunConfig,
+    lock_path: &'a Path,
+    /// Redacted, for logs and records.
+    program_name: &'a str,
+    redacted: &'a str,
+    /// `--wait-timeout` from the start: it bounds every lock together.
+    deadline: Option<Instant>,
+    me: &'a Launcher,
+}
+
+impl Launching<'_> {
+    /// Records the lock, takes the cluster key and a slot when asked, and
+    /// runs the program: by exec, or supervised in cluster mode.
+    fn holding(
+        &self,
+        held: &HeldLock,
+        prepared: exec::Prepared,
+        monitor: Option<watchdog::Monitor>,
+        mut wait_started: Option<Instant>,
+    ) -> Result<ExitStatus, Error> {
+        let config = self.config;
+        let unit = cgroup::own_unit();
+        let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
+        let record = || {
+            let mut record = LockRecord::for_this_launch(
+                config.key.as_str(),
+                self.redacted,
+                self.program_name,
+                unit.clone(),
+            );
+            record.lock_dir_inode = lock_dir_inode;
+            record
+        };
+        write_record(held, &record(), "lock");
+        // The cluster's key after the node's (ECP-0134): two units on one
+        // node never race through etcd. Nothing of it runs without --etcd.
+        let cluster_record = config.cluster.as_ref().map(|cluster| {
+            ClusterRecord::for_this_launch(&cluster.connection.node, unit.clone(), self.redacted)
+                .to_json()
+        });
+        let source_claim = SourceClaim {
+            key: config.key.as_str(),
+            value: cluster_record.as_deref().unwrap_or_default(),
+            wait: matches!(config.policy, BusyPolicy::Wait { .. }),
+            until: self.deadline,
+        };
+        let mut session = match &config.cluster {
+            None => None,
+            Some(cluster) => {
+                match take_cluster_source(
+                    config,
+                    cluster,
+                    &source_claim,
+                    self.program_name,
+                    &mut wait_started,
+                )? {
+                    Some(session) => Some(session),
+                    None => return Ok(config.busy_status),
+                }
+            }
+        };
+        // Source first, then a slot: a duplicate stopped above.
+        let slot = match &config.tuners {
+            None => None,
+            Some(tuners) => {
+                let slot_record = |slot: u32| LockRecord {
+                    device: Some(tuners.device.as_str().to_owned()),
+                    slot: Some(slot),
+                    tuners: Some(tuners.count),
+                    device_id: tuners.device_id.clone(),
+                    ..record()
+                };
+                let taken = take_slot(
+                    config,
+                    tuners,
+                    self.deadline,
+                    self.me,
+                    self.program_name,
+                    &mut wait_started,
+                )?;
+                let Some(slot) = taken else {
+                    return Ok(config.busy_status);
+                };
+                write_record(&slot.lock, &slot_record(slot.slot), "tuner slot");
+                if let Some(session) = &mut session
+                    && !take_cluster_slot(
+                        config,
+                        tuners,
+                        session,
+                        &source_claim,
+                        self.program_name,
+                        &mut wait_started,
+                    )?
+                {
+                    return Ok(config.busy_status);
+                }
+                Some(slot)
+            }
+        };
+        if wait_started.is_some() {
+            // Taken after a wait: another reader just let go, and its
+            // connection to the device can outlive its lock by a few
+            // milliseconds (its flock is released before its socket's
+            // FIN reaches the device). Connecting at once was seen to
+            // get a 503 in the acceptance suite; give it time to close.
+            std::thread::sleep(HANDOVER_SETTLE);
+        }
+        self.announce_start(slot.as_ref(), wait_started, session.is_some());
+        match (session, &config.cluster) {
+            (Some(session), Some(cluster)) => supervise_in_cluster(
+                prepared,
+                held,
+                slot.as_ref(),
+                session,
+                cluster.timing.stop_grace,
+                monitor,
+            ),
+            _ => Err(exec::exec(prepared, held, slot.as_ref())),
+        }
+    }
+
+    fn announce_start(
+        &self,
+        slot: Option<&HeldSlot>,
+        wait_started: Option<Instant>,
+        in_cluster: bool,
+    ) {
+        let config = self.config;
+        let waited = wait_started
+            .map(|start| format!(" after waiting {:.1}s", start.elapsed().as_secs_f64()))
+            .unwrap_or_default();
+        let in_cluster = if in_cluster {
+            " (here and in the cluster)"
+        } else {
+            ""
+        };
+        match slot {
+            None => {
+                tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(self.lock_path), "source lock acquired{in_cluster}{waited}; starting {}", printable(self.program_name));
+            }
+            Some(slot) => {
+                tracing::info!(key = %printable(config.key.as_str()), lock_file = %printable_path(self.lock_path), slot_file = %printable_path(&slot.lock.path), "source lock and tuner slot {} acquired{in_cluster}{waited}; starting {}", slot.slot, printable(self.program_name));
+            }
         }
     }
 }
@@ -600,16 +641,6 @@ fn seconds(duration: Duration) -> String {
     format!("{}s", duration.as_secs_f64())
 }
 
-/// `--node`, else the host name: how this launch is named in etcd.
-fn node_name(config: &RunConfig) -> String {
-    config
-        .cluster
-        .as_ref()
-        .map_or_else(crate::cluster::record::default_node_name, |c| {
-            c.connection.node.clone()
-        })
-}
-
 /// Opens the cluster session and takes the source's key; `None` when it
 /// stayed held elsewhere (reported here).
 fn take_cluster_source(
@@ -767,24 +798,36 @@ fn describe_cluster_holder(holder: &crate::cluster::etcd::KeyValue) -> String {
     }
 }
 
-/// The `status --etcd` command that shows this source in the cluster.
+/// The `status --etcd` command that shows this source in the cluster, with
+/// the connection flags it needs (paths, never their contents), quoted so
+/// it works when pasted.
 fn cluster_status_command(config: &RunConfig) -> String {
-    let endpoints = config
-        .cluster
-        .as_ref()
-        .map(|c| {
-            c.connection
-                .connect
-                .endpoints
-                .iter()
-                .map(|u| u.as_str().trim_end_matches('/').to_owned())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    format!(
-        "ec-launch status --etcd {} {}",
-        shell_word(&endpoints),
-        status_command(config).trim_start_matches("ec-launch status ")
-    )
+    let mut command = String::from("ec-launch status");
+    if let Some(cluster) = &config.cluster {
+        let connect = &cluster.connection.connect;
+        let endpoints: Vec<&str> = connect
+            .endpoints
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/'))
+            .collect();
+        let _ = write!(command, " --etcd {}", shell_word(&endpoints.join(",")));
+        for (flag, path) in [
+            ("--etcd-ca", &connect.ca_file),
+            ("--etcd-cert", &connect.cert_file),
+            ("--etcd-key", &connect.key_file),
+            ("--etcd-user-file", &connect.user_file),
+        ] {
+            if let Some(path) = path {
+                let _ = write!(command, " {flag} {}", shell_word(&printable_path(path)));
+            }
+        }
+        let _ = write!(
+            command,
+            " --node {}",
+            shell_word(&printable(&cluster.connection.node))
+        );
+    }
+    let local = status_command(config);
+    command.push_str(local.trim_start_matches("ec-launch status"));
+    command
 }

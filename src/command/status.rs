@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::cluster_view::{self, ClusterReport, cluster_report};
+use super::cluster_view::{self, ClusterReport, ClusterSection, cluster_report};
 use super::device_view::{self, DeviceStatus};
 use crate::cli::StatusArgs;
 use crate::cluster::Connection;
@@ -116,15 +116,9 @@ struct Report {
     /// Only with `--readers`.
     #[serde(skip_serializing_if = "Option::is_none")]
     readers: Option<ReadersReport>,
-    /// Only with `--etcd` (ECP-0134).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cluster: Option<ClusterReport>,
-    /// `--etcd` was given but etcd could not be asked.
-    #[serde(skip)]
-    cluster_unanswered: bool,
-    /// `status --etcd SOURCE`: the cluster holds SOURCE's key.
-    #[serde(skip)]
-    held_in_cluster: bool,
+    /// `cluster`, only with `--etcd` (ECP-0134).
+    #[serde(flatten)]
+    cluster: ClusterSection,
 }
 
 /// Runs `ec-launch status`.
@@ -232,27 +226,41 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         device_view::ask_devices(&mut devices);
     }
     warnings.extend(scan.visibility_warnings());
-    let (cluster, cluster_unanswered) =
-        match cluster_view(args, key.as_ref(), args.source.as_deref()) {
-            Ok(cluster) => (cluster, false),
-            Err(e) => {
-                warnings.push(format!("cannot ask etcd for the cluster's holders: {e}"));
-                (None, true)
-            }
-        };
+    let cluster = cluster_section(args, key.as_ref(), &mut warnings);
     let report = Report {
         locks,
         devices,
         warnings,
         readers,
-        held_in_cluster: key
-            .as_ref()
-            .is_some_and(|k| cluster.as_ref().is_some_and(|c| c.holds_source(k.as_str()))),
         cluster,
-        cluster_unanswered,
     };
     print_report(&report, args.json);
     Ok(exit_status(&report, key.is_some(), args.readers))
+}
+
+/// [`cluster_view`], with a failure turned into a warning: the node's own
+/// locks are still worth printing when etcd cannot be asked.
+fn cluster_section(
+    args: &StatusArgs,
+    key: Option<&SourceKey>,
+    warnings: &mut Vec<String>,
+) -> ClusterSection {
+    match cluster_view(args, key, args.source.as_deref()) {
+        Ok(cluster) => ClusterSection {
+            holds_wanted: key
+                .is_some_and(|k| cluster.as_ref().is_some_and(|c| c.holds_source(k.as_str()))),
+            cluster,
+            unanswered: false,
+        },
+        Err(e) => {
+            warnings.push(format!("cannot ask etcd for the cluster's holders: {e}"));
+            ClusterSection {
+                cluster: None,
+                unanswered: true,
+                holds_wanted: false,
+            }
+        }
+    }
 }
 
 /// The cluster's holders with `--etcd` (of SOURCE and its device, when
@@ -303,11 +311,11 @@ fn exit_status(report: &Report, for_one_source: bool, readers_wanted: bool) -> E
         ExitStatus::StaleReader
     } else if readers_unknown || report.locks.iter().any(|l| l.state == State::Unknown) {
         ExitStatus::StateUnknown
-    } else if device_view::device_unanswered(&report.devices) || report.cluster_unanswered {
+    } else if device_view::device_unanswered(&report.devices) || report.cluster.unanswered {
         ExitStatus::Unavailable
     } else if for_one_source
         && !report.locks.iter().any(|l| l.state == State::Held)
-        && !report.held_in_cluster
+        && !report.cluster.holds_wanted
     {
         ExitStatus::SourceFree
     } else {
@@ -766,7 +774,7 @@ fn print_report(report: &Report, json: bool) {
     if let Some(readers) = &report.readers {
         out.push_str(&readers::render(readers));
     }
-    if let Some(cluster) = &report.cluster {
+    if let Some(cluster) = &report.cluster.cluster {
         cluster_view::write_text(&mut out, cluster);
     }
     print!("{out}");

@@ -578,8 +578,26 @@ fn make_leader(cluster: &EtcdCluster, i: usize) {
     );
 }
 
+/// An election this fast leaves a renewal that tries a live member time
+/// to succeed before the fence (the retry after a timed-out renewal comes
+/// 3 s after the last good one was sent, the deadline at 4 s).
+const QUICK_ELECTION: Duration = Duration::from_millis(1500);
+
 #[test]
-fn the_holder_survives_a_frozen_leader_that_is_replaced_within_a_second() {
+fn the_holder_survives_a_frozen_leader_that_is_replaced_within_a_second_and_a_half() {
+    // A slower election (a loaded machine) proves nothing either way: try
+    // again, a few times.
+    for attempt in 0..3 {
+        if holder_survives_a_frozen_second_endpoint_leader() {
+            return;
+        }
+        eprintln!("attempt {attempt}: the election was too slow to judge; again");
+    }
+    panic!("no election was quick enough in three attempts");
+}
+
+/// False if the election took longer than [`QUICK_ELECTION`].
+fn holder_survives_a_frozen_second_endpoint_leader() -> bool {
     let mut cluster = EtcdCluster::start(3);
     // The leader on the second endpoint: a renewal sent to the first (a
     // follower, which forwards it to the frozen leader) times out, and the
@@ -598,10 +616,9 @@ fn the_holder_survives_a_frozen_leader_that_is_replaced_within_a_second() {
         "FIGURE frozen leader 1 replaced by member {new_leader} after {:.3} s",
         elected_after.as_secs_f64()
     );
-    assert!(
-        elected_after < Duration::from_secs(1),
-        "the election itself took {elected_after:?}: this run proves nothing"
-    );
+    if elected_after > QUICK_ELECTION {
+        return false;
+    }
     // Long enough for the lease to have expired twice over had nobody renewed it.
     std::thread::sleep(TTL * 2);
     assert!(
@@ -616,6 +633,7 @@ fn the_holder_survives_a_frozen_leader_that_is_replaced_within_a_second() {
     assert!(timeline.life("a").unwrap().stop.is_none());
     assert!(timeline.life("b").is_none(), "the waiter ran");
     assert!(waiter.running(), "the waiter gave up:\n{}", waiter.log());
+    true
 }
 
 #[test]

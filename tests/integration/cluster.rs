@@ -756,7 +756,8 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
     env.command(["status", "--etcd", &etcd.endpoints(), "--node", "b"])
         .arg("--lock-dir")
         .arg(a.lock_dir())
-        .stdout_contains("a")
+        .stdout_contains("node a")
+        .stdout_contains(active.pid().to_string())
         .run();
 }
 

@@ -431,6 +431,18 @@ fn freezing_etcd_fences_the_holder_before_its_lease_can_expire_and_no_one_overla
 
 #[test]
 fn a_waiter_whose_lease_lapsed_while_etcd_was_frozen_takes_a_new_one_and_takes_over() {
+    waiter_whose_lease_lapsed_takes_over(SOURCE, SOURCE, &[]);
+}
+
+#[test]
+fn a_slot_waiter_whose_lease_lapsed_while_etcd_was_frozen_takes_a_new_one_and_takes_over() {
+    let one_tuner = ["--tuners", "1", "--device", "den-box"];
+    waiter_whose_lease_lapsed_takes_over(&channel(1), &channel(2), &one_tuner);
+}
+
+/// A holder of `held` and a waiter for `wanted` (both with `extra`), and
+/// an etcd freeze that the waiter's fence budget does not outlast.
+fn waiter_whose_lease_lapsed_takes_over(held: &str, wanted: &str, extra: &[&str]) {
     let mut etcd = EtcdServer::start();
     let env = TestEnv::new();
     // The holder's TTL outlasts the freeze; the waiter's fence budget (4 s
@@ -439,8 +451,15 @@ fn a_waiter_whose_lease_lapsed_while_etcd_was_frozen_takes_a_new_one_and_takes_o
     // it has already given up.
     let a = Node::new(&env, "a", etcd.endpoints()).ttl(12);
     let b = Node::new(&env, "b", etcd.endpoints());
-    let mut active = hold(&env, &a, "a");
-    let mut waiter = b.start_reader(SOURCE, "b", &["--on-busy", "wait"]);
+    let mut active = a.start_reader(held, "a", extra);
+    assert!(
+        started_within(&env, "a", PATIENCE).is_some(),
+        "the holder never ran:\n{}",
+        active.log()
+    );
+    let mut waiting = vec!["--on-busy", "wait"];
+    waiting.extend_from_slice(extra);
+    let mut waiter = b.start_reader(wanted, "b", &waiting);
     assert!(
         wait_until(PATIENCE, || waiter.log().contains("busy")),
         "the waiter never said it waits:\n{}",

@@ -864,6 +864,51 @@ mod credentials {
     }
 
     #[test]
+    fn a_source_with_credentials_reaches_etcd_and_status_redacted() {
+        let etcd = EtcdServer::start();
+        let env = TestEnv::new();
+        let secret = "XSECRETX";
+        let source = format!("http://admin:{secret}pw@10.0.0.5:5004/auto/v5.1?token={secret}tk");
+        let a = Node::new(&env, "a", etcd.endpoints());
+        let active = a.start_reader(&source, "a", &[]);
+        assert!(
+            started_within(&env, "a", PATIENCE).is_some(),
+            "no reader:\n{}",
+            active.log()
+        );
+        let stored = crate::testenv::describe(&etcd.etcdctl(&["get", "", "--prefix"]));
+        assert!(stored.contains("10.0.0.5"), "the holder's record: {stored}");
+        assert!(
+            !stored.contains(secret),
+            "etcd holds a credential: {stored}"
+        );
+        for (form, holder) in [(None, "node a"), (Some("--json"), "\"node\": \"a\"")] {
+            env.command(["status", "--etcd", &etcd.endpoints(), "--lock-dir"])
+                .arg(a.lock_dir())
+                .args(form)
+                .stdout_contains(holder)
+                .output_lacks(secret)
+                .run();
+        }
+        assert!(
+            !active.log().contains(secret),
+            "the launcher's log holds a credential"
+        );
+    }
+
+    #[test]
+    fn an_etcd_url_with_a_password_is_refused_without_echoing_it() {
+        let env = TestEnv::new();
+        Node::new(&env, "a", "http://root:XSECRETXpw@127.0.0.1:2379")
+            .launch(SOURCE)
+            .expect_status(64)
+            .one_line_error("--etcd")
+            .output_lacks("XSECRETX")
+            .program_did_not_run()
+            .run();
+    }
+
+    #[test]
     fn a_wrong_password_is_refused_with_77_and_no_password_appears_anywhere() {
         let mut etcd = EtcdServer::start();
         etcd.enable_auth("ec-launch", PASSWORD);

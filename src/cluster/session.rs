@@ -108,10 +108,24 @@ impl Session {
             sent,
             lease.ttl,
             self.config_ping_watchdog,
-            Box::new(move || match client.keep_alive(id) {
-                Ok(Some(ttl)) => Renewal::Renewed(ttl),
-                Ok(None) => Renewal::Lost,
-                Err(e) => Renewal::Failed(e.to_string()),
+            Box::new({
+                let mut failed_last = false;
+                move || {
+                    // A retry asks every member at once: the one asked
+                    // first may hang behind a frozen leader, and one
+                    // endpoint per call timeout could use up the budget.
+                    let answer = if failed_last {
+                        client.keep_alive_anywhere(id)
+                    } else {
+                        client.keep_alive(id)
+                    };
+                    failed_last = answer.is_err();
+                    match answer {
+                        Ok(Some(ttl)) => Renewal::Renewed(ttl),
+                        Ok(None) => Renewal::Lost,
+                        Err(e) => Renewal::Failed(e.to_string()),
+                    }
+                }
             }),
         )?);
         tracing::debug!(lease = id, ttl = ?lease.ttl, "cluster lease granted");

@@ -898,8 +898,15 @@ let
 
       serviceConfig = mkMerge [
         # The policy: plain definitions, so a contradicting one elsewhere is
-        # an evaluation error instead of a silent override.
-        ownUnitPolicy
+        # an evaluation error instead of a silent override. In cluster mode
+        # the launcher supervises: a stop's SIGTERM, forwarded, ends the
+        # program, and the launcher exits 143 (128+SIGTERM, like a shell)
+        # where the exec'd program would have died of the signal, which
+        # systemd counts as clean; 143 is clean here too.
+        (ownUnitPolicy
+          // lib.optionalAttrs (hasSource && cluster.enable) {
+            SuccessExitStatus = unitPolicy.restart.SuccessExitStatus ++ [ 143 ];
+          })
         {
           Type = "exec";
           ExecStart =

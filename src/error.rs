@@ -171,7 +171,9 @@ pub enum Error {
         minimum: u64,
     },
     /// Cluster mode: blocking the signals the supervisor reads from a signalfd.
-    #[error("cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD to read them from a signalfd")]
+    #[error(
+        "cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD (SIGCHLD at its default) to read them from a signalfd"
+    )]
     BlockSignals {
         #[source]
         source: Errno,
@@ -181,7 +183,7 @@ pub enum Error {
         #[source]
         source: Errno,
     },
-    /// Cluster mode: the fence timer (a CLOCK_BOOTTIME timerfd) or the
+    /// Cluster mode: the fence timer (a `CLOCK_BOOTTIME` timerfd) or the
     /// renewer thread.
     #[error("cannot start the lease renewer ({what})")]
     StartRenewer {
@@ -368,7 +370,7 @@ impl Error {
                 BadArgument,
                 "drop --progress-watchdog (and WatchdogSec=) for this source, or let the program ping the watchdog itself (sd_notify WATCHDOG=1)",
             ),
-            Self::StartWatchdog { .. } => (
+            Self::StartWatchdog { .. } | Self::StartRenewer { .. } => (
                 OsError,
                 "the service is out of tasks or descriptors: raise TasksMax= or LimitNOFILE= for this service",
             ),
@@ -398,10 +400,6 @@ impl Error {
                 "raise --etcd-ttl to at least the minimum named, or shorten --etcd-stop-grace",
             ),
             Self::BlockSignals { .. } | Self::WatchSignals { .. } => (OsError, REPORT_HINT),
-            Self::StartRenewer { .. } => (
-                OsError,
-                "the service is out of tasks or descriptors: raise TasksMax= or LimitNOFILE= for this service",
-            ),
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => (NotFound, "check the program name and PATH"),
                 _ => (

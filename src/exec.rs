@@ -19,6 +19,11 @@
 //!
 //! If exec fails we return the errno; the caller's exit status follows the
 //! `env(1)` convention (127 not found, 126 anything else).
+//!
+//! Cluster mode runs the program as a child instead (`supervise`); it
+//! passes the descriptors through the same [`pass`] and [`passed_locks`],
+//! so the program sees the same `argv`, environment and descriptors
+//! either way.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::AsRawFd;

@@ -18,11 +18,12 @@
 //!   child clears `FD_CLOEXEC`, so nothing else this process starts
 //!   inherits a lock;
 //! - the launcher installs no signal handler: SIGTERM, SIGINT, SIGHUP and
-//!   SIGCHLD are blocked ([`block_signals`], before any thread starts, so
+//!   SIGCHLD (reset to its default, should our parent have left it
+//!   ignored, which would reap the child for us) are blocked ([`block_signals`], before any thread starts, so
 //!   every thread inherits the mask) and read from a signalfd; the first
 //!   three are forwarded to the child's group;
 //! - the child's exit is seen on a pidfd (SIGCHLD wakes us too), and the
-//!   group is SIGKILLed while the exited child is still unreaped (`waitid`
+//!   group gets SIGKILL while the exited child is still unreaped (`waitid`
 //!   with `WNOWAIT`): what the program left behind in its group does not
 //!   outlive it (as systemd's control-group kill would do), and the group's
 //!   number cannot have been reused;
@@ -86,7 +87,19 @@ pub struct SignalGuard(());
 pub fn block_signals() -> Result<SignalGuard, Error> {
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&watched()), None)
         .map_err(|source| Error::BlockSignals { source })?;
+    keep_child_statuses()?;
     Ok(SignalGuard(()))
+}
+
+/// SIGCHLD back to its default disposition. An ignored SIGCHLD survives
+/// exec (signal(7)), and with it the kernel reaps our child itself
+/// (`SA_NOCLDWAIT`, wait(2)): its status would be lost. The default is no
+/// handler either: it only keeps the zombie for us.
+fn keep_child_statuses() -> Result<(), Error> {
+    // SAFETY: SIG_DFL runs no code of ours in signal context.
+    unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(|source| Error::BlockSignals { source })
 }
 
 /// Before the child exists, a stop request must still stop the launcher:
@@ -220,17 +233,6 @@ pub enum Ended {
     Fenced { why: String, child: u8 },
 }
 
-impl Ended {
-    /// The launcher's exit status: the child's, or 76 when fenced.
-    #[must_use]
-    pub fn code(&self) -> u8 {
-        match self {
-            Self::Exited(code) => *code,
-            Self::Fenced { .. } => ExitStatus::Fenced.code(),
-        }
-    }
-}
-
 /// A running child and what we watch it with.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -258,6 +260,7 @@ pub fn spawn(
     let set = watched();
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
         .map_err(|source| Error::BlockSignals { source })?;
+    keep_child_statuses()?;
     let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|source| Error::WatchSignals { source })?;
 
@@ -329,7 +332,7 @@ fn in_child(parent: Pid, kept: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// A pidfd for `pid` (pidfd_open(2), Linux 5.3), readable when it exits.
+/// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3), readable when it exits.
 fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
@@ -351,6 +354,7 @@ fn status_code(status: WaitStatus) -> Option<u8> {
 
 impl Supervisor {
     /// The child's PID (and its process group's ID).
+    #[cfg(test)]
     #[must_use]
     pub fn pid(&self) -> Pid {
         self.pid
@@ -485,9 +489,8 @@ impl Supervisor {
     fn reap_if_exited(&self) -> Option<u8> {
         let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         match waitid(Id::Pid(self.pid), flags) {
-            Ok(WaitStatus::StillAlive) => return None,
+            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => return None,
             Ok(_) => {}
-            Err(Errno::EINTR) => return None,
             Err(e) => {
                 // ECHILD: someone else reaped it; nothing to report but that.
                 tracing::error!("cannot wait for {} (pid {}): {e}", self.program, self.pid);
@@ -509,5 +512,384 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::fence::{self, BootInstant, FenceTiming, Renewal};
+    use crate::exec::Launch;
+    use crate::lock::Access;
+    use nix::fcntl::{Flock, FlockArg};
+    use std::ffi::OsString;
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
+
+    /// A real lock in a temp dir and a prepared `sh -c script sh {source}`.
+    struct Setup {
+        dir: tempfile::TempDir,
+        held: HeldLock,
+    }
+
+    impl Setup {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("source.lock");
+            let file = fs::File::create(&path).unwrap();
+            let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap();
+            Self {
+                dir,
+                held: HeldLock {
+                    lock,
+                    path,
+                    access: Access::ReadWrite,
+                },
+            }
+        }
+
+        fn file(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn spawn_program(&self, program: &str, args: &[&str]) -> Result<Supervisor, Error> {
+            let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+            let prepared = exec::prepare(&Launch {
+                program: OsStr::new(program),
+                args: &args,
+                source: SOURCE,
+                key: SOURCE,
+                lock_path: &self.held.path,
+                device: None,
+            })
+            .unwrap();
+            spawn(prepared, &self.held, None)
+        }
+
+        /// `sh -c script sh {source}`, in the temp dir.
+        #[track_caller]
+        fn sh(&self, script: &str) -> Supervisor {
+            let script = format!("cd '{}' || exit 99; {script}", self.dir.path().display());
+            self.spawn_program("sh", &["-c", &script, "sh", "{source}"])
+                .expect("sh starts")
+        }
+    }
+
+    #[track_caller]
+    fn wait_for_file(path: &Path) -> String {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(text) = fs::read_to_string(path)
+                && text.ends_with('\n')
+            {
+                return text.trim().to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{} never written", path.display());
+    }
+
+    /// Dead: gone, or a zombie nobody reaped yet.
+    fn is_dead(pid: i32) -> bool {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        }
+    }
+
+    #[track_caller]
+    fn wait_dead(pid: i32) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if is_dead(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn the_supervisor_ends_with_the_childs_exit_code() {
+        for code in [0, 3, 42] {
+            let setup = Setup::new();
+            let ended = setup.sh(&format!("exit {code}")).wait(None);
+            assert_eq!(ended, Ended::Exited(code));
+        }
+    }
+
+    #[test]
+    fn a_child_killed_by_a_signal_ends_as_128_plus_the_signal_like_a_shell() {
+        let setup = Setup::new();
+        assert_eq!(setup.sh("kill -KILL $$").wait(None), Ended::Exited(137));
+        assert_eq!(setup.sh("kill -TERM $$").wait(None), Ended::Exited(143));
+    }
+
+    #[test]
+    fn the_child_runs_in_its_own_process_group() {
+        let setup = Setup::new();
+        let child = setup.sh("echo up > up; exec sleep 30");
+        wait_for_file(&setup.file("up"));
+        let pgid = nix::unistd::getpgid(Some(child.pid())).unwrap();
+        assert_eq!(pgid, child.pid());
+        assert_ne!(pgid, nix::unistd::getpgrp());
+        nix::sys::signal::kill(child.pid(), Signal::SIGKILL).unwrap();
+        assert_eq!(child.wait(None), Ended::Exited(137));
+    }
+
+    #[test]
+    fn the_child_holds_the_lock_descriptor_and_gets_the_environment_exec_gives() {
+        let setup = Setup::new();
+        let script = r#"
+            [ "$(readlink /proc/$$/fd/$EC_SOURCE_LOCK_FD)" = "$EC_SOURCE_LOCK" ] || exit 10
+            [ "$1" = "$EC_SOURCE_URL" ] || exit 11
+            [ -n "$EC_SOURCE_KEY" ] || exit 12
+            grep -E '^(SigBlk|SigIgn):' /proc/$$/status > masks
+            exit 0"#;
+        assert_eq!(setup.sh(script).wait(None), Ended::Exited(0));
+        let masks = fs::read_to_string(setup.file("masks")).unwrap();
+        for line in masks.lines() {
+            let (name, hex) = line.split_once(":\t").unwrap();
+            let bits = u64::from_str_radix(hex.trim(), 16).unwrap();
+            match name {
+                "SigBlk" => assert_eq!(bits, 0, "the child's mask is empty: {line}"),
+                _ => assert_eq!(
+                    bits & (1 << (libc::SIGPIPE - 1)),
+                    0,
+                    "SIGPIPE ignored: {line}"
+                ),
+            }
+        }
+        // The parent's descriptor stayed close-on-exec: only the child's copy passed.
+        let flags = nix::fcntl::fcntl(&*setup.held.lock, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn with_a_slot_the_child_holds_the_slot_too_and_no_other_descriptor_of_ours() {
+        let setup = Setup::new();
+        let lock = |name: &str| {
+            let path = setup.file(name);
+            let file = fs::File::create(&path).unwrap();
+            HeldLock {
+                lock: Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap(),
+                path,
+                access: Access::ReadWrite,
+            }
+        };
+        let slot = HeldSlot {
+            lock: lock("device-slot-1.lock"),
+            slot: 1,
+        };
+        // Open in the launcher (a waiting thread's slot), never passed.
+        let other = lock("device-slot-0.lock");
+        let script = format!(
+            r#"cd '{}' || exit 99
+            [ "$EC_TUNER_SLOT" = 1 ] || exit 10
+            [ "$(readlink /proc/$$/fd/$EC_TUNER_SLOT_FD)" = "$PWD/device-slot-1.lock" ] || exit 11
+            [ -e /proc/$$/fd/{} ] && exit 12
+            exit 0"#,
+            setup.dir.path().display(),
+            other.lock.as_raw_fd()
+        );
+        let args: Vec<OsString> = ["-c", &script].iter().map(OsString::from).collect();
+        let prepared = exec::prepare(&Launch {
+            program: OsStr::new("sh"),
+            args: &args,
+            source: SOURCE,
+            key: SOURCE,
+            lock_path: &setup.held.path,
+            device: Some("10.0.0.5"),
+        })
+        .unwrap();
+        let child = spawn(prepared, &setup.held, Some(&slot)).unwrap();
+        assert_eq!(child.wait(None), Ended::Exited(0));
+    }
+
+    #[test]
+    fn a_program_that_cannot_run_fails_the_spawn_with_127_or_126() {
+        let setup = Setup::new();
+        let missing = setup
+            .spawn_program("ec-launch-no-such-program", &[])
+            .unwrap_err();
+        assert_eq!(missing.exit_status(), ExitStatus::NotFound, "{missing}");
+        let script = setup.file("not-executable");
+        fs::write(&script, "#!/bin/sh\n").unwrap();
+        let denied = setup
+            .spawn_program(script.to_str().unwrap(), &[])
+            .unwrap_err();
+        assert_eq!(denied.exit_status(), ExitStatus::CannotRun, "{denied}");
+    }
+
+    #[test]
+    fn sigterm_to_the_supervisor_reaches_the_child_and_its_status_propagates() {
+        let setup = Setup::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let up = setup.file("up");
+        let got = setup.file("got");
+        std::thread::scope(|scope| {
+            let supervising = scope.spawn(|| {
+                let _guard = block_signals().unwrap();
+                let child = setup.sh(
+                    "trap 'echo term > got; exit 5' TERM; echo up > up; while :; do sleep 0.05; done",
+                );
+                tx.send((nix::sys::pthread::pthread_self(), child.pid()))
+                    .unwrap();
+                child.wait(None)
+            });
+            let (thread, pid) = rx.recv().unwrap();
+            wait_for_file(&up);
+            // A signal for this thread only: other test threads do not block it.
+            nix::sys::pthread::pthread_kill(thread, Signal::SIGTERM).unwrap();
+            let until = Instant::now() + Duration::from_secs(10);
+            while !got.exists() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !got.exists() {
+                // Not forwarded: end the child so the test fails, not hangs.
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
+            assert_eq!(supervising.join().unwrap(), Ended::Exited(5));
+        });
+        assert_eq!(wait_for_file(&got), "term");
+    }
+
+    #[test]
+    fn what_the_child_leaves_in_its_group_is_killed_when_it_exits() {
+        let setup = Setup::new();
+        let ended = setup.sh("sleep 30 & echo $! > left; exit 0").wait(None);
+        assert_eq!(ended, Ended::Exited(0));
+        let left: i32 = wait_for_file(&setup.file("left")).parse().unwrap();
+        assert!(wait_dead(left), "pid {left} outlived the child");
+    }
+
+    /// The parent-death test's throw-away supervisor: run as its own
+    /// process by [`the_child_dies_when_the_supervisor_is_killed`].
+    #[test]
+    #[ignore = "a helper process of another test"]
+    fn parent_death_helper() {
+        let Ok(dir) = std::env::var("EC_TEST_PARENT_DEATH_DIR") else {
+            return;
+        };
+        let _guard = block_signals().unwrap();
+        let setup = Setup::new();
+        let script = format!(
+            "echo $$ > '{dir}/child.tmp' && mv '{dir}/child.tmp' '{dir}/child'; exec sleep 60"
+        );
+        let _ = setup.sh(&script).wait(None);
+    }
+
+    #[test]
+    fn the_child_dies_when_the_supervisor_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut helper = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "supervise::tests::parent_death_helper",
+                "--ignored",
+            ])
+            .env("EC_TEST_PARENT_DEATH_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let child: i32 = wait_for_file(&dir.path().join("child")).parse().unwrap();
+        assert!(!is_dead(child));
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+        assert!(wait_dead(child), "pid {child} outlived its supervisor");
+    }
+
+    /// A launcher started with SIGCHLD ignored (a parent's `signal(SIGCHLD,
+    /// SIG_IGN)` survives exec): run as its own process by
+    /// [`a_launcher_started_with_sigchld_ignored_still_gets_the_childs_status`].
+    #[test]
+    #[ignore = "a helper process of another test"]
+    fn ignored_sigchld_helper() {
+        if std::env::var_os("EC_TEST_IGNORED_SIGCHLD").is_none() {
+            return;
+        }
+        // SAFETY: SIG_IGN runs no code; this process is the helper alone.
+        unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) }.unwrap();
+        let _guard = block_signals().unwrap();
+        let setup = Setup::new();
+        let Ended::Exited(code) = setup.sh("sleep 0.2; exit 42").wait(None) else {
+            unreachable!("no fence here")
+        };
+        std::process::exit(i32::from(code));
+    }
+
+    #[test]
+    fn a_launcher_started_with_sigchld_ignored_still_gets_the_childs_status() {
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "supervise::tests::ignored_sigchld_helper",
+                "--ignored",
+            ])
+            .env("EC_TEST_IGNORED_SIGCHLD", "1")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(42));
+    }
+
+    fn fence_now(grace: Duration) -> fence::Renewer {
+        // A deadline 200 ms away and renewals that never succeed.
+        let timing = FenceTiming {
+            ttl: Duration::from_secs(3),
+            stop_grace: grace,
+            margin: fence::MARGIN,
+        };
+        let first_ttl = grace + fence::MARGIN + Duration::from_millis(200);
+        fence::start_renewer(
+            timing,
+            BootInstant::now(),
+            first_ttl,
+            false,
+            Box::new(|| Renewal::Failed("etcd unreachable".into())),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_fence_sigkills_a_child_that_ignores_sigterm_after_the_stop_grace() {
+        let setup = Setup::new();
+        let child = setup.sh("trap '' TERM; echo up > up; exec sleep 30");
+        wait_for_file(&setup.file("up"));
+        let grace = Duration::from_millis(300);
+        let renewer = fence_now(grace);
+        let started = Instant::now();
+        let ended = child.wait(Some((&renewer, grace)));
+        let took = started.elapsed();
+        let Ended::Fenced { why, child } = &ended else {
+            panic!("not fenced: {ended:?}");
+        };
+        assert_eq!(*child, 137, "killed by SIGKILL");
+        assert!(why.contains("fence deadline"), "{why}");
+        assert!(
+            took >= Duration::from_millis(500),
+            "deadline + grace: {took:?}"
+        );
+        println!("fenced after {took:?} (deadline 200 ms, grace {grace:?})");
+    }
+
+    #[test]
+    fn the_fence_stops_a_child_that_obeys_sigterm_without_waiting_for_the_grace() {
+        let setup = Setup::new();
+        let child = setup.sh("echo up > up; exec sleep 30");
+        wait_for_file(&setup.file("up"));
+        let grace = Duration::from_secs(5);
+        let renewer = fence_now(grace);
+        let started = Instant::now();
+        let ended = child.wait(Some((&renewer, grace)));
+        assert!(
+            matches!(ended, Ended::Fenced { child: 143, .. }),
+            "{ended:?}"
+        );
+        assert!(started.elapsed() < grace, "{:?}", started.elapsed());
     }
 }

@@ -28,7 +28,9 @@ pub enum Claimed {
 }
 
 /// Takes `key` for `lease` with skip or wait (watch the holder's key, retry
-/// on its delete). `on_wait` is told each new holder waited for.
+/// on its delete). `on_wait` is told each new holder waited for. `value`
+/// is made for each try, so a key taken after a wait says when it was
+/// taken, not when the wait began.
 /// An ambiguous txn => `Err` with [`EtcdError::is_ambiguous`]; the caller
 /// revokes the lease and starts over.
 ///
@@ -37,7 +39,7 @@ pub enum Claimed {
 pub fn claim(
     client: &EtcdClient,
     key: &[u8],
-    value: &[u8],
+    value: &dyn Fn() -> Vec<u8>,
     lease: i64,
     wait: bool,
     until: Option<Instant>,
@@ -45,7 +47,7 @@ pub fn claim(
 ) -> Result<Claimed, EtcdError> {
     let mut told: Option<(i64, i64)> = None;
     loop {
-        let (holder, revision) = match client.create(key, value, lease)? {
+        let (holder, revision) = match client.create(key, &value(), lease)? {
             Created::Ours { .. } => return Ok(Claimed::Ours),
             Created::Held { holder, .. } if holder.lease == lease => return Ok(Claimed::Ours),
             Created::Held { holder, revision } => (holder, revision),
@@ -82,7 +84,7 @@ pub fn claim_slot(
     client: &EtcdClient,
     device_prefix: &[u8],
     count: u32,
-    value: &[u8],
+    value: &dyn Fn() -> Vec<u8>,
     lease: i64,
     wait: bool,
     until: Option<Instant>,
@@ -100,7 +102,7 @@ pub fn claim_slot(
         for slot in 0..count {
             let mut key = under.clone();
             key.extend_from_slice(format!("slot-{slot}").as_bytes());
-            match client.create(&key, value, lease)? {
+            match client.create(&key, &value(), lease)? {
                 Created::Ours { .. } => return Ok(Some(slot)),
                 Created::Held { holder, .. } if holder.lease == lease => return Ok(Some(slot)),
                 Created::Held { holder, revision } => {
@@ -162,7 +164,16 @@ mod tests {
     }
 
     fn claim_now(client: &EtcdClient, lease: i64, wait: bool, until: Option<Instant>) -> Claimed {
-        claim(client, KEY, b"v", lease, wait, until, &mut |_| {}).expect("claim")
+        claim(
+            client,
+            KEY,
+            &|| b"v".to_vec(),
+            lease,
+            wait,
+            until,
+            &mut |_| {},
+        )
+        .expect("claim")
     }
 
     #[test]
@@ -201,9 +212,17 @@ mod tests {
             let client = client.clone();
             thread::spawn(move || {
                 let until = Some(Instant::now() + Duration::from_secs(20));
-                let claimed = claim(&client, KEY, b"two", second, true, until, &mut |holder| {
-                    waiting_tx.send(holder.lease).expect("report");
-                })
+                let claimed = claim(
+                    &client,
+                    KEY,
+                    &|| b"two".to_vec(),
+                    second,
+                    true,
+                    until,
+                    &mut |holder| {
+                        waiting_tx.send(holder.lease).expect("report");
+                    },
+                )
                 .expect("claim");
                 (claimed, Instant::now())
             })
@@ -259,7 +278,17 @@ mod tests {
     }
 
     fn slot(client: &EtcdClient, lease: i64, wait: bool, until: Option<Instant>) -> Option<u32> {
-        claim_slot(client, DEVICE, 2, b"v", lease, wait, until, &mut |_| {}).expect("claim_slot")
+        claim_slot(
+            client,
+            DEVICE,
+            2,
+            &|| b"v".to_vec(),
+            lease,
+            wait,
+            until,
+            &mut |_| {},
+        )
+        .expect("claim_slot")
     }
 
     #[test]
@@ -285,7 +314,7 @@ mod tests {
                     &client,
                     DEVICE,
                     2,
-                    b"v",
+                    &|| b"v".to_vec(),
                     lease,
                     true,
                     until,

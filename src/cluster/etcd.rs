@@ -351,9 +351,61 @@ impl EtcdClient {
     /// # Errors
     /// Any [`EtcdError`]: the renewal may or may not have happened.
     pub fn keep_alive(&self, id: i64) -> Result<Option<Duration>, EtcdError> {
+        self.keep_alive_via(id, None)
+    }
+
+    /// [`EtcdClient::keep_alive`] sent to every endpoint at once; the first
+    /// answer counts. For a retry after a failed renewal: when a frozen
+    /// leader hangs the member we asked (and the next in line is that
+    /// leader), trying one endpoint per call timeout can use up the fence
+    /// budget before a live member is reached. A keepalive is idempotent,
+    /// so sending it several times costs nothing but requests.
+    ///
+    /// # Errors
+    /// The last endpoint's error when none answered.
+    pub fn keep_alive_anywhere(&self, id: i64) -> Result<Option<Duration>, EtcdError> {
+        let count = self.inner.endpoints.len();
+        if count == 1 {
+            return self.keep_alive(id);
+        }
+        let (answers, answered) = std::sync::mpsc::channel();
+        for index in 0..count {
+            let client = self.clone();
+            let answers = answers.clone();
+            // Each is bounded by the call timeout; a straggler finishes on
+            // its own after the first answer is taken.
+            let spawned = std::thread::Builder::new()
+                .name("ec-keepalive".into())
+                .spawn(move || {
+                    let _ = answers.send(client.keep_alive_via(id, Some(index)));
+                });
+            if spawned.is_err() {
+                return self.keep_alive(id);
+            }
+        }
+        drop(answers);
+        let mut last = None;
+        for answer in answered {
+            match answer {
+                Ok(ttl) => return Ok(ttl),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| EtcdError::Unreachable {
+            operation: "lease keepalive",
+            endpoints: self.all_endpoints(),
+            reason: "no endpoint answered".into(),
+        }))
+    }
+
+    fn keep_alive_via(&self, id: i64, only: Option<usize>) -> Result<Option<Duration>, EtcdError> {
         const OP: &str = "lease keepalive";
-        let (answer, endpoint) =
-            self.call(OP, "/v3/lease/keepalive", &json!({ "ID": id.to_string() }))?;
+        let (answer, endpoint) = self.call_via(
+            OP,
+            "/v3/lease/keepalive",
+            &json!({ "ID": id.to_string() }),
+            only,
+        )?;
         let Some(result) = answer.get("result") else {
             return Err(malformed(OP, &endpoint, "no result"));
         };
@@ -409,10 +461,12 @@ impl EtcdClient {
         Ok(Created::Held { holder, revision })
     }
 
-    /// The key, if it exists, and the store's revision.
+    /// The key, if it exists, and the store's revision (the tests read
+    /// what a claim wrote).
     ///
     /// # Errors
     /// Any [`EtcdError`].
+    #[cfg(test)]
     pub fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, i64), EtcdError> {
         const OP: &str = "get";
         let (answer, endpoint) =
@@ -633,9 +687,20 @@ impl EtcdClient {
         path: &str,
         body: &Value,
     ) -> Result<(Value, String), EtcdError> {
+        self.call_via(operation, path, body, None)
+    }
+
+    /// [`EtcdClient::call`], at endpoint `only` alone when given.
+    fn call_via(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: &Value,
+        only: Option<usize>,
+    ) -> Result<(Value, String), EtcdError> {
         let mut reauthenticated = false;
         loop {
-            let (response, endpoint) = self.send(operation, path, body, None)?;
+            let (response, endpoint) = self.send_via(operation, path, body, None, only)?;
             let bytes = response
                 .into_body()
                 .with_config()
@@ -688,13 +753,28 @@ impl EtcdClient {
         body: &Value,
         stream_window: Option<Duration>,
     ) -> Result<(ureq::http::Response<ureq::Body>, String), EtcdError> {
+        self.send_via(operation, path, body, stream_window, None)
+    }
+
+    /// [`EtcdClient::send`], at endpoint `only` alone (no failover) when given.
+    fn send_via(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: &Value,
+        stream_window: Option<Duration>,
+        only: Option<usize>,
+    ) -> Result<(ureq::http::Response<ureq::Body>, String), EtcdError> {
         let inner = &self.inner;
         let count = inner.endpoints.len();
-        let start = inner.current.load(Ordering::Relaxed) % count;
+        let (start, steps) = match only {
+            Some(index) => (index % count, 1),
+            None => (inner.current.load(Ordering::Relaxed) % count, count),
+        };
         let deadline = Instant::now() + inner.call_timeout;
         let body = body.to_string();
         let mut last = None;
-        for step in 0..count {
+        for step in 0..steps {
             let index = (start + step) % count;
             let endpoint = &inner.endpoints[index];
             let shown = shown_endpoint(endpoint);
@@ -719,7 +799,7 @@ impl EtcdClient {
             // ambiguous), and a host that never answers leaves time for
             // the next endpoint.
             let mut connect = left.mul_f64(0.9);
-            if step + 1 < count {
+            if step + 1 < steps {
                 connect = connect.min(inner.call_timeout / 2);
             }
             if let Some(window) = stream_window {

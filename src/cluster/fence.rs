@@ -305,9 +305,10 @@ impl Drop for Renewer {
 /// `$NOTIFY_SOCKET` every `WATCHDOG_USEC/2` (at most every second) while
 /// not fenced, when systemd's watchdog is on for this process
 /// (`sd_watchdog_enabled(3)`): a frozen launcher stops pinging, and PID 1
-/// stops the unit. A ping can be late by one renewal call (at most
-/// [`FenceTiming::call_timeout`]), so `WatchdogSec=` must exceed that plus
-/// one second.
+/// stops the unit. Every renewal call is preceded by a ping, so the
+/// longest gap between pings is the longer of the tick and one call (at
+/// most [`FenceTiming::call_timeout`] when the client keeps its timeout):
+/// `WatchdogSec=` must exceed both.
 ///
 /// # Errors
 /// [`Error::StartRenewer`] when the timerfd, the watchdog's socket or the
@@ -416,6 +417,13 @@ fn renew_loop(
             next_ping = now + *interval;
         }
         if now >= next_renewal {
+            // Ping before a call that may block for up to its timeout, so
+            // the longest gap between pings is the longer of the tick and
+            // one call, not their sum.
+            if let Some((pinger, interval)) = &mut watchdog {
+                pinger.ping();
+                next_ping = now + *interval;
+            }
             let sent = BootInstant::now();
             match renew() {
                 Renewal::Renewed(ttl) => {
@@ -675,6 +683,39 @@ mod tests {
         assert_eq!(wait_for_alarm(&renewer, secs(4.0)), None);
         assert_eq!(renewer.fired(), None);
         renewer.stop();
+    }
+
+    #[test]
+    fn the_watchdog_is_pinged_before_every_renewal_call_whatever_the_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let systemd = UnixDatagram::bind(&path).unwrap();
+        let pinger = Pinger::new(
+            crate::watchdog::NotifySocket::from_env(path.to_str().unwrap()).unwrap(),
+            "test",
+        )
+        .unwrap();
+        // Renewals every second, a tick far longer: pings come from the calls.
+        let timing = FenceTiming::new(secs(3.0), secs(0.2)).unwrap();
+        let renewer = super::start(
+            timing,
+            BootInstant::now(),
+            secs(3.0),
+            Some((pinger, secs(60.0))),
+            Box::new(|| Renewal::Renewed(secs(3.0))),
+        )
+        .unwrap();
+        std::thread::sleep(secs(2.5));
+        renewer.stop();
+        systemd.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let mut pings = 0;
+        while systemd.recv(&mut buf).is_ok() {
+            pings += 1;
+        }
+        // At the start, and before the renewals at 1 s and 2 s (the second
+        // may be late on a loaded machine); the tick alone gives one.
+        assert!((2..=3).contains(&pings), "{pings} pings");
     }
 
     #[test]

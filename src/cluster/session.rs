@@ -22,12 +22,21 @@ use crate::error::Error;
 use crate::supervise::{self, Interrupts};
 
 /// What to take for the source, kept so a restart can take it again.
-#[derive(Debug)]
 pub struct SourceClaim<'a> {
     pub key: &'a str,
-    pub value: &'a [u8],
+    /// The holder's record, made at each try (it dates the holding).
+    pub value: &'a dyn Fn() -> Vec<u8>,
     pub wait: bool,
     pub until: Option<Instant>,
+}
+
+impl std::fmt::Debug for SourceClaim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceClaim")
+            .field("key", &self.key)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A lease with its renewer, and the client they use.
@@ -99,10 +108,24 @@ impl Session {
             sent,
             lease.ttl,
             self.config_ping_watchdog,
-            Box::new(move || match client.keep_alive(id) {
-                Ok(Some(ttl)) => Renewal::Renewed(ttl),
-                Ok(None) => Renewal::Lost,
-                Err(e) => Renewal::Failed(e.to_string()),
+            Box::new({
+                let mut failed_last = false;
+                move || {
+                    // A retry asks every member at once: the one asked
+                    // first may hang behind a frozen leader, and one
+                    // endpoint per call timeout could use up the budget.
+                    let answer = if failed_last {
+                        client.keep_alive_anywhere(id)
+                    } else {
+                        client.keep_alive(id)
+                    };
+                    failed_last = answer.is_err();
+                    match answer {
+                        Ok(Some(ttl)) => Renewal::Renewed(ttl),
+                        Ok(None) => Renewal::Lost,
+                        Err(e) => Renewal::Failed(e.to_string()),
+                    }
+                }
             }),
         )?);
         tracing::debug!(lease = id, ttl = ?lease.ttl, "cluster lease granted");
@@ -156,7 +179,7 @@ impl Session {
     ) -> Result<Taken, Error> {
         let key = keyspace::source(source.key);
         loop {
-            if let Some(why) = self.renewer.as_ref().and_then(Renewer::fired) {
+            if let Some(why) = self.lost() {
                 self.start_over(&why)?;
             }
             match claim::claim(
@@ -168,6 +191,9 @@ impl Session {
                 source.until,
                 on_wait,
             ) {
+                // Taken under a lease the fence gave up while we waited:
+                // it may expire any moment, so it is not ours to run on.
+                Ok(Claimed::Ours) if self.lost().is_some() => {}
                 Ok(Claimed::Ours) => return Ok(Taken::Ours),
                 Ok(Claimed::Busy { holder, timed_out }) => {
                     return Ok(Taken::Busy {
@@ -181,9 +207,10 @@ impl Session {
         }
     }
 
-    /// Takes one of `count` slots of `device`, after the source's key; on
-    /// an ambiguous answer the source is taken again first (a new lease
-    /// holds nothing).
+    /// Takes one of `count` slots of `device`, after the source's key.
+    /// Whenever the lease is started over (an ambiguous answer, a lease
+    /// lost or given up while waiting) the source is taken again first: a
+    /// new lease holds nothing, and the old one's source key may be gone.
     ///
     /// # Errors
     /// As [`Session::take_source`].
@@ -196,7 +223,7 @@ impl Session {
     ) -> Result<Result<u32, Taken>, Error> {
         let prefix = keyspace::device_slots(device);
         loop {
-            match claim::claim_slot(
+            let why = match claim::claim_slot(
                 &self.client,
                 prefix.as_bytes(),
                 count,
@@ -206,23 +233,23 @@ impl Session {
                 source.until,
                 on_wait,
             ) {
-                Ok(Some(slot)) => return Ok(Ok(slot)),
+                Ok(Some(slot)) => match self.lost() {
+                    None => return Ok(Ok(slot)),
+                    Some(why) => why,
+                },
                 Ok(None) => {
                     return Ok(Err(Taken::Busy {
                         holders: self.client.list(prefix.as_bytes()).unwrap_or_default(),
                         timed_out: source.wait,
                     }));
                 }
-                Err(e) if restartable(&e) => {
-                    self.start_over(&e.to_string())?;
-                    let mut quiet = |_: &KeyValue| {};
-                    if let Taken::Busy { holders, timed_out } =
-                        self.take_source(source, &mut quiet)?
-                    {
-                        return Ok(Err(Taken::Busy { holders, timed_out }));
-                    }
-                }
+                Err(e) if restartable(&e) => e.to_string(),
                 Err(e) => return Err(e.into()),
+            };
+            self.start_over(&why)?;
+            let mut quiet = |_: &KeyValue| {};
+            if let Taken::Busy { holders, timed_out } = self.take_source(source, &mut quiet)? {
+                return Ok(Err(Taken::Busy { holders, timed_out }));
             }
         }
     }

@@ -296,13 +296,19 @@ impl Launching<'_> {
         write_record(held, &record(), "lock");
         // The cluster's key after the node's (ECP-0134): two units on one
         // node never race through etcd. Nothing of it runs without --etcd.
-        let cluster_record = config.cluster.as_ref().map(|cluster| {
-            ClusterRecord::for_this_launch(&cluster.connection.node, unit.clone(), self.redacted)
+        let cluster_record = || {
+            config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
+                ClusterRecord::for_this_launch(
+                    &cluster.connection.node,
+                    unit.clone(),
+                    self.redacted,
+                )
                 .to_json()
-        });
+            })
+        };
         let source_claim = SourceClaim {
             key: config.key.as_str(),
-            value: cluster_record.as_deref().unwrap_or_default(),
+            value: &cluster_record,
             wait: matches!(config.policy, BusyPolicy::Wait { .. }),
             until: self.deadline,
         };
@@ -761,9 +767,10 @@ fn supervise_in_cluster(
             // caller sees what the program said.
             std::process::exit(i32::from(code));
         }
-        crate::supervise::Ended::Fenced { why, child } => {
+        crate::supervise::Ended::Fenced { child, .. } => {
+            // The supervisor logged why when it fenced; this says how it ended.
             tracing::error!(
-                "cluster lease not renewed in time ({why}): stopped the program (it ended with {child}) before the lease could expire on the server; exiting {}",
+                "fence: the program ended with {child} before the lease could expire on the server; exiting {} (systemd restarts the unit, which takes the keys again)",
                 ExitStatus::Fenced.code()
             );
             Ok(ExitStatus::Fenced)

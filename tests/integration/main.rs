@@ -9,6 +9,8 @@
 )]
 
 mod cli;
+mod cluster;
+mod cluster_node;
 mod device;
 mod entry;
 mod etcd_harness;
@@ -19,6 +21,7 @@ mod invocation;
 mod keys;
 mod lock_path;
 mod logging;
+mod netns;
 mod operator;
 #[path = "../common/privilege.rs"]
 mod privilege;

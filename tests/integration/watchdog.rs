@@ -310,6 +310,55 @@ fn pings_while_bytes_flow_and_stop_within_one_interval_when_they_stop() {
     );
 }
 
+/// Cluster mode supervises instead of exec'ing: the monitor must count the
+/// supervised program's bytes (it is the launcher's child now), and the
+/// lease renewer, which would ping for any launcher that is not frozen,
+/// must leave systemd's watchdog to the monitor.
+#[test]
+fn in_cluster_mode_the_pings_follow_the_supervised_programs_bytes() {
+    let etcd = crate::etcd_server::EtcdServer::start();
+    let env = TestEnv::new();
+    let tuner = Tuner::start(true);
+    let notify = Notify::bind(&env);
+    let mut command = watched(
+        &env,
+        &tuner.source(),
+        &["--progress-watchdog", "--etcd", &etcd.endpoints()],
+        &[
+            "bash".to_owned(),
+            "-c".to_owned(),
+            reader_in_a_child(tuner.port),
+        ],
+    );
+    command
+        .env("WATCHDOG_USEC", WATCHDOG_USEC)
+        .env("NOTIFY_SOCKET", &notify.address)
+        .env_remove("WATCHDOG_PID");
+    let program = Guard::spawn(&mut command);
+    tuner.wait_for_client();
+    let flowing = notify.collect(INTERVAL * 6);
+    assert!(
+        flowing.len() >= 4,
+        "expected a ping every {INTERVAL:?} while the supervised program reads, got {flowing:?}"
+    );
+    let monitor = monitor_of(&flowing, program.pid());
+    tuner.set_streaming(false);
+    let stopped_at = Instant::now();
+    let after = notify.collect(INTERVAL * 6);
+    let late: Vec<&Ping> = after
+        .iter()
+        .filter(|p| p.at.duration_since(stopped_at) > INTERVAL + SLACK)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "pings went on after the bytes stopped (the renewer must not ping here): {late:?}"
+    );
+    assert!(
+        alive(monitor),
+        "the monitor died instead of withholding pings"
+    );
+}
+
 #[test]
 fn a_connection_that_sends_nothing_gets_no_ping_after_the_programs_start() {
     let env = TestEnv::new();

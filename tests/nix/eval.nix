@@ -469,6 +469,18 @@ let
         && s.KillMode == "control-group"
       ) lockedUnitNames) "RestartPreventExitStatus";
 
+    # The supervising launcher exits 143 when a stop's SIGTERM ended the
+    # program; without this every `systemctl stop` left the unit failed.
+    "a cluster unit stopped by SIGTERM ends clean: SuccessExitStatus is 75 and 143" =
+      let
+        on = clusterSc (clusterOn { }) "every-channel-publisher-tuner-a";
+        off = sc "every-channel-publisher-tuner-a";
+      in
+      check (
+        on.SuccessExitStatus == [ 75 143 ]
+        && off.SuccessExitStatus == [ 75 ]
+      ) (builtins.toJSON [ on.SuccessExitStatus off.SuccessExitStatus ]);
+
     "cluster mode without endpoints fails with a readable assertion" =
       let
         cfg = withEveryChannel { cluster.enable = true; };

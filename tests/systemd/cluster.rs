@@ -24,7 +24,9 @@
 //! 4. Stopping B leaves no process, no key in etcd and no open stream.
 //!
 //! The units carry the same policy and sandbox as the other publisher units
-//! (`nixos/unit-policy.json`, `nixos/unit-hardening.json`).
+//! (`nixos/unit-policy.json`, `nixos/unit-hardening.json`) and what the
+//! module adds in cluster mode: the launcher watchdog (`WatchdogSec`,
+//! `NotifyAccess=main`, `TimeoutAbortSec`) and 143 as a clean exit.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -51,6 +53,13 @@ const SOURCE_KEYS: &str = "/every-channel/ec-launch/v1/sources/";
 /// the launcher accepts with a 1 s grace (TTL/3 + TTL/6 + grace + 1 s < TTL).
 const TTL_SECS: u64 = 6;
 const STOP_GRACE_SECS: u64 = 1;
+/// What the module adds to the policy's `SuccessExitStatus` in cluster
+/// mode: a stop's SIGTERM, forwarded, ends the program, and the launcher
+/// exits 143 (128+SIGTERM) where an exec'd program would have died of the
+/// signal, which systemd counts as clean. systemd adds a second
+/// `SuccessExitStatus=` line to the first.
+const CLUSTER_SUCCESS: &str = "SuccessExitStatus=143\n";
+
 /// The fence's timing, which the module and the launcher also read.
 const TIMING_FILE: &str = "nixos/cluster-timing.json";
 
@@ -169,7 +178,7 @@ pub fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> R
     )?;
     for node in [NODE_A, NODE_B] {
         let service = format!(
-            "ExecStart={} run --etcd {ETCD_URL} --etcd-ttl {TTL_SECS} --etcd-stop-grace {STOP_GRACE_SECS} --node {} --lock-dir {} --on-busy wait --source {} -- {SUITE_DIR}/reader {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\nWatchdogSec={watchdog}\nNotifyAccess=main\nTimeoutAbortSec={STOP_GRACE_SECS}\n{}{}ReadWritePaths={RECORD_DIR}\n",
+            "ExecStart={} run --etcd {ETCD_URL} --etcd-ttl {TTL_SECS} --etcd-stop-grace {STOP_GRACE_SECS} --node {} --lock-dir {} --on-busy wait --source {} -- {SUITE_DIR}/reader {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\nWatchdogSec={watchdog}\nNotifyAccess=main\nTimeoutAbortSec={STOP_GRACE_SECS}\n{}{CLUSTER_SUCCESS}{}ReadWritePaths={RECORD_DIR}\n",
             ec_launch(),
             node.name,
             node.lock_dir,
@@ -442,11 +451,14 @@ fn first_node_streams(
     let first = wait_reader(probe, NODE_A.unit)?;
     let restarts = c.property(NODE_A.unit, "NRestarts");
     let watchdog = c.property(NODE_A.unit, "WatchdogUSec");
+    let success = c.property(NODE_A.unit, "SuccessExitStatus");
     checks.check(
-        "the first node streams at its first start (etcd was ready when its launcher ran), under the module's launcher watchdog",
-        restarts == "0" && watchdog == format!("{}s", watchdog_secs()?),
+        "the first node streams at its first start (etcd was ready when its launcher ran), under the module's cluster settings",
+        restarts == "0"
+            && watchdog == format!("{}s", watchdog_secs()?)
+            && success.split_whitespace().collect::<Vec<_>>() == ["75", "143"],
         &format!(
-            "{} NRestarts {restarts}, WatchdogUSec={watchdog}",
+            "{} NRestarts {restarts}, WatchdogUSec={watchdog}, SuccessExitStatus={success}",
             NODE_A.unit
         ),
     );

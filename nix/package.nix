@@ -6,6 +6,7 @@
   glibc,
   rustPlatform,
   installShellFiles,
+  etcd,
 }:
 
 let
@@ -49,8 +50,10 @@ rustPlatform.buildRustPackage {
 
   # The unit tests only. The integration and acceptance suites need
   # flock(1), root, systemd and nix-instantiate, none of which the build
-  # sandbox has; CI (.ci/run) runs them.
+  # sandbox has; CI (.ci/run) runs them. The etcd client's unit tests start
+  # a real etcd on loopback, which the sandbox allows: etcd is put on PATH.
   cargoTestFlags = [ "--bins" ];
+  nativeCheckInputs = [ etcd ];
 
   # Completions and the man page are rendered by the binary from the same
   # clap definition it parses with, so they cannot drift from the flags.

@@ -135,7 +135,8 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
     }
     .transpose()
     .map_err(Error::SourceArg)?;
-    let entries = lock_files(&args.lock_dir)?;
+    let mut warnings = Vec::new();
+    let entries = local_lock_files(args, &mut warnings)?;
     let wanted = key.as_ref().map(|key| key.lock_path(&args.lock_dir));
     if let Some(path) = &wanted {
         // What run would refuse to open, status refuses too (ECP-0129).
@@ -151,7 +152,6 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         .map(|(_, inode)| *inode)
         .chain(slots.iter().map(|s| s.inode))
         .collect();
-    let mut warnings = Vec::new();
     // Connections first, then their owners in the one descriptor scan.
     let connections = if args.readers {
         socket_table(&mut warnings)
@@ -423,6 +423,27 @@ fn readers_report(
 /// The `*.lock` entries of `dir` that are not directories, sorted, with the
 /// inode each names (from the directory entry: no `stat` per file). An
 /// entry whose type cannot be told is kept: it is reported, not skipped.
+/// [`lock_files`]; with `--etcd`, a missing directory is a warning, not an
+/// error: a machine that is no node (an operator's workstation) may still
+/// ask the cluster, and it has no local locks.
+fn local_lock_files(
+    args: &StatusArgs,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
+    match lock_files(&args.lock_dir) {
+        Err(Error::ReadLockDir { source, .. })
+            if source.kind() == io::ErrorKind::NotFound && !args.etcd.endpoints.is_empty() =>
+        {
+            warnings.push(format!(
+                "no lock directory {} on this machine: showing the cluster only",
+                printable_path(&args.lock_dir)
+            ));
+            Ok(Vec::new())
+        }
+        entries => entries,
+    }
+}
+
 fn lock_files(dir: &Path) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
     let read_error = |source| Error::ReadLockDir {
         path: dir.to_owned(),

@@ -780,6 +780,21 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
         .run();
 }
 
+#[test]
+fn status_etcd_on_a_machine_without_a_lock_directory_still_lists_the_cluster() {
+    let etcd = EtcdServer::start();
+    let env = TestEnv::new();
+    let a = Node::new(&env, "a", etcd.endpoints());
+    let active = hold(&env, &a, "a");
+    env.command(["status", "--etcd", &etcd.endpoints(), "--node", "laptop"])
+        .arg("--lock-dir")
+        .arg(env.path("no-such-dir"))
+        .stdout_contains("node a")
+        .stdout_contains(active.pid().to_string())
+        .stderr_contains("showing the cluster only")
+        .run();
+}
+
 mod credentials {
     use std::path::Path;
 

@@ -43,10 +43,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Where Debian's `etcd-server` installs etcd.
-pub const ETCD: &str = "/usr/bin/etcd";
-/// Where Debian's `etcd-client` installs etcdctl.
-pub const ETCDCTL: &str = "/usr/bin/etcdctl";
+/// etcd, looked up on `PATH` (Debian's `etcd-server` puts it in
+/// `/usr/bin`; the Nix build's check phase puts nixpkgs' on `PATH`).
+pub const ETCD: &str = "etcd";
+/// etcdctl, likewise (Debian's `etcd-client`).
+pub const ETCDCTL: &str = "etcdctl";
 
 /// The key prefix the user made by `enable_auth` may read and write (and
 /// watch): every key cluster mode writes is under it.
@@ -62,9 +63,12 @@ const START_PATIENCE: Duration = Duration::from_secs(30);
 #[track_caller]
 pub fn require_etcd() {
     for binary in [ETCD, ETCDCTL] {
+        let on_path = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join(binary).is_file())
+        });
         assert!(
-            Path::new(binary).exists(),
-            "{binary} not found: install etcd-server and etcd-client (apt-get install etcd-server etcd-client); CI installs them"
+            on_path,
+            "{binary} not found on PATH: install etcd-server and etcd-client (apt-get install etcd-server etcd-client); CI installs them"
         );
     }
 }

@@ -780,6 +780,46 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
         .run();
 }
 
+/// A waiter has signals blocked (the supervisor reads them later): a stop
+/// request must still end it at once, by the signal, as it would end a
+/// local waiter, and release its lease rather than leave it for a TTL.
+#[test]
+fn a_waiting_launcher_stopped_by_sigterm_dies_of_it_at_once_and_revokes_its_lease() {
+    let etcd = EtcdServer::start();
+    let env = TestEnv::new();
+    let a = Node::new(&env, "a", etcd.endpoints());
+    let b = Node::new(&env, "b", etcd.endpoints());
+    let _active = hold(&env, &a, "a");
+    let mut waiter = b.start_reader(SOURCE, "b", &["--on-busy", "wait"]);
+    assert!(
+        wait_until(PATIENCE, || waiter.log().contains("busy in the cluster")),
+        "the waiter never said it waits:\n{}",
+        waiter.log()
+    );
+    let leases = || {
+        let listed = etcd.etcdctl(&["lease", "list"]);
+        // "found N leases", then one ID per line.
+        let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("etcdctl lease list said: {text}"))
+    };
+    assert_eq!(leases(), 2, "the holder's lease and the waiter's");
+    waiter.signal(Signal::SIGTERM);
+    assert_eq!(
+        waiter.exit_within(Duration::from_secs(1)),
+        Some(128 + 15),
+        "a waiter must die of SIGTERM within a second:\n{}",
+        waiter.log()
+    );
+    assert_eq!(leases(), 1, "the waiter's lease was left to expire");
+    assert!(
+        Timeline::read(&env).life("b").is_none(),
+        "the stopped waiter ran its program"
+    );
+}
+
 #[test]
 fn status_etcd_on_a_machine_without_a_lock_directory_still_lists_the_cluster() {
     let etcd = EtcdServer::start();

@@ -21,7 +21,9 @@
 //!    A revokes its lease on the way out, so B does not wait for the TTL),
 //!    never before A's reader stopped, still no 503; the key and `status
 //!    --etcd` now name node B's unit.
-//! 4. Stopping B leaves no process, no key in etcd and no open stream.
+//! 4. A comes back as the standby and is stopped while it waits: within a
+//!    second, cleanly, its lease revoked; B streams on.
+//! 5. Stopping B leaves no process, no key in etcd and no open stream.
 //!
 //! The units carry the same policy and sandbox as the other publisher units
 //! (`nixos/unit-policy.json`, `nixos/unit-hardening.json`) and what the
@@ -294,6 +296,7 @@ fn story(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<()
         ),
     );
     status_names(checks, probe, NODE_B, &second, figures)?;
+    standby_stops_while_waiting(checks, probe, &second, figures)?;
 
     // The end: the last holder stops and leaves nothing behind, in etcd too.
     let (wall, systemd) = timed(probe, "stop", NODE_B.unit)?;
@@ -335,6 +338,89 @@ fn story(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<()
     );
     let _ = c.systemctl(&["reset-failed", NODE_A.unit, NODE_B.unit]);
     Ok(())
+}
+
+/// How long a `systemctl stop` of a unit whose launcher waits may take:
+/// the launcher dies of the SIGTERM and revokes its lease at once.
+const WAITER_STOP_BOUND: Duration = Duration::from_secs(1);
+
+/// Node A comes back as the standby and is stopped while it waits, as an
+/// operator retires a standby: the stop is quick and clean, its lease is
+/// revoked (not left to expire), and the holder is not disturbed.
+fn standby_stops_while_waiting(
+    checks: &mut Checks,
+    probe: &Probe,
+    holder: &Streaming,
+    figures: &mut Figures,
+) -> Result<(), String> {
+    let c = probe.container;
+    checks.say(&format!(
+        "{} starts again, waits behind {}, and is stopped while it waits",
+        NODE_A.unit, NODE_B.unit
+    ));
+    let _ = c.systemctl(&["reset-failed", NODE_A.unit]);
+    let busy_lines = || {
+        c.journal(NODE_A.unit)
+            .lines()
+            .filter(|l| l.contains("busy in the cluster"))
+            .count()
+    };
+    c.systemctl(&["start", NODE_A.unit])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while busy_lines() == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let ids: Vec<String> = probe
+        .unit_processes(NODE_A.unit)
+        .iter()
+        .map(ProcessFacts::id)
+        .collect();
+    let leases_waiting = etcd_lease_count(probe)?;
+    let (wall, systemd) = timed(probe, "stop", NODE_A.unit)?;
+    let stop = systemd.unwrap_or(wall);
+    let left = probe.alive(&ids);
+    let leases_after = etcd_lease_count(probe)?;
+    let exit = exits_of(probe, NODE_A.unit).pop().unwrap_or_default();
+    let holder_now = c.property(NODE_B.unit, "MainPID");
+    let open = probe.counter(DEVICE, "open_streams")?;
+    let line = format!(
+        "systemctl stop {} while it waits: {stop:.2}s (wall {wall:.2}s), processes left {}, etcd leases {leases_waiting} -> {leases_after}, ExecStopPost saw: {exit}; {} MainPID {} -> {holder_now}, open streams {open}",
+        NODE_A.unit,
+        left.len(),
+        NODE_B.unit,
+        holder.main_pid
+    );
+    checks.say(&line);
+    figures.lines.push(line.clone());
+    checks.check(
+        &format!(
+            "stopping a waiting standby takes under {}s, ends it cleanly and revokes its lease; the holder streams on",
+            WAITER_STOP_BOUND.as_secs()
+        ),
+        busy_lines() > 0
+            && Duration::from_secs_f64(stop) <= WAITER_STOP_BOUND
+            && left.is_empty()
+            && leases_waiting == 2
+            && leases_after == 1
+            && exit.contains("result=success")
+            && holder_now == holder.main_pid.to_string()
+            && open == 1,
+        &line,
+    );
+    let _ = c.systemctl(&["reset-failed", NODE_A.unit]);
+    Ok(())
+}
+
+/// How many leases etcd has (`etcdctl lease list`: "found N leases", then
+/// one ID per line).
+fn etcd_lease_count(probe: &Probe) -> Result<usize, String> {
+    let text = probe
+        .container
+        .run(&[ETCDCTL_BINARY, "--endpoints", ETCD_URL, "lease", "list"])?;
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("etcdctl lease list said {text:?}"))
 }
 
 /// From `from` to `to` (µs since the epoch), when both are known and `to`

@@ -51,8 +51,10 @@ const ETCD_DATA_DIR: &str = "/var/lib/ec-suite-etcd";
 /// Every key `ec-launch` writes (issue 12's key layout).
 const KEY_PREFIX: &str = "/every-channel/ec-launch/v1/";
 const SOURCE_KEYS: &str = "/every-channel/ec-launch/v1/sources/";
-/// `--etcd-ttl` and `--etcd-stop-grace` of both units: the smallest budget
-/// the launcher accepts with a 1 s grace (TTL/3 + TTL/6 + grace + 1 s < TTL).
+/// `--etcd-ttl` and `--etcd-stop-grace` of both units: short, so a lease
+/// left to expire would show, and the smallest TTL for a 1 s grace that the
+/// launcher accepts (it refuses TTL <= 2 x (grace + margin)) and the module
+/// does not warn about (TTL < 3 x (grace + margin)).
 const TTL_SECS: u64 = 6;
 const STOP_GRACE_SECS: u64 = 1;
 /// What the module adds to the policy's `SuccessExitStatus` in cluster
@@ -65,24 +67,6 @@ const CLUSTER_SUCCESS: &str = "SuccessExitStatus=143\n";
 /// The fence's timing, which the module and the launcher also read.
 const TIMING_FILE: &str = "nixos/cluster-timing.json";
 
-/// What the module gives a cluster unit so that PID 1 kills a frozen
-/// launcher before its lease can lapse: `WatchdogSec = max 1 ((ttl -
-/// stopGrace - margin) / 2)` with the margin of [`TIMING_FILE`], pinged by
-/// the launcher's renewal thread (`NotifyAccess=main`). Here 2 s: a
-/// launcher that stops pinging, streaming or waiting, is restarted, which
-/// the checks on `NRestarts` see.
-fn watchdog_secs() -> Result<u64, String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(TIMING_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let timing: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-    let margin = timing["margin"]
-        .as_u64()
-        .ok_or_else(|| format!("{}: no whole-second \"margin\"", path.display()))?;
-    let budget = TTL_SECS.saturating_sub(STOP_GRACE_SECS + margin) / 2;
-    Ok(budget.max(1))
-}
 /// One tuner: a second reader of the device is refused (503).
 const TUNERS: usize = 1;
 const DEVICE: &str = "127.0.0.8:5004";
@@ -110,6 +94,25 @@ const NODE_B: Node = Node {
     name: "node-b",
     lock_dir: "/run/ec-b",
 };
+
+/// What the module gives a cluster unit so that PID 1 kills a frozen
+/// launcher before its lease can lapse: `WatchdogSec = max 1 ((ttl -
+/// stopGrace - margin) / 2)` with the margin of [`TIMING_FILE`], pinged by
+/// the launcher's renewal thread (`NotifyAccess=main`). Here 2 s: a
+/// launcher that stops pinging, streaming or waiting, is restarted, which
+/// the checks on `NRestarts` see.
+fn watchdog_secs() -> Result<u64, String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(TIMING_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let timing: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let margin = timing["margin"]
+        .as_u64()
+        .ok_or_else(|| format!("{}: no whole-second \"margin\"", path.display()))?;
+    let budget = TTL_SECS.saturating_sub(STOP_GRACE_SECS + margin) / 2;
+    Ok(budget.max(1))
+}
 
 fn source() -> String {
     format!("http://{DEVICE}{CHANNEL_PATH}")
@@ -239,9 +242,8 @@ fn story(checks: &mut Checks, probe: &Probe, figures: &mut Figures) -> Result<()
     let second = wait_reader(probe, NODE_B.unit);
     let left = probe.alive(&first.ids);
     let first_exit = exits_of(probe, NODE_A.unit).pop().unwrap_or_default();
-    let exit = &first_exit;
     let line = format!(
-        "systemctl stop {}: {:.2}s (wall {wall:.2}s), processes left {}, ExecStopPost saw: {exit}",
+        "systemctl stop {}: {:.2}s (wall {wall:.2}s), processes left {}, ExecStopPost saw: {first_exit}",
         NODE_A.unit,
         systemd.unwrap_or(wall),
         left.len()

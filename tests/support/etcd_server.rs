@@ -63,9 +63,8 @@ const START_PATIENCE: Duration = Duration::from_secs(30);
 #[track_caller]
 pub fn require_etcd() {
     for binary in [ETCD, ETCDCTL] {
-        let on_path = std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path).any(|dir| dir.join(binary).is_file())
-        });
+        let on_path = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()));
         assert!(
             on_path,
             "{binary} not found on PATH: install etcd-server and etcd-client (apt-get install etcd-server etcd-client); CI installs them"

@@ -1520,7 +1520,9 @@ mod tests {
         else {
             panic!("not created");
         };
-        let deleter = client.clone();
+        // The revoke is a raft write (a WAL fsync): under CI's load it can
+        // take longer than the watcher's 100 ms, so it gets the usual timeout.
+        let deleter = EtcdClient::connect(&config(&etcd.url())).expect("connect");
         let delete = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(2500));
             deleter.revoke(lease.id).expect("revoke");
@@ -1563,8 +1565,10 @@ mod tests {
         let mut order: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
         order.push(leader);
         let endpoints: Vec<String> = order.iter().map(|&i| cluster.url(i)).collect();
+        // Short enough that a frozen member costs little, long enough for a
+        // three-member raft write on a loaded 2-core machine.
         let client = EtcdClient::connect(&EtcdConnect {
-            call_timeout: Duration::from_millis(500),
+            call_timeout: Duration::from_millis(1000),
             ..config(&endpoints.join(","))
         })
         .expect("connect");
@@ -1610,7 +1614,12 @@ mod tests {
             ..config(&etcd.url())
         })
         .expect("connect");
-        let lease = client.grant(Duration::from_secs(10)).expect("grant");
+        // Granted with the usual timeout: a raft write can outlast 300 ms
+        // on a loaded machine, and only the frozen call is the claim here.
+        let lease = EtcdClient::connect(&config(&etcd.url()))
+            .expect("connect")
+            .grant(Duration::from_secs(10))
+            .expect("grant");
         etcd.freeze();
         let started = Instant::now();
         let error = client.create(b"/k", b"v", lease.id).expect_err("frozen");

@@ -1568,7 +1568,7 @@ mod tests {
         // Short enough that a frozen member costs little, long enough for a
         // three-member raft write on a loaded 2-core machine.
         let client = EtcdClient::connect(&EtcdConnect {
-            call_timeout: Duration::from_millis(1000),
+            call_timeout: Duration::from_secs(1),
             ..config(&endpoints.join(","))
         })
         .expect("connect");

@@ -807,10 +807,12 @@ fn a_waiting_launcher_stopped_by_sigterm_dies_of_it_at_once_and_revokes_its_leas
     };
     assert_eq!(leases(), 2, "the holder's lease and the waiter's");
     waiter.signal(Signal::SIGTERM);
+    // Bound: the revoke's call timeout (TTL/6 = 1 s) and a second for a
+    // loaded machine; without the interrupt thread it never dies at all.
     assert_eq!(
-        waiter.exit_within(Duration::from_secs(1)),
+        waiter.exit_within(Duration::from_secs(2)),
         Some(128 + 15),
-        "a waiter must die of SIGTERM within a second:\n{}",
+        "a waiter must die of SIGTERM at once:\n{}",
         waiter.log()
     );
     assert_eq!(leases(), 1, "the waiter's lease was left to expire");

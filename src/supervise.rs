@@ -61,11 +61,18 @@ const FORWARDED: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]
 /// in case its SIGCHLD went to a thread that does not block it.
 const CHILD_CHECK: Duration = Duration::from_millis(100);
 
-fn watched() -> SigSet {
+/// The signals meant for the program.
+fn forwarded() -> SigSet {
     let mut set = SigSet::empty();
     for signal in FORWARDED {
         set.add(signal);
     }
+    set
+}
+
+/// What the supervisor reads: those, and its child's exit.
+fn watched() -> SigSet {
+    let mut set = forwarded();
     set.add(Signal::SIGCHLD);
     set
 }
@@ -132,12 +139,9 @@ impl Interrupts {
     /// # Errors
     /// [`Error::WatchSignals`], or [`Error::StartRenewer`] for the thread.
     pub fn start(_blocked: &SignalGuard) -> Result<Self, Error> {
-        let mut set = SigSet::empty();
-        for signal in FORWARDED {
-            set.add(signal);
-        }
-        let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-            .map_err(|source| Error::WatchSignals { source })?;
+        let signals =
+            SignalFd::with_flags(&forwarded(), SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+                .map_err(|source| Error::WatchSignals { source })?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cleanup: Cleanup = std::sync::Arc::default();
         let thread = std::thread::Builder::new()

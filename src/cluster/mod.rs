@@ -99,9 +99,7 @@ impl ClusterConfig {
             return Ok(None);
         }
         let timing = FenceTiming::new(args.etcd_ttl, args.etcd_stop_grace)?;
-        let Some(connection) = Connection::from_args(&args.etcd, timing.call_timeout())? else {
-            return Ok(None);
-        };
-        Ok(Some(Self { connection, timing }))
+        Ok(Connection::from_args(&args.etcd, timing.call_timeout())?
+            .map(|connection| Self { connection, timing }))
     }
 }

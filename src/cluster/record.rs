@@ -60,6 +60,13 @@ impl ClusterRecord {
     }
 }
 
+/// A record's `since` as operators read it: `2026-11-27T08:56:39Z`.
+#[must_use]
+pub fn rfc3339(since: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(since))
+        .to_string()
+}
+
 /// This node's name when `--node` is not given: the kernel's host name.
 #[must_use]
 pub fn default_node_name() -> String {

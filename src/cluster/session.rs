@@ -64,11 +64,14 @@ impl std::fmt::Debug for Session {
 #[derive(Debug)]
 pub enum Taken {
     Ours,
-    /// Held elsewhere (skip) or still held when `until` passed (wait).
-    Busy {
-        holders: Vec<KeyValue>,
-        timed_out: bool,
-    },
+    Busy(Busy),
+}
+
+/// Held elsewhere (skip), or still held when `until` passed (wait).
+#[derive(Debug)]
+pub struct Busy {
+    pub holders: Vec<KeyValue>,
+    pub timed_out: bool,
 }
 
 impl Session {
@@ -196,10 +199,10 @@ impl Session {
                 Ok(Claimed::Ours) if self.lost().is_some() => {}
                 Ok(Claimed::Ours) => return Ok(Taken::Ours),
                 Ok(Claimed::Busy { holder, timed_out }) => {
-                    return Ok(Taken::Busy {
+                    return Ok(Taken::Busy(Busy {
                         holders: holder.into_iter().collect(),
                         timed_out,
-                    });
+                    }));
                 }
                 Err(e) if restartable(&e) => self.start_over(&e.to_string())?,
                 Err(e) => return Err(e.into()),
@@ -220,7 +223,7 @@ impl Session {
         device: &str,
         count: u32,
         on_wait: &mut dyn FnMut(&[KeyValue]),
-    ) -> Result<Result<u32, Taken>, Error> {
+    ) -> Result<Result<u32, Busy>, Error> {
         let prefix = keyspace::device_slots(device);
         loop {
             let why = match claim::claim_slot(
@@ -238,7 +241,7 @@ impl Session {
                     Some(why) => why,
                 },
                 Ok(None) => {
-                    return Ok(Err(Taken::Busy {
+                    return Ok(Err(Busy {
                         holders: self.client.list(prefix.as_bytes()).unwrap_or_default(),
                         timed_out: source.wait,
                     }));
@@ -248,8 +251,8 @@ impl Session {
             };
             self.start_over(&why)?;
             let mut quiet = |_: &KeyValue| {};
-            if let Taken::Busy { holders, timed_out } = self.take_source(source, &mut quiet)? {
-                return Ok(Err(Taken::Busy { holders, timed_out }));
+            if let Taken::Busy(busy) = self.take_source(source, &mut quiet)? {
+                return Ok(Err(busy));
             }
         }
     }

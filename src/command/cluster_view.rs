@@ -162,13 +162,7 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
             let _ = write!(line, " pid {pid}");
         }
         if let Some(since) = holder.since {
-            let _ = write!(
-                line,
-                " since {}",
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(since)
-                )
-            );
+            let _ = write!(line, " since {}", crate::cluster::record::rfc3339(since));
         }
         match holder.ttl_left {
             Some(ttl) => {

@@ -20,7 +20,7 @@ use crate::cgroup;
 use crate::cli::{OnBusy, RunArgs};
 use crate::cluster::ClusterConfig;
 use crate::cluster::record::ClusterRecord;
-use crate::cluster::session::{Session, SourceClaim, Taken};
+use crate::cluster::session::{Busy, Session, SourceClaim, Taken};
 use crate::error::Error;
 use crate::exec::{self, Launch};
 use crate::exit_code::ExitStatus;
@@ -672,12 +672,12 @@ fn take_cluster_source(
     };
     match session.take_source(claim, &mut announce_wait)? {
         Taken::Ours => Ok(Some(session)),
-        Taken::Busy { holders, timed_out } => {
+        Taken::Busy(Busy { holders, timed_out }) => {
             let waited = gave_up_waiting(config, timed_out);
             tracing::warn!(
                 key = %printable(config.key.as_str()),
                 "source busy in the cluster: held by {}; {waited}not starting {}, exiting {} (see `{}`)",
-                holders.iter().map(describe_cluster_holder).collect::<Vec<_>>().join("; "),
+                describe_cluster_holders(&holders),
                 printable(program_name),
                 config.busy_status.code(),
                 cluster_status_command(config),
@@ -706,7 +706,7 @@ fn take_cluster_slot(
             "device busy in the cluster: all {} tuner slots of {} are held: {}; waiting{} before starting {} (see `{}`)",
             tuners.count,
             printable(device),
-            holders.iter().map(describe_cluster_holder).collect::<Vec<_>>().join("; "),
+            describe_cluster_holders(holders),
             until(config),
             printable(program_name),
             cluster_status_command(config),
@@ -717,8 +717,7 @@ fn take_cluster_slot(
             tracing::debug!(device = %printable(device), slot, "cluster tuner slot taken");
             Ok(true)
         }
-        Err(Taken::Ours) => Ok(true),
-        Err(Taken::Busy { holders, timed_out }) => {
+        Err(Busy { holders, timed_out }) => {
             let waited = gave_up_waiting(config, timed_out);
             tracing::warn!(
                 device = %printable(device),
@@ -726,7 +725,7 @@ fn take_cluster_slot(
                 "device busy in the cluster: all {} tuner slots of {} are held: {}; {waited}not starting {}, exiting {} (see `{}`)",
                 tuners.count,
                 printable(device),
-                holders.iter().map(describe_cluster_holder).collect::<Vec<_>>().join("; "),
+                describe_cluster_holders(&holders),
                 printable(program_name),
                 config.busy_status.code(),
                 cluster_status_command(config),
@@ -778,6 +777,15 @@ fn supervise_in_cluster(
     }
 }
 
+/// [`describe_cluster_holder`] for each, `; `-separated.
+fn describe_cluster_holders(holders: &[crate::cluster::etcd::KeyValue]) -> String {
+    holders
+        .iter()
+        .map(describe_cluster_holder)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// `node-b unit x.service pid 4242 since … reading http://…`, from a
 /// cluster key's value (another node's writing: escaped).
 fn describe_cluster_holder(holder: &crate::cluster::etcd::KeyValue) -> String {
@@ -791,9 +799,7 @@ fn describe_cluster_holder(holder: &crate::cluster::etcd::KeyValue) -> String {
                 text,
                 " pid {} since {} reading {}",
                 record.pid,
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_secs(record.since)
-                ),
+                crate::cluster::record::rfc3339(record.since),
                 printable(&redact_source(&record.source)),
             );
             text

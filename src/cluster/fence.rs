@@ -685,8 +685,9 @@ mod tests {
         renewer.stop();
     }
 
-    #[test]
-    fn the_watchdog_is_pinged_before_every_renewal_call_whatever_the_tick() {
+    /// A notify socket standing in for systemd's, and a pinger aimed at
+    /// it (the directory must outlive both).
+    fn fake_systemd() -> (tempfile::TempDir, UnixDatagram, Pinger) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let systemd = UnixDatagram::bind(&path).unwrap();
@@ -695,6 +696,12 @@ mod tests {
             "test",
         )
         .unwrap();
+        (dir, systemd, pinger)
+    }
+
+    #[test]
+    fn the_watchdog_is_pinged_before_every_renewal_call_whatever_the_tick() {
+        let (_dir, systemd, pinger) = fake_systemd();
         // Renewals every second, a tick far longer: pings come from the calls.
         let timing = FenceTiming::new(secs(3.0), secs(0.2)).unwrap();
         let renewer = super::start(
@@ -720,15 +727,8 @@ mod tests {
 
     #[test]
     fn the_watchdog_is_pinged_until_the_fence_fires_and_never_after() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let systemd = UnixDatagram::bind(&path).unwrap();
+        let (_dir, systemd, pinger) = fake_systemd();
         systemd.set_read_timeout(Some(secs(2.0))).unwrap();
-        let pinger = Pinger::new(
-            crate::watchdog::NotifySocket::from_env(path.to_str().unwrap()).unwrap(),
-            "test",
-        )
-        .unwrap();
         let timing = FenceTiming::new(secs(3.0), secs(0.2)).unwrap();
         // Deadline 0.8 s after start: no renewal is due before it.
         let renewer = super::start(

@@ -55,6 +55,17 @@ fn hold(env: &TestEnv, node: &Node<'_>, tag: &str) -> Launcher {
     launcher
 }
 
+/// The waiter `tag`'s reader's life once it started (within `PATIENCE`).
+fn took_over(env: &TestEnv, waiter: &mut Launcher, tag: &str) -> Life {
+    started_within(env, tag, PATIENCE).unwrap_or_else(|| {
+        panic!(
+            "the waiter never ran (status {:?}):\n{}",
+            waiter.exit_within(Duration::ZERO),
+            waiter.log()
+        )
+    })
+}
+
 /// Starts `node`'s launcher of reader `tag` on [`SOURCE`] with `--on-busy
 /// wait`, lets it settle into waiting, and checks it did not run.
 #[track_caller]
@@ -223,13 +234,7 @@ fn a_waiting_node_runs_within_ttl_and_a_second_after_the_active_node_is_killed()
     active.signal(Signal::SIGKILL);
     kill_pid(reader);
     assert_eq!(active.exit_within(PATIENCE), Some(128 + 9));
-    let took_over = started_within(&env, "b", PATIENCE).unwrap_or_else(|| {
-        panic!(
-            "the waiter never ran (status {:?}):\n{}",
-            waiter.exit_within(Duration::ZERO),
-            waiter.log()
-        )
-    });
+    let took_over = took_over(&env, &mut waiter, "b");
     let delay = figure(
         "failover after SIGKILL (kill to start)",
         killed_at,
@@ -281,13 +286,7 @@ fn a_waiting_node_runs_within_a_second_of_a_clean_stop() {
         "{}",
         active.log()
     );
-    let took_over = started_within(&env, "b", PATIENCE).unwrap_or_else(|| {
-        panic!(
-            "the waiter never ran (status {:?}):\n{}",
-            waiter.exit_within(Duration::ZERO),
-            waiter.log()
-        )
-    });
+    let took_over = took_over(&env, &mut waiter, "b");
     let delay = figure(
         "failover after a clean stop (SIGTERM to start)",
         stopped_at,

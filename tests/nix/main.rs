@@ -7,13 +7,23 @@
 //! system's Nix store or caches: parsing uses the `dummy://` store, and the
 //! flake check copies `flake.nix` and `flake.lock` into a temporary
 //! directory with its own store and cache, so it runs as any user and does
-//! not depend on what git tracks. Evaluating the module needs a nixpkgs.lib
-//! tree, which CI does not have; see `tests/nix/eval.nix` and the README.
-//! The module's build-time source check runs here as its derivation would
-//! run it (`source_check`).
+//! not depend on what git tracks. The module's build-time source check runs
+//! here as its derivation would run it (`source_check`).
+//!
+//! The module itself is evaluated against NixOS's own modules
+//! (`tests/nix/nixos.nix`), which need nixpkgs.lib and NixOS's module files
+//! from outside the repository (`EC_NIXPKGS_LIB`, `EC_NIXOS_MODULES`; CI sets
+//! both): its eval tests (`tests/nix/eval.nix`) and the real-NixOS check
+//! (`nixos_check`: NixOS renders each scenario, systemd reads the result).
+//! Without the two variables these tests say that they were skipped.
+
+#[allow(dead_code)]
+#[path = "../common/privilege.rs"]
+mod privilege;
 
 // The systemd suite's reader of nixos/unit-policy.json, so a change to the
 // file's shape that the suite cannot read fails here, where CI runs it.
+mod nixos_check;
 #[allow(dead_code)]
 #[path = "../systemd/policy.rs"]
 mod policy;
@@ -21,6 +31,7 @@ mod source_check;
 
 use std::env;
 use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -316,4 +327,268 @@ fn the_readme_cluster_example_is_the_one_eval_nix_evaluates() {
         "README.md has no ```nix block equal to tests/nix/cluster-example.nix; \
          quote the file verbatim in the cluster section's NixOS module part"
     );
+}
+
+/// `tests/nix/eval.nix`: the module's behaviour (the policy, hardening,
+/// escaping, devices, cluster mode, every assertion and warning), against
+/// NixOS's own `systemd.services` types and merges.
+#[test]
+fn the_module_eval_tests_pass_against_nixos_own_modules() {
+    let Some(inputs) =
+        nixos_check::NixosInputs::from_env("the_module_eval_tests_pass_against_nixos_own_modules")
+    else {
+        return;
+    };
+    let output = inputs.evaluate("tests/nix/eval.nix", &[]);
+    nixos_check::assert_clean_evaluation("tests/nix/eval.nix", &output);
+    let result: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("eval.nix printed no JSON");
+    assert!(
+        result["passed"].as_u64().is_some_and(|passed| passed > 100),
+        "eval.nix ran too few checks: {}",
+        result["passed"]
+    );
+}
+
+/// The scenarios of `tests/nix/nixos-check.nix`, evaluated once for every
+/// test that reads them; `None` when the inputs are missing (announced).
+fn nixos_scenarios(test: &str) -> Option<&'static [nixos_check::Scenario]> {
+    static SCENARIOS: std::sync::OnceLock<Vec<nixos_check::Scenario>> = std::sync::OnceLock::new();
+    let inputs = nixos_check::NixosInputs::from_env(test)?;
+    Some(SCENARIOS.get_or_init(|| nixos_check::scenarios(&inputs)))
+}
+
+/// The README's quick start, the devices example, both cluster nodes, a
+/// credentials configuration and the eval tests' base configuration all
+/// evaluate through NixOS with no failing assertion (NixOS's or ours) and
+/// no warning but those a scenario expects.
+#[test]
+fn every_scenario_evaluates_through_nixos_without_assertions_or_unexpected_warnings() {
+    let Some(scenarios) = nixos_scenarios(
+        "every_scenario_evaluates_through_nixos_without_assertions_or_unexpected_warnings",
+    ) else {
+        return;
+    };
+    let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "readme-quick-start",
+        "devices-example",
+        "cluster-example-node-a",
+        "cluster-example-node-b",
+        "credentials",
+        "eval-tests-base",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "no scenario {expected} in {names:?}"
+        );
+    }
+    let mut failures = String::new();
+    for scenario in scenarios {
+        if !scenario.assertions.is_empty() {
+            let _ = writeln!(
+                failures,
+                "{}: failing assertions: {:#?}",
+                scenario.name, scenario.assertions
+            );
+        }
+        let unexpected: Vec<&String> = scenario
+            .warnings
+            .iter()
+            .filter(|w| {
+                !scenario
+                    .expected_warnings
+                    .iter()
+                    .any(|e| w.contains(e.as_str()))
+            })
+            .collect();
+        let missing: Vec<&String> = scenario
+            .expected_warnings
+            .iter()
+            .filter(|e| {
+                scenario
+                    .warnings
+                    .iter()
+                    .filter(|w| w.contains(e.as_str()))
+                    .count()
+                    != 1
+            })
+            .collect();
+        if !unexpected.is_empty() || !missing.is_empty() {
+            let _ = writeln!(
+                failures,
+                "{}: unexpected warnings {unexpected:#?}; expected once but not {missing:#?}",
+                scenario.name
+            );
+        }
+        if scenario.units.is_empty() {
+            let _ = writeln!(failures, "{}: no unit", scenario.name);
+        }
+    }
+    assert!(failures.is_empty(), "{failures}");
+}
+
+/// `systemd-analyze verify` has nothing to say about any unit NixOS would
+/// write for any scenario: no parse warning, no ignored value, no missing
+/// program or dependency.
+#[test]
+fn systemd_analyze_verify_accepts_every_unit_nixos_writes() {
+    let Some(scenarios) = nixos_scenarios("systemd_analyze_verify_accepts_every_unit_nixos_writes")
+    else {
+        return;
+    };
+    let mut failures = String::new();
+    for scenario in scenarios {
+        let root = nixos_check::ScratchRoot::write(scenario);
+        let said = root.verify();
+        if !said.is_empty() {
+            let _ = writeln!(
+                failures,
+                "{}: systemd-analyze verify said:\n{said}",
+                scenario.name
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{failures}");
+}
+
+/// `systemd-tmpfiles --create` applies the tmpfiles.d file NixOS would write
+/// to a scratch root without a word, and the lock directory comes out where
+/// `sourceLockDir` says, mode 2775, root and the module's group.
+#[test]
+fn systemd_tmpfiles_creates_each_scenario_lock_directory_as_declared() {
+    let test = "systemd_tmpfiles_creates_each_scenario_lock_directory_as_declared";
+    if let Some(reason) = privilege::root_skip_reason("chown what systemd-tmpfiles creates") {
+        privilege::announce_skip(test, &reason);
+        return;
+    }
+    let Some(scenarios) = nixos_scenarios(test) else {
+        return;
+    };
+    let mut failures = String::new();
+    for scenario in scenarios {
+        let root = nixos_check::ScratchRoot::write(scenario);
+        let said = root.create_tmpfiles();
+        if !said.is_empty() {
+            let _ = writeln!(
+                failures,
+                "{}: systemd-tmpfiles said:\n{said}",
+                scenario.name
+            );
+        }
+        if let Some(problem) = nixos_check::lock_dir_problem(root.path(), scenario) {
+            let _ = writeln!(failures, "{}: {problem}", scenario.name);
+        }
+    }
+    assert!(failures.is_empty(), "{failures}");
+}
+
+/// `systemd-analyze security --offline=true` rates every unit of the module
+/// at or below its ceiling (1.6, "OK", for a unit as the module hardens it;
+/// a scenario that opens a device or relaxes a setting says its own).
+#[test]
+fn every_unit_stays_within_its_exposure_ceiling() {
+    let Some(scenarios) = nixos_scenarios("every_unit_stays_within_its_exposure_ceiling") else {
+        return;
+    };
+    let mut failures = String::new();
+    let mut table = String::new();
+    for scenario in scenarios {
+        let root = nixos_check::ScratchRoot::write(scenario);
+        for (unit, ceiling) in &scenario.exposure {
+            let (exposure, said) = root.exposure(unit);
+            let _ = writeln!(
+                table,
+                "{:<24} {unit:<48} {exposure:.1} (ceiling {ceiling:.1})",
+                scenario.name
+            );
+            if exposure > *ceiling + 1e-9 {
+                let _ = writeln!(
+                    failures,
+                    "{}: {unit}: exposure {exposure} above {ceiling}",
+                    scenario.name
+                );
+            }
+            if !said.is_empty() {
+                let _ = writeln!(
+                    failures,
+                    "{}: {unit}: systemd-analyze security said: {said}",
+                    scenario.name
+                );
+            }
+        }
+    }
+    // Past the output capture, for the README's table.
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), table.as_bytes());
+    assert!(failures.is_empty(), "{failures}\n{table}");
+}
+
+/// What systemd reads from each directive is what the option said:
+/// `systemd --test` loads the units NixOS would write and dumps the values
+/// it parsed (`ExecStart`'s words, `Environment`, `EnvironmentFile`,
+/// `ReadWritePaths`, `DeviceAllow`), compared with what each scenario
+/// expects. (systemd 252's dump has no `LoadCredential`; `systemd-analyze
+/// verify` speaks for it.)
+#[test]
+fn systemd_reads_each_value_the_module_writes_as_the_option_gave_it() {
+    let Some(scenarios) =
+        nixos_scenarios("systemd_reads_each_value_the_module_writes_as_the_option_gave_it")
+    else {
+        return;
+    };
+    let mut failures = String::new();
+    let mut compared = 0;
+    for scenario in scenarios.iter().filter(|s| !s.expect.is_empty()) {
+        let root = nixos_check::ScratchRoot::write(scenario);
+        for (unit, expect) in &scenario.expect {
+            let dump = root.dump(unit);
+            let mut differs =
+                |what: &str, got: &dyn std::fmt::Debug, want: &dyn std::fmt::Debug| {
+                    let _ = writeln!(
+                        failures,
+                        "{} {unit}: {what}:\n  systemd read {got:?}\n  the option said {want:?}",
+                        scenario.name
+                    );
+                };
+            if let Some(want) = &expect.argv {
+                compared += 1;
+                let got = dump.argv("ExecStart");
+                if got != [want.clone()] {
+                    differs("ExecStart", &got, want);
+                }
+            }
+            // Lists systemd adds to: NixOS sets PATH, ProtectClock allows
+            // char-rtc.
+            for (key, want) in [
+                ("Environment", &expect.environment),
+                ("DeviceAllow", &expect.device_allow),
+            ] {
+                if let Some(want) = want {
+                    compared += 1;
+                    let got = dump.values(key);
+                    if !want.iter().all(|entry| got.contains(&entry.as_str())) {
+                        differs(key, &got, want);
+                    }
+                }
+            }
+            if let Some(want) = &expect.environment_files {
+                compared += 1;
+                let got = dump.values("EnvironmentFile");
+                if got != *want {
+                    differs("EnvironmentFile", &got, want);
+                }
+            }
+            if let Some(want) = &expect.read_write_paths {
+                compared += 1;
+                // One line, the paths separated by spaces (with a space in a
+                // path, only a single path can be told apart).
+                let got = dump.values("ReadWritePaths");
+                if got != [want.join(" ")] {
+                    differs("ReadWritePaths", &got, want);
+                }
+            }
+        }
+    }
+    assert!(compared > 0, "no scenario expects anything of systemd");
+    assert!(failures.is_empty(), "{failures}");
 }

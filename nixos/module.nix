@@ -26,6 +26,7 @@
   options,
   lib,
   pkgs,
+  utils,
   ...
 }:
 
@@ -55,27 +56,93 @@ let
   # acceptance suite can boot units hardened as the nodes' are.
   hardening = builtins.fromJSON (builtins.readFile ./unit-hardening.json);
 
-  # One ExecStart word. systemd unquotes C-style double-quoted strings (which
-  # JSON strings are), expands `%` specifiers and `$` variables, so those are
-  # doubled. This mirrors NixOS's `utils.escapeSystemdExecArg` (defined in
-  # nixpkgs' nixos/lib/utils.nix, which is not part of nixpkgs.lib) for the
-  # strings it is given here. Kept here rather than taking NixOS's `utils`
-  # module argument so the module evaluates in tests/nix/eval.nix with
-  # nixpkgs.lib alone; that test checks the two agree on words that
-  # escapeSystemdExecArg escaped.
+  # Every value the module writes into a unit file or a tmpfiles.d line is
+  # escaped the way systemd reads that directive, or refused by its option
+  # type where systemd has no way to say it
+  # (evolution/ECP-0137-the-module-checked-against-nixos.md has the table).
   #
-  # `credentialPath name` is the one exception: `%d/<name>`, the file
-  # `LoadCredential=<name>:…` put in the unit's credentials directory (`%d`
-  # is systemd's specifier for $CREDENTIALS_DIRECTORY), written unescaped so
-  # systemd expands it.
+  # ExecStart=: each word as NixOS's utils.escapeSystemdExecArg writes it (a
+  # C-style quoted string, `%` and `$` doubled: systemd.service(5),
+  # "Command lines"). `credentialPath name` is the one exception:
+  # `%d/<name>`, the file `LoadCredential=<name>:…` put in the unit's
+  # credentials directory (`%d` is systemd's specifier for
+  # $CREDENTIALS_DIRECTORY), written unescaped so systemd expands it.
   execWord =
     arg:
     if builtins.isAttrs arg && arg ? credential then
       "%d/${arg.credential}"
     else
-      lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
+      utils.escapeSystemdExecArg (toString arg);
   credentialPath = name: { credential = name; };
   execLine = args: lib.concatMapStringsSep " " execWord args;
+
+  # `%` starts a specifier in every directive the module writes and in
+  # tmpfiles.d; `%%` is a `%` (systemd.unit(5), tmpfiles.d(5), "Specifiers").
+  escapeSpecifiers = lib.replaceStrings [ "%" ] [ "%%" ];
+  # A path in a directive that splits its value into words and unquotes them
+  # (ReadWritePaths=, DeviceAllow=, a tmpfiles.d line): as it is when there
+  # is nothing to quote, so the usual paths read as before; otherwise in
+  # double quotes with `"` and `\` backslash-escaped, which every such
+  # directive reads back. None of them turns `\n` back into a newline
+  # (ReadWritePaths= does not C-unescape), so the option types refuse
+  # control characters.
+  pathWord =
+    path:
+    escapeSpecifiers (
+      if builtins.match "[^[:space:]\"'\\\\]*" path != null then path else builtins.toJSON path
+    );
+  # A path systemd takes as the rest of the line, unquoted
+  # (EnvironmentFile=, the file of LoadCredential=): quotes would be part of
+  # the path, so only specifiers are escaped; `unitPath` refuses what the
+  # line cannot hold.
+  literalPath = path: escapeSpecifiers (toString path);
+
+  # What a path must be for a unit file to name it: absolute and normalised
+  # (EnvironmentFile= and LoadCredential= ignore a path with `.` or `..`, and
+  # LoadCredential= one with `//`), without control characters (a unit file
+  # line holds none that every directive reads back). `atLineEnd` also
+  # refuses a trailing space or backslash, for the directives that take the
+  # rest of the line: systemd strips trailing space, and reads a trailing
+  # backslash as a line continuation that swallows the next directive.
+  isUnitPath =
+    atLineEnd: path:
+    builtins.match "(/[^/]+)+" path != null
+    && !(lib.any (part: part == "." || part == "..") (lib.splitString "/" path))
+    && builtins.match ".*[[:cntrl:]].*" path == null
+    && !(atLineEnd && builtins.match ".*[[:space:]\\\\]" path != null);
+  # `type`, narrowed to what a unit file can name (a Nix path becomes a store
+  # path, which always can).
+  unitPath =
+    atLineEnd: type:
+    type
+    // {
+      description = "${type.description} that a unit file can name (normalised: no `.`, `..` or `//`; no control character${
+        lib.optionalString atLineEnd "; not ending in a space or backslash"
+      })";
+      check = value: type.check value && (builtins.isPath value || isUnitPath atLineEnd (toString value));
+    };
+  # A string a unit file line can hold: no control characters.
+  lineString =
+    type:
+    lib.types.addCheck type (value: builtins.match ".*[[:cntrl:]].*" value == null)
+    // {
+      description = "${type.description} without control characters";
+    };
+  # A time span as systemd.time(7) reads it: the only values a time option
+  # writes, so no other text can reach the unit file.
+  timeSpan = lib.mkOptionType {
+    name = "timeSpan";
+    description = "systemd time span (e.g. \"10s\", \"1min 30s\", \"infinity\")";
+    descriptionClass = "noun";
+    check = value: builtins.isString value && timeSpanSeconds value != null;
+    merge = lib.mergeEqualOption;
+  };
+  # User and group names as NixOS's users module and shadow accept them
+  # (users-groups.nix); systemd reads them in User=, Group= and tmpfiles.d.
+  accountName = types.strMatching "[a-zA-Z0-9_.][a-zA-Z0-9_.-]*";
+  # Environment variable names systemd accepts in Environment= (others are
+  # ignored with a warning).
+  isEnvironmentName = name: builtins.match "[A-Za-z_][A-Za-z0-9_]*" name != null;
 
   isDevice = source: source != null && lib.hasPrefix "/dev/" source;
 
@@ -458,7 +525,7 @@ let
         };
 
         source = mkOption {
-          type = types.nullOr types.nonEmptyStr;
+          type = types.nullOr (lineString types.nonEmptyStr);
           default = null;
           example = "http://192.168.1.20:5004/auto/v5.1";
           description = ''
@@ -477,10 +544,12 @@ let
 
         sourceFile = mkOption {
           type = types.nullOr (
-            types.pathWith {
-              absolute = true;
-              inStore = false;
-            }
+            unitPath true (
+              types.pathWith {
+                absolute = true;
+                inStore = false;
+              }
+            )
           );
           default = null;
           example = "/run/keys/tuner-url";
@@ -541,7 +610,7 @@ let
         };
 
         devices = mkOption {
-          type = types.listOf types.str;
+          type = types.listOf (lineString types.str);
           default = [ ];
           example = [ "/dev/video0" ];
           description = ''
@@ -581,7 +650,7 @@ let
         };
 
         environmentFile = mkOption {
-          type = types.nullOr types.path;
+          type = types.nullOr (unitPath true types.path);
           default = null;
           example = "/run/keys/every-channel.env";
           description = ''
@@ -591,7 +660,7 @@ let
         };
 
         watchdogSec = mkOption {
-          type = types.nullOr (types.either types.ints.positive types.nonEmptyStr);
+          type = types.nullOr (types.either types.ints.positive timeSpan);
           default = null;
           example = "30s";
           description = ''
@@ -612,7 +681,7 @@ let
         };
 
         restartSec = mkOption {
-          type = types.either types.str types.ints.unsigned;
+          type = types.either timeSpan types.ints.unsigned;
           default = "5s";
           description = "`RestartSec=`: the pause before systemd restarts the unit.";
         };
@@ -734,6 +803,15 @@ let
           # systemd takes without escaping.
           assertion = builtins.match "[A-Za-z0-9:_.-]+" name != null;
           message = "${optionPath}: the name may only contain letters, digits, `:`, `_`, `.` and `-`.";
+        }
+        {
+          # systemd ignores other names in Environment=, with a warning.
+          assertion = lib.all isEnvironmentName (builtins.attrNames unit.environment);
+          message = "${optionPath}.environment: ${
+            lib.concatMapStringsSep ", " (name: "`${name}`") (
+              lib.filter (name: !(isEnvironmentName name)) (builtins.attrNames unit.environment)
+            )
+          } is not a variable name systemd accepts; use letters, digits and `_`, not starting with a digit.";
         }
         {
           assertion = !both;
@@ -894,7 +972,9 @@ let
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
-      inherit (unit) environment;
+      # Environment= is C-unquoted by systemd (NixOS writes each as a JSON
+      # string), but `%` would still be a specifier.
+      environment = lib.mapAttrs (_: escapeSpecifiers) unit.environment;
 
       serviceConfig = mkMerge [
         # The policy: plain definitions, so a contradicting one elsewhere is
@@ -916,10 +996,10 @@ let
           Group = cfg.group;
         }
         (mkIf (unit.sourceFile != null) {
-          LoadCredential = [ "source:${toString unit.sourceFile}" ];
+          LoadCredential = [ "source:${literalPath unit.sourceFile}" ];
         })
         (mkIf (unit.environmentFile != null) {
-          EnvironmentFile = toString unit.environmentFile;
+          EnvironmentFile = literalPath unit.environmentFile;
         })
         # The progress watchdog: its monitor is not the main process, so
         # systemd must accept notifications from the whole cgroup.
@@ -935,7 +1015,7 @@ let
         # ends the cgroup within stopGrace, as the launcher's own fence
         # would; the default (TimeoutStopSec) could outlast the lease.
         (mkIf (hasSource && cluster.enable && clusterFiles != [ ]) {
-          LoadCredential = map (file: "${file.name}:${credentialSource file.path}") clusterFiles;
+          LoadCredential = map (file: "${file.name}:${literalPath (credentialSource file.path)}") clusterFiles;
         })
         (mkIf (hasSource && cluster.enable) {
           TimeoutAbortSec = cluster.stopGrace;
@@ -956,11 +1036,11 @@ let
         {
           # ProtectSystem=strict leaves /run read-only; the lock directory is
           # the one place every unit writes to.
-          ReadWritePaths = lib.optional hasSource cfg.sourceLockDir;
+          ReadWritePaths = lib.optional hasSource (pathWord cfg.sourceLockDir);
         }
         (mkIf (devices != [ ]) {
           DevicePolicy = mkDefault "closed";
-          DeviceAllow = map (device: "${device} rw") devices;
+          DeviceAllow = map (device: "${pathWord device} rw") devices;
           # Video4Linux nodes are group `video`.
           SupplementaryGroups = [ "video" ];
         })
@@ -1115,7 +1195,7 @@ in
     };
 
     sourceLockDir = mkOption {
-      type = types.strMatching "/.+";
+      type = unitPath false types.str;
       default = "/run/every-channel/source-locks";
       description = ''
         Where `ec-launch` keeps the per-source lock files. Created by
@@ -1124,7 +1204,7 @@ in
     };
 
     stopTimeout = mkOption {
-      type = types.str;
+      type = timeSpan;
       default = unitPolicy.kill.TimeoutStopSec;
       example = "30s";
       description = ''
@@ -1134,13 +1214,13 @@ in
     };
 
     user = mkOption {
-      type = types.str;
+      type = accountName;
       default = "every-channel";
       description = "The user every unit runs as; created as a system user when left at the default.";
     };
 
     group = mkOption {
-      type = types.str;
+      type = accountName;
       default = "every-channel";
       description = "The group every unit runs as; created when left at the default.";
     };
@@ -1201,7 +1281,7 @@ in
       };
 
       caFile = mkOption {
-        type = types.nullOr (types.pathWith { absolute = true; });
+        type = types.nullOr (unitPath true (types.pathWith { absolute = true; }));
         default = null;
         example = "/etc/every-channel/etcd-ca.pem";
         description = ''
@@ -1213,7 +1293,7 @@ in
       };
 
       certFile = mkOption {
-        type = types.nullOr (types.pathWith { absolute = true; });
+        type = types.nullOr (unitPath true (types.pathWith { absolute = true; }));
         default = null;
         example = "/etc/every-channel/etcd-client.pem";
         description = ''
@@ -1225,10 +1305,12 @@ in
 
       keyFile = mkOption {
         type = types.nullOr (
-          types.pathWith {
-            absolute = true;
-            inStore = false;
-          }
+          unitPath true (
+            types.pathWith {
+              absolute = true;
+              inStore = false;
+            }
+          )
         );
         default = null;
         example = "/run/keys/etcd-client-key.pem";
@@ -1242,10 +1324,12 @@ in
 
       userFile = mkOption {
         type = types.nullOr (
-          types.pathWith {
-            absolute = true;
-            inStore = false;
-          }
+          unitPath true (
+            types.pathWith {
+              absolute = true;
+              inStore = false;
+            }
+          )
         );
         default = null;
         example = "/run/keys/etcd-user";
@@ -1284,6 +1368,16 @@ in
           assertion = units == [ ] || cfg.launcherPackage != null;
           message = "services.every-channel.launcherPackage is not set: import the module as this flake's nixosModules.default, which sets it, or set it to an ec-launch package.";
         }
+        {
+          # Every unit has PrivateTmp= (./unit-hardening.json): each would
+          # see a /tmp or /var/tmp of its own, lock in a directory no other
+          # unit sees, and two of them could read one source.
+          assertion = !(lib.any (tmp: cfg.sourceLockDir == tmp || lib.hasPrefix "${tmp}/" cfg.sourceLockDir) [
+            "/tmp"
+            "/var/tmp"
+          ]);
+          message = "services.every-channel.sourceLockDir: ${cfg.sourceLockDir} is under /tmp or /var/tmp, which every unit sees privately (PrivateTmp=true): each unit would lock in a directory of its own and two units could read one source; use a directory under /run, such as the default /run/every-channel/source-locks.";
+        }
       ]
       ++ lib.concatMap (unit: (unitChecks unit).assertions) units
       ++ deviceAssertions
@@ -1316,7 +1410,7 @@ in
       # service's group, never world-writable (ec-launch's trust rule,
       # ECP-0129). Setgid, so a lock file root creates during a manual run
       # belongs to the group and stays usable by the service user.
-      systemd.tmpfiles.rules = [ "d ${cfg.sourceLockDir} 2775 root ${cfg.group} - -" ];
+      systemd.tmpfiles.rules = [ "d ${pathWord cfg.sourceLockDir} 2775 root ${cfg.group} - -" ];
     }
 
     (mkIf (cfg.user == "every-channel") {

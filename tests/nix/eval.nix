@@ -542,21 +542,18 @@ let
         && refused == [ ]
       ) (builtins.toJSON { three = at "3s" { }; inherit refused; });
 
-    "a stopTimeout the module cannot read fails with a readable assertion in cluster mode only" =
+    # The option's type refuses what systemd cannot read (ECP-0137), so the
+    # module's own assertion on an unreadable stopTimeout is never reached.
+    "a stopTimeout systemd cannot read is refused by its type, with or without cluster mode" =
       let
-        at = enable: failingAssertions (evalConfig (lib.recursiveUpdate base {
+        services = enable: (evalConfig (lib.recursiveUpdate base {
           services.every-channel = {
             stopTimeout = "soon";
             cluster = { inherit enable; endpoints = etcdEndpoints; };
           };
-        }));
+        })).systemd.services;
       in
-      check (
-        at true == [
-          "services.every-channel.stopTimeout: `soon` is not a time span this module can read (seconds, or numbers with us, ms, s, min, h: \"10s\", \"1min 30s\"); cluster mode needs it to check that stopTimeout exceeds cluster.stopGrace + 1 s."
-        ]
-        && at false == [ ]
-      ) (builtins.toJSON (at true));
+      check (fails (services true) && fails (services false)) "stopTimeout = \"soon\" must not evaluate";
 
     "a unit's own WatchdogSec, NotifyAccess or TimeoutAbortSec in cluster mode fails with a readable assertion" =
       let
@@ -960,6 +957,163 @@ let
 
     "a program with a slash is a type error" =
       check (fails (withEveryChannel { publishers.tuner-a.program = "../bin/sh"; }).systemd.services) "program = ../bin/sh must not evaluate";
+
+    # Issue 20: every value the module writes into a unit file or a
+    # tmpfiles.d line is escaped for its directive (tests/nix/main.rs asks
+    # systemd what it read) or refused by its option type where systemd
+    # has no way to say it (ECP-0137). Here: what each type refuses and
+    # what it still takes; the type error names the option (main.rs).
+    "values systemd cannot read back are refused by their option types" =
+      let
+        options = (evalModule base).options.services.every-channel;
+        unit = options.publishers.type.getSubOptions [ ];
+        cluster = options.cluster;
+        # option → [ refused values ] and [ accepted values ]
+        cases = [
+          {
+            name = "sourceLockDir";
+            type = options.sourceLockDir.type;
+            refused = [ "/run/every-channel\nlocks" "run/every-channel" "/run/../tmp/x" "/run//x" "/run/x/" "/run/./x" "/" "" ];
+            accepted = [ "/run/every channel/%u \"q\" \\ é/locks" "/run/x\\" "/run/x " "/var/lib/every-channel/locks" ];
+          }
+          {
+            name = "sourceFile";
+            type = unit.sourceFile.type;
+            refused = [ "/run/keys/url\\" "/run/keys/url " "/run/keys/a\tb" "/run/keys/a\nb" "/run/keys/../url" "/run/keys//url" ];
+            accepted = [ null "/run/keys/a b %u \"q\" \\ é/url" ];
+          }
+          {
+            name = "environmentFile";
+            type = unit.environmentFile.type;
+            refused = [ "/run/keys/env\\" "/run/keys/env\n" "/run/keys/./env" ];
+            accepted = [ null "/run/keys/a b %u.env" ./eval.nix ];
+          }
+          {
+            name = "cluster.caFile";
+            type = cluster.caFile.type;
+            refused = [ "/etc/ca.pem\\" "/etc/x/../ca.pem" ];
+            accepted = [ "/etc/every channel/%u/ca.pem" ./eval.nix ];
+          }
+          {
+            name = "cluster.certFile";
+            type = cluster.certFile.type;
+            refused = [ "/etc/cert.pem " ];
+            accepted = [ "/etc/cert.pem" ];
+          }
+          {
+            name = "cluster.keyFile";
+            type = cluster.keyFile.type;
+            refused = [ "/run/keys/key\n" "/run/keys/key\\" ];
+            accepted = [ "/run/keys/k%ey" ];
+          }
+          {
+            name = "cluster.userFile";
+            type = cluster.userFile.type;
+            refused = [ "/run/keys/./user" "/run/keys/user " ];
+            accepted = [ "/run/keys/us er" ];
+          }
+          {
+            name = "devices (each)";
+            type = unit.devices.type.nestedTypes.elemType;
+            refused = [ "/dev/video\n0" ];
+            accepted = [ "/dev/video 0" "/dev/v%u\"\\é" ];
+          }
+          {
+            name = "source";
+            type = unit.source.type;
+            refused = [ "http://h/x\ny" "/dev/video\t0" ];
+            accepted = [ "http://h/x?a=%41&b=\"q\"" "/dev/video 0" ];
+          }
+          {
+            name = "user";
+            type = options.user.type;
+            refused = [ "ev il" "%n" "tv:video" "-tv" "" ];
+            accepted = [ "every-channel" "tv" "_svc.1" "1000" ];
+          }
+          {
+            name = "group";
+            type = options.group.type;
+            refused = [ "every channel" "video\n" ];
+            accepted = [ "video" ];
+          }
+          {
+            name = "stopTimeout";
+            type = options.stopTimeout.type;
+            refused = [ "10s\nKillMode=process" "soon" "10 s x" "" ];
+            accepted = [ "10s" "1min 30s" "2min30s" "infinity" "3500ms" "4" ];
+          }
+          {
+            name = "restartSec";
+            type = unit.restartSec.type;
+            refused = [ "5s\nExecStartPre=/bin/sh" "5 parsecs" ];
+            accepted = [ "5s" 0 7 "100ms" ];
+          }
+          {
+            name = "watchdogSec";
+            type = unit.watchdogSec.type;
+            refused = [ "30s\nNotifyAccess=all" "soon" 0 ];
+            accepted = [ null "30s" 20 "1min" ];
+          }
+        ];
+        wrong = lib.concatMap (
+          case:
+          map (value: "${case.name} takes ${builtins.toJSON value}") (lib.filter case.type.check case.refused)
+          ++ map (value: "${case.name} refuses ${builtins.toJSON value}") (
+            lib.filter (value: !(case.type.check value)) case.accepted
+          )
+        ) cases;
+      in
+      check (wrong == [ ]) (builtins.toJSON wrong);
+
+    "a sourceLockDir under /tmp or /var/tmp fails with a readable assertion naming the option" =
+      let
+        at = sourceLockDir: failingAssertions (withEveryChannel { inherit sourceLockDir; });
+        message = dir: "services.every-channel.sourceLockDir: ${dir} is under /tmp or /var/tmp, which every unit sees privately (PrivateTmp=true): each unit would lock in a directory of its own and two units could read one source; use a directory under /run, such as the default /run/every-channel/source-locks.";
+        refused = [ "/tmp" "/tmp/every-channel" "/var/tmp/locks" "/var/tmp" ];
+        allowed = [ "/tmpfs/locks" "/run/tmp/locks" "/var/tmpx" "/var/lib/tmp" ];
+        wrong =
+          lib.filter (dir: at dir != [ (message dir) ]) refused ++ lib.filter (dir: at dir != [ ]) allowed;
+      in
+      check (wrong == [ ]) (builtins.toJSON (map (dir: { inherit dir; messages = at dir; }) wrong));
+
+    "environment names systemd would ignore fail with a readable assertion naming the option" =
+      let
+        at = environment: failingAssertions (withEveryChannel { publishers.tuner-a = { inherit environment; }; });
+      in
+      check (
+        at { "1X" = "a"; "X Y" = "b"; OK = "c"; } == [
+          "services.every-channel.publishers.tuner-a.environment: `1X`, `X Y` is not a variable name systemd accepts; use letters, digits and `_`, not starting with a digit."
+        ]
+        && at { _OK = "a"; ok1 = "%u $HOME"; } == [ ]
+      ) (builtins.toJSON (at { "1X" = "a"; "X Y" = "b"; }));
+
+    "environment values keep their `%`: systemd reads `%%` as one" =
+      let
+        cfg = withEveryChannel { publishers.tuner-a.environment.EC_X = "100% %u $HOME"; };
+      in
+      check (cfg.systemd.services.every-channel-publisher-tuner-a.environment.EC_X == "100%% %%u $HOME") (
+        cfg.systemd.services.every-channel-publisher-tuner-a.environment.EC_X
+      );
+
+    "lock directory, device and credential paths are quoted only when systemd would split them" =
+      let
+        cfg = withEveryChannel {
+          sourceLockDir = "/run/every channel/100%";
+          publishers.webcam.devices = [ "/dev/video %u" ];
+          publishers.secret.sourceFile = "/run/keys/a b %u \"q\"";
+          archiveWorkers.nightly.environmentFile = "/run/keys/100%.env";
+        };
+        s = name: cfg.systemd.services.${name}.serviceConfig;
+      in
+      check (
+        lib.elem ''d "/run/every channel/100%%" 2775 root every-channel - -'' cfg.systemd.tmpfiles.rules
+        && (s "every-channel-publisher-tuner-a").ReadWritePaths == [ ''"/run/every channel/100%%"'' ]
+        && (s "every-channel-publisher-webcam").DeviceAllow == [ ''"/dev/video %%u" rw'' "/dev/video0 rw" ]
+        && (s "every-channel-publisher-secret").LoadCredential == [ ''source:/run/keys/a b %%u "q"'' ]
+        && (s "every-channel-archive-nightly").EnvironmentFile == "/run/keys/100%%.env"
+        # Paths with nothing to quote are written as before.
+        && publisher.ReadWritePaths == [ "/run/every-channel/source-locks" ]
+      ) (builtins.toJSON (map s [ "every-channel-publisher-tuner-a" "every-channel-publisher-webcam" "every-channel-publisher-secret" "every-channel-archive-nightly" ]));
 
     # Item 5b: units defined elsewhere get the kill policy and nothing else.
     "the policy file is split into kill and restart halves" =

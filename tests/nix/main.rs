@@ -592,3 +592,37 @@ fn systemd_reads_each_value_the_module_writes_as_the_option_gave_it() {
     assert!(compared > 0, "no scenario expects anything of systemd");
     assert!(failures.is_empty(), "{failures}");
 }
+
+/// A value systemd has no way to read back (a control character, a path it
+/// would not take as written, a word that is not a time span or a user
+/// name) fails evaluation with NixOS's type error naming the option, one
+/// case per kind of option in `tests/nix/refusals.nix`.
+#[test]
+fn a_value_systemd_cannot_read_back_fails_with_a_type_error_naming_its_option() {
+    let Some(inputs) = nixos_check::NixosInputs::from_env(
+        "a_value_systemd_cannot_read_back_fails_with_a_type_error_naming_its_option",
+    ) else {
+        return;
+    };
+    let output = inputs.evaluate("tests/nix/refusals.nix", &["--argstr", "case", ""]);
+    nixos_check::assert_clean_evaluation("tests/nix/refusals.nix", &output);
+    let cases: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&output.stdout).expect("refusals.nix printed no cases");
+    assert!(cases.len() >= 5, "too few cases: {cases:?}");
+    let mut failures = String::new();
+    for (case, option) in &cases {
+        let output = inputs.evaluate("tests/nix/refusals.nix", &["--argstr", "case", case]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let wanted = format!("A definition for option `{option}' is not of type");
+        if output.status.success() || !stderr.contains(&wanted) {
+            let _ = writeln!(
+                failures,
+                "{case}: want a failure with {wanted:?}; exit {}, stdout {}, stderr:\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                stderr.lines().take(3).collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{failures}");
+}

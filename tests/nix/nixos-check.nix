@@ -149,6 +149,19 @@ let
       networking.hostName = hostName;
     };
 
+  # Characters systemd reads specially somewhere: a space (a separator in
+  # ReadWritePaths=, DeviceAllow= and tmpfiles.d), `%` (a specifier: `%u`
+  # expands silently to a user name, `%Z` is refused with a warning), a
+  # double quote, a backslash (an escape, or at the end of a line a line
+  # continuation) and non-ASCII text. Newlines and tabs go where systemd
+  # can express them (ExecStart=, Environment=); elsewhere the options
+  # refuse them (tests/nix/main.rs).
+  awkward = "a b %u 100%Z \"q\" \\ é";
+  awkwardLockDir = "/run/every channel/${awkward}/locks";
+  # A lock directory is never the last word of a line: it may end in a
+  # backslash or a space.
+  endingLockDir = "/run/every-channel/locks \\ ";
+
   scenarios = {
     readme-quick-start.modules = readme;
 
@@ -192,6 +205,131 @@ let
           serviceConfig.StateDirectory = "every-channel-archive";
         };
       };
+    };
+
+    # Every directive the module writes, with awkward values.
+    escaping = {
+      modules = withModule {
+        imports = [ enabled ];
+        services.every-channel = {
+          sourceLockDir = awkwardLockDir;
+          publishers.awkward = {
+            source = "http://10.0.0.5:5004/auto/v5.1?name=${awkward}";
+            lockKey = "key ${awkward}";
+            args = [
+              awkward
+              "line\nbreak"
+              "tab\there"
+              "$HOME"
+              "%d/source"
+            ];
+            environment.EC_AWKWARD = "${awkward} $HOME\nsecond line\tend";
+            environmentFile = "/run/keys/${awkward}.env";
+          };
+          publishers.awkward-file = {
+            sourceFile = "/run/keys/${awkward}/url";
+            devices = [ "/dev/video ${awkward}" ];
+          };
+          publishers.awkward-device.source = "/dev/v4l/by-id/${awkward}";
+        };
+      };
+      expect = {
+        "every-channel-publisher-awkward.service" = {
+          argv = [
+            "/nix/store/00000000000000000000000000000000-ec-launch-0.1.0/bin/ec-launch"
+            "run"
+            "--lock-dir"
+            awkwardLockDir
+            "--on-busy"
+            "skip"
+            "--key"
+            "key ${awkward}"
+            "--source"
+            "http://10.0.0.5:5004/auto/v5.1?name=${awkward}"
+            "--"
+            "/nix/store/00000000000000000000000000000000-ec-node-0.1/bin/ec-node"
+            awkward
+            "line\nbreak"
+            "tab\there"
+            # `$$` is a literal `$` when systemd runs the command.
+            "$$HOME"
+            "%d/source"
+          ];
+          environment = [ "EC_AWKWARD=${awkward} $HOME\nsecond line\tend" ];
+          environmentFiles = [ "/run/keys/${awkward}.env" ];
+          readWritePaths = [ awkwardLockDir ];
+        };
+        "every-channel-publisher-awkward-file.service" = {
+          deviceAllow = [ "/dev/video ${awkward} rw" ];
+          readWritePaths = [ awkwardLockDir ];
+        };
+        "every-channel-publisher-awkward-device.service" = {
+          argv = [
+            "/nix/store/00000000000000000000000000000000-ec-launch-0.1.0/bin/ec-launch"
+            "run"
+            "--lock-dir"
+            awkwardLockDir
+            "--on-busy"
+            "skip"
+            "--source"
+            "/dev/v4l/by-id/${awkward}"
+            "--"
+            "/nix/store/00000000000000000000000000000000-ec-node-0.1/bin/ec-node"
+          ];
+          deviceAllow = [ "/dev/v4l/by-id/${awkward} rw" ];
+        };
+      };
+      exposure."every-channel-publisher-awkward-file.service" = 1.8;
+      exposure."every-channel-publisher-awkward-device.service" = 1.8;
+    };
+
+    # Cluster mode's words and credentials, with awkward values.
+    escaping-cluster = {
+      modules = withModule {
+        imports = [ enabled ];
+        services.every-channel = {
+          sourceLockDir = endingLockDir;
+          cluster = {
+            enable = true;
+            endpoints = [ "https://etcd-1.lan:2379" ];
+            node = "rack 2/${awkward}";
+            caFile = "/etc/every-channel/${awkward}/ca.pem";
+            certFile = "/etc/every-channel/${awkward}/cert.pem";
+            keyFile = "/run/keys/${awkward}/key.pem";
+            userFile = "/run/keys/${awkward}/user";
+          };
+          publishers.awkward.sourceFile = "/run/keys/${awkward}/url";
+        };
+      };
+      expect."every-channel-publisher-awkward.service".readWritePaths = [ endingLockDir ];
+      expect."every-channel-publisher-awkward.service".argv = [
+        "/nix/store/00000000000000000000000000000000-ec-launch-0.1.0/bin/ec-launch"
+        "run"
+        "--lock-dir"
+        endingLockDir
+        "--on-busy"
+        "skip"
+        "--etcd"
+        "https://etcd-1.lan:2379"
+        "--etcd-ttl"
+        "10"
+        "--etcd-stop-grace"
+        "2"
+        "--etcd-ca"
+        "/run/credentials/every-channel-publisher-awkward.service/etcd-ca"
+        "--etcd-cert"
+        "/run/credentials/every-channel-publisher-awkward.service/etcd-cert"
+        "--etcd-key"
+        "/run/credentials/every-channel-publisher-awkward.service/etcd-key"
+        "--etcd-user-file"
+        "/run/credentials/every-channel-publisher-awkward.service/etcd-user"
+        "--node"
+        "rack 2/${awkward}"
+        "--source-file"
+        "/run/credentials/every-channel-publisher-awkward.service/source"
+        "--"
+        "/nix/store/00000000000000000000000000000000-ec-node-0.1/bin/ec-node"
+      ];
     };
 
     eval-tests-base = {

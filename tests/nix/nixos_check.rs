@@ -83,7 +83,9 @@ impl NixosInputs {
     }
 
     /// `nix-instantiate --eval --strict --json FILE ARGS…` with the inputs
-    /// set, as any user, touching no store.
+    /// set, as any user, touching no store. (Without `--show-trace`, which
+    /// makes a failing evaluation many times slower; add it by hand to see
+    /// where one failed.)
     #[track_caller]
     pub fn evaluate(&self, file: &str, args: &[&str]) -> Output {
         let nix_instantiate = super::require("nix-instantiate");
@@ -92,14 +94,7 @@ impl NixosInputs {
             .current_dir(super::repo_root())
             .env(LIB_ENV, &self.nixpkgs_lib)
             .env(MODULES_ENV, &self.nixos_modules)
-            .args([
-                "--store",
-                "dummy://",
-                "--eval",
-                "--strict",
-                "--json",
-                "--show-trace",
-            ])
+            .args(["--store", "dummy://", "--eval", "--strict", "--json"])
             .arg(file)
             .args(args);
         super::run(&mut command)

@@ -32,13 +32,26 @@
 #     writeShellScriptBin, perl.withPackages) return such a set that keeps
 #     its arguments, so the rendered text can be read back; pkgs.systemd
 #     carries the `with*` feature flags systemd.nix asks about, all false.
-#   - options of modules that are not here, declared with NixOS's defaults
-#     (or left free-form where the loaded modules only write to them):
-#     boot.*, networking.hostName and .proxy.envVars, i18n, time,
-#     security.*, services.{dbus,openssh,userborn,logrotate}, programs.*,
-#     environment.{etc,variables,profiles,pathsToLink,…}, system.{path,
-#     fsPackages,nssModules,nssDatabases,activationScripts,…},
-#     documentation, meta, lib.kernelConfig.
+#   - options of modules that are not here, as far as the loaded ones read
+#     or write them: declared with NixOS's defaults where they are read,
+#     free-form where they are only written:
+#       boot.{isContainer, extraSystemdUnitPaths, kernel.sysctl,
+#         initrd.enable, initrd.systemd.{enable, storePaths, contents,
+#         additionalUpstreamUnits, services}}
+#       networking.{hostName ("nixos"), proxy.envVars}
+#       systemd.additionalUpstreamUserUnits (systemd/user.nix)
+#       users.defaultUserShell (programs/shells-environment.nix)
+#       i18n.imperativeLocale, time.timeZone
+#       security.{polkit.enable, pam.services, googleOsLogin.enable}
+#       services.{dbus.enable, openssh.{enable, package}, userborn.enable,
+#         logrotate}
+#       programs.{zsh, fish, xonsh}.enable
+#       environment.{etc, variables, profiles, pathsToLink,
+#         extraOutputsToInstall}
+#       system.{path, fsPackages, nssModules, nssDatabases,
+#         requiredKernelConfig, activationScripts, build,
+#         etc.overlay.enable, nixos-init.package}
+#     and the value lib.kernelConfig.isEnabled (the kernel module's).
 { lib, nixosModules }:
 
 let

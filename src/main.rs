@@ -39,6 +39,7 @@ mod redact;
 mod secret_params;
 #[cfg(test)]
 mod secret_props;
+mod shown;
 mod sock_diag;
 mod source_key;
 mod supervise;

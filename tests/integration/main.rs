@@ -26,6 +26,7 @@ mod operator;
 #[path = "../common/privilege.rs"]
 mod privilege;
 mod readers;
+mod records;
 mod run;
 mod secrets;
 mod slots;

@@ -98,7 +98,8 @@ pub struct Discovery {
 /// One tuner in `status.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunerStatus {
-    /// `tuner0`, `tuner1`, … as the device names it.
+    /// `tuner0`, `tuner1`, … as the device names it; `#<i>` (its position
+    /// in the array) when it names none.
     pub resource: String,
     /// `VctNumber`, else `Channel`/`ChannelNumber`/`Frequency` as text.
     pub channel: Option<String>,
@@ -106,6 +107,20 @@ pub struct TunerStatus {
     pub target: Option<String>,
     /// The device reports the tuner in use.
     pub busy: bool,
+    /// What is wrong with the device's entry for it, when something is.
+    pub problem: Option<TunerProblem>,
+}
+
+/// An entry of `status.json` that is not a whole tuner. One such entry
+/// costs only itself: the other tuners are still judged (ECP-0132).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunerProblem {
+    /// An object without a `Resource`: named by its position, judged on
+    /// what else it says.
+    NoResource,
+    /// Not an object: whether a tuner is in use there is unknown.
+    Unreadable,
 }
 
 /// A device as the HTTP API reaches it: a host and a port.
@@ -355,15 +370,18 @@ fn shorten(text: &str) -> String {
     crate::printable::printable(&short).into_owned()
 }
 
-/// Reads `status.json`'s body: an array of tuner objects.
+/// Reads `status.json`'s body: an array of tuner objects. An entry that is
+/// not a whole tuner is kept, with its [`TunerProblem`], beside the others:
+/// one bad entry must not hide the foreign readers the rest show.
 fn parse_tuner_status(body: &[u8]) -> Result<Vec<TunerStatus>, DeviceError> {
     let value = json(body)?;
     let tuners = value
         .as_array()
         .ok_or_else(|| DeviceError::Malformed("status.json is not an array".into()))?;
-    tuners
+    Ok(tuners
         .iter()
-        .map(|tuner| {
+        .enumerate()
+        .map(|(position, tuner)| {
             let text = |key: &str| -> Option<String> {
                 match tuner.get(key)? {
                     serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -371,27 +389,35 @@ fn parse_tuner_status(body: &[u8]) -> Result<Vec<TunerStatus>, DeviceError> {
                     _ => None,
                 }
             };
-            let resource = tuner
-                .get("Resource")
-                .and_then(serde_json::Value::as_str)
-                .ok_or_else(|| {
-                    DeviceError::Malformed("a tuner in status.json has no Resource".into())
-                })?
-                .to_owned();
+            let unnamed = || format!("#{position}");
+            if !tuner.is_object() {
+                return TunerStatus {
+                    resource: unnamed(),
+                    channel: None,
+                    target: None,
+                    busy: false,
+                    problem: Some(TunerProblem::Unreadable),
+                };
+            }
+            let (resource, problem) = match text("Resource") {
+                Some(resource) => (resource, None),
+                None => (unnamed(), Some(TunerProblem::NoResource)),
+            };
             let channel = ["VctNumber", "Channel", "ChannelNumber", "Frequency"]
                 .into_iter()
                 .find_map(text);
             let target = text("TargetIP");
             // An idle tuner is just its Resource; anything tuned is in use.
             let busy = target.is_some() || channel.is_some();
-            Ok(TunerStatus {
+            TunerStatus {
                 resource,
                 channel,
                 target,
                 busy,
-            })
+                problem,
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// An HTTP answer's status code and (de-chunked) body.
@@ -795,29 +821,52 @@ mod tests {
                     channel: Some("5.1".into()),
                     target: Some("10.0.0.20".into()),
                     busy: true,
+                    problem: None,
                 },
                 TunerStatus {
                     resource: "tuner1".into(),
                     channel: None,
                     target: None,
                     busy: false,
+                    problem: None,
                 },
                 TunerStatus {
                     resource: "tuner2".into(),
                     channel: Some("509000000".into()),
                     target: None,
                     busy: true,
+                    problem: None,
                 },
             ]
         );
     }
 
     #[test]
-    fn status_json_that_is_not_an_array_of_tuners_is_malformed() {
-        for body in [&b"{}"[..], b"[1]", br#"[{"VctNumber":"5.1"}]"#, b"nul"] {
+    fn status_json_that_is_not_an_array_is_malformed() {
+        for body in [&b"{}"[..], b"nul", b"\"tuner0\""] {
             let failure = parse_tuner_status(body).expect_err("malformed");
             assert!(matches!(failure, DeviceError::Malformed(_)), "{failure:?}");
         }
+    }
+
+    #[test]
+    fn one_bad_entry_of_status_json_costs_only_itself() {
+        let body = br#"[{"VctNumber":"5.1","TargetIP":"10.0.0.9"}, 1, null, {"Resource":"tuner3","TargetIP":"10.0.0.9"}, {"Resource":["x"]}]"#;
+        let tuners = parse_tuner_status(body).expect("the good entries");
+        let seen: Vec<(&str, bool, Option<TunerProblem>)> = tuners
+            .iter()
+            .map(|t| (t.resource.as_str(), t.busy, t.problem))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("#0", true, Some(TunerProblem::NoResource)),
+                ("#1", false, Some(TunerProblem::Unreadable)),
+                ("#2", false, Some(TunerProblem::Unreadable)),
+                ("tuner3", true, None),
+                ("#4", false, Some(TunerProblem::NoResource)),
+            ]
+        );
     }
 
     #[test]

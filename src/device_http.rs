@@ -12,11 +12,14 @@
 
 use std::fmt;
 use std::io::{self, Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs as _, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// The HDHomeRun HTTP API's port.
 pub const HTTP_PORT: u16 = 80;
+/// How long the device's host name may take to resolve (an address takes
+/// none); a lookup still running is shared by the retry (`resolve`).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection may take, per address tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the whole answer may take once connected.
@@ -35,6 +38,10 @@ const MAX_DEVICE_ID: usize = 64;
 /// Why a device could not answer the question.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// The device's host name did not resolve (in time): the device cannot
+    /// be found (now).
+    #[error("the device's host name cannot be resolved")]
+    Unresolved(#[source] io::Error),
     /// No connection, a timeout, or a broken connection: the device cannot
     /// be asked (now).
     #[error("the device did not answer")]
@@ -79,7 +86,7 @@ impl DeviceError {
     /// reached, or said it is in trouble (5xx).
     fn is_transient(&self) -> bool {
         match self {
-            Self::Transport(_) => true,
+            Self::Unresolved(_) | Self::Transport(_) => true,
             Self::HttpStatus(code) => *code >= 500,
             _ => false,
         }
@@ -184,19 +191,10 @@ impl Device {
             .unwrap_or(&self.host)
     }
 
-    /// Every address the host names, on our port.
+    /// Every address the host names, on our port, within
+    /// [`RESOLVE_TIMEOUT`] (a silent resolver must not stretch the bounds).
     fn addresses(&self) -> io::Result<Vec<SocketAddr>> {
-        if let Ok(ip) = self.bare_host().parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, self.port)]);
-        }
-        let addresses: Vec<SocketAddr> = (self.bare_host(), self.port).to_socket_addrs()?.collect();
-        if addresses.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "the host name resolves to no address",
-            ));
-        }
-        Ok(addresses)
+        crate::resolve::resolve(self.bare_host(), self.port, RESOLVE_TIMEOUT)
     }
 
     /// `GET /discover.json`, once more if the first attempt could not reach
@@ -257,7 +255,8 @@ impl Device {
     /// One GET of `path`: the body of a 200 answer of at most `body_limit`
     /// bytes, read within [`READ_TIMEOUT`] of connecting.
     fn get(&self, path: &str, body_limit: usize) -> Result<Vec<u8>, DeviceError> {
-        let mut stream = self.connect().map_err(DeviceError::Transport)?;
+        let addresses = self.addresses().map_err(DeviceError::Unresolved)?;
+        let mut stream = connect(&addresses).map_err(DeviceError::Transport)?;
         let deadline = Instant::now() + READ_TIMEOUT;
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: ec-launch/{}\r\nConnection: close\r\n\r\n",
@@ -308,19 +307,19 @@ impl Device {
             code => Err(DeviceError::HttpStatus(code)),
         }
     }
+}
 
-    /// A connection to the first address that accepts within
-    /// [`CONNECT_TIMEOUT`].
-    fn connect(&self) -> io::Result<TcpStream> {
-        let mut last = None;
-        for address in self.addresses()? {
-            match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
-                Ok(stream) => return Ok(stream),
-                Err(error) => last = Some(error),
-            }
+/// A connection to the first of `addresses` that accepts within
+/// [`CONNECT_TIMEOUT`].
+fn connect(addresses: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = None;
+    for address in addresses {
+        match TcpStream::connect_timeout(address, CONNECT_TIMEOUT) {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last = Some(error),
         }
-        Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
     }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
 }
 
 /// Parses an untrusted JSON body.

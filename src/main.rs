@@ -36,6 +36,7 @@ mod proc_locks;
 mod process;
 mod readers;
 mod redact;
+mod resolve;
 mod secret_params;
 #[cfg(test)]
 mod secret_props;

@@ -360,8 +360,7 @@ fn readers_report(
         match readers::endpoint_of(view.key, view.source) {
             Ok(endpoint) => {
                 let index = *index_of.entry(endpoint.name.clone()).or_insert_with(|| {
-                    let addresses = endpoint.addresses();
-                    endpoints.push((endpoint, addresses));
+                    endpoints.push((endpoint, Vec::new()));
                     endpoints.len() - 1
                 });
                 placed.push((view, Some(index)));
@@ -378,6 +377,8 @@ fn readers_report(
             }
         }
     }
+    // Every name at once, against one deadline.
+    readers::resolve_addresses(&mut endpoints);
     let owners = |inode: u64| scan.socket_owners(inode).collect::<Vec<u32>>();
     let watched: Vec<std::net::SocketAddr> = endpoints
         .iter()

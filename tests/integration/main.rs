@@ -27,6 +27,7 @@ mod operator;
 mod privilege;
 mod readers;
 mod records;
+mod resolver;
 mod run;
 mod secrets;
 mod slots;

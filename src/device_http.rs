@@ -12,11 +12,14 @@
 
 use std::fmt;
 use std::io::{self, Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs as _, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// The HDHomeRun HTTP API's port.
 pub const HTTP_PORT: u16 = 80;
+/// How long the device's host name may take to resolve (an address takes
+/// none); a lookup still running is shared by the retry (`resolve`).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection may take, per address tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the whole answer may take once connected.
@@ -35,6 +38,10 @@ const MAX_DEVICE_ID: usize = 64;
 /// Why a device could not answer the question.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// The device's host name did not resolve (in time): the device cannot
+    /// be found (now).
+    #[error("the device's host name cannot be resolved")]
+    Unresolved(#[source] io::Error),
     /// No connection, a timeout, or a broken connection: the device cannot
     /// be asked (now).
     #[error("the device did not answer")]
@@ -79,7 +86,7 @@ impl DeviceError {
     /// reached, or said it is in trouble (5xx).
     fn is_transient(&self) -> bool {
         match self {
-            Self::Transport(_) => true,
+            Self::Unresolved(_) | Self::Transport(_) => true,
             Self::HttpStatus(code) => *code >= 500,
             _ => false,
         }
@@ -98,7 +105,8 @@ pub struct Discovery {
 /// One tuner in `status.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunerStatus {
-    /// `tuner0`, `tuner1`, … as the device names it.
+    /// `tuner0`, `tuner1`, … as the device names it; `#<i>` (its position
+    /// in the array) when it names none.
     pub resource: String,
     /// `VctNumber`, else `Channel`/`ChannelNumber`/`Frequency` as text.
     pub channel: Option<String>,
@@ -106,6 +114,20 @@ pub struct TunerStatus {
     pub target: Option<String>,
     /// The device reports the tuner in use.
     pub busy: bool,
+    /// What is wrong with the device's entry for it, when something is.
+    pub problem: Option<TunerProblem>,
+}
+
+/// An entry of `status.json` that is not a whole tuner. One such entry
+/// costs only itself: the other tuners are still judged (ECP-0132).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunerProblem {
+    /// An object without a `Resource`: named by its position, judged on
+    /// what else it says.
+    NoResource,
+    /// Not an object: whether a tuner is in use there is unknown.
+    Unreadable,
 }
 
 /// A device as the HTTP API reaches it: a host and a port.
@@ -169,19 +191,10 @@ impl Device {
             .unwrap_or(&self.host)
     }
 
-    /// Every address the host names, on our port.
+    /// Every address the host names, on our port, within
+    /// [`RESOLVE_TIMEOUT`] (a silent resolver must not stretch the bounds).
     fn addresses(&self) -> io::Result<Vec<SocketAddr>> {
-        if let Ok(ip) = self.bare_host().parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, self.port)]);
-        }
-        let addresses: Vec<SocketAddr> = (self.bare_host(), self.port).to_socket_addrs()?.collect();
-        if addresses.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "the host name resolves to no address",
-            ));
-        }
-        Ok(addresses)
+        crate::resolve::resolve(self.bare_host(), self.port, RESOLVE_TIMEOUT)
     }
 
     /// `GET /discover.json`, once more if the first attempt could not reach
@@ -242,7 +255,8 @@ impl Device {
     /// One GET of `path`: the body of a 200 answer of at most `body_limit`
     /// bytes, read within [`READ_TIMEOUT`] of connecting.
     fn get(&self, path: &str, body_limit: usize) -> Result<Vec<u8>, DeviceError> {
-        let mut stream = self.connect().map_err(DeviceError::Transport)?;
+        let addresses = self.addresses().map_err(DeviceError::Unresolved)?;
+        let mut stream = connect(&addresses).map_err(DeviceError::Transport)?;
         let deadline = Instant::now() + READ_TIMEOUT;
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: ec-launch/{}\r\nConnection: close\r\n\r\n",
@@ -293,19 +307,19 @@ impl Device {
             code => Err(DeviceError::HttpStatus(code)),
         }
     }
+}
 
-    /// A connection to the first address that accepts within
-    /// [`CONNECT_TIMEOUT`].
-    fn connect(&self) -> io::Result<TcpStream> {
-        let mut last = None;
-        for address in self.addresses()? {
-            match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
-                Ok(stream) => return Ok(stream),
-                Err(error) => last = Some(error),
-            }
+/// A connection to the first of `addresses` that accepts within
+/// [`CONNECT_TIMEOUT`].
+fn connect(addresses: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = None;
+    for address in addresses {
+        match TcpStream::connect_timeout(address, CONNECT_TIMEOUT) {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last = Some(error),
         }
-        Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
     }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
 }
 
 /// Parses an untrusted JSON body.
@@ -355,15 +369,18 @@ fn shorten(text: &str) -> String {
     crate::printable::printable(&short).into_owned()
 }
 
-/// Reads `status.json`'s body: an array of tuner objects.
+/// Reads `status.json`'s body: an array of tuner objects. An entry that is
+/// not a whole tuner is kept, with its [`TunerProblem`], beside the others:
+/// one bad entry must not hide the foreign readers the rest show.
 fn parse_tuner_status(body: &[u8]) -> Result<Vec<TunerStatus>, DeviceError> {
     let value = json(body)?;
     let tuners = value
         .as_array()
         .ok_or_else(|| DeviceError::Malformed("status.json is not an array".into()))?;
-    tuners
+    Ok(tuners
         .iter()
-        .map(|tuner| {
+        .enumerate()
+        .map(|(position, tuner)| {
             let text = |key: &str| -> Option<String> {
                 match tuner.get(key)? {
                     serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -371,27 +388,35 @@ fn parse_tuner_status(body: &[u8]) -> Result<Vec<TunerStatus>, DeviceError> {
                     _ => None,
                 }
             };
-            let resource = tuner
-                .get("Resource")
-                .and_then(serde_json::Value::as_str)
-                .ok_or_else(|| {
-                    DeviceError::Malformed("a tuner in status.json has no Resource".into())
-                })?
-                .to_owned();
+            let unnamed = || format!("#{position}");
+            if !tuner.is_object() {
+                return TunerStatus {
+                    resource: unnamed(),
+                    channel: None,
+                    target: None,
+                    busy: false,
+                    problem: Some(TunerProblem::Unreadable),
+                };
+            }
+            let (resource, problem) = match text("Resource") {
+                Some(resource) => (resource, None),
+                None => (unnamed(), Some(TunerProblem::NoResource)),
+            };
             let channel = ["VctNumber", "Channel", "ChannelNumber", "Frequency"]
                 .into_iter()
                 .find_map(text);
             let target = text("TargetIP");
             // An idle tuner is just its Resource; anything tuned is in use.
             let busy = target.is_some() || channel.is_some();
-            Ok(TunerStatus {
+            TunerStatus {
                 resource,
                 channel,
                 target,
                 busy,
-            })
+                problem,
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// An HTTP answer's status code and (de-chunked) body.
@@ -795,29 +820,52 @@ mod tests {
                     channel: Some("5.1".into()),
                     target: Some("10.0.0.20".into()),
                     busy: true,
+                    problem: None,
                 },
                 TunerStatus {
                     resource: "tuner1".into(),
                     channel: None,
                     target: None,
                     busy: false,
+                    problem: None,
                 },
                 TunerStatus {
                     resource: "tuner2".into(),
                     channel: Some("509000000".into()),
                     target: None,
                     busy: true,
+                    problem: None,
                 },
             ]
         );
     }
 
     #[test]
-    fn status_json_that_is_not_an_array_of_tuners_is_malformed() {
-        for body in [&b"{}"[..], b"[1]", br#"[{"VctNumber":"5.1"}]"#, b"nul"] {
+    fn status_json_that_is_not_an_array_is_malformed() {
+        for body in [&b"{}"[..], b"nul", b"\"tuner0\""] {
             let failure = parse_tuner_status(body).expect_err("malformed");
             assert!(matches!(failure, DeviceError::Malformed(_)), "{failure:?}");
         }
+    }
+
+    #[test]
+    fn one_bad_entry_of_status_json_costs_only_itself() {
+        let body = br#"[{"VctNumber":"5.1","TargetIP":"10.0.0.9"}, 1, null, {"Resource":"tuner3","TargetIP":"10.0.0.9"}, {"Resource":["x"]}]"#;
+        let tuners = parse_tuner_status(body).expect("the good entries");
+        let seen: Vec<(&str, bool, Option<TunerProblem>)> = tuners
+            .iter()
+            .map(|t| (t.resource.as_str(), t.busy, t.problem))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("#0", true, Some(TunerProblem::NoResource)),
+                ("#1", false, Some(TunerProblem::Unreadable)),
+                ("#2", false, Some(TunerProblem::Unreadable)),
+                ("tuner3", true, None),
+                ("#4", false, Some(TunerProblem::NoResource)),
+            ]
+        );
     }
 
     #[test]

@@ -362,6 +362,13 @@ impl Error {
                 ExitStatus::DeviceNeedsTunerCount,
                 "this device cannot tell its tuner count: pass --tuners N with the number of tuners it has",
             ),
+            Self::AskDevice {
+                source: DeviceError::Unresolved(_),
+                ..
+            } => (
+                ExitStatus::Unavailable,
+                "check the device's name and this node's resolver (getent hosts NAME, /etc/resolv.conf), or use its address in the source, or pass --tuners N; under systemd the unit is restarted",
+            ),
             Self::AskDevice { .. } => (
                 ExitStatus::Unavailable,
                 "check that the device is on and answers on port 80 from this node (curl the URL above), or pass --tuners N; under systemd the unit is restarted",

@@ -83,6 +83,7 @@ mod tests {
             channel: target.map(|_| "5.1".into()),
             target: target.map(Into::into),
             busy: target.is_some(),
+            problem: None,
         }
     }
 

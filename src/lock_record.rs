@@ -13,6 +13,10 @@
 //! launcher's start time and PID namespace, recorded beside it, are what a
 //! reader matches a process against (ECP-0131). Fields are only ever added,
 //! and records without the newer ones still parse.
+//!
+//! Anyone who can write the file can write the record, and an older
+//! version may have written what this one would redact: a record reaches
+//! output only as [`Shown`](crate::shown::Shown), through [`Redact`].
 
 use std::fs::{self, File};
 use std::io;
@@ -23,6 +27,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::process;
+use crate::redact::redact_source;
+use crate::shown::Redact;
 
 /// A record larger than this is not ours; reading stops there.
 const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -154,9 +160,52 @@ impl LockRecord {
     }
 }
 
+impl Redact for LockRecord {
+    fn redacted(&self) -> Self {
+        // Every field by name: a new one must be given its redaction here.
+        let Self {
+            pid,
+            unit,
+            source,
+            key,
+            program,
+            started_at,
+            started_unix,
+            ec_launch_version,
+            start_ticks,
+            pid_namespace,
+            lock_dir_inode,
+            device,
+            slot,
+            tuners,
+            device_id,
+        } = self;
+        Self {
+            pid: *pid,
+            unit: unit.redacted(),
+            source: redact_source(source),
+            // A key keyed from a source holds no credential and is shown as
+            // it is; a record can say anything.
+            key: key.redacted(),
+            program: program.redacted(),
+            started_at: started_at.redacted(),
+            started_unix: *started_unix,
+            ec_launch_version: ec_launch_version.redacted(),
+            start_ticks: *start_ticks,
+            pid_namespace: *pid_namespace,
+            lock_dir_inode: *lock_dir_inode,
+            device: device.redacted(),
+            slot: *slot,
+            tuners: *tuners,
+            device_id: device_id.redacted(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret_props::{FieldKind, hostile_record, leaks};
 
     #[test]
     fn a_record_survives_a_round_trip_through_a_shorter_rewrite() {
@@ -196,6 +245,66 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         slot.write_into(&file).unwrap();
         assert_eq!(LockRecord::read_from(&file), Some(slot));
+    }
+
+    #[test]
+    fn a_shown_record_has_every_text_field_redacted_and_ours_unchanged() {
+        let ours = LockRecord::for_this_launch(
+            "hdhomerun://10.0.0.5/v5.1",
+            "http://***@10.0.0.5:5004/auto/v5.1?token=***",
+            "ec-node",
+            Some("ec-node@ch5.service".into()),
+        );
+        assert_eq!(*crate::shown::Shown::of(&ours), ours);
+        let secret = "S3CR3T";
+        let hostile = LockRecord {
+            unit: Some(format!("u:{secret}@x.service")),
+            source: format!("admin:{secret}@cam/s"),
+            key: format!("http://a:{secret}@h/?token={secret}"),
+            program: format!("x?{secret}"),
+            started_at: format!("token={secret}"),
+            ec_launch_version: format!("v https://u:{secret}@h/"),
+            device: Some(format!("d:{secret}@h")),
+            device_id: Some(format!("i;sig={secret}")),
+            ..ours
+        };
+        let json = serde_json::to_string(&crate::shown::Shown::of(&hostile)).unwrap();
+        assert!(!json.contains(secret), "{json}");
+    }
+
+    const FIELDS: &[(&str, FieldKind)] = &[
+        ("pid", FieldKind::Number),
+        ("unit", FieldKind::Text),
+        ("source", FieldKind::Text),
+        ("key", FieldKind::Text),
+        ("program", FieldKind::Text),
+        ("started_at", FieldKind::Text),
+        ("started_unix", FieldKind::Number),
+        ("ec_launch_version", FieldKind::Text),
+        ("start_ticks", FieldKind::Number),
+        ("device", FieldKind::Text),
+        ("tuners", FieldKind::Number),
+        ("device_id", FieldKind::Text),
+    ];
+
+    proptest::proptest! {
+        /// Any bytes: a record or none, never a panic.
+        #[test]
+        fn any_bytes_are_a_record_or_none_and_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if let Some(record) = LockRecord::parse(&bytes) {
+                let _ = crate::shown::Shown::of(&record);
+            }
+        }
+
+        /// A record with credentials in every text field and any value in
+        /// the rest: none or one whose shown form has no credential.
+        #[test]
+        fn a_shown_record_never_holds_a_credential(bytes in hostile_record(FIELDS)) {
+            if let Some(record) = LockRecord::parse(&bytes) {
+                let json = serde_json::to_string(&crate::shown::Shown::of(&record)).unwrap();
+                proptest::prop_assert!(!leaks(&json), "{json}");
+            }
+        }
     }
 
     #[test]

@@ -36,9 +36,11 @@ mod proc_locks;
 mod process;
 mod readers;
 mod redact;
+mod resolve;
 mod secret_params;
 #[cfg(test)]
 mod secret_props;
+mod shown;
 mod sock_diag;
 mod source_key;
 mod supervise;

@@ -18,8 +18,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 use url::Url;
@@ -133,24 +134,33 @@ fn endpoint_of_key(key: &str) -> Result<Endpoint, String> {
     })
 }
 
-impl Endpoint {
-    /// The addresses a connection to it has as its remote end: the host
-    /// itself when it is an address, else what the system resolver says
-    /// (empty when it cannot resolve it).
-    #[must_use]
-    pub fn addresses(&self) -> Vec<SocketAddr> {
-        let bare = self.host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return vec![SocketAddr::new(ip.to_canonical(), self.port)];
-        }
-        (bare, self.port)
-            .to_socket_addrs()
-            .map(|addresses| {
-                addresses
+/// How long `status --readers` waits for the resolver, for every name at
+/// once: a resolver that never answers must not hold `status` for its own
+/// timeouts (`resolve`).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Fills in the addresses a connection to each endpoint has as its remote
+/// end: the host itself when it is an address, else what the system
+/// resolver says within [`RESOLVE_TIMEOUT`], all names looked up together
+/// (empty when a name does not resolve, or not in time).
+pub fn resolve_addresses(endpoints: &mut [(Endpoint, Vec<SocketAddr>)]) {
+    let names: Vec<(&str, u16)> = endpoints
+        .iter()
+        .map(|(endpoint, _)| {
+            let bare = endpoint.host.trim_start_matches('[').trim_end_matches(']');
+            (bare, endpoint.port)
+        })
+        .collect();
+    let resolved = crate::resolve::resolve_all(&names, RESOLVE_TIMEOUT);
+    for ((_, addresses), found) in endpoints.iter_mut().zip(resolved) {
+        *addresses = found
+            .map(|found| {
+                found
+                    .into_iter()
                     .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
     }
 }
 
@@ -245,8 +255,9 @@ pub fn account(
         let mut warnings = Vec::new();
         if addresses.is_empty() {
             warnings.push(format!(
-                "the host of {} does not resolve here, so connections to it cannot be matched; check the name, or use an address in the source",
-                endpoint.name
+                "the host of {} does not resolve here (no address, or no answer from the resolver within {}s), so connections to it cannot be matched; check the name and this node's resolver, or use an address in the source",
+                endpoint.name,
+                RESOLVE_TIMEOUT.as_secs_f64()
             ));
         }
         let mut connections_of: BTreeMap<u32, usize> = BTreeMap::new();
@@ -381,6 +392,7 @@ pub fn render(report: &ReadersReport) -> String {
     ]
     .map(str::to_owned);
     let mut rows: Vec<([String; 8], Vec<&String>)> = Vec::new();
+    let mut loose: Vec<&String> = Vec::new();
     for endpoint in &report.endpoints {
         let mut warnings: Vec<&String> = endpoint.warnings.iter().collect();
         for reader in &endpoint.connections {
@@ -419,8 +431,12 @@ pub fn render(report: &ReadersReport) -> String {
                 mine,
             ));
         }
-        if let Some(last) = rows.last_mut() {
-            last.1.extend(warnings);
+        // An endpoint without connections has no row of its own: its
+        // lines (a name that does not resolve) go after the table, not
+        // under another endpoint's row, and are never dropped.
+        match rows.last_mut() {
+            Some(last) if !endpoint.connections.is_empty() => last.1.extend(warnings),
+            _ => loose.extend(warnings),
         }
     }
     let mut widths = header.clone().map(|h| h.len());
@@ -454,6 +470,9 @@ pub fn render(report: &ReadersReport) -> String {
             "(no established TCP connection to the {watched} endpoint{} of the lock records)",
             if watched == 1 { "" } else { "s" }
         );
+    }
+    for warning in loose {
+        let _ = writeln!(out, "  ! {}", printable(warning));
     }
     for lock in &report.without_endpoint {
         let _ = writeln!(
@@ -504,7 +523,9 @@ mod tests {
         assert_eq!(endpoint("rtmp://10.0.0.8/app"), Ok("10.0.0.8:1935".into()));
         let v6 = endpoint_of(Some("hdhomerun://[fd00::5]/v5.1"), None).unwrap();
         assert_eq!(v6.name, "[fd00::5]:5004");
-        assert_eq!(v6.addresses(), vec!["[fd00::5]:5004".parse().unwrap()]);
+        let mut endpoints = [(v6, Vec::new())];
+        resolve_addresses(&mut endpoints);
+        assert_eq!(endpoints[0].1, vec!["[fd00::5]:5004".parse().unwrap()]);
     }
 
     #[test]
@@ -542,6 +563,12 @@ mod tests {
                 .any(|w| w.contains("no-such-host.invalid:554") && w.contains("does not resolve")),
             "{warnings:?}"
         );
+        // Without a connection row to go under, it is still printed.
+        let text = render(&report);
+        assert!(
+            text.contains("  ! the host of no-such-host.invalid:554 does not resolve"),
+            "{text}"
+        );
     }
 
     fn connection(inode: u64, local: &str, remote: &str) -> TcpConnection {
@@ -556,7 +583,9 @@ mod tests {
     #[test]
     fn a_connection_is_accounted_for_by_any_lock_on_its_endpoint() {
         let tuner = endpoint_of_key("hdhomerun://10.0.0.5/v5.1").unwrap();
-        let addresses = tuner.addresses();
+        let mut resolved = [(tuner.clone(), Vec::new())];
+        resolve_addresses(&mut resolved);
+        let addresses = resolved[0].1.clone();
         let path = Path::new("/l");
         let five = LockView {
             key: Some("hdhomerun://10.0.0.5/v5.1"),

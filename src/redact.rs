@@ -72,6 +72,38 @@ pub fn redact_word(word: &str) -> String {
     }
 }
 
+/// Free text another writer put where a name, a time or a key belongs (a
+/// record's unit, node, program, launch time; a key read back from etcd):
+/// shown as it is when it has no shape that can hold a credential.
+///
+/// - `scheme:…` or an absolute path: redacted like a source;
+/// - none of `@ ? = ; & #`: as it is (`ec-node`, `2026-11-27T08:56:39Z`,
+///   a boot ID);
+/// - a parameter's characters (`? = ; & #`) or whitespace beside them:
+///   masked whole, since nothing says which part is secret;
+/// - only `@`: masked up to the last `@` when what precedes it has a `:`
+///   or a `/` (`user:password@host`, `x/udp://secret@h`), else as it is
+///   (`ec-node@ch5.service`, a template unit).
+///
+/// A bare secret (`S3CR3T` alone) has no shape; no redactor can tell it.
+#[must_use]
+pub fn redact_text(text: &str) -> String {
+    let trimmed = text.trim();
+    if scheme_len(trimmed).is_some() || trimmed.starts_with('/') {
+        return redact_source(text);
+    }
+    if !text.contains(['@', '?', '=', ';', '&', '#']) {
+        return text.to_owned();
+    }
+    if text.contains(|c: char| c.is_whitespace() || "?=;&#".contains(c)) {
+        return MASK.to_owned();
+    }
+    match text.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains([':', '/']) => format!("{MASK}@{host}"),
+        _ => text.to_owned(),
+    }
+}
+
 /// The length of `scheme:` at the start of `text`, if it starts with one
 /// (RFC 3986: a letter, then letters, digits, `+`, `-`, `.`).
 fn scheme_len(text: &str) -> Option<usize> {
@@ -198,6 +230,41 @@ mod tests {
         assert_eq!(redact_word("http://h/x"), "http://h/x");
         assert_eq!(redact_word("http://u:S3CR3T@h/x"), "http://***@h/x");
         assert_eq!(redact_word("--x=u:S3CR3T@h"), "***");
+    }
+
+    #[test]
+    fn free_text_is_masked_only_where_it_has_a_credentials_shape() {
+        for plain in [
+            "ec-node",
+            "every-channel-publisher-ch5.service",
+            "ec-node@ch5.service",
+            "2026-11-27T08:56:39Z",
+            "0b1c9a4e-5f7d-4e0a-9c1b-3a2d4e5f6a7b",
+            "0.1.0",
+            "node-a",
+            "hdhomerun://10.0.0.5/v5.1",
+            "http://cam.example/live?a=1&b=2",
+            "/dev/char/81:0",
+            "tuner-a",
+            "studio:a",
+        ] {
+            assert_eq!(redact_text(plain), plain);
+        }
+        assert_eq!(redact_text("admin:S3CR3T@node-x"), "***@node-x");
+        assert_eq!(redact_text("u:S3CR3T@x.service"), "***@x.service");
+        assert_eq!(
+            redact_text("http://admin:S3CR3T@h/x?token=S3CR3T"),
+            "http://***@h/x?token=***"
+        );
+        for hidden in [
+            "x?S3CR3T",
+            "token=S3CR3T",
+            "a b https://u:S3CR3T@h/?sig=S3CR3T",
+            "n;jsessionid=S3CR3T",
+            "x&sig=S3CR3T",
+        ] {
+            assert_eq!(redact_text(hidden), "***", "{hidden}");
+        }
     }
 
     #[test]

@@ -7,12 +7,16 @@
 //! that the key rules accept for the key properties (no `xn--` labels, which
 //! the WHATWG host parser decodes as punycode and rejects when invalid), and
 //! anything at all, parseable or not, for the redaction property.
+//!
+//! Records (lock files, cluster values) are other writers' text: the
+//! strategies at the end make records with a credential in every text
+//! field and any value in the rest, for the modules that show them.
 
 use std::fmt::Write as _;
 
 use proptest::prelude::*;
 
-use crate::redact::redact_source;
+use crate::redact::{redact_source, redact_text};
 use crate::secret_params::{listed_envelopes, listed_names};
 use crate::source_key::SourceKey;
 
@@ -182,7 +186,8 @@ prop_compose! {
     }
 }
 
-fn leaks(text: &str) -> bool {
+/// Whether `text` shows a generated secret.
+pub fn leaks(text: &str) -> bool {
     text.to_ascii_uppercase().contains(MARKER)
 }
 
@@ -285,5 +290,85 @@ proptest! {
             let key = SourceKey::from_source(&format!("{scheme}://{spelling}:9000{path}")).unwrap();
             prop_assert_eq!(key.as_str(), expected.as_str(), "{}", spelling);
         }
+    }
+}
+
+/// Text with a credential in one of the shapes a record's free text can
+/// carry it: a URL, an odd source, `user:secret@host`, a bare parameter,
+/// `name=secret`, a URL after a word.
+pub fn credential_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        url_with_credentials(),
+        odd_source_with_credentials(),
+        ("[a-z][a-z0-9-]{0,8}", secret(), "[a-z][a-z0-9.-]{0,8}")
+            .prop_map(|(user, secret, host)| format!("{user}:{secret}@{host}")),
+        ("[a-z][a-z0-9-]{0,8}", secret()).prop_map(|(word, secret)| format!("{word}?{secret}")),
+        (sensitive_name(), secret()).prop_map(|(name, secret)| format!("{name}={secret}")),
+        ("[a-z]{1,8}", url_with_credentials()).prop_map(|(word, url)| format!("{word} {url}")),
+    ]
+}
+
+/// What a record field is meant to hold.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldKind {
+    Text,
+    Number,
+}
+
+/// Any JSON value, mostly of the field's kind: credential text for text,
+/// any `u64` (wild times, huge counts) for numbers; else a wrong type, a
+/// negative, a float, null or harmless text.
+fn hostile_field(kind: FieldKind) -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let meant = match kind {
+        FieldKind::Text => credential_text().prop_map(Value::from).boxed(),
+        FieldKind::Number => prop_oneof![0_u64..100_000, any::<u64>()]
+            .prop_map(Value::from)
+            .boxed(),
+    };
+    let other = prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        "\\PC{0,16}"
+            .prop_filter("no secret", |text| !leaks(text))
+            .prop_map(Value::from),
+        prop::collection::vec(any::<u8>().prop_map(Value::from), 0..3).prop_map(Value::from),
+    ];
+    prop_oneof![8 => meant, 1 => other]
+}
+
+/// A record's bytes: a JSON object with `fields`, each [`hostile_field`].
+pub fn hostile_record(
+    fields: &'static [(&'static str, FieldKind)],
+) -> impl Strategy<Value = Vec<u8>> {
+    fields
+        .iter()
+        .map(|(_, kind)| hostile_field(*kind))
+        .collect::<Vec<_>>()
+        .prop_map(move |values| {
+            let object: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .map(|(name, _)| (*name).to_owned())
+                .zip(values)
+                .collect();
+            serde_json::Value::Object(object).to_string().into_bytes()
+        })
+}
+
+proptest! {
+    #[test]
+    fn redacted_text_never_contains_a_credential(text in credential_text()) {
+        let shown = redact_text(&text);
+        prop_assert!(!leaks(&shown), "{text} shown as {shown}");
+    }
+
+    #[test]
+    fn keys_are_shown_as_they_are(url in url_with_credentials()) {
+        // Redacting what is shown of a record must not change a real key.
+        let key = SourceKey::from_source(&url).unwrap();
+        prop_assert_eq!(redact_text(key.as_str()), key.as_str());
     }
 }

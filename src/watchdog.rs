@@ -354,8 +354,17 @@ fn start(plan: &Plan) -> Result<Monitor, Error> {
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|source| Error::StartWatchdog { source })?;
     let program_pid = nix::unistd::getpid();
+    // `--tuners auto` resolved the device's name on a thread of its own; a
+    // name that resolved has its thread joined, one that did not made the
+    // launch fail before this point (`resolve`).
+    debug_assert_eq!(
+        crate::resolve::pending(),
+        0,
+        "a name lookup is still running"
+    );
     // SAFETY: the launcher is single-threaded here (no runtime, no helper
-    // threads), so the child may run any code, allocation included.
+    // threads, no name lookup left running), so the child may run any
+    // code, allocation included.
     match unsafe { nix::unistd::fork() }.map_err(|source| Error::StartWatchdog { source })? {
         nix::unistd::ForkResult::Parent { child } => {
             drop(read_end);

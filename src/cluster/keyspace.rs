@@ -61,6 +61,30 @@ pub fn parse(key: &[u8]) -> Option<Named> {
     })
 }
 
+/// A key read from etcd as output may show it: anyone with write access may
+/// have put a key under the prefix, named with a credential. A key of our
+/// layout is shown rebuilt from its name redacted like free text
+/// (`redact_text`: a real source or device key is shown as it is);
+/// anything else after the prefix is redacted as one piece of text. Bytes
+/// that are not UTF-8 are replaced.
+#[must_use]
+pub fn shown(key: &[u8]) -> String {
+    use crate::redact::redact_text;
+    match parse(key) {
+        Some(Named::Source(name)) => source(&redact_text(&name)),
+        Some(Named::Slot { device, index }) => {
+            format!("{}slot-{index}", device_slots(&redact_text(&device)))
+        }
+        None => {
+            let text = String::from_utf8_lossy(key);
+            match text.strip_prefix(&everything()) {
+                Some(rest) => format!("{}{}", everything(), redact_text(rest)),
+                None => redact_text(&text),
+            }
+        }
+    }
+}
+
 /// Percent-escapes `/`, `%` and every byte outside printable ASCII.
 fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -133,6 +157,28 @@ mod tests {
         );
         assert_eq!(parse(b"/every-channel/ec-launch/v2/sources/x"), None);
         assert_eq!(parse(b"/every-channel/ec-launch/v1/devices/x/lease"), None);
+    }
+
+    #[test]
+    fn a_key_is_shown_as_it_is_unless_a_segment_holds_a_credential() {
+        let ours = source("hdhomerun://10.0.0.5/v5.1");
+        assert_eq!(shown(ours.as_bytes()), ours);
+        let query = source("http://cam.example/live?a=1&b=2");
+        assert_eq!(shown(query.as_bytes()), query);
+        assert_eq!(
+            shown(format!("{PREFIX}/devices/token=S3CR3T/slot-0").as_bytes()),
+            format!("{PREFIX}/devices/***/slot-0")
+        );
+        for hostile in [
+            source("http://a:S3CR3T@h/x?token=S3CR3T"),
+            format!("{PREFIX}/sources/rtsp://u:S3CR3T/x@h/s"),
+            format!("{PREFIX}/other/token=S3CR3T"),
+            format!("{PREFIX}/other/udp://S3CR3T@h/x"),
+            "rtsp://u:S3CR3T@h/s".to_owned(),
+        ] {
+            let shown = shown(hostile.as_bytes());
+            assert!(!shown.contains("S3CR3T"), "{hostile} shown as {shown}");
+        }
     }
 
     #[test]

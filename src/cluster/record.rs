@@ -5,10 +5,26 @@
 //! before it gets here (a credential never reaches etcd, whose values any
 //! client with read access sees). Fields are only ever added; readers
 //! tolerate unknown ones and values that are not ours.
+//!
+//! What we read back is another writer's text all the same (an older
+//! version, `etcdctl put`, a wild clock): a value that does not parse is no
+//! record (shown as an unreadable one), a parsed one reaches output only as
+//! [`Shown`](crate::shown::Shown) (its text redacted), and its `since` is
+//! formatted by [`rfc3339`], which takes any number.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::redact::redact_source;
+use crate::shown::Redact;
+
+/// A value larger than this is not a record of ours (ours are a few hundred
+/// bytes); it is not parsed.
+const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// 10000-01-01T00:00:00Z: RFC 3339 has four digits for the year.
+const YEAR_10000: u64 = 253_402_300_800;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRecord {
@@ -53,16 +69,51 @@ impl ClusterRecord {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// `None` for a value that is not a record of ours.
+    /// `None` for a value that is not a record of ours: not JSON, not
+    /// UTF-8, a wrong type, a number out of range, nested too deep
+    /// (`serde_json` stops at 128 levels), or larger than 64 KiB.
     #[must_use]
     pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return None;
+        }
         serde_json::from_slice(bytes).ok()
     }
 }
 
-/// A record's `since` as operators read it: `2026-11-27T08:56:39Z`.
+impl Redact for ClusterRecord {
+    fn redacted(&self) -> Self {
+        // Every field by name: a new one must be given its redaction here.
+        let Self {
+            node,
+            unit,
+            pid,
+            boot_id,
+            since,
+            source,
+            version,
+        } = self;
+        Self {
+            node: node.redacted(),
+            unit: unit.redacted(),
+            pid: *pid,
+            boot_id: boot_id.redacted(),
+            since: *since,
+            source: redact_source(source),
+            version: version.redacted(),
+        }
+    }
+}
+
+/// A record's `since` as operators read it: `2026-11-27T08:56:39Z`. Any
+/// number is accepted: one RFC 3339 cannot write (year 10000 and later: a
+/// node with a wild clock, or any writer) is `an unreadable time (N s after
+/// 1970)`, never a panic.
 #[must_use]
 pub fn rfc3339(since: u64) -> String {
+    if since >= YEAR_10000 {
+        return format!("an unreadable time ({since} s after 1970)");
+    }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(since))
         .to_string()
 }
@@ -96,5 +147,49 @@ mod tests {
             Some(record)
         );
         assert_eq!(ClusterRecord::from_json(b"not ours"), None);
+    }
+
+    #[test]
+    fn any_since_is_formatted_and_none_panics() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(YEAR_10000 - 1), "9999-12-31T23:59:59Z");
+        for wild in [YEAR_10000, u64::MAX / 2, u64::MAX] {
+            assert_eq!(
+                rfc3339(wild),
+                format!("an unreadable time ({wild} s after 1970)")
+            );
+        }
+    }
+
+    #[test]
+    fn a_shown_record_has_every_text_field_redacted() {
+        let secret = "S3CR3T";
+        let record = ClusterRecord {
+            node: format!("admin:{secret}@node-x"),
+            unit: Some(format!("x?{secret}")),
+            pid: 1,
+            boot_id: Some(format!("token={secret}")),
+            since: u64::MAX,
+            source: format!("http://a:{secret}@h/x?token={secret}"),
+            version: format!("v https://u:{secret}@h/"),
+        };
+        let shown = crate::shown::Shown::of(&record);
+        let json = serde_json::to_string(&shown).unwrap();
+        assert!(!json.contains(secret), "{json}");
+        assert_eq!(shown.node, "***@node-x");
+        assert_eq!(shown.source, "http://***@h/x?token=***");
+        assert_eq!((shown.pid, shown.since), (1, u64::MAX));
+    }
+
+    proptest::proptest! {
+        /// Any bytes: a record or none, never a panic, and a shown record's
+        /// time is always written.
+        #[test]
+        fn any_bytes_are_a_record_or_none_and_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if let Some(record) = ClusterRecord::from_json(&bytes) {
+                let shown = crate::shown::Shown::of(&record);
+                let _ = rfc3339(shown.since);
+            }
+        }
     }
 }

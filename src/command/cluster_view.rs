@@ -4,19 +4,22 @@
 //! The answer comes from etcd itself (one range over the prefix, one
 //! `timetolive` per lease), never from a cache: a key exists exactly while
 //! its holder's lease lives, so what is listed is what a launcher on any
-//! node would find. Values are other nodes' writing: parsed defensively and
-//! escaped when printed.
+//! node would find. Values and keys are other writers' text (another node,
+//! an older version, `etcdctl put`): a value that does not parse is "an
+//! unreadable record", a parsed one is shown only redacted
+//! ([`Shown`]), and everything is escaped when printed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::cluster::etcd::EtcdClient;
+use crate::cluster::etcd::{EtcdClient, KeyValue};
 use crate::cluster::keyspace::{self, Named};
 use crate::cluster::record::ClusterRecord;
 use crate::error::Error;
 use crate::printable::printable;
+use crate::shown::Shown;
 
 /// What `status` reports of the cluster.
 #[derive(Debug, Serialize)]
@@ -59,6 +62,10 @@ pub(super) struct ClusterHolder {
     /// Seconds the holder's lease has left; `null` when it just expired.
     ttl_left: Option<u64>,
     this_node: bool,
+    /// The key's value is no record `ec-launch` can read (not JSON, a wrong
+    /// type, a number out of range, too large): `node` and the rest are
+    /// `null`.
+    unreadable_record: bool,
 }
 
 impl ClusterReport {
@@ -102,30 +109,40 @@ pub(super) fn cluster_report(
             ttl_of_lease.insert(kv.lease, ttl);
             ttl
         };
-        let record = ClusterRecord::from_json(&kv.value);
-        let (source_key, device, slot) = match named {
-            Some(Named::Source(key)) => (Some(key), None, None),
-            Some(Named::Slot { device, index }) => (None, Some(device), Some(index)),
-            None => (None, None, None),
-        };
-        holders.push(ClusterHolder {
-            key: String::from_utf8_lossy(&kv.key).into_owned(),
-            source_key,
-            device,
-            slot,
-            this_node: record.as_ref().is_some_and(|r| r.node == node),
-            node: record.as_ref().map(|r| r.node.clone()),
-            unit: record.as_ref().and_then(|r| r.unit.clone()),
-            pid: record.as_ref().map(|r| r.pid),
-            since: record.as_ref().map(|r| r.since),
-            source: record.map(|r| r.source),
-            ttl_left,
-        });
+        holders.push(holder_of(&kv, ttl_left, node));
     }
     Ok(ClusterReport {
         node: node.to_owned(),
         holders,
     })
+}
+
+/// One key as `status` shows it: the key's names and the value's fields
+/// redacted (another writer's text), `this_node` judged on the raw name.
+fn holder_of(kv: &KeyValue, ttl_left: Option<u64>, node: &str) -> ClusterHolder {
+    let record = ClusterRecord::from_json(&kv.value);
+    let this_node = record.as_ref().is_some_and(|r| r.node == node);
+    let record = record.as_ref().map(Shown::of);
+    let (source_key, device, slot) = match keyspace::parse(&kv.key) {
+        Some(Named::Source(key)) => (Some(key), None, None),
+        Some(Named::Slot { device, index }) => (None, Some(device), Some(index)),
+        None => (None, None, None),
+    };
+    let text = |text: String| Shown::of(&text).into_inner();
+    ClusterHolder {
+        key: keyspace::shown(&kv.key),
+        source_key: source_key.map(text),
+        device: device.map(text),
+        slot,
+        this_node,
+        unreadable_record: record.is_none(),
+        node: record.as_ref().map(|r| r.node.clone()),
+        unit: record.as_ref().and_then(|r| r.unit.clone()),
+        pid: record.as_ref().map(|r| r.pid),
+        since: record.as_ref().map(|r| r.since),
+        source: record.map(|r| r.source.clone()),
+        ttl_left,
+    }
 }
 
 /// The text view: one line per key, this node's marked.
@@ -147,11 +164,10 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
             }
             _ => format!("key {}", printable(&holder.key)),
         };
-        let node = holder
-            .node
-            .as_deref()
-            .map_or_else(|| "?".into(), |n| printable(n).into_owned());
-        let mut line = format!("{what}  held by node {node}");
+        let mut line = match &holder.node {
+            Some(node) => format!("{what}  held by node {}", printable(node)),
+            None => format!("{what}  held under an unreadable record"),
+        };
         if holder.this_node {
             line.push_str(" (this node)");
         }
@@ -172,5 +188,77 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
         }
         out.push_str(&line);
         out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::secret_props::{FieldKind, credential_text, hostile_record, leaks};
+
+    const FIELDS: &[(&str, FieldKind)] = &[
+        ("node", FieldKind::Text),
+        ("unit", FieldKind::Text),
+        ("pid", FieldKind::Number),
+        ("boot_id", FieldKind::Text),
+        ("since", FieldKind::Number),
+        ("source", FieldKind::Text),
+        ("version", FieldKind::Text),
+    ];
+
+    fn shown(key: &[u8], value: Vec<u8>) -> (String, String) {
+        let kv = KeyValue {
+            key: key.to_vec(),
+            value,
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        };
+        let report = ClusterReport {
+            node: "node-a".into(),
+            holders: vec![holder_of(&kv, None, "node-a")],
+        };
+        let mut text = String::new();
+        write_text(&mut text, &report);
+        (text, serde_json::to_string(&report).unwrap())
+    }
+
+    #[test]
+    fn a_value_that_is_no_record_is_an_unreadable_one_and_a_wild_time_is_said_so() {
+        let key = keyspace::source("hdhomerun://10.0.0.5/v5.1");
+        let (text, json) = shown(key.as_bytes(), b"\xff{".to_vec());
+        assert!(text.contains("held under an unreadable record"), "{text}");
+        assert!(json.contains("\"unreadable_record\":true"), "{json}");
+        let wild = br#"{"node":"b","unit":null,"pid":1,"boot_id":null,"since":253402300800,"source":"http://h/","version":"v"}"#;
+        let (text, _) = shown(key.as_bytes(), wild.to_vec());
+        assert!(
+            text.contains(
+                "held by node b pid 1 since an unreadable time (253402300800 s after 1970)"
+            ),
+            "{text}"
+        );
+    }
+
+    proptest! {
+        /// Any value under any key, with credentials in every text field
+        /// and the key: no credential is shown, and nothing panics.
+        #[test]
+        fn no_value_or_key_shows_a_credential_or_panics(
+            value in hostile_record(FIELDS),
+            source in credential_text(),
+            device in credential_text(),
+        ) {
+            for key in [
+                keyspace::source(&source),
+                format!("{}slot-0", keyspace::device_slots(&device)),
+                format!("{}/{source}", keyspace::PREFIX),
+            ] {
+                let (text, json) = shown(key.as_bytes(), value.clone());
+                prop_assert!(!leaks(&text), "{text}");
+                prop_assert!(!leaks(&json), "{json}");
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::device_http::{Device, TunerStatus};
+use crate::device_http::{Device, TunerProblem, TunerStatus};
 use crate::foreign_reader::{ForeignReader, Reason, foreign_readers};
 use crate::printable::printable;
 
@@ -33,10 +33,14 @@ pub struct DeviceReport {
 /// One tuner as the device reports it.
 #[derive(Debug, Serialize)]
 pub struct TunerJson {
+    /// Its `Resource`, or `#<i>` (its position) when the device gives none.
     pub tuner: String,
     pub busy: bool,
     pub channel: Option<String>,
     pub target: Option<String>,
+    /// `no_resource` or `unreadable` when the device's entry is not a
+    /// whole tuner; `null` when it is.
+    pub problem: Option<TunerProblem>,
 }
 
 impl From<&TunerStatus> for TunerJson {
@@ -46,6 +50,7 @@ impl From<&TunerStatus> for TunerJson {
             busy: tuner.busy,
             channel: tuner.channel.clone(),
             target: tuner.target.clone(),
+            problem: tuner.problem,
         }
     }
 }
@@ -74,6 +79,18 @@ impl DeviceReport {
         match device.tuner_status() {
             Ok(tuners) => {
                 view.foreign_readers = foreign_readers(&tuners, ours, slots_held);
+                view.problems.extend(tuners.iter().filter_map(|tuner| {
+                    let name = printable(&tuner.resource);
+                    tuner.problem.map(|problem| match problem {
+                        TunerProblem::NoResource => format!(
+                            "device {device}'s status.json gives no Resource for its tuner {name}: shown by its position, judged on what it says"
+                        ),
+                        TunerProblem::Unreadable => format!(
+                            "device {device}'s status.json entry {name} is not a tuner: whether a reader uses a tuner there is unknown; check the device's firmware (GET {})",
+                            device.url("status.json")
+                        ),
+                    })
+                }));
                 view.device_tuners = Some(tuners.iter().map(TunerJson::from).collect());
             }
             Err(e) => view.problems.push(format!(
@@ -85,11 +102,15 @@ impl DeviceReport {
         view
     }
 
-    /// True when the device could not be asked: "no foreign reader" is
-    /// then not established.
+    /// True when the device could not be asked, or one of its entries says
+    /// nothing: "no foreign reader" is then not established.
     #[must_use]
     pub fn unanswered(&self) -> bool {
-        self.device_tuners.is_none()
+        self.device_tuners.as_ref().is_none_or(|tuners| {
+            tuners
+                .iter()
+                .any(|t| t.problem == Some(TunerProblem::Unreadable))
+        })
     }
 
     /// The warnings of this device's entry: one per foreign reader, saying

@@ -23,8 +23,8 @@ use crate::holder::{HolderScan, LockedInode};
 use crate::lock_record::LockRecord;
 use crate::printable::printable;
 use crate::proc_locks::{self, LockKind};
-use crate::redact::redact_source;
-use crate::tuner_slot::{self, SlotFile};
+use crate::shown::Shown;
+use crate::tuner_slot::{self, DeviceKey, SlotFile};
 
 /// One device as `status` reports it; also the `--json` schema of
 /// `devices[]`.
@@ -59,8 +59,8 @@ struct SlotStatus {
     holders: Vec<HolderJson>,
     /// The recorded (redacted) source of the last launch on this slot.
     source: Option<String>,
-    /// The last launch on this slot, as written into the file.
-    metadata: Option<LockRecord>,
+    /// The last launch on this slot, as written into the file (redacted).
+    metadata: Option<Shown<LockRecord>>,
 }
 
 /// The devices whose slot files are `files`, and warnings about them all.
@@ -151,11 +151,7 @@ fn device(
 
 fn slot(scan: &HolderScan, file: &SlotFile) -> SlotStatus {
     let opened = tuner_slot::open_record(&file.path);
-    let mut record = opened.as_ref().ok().and_then(LockRecord::read_from);
-    if let Some(record) = &mut record {
-        // Redacted when written; again, against a hand-edited file.
-        record.source = redact_source(&record.source);
-    }
+    let record = opened.as_ref().ok().and_then(LockRecord::read_from);
     let regular =
         opened.is_ok() || fs::symlink_metadata(&file.path).is_ok_and(|m| m.file_type().is_file());
     let state = if !regular {
@@ -172,13 +168,16 @@ fn slot(scan: &HolderScan, file: &SlotFile) -> SlotStatus {
     } else {
         Vec::new()
     };
+    // Anyone who can write the file wrote the record: only its redacted
+    // form is shown (its raw one served the holder check above).
+    let shown = record.as_ref().map(Shown::of);
     SlotStatus {
         slot: file.slot,
         slot_file: file.path.clone(),
         state,
         holders: holders.into_iter().map(HolderJson::from).collect(),
-        source: record.as_ref().map(|r| r.source.clone()),
-        metadata: record,
+        source: shown.as_ref().map(|r| r.source.clone()),
+        metadata: shown,
     }
 }
 
@@ -202,7 +201,8 @@ pub(super) fn ask_devices(devices: &mut [DeviceStatus]) {
 }
 
 /// The host to ask: the one the slot records' sources stream from (the
-/// held slots' first), else the device key when it is the source's host.
+/// held slots' first), else the device key when it is the source's host
+/// (and a device key at all: a record can say anything).
 fn host_of(device: &DeviceStatus) -> Option<String> {
     let from_records = device
         .slots
@@ -214,7 +214,10 @@ fn host_of(device: &DeviceStatus) -> Option<String> {
             let url = url::Url::parse(source).ok()?;
             url.host_str().map(str::to_owned)
         });
-    from_records.or_else(|| device.device.clone())
+    from_records.or_else(|| {
+        let named = DeviceKey::from_flag(device.device.as_deref()?).ok()?;
+        Some(named.as_str().to_owned())
+    })
 }
 
 /// True when a device reported a tuner no slot here accounts for.

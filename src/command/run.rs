@@ -31,6 +31,7 @@ use crate::path_trust::{self, Launcher};
 use crate::printable::{printable, printable_path, shell_word};
 use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
+use crate::shown::Shown;
 use crate::source_key::{self, SourceKey};
 use crate::tuner_slot::{self, BusySlot, DeviceKey, HeldSlot, SlotOutcome};
 use crate::watchdog;
@@ -538,7 +539,7 @@ fn describe_slots(lock_dir: &Path, slots: &[BusySlot]) -> String {
         .zip(describe_files(lock_dir, &files))
         .map(|((slot, _), (holders, record))| {
             let source = record
-                .map(|r| format!(" reading {}", printable(&redact_source(&r.source))))
+                .map(|r| format!(" reading {}", printable(&r.source)))
                 .unwrap_or_default();
             format!("slot {slot} held by {holders}{source}")
         })
@@ -555,11 +556,15 @@ fn until(config: &RunConfig) -> String {
 }
 
 /// For each open lock or slot file: who holds it, from the kernel, and its
-/// record. A taker is named when its own descriptors still hold the lock (a
+/// record, redacted (anyone who can write the file wrote it). A taker is
+/// named when its own descriptors still hold the lock (a
 /// few stats: a reused PID does not pass); only when one is not verified is
 /// `/proc` scanned, once for all the files, for the processes sharing them.
 /// Under a burst of launches the cheap path keeps each loser cheap.
-fn describe_files(lock_dir: &Path, files: &[&fs::File]) -> Vec<(String, Option<LockRecord>)> {
+fn describe_files(
+    lock_dir: &Path,
+    files: &[&fs::File],
+) -> Vec<(String, Option<Shown<LockRecord>>)> {
     let proc_root = Path::new("/proc");
     let inodes: Vec<Option<LockedInode>> =
         files.iter().map(|f| LockedInode::of_file(f).ok()).collect();
@@ -597,7 +602,7 @@ fn describe_files(lock_dir: &Path, files: &[&fs::File]) -> Vec<(String, Option<L
             if !exited.is_empty() {
                 described.push(format!("inherited from exited pid {}", exited.join(", ")));
             }
-            (described.join(", "), record)
+            (described.join(", "), record.as_ref().map(Shown::of))
         })
         .collect()
 }
@@ -787,9 +792,10 @@ fn describe_cluster_holders(holders: &[crate::cluster::etcd::KeyValue]) -> Strin
 }
 
 /// `node-b unit x.service pid 4242 since … reading http://…`, from a
-/// cluster key's value (another node's writing: escaped).
+/// cluster key's value (another writer's text: redacted and escaped; any
+/// value, however hostile, is described, never a panic).
 fn describe_cluster_holder(holder: &crate::cluster::etcd::KeyValue) -> String {
-    match ClusterRecord::from_json(&holder.value) {
+    match ClusterRecord::from_json(&holder.value).map(|r| Shown::of(&r)) {
         Some(record) => {
             let mut text = format!("node {}", printable(&record.node));
             if let Some(unit) = &record.unit {
@@ -800,13 +806,13 @@ fn describe_cluster_holder(holder: &crate::cluster::etcd::KeyValue) -> String {
                 " pid {} since {} reading {}",
                 record.pid,
                 crate::cluster::record::rfc3339(record.since),
-                printable(&redact_source(&record.source)),
+                printable(&record.source),
             );
             text
         }
         None => format!(
-            "an unrecognised holder of {}",
-            printable(&String::from_utf8_lossy(&holder.key))
+            "an unreadable record under {}",
+            printable(&crate::cluster::keyspace::shown(&holder.key))
         ),
     }
 }
@@ -843,4 +849,44 @@ fn cluster_status_command(config: &RunConfig) -> String {
     let local = status_command(config);
     command.push_str(local.trim_start_matches("ec-launch status"));
     command
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::cluster::etcd::KeyValue;
+    use crate::secret_props::{FieldKind, credential_text, hostile_record, leaks};
+
+    const FIELDS: &[(&str, FieldKind)] = &[
+        ("node", FieldKind::Text),
+        ("unit", FieldKind::Text),
+        ("pid", FieldKind::Number),
+        ("boot_id", FieldKind::Text),
+        ("since", FieldKind::Number),
+        ("source", FieldKind::Text),
+        ("version", FieldKind::Text),
+    ];
+
+    proptest! {
+        /// Run's busy and wait messages describe any holder's value without
+        /// a credential and without a panic (a panic would turn the busy
+        /// 75 into 101 or an abort).
+        #[test]
+        fn a_cluster_holder_is_described_without_a_credential_or_a_panic(
+            value in hostile_record(FIELDS),
+            key in credential_text(),
+        ) {
+            let holder = KeyValue {
+                key: key.into_bytes(),
+                value,
+                create_revision: 1,
+                mod_revision: 1,
+                lease: 0,
+            };
+            let text = describe_cluster_holders(&[holder]);
+            prop_assert!(!leaks(&text), "{text}");
+        }
+    }
 }

@@ -38,7 +38,7 @@ use crate::lock_record::LockRecord;
 use crate::printable::{printable, printable_path};
 use crate::process::ProcessInfo;
 use crate::readers::{self, Endpoint, LockView, ReadersReport, WithoutEndpoint};
-use crate::redact::redact_source;
+use crate::shown::Shown;
 use crate::sock_diag::{self, TcpConnection};
 use crate::source_key::{KeyError, SourceKey};
 use crate::tuner_slot::{self, DeviceKey};
@@ -61,8 +61,8 @@ struct LockStatus {
     /// launchers cannot see this lock.
     orphaned: bool,
     holders: Vec<HolderJson>,
-    /// The last recorded launch, as written into the file.
-    metadata: Option<LockRecord>,
+    /// The last recorded launch, as written into the file (redacted).
+    metadata: Option<Shown<LockRecord>>,
     warnings: Vec<String>,
 }
 
@@ -188,7 +188,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
             &args.lock_dir,
             location.path.clone(),
             Some(*inode),
-            record,
+            record.as_ref(),
             placement,
             Vec::new(),
         ));
@@ -360,8 +360,7 @@ fn readers_report(
         match readers::endpoint_of(view.key, view.source) {
             Ok(endpoint) => {
                 let index = *index_of.entry(endpoint.name.clone()).or_insert_with(|| {
-                    let addresses = endpoint.addresses();
-                    endpoints.push((endpoint, addresses));
+                    endpoints.push((endpoint, Vec::new()));
                     endpoints.len() - 1
                 });
                 placed.push((view, Some(index)));
@@ -378,6 +377,8 @@ fn readers_report(
             }
         }
     }
+    // Every name at once, against one deadline.
+    readers::resolve_addresses(&mut endpoints);
     let owners = |inode: u64| scan.socket_owners(inode).collect::<Vec<u32>>();
     let watched: Vec<std::net::SocketAddr> = endpoints
         .iter()
@@ -512,7 +513,7 @@ fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockS
                 lock_dir,
                 path.to_owned(),
                 Some(inode),
-                record,
+                record.as_ref(),
                 placement,
                 warnings,
             ))
@@ -583,13 +584,13 @@ fn lock_status(
     lock_dir: &Path,
     lock_file: PathBuf,
     inode: Option<LockedInode>,
-    record: Option<LockRecord>,
+    record: Option<&LockRecord>,
     placement: Placement,
     mut warnings: Vec<String>,
 ) -> LockStatus {
     let held = inode.is_some_and(|inode| scan.is_held(inode));
     let holders = match inode {
-        Some(inode) if held => scan.holders(inode, record.as_ref()),
+        Some(inode) if held => scan.holders(inode, record),
         _ => Vec::new(),
     };
     let state = match inode {
@@ -601,6 +602,8 @@ fn lock_status(
         }
         None => State::Unknown,
     };
+    // What is shown of the record: its raw text serves only the checks.
+    let shown = record.map(Shown::of);
     match placement {
         Placement::InPlace => {}
         Placement::Deleted => warnings.push(
@@ -608,7 +611,7 @@ fn lock_status(
         ),
         Placement::Moved => warnings.push(format!(
             "the lock file was moved or renamed while held (it is now at this path): a new launcher would lock a new file{} and run a second reader; stop these holders",
-            record
+            shown
                 .as_ref()
                 .and_then(|r| SourceKey::from_source(&r.key).ok())
                 .map(|k| format!(" at {}", printable_path(&k.lock_path(lock_dir))))
@@ -647,7 +650,7 @@ fn lock_status(
             join(&unverified)
         ));
     }
-    if let Some(record) = &record {
+    if let Some(record) = record {
         let recorded_is_holder = holders
             .iter()
             .any(|h| is_recorded_launcher(scan, h, record));
@@ -663,7 +666,8 @@ fn lock_status(
             };
             warnings.push(format!(
                 "the record names pid {}{namespace} (launched {}), which does not hold the lock now",
-                record.pid, record.started_at
+                record.pid,
+                shown.as_ref().map_or("?", |s| s.started_at.as_str())
             ));
         }
     } else if held && inode.is_some() && warnings.iter().all(|w| !w.starts_with("cannot read")) {
@@ -672,20 +676,14 @@ fn lock_status(
     if held && holders.is_empty() {
         warnings.push("held by a process this user cannot see; run as root".to_owned());
     }
-    let mut record = record;
-    if let Some(record) = &mut record {
-        // The record was redacted when written; redacting again costs nothing
-        // and protects against a hand-edited file.
-        record.source = redact_source(&record.source);
-    }
     LockStatus {
-        key: record.as_ref().map(|r| r.key.clone()),
-        source: record.as_ref().map(|r| r.source.clone()),
+        key: shown.as_ref().map(|r| r.key.clone()),
+        source: shown.as_ref().map(|r| r.source.clone()),
         lock_file,
         state,
         orphaned: held && placement != Placement::InPlace,
         holders: holders.into_iter().map(HolderJson::from).collect(),
-        metadata: record,
+        metadata: shown,
         warnings,
     }
 }

@@ -346,3 +346,90 @@ fn status_device_on_a_device_that_cannot_be_asked_warns_and_exits_69() {
         .output_lacks("cannot ask")
         .run();
 }
+
+/// A device whose HTTP API answers every request with `status_json` as
+/// its `status.json`, at `ip`:80, until the test ends.
+fn device_reporting(ip: Ipv4Addr, status_json: &'static str) {
+    let listener = TcpListener::bind((ip, 80)).unwrap_or_else(|e| panic!("bind {ip}:80: {e}"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{status_json}",
+                status_json.len()
+            );
+        }
+    });
+}
+
+#[test]
+fn status_device_keeps_the_tuners_a_device_reports_beside_one_it_reports_without_a_resource() {
+    require_root!("listen on port 80 of a loopback address");
+    let ip = Ipv4Addr::new(127, 0, 0, 42);
+    // The first tuner has no Resource; the second streams elsewhere.
+    device_reporting(
+        ip,
+        r#"[{"VctNumber":"5.1","TargetIP":"127.0.0.9"},
+            {"Resource":"tuner1","VctNumber":"7.1","TargetIP":"127.0.0.9"},
+            {"Resource":"tuner2"}]"#,
+    );
+    let env = TestEnv::new();
+    env.launch(source(ip, 1))
+        .args(["--tuners", "2"])
+        .program(["true"])
+        .run();
+    status_device(&env, &[])
+        .expect_status(6)
+        .stdout_contains(format!(
+            "! foreign reader: device {ip} reports tuner1 on channel 7.1 streaming to 127.0.0.9"
+        ))
+        .stdout_contains("gives no Resource")
+        .output_lacks(SECRET)
+        .run();
+    let json = status_device(&env, &["--json"])
+        .expect_status(6)
+        .run()
+        .json();
+    let tuners = json["devices"][0]["device_tuners"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no device_tuners: {json:#}"));
+    assert_eq!(tuners.len(), 3, "{json:#}");
+    assert_eq!(tuners[1]["tuner"], "tuner1", "{json:#}");
+    assert_eq!(tuners[0]["problem"], "no_resource", "{json:#}");
+    assert_eq!(
+        json["devices"][0]["foreign_readers"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "the unnamed tuner streams elsewhere too: {json:#}"
+    );
+}
+
+#[test]
+fn status_device_with_an_entry_that_is_no_tuner_keeps_the_rest_and_says_the_view_is_partial() {
+    require_root!("listen on port 80 of a loopback address");
+    let ip = Ipv4Addr::new(127, 0, 0, 43);
+    device_reporting(ip, r#"[{"Resource":"tuner0"}, 7, {"Resource":"tuner2"}]"#);
+    let env = TestEnv::new();
+    env.launch(source(ip, 1))
+        .args(["--tuners", "2"])
+        .program(["true"])
+        .run();
+    // No foreign reader among what it says, but one entry says nothing:
+    // "no foreign reader" is not established.
+    let json = status_device(&env, &["--json"])
+        .expect_status(69)
+        .run()
+        .json();
+    let tuners = json["devices"][0]["device_tuners"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no device_tuners: {json:#}"));
+    assert_eq!(tuners.len(), 3, "{json:#}");
+    assert_eq!(tuners[1]["problem"], "unreadable", "{json:#}");
+    assert_eq!(tuners[2]["tuner"], "tuner2", "{json:#}");
+}

@@ -26,6 +26,8 @@ mod operator;
 #[path = "../common/privilege.rs"]
 mod privilege;
 mod readers;
+mod records;
+mod resolver;
 mod run;
 mod secrets;
 mod slots;

@@ -10,8 +10,10 @@
 //!   never touches a slot and no lock-order cycle can form.
 //! - A launcher holds at most one slot. Waiting blocks one thread per slot
 //!   in `flock(LOCK_EX)`, each on its own open file description (no
-//!   polling); the first thread to lock wins, a thread that locks later
-//!   unlocks at once, and the losers' descriptors are close-on-exec, so the
+//!   polling); the first thread to lock wins, and every other wait is
+//!   called off and ended before the winner is used
+//!   ([`crate::lock_waiter`]): none waits on, and one that locked in the
+//!   meantime unlocks. The losers' descriptors are close-on-exec, so the
 //!   program inherits exactly one slot.
 //! - A held slot is never taken from its holder: only the kernel frees it,
 //!   when the last descriptor of the holder's open file description closes.
@@ -25,14 +27,14 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
-use std::thread;
+use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::error::Error;
 use crate::holder::LockedInode;
 use crate::lock::{self, Acquired, BusyPolicy, HeldLock};
 use crate::lock_record::LockRecord;
+use crate::lock_waiter::LockWaiter;
 use crate::path_trust::{self, Launcher};
 use crate::printable::printable;
 use crate::source_key::{self, SourceKey};
@@ -345,57 +347,84 @@ pub fn acquire(
         return Ok(timed_out(busy));
     }
     on_wait(&busy);
-    // One blocked flock(2) per slot we may take; `decided` makes exactly
-    // one the winner.
-    let decided = Arc::new(Mutex::new(false));
-    let (sender, receiver) = mpsc::channel();
-    for slot in 0..count {
-        let path = device.slot_path(lock_dir, slot);
-        let (decided, sender, me) = (Arc::clone(&decided), sender.clone(), me.clone());
-        thread::Builder::new()
-            .name(format!("slot-wait-{slot}"))
-            .spawn(move || {
-                // All were busy a moment ago: announced once, above.
-                let outcome =
-                    lock::acquire(&path, BusyPolicy::Wait { timeout: None }, &me, &mut |_| {});
-                let mut decided = decided.lock().unwrap_or_else(PoisonError::into_inner);
-                if *decided {
-                    // A late winner: unlock at once (dropping `outcome`).
-                    return;
-                }
-                match outcome {
-                    Ok(Acquired::Held(lock)) => {
-                        *decided = true;
-                        let _ = sender.send(Ok(HeldSlot { lock, slot }));
-                    }
-                    // Without a timeout a wait only ends locked or failed.
-                    Ok(Acquired::Busy { .. }) => {}
-                    Err(error) => {
-                        *decided = true;
-                        let _ = sender.send(Err(error));
-                    }
-                }
-            })
-            .map_err(|source| Error::StartWaitThread {
-                path: device.slot_path(lock_dir, slot),
-                source,
-            })?;
-    }
-    drop(sender);
-    let winner = match remaining {
-        None => receiver.recv().ok(),
-        Some(remaining) => receiver.recv_timeout(remaining).ok().or_else(|| {
-            // Time is up: no thread may win from now on, but one may have
-            // won just before we decided.
-            *decided.lock().unwrap_or_else(PoisonError::into_inner) = true;
-            receiver.try_recv().ok()
-        }),
-    };
-    match winner {
-        Some(Ok(held)) => Ok(SlotOutcome::Held(held)),
-        Some(Err(error)) => Err(error),
+    match wait_for_any(lock_dir, device, count, remaining, me)? {
+        Some(held) => Ok(SlotOutcome::Held(held)),
         None => Ok(timed_out(busy)),
     }
+}
+
+/// One blocked flock(2) per slot `0..count`, each in a
+/// [`LockWaiter`] thread; the first to lock wins. Then every other wait is
+/// called off and ended before this returns (issue #16 item 9): a thread
+/// left blocked would show as a waiter in `/proc/locks` and snatch the
+/// next slot freed from whoever asks for it then, for the program's whole
+/// life in cluster mode. A waiter that locked in the meantime unlocks as
+/// it ends (its lock is dropped). `None`: `remaining` passed first.
+fn wait_for_any(
+    lock_dir: &Path,
+    device: &DeviceKey,
+    count: u32,
+    remaining: Option<std::time::Duration>,
+    me: &Launcher,
+) -> Result<Option<HeldSlot>, Error> {
+    let (sender, receiver) = mpsc::channel();
+    let mut waiters = Vec::new();
+    for slot in 0..count {
+        let path = device.slot_path(lock_dir, slot);
+        let (sender, me) = (sender.clone(), me.clone());
+        let started = LockWaiter::spawn(format!("slot-wait-{slot}"), move |called_off| {
+            let outcome = lock::acquire_unless_called_off(&path, &me, called_off);
+            if let Ok(Some(_)) | Err(_) = &outcome {
+                let _ = sender.send(slot);
+            }
+            outcome
+        });
+        match started {
+            Ok(waiter) => waiters.push(waiter),
+            Err(source) => {
+                call_off(waiters);
+                return Err(Error::StartWaitThread {
+                    path: device.slot_path(lock_dir, slot),
+                    source,
+                });
+            }
+        }
+    }
+    drop(sender);
+    let first = match remaining {
+        None => receiver.recv().ok(),
+        Some(remaining) => receiver.recv_timeout(remaining).ok(),
+    };
+    let mut outcomes = call_off(waiters);
+    // The first to report wins; one that locked after it is unlocked here.
+    // With time up, one that locked just before the waits were called off
+    // is still taken.
+    let late = || {
+        outcomes
+            .iter()
+            .find(|(_, outcome)| matches!(outcome, Ok(Some(_))))
+            .map(|(slot, _)| *slot)
+    };
+    let Some(winner) = first.or_else(late) else {
+        return Ok(None);
+    };
+    match outcomes.remove(&winner) {
+        Some(Ok(Some(lock))) => Ok(Some(HeldSlot { lock, slot: winner })),
+        Some(Err(error)) => Err(error),
+        // The winner reported and ended: it cannot have neither.
+        Some(Ok(None)) | None => Ok(None),
+    }
+}
+
+/// Calls off every wait and returns what each ended with, by slot.
+fn call_off(
+    waiters: Vec<LockWaiter<Result<Option<HeldLock>, Error>>>,
+) -> std::collections::BTreeMap<u32, Result<Option<HeldLock>, Error>> {
+    waiters
+        .into_iter()
+        .zip(0..)
+        .filter_map(|(waiter, slot)| Some((slot, waiter.call_off()?)))
+        .collect()
 }
 
 fn warn_on_disagreement(device: &DeviceKey, wanted: u32, others: &BTreeSet<u32>, count: u32) {

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use crate::cluster_node::{Launcher, Node, Timeline, brief_reader_program, reader_program};
 use crate::etcd_server::EtcdServer;
-use crate::testenv::{BUSY, PATIENCE, TestEnv, wait_until};
+use crate::testenv::{BUSY, PATIENCE, TestEnv, kernel_locks, wait_until};
 
 /// The device really has two tuners: every reader shares these two files.
 const REAL_TUNERS: usize = 2;
@@ -214,5 +214,73 @@ fn nodes_saying_two_and_three_tuners_racing_for_one_device_never_run_three_reade
         // A clean stop, so the next round does not wait for its lease.
         holder.signal(Signal::SIGTERM);
         assert!(holder.exit_within(PATIENCE).is_some(), "round {round}");
+    }
+}
+
+/// The `->` rows of `pid` on `node`'s slot files: threads of it blocked in
+/// flock(2).
+fn blocked_on_slots(node: &Node<'_>, pid: u32) -> usize {
+    std::fs::read_dir(node.lock_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "slot"))
+        .flat_map(|p| kernel_locks(&p))
+        .filter(|l| l.waiting && l.pid == i64::from(pid))
+        .count()
+}
+
+/// Issue #16 item 9: in cluster mode the launcher stays, so a thread left
+/// blocked on another local slot would wait on for the program's whole
+/// life, show as a waiter, and snatch that slot when it is freed. Looped:
+/// each round frees a slot after the waiter has won one, and a skipping
+/// newcomer must get it.
+#[test]
+fn a_supervising_launcher_that_won_a_slot_waits_on_no_other_and_a_freed_slot_goes_to_a_newcomer() {
+    for round in 0..4 {
+        // Each round its own store: the last round's launchers are
+        // SIGKILLed, and their leases would linger for a TTL.
+        let etcd = EtcdServer::start();
+        let env = TestEnv::new();
+        let a = Node::new(&env, "a", etcd.endpoints());
+        let first = hold(&env, &a, 1, "first", 2);
+        let mut second = hold(&env, &a, 2, "second", 2);
+        let waiter = a.start(
+            a.launch(&channel(3))
+                .args(tuners(2))
+                .args(["--on-busy", "wait"])
+                .program(reader_program(&env, "waiter", REAL_TUNERS)),
+        );
+        assert!(
+            wait_until(PATIENCE, || blocked_on_slots(&a, waiter.pid()) == 2),
+            "round {round}: the waiter never blocked on both slots:\n{}",
+            waiter.log()
+        );
+        first.signal(Signal::SIGTERM);
+        assert!(
+            crate::cluster_node::started_within(&env, "waiter", PATIENCE).is_some(),
+            "round {round}: the waiter never ran:\n{}",
+            waiter.log()
+        );
+        assert_eq!(
+            blocked_on_slots(&a, waiter.pid()),
+            0,
+            "round {round}: a thread of the running waiter still waits on a slot"
+        );
+        let seen = env
+            .command(["status", "--json", "--lock-dir"])
+            .arg(a.lock_dir())
+            .run()
+            .json();
+        assert_eq!(seen["devices"][0]["waiting"], 0, "round {round}: {seen:#}");
+        second.signal(Signal::SIGTERM);
+        assert!(second.exit_within(PATIENCE).is_some(), "round {round}");
+        a.launch(&channel(4))
+            .args(tuners(2))
+            .program(brief_reader_program(&env, "newcomer", REAL_TUNERS, 0.1))
+            .label(format!("round {round}: the freed slot goes to a newcomer"))
+            .run();
+        Timeline::settled(&env).assert_at_most(REAL_TUNERS);
     }
 }

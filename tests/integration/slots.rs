@@ -552,3 +552,55 @@ fn a_credential_in_a_slot_holders_source_reaches_no_output_and_no_slot_file() {
         assert!(!content.contains("S3CR3T"), "{content}");
     }
 }
+
+/// Issue #16 item 9: a waiter that won a slot keeps no thread blocked in
+/// flock(2) on the others. Seen by the kernel: between taking its slot and
+/// starting its program (the hand-over pause), `/proc/locks` shows it
+/// holding the slot and waiting on nothing.
+#[test]
+fn a_waiter_that_took_a_slot_leaves_no_thread_waiting_on_the_other_slots() {
+    for round in 0..5 {
+        let env = TestEnv::new();
+        let mut first = env
+            .launch(channel(1))
+            .args(["--tuners", "2"])
+            .program(["sleep", "300"])
+            .spawn();
+        let first_pid = i64::from(first.pid());
+        assert!(
+            wait_until(PATIENCE, || slot_files(&env)
+                .iter()
+                .any(|f| holders(f).contains(&first_pid))),
+            "round {round}: the first holder never took a slot"
+        );
+        let _second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
+        let waiter = env
+            .launch(channel(3))
+            .args(["--tuners", "2", "--on-busy", "wait"])
+            .program(TestEnv::sh("touch ran; exec sleep 300"))
+            .spawn();
+        let waiter_pid = i64::from(waiter.pid());
+        let slots = slot_files(&env);
+        assert!(
+            wait_until(PATIENCE, || waiters(&slots) == vec![waiter_pid]),
+            "round {round}: the waiter never blocked on the slots"
+        );
+        first.0.kill().unwrap();
+        first.0.wait().unwrap();
+        let mut settled = false;
+        let won = wait_until(PATIENCE, || {
+            // Looked at first: after exec no thread of it is left to wait,
+            // so only a look that began before the program ran counts.
+            let ran = env.path("ran").exists();
+            let holds = slots.iter().any(|f| holders(f).contains(&waiter_pid));
+            settled = holds && !waiters(&slots).contains(&waiter_pid) && !ran;
+            settled || ran
+        });
+        assert!(won, "round {round}: the waiter never took the freed slot");
+        assert!(
+            settled,
+            "round {round}: the waiter's program started while it still waited on a slot: {:?}",
+            slots.iter().map(|f| kernel_locks(f)).collect::<Vec<_>>()
+        );
+    }
+}

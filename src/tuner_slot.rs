@@ -135,10 +135,14 @@ pub struct DeviceKey {
 }
 
 impl DeviceKey {
-    /// `--device KEY`, taken as it is (trimmed). The key is printed in logs,
-    /// `status` and the program's environment, so what could carry a
-    /// credential (userinfo's `@`, a query or fragment) is refused: a
-    /// device key is a name, not a URL.
+    /// `--device KEY`, trimmed, and a host canonicalised as a source's host
+    /// is ([`source_key::canonical_device_name`]: `TUNER.lan.` is
+    /// `tuner.lan`, `0x0a000005` is `10.0.0.5`, `FD00::5` is `[fd00::5]`), so
+    /// a launcher naming the device and one deriving it from its source
+    /// take the same slots. The key is printed in logs, `status` and the
+    /// program's environment, so what could carry a credential (userinfo's
+    /// `@`, a query or fragment) is refused: a device key is a name, not a
+    /// URL.
     ///
     /// # Errors
     /// A message for clap when the key is empty, has whitespace or control
@@ -152,7 +156,7 @@ impl DeviceKey {
             return Err("a device key is a name, not a URL: it may not contain @, ? or # (it is printed, and a credential must not be); pass e.g. 10.0.0.5 or den-hdhomerun".into());
         }
         Ok(Self {
-            canonical: key.to_owned(),
+            canonical: source_key::canonical_device_name(key),
         })
     }
 
@@ -510,5 +514,15 @@ mod tests {
             "[fd00::5]"
         );
         assert_eq!(DeviceKey::from_flag(" den ").unwrap().as_str(), "den");
+        // A host is canonical as a source's host is (issue #16 item 7).
+        for (spelling, canonical) in [
+            ("TUNER.lan", "tuner.lan"),
+            ("tuner.lan.", "tuner.lan"),
+            ("0x7f0000b4", "127.0.0.180"),
+            ("fd00::5", "[fd00::5]"),
+            ("[FD00::5]", "[fd00::5]"),
+        ] {
+            assert_eq!(DeviceKey::from_flag(spelling).unwrap().as_str(), canonical);
+        }
     }
 }

@@ -604,3 +604,88 @@ fn a_waiter_that_took_a_slot_leaves_no_thread_waiting_on_the_other_slots() {
         );
     }
 }
+
+/// Issue #16 item 7: `--device` is canonicalised with the rules of a
+/// source's host (ECP-0130), so every spelling of one box, and a launcher
+/// that names none, count the same one tuner.
+#[test]
+fn every_spelling_of_a_device_shares_one_set_of_slots_with_its_sources_host() {
+    let groups: [(&str, &[&str], &str); 3] = [
+        (
+            "tuner.lan",
+            &[
+                "--device=TUNER.lan",
+                "--device=tuner.lan.",
+                "--device= Tuner.LAN ",
+            ],
+            "http://tuner.lan:5004/auto/v{}.1",
+        ),
+        (
+            "127.0.0.180",
+            &[
+                "--device=0x7f0000b4",
+                "--device=127.0.0.180",
+                "--device=0177.0.0.0264",
+            ],
+            "http://0x7f.0.0.180:5004/auto/v{}.1",
+        ),
+        (
+            "[fd00::5]",
+            &[
+                "--device=fd00::5",
+                "--device=[FD00::5]",
+                "--device=[fd00:0::5]",
+            ],
+            "http://[fd00:0:0::5]:5004/auto/v{}.1",
+        ),
+    ];
+    for (canonical, spellings, source) in groups {
+        let env = TestEnv::new();
+        let source_of = |n: usize| source.replace("{}", &n.to_string());
+        // A launcher without --device: the device is the source's host.
+        let first = env
+            .launch(source_of(1))
+            .args(["--tuners", "1"])
+            .program(TestEnv::sh("echo \"$EC_DEVICE_KEY\" > key; exec sleep 300"))
+            .spawn();
+        assert!(
+            wait_until(PATIENCE, || fs::read_to_string(env.path("key"))
+                .is_ok_and(|k| k.ends_with('\n'))),
+            "{canonical}: the first launcher never ran"
+        );
+        assert_eq!(
+            fs::read_to_string(env.path("key")).unwrap().trim(),
+            canonical
+        );
+        for (n, spelling) in spellings.iter().enumerate() {
+            env.launch(source_of(n + 2))
+                .args(["--tuners", "1", spelling])
+                .label(format!("{spelling} is the device of {}", source_of(1)))
+                .expect_status(BUSY)
+                .stderr_contains(format!("slot 0 held by pid {}", first.pid()))
+                .program_did_not_run()
+                .run();
+        }
+        assert_eq!(
+            slot_files(&env).len(),
+            1,
+            "{canonical}: {:?}",
+            slot_files(&env)
+        );
+        drop(first);
+        // And a spelling that holds is seen by the source's own launcher.
+        let second = hold_slot(
+            &env,
+            &source_of(7),
+            &["--tuners", "1", spellings[0]],
+            "second",
+        );
+        env.launch(source_of(8))
+            .args(["--tuners", "1"])
+            .label(format!("{} holds {canonical}", spellings[0]))
+            .expect_status(BUSY)
+            .stderr_contains(format!("slot 0 held by pid {}", second.pid()))
+            .program_did_not_run()
+            .run();
+    }
+}

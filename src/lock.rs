@@ -228,6 +228,23 @@ pub fn acquire_unless_called_off(
     })
 }
 
+/// Blocks in `flock(LOCK_SH)` on `file` until no one holds it exclusively
+/// (then lets it go at once: `true`), or the wait is called off (`false`,
+/// see [`crate::lock_waiter`]). For waiting out a holder whose lock file
+/// is gone from its path: the inode is reached through its descriptor.
+pub fn block_until_free(mut file: File, called_off: &AtomicBool) -> bool {
+    loop {
+        if called_off.load(Ordering::SeqCst) {
+            return false;
+        }
+        match Flock::lock(file, FlockArg::LockShared) {
+            Ok(_unlocked_when_dropped) => return true,
+            Err((back, Errno::EINTR)) => file = back,
+            Err(_) => return false,
+        }
+    }
+}
+
 fn flock_error(path: &Path, source: Errno) -> Error {
     Error::Flock {
         path: path.to_owned(),

@@ -22,7 +22,7 @@
 //!   carry their launcher's N, and a launcher that sees a smaller one uses
 //!   it (records of free slots are stale and not read).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
@@ -288,6 +288,206 @@ pub enum SlotOutcome {
         slots: Vec<BusySlot>,
         timed_out: bool,
     },
+    /// A slot was free, but the kernel shows held slots whose files were
+    /// deleted or moved by hand (orphans): with them, taking it would make
+    /// more readers than the device has tuners.
+    Orphaned {
+        orphans: Vec<OrphanedSlot>,
+        timed_out: bool,
+    },
+}
+
+/// A held slot of a device whose file is no longer at its path (deleted,
+/// moved or renamed while held): a tuner in use that no slot file shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanedSlot {
+    pub slot: u32,
+    /// The process that took it (the kernel's lock table names it).
+    pub pid: u32,
+    /// Its descriptor of the orphan: `/proc/<pid>/fd/<n>`.
+    pub via: PathBuf,
+    /// Deleted (else moved or renamed).
+    pub deleted: bool,
+}
+
+/// `slot 1's file was deleted while held by pid 4242`, for each orphan.
+#[must_use]
+pub fn describe_orphans(orphans: &[OrphanedSlot]) -> String {
+    orphans
+        .iter()
+        .map(|o| {
+            format!(
+                "slot {}'s file was {} while held by pid {} (a tuner still in use that no slot file shows)",
+                o.slot,
+                if o.deleted { "deleted" } else { "moved or renamed" },
+                o.pid
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What the kernel's lock table (`<proc_root>/locks`) shows of `device`'s
+/// slots: how many of its slot files at their paths are held, and the held
+/// slots whose files left their paths. An orphan is found by its inode: a
+/// flock on the lock directory's filesystem that no lock or slot file in
+/// the directory names, whose taker still has a descriptor of it with a
+/// slot record of this device. Best effort, and never wrong in the unsafe
+/// direction: a row the table skips (ECP-0132) or a taker that exited
+/// (the descriptor inherited) hides an orphan, as before this check; what
+/// is found is there.
+fn census(
+    proc_root: &Path,
+    lock_dir: &Path,
+    device: &DeviceKey,
+    count: u32,
+) -> (usize, Vec<OrphanedSlot>) {
+    let Ok(dir) = fs::metadata(lock_dir) else {
+        return (0, Vec::new());
+    };
+    let dir_inode = LockedInode::of_metadata(&dir);
+    let stem = device.file_stem();
+    let mut ours = BTreeSet::new();
+    let mut named = BTreeSet::new();
+    for entry in fs::read_dir(lock_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if parse_slot_file_name(name).is_some_and(|(s, _)| s == stem) {
+            ours.insert(entry.ino());
+        }
+        if Path::new(name).extension().is_some_and(|x| x == "lock")
+            || parse_slot_file_name(name).is_some()
+        {
+            named.insert(entry.ino());
+        }
+    }
+    let table = fs::read_to_string(proc_root.join("locks")).unwrap_or_default();
+    let held: BTreeSet<(u64, Option<u32>)> = crate::proc_locks::parse(&table)
+        .into_iter()
+        .filter(|row| {
+            row.kind == crate::proc_locks::LockKind::Flock
+                && !row.waiting
+                && row.dev_major == dir_inode.dev_major
+                && row.dev_minor == dir_inode.dev_minor
+        })
+        .map(|row| (row.inode, row.pid))
+        .collect();
+    let in_place = held
+        .iter()
+        .map(|(inode, _)| *inode)
+        .filter(|inode| ours.contains(inode))
+        .collect::<BTreeSet<_>>()
+        .len();
+    // Held inodes no file of the directory names: at most this many
+    // orphans. Only when they could tip the device over its count are
+    // their takers' descriptors looked at (usually none: a device with a
+    // free tuner, or a filesystem where only our files are locked).
+    let mut unnamed: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    for (inode, pid) in &held {
+        if let (false, Some(pid)) = (named.contains(inode), pid) {
+            unnamed.entry(*pid).or_default().insert(*inode);
+        }
+    }
+    let candidates: usize = unnamed.values().map(BTreeSet::len).sum();
+    if in_place + candidates <= usize::try_from(count).unwrap_or(usize::MAX) {
+        return (in_place, Vec::new());
+    }
+    let orphans = unnamed
+        .iter()
+        .flat_map(|(pid, inodes)| orphans_of(proc_root, *pid, inodes, dir_inode, device))
+        .collect();
+    (in_place, orphans)
+}
+
+/// The slots of `device` that `pid`'s descriptors of `inodes` hold, when
+/// their records say they are slots of it taken in this lock directory
+/// (`lock_dir_inode`; one pass over its descriptors).
+fn orphans_of(
+    proc_root: &Path,
+    pid: u32,
+    inodes: &BTreeSet<u64>,
+    dir_inode: LockedInode,
+    device: &DeviceKey,
+) -> Vec<OrphanedSlot> {
+    let mut found: BTreeMap<u64, OrphanedSlot> = BTreeMap::new();
+    let fd_dir = proc_root.join(pid.to_string()).join("fd");
+    for entry in fs::read_dir(&fd_dir).into_iter().flatten().flatten() {
+        let via = entry.path();
+        let Some(inode) = fs::metadata(&via)
+            .ok()
+            .map(|m| LockedInode::of_metadata(&m))
+            .filter(|i| i.dev_major == dir_inode.dev_major && i.dev_minor == dir_inode.dev_minor)
+            .map(|i| i.inode)
+            .filter(|i| inodes.contains(i) && !found.contains_key(i))
+        else {
+            continue;
+        };
+        let record = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&via)
+            .ok()
+            .and_then(|f| LockRecord::read_from(&f));
+        let Some((slot, record)) = record.and_then(|r| Some((r.slot?, r))) else {
+            continue;
+        };
+        // A slot of this device in this directory: another lock directory
+        // on the filesystem may name a device alike.
+        if record.device.as_deref() != Some(device.as_str())
+            || record.lock_dir_inode != Some(dir_inode.inode)
+        {
+            continue;
+        }
+        let deleted = fs::read_link(&via)
+            .is_ok_and(|target| target.to_string_lossy().ends_with(" (deleted)"));
+        found.insert(
+            inode,
+            OrphanedSlot {
+                slot,
+                pid,
+                via,
+                deleted,
+            },
+        );
+    }
+    found.into_values().collect()
+}
+
+/// Blocks until no process holds any of `orphans` (a flock(2) on each
+/// orphan's own inode, opened through its holder's descriptor, is granted
+/// when they are gone), or `deadline` passes: `false`.
+fn wait_for_orphans(orphans: &[OrphanedSlot], deadline: Option<Instant>) -> bool {
+    for orphan in orphans {
+        let Ok(file) = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&orphan.via)
+        else {
+            // Its holder is gone already.
+            continue;
+        };
+        let (sender, receiver) = mpsc::channel();
+        let Ok(waiter) = LockWaiter::spawn("orphan-wait".into(), move |called_off| {
+            let free = lock::block_until_free(file, called_off);
+            let _ = sender.send(());
+            free
+        }) else {
+            return false;
+        };
+        let ended = match deadline {
+            None => receiver.recv().is_ok(),
+            Some(d) => receiver
+                .recv_timeout(d.saturating_duration_since(Instant::now()))
+                .is_ok(),
+        };
+        let free = waiter.call_off().unwrap_or(false);
+        if !(ended && free) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Takes one of `wanted` slots of `device`: the first free one in slot
@@ -302,6 +502,15 @@ pub enum SlotOutcome {
 ///
 /// `on_wait` is called once, with every slot's file, before blocking.
 ///
+/// A slot taken is checked against the kernel's lock table (issue #16
+/// item 8): a held slot whose file was deleted or moved by hand is a tuner
+/// in use that no slot file shows, and a new file at its path is what a
+/// launcher just took. When the held slots at their paths and such orphans
+/// come to more than the count, the slot is let go: with `skip` the
+/// outcome is [`SlotOutcome::Orphaned`]; with `wait` the launcher waits
+/// (in flock(2), on the orphan's own inode, reached through its holder's
+/// descriptor) until the orphan's holders are gone, and tries again.
+///
 /// # Errors
 /// Opening or locking failures of a slot file, as for source locks.
 pub fn acquire(
@@ -313,6 +522,57 @@ pub fn acquire(
     me: &Launcher,
     on_wait: &mut dyn FnMut(&[BusySlot]),
 ) -> Result<SlotOutcome, Error> {
+    let mut announced = false;
+    let mut once = |slots: &[BusySlot]| {
+        if !announced {
+            announced = true;
+            on_wait(slots);
+        }
+    };
+    loop {
+        let (outcome, count) =
+            acquire_once(lock_dir, device, wanted, wait, deadline, me, &mut once)?;
+        let SlotOutcome::Held(held) = outcome else {
+            return Ok(outcome);
+        };
+        let (in_place, orphans) = census(Path::new("/proc"), lock_dir, device, count);
+        if orphans.is_empty()
+            || in_place + orphans.len() <= usize::try_from(count).unwrap_or(usize::MAX)
+        {
+            return Ok(SlotOutcome::Held(held));
+        }
+        // One reader too many: let the slot go before anything reads.
+        drop(held);
+        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        if !wait || timed_out {
+            return Ok(SlotOutcome::Orphaned { orphans, timed_out });
+        }
+        tracing::warn!(
+            device = %printable(device.as_str()),
+            "{}; waiting until they are gone before taking a slot of {}",
+            describe_orphans(&orphans),
+            printable(device.as_str()),
+        );
+        if !wait_for_orphans(&orphans, deadline) {
+            return Ok(SlotOutcome::Orphaned {
+                orphans,
+                timed_out: true,
+            });
+        }
+    }
+}
+
+/// One pass of [`acquire`], and the count agreed on.
+#[allow(clippy::too_many_arguments)]
+fn acquire_once(
+    lock_dir: &Path,
+    device: &DeviceKey,
+    wanted: u32,
+    wait: bool,
+    deadline: Option<Instant>,
+    me: &Launcher,
+    on_wait: &mut dyn FnMut(&[BusySlot]),
+) -> Result<(SlotOutcome, u32), Error> {
     let mut count = wanted;
     let mut others = BTreeSet::new();
     let mut busy = Vec::new();
@@ -322,7 +582,7 @@ pub fn acquire(
         match lock::acquire(&path, BusyPolicy::Skip, me, &mut |_| {})? {
             Acquired::Held(lock) => {
                 warn_on_disagreement(device, wanted, &others, count);
-                return Ok(SlotOutcome::Held(HeldSlot { lock, slot }));
+                return Ok((SlotOutcome::Held(HeldSlot { lock, slot }), count));
             }
             Acquired::Busy { file, .. } => {
                 let recorded = LockRecord::read_from(&file).and_then(|r| r.tuners);
@@ -341,19 +601,20 @@ pub fn acquire(
         timed_out: true,
     };
     if !wait {
-        return Ok(SlotOutcome::Busy {
+        let busy = SlotOutcome::Busy {
             slots: busy,
             timed_out: false,
-        });
+        };
+        return Ok((busy, count));
     }
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     if remaining.is_some_and(|r| r.is_zero()) {
-        return Ok(timed_out(busy));
+        return Ok((timed_out(busy), count));
     }
     on_wait(&busy);
     match wait_for_any(lock_dir, device, count, remaining, me)? {
-        Some(held) => Ok(SlotOutcome::Held(held)),
-        None => Ok(timed_out(busy)),
+        Some(held) => Ok((SlotOutcome::Held(held), count)),
+        None => Ok((timed_out(busy), count)),
     }
 }
 

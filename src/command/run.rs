@@ -456,6 +456,21 @@ fn take_slot(
             report_device_busy(config, &tuners.device, &slots, timed_out, program_name);
             Ok(None)
         }
+        SlotOutcome::Orphaned { orphans, timed_out } => {
+            let waited = gave_up_waiting(config, timed_out);
+            tracing::warn!(
+                device = %printable(tuners.device.as_str()),
+                key = %printable(config.key.as_str()),
+                "device busy: {}; with it a slot of {} would be one reader more than its {} tuners; {waited}not starting {}, exiting {} (stop those holders; see `{}`)",
+                tuner_slot::describe_orphans(&orphans),
+                printable(tuners.device.as_str()),
+                tuners.count,
+                printable(program_name),
+                config.busy_status.code(),
+                device_status_command(config),
+            );
+            Ok(None)
+        }
     }
 }
 

@@ -689,3 +689,56 @@ fn every_spelling_of_a_device_shares_one_set_of_slots_with_its_sources_host() {
             .run();
     }
 }
+
+/// Issue #16 item 8: a held slot whose file was deleted by hand is still a
+/// tuner in use. A launcher that takes the new file at its path sees, in
+/// the kernel's lock table, the orphan's holder and the device's N: it
+/// refuses to be the third reader (skip: the busy status, naming the
+/// orphan), or waits until the orphan's holder is gone.
+#[test]
+fn a_launcher_refuses_to_be_a_reader_beyond_n_beside_a_slot_whose_file_was_deleted() {
+    let env = TestEnv::new();
+    let _first = hold_slot(&env, &channel(1), &["--tuners", "2"], "first");
+    let mut second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
+    let slots = slot_files(&env);
+    let second_pid: i64 = fs::read_to_string(env.path("second.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deleted = slots
+        .iter()
+        .find(|f| holders(f).contains(&second_pid))
+        .expect("second's slot")
+        .clone();
+    fs::remove_file(&deleted).unwrap();
+    env.launch(channel(3))
+        .args(["--tuners", "2"])
+        .expect_status(BUSY)
+        .stderr_contains("deleted")
+        .stderr_contains(format!("pid {second_pid}"))
+        .program_did_not_run()
+        .run();
+    assert!(
+        holders(&deleted).is_empty(),
+        "the refused launcher left the new slot file locked"
+    );
+    // A waiting launcher runs once the orphan's holder is gone.
+    let waiter = env
+        .launch(channel(4))
+        .args(["--tuners", "2", "--on-busy", "wait"])
+        .program(TestEnv::sh("touch ran; exec sleep 300"))
+        .spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !env.path("ran").exists(),
+        "the waiter ran beside the orphan"
+    );
+    second.0.kill().unwrap();
+    second.0.wait().unwrap();
+    assert!(
+        wait_until(PATIENCE, || env.path("ran").exists()),
+        "the waiter never ran after the orphan's holder was gone"
+    );
+    drop(waiter);
+}

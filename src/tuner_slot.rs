@@ -709,6 +709,71 @@ fn warn_on_disagreement(device: &DeviceKey, wanted: u32, others: &BTreeSet<u32>,
 mod tests {
     use super::*;
 
+    /// `census` on a lock table given as text, with a stand-in `/proc`
+    /// whose descriptor links point at the files.
+    #[test]
+    fn the_census_counts_held_slot_files_and_finds_a_held_slot_moved_out_of_the_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let (lock_dir, proc_root) = (root.path().join("locks"), root.path().join("proc"));
+        fs::create_dir_all(&lock_dir).unwrap();
+        let device = DeviceKey::from_flag("den-box").unwrap();
+        let dir_meta = fs::metadata(&lock_dir).unwrap();
+        let record = |slot: u32, device: &str, dir: u64| LockRecord {
+            device: Some(device.to_owned()),
+            slot: Some(slot),
+            lock_dir_inode: Some(dir),
+            ..LockRecord::for_this_launch("k", "s", "p", None)
+        };
+        let mut files = Vec::new();
+        let mut file_at = |path: PathBuf, record: LockRecord| {
+            let file = File::create(&path).unwrap();
+            record.write_into(&file).unwrap();
+            files.push(path.clone());
+            fs::metadata(&path).unwrap().ino()
+        };
+        let slot0 = file_at(
+            device.slot_path(&lock_dir, 0),
+            record(0, "den-box", dir_meta.ino()),
+        );
+        let _slot1 = file_at(
+            device.slot_path(&lock_dir, 1),
+            record(1, "den-box", dir_meta.ino()),
+        );
+        // Slot 1's first file, moved away while held (pid 42 holds it).
+        let moved = file_at(
+            root.path().join("moved"),
+            record(1, "den-box", dir_meta.ino()),
+        );
+        // Another directory's slot of a device named alike (pid 43).
+        let elsewhere = file_at(root.path().join("other"), record(0, "den-box", 1));
+        for (pid, target) in [(42, &files[2]), (43, &files[3])] {
+            let fd = proc_root.join(pid.to_string()).join("fd");
+            fs::create_dir_all(&fd).unwrap();
+            std::os::unix::fs::symlink(target, fd.join("3")).unwrap();
+        }
+        let dev = dir_meta.dev();
+        let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        let row = |n: u32, pid: u32, inode: u64| {
+            format!("{n}: FLOCK  ADVISORY  WRITE {pid} {major:02x}:{minor:02x}:{inode} 0 EOF\n")
+        };
+        let table = [row(1, 41, slot0), row(2, 42, moved), row(3, 43, elsewhere)].concat();
+        fs::write(proc_root.join("locks"), &table).unwrap();
+        // With room for every unnamed lock, no descriptor is looked at.
+        assert_eq!(census(&proc_root, &lock_dir, &device, 3), (1, Vec::new()));
+        let (in_place, orphans) = census(&proc_root, &lock_dir, &device, 2);
+        assert_eq!(in_place, 1);
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!(
+            (orphans[0].slot, orphans[0].pid, orphans[0].deleted),
+            (1, 42, false)
+        );
+        assert!(
+            describe_orphans(&orphans)
+                .contains("slot 1's file was moved or renamed while held by pid 42")
+        );
+    }
+
     #[test]
     fn tuner_counts_are_auto_or_one_to_sixty_four() {
         assert_eq!(Tuners::parse("auto"), Ok(Tuners::Auto));

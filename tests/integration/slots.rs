@@ -701,11 +701,8 @@ fn a_launcher_refuses_to_be_a_reader_beyond_n_beside_a_slot_whose_file_was_delet
     let _first = hold_slot(&env, &channel(1), &["--tuners", "2"], "first");
     let mut second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
     let slots = slot_files(&env);
-    let second_pid: i64 = fs::read_to_string(env.path("second.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // ec-launch execs the program: the launcher's PID is the holder's.
+    let second_pid = i64::from(second.pid());
     let deleted = slots
         .iter()
         .find(|f| holders(f).contains(&second_pid))

@@ -713,6 +713,8 @@ fn a_held_slot_file_deleted_by_hand_is_an_orphaned_slot_and_the_device_counts_ev
 #[test]
 fn files_created_while_status_runs_are_never_reported_as_moved_or_orphaned() {
     let env = TestEnv::new();
+    // The lock directory exists before the first status (which needs it).
+    env.launch(channel(99)).run();
     let mut launchers = Vec::new();
     for n in 0..24 {
         launchers.push(

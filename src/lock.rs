@@ -25,6 +25,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -190,6 +191,60 @@ pub fn acquire(
     })
 }
 
+/// [`acquire`] with [`BusyPolicy::Wait`] and no timeout, for a
+/// [`crate::lock_waiter::LockWaiter`] thread: blocks in `flock(LOCK_EX)`
+/// until the lock is ours (`Some`) or the wait is called off (`None`:
+/// `called_off` was set and a signal interrupted the call, or it was set
+/// before the call).
+///
+/// # Errors
+/// Opening or locking failures, as [`acquire`].
+pub fn acquire_unless_called_off(
+    path: &Path,
+    me: &Launcher,
+    called_off: &AtomicBool,
+) -> Result<Option<HeldLock>, Error> {
+    for _ in 0..MAX_ATTEMPTS {
+        if called_off.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let (file, access) = open_lock_file(path, me)?;
+        let Some(lock) = blocking_lock(file, Some(called_off)).map_err(|e| flock_error(path, e))?
+        else {
+            return Ok(None);
+        };
+        if path_still_names(&lock, path)? {
+            return Ok(Some(HeldLock {
+                lock,
+                path: path.to_owned(),
+                access,
+            }));
+        }
+        tracing::debug!(lock_file = %path.display(), "lock file was replaced or removed while locking; retrying");
+    }
+    Err(Error::LockFileUnstable {
+        path: path.to_owned(),
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+/// Blocks in `flock(LOCK_SH)` on `file` until no one holds it exclusively
+/// (then lets it go at once: `true`), or the wait is called off (`false`,
+/// see [`crate::lock_waiter`]). For waiting out a holder whose lock file
+/// is gone from its path: the inode is reached through its descriptor.
+pub fn block_until_free(mut file: File, called_off: &AtomicBool) -> bool {
+    loop {
+        if called_off.load(Ordering::SeqCst) {
+            return false;
+        }
+        match Flock::lock(file, FlockArg::LockShared) {
+            Ok(_unlocked_when_dropped) => return true,
+            Err((back, Errno::EINTR)) => file = back,
+            Err(_) => return false,
+        }
+    }
+}
+
 fn flock_error(path: &Path, source: Errno) -> Error {
     Error::Flock {
         path: path.to_owned(),
@@ -209,9 +264,12 @@ enum WaitOutcome {
 /// it then gets is released when the process exits a moment later.
 fn wait_for_lock(file: File, deadline: Option<Instant>, path: &Path) -> Result<WaitOutcome, Error> {
     let Some(deadline) = deadline else {
-        return blocking_lock(file)
-            .map(WaitOutcome::Locked)
-            .map_err(|e| flock_error(path, e));
+        return match blocking_lock(file, None) {
+            Ok(Some(lock)) => Ok(WaitOutcome::Locked(lock)),
+            // Without a flag to call it off, a wait only ends locked.
+            Ok(None) => Err(flock_error(path, Errno::EINTR)),
+            Err(e) => Err(flock_error(path, e)),
+        };
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {
@@ -229,7 +287,7 @@ fn wait_for_lock(file: File, deadline: Option<Instant>, path: &Path) -> Result<W
     thread::Builder::new()
         .name("flock-wait".into())
         .spawn(move || {
-            let _ = sender.send(blocking_lock(file));
+            let _ = sender.send(blocking_lock(file, None));
         })
         .map_err(|source| Error::StartWaitThread {
             path: path.to_owned(),
@@ -242,16 +300,25 @@ fn wait_for_lock(file: File, deadline: Option<Instant>, path: &Path) -> Result<W
         Err(mpsc::RecvTimeoutError::Disconnected) => None,
     };
     match outcome {
-        Some(Ok(lock)) => Ok(WaitOutcome::Locked(lock)),
+        Some(Ok(Some(lock))) => Ok(WaitOutcome::Locked(lock)),
+        Some(Ok(None)) => Err(flock_error(path, Errno::EINTR)),
         Some(Err(e)) => Err(flock_error(path, e)),
         None => Ok(WaitOutcome::TimedOut(kept)),
     }
 }
 
-fn blocking_lock(mut file: File) -> Result<Flock<File>, Errno> {
+/// Blocks in `flock(LOCK_EX)`, again after a signal, until locked; with
+/// `called_off`, `None` once it is set and a signal interrupted the call.
+fn blocking_lock(
+    mut file: File,
+    called_off: Option<&AtomicBool>,
+) -> Result<Option<Flock<File>>, Errno> {
     loop {
+        if called_off.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            return Ok(None);
+        }
         match Flock::lock(file, FlockArg::LockExclusive) {
-            Ok(lock) => return Ok(lock),
+            Ok(lock) => return Ok(Some(lock)),
             Err((back, Errno::EINTR)) => file = back,
             Err((_, e)) => return Err(e),
         }

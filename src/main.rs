@@ -29,6 +29,7 @@ mod foreign_reader;
 mod holder;
 mod lock;
 mod lock_record;
+mod lock_waiter;
 mod logging;
 mod path_trust;
 mod printable;

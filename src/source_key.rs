@@ -177,15 +177,7 @@ impl SourceKey {
     }
 
     fn from_url(url: &Url) -> Result<Self, KeyError> {
-        let host = match url.host() {
-            None => return Err(KeyError::NoHost),
-            Some(Host::Domain(domain)) => normalise_domain(domain),
-            Some(Host::Ipv4(ip)) => ip.to_string(),
-            Some(Host::Ipv6(ip)) => match ip.to_ipv4_mapped() {
-                Some(ip) => ip.to_string(),
-                None => format!("[{ip}]"),
-            },
-        };
+        let host = url.host().as_ref().map(canonical_host).unwrap_or_default();
         if host.is_empty() {
             return Err(KeyError::NoHost);
         }
@@ -336,6 +328,54 @@ pub fn default_port(scheme: &str) -> Option<u16> {
 /// server decides); for every other scheme `/stream1/` is `/stream1`.
 fn trailing_slash_matters(scheme: &str) -> bool {
     matches!(scheme, "http" | "https" | "ws" | "wss" | "ftp")
+}
+
+/// A URL's host as a key writes it: a name as [`normalise_domain`] makes
+/// it, IPv4 as a dotted quad, IPv6 compressed in brackets (an IPv4-mapped
+/// one as its dotted quad).
+fn canonical_host(host: &Host<&str>) -> String {
+    match *host {
+        Host::Domain(domain) => normalise_domain(domain),
+        Host::Ipv4(ip) => ip.to_string(),
+        Host::Ipv6(ip) => match ip.to_ipv4_mapped() {
+            Some(ip) => ip.to_string(),
+            None => format!("[{ip}]"),
+        },
+    }
+}
+
+/// A device named by hand (`--device`) as a source's host names it
+/// (issue #16 item 7): a text that is a host alone (a name, an IPv4
+/// address in any `inet_aton` spelling, an IPv6 address with or without
+/// brackets) gets exactly the host rules of a source's key, so
+/// `TUNER.lan`, `tuner.lan.` and `http://tuner.lan:5004/…` name one device,
+/// as do `0x7f0000b4` and `127.0.0.180`, or `fd00::5` and `[FD00::5]`.
+/// Anything else (a name with a port, or characters no host has) is a
+/// name of the operator's, taken as it is.
+#[must_use]
+pub fn canonical_device_name(text: &str) -> String {
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = bare.parse::<std::net::Ipv6Addr>() {
+        return canonical_host(&Host::Ipv6(ip));
+    }
+    // Only what can be a host on its own: no port, path, userinfo, query.
+    let host_only = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b) || b >= 0x80);
+    if !host_only {
+        return text.to_owned();
+    }
+    match Url::parse(&format!("http://{text}/")) {
+        Ok(url) if url.path() == "/" && url.port().is_none() && url.username().is_empty() => url
+            .host()
+            .as_ref()
+            .map_or_else(|| text.to_owned(), canonical_host),
+        _ => text.to_owned(),
+    }
 }
 
 /// A host name as the resolver sees it: lower-case, unreserved escapes
@@ -759,6 +799,40 @@ mod tests {
         }
         let o = SourceKey::from_override("Studio A / Camera 2").unwrap();
         assert!(o.lock_file_name().starts_with("studio_a___camera_2-"));
+    }
+
+    #[test]
+    fn a_device_named_by_hand_is_canonical_like_a_sources_host() {
+        let host_of = |source: &str| {
+            SourceKey::from_source(source)
+                .unwrap()
+                .host()
+                .unwrap()
+                .to_owned()
+        };
+        for (spelling, source) in [
+            ("TUNER.lan", "http://tuner.lan:5004/auto/v5.1"),
+            ("tuner.lan.", "http://tuner.lan:5004/auto/v5.1"),
+            ("Tuner.Lan", "rtsp://TUNER.LAN./s"),
+            ("0x7f0000b4", "http://127.0.0.180:5004/auto/v5.1"),
+            ("0177.0.0.0264", "rtsp://127.0.0.180/s"),
+            ("10.5", "http://10.0.0.5:5004/auto/v5.1"),
+            ("fd00::5", "http://[fd00::5]:5004/auto/v5.1"),
+            ("[FD00::5]", "http://[fd00:0::5]:5004/auto/v5.1"),
+            ("[::ffff:10.0.0.5]", "http://10.0.0.5/"),
+            ("t%55ner.lan", "http://tuner.lan/"),
+        ] {
+            assert_eq!(
+                canonical_device_name(spelling),
+                host_of(source),
+                "{spelling}"
+            );
+        }
+        // Names of the operator's that no host spells stay as they are.
+        for name in ["host:5004", "den/box", "[not-an-address]", "a:b:c"] {
+            assert_eq!(canonical_device_name(name), name);
+        }
+        assert_eq!(canonical_device_name("Den-Box"), "den-box");
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //!   never touches a slot and no lock-order cycle can form.
 //! - A launcher holds at most one slot. Waiting blocks one thread per slot
 //!   in `flock(LOCK_EX)`, each on its own open file description (no
-//!   polling); the first thread to lock wins, a thread that locks later
-//!   unlocks at once, and the losers' descriptors are close-on-exec, so the
+//!   polling); the first thread to lock wins, and every other wait is
+//!   called off and ended before the winner is used
+//!   ([`crate::lock_waiter`]): none waits on, and one that locked in the
+//!   meantime unlocks. The losers' descriptors are close-on-exec, so the
 //!   program inherits exactly one slot.
 //! - A held slot is never taken from its holder: only the kernel frees it,
 //!   when the last descriptor of the holder's open file description closes.
@@ -20,19 +22,19 @@
 //!   carry their launcher's N, and a launcher that sees a smaller one uses
 //!   it (records of free slots are stale and not read).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
-use std::thread;
+use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::error::Error;
 use crate::holder::LockedInode;
 use crate::lock::{self, Acquired, BusyPolicy, HeldLock};
 use crate::lock_record::LockRecord;
+use crate::lock_waiter::LockWaiter;
 use crate::path_trust::{self, Launcher};
 use crate::printable::printable;
 use crate::source_key::{self, SourceKey};
@@ -133,10 +135,14 @@ pub struct DeviceKey {
 }
 
 impl DeviceKey {
-    /// `--device KEY`, taken as it is (trimmed). The key is printed in logs,
-    /// `status` and the program's environment, so what could carry a
-    /// credential (userinfo's `@`, a query or fragment) is refused: a
-    /// device key is a name, not a URL.
+    /// `--device KEY`, trimmed, and a host canonicalised as a source's host
+    /// is ([`source_key::canonical_device_name`]: `TUNER.lan.` is
+    /// `tuner.lan`, `0x0a000005` is `10.0.0.5`, `FD00::5` is `[fd00::5]`), so
+    /// a launcher naming the device and one deriving it from its source
+    /// take the same slots. The key is printed in logs, `status` and the
+    /// program's environment, so what could carry a credential (userinfo's
+    /// `@`, a query or fragment) is refused: a device key is a name, not a
+    /// URL.
     ///
     /// # Errors
     /// A message for clap when the key is empty, has whitespace or control
@@ -150,7 +156,7 @@ impl DeviceKey {
             return Err("a device key is a name, not a URL: it may not contain @, ? or # (it is printed, and a credential must not be); pass e.g. 10.0.0.5 or den-hdhomerun".into());
         }
         Ok(Self {
-            canonical: key.to_owned(),
+            canonical: source_key::canonical_device_name(key),
         })
     }
 
@@ -282,6 +288,206 @@ pub enum SlotOutcome {
         slots: Vec<BusySlot>,
         timed_out: bool,
     },
+    /// A slot was free, but the kernel shows held slots whose files were
+    /// deleted or moved by hand (orphans): with them, taking it would make
+    /// more readers than the device has tuners.
+    Orphaned {
+        orphans: Vec<OrphanedSlot>,
+        timed_out: bool,
+    },
+}
+
+/// A held slot of a device whose file is no longer at its path (deleted,
+/// moved or renamed while held): a tuner in use that no slot file shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanedSlot {
+    pub slot: u32,
+    /// The process that took it (the kernel's lock table names it).
+    pub pid: u32,
+    /// Its descriptor of the orphan: `/proc/<pid>/fd/<n>`.
+    pub via: PathBuf,
+    /// Deleted (else moved or renamed).
+    pub deleted: bool,
+}
+
+/// `slot 1's file was deleted while held by pid 4242`, for each orphan.
+#[must_use]
+pub fn describe_orphans(orphans: &[OrphanedSlot]) -> String {
+    orphans
+        .iter()
+        .map(|o| {
+            format!(
+                "slot {}'s file was {} while held by pid {} (a tuner still in use that no slot file shows)",
+                o.slot,
+                if o.deleted { "deleted" } else { "moved or renamed" },
+                o.pid
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What the kernel's lock table (`<proc_root>/locks`) shows of `device`'s
+/// slots: how many of its slot files at their paths are held, and the held
+/// slots whose files left their paths. An orphan is found by its inode: a
+/// flock on the lock directory's filesystem that no lock or slot file in
+/// the directory names, whose taker still has a descriptor of it with a
+/// slot record of this device. Best effort, and never wrong in the unsafe
+/// direction: a row the table skips (ECP-0132) or a taker that exited
+/// (the descriptor inherited) hides an orphan, as before this check; what
+/// is found is there.
+fn census(
+    proc_root: &Path,
+    lock_dir: &Path,
+    device: &DeviceKey,
+    count: u32,
+) -> (usize, Vec<OrphanedSlot>) {
+    let Ok(dir) = fs::metadata(lock_dir) else {
+        return (0, Vec::new());
+    };
+    let dir_inode = LockedInode::of_metadata(&dir);
+    let stem = device.file_stem();
+    let mut ours = BTreeSet::new();
+    let mut named = BTreeSet::new();
+    for entry in fs::read_dir(lock_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if parse_slot_file_name(name).is_some_and(|(s, _)| s == stem) {
+            ours.insert(entry.ino());
+        }
+        if Path::new(name).extension().is_some_and(|x| x == "lock")
+            || parse_slot_file_name(name).is_some()
+        {
+            named.insert(entry.ino());
+        }
+    }
+    let table = fs::read_to_string(proc_root.join("locks")).unwrap_or_default();
+    let held: BTreeSet<(u64, Option<u32>)> = crate::proc_locks::parse(&table)
+        .into_iter()
+        .filter(|row| {
+            row.kind == crate::proc_locks::LockKind::Flock
+                && !row.waiting
+                && row.dev_major == dir_inode.dev_major
+                && row.dev_minor == dir_inode.dev_minor
+        })
+        .map(|row| (row.inode, row.pid))
+        .collect();
+    let in_place = held
+        .iter()
+        .map(|(inode, _)| *inode)
+        .filter(|inode| ours.contains(inode))
+        .collect::<BTreeSet<_>>()
+        .len();
+    // Held inodes no file of the directory names: at most this many
+    // orphans. Only when they could tip the device over its count are
+    // their takers' descriptors looked at (usually none: a device with a
+    // free tuner, or a filesystem where only our files are locked).
+    let mut unnamed: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    for (inode, pid) in &held {
+        if let (false, Some(pid)) = (named.contains(inode), pid) {
+            unnamed.entry(*pid).or_default().insert(*inode);
+        }
+    }
+    let candidates: usize = unnamed.values().map(BTreeSet::len).sum();
+    if in_place + candidates <= usize::try_from(count).unwrap_or(usize::MAX) {
+        return (in_place, Vec::new());
+    }
+    let orphans = unnamed
+        .iter()
+        .flat_map(|(pid, inodes)| orphans_of(proc_root, *pid, inodes, dir_inode, device))
+        .collect();
+    (in_place, orphans)
+}
+
+/// The slots of `device` that `pid`'s descriptors of `inodes` hold, when
+/// their records say they are slots of it taken in this lock directory
+/// (`lock_dir_inode`; one pass over its descriptors).
+fn orphans_of(
+    proc_root: &Path,
+    pid: u32,
+    inodes: &BTreeSet<u64>,
+    dir_inode: LockedInode,
+    device: &DeviceKey,
+) -> Vec<OrphanedSlot> {
+    let mut found: BTreeMap<u64, OrphanedSlot> = BTreeMap::new();
+    let fd_dir = proc_root.join(pid.to_string()).join("fd");
+    for entry in fs::read_dir(&fd_dir).into_iter().flatten().flatten() {
+        let via = entry.path();
+        let Some(inode) = fs::metadata(&via)
+            .ok()
+            .map(|m| LockedInode::of_metadata(&m))
+            .filter(|i| i.dev_major == dir_inode.dev_major && i.dev_minor == dir_inode.dev_minor)
+            .map(|i| i.inode)
+            .filter(|i| inodes.contains(i) && !found.contains_key(i))
+        else {
+            continue;
+        };
+        let record = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&via)
+            .ok()
+            .and_then(|f| LockRecord::read_from(&f));
+        let Some((slot, record)) = record.and_then(|r| Some((r.slot?, r))) else {
+            continue;
+        };
+        // A slot of this device in this directory: another lock directory
+        // on the filesystem may name a device alike.
+        if record.device.as_deref() != Some(device.as_str())
+            || record.lock_dir_inode != Some(dir_inode.inode)
+        {
+            continue;
+        }
+        let deleted = fs::read_link(&via)
+            .is_ok_and(|target| target.to_string_lossy().ends_with(" (deleted)"));
+        found.insert(
+            inode,
+            OrphanedSlot {
+                slot,
+                pid,
+                via,
+                deleted,
+            },
+        );
+    }
+    found.into_values().collect()
+}
+
+/// Blocks until no process holds any of `orphans` (a flock(2) on each
+/// orphan's own inode, opened through its holder's descriptor, is granted
+/// when they are gone), or `deadline` passes: `false`.
+fn wait_for_orphans(orphans: &[OrphanedSlot], deadline: Option<Instant>) -> bool {
+    for orphan in orphans {
+        let Ok(file) = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&orphan.via)
+        else {
+            // Its holder is gone already.
+            continue;
+        };
+        let (sender, receiver) = mpsc::channel();
+        let Ok(waiter) = LockWaiter::spawn("orphan-wait".into(), move |called_off| {
+            let free = lock::block_until_free(file, called_off);
+            let _ = sender.send(());
+            free
+        }) else {
+            return false;
+        };
+        let ended = match deadline {
+            None => receiver.recv().is_ok(),
+            Some(d) => receiver
+                .recv_timeout(d.saturating_duration_since(Instant::now()))
+                .is_ok(),
+        };
+        let free = waiter.call_off().unwrap_or(false);
+        if !(ended && free) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Takes one of `wanted` slots of `device`: the first free one in slot
@@ -296,6 +502,15 @@ pub enum SlotOutcome {
 ///
 /// `on_wait` is called once, with every slot's file, before blocking.
 ///
+/// A slot taken is checked against the kernel's lock table (issue #16
+/// item 8): a held slot whose file was deleted or moved by hand is a tuner
+/// in use that no slot file shows, and a new file at its path is what a
+/// launcher just took. When the held slots at their paths and such orphans
+/// come to more than the count, the slot is let go: with `skip` the
+/// outcome is [`SlotOutcome::Orphaned`]; with `wait` the launcher waits
+/// (in flock(2), on the orphan's own inode, reached through its holder's
+/// descriptor) until the orphan's holders are gone, and tries again.
+///
 /// # Errors
 /// Opening or locking failures of a slot file, as for source locks.
 pub fn acquire(
@@ -307,6 +522,57 @@ pub fn acquire(
     me: &Launcher,
     on_wait: &mut dyn FnMut(&[BusySlot]),
 ) -> Result<SlotOutcome, Error> {
+    let mut announced = false;
+    let mut once = |slots: &[BusySlot]| {
+        if !announced {
+            announced = true;
+            on_wait(slots);
+        }
+    };
+    loop {
+        let (outcome, count) =
+            acquire_once(lock_dir, device, wanted, wait, deadline, me, &mut once)?;
+        let SlotOutcome::Held(held) = outcome else {
+            return Ok(outcome);
+        };
+        let (in_place, orphans) = census(Path::new("/proc"), lock_dir, device, count);
+        if orphans.is_empty()
+            || in_place + orphans.len() <= usize::try_from(count).unwrap_or(usize::MAX)
+        {
+            return Ok(SlotOutcome::Held(held));
+        }
+        // One reader too many: let the slot go before anything reads.
+        drop(held);
+        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        if !wait || timed_out {
+            return Ok(SlotOutcome::Orphaned { orphans, timed_out });
+        }
+        tracing::warn!(
+            device = %printable(device.as_str()),
+            "{}; waiting until they are gone before taking a slot of {}",
+            describe_orphans(&orphans),
+            printable(device.as_str()),
+        );
+        if !wait_for_orphans(&orphans, deadline) {
+            return Ok(SlotOutcome::Orphaned {
+                orphans,
+                timed_out: true,
+            });
+        }
+    }
+}
+
+/// One pass of [`acquire`], and the count agreed on.
+#[allow(clippy::too_many_arguments)]
+fn acquire_once(
+    lock_dir: &Path,
+    device: &DeviceKey,
+    wanted: u32,
+    wait: bool,
+    deadline: Option<Instant>,
+    me: &Launcher,
+    on_wait: &mut dyn FnMut(&[BusySlot]),
+) -> Result<(SlotOutcome, u32), Error> {
     let mut count = wanted;
     let mut others = BTreeSet::new();
     let mut busy = Vec::new();
@@ -316,7 +582,7 @@ pub fn acquire(
         match lock::acquire(&path, BusyPolicy::Skip, me, &mut |_| {})? {
             Acquired::Held(lock) => {
                 warn_on_disagreement(device, wanted, &others, count);
-                return Ok(SlotOutcome::Held(HeldSlot { lock, slot }));
+                return Ok((SlotOutcome::Held(HeldSlot { lock, slot }), count));
             }
             Acquired::Busy { file, .. } => {
                 let recorded = LockRecord::read_from(&file).and_then(|r| r.tuners);
@@ -335,67 +601,95 @@ pub fn acquire(
         timed_out: true,
     };
     if !wait {
-        return Ok(SlotOutcome::Busy {
+        let busy = SlotOutcome::Busy {
             slots: busy,
             timed_out: false,
-        });
+        };
+        return Ok((busy, count));
     }
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     if remaining.is_some_and(|r| r.is_zero()) {
-        return Ok(timed_out(busy));
+        return Ok((timed_out(busy), count));
     }
     on_wait(&busy);
-    // One blocked flock(2) per slot we may take; `decided` makes exactly
-    // one the winner.
-    let decided = Arc::new(Mutex::new(false));
+    match wait_for_any(lock_dir, device, count, remaining, me)? {
+        Some(held) => Ok((SlotOutcome::Held(held), count)),
+        None => Ok((timed_out(busy), count)),
+    }
+}
+
+/// One blocked flock(2) per slot `0..count`, each in a
+/// [`LockWaiter`] thread; the first to lock wins. Then every other wait is
+/// called off and ended before this returns (issue #16 item 9): a thread
+/// left blocked would show as a waiter in `/proc/locks` and snatch the
+/// next slot freed from whoever asks for it then, for the program's whole
+/// life in cluster mode. A waiter that locked in the meantime unlocks as
+/// it ends (its lock is dropped). `None`: `remaining` passed first.
+fn wait_for_any(
+    lock_dir: &Path,
+    device: &DeviceKey,
+    count: u32,
+    remaining: Option<std::time::Duration>,
+    me: &Launcher,
+) -> Result<Option<HeldSlot>, Error> {
     let (sender, receiver) = mpsc::channel();
+    let mut waiters = Vec::new();
     for slot in 0..count {
         let path = device.slot_path(lock_dir, slot);
-        let (decided, sender, me) = (Arc::clone(&decided), sender.clone(), me.clone());
-        thread::Builder::new()
-            .name(format!("slot-wait-{slot}"))
-            .spawn(move || {
-                // All were busy a moment ago: announced once, above.
-                let outcome =
-                    lock::acquire(&path, BusyPolicy::Wait { timeout: None }, &me, &mut |_| {});
-                let mut decided = decided.lock().unwrap_or_else(PoisonError::into_inner);
-                if *decided {
-                    // A late winner: unlock at once (dropping `outcome`).
-                    return;
-                }
-                match outcome {
-                    Ok(Acquired::Held(lock)) => {
-                        *decided = true;
-                        let _ = sender.send(Ok(HeldSlot { lock, slot }));
-                    }
-                    // Without a timeout a wait only ends locked or failed.
-                    Ok(Acquired::Busy { .. }) => {}
-                    Err(error) => {
-                        *decided = true;
-                        let _ = sender.send(Err(error));
-                    }
-                }
-            })
-            .map_err(|source| Error::StartWaitThread {
-                path: device.slot_path(lock_dir, slot),
-                source,
-            })?;
+        let (sender, me) = (sender.clone(), me.clone());
+        let started = LockWaiter::spawn(format!("slot-wait-{slot}"), move |called_off| {
+            let outcome = lock::acquire_unless_called_off(&path, &me, called_off);
+            if let Ok(Some(_)) | Err(_) = &outcome {
+                let _ = sender.send(slot);
+            }
+            outcome
+        });
+        match started {
+            Ok(waiter) => waiters.push(waiter),
+            Err(source) => {
+                call_off(waiters);
+                return Err(Error::StartWaitThread {
+                    path: device.slot_path(lock_dir, slot),
+                    source,
+                });
+            }
+        }
     }
     drop(sender);
-    let winner = match remaining {
+    let first = match remaining {
         None => receiver.recv().ok(),
-        Some(remaining) => receiver.recv_timeout(remaining).ok().or_else(|| {
-            // Time is up: no thread may win from now on, but one may have
-            // won just before we decided.
-            *decided.lock().unwrap_or_else(PoisonError::into_inner) = true;
-            receiver.try_recv().ok()
-        }),
+        Some(remaining) => receiver.recv_timeout(remaining).ok(),
     };
-    match winner {
-        Some(Ok(held)) => Ok(SlotOutcome::Held(held)),
+    let mut outcomes = call_off(waiters);
+    // The first to report wins; one that locked after it is unlocked here.
+    // With time up, one that locked just before the waits were called off
+    // is still taken.
+    let late = || {
+        outcomes
+            .iter()
+            .find(|(_, outcome)| matches!(outcome, Ok(Some(_))))
+            .map(|(slot, _)| *slot)
+    };
+    let Some(winner) = first.or_else(late) else {
+        return Ok(None);
+    };
+    match outcomes.remove(&winner) {
+        Some(Ok(Some(lock))) => Ok(Some(HeldSlot { lock, slot: winner })),
         Some(Err(error)) => Err(error),
-        None => Ok(timed_out(busy)),
+        // The winner reported and ended: it cannot have neither.
+        Some(Ok(None)) | None => Ok(None),
     }
+}
+
+/// Calls off every wait and returns what each ended with, by slot.
+fn call_off(
+    waiters: Vec<LockWaiter<Result<Option<HeldLock>, Error>>>,
+) -> std::collections::BTreeMap<u32, Result<Option<HeldLock>, Error>> {
+    waiters
+        .into_iter()
+        .zip(0..)
+        .filter_map(|(waiter, slot)| Some((slot, waiter.call_off()?)))
+        .collect()
 }
 
 fn warn_on_disagreement(device: &DeviceKey, wanted: u32, others: &BTreeSet<u32>, count: u32) {
@@ -414,6 +708,71 @@ fn warn_on_disagreement(device: &DeviceKey, wanted: u32, others: &BTreeSet<u32>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `census` on a lock table given as text, with a stand-in `/proc`
+    /// whose descriptor links point at the files.
+    #[test]
+    fn the_census_counts_held_slot_files_and_finds_a_held_slot_moved_out_of_the_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let (lock_dir, proc_root) = (root.path().join("locks"), root.path().join("proc"));
+        fs::create_dir_all(&lock_dir).unwrap();
+        let device = DeviceKey::from_flag("den-box").unwrap();
+        let dir_meta = fs::metadata(&lock_dir).unwrap();
+        let record = |slot: u32, device: &str, dir: u64| LockRecord {
+            device: Some(device.to_owned()),
+            slot: Some(slot),
+            lock_dir_inode: Some(dir),
+            ..LockRecord::for_this_launch("k", "s", "p", None)
+        };
+        let mut files = Vec::new();
+        let mut file_at = |path: PathBuf, record: LockRecord| {
+            let file = File::create(&path).unwrap();
+            record.write_into(&file).unwrap();
+            files.push(path.clone());
+            fs::metadata(&path).unwrap().ino()
+        };
+        let slot0 = file_at(
+            device.slot_path(&lock_dir, 0),
+            record(0, "den-box", dir_meta.ino()),
+        );
+        let _slot1 = file_at(
+            device.slot_path(&lock_dir, 1),
+            record(1, "den-box", dir_meta.ino()),
+        );
+        // Slot 1's first file, moved away while held (pid 42 holds it).
+        let moved = file_at(
+            root.path().join("moved"),
+            record(1, "den-box", dir_meta.ino()),
+        );
+        // Another directory's slot of a device named alike (pid 43).
+        let elsewhere = file_at(root.path().join("other"), record(0, "den-box", 1));
+        for (pid, target) in [(42, &files[2]), (43, &files[3])] {
+            let fd = proc_root.join(pid.to_string()).join("fd");
+            fs::create_dir_all(&fd).unwrap();
+            std::os::unix::fs::symlink(target, fd.join("3")).unwrap();
+        }
+        let dev = dir_meta.dev();
+        let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        let row = |n: u32, pid: u32, inode: u64| {
+            format!("{n}: FLOCK  ADVISORY  WRITE {pid} {major:02x}:{minor:02x}:{inode} 0 EOF\n")
+        };
+        let table = [row(1, 41, slot0), row(2, 42, moved), row(3, 43, elsewhere)].concat();
+        fs::write(proc_root.join("locks"), &table).unwrap();
+        // With room for every unnamed lock, no descriptor is looked at.
+        assert_eq!(census(&proc_root, &lock_dir, &device, 3), (1, Vec::new()));
+        let (in_place, orphans) = census(&proc_root, &lock_dir, &device, 2);
+        assert_eq!(in_place, 1);
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!(
+            (orphans[0].slot, orphans[0].pid, orphans[0].deleted),
+            (1, 42, false)
+        );
+        assert!(
+            describe_orphans(&orphans)
+                .contains("slot 1's file was moved or renamed while held by pid 42")
+        );
+    }
 
     #[test]
     fn tuner_counts_are_auto_or_one_to_sixty_four() {
@@ -481,5 +840,15 @@ mod tests {
             "[fd00::5]"
         );
         assert_eq!(DeviceKey::from_flag(" den ").unwrap().as_str(), "den");
+        // A host is canonical as a source's host is (issue #16 item 7).
+        for (spelling, canonical) in [
+            ("TUNER.lan", "tuner.lan"),
+            ("tuner.lan.", "tuner.lan"),
+            ("0x7f0000b4", "127.0.0.180"),
+            ("fd00::5", "[fd00::5]"),
+            ("[FD00::5]", "[fd00::5]"),
+        ] {
+            assert_eq!(DeviceKey::from_flag(spelling).unwrap().as_str(), canonical);
+        }
     }
 }

@@ -14,6 +14,8 @@
 use std::time::Instant;
 
 use super::etcd::{Created, EtcdClient, EtcdError, KeyValue, WatchOutcome};
+use super::keyspace;
+use super::record::Declarant;
 
 /// How a claim ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,56 +74,231 @@ pub fn claim(
     }
 }
 
-/// One of `count` slots under `device_prefix` (`slot-0`..`slot-{count-1}`),
-/// lowest free first; waits on the prefix's deletes. `None`: every slot is
-/// held (skip), or `until` passed. `on_wait` is told the holders whenever
-/// a wait starts.
+/// What a launcher asks of a device's slots.
+pub struct SlotRequest<'a> {
+    /// The device's prefix (`<prefix>/devices/<device>/`).
+    pub device_prefix: &'a [u8],
+    /// The tuner count this launcher declares (`--tuners`).
+    pub count: u32,
+    /// The slot key's value, made at each try (it dates the holding and
+    /// records `count`).
+    pub value: &'a dyn Fn() -> Vec<u8>,
+    /// The waiting key's value (records `count`), made when registering.
+    pub waiting_value: &'a dyn Fn() -> Vec<u8>,
+}
+
+impl std::fmt::Debug for SlotRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotRequest")
+            .field(
+                "device_prefix",
+                &String::from_utf8_lossy(self.device_prefix),
+            )
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A launcher made to use fewer tuners than it declared: who declared
+/// fewer (ECP-0135 section 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    /// What this launcher declared.
+    pub own: u32,
+    /// What it uses: the smallest count declared.
+    pub using: u32,
+    /// The keys (slots and waiters) whose records declare less than `own`.
+    pub by: Vec<KeyValue>,
+}
+
+/// One of the device's slots (`slot-0`..), taken only when fewer slots are
+/// held than the smallest tuner count declared by this launcher, any
+/// holder and any waiter of the device, and only at an index below that
+/// count (ECP-0135 section 5). The choice is made on one look at the
+/// device's keys and taken by a txn that fails if anything under the
+/// device was written since that look, so two launchers never both decide
+/// on an old view; a failed txn looks again. A waiting launcher registers
+/// its own count under `waiting/<lease>` (removed by the txn that takes
+/// its slot, or with its lease) and watches the device's prefix for
+/// deletes (a slot freed, a waiter gone; any other delete is a spurious
+/// wake-up that only costs a look). `None`: no slot may be taken (skip),
+/// or `until` passed. `on_wait` is told the holders whenever a wait starts
+/// with other holders than the last; `on_disagree` once, when other
+/// launchers' counts first make this one use fewer than it declared.
 ///
 /// # Errors
-/// Any [`EtcdError`] of a txn or the watch.
+/// Any [`EtcdError`] of a look, a txn, the registration or the watch.
 #[allow(clippy::too_many_arguments)] // the plan's signature
 pub fn claim_slot(
     client: &EtcdClient,
-    device_prefix: &[u8],
-    count: u32,
-    value: &dyn Fn() -> Vec<u8>,
+    request: &SlotRequest<'_>,
     lease: i64,
     wait: bool,
     until: Option<Instant>,
     on_wait: &mut dyn FnMut(&[KeyValue]),
+    on_disagree: &mut dyn FnMut(&Disagreement),
 ) -> Result<Option<u32>, EtcdError> {
-    let mut under = device_prefix.to_vec();
+    let mut under = request.device_prefix.to_vec();
     if !under.ends_with(b"/") {
         under.push(b'/');
     }
+    let waiting_key = keyspace::waiting_under(&under, lease);
+    let mut told: Option<Vec<(i64, i64)>> = None;
+    let mut disagreement_told = false;
+    let mut changed_under_us = 0_u32;
     loop {
-        let mut holders = Vec::new();
-        // The first look's revision: a delete of any slot after it wakes us,
-        // also one of a slot looked at before the others.
-        let mut first_revision = None;
-        for slot in 0..count {
-            let mut key = under.clone();
-            key.extend_from_slice(format!("slot-{slot}").as_bytes());
-            match client.create(&key, &value(), lease)? {
-                Created::Ours { .. } => return Ok(Some(slot)),
-                Created::Held { holder, .. } if holder.lease == lease => return Ok(Some(slot)),
-                Created::Held { holder, revision } => {
-                    first_revision.get_or_insert(revision);
-                    holders.push(holder);
-                }
-            }
+        let view = DeviceView::look(client, &under)?;
+        if let Some(slot) = view.held_by(lease) {
+            // An earlier txn whose answer was lost did succeed.
+            return Ok(Some(slot));
         }
-        let Some(revision) = first_revision else {
-            // No slots at all (count 0): nothing can ever be taken.
-            return Ok(None);
-        };
+        let using = view.agreed_count(request.count, lease);
+        if using < request.count && !disagreement_told {
+            disagreement_told = true;
+            on_disagree(&Disagreement {
+                own: request.count,
+                using,
+                by: view.declaring_fewer_than(request.count, lease),
+            });
+        }
+        if let Some(slot) = view.free_slot(using) {
+            let registered = view.is_waiting(lease).then_some(waiting_key.as_slice());
+            if client.create_if_unchanged(
+                &under,
+                view.revision,
+                &keyspace::slot_under(&under, slot),
+                &(request.value)(),
+                lease,
+                registered,
+            )? {
+                return Ok(Some(slot));
+            }
+            // Another launcher wrote first: look again, at once while it
+            // is rare, with a short pause when a writer keeps winning.
+            changed_under_us += 1;
+            if changed_under_us > 3 {
+                std::thread::sleep(std::time::Duration::from_millis(
+                    10 * u64::from(changed_under_us.min(20)),
+                ));
+            }
+            continue;
+        }
         if !wait || passed(until) {
             return Ok(None);
         }
-        on_wait(&holders);
-        if client.wait_for_delete(&under, true, revision, until)? == WatchOutcome::TimedOut {
+        let holders: Vec<KeyValue> = view.slots.iter().map(|(_, kv)| kv.clone()).collect();
+        let identity: Vec<(i64, i64)> = holders
+            .iter()
+            .map(|h| (h.create_revision, h.lease))
+            .collect();
+        if told.as_ref() != Some(&identity) {
+            on_wait(&holders);
+            told = Some(identity);
+        }
+        if !view.is_waiting(lease) {
+            client.put(&waiting_key, &(request.waiting_value)(), lease)?;
+        }
+        // From the look's revision: a slot freed between the look and the
+        // watch (or the registration) still wakes us.
+        if client.wait_for_delete(&under, true, view.revision, until)? == WatchOutcome::TimedOut {
             return Ok(None);
         }
+    }
+}
+
+/// One look at a device's keys (one range, at one revision).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceView {
+    /// The store's revision of the look.
+    pub revision: i64,
+    /// The held slots, by index, in key order.
+    pub slots: Vec<(u32, KeyValue)>,
+    /// The registered waiters (this launcher's included).
+    pub waiters: Vec<KeyValue>,
+}
+
+impl DeviceView {
+    /// Reads every key under the device's prefix `under`. Keys that are
+    /// neither slots nor waiters (a newer layout's, an operator's) are not
+    /// counted.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`] of the range.
+    pub fn look(client: &EtcdClient, under: &[u8]) -> Result<Self, EtcdError> {
+        let (kvs, revision) = client.list_at(under)?;
+        Ok(Self::from_keys(kvs, revision))
+    }
+
+    /// Sorts keys read under one device's prefix into slots and waiters.
+    #[must_use]
+    pub fn from_keys(kvs: Vec<KeyValue>, revision: i64) -> Self {
+        let mut view = Self {
+            revision,
+            slots: Vec::new(),
+            waiters: Vec::new(),
+        };
+        for kv in kvs {
+            match keyspace::parse(&kv.key) {
+                Some(keyspace::Named::Slot { index, .. }) => view.slots.push((index, kv)),
+                Some(keyspace::Named::Waiting { .. }) => view.waiters.push(kv),
+                _ => {}
+            }
+        }
+        view
+    }
+
+    /// The slot held under `lease`, if any.
+    #[must_use]
+    pub fn held_by(&self, lease: i64) -> Option<u32> {
+        self.slots
+            .iter()
+            .find(|(_, kv)| kv.lease == lease)
+            .map(|(index, _)| *index)
+    }
+
+    /// True when `lease`'s waiting key is registered.
+    #[must_use]
+    pub fn is_waiting(&self, lease: i64) -> bool {
+        self.waiters.iter().any(|kv| kv.lease == lease)
+    }
+
+    /// Every holder's and other waiter's key with the count its record
+    /// declares (records that declare none, older or not ours, are left
+    /// out: they cannot be agreed with).
+    fn declarations(&self, lease: i64) -> impl Iterator<Item = (u32, &KeyValue)> {
+        self.slots
+            .iter()
+            .map(|(_, kv)| kv)
+            .chain(self.waiters.iter().filter(move |kv| kv.lease != lease))
+            .filter_map(|kv| Some((Declarant::from_json(&kv.value)?.declared_tuners()?, kv)))
+    }
+
+    /// The count a launcher declaring `own` (under `lease`) goes by: the
+    /// smallest declared by it, any holder and any other waiter.
+    #[must_use]
+    pub fn agreed_count(&self, own: u32, lease: i64) -> u32 {
+        self.declarations(lease).map(|(n, _)| n).fold(own, u32::min)
+    }
+
+    /// The keys whose records declare fewer than `own`.
+    #[must_use]
+    pub fn declaring_fewer_than(&self, own: u32, lease: i64) -> Vec<KeyValue> {
+        self.declarations(lease)
+            .filter(|(n, _)| *n < own)
+            .map(|(_, kv)| kv.clone())
+            .collect()
+    }
+
+    /// The slot to take when `count` tuners are agreed on: the lowest free
+    /// index below `count`, and only while fewer than `count` slots are
+    /// held at all (a slot held beyond the count, by a launcher that
+    /// declared more, still uses a tuner).
+    #[must_use]
+    pub fn free_slot(&self, count: u32) -> Option<u32> {
+        if self.slots.len() >= usize::try_from(count).unwrap_or(usize::MAX) {
+            return None;
+        }
+        (0..count).find(|index| self.slots.iter().all(|(held, _)| held != index))
     }
 }
 
@@ -277,18 +454,41 @@ mod tests {
         assert!(took < Duration::from_secs(3), "{took:?}");
     }
 
-    fn slot(client: &EtcdClient, lease: i64, wait: bool, until: Option<Instant>) -> Option<u32> {
-        claim_slot(
+    /// A slot record declaring `tuners` (as `run` writes it).
+    fn declaring(tuners: u32) -> Vec<u8> {
+        format!(r#"{{"node":"n","unit":null,"pid":1,"tuners":{tuners}}}"#).into_bytes()
+    }
+
+    fn slot_of(
+        client: &EtcdClient,
+        count: u32,
+        lease: i64,
+        wait: bool,
+        until: Option<Instant>,
+    ) -> (Option<u32>, Vec<Disagreement>) {
+        let value = move || declaring(count);
+        let request = SlotRequest {
+            device_prefix: DEVICE,
+            count,
+            value: &value,
+            waiting_value: &value,
+        };
+        let mut told = Vec::new();
+        let taken = claim_slot(
             client,
-            DEVICE,
-            2,
-            &|| b"v".to_vec(),
+            &request,
             lease,
             wait,
             until,
             &mut |_| {},
+            &mut |d| told.push(d.clone()),
         )
-        .expect("claim_slot")
+        .expect("claim_slot");
+        (taken, told)
+    }
+
+    fn slot(client: &EtcdClient, lease: i64, wait: bool, until: Option<Instant>) -> Option<u32> {
+        slot_of(client, 2, lease, wait, until).0
     }
 
     #[test]
@@ -310,29 +510,140 @@ mod tests {
             let lease = leases[2];
             thread::spawn(move || {
                 let until = Some(Instant::now() + Duration::from_secs(20));
+                let value = || declaring(2);
+                let request = SlotRequest {
+                    device_prefix: DEVICE,
+                    count: 2,
+                    value: &value,
+                    waiting_value: &value,
+                };
                 claim_slot(
                     &client,
-                    DEVICE,
-                    2,
-                    &|| b"v".to_vec(),
+                    &request,
                     lease,
                     true,
                     until,
                     &mut |holders| {
                         waiting_tx.send(holders.len()).expect("report");
                     },
+                    &mut |_| {},
                 )
                 .expect("claim_slot")
             })
         };
         assert_eq!(waiting.recv().expect("the third waits"), 2);
         thread::sleep(Duration::from_millis(300));
+        let registered = client.list(DEVICE).expect("list");
+        assert_eq!(
+            registered.len(),
+            3,
+            "two slots and the waiter: {registered:?}"
+        );
         client.revoke(leases[1]).expect("revoke");
         assert_eq!(waiter.join().expect("waiter"), Some(1));
+        // The take removed the waiting key in the same txn.
         let held = client.list(DEVICE).expect("list");
-        assert_eq!(held.len(), 2);
+        assert_eq!(held.len(), 2, "{held:?}");
         assert_eq!(held[0].lease, leases[0]);
         assert_eq!(held[1].lease, leases[2]);
+    }
+
+    #[test]
+    fn a_claimant_declaring_more_tuners_than_a_holder_goes_by_the_holders_count() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let leases = [lease(&client, 10), lease(&client, 10), lease(&client, 10)];
+        assert_eq!(slot_of(&client, 2, leases[0], false, None).0, Some(0));
+        assert_eq!(slot_of(&client, 3, leases[1], false, None).0, Some(1));
+        let (taken, told) = slot_of(&client, 3, leases[2], false, None);
+        assert_eq!(taken, None, "slot-2 is beyond the holder's two");
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!((told[0].own, told[0].using), (3, 2));
+        assert_eq!(told[0].by.len(), 1);
+        assert_eq!(told[0].by[0].lease, leases[0]);
+    }
+
+    #[test]
+    fn a_waiter_declaring_fewer_tuners_counts_as_if_it_held_a_slot() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let leases: Vec<i64> = (0..4).map(|_| lease(&client, 10)).collect();
+        assert_eq!(slot_of(&client, 3, leases[0], false, None).0, Some(0));
+        assert_eq!(slot_of(&client, 3, leases[1], false, None).0, Some(1));
+        // A waiter saying two: its wait times out, registered meanwhile.
+        let waiter = {
+            let client = client.clone();
+            let lease = leases[2];
+            thread::spawn(move || {
+                let until = Some(Instant::now() + Duration::from_secs(3));
+                slot_of(&client, 2, lease, true, until)
+            })
+        };
+        let under = [DEVICE, b"/"].concat();
+        assert!(
+            (0..200).any(|_| {
+                thread::sleep(Duration::from_millis(10));
+                DeviceView::look(&client, &under).is_ok_and(|v| v.is_waiting(leases[2]))
+            }),
+            "the waiter never registered"
+        );
+        let (taken, told) = slot_of(&client, 3, leases[3], false, None);
+        assert_eq!(taken, None, "slot-2 is beyond the waiter's two");
+        assert_eq!(told[0].by[0].lease, leases[2]);
+        let (after_timeout, told) = waiter.join().expect("waiter");
+        assert_eq!(after_timeout, None);
+        assert!(told.is_empty(), "it declared the fewest: {told:?}");
+    }
+
+    #[test]
+    fn a_take_decided_on_an_old_look_fails_when_anything_under_the_device_was_written_since() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let ours = lease(&client, 10);
+        let under = [DEVICE, b"/"].concat();
+        let view = DeviceView::look(&client, &under).expect("look");
+        assert_eq!(view.free_slot(2), Some(0));
+        // A waiter registers after the look: the take must look again.
+        let waiter = lease(&client, 10);
+        client
+            .put(
+                &keyspace::waiting_under(&under, waiter),
+                &declaring(1),
+                waiter,
+            )
+            .expect("put");
+        let key = keyspace::slot_under(&under, 0);
+        assert!(
+            !client
+                .create_if_unchanged(&under, view.revision, &key, b"v", ours, None)
+                .expect("txn"),
+            "a take on a stale look succeeded"
+        );
+        let view = DeviceView::look(&client, &under).expect("look");
+        assert_eq!(view.agreed_count(2, ours), 1);
+        assert!(
+            client
+                .create_if_unchanged(&under, view.revision, &key, b"v", ours, None)
+                .expect("txn")
+        );
+        // A key under another device's prefix is none of this one's business.
+        let other = [DEVICE, b"x/"].concat();
+        let view = DeviceView::look(&client, &other).expect("look");
+        client
+            .put(&keyspace::slot_under(&under, 1), b"v", ours)
+            .expect("put");
+        assert!(
+            client
+                .create_if_unchanged(
+                    &other,
+                    view.revision,
+                    &keyspace::slot_under(&other, 0),
+                    b"v",
+                    ours,
+                    None
+                )
+                .expect("txn")
+        );
     }
 
     #[test]

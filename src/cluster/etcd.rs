@@ -491,6 +491,73 @@ impl EtcdClient {
         kvs(&answer).map_err(|reason| malformed(OP, &endpoint, reason))
     }
 
+    /// Every key under `prefix`, in key order, and the store's revision
+    /// they were read at (one range: one consistent view).
+    ///
+    /// # Errors
+    /// Any [`EtcdError`].
+    pub fn list_at(&self, prefix: &[u8]) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+        const OP: &str = "list";
+        let request = json!({
+            "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix))
+        });
+        let (answer, endpoint) = self.call(OP, "/v3/kv/range", &request)?;
+        let kvs = kvs(&answer).map_err(|reason| malformed(OP, &endpoint, reason))?;
+        Ok((kvs, header_revision(&answer)))
+    }
+
+    /// Puts `key` = `value` under `lease`, whatever was there.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`]; an ambiguous one may have put it.
+    pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<(), EtcdError> {
+        let request = json!({
+            "key": BASE64.encode(key), "value": BASE64.encode(value), "lease": lease.to_string()
+        });
+        self.call("put", "/v3/kv/put", &request).map(drop)
+    }
+
+    /// Creates `key` with `value` under `lease` only if nothing under
+    /// `prefix` was written after `revision` (every key there has a
+    /// `mod_revision` at or below it: etcd 3.3+ compares a whole range) and
+    /// `key` does not exist; deletes `and_delete` in the same txn. A
+    /// decision made on a look at `revision` is then made on the store as
+    /// it is: a put after the look, even one deleted again, fails it.
+    /// Deletes after the look do not, and need not: they only free what
+    /// the look counted as taken. `false`: something changed; look again.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`]; an ambiguous one may have created the key.
+    pub fn create_if_unchanged(
+        &self,
+        prefix: &[u8],
+        revision: i64,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        and_delete: Option<&[u8]>,
+    ) -> Result<bool, EtcdError> {
+        let key64 = BASE64.encode(key);
+        let mut success = vec![json!({ "request_put": {
+            "key": key64, "value": BASE64.encode(value), "lease": lease.to_string()
+        }})];
+        if let Some(other) = and_delete {
+            success.push(json!({ "request_delete_range": { "key": BASE64.encode(other) } }));
+        }
+        let request = json!({
+            "compare": [
+                {
+                    "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix)),
+                    "target": "MOD", "result": "LESS", "mod_revision": (revision + 1).to_string()
+                },
+                { "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }
+            ],
+            "success": success,
+        });
+        let (answer, _) = self.call("create-if-unchanged txn", "/v3/kv/txn", &request)?;
+        Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
+    }
+
     /// The time lease `id` has left; `None` when it is gone.
     ///
     /// # Errors

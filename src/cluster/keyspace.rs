@@ -31,6 +31,26 @@ fn slot(device: &str, index: u32) -> String {
     format!("{}slot-{index}", device_slots(device))
 }
 
+/// The key, under a device's prefix `under` (ending in `/`), of slot
+/// `index`.
+#[must_use]
+pub fn slot_under(under: &[u8], index: u32) -> Vec<u8> {
+    let mut key = under.to_vec();
+    key.extend_from_slice(format!("slot-{index}").as_bytes());
+    key
+}
+
+/// The key, under a device's prefix `under` (ending in `/`), by which the
+/// launcher holding `lease` says it waits for one of the device's slots
+/// and how many tuners it declares (ECP-0135 section 5). It lives under
+/// that lease, so it goes when the waiter does.
+#[must_use]
+pub fn waiting_under(under: &[u8], lease: i64) -> Vec<u8> {
+    let mut key = under.to_vec();
+    key.extend_from_slice(format!("waiting/{lease:x}").as_bytes());
+    key
+}
+
 /// Everything under [`PREFIX`], for `status --etcd`.
 #[must_use]
 pub fn everything() -> String {
@@ -41,11 +61,20 @@ pub fn everything() -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Named {
     Source(String),
-    Slot { device: String, index: u32 },
+    Slot {
+        device: String,
+        index: u32,
+    },
+    /// A launcher waiting for one of the device's slots, by its lease.
+    Waiting {
+        device: String,
+        lease: i64,
+    },
 }
 
-/// Reads a key written by [`source`] or [`slot`]; `None` for anything else
-/// under the prefix (a newer layout, an operator's own key).
+/// Reads a key written by [`source`], [`slot_under`] or [`waiting_under`];
+/// `None` for anything else under the prefix (a newer layout, an
+/// operator's own key).
 #[must_use]
 pub fn parse(key: &[u8]) -> Option<Named> {
     let key = std::str::from_utf8(key).ok()?;
@@ -53,11 +82,25 @@ pub fn parse(key: &[u8]) -> Option<Named> {
     if let Some(source) = rest.strip_prefix("sources/") {
         return Some(Named::Source(unescape(source)?));
     }
-    let (device, slot) = rest.strip_prefix("devices/")?.split_once('/')?;
-    let index = slot.strip_prefix("slot-")?.parse().ok()?;
+    let (device, below) = rest.strip_prefix("devices/")?.split_once('/')?;
+    if let Some(lease) = below.strip_prefix("waiting/") {
+        // Exactly what `waiting_under` writes: lowercase hex of a positive ID.
+        let lease = i64::from_str_radix(lease, 16).ok().filter(|l| *l > 0)?;
+        if below != format!("waiting/{lease:x}") {
+            return None;
+        }
+        return Some(Named::Waiting {
+            device: unescape(device)?,
+            lease,
+        });
+    }
+    let index = below.strip_prefix("slot-")?;
+    if !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     Some(Named::Slot {
         device: unescape(device)?,
-        index,
+        index: index.parse().ok()?,
     })
 }
 
@@ -75,6 +118,11 @@ pub fn shown(key: &[u8]) -> String {
         Some(Named::Slot { device, index }) => {
             format!("{}slot-{index}", device_slots(&redact_text(&device)))
         }
+        Some(Named::Waiting { device, lease }) => String::from_utf8_lossy(&waiting_under(
+            device_slots(&redact_text(&device)).as_bytes(),
+            lease,
+        ))
+        .into_owned(),
         None => {
             let text = String::from_utf8_lossy(key);
             match text.strip_prefix(&everything()) {
@@ -154,6 +202,39 @@ mod tests {
                 device: "host:5004".into(),
                 index: 3
             })
+        );
+        let waiting = waiting_under(device_slots("host:5004").as_bytes(), 0x694d_7a3b_1c2d);
+        assert_eq!(
+            waiting,
+            b"/every-channel/ec-launch/v1/devices/host:5004/waiting/694d7a3b1c2d"
+        );
+        assert_eq!(
+            parse(&waiting),
+            Some(Named::Waiting {
+                device: "host:5004".into(),
+                lease: 0x694d_7a3b_1c2d
+            })
+        );
+        // A waiter is never a slot, and nothing else under a device is either.
+        for other in [
+            "devices/x/waiting/",
+            "devices/x/waiting/zz",
+            "devices/x/waiting/0",
+            "devices/x/waiting/ABC",
+            "devices/x/waiting/1/2",
+            "devices/x/slot-",
+            "devices/x/slot-+1",
+            "devices/x/slot-1/waiting/2",
+        ] {
+            assert_eq!(
+                parse(format!("/every-channel/ec-launch/v1/{other}").as_bytes()),
+                None,
+                "{other}"
+            );
+        }
+        assert_eq!(
+            slot_under(device_slots("d").as_bytes(), 2),
+            slot("d", 2).into_bytes()
         );
         assert_eq!(parse(b"/every-channel/ec-launch/v2/sources/x"), None);
         assert_eq!(parse(b"/every-channel/ec-launch/v1/devices/x/lease"), None);

@@ -43,6 +43,10 @@ pub struct ClusterRecord {
     pub source: String,
     /// The `ec-launch` version that wrote it.
     pub version: String,
+    /// On a slot key: the tuner count its taker declared (`--tuners`), so
+    /// launchers on other nodes use the smallest (ECP-0135 section 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuners: Option<u32>,
 }
 
 impl ClusterRecord {
@@ -61,6 +65,7 @@ impl ClusterRecord {
                 .map_or(0, |d| d.as_secs()),
             source: redacted_source.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            tuners: None,
         }
     }
 
@@ -74,10 +79,7 @@ impl ClusterRecord {
     /// (`serde_json` stops at 128 levels), or larger than 64 KiB.
     #[must_use]
     pub fn from_json(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() > MAX_RECORD_BYTES {
-            return None;
-        }
-        serde_json::from_slice(bytes).ok()
+        parse_bounded(bytes)
     }
 }
 
@@ -92,6 +94,7 @@ impl Redact for ClusterRecord {
             since,
             source,
             version,
+            tuners,
         } = self;
         Self {
             node: node.redacted(),
@@ -101,7 +104,113 @@ impl Redact for ClusterRecord {
             since: *since,
             source: redact_source(source),
             version: version.redacted(),
+            tuners: *tuners,
         }
+    }
+}
+
+/// Any record of ours from another writer's bytes: `None` for a value that
+/// is not JSON, not UTF-8, of a wrong type, out of range, nested too deep
+/// (`serde_json` stops at 128 levels), or larger than 64 KiB.
+fn parse_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return None;
+    }
+    serde_json::from_slice(bytes).ok()
+}
+
+impl Redact for WaitingRecord {
+    fn redacted(&self) -> Self {
+        // Every field by name: a new one must be given its redaction here.
+        let Self {
+            node,
+            unit,
+            pid,
+            tuners,
+            since,
+        } = self;
+        Self {
+            node: node.redacted(),
+            unit: unit.redacted(),
+            pid: *pid,
+            tuners: *tuners,
+            since: *since,
+        }
+    }
+}
+
+/// The value of a device's `waiting/<lease>` key: a launcher that waits
+/// for one of the device's slots, and the tuner count it declares, which
+/// every launcher of the device counts as if the waiter held a slot
+/// (ECP-0135 section 5). Fields are only ever added (issue #18 orders
+/// waiters by a priority added here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingRecord {
+    pub node: String,
+    pub unit: Option<String>,
+    /// The waiting launcher's PID on that node.
+    pub pid: u32,
+    /// Its `--tuners`.
+    pub tuners: u32,
+    /// When it began to wait, seconds since the Unix epoch.
+    pub since: u64,
+}
+
+impl WaitingRecord {
+    /// This launcher, waiting with `tuners` declared.
+    #[must_use]
+    pub fn for_this_launch(node: &str, unit: Option<String>, tuners: u32) -> Self {
+        Self {
+            node: node.to_owned(),
+            unit,
+            pid: std::process::id(),
+            tuners,
+            since: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    #[must_use]
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// `None` for a value that is not a waiting record of ours (as
+    /// [`ClusterRecord::from_json`]).
+    #[must_use]
+    pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        parse_bounded(bytes)
+    }
+}
+
+/// What any record under a device (a slot's or a waiter's) says of its
+/// writer: who it is and the tuner count it declared.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Declarant {
+    pub node: String,
+    pub unit: Option<String>,
+    pub pid: u32,
+    /// Absent in records of versions before ECP-0135.
+    #[serde(default)]
+    pub tuners: Option<u32>,
+}
+
+impl Declarant {
+    /// `None` for a value that is not a record of ours (as
+    /// [`ClusterRecord::from_json`]).
+    #[must_use]
+    pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        parse_bounded(bytes)
+    }
+
+    /// The declared count, when it is one a launcher could have declared
+    /// (1 to [`crate::tuner_slot::MAX_TUNERS`]): a 0 or a huge number in a
+    /// hostile record must neither stop every launcher nor lift the limit.
+    #[must_use]
+    pub fn declared_tuners(&self) -> Option<u32> {
+        self.tuners
+            .filter(|n| (1..=crate::tuner_slot::MAX_TUNERS).contains(n))
     }
 }
 
@@ -172,6 +281,7 @@ mod tests {
             since: u64::MAX,
             source: format!("http://a:{secret}@h/x?token={secret}"),
             version: format!("v https://u:{secret}@h/"),
+            tuners: Some(2),
         };
         let shown = crate::shown::Shown::of(&record);
         let json = serde_json::to_string(&shown).unwrap();
@@ -190,6 +300,52 @@ mod tests {
                 let shown = crate::shown::Shown::of(&record);
                 let _ = rfc3339(shown.since);
             }
+        }
+    }
+    #[test]
+    fn slot_and_waiting_records_both_tell_who_declared_how_many_tuners() {
+        let mut slot = ClusterRecord::for_this_launch("node-a", None, "http://h/v1");
+        // A slot record of an older version says no count, and no `tuners` key.
+        assert!(
+            !String::from_utf8(slot.to_json())
+                .unwrap()
+                .contains("tuners")
+        );
+        assert_eq!(
+            Declarant::from_json(&slot.to_json())
+                .unwrap()
+                .declared_tuners(),
+            None
+        );
+        slot.tuners = Some(2);
+        let declarant = Declarant::from_json(&slot.to_json()).unwrap();
+        assert_eq!(
+            (declarant.node.as_str(), declarant.declared_tuners()),
+            ("node-a", Some(2))
+        );
+        let waiting = WaitingRecord::for_this_launch("node-b", Some("b.service".into()), 3);
+        assert_eq!(
+            WaitingRecord::from_json(&waiting.to_json()),
+            Some(waiting.clone())
+        );
+        let declarant = Declarant::from_json(&waiting.to_json()).unwrap();
+        assert_eq!(
+            (declarant.node.as_str(), declarant.declared_tuners()),
+            ("node-b", Some(3))
+        );
+        // A waiting record is no holder's record.
+        assert_eq!(ClusterRecord::from_json(&waiting.to_json()), None);
+        for hostile in [
+            r#"{"node":"x","unit":null,"pid":1,"tuners":0}"#,
+            r#"{"node":"x","unit":null,"pid":1,"tuners":65}"#,
+        ] {
+            assert_eq!(
+                Declarant::from_json(hostile.as_bytes())
+                    .unwrap()
+                    .declared_tuners(),
+                None,
+                "{hostile}"
+            );
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use super::ClusterConfig;
-use super::claim::{self, Claimed};
+use super::claim::{self, Claimed, DeviceView, Disagreement, SlotRequest};
 use super::etcd::{EtcdClient, EtcdError, KeyValue};
 use super::fence::{self, BootInstant, Renewal, Renewer};
 use super::keyspace;
@@ -35,6 +35,27 @@ impl std::fmt::Debug for SourceClaim<'_> {
         f.debug_struct("SourceClaim")
             .field("key", &self.key)
             .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to take of a device's tuner slots.
+pub struct SlotClaim<'a> {
+    /// The device key.
+    pub device: &'a str,
+    /// The tuner count this launcher declares (`--tuners`).
+    pub count: u32,
+    /// The slot key's value, made at each try (it records `count`).
+    pub value: &'a dyn Fn() -> Vec<u8>,
+    /// The waiting key's value (it records `count`).
+    pub waiting_value: &'a dyn Fn() -> Vec<u8>,
+}
+
+impl std::fmt::Debug for SlotClaim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotClaim")
+            .field("device", &self.device)
+            .field("count", &self.count)
             .finish_non_exhaustive()
     }
 }
@@ -210,7 +231,9 @@ impl Session {
         }
     }
 
-    /// Takes one of `count` slots of `device`, after the source's key.
+    /// Takes one of the slots of `slot.device`, after the source's key
+    /// (ECP-0135 section 5: never at or beyond the smallest tuner count
+    /// declared by this launcher, any holder and any waiter).
     /// Whenever the lease is started over (an ambiguous answer, a lease
     /// lost or given up while waiting) the source is taken again first: a
     /// new lease holds nothing, and the old one's source key may be gone.
@@ -220,29 +243,40 @@ impl Session {
     pub fn take_slot(
         &mut self,
         source: &SourceClaim<'_>,
-        device: &str,
-        count: u32,
+        slot: &SlotClaim<'_>,
         on_wait: &mut dyn FnMut(&[KeyValue]),
+        on_disagree: &mut dyn FnMut(&Disagreement),
     ) -> Result<Result<u32, Busy>, Error> {
-        let prefix = keyspace::device_slots(device);
+        let prefix = keyspace::device_slots(slot.device);
+        let request = SlotRequest {
+            device_prefix: prefix.as_bytes(),
+            count: slot.count,
+            value: slot.value,
+            waiting_value: slot.waiting_value,
+        };
         loop {
             let why = match claim::claim_slot(
                 &self.client,
-                prefix.as_bytes(),
-                count,
-                source.value,
+                &request,
                 self.lease(),
                 source.wait,
                 source.until,
                 on_wait,
+                on_disagree,
             ) {
                 Ok(Some(slot)) => match self.lost() {
                     None => return Ok(Ok(slot)),
                     Some(why) => why,
                 },
                 Ok(None) => {
+                    // The holders only: waiters hold no tuner.
+                    let holders = self
+                        .client
+                        .list(prefix.as_bytes())
+                        .map(|kvs| DeviceView::from_keys(kvs, 0).slots)
+                        .unwrap_or_default();
                     return Ok(Err(Busy {
-                        holders: self.client.list(prefix.as_bytes()).unwrap_or_default(),
+                        holders: holders.into_iter().map(|(_, kv)| kv).collect(),
                         timed_out: source.wait,
                     }));
                 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::cluster::etcd::{EtcdClient, KeyValue};
 use crate::cluster::keyspace::{self, Named};
-use crate::cluster::record::ClusterRecord;
+use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
 use crate::error::Error;
 use crate::printable::printable;
 use crate::shown::Shown;
@@ -41,6 +41,46 @@ pub(super) struct ClusterReport {
     /// This node's name, as `this_node` compares it.
     pub(super) node: String,
     pub(super) holders: Vec<ClusterHolder>,
+    /// Launchers waiting for a device's slot (ECP-0135 section 5): they
+    /// hold no tuner, but the count they declare is counted.
+    pub(super) waiters: Vec<ClusterWaiter>,
+    /// Per device with slots or waiters: the counts declared, and what
+    /// launchers go by.
+    pub(super) devices: Vec<ClusterDevice>,
+}
+
+/// A `waiting/<lease>` key.
+#[derive(Debug, Serialize)]
+pub(super) struct ClusterWaiter {
+    /// The etcd key.
+    key: String,
+    device: String,
+    node: Option<String>,
+    unit: Option<String>,
+    pid: Option<u32>,
+    /// The tuner count it declares.
+    tuners: Option<u32>,
+    /// Seconds since the Unix epoch: when it began to wait.
+    since: Option<u64>,
+    /// Seconds the waiter's lease has left; `null` when it just expired.
+    ttl_left: Option<u64>,
+    this_node: bool,
+}
+
+/// One device as the cluster's keys show it.
+#[derive(Debug, Serialize)]
+pub(super) struct ClusterDevice {
+    device: String,
+    /// The smallest count declared by a holder or a waiter: what a
+    /// launcher goes by (its own count may be smaller still); `null` when
+    /// no record declares one (older versions).
+    tuners: Option<u32>,
+    /// Every distinct count declared, ascending.
+    declared: Vec<u32>,
+    /// Slots held (at any index).
+    held: usize,
+    waiting: usize,
+    warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +106,9 @@ pub(super) struct ClusterHolder {
     /// type, a number out of range, too large): `node` and the rest are
     /// `null`.
     unreadable_record: bool,
+    /// For a slot: the tuner count its taker declared (`null` before
+    /// ECP-0135 or when the record says none).
+    tuners: Option<u32>,
 }
 
 impl ClusterReport {
@@ -89,31 +132,44 @@ pub(super) fn cluster_report(
 ) -> Result<ClusterReport, Error> {
     let kvs = client.list(keyspace::everything().as_bytes())?;
     let mut ttl_of_lease = BTreeMap::new();
+    let mut ttl_left = |lease: i64| -> Result<Option<u64>, Error> {
+        if let Some(ttl) = ttl_of_lease.get(&lease) {
+            return Ok(*ttl);
+        }
+        let ttl = client.time_to_live(lease)?.map(|left| left.as_secs());
+        ttl_of_lease.insert(lease, ttl);
+        Ok(ttl)
+    };
     let mut holders = Vec::new();
+    let mut waiters = Vec::new();
     for kv in kvs {
         let named = keyspace::parse(&kv.key);
         if let Some((source_key, device)) = only {
             let wanted = match &named {
                 Some(Named::Source(key)) => key == source_key,
-                Some(Named::Slot { device: d, .. }) => Some(d.as_str()) == device,
+                Some(Named::Slot { device: d, .. } | Named::Waiting { device: d, .. }) => {
+                    Some(d.as_str()) == device
+                }
                 None => false,
             };
             if !wanted {
                 continue;
             }
         }
-        let ttl_left = if let Some(ttl) = ttl_of_lease.get(&kv.lease) {
-            *ttl
-        } else {
-            let ttl = client.time_to_live(kv.lease)?.map(|left| left.as_secs());
-            ttl_of_lease.insert(kv.lease, ttl);
-            ttl
-        };
+        if let Some(Named::Waiting { device, .. }) = named {
+            let ttl_left = ttl_left(kv.lease)?;
+            waiters.push(waiter_of(&kv, &device, ttl_left, node));
+            continue;
+        }
+        let ttl_left = ttl_left(kv.lease)?;
         holders.push(holder_of(&kv, ttl_left, node));
     }
+    let devices = devices(&holders, &waiters);
     Ok(ClusterReport {
         node: node.to_owned(),
         holders,
+        waiters,
+        devices,
     })
 }
 
@@ -126,13 +182,16 @@ fn holder_of(kv: &KeyValue, ttl_left: Option<u64>, node: &str) -> ClusterHolder 
     let (source_key, device, slot) = match keyspace::parse(&kv.key) {
         Some(Named::Source(key)) => (Some(key), None, None),
         Some(Named::Slot { device, index }) => (None, Some(device), Some(index)),
-        None => (None, None, None),
+        Some(Named::Waiting { .. }) | None => (None, None, None),
     };
-    let text = |text: String| Shown::of(&text).into_inner();
+    // A slot's declared count, in range (a hostile 0 or 10^9 is no count).
+    let tuners = slot
+        .and_then(|_| Declarant::from_json(&kv.value))
+        .and_then(|d| d.declared_tuners());
     ClusterHolder {
         key: keyspace::shown(&kv.key),
-        source_key: source_key.map(text),
-        device: device.map(text),
+        source_key: source_key.as_deref().map(shown_text),
+        device: device.as_deref().map(shown_text),
         slot,
         this_node,
         unreadable_record: record.is_none(),
@@ -142,7 +201,99 @@ fn holder_of(kv: &KeyValue, ttl_left: Option<u64>, node: &str) -> ClusterHolder 
         since: record.as_ref().map(|r| r.since),
         source: record.map(|r| r.source.clone()),
         ttl_left,
+        tuners,
     }
+}
+
+/// One `waiting/<lease>` key as `status` shows it, redacted as a holder is.
+fn waiter_of(kv: &KeyValue, device: &str, ttl_left: Option<u64>, node: &str) -> ClusterWaiter {
+    let record = WaitingRecord::from_json(&kv.value);
+    let this_node = record.as_ref().is_some_and(|r| r.node == node);
+    let tuners = Declarant::from_json(&kv.value).and_then(|d| d.declared_tuners());
+    let record = record.as_ref().map(Shown::of);
+    ClusterWaiter {
+        key: keyspace::shown(&kv.key),
+        device: shown_text(device),
+        this_node,
+        node: record.as_ref().map(|r| r.node.clone()),
+        unit: record.as_ref().and_then(|r| r.unit.clone()),
+        pid: record.as_ref().map(|r| r.pid),
+        tuners,
+        since: record.map(|r| r.since),
+        ttl_left,
+    }
+}
+
+/// A name read from a key (another writer's text), as output may show it.
+fn shown_text(text: &str) -> String {
+    Shown::of(&text.to_owned()).into_inner()
+}
+
+/// Each device with held slots or waiters: what its launchers declared,
+/// and a warning when they disagree (the smallest count is what new
+/// launchers go by) or a slot is held at or beyond it.
+fn devices(holders: &[ClusterHolder], waiters: &[ClusterWaiter]) -> Vec<ClusterDevice> {
+    let mut by_device: BTreeMap<&str, ClusterDevice> = BTreeMap::new();
+    let mut held_slots: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    let declared = holders
+        .iter()
+        .filter_map(|h| Some((h.device.as_deref()?, h.slot?, h.tuners)))
+        .map(|(device, slot, tuners)| (device, Some(slot), tuners))
+        .chain(waiters.iter().map(|w| (w.device.as_str(), None, w.tuners)));
+    for (device, slot, tuners) in declared {
+        let entry = by_device.entry(device).or_insert_with(|| ClusterDevice {
+            device: device.to_owned(),
+            tuners: None,
+            declared: Vec::new(),
+            held: 0,
+            waiting: 0,
+            warnings: Vec::new(),
+        });
+        match slot {
+            Some(slot) => {
+                entry.held += 1;
+                held_slots.entry(device).or_default().push(slot);
+            }
+            None => entry.waiting += 1,
+        }
+        entry.declared.extend(tuners);
+    }
+    for (device, entry) in &mut by_device {
+        entry.declared.sort_unstable();
+        entry.declared.dedup();
+        entry.tuners = entry.declared.first().copied();
+        if entry.declared.len() > 1 {
+            entry.warnings.push(format!(
+                "launchers of this device disagree on its tuner count ({}): every launcher goes by the smallest; give every launcher of the device the same --tuners",
+                join(&entry.declared)
+            ));
+        }
+        if let Some(n) = entry.tuners {
+            let beyond: Vec<u32> = held_slots
+                .get(device)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|slot| *slot >= n)
+                .collect();
+            if !beyond.is_empty() || entry.held > usize::try_from(n).unwrap_or(usize::MAX) {
+                entry.warnings.push(format!(
+                    "{} slots held (slot {}) where the smallest count declared is {n}: taken by a launcher with a larger --tuners (or an older version), more readers may run than the device has tuners",
+                    entry.held,
+                    join(&held_slots.get(device).cloned().unwrap_or_default())
+                ));
+            }
+        }
+    }
+    by_device.into_values().collect()
+}
+
+fn join(numbers: &[u32]) -> String {
+    numbers
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The text view: one line per key, this node's marked.
@@ -152,7 +303,7 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
         "\nCLUSTER (etcd; this node: {})",
         printable(&report.node)
     );
-    if report.holders.is_empty() {
+    if report.holders.is_empty() && report.waiters.is_empty() {
         out.push_str("(no cluster keys held)\n");
         return;
     }
@@ -177,6 +328,9 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
         if let Some(pid) = holder.pid {
             let _ = write!(line, " pid {pid}");
         }
+        if let Some(tuners) = holder.tuners {
+            let _ = write!(line, " tuners {tuners}");
+        }
         if let Some(since) = holder.since {
             let _ = write!(line, " since {}", crate::cluster::record::rfc3339(since));
         }
@@ -188,6 +342,54 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
         }
         out.push_str(&line);
         out.push('\n');
+    }
+    for waiter in &report.waiters {
+        let mut line = format!(
+            "device {} waiting: node {}",
+            printable(&waiter.device),
+            waiter
+                .node
+                .as_deref()
+                .map_or_else(|| "?".into(), |n| printable(n).into_owned())
+        );
+        if waiter.this_node {
+            line.push_str(" (this node)");
+        }
+        if let Some(unit) = &waiter.unit {
+            let _ = write!(line, " unit {}", printable(unit));
+        }
+        if let Some(pid) = waiter.pid {
+            let _ = write!(line, " pid {pid}");
+        }
+        if let Some(tuners) = waiter.tuners {
+            let _ = write!(line, " tuners {tuners}");
+        }
+        if let Some(since) = waiter.since {
+            let _ = write!(line, " since {}", crate::cluster::record::rfc3339(since));
+        }
+        match waiter.ttl_left {
+            Some(ttl) => {
+                let _ = write!(line, " lease {ttl}s left");
+            }
+            None => line.push_str(" lease expired"),
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for device in &report.devices {
+        let tuners = device
+            .tuners
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        let _ = writeln!(
+            out,
+            "device {}  tuners {}/{tuners} held in the cluster; {} waiting",
+            printable(&device.device),
+            device.held,
+            device.waiting
+        );
+        for warning in &device.warnings {
+            let _ = writeln!(out, "  ! {}", printable(warning));
+        }
     }
 }
 
@@ -219,6 +421,8 @@ mod tests {
         let report = ClusterReport {
             node: "node-a".into(),
             holders: vec![holder_of(&kv, None, "node-a")],
+            waiters: Vec::new(),
+            devices: Vec::new(),
         };
         let mut text = String::new();
         write_text(&mut text, &report);

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -56,6 +57,10 @@ struct SlotStatus {
     #[serde(serialize_with = "path_as_text")]
     slot_file: PathBuf,
     state: State,
+    /// Held, but its file was deleted, moved or renamed: a new launcher
+    /// takes a new file at the slot's path, so the device has one reader
+    /// more than its slots say (issue #16 item 8).
+    orphaned: bool,
     holders: Vec<HolderJson>,
     /// The recorded (redacted) source of the last launch on this slot.
     source: Option<String>,
@@ -63,35 +68,65 @@ struct SlotStatus {
     metadata: Option<Shown<LockRecord>>,
 }
 
-/// The devices whose slot files are `files`, and warnings about them all.
+/// A held slot whose file is no longer at its path in the lock directory
+/// (deleted, moved or renamed), found through its holders' descriptors.
+#[derive(Debug)]
+pub(super) struct OrphanedSlot {
+    /// The device's stem, from the file's name or its record.
+    pub stem: String,
+    pub slot: u32,
+    pub inode: LockedInode,
+    /// Where the kernel says the file is (was, if deleted).
+    pub path: PathBuf,
+    pub deleted: bool,
+    /// A descriptor link through which its record can be read.
+    pub via: PathBuf,
+}
+
+/// The devices whose slot files are `files` (and held slots whose files
+/// left the directory, `orphans`), and warnings about them all.
 pub(super) fn devices(
     scan: &HolderScan,
     proc_root: &Path,
     files: &[SlotFile],
+    orphans: &[OrphanedSlot],
 ) -> (Vec<DeviceStatus>, Vec<String>) {
-    if files.is_empty() {
+    if files.is_empty() && orphans.is_empty() {
         return (Vec::new(), Vec::new());
     }
     let waiting = waiters(proc_root);
-    let mut by_stem: BTreeMap<&str, Vec<&SlotFile>> = BTreeMap::new();
+    let mut by_stem: BTreeMap<&str, (Vec<&SlotFile>, Vec<&OrphanedSlot>)> = BTreeMap::new();
     for file in files {
-        by_stem.entry(&file.stem).or_default().push(file);
+        by_stem.entry(&file.stem).or_default().0.push(file);
+    }
+    for orphan in orphans {
+        by_stem.entry(&orphan.stem).or_default().1.push(orphan);
     }
     let devices: Vec<DeviceStatus> = by_stem
         .into_iter()
-        .map(|(stem, files)| device(scan, stem, &files, &waiting))
+        .map(|(stem, (files, orphans))| device(scan, stem, &files, &orphans, &waiting))
         .collect();
     let warnings = shared_device_ids(&devices);
     (devices, warnings)
+}
+
+/// True when a device has a held slot whose file left its place: a second
+/// reader can take a new file at its path (the same exit status as an
+/// orphaned source lock).
+pub(super) fn orphaned_slot_seen(devices: &[DeviceStatus]) -> bool {
+    devices.iter().any(|d| d.slots.iter().any(|s| s.orphaned))
 }
 
 fn device(
     scan: &HolderScan,
     stem: &str,
     files: &[&SlotFile],
+    orphans: &[&OrphanedSlot],
     waiting: &BTreeMap<LockedInode, BTreeSet<Option<u32>>>,
 ) -> DeviceStatus {
-    let slots: Vec<SlotStatus> = files.iter().map(|file| slot(scan, file)).collect();
+    let mut slots: Vec<SlotStatus> = files.iter().map(|file| slot(scan, file)).collect();
+    slots.extend(orphans.iter().map(|orphan| orphaned_slot(scan, orphan)));
+    slots.sort_by_key(|s| (s.slot, s.orphaned));
     let records = || slots.iter().filter_map(|s| s.metadata.as_ref());
     let held_records = || {
         slots
@@ -129,9 +164,35 @@ fn device(
             ));
         }
     }
+    for orphan in slots.iter().filter(|s| s.orphaned) {
+        let what = if orphans
+            .iter()
+            .any(|o| o.slot == orphan.slot && o.path == orphan.slot_file && o.deleted)
+        {
+            "deleted"
+        } else {
+            "moved or renamed"
+        };
+        let pids: Vec<String> = orphan.holders.iter().map(|h| h.pid.to_string()).collect();
+        warnings.push(format!(
+            "slot {} ORPHANED: its slot file was {what} while held (pid {} still reads through it): a new launcher takes a new file at the slot's path, so the device can have more readers than tuners; stop these holders",
+            orphan.slot,
+            if pids.is_empty() { "?".to_owned() } else { pids.join(", ") },
+        ));
+    }
+    let held = slots.iter().filter(|s| s.state == State::Held).count();
+    if let Some(n) = tuners
+        && held > usize::try_from(n).unwrap_or(usize::MAX)
+    {
+        warnings.push(format!(
+            "{held} readers hold slots of a device with {n} tuners"
+        ));
+    }
     let waiting: BTreeSet<Option<u32>> = files
         .iter()
-        .filter_map(|f| waiting.get(&f.inode))
+        .map(|f| f.inode)
+        .chain(orphans.iter().map(|o| o.inode))
+        .filter_map(|inode| waiting.get(&inode))
         .flatten()
         .copied()
         .collect();
@@ -140,7 +201,7 @@ fn device(
         device,
         name: stem.to_owned(),
         tuners,
-        held: slots.iter().filter(|s| s.state == State::Held).count(),
+        held,
         waiting: waiting.len(),
         device_ids: device_ids.into_iter().collect(),
         slots,
@@ -175,6 +236,30 @@ fn slot(scan: &HolderScan, file: &SlotFile) -> SlotStatus {
         slot: file.slot,
         slot_file: file.path.clone(),
         state,
+        orphaned: false,
+        holders: holders.into_iter().map(HolderJson::from).collect(),
+        source: shown.as_ref().map(|r| r.source.clone()),
+        metadata: shown,
+    }
+}
+
+/// A held slot whose file left the directory: its holders from the scan,
+/// its record through a holder's descriptor.
+fn orphaned_slot(scan: &HolderScan, orphan: &OrphanedSlot) -> SlotStatus {
+    let record = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&orphan.via)
+        .ok()
+        .and_then(|f| LockRecord::read_from(&f));
+    let holders = scan.holders(orphan.inode, record.as_ref());
+    // As for a listed slot: only the record's redacted form is shown.
+    let shown = record.as_ref().map(Shown::of);
+    SlotStatus {
+        slot: orphan.slot,
+        slot_file: orphan.path.clone(),
+        state: State::Held,
+        orphaned: true,
         holders: holders.into_iter().map(HolderJson::from).collect(),
         source: shown.as_ref().map(|r| r.source.clone()),
         metadata: shown,
@@ -343,6 +428,7 @@ pub(super) fn write_text(out: &mut String, devices: &[DeviceStatus]) {
 
 fn describe_slot(slot: &SlotStatus) -> String {
     let state = match slot.state {
+        _ if slot.orphaned => " ORPHANED",
         State::Held => "",
         State::Free => " free",
         State::Unknown => " unknown",
@@ -379,6 +465,7 @@ mod tests {
             slot: index,
             slot_file: PathBuf::from(format!("/run/l/d-0.tuner{index}.slot")),
             state,
+            orphaned: false,
             holders: pid
                 .map(|pid| {
                     HolderJson::from(crate::process::ProcessInfo {

@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 use crate::cgroup;
 use crate::cli::{OnBusy, RunArgs};
 use crate::cluster::ClusterConfig;
-use crate::cluster::record::ClusterRecord;
-use crate::cluster::session::{Busy, Session, SourceClaim, Taken};
+use crate::cluster::claim::Disagreement;
+use crate::cluster::keyspace;
+use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
+use crate::cluster::session::{Busy, Session, SlotClaim, SourceClaim, Taken};
 use crate::error::Error;
 use crate::exec::{self, Launch};
 use crate::exit_code::ExitStatus;
@@ -357,6 +359,7 @@ impl Launching<'_> {
                         tuners,
                         session,
                         &source_claim,
+                        (unit.as_ref(), self.redacted),
                         self.program_name,
                         &mut wait_started,
                     )?
@@ -452,6 +455,21 @@ fn take_slot(
         SlotOutcome::Held(slot) => Ok(Some(slot)),
         SlotOutcome::Busy { slots, timed_out } => {
             report_device_busy(config, &tuners.device, &slots, timed_out, program_name);
+            Ok(None)
+        }
+        SlotOutcome::Orphaned { orphans, timed_out } => {
+            let waited = gave_up_waiting(config, timed_out);
+            tracing::warn!(
+                device = %printable(tuners.device.as_str()),
+                key = %printable(config.key.as_str()),
+                "device busy: {}; with it a slot of {} would be one reader more than its {} tuners; {waited}not starting {}, exiting {} (stop those holders; see `{}`)",
+                tuner_slot::describe_orphans(&orphans),
+                printable(tuners.device.as_str()),
+                tuners.count,
+                printable(program_name),
+                config.busy_status.code(),
+                device_status_command(config),
+            );
             Ok(None)
         }
     }
@@ -693,23 +711,42 @@ fn take_cluster_source(
 }
 
 /// Takes one of the device's cluster slots; false when every one stayed
-/// held (reported here).
+/// held (reported here). The slot's record and the waiting key say which
+/// tuner count this launcher declares (ECP-0135 section 5).
 fn take_cluster_slot(
     config: &RunConfig,
     tuners: &TunerConfig,
     session: &mut Session,
     claim: &SourceClaim<'_>,
+    (unit, redacted): (Option<&String>, &str),
     program_name: &str,
     wait_started: &mut Option<Instant>,
 ) -> Result<bool, Error> {
     let device = tuners.device.as_str();
+    let node = config
+        .cluster
+        .as_ref()
+        .map_or("", |cluster| cluster.connection.node.as_str());
+    let slot_value = || {
+        let mut record = ClusterRecord::for_this_launch(node, unit.cloned(), redacted);
+        record.tuners = Some(tuners.count);
+        record.to_json()
+    };
+    let waiting_value =
+        || WaitingRecord::for_this_launch(node, unit.cloned(), tuners.count).to_json();
+    let slot = SlotClaim {
+        device,
+        count: tuners.count,
+        value: &slot_value,
+        waiting_value: &waiting_value,
+    };
     let mut announce_wait = |holders: &[crate::cluster::etcd::KeyValue]| {
         wait_started.get_or_insert_with(Instant::now);
         tracing::info!(
             device = %printable(device),
             key = %printable(config.key.as_str()),
-            "device busy in the cluster: all {} tuner slots of {} are held: {}; waiting{} before starting {} (see `{}`)",
-            tuners.count,
+            "device busy in the cluster: {} tuner slots of {} are held: {}; waiting{} before starting {} (see `{}`)",
+            holders.len(),
             printable(device),
             describe_cluster_holders(holders),
             until(config),
@@ -717,7 +754,17 @@ fn take_cluster_slot(
             cluster_status_command(config),
         );
     };
-    match session.take_slot(claim, device, tuners.count, &mut announce_wait)? {
+    let mut warn_disagreement = |disagreement: &Disagreement| {
+        tracing::warn!(
+            device = %printable(device),
+            "launchers of device {} disagree on its tuner count: this one says --tuners {}, {}; using {} (give every launcher of the device the same --tuners)",
+            printable(device),
+            disagreement.own,
+            describe_declarations(&disagreement.by),
+            disagreement.using,
+        );
+    };
+    match session.take_slot(claim, &slot, &mut announce_wait, &mut warn_disagreement)? {
         Ok(slot) => {
             tracing::debug!(device = %printable(device), slot, "cluster tuner slot taken");
             Ok(true)
@@ -727,8 +774,8 @@ fn take_cluster_slot(
             tracing::warn!(
                 device = %printable(device),
                 key = %printable(config.key.as_str()),
-                "device busy in the cluster: all {} tuner slots of {} are held: {}; {waited}not starting {}, exiting {} (see `{}`)",
-                tuners.count,
+                "device busy in the cluster: {} tuner slots of {} are held: {}; {waited}not starting {}, exiting {} (see `{}`)",
+                holders.len(),
                 printable(device),
                 describe_cluster_holders(&holders),
                 printable(program_name),
@@ -738,6 +785,33 @@ fn take_cluster_slot(
             Ok(false)
         }
     }
+}
+
+/// `node a pid 4242 holding slot 0 says --tuners 2; node b pid 77 waiting
+/// says --tuners 2`, from keys under a device (other nodes' writing:
+/// escaped).
+fn describe_declarations(keys: &[crate::cluster::etcd::KeyValue]) -> String {
+    keys.iter()
+        .filter_map(|kv| {
+            let declarant = Declarant::from_json(&kv.value)?;
+            let what = match keyspace::parse(&kv.key) {
+                Some(keyspace::Named::Slot { index, .. }) => format!("holding slot {index}"),
+                _ => "waiting".to_owned(),
+            };
+            let mut text = format!("node {}", printable(&declarant.node));
+            if let Some(unit) = &declarant.unit {
+                let _ = write!(text, " unit {}", printable(unit));
+            }
+            let _ = write!(
+                text,
+                " pid {} {what} says --tuners {}",
+                declarant.pid,
+                declarant.declared_tuners().unwrap_or_default()
+            );
+            Some(text)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Runs the program as our child under the lease, and exits as it did

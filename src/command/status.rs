@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::cluster_view::{self, ClusterReport, ClusterSection, cluster_report};
-use super::device_view::{self, DeviceStatus};
+use super::device_view::{self, DeviceStatus, OrphanedSlot};
 use crate::cli::StatusArgs;
 use crate::cluster::Connection;
 use crate::cluster::etcd::EtcdClient;
@@ -41,7 +41,7 @@ use crate::readers::{self, Endpoint, LockView, ReadersReport, WithoutEndpoint};
 use crate::shown::Shown;
 use crate::sock_diag::{self, TcpConnection};
 use crate::source_key::{KeyError, SourceKey};
-use crate::tuner_slot::{self, DeviceKey};
+use crate::tuner_slot::{self, DeviceKey, SlotFile};
 
 /// How long `status --etcd` waits for each etcd call.
 const STATUS_ETCD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -170,33 +170,19 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         })
         .filter_map(|(path, _)| inspect_file(&scan, &args.lock_dir, path))
         .collect();
-    for (inode, location) in scan.located() {
-        if listed.contains(inode) {
-            continue;
-        }
-        // Through the holder's descriptor link (a magic link: followed).
-        let record = open_via(&location.via)
-            .ok()
-            .and_then(|f| LockRecord::read_from(&f));
-        let placement = if location.deleted {
-            Placement::Deleted
-        } else {
-            Placement::Moved
-        };
-        locks.push(lock_status(
-            &scan,
-            &args.lock_dir,
-            location.path.clone(),
-            Some(*inode),
-            record.as_ref(),
-            placement,
-            Vec::new(),
-        ));
-    }
+    let mut slots = slots;
+    let orphaned_slots = place_unlisted(
+        &scan,
+        &args.lock_dir,
+        &listed,
+        wanted.as_ref(),
+        &mut locks,
+        &mut slots,
+    );
     // Slots are shown for the whole directory only, but a slot holder
     // accounts for its connection to the device whatever is asked.
     let (devices, device_warnings) = if key.is_none() || connections.is_some() {
-        device_view::devices(&scan, proc_root, &slots)
+        device_view::devices(&scan, proc_root, &slots, &orphaned_slots)
     } else {
         (Vec::new(), Vec::new())
     };
@@ -236,6 +222,122 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
     };
     print_report(&report, args.json);
     Ok(exit_status(&report, key.is_some(), args.readers))
+}
+
+/// Held files the listing did not see: made after it (still in their
+/// place: the directory's own), or gone from their place while held
+/// (orphans). Lock files join `locks`, slot files `slots`; a slot stays a
+/// slot either way (issue #16 item 8): its orphans are returned for the
+/// device view.
+fn place_unlisted(
+    scan: &HolderScan,
+    lock_dir: &Path,
+    listed: &BTreeSet<LockedInode>,
+    wanted: Option<&PathBuf>,
+    locks: &mut Vec<LockStatus>,
+    slots: &mut Vec<SlotFile>,
+) -> Vec<OrphanedSlot> {
+    let mut orphaned_slots = Vec::new();
+    for (inode, location) in scan.located() {
+        if listed.contains(inode) {
+            continue;
+        }
+        let record = || {
+            // Through the holder's descriptor link (a magic link: followed).
+            open_via(&location.via)
+                .ok()
+                .and_then(|f| LockRecord::read_from(&f))
+        };
+        match unlisted(lock_dir, *inode, location, record().as_ref()) {
+            Unlisted::LateLock => {
+                if wanted.is_none_or(|w| *w == location.path) {
+                    locks.extend(inspect_file(scan, lock_dir, &location.path));
+                }
+            }
+            Unlisted::LateSlot(file) => slots.push(file),
+            Unlisted::OrphanedSlot(orphan) => orphaned_slots.push(orphan),
+            Unlisted::OrphanedLock => {
+                let placement = if location.deleted {
+                    Placement::Deleted
+                } else {
+                    Placement::Moved
+                };
+                locks.push(lock_status(
+                    scan,
+                    lock_dir,
+                    location.path.clone(),
+                    Some(*inode),
+                    record().as_ref(),
+                    placement,
+                    Vec::new(),
+                ));
+            }
+        }
+    }
+    slots.sort_by(|a, b| (&a.stem, a.slot).cmp(&(&b.stem, b.slot)));
+    orphaned_slots
+}
+
+/// Where a held file the directory listing did not name belongs.
+enum Unlisted {
+    /// A lock file made in its place after the listing.
+    LateLock,
+    /// A slot file made in its place after the listing.
+    LateSlot(SlotFile),
+    /// A slot file deleted, moved or renamed while held.
+    OrphanedSlot(OrphanedSlot),
+    /// A lock file deleted, moved or renamed while held.
+    OrphanedLock,
+}
+
+/// Sorts a held inode the listing missed. A file still at a path in the
+/// lock directory that names it now was made after the listing (a
+/// launcher coming up while status runs), not moved. A slot is known by
+/// its name (`<stem>.tuner<i>.slot`), else by its record's device and
+/// slot: a renamed slot file is still a tuner in use.
+fn unlisted(
+    lock_dir: &Path,
+    inode: LockedInode,
+    location: &crate::holder::Location,
+    record: Option<&LockRecord>,
+) -> Unlisted {
+    let path = &location.path;
+    let name = path.file_name().and_then(|n| n.to_str());
+    let slot_name = name.and_then(tuner_slot::parse_slot_file_name);
+    let in_place = !location.deleted
+        && path.parent() == Some(lock_dir)
+        && fs::symlink_metadata(path).is_ok_and(|m| LockedInode::of_metadata(&m) == inode);
+    if in_place {
+        if let Some((stem, slot)) = slot_name {
+            return Unlisted::LateSlot(SlotFile {
+                path: path.clone(),
+                stem: stem.to_owned(),
+                slot,
+                inode,
+            });
+        }
+        if path.extension().is_some_and(|x| x == "lock") {
+            return Unlisted::LateLock;
+        }
+    }
+    let from_record = record.and_then(|r| {
+        let device = DeviceKey::from_flag(r.device.as_deref()?).ok()?;
+        Some((device.file_stem(), r.slot?))
+    });
+    match slot_name
+        .map(|(stem, slot)| (stem.to_owned(), slot))
+        .or(from_record)
+    {
+        Some((stem, slot)) => Unlisted::OrphanedSlot(OrphanedSlot {
+            stem,
+            slot,
+            inode,
+            path: path.clone(),
+            deleted: location.deleted,
+            via: location.via.clone(),
+        }),
+        None => Unlisted::OrphanedLock,
+    }
 }
 
 /// [`cluster_view`], with a failure turned into a warning: the node's own
@@ -303,7 +405,7 @@ fn exit_status(report: &Report, for_one_source: bool, readers_wanted: bool) -> E
             .readers
             .as_ref()
             .is_none_or(|readers| readers.unowned > 0 || readers.unreadable_records > 0);
-    if report.locks.iter().any(|l| l.orphaned) {
+    if report.locks.iter().any(|l| l.orphaned) || device_view::orphaned_slot_seen(&report.devices) {
         ExitStatus::Orphaned
     } else if device_view::foreign_reader_seen(&report.devices) {
         ExitStatus::ForeignReader

@@ -390,12 +390,19 @@ impl Timeline {
         self.lives.iter().find(|l| l.tag == tag)
     }
 
-    /// The most lives that shared one instant.
+    /// The most lives that shared one instant: the most running at some
+    /// life's start (a long life that overlaps several short ones that
+    /// follow each other is two at once, not all of them).
     #[must_use]
     pub fn most_at_once(&self) -> usize {
         self.lives
             .iter()
-            .map(|life| self.lives.iter().filter(|o| o.overlaps(life)).count())
+            .map(|life| {
+                self.lives
+                    .iter()
+                    .filter(|o| o.start <= life.start && o.overlaps(life))
+                    .count()
+            })
             .max()
             .unwrap_or(0)
     }

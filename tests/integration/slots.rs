@@ -552,3 +552,190 @@ fn a_credential_in_a_slot_holders_source_reaches_no_output_and_no_slot_file() {
         assert!(!content.contains("S3CR3T"), "{content}");
     }
 }
+
+/// Issue #16 item 9: a waiter that won a slot keeps no thread blocked in
+/// flock(2) on the others. Seen by the kernel: between taking its slot and
+/// starting its program (the hand-over pause), `/proc/locks` shows it
+/// holding the slot and waiting on nothing.
+#[test]
+fn a_waiter_that_took_a_slot_leaves_no_thread_waiting_on_the_other_slots() {
+    for round in 0..5 {
+        let env = TestEnv::new();
+        let mut first = env
+            .launch(channel(1))
+            .args(["--tuners", "2"])
+            .program(["sleep", "300"])
+            .spawn();
+        let first_pid = i64::from(first.pid());
+        assert!(
+            wait_until(PATIENCE, || slot_files(&env)
+                .iter()
+                .any(|f| holders(f).contains(&first_pid))),
+            "round {round}: the first holder never took a slot"
+        );
+        let _second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
+        let waiter = env
+            .launch(channel(3))
+            .args(["--tuners", "2", "--on-busy", "wait"])
+            .program(TestEnv::sh("touch ran; exec sleep 300"))
+            .spawn();
+        let waiter_pid = i64::from(waiter.pid());
+        let slots = slot_files(&env);
+        assert!(
+            wait_until(PATIENCE, || waiters(&slots) == vec![waiter_pid]),
+            "round {round}: the waiter never blocked on the slots"
+        );
+        first.0.kill().unwrap();
+        first.0.wait().unwrap();
+        let mut settled = false;
+        let won = wait_until(PATIENCE, || {
+            // Looked at first: after exec no thread of it is left to wait,
+            // so only a look that began before the program ran counts.
+            let ran = env.path("ran").exists();
+            let holds = slots.iter().any(|f| holders(f).contains(&waiter_pid));
+            settled = holds && !waiters(&slots).contains(&waiter_pid) && !ran;
+            settled || ran
+        });
+        assert!(won, "round {round}: the waiter never took the freed slot");
+        assert!(
+            settled,
+            "round {round}: the waiter's program started while it still waited on a slot: {:?}",
+            slots.iter().map(|f| kernel_locks(f)).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Issue #16 item 7: `--device` is canonicalised with the rules of a
+/// source's host (ECP-0130), so every spelling of one box, and a launcher
+/// that names none, count the same one tuner.
+#[test]
+fn every_spelling_of_a_device_shares_one_set_of_slots_with_its_sources_host() {
+    let groups: [(&str, &[&str], &str); 3] = [
+        (
+            "tuner.lan",
+            &[
+                "--device=TUNER.lan",
+                "--device=tuner.lan.",
+                "--device= Tuner.LAN ",
+            ],
+            "http://tuner.lan:5004/auto/v{}.1",
+        ),
+        (
+            "127.0.0.180",
+            &[
+                "--device=0x7f0000b4",
+                "--device=127.0.0.180",
+                "--device=0177.0.0.0264",
+            ],
+            "http://0x7f.0.0.180:5004/auto/v{}.1",
+        ),
+        (
+            "[fd00::5]",
+            &[
+                "--device=fd00::5",
+                "--device=[FD00::5]",
+                "--device=[fd00:0::5]",
+            ],
+            "http://[fd00:0:0::5]:5004/auto/v{}.1",
+        ),
+    ];
+    for (canonical, spellings, source) in groups {
+        let env = TestEnv::new();
+        let source_of = |n: usize| source.replace("{}", &n.to_string());
+        // A launcher without --device: the device is the source's host.
+        let first = env
+            .launch(source_of(1))
+            .args(["--tuners", "1"])
+            .program(TestEnv::sh("echo \"$EC_DEVICE_KEY\" > key; exec sleep 300"))
+            .spawn();
+        assert!(
+            wait_until(PATIENCE, || fs::read_to_string(env.path("key"))
+                .is_ok_and(|k| k.ends_with('\n'))),
+            "{canonical}: the first launcher never ran"
+        );
+        assert_eq!(
+            fs::read_to_string(env.path("key")).unwrap().trim(),
+            canonical
+        );
+        for (n, spelling) in spellings.iter().enumerate() {
+            env.launch(source_of(n + 2))
+                .args(["--tuners", "1", spelling])
+                .label(format!("{spelling} is the device of {}", source_of(1)))
+                .expect_status(BUSY)
+                .stderr_contains(format!("slot 0 held by pid {}", first.pid()))
+                .program_did_not_run()
+                .run();
+        }
+        assert_eq!(
+            slot_files(&env).len(),
+            1,
+            "{canonical}: {:?}",
+            slot_files(&env)
+        );
+        drop(first);
+        // And a spelling that holds is seen by the source's own launcher.
+        let second = hold_slot(
+            &env,
+            &source_of(7),
+            &["--tuners", "1", spellings[0]],
+            "second",
+        );
+        env.launch(source_of(8))
+            .args(["--tuners", "1"])
+            .label(format!("{} holds {canonical}", spellings[0]))
+            .expect_status(BUSY)
+            .stderr_contains(format!("slot 0 held by pid {}", second.pid()))
+            .program_did_not_run()
+            .run();
+    }
+}
+
+/// Issue #16 item 8: a held slot whose file was deleted by hand is still a
+/// tuner in use. A launcher that takes the new file at its path sees, in
+/// the kernel's lock table, the orphan's holder and the device's N: it
+/// refuses to be the third reader (skip: the busy status, naming the
+/// orphan), or waits until the orphan's holder is gone.
+#[test]
+fn a_launcher_refuses_to_be_a_reader_beyond_n_beside_a_slot_whose_file_was_deleted() {
+    let env = TestEnv::new();
+    let _first = hold_slot(&env, &channel(1), &["--tuners", "2"], "first");
+    let mut second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
+    let slots = slot_files(&env);
+    // ec-launch execs the program: the launcher's PID is the holder's.
+    let second_pid = i64::from(second.pid());
+    let deleted = slots
+        .iter()
+        .find(|f| holders(f).contains(&second_pid))
+        .expect("second's slot")
+        .clone();
+    fs::remove_file(&deleted).unwrap();
+    env.launch(channel(3))
+        .args(["--tuners", "2"])
+        .expect_status(BUSY)
+        .stderr_contains("deleted")
+        .stderr_contains(format!("pid {second_pid}"))
+        .program_did_not_run()
+        .run();
+    assert!(
+        holders(&deleted).is_empty(),
+        "the refused launcher left the new slot file locked"
+    );
+    // A waiting launcher runs once the orphan's holder is gone.
+    let waiter = env
+        .launch(channel(4))
+        .args(["--tuners", "2", "--on-busy", "wait"])
+        .program(TestEnv::sh("touch ran; exec sleep 300"))
+        .spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !env.path("ran").exists(),
+        "the waiter ran beside the orphan"
+    );
+    second.0.kill().unwrap();
+    second.0.wait().unwrap();
+    assert!(
+        wait_until(PATIENCE, || env.path("ran").exists()),
+        "the waiter never ran after the orphan's holder was gone"
+    );
+    drop(waiter);
+}

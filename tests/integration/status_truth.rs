@@ -578,3 +578,161 @@ fn non_utf8_bytes_in_json_paths_do_not_empty_the_report() {
         "{report:#}"
     );
 }
+
+// --- issue #16 item 8: a slot is reported as a slot ---------------------------
+
+/// Channel `n` of the device at 10.0.0.5.
+fn channel(n: usize) -> String {
+    format!("http://10.0.0.5:5004/auto/v{n}.1")
+}
+
+/// The slot files of the lock directory, sorted.
+fn slot_files(env: &TestEnv) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(env.lock_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "slot"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Launches channel `n` with `--tuners 2` running `sleep 300`, and waits
+/// until the kernel shows it holding a slot file.
+#[track_caller]
+fn hold_slot(env: &TestEnv, n: usize) -> Guard {
+    let holder = env
+        .launch(channel(n))
+        .args(["--tuners", "2"])
+        .program(["sleep", "300"])
+        .spawn();
+    let pid = i64::from(holder.pid());
+    assert!(
+        wait_until(PATIENCE, || slot_files(env)
+            .iter()
+            .any(|f| holders(f).contains(&pid))),
+        "channel {n} never took a slot"
+    );
+    holder
+}
+
+#[test]
+fn a_held_slot_file_deleted_by_hand_is_an_orphaned_slot_and_the_device_counts_every_reader() {
+    let env = TestEnv::new();
+    let _first = hold_slot(&env, 1);
+    let second = hold_slot(&env, 2);
+    let deleted = slot_files(&env).remove(1);
+    assert!(
+        holders(&deleted).contains(&i64::from(second.pid())),
+        "{deleted:?}"
+    );
+    fs::remove_file(&deleted).unwrap();
+    // The harm this item reports: a third reader on a two-tuner device (the
+    // launcher now refuses to be it: one that does not check, an older
+    // version or a hand-made flock, still can).
+    let third = Guard::spawn(
+        Command::new("flock")
+            .arg("-n")
+            .arg(&deleted)
+            .args(["sleep", "300"]),
+    );
+    let third_pid = i64::from(third.pid());
+    assert!(
+        wait_until(PATIENCE, || holders(&deleted).contains(&third_pid)),
+        "the third launcher never took the recreated slot file"
+    );
+
+    let output = status(&env, &["--json"]);
+    assert_eq!(output.status.code(), Some(4), "{}", describe(&output));
+    let report = json(&output);
+    let locks = report["locks"].as_array().unwrap();
+    assert_eq!(locks.len(), 2, "one row per source: {report:#}");
+    for lock in locks {
+        let file = lock["lock_file"].as_str().unwrap();
+        assert!(
+            Path::new(file).extension().is_some_and(|x| x == "lock"),
+            "a slot in locks[]: {report:#}"
+        );
+        assert_eq!(lock["orphaned"], false, "{report:#}");
+    }
+    let devices = report["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{report:#}");
+    let device = &devices[0];
+    assert_eq!(device["tuners"], 2, "{report:#}");
+    assert_eq!(device["held"], 3, "what the kernel shows: {report:#}");
+    let orphans: Vec<&serde_json::Value> = device["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["orphaned"] == true)
+        .collect();
+    assert_eq!(orphans.len(), 1, "{report:#}");
+    assert_eq!(orphans[0]["slot"], 1, "{report:#}");
+    assert_eq!(orphans[0]["state"], "held", "{report:#}");
+    assert_eq!(holder_pids(orphans[0]), vec![u64::from(second.pid())]);
+    let in_place: Vec<&serde_json::Value> = device["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["orphaned"] == false && s["slot"] == 1)
+        .collect();
+    assert_eq!(in_place.len(), 1, "no duplicate row: {report:#}");
+    assert!(
+        device["warnings"]
+            .to_string()
+            .contains("slot file was deleted while held"),
+        "{report:#}"
+    );
+
+    let text_output = status(&env, &[]);
+    assert_eq!(text_output.status.code(), Some(4));
+    let shown = text(&text_output.stdout);
+    assert!(shown.contains("tuners 3/2 held"), "{shown}");
+    assert!(
+        !shown.lines().any(|l| l.starts_with("ORPHANED")),
+        "the table is for source locks: {shown}"
+    );
+    assert!(
+        !shown.contains("lock file was"),
+        "a source-lock message: {shown}"
+    );
+    assert!(shown.contains("slot 1 ORPHANED"), "{shown}");
+    assert!(
+        shown.contains("slot file was deleted while held"),
+        "{shown}"
+    );
+    drop(third);
+}
+
+/// A slot or lock file made between status's listing of the directory and
+/// its scan of the holders is the directory's, not a moved lock: status
+/// run while launchers come up never says ORPHANED (looped: the window is
+/// small).
+#[test]
+fn files_created_while_status_runs_are_never_reported_as_moved_or_orphaned() {
+    let env = TestEnv::new();
+    // The lock directory exists before the first status (which needs it).
+    env.launch(channel(99)).run();
+    let mut launchers = Vec::new();
+    for n in 0..24 {
+        launchers.push(
+            env.launch(channel(n))
+                .args(["--tuners", "64", "--device", &format!("box-{n}")])
+                .program(["sleep", "300"])
+                .spawn(),
+        );
+        let output = status(&env, &["--json"]);
+        let report = json(&output);
+        assert_ne!(output.status.code(), Some(4), "round {n}: {report:#}");
+        for lock in report["locks"].as_array().unwrap() {
+            assert!(
+                Path::new(lock["lock_file"].as_str().unwrap())
+                    .extension()
+                    .is_some_and(|x| x == "lock"),
+                "round {n}: a slot in locks[]: {report:#}"
+            );
+        }
+    }
+}

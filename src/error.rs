@@ -170,6 +170,13 @@ pub enum Error {
         margin: String,
         minimum: u64,
     },
+    /// Cluster mode: `--etcd-ttl` with a fraction: etcd grants leases in
+    /// whole seconds, so the fence's budget would be checked against a TTL
+    /// etcd never grants (ECP-0135).
+    #[error(
+        "--etcd-ttl {ttl} is not a whole number of seconds: etcd grants leases in whole seconds, and would grant {granted}s"
+    )]
+    FractionalTtl { ttl: String, granted: u64 },
     /// Cluster mode: blocking the signals the supervisor reads from a signalfd.
     #[error(
         "cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD (SIGCHLD at its default) to read them from a signalfd"
@@ -398,6 +405,10 @@ impl Error {
             Self::FenceBudget { .. } => (
                 BadArgument,
                 "raise --etcd-ttl to at least the minimum named, or shorten --etcd-stop-grace",
+            ),
+            Self::FractionalTtl { .. } => (
+                BadArgument,
+                "pass whole seconds, rounded up (e.g. --etcd-ttl 4 for 3.9): the fence's budget is checked against the TTL etcd grants",
             ),
             Self::BlockSignals { .. } | Self::WatchSignals { .. } => (OsError, REPORT_HINT),
             Self::Exec { source, .. } => match source {

@@ -66,9 +66,15 @@ impl FenceTiming {
     /// + margin must be less than the TTL, i.e. `TTL > 2 x (grace + margin)`.
     ///
     /// # Errors
-    /// [`Error::FenceBudget`] naming the smallest TTL (whole seconds, as
-    /// etcd grants them) that fits this stop grace.
+    /// [`Error::FractionalTtl`]; [`Error::FenceBudget`] naming the smallest
+    /// TTL (whole seconds, as etcd grants them) that fits this stop grace.
     pub fn new(ttl: Duration, stop_grace: Duration) -> Result<Self, Error> {
+        if ttl.subsec_nanos() != 0 {
+            return Err(Error::FractionalTtl {
+                ttl: format!("{}", ttl.as_secs_f64()),
+                granted: ttl.as_secs(),
+            });
+        }
         let timing = Self {
             ttl,
             stop_grace,
@@ -548,6 +554,9 @@ mod tests {
             (60.0, 29.0, false, 61),
             (61.0, 29.0, true, 0),
             (0.0, 0.0, false, 3),
+            // Fractions of a TTL: refused before the budget (0 = no minimum).
+            (3.9, 0.9, false, 0),
+            (10.5, 2.0, false, 0),
         ];
         for (ttl, grace, accepted, minimum) in cases {
             let result = FenceTiming::new(secs(ttl), secs(grace));
@@ -555,6 +564,13 @@ mod tests {
                 Ok(t) => {
                     assert!(accepted, "ttl {ttl} grace {grace} accepted");
                     assert!(t.renew_every() + t.call_timeout() + t.stop_grace + t.margin < t.ttl);
+                }
+                Err(e) if minimum == 0 => {
+                    assert!(!accepted, "ttl {ttl} grace {grace} refused: {e}");
+                    assert!(matches!(e, Error::FractionalTtl { .. }), "{e}");
+                    assert_eq!(e.exit_status(), crate::exit_code::ExitStatus::BadArgument);
+                    assert!(e.to_string().contains("whole"), "{e}");
+                    assert!(e.to_string().contains(&format!("{}s", ttl.floor())), "{e}");
                 }
                 Err(e) => {
                     assert!(!accepted, "ttl {ttl} grace {grace} refused: {e}");

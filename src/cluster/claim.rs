@@ -10,10 +10,191 @@
 //! answer was lost did succeed. An ambiguous txn is returned as the error it
 //! is; the caller revokes the lease (deleting anything it may have created)
 //! and starts over with a new one.
+//!
+//! Both keep a [`Witness`]: what the claimant saw of each key's previous
+//! holder, so that once a key is ours the session knows whether the holder
+//! let go cleanly (a release it watched: start at once) or not (wait the
+//! lock delay before starting, ECP-0135).
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use super::etcd::{Created, EtcdClient, EtcdError, KeyValue, WatchOutcome};
+use super::etcd::{Created, EtcdClient, EtcdError, Event, KeyValue, WatchOutcome, WatchSpec};
+use super::fence::BootInstant;
+use super::record::ClusterRecord;
+
+/// What a claimant saw of the keys it claimed (ECP-0135, lock delay). A
+/// key taken right after a watched DELETE whose previous value carried
+/// the holder's `released` mark changed hands cleanly: the holder's program
+/// had ended and its lock was free before it marked. Anything else, an
+/// expiry, a revoke or a delete by hand, a store restored or restarted
+/// empty, a compaction that hid what happened, or a key simply found free
+/// (a fresh claim cannot tell "never held" from "lost with the data"), is
+/// unclean: the previous holder may still be stopping its program.
+#[derive(Debug, Default)]
+pub struct Witness {
+    seen: HashMap<Vec<u8>, Seen>,
+    taken: Vec<Took>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// The revision of a watched DELETE whose previous value was marked
+    /// released, since the last holder seen.
+    clean_release: Option<i64>,
+    /// The stop grace the last holder seen recorded.
+    grace: Option<Duration>,
+}
+
+/// A key that became ours, and how it came to be.
+#[derive(Debug, Clone)]
+pub struct Took {
+    /// Our key as taken: its value and revisions, under our lease.
+    pub kv: KeyValue,
+    /// We watched its previous holder release it cleanly.
+    pub clean: bool,
+    /// The stop grace its previous holder recorded, when one was seen.
+    pub previous_grace: Option<Duration>,
+    /// When it became ours.
+    pub at: BootInstant,
+}
+
+impl Witness {
+    /// A holder was seen: whatever release came before is not this one's.
+    fn saw_holder(&mut self, holder: &KeyValue) {
+        let seen = self.seen.entry(holder.key.clone()).or_default();
+        seen.clean_release = None;
+        if let Some(grace) = ClusterRecord::recorded_stop_grace(&holder.value) {
+            seen.grace = Some(grace);
+        }
+    }
+
+    /// Keys were deleted: cleanly when the value they had carries the mark.
+    fn saw_deleted(&mut self, events: &[Event]) {
+        for event in events.iter().filter(|e| e.deleted) {
+            let seen = self.seen.entry(event.kv.key.clone()).or_default();
+            let previous = event.prev.as_ref().map(|prev| prev.value.as_slice());
+            seen.clean_release = previous
+                .is_some_and(ClusterRecord::is_released)
+                .then_some(event.kv.mod_revision);
+            if let Some(grace) = previous.and_then(ClusterRecord::recorded_stop_grace) {
+                seen.grace = Some(grace);
+            }
+        }
+    }
+
+    /// The watch could not tell what happened (compaction, a store that
+    /// went back): no release seen so far counts.
+    fn saw_nothing_certain(&mut self) {
+        for seen in self.seen.values_mut() {
+            seen.clean_release = None;
+        }
+    }
+
+    /// `kv` is ours now. Clean only when the last thing seen of the key was
+    /// a marked release and nothing happened to the key between that
+    /// delete and our create (another claimant could have taken and lost
+    /// it in between): our create is the next revision, or the key's
+    /// history since the delete begins with our create.
+    fn took(&mut self, client: &EtcdClient, kv: KeyValue) {
+        let seen = self.seen.get(&kv.key).copied().unwrap_or_default();
+        let clean = seen.clean_release.is_some_and(|released| {
+            kv.create_revision == released + 1
+                || first_change_after(client, &kv.key, released).is_some_and(|first| {
+                    !first.deleted
+                        && first.kv.create_revision == kv.create_revision
+                        && first.kv.lease == kv.lease
+                })
+        });
+        self.taken.push(Took {
+            kv,
+            clean,
+            previous_grace: seen.grace,
+            at: BootInstant::now(),
+        });
+    }
+
+    /// The keys taken since the last call, in the order taken.
+    pub fn drain_taken(&mut self) -> Vec<Took> {
+        std::mem::take(&mut self.taken)
+    }
+
+    /// Forgets everything: a claim that starts over under a new lease
+    /// knows nothing of what happened meanwhile.
+    pub fn forget(&mut self) {
+        self.seen.clear();
+        self.taken.clear();
+    }
+}
+
+/// The first change of `key` after `revision`, from etcd's history; `None`
+/// when it cannot be read (compacted, no answer in one call timeout).
+fn first_change_after(client: &EtcdClient, key: &[u8], revision: i64) -> Option<Event> {
+    let spec = WatchSpec {
+        key,
+        prefix: false,
+        start_revision: revision + 1,
+        puts: true,
+    };
+    let window_end = Instant::now() + client.call_timeout();
+    client
+        .watch(&spec, window_end, &mut |message| {
+            if message.compact_revision > 0 {
+                return Some(None);
+            }
+            message.events.first().cloned().map(Some)
+        })
+        .ok()
+        .flatten()
+        .flatten()
+}
+
+/// A create txn, with what it shows told to `witness`.
+fn create(
+    client: &EtcdClient,
+    witness: &mut Witness,
+    key: &[u8],
+    value: &[u8],
+    lease: i64,
+) -> Result<Created, EtcdError> {
+    let created = client.create(key, value, lease)?;
+    match &created {
+        Created::Ours { revision } => witness.took(
+            client,
+            KeyValue {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                create_revision: *revision,
+                mod_revision: *revision,
+                lease,
+            },
+        ),
+        // Ours already: an earlier txn whose answer was lost.
+        Created::Held { holder, .. } if holder.lease == lease => {
+            witness.took(client, holder.clone());
+        }
+        Created::Held { holder, .. } => witness.saw_holder(holder),
+    }
+    Ok(created)
+}
+
+/// [`EtcdClient::wait_for_delete`], with what it shows told to `witness`:
+/// `true` when `until` passed.
+fn wait_for_change(
+    client: &EtcdClient,
+    witness: &mut Witness,
+    key: &[u8],
+    prefix: bool,
+    after_revision: i64,
+    until: Option<Instant>,
+) -> Result<bool, EtcdError> {
+    match client.wait_for_delete(key, prefix, after_revision, until)? {
+        WatchOutcome::Deleted(events) => witness.saw_deleted(&events),
+        WatchOutcome::LookAgain => witness.saw_nothing_certain(),
+        WatchOutcome::TimedOut => return Ok(true),
+    }
+    Ok(false)
+}
 
 /// How a claim ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,12 +213,15 @@ pub enum Claimed {
 /// is made for each try, so a key taken after a wait says when it was
 /// taken, not when the wait began.
 /// An ambiguous txn => `Err` with [`EtcdError::is_ambiguous`]; the caller
-/// revokes the lease and starts over.
+/// revokes the lease and starts over. The key taken, and how, is in
+/// `witness`.
 ///
 /// # Errors
 /// Any [`EtcdError`] of the txn or the watch.
+#[allow(clippy::too_many_arguments)] // the slot claim's, and the witness
 pub fn claim(
     client: &EtcdClient,
+    witness: &mut Witness,
     key: &[u8],
     value: &dyn Fn() -> Vec<u8>,
     lease: i64,
@@ -47,7 +231,7 @@ pub fn claim(
 ) -> Result<Claimed, EtcdError> {
     let mut told: Option<(i64, i64)> = None;
     loop {
-        let (holder, revision) = match client.create(key, &value(), lease)? {
+        let (holder, revision) = match create(client, witness, key, &value(), lease)? {
             Created::Ours { .. } => return Ok(Claimed::Ours),
             Created::Held { holder, .. } if holder.lease == lease => return Ok(Claimed::Ours),
             Created::Held { holder, revision } => (holder, revision),
@@ -63,7 +247,7 @@ pub fn claim(
             on_wait(&holder);
             told = Some(identity);
         }
-        if client.wait_for_delete(key, false, revision, until)? == WatchOutcome::TimedOut {
+        if wait_for_change(client, witness, key, false, revision, until)? {
             return Ok(Claimed::Busy {
                 holder: Some(holder),
                 timed_out: true,
@@ -73,7 +257,8 @@ pub fn claim(
 }
 
 /// One of `count` slots under `device_prefix` (`slot-0`..`slot-{count-1}`),
-/// lowest free first; waits on the prefix's deletes. `None`: every slot is
+/// lowest free first; waits on the prefix's deletes. The slot taken, and
+/// how, is in `witness`. `None`: every slot is
 /// held (skip), or `until` passed. `on_wait` is told the holders whenever
 /// a wait starts.
 ///
@@ -82,6 +267,7 @@ pub fn claim(
 #[allow(clippy::too_many_arguments)] // the plan's signature
 pub fn claim_slot(
     client: &EtcdClient,
+    witness: &mut Witness,
     device_prefix: &[u8],
     count: u32,
     value: &dyn Fn() -> Vec<u8>,
@@ -102,7 +288,7 @@ pub fn claim_slot(
         for slot in 0..count {
             let mut key = under.clone();
             key.extend_from_slice(format!("slot-{slot}").as_bytes());
-            match client.create(&key, &value(), lease)? {
+            match create(client, witness, &key, &value(), lease)? {
                 Created::Ours { .. } => return Ok(Some(slot)),
                 Created::Held { holder, .. } if holder.lease == lease => return Ok(Some(slot)),
                 Created::Held { holder, revision } => {
@@ -119,7 +305,7 @@ pub fn claim_slot(
             return Ok(None);
         }
         on_wait(&holders);
-        if client.wait_for_delete(&under, true, revision, until)? == WatchOutcome::TimedOut {
+        if wait_for_change(client, witness, &under, true, revision, until)? {
             return Ok(None);
         }
     }
@@ -166,6 +352,7 @@ mod tests {
     fn claim_now(client: &EtcdClient, lease: i64, wait: bool, until: Option<Instant>) -> Claimed {
         claim(
             client,
+            &mut Witness::default(),
             KEY,
             &|| b"v".to_vec(),
             lease,
@@ -214,6 +401,7 @@ mod tests {
                 let until = Some(Instant::now() + Duration::from_secs(20));
                 let claimed = claim(
                     &client,
+                    &mut Witness::default(),
                     KEY,
                     &|| b"two".to_vec(),
                     second,
@@ -280,6 +468,7 @@ mod tests {
     fn slot(client: &EtcdClient, lease: i64, wait: bool, until: Option<Instant>) -> Option<u32> {
         claim_slot(
             client,
+            &mut Witness::default(),
             DEVICE,
             2,
             &|| b"v".to_vec(),
@@ -312,6 +501,7 @@ mod tests {
                 let until = Some(Instant::now() + Duration::from_secs(20));
                 claim_slot(
                     &client,
+                    &mut Witness::default(),
                     DEVICE,
                     2,
                     &|| b"v".to_vec(),
@@ -333,6 +523,126 @@ mod tests {
         assert_eq!(held.len(), 2);
         assert_eq!(held[0].lease, leases[0]);
         assert_eq!(held[1].lease, leases[2]);
+    }
+
+    /// A record of ours with `grace`, marked released or not.
+    fn record(grace: u64, released: bool) -> Vec<u8> {
+        let record = ClusterRecord::for_this_launch("n", None, "http://h/v1")
+            .with_stop_grace(Duration::from_secs(grace));
+        if released {
+            ClusterRecord::mark_released(&record.to_json()).unwrap()
+        } else {
+            record.to_json()
+        }
+    }
+
+    /// Claims KEY for `lease`, waiting (20 s at most); how it came to be ours.
+    fn took_after_wait(client: &EtcdClient, lease: i64, witness: &mut Witness) -> Took {
+        let until = Some(Instant::now() + Duration::from_secs(20));
+        let claimed = claim(
+            client,
+            witness,
+            KEY,
+            &|| record(1, false),
+            lease,
+            true,
+            until,
+            &mut |_| {},
+        )
+        .expect("claim");
+        assert_eq!(claimed, Claimed::Ours);
+        let mut taken = witness.drain_taken();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        taken.remove(0)
+    }
+
+    #[test]
+    fn a_key_found_free_is_not_a_clean_hand_over() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let mut witness = Witness::default();
+        let took = took_after_wait(&client, lease(&client, 10), &mut witness);
+        assert!(!took.clean);
+        assert_eq!(took.previous_grace, None);
+        assert_eq!(took.kv.key, KEY);
+        assert_eq!(took.kv.create_revision, took.kv.mod_revision);
+    }
+
+    /// A holder with grace 5 s; the claimant waits behind it, and `let_go`
+    /// ends the holding: how the claimant took the key.
+    fn hand_over(let_go: impl FnOnce(&EtcdClient, i64) + Send + 'static) -> Took {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let holder = lease(&client, 10);
+        assert!(matches!(
+            client
+                .create(KEY, &record(5, false), holder)
+                .expect("create"),
+            Created::Ours { .. }
+        ));
+        let ender = client.clone();
+        let end = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(500));
+            let_go(&ender, holder);
+        });
+        let took = took_after_wait(&client, lease(&client, 10), &mut Witness::default());
+        end.join().expect("ender");
+        took
+    }
+
+    #[test]
+    fn a_watched_release_marked_released_is_a_clean_hand_over() {
+        let took = hand_over(|client, holder| {
+            let marked = record(5, true);
+            assert!(
+                client
+                    .put_if_leased(&[(KEY, &marked)], holder)
+                    .expect("mark")
+            );
+            client.revoke(holder).expect("revoke");
+        });
+        assert!(took.clean, "{took:?}");
+        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_revoke_without_the_mark_is_not_a_clean_hand_over_and_says_the_holders_grace() {
+        let took = hand_over(|client, holder| client.revoke(holder).expect("revoke"));
+        assert!(!took.clean, "{took:?}");
+        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_clean_release_followed_by_another_holding_before_our_take_is_not_clean() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let first = lease(&client, 10);
+        client.create(KEY, &record(1, true), first).expect("create");
+        let (kv, _) = client.get(KEY).expect("get");
+        let released = kv.expect("held");
+        client.revoke(first).expect("revoke");
+        let (_, deleted_at) = client.get(KEY).expect("get");
+        // Another claimant takes it and loses it uncleanly before our take,
+        // while our watch saw only the clean release.
+        let second = lease(&client, 10);
+        client
+            .create(KEY, &record(1, false), second)
+            .expect("create");
+        client.revoke(second).expect("revoke");
+        let mut witness = Witness::default();
+        witness.saw_deleted(&[Event {
+            deleted: true,
+            kv: KeyValue {
+                key: KEY.to_vec(),
+                value: Vec::new(),
+                create_revision: 0,
+                mod_revision: deleted_at,
+                lease: 0,
+            },
+            prev: Some(released),
+        }]);
+        let took = took_after_wait(&client, lease(&client, 10), &mut witness);
+        assert!(!took.clean, "{took:?}");
     }
 
     #[test]

@@ -65,6 +65,10 @@ impl FenceTiming {
     /// Validates the budget: renewal interval + call timeout + stop grace
     /// + margin must be less than the TTL, i.e. `TTL > 2 x (grace + margin)`.
     ///
+    /// The TTL must be whole seconds: etcd grants leases in whole seconds,
+    /// so a fraction would be checked here and then cut off by the grant,
+    /// leaving less than the budget (ECP-0135).
+    ///
     /// # Errors
     /// [`Error::FractionalTtl`]; [`Error::FenceBudget`] naming the smallest
     /// TTL (whole seconds, as etcd grants them) that fits this stop grace.
@@ -175,10 +179,37 @@ impl Add<Duration> for BootInstant {
 pub enum Renewal {
     /// The lease lives on; the TTL the server answered.
     Renewed(Duration),
-    /// The server says the lease is gone (expired or revoked).
-    Lost,
+    /// The lease, or a key under it, is gone: why (printable, never a
+    /// secret). The fence fires at once.
+    Lost(String),
     /// No answer, or an unusable one; printable, never a secret.
     Failed(String),
+}
+
+/// Fires a [`Renewer`]'s fence at once, with the reason, from any thread:
+/// the supervisor sees the alarm and stops the program (SIGTERM, grace,
+/// SIGKILL, exit 76) exactly as for a missed deadline. Firing twice, or
+/// after the deadline passed, keeps the first reason.
+#[derive(Clone)]
+pub struct Fuse {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Fuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fuse").finish_non_exhaustive()
+    }
+}
+
+impl Fuse {
+    /// Fires the fence now, unless it fired already.
+    pub fn fire(&self, why: String) {
+        let mut state = self.shared.state();
+        self.shared.latch_if_past(&mut state);
+        if state.fired.is_none() {
+            self.shared.fire_now(&mut state, why);
+        }
+    }
 }
 
 /// The running renewer. Dropping it (or [`Renewer::stop`]) stops the
@@ -279,6 +310,15 @@ impl Renewer {
         let mut state = self.shared.state();
         self.shared.latch_if_past(&mut state);
         state.fired.clone()
+    }
+
+    /// A handle that fires this fence at once from another thread: for a
+    /// watch that sees the keys lost (ECP-0135).
+    #[must_use]
+    pub fn fuse(&self) -> Fuse {
+        Fuse {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// The current fence deadline.
@@ -459,13 +499,10 @@ fn renew_loop(
                     next_renewal = sent + timing.renew_every();
                     backoff = Duration::ZERO;
                 }
-                Renewal::Lost => {
+                Renewal::Lost(why) => {
                     let mut state = shared.state();
                     if state.fired.is_none() {
-                        shared.fire_now(
-                            &mut state,
-                            "etcd answered that the lease is gone (expired or revoked)".into(),
-                        );
+                        shared.fire_now(&mut state, why);
                     }
                     return;
                 }
@@ -672,7 +709,7 @@ mod tests {
         let counted = Arc::clone(&count);
         let renew = Box::new(move || {
             *counted.lock().unwrap() += 1;
-            Renewal::Lost
+            Renewal::Lost("etcd answered that the lease is gone".into())
         });
         let start = BootInstant::now();
         let renewer = super::start(timing, start, secs(3.0), None, renew).unwrap();
@@ -689,6 +726,22 @@ mod tests {
             1,
             "no renewal after the fence fired"
         );
+    }
+
+    #[test]
+    fn a_fuse_fires_the_alarm_at_once_from_another_thread_and_keeps_the_first_reason() {
+        let timing = FenceTiming::new(secs(30.0), secs(1.0)).unwrap();
+        let renew = Box::new(|| Renewal::Renewed(secs(30.0)));
+        let renewer = super::start(timing, BootInstant::now(), secs(30.0), None, renew).unwrap();
+        let fuse = renewer.fuse();
+        let fired = std::thread::spawn(move || {
+            fuse.fire("our key was deleted".into());
+            fuse.fire("a second reason".into());
+        });
+        fired.join().unwrap();
+        let seen = wait_for_alarm(&renewer, secs(2.0)).expect("fires at once");
+        assert!(seen < renewer.deadline(), "long before the deadline");
+        assert_eq!(renewer.fired().as_deref(), Some("our key was deleted"));
     }
 
     #[test]

@@ -298,12 +298,7 @@ impl Launching<'_> {
         // node never race through etcd. Nothing of it runs without --etcd.
         let cluster_record = || {
             config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
-                ClusterRecord::for_this_launch(
-                    &cluster.connection.node,
-                    unit.clone(),
-                    self.redacted,
-                )
-                .to_json()
+                cluster_record(cluster, unit.clone(), self.redacted)
             })
         };
         let source_claim = SourceClaim {
@@ -365,6 +360,9 @@ impl Launching<'_> {
                 Some(slot)
             }
         };
+        if !settle_in_cluster(config, session.as_mut(), &source_claim, self.program_name)? {
+            return Ok(config.busy_status);
+        }
         if wait_started.is_some() {
             // Taken after a wait: another reader just let go, and its
             // connection to the device can outlive its lock by a few
@@ -735,6 +733,42 @@ fn take_cluster_slot(
     }
 }
 
+/// This launch's value under its cluster keys: who holds them, and the
+/// stop grace a claimant's lock delay must outlast (ECP-0135).
+fn cluster_record(cluster: &ClusterConfig, unit: Option<String>, redacted: &str) -> Vec<u8> {
+    ClusterRecord::for_this_launch(&cluster.connection.node, unit, redacted)
+        .with_stop_grace(cluster.timing.stop_grace)
+        .to_json()
+}
+
+/// In cluster mode, waits out the lock delay of a take that was not a
+/// clean hand-over (ECP-0135): a holder that lost a key we took has stopped
+/// its program by then. The keys are taken again should they be lost
+/// meanwhile; false when one taken again stayed held (reported here).
+fn settle_in_cluster(
+    config: &RunConfig,
+    session: Option<&mut Session>,
+    claim: &SourceClaim<'_>,
+    program_name: &str,
+) -> Result<bool, Error> {
+    let Some(session) = session else {
+        return Ok(true);
+    };
+    let Some(Busy { holders, timed_out }) = session.settle(claim)? else {
+        return Ok(true);
+    };
+    let waited = gave_up_waiting(config, timed_out);
+    tracing::warn!(
+        key = %printable(config.key.as_str()),
+        "cluster keys lost before the program started, and taken again: held by {}; {waited}not starting {}, exiting {} (see `{}`)",
+        describe_cluster_holders(&holders),
+        printable(program_name),
+        config.busy_status.code(),
+        cluster_status_command(config),
+    );
+    Ok(false)
+}
+
 /// Runs the program as our child under the lease, and exits as it did
 /// (ECP-0134): the launcher must outlive the exec to renew the lease and
 /// stop the program before the lease can expire unrenewed.
@@ -757,8 +791,9 @@ fn supervise_in_cluster(
     // written for exec, where closing is implicit).
     drop(monitor);
     let ended = child.wait(session.renewer().map(|r| (r, stop_grace)));
-    // At once: the next holder need not wait for the lease to expire.
-    session.release();
+    // At once: the next holder need not wait for the lease to expire, nor
+    // (the mark says the program is gone) for the lock delay.
+    session.release_clean();
     match ended {
         crate::supervise::Ended::Exited(code) => {
             let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -769,7 +804,7 @@ fn supervise_in_cluster(
         crate::supervise::Ended::Fenced { child, .. } => {
             // The supervisor logged why when it fenced; this says how it ended.
             tracing::error!(
-                "fence: the program ended with {child} before the lease could expire on the server; exiting {} (systemd restarts the unit, which takes the keys again)",
+                "fence: the program ended with {child}, before the lease could expire on the server and before a node that takes a lost key may start; exiting {} (systemd restarts the unit, which takes the keys again)",
                 ExitStatus::Fenced.code()
             );
             Ok(ExitStatus::Fenced)

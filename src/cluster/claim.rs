@@ -23,7 +23,12 @@ use super::etcd::{Created, EtcdClient, EtcdError, Event, KeyValue, WatchOutcome,
 use super::fence::BootInstant;
 use super::record::ClusterRecord;
 
-/// What a claimant saw of the keys it claimed (ECP-0135, lock delay). A
+/// What a claimant saw of the keys it claimed (ECP-0135, lock delay). Every
+/// create and every wait of a claim must be told to it (through
+/// [`create`] and [`wait_for_change`], or its `saw_*` and `took` methods):
+/// a take it was not told of is neither watched nor delayed until the
+/// session asks for it ([`Witness::ensure_taken`]), and a delete it was not
+/// told of is never a clean hand-over. A
 /// key taken right after a watched DELETE whose previous value carried
 /// the holder's `released` mark changed hands cleanly: the holder's program
 /// had ended and its lock was free before it marked. Anything else, an
@@ -61,7 +66,7 @@ pub struct Took {
 
 impl Witness {
     /// A holder was seen: whatever release came before is not this one's.
-    fn saw_holder(&mut self, holder: &KeyValue) {
+    pub fn saw_holder(&mut self, holder: &KeyValue) {
         let seen = self.seen.entry(holder.key.clone()).or_default();
         seen.clean_release = None;
         if let Some(grace) = ClusterRecord::recorded_stop_grace(&holder.value) {
@@ -70,7 +75,7 @@ impl Witness {
     }
 
     /// Keys were deleted: cleanly when the value they had carries the mark.
-    fn saw_deleted(&mut self, events: &[Event]) {
+    pub fn saw_deleted(&mut self, events: &[Event]) {
         for event in events.iter().filter(|e| e.deleted) {
             let seen = self.seen.entry(event.kv.key.clone()).or_default();
             let previous = event.prev.as_ref().map(|prev| prev.value.as_slice());
@@ -85,7 +90,7 @@ impl Witness {
 
     /// The watch could not tell what happened (compaction, a store that
     /// went back): no release seen so far counts.
-    fn saw_nothing_certain(&mut self) {
+    pub fn saw_nothing_certain(&mut self) {
         for seen in self.seen.values_mut() {
             seen.clean_release = None;
         }
@@ -96,7 +101,7 @@ impl Witness {
     /// delete and our create (another claimant could have taken and lost
     /// it in between): our create is the next revision, or the key's
     /// history since the delete begins with our create.
-    fn took(&mut self, client: &EtcdClient, kv: KeyValue) {
+    pub fn took(&mut self, client: &EtcdClient, kv: KeyValue) {
         let seen = self.seen.get(&kv.key).copied().unwrap_or_default();
         let clean = seen.clean_release.is_some_and(|released| {
             kv.create_revision == released + 1
@@ -112,6 +117,35 @@ impl Witness {
             previous_grace: seen.grace,
             at: BootInstant::now(),
         });
+    }
+
+    /// Makes sure the take of `key` under `lease` was told: a claim that
+    /// says it took a key is held to it, read from etcd when it was not
+    /// told here (then it is not a clean hand-over: nothing was watched).
+    ///
+    /// # Errors
+    /// The read's [`EtcdError`]; [`EtcdError::Malformed`] (ambiguous: start
+    /// over) when the key is not under `lease`.
+    pub fn ensure_taken(
+        &mut self,
+        client: &EtcdClient,
+        key: &[u8],
+        lease: i64,
+    ) -> Result<(), EtcdError> {
+        if self.taken.iter().any(|took| took.kv.key == key) {
+            return Ok(());
+        }
+        match client.get(key)? {
+            (Some(kv), _) if kv.lease == lease => {
+                self.took(client, kv);
+                Ok(())
+            }
+            _ => Err(EtcdError::Malformed {
+                operation: "claim",
+                endpoint: "(the claim's own answer)".into(),
+                reason: "a key the claim called ours is not under our lease".into(),
+            }),
+        }
     }
 
     /// The keys taken since the last call, in the order taken.
@@ -150,7 +184,7 @@ fn first_change_after(client: &EtcdClient, key: &[u8], revision: i64) -> Option<
 }
 
 /// A create txn, with what it shows told to `witness`.
-fn create(
+pub fn create(
     client: &EtcdClient,
     witness: &mut Witness,
     key: &[u8],
@@ -180,7 +214,7 @@ fn create(
 
 /// [`EtcdClient::wait_for_delete`], with what it shows told to `witness`:
 /// `true` when `until` passed.
-fn wait_for_change(
+pub fn wait_for_change(
     client: &EtcdClient,
     witness: &mut Witness,
     key: &[u8],
@@ -643,6 +677,27 @@ mod tests {
         }]);
         let took = took_after_wait(&client, lease(&client, 10), &mut witness);
         assert!(!took.clean, "{took:?}");
+    }
+
+    #[test]
+    fn a_take_the_witness_was_not_told_of_is_read_from_etcd_and_is_not_clean() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let ours = lease(&client, 10);
+        // Taken by a path that told the witness nothing.
+        client.create(KEY, b"v", ours).expect("create");
+        let mut witness = Witness::default();
+        witness.ensure_taken(&client, KEY, ours).expect("ours");
+        witness.ensure_taken(&client, KEY, ours).expect("told once");
+        let taken = witness.drain_taken();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert!(!taken[0].clean);
+        assert_eq!(taken[0].kv.lease, ours);
+        // A claim that calls another's key ours starts over.
+        let error = witness
+            .ensure_taken(&client, KEY, lease(&client, 10))
+            .expect_err("not ours");
+        assert!(error.is_ambiguous(), "{error}");
     }
 
     #[test]

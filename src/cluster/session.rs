@@ -284,6 +284,13 @@ impl Session {
                 source.until,
                 on_wait,
             );
+            let claimed = claimed.and_then(|claimed| {
+                if claimed == Claimed::Ours {
+                    self.witness
+                        .ensure_taken(&self.client, key.as_bytes(), lease)?;
+                }
+                Ok(claimed)
+            });
             match claimed {
                 Ok(Claimed::Ours) => {
                     self.keep_taken()?;
@@ -337,6 +344,14 @@ impl Session {
                 source.until,
                 on_wait,
             );
+            let claimed = claimed.and_then(|slot| {
+                if let Some(slot) = slot {
+                    let key = format!("{prefix}slot-{slot}");
+                    self.witness
+                        .ensure_taken(&self.client, key.as_bytes(), lease)?;
+                }
+                Ok(slot)
+            });
             let cause = match claimed {
                 Ok(Some(slot)) => {
                     self.keep_taken()?;

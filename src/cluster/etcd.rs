@@ -2183,6 +2183,8 @@ mod tests {
         })
         .expect("connect");
         let token = client.token_slot().as_ref().expect("a token").0.clone();
+        // A real lease: lease 0 is refused before any request is sent.
+        let lease = client.grant(Duration::from_secs(30)).expect("grant").id;
         let mut texts = vec![format!("{client:?}")];
         let mut errors = vec![
             EtcdClient::connect(&EtcdConnect {
@@ -2194,7 +2196,7 @@ mod tests {
                 .expect_err("two lines"),
             read_user_file(&user_file(&etcd, &format!("{PASSWORD}\n"))).expect_err("no colon"),
             client
-                .create(b"/outside", b"v", 0)
+                .create(b"/outside", b"v", lease)
                 .expect_err("no permission"),
         ];
         etcd.freeze();

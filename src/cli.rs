@@ -203,7 +203,7 @@ pub struct ClusterArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
 
-    /// Cluster mode: the lease's time to live; the program is stopped before it can expire unrenewed
+    /// Cluster mode: the lease's time to live, whole seconds (etcd grants no fractions); the program is stopped before it can expire unrenewed
     #[arg(long, value_name = "SECS", env = "EC_LAUNCH_ETCD_TTL", value_parser = parse_seconds, default_value = "10")]
     pub etcd_ttl: Duration,
 

@@ -170,6 +170,13 @@ pub enum Error {
         margin: String,
         minimum: u64,
     },
+    /// Cluster mode: `--etcd-ttl` with a fraction: etcd grants leases in
+    /// whole seconds, so the fence's budget would be checked against a TTL
+    /// etcd never grants (ECP-0135).
+    #[error(
+        "--etcd-ttl {ttl} is not a whole number of seconds: etcd grants leases in whole seconds, and would grant {granted}s"
+    )]
+    FractionalTtl { ttl: String, granted: u64 },
     /// Cluster mode: blocking the signals the supervisor reads from a signalfd.
     #[error(
         "cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD (SIGCHLD at its default) to read them from a signalfd"
@@ -197,6 +204,16 @@ pub enum Error {
     /// Cluster mode: `--node` empty or with control characters.
     #[error("--node is empty or has control characters")]
     BadNodeName,
+    /// Cluster mode: the claims started over [`crate::cluster::session::MOST_RESTARTS`]
+    /// times in a row, each after an answer that left unknown what we hold.
+    #[error(
+        "gave up taking the cluster keys after {attempts} start-overs in a row, each after an answer that left unknown whether a key was taken"
+    )]
+    ClaimGaveUp {
+        attempts: u32,
+        #[source]
+        source: EtcdError,
+    },
     /// Cluster mode: the lease was lost before the program started.
     #[error("the cluster lease was lost before the program started ({why})")]
     Fenced { why: String },
@@ -389,7 +406,7 @@ impl Error {
                 BadArgument,
                 "pass the device's number of tuners, e.g. --tuners 2: only a network source's host can be asked",
             ),
-            Self::Etcd(cause) => etcd_outcome(cause),
+            Self::Etcd(cause) | Self::ClaimGaveUp { source: cause, .. } => etcd_outcome(cause),
             Self::ClusterOptionWithoutEtcd { .. } => (
                 BadArgument,
                 "pass --etcd URL for cluster mode, or drop the option (check EC_LAUNCH_ETCD_* in the environment)",
@@ -405,6 +422,10 @@ impl Error {
             Self::FenceBudget { .. } => (
                 BadArgument,
                 "raise --etcd-ttl to at least the minimum named, or shorten --etcd-stop-grace",
+            ),
+            Self::FractionalTtl { .. } => (
+                BadArgument,
+                "pass whole seconds, rounded up (e.g. --etcd-ttl 4 for 3.9): the fence's budget is checked against the TTL etcd grants",
             ),
             Self::BlockSignals { .. } | Self::WatchSignals { .. } => (OsError, REPORT_HINT),
             Self::Exec { source, .. } => match source {
@@ -449,6 +470,10 @@ fn etcd_outcome(cause: &EtcdError) -> (ExitStatus, &'static str) {
         EtcdError::Rejected { .. } => (
             ExitStatus::Unavailable,
             "see etcd's message and check the cluster's health (etcdctl endpoint status); under systemd the unit is restarted",
+        ),
+        EtcdError::OtherCluster { .. } => (
+            ExitStatus::Unavailable,
+            "an --etcd endpoint answers for another etcd cluster (restored from a backup as a new cluster, or a wrong endpoint in the list): check that every --etcd URL names a member of one cluster (etcdctl endpoint status); under systemd the unit is restarted and takes its keys in the cluster that answers",
         ),
         EtcdError::Malformed { .. } => (
             ExitStatus::Unavailable,

@@ -10,12 +10,226 @@
 //! answer was lost did succeed. An ambiguous txn is returned as the error it
 //! is; the caller revokes the lease (deleting anything it may have created)
 //! and starts over with a new one.
+//!
+//! Both keep a [`Witness`]: what the claimant saw of each key's previous
+//! holder, so that once a key is ours the session knows whether the holder
+//! let go cleanly (a release it watched: start at once) or not (wait the
+//! lock delay before starting, ECP-0135).
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use super::etcd::{Created, EtcdClient, EtcdError, KeyValue, WatchOutcome};
+use super::etcd::{Created, EtcdClient, EtcdError, Event, KeyValue, WatchOutcome, WatchSpec};
+use super::fence::BootInstant;
 use super::keyspace;
-use super::record::Declarant;
+use super::record::{ClusterRecord, Declarant};
+
+/// What a claimant saw of the keys it claimed (ECP-0135, lock delay). Every
+/// create and every wait of a claim must be told to it (through
+/// [`create`] and [`wait_for_change`], or its `saw_*` and `took` methods):
+/// a take it was not told of is neither watched nor delayed until the
+/// session asks for it ([`Witness::ensure_taken`]), and a delete it was not
+/// told of is never a clean hand-over. A
+/// key taken right after a watched DELETE whose previous value carried
+/// the holder's `released` mark changed hands cleanly: the holder's program
+/// had ended and its lock was free before it marked. Anything else, an
+/// expiry, a revoke or a delete by hand, a store restored or restarted
+/// empty, a compaction that hid what happened, or a key simply found free
+/// (a fresh claim cannot tell "never held" from "lost with the data"), is
+/// unclean: the previous holder may still be stopping its program.
+#[derive(Debug, Default)]
+pub struct Witness {
+    seen: HashMap<Vec<u8>, Seen>,
+    taken: Vec<Took>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// The revision of a watched DELETE whose previous value was marked
+    /// released, since the last holder seen.
+    clean_release: Option<i64>,
+    /// The stop grace the last holder seen recorded.
+    grace: Option<Duration>,
+}
+
+/// A key that became ours, and how it came to be.
+#[derive(Debug, Clone)]
+pub struct Took {
+    /// Our key as taken: its value and revisions, under our lease.
+    pub kv: KeyValue,
+    /// We watched its previous holder release it cleanly.
+    pub clean: bool,
+    /// The stop grace its previous holder recorded, when one was seen.
+    pub previous_grace: Option<Duration>,
+    /// When it became ours.
+    pub at: BootInstant,
+}
+
+impl Witness {
+    /// A holder was seen: whatever release came before is not this one's.
+    pub fn saw_holder(&mut self, holder: &KeyValue) {
+        let seen = self.seen.entry(holder.key.clone()).or_default();
+        seen.clean_release = None;
+        if let Some(grace) = ClusterRecord::recorded_stop_grace(&holder.value) {
+            seen.grace = Some(grace);
+        }
+    }
+
+    /// Keys were deleted: cleanly when the value they had carries the mark.
+    pub fn saw_deleted(&mut self, events: &[Event]) {
+        for event in events.iter().filter(|e| e.deleted) {
+            let seen = self.seen.entry(event.kv.key.clone()).or_default();
+            let previous = event.prev.as_ref().map(|prev| prev.value.as_slice());
+            seen.clean_release = previous
+                .is_some_and(ClusterRecord::is_released)
+                .then_some(event.kv.mod_revision);
+            if let Some(grace) = previous.and_then(ClusterRecord::recorded_stop_grace) {
+                seen.grace = Some(grace);
+            }
+        }
+    }
+
+    /// The watch could not tell what happened (compaction, a store that
+    /// went back): no release seen so far counts.
+    pub fn saw_nothing_certain(&mut self) {
+        for seen in self.seen.values_mut() {
+            seen.clean_release = None;
+        }
+    }
+
+    /// `kv` is ours now. Clean only when the last thing seen of the key was
+    /// a marked release and nothing happened to the key between that
+    /// delete and our create (another claimant could have taken and lost
+    /// it in between): our create is the next revision, or the key's
+    /// history since the delete begins with our create.
+    pub fn took(&mut self, client: &EtcdClient, kv: KeyValue) {
+        let seen = self.seen.get(&kv.key).copied().unwrap_or_default();
+        let clean = seen.clean_release.is_some_and(|released| {
+            kv.create_revision == released + 1
+                || first_change_after(client, &kv.key, released).is_some_and(|first| {
+                    !first.deleted
+                        && first.kv.create_revision == kv.create_revision
+                        && first.kv.lease == kv.lease
+                })
+        });
+        self.taken.push(Took {
+            kv,
+            clean,
+            previous_grace: seen.grace,
+            at: BootInstant::now(),
+        });
+    }
+
+    /// Makes sure the take of `key` under `lease` was told: a claim that
+    /// says it took a key is held to it, read from etcd when it was not
+    /// told here (then it is not a clean hand-over: nothing was watched).
+    ///
+    /// # Errors
+    /// The read's [`EtcdError`]; [`EtcdError::Malformed`] (ambiguous: start
+    /// over) when the key is not under `lease`.
+    pub fn ensure_taken(
+        &mut self,
+        client: &EtcdClient,
+        key: &[u8],
+        lease: i64,
+    ) -> Result<(), EtcdError> {
+        if self.taken.iter().any(|took| took.kv.key == key) {
+            return Ok(());
+        }
+        match client.get(key)? {
+            (Some(kv), _) if kv.lease == lease => {
+                self.took(client, kv);
+                Ok(())
+            }
+            _ => Err(EtcdError::Malformed {
+                operation: "claim",
+                endpoint: "(the claim's own answer)".into(),
+                reason: "a key the claim called ours is not under our lease".into(),
+            }),
+        }
+    }
+
+    /// The keys taken since the last call, in the order taken.
+    pub fn drain_taken(&mut self) -> Vec<Took> {
+        std::mem::take(&mut self.taken)
+    }
+
+    /// Forgets everything: a claim that starts over under a new lease
+    /// knows nothing of what happened meanwhile.
+    pub fn forget(&mut self) {
+        self.seen.clear();
+        self.taken.clear();
+    }
+}
+
+/// The first change of `key` after `revision`, from etcd's history; `None`
+/// when it cannot be read (compacted, no answer in one call timeout).
+fn first_change_after(client: &EtcdClient, key: &[u8], revision: i64) -> Option<Event> {
+    let spec = WatchSpec {
+        key,
+        prefix: false,
+        start_revision: revision + 1,
+        puts: true,
+    };
+    let window_end = Instant::now() + client.call_timeout();
+    client
+        .watch(&spec, window_end, &mut |message| {
+            if message.compact_revision > 0 {
+                return Some(None);
+            }
+            message.events.first().cloned().map(Some)
+        })
+        .ok()
+        .flatten()
+        .flatten()
+}
+
+/// A create txn, with what it shows told to `witness`.
+pub fn create(
+    client: &EtcdClient,
+    witness: &mut Witness,
+    key: &[u8],
+    value: &[u8],
+    lease: i64,
+) -> Result<Created, EtcdError> {
+    let created = client.create(key, value, lease)?;
+    match &created {
+        Created::Ours { revision } => witness.took(
+            client,
+            KeyValue {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                create_revision: *revision,
+                mod_revision: *revision,
+                lease,
+            },
+        ),
+        // Ours already: an earlier txn whose answer was lost.
+        Created::Held { holder, .. } if holder.lease == lease => {
+            witness.took(client, holder.clone());
+        }
+        Created::Held { holder, .. } => witness.saw_holder(holder),
+    }
+    Ok(created)
+}
+
+/// [`EtcdClient::wait_for_delete`], with what it shows told to `witness`:
+/// `true` when `until` passed.
+pub fn wait_for_change(
+    client: &EtcdClient,
+    witness: &mut Witness,
+    key: &[u8],
+    prefix: bool,
+    after_revision: i64,
+    until: Option<Instant>,
+) -> Result<bool, EtcdError> {
+    match client.wait_for_delete(key, prefix, after_revision, until)? {
+        WatchOutcome::Deleted(events) => witness.saw_deleted(&events),
+        WatchOutcome::LookAgain => witness.saw_nothing_certain(),
+        WatchOutcome::TimedOut => return Ok(true),
+    }
+    Ok(false)
+}
 
 /// How a claim ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,12 +248,15 @@ pub enum Claimed {
 /// is made for each try, so a key taken after a wait says when it was
 /// taken, not when the wait began.
 /// An ambiguous txn => `Err` with [`EtcdError::is_ambiguous`]; the caller
-/// revokes the lease and starts over.
+/// revokes the lease and starts over. The key taken, and how, is in
+/// `witness`.
 ///
 /// # Errors
 /// Any [`EtcdError`] of the txn or the watch.
+#[allow(clippy::too_many_arguments)] // the slot claim's, and the witness
 pub fn claim(
     client: &EtcdClient,
+    witness: &mut Witness,
     key: &[u8],
     value: &dyn Fn() -> Vec<u8>,
     lease: i64,
@@ -49,7 +266,7 @@ pub fn claim(
 ) -> Result<Claimed, EtcdError> {
     let mut told: Option<(i64, i64)> = None;
     loop {
-        let (holder, revision) = match client.create(key, &value(), lease)? {
+        let (holder, revision) = match create(client, witness, key, &value(), lease)? {
             Created::Ours { .. } => return Ok(Claimed::Ours),
             Created::Held { holder, .. } if holder.lease == lease => return Ok(Claimed::Ours),
             Created::Held { holder, revision } => (holder, revision),
@@ -65,7 +282,7 @@ pub fn claim(
             on_wait(&holder);
             told = Some(identity);
         }
-        if client.wait_for_delete(key, false, revision, until)? == WatchOutcome::TimedOut {
+        if wait_for_change(client, witness, key, false, revision, until)? {
             return Ok(Claimed::Busy {
                 holder: Some(holder),
                 timed_out: true,
@@ -125,12 +342,15 @@ pub struct Disagreement {
 /// or `until` passed. `on_wait` is told the holders whenever a wait starts
 /// with other holders than the last; `on_disagree` once, when other
 /// launchers' counts first make this one use fewer than it declared.
+/// The slot taken, and how, is in `witness`: every holder a look shows,
+/// every delete the wait sees and the take itself are told to it.
 ///
 /// # Errors
 /// Any [`EtcdError`] of a look, a txn, the registration or the watch.
 #[allow(clippy::too_many_arguments)] // the plan's signature
 pub fn claim_slot(
     client: &EtcdClient,
+    witness: &mut Witness,
     request: &SlotRequest<'_>,
     lease: i64,
     wait: bool,
@@ -148,9 +368,13 @@ pub fn claim_slot(
     let mut changed_under_us = 0_u32;
     loop {
         let view = DeviceView::look(client, &under)?;
-        if let Some(slot) = view.held_by(lease) {
+        if let Some((slot, kv)) = view.held_by(lease) {
             // An earlier txn whose answer was lost did succeed.
+            witness.took(client, kv.clone());
             return Ok(Some(slot));
+        }
+        for (_, holder) in &view.slots {
+            witness.saw_holder(holder);
         }
         let using = view.agreed_count(request.count, lease);
         if using < request.count && !disagreement_told {
@@ -163,14 +387,28 @@ pub fn claim_slot(
         }
         if let Some(slot) = view.free_slot(using) {
             let registered = view.is_waiting(lease).then_some(waiting_key.as_slice());
-            if client.create_if_unchanged(
+            let key = keyspace::slot_under(&under, slot);
+            let value = (request.value)();
+            if let Some(revision) = client.create_if_unchanged(
                 &under,
                 view.revision,
-                &keyspace::slot_under(&under, slot),
-                &(request.value)(),
+                &key,
+                &value,
                 lease,
                 registered,
             )? {
+                // The witness judges the take as any other: clean only
+                // right after a watched, marked release of this very slot.
+                witness.took(
+                    client,
+                    KeyValue {
+                        key,
+                        value,
+                        create_revision: revision,
+                        mod_revision: revision,
+                        lease,
+                    },
+                );
                 return Ok(Some(slot));
             }
             // Another launcher wrote first: look again, at once while it
@@ -200,7 +438,7 @@ pub fn claim_slot(
         }
         // From the look's revision: a slot freed between the look and the
         // watch (or the registration) still wakes us.
-        if client.wait_for_delete(&under, true, view.revision, until)? == WatchOutcome::TimedOut {
+        if wait_for_change(client, witness, &under, true, view.revision, until)? {
             return Ok(None);
         }
     }
@@ -247,13 +485,13 @@ impl DeviceView {
         view
     }
 
-    /// The slot held under `lease`, if any.
+    /// The slot held under `lease`, if any, and its key.
     #[must_use]
-    pub fn held_by(&self, lease: i64) -> Option<u32> {
+    pub fn held_by(&self, lease: i64) -> Option<(u32, &KeyValue)> {
         self.slots
             .iter()
             .find(|(_, kv)| kv.lease == lease)
-            .map(|(index, _)| *index)
+            .map(|(index, kv)| (*index, kv))
     }
 
     /// True when `lease`'s waiting key is registered.
@@ -343,6 +581,7 @@ mod tests {
     fn claim_now(client: &EtcdClient, lease: i64, wait: bool, until: Option<Instant>) -> Claimed {
         claim(
             client,
+            &mut Witness::default(),
             KEY,
             &|| b"v".to_vec(),
             lease,
@@ -391,6 +630,7 @@ mod tests {
                 let until = Some(Instant::now() + Duration::from_secs(20));
                 let claimed = claim(
                     &client,
+                    &mut Witness::default(),
                     KEY,
                     &|| b"two".to_vec(),
                     second,
@@ -476,6 +716,7 @@ mod tests {
         let mut told = Vec::new();
         let taken = claim_slot(
             client,
+            &mut Witness::default(),
             &request,
             lease,
             wait,
@@ -519,6 +760,7 @@ mod tests {
                 };
                 claim_slot(
                     &client,
+                    &mut Witness::default(),
                     &request,
                     lease,
                     true,
@@ -546,6 +788,233 @@ mod tests {
         assert_eq!(held.len(), 2, "{held:?}");
         assert_eq!(held[0].lease, leases[0]);
         assert_eq!(held[1].lease, leases[2]);
+    }
+
+    /// A record of ours with `grace`, marked released or not.
+    fn record(grace: u64, released: bool) -> Vec<u8> {
+        let record = ClusterRecord::for_this_launch("n", None, "http://h/v1")
+            .with_stop_grace(Duration::from_secs(grace));
+        if released {
+            ClusterRecord::mark_released(&record.to_json()).unwrap()
+        } else {
+            record.to_json()
+        }
+    }
+
+    /// Claims KEY for `lease`, waiting (20 s at most); how it came to be ours.
+    fn took_after_wait(client: &EtcdClient, lease: i64, witness: &mut Witness) -> Took {
+        let until = Some(Instant::now() + Duration::from_secs(20));
+        let claimed = claim(
+            client,
+            witness,
+            KEY,
+            &|| record(1, false),
+            lease,
+            true,
+            until,
+            &mut |_| {},
+        )
+        .expect("claim");
+        assert_eq!(claimed, Claimed::Ours);
+        let mut taken = witness.drain_taken();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        taken.remove(0)
+    }
+
+    #[test]
+    fn a_key_found_free_is_not_a_clean_hand_over() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let mut witness = Witness::default();
+        let took = took_after_wait(&client, lease(&client, 10), &mut witness);
+        assert!(!took.clean);
+        assert_eq!(took.previous_grace, None);
+        assert_eq!(took.kv.key, KEY);
+        assert_eq!(took.kv.create_revision, took.kv.mod_revision);
+    }
+
+    /// A holder with grace 5 s; the claimant waits behind it, and `let_go`
+    /// ends the holding: how the claimant took the key.
+    fn hand_over(let_go: impl FnOnce(&EtcdClient, i64) + Send + 'static) -> Took {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let holder = lease(&client, 10);
+        assert!(matches!(
+            client
+                .create(KEY, &record(5, false), holder)
+                .expect("create"),
+            Created::Ours { .. }
+        ));
+        let ender = client.clone();
+        let end = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(500));
+            let_go(&ender, holder);
+        });
+        let took = took_after_wait(&client, lease(&client, 10), &mut Witness::default());
+        end.join().expect("ender");
+        took
+    }
+
+    #[test]
+    fn a_watched_release_marked_released_is_a_clean_hand_over() {
+        let took = hand_over(|client, holder| {
+            let marked = record(5, true);
+            assert!(
+                client
+                    .put_if_leased(&[(KEY, &marked)], holder)
+                    .expect("mark")
+            );
+            client.revoke(holder).expect("revoke");
+        });
+        assert!(took.clean, "{took:?}");
+        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_revoke_without_the_mark_is_not_a_clean_hand_over_and_says_the_holders_grace() {
+        let took = hand_over(|client, holder| client.revoke(holder).expect("revoke"));
+        assert!(!took.clean, "{took:?}");
+        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_clean_release_followed_by_another_holding_before_our_take_is_not_clean() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let first = lease(&client, 10);
+        client.create(KEY, &record(1, true), first).expect("create");
+        let (kv, _) = client.get(KEY).expect("get");
+        let released = kv.expect("held");
+        client.revoke(first).expect("revoke");
+        let (_, deleted_at) = client.get(KEY).expect("get");
+        // Another claimant takes it and loses it uncleanly before our take,
+        // while our watch saw only the clean release.
+        let second = lease(&client, 10);
+        client
+            .create(KEY, &record(1, false), second)
+            .expect("create");
+        client.revoke(second).expect("revoke");
+        let mut witness = Witness::default();
+        witness.saw_deleted(&[Event {
+            deleted: true,
+            kv: KeyValue {
+                key: KEY.to_vec(),
+                value: Vec::new(),
+                create_revision: 0,
+                mod_revision: deleted_at,
+                lease: 0,
+            },
+            prev: Some(released),
+        }]);
+        let took = took_after_wait(&client, lease(&client, 10), &mut witness);
+        assert!(!took.clean, "{took:?}");
+    }
+
+    /// A slot record declaring one tuner, with grace 5 s, marked or not.
+    fn slot_record(released: bool) -> Vec<u8> {
+        let mut record = ClusterRecord::for_this_launch("n", None, "http://h/v1")
+            .with_stop_grace(Duration::from_secs(5));
+        record.tuners = Some(1);
+        if released {
+            ClusterRecord::mark_released(&record.to_json()).unwrap()
+        } else {
+            record.to_json()
+        }
+    }
+
+    /// A one-tuner device whose only slot is held; a claimant waits for it
+    /// through the agreed-N take, and `let_go` ends the holding: how the
+    /// claimant's witness judged the take.
+    fn slot_hand_over(let_go: impl FnOnce(&EtcdClient, i64) + Send + 'static) -> Took {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let holder = lease(&client, 10);
+        let slot_key = keyspace::slot_under(&[DEVICE, b"/"].concat(), 0);
+        assert!(matches!(
+            client
+                .create(&slot_key, &slot_record(false), holder)
+                .expect("create"),
+            Created::Ours { .. }
+        ));
+        let ender = client.clone();
+        let end = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(500));
+            let_go(&ender, holder);
+        });
+        let value = || slot_record(false);
+        let waiting = || declaring(1);
+        let request = SlotRequest {
+            device_prefix: DEVICE,
+            count: 1,
+            value: &value,
+            waiting_value: &waiting,
+        };
+        let mut witness = Witness::default();
+        let taken = claim_slot(
+            &client,
+            &mut witness,
+            &request,
+            lease(&client, 10),
+            true,
+            Some(Instant::now() + Duration::from_secs(20)),
+            &mut |_| {},
+            &mut |_| {},
+        )
+        .expect("claim_slot");
+        end.join().expect("ender");
+        assert_eq!(taken, Some(0));
+        let mut took = witness.drain_taken();
+        assert_eq!(took.len(), 1, "the take was told: {took:?}");
+        let took = took.remove(0);
+        assert_eq!(took.kv.key, slot_key);
+        // The revision the guarded txn answered is the key's own.
+        let (kv, _) = client.get(&slot_key).expect("get");
+        assert_eq!(kv.as_ref(), Some(&took.kv));
+        took
+    }
+
+    #[test]
+    fn a_slot_taken_by_the_agreed_count_txn_after_a_watched_marked_release_is_clean() {
+        let took = slot_hand_over(|client, holder| {
+            let key = keyspace::slot_under(&[DEVICE, b"/"].concat(), 0);
+            let marked = slot_record(true);
+            assert!(
+                client
+                    .put_if_leased(&[(&key, &marked)], holder)
+                    .expect("mark")
+            );
+            client.revoke(holder).expect("revoke");
+        });
+        assert!(took.clean, "{took:?}");
+        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_slot_taken_by_the_agreed_count_txn_after_a_revoke_is_not_clean() {
+        let took = slot_hand_over(|client, holder| client.revoke(holder).expect("revoke"));
+        assert!(!took.clean, "{took:?}");
+        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_take_the_witness_was_not_told_of_is_read_from_etcd_and_is_not_clean() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let ours = lease(&client, 10);
+        // Taken by a path that told the witness nothing.
+        client.create(KEY, b"v", ours).expect("create");
+        let mut witness = Witness::default();
+        witness.ensure_taken(&client, KEY, ours).expect("ours");
+        witness.ensure_taken(&client, KEY, ours).expect("told once");
+        let taken = witness.drain_taken();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert!(!taken[0].clean);
+        assert_eq!(taken[0].kv.lease, ours);
+        // A claim that calls another's key ours starts over.
+        let error = witness
+            .ensure_taken(&client, KEY, lease(&client, 10))
+            .expect_err("not ours");
+        assert!(error.is_ambiguous(), "{error}");
     }
 
     #[test]
@@ -613,19 +1082,23 @@ mod tests {
             )
             .expect("put");
         let key = keyspace::slot_under(&under, 0);
-        assert!(
-            !client
+        assert_eq!(
+            client
                 .create_if_unchanged(&under, view.revision, &key, b"v", ours, None)
                 .expect("txn"),
+            None,
             "a take on a stale look succeeded"
         );
         let view = DeviceView::look(&client, &under).expect("look");
         assert_eq!(view.agreed_count(2, ours), 1);
-        assert!(
-            client
-                .create_if_unchanged(&under, view.revision, &key, b"v", ours, None)
-                .expect("txn")
-        );
+        let created = client
+            .create_if_unchanged(&under, view.revision, &key, b"v", ours, None)
+            .expect("txn")
+            .expect("created");
+        // The revision it answers is the key's own, as the witness needs.
+        let (kv, _) = client.get(&key).expect("get");
+        let kv = kv.expect("held");
+        assert_eq!((kv.create_revision, kv.mod_revision), (created, created));
         // A key under another device's prefix is none of this one's business.
         let other = [DEVICE, b"x/"].concat();
         let view = DeviceView::look(&client, &other).expect("look");
@@ -643,6 +1116,7 @@ mod tests {
                     None
                 )
                 .expect("txn")
+                .is_some()
         );
     }
 

@@ -34,7 +34,7 @@ use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,9 @@ struct Inner {
     watch_window: Duration,
     credentials: Option<Credentials>,
     token: Mutex<Option<Secret>>,
+    /// The cluster ID of the first answer with a header; 0 until then.
+    /// Every later answer must come from the same cluster (ECP-0135).
+    cluster: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -134,11 +137,67 @@ pub enum Created {
     Held { holder: KeyValue, revision: i64 },
 }
 
-/// How [`EtcdClient::wait_for_delete`] ended.
+/// What a response's header says about the store that answered
+/// (ECP-0135): which cluster, and how far its history has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Header {
+    /// 0 when the answer had none.
+    pub cluster_id: u64,
+    /// The store's revision when the member answered; 0 when absent.
+    pub revision: i64,
+}
+
+/// What a keepalive answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// The TTL the server set; `None` when the lease is gone.
+    pub ttl: Option<Duration>,
+    /// The answering member's revision: below the revision of a key we
+    /// took, the store may have gone back (ECP-0135).
+    pub revision: i64,
+}
+
+/// One change of a watched key, with the value it had before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// DELETE (a revoke, an expiry, a hand delete); otherwise a PUT.
+    pub deleted: bool,
+    /// The key after the change (for a DELETE: the key and its
+    /// `mod_revision`, the revision of the delete).
+    pub kv: KeyValue,
+    /// The key before the change (`prev_kv`), when etcd still had it.
+    pub prev: Option<KeyValue>,
+}
+
+/// One message of a watch stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WatchMessage {
+    pub header: Header,
+    /// History up to here was compacted away: events may be missing.
+    pub compact_revision: i64,
+    pub events: Vec<Event>,
+}
+
+/// What to watch: a key or a prefix, from a revision, with or without
+/// PUT events. The previous value comes with every event.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchSpec<'a> {
+    pub key: &'a [u8],
+    pub prefix: bool,
+    pub start_revision: i64,
+    pub puts: bool,
+}
+
+/// How [`EtcdClient::wait_for_delete`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchOutcome {
-    /// A delete happened (or history was compacted away: look again).
-    Deleted,
+    /// Deletes happened: the DELETE events of one message, each with the
+    /// value its key had (which says whether it was released cleanly).
+    Deleted(Vec<Event>),
+    /// Nothing can be told from the watch: history was compacted away, or
+    /// the store answered with a revision below the one we had seen (it
+    /// was restored or restarted empty). Look again.
+    LookAgain,
     /// `until` passed first.
     TimedOut,
 }
@@ -197,6 +256,19 @@ pub enum EtcdError {
         code: i64,
         message: String,
     },
+    /// The answer came from another etcd cluster than the one this client
+    /// first talked to: etcd was restored from a backup as a new cluster,
+    /// or an endpoint now names another cluster. Whatever was held in the
+    /// first is not held in this one (exit 69).
+    #[error(
+        "etcd at {endpoint} answered {operation} as cluster {seen:x}, not as cluster {expected:x} where this launcher started"
+    )]
+    OtherCluster {
+        operation: &'static str,
+        endpoint: String,
+        expected: u64,
+        seen: u64,
+    },
     /// The answer cannot be understood; whatever was asked may have been
     /// done (exit 69).
     #[error("etcd at {endpoint} gave an answer to {operation} that cannot be understood: {reason}")]
@@ -221,6 +293,13 @@ impl EtcdError {
     pub fn is_lease_lost(&self) -> bool {
         matches!(self, Self::Rejected { code, message, .. }
             if *code == CODE_NOT_FOUND && message.contains("lease not found"))
+    }
+
+    /// True when the store that answered is not the one we started with
+    /// (another cluster ID): nothing we held there is held here.
+    #[must_use]
+    pub fn is_store_changed(&self) -> bool {
+        matches!(self, Self::OtherCluster { .. })
     }
 }
 
@@ -309,6 +388,7 @@ impl EtcdClient {
                 watch_window: (cfg.call_timeout * 6).max(Duration::from_secs(1)),
                 credentials,
                 token: Mutex::new(None),
+                cluster: AtomicU64::new(0),
             }),
         };
         // Credentials are checked at start, where a refusal is an operator's
@@ -345,12 +425,13 @@ impl EtcdClient {
         })
     }
 
-    /// Renews lease `id` once; `Some(ttl)` as the server set it, `None`
-    /// when the lease is gone (expired or revoked: no `TTL` in the answer).
+    /// Renews lease `id` once: the TTL as the server set it, `None` when
+    /// the lease is gone (expired or revoked: no `TTL` in the answer), and
+    /// the answering member's revision.
     ///
     /// # Errors
     /// Any [`EtcdError`]: the renewal may or may not have happened.
-    pub fn keep_alive(&self, id: i64) -> Result<Option<Duration>, EtcdError> {
+    pub fn keep_alive(&self, id: i64) -> Result<KeepAlive, EtcdError> {
         self.keep_alive_via(id, None)
     }
 
@@ -363,7 +444,7 @@ impl EtcdClient {
     ///
     /// # Errors
     /// The last endpoint's error when none answered.
-    pub fn keep_alive_anywhere(&self, id: i64) -> Result<Option<Duration>, EtcdError> {
+    pub fn keep_alive_anywhere(&self, id: i64) -> Result<KeepAlive, EtcdError> {
         let count = self.inner.endpoints.len();
         if count == 1 {
             return self.keep_alive(id);
@@ -398,7 +479,7 @@ impl EtcdClient {
         }))
     }
 
-    fn keep_alive_via(&self, id: i64, only: Option<usize>) -> Result<Option<Duration>, EtcdError> {
+    fn keep_alive_via(&self, id: i64, only: Option<usize>) -> Result<KeepAlive, EtcdError> {
         const OP: &str = "lease keepalive";
         let (answer, endpoint) = self.call_via(
             OP,
@@ -409,7 +490,10 @@ impl EtcdClient {
         let Some(result) = answer.get("result") else {
             return Err(malformed(OP, &endpoint, "no result"));
         };
-        Ok(positive_ttl(result))
+        Ok(KeepAlive {
+            ttl: positive_ttl(result),
+            revision: header_revision(result),
+        })
     }
 
     /// Revokes lease `id`, deleting its keys at once; a lease that is
@@ -436,6 +520,7 @@ impl EtcdClient {
     /// Any [`EtcdError`]; an ambiguous one may have created the key.
     pub fn create(&self, key: &[u8], value: &[u8], lease: i64) -> Result<Created, EtcdError> {
         const OP: &str = "create txn";
+        ensure_lease(OP, lease)?;
         let key64 = BASE64.encode(key);
         let request = json!({
             "compare": [{
@@ -461,12 +546,64 @@ impl EtcdClient {
         Ok(Created::Held { holder, revision })
     }
 
-    /// The key, if it exists, and the store's revision (the tests read
-    /// what a claim wrote).
+    /// Rewrites `keys` (key, new value) in one txn, each under `lease`,
+    /// only if every one of them is still under `lease`: `true` when done.
+    /// A clean release marks its keys so (ECP-0135), guarded so that it can
+    /// never write over a key that is no longer ours.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`]; an ambiguous one may have written them.
+    pub fn put_if_leased(&self, keys: &[(&[u8], &[u8])], lease: i64) -> Result<bool, EtcdError> {
+        ensure_lease("guarded put txn", lease)?;
+        let compare: Vec<Value> = keys
+            .iter()
+            .map(|(key, _)| {
+                json!({
+                    "key": BASE64.encode(key), "target": "LEASE", "result": "EQUAL",
+                    "lease": lease.to_string()
+                })
+            })
+            .collect();
+        let success: Vec<Value> = keys
+            .iter()
+            .map(|(key, value)| {
+                json!({ "request_put": {
+                    "key": BASE64.encode(key), "value": BASE64.encode(value),
+                    "lease": lease.to_string()
+                }})
+            })
+            .collect();
+        let request = json!({ "compare": compare, "success": success });
+        let (answer, _) = self.call("guarded put txn", "/v3/kv/txn", &request)?;
+        Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
+    }
+
+    /// Forgets the cluster this client first talked to: the next answer
+    /// names the one to hold to. For a claim that starts over after the
+    /// store changed (ECP-0135): from then on the new store is the truth.
+    pub fn forget_cluster(&self) {
+        self.inner.cluster.store(0, Ordering::SeqCst);
+    }
+
+    /// How long one watch stream is read before it is made again.
+    #[must_use]
+    pub fn watch_window(&self) -> Duration {
+        self.inner.watch_window
+    }
+
+    /// The bound of every call.
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
+    }
+
+    /// The key, if it exists, and the store's revision. A linearizable
+    /// read: the member answers only once it has applied everything the
+    /// cluster committed before the read, so a revision below one we saw
+    /// written means the store went back (ECP-0135).
     ///
     /// # Errors
     /// Any [`EtcdError`].
-    #[cfg(test)]
     pub fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, i64), EtcdError> {
         const OP: &str = "get";
         let (answer, endpoint) =
@@ -511,6 +648,7 @@ impl EtcdClient {
     /// # Errors
     /// Any [`EtcdError`]; an ambiguous one may have put it.
     pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<(), EtcdError> {
+        ensure_lease("put", lease)?;
         let request = json!({
             "key": BASE64.encode(key), "value": BASE64.encode(value), "lease": lease.to_string()
         });
@@ -524,7 +662,9 @@ impl EtcdClient {
     /// decision made on a look at `revision` is then made on the store as
     /// it is: a put after the look, even one deleted again, fails it.
     /// Deletes after the look do not, and need not: they only free what
-    /// the look counted as taken. `false`: something changed; look again.
+    /// the look counted as taken. `Some(revision)`: created, at that
+    /// revision (the txn's: the key's create and mod revision); `None`:
+    /// something changed, look again.
     ///
     /// # Errors
     /// Any [`EtcdError`]; an ambiguous one may have created the key.
@@ -536,7 +676,9 @@ impl EtcdClient {
         value: &[u8],
         lease: i64,
         and_delete: Option<&[u8]>,
-    ) -> Result<bool, EtcdError> {
+    ) -> Result<Option<i64>, EtcdError> {
+        const OP: &str = "create-if-unchanged txn";
+        ensure_lease(OP, lease)?;
         let key64 = BASE64.encode(key);
         let mut success = vec![json!({ "request_put": {
             "key": key64, "value": BASE64.encode(value), "lease": lease.to_string()
@@ -554,8 +696,20 @@ impl EtcdClient {
             ],
             "success": success,
         });
-        let (answer, _) = self.call("create-if-unchanged txn", "/v3/kv/txn", &request)?;
-        Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
+        let (answer, endpoint) = self.call(OP, "/v3/kv/txn", &request)?;
+        if answer.get("succeeded").and_then(Value::as_bool) != Some(true) {
+            return Ok(None);
+        }
+        // Every write of one txn has the txn's revision, which the header
+        // carries; without it the key's history cannot be judged.
+        match header_revision(&answer) {
+            0 => Err(malformed(
+                OP,
+                &endpoint,
+                "a txn that succeeded without a revision",
+            )),
+            revision => Ok(Some(revision)),
+        }
     }
 
     /// The time lease `id` has left; `None` when it is gone.
@@ -575,12 +729,15 @@ impl EtcdClient {
     /// `prefix`) after `after_revision`, or `until` passes. Reconnects a
     /// broken watch stream (bounded per-stream read time, then re-watch
     /// from the same revision) so a half-open connection cannot block
-    /// forever. Compacted history counts as a delete: the caller looks
-    /// again, which is always safe.
+    /// forever. Compacted history, or a store whose revision is now below
+    /// `after_revision` (restored from a backup, restarted empty: no
+    /// delete will ever come), is [`WatchOutcome::LookAgain`]: the caller
+    /// looks again, which is always safe.
     ///
     /// # Errors
     /// Any [`EtcdError`] of making the watch (the wait is read-only: none
-    /// is ambiguous in effect).
+    /// is ambiguous in effect); [`EtcdError::OtherCluster`] when another
+    /// cluster answers.
     pub fn wait_for_delete(
         &self,
         key: &[u8],
@@ -588,15 +745,12 @@ impl EtcdClient {
         after_revision: i64,
         until: Option<Instant>,
     ) -> Result<WatchOutcome, EtcdError> {
-        let mut request = json!({
-            "key": BASE64.encode(key),
-            "start_revision": (after_revision + 1).to_string(),
-            "filters": ["NOPUT"],
-        });
-        if prefix {
-            request["range_end"] = Value::String(BASE64.encode(prefix_end(key)));
-        }
-        let request = json!({ "create_request": request });
+        let spec = WatchSpec {
+            key,
+            prefix,
+            start_revision: after_revision + 1,
+            puts: false,
+        };
         loop {
             let now = Instant::now();
             let window_end = match until {
@@ -604,19 +758,58 @@ impl EtcdClient {
                 Some(until) => until.min(now + self.inner.watch_window),
                 None => now + self.inner.watch_window,
             };
-            if self.watch_once(&request, window_end)? {
-                return Ok(WatchOutcome::Deleted);
+            let outcome = self.watch(&spec, window_end, &mut |message| {
+                if message.compact_revision > 0
+                    || (message.header.revision > 0 && message.header.revision < after_revision)
+                {
+                    return Some(WatchOutcome::LookAgain);
+                }
+                let deleted: Vec<Event> = message
+                    .events
+                    .iter()
+                    .filter(|e| e.deleted)
+                    .cloned()
+                    .collect();
+                (!deleted.is_empty()).then_some(WatchOutcome::Deleted(deleted))
+            })?;
+            if let Some(outcome) = outcome {
+                return Ok(outcome);
             }
         }
     }
 
-    /// One watch stream until `window_end`: `true` on a delete.
-    fn watch_once(&self, request: &Value, window_end: Instant) -> Result<bool, EtcdError> {
+    /// One watch stream until `window_end`: each message goes to
+    /// `on_message` until it returns `Some`, which is returned; `None` when
+    /// the window ended, or the stream ended or broke, after the watch was
+    /// made (the caller makes it again). Every message's header is checked
+    /// against the cluster this client first saw.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`] of making the watch; a stream error or cancel;
+    /// [`EtcdError::OtherCluster`].
+    pub fn watch<T>(
+        &self,
+        spec: &WatchSpec<'_>,
+        window_end: Instant,
+        on_message: &mut dyn FnMut(&WatchMessage) -> Option<T>,
+    ) -> Result<Option<T>, EtcdError> {
         const OP: &str = "watch";
+        let mut request = json!({
+            "key": BASE64.encode(spec.key),
+            "start_revision": spec.start_revision.max(1).to_string(),
+            "prev_kv": true,
+        });
+        if !spec.puts {
+            request["filters"] = json!(["NOPUT"]);
+        }
+        if spec.prefix {
+            request["range_end"] = Value::String(BASE64.encode(prefix_end(spec.key)));
+        }
+        let request = json!({ "create_request": request });
         let mut reauthenticated = false;
         loop {
             let window = window_end.saturating_duration_since(Instant::now());
-            let (response, endpoint) = self.send(OP, "/v3/watch", request, Some(window))?;
+            let (response, endpoint) = self.send(OP, "/v3/watch", &request, Some(window))?;
             let mut lines = BufReader::new(response.into_body().into_reader());
             let mut created = false;
             loop {
@@ -627,7 +820,7 @@ impl EtcdClient {
                 match read {
                     // The stream ended or broke, or the window passed, after
                     // the watch was made: make it again.
-                    Ok(0) | Err(_) if created => return Ok(false),
+                    Ok(0) | Err(_) if created => return Ok(None),
                     Ok(0) => {
                         return Err(EtcdError::Unreachable {
                             operation: OP,
@@ -653,19 +846,18 @@ impl EtcdClient {
                 let message: Value = serde_json::from_slice(&line)
                     .map_err(|e| malformed(OP, &endpoint, e.to_string()))?;
                 let result = message.get("result");
-                let compacted = result.is_some_and(|r| int_field(r, "compact_revision") > 0);
-                // History was compacted away: look again (always safe).
-                if compacted {
-                    return Ok(true);
-                }
                 // A stream error, or a watch etcd canceled (an expired
-                // token or a missing permission arrives as a cancel).
+                // token or a missing permission arrives as a cancel). A
+                // compaction past the start revision also cancels, with
+                // `compact_revision` set: that one is the caller's to judge.
+                let compacted = result.is_some_and(|r| int_field(r, "compact_revision") > 0);
                 let failure = gateway_error(&message).or_else(|| {
                     let result = result?;
-                    (result.get("canceled").and_then(Value::as_bool) == Some(true)).then(|| {
-                        let reason = result.get("cancel_reason").and_then(Value::as_str);
-                        (0, reason.unwrap_or("canceled, no reason given").to_owned())
-                    })
+                    (result.get("canceled").and_then(Value::as_bool) == Some(true) && !compacted)
+                        .then(|| {
+                            let reason = result.get("cancel_reason").and_then(Value::as_str);
+                            (0, reason.unwrap_or("canceled, no reason given").to_owned())
+                        })
                 });
                 if let Some((code, text)) = failure {
                     if is_invalid_token(code, &text) && self.can_reauthenticate(reauthenticated) {
@@ -678,22 +870,52 @@ impl EtcdClient {
                 let Some(result) = result else {
                     return Err(malformed(OP, &endpoint, "a watch message without result"));
                 };
+                let header = header_of(result);
+                self.ensure_same_cluster(OP, &endpoint, header)?;
                 if result.get("created").and_then(Value::as_bool) == Some(true) {
                     created = true;
                 }
-                let deleted =
-                    result
-                        .get("events")
-                        .and_then(Value::as_array)
-                        .is_some_and(|events| {
-                            events
-                                .iter()
-                                .any(|e| e.get("type").and_then(Value::as_str) == Some("DELETE"))
-                        });
-                if deleted {
-                    return Ok(true);
+                let parsed = WatchMessage {
+                    header,
+                    compact_revision: int_field(result, "compact_revision"),
+                    events: events(result).map_err(|reason| malformed(OP, &endpoint, reason))?,
+                };
+                if let Some(done) = on_message(&parsed) {
+                    return Ok(Some(done));
+                }
+                if compacted {
+                    // Canceled by etcd: nothing more comes on this stream.
+                    return Ok(None);
                 }
             }
+        }
+    }
+
+    /// Holds every answer to the cluster of the first one (ECP-0135): an
+    /// answer from another cluster is [`EtcdError::OtherCluster`].
+    fn ensure_same_cluster(
+        &self,
+        operation: &'static str,
+        endpoint: &str,
+        header: Header,
+    ) -> Result<(), EtcdError> {
+        if header.cluster_id == 0 {
+            return Ok(());
+        }
+        match self.inner.cluster.compare_exchange(
+            0,
+            header.cluster_id,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => Ok(()),
+            Err(expected) if expected == header.cluster_id => Ok(()),
+            Err(expected) => Err(EtcdError::OtherCluster {
+                operation,
+                endpoint: endpoint.to_owned(),
+                expected,
+                seen: header.cluster_id,
+            }),
         }
     }
 
@@ -784,6 +1006,9 @@ impl EtcdClient {
             let answer: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| malformed(operation, &endpoint, e.to_string()))?;
             let Some((code, message)) = gateway_error(&answer) else {
+                // A keepalive's header is inside its `result`.
+                let header = header_of(answer.get("result").unwrap_or(&answer));
+                self.ensure_same_cluster(operation, &endpoint, header)?;
                 return Ok((answer, endpoint));
             };
             if is_invalid_token(code, &message)
@@ -1150,6 +1375,20 @@ fn malformed(operation: &'static str, endpoint: &str, reason: impl Into<String>)
     }
 }
 
+/// A key written without a lease would never expire: lease 0 (a lease
+/// swapped out by a stop request on another thread) is refused as lost.
+fn ensure_lease(operation: &'static str, lease: i64) -> Result<(), EtcdError> {
+    if lease == 0 {
+        return Err(EtcdError::Rejected {
+            operation,
+            endpoint: "(none: not sent)".into(),
+            code: CODE_NOT_FOUND,
+            message: "lease not found: no lease to write under (revoked by a stop request)".into(),
+        });
+    }
+    Ok(())
+}
+
 /// An endpoint as errors show it: scheme, host and port (nothing else can
 /// be in it: [`ensure_endpoints`]).
 fn shown_endpoint(url: &url::Url) -> String {
@@ -1319,6 +1558,51 @@ fn header_revision(answer: &Value) -> i64 {
     answer.get("header").map_or(0, |h| int_field(h, "revision"))
 }
 
+/// The header of an answer (or of a stream message's `result`). The
+/// cluster ID is a uint64, which the gateway writes as a string.
+fn header_of(answer: &Value) -> Header {
+    let Some(header) = answer.get("header") else {
+        return Header::default();
+    };
+    let cluster_id = match header.get("cluster_id") {
+        Some(Value::String(text)) => text.parse().unwrap_or(0),
+        Some(Value::Number(number)) => number.as_u64().unwrap_or(0),
+        _ => 0,
+    };
+    Header {
+        cluster_id,
+        revision: int_field(header, "revision"),
+    }
+}
+
+/// The events of a watch message (`type` is absent for a PUT: zero).
+fn events(result: &Value) -> Result<Vec<Event>, String> {
+    let Some(events) = result.get("events") else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(events) = events else {
+        return Err("events is not a list".into());
+    };
+    events
+        .iter()
+        .map(|event| {
+            let deleted = match event.get("type") {
+                None => false,
+                Some(Value::String(kind)) if kind == "PUT" => false,
+                Some(Value::String(kind)) if kind == "DELETE" => true,
+                Some(other) => return Err(format!("an event of unknown type {other}")),
+            };
+            let kv = event
+                .get("kv")
+                .map(key_value)
+                .transpose()?
+                .ok_or("an event without kv")?;
+            let prev = event.get("prev_kv").map(key_value).transpose()?;
+            Ok(Event { deleted, kv, prev })
+        })
+        .collect()
+}
+
 fn kvs(answer: &Value) -> Result<Vec<KeyValue>, String> {
     match answer.get("kvs") {
         None => Ok(Vec::new()),
@@ -1444,17 +1728,16 @@ mod tests {
         let client = client(&etcd);
         let lease = client.grant(Duration::from_secs(5)).expect("grant");
         assert_eq!(lease.ttl, Duration::from_secs(5));
-        assert_eq!(
-            client.keep_alive(lease.id).expect("keepalive"),
-            Some(Duration::from_secs(5))
-        );
+        let renewed = client.keep_alive(lease.id).expect("keepalive");
+        assert_eq!(renewed.ttl, Some(Duration::from_secs(5)));
+        assert!(renewed.revision > 0, "the answer's revision: {renewed:?}");
         let left = client.time_to_live(lease.id).expect("ttl");
         assert!(
             left.is_some_and(|l| l <= Duration::from_secs(5)),
             "{left:?}"
         );
         client.revoke(lease.id).expect("revoke");
-        assert_eq!(client.keep_alive(lease.id).expect("keepalive"), None);
+        assert_eq!(client.keep_alive(lease.id).expect("keepalive").ttl, None);
         assert_eq!(client.time_to_live(lease.id).expect("ttl"), None);
         client
             .revoke(lease.id)
@@ -1467,7 +1750,7 @@ mod tests {
         let client = client(&etcd);
         let lease = client.grant(Duration::from_secs(1)).expect("grant");
         std::thread::sleep(Duration::from_secs(3));
-        assert_eq!(client.keep_alive(lease.id).expect("keepalive"), None);
+        assert_eq!(client.keep_alive(lease.id).expect("keepalive").ttl, None);
     }
 
     #[test]
@@ -1559,17 +1842,112 @@ mod tests {
         // A delete that happened before the watch was made still counts.
         client.revoke(lease.id).expect("revoke");
         let until = Some(Instant::now() + Duration::from_secs(5));
+        for (key, prefix) in [(&b"/w/k"[..], false), (&b"/w/"[..], true)] {
+            let outcome = client
+                .wait_for_delete(key, prefix, revision, until)
+                .expect("watch");
+            let WatchOutcome::Deleted(events) = &outcome else {
+                panic!("{outcome:?}");
+            };
+            // The delete comes with the value the key had.
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert!(events[0].deleted);
+            assert_eq!(events[0].kv.key, b"/w/k");
+            assert_eq!(
+                events[0].prev.as_ref().map(|p| &p.value[..]),
+                Some(&b"v"[..])
+            );
+        }
+    }
+
+    #[test]
+    fn a_wait_on_a_store_that_went_back_or_was_compacted_looks_again() {
+        let mut etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let lease = client.grant(Duration::from_secs(30)).expect("grant");
+        let Created::Ours { revision } = client.create(b"/w/k", b"v", lease.id).expect("create")
+        else {
+            panic!("not created");
+        };
+        let until = Some(Instant::now() + Duration::from_secs(5));
+        // History compacted past the revision waited from.
+        client.create(b"/w/other", b"v", lease.id).expect("create");
+        let (_, now) = client.get(b"/w/other").expect("get");
+        assert!(
+            etcd.etcdctl(&["compaction", &now.to_string()])
+                .status
+                .success()
+        );
+        assert_eq!(
+            client
+                .wait_for_delete(b"/w/k", false, revision - 1, until)
+                .expect("watch"),
+            WatchOutcome::LookAgain
+        );
+        // Restarted empty: the revision waited from is in its future, and
+        // no delete of the key will ever come.
+        etcd.restart_empty();
+        let until = Some(Instant::now() + Duration::from_secs(10));
         assert_eq!(
             client
                 .wait_for_delete(b"/w/k", false, revision, until)
                 .expect("watch"),
-            WatchOutcome::Deleted
+            WatchOutcome::LookAgain
         );
-        assert_eq!(
+    }
+
+    #[test]
+    fn an_answer_from_another_cluster_is_refused_until_the_client_forgets_the_first() {
+        let mut etcd = EtcdServer::start();
+        let client = client(&etcd);
+        client.grant(Duration::from_secs(30)).expect("grant");
+        etcd.restart_as_another_cluster();
+        let error = client
+            .grant(Duration::from_secs(30))
+            .expect_err("another cluster");
+        assert!(error.is_store_changed(), "{error}");
+        assert!(!error.is_ambiguous());
+        assert_eq!(status_of(error), ExitStatus::Unavailable);
+        let watched = client
+            .wait_for_delete(
+                b"/w/k",
+                false,
+                1,
+                Some(Instant::now() + Duration::from_secs(5)),
+            )
+            .expect_err("another cluster");
+        assert!(watched.is_store_changed(), "{watched}");
+        client.forget_cluster();
+        client
+            .grant(Duration::from_secs(30))
+            .expect("the new cluster, once the first is forgotten");
+    }
+
+    #[test]
+    fn a_guarded_put_writes_only_keys_still_under_the_lease() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        let ours = client.grant(Duration::from_secs(30)).expect("grant").id;
+        let theirs = client.grant(Duration::from_secs(30)).expect("grant").id;
+        client.create(b"/g/a", b"1", ours).expect("create");
+        client.create(b"/g/b", b"1", theirs).expect("create");
+        assert!(
+            !client
+                .put_if_leased(&[(b"/g/a", b"2"), (b"/g/b", b"2")], ours)
+                .expect("txn"),
+            "wrote over a key under another lease"
+        );
+        assert_eq!(client.get(b"/g/a").expect("get").0.unwrap().value, b"1");
+        assert!(client.put_if_leased(&[(b"/g/a", b"2")], ours).expect("txn"));
+        let (a, _) = client.get(b"/g/a").expect("get");
+        let a = a.unwrap();
+        assert_eq!((a.value.as_slice(), a.lease), (&b"2"[..], ours));
+        // No key is ever written without a lease.
+        assert!(
             client
-                .wait_for_delete(b"/w/", true, revision, until)
-                .expect("watch"),
-            WatchOutcome::Deleted
+                .create(b"/g/c", b"1", 0)
+                .expect_err("lease 0")
+                .is_lease_lost()
         );
     }
 
@@ -1605,7 +1983,7 @@ mod tests {
             .expect("watch");
         let woke = Instant::now();
         let delete_instant = delete.join().expect("deleter");
-        assert_eq!(outcome, WatchOutcome::Deleted);
+        assert!(matches!(outcome, WatchOutcome::Deleted(_)), "{outcome:?}");
         eprintln!(
             "woke {:?} after the delete",
             woke.saturating_duration_since(delete_instant)
@@ -1621,7 +1999,13 @@ mod tests {
             .grant(Duration::from_secs(5))
             .expect("grant past the dead endpoint");
         assert_eq!(client.inner.current.load(Ordering::Relaxed), 1);
-        assert!(client.keep_alive(lease.id).expect("keepalive").is_some());
+        assert!(
+            client
+                .keep_alive(lease.id)
+                .expect("keepalive")
+                .ttl
+                .is_some()
+        );
     }
 
     #[test]
@@ -1643,7 +2027,13 @@ mod tests {
         assert_eq!(client.inner.current.load(Ordering::Relaxed), 0);
         // Stopped: refused at once, the same call goes on to the next.
         cluster.stop_member(order[0]);
-        assert!(client.keep_alive(lease.id).expect("keepalive").is_some());
+        assert!(
+            client
+                .keep_alive(lease.id)
+                .expect("keepalive")
+                .ttl
+                .is_some()
+        );
         assert_eq!(client.inner.current.load(Ordering::Relaxed), 1);
         // Frozen: this call's outcome is unknown, the next goes elsewhere.
         cluster.start_member(order[0]);
@@ -1819,6 +2209,7 @@ mod tests {
             client
                 .keep_alive(lease_id)
                 .expect("keepalive after expiry")
+                .ttl
                 .is_some()
         );
         client.revoke(lease_id).expect("revoke");
@@ -1876,6 +2267,8 @@ mod tests {
         })
         .expect("connect");
         let token = client.token_slot().as_ref().expect("a token").0.clone();
+        // A real lease: lease 0 is refused before any request is sent.
+        let lease = client.grant(Duration::from_secs(30)).expect("grant").id;
         let mut texts = vec![format!("{client:?}")];
         let mut errors = vec![
             EtcdClient::connect(&EtcdConnect {
@@ -1887,7 +2280,7 @@ mod tests {
                 .expect_err("two lines"),
             read_user_file(&user_file(&etcd, &format!("{PASSWORD}\n"))).expect_err("no colon"),
             client
-                .create(b"/outside", b"v", 0)
+                .create(b"/outside", b"v", lease)
                 .expect_err("no permission"),
         ];
         etcd.freeze();

@@ -65,10 +65,20 @@ impl FenceTiming {
     /// Validates the budget: renewal interval + call timeout + stop grace
     /// + margin must be less than the TTL, i.e. `TTL > 2 x (grace + margin)`.
     ///
+    /// The TTL must be whole seconds: etcd grants leases in whole seconds,
+    /// so a fraction would be checked here and then cut off by the grant,
+    /// leaving less than the budget (ECP-0135).
+    ///
     /// # Errors
-    /// [`Error::FenceBudget`] naming the smallest TTL (whole seconds, as
-    /// etcd grants them) that fits this stop grace.
+    /// [`Error::FractionalTtl`]; [`Error::FenceBudget`] naming the smallest
+    /// TTL (whole seconds, as etcd grants them) that fits this stop grace.
     pub fn new(ttl: Duration, stop_grace: Duration) -> Result<Self, Error> {
+        if ttl.subsec_nanos() != 0 {
+            return Err(Error::FractionalTtl {
+                ttl: format!("{}", ttl.as_secs_f64()),
+                granted: ttl.as_secs(),
+            });
+        }
         let timing = Self {
             ttl,
             stop_grace,
@@ -116,6 +126,26 @@ impl FenceTiming {
     #[must_use]
     pub fn call_timeout(&self) -> Duration {
         self.ttl / 6
+    }
+
+    /// The lock delay after a take that was not a clean hand-over
+    /// (ECP-0135): the longer of our stop grace and the one the previous
+    /// holder recorded, plus the margin. The recorded grace is another
+    /// writer's number (any `u64` of milliseconds), so it counts up to our
+    /// TTL only: a holder whose budget fits its own TTL has a grace below
+    /// half of it, so a longer one is either not a launcher's or comes from
+    /// a node whose TTL is over twice ours, and a wait must end.
+    #[must_use]
+    pub fn lock_delay(&self, previous_grace: Option<Duration>) -> Duration {
+        let theirs = previous_grace.unwrap_or_default().min(self.ttl);
+        theirs.max(self.stop_grace) + self.margin
+    }
+
+    /// True when a previous holder's recorded grace is beyond what
+    /// [`FenceTiming::lock_delay`] counts of it.
+    #[must_use]
+    pub fn clamps_grace(&self, previous_grace: Option<Duration>) -> bool {
+        previous_grace.is_some_and(|theirs| theirs > self.ttl)
     }
 
     /// When the program must be stopping:
@@ -169,10 +199,37 @@ impl Add<Duration> for BootInstant {
 pub enum Renewal {
     /// The lease lives on; the TTL the server answered.
     Renewed(Duration),
-    /// The server says the lease is gone (expired or revoked).
-    Lost,
+    /// The lease, or a key under it, is gone: why (printable, never a
+    /// secret). The fence fires at once.
+    Lost(String),
     /// No answer, or an unusable one; printable, never a secret.
     Failed(String),
+}
+
+/// Fires a [`Renewer`]'s fence at once, with the reason, from any thread:
+/// the supervisor sees the alarm and stops the program (SIGTERM, grace,
+/// SIGKILL, exit 76) exactly as for a missed deadline. Firing twice, or
+/// after the deadline passed, keeps the first reason.
+#[derive(Clone)]
+pub struct Fuse {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Fuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fuse").finish_non_exhaustive()
+    }
+}
+
+impl Fuse {
+    /// Fires the fence now, unless it fired already.
+    pub fn fire(&self, why: String) {
+        let mut state = self.shared.state();
+        self.shared.latch_if_past(&mut state);
+        if state.fired.is_none() {
+            self.shared.fire_now(&mut state, why);
+        }
+    }
 }
 
 /// The running renewer. Dropping it (or [`Renewer::stop`]) stops the
@@ -273,6 +330,15 @@ impl Renewer {
         let mut state = self.shared.state();
         self.shared.latch_if_past(&mut state);
         state.fired.clone()
+    }
+
+    /// A handle that fires this fence at once from another thread: for a
+    /// watch that sees the keys lost (ECP-0135).
+    #[must_use]
+    pub fn fuse(&self) -> Fuse {
+        Fuse {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// The current fence deadline.
@@ -453,13 +519,10 @@ fn renew_loop(
                     next_renewal = sent + timing.renew_every();
                     backoff = Duration::ZERO;
                 }
-                Renewal::Lost => {
+                Renewal::Lost(why) => {
                     let mut state = shared.state();
                     if state.fired.is_none() {
-                        shared.fire_now(
-                            &mut state,
-                            "etcd answered that the lease is gone (expired or revoked)".into(),
-                        );
+                        shared.fire_now(&mut state, why);
                     }
                     return;
                 }
@@ -548,6 +611,9 @@ mod tests {
             (60.0, 29.0, false, 61),
             (61.0, 29.0, true, 0),
             (0.0, 0.0, false, 3),
+            // Fractions of a TTL: refused before the budget (0 = no minimum).
+            (3.9, 0.9, false, 0),
+            (10.5, 2.0, false, 0),
         ];
         for (ttl, grace, accepted, minimum) in cases {
             let result = FenceTiming::new(secs(ttl), secs(grace));
@@ -555,6 +621,13 @@ mod tests {
                 Ok(t) => {
                     assert!(accepted, "ttl {ttl} grace {grace} accepted");
                     assert!(t.renew_every() + t.call_timeout() + t.stop_grace + t.margin < t.ttl);
+                }
+                Err(e) if minimum == 0 => {
+                    assert!(!accepted, "ttl {ttl} grace {grace} refused: {e}");
+                    assert!(matches!(e, Error::FractionalTtl { .. }), "{e}");
+                    assert_eq!(e.exit_status(), crate::exit_code::ExitStatus::BadArgument);
+                    assert!(e.to_string().contains("whole"), "{e}");
+                    assert!(e.to_string().contains(&format!("{}s", ttl.floor())), "{e}");
                 }
                 Err(e) => {
                     assert!(!accepted, "ttl {ttl} grace {grace} refused: {e}");
@@ -656,7 +729,7 @@ mod tests {
         let counted = Arc::clone(&count);
         let renew = Box::new(move || {
             *counted.lock().unwrap() += 1;
-            Renewal::Lost
+            Renewal::Lost("etcd answered that the lease is gone".into())
         });
         let start = BootInstant::now();
         let renewer = super::start(timing, start, secs(3.0), None, renew).unwrap();
@@ -673,6 +746,41 @@ mod tests {
             1,
             "no renewal after the fence fired"
         );
+    }
+
+    #[test]
+    fn the_lock_delay_takes_the_longer_grace_and_clamps_a_hostile_one_to_the_ttl() {
+        let timing = FenceTiming::new(secs(10.0), secs(2.0)).unwrap();
+        let margin = timing.margin;
+        assert_eq!(timing.lock_delay(None), secs(2.0) + margin);
+        assert_eq!(timing.lock_delay(Some(secs(1.0))), secs(2.0) + margin);
+        assert_eq!(timing.lock_delay(Some(secs(4.0))), secs(4.0) + margin);
+        assert!(!timing.clamps_grace(Some(secs(4.0))));
+        // Another writer's number, however large: a wait that ends, and no
+        // overflow when it is added to an instant.
+        for hostile in [Duration::from_millis(u64::MAX), Duration::MAX, secs(10.5)] {
+            let delay = timing.lock_delay(Some(hostile));
+            assert_eq!(delay, timing.ttl + margin, "{hostile:?}");
+            assert!(timing.clamps_grace(Some(hostile)));
+            let until = BootInstant::now() + delay;
+            assert!(until.saturating_since(BootInstant::now()) <= delay);
+        }
+    }
+
+    #[test]
+    fn a_fuse_fires_the_alarm_at_once_from_another_thread_and_keeps_the_first_reason() {
+        let timing = FenceTiming::new(secs(30.0), secs(1.0)).unwrap();
+        let renew = Box::new(|| Renewal::Renewed(secs(30.0)));
+        let renewer = super::start(timing, BootInstant::now(), secs(30.0), None, renew).unwrap();
+        let fuse = renewer.fuse();
+        let fired = std::thread::spawn(move || {
+            fuse.fire("our key was deleted".into());
+            fuse.fire("a second reason".into());
+        });
+        fired.join().unwrap();
+        let seen = wait_for_alarm(&renewer, secs(2.0)).expect("fires at once");
+        assert!(seen < renewer.deadline(), "long before the deadline");
+        assert_eq!(renewer.fired().as_deref(), Some("our key was deleted"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! without `--etcd`: the local launch path is what it was.
 
 pub mod claim;
+pub mod custody;
 pub mod etcd;
 pub mod fence;
 pub mod keyspace;

@@ -12,7 +12,7 @@
 //! [`Shown`](crate::shown::Shown) (its text redacted), and its `since` is
 //! formatted by [`rfc3339`], which takes any number.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +47,16 @@ pub struct ClusterRecord {
     /// launchers on other nodes use the smallest (ECP-0135 section 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuners: Option<u32>,
+    /// The holder's `--etcd-stop-grace`, in milliseconds: a claimant that
+    /// takes the key after an unclean loss waits at least this long plus
+    /// the margin (the lock delay, ECP-0135). Absent from older writers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_ms: Option<u64>,
+    /// Set by the holder's clean release, after its program ended and its
+    /// lock was free, just before it revokes the lease: a claimant that
+    /// sees the key deleted with this mark may start at once (ECP-0135).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 impl ClusterRecord {
@@ -66,7 +76,40 @@ impl ClusterRecord {
             source: redacted_source.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             tuners: None,
+            stop_grace_ms: None,
+            released: false,
         }
+    }
+
+    /// This record with the holder's stop grace.
+    #[must_use]
+    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace_ms = Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// The stop grace a value's writer recorded, if it is a record of ours
+    /// that says.
+    #[must_use]
+    pub fn recorded_stop_grace(value: &[u8]) -> Option<Duration> {
+        Self::from_json(value)?
+            .stop_grace_ms
+            .map(Duration::from_millis)
+    }
+
+    /// True when a value is a record of ours marked released.
+    #[must_use]
+    pub fn is_released(value: &[u8]) -> bool {
+        Self::from_json(value).is_some_and(|record| record.released)
+    }
+
+    /// `value` (a record of ours) marked released; `None` when it is not a
+    /// record of ours.
+    #[must_use]
+    pub fn mark_released(value: &[u8]) -> Option<Vec<u8>> {
+        let mut record = Self::from_json(value)?;
+        record.released = true;
+        Some(record.to_json())
     }
 
     #[must_use]
@@ -95,6 +138,8 @@ impl Redact for ClusterRecord {
             source,
             version,
             tuners,
+            stop_grace_ms,
+            released,
         } = self;
         Self {
             node: node.redacted(),
@@ -105,6 +150,10 @@ impl Redact for ClusterRecord {
             source: redact_source(source),
             version: version.redacted(),
             tuners: *tuners,
+            // Numbers and a flag: nothing to hide. Output that reads the
+            // grace treats it as any number (a lock delay clamps it).
+            stop_grace_ms: *stop_grace_ms,
+            released: *released,
         }
     }
 }
@@ -196,6 +245,24 @@ pub struct Declarant {
     pub tuners: Option<u32>,
 }
 
+impl Redact for Declarant {
+    fn redacted(&self) -> Self {
+        // Every field by name: a new one must be given its redaction here.
+        let Self {
+            node,
+            unit,
+            pid,
+            tuners,
+        } = self;
+        Self {
+            node: node.redacted(),
+            unit: unit.redacted(),
+            pid: *pid,
+            tuners: *tuners,
+        }
+    }
+}
+
 impl Declarant {
     /// `None` for a value that is not a record of ours (as
     /// [`ClusterRecord::from_json`]).
@@ -223,8 +290,7 @@ pub fn rfc3339(since: u64) -> String {
     if since >= YEAR_10000 {
         return format!("an unreadable time ({since} s after 1970)");
     }
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(since))
-        .to_string()
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(since)).to_string()
 }
 
 /// This node's name when `--node` is not given: the kernel's host name.
@@ -282,6 +348,8 @@ mod tests {
             source: format!("http://a:{secret}@h/x?token={secret}"),
             version: format!("v https://u:{secret}@h/"),
             tuners: Some(2),
+            stop_grace_ms: Some(u64::MAX),
+            released: true,
         };
         let shown = crate::shown::Shown::of(&record);
         let json = serde_json::to_string(&shown).unwrap();
@@ -346,6 +414,78 @@ mod tests {
                 None,
                 "{hostile}"
             );
+        }
+    }
+
+    #[test]
+    fn a_record_carries_its_stop_grace_and_a_released_mark_only_once_marked() {
+        let record = ClusterRecord::for_this_launch("node-a", None, "http://h/v1")
+            .with_stop_grace(Duration::from_millis(2500));
+        let json = record.to_json();
+        assert_eq!(
+            ClusterRecord::recorded_stop_grace(&json),
+            Some(Duration::from_millis(2500))
+        );
+        assert!(!ClusterRecord::is_released(&json));
+        assert!(
+            !String::from_utf8_lossy(&json).contains("released"),
+            "an unmarked record says nothing of a release"
+        );
+        let marked = ClusterRecord::mark_released(&json).expect("ours");
+        assert!(ClusterRecord::is_released(&marked));
+        assert_eq!(
+            ClusterRecord::recorded_stop_grace(&marked),
+            Some(Duration::from_millis(2500))
+        );
+        // An older writer's record: no grace, never released.
+        let older = br#"{"node":"b","unit":null,"pid":1,"boot_id":null,"since":1,"source":"s","version":"0.0.9"}"#;
+        assert_eq!(ClusterRecord::recorded_stop_grace(older), None);
+        assert!(!ClusterRecord::is_released(older));
+        assert_eq!(ClusterRecord::mark_released(b"not ours"), None);
+    }
+
+    #[test]
+    fn a_marked_slot_record_still_declares_its_tuners() {
+        let mut slot = ClusterRecord::for_this_launch("node-a", None, "http://h/v1")
+            .with_stop_grace(Duration::from_secs(2));
+        slot.tuners = Some(2);
+        let marked = ClusterRecord::mark_released(&slot.to_json()).expect("ours");
+        assert!(ClusterRecord::is_released(&marked));
+        let declarant = Declarant::from_json(&marked).expect("a declarant");
+        assert_eq!(declarant.declared_tuners(), Some(2));
+    }
+
+    #[test]
+    fn a_hostile_stop_grace_is_read_without_a_panic_and_a_huge_mark_is_no_record() {
+        // The number as written: the lock delay clamps it (FenceTiming).
+        let huge = format!(
+            r#"{{"node":"b","unit":null,"pid":1,"boot_id":null,"since":1,"source":"s","version":"v","stop_grace_ms":{}}}"#,
+            u64::MAX
+        );
+        assert_eq!(
+            ClusterRecord::recorded_stop_grace(huge.as_bytes()),
+            Some(Duration::from_millis(u64::MAX))
+        );
+        assert_eq!(
+            ClusterRecord::for_this_launch("n", None, "s")
+                .with_stop_grace(Duration::MAX)
+                .stop_grace_ms,
+            Some(u64::MAX)
+        );
+        // Out of range, of a wrong type, or past the size bound: no
+        // record, so no grace and no release.
+        for hostile in [
+            r#"{"node":"b","unit":null,"pid":1,"boot_id":null,"since":1,"source":"s","version":"v","stop_grace_ms":-1,"released":true}"#.to_owned(),
+            r#"{"node":"b","unit":null,"pid":1,"boot_id":null,"since":1,"source":"s","version":"v","stop_grace_ms":1e30,"released":true}"#.to_owned(),
+            r#"{"node":"b","unit":null,"pid":1,"boot_id":null,"since":1,"source":"s","version":"v","released":"yes"}"#.to_owned(),
+            format!(
+                r#"{{"node":"{}","unit":null,"pid":1,"boot_id":null,"since":1,"source":"s","version":"v","released":true}}"#,
+                "x".repeat(MAX_RECORD_BYTES)
+            ),
+        ] {
+            assert_eq!(ClusterRecord::recorded_stop_grace(hostile.as_bytes()), None);
+            assert!(!ClusterRecord::is_released(hostile.as_bytes()));
+            assert_eq!(ClusterRecord::mark_released(hostile.as_bytes()), None);
         }
     }
 }

@@ -1,25 +1,46 @@
-//! One launch's life in the cluster: a lease, the keys taken under it, and
-//! the renewer that fences the program when the lease cannot be kept
-//! (ECP-0134).
+//! One launch's life in the cluster: a lease, the keys taken under it, the
+//! renewer that fences the program when the lease cannot be kept
+//! (ECP-0134), the custody that fences it when a key is lost, and the lock
+//! delay after a take that was not a clean hand-over (ECP-0135).
 //!
 //! Everything taken here is taken under one lease, so one revoke releases
 //! it all at once and an expiry releases it all together. An answer that
 //! leaves unknown whether a key became ours (a timeout after the request
-//! was sent, a dropped connection, a lease that expired while we waited)
-//! is never guessed at: the lease is revoked, which deletes whatever it
-//! may hold, and the claims start over under a new one.
+//! was sent, a dropped connection, a lease that expired while we waited,
+//! a store that changed under us) is never guessed at: the lease is
+//! revoked, which deletes whatever it may hold, and the claims start over
+//! under a new one, after a backoff that grows with each start-over in a
+//! row; after [`MOST_RESTARTS`] the launcher gives up (69, or 76 when the
+//! keys kept being lost), and systemd restarts it.
+//!
+//! Letting go: before the program ever ran, and after it ended with its
+//! lock free, the keys are first marked released (one txn guarded by our
+//! lease) and then the lease is revoked, so a claimant that watched the
+//! release may start at once. Any other end (the launcher killed, a lease
+//! that expires) leaves the mark out, and a claimant waits the lock delay.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::ClusterConfig;
-use super::claim::{self, Claimed, DeviceView, Disagreement, SlotRequest};
-use super::etcd::{EtcdClient, EtcdError, KeyValue};
+use super::claim::{self, Claimed, DeviceView, Disagreement, SlotRequest, Witness};
+use super::custody::{self, Custody, Held, held_keys};
+use super::etcd::{EtcdClient, EtcdError, KeepAlive, KeyValue};
 use super::fence::{self, BootInstant, Renewal, Renewer};
 use super::keyspace;
+use super::record::ClusterRecord;
 use crate::error::Error;
 use crate::supervise::{self, Interrupts};
+
+/// Start-overs in a row, without a key taken in between, before the
+/// launcher gives up: a persistently unusable answer must not loop
+/// grant/txn/revoke forever.
+pub const MOST_RESTARTS: u32 = 8;
+/// The pause before the first start-over in a row; doubled for each next
+/// one, up to [`MOST_RESTART_PAUSE`] (about 9 s in all before giving up).
+const FIRST_RESTART_PAUSE: Duration = Duration::from_millis(100);
+const MOST_RESTART_PAUSE: Duration = Duration::from_secs(2);
 
 /// What to take for the source, kept so a restart can take it again.
 pub struct SourceClaim<'a> {
@@ -60,7 +81,8 @@ impl std::fmt::Debug for SlotClaim<'_> {
     }
 }
 
-/// A lease with its renewer, and the client they use.
+/// A lease with its renewer, the keys held under it and their custody, and
+/// the client they use.
 pub struct Session {
     client: EtcdClient,
     config_ping_watchdog: bool,
@@ -71,6 +93,20 @@ pub struct Session {
     renewer: Option<Renewer>,
     /// Until the program runs: stop requests revoke the lease and end us.
     interrupts: Option<Interrupts>,
+    /// The keys held under the lease, as taken.
+    held: Held,
+    /// The watches over them; fires the renewer's fence.
+    custody: Option<Custody>,
+    /// What the claims saw of the keys' previous holders.
+    witness: Witness,
+    /// The program may not start before this (the lock delay of a take
+    /// that was not a clean hand-over), and why.
+    not_before: Option<(BootInstant, Duration)>,
+    /// Start-overs in a row without a key taken in between.
+    restarts: u32,
+    /// The program was started: from then on only its end is a clean
+    /// release.
+    program_started: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -95,6 +131,14 @@ pub struct Busy {
     pub timed_out: bool,
 }
 
+/// Why the claims start over.
+enum Cause {
+    /// An answer that leaves unknown what we hold.
+    Error(EtcdError),
+    /// The fence fired (a key or the lease lost, the deadline passed).
+    Lost(String),
+}
+
 impl Session {
     /// Connects and grants the first lease.
     ///
@@ -114,6 +158,12 @@ impl Session {
             lease: Arc::default(),
             renewer: None,
             interrupts: None,
+            held: Arc::default(),
+            custody: None,
+            witness: Witness::default(),
+            not_before: None,
+            restarts: 0,
+            program_started: false,
         };
         interrupts.on_interrupt(session.revoker());
         session.interrupts = Some(interrupts);
@@ -126,8 +176,9 @@ impl Session {
         let lease = self.client.grant(self.timing.ttl)?;
         self.lease.store(lease.id, Ordering::SeqCst);
         let client = self.client.clone();
+        let held = Arc::clone(&self.held);
         let id = lease.id;
-        self.renewer = Some(fence::start_renewer(
+        let renewer = fence::start_renewer(
             self.timing,
             sent,
             lease.ttl,
@@ -144,24 +195,53 @@ impl Session {
                         client.keep_alive(id)
                     };
                     failed_last = answer.is_err();
-                    match answer {
-                        Ok(Some(ttl)) => Renewal::Renewed(ttl),
-                        Ok(None) => Renewal::Lost,
-                        Err(e) => Renewal::Failed(e.to_string()),
-                    }
+                    renewal(&client, &held, answer)
                 }
             }),
-        )?);
+        )?;
+        self.custody = Some(Custody::new(self.client.clone(), renewer.fuse()));
+        self.renewer = Some(renewer);
         tracing::debug!(lease = id, ttl = ?lease.ttl, "cluster lease granted");
         Ok(())
     }
 
-    /// Revokes the lease (deleting every key under it) and grants a new one.
-    fn start_over(&mut self, why: &str) -> Result<(), Error> {
+    /// Revokes the lease (deleting every key under it, marked released: no
+    /// program ran) and grants a new one, after a pause that grows with
+    /// each start-over in a row; gives up after [`MOST_RESTARTS`].
+    fn start_over(&mut self, cause: Cause) -> Result<(), Error> {
+        self.restarts += 1;
+        let why = match &cause {
+            Cause::Error(e) => e.to_string(),
+            Cause::Lost(why) => why.clone(),
+        };
+        if self.restarts > MOST_RESTARTS {
+            self.let_go(true);
+            return Err(match cause {
+                Cause::Error(source) => Error::ClaimGaveUp {
+                    attempts: MOST_RESTARTS,
+                    source,
+                },
+                Cause::Lost(why) => Error::Fenced {
+                    why: format!(
+                        "the cluster keys were lost {MOST_RESTARTS} times in a row before the program started, the last time because {why}"
+                    ),
+                },
+            });
+        }
+        let pause = (FIRST_RESTART_PAUSE * 2u32.pow(self.restarts - 1)).min(MOST_RESTART_PAUSE);
         tracing::warn!(
-            "cluster: {why}; revoking the lease and taking the keys again under a new one"
+            "cluster: {why}; revoking the lease and taking the keys again under a new one in {} (start-over {} of at most {MOST_RESTARTS} in a row)",
+            humantime::format_duration(pause),
+            self.restarts
         );
-        self.release();
+        self.let_go(true);
+        held_keys(&self.held).clear();
+        self.witness.forget();
+        self.not_before = None;
+        // The store that answers now is the truth from here on: a key
+        // found free in it costs the lock delay.
+        self.client.forget_cluster();
+        std::thread::sleep(pause);
         self.grant()
     }
 
@@ -169,18 +249,21 @@ impl Session {
         self.lease.load(Ordering::SeqCst)
     }
 
-    /// Revokes whatever lease is current when called: for a stop request
-    /// that arrives on another thread while this one waits.
+    /// Lets go of the keys for a stop request that arrives on another
+    /// thread while this one waits: marked released (no program ran), then
+    /// the lease revoked.
     #[must_use]
     pub fn revoker(&self) -> Box<dyn Fn() + Send> {
         let client = self.client.clone();
         let lease = self.lease.clone();
-        Box::new(move || revoke(&client, &lease))
+        let held = Arc::clone(&self.held);
+        Box::new(move || let_go_of(&client, &lease, &held, true))
     }
 
     /// The program is about to start: signals wait for the supervisor,
     /// which forwards them to it.
     pub fn hand_signals_to_supervisor(&mut self) {
+        self.program_started = true;
         if let Some(interrupts) = self.interrupts.take() {
             interrupts.stop();
         }
@@ -195,7 +278,8 @@ impl Session {
     /// Takes the source's key.
     ///
     /// # Errors
-    /// etcd failed in a way starting over cannot fix.
+    /// etcd failed in a way starting over cannot fix, or the claims had to
+    /// start over too many times in a row.
     pub fn take_source(
         &mut self,
         source: &SourceClaim<'_>,
@@ -204,28 +288,44 @@ impl Session {
         let key = keyspace::source(source.key);
         loop {
             if let Some(why) = self.lost() {
-                self.start_over(&why)?;
+                self.start_over(Cause::Lost(why))?;
             }
-            match claim::claim(
+            let lease = self.lease();
+            let claimed = claim::claim(
                 &self.client,
+                &mut self.witness,
                 key.as_bytes(),
                 source.value,
-                self.lease(),
+                lease,
                 source.wait,
                 source.until,
                 on_wait,
-            ) {
-                // Taken under a lease the fence gave up while we waited:
-                // it may expire any moment, so it is not ours to run on.
-                Ok(Claimed::Ours) if self.lost().is_some() => {}
-                Ok(Claimed::Ours) => return Ok(Taken::Ours),
+            );
+            let claimed = claimed.and_then(|claimed| {
+                if claimed == Claimed::Ours {
+                    self.witness
+                        .ensure_taken(&self.client, key.as_bytes(), lease)?;
+                }
+                Ok(claimed)
+            });
+            match claimed {
+                Ok(Claimed::Ours) => {
+                    self.keep_taken()?;
+                    // Taken under a lease the fence gave up while we
+                    // waited: it may expire any moment, so it is not ours
+                    // to run on (the loop starts over).
+                    if self.lost().is_none() {
+                        self.restarts = 0;
+                        return Ok(Taken::Ours);
+                    }
+                }
                 Ok(Claimed::Busy { holder, timed_out }) => {
                     return Ok(Taken::Busy(Busy {
                         holders: holder.into_iter().collect(),
                         timed_out,
                     }));
                 }
-                Err(e) if restartable(&e) => self.start_over(&e.to_string())?,
+                Err(e) if restartable(&e) => self.start_over(Cause::Error(e))?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -235,8 +335,9 @@ impl Session {
     /// (ECP-0135 section 5: never at or beyond the smallest tuner count
     /// declared by this launcher, any holder and any waiter).
     /// Whenever the lease is started over (an ambiguous answer, a lease
-    /// lost or given up while waiting) the source is taken again first: a
-    /// new lease holds nothing, and the old one's source key may be gone.
+    /// or key lost or given up while waiting) the source is taken again
+    /// first: a new lease holds nothing, and the old one's source key may
+    /// be gone.
     ///
     /// # Errors
     /// As [`Session::take_source`].
@@ -255,19 +356,37 @@ impl Session {
             waiting_value: slot.waiting_value,
         };
         loop {
-            let why = match claim::claim_slot(
+            let lease = self.lease();
+            let claimed = claim::claim_slot(
                 &self.client,
+                &mut self.witness,
                 &request,
-                self.lease(),
+                lease,
                 source.wait,
                 source.until,
                 on_wait,
                 on_disagree,
-            ) {
-                Ok(Some(slot)) => match self.lost() {
-                    None => return Ok(Ok(slot)),
-                    Some(why) => why,
-                },
+            );
+            let claimed = claimed.and_then(|taken| {
+                if let Some(index) = taken {
+                    // Told by the claim already (a no-op then); read back
+                    // and held to should a take ever go untold.
+                    let key = keyspace::slot_under(prefix.as_bytes(), index);
+                    self.witness.ensure_taken(&self.client, &key, lease)?;
+                }
+                Ok(taken)
+            });
+            let cause = match claimed {
+                Ok(Some(index)) => {
+                    self.keep_taken()?;
+                    match self.lost() {
+                        None => {
+                            self.restarts = 0;
+                            return Ok(Ok(index));
+                        }
+                        Some(why) => Cause::Lost(why),
+                    }
+                }
                 Ok(None) => {
                     // The holders only: waiters hold no tuner.
                     let holders = self
@@ -280,10 +399,10 @@ impl Session {
                         timed_out: source.wait,
                     }));
                 }
-                Err(e) if restartable(&e) => e.to_string(),
+                Err(e) if restartable(&e) => Cause::Error(e),
                 Err(e) => return Err(e.into()),
             };
-            self.start_over(&why)?;
+            self.start_over(cause)?;
             let mut quiet = |_: &KeyValue| {};
             if let Taken::Busy(busy) = self.take_source(source, &mut quiet)? {
                 return Ok(Err(busy));
@@ -291,34 +410,177 @@ impl Session {
         }
     }
 
-    /// Ready to run the program: if the lease was lost while we claimed,
-    /// the caller must not start it.
+    /// Keeps what the last claim took: held, watched, and, unless its
+    /// previous holder was seen releasing it cleanly, a lock delay before
+    /// the program may start.
+    fn keep_taken(&mut self) -> Result<(), Error> {
+        for took in self.witness.drain_taken() {
+            held_keys(&self.held).push(took.kv.clone());
+            if let Some(custody) = &self.custody {
+                custody.keep(took.kv.clone())?;
+            }
+            let key = crate::printable::printable(&keyspace::shown(&took.kv.key)).into_owned();
+            if took.clean {
+                tracing::debug!(key = %key, "cluster key taken after its holder's clean release: no lock delay");
+                continue;
+            }
+            if self.timing.clamps_grace(took.previous_grace) {
+                tracing::warn!(
+                    key = %key,
+                    "the previous holder of this cluster key recorded a stop grace longer than this launcher's TTL of {}; the lock delay counts the TTL (give every launcher of a source the same --etcd-ttl and --etcd-stop-grace)",
+                    humantime::format_duration(self.timing.ttl),
+                );
+            }
+            let delay = self.timing.lock_delay(took.previous_grace);
+            let until = took.at + delay;
+            if self.not_before.is_none_or(|(at, _)| at < until) {
+                self.not_before = Some((until, delay));
+            }
+            tracing::info!(
+                key = %key,
+                "cluster key taken without a clean release by a previous holder (found free, or lost to an expiry, a revoke, a delete, or a store restored or restarted); the program starts after the lock delay of {} (the longer stop grace and the {} margin), when any holder that lost the key has stopped",
+                humantime::format_duration(delay),
+                humantime::format_duration(self.timing.margin),
+            );
+        }
+        Ok(())
+    }
+
+    /// Holds the keys, renewing and watching them, until the lock delay of
+    /// a take that was not a clean hand-over has passed (ECP-0135). A loss
+    /// meanwhile starts the claims over: the source again, then `slot`
+    /// (what `take_slot` was asked for, if it was). `Ok(None)`: the program
+    /// may start now; `Ok(Some(busy))`: a key taken again was busy.
+    ///
+    /// # Errors
+    /// As [`Session::take_source`].
+    pub fn settle(
+        &mut self,
+        source: &SourceClaim<'_>,
+        slot: Option<&SlotClaim<'_>>,
+    ) -> Result<Option<Busy>, Error> {
+        loop {
+            if let Some(why) = self.lost() {
+                self.start_over(Cause::Lost(why))?;
+                let mut quiet = |_: &KeyValue| {};
+                if let Taken::Busy(busy) = self.take_source(source, &mut quiet)? {
+                    return Ok(Some(busy));
+                }
+                if let Some(slot) = slot {
+                    // Told once already, when the slot was first taken.
+                    let mut quiet = |_: &[KeyValue]| {};
+                    let mut agreed = |_: &Disagreement| {};
+                    if let Err(busy) = self.take_slot(source, slot, &mut quiet, &mut agreed)? {
+                        return Ok(Some(busy));
+                    }
+                }
+                continue;
+            }
+            let Some((until, delay)) = self.not_before else {
+                return Ok(None);
+            };
+            let now = BootInstant::now();
+            if now >= until {
+                tracing::debug!(
+                    "cluster: the lock delay of {} has passed",
+                    humantime::format_duration(delay)
+                );
+                self.not_before = None;
+                return Ok(None);
+            }
+            self.sleep_unless_fenced(until.saturating_since(now));
+        }
+    }
+
+    /// Sleeps `time`, waking early when the fence fires.
+    fn sleep_unless_fenced(&self, time: Duration) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let Some(renewer) = &self.renewer else {
+            std::thread::sleep(time);
+            return;
+        };
+        let mut fds = [PollFd::new(renewer.alarm_fd(), PollFlags::POLLIN)];
+        // Round up: a zero timeout would spin until the last millisecond.
+        let timeout =
+            PollTimeout::try_from(time + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX);
+        // The alarm stays readable for the supervisor, which reads it.
+        if poll(&mut fds, timeout).is_err() {
+            std::thread::sleep(time.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Ready to run the program: if the lease or a key was lost while we
+    /// claimed, the caller must not start it.
     #[must_use]
     pub fn lost(&self) -> Option<String> {
         self.renewer.as_ref().and_then(Renewer::fired)
     }
 
     /// Stops renewing and revokes the lease, so the next holder need not
-    /// wait for it to expire. Best effort: a lease we cannot revoke expires.
+    /// wait for it to expire; the keys are not marked released, so a
+    /// claimant waits the lock delay. Best effort: a lease we cannot
+    /// revoke expires.
     pub fn release(&mut self) {
+        self.let_go(false);
+    }
+
+    /// The program ended and its lock is free: marks the keys released
+    /// (one txn, only while they are under our lease) and then revokes the
+    /// lease, so a claimant that watched it starts at once (ECP-0135).
+    /// Best effort: a mark that cannot be written leaves the claimant the
+    /// lock delay, and a lease we cannot revoke expires.
+    pub fn release_clean(&mut self) {
+        self.let_go(true);
+    }
+
+    fn let_go(&mut self, mark: bool) {
+        // First: our own mark is not a loss.
+        if let Some(custody) = self.custody.take() {
+            custody.stop();
+        }
         if let Some(renewer) = self.renewer.take() {
             renewer.stop();
         }
-        revoke(&self.client, &self.lease);
+        let_go_of(&self.client, &self.lease, &self.held, mark);
     }
 }
 
 impl Drop for Session {
+    /// Before the program ran no reader of ours exists: the release is
+    /// clean. After, only [`Session::release_clean`] says so.
     fn drop(&mut self) {
-        self.release();
+        self.let_go(!self.program_started);
     }
 }
 
-/// Revokes the lease in `lease` once (whoever swaps it out first).
-fn revoke(client: &EtcdClient, lease: &AtomicI64) {
+/// The renewer's view of one keepalive: renewed, lost (the lease gone, a
+/// key gone in a store that went back, another cluster), or failed.
+fn renewal(client: &EtcdClient, held: &Held, answer: Result<KeepAlive, EtcdError>) -> Renewal {
+    match answer {
+        Ok(KeepAlive {
+            ttl: Some(ttl),
+            revision,
+        }) => match custody::check_renewal(client, held, revision) {
+            Some(why) => Renewal::Lost(why),
+            None => Renewal::Renewed(ttl),
+        },
+        Ok(KeepAlive { ttl: None, .. }) => {
+            Renewal::Lost("etcd answered that the lease is gone (expired or revoked)".into())
+        }
+        Err(e) if e.is_store_changed() => Renewal::Lost(e.to_string()),
+        Err(e) => Renewal::Failed(e.to_string()),
+    }
+}
+
+/// Revokes the lease in `lease` once (whoever swaps it out first), after
+/// marking the keys in `held` released when `mark`.
+fn let_go_of(client: &EtcdClient, lease: &AtomicI64, held: &Held, mark: bool) {
     let id = lease.swap(0, Ordering::SeqCst);
     if id == 0 {
         return;
+    }
+    if mark {
+        mark_released(client, id, held);
     }
     match client.revoke(id) {
         Ok(()) => tracing::debug!(lease = id, "cluster lease revoked"),
@@ -328,7 +590,35 @@ fn revoke(client: &EtcdClient, lease: &AtomicI64) {
     }
 }
 
+/// Marks the keys under lease `id` released, in one txn that writes only
+/// while every one is still under it.
+fn mark_released(client: &EtcdClient, id: i64, held: &Held) {
+    let marked: Vec<(Vec<u8>, Vec<u8>)> = held_keys(held)
+        .iter()
+        .filter(|kv| kv.lease == id)
+        .filter_map(|kv| Some((kv.key.clone(), ClusterRecord::mark_released(&kv.value)?)))
+        .collect();
+    if marked.is_empty() {
+        return;
+    }
+    let pairs: Vec<(&[u8], &[u8])> = marked
+        .iter()
+        .map(|(key, value)| (key.as_slice(), value.as_slice()))
+        .collect();
+    match client.put_if_leased(&pairs, id) {
+        Ok(true) => tracing::debug!(lease = id, "cluster keys marked released"),
+        Ok(false) => tracing::debug!(
+            lease = id,
+            "cluster keys not marked released: they are no longer all ours"
+        ),
+        Err(e) => tracing::debug!(
+            lease = id,
+            "cluster keys not marked released ({e}): the next holder waits the lock delay"
+        ),
+    }
+}
+
 /// Errors after which the keys may or may not be ours: start over.
 fn restartable(error: &EtcdError) -> bool {
-    error.is_ambiguous() || error.is_lease_lost()
+    error.is_ambiguous() || error.is_lease_lost() || error.is_store_changed()
 }

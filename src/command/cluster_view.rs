@@ -40,13 +40,56 @@ pub(super) struct ClusterSection {
 pub(super) struct ClusterReport {
     /// This node's name, as `this_node` compares it.
     pub(super) node: String,
-    pub(super) holders: Vec<ClusterHolder>,
+    /// Absent when etcd could not be asked (then `error` says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) holders: Option<Vec<ClusterHolder>>,
     /// Launchers waiting for a device's slot (ECP-0135 section 5): they
-    /// hold no tuner, but the count they declare is counted.
-    pub(super) waiters: Vec<ClusterWaiter>,
+    /// hold no tuner, but the count they declare is counted. Absent when
+    /// etcd could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) waiters: Option<Vec<ClusterWaiter>>,
     /// Per device with slots or waiters: the counts declared, and what
-    /// launchers go by.
-    pub(super) devices: Vec<ClusterDevice>,
+    /// launchers go by. Absent when etcd could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) devices: Option<Vec<ClusterDevice>>,
+    /// Why etcd could not be asked: the cause, the endpoint, what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) error: Option<String>,
+}
+
+/// What a key's lease is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum LeaseState {
+    /// Alive: `ttl_left` says for how long.
+    Live,
+    /// Gone, an instant ago: the key goes with it.
+    Expired,
+    /// The key has no lease: written by hand (no launcher writes one so),
+    /// it never expires.
+    None,
+}
+
+impl LeaseState {
+    /// The state of `lease` (0: none) with `ttl_left` as etcd answered.
+    fn of(lease: i64, ttl_left: Option<u64>) -> Self {
+        match (lease, ttl_left) {
+            (0, _) => Self::None,
+            (_, Some(_)) => Self::Live,
+            (_, None) => Self::Expired,
+        }
+    }
+
+    /// The text view's words for it.
+    fn describe(self, ttl_left: Option<u64>) -> String {
+        match (self, ttl_left) {
+            (Self::Live, Some(ttl)) => format!(" lease {ttl}s left"),
+            (Self::None, _) => {
+                " no lease: written by hand, never expires (etcdctl del the key to free it)".into()
+            }
+            _ => " lease expired".into(),
+        }
+    }
 }
 
 /// A `waiting/<lease>` key.
@@ -62,8 +105,10 @@ pub(super) struct ClusterWaiter {
     tuners: Option<u32>,
     /// Seconds since the Unix epoch: when it began to wait.
     since: Option<u64>,
-    /// Seconds the waiter's lease has left; `null` when it just expired.
+    /// Seconds the waiter's lease has left; `null` when it just expired
+    /// or the key has none (`lease_state` says which).
     ttl_left: Option<u64>,
+    lease_state: LeaseState,
     this_node: bool,
 }
 
@@ -99,8 +144,10 @@ pub(super) struct ClusterHolder {
     since: Option<u64>,
     /// The recorded (redacted) source.
     source: Option<String>,
-    /// Seconds the holder's lease has left; `null` when it just expired.
+    /// Seconds the holder's lease has left; `null` when it just expired
+    /// or the key has none (`lease_state` says which).
     ttl_left: Option<u64>,
+    lease_state: LeaseState,
     this_node: bool,
     /// The key's value is no record `ec-launch` can read (not JSON, a wrong
     /// type, a number out of range, too large): `node` and the rest are
@@ -116,8 +163,74 @@ impl ClusterReport {
     pub(super) fn holds_source(&self, key: &str) -> bool {
         self.holders
             .iter()
+            .flatten()
             .any(|h| h.source_key.as_deref() == Some(key))
     }
+
+    /// A warning for each source whose local lock is held here (`held_here`,
+    /// their keys) while its cluster key is held, but not by this node: two
+    /// readers of one source, one on each node (a holder here that runs
+    /// without `--etcd`, or one whose key was lost), unless the other node
+    /// is this one under another `--node`.
+    pub(super) fn held_elsewhere_too(&self, held_here: &[&str]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for key in held_here {
+            let in_cluster: Vec<&ClusterHolder> = self
+                .holders
+                .iter()
+                .flatten()
+                .filter(|h| h.source_key.as_deref() == Some(*key))
+                .collect();
+            if in_cluster.is_empty() || in_cluster.iter().any(|h| h.this_node) {
+                continue;
+            }
+            let nodes: Vec<String> = in_cluster
+                .iter()
+                .map(|h| {
+                    let node = h.node.as_deref().unwrap_or("?");
+                    match h.pid {
+                        Some(pid) => format!("node {} (pid {pid})", printable(node)),
+                        None => format!("node {}", printable(node)),
+                    }
+                })
+                .collect();
+            warnings.push(format!(
+                "source {} is held on this node (its local lock) while its cluster key is held by {}, not by this node ({}): two readers of one source, unless that is this node under another --node name",
+                printable(key),
+                nodes.join(", "),
+                printable(&self.node),
+            ));
+        }
+        warnings
+    }
+
+    /// etcd could not be asked: `error` says why, in the words of `run`'s
+    /// error (the cause, the endpoint) and its hint (what to do).
+    pub(super) fn unanswered(node: String, error: &Error) -> Self {
+        Self {
+            node,
+            holders: None,
+            waiters: None,
+            devices: None,
+            error: Some(explain(error)),
+        }
+    }
+}
+
+/// An error as one line: what failed, each cause, and what to do. The
+/// top of an etcd error ("cluster mode") says nothing here.
+pub(super) fn explain(error: &Error) -> String {
+    use std::error::Error as _;
+    let (mut line, mut cause) = match error {
+        Error::Etcd(etcd) => (etcd.to_string(), etcd.source()),
+        other => (other.to_string(), other.source()),
+    };
+    while let Some(inner) = cause {
+        let _ = write!(line, ": {inner}");
+        cause = inner.source();
+    }
+    let _ = write!(line, "; {}", error.hint());
+    line
 }
 
 /// Reads every holder under the prefix; with `only`, the source's key and
@@ -133,6 +246,11 @@ pub(super) fn cluster_report(
     let kvs = client.list(keyspace::everything().as_bytes())?;
     let mut ttl_of_lease = BTreeMap::new();
     let mut ttl_left = |lease: i64| -> Result<Option<u64>, Error> {
+        // A key without a lease (written by hand) never expires: there is
+        // no lease to ask about.
+        if lease == 0 {
+            return Ok(None);
+        }
         if let Some(ttl) = ttl_of_lease.get(&lease) {
             return Ok(*ttl);
         }
@@ -156,20 +274,20 @@ pub(super) fn cluster_report(
                 continue;
             }
         }
+        let ttl_left = ttl_left(kv.lease)?;
         if let Some(Named::Waiting { device, .. }) = named {
-            let ttl_left = ttl_left(kv.lease)?;
             waiters.push(waiter_of(&kv, &device, ttl_left, node));
             continue;
         }
-        let ttl_left = ttl_left(kv.lease)?;
         holders.push(holder_of(&kv, ttl_left, node));
     }
     let devices = devices(&holders, &waiters);
     Ok(ClusterReport {
         node: node.to_owned(),
-        holders,
-        waiters,
-        devices,
+        holders: Some(holders),
+        waiters: Some(waiters),
+        devices: Some(devices),
+        error: None,
     })
 }
 
@@ -201,6 +319,7 @@ fn holder_of(kv: &KeyValue, ttl_left: Option<u64>, node: &str) -> ClusterHolder 
         since: record.as_ref().map(|r| r.since),
         source: record.map(|r| r.source.clone()),
         ttl_left,
+        lease_state: LeaseState::of(kv.lease, ttl_left),
         tuners,
     }
 }
@@ -221,6 +340,7 @@ fn waiter_of(kv: &KeyValue, device: &str, ttl_left: Option<u64>, node: &str) -> 
         tuners,
         since: record.map(|r| r.since),
         ttl_left,
+        lease_state: LeaseState::of(kv.lease, ttl_left),
     }
 }
 
@@ -303,11 +423,17 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
         "\nCLUSTER (etcd; this node: {})",
         printable(&report.node)
     );
-    if report.holders.is_empty() && report.waiters.is_empty() {
+    if let Some(error) = &report.error {
+        let _ = writeln!(out, "(etcd could not be asked: {})", printable(error));
+    }
+    let (Some(holders), Some(waiters)) = (&report.holders, &report.waiters) else {
+        return;
+    };
+    if holders.is_empty() && waiters.is_empty() {
         out.push_str("(no cluster keys held)\n");
         return;
     }
-    for holder in &report.holders {
+    for holder in holders {
         let what = match (&holder.source_key, &holder.device, holder.slot) {
             (Some(key), _, _) => format!("source {}", printable(key)),
             (None, Some(device), Some(slot)) => {
@@ -334,16 +460,11 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
         if let Some(since) = holder.since {
             let _ = write!(line, " since {}", crate::cluster::record::rfc3339(since));
         }
-        match holder.ttl_left {
-            Some(ttl) => {
-                let _ = write!(line, " lease {ttl}s left");
-            }
-            None => line.push_str(" lease expired"),
-        }
+        line.push_str(&holder.lease_state.describe(holder.ttl_left));
         out.push_str(&line);
         out.push('\n');
     }
-    for waiter in &report.waiters {
+    for waiter in waiters {
         let mut line = format!(
             "device {} waiting: node {}",
             printable(&waiter.device),
@@ -367,16 +488,11 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
         if let Some(since) = waiter.since {
             let _ = write!(line, " since {}", crate::cluster::record::rfc3339(since));
         }
-        match waiter.ttl_left {
-            Some(ttl) => {
-                let _ = write!(line, " lease {ttl}s left");
-            }
-            None => line.push_str(" lease expired"),
-        }
+        line.push_str(&waiter.lease_state.describe(waiter.ttl_left));
         out.push_str(&line);
         out.push('\n');
     }
-    for device in &report.devices {
+    for device in report.devices.iter().flatten() {
         let tuners = device
             .tuners
             .map_or_else(|| "?".to_owned(), |n| n.to_string());
@@ -408,6 +524,8 @@ mod tests {
         ("since", FieldKind::Number),
         ("source", FieldKind::Text),
         ("version", FieldKind::Text),
+        ("tuners", FieldKind::Number),
+        ("stop_grace_ms", FieldKind::Number),
     ];
 
     fn shown(key: &[u8], value: Vec<u8>) -> (String, String) {
@@ -418,11 +536,15 @@ mod tests {
             mod_revision: 1,
             lease: 0,
         };
+        let holder = holder_of(&kv, None, "node-a");
+        let waiter = waiter_of(&kv, "d", None, "node-a");
+        let devices = devices(std::slice::from_ref(&holder), std::slice::from_ref(&waiter));
         let report = ClusterReport {
             node: "node-a".into(),
-            holders: vec![holder_of(&kv, None, "node-a")],
-            waiters: Vec::new(),
-            devices: Vec::new(),
+            holders: Some(vec![holder]),
+            waiters: Some(vec![waiter]),
+            devices: Some(devices),
+            error: None,
         };
         let mut text = String::new();
         write_text(&mut text, &report);

@@ -299,22 +299,20 @@ impl Launching<'_> {
         write_record(held, &record(), "lock");
         // The cluster's key after the node's (ECP-0134): two units on one
         // node never race through etcd. Nothing of it runs without --etcd.
-        let cluster_record = || {
-            config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
-                ClusterRecord::for_this_launch(
-                    &cluster.connection.node,
-                    unit.clone(),
-                    self.redacted,
-                )
-                .to_json()
-            })
-        };
+        let (source_value, slot_value, waiting_value) =
+            cluster_values(config, unit.as_ref(), self.redacted);
         let source_claim = SourceClaim {
             key: config.key.as_str(),
-            value: &cluster_record,
+            value: &source_value,
             wait: matches!(config.policy, BusyPolicy::Wait { .. }),
             until: self.deadline,
         };
+        let slot_claim = config.tuners.as_ref().map(|tuners| SlotClaim {
+            device: tuners.device.as_str(),
+            count: tuners.count,
+            value: &slot_value,
+            waiting_value: &waiting_value,
+        });
         let mut session = match &config.cluster {
             None => None,
             Some(cluster) => {
@@ -353,13 +351,11 @@ impl Launching<'_> {
                     return Ok(config.busy_status);
                 };
                 write_record(&slot.lock, &slot_record(slot.slot), "tuner slot");
-                if let Some(session) = &mut session
+                if let (Some(session), Some(slot_claim)) = (&mut session, &slot_claim)
                     && !take_cluster_slot(
                         config,
-                        tuners,
                         session,
-                        &source_claim,
-                        (unit.as_ref(), self.redacted),
+                        (&source_claim, slot_claim),
                         self.program_name,
                         &mut wait_started,
                     )?
@@ -369,6 +365,10 @@ impl Launching<'_> {
                 Some(slot)
             }
         };
+        let claims = (&source_claim, slot_claim.as_ref());
+        if !settle_in_cluster(config, session.as_mut(), claims, self.program_name)? {
+            return Ok(config.busy_status);
+        }
         if wait_started.is_some() {
             // Taken after a wait: another reader just let go, and its
             // connection to the device can outlive its lock by a few
@@ -715,31 +715,12 @@ fn take_cluster_source(
 /// tuner count this launcher declares (ECP-0135 section 5).
 fn take_cluster_slot(
     config: &RunConfig,
-    tuners: &TunerConfig,
     session: &mut Session,
-    claim: &SourceClaim<'_>,
-    (unit, redacted): (Option<&String>, &str),
+    (claim, slot): (&SourceClaim<'_>, &SlotClaim<'_>),
     program_name: &str,
     wait_started: &mut Option<Instant>,
 ) -> Result<bool, Error> {
-    let device = tuners.device.as_str();
-    let node = config
-        .cluster
-        .as_ref()
-        .map_or("", |cluster| cluster.connection.node.as_str());
-    let slot_value = || {
-        let mut record = ClusterRecord::for_this_launch(node, unit.cloned(), redacted);
-        record.tuners = Some(tuners.count);
-        record.to_json()
-    };
-    let waiting_value =
-        || WaitingRecord::for_this_launch(node, unit.cloned(), tuners.count).to_json();
-    let slot = SlotClaim {
-        device,
-        count: tuners.count,
-        value: &slot_value,
-        waiting_value: &waiting_value,
-    };
+    let device = slot.device;
     let mut announce_wait = |holders: &[crate::cluster::etcd::KeyValue]| {
         wait_started.get_or_insert_with(Instant::now);
         tracing::info!(
@@ -764,7 +745,7 @@ fn take_cluster_slot(
             disagreement.using,
         );
     };
-    match session.take_slot(claim, &slot, &mut announce_wait, &mut warn_disagreement)? {
+    match session.take_slot(claim, slot, &mut announce_wait, &mut warn_disagreement)? {
         Ok(slot) => {
             tracing::debug!(device = %printable(device), slot, "cluster tuner slot taken");
             Ok(true)
@@ -788,12 +769,12 @@ fn take_cluster_slot(
 }
 
 /// `node a pid 4242 holding slot 0 says --tuners 2; node b pid 77 waiting
-/// says --tuners 2`, from keys under a device (other nodes' writing:
-/// escaped).
+/// says --tuners 2`, from keys under a device (another writer's text:
+/// redacted and escaped).
 fn describe_declarations(keys: &[crate::cluster::etcd::KeyValue]) -> String {
     keys.iter()
         .filter_map(|kv| {
-            let declarant = Declarant::from_json(&kv.value)?;
+            let declarant = Shown::of(&Declarant::from_json(&kv.value)?);
             let what = match keyspace::parse(&kv.key) {
                 Some(keyspace::Named::Slot { index, .. }) => format!("holding slot {index}"),
                 _ => "waiting".to_owned(),
@@ -812,6 +793,78 @@ fn describe_declarations(keys: &[crate::cluster::etcd::KeyValue]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// This launch's record under its cluster keys: who holds them, and the
+/// stop grace a claimant's lock delay must outlast (ECP-0135).
+fn cluster_record(cluster: &ClusterConfig, unit: Option<String>, redacted: &str) -> ClusterRecord {
+    ClusterRecord::for_this_launch(&cluster.connection.node, unit, redacted)
+        .with_stop_grace(cluster.timing.stop_grace)
+}
+
+/// This launch's values under its cluster keys, made at each try (they
+/// date the holding): the source's, a slot's, and the key a launcher
+/// waits for a slot under. The slot's and the waiting key's record the
+/// tuner count this launcher declares (ECP-0135 section 5). Empty without
+/// `--etcd`: nothing of it runs then.
+#[allow(clippy::type_complexity)] // three closures, one per key
+fn cluster_values<'a>(
+    config: &'a RunConfig,
+    unit: Option<&'a String>,
+    redacted: &'a str,
+) -> (
+    impl Fn() -> Vec<u8> + 'a,
+    impl Fn() -> Vec<u8> + 'a,
+    impl Fn() -> Vec<u8> + 'a,
+) {
+    let count = config.tuners.as_ref().map(|tuners| tuners.count);
+    let source_value = move || {
+        config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
+            cluster_record(cluster, unit.cloned(), redacted).to_json()
+        })
+    };
+    let slot_value = move || {
+        config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
+            let mut record = cluster_record(cluster, unit.cloned(), redacted);
+            record.tuners = count;
+            record.to_json()
+        })
+    };
+    let waiting_value = move || {
+        config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
+            let node = cluster.connection.node.as_str();
+            WaitingRecord::for_this_launch(node, unit.cloned(), count.unwrap_or_default()).to_json()
+        })
+    };
+    (source_value, slot_value, waiting_value)
+}
+
+/// In cluster mode, waits out the lock delay of a take that was not a
+/// clean hand-over (ECP-0135): a holder that lost a key we took has stopped
+/// its program by then. The keys are taken again should they be lost
+/// meanwhile; false when one taken again stayed held (reported here).
+fn settle_in_cluster(
+    config: &RunConfig,
+    session: Option<&mut Session>,
+    (claim, slot): (&SourceClaim<'_>, Option<&SlotClaim<'_>>),
+    program_name: &str,
+) -> Result<bool, Error> {
+    let Some(session) = session else {
+        return Ok(true);
+    };
+    let Some(Busy { holders, timed_out }) = session.settle(claim, slot)? else {
+        return Ok(true);
+    };
+    let waited = gave_up_waiting(config, timed_out);
+    tracing::warn!(
+        key = %printable(config.key.as_str()),
+        "cluster keys lost before the program started, and taken again: held by {}; {waited}not starting {}, exiting {} (see `{}`)",
+        describe_cluster_holders(&holders),
+        printable(program_name),
+        config.busy_status.code(),
+        cluster_status_command(config),
+    );
+    Ok(false)
 }
 
 /// Runs the program as our child under the lease, and exits as it did
@@ -836,8 +889,9 @@ fn supervise_in_cluster(
     // written for exec, where closing is implicit).
     drop(monitor);
     let ended = child.wait(session.renewer().map(|r| (r, stop_grace)));
-    // At once: the next holder need not wait for the lease to expire.
-    session.release();
+    // At once: the next holder need not wait for the lease to expire, nor
+    // (the mark says the program is gone) for the lock delay.
+    session.release_clean();
     match ended {
         crate::supervise::Ended::Exited(code) => {
             let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -848,7 +902,7 @@ fn supervise_in_cluster(
         crate::supervise::Ended::Fenced { child, .. } => {
             // The supervisor logged why when it fenced; this says how it ended.
             tracing::error!(
-                "fence: the program ended with {child} before the lease could expire on the server; exiting {} (systemd restarts the unit, which takes the keys again)",
+                "fence: the program ended with {child}, before the lease could expire on the server and before a node that takes a lost key may start; exiting {} (systemd restarts the unit, which takes the keys again)",
                 ExitStatus::Fenced.code()
             );
             Ok(ExitStatus::Fenced)
@@ -941,6 +995,8 @@ mod tests {
         ("since", FieldKind::Number),
         ("source", FieldKind::Text),
         ("version", FieldKind::Text),
+        ("tuners", FieldKind::Number),
+        ("stop_grace_ms", FieldKind::Number),
     ];
 
     proptest! {
@@ -959,7 +1015,11 @@ mod tests {
                 mod_revision: 1,
                 lease: 0,
             };
-            let text = describe_cluster_holders(&[holder]);
+            let text = describe_cluster_holders(std::slice::from_ref(&holder));
+            prop_assert!(!leaks(&text), "{text}");
+            // The same value as a slot's or a waiter's that declares fewer
+            // tuners (the disagreement warning).
+            let text = describe_declarations(&[holder]);
             prop_assert!(!leaks(&text), "{text}");
         }
     }

@@ -212,7 +212,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         device_view::ask_devices(&mut devices);
     }
     warnings.extend(scan.visibility_warnings());
-    let cluster = cluster_section(args, key.as_ref(), &mut warnings);
+    let cluster = cluster_section(args, key.as_ref(), &locks, &mut warnings);
     let report = Report {
         locks,
         devices,
@@ -341,23 +341,45 @@ fn unlisted(
 }
 
 /// [`cluster_view`], with a failure turned into a warning: the node's own
-/// locks are still worth printing when etcd cannot be asked.
+/// locks are still worth printing when etcd cannot be asked. A source held
+/// here whose cluster key another node holds is warned of (`locks`).
 fn cluster_section(
     args: &StatusArgs,
     key: Option<&SourceKey>,
+    locks: &[LockStatus],
     warnings: &mut Vec<String>,
 ) -> ClusterSection {
     match cluster_view(args, key, args.source.as_deref()) {
-        Ok(cluster) => ClusterSection {
-            holds_wanted: key
-                .is_some_and(|k| cluster.as_ref().is_some_and(|c| c.holds_source(k.as_str()))),
-            cluster,
-            unanswered: false,
-        },
-        Err(e) => {
-            warnings.push(format!("cannot ask etcd for the cluster's holders: {e}"));
+        Ok(cluster) => {
+            if let Some(report) = &cluster {
+                let held_here: Vec<&str> = locks
+                    .iter()
+                    .filter(|l| l.state == State::Held)
+                    .filter_map(|l| l.key.as_deref())
+                    .collect();
+                warnings.extend(report.held_elsewhere_too(&held_here));
+            }
             ClusterSection {
-                cluster: None,
+                holds_wanted: key
+                    .is_some_and(|k| cluster.as_ref().is_some_and(|c| c.holds_source(k.as_str()))),
+                cluster,
+                unanswered: false,
+            }
+        }
+        Err(e) => {
+            // Named as `run` names it: the cause, the endpoint, what to do;
+            // and kept in `--json` as `cluster.error`.
+            warnings.push(format!(
+                "cannot ask etcd for the cluster's holders: {}",
+                cluster_view::explain(&e)
+            ));
+            let node = args
+                .etcd
+                .node
+                .clone()
+                .unwrap_or_else(crate::cluster::record::default_node_name);
+            ClusterSection {
+                cluster: Some(ClusterReport::unanswered(node, &e)),
                 unanswered: true,
                 holds_wanted: false,
             }

@@ -18,7 +18,10 @@
 //! Faults a test can inject: `stop_member` (SIGKILL and reap), `freeze` and
 //! `thaw` (SIGSTOP/SIGCONT: a paused server keeps its sockets, so clients see
 //! silence, not a refused connection) and `start_member` (restart a stopped
-//! member on its data directory). TLS (`EtcdServer::start_tls`): a CA, a
+//! member on its data directory); for a single server also `restart_empty`
+//! (a new data directory at the same URLs), `restart_as_another_cluster`
+//! and `restore` from a `snapshot_save` (the store goes back in history).
+//! TLS (`EtcdServer::start_tls`): a CA, a
 //! server certificate for 127.0.0.1/localhost and a client certificate are
 //! generated in-test with `rcgen`, with a second, unrelated CA and client
 //! certificate for the wrong-CA tests; client-certificate authentication is
@@ -188,6 +191,43 @@ impl EtcdServer {
         self.cluster.etcdctl(args)
     }
 
+    /// Stops the server and starts it again on the same URLs with an empty
+    /// data directory, as after a lost disk: the same cluster ID (etcd
+    /// derives it from the members and the token), history from revision 1.
+    #[track_caller]
+    pub fn restart_empty(&mut self) {
+        self.cluster.restart_empty(0);
+    }
+
+    /// Like [`Self::restart_empty`], with another cluster token: a new
+    /// cluster ID at the same URLs.
+    #[track_caller]
+    pub fn restart_as_another_cluster(&mut self) {
+        self.cluster.token.push_str("-another");
+        self.cluster.restart_empty(0);
+    }
+
+    /// `etcdctl snapshot save` to `path`.
+    #[track_caller]
+    pub fn snapshot_save(&self, path: &Path) {
+        let path = path.to_str().expect("UTF-8 path");
+        let saved = self.etcdctl(&["snapshot", "save", path]);
+        assert!(
+            saved.status.success(),
+            "etcdctl snapshot save: {}",
+            String::from_utf8_lossy(&saved.stderr)
+        );
+    }
+
+    /// Stops the server, restores `snapshot` into a new data directory
+    /// (`etcdctl snapshot restore`, as an operator restores a backup) with
+    /// the same name, peer URL and token, so the same cluster ID, and
+    /// starts it there: its revision goes back to the snapshot's.
+    #[track_caller]
+    pub fn restore(&mut self, snapshot: &Path) {
+        self.cluster.restore(0, snapshot);
+    }
+
     /// A path in the server's temp directory (e.g. for a user file).
     #[must_use]
     pub fn path(&self, name: &str) -> PathBuf {
@@ -203,6 +243,8 @@ impl EtcdServer {
 
 /// Distinguishes the clusters of one test process in `--initial-cluster-token`.
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+/// Distinguishes the data directories of restarted members.
+static DATA_DIRS: AtomicU32 = AtomicU32::new(0);
 
 impl EtcdCluster {
     /// `n` members over plain HTTP, with a leader when this returns.
@@ -396,6 +438,54 @@ impl EtcdCluster {
     pub fn start_member(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is running");
         self.spawn(i, "existing");
+        self.wait_healthy(i);
+    }
+
+    /// A fresh data directory for member `i` (the old one is kept).
+    fn new_data_dir(&mut self, i: usize) -> PathBuf {
+        let n = DATA_DIRS.fetch_add(1, Ordering::Relaxed);
+        let dir = self.dir.path().join(format!("m{i}.data.{n}"));
+        self.members[i].data_dir.clone_from(&dir);
+        dir
+    }
+
+    /// See [`EtcdServer::restart_empty`].
+    #[track_caller]
+    fn restart_empty(&mut self, i: usize) {
+        self.stop_member(i);
+        self.new_data_dir(i);
+        self.spawn(i, "new");
+        self.wait_healthy(i);
+    }
+
+    /// See [`EtcdServer::restore`].
+    #[track_caller]
+    fn restore(&mut self, i: usize, snapshot: &Path) {
+        self.stop_member(i);
+        let dir = self.new_data_dir(i);
+        let member = &self.members[i];
+        let restored = Command::new(ETCDCTL)
+            .env_clear()
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([
+                "--initial-cluster",
+                &format!("{}={}", member.name, member.peer_url),
+            ])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-advertise-peer-urls", &member.peer_url])
+            .output()
+            .expect("run etcdctl snapshot restore");
+        assert!(
+            restored.status.success(),
+            "etcdctl snapshot restore: {}",
+            String::from_utf8_lossy(&restored.stderr)
+        );
+        self.spawn(i, "new");
         self.wait_healthy(i);
     }
 

@@ -358,6 +358,9 @@ pub fn claim_slot(
     on_wait: &mut dyn FnMut(&[KeyValue]),
     on_disagree: &mut dyn FnMut(&Disagreement),
 ) -> Result<Option<u32>, EtcdError> {
+    // Lease 0 is no lease (a stop request swapped it out): a slot key
+    // written by hand without one would be taken for ours.
+    super::etcd::ensure_lease("slot claim", lease)?;
     let mut under = request.device_prefix.to_vec();
     if !under.ends_with(b"/") {
         under.push(b'/');
@@ -994,6 +997,37 @@ mod tests {
         let took = slot_hand_over(|client, holder| client.revoke(holder).expect("revoke"));
         assert!(!took.clean, "{took:?}");
         assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_slot_claim_without_a_lease_is_refused_and_never_takes_a_leaseless_key_for_its_own() {
+        let etcd = EtcdServer::start();
+        let client = client(&etcd);
+        // A slot key put by hand, without a lease.
+        let key = keyspace::slot_under(&[DEVICE, b"/"].concat(), 0);
+        let key = String::from_utf8(key).unwrap();
+        assert!(etcd.etcdctl(&["put", &key, "v"]).status.success());
+        let value = || declaring(2);
+        let request = SlotRequest {
+            device_prefix: DEVICE,
+            count: 2,
+            value: &value,
+            waiting_value: &value,
+        };
+        let mut witness = Witness::default();
+        let error = claim_slot(
+            &client,
+            &mut witness,
+            &request,
+            0,
+            false,
+            None,
+            &mut |_| {},
+            &mut |_| {},
+        )
+        .expect_err("lease 0 is no lease");
+        assert!(error.is_lease_lost(), "{error}");
+        assert!(witness.drain_taken().is_empty());
     }
 
     #[test]

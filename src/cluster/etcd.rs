@@ -1377,7 +1377,11 @@ fn malformed(operation: &'static str, endpoint: &str, reason: impl Into<String>)
 
 /// A key written without a lease would never expire: lease 0 (a lease
 /// swapped out by a stop request on another thread) is refused as lost.
-fn ensure_lease(operation: &'static str, lease: i64) -> Result<(), EtcdError> {
+/// Also for a claim that would read a key without a lease as ours.
+///
+/// # Errors
+/// [`EtcdError::Rejected`] as "lease not found" (lost: start over).
+pub fn ensure_lease(operation: &'static str, lease: i64) -> Result<(), EtcdError> {
     if lease == 0 {
         return Err(EtcdError::Rejected {
             operation,

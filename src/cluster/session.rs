@@ -17,10 +17,13 @@
 //! lock free, the keys are first marked released (one txn guarded by our
 //! lease) and then the lease is revoked, so a claimant that watched the
 //! release may start at once. Any other end (the launcher killed, a lease
-//! that expires) leaves the mark out, and a claimant waits the lock delay.
+//! that expires) leaves the mark out, and a claimant waits the lock delay;
+//! so does letting go before the program ran while a lock delay is still
+//! owed to a previous holder, whose reader may still be stopping: the mark
+//! says no reader remains, which only the end of that delay makes true.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::ClusterConfig;
@@ -102,6 +105,10 @@ pub struct Session {
     /// The program may not start before this (the lock delay of a take
     /// that was not a clean hand-over), and why.
     not_before: Option<(BootInstant, Duration)>,
+    /// The same instant, shared with the interrupt thread: until it has
+    /// passed, a previous holder's reader may still run, so letting go is
+    /// no clean release, whether or not a program of ours ran.
+    owed: Owed,
     /// Start-overs in a row without a key taken in between.
     restarts: u32,
     /// The program was started: from then on only its end is a clean
@@ -162,6 +169,7 @@ impl Session {
             custody: None,
             witness: Witness::default(),
             not_before: None,
+            owed: Arc::default(),
             restarts: 0,
             program_started: false,
         };
@@ -238,6 +246,7 @@ impl Session {
         held_keys(&self.held).clear();
         self.witness.forget();
         self.not_before = None;
+        *owed_until(&self.owed) = None;
         // The store that answers now is the truth from here on: a key
         // found free in it costs the lock delay.
         self.client.forget_cluster();
@@ -257,7 +266,8 @@ impl Session {
         let client = self.client.clone();
         let lease = self.lease.clone();
         let held = Arc::clone(&self.held);
-        Box::new(move || let_go_of(&client, &lease, &held, true))
+        let owed = Arc::clone(&self.owed);
+        Box::new(move || let_go_of(&client, &lease, &held, mark_unless_owed(&owed)))
     }
 
     /// The program is about to start: signals wait for the supervisor,
@@ -435,6 +445,7 @@ impl Session {
             let until = took.at + delay;
             if self.not_before.is_none_or(|(at, _)| at < until) {
                 self.not_before = Some((until, delay));
+                *owed_until(&self.owed) = Some(until);
             }
             tracing::info!(
                 key = %key,
@@ -541,13 +552,38 @@ impl Session {
         if let Some(renewer) = self.renewer.take() {
             renewer.stop();
         }
+        let mark = mark && mark_unless_owed(&self.owed);
         let_go_of(&self.client, &self.lease, &self.held, mark);
     }
 }
 
+/// The end of the lock delay this launcher owes a previous holder, shared
+/// with the interrupt thread (see [`Session::revoker`]).
+type Owed = Arc<Mutex<Option<BootInstant>>>;
+
+fn owed_until(owed: &Owed) -> std::sync::MutexGuard<'_, Option<BootInstant>> {
+    owed.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// True unless a lock delay is still owed: keys let go of inside it are
+/// not marked released. A take after an unclean loss holds the keys for
+/// no program of its own, but the previous holder's reader may still be
+/// stopping; a mark would let the next claimant start at once, beside it
+/// (ECP-0135). Unmarked, the next claimant waits its own lock delay.
+fn mark_unless_owed(owed: &Owed) -> bool {
+    let clean = owed_until(owed).is_none_or(|until| BootInstant::now() >= until);
+    if !clean {
+        tracing::debug!(
+            "cluster keys let go of inside the lock delay: not marked released (a previous holder may still be stopping)"
+        );
+    }
+    clean
+}
+
 impl Drop for Session {
     /// Before the program ran no reader of ours exists: the release is
-    /// clean. After, only [`Session::release_clean`] says so.
+    /// clean, once any lock delay owed has passed. After, only
+    /// [`Session::release_clean`] says so.
     fn drop(&mut self) {
         self.let_go(!self.program_started);
     }

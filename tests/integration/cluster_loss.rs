@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use super::{SOURCE, hold, took_over, wait_behind};
 use crate::cluster_node::{
     FENCED, Launcher, Life, MARGIN, Node, STOP_GRACE, Timeline, UNAVAILABLE, figure, micros,
-    now_micros, secs, started_within, stopped_within,
+    now_micros, reader_program, secs, started_within, stopped_within,
 };
 use crate::etcd_server::EtcdServer;
 use crate::testenv::{PATIENCE, TestEnv, text, wait_until};
@@ -501,4 +501,97 @@ fn status_etcd_warns_when_a_source_held_here_has_its_cluster_key_held_by_another
         )
         .stderr_contains("two readers")
         .run();
+}
+
+/// A holder `a` whose reader ignores SIGTERM (it dies only at the SIGKILL a
+/// stop grace after its fence) loses its lease by hand. Of two waiters, the
+/// one that takes the key is stopped (SIGTERM) during its lock delay: it
+/// lets go of a key it held for no program of its own, but the previous
+/// holder's reader may still run, so its release is no clean hand-over.
+/// The other waiter waits its own lock delay, and the kernel never saw two
+/// readers.
+#[test]
+fn a_waiter_stopped_during_its_lock_delay_hands_the_next_one_no_clean_release() {
+    let etcd = EtcdServer::start();
+    let env = TestEnv::new();
+    let a = Node::new(&env, "a", etcd.endpoints());
+    let b = Node::new(&env, "b", etcd.endpoints());
+    let c = Node::new(&env, "c", etcd.endpoints());
+    // An ignored SIGTERM survives exec (signal(7)): the reader lives on
+    // until the fence's SIGKILL.
+    let mut stubborn: Vec<String> = ["bash", "-c", r#"trap '' TERM; exec "$@""#, "bash"]
+        .map(str::to_owned)
+        .to_vec();
+    stubborn.extend(reader_program(&env, "a", 1));
+    let active = a.start(a.launch(SOURCE).program(stubborn));
+    assert!(
+        started_within(&env, "a", PATIENCE).is_some(),
+        "the holder never ran:\n{}",
+        active.log()
+    );
+    let mut b_waiter = wait_behind(&env, &b, "b");
+    let mut c_waiter = wait_behind(&env, &c, "c");
+    let (_, lease) = source_key_and_lease(&etcd);
+    let lost_at = now_micros();
+    etcdctl_ok(&etcd, &["lease", "revoke", &lease]);
+    // Whoever took the key says it waits the lock delay: stop it then.
+    let mut taker = None;
+    wait_until(PATIENCE, || {
+        taker = if b_waiter.log().contains("lock delay") {
+            Some("b")
+        } else if c_waiter.log().contains("lock delay") {
+            Some("c")
+        } else {
+            None
+        };
+        taker.is_some()
+    });
+    let (stopped, stopped_tag, next, next_tag) = match taker {
+        Some("b") => (&mut b_waiter, "b", &mut c_waiter, "c"),
+        Some(_) => (&mut c_waiter, "c", &mut b_waiter, "b"),
+        None => panic!(
+            "no waiter took the key:\n--- b ---\n{}\n--- c ---\n{}",
+            b_waiter.log(),
+            c_waiter.log()
+        ),
+    };
+    stopped.signal(Signal::SIGTERM);
+    let stopped_at = now_micros();
+    assert!(
+        stopped.exit_within(PATIENCE).is_some(),
+        "the stopped waiter did not end:\n{}",
+        stopped.log()
+    );
+    assert!(
+        Timeline::read(&env).life(stopped_tag).is_none(),
+        "the taker's program ran: it was stopped after its lock delay, not inside it:\n{}",
+        stopped.log()
+    );
+    let holder_stop = stopped_within(&env, "a", PATIENCE)
+        .and_then(|life| life.stop)
+        .unwrap_or_else(|| panic!("the holder's reader still runs:\n{}", active.log()));
+    eprintln!(
+        "FIGURE stopped in its lock delay: the old holder's reader dead {:.3} s after the loss",
+        secs(i128::try_from(holder_stop).unwrap() - i128::try_from(lost_at).unwrap())
+    );
+    // The case this is about: the taker let go while the old reader ran.
+    assert!(
+        stopped_at < holder_stop,
+        "the taker was stopped only after the old holder's reader had died"
+    );
+    // The next one either starts, or finds the tuner still taken (the
+    // kernel's word for two readers).
+    wait_until(PATIENCE, || {
+        let timeline = Timeline::read(&env);
+        timeline.life(next_tag).is_some() || !timeline.overlaps.is_empty()
+    });
+    Timeline::read(&env).assert_at_most(1);
+    let took = took_over(&env, next, next_tag);
+    assert_after_lock_delay(
+        "stopped in its lock delay: hand-over (the taker stopped to the next start)",
+        &took,
+        stopped_at,
+        holder_stop,
+    );
+    Timeline::settled(&env).assert_at_most(1);
 }

@@ -111,6 +111,18 @@ pub struct RunArgs {
     #[arg(long)]
     pub progress_watchdog: bool,
 
+    /// With --tuners: how much this launch matters, 0 to 1000 (default 100); waiters are served by it, and a holder strictly below it is preempted
+    #[arg(long, value_name = "N", env = crate::priority::PRIORITY_ENV)]
+    pub priority: Option<String>,
+
+    /// How long a preempted or reclaimed holder gets between SIGTERM and SIGKILL
+    #[arg(long, value_name = "SECS", env = "EC_LAUNCH_PREEMPT_GRACE", value_parser = parse_seconds, default_value = "5")]
+    pub preempt_grace: Duration,
+
+    /// Stop a holder that escaped the systemd service that launched it (that run is over, and no service holds it) and take its lock
+    #[arg(long, env = "EC_LAUNCH_RECLAIM_ESCAPED")]
+    pub reclaim_escaped: bool,
+
     /// The program and its arguments, after `--`; `{source}` in an argument is replaced by the source
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]", value_parser = clap::value_parser!(OsString))]
     pub command: Vec<OsString>,

@@ -136,6 +136,9 @@ pub enum Error {
     NulInArgument { what: String },
     #[error("the program name is empty")]
     EmptyProgram,
+    /// `--priority` or `EC_LAUNCH_PRIORITY` out of range (ECP-0139).
+    #[error("{value:?} is not a priority")]
+    BadPriority { value: String },
     /// `--tuners auto`: the device did not tell its tuner count. Names the
     /// host only (`url` is built from it), never the source.
     #[error("cannot ask device {device} for its tuner count (GET {url})")]
@@ -375,6 +378,10 @@ impl Error {
                 "remove the NUL byte: arguments cannot carry one through exec",
             ),
             Self::EmptyProgram => (BadArgument, "name the program to run after `--`"),
+            Self::BadPriority { .. } => (
+                BadArgument,
+                "pass --priority (or EC_LAUNCH_PRIORITY) an integer from 0 to 1000; the default is 100",
+            ),
             Self::AskDevice { source, .. } if source.needs_explicit_count() => (
                 ExitStatus::DeviceNeedsTunerCount,
                 "this device cannot tell its tuner count: pass --tuners N with the number of tuners it has",
@@ -525,6 +532,9 @@ mod tests {
                 what: "argument 1".into(),
             },
             Error::EmptyProgram,
+            Error::BadPriority {
+                value: "1001".into(),
+            },
         ];
         let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
         let mut distinct = messages.clone();

@@ -50,7 +50,8 @@ mod env {
     pub const DEVICE_KEY: &str = "EC_DEVICE_KEY";
     pub const TUNER_SLOT: &str = "EC_TUNER_SLOT";
     pub const TUNER_SLOT_FD: &str = "EC_TUNER_SLOT_FD";
-    pub const ALL: [&str; 7] = [
+    pub const PRIORITY: &str = "EC_PRIORITY";
+    pub const ALL: [&str; 8] = [
         SOURCE_KEY,
         SOURCE_LOCK,
         SOURCE_LOCK_FD,
@@ -58,6 +59,7 @@ mod env {
         DEVICE_KEY,
         TUNER_SLOT,
         TUNER_SLOT_FD,
+        PRIORITY,
     ];
 }
 
@@ -98,6 +100,18 @@ pub fn prepare(launch: &Launch<'_>) -> Result<Prepared, Error> {
         // A URL given as the program (a forgotten --source) may hold a credential.
         program: crate::redact::redact_word(&launch.program.to_string_lossy()),
     })
+}
+
+impl Prepared {
+    /// Tells the program its launch's priority in `EC_PRIORITY` (ECP-0139;
+    /// an inherited value was removed by [`prepare`]).
+    #[must_use]
+    pub fn with_priority(mut self, priority: u16) -> Self {
+        if let Ok(entry) = CString::new(format!("{}={priority}", env::PRIORITY)) {
+            self.envp.push(entry);
+        }
+        self
+    }
 }
 
 /// Execs the prepared program holding `held` (and `slot`, with

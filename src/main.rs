@@ -49,6 +49,7 @@ mod sock_diag;
 mod source_key;
 mod supervise;
 mod tuner_slot;
+mod slot_order;
 mod waiting_room;
 mod watchdog;
 

@@ -152,8 +152,9 @@ pub fn make_let_go(
             source,
         })?
     };
-    let signalled = Instant::now();
     signal_holders(lock_dir, inode, libc::SIGTERM, "SIGTERM", on_signal);
+    // From the signal (the scan before it is not the victim's time).
+    let signalled = Instant::now();
     let mut killed = false;
     if receiver.recv_timeout(grace).is_err() {
         killed = signal_holders(lock_dir, inode, libc::SIGKILL, "SIGKILL", on_signal) > 0;

@@ -562,6 +562,19 @@ pub fn acquire(
     }
 }
 
+/// The held slots whose files left the directory, when with them the
+/// device's held slots come to more than `count` (see [`acquire`]); empty
+/// otherwise. For a slot taken by another path than [`acquire`] (the
+/// waiting room's head, ECP-0139).
+#[must_use]
+pub fn orphans_over_count(lock_dir: &Path, device: &DeviceKey, count: u32) -> Vec<OrphanedSlot> {
+    let (in_place, orphans) = census(Path::new("/proc"), lock_dir, device, count);
+    if in_place + orphans.len() <= usize::try_from(count).unwrap_or(usize::MAX) {
+        return Vec::new();
+    }
+    orphans
+}
+
 /// One pass of [`acquire`], and the count agreed on.
 #[allow(clippy::too_many_arguments)]
 fn acquire_once(

@@ -31,6 +31,7 @@ use crate::lock::{self, Access, Acquired, BusyPolicy, HeldLock};
 use crate::lock_record::LockRecord;
 use crate::path_trust::{self, Launcher};
 use crate::printable::{printable, printable_path, shell_word};
+use crate::priority::Priority;
 use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
 use crate::shown::Shown;
@@ -61,6 +62,12 @@ struct RunConfig {
     progress_watchdog: bool,
     /// With `--etcd`: cluster mode (ECP-0134).
     cluster: Option<ClusterConfig>,
+    /// `--priority` (ECP-0139).
+    priority: Priority,
+    /// `--preempt-grace`: SIGTERM to SIGKILL for a holder made to let go.
+    preempt_grace: Duration,
+    /// `--reclaim-escaped`.
+    reclaim_escaped: bool,
 }
 
 /// `--tuners N` and `--device KEY`, validated (ECP-0132).
@@ -95,6 +102,12 @@ impl RunConfig {
             OnBusy::Wait => BusyPolicy::Wait {
                 timeout: args.wait_timeout,
             },
+        };
+        let priority = match &args.priority {
+            None => Priority::default(),
+            Some(text) => {
+                Priority::parse(text).map_err(|value| Error::BadPriority { value })?
+            }
         };
         let mut command = args.command.into_iter();
         let program = command.next().unwrap_or_default();
@@ -132,6 +145,9 @@ impl RunConfig {
             tuners,
             progress_watchdog: args.progress_watchdog,
             cluster,
+            priority,
+            preempt_grace: args.preempt_grace,
+            reclaim_escaped: args.reclaim_escaped,
         })
     }
 }
@@ -217,7 +233,8 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
         key: config.key.as_str(),
         lock_path: &lock_path,
         device: config.tuners.as_ref().map(|t| t.device.as_str()),
-    })?;
+    })?
+    .with_priority(config.priority.get());
     // Logged and recorded: a URL given as the program must not show its credential.
     let program_name = redact_word(&config.program.to_string_lossy());
     let redacted = redact_source(&config.source);
@@ -242,7 +259,15 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
             status_command(&config),
         );
     };
-    let acquired = lock::acquire(&lock_path, config.policy, &me, &mut announce_wait)?;
+    let reclaimed = if config.reclaim_escaped {
+        reclaim_source(&config, &lock_path, &me)?
+    } else {
+        None
+    };
+    let acquired = match reclaimed {
+        Some(held) => Acquired::Held(held),
+        None => lock::acquire(&lock_path, config.policy, &me, &mut announce_wait)?,
+    };
     let held = match acquired {
         Acquired::Held(held) => held,
         Acquired::Busy { file, timed_out } => {
@@ -285,6 +310,7 @@ impl Launching<'_> {
     ) -> Result<ExitStatus, Error> {
         let config = self.config;
         let unit = cgroup::own_unit();
+        let cgroup_dir = crate::escaped::own_cgroup_dir().map(|d| d.to_string_lossy().into_owned());
         let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
         let record = || {
             let mut record = LockRecord::for_this_launch(
@@ -294,6 +320,8 @@ impl Launching<'_> {
                 unit.clone(),
             );
             record.lock_dir_inode = lock_dir_inode;
+            record.priority = Some(u32::from(config.priority.get()));
+            record.cgroup = cgroup_dir.clone();
             record
         };
         write_record(held, &record(), "lock");
@@ -332,11 +360,12 @@ impl Launching<'_> {
         let slot = match &config.tuners {
             None => None,
             Some(tuners) => {
-                let slot_record = |slot: u32| LockRecord {
+                let slot_record = |slot: u32, preempted| LockRecord {
                     device: Some(tuners.device.as_str().to_owned()),
                     slot: Some(slot),
                     tuners: Some(tuners.count),
                     device_id: tuners.device_id.clone(),
+                    preempted,
                     ..record()
                 };
                 let taken = take_slot(
@@ -346,11 +375,12 @@ impl Launching<'_> {
                     self.me,
                     self.program_name,
                     &mut wait_started,
+                    &record(),
                 )?;
-                let Some(slot) = taken else {
+                let Some((slot, preempted)) = taken else {
                     return Ok(config.busy_status);
                 };
-                write_record(&slot.lock, &slot_record(slot.slot), "tuner slot");
+                write_record(&slot.lock, &slot_record(slot.slot, preempted), "tuner slot");
                 if let (Some(session), Some(slot_claim)) = (&mut session, &slot_claim)
                     && !take_cluster_slot(
                         config,
@@ -417,8 +447,10 @@ impl Launching<'_> {
     }
 }
 
-/// Takes one of the device's slots (ECP-0132), announcing a wait; `None`
-/// when every slot stayed held, which is reported here.
+/// Takes one of the device's slots (ECP-0132) in the order of priority,
+/// preempting or reclaiming when allowed (ECP-0139), announcing a wait;
+/// `None` when every slot stayed held, which is reported here. With the
+/// slot, the holder preempted for it, if any.
 fn take_slot(
     config: &RunConfig,
     tuners: &TunerConfig,
@@ -426,33 +458,75 @@ fn take_slot(
     me: &Launcher,
     program_name: &str,
     wait_started: &mut Option<Instant>,
-) -> Result<Option<HeldSlot>, Error> {
+    record: &LockRecord,
+) -> Result<Option<(HeldSlot, Option<crate::lock_record::Preempted>)>, Error> {
     let wait = matches!(config.policy, BusyPolicy::Wait { .. });
     let mut announce_wait = |slots: &[BusySlot]| {
         wait_started.get_or_insert_with(Instant::now);
+        if slots.is_empty() {
+            tracing::info!(
+                device = %printable(tuners.device.as_str()),
+                key = %printable(config.key.as_str()),
+                "device busy: a free tuner slot of {} is kept for a launcher of higher priority or longer waiting; waiting in line at priority {}{} before starting {} (see `{}`)",
+                printable(tuners.device.as_str()),
+                config.priority,
+                until(config),
+                printable(program_name),
+                device_status_command(config),
+            );
+            return;
+        }
         tracing::info!(
             device = %printable(tuners.device.as_str()),
             key = %printable(config.key.as_str()),
-            "device busy: all {} tuner slots of {} are held: {}; waiting{} before starting {} (see `{}`)",
+            "device busy: all {} tuner slots of {} are held: {}; waiting in line at priority {}{} before starting {} (see `{}`)",
             slots.len(),
             printable(tuners.device.as_str()),
             describe_slots(&config.lock_dir, slots),
+            config.priority,
             until(config),
             printable(program_name),
             device_status_command(config),
         );
     };
-    let outcome = tuner_slot::acquire(
-        &config.lock_dir,
-        &tuners.device,
-        tuners.count,
+    let request = crate::slot_order::Request {
+        lock_dir: &config.lock_dir,
+        device: &tuners.device,
+        count: tuners.count,
         wait,
         deadline,
         me,
-        &mut announce_wait,
-    )?;
-    match outcome {
-        SlotOutcome::Held(slot) => Ok(Some(slot)),
+        priority: config.priority,
+        grace: config.preempt_grace,
+        reclaim_escaped: config.reclaim_escaped,
+        record,
+    };
+    let outcome = crate::slot_order::acquire(&request, &mut announce_wait)?;
+    if outcome.handed_over {
+        wait_started.get_or_insert_with(Instant::now);
+    }
+    match outcome.slot {
+        SlotOutcome::Held(slot) => Ok(Some((slot, outcome.preempted))),
+        SlotOutcome::Busy { slots, timed_out } if slots.is_empty() => {
+            let waited = gave_up_waiting(config, timed_out);
+            let behind: Vec<String> = outcome
+                .behind
+                .iter()
+                .map(|w| format!("pid {} at priority {}", w.pid, w.priority))
+                .collect();
+            tracing::warn!(
+                device = %printable(tuners.device.as_str()),
+                key = %printable(config.key.as_str()),
+                "device busy: the free tuner slot of {} is kept for the launchers waiting before this one (priority {}): {}; {waited}not starting {}, exiting {} (see `{}`)",
+                printable(tuners.device.as_str()),
+                config.priority,
+                behind.join(", "),
+                printable(program_name),
+                config.busy_status.code(),
+                device_status_command(config),
+            );
+            Ok(None)
+        }
         SlotOutcome::Busy { slots, timed_out } => {
             report_device_busy(config, &tuners.device, &slots, timed_out, program_name);
             Ok(None)
@@ -472,6 +546,59 @@ fn take_slot(
             );
             Ok(None)
         }
+    }
+}
+
+/// With `--reclaim-escaped`: when the source lock is held by processes
+/// that escaped the service that launched them (ECP-0139), makes them let
+/// go (logging each) and returns the lock; `None` when it is free, or held
+/// by anyone else (the normal path then skips or waits).
+fn reclaim_source(
+    config: &RunConfig,
+    lock_path: &Path,
+    me: &Launcher,
+) -> Result<Option<HeldLock>, Error> {
+    let file = match lock::acquire(lock_path, BusyPolicy::Skip, me, &mut |_| {})? {
+        Acquired::Held(held) => return Ok(Some(held)),
+        Acquired::Busy { file, .. } => file,
+    };
+    let holdings = crate::preempt::survey(&config.lock_dir, &[(0, lock_path.to_owned(), &file)]);
+    let judge = crate::escaped::Judge::for_this_process();
+    let Some(escaped) = holdings.iter().find(|h| {
+        judge.is_escaped(h.record.as_ref(), h.record_is_theirs, &h.holders, h.all_seen)
+    }) else {
+        return Ok(None);
+    };
+    let unit = escaped
+        .record
+        .as_ref()
+        .and_then(|r| r.unit.clone())
+        .unwrap_or_default();
+    let mut on_signal = |holder: &ProcessInfo, signal: &str| {
+        tracing::warn!(
+            key = %printable(config.key.as_str()),
+            lock_file = %printable_path(lock_path),
+            "reclaiming the source lock from a holder that escaped {}: {signal} to pid {} ({}) in cgroup {}",
+            printable(&unit),
+            holder.pid,
+            printable(holder.command.as_deref().unwrap_or("?")),
+            crate::slot_order::cgroup_of(holder.pid),
+        );
+    };
+    let taken = crate::preempt::make_let_go(
+        &config.lock_dir,
+        lock_path,
+        escaped.inode,
+        config.preempt_grace,
+        me,
+        &mut on_signal,
+    )?;
+    match taken {
+        Some(taken) => {
+            tracing::info!(key = %printable(config.key.as_str()), "source lock reclaimed {:.1} ms after SIGTERM", taken.after_term.as_secs_f64() * 1000.0);
+            Ok(Some(taken.lock))
+        }
+        None => Ok(None),
     }
 }
 

@@ -24,6 +24,7 @@ mod lock_path;
 mod logging;
 mod netns;
 mod operator;
+mod priority;
 #[path = "../common/privilege.rs"]
 mod privilege;
 mod readers;

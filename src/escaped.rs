@@ -139,6 +139,13 @@ pub struct Judge {
     pub proc_root: PathBuf,
 }
 
+/// The judge for this process, made once (`status` asks per lock).
+#[must_use]
+pub fn judge() -> &'static Judge {
+    static JUDGE: std::sync::OnceLock<Judge> = std::sync::OnceLock::new();
+    JUDGE.get_or_init(Judge::for_this_process)
+}
+
 impl Judge {
     /// The judge for this process (`status` and `run`).
     #[must_use]

@@ -284,6 +284,33 @@ impl WaitingRoom {
     }
 }
 
+/// The live waiters of the room at `path` and their records, in order,
+/// for `status`: read-only (a dead waiter's file is skipped, not
+/// removed). Liveness is probed with `LOCK_SH|LOCK_NB`, which a waiter's
+/// `LOCK_EX` refuses.
+#[must_use]
+pub fn peek(path: &Path) -> Vec<(Waiter, Option<LockRecord>)> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(dir) = rustix::fs::open(path, flags, Mode::empty()) else {
+        return Vec::new();
+    };
+    let room = WaitingRoom {
+        path: path.to_owned(),
+        dir,
+    };
+    room.listed()
+        .into_iter()
+        .filter_map(|waiter| {
+            let file = room.open_entry(&waiter.name)?;
+            let record = LockRecord::read_from(&file);
+            match Flock::lock(file, FlockArg::LockSharedNonblock) {
+                Err((_, Errno::EWOULDBLOCK)) => Some((waiter, record)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// Our place in the room. Dropping it leaves: the file is unlinked, then
 /// closed (so no one takes a finished waiter for a dead one).
 #[derive(Debug)]

@@ -747,6 +747,18 @@ fn describe_files(
             if !exited.is_empty() {
                 described.push(format!("inherited from exited pid {}", exited.join(", ")));
             }
+            let (_, escaped) = super::status::holding_priority_and_escape(
+                record.as_ref(),
+                &holders,
+                &absent,
+            );
+            if escaped {
+                described.push(format!(
+                    "which escaped {} (that run is over and no service holds it; stop it with `kill {}`, or start with --reclaim-escaped)",
+                    printable(record.as_ref().and_then(|r| r.unit.as_deref()).unwrap_or("?")),
+                    holders.iter().map(|h| h.pid.to_string()).collect::<Vec<_>>().join(" "),
+                ));
+            }
             (described.join(", "), record.as_ref().map(Shown::of))
         })
         .collect()

@@ -61,6 +61,11 @@ struct LockStatus {
     /// launchers cannot see this lock.
     orphaned: bool,
     holders: Vec<HolderJson>,
+    /// The holder's `--priority` from its record (ECP-0139); `null` when
+    /// free or the record is not the holder's.
+    priority: Option<u32>,
+    /// The holders escaped the service that launched them (ECP-0139).
+    escaped: bool,
     /// The last recorded launch, as written into the file (redacted).
     metadata: Option<Shown<LockRecord>>,
     warnings: Vec<String>,
@@ -800,6 +805,10 @@ fn lock_status(
     if held && holders.is_empty() {
         warnings.push("held by a process this user cannot see; run as root".to_owned());
     }
+    let (priority, escaped) = holding_priority_and_escape(record, &holders, &absent);
+    if escaped {
+        warnings.push(escaped_warning(record, &holders));
+    }
     LockStatus {
         key: shown.as_ref().map(|r| r.key.clone()),
         source: shown.as_ref().map(|r| r.source.clone()),
@@ -807,9 +816,45 @@ fn lock_status(
         state,
         orphaned: held && placement != Placement::InPlace,
         holders: holders.into_iter().map(HolderJson::from).collect(),
+        priority,
+        escaped,
         metadata: shown,
         warnings,
     }
+}
+
+/// The priority a held lock's record gives its holder (an older version's
+/// record: 100), and whether the holders escaped (ECP-0139); `(None,
+/// false)` when the record is not the holders' (an earlier launch's).
+pub(super) fn holding_priority_and_escape(
+    record: Option<&LockRecord>,
+    holders: &[ProcessInfo],
+    absent: &[(u32, Absence)],
+) -> (Option<u32>, bool) {
+    let Some(record) = record else {
+        return (None, false);
+    };
+    let theirs = holders.iter().any(|h| h.pid == record.pid)
+        || absent.iter().any(|(pid, _)| *pid == record.pid);
+    if !theirs || holders.is_empty() {
+        return (None, false);
+    }
+    let all_seen = !absent.iter().any(|(_, why)| *why == Absence::Unverified);
+    let priority = u32::from(crate::priority::Priority::from_record(record.priority).get());
+    let escaped = crate::escaped::judge().is_escaped(Some(record), true, holders, all_seen);
+    (Some(priority), escaped)
+}
+
+/// What to do about escaped holders.
+pub(super) fn escaped_warning(record: Option<&LockRecord>, holders: &[ProcessInfo]) -> String {
+    let unit = record
+        .and_then(|r| r.unit.as_deref())
+        .map_or_else(|| "?".into(), |u| printable(u).into_owned());
+    let pids: Vec<String> = holders.iter().map(|h| h.pid.to_string()).collect();
+    format!(
+        "escaped: {unit}, which launched it, no longer runs it and no service holds it; stop it (kill {}) or let the next start reclaim it (run --reclaim-escaped; the NixOS module's units do)",
+        pids.join(" ")
+    )
 }
 
 /// True when `holder` is the launcher `record` names: the same start time
@@ -861,7 +906,7 @@ fn print_report(report: &Report, json: bool) {
                 (State::Free, false) => "free",
                 (State::Unknown, false) => "unknown",
             };
-            let holders = if lock.holders.is_empty() {
+            let mut holders = if lock.holders.is_empty() {
                 "-".to_owned()
             } else {
                 lock.holders
@@ -870,6 +915,12 @@ fn print_report(report: &Report, json: bool) {
                     .collect::<Vec<_>>()
                     .join("; ")
             };
+            if let Some(priority) = lock.priority {
+                let _ = write!(holders, " priority {priority}");
+            }
+            if lock.escaped {
+                holders.push_str(" ESCAPED");
+            }
             // Keys, sources and paths come from files anyone with write
             // access may forge: escaped, like everything printed here.
             [

@@ -456,6 +456,7 @@ fn leave_escaped_helper(
          while [ ! -s helper.pid ]; do sleep 0.01; done",
         helper = helper.display()
     );
+    let _ = fs::remove_file(env.path("helper.pid"));
     let mut command = vec!["sh".to_owned(), "-c".to_owned()];
     let mut launch = format!(
         "exec {} run --lock-dir {} --source {source} {} -- sh -c \"$0\"",

@@ -241,6 +241,8 @@ let
   # The timing rules are the launcher's (./cluster-timing.json): the module
   # checks them at evaluation so a unit never starts only to exit 64.
   clusterTiming = builtins.fromJSON (builtins.readFile ./cluster-timing.json);
+  # The launcher's priority bounds and defaults (./priority.json, ECP-0139).
+  priorities = builtins.fromJSON (builtins.readFile ./priority.json);
   cluster = cfg.cluster;
   clusterOption = name: "services.every-channel.cluster.${name}";
   # The smallest TTL `ec-launch run` accepts for a stop grace: renewal every
@@ -680,6 +682,44 @@ let
           '';
         };
 
+        priority = mkOption {
+          type = types.ints.between 0 priorities.max;
+          default = priorities.default;
+          example = 300;
+          description = ''
+            How much this unit matters when its device's tuners are short
+            (`ec-launch run --priority`, 0 to ${toString priorities.max}): waiting
+            units are served by priority, then by how long they waited, and
+            a unit that finds every tuner taken preempts the holder of the
+            lowest priority *strictly below* its own (SIGTERM, SIGKILL after
+            `preemptGrace`), which is logged with both sides and shown by
+            `ec-launch status`. Equal or higher priorities are never
+            preempted. A preempted unit was killed by a signal, so systemd
+            restarts it, and with `onBusy = "wait"` it waits in line. Only
+            units on a device (`--tuners`) compete. Suggested scale:
+            background channels 1-7, live viewing 10-99, recordings
+            100-500.
+          '';
+        };
+
+        preemptGrace = mkOption {
+          type = types.ints.unsigned;
+          default = priorities.preemptGrace;
+          description = ''
+            Seconds between SIGTERM and SIGKILL when this unit makes a
+            holder let go (preemption, or reclaiming an escaped holder).
+          '';
+        };
+
+        reclaimEscaped = mkOption {
+          type = types.nullOr types.bool;
+          default = null;
+          description = ''
+            Override of `services.every-channel.reclaimEscaped` for this
+            unit; `null` follows it.
+          '';
+        };
+
         restartSec = mkOption {
           type = types.either timeSpan types.ints.unsigned;
           default = "5s";
@@ -951,6 +991,17 @@ let
           "--on-busy"
           unit.onBusy
         ]
+        ++ lib.optional (
+          if unit.reclaimEscaped == null then cfg.reclaimEscaped else unit.reclaimEscaped
+        ) "--reclaim-escaped"
+        ++ lib.optionals (unit.priority != priorities.default) [
+          "--priority"
+          (toString unit.priority)
+        ]
+        ++ lib.optionals (unit.preemptGrace != priorities.preemptGrace) [
+          "--preempt-grace"
+          (toString unit.preemptGrace)
+        ]
         ++ lib.optionals (unit.lockKey != null) [
           "--key"
           unit.lockKey
@@ -1191,6 +1242,22 @@ in
         another's source is a standby and only noted. The build has no
         devices and no network: device sources are compared by path, and
         `sourceFile` units only by their `lockKey`.
+      '';
+    };
+
+    reclaimEscaped = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether the module's units reclaim a lock or tuner held by an
+        escaped holder (`ec-launch run --reclaim-escaped`): a process whose
+        record names one of the node's services, whose run of that service
+        is over (its cgroup is empty, or the unit was restarted), and which
+        no service holds (a helper moved to a scope or a session). Such a
+        holder would keep the channel dark: every start would find its
+        source busy. A holder started by hand (its record names no service)
+        or one inside a running service is never touched. `false` leaves
+        them to the operator; `ec-launch status` marks them `ESCAPED`.
       '';
     };
 

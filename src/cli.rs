@@ -116,7 +116,7 @@ pub struct RunArgs {
     pub priority: Option<String>,
 
     /// How long a preempted or reclaimed holder gets between SIGTERM and SIGKILL
-    #[arg(long, value_name = "SECS", env = "EC_LAUNCH_PREEMPT_GRACE", value_parser = parse_seconds, default_value = "5")]
+    #[arg(long, value_name = "SECS", env = "EC_LAUNCH_PREEMPT_GRACE", value_parser = parse_seconds, default_value = crate::priority::DEFAULT_PREEMPT_GRACE)]
     pub preempt_grace: Duration,
 
     /// Stop a holder that escaped the systemd service that launched it (that run is over, and no service holds it) and take its lock

@@ -13,6 +13,8 @@ use std::fmt;
 pub const PRIORITY_ENV: &str = "EC_LAUNCH_PRIORITY";
 /// The highest priority.
 pub const MAX_PRIORITY: u16 = 1000;
+/// `--preempt-grace`'s default, in seconds.
+pub const DEFAULT_PREEMPT_GRACE: &str = "5";
 
 /// A launch's priority, 0 to [`MAX_PRIORITY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,6 +66,20 @@ impl fmt::Display for Priority {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The module reads its bounds and defaults from `nixos/priority.json`.
+    #[test]
+    fn the_modules_priority_file_holds_the_launchers_defaults() {
+        let file: serde_json::Value =
+            serde_json::from_str(include_str!("../nixos/priority.json")).unwrap();
+        assert_eq!(file["default"], u64::from(Priority::default().get()));
+        assert_eq!(file["max"], u64::from(MAX_PRIORITY));
+        assert_eq!(
+            file["preemptGrace"].to_string(),
+            DEFAULT_PREEMPT_GRACE,
+            "src/cli.rs's --preempt-grace default"
+        );
+    }
 
     #[test]
     fn priorities_are_zero_to_a_thousand_in_plain_digits() {

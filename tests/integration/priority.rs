@@ -138,8 +138,10 @@ fn a_priority_300_launcher_preempts_one_of_two_100_readers_which_is_told_at_once
         .program(reader(device, "rec", false))
         .stderr_to(fs::File::create(&log).unwrap())
         .spawn();
+    // `date > a2.term` makes the file before it writes the time.
     assert!(
-        wait_until(PATIENCE, || env.path("a2.term").exists()),
+        wait_until(PATIENCE, || fs::read_to_string(env.path("a2.term"))
+            .is_ok_and(|t| t.trim().parse::<u128>().is_ok())),
         "the newest 100 was never sent SIGTERM"
     );
     let term_at: u128 = fs::read_to_string(env.path("a2.term")).unwrap().trim().parse().unwrap();

@@ -190,7 +190,7 @@ let
       check (
         (s "every-channel-publisher-tuner-a").ExecStart == lib.concatStringsSep " " [
           ''"${ecLaunch}/bin/ec-launch" "run" "--lock-dir" "/run/every-channel/source-locks"''
-          ''"--on-busy" "skip" ${etcdFlags} "--node" "nixos" "--source" "${tunerUrl}" --''
+          ''"--on-busy" "skip" "--reclaim-escaped" ${etcdFlags} "--node" "nixos" "--source" "${tunerUrl}" --''
           ''"${ecNode}/bin/ec-node" "publish" "--name" "tuner a" "--bitrate-share=50%%" "$$HOME"''
         ]
         && lib.all (name: has ''${etcdFlags} "--node" "nixos" '' (s name).ExecStart) lockedUnitNames
@@ -587,7 +587,7 @@ let
         a = node "node-a";
         b = node "node-b";
         exec = cfg: cfg.systemd.services.every-channel-publisher-wxyz.serviceConfig.ExecStart;
-        flags = hostName: ''"--on-busy" "wait" "--tuners" "2" "--device" "192.168.1.20" "--etcd" "https://etcd-1.lan:2379,https://etcd-2.lan:2379,https://etcd-3.lan:2379" "--etcd-ttl" "10" "--etcd-stop-grace" "2" "--etcd-ca" %d/etcd-ca "--etcd-user-file" %d/etcd-user "--node" "${hostName}" "--source" "http://192.168.1.20:5004/auto/v5.1" -- '';
+        flags = hostName: ''"--on-busy" "wait" "--reclaim-escaped" "--tuners" "2" "--device" "192.168.1.20" "--etcd" "https://etcd-1.lan:2379,https://etcd-2.lan:2379,https://etcd-3.lan:2379" "--etcd-ttl" "10" "--etcd-stop-grace" "2" "--etcd-ca" %d/etcd-ca "--etcd-user-file" %d/etcd-user "--node" "${hostName}" "--source" "http://192.168.1.20:5004/auto/v5.1" -- '';
         s = a.systemd.services.every-channel-publisher-wxyz.serviceConfig;
       in
       check (
@@ -689,7 +689,7 @@ let
         (
           publisher.ExecStart == lib.concatStringsSep " " [
             ''"${ecLaunch}/bin/ec-launch" "run" "--lock-dir" "/run/every-channel/source-locks"''
-            ''"--on-busy" "skip" "--source" "${tunerUrl}" --''
+            ''"--on-busy" "skip" "--reclaim-escaped" "--source" "${tunerUrl}" --''
             ''"${ecNode}/bin/ec-node" "publish" "--name" "tuner a" "--bitrate-share=50%%" "$$HOME"''
           ]
         )
@@ -737,7 +737,7 @@ let
 
     "a worker with a source takes the lock with its key and policy" =
       check (
-        has ''"--on-busy" "wait" "--key" "tuner-a" "--source" "${tunerUrl}" -- "${ecNode}/bin/ec-node" "proof"'' archiveWorker.ExecStart
+        has ''"--on-busy" "wait" "--reclaim-escaped" "--key" "tuner-a" "--source" "${tunerUrl}" -- "${ecNode}/bin/ec-node" "proof"'' archiveWorker.ExecStart
       ) archiveWorker.ExecStart;
 
     "a worker without a source runs ec-node directly" =
@@ -1300,10 +1300,10 @@ let
       check (
         s "every-channel-publisher-tuner-a" == lib.concatStringsSep " " [
           ''"${ecLaunch}/bin/ec-launch" "run" "--lock-dir" "/run/every-channel/source-locks"''
-          ''"--on-busy" "skip" "--tuners" "2" "--device" "10.0.0.5" "--source" "${tunerUrl}" --''
+          ''"--on-busy" "skip" "--reclaim-escaped" "--tuners" "2" "--device" "10.0.0.5" "--source" "${tunerUrl}" --''
           ''"${ecNode}/bin/ec-node" "publish" "--name" "tuner a" "--bitrate-share=50%%" "$$HOME"''
         ]
-        && has ''"--on-busy" "wait" "--key" "tuner-a" ${tunerFlags 2 "10.0.0.5"} "--source" "${tunerUrl}" -- '' (s "every-channel-archive-proof")
+        && has ''"--on-busy" "wait" "--reclaim-escaped" "--key" "tuner-a" ${tunerFlags 2 "10.0.0.5"} "--source" "${tunerUrl}" -- '' (s "every-channel-archive-proof")
         && lib.all (name: !(has "--tuners" (s name)) && !(has "--device" (s name))) others
         && failingAssertions cfg == [ ]
       ) (builtins.toJSON (map s ([ "every-channel-publisher-tuner-a" "every-channel-archive-proof" ] ++ others)));
@@ -1374,7 +1374,7 @@ let
         s = cfg.systemd.services.every-channel-publisher-secret.serviceConfig.ExecStart;
       in
       check (
-        has ''"--on-busy" "skip" ${tunerFlags 2 "10.0.0.5"} --source-file %d/source -- '' s
+        has ''"--on-busy" "skip" "--reclaim-escaped" ${tunerFlags 2 "10.0.0.5"} --source-file %d/source -- '' s
         && failingAssertions cfg == [ ]
       ) s;
 
@@ -1520,11 +1520,59 @@ let
         ];
       in
       check (
-        lib.all (has ''"--on-busy" "wait" ${tunerFlags 2 "192.168.1.20"} "--source" "http://192.168.1.20:5004/auto/v'') exec
+        lib.all (has ''"--on-busy" "wait" "--reclaim-escaped" ${tunerFlags 2 "192.168.1.20"} "--source" "http://192.168.1.20:5004/auto/v'') exec
         && lib.length exec == 3
         && failingAssertions cfg == [ ]
         && cfg.warnings == [ ]
       ) (builtins.toJSON (exec ++ cfg.warnings));
+
+    # The README's priority example (quoted verbatim, tests/nix/main.rs
+    # checks): a recording at 300 and background channels at 10 on one box.
+    "a recording at 300 and background channels at 10 pass their priorities" =
+      let
+        cfg = evalConfig {
+          imports = [ ./priority-example.nix ];
+          services.every-channel = {
+            enable = true;
+            package = ecNode;
+          };
+        };
+        exec = name: cfg.systemd.services.${name}.serviceConfig.ExecStart;
+        background = exec "every-channel-publisher-weather";
+        recording = exec "every-channel-archive-news";
+        quiet = withEveryChannel {
+          reclaimEscaped = false;
+          publishers.q = {
+            source = "http://10.0.0.5:5004/auto/v77.1";
+            reclaimEscaped = null;
+          };
+          publishers.r = {
+            source = "http://10.0.0.5:5004/auto/v78.1";
+            reclaimEscaped = true;
+            priority = 100;
+            preemptGrace = 5;
+          };
+        };
+        q = quiet.systemd.services.every-channel-publisher-q.serviceConfig.ExecStart;
+        r = quiet.systemd.services.every-channel-publisher-r.serviceConfig.ExecStart;
+        outOfRange = (withEveryChannel {
+          publishers.x = {
+            source = tunerUrl;
+            priority = 1001;
+          };
+        }).systemd.services;
+      in
+      check (
+        has ''"--on-busy" "wait" "--reclaim-escaped" "--priority" "10" "--tuners" "2"'' background
+        && has ''"--on-busy" "wait" "--reclaim-escaped" "--priority" "300" "--preempt-grace" "3" "--tuners" "2"'' recording
+        && !(has "--reclaim-escaped" q)
+        && has ''"--on-busy" "skip" "--reclaim-escaped" "--source"'' r
+        && !(has "--priority" r)
+        && !(has "--preempt-grace" r)
+        && fails outOfRange
+        && failingAssertions cfg == [ ]
+        && cfg.warnings == [ ]
+      ) (builtins.toJSON [ background recording q r ]);
 
     "more sources than tuners with onBusy = skip warn, naming the units" =
       let
@@ -1635,7 +1683,7 @@ let
         s.WatchdogSec == "30s"
         && s.NotifyAccess == "all"
         && s.Restart == "always"
-        && has ''"--on-busy" "skip" "--progress-watchdog" "--source" "${tunerUrl}" --'' s.ExecStart
+        && has ''"--on-busy" "skip" "--reclaim-escaped" "--progress-watchdog" "--source" "${tunerUrl}" --'' s.ExecStart
       ) (builtins.toJSON s);
 
     "watchdogSec works with a sourceFile and takes seconds as a number" =

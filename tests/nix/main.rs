@@ -313,6 +313,21 @@ fn the_readme_tuner_example_is_the_one_eval_nix_evaluates() {
     );
 }
 
+/// The README's priority example is `tests/nix/priority-example.nix`,
+/// which `tests/nix/eval.nix` evaluates (a recording at 300, background
+/// channels at 10, their flags, no assertion, no warning).
+#[test]
+fn the_readme_priority_example_is_the_one_eval_nix_evaluates() {
+    let readme = fs::read_to_string(repo_root().join("README.md")).expect("cannot read README.md");
+    let example = fs::read_to_string(repo_root().join("tests/nix/priority-example.nix"))
+        .expect("cannot read tests/nix/priority-example.nix");
+    assert!(
+        readme_nix_blocks(&readme).contains(&example),
+        "README.md has no ```nix block equal to tests/nix/priority-example.nix; \
+         quote the file verbatim in the NixOS module's tuner section"
+    );
+}
+
 /// The README's two-node cluster example is `tests/nix/cluster-example.nix`,
 /// which `tests/nix/eval.nix` evaluates for two host names (both nodes get
 /// the same etcd flags and their own `--node`, no assertion, no warning):
@@ -373,6 +388,7 @@ fn every_scenario_evaluates_through_nixos_without_assertions_or_unexpected_warni
     for expected in [
         "readme-quick-start",
         "devices-example",
+        "priority-example",
         "cluster-example-node-a",
         "cluster-example-node-b",
         "credentials",

@@ -172,6 +172,13 @@ let
       ];
     };
 
+    priority-example.modules = withModule {
+      imports = [
+        ./priority-example.nix
+        enabled
+      ];
+    };
+
     cluster-example-node-a.modules = clusterNode "node-a";
     cluster-example-node-b.modules = clusterNode "node-b";
 
@@ -242,6 +249,7 @@ let
             awkwardLockDir
             "--on-busy"
             "skip"
+            "--reclaim-escaped"
             "--key"
             "key ${awkward}"
             "--source"
@@ -271,6 +279,7 @@ let
             awkwardLockDir
             "--on-busy"
             "skip"
+            "--reclaim-escaped"
             "--source"
             "/dev/v4l/by-id/${awkward}"
             "--"
@@ -309,6 +318,7 @@ let
         endingLockDir
         "--on-busy"
         "skip"
+        "--reclaim-escaped"
         "--etcd"
         "https://etcd-1.lan:2379"
         "--etcd-ttl"
@@ -347,6 +357,7 @@ let
             "/run/every-channel/source-locks"
             "--on-busy"
             "skip"
+            "--reclaim-escaped"
             "--source"
             "http://10.0.0.5:5004/auto/v5.1"
             "--"

@@ -230,6 +230,9 @@ fn sit_down(
     if let (Some(room), None) = (room.as_ref(), seat.as_ref()) {
         let mut record = request.record.clone();
         record.priority = Some(u32::from(request.priority.get()));
+        // Not a lock of the directory: `status` must not take a held
+        // waiter's file for a lock file moved out of it (an orphan).
+        record.lock_dir_inode = None;
         *seat = Some(room.join(request.priority, &record)?);
     }
     Ok(())

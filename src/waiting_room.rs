@@ -114,6 +114,7 @@ impl WaitingRoom {
     }
 
     /// The live waiters, in order. Files of dead waiters are removed.
+    #[cfg(test)]
     #[must_use]
     pub fn waiters(&self) -> Vec<Waiter> {
         self.listed()

@@ -327,6 +327,30 @@ fn waiters_of_priorities_10_300_and_100_are_served_300_then_100_then_10() {
     // Only the head blocks on the slots: no herd.
     let order = room(&env);
     assert!(order[0].starts_with("0700-") && order[1].starts_with("0900-") && order[2].starts_with("0990-"), "{order:?}");
+    // `status` shows the line in order, and a held waiter's file is no
+    // lock moved out of the directory (the first build said ORPHANED, 4).
+    let shown = env
+        .command(["status", "--lock-dir"])
+        .arg(env.lock_dir())
+        .stderr_lacks("ORPHANED")
+        .run()
+        .stdout;
+    assert!(shown.contains("3 waiting (in line: pid "), "{shown}");
+    assert!(!shown.contains("ORPHANED"), "{shown}");
+    let json = env
+        .command(["status", "--json", "--lock-dir"])
+        .arg(env.lock_dir())
+        .run()
+        .stdout;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let line: Vec<u64> = json["devices"][0]["waiters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["priority"].as_u64().unwrap())
+        .collect();
+    assert_eq!(line, vec![300, 100, 10], "{json}");
+    assert_eq!(json["devices"][0]["waiting"], 3, "{json}");
     let release = |name: &str| fs::write(env.path(&format!("release-{name}")), "").unwrap();
     release("h1");
     assert!(wait_until(PATIENCE, || ran("w300")), "the 300 was not served first");

@@ -122,9 +122,11 @@ fn has_processes(dir: &Path, depth: usize) -> bool {
         return true;
     }
     depth < MAX_DEPTH
-        && fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-            e.file_type().is_ok_and(|t| t.is_dir()) && has_processes(&e.path(), depth + 1)
-        })
+        && fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && has_processes(&e.path(), depth + 1))
 }
 
 /// What a judge of escape needs to know about itself.
@@ -220,7 +222,9 @@ mod tests {
                 "1:name=systemd:/system.slice/a.service\n0::/\n",
                 HYBRID_MOUNTS
             ),
-            Some(PathBuf::from("/sys/fs/cgroup/systemd/system.slice/a.service"))
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/systemd/system.slice/a.service"
+            ))
         );
         assert_eq!(
             cgroup_dir("1:name=systemd:/\n0::/t/fake.service\n", HYBRID_MOUNTS),
@@ -245,7 +249,11 @@ mod tests {
         let proc_root = tempfile::tempdir().unwrap();
         let holder_dir = proc_root.path().join("4242");
         fs::create_dir_all(&holder_dir).unwrap();
-        fs::write(holder_dir.join("cgroup"), "0::/user.slice/session-4.scope\n").unwrap();
+        fs::write(
+            holder_dir.join("cgroup"),
+            "0::/user.slice/session-4.scope\n",
+        )
+        .unwrap();
         let judge = Judge {
             own_cgroup: None,
             pid_namespace: Some(7),
@@ -272,9 +280,17 @@ mod tests {
         assert!(!judge.is_escaped(Some(&record), true, holders, false));
         assert!(!judge.is_escaped(Some(&record), true, &[], true));
         // A holder inside a service is that service's.
-        fs::write(holder_dir.join("cgroup"), "0::/system.slice/other.service\n").unwrap();
+        fs::write(
+            holder_dir.join("cgroup"),
+            "0::/system.slice/other.service\n",
+        )
+        .unwrap();
         assert!(!escaped(&record), "held inside a service");
-        fs::write(holder_dir.join("cgroup"), "0::/user.slice/session-4.scope\n").unwrap();
+        fs::write(
+            holder_dir.join("cgroup"),
+            "0::/user.slice/session-4.scope\n",
+        )
+        .unwrap();
         // Another PID namespace's record, and an older record.
         record.pid_namespace = Some(8);
         assert!(!escaped(&record), "another namespace");

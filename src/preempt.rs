@@ -108,7 +108,11 @@ pub fn choose_victim(holdings: &[Holding], ours: Priority) -> Option<&Holding> {
         .filter(|(_, priority)| *priority < ours)
         .min_by_key(|(h, priority)| {
             let started = h.record.as_ref().map_or(0, |r| r.started_unix);
-            (*priority, std::cmp::Reverse(started), std::cmp::Reverse(h.slot))
+            (
+                *priority,
+                std::cmp::Reverse(started),
+                std::cmp::Reverse(h.slot),
+            )
         })
         .map(|(h, _)| h)
 }
@@ -282,16 +286,25 @@ mod tests {
         ];
         assert_eq!(choose_victim(&slots, ours).map(|h| h.slot), Some(1));
         // Equal priority is never preempted.
-        let equal = [holding(0, Some(300), 1, true), holding(1, Some(400), 1, true)];
+        let equal = [
+            holding(0, Some(300), 1, true),
+            holding(1, Some(400), 1, true),
+        ];
         assert!(choose_victim(&equal, ours).is_none());
         // A record without a priority (an older version) counts as 100.
         let old = [holding(0, None, 1, true), holding(1, Some(300), 1, true)];
         assert_eq!(choose_victim(&old, ours).map(|h| h.slot), Some(0));
         // A record that is not its holder's places nothing.
-        let stale = [holding(0, Some(1), 1, false), holding(1, Some(300), 1, true)];
+        let stale = [
+            holding(0, Some(1), 1, false),
+            holding(1, Some(300), 1, true),
+        ];
         assert!(choose_victim(&stale, ours).is_none());
         // Lowest first, whatever the start.
-        let mixed = [holding(0, Some(10), 1, true), holding(1, Some(100), 99, true)];
+        let mixed = [
+            holding(0, Some(10), 1, true),
+            holding(1, Some(100), 99, true),
+        ];
         assert_eq!(choose_victim(&mixed, ours).map(|h| h.slot), Some(0));
         // Among equals started in the same second, the higher slot.
         let same = [holding(0, Some(10), 5, true), holding(1, Some(10), 5, true)];

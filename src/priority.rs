@@ -87,7 +87,9 @@ mod tests {
         assert_eq!(Priority::parse("100").map(Priority::get), Ok(100));
         assert_eq!(Priority::parse("1000").map(Priority::get), Ok(1000));
         assert_eq!(Priority::parse("0300").map(Priority::get), Ok(300));
-        for bad in ["", "1001", "-1", "+5", " 5", "5 ", "2.5", "abc", "65536", "00001"] {
+        for bad in [
+            "", "1001", "-1", "+5", " 5", "5 ", "2.5", "abc", "65536", "00001",
+        ] {
             assert!(Priority::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(Priority::default().get(), 100);

@@ -257,7 +257,12 @@ fn let_go(
         None if request.reclaim_escaped => {
             let judge = Judge::for_this_process();
             let Some(escaped) = holdings.iter().find(|h| {
-                judge.is_escaped(h.record.as_ref(), h.record_is_theirs, &h.holders, h.all_seen)
+                judge.is_escaped(
+                    h.record.as_ref(),
+                    h.record_is_theirs,
+                    &h.holders,
+                    h.all_seen,
+                )
             }) else {
                 return Ok(None);
             };
@@ -309,11 +314,16 @@ fn note_of(victim: &Holding) -> Preempted {
     let record = victim.record.as_ref().map(Shown::of);
     let first = victim.holders.first();
     Preempted {
-        pid: record.as_ref().map_or_else(|| first.map_or(0, |h| h.pid), |r| r.pid),
+        pid: record
+            .as_ref()
+            .map_or_else(|| first.map_or(0, |h| h.pid), |r| r.pid),
         program: first.and_then(|h| h.command.clone()),
         unit: record.as_ref().and_then(|r| r.unit.clone()),
         node: preempt::node_name(),
-        source: record.as_ref().map(|r| r.source.clone()).unwrap_or_default(),
+        source: record
+            .as_ref()
+            .map(|r| r.source.clone())
+            .unwrap_or_default(),
         priority: u32::from(victim.priority().unwrap_or_default().get()),
         at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     }

@@ -196,11 +196,8 @@ impl WaitingRoom {
                 MAX_PRIORITY - priority.get(),
                 std::process::id()
             );
-            let flags = OFlags::RDWR
-                | OFlags::CREATE
-                | OFlags::EXCL
-                | OFlags::NOFOLLOW
-                | OFlags::CLOEXEC;
+            let flags =
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let file = match rustix::fs::openat(&self.dir, &name, flags, Mode::from_raw_mode(0o644))
             {
                 Ok(fd) => File::from(fd),
@@ -382,8 +379,15 @@ mod tests {
         assert_eq!(names, vec![300, 10]);
         assert_eq!(room.ahead_of(&low).len(), 1);
         assert!(room.ahead_of(&high).is_empty());
-        assert_eq!(room.ahead_of_newcomer(Priority::parse("10").unwrap()).len(), 2);
-        assert_eq!(room.ahead_of_newcomer(Priority::parse("301").unwrap()).len(), 0);
+        assert_eq!(
+            room.ahead_of_newcomer(Priority::parse("10").unwrap()).len(),
+            2
+        );
+        assert_eq!(
+            room.ahead_of_newcomer(Priority::parse("301").unwrap())
+                .len(),
+            0
+        );
         // A file nobody holds (a waiter that died) is removed when read.
         fs::write(room.path.join("0000-00000000000000000001-1.wait"), "").unwrap();
         assert_eq!(room.waiters().len(), 2);

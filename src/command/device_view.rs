@@ -22,9 +22,9 @@ use super::status::{HolderJson, State, path_as_text};
 use crate::device_http::Device;
 use crate::holder::{HolderScan, LockedInode};
 use crate::lock_record::LockRecord;
+use crate::lock_record::Preempted;
 use crate::printable::printable;
 use crate::proc_locks::{self, LockKind};
-use crate::lock_record::Preempted;
 use crate::shown::Shown;
 use crate::tuner_slot::{self, DeviceKey, SlotFile};
 

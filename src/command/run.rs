@@ -105,9 +105,7 @@ impl RunConfig {
         };
         let priority = match &args.priority {
             None => Priority::default(),
-            Some(text) => {
-                Priority::parse(text).map_err(|value| Error::BadPriority { value })?
-            }
+            Some(text) => Priority::parse(text).map_err(|value| Error::BadPriority { value })?,
         };
         let mut command = args.command.into_iter();
         let program = command.next().unwrap_or_default();
@@ -565,7 +563,12 @@ fn reclaim_source(
     let holdings = crate::preempt::survey(&config.lock_dir, &[(0, lock_path.to_owned(), &file)]);
     let judge = crate::escaped::Judge::for_this_process();
     let Some(escaped) = holdings.iter().find(|h| {
-        judge.is_escaped(h.record.as_ref(), h.record_is_theirs, &h.holders, h.all_seen)
+        judge.is_escaped(
+            h.record.as_ref(),
+            h.record_is_theirs,
+            &h.holders,
+            h.all_seen,
+        )
     }) else {
         return Ok(None);
     };

@@ -25,7 +25,11 @@ fn stats(device: SocketAddr) -> serde_json::Value {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    write!(stream, "GET /stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET /stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
@@ -91,8 +95,13 @@ fn status_line(env: &TestEnv, tag: &str) -> String {
 
 fn alive(pid: u32) -> bool {
     // A zombie still answers kill(0); ask /proc for its state.
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 fn pid_of(env: &TestEnv, tag: &str) -> u32 {
@@ -124,7 +133,8 @@ fn logged_latency_ms(log: &str) -> Option<f64> {
 }
 
 #[test]
-fn a_priority_300_launcher_preempts_one_of_two_100_readers_which_is_told_at_once_and_nothing_gets_a_503() {
+fn a_priority_300_launcher_preempts_one_of_two_100_readers_which_is_told_at_once_and_nothing_gets_a_503()
+ {
     let env = TestEnv::new();
     let device = device(2);
     let mut first = start_reader(&env, device, "a1", "100", &[]);
@@ -144,9 +154,16 @@ fn a_priority_300_launcher_preempts_one_of_two_100_readers_which_is_told_at_once
             .is_ok_and(|t| t.trim().parse::<u128>().is_ok())),
         "the newest 100 was never sent SIGTERM"
     );
-    let term_at: u128 = fs::read_to_string(env.path("a2.term")).unwrap().trim().parse().unwrap();
+    let term_at: u128 = fs::read_to_string(env.path("a2.term"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let to_term = Duration::from_nanos(u64::try_from(term_at - started).unwrap());
-    assert!(to_term < Duration::from_millis(500), "SIGTERM after {to_term:?}");
+    assert!(
+        to_term < Duration::from_millis(500),
+        "SIGTERM after {to_term:?}"
+    );
     assert!(
         wait_until(Duration::from_millis(5500), || !second.running()),
         "the preempted launch did not end within the grace + 0.5 s"
@@ -155,7 +172,11 @@ fn a_priority_300_launcher_preempts_one_of_two_100_readers_which_is_told_at_once
         wait_until(PATIENCE, || env.path("rec.pid").exists()),
         "the recording never started"
     );
-    assert!(status_line(&env, "rec").contains("200"), "{}", status_line(&env, "rec"));
+    assert!(
+        status_line(&env, "rec").contains("200"),
+        "{}",
+        status_line(&env, "rec")
+    );
     assert!(first.running(), "the older 100 must keep its tuner");
     assert!(recording.running());
     assert!(env.path("a1.term").exists().then_some(()).is_none());
@@ -170,9 +191,15 @@ fn a_priority_300_launcher_preempts_one_of_two_100_readers_which_is_told_at_once
         "{text}"
     );
     let latency = logged_latency_ms(&text).expect("the latency is logged");
-    println!("preemption latency (SIGTERM sent to slot taken): {latency:.1} ms; SIGTERM {:.1} ms after the preemptor started; 503s: 0", to_term.as_secs_f64() * 1e3);
+    println!(
+        "preemption latency (SIGTERM sent to slot taken): {latency:.1} ms; SIGTERM {:.1} ms after the preemptor started; 503s: 0",
+        to_term.as_secs_f64() * 1e3
+    );
     // `status` shows the preemption on the slot, until it is taken again.
-    let shown = env.command(["status", "--lock-dir"]).arg(env.lock_dir()).run()
+    let shown = env
+        .command(["status", "--lock-dir"])
+        .arg(env.lock_dir())
+        .run()
         .stdout;
     assert!(shown.contains("preempted pid"), "{shown}");
     assert!(shown.contains("priority 300"), "{shown}");
@@ -281,7 +308,9 @@ fn a_victim_that_ignores_sigterm_is_sigkilled_after_the_grace() {
         wait_until(PATIENCE, || env.path("p.pid").exists()),
         "the preemptor never ran"
     );
-    assert!(wait_until(PATIENCE, || fs::read_to_string(&log).unwrap().contains("ms after SIGTERM")));
+    assert!(wait_until(PATIENCE, || fs::read_to_string(&log)
+        .unwrap()
+        .contains("ms after SIGTERM")));
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("SIGKILL sent to pid"), "{text}");
     assert!(text.contains("(SIGKILL was needed)"), "{text}");
@@ -326,7 +355,12 @@ fn waiters_of_priorities_10_300_and_100_are_served_300_then_100_then_10() {
     }
     // Only the head blocks on the slots: no herd.
     let order = room(&env);
-    assert!(order[0].starts_with("0700-") && order[1].starts_with("0900-") && order[2].starts_with("0990-"), "{order:?}");
+    assert!(
+        order[0].starts_with("0700-")
+            && order[1].starts_with("0900-")
+            && order[2].starts_with("0990-"),
+        "{order:?}"
+    );
     // `status` shows the line in order, and a held waiter's file is no
     // lock moved out of the directory (the first build said ORPHANED, 4).
     let shown = env
@@ -353,15 +387,24 @@ fn waiters_of_priorities_10_300_and_100_are_served_300_then_100_then_10() {
     assert_eq!(json["devices"][0]["waiting"], 3, "{json}");
     let release = |name: &str| fs::write(env.path(&format!("release-{name}")), "").unwrap();
     release("h1");
-    assert!(wait_until(PATIENCE, || ran("w300")), "the 300 was not served first");
+    assert!(
+        wait_until(PATIENCE, || ran("w300")),
+        "the 300 was not served first"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(!ran("w100") && !ran("w10"), "only one slot was freed");
     release("h2");
-    assert!(wait_until(PATIENCE, || ran("w100")), "the 100 was not served second");
+    assert!(
+        wait_until(PATIENCE, || ran("w100")),
+        "the 100 was not served second"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(!ran("w10"));
     release("w300");
-    assert!(wait_until(PATIENCE, || ran("w10")), "the 10 was not served last");
+    assert!(
+        wait_until(PATIENCE, || ran("w10")),
+        "the 10 was not served last"
+    );
     assert!(room(&env).is_empty(), "{:?}", room(&env));
 }
 
@@ -517,9 +560,17 @@ fn a_holder_that_escaped_its_stopped_service_is_reclaimed_and_a_hand_started_one
     let lock = env.lock_file_of(source);
     assert_eq!(holders(&lock).len(), 1);
     // The unit's run is over (its cgroup is empty), the helper is in a scope.
-    assert!(fs::read_to_string(unit.join("cgroup.procs")).unwrap().trim().is_empty());
+    assert!(
+        fs::read_to_string(unit.join("cgroup.procs"))
+            .unwrap()
+            .trim()
+            .is_empty()
+    );
     // `status` marks it, whether or not anyone reclaims.
-    let shown = env.command(["status", "--lock-dir"]).arg(env.lock_dir()).run()
+    let shown = env
+        .command(["status", "--lock-dir"])
+        .arg(env.lock_dir())
+        .run()
         .stdout;
     assert!(shown.contains("ESCAPED"), "{shown}");
     let json = env

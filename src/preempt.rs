@@ -122,7 +122,7 @@ pub fn choose_victim(holdings: &[Holding], ours: Priority) -> Option<&Holding> {
 pub struct LetGo {
     pub lock: HeldLock,
     pub after_term: Duration,
-    /// Someone still held it at the grace and was SIGKILLed.
+    /// Someone still held it at the grace and was sent SIGKILL.
     pub killed: bool,
 }
 

@@ -124,15 +124,8 @@ pub fn acquire(
             }
             SlotOutcome::Orphaned { .. } if !wait => return Ok(Outcome::of(tried)),
             SlotOutcome::Orphaned { .. } => {
-                // Rare (a slot file deleted by hand): ECP-0132's own wait,
-                // which waits out the orphan, outside the room's order.
                 drop(seat);
-                let outcome =
-                    tuner_slot::acquire(lock_dir, device, count, true, deadline, me, on_wait)?;
-                return Ok(Outcome {
-                    handed_over: true,
-                    ..Outcome::of(outcome)
-                });
+                return wait_out_orphans(request, on_wait);
             }
             SlotOutcome::Busy { slots, .. } => {
                 if ahead.is_empty()
@@ -177,17 +170,10 @@ pub fn acquire(
                             drop(held);
                             continue;
                         }
-                        let orphans = tuner_slot::orphans_over_count(lock_dir, device, count);
-                        if !orphans.is_empty() {
+                        if !tuner_slot::orphans_over_count(lock_dir, device, count).is_empty() {
                             drop(held);
                             drop(seat);
-                            let outcome = tuner_slot::acquire(
-                                lock_dir, device, count, true, deadline, me, on_wait,
-                            )?;
-                            return Ok(Outcome {
-                                handed_over: true,
-                                ..Outcome::of(outcome)
-                            });
+                            return wait_out_orphans(request, on_wait);
                         }
                         return Ok(Outcome {
                             handed_over: true,
@@ -203,6 +189,27 @@ pub fn acquire(
             (None, None) => {}
         }
     }
+}
+
+/// A held slot whose file was deleted by hand (rare): ECP-0132's own
+/// wait, which waits out the orphan, outside the room's order.
+fn wait_out_orphans(
+    request: &Request<'_>,
+    on_wait: &mut dyn FnMut(&[BusySlot]),
+) -> Result<Outcome, Error> {
+    let Request {
+        lock_dir,
+        device,
+        count,
+        deadline,
+        me,
+        ..
+    } = *request;
+    let outcome = tuner_slot::acquire(lock_dir, device, count, true, deadline, me, on_wait)?;
+    Ok(Outcome {
+        handed_over: true,
+        ..Outcome::of(outcome)
+    })
 }
 
 fn busy(slots: Vec<BusySlot>, timed_out: bool) -> SlotOutcome {

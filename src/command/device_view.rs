@@ -204,15 +204,7 @@ fn device(
             if pids.is_empty() { "?".to_owned() } else { pids.join(", ") },
         ));
     }
-    for slot in slots.iter().filter(|s| s.escaped) {
-        let pids: Vec<String> = slot.holders.iter().map(|h| h.pid.to_string()).collect();
-        warnings.push(format!(
-            "slot {} is held by processes that escaped {}, which no longer runs them, and no service holds them; stop them (kill {}) or let the next start reclaim it (run --reclaim-escaped; the NixOS module's units do)",
-            slot.slot,
-            slot.metadata.as_ref().and_then(|r| r.unit.as_deref()).unwrap_or("?"),
-            pids.join(" "),
-        ));
-    }
+    warnings.extend(slots.iter().filter(|s| s.escaped).map(escaped_slot_warning));
     let held = slots.iter().filter(|s| s.state == State::Held).count();
     if let Some(n) = tuners
         && held > usize::try_from(n).unwrap_or(usize::MAX)
@@ -230,23 +222,7 @@ fn device(
         .copied()
         .collect();
     let device_ids: BTreeSet<String> = records().filter_map(|r| r.device_id.clone()).collect();
-    let waiters: Vec<WaiterJson> = files
-        .first()
-        .and_then(|f| f.path.parent())
-        .map(|dir| crate::waiting_room::peek(&dir.join(format!("{stem}.waiting"))))
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(waiter, record)| {
-            let shown = record.as_ref().map(Shown::of);
-            WaiterJson {
-                pid: waiter.pid,
-                priority: u32::from(waiter.priority.get()),
-                source: shown.as_ref().map(|r| r.source.clone()),
-                unit: shown.as_ref().and_then(|r| r.unit.clone()),
-                since: shown.as_ref().map(|r| r.started_at.clone()),
-            }
-        })
-        .collect();
+    let waiters = room_waiters(files, stem);
     // A waiter blocked on the slots (the room's head) is counted once.
     let waiting: BTreeSet<Option<u32>> = waiting
         .into_iter()
@@ -264,6 +240,41 @@ fn device(
         warnings,
         report: None,
     }
+}
+
+/// What to do about a slot whose holders escaped their service (ECP-0139).
+fn escaped_slot_warning(slot: &SlotStatus) -> String {
+    let pids: Vec<String> = slot.holders.iter().map(|h| h.pid.to_string()).collect();
+    format!(
+        "slot {} is held by processes that escaped {}, which no longer runs them, and no service holds them; stop them (kill {}) or let the next start reclaim it (run --reclaim-escaped; the NixOS module's units do)",
+        slot.slot,
+        slot.metadata
+            .as_ref()
+            .and_then(|r| r.unit.as_deref())
+            .unwrap_or("?"),
+        pids.join(" "),
+    )
+}
+
+/// The live waiters of the device's waiting room, in serving order (ECP-0139).
+fn room_waiters(files: &[&SlotFile], stem: &str) -> Vec<WaiterJson> {
+    files
+        .first()
+        .and_then(|f| f.path.parent())
+        .map(|dir| crate::waiting_room::peek(&dir.join(format!("{stem}.waiting"))))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(waiter, record)| {
+            let shown = record.as_ref().map(Shown::of);
+            WaiterJson {
+                pid: waiter.pid,
+                priority: u32::from(waiter.priority.get()),
+                source: shown.as_ref().map(|r| r.source.clone()),
+                unit: shown.as_ref().and_then(|r| r.unit.clone()),
+                since: shown.as_ref().map(|r| r.started_at.clone()),
+            }
+        })
+        .collect()
 }
 
 fn slot(scan: &HolderScan, file: &SlotFile) -> SlotStatus {

@@ -319,7 +319,7 @@ impl Launching<'_> {
             );
             record.lock_dir_inode = lock_dir_inode;
             record.priority = Some(u32::from(config.priority.get()));
-            record.cgroup = cgroup_dir.clone();
+            record.cgroup.clone_from(&cgroup_dir);
             record
         };
         write_record(held, &record(), "lock");
@@ -358,14 +358,6 @@ impl Launching<'_> {
         let slot = match &config.tuners {
             None => None,
             Some(tuners) => {
-                let slot_record = |slot: u32, preempted| LockRecord {
-                    device: Some(tuners.device.as_str().to_owned()),
-                    slot: Some(slot),
-                    tuners: Some(tuners.count),
-                    device_id: tuners.device_id.clone(),
-                    preempted,
-                    ..record()
-                };
                 let taken = take_slot(
                     config,
                     tuners,
@@ -375,10 +367,9 @@ impl Launching<'_> {
                     &mut wait_started,
                     &record(),
                 )?;
-                let Some((slot, preempted)) = taken else {
+                let Some(slot) = taken else {
                     return Ok(config.busy_status);
                 };
-                write_record(&slot.lock, &slot_record(slot.slot, preempted), "tuner slot");
                 if let (Some(session), Some(slot_claim)) = (&mut session, &slot_claim)
                     && !take_cluster_slot(
                         config,
@@ -447,8 +438,9 @@ impl Launching<'_> {
 
 /// Takes one of the device's slots (ECP-0132) in the order of priority,
 /// preempting or reclaiming when allowed (ECP-0139), announcing a wait;
-/// `None` when every slot stayed held, which is reported here. With the
-/// slot, the holder preempted for it, if any.
+/// `None` when every slot stayed held, which is reported here. The slot's
+/// record (`record` with the slot's fields, and the holder preempted for
+/// it) is written into the slot.
 fn take_slot(
     config: &RunConfig,
     tuners: &TunerConfig,
@@ -457,7 +449,7 @@ fn take_slot(
     program_name: &str,
     wait_started: &mut Option<Instant>,
     record: &LockRecord,
-) -> Result<Option<(HeldSlot, Option<crate::lock_record::Preempted>)>, Error> {
+) -> Result<Option<HeldSlot>, Error> {
     let wait = matches!(config.policy, BusyPolicy::Wait { .. });
     let mut announce_wait = |slots: &[BusySlot]| {
         wait_started.get_or_insert_with(Instant::now);
@@ -504,7 +496,18 @@ fn take_slot(
         wait_started.get_or_insert_with(Instant::now);
     }
     match outcome.slot {
-        SlotOutcome::Held(slot) => Ok(Some((slot, outcome.preempted))),
+        SlotOutcome::Held(slot) => {
+            let slot_record = LockRecord {
+                device: Some(tuners.device.as_str().to_owned()),
+                slot: Some(slot.slot),
+                tuners: Some(tuners.count),
+                device_id: tuners.device_id.clone(),
+                preempted: outcome.preempted,
+                ..record.clone()
+            };
+            write_record(&slot.lock, &slot_record, "tuner slot");
+            Ok(Some(slot))
+        }
         SlotOutcome::Busy { slots, timed_out } if slots.is_empty() => {
             let waited = gave_up_waiting(config, timed_out);
             let behind: Vec<String> = outcome

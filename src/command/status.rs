@@ -806,9 +806,7 @@ fn lock_status(
         warnings.push("held by a process this user cannot see; run as root".to_owned());
     }
     let (priority, escaped) = holding_priority_and_escape(record, &holders, &absent);
-    if escaped {
-        warnings.push(escaped_warning(record, &holders));
-    }
+    warnings.extend(escaped.then(|| escaped_warning(record, &holders)));
     LockStatus {
         key: shown.as_ref().map(|r| r.key.clone()),
         source: shown.as_ref().map(|r| r.source.clone()),

@@ -300,7 +300,7 @@ fn a_victim_that_ignores_sigterm_is_sigkilled_after_the_grace() {
     std::thread::sleep(Duration::from_millis(700));
     assert!(stubborn.running(), "gone before the grace ended");
     assert!(
-        wait_until(Duration::from_millis(2000), || !stubborn.running()),
+        wait_until(Duration::from_secs(2), || !stubborn.running()),
         "the victim was not killed after the grace"
     );
     let gone = started.elapsed();

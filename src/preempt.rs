@@ -192,29 +192,24 @@ fn signal_holders(
         if holder.pid == std::process::id() {
             continue;
         }
-        if send_signal(&holder, signal) {
+        // Told before the signal: what is logged of it (its cgroup) is
+        // gone once a SIGTERM kills it.
+        if let Some(pidfd) = pidfd_of(&holder) {
             on_signal(&holder, name);
-            sent += 1;
+            sent += usize::from(send_signal(&pidfd, signal));
         }
     }
     sent
 }
 
-/// Signals `holder` through a pidfd, only when the process the pidfd
-/// refers to has the start time `holder` was found with.
-fn send_signal(holder: &ProcessInfo, signal: libc::c_int) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(holder.pid) else {
-        return false;
-    };
+/// A pidfd of `holder`, only when the process it refers to has the start
+/// time `holder` was found with.
+fn pidfd_of(holder: &ProcessInfo) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(holder.pid).ok()?;
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new
     // descriptor or -1; no memory is passed.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let Ok(fd) = i32::try_from(fd) else {
-        return false;
-    };
-    if fd < 0 {
-        return false;
-    }
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
     // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
     // The pidfd pins the process: checked after opening it, the start time
@@ -222,8 +217,13 @@ fn send_signal(holder: &ProcessInfo, signal: libc::c_int) -> bool {
     if holder.start_ticks.is_none()
         || process::start_ticks_of(Path::new("/proc"), holder.pid) != holder.start_ticks
     {
-        return false;
+        return None;
     }
+    Some(pidfd)
+}
+
+/// Sends `signal` through `pidfd`: to that process and no other.
+fn send_signal(pidfd: &OwnedFd, signal: libc::c_int) -> bool {
     // SAFETY: pidfd_send_signal(2) with a valid pidfd, a signal number, no
     // siginfo (null) and no flags.
     let sent = unsafe {

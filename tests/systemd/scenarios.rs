@@ -31,6 +31,9 @@ use crate::harness::{self, Container, Staging};
 use crate::policy::{self, Hardening, StopTimeout, UnitPolicy};
 use crate::programs::{ProcessFacts, RECORD_DIR, SUITE_DIR};
 
+/// Issue 18: priorities, preemption, an escaped holder reclaimed.
+#[path = "priority.rs"]
+mod priority;
 /// Issue 11: the progress watchdog and stale readers.
 #[path = "watch.rs"]
 mod watch;
@@ -40,7 +43,7 @@ mod watch;
 mod cluster;
 
 /// The scenarios in run order, by the names `EC_SYSTEMD_ONLY` takes.
-const SCENARIOS: [&str; 5] = ["incident", "fix", "slots", "watch", "cluster"];
+const SCENARIOS: [&str; 6] = ["incident", "fix", "slots", "watch", "priority", "cluster"];
 /// Runs only the named scenarios (comma-separated) of [`SCENARIOS`], to
 /// iterate on one; the boot, the staging and the teardown checks still run.
 /// Unset (CI, the acceptance run), every scenario runs.
@@ -307,6 +310,7 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
         )?;
     }
     watch::stage(staging, policy, hardening)?;
+    priority::stage(staging, policy, hardening)?;
     cluster::stage(staging, policy, hardening)
 }
 
@@ -327,6 +331,7 @@ struct Figures {
     slot_503: u64,
     slot_rows: Vec<String>,
     watch: watch::Figures,
+    priority: priority::Figures,
     cluster: cluster::Figures,
 }
 
@@ -389,6 +394,7 @@ impl Figures {
         }
         println!("  => 503 answers: {}", self.slot_503);
         self.watch.print();
+        self.priority.print();
         self.cluster.print();
     }
 }
@@ -593,6 +599,9 @@ fn scenarios(
     }
     if run("watch") {
         watch::scenarios(checks, &probe, &mut figures.watch)?;
+    }
+    if run("priority") {
+        priority::scenarios(checks, &probe, &mut figures.priority)?;
     }
     if run("cluster") {
         cluster::scenario(checks, &probe, &mut figures.cluster)?;

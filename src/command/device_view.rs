@@ -495,24 +495,26 @@ pub(super) fn write_text(out: &mut String, devices: &[DeviceStatus]) {
             .filter(|s| s.state != State::Free || device.tuners.is_none_or(|n| s.slot < n))
             .map(describe_slot)
             .collect();
-        let line: Vec<String> = device
-            .waiters
-            .iter()
-            .map(|w| format!("pid {} priority {}", w.pid, w.priority))
-            .collect();
-        let in_line = if line.is_empty() {
-            String::new()
-        } else {
-            format!(" (in line: {})", line.join(", "))
-        };
         let _ = writeln!(
             out,
-            "{}  tuners {}/{tuners} held: {}; {} waiting{in_line}",
+            "{}  tuners {}/{tuners} held: {}; {} waiting",
             printable(name),
             device.held,
             shown.join(", "),
             device.waiting
         );
+        // The waiting room, in the order it is served (ECP-0139).
+        if !device.waiters.is_empty() {
+            let line: Vec<String> = device
+                .waiters
+                .iter()
+                .map(|w| {
+                    let source = w.source.as_deref().map_or("?".into(), printable);
+                    format!("pid {} priority {} ({source})", w.pid, w.priority)
+                })
+                .collect();
+            let _ = writeln!(out, "  in line: {}", line.join(", "));
+        }
         for warning in &device.warnings {
             let _ = writeln!(out, "  ! {}", printable(warning));
         }

@@ -457,11 +457,11 @@ fn take_slot(
             tracing::info!(
                 device = %printable(tuners.device.as_str()),
                 key = %printable(config.key.as_str()),
-                "device busy: a free tuner slot of {} is kept for a launcher of higher priority or longer waiting; waiting in line at priority {}{} before starting {} (see `{}`)",
+                "device busy: a free tuner slot of {} is kept for a launcher of higher priority or longer waiting; waiting{} before starting {} (priority {}; see `{}`)",
                 printable(tuners.device.as_str()),
-                config.priority,
                 until(config),
                 printable(program_name),
+                config.priority,
                 device_status_command(config),
             );
             return;
@@ -469,13 +469,13 @@ fn take_slot(
         tracing::info!(
             device = %printable(tuners.device.as_str()),
             key = %printable(config.key.as_str()),
-            "device busy: all {} tuner slots of {} are held: {}; waiting in line at priority {}{} before starting {} (see `{}`)",
+            "device busy: all {} tuner slots of {} are held: {}; waiting{} before starting {} (priority {}; see `{}`)",
             slots.len(),
             printable(tuners.device.as_str()),
             describe_slots(&config.lock_dir, slots),
-            config.priority,
             until(config),
             printable(program_name),
+            config.priority,
             device_status_command(config),
         );
     };

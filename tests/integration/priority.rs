@@ -369,7 +369,7 @@ fn waiters_of_priorities_10_300_and_100_are_served_300_then_100_then_10() {
         .stderr_lacks("ORPHANED")
         .run()
         .stdout;
-    assert!(shown.contains("3 waiting (in line: pid "), "{shown}");
+    assert!(shown.contains("; 3 waiting\n  in line: pid "), "{shown}");
     assert!(!shown.contains("ORPHANED"), "{shown}");
     let json = env
         .command(["status", "--json", "--lock-dir"])

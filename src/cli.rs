@@ -137,7 +137,7 @@ pub struct StatusArgs {
     #[arg(long, value_name = "DIR", value_parser = lock_dir_parser(), default_value_os_t = default_lock_dir(), hide_default_value = true)]
     pub lock_dir: PathBuf,
 
-    /// Print {"locks": [...], "devices": [...], "warnings": [...]} (schema in the README)
+    /// Print {"locks": [...], "devices": [...], "warnings": [...]} (schema in docs/status.md)
     #[arg(long)]
     pub json: bool,
 

@@ -201,7 +201,7 @@ fn a_waiter_takes_a_slot_as_soon_as_a_holder_is_sigkilled() {
         .trim()
         .parse()
         .unwrap();
-    // A figure for the README, not an assertion (timing depends on load).
+    // A figure for bench/RESULTS.md, not an assertion (timing depends on load).
     println!(
         "slot hand-over latency (SIGKILL of a holder to the waiter's program running): {:.1} ms",
         Duration::from_nanos(u64::try_from(ran_at.saturating_sub(killed_at)).unwrap())

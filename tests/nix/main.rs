@@ -36,7 +36,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The nixpkgs revision the README and the ECP promise; a relock must be a
+/// The nixpkgs revision the docs and the ECP promise; a relock must be a
 /// deliberate change to this test too.
 const NIXPKGS_REV: &str = "34268251cf5547d39063f2c5ea9a196246f7f3a6";
 const NIXPKGS_NAR_HASH: &str = "sha256-G3tw/IXmaH6IQ2upZvhuN9sG8CkuX+BLuJDpE8hz0Ds=";
@@ -229,7 +229,7 @@ fn the_unit_policy_reads_as_the_systemd_suite_reads_it() {
     }
 }
 
-/// The fenced `nix` code blocks of the README, in order.
+/// The fenced `nix` code blocks of a Markdown file, in order.
 fn readme_nix_blocks(readme: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
@@ -297,35 +297,37 @@ fn the_readme_node_flake_parses_and_its_inputs_follow_its_nixpkgs() {
     }
 }
 
-/// The README's tuner-device example is `tests/nix/devices-example.nix`,
+/// The tuner-device example of `docs/nixos-module.md` is `tests/nix/devices-example.nix`,
 /// which `tests/nix/eval.nix` evaluates (three waiting publishers on a
 /// two-tuner box get `--tuners 2 --device …`, no assertion, no warning):
 /// the documented configuration is the tested one.
 #[test]
-fn the_readme_tuner_example_is_the_one_eval_nix_evaluates() {
-    let readme = fs::read_to_string(repo_root().join("README.md")).expect("cannot read README.md");
+fn the_documented_tuner_example_is_the_one_eval_nix_evaluates() {
+    let readme = fs::read_to_string(repo_root().join("docs/nixos-module.md"))
+        .expect("cannot read docs/nixos-module.md");
     let example = fs::read_to_string(repo_root().join("tests/nix/devices-example.nix"))
         .expect("cannot read tests/nix/devices-example.nix");
     assert!(
         readme_nix_blocks(&readme).contains(&example),
-        "README.md has no ```nix block equal to tests/nix/devices-example.nix; \
-         quote the file verbatim in the NixOS module's tuner section"
+        "docs/nixos-module.md has no ```nix block equal to tests/nix/devices-example.nix; \
+         quote the file verbatim in its tuner devices section"
     );
 }
 
-/// The README's two-node cluster example is `tests/nix/cluster-example.nix`,
+/// The two-node example of `docs/cluster.md` is `tests/nix/cluster-example.nix`,
 /// which `tests/nix/eval.nix` evaluates for two host names (both nodes get
 /// the same etcd flags and their own `--node`, no assertion, no warning):
 /// the documented configuration is the tested one.
 #[test]
-fn the_readme_cluster_example_is_the_one_eval_nix_evaluates() {
-    let readme = fs::read_to_string(repo_root().join("README.md")).expect("cannot read README.md");
+fn the_documented_cluster_example_is_the_one_eval_nix_evaluates() {
+    let readme =
+        fs::read_to_string(repo_root().join("docs/cluster.md")).expect("cannot read docs/cluster.md");
     let example = fs::read_to_string(repo_root().join("tests/nix/cluster-example.nix"))
         .expect("cannot read tests/nix/cluster-example.nix");
     assert!(
         readme_nix_blocks(&readme).contains(&example),
-        "README.md has no ```nix block equal to tests/nix/cluster-example.nix; \
-         quote the file verbatim in the cluster section's NixOS module part"
+        "docs/cluster.md has no ```nix block equal to tests/nix/cluster-example.nix; \
+         quote the file verbatim in its NixOS module part"
     );
 }
 
@@ -518,7 +520,7 @@ fn every_unit_stays_within_its_exposure_ceiling() {
             }
         }
     }
-    // Past the output capture, for the README's table.
+    // Past the output capture, for docs/nixos-module.md's table.
     let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), table.as_bytes());
     assert!(failures.is_empty(), "{failures}\n{table}");
 }

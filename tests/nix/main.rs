@@ -331,6 +331,34 @@ fn the_documented_cluster_example_is_the_one_eval_nix_evaluates() {
     );
 }
 
+/// `docs/nixos-options.md` is what `tests/nix/options-doc.nix` renders from
+/// the module's option declarations (`lib.optionAttrSetToDocList`): a
+/// changed option, default or description without the regenerated reference
+/// fails here. `EC_BLESS=1` writes the rendering instead of comparing.
+#[test]
+fn the_generated_options_reference_is_the_committed_one() {
+    let test = "the_generated_options_reference_is_the_committed_one";
+    let Some(inputs) = nixos_check::NixosInputs::from_env(test) else {
+        return;
+    };
+    let output = inputs.evaluate("tests/nix/options-doc.nix", &[]);
+    nixos_check::assert_clean_evaluation("tests/nix/options-doc.nix", &output);
+    let generated: String = serde_json::from_slice(&output.stdout)
+        .expect("tests/nix/options-doc.nix printed no JSON string");
+    let path = repo_root().join("docs/nixos-options.md");
+    if std::env::var_os("EC_BLESS").is_some_and(|v| v == "1") {
+        fs::write(&path, &generated).expect("cannot write docs/nixos-options.md");
+        return;
+    }
+    let committed = fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/nixos-options.md differs from the module's option declarations; \
+         regenerate it with `EC_BLESS=1 cargo test --locked --test nix {test}` \
+         (EC_NIXPKGS_LIB and EC_NIXOS_MODULES set) and commit it"
+    );
+}
+
 /// `tests/nix/eval.nix`: the module's behaviour (the policy, hardening,
 /// escaping, devices, cluster mode, every assertion and warning), against
 /// NixOS's own `systemd.services` types and merges.

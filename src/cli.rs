@@ -42,14 +42,12 @@ pub enum Command {
     Key(KeyArgs),
     /// Show who holds which source, from the kernel's lock table
     Status(StatusArgs),
-    /// Print a shell completion script (for packagers)
-    #[command(hide = true)]
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page in roff (for packagers)
-    #[command(hide = true)]
+    /// Print the man page (roff): ec-launch man > ec-launch.1; man ./ec-launch.1
     Man,
 }
 

@@ -172,8 +172,7 @@ mod tests {
     use super::*;
 
     /// Where the generated table sits in `docs/exit-codes.md`.
-    const BEGIN: &str =
-        "<!-- generated from src/exit_code.rs: EC_BLESS=1 cargo test --bin ec-launch exit_code -->\n";
+    const BEGIN: &str = "<!-- generated from src/exit_code.rs: EC_BLESS=1 cargo test --bin ec-launch exit_code -->\n";
     const END: &str = "<!-- end generated -->";
 
     /// `docs/exit-codes.md` with the table between the markers replaced by

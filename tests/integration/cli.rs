@@ -47,3 +47,60 @@ fn the_man_page_and_completions_are_generated_from_the_real_flags() {
             .run();
     }
 }
+
+/// What bash offers for the words `line` (the last one being completed),
+/// using the script `ec-launch completions bash` prints, sourced into a
+/// real bash (no rc files) and called the way readline calls it.
+fn bash_completes(env: &TestEnv, line: &[&str]) -> Vec<String> {
+    let script = env.command(["completions", "bash"]).run().stdout;
+    let file = env.path("ec-launch.bash");
+    std::fs::write(&file, script).expect("cannot write the completion script");
+    let words: Vec<String> = line.iter().map(|w| format!("'{w}'")).collect();
+    let cword = line.len() - 1;
+    let previous = line[cword.saturating_sub(1)];
+    // The function `complete -p` names, called with (command, word, previous
+    // word) and COMP_WORDS/COMP_CWORD as readline sets them.
+    let program = format!(
+        "source '{}' || exit 1\n\
+         function=$(complete -p ec-launch | sed -n 's/.* -F \\([^ ]*\\) .*/\\1/p')\n\
+         [ -n \"$function\" ] || {{ echo 'no completion function for ec-launch' >&2; exit 1; }}\n\
+         COMP_WORDS=({})\nCOMP_CWORD={cword}\nCOMP_LINE=\"${{COMP_WORDS[*]}}\"\nCOMP_POINT=${{#COMP_LINE}}\n\
+         \"$function\" ec-launch '{}' '{previous}'\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        file.display(),
+        words.join(" "),
+        line[cword],
+    );
+    let output = std::process::Command::new("bash")
+        .args(["--noprofile", "--norc", "-c", &program])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("cannot run bash");
+    assert!(
+        output.status.success(),
+        "bash failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completes_every_subcommands_flags_for_the_hyphenated_binary_name() {
+    let env = TestEnv::new();
+    for (line, want) in [
+        (&["ec-launch", "status", "--r"][..], &["--readers"][..]),
+        (&["ec-launch", "run", "--tu"], &["--tuners"]),
+        (&["ec-launch", "run", "--on-b"], &["--on-busy"]),
+        (&["ec-launch", "key", "--j"], &["--json"]),
+        (&["ec-launch", "completions", "ba"], &["bash"]),
+        (&["ec-launch", "run", "--on-busy", "w"], &["wait"]),
+        (&["ec-launch", "sta"], &["status"]),
+    ] {
+        assert_eq!(bash_completes(&env, line), want, "completing {line:?}");
+    }
+}

@@ -320,8 +320,8 @@ fn the_documented_tuner_example_is_the_one_eval_nix_evaluates() {
 /// the documented configuration is the tested one.
 #[test]
 fn the_documented_cluster_example_is_the_one_eval_nix_evaluates() {
-    let readme =
-        fs::read_to_string(repo_root().join("docs/cluster.md")).expect("cannot read docs/cluster.md");
+    let readme = fs::read_to_string(repo_root().join("docs/cluster.md"))
+        .expect("cannot read docs/cluster.md");
     let example = fs::read_to_string(repo_root().join("tests/nix/cluster-example.nix"))
         .expect("cannot read tests/nix/cluster-example.nix");
     assert!(

@@ -782,7 +782,14 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
         ttl_left > 0.0 && ttl_left <= TTL.as_secs_f64(),
         "ttl_left {ttl_left}: {seen:#}"
     );
-    assert!(holder["since"].is_number(), "{seen:#}");
+    // `since` stays the seconds it always was; `since_rfc3339` says the
+    // same in the form a lock's `since` has, and the text shows that form.
+    let since = holder["since"].as_u64().unwrap_or_else(|| panic!("{seen:#}"));
+    let rfc3339 = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(since),
+    )
+    .to_string();
+    assert_eq!(holder["since_rfc3339"], rfc3339.as_str(), "{seen:#}");
     assert_eq!(status("b")["cluster"]["holders"][0]["this_node"], false);
     // The text form names the node too.
     env.command(["status", "--etcd", &etcd.endpoints(), "--node", "b"])
@@ -790,6 +797,7 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
         .arg(a.lock_dir())
         .stdout_contains("node a")
         .stdout_contains(active.pid().to_string())
+        .stdout_contains(format!("since {rfc3339}"))
         .run();
 }
 

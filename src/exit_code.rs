@@ -109,11 +109,10 @@ pub fn rows() -> impl Iterator<Item = (String, &'static str)> {
 /// The Markdown table of `docs/exit-codes.md`, rendered from [`rows`].
 #[cfg(test)]
 fn markdown_table() -> String {
-    let mut table = String::from("| code | meaning |\n|---|---|\n");
-    for (code, meaning) in rows() {
-        table.push_str(&format!("| {code} | {meaning} |\n"));
-    }
-    table
+    rows().fold(
+        String::from("| code | meaning |\n|---|---|\n"),
+        |table, (code, meaning)| table + "| " + &code + " | " + meaning + " |\n",
+    )
 }
 
 /// The man page's EXIT STATUS and ENVIRONMENT sections, rendered from [`rows`].

@@ -4,7 +4,7 @@
 //! flake installs both; `--help` lists them so a user who built with cargo
 //! finds them too.
 //!
-//! clap_complete's bash script (4.6.11, clap issue #6421) spells a state one
+//! `clap_complete`'s bash script (4.6.11, clap issue #6421) spells a state one
 //! way in its dispatch loop (`ec__launch__subcmd__run`) and another in the
 //! case arms that hold each subcommand's flags (`ec__subcmd__launch__subcmd__run`)
 //! when the binary name has a hyphen, so no subcommand's flags ever
@@ -42,7 +42,7 @@ pub fn completions(shell: clap_complete::Shell) -> ExitStatus {
 /// loop spells it: the binary name's hyphens as `__` (the loop's escaping),
 /// not as the subcommand separator `__subcmd__` (the arms' single-pass
 /// escaping). Only whole arm labels at the arms' indentation are touched,
-/// so a script from a fixed clap_complete passes through unchanged.
+/// so a script from a fixed `clap_complete` passes through unchanged.
 fn bash_arms_as_the_loop_spells_them(script: &str) -> String {
     let loop_spelling = BIN.replace('-', "__");
     let arm_spelling = BIN.replace('-', "__subcmd__");

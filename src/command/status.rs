@@ -187,7 +187,8 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
     );
     // Slots are shown for the whole directory only, but a slot holder
     // accounts for its connection to the device whatever is asked.
-    let (devices, device_warnings) = device_view::devices(&scan, proc_root, &slots, &orphaned_slots);
+    let (devices, device_warnings) =
+        device_view::devices(&scan, proc_root, &slots, &orphaned_slots);
     // A source's holder blocked on a slot is a launcher waiting for a
     // tuner, not a reader: said so, also when only SOURCE is asked about.
     let slot_waiters = device_view::slot_waiters(&devices);

@@ -452,7 +452,10 @@ fn status_groups_slots_by_device_with_holders_and_waiters_in_text_and_json() {
     );
     for reader in [channel(1), channel(2)] {
         let row = stdout.lines().find(|l| l.contains(&reader)).unwrap();
-        assert!(row.starts_with("held ") && !row.contains("waiting"), "{row}");
+        assert!(
+            row.starts_with("held ") && !row.contains("waiting"),
+            "{row}"
+        );
     }
     // `status SOURCE` keeps its meaning: the source's lock, held (0), and
     // its slot is not taken for a moved lock of the source.

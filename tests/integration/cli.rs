@@ -104,3 +104,45 @@ fn bash_completes_every_subcommands_flags_for_the_hyphenated_binary_name() {
         assert_eq!(bash_completes(&env, line), want, "completing {line:?}");
     }
 }
+
+/// `docs/testing.md` names the directory the real-systemd suite keeps each
+/// run's console and journal in (`tests/systemd/scenarios.rs`:
+/// `CARGO_TARGET_TMPDIR/systemd-suite/<pid>/`), as this build lays out
+/// `target/` (it once said `target/tmp/…`, which the explicit host target
+/// of `.cargo/config.toml` moves under `target/<host triple>/`).
+#[test]
+fn the_testing_doc_names_the_directory_the_systemd_suite_logs_to() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |file: &str| {
+        std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+    };
+    let suite = read("tests/systemd/scenarios.rs");
+    assert!(
+        suite.contains(r#"PathBuf::from(env!("CARGO_TARGET_TMPDIR"))"#)
+            && suite.contains(r#".join("systemd-suite")"#),
+        "the suite no longer logs under CARGO_TARGET_TMPDIR/systemd-suite: update this test and docs/testing.md"
+    );
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // Under the checkout: `target/<triple>/tmp`, the triple spelled out as
+    // the doc does; elsewhere (CARGO_TARGET_DIR) only the tail is checked.
+    let documented = match tmp.strip_prefix(root) {
+        Ok(relative) => {
+            let parts: Vec<String> = relative
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            match parts.as_slice() {
+                [target, _triple, tmp] => {
+                    format!("`{target}/<host triple>/{tmp}/systemd-suite/<pid>/`")
+                }
+                _ => format!("`{}/systemd-suite/<pid>/`", relative.display()),
+            }
+        }
+        Err(_) => "tmp/systemd-suite/<pid>/`".to_owned(),
+    };
+    let doc = read("docs/testing.md");
+    assert!(
+        doc.contains(&documented),
+        "docs/testing.md does not name {documented} as the suite's log directory"
+    );
+}

@@ -308,7 +308,13 @@ impl Launching<'_> {
     ) -> Result<ExitStatus, Error> {
         let config = self.config;
         let unit = cgroup::own_unit();
-        let cgroup_dir = crate::escaped::own_cgroup_dir().map(|d| d.to_string_lossy().into_owned());
+        // Only a service's launch can escape it (ECP-0139); a launch by hand
+        // does not pay for reading the mount table.
+        let cgroup_dir = unit
+            .as_deref()
+            .filter(|u| u.ends_with(".service"))
+            .and_then(|_| crate::escaped::own_cgroup_dir())
+            .map(|d| d.to_string_lossy().into_owned());
         let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
         let record = || {
             let mut record = LockRecord::for_this_launch(

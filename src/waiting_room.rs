@@ -198,7 +198,7 @@ impl WaitingRoom {
             );
             let flags =
                 OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let file = match rustix::fs::openat(&self.dir, &name, flags, Mode::from_raw_mode(0o644))
+            let file = match rustix::fs::openat(&self.dir, &name, flags, Mode::from_raw_mode(0o660))
             {
                 Ok(fd) => File::from(fd),
                 Err(rustix::io::Errno::EXIST) => continue,

@@ -22,8 +22,10 @@ use crate::harness::Staging;
 use crate::policy::{self, Hardening, StopTimeout, UnitPolicy};
 use crate::programs::{RECORD_DIR, SUITE_DIR};
 
-const DEVICE: &str = "127.0.0.8:5004";
-const DEVICE_KEY: &str = "127.0.0.8";
+/// An address no other scenario uses: their lock files stay in the same
+/// directory for the whole boot (the cluster scenario's is 127.0.0.8).
+const DEVICE: &str = "127.0.0.9:5004";
+const DEVICE_KEY: &str = "127.0.0.9";
 const TUNERS: usize = 2;
 const TUNER_UNIT: &str = "ec-tuner-priority.service";
 const FIRST: &str = "ec-prio-first.service";

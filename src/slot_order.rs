@@ -125,7 +125,7 @@ pub fn acquire(
             SlotOutcome::Orphaned { .. } if !wait => return Ok(Outcome::of(tried)),
             SlotOutcome::Orphaned { .. } => {
                 drop(seat);
-                return wait_out_orphans(request, on_wait);
+                return wait_unordered(request, on_wait);
             }
             SlotOutcome::Busy { slots, .. } => {
                 if ahead.is_empty()
@@ -152,7 +152,18 @@ pub fn acquire(
         handed_over = true;
         let (Some(room_now), Some(seat_now)) = (&room, &seat) else {
             // Take a seat, then look again with the room watched.
-            sit_down(request, &mut room, &mut seat)?;
+            if let Err(error) = sit_down(request, &mut room, &mut seat) {
+                // A room this user may not write (made by another user, a
+                // launcher run by hand as root): wait as before the room
+                // existed, unordered, rather than fail the launch.
+                tracing::warn!(
+                    device = %printable(device.as_str()),
+                    "cannot take a place in the waiting room of {} ({error:#}); waiting for a tuner without an order (fix the room's owner: see ECP-0139)",
+                    printable(device.as_str()),
+                );
+                drop(seat);
+                return wait_unordered(request, on_wait);
+            }
             continue;
         };
         match (ahead.last(), watch) {
@@ -173,7 +184,7 @@ pub fn acquire(
                         if !tuner_slot::orphans_over_count(lock_dir, device, count).is_empty() {
                             drop(held);
                             drop(seat);
-                            return wait_out_orphans(request, on_wait);
+                            return wait_unordered(request, on_wait);
                         }
                         return Ok(Outcome {
                             handed_over: true,
@@ -191,9 +202,10 @@ pub fn acquire(
     }
 }
 
-/// A held slot whose file was deleted by hand (rare): ECP-0132's own
-/// wait, which waits out the orphan, outside the room's order.
-fn wait_out_orphans(
+/// ECP-0132's own wait, outside the room's order: for a held slot whose
+/// file was deleted by hand (it waits out the orphan), and for a room this
+/// user cannot join.
+fn wait_unordered(
     request: &Request<'_>,
     on_wait: &mut dyn FnMut(&[BusySlot]),
 ) -> Result<Outcome, Error> {
@@ -279,7 +291,11 @@ fn let_go(
     };
     // In the room while the holder lets go: a lower newcomer that takes
     // the freed slot gives it back.
-    sit_down(request, room, seat)?;
+    if let Err(error) = sit_down(request, room, seat) {
+        // Only the order during the let-go is lost: a lower newcomer might
+        // take the freed slot, and is then the holder we find next time.
+        tracing::warn!(device = %printable(request.device.as_str()), "cannot take a place in the waiting room ({error:#}); preempting without one");
+    }
     let device = printable(request.device.as_str()).into_owned();
     let note = preempting.then(|| note_of(target));
     if let Some(note) = &note {

@@ -152,17 +152,8 @@ pub fn acquire(
         handed_over = true;
         let (Some(room_now), Some(seat_now)) = (&room, &seat) else {
             // Take a seat, then look again with the room watched.
-            if let Err(error) = sit_down(request, &mut room, &mut seat) {
-                // A room this user may not write (made by another user, a
-                // launcher run by hand as root): wait as before the room
-                // existed, unordered, rather than fail the launch.
-                tracing::warn!(
-                    device = %printable(device.as_str()),
-                    "cannot take a place in the waiting room of {} ({error:#}); waiting for a tuner without an order (fix the room's owner: see ECP-0139)",
-                    printable(device.as_str()),
-                );
-                drop(seat);
-                return wait_unordered(request, on_wait);
+            if let Some(outcome) = sit_down_or_wait(request, &mut room, &mut seat, on_wait)? {
+                return Ok(outcome);
             }
             continue;
         };
@@ -236,6 +227,28 @@ fn ahead(room: Option<&WaitingRoom>, seat: Option<&Seat>, priority: Priority) ->
         (Some(room), Some(seat)) => room.ahead_of(seat),
         (Some(room), None) => room.ahead_of_newcomer(priority),
     }
+}
+
+/// Takes a seat in the room; `None` when seated. A room this user may not
+/// write (made by another user, a launcher run by hand as root) costs the
+/// order, not the launch: the launcher then waits as before the room
+/// existed, unordered, and its outcome is returned.
+fn sit_down_or_wait(
+    request: &Request<'_>,
+    room: &mut Option<WaitingRoom>,
+    seat: &mut Option<Seat>,
+    on_wait: &mut dyn FnMut(&[BusySlot]),
+) -> Result<Option<Outcome>, Error> {
+    let Err(error) = sit_down(request, room, seat) else {
+        return Ok(None);
+    };
+    let device = printable(request.device.as_str());
+    tracing::warn!(
+        device = %device,
+        "cannot take a place in the waiting room of {device} ({error:#}); waiting for a tuner without an order (give the room the service's owner: see ECP-0139)",
+    );
+    *seat = None;
+    wait_unordered(request, on_wait).map(Some)
 }
 
 fn sit_down(

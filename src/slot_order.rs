@@ -172,15 +172,8 @@ pub fn acquire(
                             drop(held);
                             continue;
                         }
-                        if !tuner_slot::orphans_over_count(lock_dir, device, count).is_empty() {
-                            drop(held);
-                            drop(seat);
-                            return wait_unordered(request, on_wait);
-                        }
-                        return Ok(Outcome {
-                            handed_over: true,
-                            ..Outcome::of(SlotOutcome::Held(held))
-                        });
+                        drop(seat);
+                        return head_took(request, held, on_wait);
                     }
                     HeadWait::Room => {}
                     HeadWait::TimedOut => return Ok(Outcome::of(busy(last_slots, true))),
@@ -191,6 +184,24 @@ pub fn acquire(
             (None, None) => {}
         }
     }
+}
+
+/// The head's slot, checked as ECP-0132's `acquire` checks one: beside a
+/// held slot whose file was deleted by hand it would be a reader too many.
+fn head_took(
+    request: &Request<'_>,
+    held: HeldSlot,
+    on_wait: &mut dyn FnMut(&[BusySlot]),
+) -> Result<Outcome, Error> {
+    let orphans = tuner_slot::orphans_over_count(request.lock_dir, request.device, request.count);
+    if !orphans.is_empty() {
+        drop(held);
+        return wait_unordered(request, on_wait);
+    }
+    Ok(Outcome {
+        handed_over: true,
+        ..Outcome::of(SlotOutcome::Held(held))
+    })
 }
 
 /// ECP-0132's own wait, outside the room's order: for a held slot whose

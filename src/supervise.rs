@@ -272,11 +272,11 @@ pub fn spawn(
         argv,
         envp,
         program,
+        fds,
     } = exec::pass(prepared, held, slot)?;
-    let kept: Vec<RawFd> = exec::passed_locks(held, slot)
-        .into_iter()
-        .map(|lock| lock.lock.as_raw_fd())
-        .collect();
+    // The high duplicates, not the originals (ECP-0136); they stay open
+    // here until the child has exec'd (spawn returns after that).
+    let kept: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let mut command = Command::new(OsStr::from_bytes(argv[0].to_bytes()));
     command
         .args(

@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod cluster_node;
 mod cluster_slots;
+mod descriptors;
 mod device;
 mod entry;
 mod etcd_harness;

@@ -105,12 +105,85 @@ pub struct Prepared {
 pub fn prepare(launch: &Launch<'_>) -> Result<Prepared, Error> {
     // Named first, so a NUL in a `{source}` argument blames the source.
     c_string(launch.source.as_bytes().to_vec(), "the source")?;
-    Ok(Prepared {
+    let prepared = Prepared {
         argv: program_argv(launch)?,
         envp: program_environment(launch, launch.lock_path.as_os_str().as_bytes())?,
         // A URL given as the program (a forgotten --source) may hold a credential.
         program: crate::redact::redact_word(&launch.program.to_string_lossy()),
-    })
+    };
+    ensure_within_exec_limits(&prepared.argv, &prepared.envp)?;
+    Ok(prepared)
+}
+
+/// Room kept for what [`pass`] adds after locking (`EC_SOURCE_LOCK_FD`,
+/// `EC_TUNER_SLOT`, `EC_TUNER_SLOT_FD`: three short entries).
+const PASSED_ENV_RESERVE: usize = 3 * (64 + std::mem::size_of::<usize>());
+
+/// Refuses, before the lock directory is touched, what `execve(2)` would
+/// refuse with E2BIG: one string over `MAX_ARG_STRLEN` (32 pages), or all
+/// of them with their pointers over `ARG_MAX` (`sysconf`, a quarter of the
+/// stack limit). Found only at exec, it was logged as a start first.
+fn ensure_within_exec_limits(argv: &[CString], envp: &[CString]) -> Result<(), Error> {
+    // SAFETY: sysconf only reads a system value.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let max_string = page * 32;
+    let strings = argv.iter().enumerate().map(|(i, a)| {
+        let what = if i == 0 {
+            "the program name".to_owned()
+        } else {
+            format!("argument {i} (with {SOURCE_TOKEN} expanded)")
+        };
+        (what, a)
+    });
+    let entries = envp.iter().map(|e| {
+        let name = e
+            .as_bytes()
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or_default();
+        (
+            format!(
+                "the environment variable {}",
+                crate::printable::printable(&String::from_utf8_lossy(name))
+            ),
+            e,
+        )
+    });
+    for (what, string) in strings.chain(entries) {
+        let bytes = string.as_bytes_with_nul().len();
+        if bytes > max_string {
+            return Err(Error::ArgumentsTooLong {
+                what,
+                bytes,
+                limit: max_string,
+                limit_name: "one argument or environment entry (MAX_ARG_STRLEN)",
+            });
+        }
+    }
+    // SAFETY: sysconf only reads a system value.
+    let Ok(limit) = usize::try_from(unsafe { libc::sysconf(libc::_SC_ARG_MAX) }) else {
+        return Ok(());
+    };
+    // The kernel also caps it at 3/4 of the default 8 MiB stack, whatever
+    // the stack limit (fs/exec.c), which sysconf does not know.
+    let limit = limit.min(6 << 20);
+    let pointer = std::mem::size_of::<usize>();
+    let total: usize = argv
+        .iter()
+        .chain(envp)
+        .map(|s| s.as_bytes_with_nul().len() + pointer)
+        .sum::<usize>()
+        + 2 * pointer
+        + PASSED_ENV_RESERVE;
+    if total > limit {
+        return Err(Error::ArgumentsTooLong {
+            what: "the program's arguments and environment together".to_owned(),
+            bytes: total,
+            limit,
+            limit_name: "exec (ARG_MAX)",
+        });
+    }
+    Ok(())
 }
 
 /// Execs the prepared program holding `held` (and `slot`, with

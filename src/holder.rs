@@ -33,6 +33,7 @@
 //! owners of those sockets cost one comparison per descriptor. That pass
 //! then runs even when no lock is held: a stale reader needs none.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
@@ -158,6 +159,10 @@ pub struct HolderScan {
     pub table_complete: bool,
     /// The processes whose descriptors show each socket asked for.
     socket_owners: BTreeMap<u64, BTreeSet<u32>>,
+    /// A `/proc` file could not be opened for want of a descriptor (EMFILE,
+    /// ENFILE): what was not read says nothing, so nothing is concluded
+    /// from it (a taker is unverified, not exited).
+    exhausted: Cell<bool>,
     clock: Option<BootClock>,
     proc_root: PathBuf,
 }
@@ -316,7 +321,16 @@ impl HolderScan {
         // A row seen once is kept: a lock released meanwhile may show as held
         // for this one report, which is the safe mistake.
         let mut reads = 0;
-        while let Ok(text) = fs::read_to_string(proc_root.join("locks")) {
+        loop {
+            let text = match fs::read_to_string(proc_root.join("locks")) {
+                Ok(text) => text,
+                Err(e) => {
+                    if crate::error::out_of_descriptors(&e) {
+                        scan.exhausted.set(true);
+                    }
+                    break;
+                }
+            };
             for row in proc_locks::parse(&text) {
                 if row.kind == LockKind::Flock && !row.waiting {
                     scan.table
@@ -398,6 +412,10 @@ impl HolderScan {
         let fd_dir = match rustix::fs::open(process_dir.join("fd"), flags, Mode::empty()) {
             Ok(dir) => dir,
             Err(Errno::ACCESS | Errno::PERM) => return Err(()),
+            Err(Errno::MFILE | Errno::NFILE) => {
+                self.exhausted.set(true);
+                return Err(());
+            }
             Err(_) => return Ok(None),
         };
         let mut buffer: Vec<u8> = Vec::with_capacity(4096);
@@ -444,6 +462,9 @@ impl HolderScan {
         for found in results {
             for (inode, pid) in found.sockets {
                 self.socket_owners.entry(inode).or_default().insert(pid);
+            }
+            if found.exhausted {
+                self.exhausted.set(true);
             }
             self.uninspectable += found.unreadable.len();
             self.unreadable_pids.extend(found.unreadable);
@@ -519,7 +540,10 @@ impl HolderScan {
         self.takers(inode)
             .filter(|pid| !holders.iter().any(|h| h.pid == *pid))
             .map(|pid| {
-                let why = if !self.is_alive(pid) {
+                let why = if self.exhausted.get() {
+                    // Not read is not absent: say nothing about it.
+                    Absence::Unverified
+                } else if !self.is_alive(pid) {
                     Absence::Exited
                 } else if self.unreadable_pids.contains(&pid) {
                     Absence::Unverified
@@ -543,10 +567,22 @@ impl HolderScan {
         self.located.iter()
     }
 
+    /// True when a `/proc` file could not be opened for want of a
+    /// descriptor (EMFILE, ENFILE): holders may be missing.
+    #[must_use]
+    pub fn out_of_descriptors(&self) -> bool {
+        self.exhausted.get()
+    }
+
     /// Why the holder list may be incomplete, for the operator.
     #[must_use]
     pub fn visibility_warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if self.exhausted.get() {
+            warnings.push(
+                "this process ran out of file descriptors (EMFILE/ENFILE) while reading /proc, so holders may be missing; raise the open-file limit (ulimit -n, LimitNOFILE=)".to_owned(),
+            );
+        }
         if self.hidepid {
             warnings.push(
                 "/proc is mounted with hidepid: other users' processes are invisible here, so holders may be missing; run as root".to_owned(),
@@ -608,6 +644,8 @@ struct DescriptorFindings {
     /// (socket inode, pid) for each wanted socket found.
     sockets: Vec<(u64, u32)>,
     unreadable: Vec<u32>,
+    /// Some open failed with EMFILE or ENFILE.
+    exhausted: bool,
 }
 
 /// The numeric entries of an open `/proc/<pid>/fd` directory, read with
@@ -645,6 +683,11 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
         {
             Ok(dir) => dir,
             Err(Errno::ACCESS | Errno::PERM) => {
+                found.unreadable.push(pid);
+                continue;
+            }
+            Err(Errno::MFILE | Errno::NFILE) => {
+                found.exhausted = true;
                 found.unreadable.push(pid);
                 continue;
             }

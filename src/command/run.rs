@@ -607,7 +607,12 @@ fn describe_files(
                 .unwrap_or_default();
             let mut described: Vec<String> = holders.iter().map(describe_holder).collect();
             if described.is_empty() {
-                described.push("a process this user cannot see".into());
+                described.push(if scan.out_of_descriptors() {
+                    // EMFILE while opening /proc: not a visibility problem.
+                    "a process not identified: this launcher ran out of file descriptors (EMFILE) reading /proc; raise its open-file limit (ulimit -n, LimitNOFILE=)".into()
+                } else {
+                    "a process this user cannot see".into()
+                });
             }
             let absent = inode
                 .map(|i| scan.absent_takers(i, &holders))

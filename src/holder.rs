@@ -34,7 +34,7 @@
 //! then runs even when no lock is held: a stale reader needs none.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::io;
@@ -42,6 +42,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::thread;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RawDir, Stat};
@@ -69,12 +70,55 @@ pub struct LockedInode {
 }
 
 impl LockedInode {
-    /// The inode of an open file.
+    /// The inode of an open file, with the device its locks are listed
+    /// under (see [`LockedInode::of_path`]).
     ///
     /// # Errors
-    /// When `fstat` fails.
+    /// When `statx` fails.
     pub fn of_file(file: &File) -> io::Result<Self> {
-        Ok(Self::of_metadata(&file.metadata()?))
+        Self::statx(file, c"", AtFlags::EMPTY_PATH)
+    }
+
+    /// The inode at `path` (links followed), with the device the kernel's
+    /// lock tables use: the filesystem's (`s_dev`, as `/proc/self/mountinfo`
+    /// gives it for the file's mount), not `stat`'s `st_dev`, which differs
+    /// on btrfs (each subvolume reports a device of its own) and would make
+    /// a held lock look free (ECP-0136).
+    ///
+    /// # Errors
+    /// When `statx` fails.
+    pub fn of_path(path: &Path) -> io::Result<Self> {
+        Self::statx(rustix::fs::CWD, path, AtFlags::empty())
+    }
+
+    /// [`LockedInode::of_path`] without following a final symbolic link.
+    ///
+    /// # Errors
+    /// When `statx` fails.
+    pub fn of_path_nofollow(path: &Path) -> io::Result<Self> {
+        Self::statx(rustix::fs::CWD, path, AtFlags::SYMLINK_NOFOLLOW)
+    }
+
+    fn statx<Fd: std::os::fd::AsFd, P: rustix::path::Arg>(
+        dir: Fd,
+        path: P,
+        flags: AtFlags,
+    ) -> io::Result<Self> {
+        let stat = rustix::fs::statx(
+            dir,
+            path,
+            flags,
+            rustix::fs::StatxFlags::BASIC_STATS | rustix::fs::StatxFlags::MNT_ID,
+        )?;
+        let mount = (stat.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
+            .then(|| mount_device(stat.stx_mnt_id))
+            .flatten();
+        let (dev_major, dev_minor) = mount.unwrap_or((stat.stx_dev_major, stat.stx_dev_minor));
+        Ok(Self {
+            dev_major,
+            dev_minor,
+            inode: stat.stx_ino,
+        })
     }
 
     /// The inode `metadata` describes.
@@ -92,6 +136,7 @@ impl LockedInode {
 
     /// The inode a `stat` result describes.
     #[must_use]
+    #[allow(dead_code)] // public API kept for other callers; the scan no longer stats descriptors
     pub fn of_stat(stat: &Stat) -> Self {
         let dev = stat.st_dev;
         // Linux majors and minors are 12 and 20 bits wide.
@@ -201,9 +246,7 @@ impl HolderScan {
         scan.hidepid = hidepid_in_force(proc_root);
         // A rename never leaves a filesystem, so only locks on the lock
         // directory's can be ours. (A bind mount has the same device.)
-        let dir_inode = fs::metadata(lock_dir)
-            .ok()
-            .map(|m| LockedInode::of_metadata(&m));
+        let dir_inode = LockedInode::of_path(lock_dir).ok();
         let device = dir_inode.map(|i| (i.dev_major, i.dev_minor));
         // A lock found away from the directory's path is ours when it is
         // listed there, or its record says it was made there.
@@ -420,28 +463,19 @@ impl HolderScan {
         };
         let mut buffer: Vec<u8> = Vec::with_capacity(4096);
         for name in descriptor_names(&fd_dir, &mut buffer) {
-            let Ok(stat) = rustix::fs::statat(&fd_dir, name.as_c_str(), AtFlags::empty()) else {
-                continue;
-            };
-            if LockedInode::of_stat(&stat) != inode {
-                continue;
-            }
+            // fdinfo, not stat(2) through the link: a stat asks the file's
+            // filesystem, and a hung NFS or FUSE server behind any
+            // descriptor of the taker would hang us (ECP-0136). A `lock:`
+            // row names device and inode without asking anyone.
             let fd = name.to_string_lossy();
-            let holds = fs::read_to_string(process_dir.join("fdinfo").join(fd.as_ref())).is_ok_and(
-                |info| {
-                    proc_locks::parse_fdinfo_locks(&info).iter().any(|row| {
-                        row.kind == LockKind::Flock
-                            && !row.waiting
-                            && LockedInode::of_row(row) == inode
-                    })
-                },
-            );
-            if holds {
-                let target = rustix::fs::readlinkat(&fd_dir, name.as_c_str(), Vec::new())
-                    .map(CString::into_bytes)
-                    .unwrap_or_default();
-                return Ok(Some((target, process_dir.join("fd").join(fd.as_ref()))));
+            let info = process_dir.join("fdinfo").join(fd.as_ref());
+            if !flocks_held_by(&info).contains(&inode) {
+                continue;
             }
+            let target = rustix::fs::readlinkat(&fd_dir, name.as_c_str(), Vec::new())
+                .map(CString::into_bytes)
+                .unwrap_or_default();
+            return Ok(Some((target, process_dir.join("fd").join(fd.as_ref()))));
         }
         Ok(None)
     }
@@ -617,6 +651,33 @@ fn made_in(via: &Path, dir_inode: u64) -> bool {
         .is_some_and(|record| record.lock_dir_inode == Some(dir_inode))
 }
 
+/// The device (`major:minor`, the superblock's `s_dev`) of mount `mount_id`
+/// per `/proc/self/mountinfo`; read once, and again when a mount is new.
+fn mount_device(mount_id: u64) -> Option<(u32, u32)> {
+    static DEVICES: Mutex<Option<HashMap<u64, (u32, u32)>>> = Mutex::new(None);
+    let mut devices = DEVICES.lock().ok()?;
+    if let Some(found) = devices.as_ref().and_then(|d| d.get(&mount_id)) {
+        return Some(*found);
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let map = devices.insert(mount_devices(&mountinfo));
+    map.get(&mount_id).copied()
+}
+
+/// Mount ID to device, from `mountinfo` text (proc(5): field 1 is the
+/// mount ID, field 3 `major:minor`, decimal).
+fn mount_devices(mountinfo: &str) -> HashMap<u64, (u32, u32)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let id = fields.next()?.parse().ok()?;
+            let (major, minor) = fields.nth(1)?.split_once(':')?;
+            Some((id, (major.parse().ok()?, minor.parse().ok()?)))
+        })
+        .collect()
+}
+
 /// A descriptor link without the kernel's " (deleted)" mark.
 fn without_deleted_suffix(target: &[u8]) -> &[u8] {
     target
@@ -710,24 +771,19 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
             }
             let path = without_deleted_suffix(&target);
             let in_dir = wanted.lock_dir.is_some_and(|dir| in_directory(path, dir));
-            let mut matched = in_dir || targets.contains(path);
-            if !matched && !by_inode.is_empty() && target.first() == Some(&b'/') {
-                matched = rustix::fs::statat(&fd_dir, name.as_c_str(), AtFlags::empty())
-                    .is_ok_and(|stat| by_inode.contains(&LockedInode::of_stat(&stat)));
-            }
-            if !matched {
+            let by_path = in_dir || targets.contains(path);
+            // Looking by inode reads fdinfo's `lock:` rows, never stat(2):
+            // see `descriptor_holding`.
+            if !by_path && (by_inode.is_empty() || target.first() != Some(&b'/')) {
                 continue;
             }
             let fd = name.to_string_lossy();
             let process_dir = proc_root.join(pid.to_string());
-            let Ok(info) = fs::read_to_string(process_dir.join("fdinfo").join(fd.as_ref())) else {
+            let held = flocks_held_by(&process_dir.join("fdinfo").join(fd.as_ref()));
+            if !by_path && !held.iter().any(|inode| by_inode.contains(inode)) {
                 continue;
-            };
-            for row in proc_locks::parse_fdinfo_locks(&info) {
-                if row.kind != LockKind::Flock || row.waiting {
-                    continue;
-                }
-                let inode = LockedInode::of_row(&row);
+            }
+            for inode in held {
                 if by_inode.remove(&inode) {
                     targets.insert(path.to_vec());
                 }
@@ -748,6 +804,24 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
         }
     }
     found
+}
+
+/// The files on which the descriptor whose fdinfo is at `fdinfo` holds a
+/// flock(2) lock (held, not awaited): its `lock:` rows (proc(5)). Reading
+/// fdinfo never asks the file's filesystem, so a hung server behind the
+/// descriptor cannot hang us; unreadable (gone, or another user's) is none.
+#[must_use]
+pub fn flocks_held_by(fdinfo: &Path) -> Vec<LockedInode> {
+    fs::read_to_string(fdinfo).map_or_else(
+        |_| Vec::new(),
+        |info| {
+            proc_locks::parse_fdinfo_locks(&info)
+                .iter()
+                .filter(|row| row.kind == LockKind::Flock && !row.waiting)
+                .map(LockedInode::of_row)
+                .collect()
+        },
+    )
 }
 
 /// The inode of a descriptor link `socket:[inode]` (proc(5)).
@@ -810,6 +884,17 @@ mod tests {
         assert!(!in_directory(b"/run/locks-\xff/sub/a.lock", dir));
         assert!(!in_directory(b"socket:[1234]", dir));
         assert_eq!(without_deleted_suffix(b"/x/a.lock"), b"/x/a.lock");
+    }
+
+    #[test]
+    fn a_mounts_device_is_field_three_of_its_mountinfo_line() {
+        let mountinfo = "22 1 0:21 / /proc rw - proc proc rw\n\
+                         47 27 0:40 / /srv/b rw,relatime - btrfs /dev/loop0 rw,subvol=/\n\
+                         48 27 259:3 /sub /srv/s rw - btrfs /dev/nvme0n1p3 rw\n";
+        let devices = mount_devices(mountinfo);
+        assert_eq!(devices.get(&47), Some(&(0, 40)));
+        assert_eq!(devices.get(&48), Some(&(259, 3)));
+        assert_eq!(devices.get(&99), None);
     }
 
     #[test]

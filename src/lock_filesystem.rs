@@ -60,7 +60,12 @@ pub fn ensure_local_locks(dir: &Path) -> Result<(), Error> {
         return Ok(());
     };
     // f_type is a signed word on some architectures; the magics fit 32 bits.
-    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    #[allow(
+        clippy::useless_conversion,
+        clippy::unnecessary_cast,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
     let magic = i64::from(stat.f_type as u32);
     match foreign_locks(magic) {
         None => Ok(()),

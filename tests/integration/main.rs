@@ -21,6 +21,7 @@ mod etcd_server;
 mod input;
 mod invocation;
 mod keys;
+mod lock_filesystems;
 mod lock_path;
 mod logging;
 mod netns;

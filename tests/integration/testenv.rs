@@ -255,7 +255,29 @@ pub fn kernel_locks(path: &Path) -> Vec<KernelLock> {
     let Ok(metadata) = fs::metadata(path) else {
         return Vec::new();
     };
-    kernel_locks_on(metadata.dev(), metadata.ino())
+    kernel_locks_on(lock_device(path).unwrap_or(metadata.dev()), metadata.ino())
+}
+
+/// The device `/proc/locks` lists a file's locks under: its mount's
+/// (`/proc/self/mountinfo` field 3), which on btrfs is not `st_dev`.
+fn lock_device(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .ok()?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        (fields.next()?.parse::<u64>().ok()? == stat.stx_mnt_id).then_some(())?;
+        let (major, minor) = fields.nth(1)?.split_once(':')?;
+        Some(nix::sys::stat::makedev(
+            major.parse().ok()?,
+            minor.parse().ok()?,
+        ))
+    })
 }
 
 /// How many reads of `/proc/locks` one query unites (see `kernel_locks_on`).

@@ -18,6 +18,7 @@ mod entry;
 mod etcd_harness;
 #[path = "../support/etcd_server.rs"]
 mod etcd_server;
+mod hung_filesystem;
 mod input;
 mod invocation;
 mod keys;

@@ -1,7 +1,7 @@
 //! Issue 20 item 2 (ECP-0136): a hung filesystem behind a descriptor of a
 //! lock holder, or of any process holding a flock on the lock directory's
 //! filesystem, hangs neither `run` nor `status`. A FUSE server that is
-//! SIGSTOPped stands in for a dead NFS or sshfs server: every request to
+//! stopped (SIGSTOP) stands in for a dead NFS or sshfs server: every request to
 //! its filesystem (a `stat` through `/proc/<pid>/fd/N` included) blocks.
 
 use std::path::{Path, PathBuf};

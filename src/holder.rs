@@ -450,19 +450,27 @@ impl HolderScan {
         pid: u32,
         inode: LockedInode,
     ) -> Result<Option<(Vec<u8>, PathBuf)>, ()> {
+        let mut buffer: Vec<u8> = Vec::with_capacity(4096);
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let process_dir = self.proc_root.join(pid.to_string());
-        let fd_dir = match rustix::fs::open(process_dir.join("fd"), flags, Mode::empty()) {
+        let proc_dir = match rustix::fs::open(&self.proc_root, flags, Mode::empty()) {
             Ok(dir) => dir,
-            Err(Errno::ACCESS | Errno::PERM) => return Err(()),
             Err(Errno::MFILE | Errno::NFILE) => {
                 self.exhausted.set(true);
                 return Err(());
             }
             Err(_) => return Ok(None),
         };
-        let mut buffer: Vec<u8> = Vec::with_capacity(4096);
-        for name in descriptor_names(&fd_dir, &mut buffer) {
+        let (fd_dir, names, process_dir) =
+            match open_descriptors(&self.proc_root, &proc_dir, pid, &mut buffer) {
+                Ok(Some(found)) => found,
+                Err(Errno::ACCESS | Errno::PERM) => return Err(()),
+                Err(Errno::MFILE | Errno::NFILE) => {
+                    self.exhausted.set(true);
+                    return Err(());
+                }
+                Ok(None) | Err(_) => return Ok(None),
+            };
+        for name in names {
             // fdinfo, not stat(2) through the link: a stat asks the file's
             // filesystem, and a hung NFS or FUSE server behind any
             // descriptor of the taker would hang us (ECP-0136). A `lock:`
@@ -709,6 +717,49 @@ struct DescriptorFindings {
     exhausted: bool,
 }
 
+/// The descriptor directory of process `pid` (open), its entries, and the
+/// directory holding its `fd` and `fdinfo`: `/proc/<pid>`, or, when that
+/// shows no descriptors, `/proc/<pid>/task/<tid>` of a live thread. A
+/// program whose main thread called `pthread_exit` has a zombie leader
+/// whose `fd` is empty while its other threads share the descriptor table
+/// (and hold its locks) (ECP-0136). `Ok(None)`: no such process.
+fn open_descriptors(
+    proc_root: &Path,
+    proc_dir: &OwnedFd,
+    pid: u32,
+    buffer: &mut Vec<u8>,
+) -> Result<Option<(OwnedFd, Vec<CString>, PathBuf)>, Errno> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let process_dir = proc_root.join(pid.to_string());
+    // Relative to the open /proc: two path components, not four.
+    let fd_dir = match rustix::fs::openat(proc_dir, format!("{pid}/fd"), flags, Mode::empty()) {
+        Ok(dir) => dir,
+        Err(Errno::NOENT | Errno::SRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let names = descriptor_names(&fd_dir, buffer);
+    if !names.is_empty() {
+        return Ok(Some((fd_dir, names, process_dir)));
+    }
+    let Ok(tasks) = fs::read_dir(process_dir.join("task")) else {
+        return Ok(Some((fd_dir, names, process_dir)));
+    };
+    for task in tasks.flatten() {
+        if task.file_name().to_str() == Some(&pid.to_string()) {
+            continue;
+        }
+        let task_dir = task.path();
+        let Ok(dir) = rustix::fs::open(task_dir.join("fd"), flags, Mode::empty()) else {
+            continue;
+        };
+        let names = descriptor_names(&dir, buffer);
+        if !names.is_empty() {
+            return Ok(Some((dir, names, task_dir)));
+        }
+    }
+    Ok(Some((fd_dir, names, process_dir)))
+}
+
 /// The numeric entries of an open `/proc/<pid>/fd` directory, read with
 /// getdents(2) straight into one reused buffer (no opendir bookkeeping).
 fn descriptor_names(fd_dir: &OwnedFd, buffer: &mut Vec<u8>) -> Vec<CString> {
@@ -740,23 +791,23 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
     let mut by_inode = wanted.by_inode.clone();
     let mut targets = wanted.targets.clone();
     for &pid in pids {
-        let fd_dir = match rustix::fs::openat(&proc_dir, format!("{pid}/fd"), flags, Mode::empty())
-        {
-            Ok(dir) => dir,
-            Err(Errno::ACCESS | Errno::PERM) => {
-                found.unreadable.push(pid);
-                continue;
-            }
-            Err(Errno::MFILE | Errno::NFILE) => {
-                found.exhausted = true;
-                found.unreadable.push(pid);
-                continue;
-            }
-            // Exited meanwhile, or a kernel thread: nothing to see.
-            Err(_) => continue,
-        };
+        let (fd_dir, names, process_dir) =
+            match open_descriptors(proc_root, &proc_dir, pid, &mut buffer) {
+                Ok(Some(found)) => found,
+                Err(Errno::ACCESS | Errno::PERM) => {
+                    found.unreadable.push(pid);
+                    continue;
+                }
+                Err(Errno::MFILE | Errno::NFILE) => {
+                    found.exhausted = true;
+                    found.unreadable.push(pid);
+                    continue;
+                }
+                // Exited meanwhile, or a kernel thread: nothing to see.
+                Ok(None) | Err(_) => continue,
+            };
         let mut start_ticks = None;
-        for name in descriptor_names(&fd_dir, &mut buffer) {
+        for name in names {
             let Ok(target) = rustix::fs::readlinkat(&fd_dir, name.as_c_str(), Vec::new()) else {
                 continue;
             };
@@ -778,7 +829,6 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
                 continue;
             }
             let fd = name.to_string_lossy();
-            let process_dir = proc_root.join(pid.to_string());
             let held = flocks_held_by(&process_dir.join("fdinfo").join(fd.as_ref()));
             if !by_path && !held.iter().any(|inode| by_inode.contains(inode)) {
                 continue;

@@ -337,7 +337,7 @@ fn in_child(parent: Pid, kept: &[RawFd]) -> io::Result<()> {
 }
 
 /// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3), readable when it exits.
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;

@@ -4,14 +4,17 @@
 //! stopped (SIGSTOP) stands in for a dead NFS or sshfs server: every request to
 //! its filesystem (a `stat` through `/proc/<pid>/fd/N` included) blocks.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::testenv::{BUSY, Guard, PATIENCE, TestEnv, describe, holders, require_root, wait_until};
+use crate::testenv::{
+    BUSY, Guard, PATIENCE, TestEnv, build_support_program, describe, holders, require_root,
+    wait_until,
+};
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
 /// What "promptly" means here: a hang never ends, an answer takes milliseconds.
@@ -27,21 +30,7 @@ struct HungFuse {
 impl HungFuse {
     #[track_caller]
     fn mount(env: &TestEnv) -> Self {
-        let binary = env.path("hung_fuse");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/hung_fuse.c");
-        let flags = Command::new("pkg-config")
-            .args(["--cflags", "--libs", "fuse3"])
-            .output()
-            .expect("pkg-config (libfuse3-dev)");
-        let flags = String::from_utf8(flags.stdout).unwrap();
-        let built = Command::new("cc")
-            .arg("-o")
-            .arg(&binary)
-            .arg(&source)
-            .args(flags.split_whitespace())
-            .status()
-            .expect("cc");
-        assert!(built.success(), "building hung_fuse failed");
+        let binary = build_support_program(env, "hung_fuse", Some("fuse3"));
         let mount = env.path("fuse");
         std::fs::create_dir(&mount).unwrap();
         let server = Command::new(&binary)

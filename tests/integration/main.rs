@@ -25,6 +25,7 @@ mod keys;
 mod lock_filesystems;
 mod lock_path;
 mod logging;
+mod main_thread;
 mod netns;
 mod operator;
 #[path = "../common/privilege.rs"]

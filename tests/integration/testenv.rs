@@ -329,6 +329,42 @@ pub fn holders(path: &Path) -> Vec<i64> {
         .collect()
 }
 
+/// Builds `tests/support/<name>.c` into the environment (with the flags
+/// `pkg-config` gives for `package`, if any) and returns the program's path.
+#[track_caller]
+pub fn build_support_program(env: &TestEnv, name: &str, package: Option<&str>) -> PathBuf {
+    let binary = env.path(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(format!("{name}.c"));
+    let mut flags = vec!["-pthread".to_owned()];
+    if let Some(package) = package {
+        let output = Command::new("pkg-config")
+            .args(["--cflags", "--libs", package])
+            .output()
+            .unwrap_or_else(|e| panic!("pkg-config {package}: {e}"));
+        assert!(
+            output.status.success(),
+            "pkg-config {package}: {}",
+            describe(&output)
+        );
+        flags.extend(text(&output.stdout).split_whitespace().map(str::to_owned));
+    }
+    let output = Command::new("cc")
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        .args(&flags)
+        .output()
+        .expect("cc (a C compiler)");
+    assert!(
+        output.status.success(),
+        "building {name}: {}",
+        describe(&output)
+    );
+    binary
+}
+
 #[must_use]
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

@@ -460,16 +460,18 @@ impl HolderScan {
             }
             Err(_) => return Ok(None),
         };
-        let (fd_dir, names, process_dir) =
-            match open_descriptors(&self.proc_root, &proc_dir, pid, &mut buffer) {
-                Ok(Some(found)) => found,
-                Err(Errno::ACCESS | Errno::PERM) => return Err(()),
-                Err(Errno::MFILE | Errno::NFILE) => {
-                    self.exhausted.set(true);
-                    return Err(());
-                }
-                Ok(None) | Err(_) => return Ok(None),
-            };
+        let opened = open_descriptors(&self.proc_root, &proc_dir, pid, &mut buffer);
+        // One descriptor fewer for what follows, at a tiny `ulimit -n`.
+        drop(proc_dir);
+        let (fd_dir, names, process_dir) = match opened {
+            Ok(Some(found)) => found,
+            Err(Errno::ACCESS | Errno::PERM) => return Err(()),
+            Err(Errno::MFILE | Errno::NFILE) => {
+                self.exhausted.set(true);
+                return Err(());
+            }
+            Ok(None) | Err(_) => return Ok(None),
+        };
         for name in names {
             // fdinfo, not stat(2) through the link: a stat asks the file's
             // filesystem, and a hung NFS or FUSE server behind any

@@ -189,3 +189,24 @@ fn arguments_over_execs_limit_are_refused_before_locking_naming_the_limit() {
         .run();
     assert!(!env.path("ran").exists());
 }
+
+// Failed before the fix: at `ulimit -n 5` the busy launcher could not open
+// the holder's /proc/<pid>/fd (EMFILE) and said "held by a process this
+// user cannot see, inherited from exited pid N" while N ran.
+#[test]
+fn a_launcher_out_of_descriptors_says_so_instead_of_blaming_visibility() {
+    let env = TestEnv::new();
+    let holder = env.hold(SOURCE, &["sleep", "300"]);
+    let _ = holder;
+    for limit in [5, 6] {
+        let _ = fs::remove_file(env.path("ran"));
+        env.launch(SOURCE)
+            .through_shell(format!("ulimit -n {limit}; exec \"$@\""))
+            .label(format!("ulimit -n {limit}"))
+            .expect_status(BUSY)
+            .stderr_lacks("cannot see")
+            .stderr_lacks("inherited from exited pid")
+            .program_did_not_run()
+            .run();
+    }
+}

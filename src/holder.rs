@@ -57,6 +57,8 @@ use crate::process::{self, BootClock, ProcessInfo};
 const SINGLE_READ_BYTES: usize = 3072;
 /// How many reads of a multi-page `/proc/locks` are united (see `lock_table`).
 const LOCK_TABLE_READS: u32 = 3;
+/// How many more reads look for a lock known held (`reread_until_listed`).
+const LISTED_REREADS: u32 = 16;
 
 /// What the kernel appends to a descriptor's link when its file is gone.
 const DELETED_SUFFIX: &str = " (deleted)";
@@ -364,30 +366,54 @@ impl HolderScan {
         // A row seen once is kept: a lock released meanwhile may show as held
         // for this one report, which is the safe mistake.
         let mut reads = 0;
-        loop {
-            let text = match fs::read_to_string(proc_root.join("locks")) {
-                Ok(text) => text,
-                Err(e) => {
-                    if crate::error::out_of_descriptors(&e) {
-                        scan.exhausted.set(true);
-                    }
-                    break;
-                }
-            };
-            for row in proc_locks::parse(&text) {
-                if row.kind == LockKind::Flock && !row.waiting {
-                    scan.table
-                        .entry(LockedInode::of_row(&row))
-                        .or_default()
-                        .insert(row.pid);
-                }
-            }
+        while let Some(length) = scan.read_table_once() {
             reads += 1;
-            if reads == LOCK_TABLE_READS || text.len() < SINGLE_READ_BYTES {
+            if reads == LOCK_TABLE_READS || length < SINGLE_READ_BYTES {
                 break;
             }
         }
         scan
+    }
+
+    /// Reads `/proc/locks` once more into the table (a union); its length,
+    /// or `None` when it cannot be read.
+    fn read_table_once(&mut self) -> Option<usize> {
+        let text = match fs::read_to_string(self.proc_root.join("locks")) {
+            Ok(text) => text,
+            Err(e) => {
+                if crate::error::out_of_descriptors(&e) {
+                    self.exhausted.set(true);
+                }
+                return None;
+            }
+        };
+        for row in proc_locks::parse(&text) {
+            if row.kind == LockKind::Flock && !row.waiting {
+                self.table
+                    .entry(LockedInode::of_row(&row))
+                    .or_default()
+                    .insert(row.pid);
+            }
+        }
+        Some(text.len())
+    }
+
+    /// For a lock known to be held (a fresh descriptor's non-blocking
+    /// flock(2) on it just failed with `EWOULDBLOCK`) that the table does
+    /// not list: reads `/proc/locks` again, at most [`LISTED_REREADS`]
+    /// times, until it does. Three reads of a table churning hundreds of
+    /// locks still missed a row now and then (the `seq_file` skip above),
+    /// and a missing row made a busy launcher name nobody. True when listed.
+    pub fn reread_until_listed(&mut self, inode: LockedInode) -> bool {
+        for _ in 0..LISTED_REREADS {
+            if self.table.contains_key(&inode) || !self.table_complete {
+                break;
+            }
+            if self.read_table_once().is_none() {
+                break;
+            }
+        }
+        self.table.contains_key(&inode)
     }
 
     /// Checks each taker of `inode` through its own descriptors (a few

@@ -591,6 +591,8 @@ fn describe_files(
     let mut verified = true;
     for (inode, record) in inodes.iter().zip(&records) {
         if let Some(inode) = inode {
+            // Each file here was found busy by our own flock(2) just now.
+            scan.reread_until_listed(*inode);
             verified &= scan.verify_takers(*inode, record.as_ref());
         }
     }

@@ -467,6 +467,10 @@ fn readers_report(
             lock_file: &lock.lock_file,
             holders: lock.holders.iter().map(|h| h.pid).collect(),
             slot: false,
+            launched_by: lock
+                .metadata
+                .as_ref()
+                .map(|record| (record.pid, record.unit.as_deref())),
         })
         .chain(slots.iter().map(|slot| LockView {
             key: Some(&slot.label),
@@ -474,6 +478,7 @@ fn readers_report(
             lock_file: &slot.slot_file,
             holders: slot.holders.clone(),
             slot: true,
+            launched_by: None,
         }))
         .collect();
     let mut endpoints: Vec<(Endpoint, Vec<std::net::SocketAddr>)> = Vec::new();

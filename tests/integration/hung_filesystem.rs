@@ -114,6 +114,10 @@ fn status(env: &TestEnv) -> Command {
 // Failed before the fix: the duplicate, describing the holder, stat'ed its
 // descriptors and hung on the FUSE one; so did the waiting standby.
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_holder_with_a_descriptor_on_a_hung_filesystem_hangs_neither_run_nor_status() {
     require_root!("mount a FUSE filesystem");
     let env = TestEnv::new();
@@ -157,6 +161,10 @@ fn a_holder_with_a_descriptor_on_a_hung_filesystem_hangs_neither_run_nor_status(
 // Failed before the fix: status stat'ed the descriptors of the process
 // holding another file's flock on the lock directory's filesystem.
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_flock_elsewhere_on_the_filesystem_held_with_a_hung_descriptor_hangs_nothing() {
     require_root!("mount a FUSE filesystem");
     let env = TestEnv::new();

@@ -50,6 +50,10 @@ fn accepted(env: &TestEnv, lock_dir: &Path) {
 // Failed before the fix: the overlay's merged directory was used (exit 0),
 // and the same file reached through the upper directory was a second lock.
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn an_overlayfs_lock_directory_is_refused_naming_the_filesystem_and_the_fix() {
     require_root!("mount an overlay filesystem");
     let env = TestEnv::new();
@@ -76,6 +80,10 @@ fn an_overlayfs_lock_directory_is_refused_naming_the_filesystem_and_the_fix() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn tmpfs_and_btrfs_lock_directories_are_accepted_and_exclude_duplicates() {
     require_root!("mount tmpfs and a btrfs loop image");
     let env = TestEnv::new();
@@ -143,6 +151,10 @@ fn tmpfs_and_btrfs_lock_directories_are_accepted_and_exclude_duplicates() {
 // Failed before the fix: exit 73, "lock directory unusable", though flock
 // works on a read-only descriptor.
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_free_lock_file_on_a_read_only_filesystem_is_locked_read_only() {
     require_root!("remount a tmpfs read-only");
     let env = TestEnv::new();

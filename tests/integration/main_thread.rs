@@ -110,6 +110,10 @@ fn connections_of(report: &serde_json::Value, pid: u32) -> Vec<serde_json::Value
 // Failed before the fix: the holder's connection had no owner ("unknown",
 // exit 5), and a stale reader whose main thread exited was unknown, not 7.
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn readers_whose_main_thread_exited_are_accounted_for_and_a_stale_one_exits_7() {
     require_root!("see every process's sockets and descriptors");
     let env = TestEnv::new();

@@ -52,6 +52,8 @@ use crate::error::Error;
 use crate::exec::{self, Passed, Prepared};
 use crate::exit_code::ExitStatus;
 use crate::lock::HeldLock;
+use crate::lock_free::Watched;
+use crate::stragglers;
 use crate::tuner_slot::HeldSlot;
 
 /// Signals forwarded to the child's process group.
@@ -60,6 +62,9 @@ const FORWARDED: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]
 /// Without a pidfd (a kernel before 5.3), how often the child is checked
 /// in case its SIGCHLD went to a thread that does not block it.
 const CHILD_CHECK: Duration = Duration::from_millis(100);
+
+/// How often the fence looks for stragglers again while they stop.
+const RESCAN: Duration = Duration::from_millis(20);
 
 /// The signals meant for the program.
 fn forwarded() -> SigSet {
@@ -245,6 +250,9 @@ pub struct Supervisor {
     signals: SignalFd,
     /// Readable when the child exits; `None` without pidfd support.
     exits: Option<OwnedFd>,
+    /// The locks the child inherited: their other holders are stopped
+    /// with it on the fence path (`stragglers`).
+    watched: Vec<Watched>,
 }
 
 /// Spawns the prepared program holding `held` (and `slot`) as our child;
@@ -295,6 +303,18 @@ pub fn spawn(
             );
         }
     }
+    // A helper that leaves the child's group, session or tree is
+    // re-parented to us, not to init: found and stopped with it.
+    stragglers::become_subreaper()?;
+    let watched = exec::passed_locks(held, slot)
+        .into_iter()
+        .map(|lock| {
+            Watched::of(lock).map_err(|e| Error::Flock {
+                path: lock.path.clone(),
+                source: e.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let parent = nix::unistd::getpid();
     // SAFETY: `in_child` makes only async-signal-safe calls (prctl,
     // getppid, fcntl, sigprocmask, sigaction) and allocates nothing: it
@@ -313,6 +333,7 @@ pub fn spawn(
         program,
         signals,
         exits: pidfd_open(pid),
+        watched,
     })
 }
 
@@ -369,7 +390,7 @@ impl Supervisor {
     /// logs why, SIGTERMs the group and SIGKILLs it after `stop grace`.
     /// Returns when the child is reaped (its group killed first).
     #[must_use]
-    pub fn wait(self, fence: Option<(&Renewer, Duration)>) -> Ended {
+    pub fn wait(&self, fence: Option<(&Renewer, Duration)>) -> Ended {
         loop {
             if let Some(code) = self.reap_if_exited() {
                 return Ended::Exited(code);
@@ -377,6 +398,8 @@ impl Supervisor {
             let (signalled, alarm) = self.poll(fence.map(|(renewer, _)| renewer), None);
             if signalled {
                 self.forward_signals();
+                // A SIGCHLD may be an orphan's, re-parented to us.
+                stragglers::reap_orphans(Some(self.pid));
             }
             if alarm && let Some((renewer, grace)) = fence {
                 // Clear the timerfd; a renewal may have moved the deadline
@@ -389,42 +412,75 @@ impl Supervisor {
         }
     }
 
-    /// Stops the child for the fence: SIGTERM, SIGKILL after `grace`.
-    fn fence(self, why: String, grace: Duration) -> Ended {
+    /// Stops the child for the fence: SIGTERM to its group and to every
+    /// straggler (a holder of its locks, a descendant of ours, whatever its
+    /// group or session), SIGKILL to all that are left after `grace`.
+    /// Returns once the child is reaped and no straggler is found: every
+    /// reader is dead within the grace, before the lease can expire.
+    fn fence(&self, why: String, grace: Duration) -> Ended {
         tracing::error!(
-            "fence: {why}; stopping {} (pid {}) before the lease can expire: SIGTERM to its process group, SIGKILL after {}",
+            "fence: {why}; stopping {} (pid {}) before the lease can expire: SIGTERM to its process group and every other holder of its locks, SIGKILL after {}",
             self.program,
             self.pid,
             humantime::format_duration(grace)
         );
         self.signal_group(Signal::SIGTERM);
+        self.signal_stragglers(Signal::SIGTERM);
         let until = Instant::now() + grace;
+        let mut child = None;
         loop {
-            if let Some(child) = self.reap_if_exited() {
+            child = child.or_else(|| self.reap_if_exited());
+            if let Some(child) = child
+                && stragglers::find(&self.watched(), Some(self.pid)).is_empty()
+            {
                 return Ended::Fenced { why, child };
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            if self.poll(None, Some(left)).0 {
+            // Stragglers have no pidfd of ours: look again every RESCAN.
+            if self.poll(None, Some(left.min(RESCAN))).0 {
                 self.forward_signals();
+                stragglers::reap_orphans(Some(self.pid));
             }
+            // Newcomers (a helper forked meanwhile) get their SIGTERM too.
+            self.signal_stragglers(Signal::SIGTERM);
         }
         tracing::warn!(
-            "fence: {} (pid {}) did not stop within {}; SIGKILL to its process group",
+            "fence: {} (pid {}) or a process it started did not stop within {}; SIGKILL to its process group and every other holder of its locks",
             self.program,
             self.pid,
             humantime::format_duration(grace)
         );
         self.signal_group(Signal::SIGKILL);
         loop {
-            if let Some(child) = self.reap_if_exited() {
+            self.signal_stragglers(Signal::SIGKILL);
+            child = child.or_else(|| self.reap_if_exited());
+            if let Some(child) = child
+                && stragglers::find(&self.watched(), Some(self.pid)).is_empty()
+            {
                 return Ended::Fenced { why, child };
             }
-            self.poll(None, None);
+            self.poll(None, Some(RESCAN));
             self.drain_signals();
+            stragglers::reap_orphans(Some(self.pid));
         }
+    }
+
+    fn watched(&self) -> Vec<&Watched> {
+        self.watched.iter().collect()
+    }
+
+    fn signal_stragglers(&self, signal: Signal) {
+        stragglers::signal_all(&self.watched(), Some(self.pid), signal);
+    }
+
+    /// What the child inherited, watched: [`stragglers::stop`] and the
+    /// release's `lock_free` check need it after the child is reaped.
+    #[must_use]
+    pub fn into_watched(self) -> Vec<Watched> {
+        self.watched
     }
 
     /// Waits for a signal, the child's exit, or the alarm (or `timeout`).

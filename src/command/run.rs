@@ -258,7 +258,7 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
         deadline,
         me: &me,
     };
-    launch.holding(&held, prepared, monitor, wait_started)
+    launch.holding(held, prepared, monitor, wait_started)
 }
 
 /// A launch that holds its source lock: what the rest needs to know.
@@ -278,7 +278,7 @@ impl Launching<'_> {
     /// runs the program: by exec, or supervised in cluster mode.
     fn holding(
         &self,
-        held: &HeldLock,
+        held: HeldLock,
         prepared: exec::Prepared,
         monitor: Option<watchdog::Monitor>,
         mut wait_started: Option<Instant>,
@@ -296,7 +296,7 @@ impl Launching<'_> {
             record.lock_dir_inode = lock_dir_inode;
             record
         };
-        write_record(held, &record(), "lock");
+        write_record(&held, &record(), "lock");
         // The cluster's key after the node's (ECP-0134): two units on one
         // node never race through etcd. Nothing of it runs without --etcd.
         let (source_value, slot_value, waiting_value) =
@@ -382,12 +382,12 @@ impl Launching<'_> {
             (Some(session), Some(cluster)) => supervise_in_cluster(
                 prepared,
                 held,
-                slot.as_ref(),
+                slot,
                 session,
                 cluster.timing.stop_grace,
                 monitor,
             ),
-            _ => Err(exec::exec(prepared, held, slot.as_ref())),
+            _ => Err(exec::exec(prepared, &held, slot.as_ref())),
         }
     }
 
@@ -872,8 +872,8 @@ fn settle_in_cluster(
 /// stop the program before the lease can expire unrenewed.
 fn supervise_in_cluster(
     prepared: exec::Prepared,
-    held: &HeldLock,
-    slot: Option<&HeldSlot>,
+    held: HeldLock,
+    slot: Option<HeldSlot>,
     mut session: Session,
     stop_grace: Duration,
     monitor: Option<watchdog::Monitor>,
@@ -884,13 +884,18 @@ fn supervise_in_cluster(
         return Err(Error::Fenced { why });
     }
     session.hand_signals_to_supervisor();
-    let child = crate::supervise::spawn(prepared, held, slot)?;
+    let child = crate::supervise::spawn(prepared, &held, slot.as_ref())?;
     // The monitor learns "the program runs" from this end closing (it was
     // written for exec, where closing is implicit).
     drop(monitor);
     let ended = child.wait(session.renewer().map(|r| (r, stop_grace)));
+    // The keys go only when the kernel says the locks are free: a helper
+    // outside the program's group may still read (ECP-0135 section 3).
+    let watched = child.into_watched();
+    let held = std::iter::once(held).chain(slot.map(|slot| slot.lock));
+    crate::stragglers::until_free(&watched, held, stop_grace);
     // At once: the next holder need not wait for the lease to expire, nor
-    // (the mark says the program is gone) for the lock delay.
+    // (the mark says no reader of ours is left) for the lock delay.
     session.release_clean();
     match ended {
         crate::supervise::Ended::Exited(code) => {

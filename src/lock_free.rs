@@ -219,7 +219,10 @@ mod tests {
         let pid = child.id();
         let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !watched.holders().iter().any(|(p, _)| *p == pid) {
-            assert!(std::time::Instant::now() < until, "child {pid} (fd {fd}) not seen");
+            assert!(
+                std::time::Instant::now() < until,
+                "child {pid} (fd {fd}) not seen"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Watched::let_go(held);

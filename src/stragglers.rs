@@ -4,18 +4,22 @@
 //! Killing the program's process group is not enough: a helper that calls
 //! `setsid` or `setpgid`, or double-forks, leaves the group and keeps the
 //! inherited lock descriptor (and the tuner) while the program exits. So a
-//! straggler is any process other than the launcher that
-//! - holds one of the watched locks (its fdinfo shows it, as `status` finds
-//!   holders, `holder::HolderScan`), or
-//! - descends from the launcher: it is a child subreaper
-//!   (`PR_SET_CHILD_SUBREAPER`, [`become_subreaper`]), so an orphaned helper
-//!   is re-parented to it, not to init, and stays in its tree.
+//! straggler is any process other than the launcher that holds one of the
+//! watched locks: its fdinfo shows the lock, as `status` finds holders
+//! (`holder::HolderScan`), whatever its group, session or parent. That is
+//! the rule's own measure: a process that closed its lock descriptor is no
+//! reader the lock answers for (nor one the next node's `status` would
+//! show), and the program's group is killed as before.
+//!
+//! The launcher is a child subreaper (`PR_SET_CHILD_SUBREAPER`,
+//! [`become_subreaper`]): an orphaned helper is re-parented to it, not to
+//! init, so it is reaped here ([`reap_orphans`]) and, outside systemd,
+//! stays in the launcher's tree rather than in init's.
 //!
 //! [`stop`] sends SIGTERM, waits up to the stop grace for them to go, then
 //! sends SIGKILL and waits until none is found. Each is signalled through a
 //! pidfd opened after checking its start time, so a PID reused since the
-//! scan is never signalled. Orphans that ended are reaped ([`reap_orphans`]):
-//! they are our children now.
+//! scan is never signalled.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -48,22 +52,15 @@ pub fn become_subreaper() -> Result<(), Error> {
 /// A process found: its PID and start time (its identity with the PID).
 type Found = BTreeMap<u32, Option<u64>>;
 
-/// Every straggler now: the holders of `locks` and this process's
-/// descendants, except `main` (the supervised program, reaped by the
-/// supervisor) and zombies (which hold nothing).
+/// Every straggler now: the processes other than this one and `main`
+/// (the supervised program, which the supervisor reaps) whose descriptors
+/// show one of `locks`.
 #[must_use]
 pub fn find(locks: &[&Watched], main: Option<Pid>) -> BTreeMap<u32, Option<u64>> {
-    let me = std::process::id();
-    let (table, alive) = process_table();
     let mut found: Found = BTreeMap::new();
     for lock in locks {
         found.extend(lock.holders());
     }
-    found.extend(descendants(&table, me).into_iter().map(|pid| {
-        let start = table.get(&pid).and_then(|entry| entry.start);
-        (pid, start)
-    }));
-    found.retain(|pid, _| *pid != me && alive.contains(pid));
     if let Some(main) = main.and_then(|pid| u32::try_from(pid.as_raw()).ok()) {
         found.remove(&main);
     }
@@ -162,8 +159,7 @@ pub fn signal_all(locks: &[&Watched], main: Option<Pid>, signal_sent: Signal) ->
 /// re-parented to the subreaper would otherwise stay zombies.
 pub fn reap_orphans(main: Option<Pid>) {
     let me = std::process::id();
-    let (table, _) = process_table();
-    for (&pid, entry) in &table {
+    for (pid, entry) in process_table() {
         if entry.parent != me || !entry.zombie {
             continue;
         }
@@ -221,35 +217,35 @@ fn signal(pid: u32, start: Option<u64>, signal: Signal) -> bool {
 struct Entry {
     parent: u32,
     zombie: bool,
-    start: Option<u64>,
 }
 
-/// Every visible process, and those not dead (neither zombie nor dying).
-fn process_table() -> (BTreeMap<u32, Entry>, BTreeSet<u32>) {
+/// Every visible process.
+fn process_table() -> BTreeMap<u32, Entry> {
     let mut table = BTreeMap::new();
-    let mut alive = BTreeSet::new();
     let Ok(entries) = fs::read_dir(PROC) else {
-        return (table, alive);
+        return table;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if let Some(parsed) = parse_stat(&stat) {
-            if !parsed.zombie {
-                alive.insert(pid);
-            }
+        if let Some(parsed) = fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+        {
             table.insert(pid, parsed);
         }
     }
-    (table, alive)
+    table
 }
 
-/// State (field 3), parent (field 4) and start time (field 22) from
-/// `/proc/<pid>/stat` text, after the parenthesised command name.
+/// State (field 3) and parent (field 4) from `/proc/<pid>/stat` text,
+/// after the parenthesised command name (which may hold `) `).
 fn parse_stat(stat: &str) -> Option<Entry> {
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     let mut fields = rest.split(' ');
@@ -258,28 +254,7 @@ fn parse_stat(stat: &str) -> Option<Entry> {
     Some(Entry {
         parent,
         zombie: matches!(state, "Z" | "X" | "x"),
-        start: process::parse_start_ticks(stat),
     })
-}
-
-/// The descendants of `root` in `table` (children, theirs, and so on).
-fn descendants(table: &BTreeMap<u32, Entry>, root: u32) -> Vec<u32> {
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for (&pid, entry) in table {
-        children.entry(entry.parent).or_default().push(pid);
-    }
-    let mut found = Vec::new();
-    let mut next = vec![root];
-    let mut seen = BTreeSet::from([root]);
-    while let Some(pid) = next.pop() {
-        for &child in children.get(&pid).map_or(&[][..], Vec::as_slice) {
-            if seen.insert(child) {
-                found.push(child);
-                next.push(child);
-            }
-        }
-    }
-    found
 }
 
 #[cfg(test)]
@@ -287,33 +262,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stat_lines_give_state_parent_and_start_even_with_odd_names() {
-        let stat = "4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2 3";
+    fn stat_lines_give_state_and_parent_even_with_odd_names() {
+        let stat =
+            "4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2 3";
         let entry = parse_stat(stat).unwrap();
         assert_eq!(entry.parent, 17);
         assert!(!entry.zombie);
-        assert_eq!(entry.start, Some(987_654));
         let zombie = "7 (x) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0";
         assert!(parse_stat(zombie).unwrap().zombie);
-    }
-
-    #[test]
-    fn descendants_are_the_whole_subtree_and_nothing_else() {
-        let entry = |parent| Entry {
-            parent,
-            zombie: false,
-            start: None,
-        };
-        let table = BTreeMap::from([
-            (10, entry(1)),
-            (11, entry(10)),
-            (12, entry(11)),
-            (13, entry(1)),
-            (14, entry(12)),
-        ]);
-        let mut found = descendants(&table, 10);
-        found.sort_unstable();
-        assert_eq!(found, vec![11, 12, 14]);
-        assert!(descendants(&table, 13).is_empty());
     }
 }

@@ -927,7 +927,7 @@ mod tests {
             timing,
             BootInstant::now(),
             first_ttl,
-            false,
+            None,
             Box::new(|| Renewal::Failed("etcd unreachable".into())),
         )
         .unwrap()

@@ -23,6 +23,7 @@ use crate::cluster::claim::Disagreement;
 use crate::cluster::keyspace;
 use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
 use crate::cluster::session::{Busy, Session, SlotClaim, SourceClaim, Taken};
+use crate::cluster::vouch::Vouch;
 use crate::error::Error;
 use crate::exec::{self, Launch};
 use crate::exit_code::ExitStatus;
@@ -59,6 +60,8 @@ struct RunConfig {
     /// With `--tuners`: which device's slots, and how many.
     tuners: Option<TunerConfig>,
     progress_watchdog: bool,
+    /// `--progress-window` (cluster mode only).
+    progress_window: Option<Duration>,
     /// With `--etcd`: cluster mode (ECP-0134).
     cluster: Option<ClusterConfig>,
 }
@@ -104,6 +107,12 @@ impl RunConfig {
         // Before the device is asked (`--tuners auto`): a bad cluster
         // setting is the cheaper thing to find out.
         let cluster = ClusterConfig::from_args(&args.cluster)?;
+        if args.progress_window.is_some() && cluster.is_none() {
+            // Locally the monitor feeds systemd itself: no window to apply.
+            return Err(Error::ClusterOptionWithoutEtcd {
+                flag: "--progress-window",
+            });
+        }
         let tuners = match args.tuners {
             None => None,
             Some(tuners) => {
@@ -131,6 +140,7 @@ impl RunConfig {
             args: command.collect(),
             tuners,
             progress_watchdog: args.progress_watchdog,
+            progress_window: args.progress_window,
             cluster,
         })
     }
@@ -224,7 +234,13 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
     // Forked before any lock file is opened, so it never has a lock
     // descriptor; kept until exec, which tells it the program runs.
-    let monitor = watchdog::start_if_asked(config.progress_watchdog, &config.source)?;
+    // In cluster mode it reports to the launcher, which alone vouches to
+    // systemd (ECP-0135 section 4).
+    let monitor = watchdog::start_if_asked(
+        config.progress_watchdog,
+        &config.source,
+        config.cluster.is_some(),
+    )?;
     // Only now, with nothing left to validate, is the lock directory touched.
     let me = Launcher::current();
     lock::ensure_lock_dir(&config.lock_dir, &me)?;
@@ -280,10 +296,11 @@ impl Launching<'_> {
         &self,
         held: HeldLock,
         prepared: exec::Prepared,
-        monitor: Option<watchdog::Monitor>,
+        mut monitor: Option<watchdog::Monitor>,
         mut wait_started: Option<Instant>,
     ) -> Result<ExitStatus, Error> {
         let config = self.config;
+        let progress = monitor.as_mut().and_then(watchdog::Monitor::take_progress);
         let unit = cgroup::own_unit();
         let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
         let record = || {
@@ -318,7 +335,7 @@ impl Launching<'_> {
             Some(cluster) => {
                 match take_cluster_source(
                     config,
-                    cluster,
+                    (cluster, progress),
                     &source_claim,
                     self.program_name,
                     &mut wait_started,
@@ -674,14 +691,24 @@ fn seconds(duration: Duration) -> String {
 /// stayed held elsewhere (reported here).
 fn take_cluster_source(
     config: &RunConfig,
-    cluster: &ClusterConfig,
+    (cluster, progress): (&ClusterConfig, Option<std::os::fd::OwnedFd>),
     claim: &SourceClaim<'_>,
     program_name: &str,
     wait_started: &mut Option<Instant>,
 ) -> Result<Option<Session>, Error> {
-    // The progress monitor, when asked, feeds systemd's watchdog instead.
-    let ping_watchdog = !config.progress_watchdog;
-    let mut session = Session::open(cluster, ping_watchdog)?;
+    // Only the launcher vouches to systemd: for its renewal, and for the
+    // program's progress when the monitor reports it (ECP-0135 section 4).
+    let vouch = match progress {
+        Some(feed) => {
+            let window = config
+                .progress_window
+                .or_else(watchdog::watchdog_sec)
+                .unwrap_or(Duration::from_secs(30));
+            Vouch::with_progress(feed, window)
+        }
+        None => Vouch::renewal_only(),
+    };
+    let mut session = Session::open(cluster, Some(vouch))?;
     let mut announce_wait = |holder: &crate::cluster::etcd::KeyValue| {
         wait_started.get_or_insert_with(Instant::now);
         tracing::info!(

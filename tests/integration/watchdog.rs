@@ -770,3 +770,148 @@ fn a_host_name_that_resolves_to_nothing_is_said_once_and_gets_no_ping() {
         "{stderr}"
     );
 }
+
+/// Issue #16 item 3 (ECP-0135 section 4): in cluster mode only the
+/// supervising launcher vouches to systemd, for its renewal and the
+/// program's progress together. These run a real etcd; the fake notify
+/// socket names each ping's sender (as `NotifyAccess=main` would judge it).
+mod cluster {
+    use super::*;
+    use crate::etcd_server::EtcdServer;
+
+    /// `ec-launch run --progress-watchdog --progress-window 1 --etcd …` on
+    /// the stand-in tuner, its child reading the stream.
+    fn launch_in_cluster(
+        env: &TestEnv,
+        etcd: &EtcdServer,
+        notify: &Notify,
+        tuner: &Tuner,
+    ) -> Guard {
+        let mut command = watched(
+            env,
+            &tuner.source(),
+            &[
+                "--progress-watchdog",
+                "--progress-window",
+                "1",
+                "--etcd",
+                &etcd.endpoints(),
+                "--node",
+                "a",
+                "--etcd-ttl",
+                "6",
+                "--etcd-stop-grace",
+                "1",
+            ],
+            &[
+                "bash".to_owned(),
+                "-c".to_owned(),
+                reader_in_a_child(tuner.port),
+            ],
+        );
+        command
+            .env("WATCHDOG_USEC", WATCHDOG_USEC)
+            .env("NOTIFY_SOCKET", &notify.address)
+            .env_remove("WATCHDOG_PID");
+        Guard::spawn(&mut command)
+    }
+
+    fn senders(pings: &[Ping]) -> std::collections::BTreeSet<i32> {
+        pings.iter().map(|p| p.pid).collect()
+    }
+
+    #[test]
+    fn only_the_launcher_pings_and_a_frozen_launcher_gets_no_ping_from_anyone() {
+        let etcd = EtcdServer::start();
+        let env = TestEnv::new();
+        let tuner = Tuner::start(true);
+        let notify = Notify::bind(&env);
+        let mut launcher = launch_in_cluster(&env, &etcd, &notify, &tuner);
+        tuner.wait_for_client();
+        let launcher_pid = i32::try_from(launcher.pid()).expect("pid");
+        let running = notify.collect(INTERVAL * 5);
+        assert!(!running.is_empty(), "no pings while streaming");
+        assert_eq!(
+            senders(&running),
+            std::collections::BTreeSet::from([launcher_pid]),
+            "a ping from another process than the launcher: {running:?}"
+        );
+        let pid = nix::unistd::Pid::from_raw(launcher_pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        // What was in flight at the stop, then silence from everyone.
+        let _ = notify.collect(SLACK);
+        let frozen = notify.collect(INTERVAL * 6);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+        assert!(
+            frozen.is_empty(),
+            "pings for a frozen launcher (systemd would keep it): {frozen:?}"
+        );
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let _ = launcher.0.wait();
+    }
+
+    #[test]
+    fn a_stalled_source_stops_the_pings_though_the_lease_is_renewed_and_progress_resumes_them() {
+        let etcd = EtcdServer::start();
+        let env = TestEnv::new();
+        let tuner = Tuner::start(true);
+        let notify = Notify::bind(&env);
+        let mut launcher = launch_in_cluster(&env, &etcd, &notify, &tuner);
+        tuner.wait_for_client();
+        assert!(
+            !notify.collect(INTERVAL * 4).is_empty(),
+            "no pings while streaming"
+        );
+        tuner.set_streaming(false);
+        // The window (1 s) and a monitor tick pass, then no ping at all.
+        let _ = notify.collect(Duration::from_secs(1) + INTERVAL + SLACK);
+        let stalled = notify.collect(INTERVAL * 6);
+        assert!(stalled.is_empty(), "pinged without progress: {stalled:?}");
+        assert!(
+            launcher.0.try_wait().expect("try_wait").is_none(),
+            "the launcher ended: the lease is renewed, only the pings stop"
+        );
+        tuner.set_streaming(true);
+        let resumed = notify.collect(INTERVAL * 5);
+        assert!(!resumed.is_empty(), "progress again, but no ping");
+        // SIGTERM, forwarded to the program's group: nothing is left
+        // holding stderr, which `finish` reads to its end.
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(launcher.pid()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let (_, stderr) = launcher.finish();
+        assert!(
+            stderr.contains("withholding WATCHDOG=1"),
+            "the stall was not logged: {stderr}"
+        );
+    }
+
+    #[test]
+    fn progress_window_needs_progress_watchdog_and_etcd() {
+        let env = TestEnv::new();
+        let tuner = Tuner::start(true);
+        let output = watched(
+            &env,
+            &tuner.source(),
+            &["--progress-window", "5"],
+            &["true"],
+        )
+        .output()
+        .expect("run");
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let output = watched(
+            &env,
+            &tuner.source(),
+            &["--progress-watchdog", "--progress-window", "5"],
+            &["true"],
+        )
+        .output()
+        .expect("run");
+        assert_eq!(output.status.code(), Some(64), "{}", describe(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stderr)
+                .contains("--progress-window was given without --etcd"),
+            "{}",
+            describe(&output)
+        );
+    }
+}

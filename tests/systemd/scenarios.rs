@@ -40,7 +40,14 @@ mod watch;
 mod cluster;
 
 /// The scenarios in run order, by the names `EC_SYSTEMD_ONLY` takes.
-const SCENARIOS: [&str; 5] = ["incident", "fix", "slots", "watch", "cluster"];
+const SCENARIOS: [&str; 6] = [
+    "incident",
+    "fix",
+    "slots",
+    "watch",
+    "cluster",
+    "cluster-fence",
+];
 /// Runs only the named scenarios (comma-separated) of [`SCENARIOS`], to
 /// iterate on one; the boot, the staging and the teardown checks still run.
 /// Unset (CI, the acceptance run), every scenario runs.
@@ -229,6 +236,7 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
         "publisher",
         "reader",
         "stubborn-helper",
+        "detacher",
         "record-exit",
         "inspect",
     ] {
@@ -328,6 +336,7 @@ struct Figures {
     slot_rows: Vec<String>,
     watch: watch::Figures,
     cluster: cluster::Figures,
+    cluster_fence: cluster::fence::Figures,
 }
 
 impl Figures {
@@ -390,6 +399,7 @@ impl Figures {
         println!("  => 503 answers: {}", self.slot_503);
         self.watch.print();
         self.cluster.print();
+        self.cluster_fence.print();
     }
 }
 
@@ -596,6 +606,9 @@ fn scenarios(
     }
     if run("cluster") {
         cluster::scenario(checks, &probe, &mut figures.cluster)?;
+    }
+    if run("cluster-fence") {
+        cluster::fence::scenario(checks, &probe, &mut figures.cluster_fence)?;
     }
     Ok(())
 }

@@ -253,6 +253,10 @@ pub struct Supervisor {
     /// The locks the child inherited: their other holders are stopped
     /// with it on the fence path (`stragglers`).
     watched: Vec<Watched>,
+    /// Stop stragglers and reap orphans ([`spawn_in_cluster`]): only in a
+    /// launcher, whose children are the program and the monitor, never in
+    /// a process with other children someone else waits for (a test run).
+    stragglers: bool,
 }
 
 /// Spawns the prepared program holding `held` (and `slot`) as our child;
@@ -303,9 +307,6 @@ pub fn spawn(
             );
         }
     }
-    // A helper that leaves the child's group, session or tree is
-    // re-parented to us, not to init: found and stopped with it.
-    stragglers::become_subreaper()?;
     let watched = exec::passed_locks(held, slot)
         .into_iter()
         .map(|lock| {
@@ -334,7 +335,26 @@ pub fn spawn(
         signals,
         exits: pidfd_open(pid),
         watched,
+        stragglers: false,
     })
+}
+
+/// [`spawn`] for cluster mode's launcher: first it becomes a child
+/// subreaper, so a helper that leaves the child's group, session or tree
+/// is re-parented to it (not to init) and reaped here; and the fence also
+/// stops every other holder of the child's locks (`stragglers`).
+///
+/// # Errors
+/// [`Error::BecomeSubreaper`], and as [`spawn`].
+pub fn spawn_in_cluster(
+    prepared: Prepared,
+    held: &HeldLock,
+    slot: Option<&HeldSlot>,
+) -> Result<Supervisor, Error> {
+    stragglers::become_subreaper()?;
+    let mut supervisor = spawn(prepared, held, slot)?;
+    supervisor.stragglers = true;
+    Ok(supervisor)
 }
 
 /// The child's side of [`spawn`], between fork and exec.
@@ -399,7 +419,7 @@ impl Supervisor {
             if signalled {
                 self.forward_signals();
                 // A SIGCHLD may be an orphan's, re-parented to us.
-                stragglers::reap_orphans(Some(self.pid));
+                self.reap_orphans();
             }
             if alarm && let Some((renewer, grace)) = fence {
                 // Clear the timerfd; a renewal may have moved the deadline
@@ -431,7 +451,7 @@ impl Supervisor {
         loop {
             child = child.or_else(|| self.reap_if_exited());
             if let Some(child) = child
-                && stragglers::find(&self.watched(), Some(self.pid)).is_empty()
+                && self.no_stragglers()
             {
                 return Ended::Fenced { why, child };
             }
@@ -442,7 +462,7 @@ impl Supervisor {
             // Stragglers have no pidfd of ours: look again every RESCAN.
             if self.poll(None, Some(left.min(RESCAN))).0 {
                 self.forward_signals();
-                stragglers::reap_orphans(Some(self.pid));
+                self.reap_orphans();
             }
             // Newcomers (a helper forked meanwhile) get their SIGTERM too.
             self.signal_stragglers(Signal::SIGTERM);
@@ -458,13 +478,13 @@ impl Supervisor {
             self.signal_stragglers(Signal::SIGKILL);
             child = child.or_else(|| self.reap_if_exited());
             if let Some(child) = child
-                && stragglers::find(&self.watched(), Some(self.pid)).is_empty()
+                && self.no_stragglers()
             {
                 return Ended::Fenced { why, child };
             }
             self.poll(None, Some(RESCAN));
             self.drain_signals();
-            stragglers::reap_orphans(Some(self.pid));
+            self.reap_orphans();
         }
     }
 
@@ -473,7 +493,19 @@ impl Supervisor {
     }
 
     fn signal_stragglers(&self, signal: Signal) {
-        stragglers::signal_all(&self.watched(), Some(self.pid), signal);
+        if self.stragglers {
+            stragglers::signal_all(&self.watched(), Some(self.pid), signal);
+        }
+    }
+
+    fn no_stragglers(&self) -> bool {
+        !self.stragglers || stragglers::find(&self.watched(), Some(self.pid)).is_empty()
+    }
+
+    fn reap_orphans(&self) {
+        if self.stragglers {
+            stragglers::reap_orphans(Some(self.pid));
+        }
     }
 
     /// What the child inherited, watched: [`stragglers::stop`] and the

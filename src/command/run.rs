@@ -911,7 +911,7 @@ fn supervise_in_cluster(
         return Err(Error::Fenced { why });
     }
     session.hand_signals_to_supervisor();
-    let child = crate::supervise::spawn(prepared, &held, slot.as_ref())?;
+    let child = crate::supervise::spawn_in_cluster(prepared, &held, slot.as_ref())?;
     // The monitor learns "the program runs" from this end closing (it was
     // written for exec, where closing is implicit).
     drop(monitor);

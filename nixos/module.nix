@@ -294,6 +294,32 @@ let
   # launcher that freezes while renewals already fail is past what any
   # watchdog can catch in time.
   clusterWatchdogSec = lib.max 1 ((cluster.ttl - cluster.stopGrace - clusterTiming.margin) / 2);
+
+  # A cluster unit's TimeoutStopSec (ECP-0135 section 3): when the launcher
+  # itself is SIGKILLed, systemd's control-group kill is all that stops a
+  # helper that ignores SIGTERM, and it must be done before another node
+  # may start. That node starts no earlier than the lease's expiry plus the
+  # lock delay (stopGrace + margin); the launcher may die as late as the end
+  # of its own fence's grace, when the lease has only the margin left. So
+  # the kill, TimeoutStopSec after the death, must come within stopGrace +
+  # margin, leaving the margin. A clean stop still has stopGrace for the
+  # program and its helpers and the margin to release the keys.
+  clusterStopTimeout = cluster.stopGrace + clusterTiming.margin;
+  # A unit's watchdogSec (seconds, or a time span) in whole seconds, up.
+  progressWindowSeconds =
+    span:
+    let
+      seconds = if builtins.isInt span then span else timeSpanSeconds span;
+    in
+    lib.max 1 (
+      if builtins.isInt seconds then seconds else builtins.ceil seconds
+    );
+  clusterStopTimeoutFits =
+    value:
+    let
+      seconds = timeSpanSeconds (toString value);
+    in
+    seconds != null && seconds <= clusterStopTimeout;
   watchdogBeatsLease =
     3 * (clusterWatchdogSec + cluster.stopGrace + clusterTiming.margin) <= 2 * cluster.ttl;
 
@@ -679,6 +705,12 @@ let
             it. Only for network sources over TCP (HTTP, RTSP with RTP over
             TCP, RTMP); not for `/dev/…`, `udp://`, `rtp://` or `srt://`.
             A program that sends `WATCHDOG=1` itself may ping as well.
+            In cluster mode the unit keeps the cluster watchdog
+            (`WatchdogSec=` from `cluster.ttl`, `NotifyAccess=main`) and this
+            becomes `--progress-window`: the launcher pings only while its
+            lease is renewed and bytes arrived within this span, so neither
+            the monitor nor the program can keep a frozen launcher's unit
+            alive.
           '';
         };
 
@@ -829,6 +861,7 @@ let
       optionPath,
       unit,
       sourceRequired,
+      serviceName,
       ...
     }:
     let
@@ -886,6 +919,16 @@ let
               "TimeoutAbortSec"
             ]);
           message = "${optionPath}.serviceConfig: WatchdogSec, NotifyAccess and TimeoutAbortSec are set by cluster mode (the launcher pings systemd's watchdog, so a frozen launcher is killed within stopGrace, before its lease lapses); remove them, or use watchdogSec for the progress watchdog.";
+        }
+        {
+          assertion =
+            !(cluster.enable && (unit.source != null || unit.sourceFile != null))
+            || clusterStopTimeoutFits (
+              config.systemd.services.${serviceName}.serviceConfig.TimeoutStopSec or clusterStopTimeout
+            );
+          message = "${optionPath}.serviceConfig.TimeoutStopSec (or systemd.services.${serviceName}.serviceConfig.TimeoutStopSec): ${
+            toString (config.systemd.services.${serviceName}.serviceConfig.TimeoutStopSec or "")
+          } is more than cluster.stopGrace + ${toString clusterTiming.margin} s (${toString clusterStopTimeout} s), or not a time span this module can read: when ec-launch itself is killed, systemd's kill of the unit's cgroup must end every reader before another node may start (the lease's expiry plus the lock delay); remove the override (cluster mode sets ${toString clusterStopTimeout}s), or raise cluster.stopGrace.";
         }
         {
           assertion = unit.device == null || cfg.devices ? ${unit.device};
@@ -1008,6 +1051,13 @@ let
         ]
         ++ tunerArgs unit
         ++ lib.optional (unit.watchdogSec != null) "--progress-watchdog"
+        # In cluster mode the unit's WatchdogSec is the launcher's; the
+        # progress watchdog's span becomes the window within which the
+        # launcher needs progress to vouch.
+        ++ lib.optionals (unit.watchdogSec != null && cluster.enable) [
+          "--progress-window"
+          (toString (progressWindowSeconds unit.watchdogSec))
+        ]
         ++ clusterArgs
         ++ lib.optionals (unit.source != null) [
           "--source"
@@ -1037,6 +1087,12 @@ let
         (ownUnitPolicy
           // lib.optionalAttrs (hasSource && cluster.enable) {
             SuccessExitStatus = unitPolicy.restart.SuccessExitStatus ++ [ 143 ];
+            TimeoutStopSec = "${toString clusterStopTimeout}s";
+          }
+          # A unit's own TimeoutStopSec is checked (an assertion) instead of
+          # clashing with the derived one.
+          // lib.optionalAttrs (hasSource && cluster.enable && unit.serviceConfig ? TimeoutStopSec) {
+            TimeoutStopSec = unit.serviceConfig.TimeoutStopSec;
           })
         {
           Type = "exec";
@@ -1053,25 +1109,27 @@ let
           EnvironmentFile = literalPath unit.environmentFile;
         })
         # The progress watchdog: its monitor is not the main process, so
-        # systemd must accept notifications from the whole cgroup.
-        (mkIf (hasSource && unit.watchdogSec != null) {
+        # systemd must accept notifications from the whole cgroup. Not in
+        # cluster mode, where only the launcher vouches (below).
+        (mkIf (hasSource && unit.watchdogSec != null && !cluster.enable) {
           WatchdogSec = unit.watchdogSec;
           NotifyAccess = "all";
         })
         # Cluster mode: etcd's credentials, and the watchdog on the
         # launcher, which stays the main process (so `Type=exec` still
         # holds, and only the main PID may notify) and pings from its
-        # renewal thread. A unit with the progress watchdog keeps that one
-        # (its monitor feeds it, NotifyAccess=all, above). A watchdog abort
-        # ends the cgroup within stopGrace, as the launcher's own fence
-        # would; the default (TimeoutStopSec) could outlast the lease.
+        # renewal thread (ECP-0135 section 4): always, with the progress
+        # watchdog too, whose monitor then reports to the launcher, never to
+        # systemd, so neither it nor the program can keep a frozen launcher's
+        # unit alive. A watchdog abort ends the cgroup within stopGrace, as
+        # the launcher's own fence would.
         (mkIf (hasSource && cluster.enable && clusterFiles != [ ]) {
           LoadCredential = map (file: "${file.name}:${literalPath (credentialSource file.path)}") clusterFiles;
         })
         (mkIf (hasSource && cluster.enable) {
           TimeoutAbortSec = cluster.stopGrace;
         })
-        (mkIf (hasSource && cluster.enable && unit.watchdogSec == null) {
+        (mkIf (hasSource && cluster.enable) {
           WatchdogSec = clusterWatchdogSec;
           NotifyAccess = "main";
         })
@@ -1276,7 +1334,8 @@ in
       example = "30s";
       description = ''
         `TimeoutStopSec=`: how long systemd waits after SIGTERM before it
-        SIGKILLs whatever is left in a unit's cgroup.
+        SIGKILLs whatever is left in a unit's cgroup. In cluster mode the
+        units with a source get `cluster.stopGrace` + 1 s instead.
       '';
     };
 
@@ -1330,7 +1389,7 @@ in
           restarts. Must be more than 2 × (stopGrace + 1); an assertion
           names the minimum. Also sets the unit's `WatchdogSec=` to
           (ttl - stopGrace - 1) / 2 seconds (rounded down, at least 1) with
-          `NotifyAccess=main`, unless the unit has `watchdogSec`; below
+          `NotifyAccess=main`, with or without the unit's `watchdogSec`; below
           3 × (stopGrace + 1) that watchdog may kill a frozen launcher
           after its lease expired (warned about).
         '';
@@ -1341,8 +1400,13 @@ in
         default = clusterTiming.stopGrace;
         description = ''
           Seconds between SIGTERM and SIGKILL when the launcher stops the
-          program because its lease is at risk (`--etcd-stop-grace`); also
-          the unit's `TimeoutAbortSec=`, so a watchdog abort is as quick.
+          program because its lease is at risk (`--etcd-stop-grace`), and
+          a helper still holding the program's lock after it exited; also
+          the unit's `TimeoutAbortSec=`, so a watchdog abort is as quick,
+          and, plus 1 s, its `TimeoutStopSec=` (in place of `stopTimeout`):
+          when `ec-launch` itself is killed, systemd's kill of the cgroup
+          must end every reader before another node may start. A unit's
+          own `TimeoutStopSec` above that fails an assertion.
           `stopTimeout` must exceed it by more than 1 s.
         '';
       };

@@ -121,6 +121,10 @@ pub struct RunArgs {
     #[arg(long, env = "EC_LAUNCH_RECLAIM_ESCAPED")]
     pub reclaim_escaped: bool,
 
+    /// Cluster mode with --progress-watchdog: the launcher pings systemd's watchdog only while its lease is renewed and bytes arrived within SECS [default: WatchdogSec=]
+    #[arg(long, value_name = "SECS", requires = "progress_watchdog", value_parser = parse_seconds)]
+    pub progress_window: Option<Duration>,
+
     /// The program and its arguments, after `--`; `{source}` in an argument is replaced by the source
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]", value_parser = clap::value_parser!(OsString))]
     pub command: Vec<OsString>,

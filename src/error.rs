@@ -204,6 +204,14 @@ pub enum Error {
         #[source]
         source: Errno,
     },
+    /// Cluster mode: the launcher must be a child subreaper, so a helper
+    /// that leaves the program's process group stays where the launcher
+    /// finds and stops it before releasing the keys (ECP-0135).
+    #[error("cannot become a child subreaper (prctl PR_SET_CHILD_SUBREAPER)")]
+    BecomeSubreaper {
+        #[source]
+        source: Errno,
+    },
     #[error("cannot open a signalfd for SIGTERM, SIGINT, SIGHUP and SIGCHLD")]
     WatchSignals {
         #[source]
@@ -396,9 +404,12 @@ impl Error {
                 LockUnusable,
                 "another user could delete it while we hold it: if that user is the service, run as it (e.g. runuser -u <user> -- ec-launch …); otherwise inspect the file and remove it",
             ),
-            Self::MakeLockBlocking { .. } | Self::PassLock { .. } | Self::ResetSigpipe { .. } => {
-                (OsError, REPORT_HINT)
-            }
+            Self::MakeLockBlocking { .. }
+            | Self::PassLock { .. }
+            | Self::ResetSigpipe { .. }
+            | Self::BlockSignals { .. }
+            | Self::WatchSignals { .. }
+            | Self::BecomeSubreaper { .. } => (OsError, REPORT_HINT),
             Self::DuplicateLockDescriptor { .. } => (
                 OsError,
                 "the process is at its open-file limit: raise LimitNOFILE= (ulimit -n) for this service",
@@ -485,7 +496,7 @@ impl Error {
                 BadArgument,
                 "pass whole seconds, rounded up (e.g. --etcd-ttl 4 for 3.9): the fence's budget is checked against the TTL etcd grants",
             ),
-            Self::BlockSignals { .. } | Self::WatchSignals { .. } => (OsError, REPORT_HINT),
+
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => (NotFound, "check the program name and PATH"),
                 _ => (

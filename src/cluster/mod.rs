@@ -15,6 +15,7 @@ pub mod fence;
 pub mod keyspace;
 pub mod record;
 pub mod session;
+pub mod vouch;
 
 /// The real-etcd test harness, shared with the integration tests.
 #[cfg(test)]

@@ -33,6 +33,7 @@ use super::etcd::{EtcdClient, EtcdError, KeepAlive, KeyValue};
 use super::fence::{self, BootInstant, Renewal, Renewer};
 use super::keyspace;
 use super::record::ClusterRecord;
+use super::vouch::Vouch;
 use crate::error::Error;
 use crate::supervise::{self, Interrupts};
 
@@ -88,7 +89,9 @@ impl std::fmt::Debug for SlotClaim<'_> {
 /// the client they use.
 pub struct Session {
     client: EtcdClient,
-    config_ping_watchdog: bool,
+    /// What the renewers consult before pinging systemd's watchdog;
+    /// `None`: they do not ping.
+    vouch: Option<Vouch>,
     timing: fence::FenceTiming,
     /// The lease all keys are under; 0 when none. Shared with the
     /// interrupt thread, which revokes it on a stop request.
@@ -151,7 +154,7 @@ impl Session {
     ///
     /// # Errors
     /// etcd cannot be reached, refuses our credentials, or a file cannot be read.
-    pub fn open(config: &ClusterConfig, ping_watchdog: bool) -> Result<Self, Error> {
+    pub fn open(config: &ClusterConfig, vouch: Option<Vouch>) -> Result<Self, Error> {
         // From the renewer on, the process has threads: signals are read
         // (by the interrupt thread now, the supervisor later), never
         // handled, so they are blocked before any thread starts.
@@ -160,7 +163,7 @@ impl Session {
         let client = EtcdClient::connect(&config.connection.connect)?;
         let mut session = Self {
             client,
-            config_ping_watchdog: ping_watchdog,
+            vouch,
             timing: config.timing,
             lease: Arc::default(),
             renewer: None,
@@ -190,7 +193,7 @@ impl Session {
             self.timing,
             sent,
             lease.ttl,
-            self.config_ping_watchdog,
+            self.vouch.clone(),
             Box::new({
                 let mut failed_last = false;
                 move || {
@@ -274,6 +277,10 @@ impl Session {
     /// which forwards them to it.
     pub fn hand_signals_to_supervisor(&mut self) {
         self.program_started = true;
+        // From here on progress counts, when the progress watchdog is on.
+        if let Some(vouch) = &self.vouch {
+            vouch.program_started();
+        }
         if let Some(interrupts) = self.interrupts.take() {
             interrupts.stop();
         }

@@ -23,6 +23,7 @@ use crate::cluster::claim::Disagreement;
 use crate::cluster::keyspace;
 use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
 use crate::cluster::session::{Busy, Session, SlotClaim, SourceClaim, Taken};
+use crate::cluster::vouch::Vouch;
 use crate::error::Error;
 use crate::exec::{self, Launch};
 use crate::exit_code::ExitStatus;
@@ -60,6 +61,8 @@ struct RunConfig {
     /// With `--tuners`: which device's slots, and how many.
     tuners: Option<TunerConfig>,
     progress_watchdog: bool,
+    /// `--progress-window` (cluster mode only).
+    progress_window: Option<Duration>,
     /// With `--etcd`: cluster mode (ECP-0134).
     cluster: Option<ClusterConfig>,
     /// `--priority` (ECP-0139).
@@ -115,6 +118,12 @@ impl RunConfig {
         // Before the device is asked (`--tuners auto`): a bad cluster
         // setting is the cheaper thing to find out.
         let cluster = ClusterConfig::from_args(&args.cluster)?;
+        if args.progress_window.is_some() && cluster.is_none() {
+            // Locally the monitor feeds systemd itself: no window to apply.
+            return Err(Error::ClusterOptionWithoutEtcd {
+                flag: "--progress-window",
+            });
+        }
         let tuners = match args.tuners {
             None => None,
             Some(tuners) => {
@@ -142,6 +151,7 @@ impl RunConfig {
             args: command.collect(),
             tuners,
             progress_watchdog: args.progress_watchdog,
+            progress_window: args.progress_window,
             cluster,
             priority,
             preempt_grace: args.preempt_grace,
@@ -239,7 +249,13 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
     // Forked before any lock file is opened, so it never has a lock
     // descriptor; kept until exec, which tells it the program runs.
-    let monitor = watchdog::start_if_asked(config.progress_watchdog, &config.source)?;
+    // In cluster mode it reports to the launcher, which alone vouches to
+    // systemd (ECP-0135 section 4).
+    let monitor = watchdog::start_if_asked(
+        config.progress_watchdog,
+        &config.source,
+        config.cluster.is_some(),
+    )?;
     // Only now, with nothing left to validate, is the lock directory touched.
     let me = Launcher::current();
     lock::ensure_lock_dir(&config.lock_dir, &me)?;
@@ -281,7 +297,7 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
         deadline,
         me: &me,
     };
-    launch.holding(&held, prepared, monitor, wait_started)
+    launch.holding(held, prepared, monitor, wait_started)
 }
 
 /// A launch that holds its source lock: what the rest needs to know.
@@ -301,12 +317,13 @@ impl Launching<'_> {
     /// runs the program: by exec, or supervised in cluster mode.
     fn holding(
         &self,
-        held: &HeldLock,
+        held: HeldLock,
         prepared: exec::Prepared,
-        monitor: Option<watchdog::Monitor>,
+        mut monitor: Option<watchdog::Monitor>,
         mut wait_started: Option<Instant>,
     ) -> Result<ExitStatus, Error> {
         let config = self.config;
+        let progress = monitor.as_mut().and_then(watchdog::Monitor::take_progress);
         let unit = cgroup::own_unit();
         // Only a service's launch can escape it (ECP-0139); a launch by hand
         // does not pay for reading the mount table.
@@ -328,7 +345,7 @@ impl Launching<'_> {
             record.cgroup.clone_from(&cgroup_dir);
             record
         };
-        write_record(held, &record(), "lock");
+        write_record(&held, &record(), "lock");
         // The cluster's key after the node's (ECP-0134): two units on one
         // node never race through etcd. Nothing of it runs without --etcd.
         let (source_value, slot_value, waiting_value) =
@@ -350,7 +367,7 @@ impl Launching<'_> {
             Some(cluster) => {
                 match take_cluster_source(
                     config,
-                    cluster,
+                    (cluster, progress),
                     &source_claim,
                     self.program_name,
                     &mut wait_started,
@@ -407,12 +424,12 @@ impl Launching<'_> {
             (Some(session), Some(cluster)) => supervise_in_cluster(
                 prepared,
                 held,
-                slot.as_ref(),
+                slot,
                 session,
                 cluster.timing.stop_grace,
                 monitor,
             ),
-            _ => Err(exec::exec(prepared, held, slot.as_ref())),
+            _ => Err(exec::exec(prepared, &held, slot.as_ref())),
         }
     }
 
@@ -832,14 +849,24 @@ fn seconds(duration: Duration) -> String {
 /// stayed held elsewhere (reported here).
 fn take_cluster_source(
     config: &RunConfig,
-    cluster: &ClusterConfig,
+    (cluster, progress): (&ClusterConfig, Option<std::os::fd::OwnedFd>),
     claim: &SourceClaim<'_>,
     program_name: &str,
     wait_started: &mut Option<Instant>,
 ) -> Result<Option<Session>, Error> {
-    // The progress monitor, when asked, feeds systemd's watchdog instead.
-    let ping_watchdog = !config.progress_watchdog;
-    let mut session = Session::open(cluster, ping_watchdog)?;
+    // Only the launcher vouches to systemd: for its renewal, and for the
+    // program's progress when the monitor reports it (ECP-0135 section 4).
+    let vouch = match progress {
+        Some(feed) => {
+            let window = config
+                .progress_window
+                .or_else(watchdog::watchdog_sec)
+                .unwrap_or(Duration::from_secs(30));
+            Vouch::with_progress(feed, window)
+        }
+        None => Vouch::renewal_only(),
+    };
+    let mut session = Session::open(cluster, Some(vouch))?;
     let mut announce_wait = |holder: &crate::cluster::etcd::KeyValue| {
         wait_started.get_or_insert_with(Instant::now);
         tracing::info!(
@@ -1030,8 +1057,8 @@ fn settle_in_cluster(
 /// stop the program before the lease can expire unrenewed.
 fn supervise_in_cluster(
     prepared: exec::Prepared,
-    held: &HeldLock,
-    slot: Option<&HeldSlot>,
+    held: HeldLock,
+    slot: Option<HeldSlot>,
     mut session: Session,
     stop_grace: Duration,
     monitor: Option<watchdog::Monitor>,
@@ -1042,13 +1069,18 @@ fn supervise_in_cluster(
         return Err(Error::Fenced { why });
     }
     session.hand_signals_to_supervisor();
-    let child = crate::supervise::spawn(prepared, held, slot)?;
+    let child = crate::supervise::spawn_in_cluster(prepared, &held, slot.as_ref())?;
     // The monitor learns "the program runs" from this end closing (it was
     // written for exec, where closing is implicit).
     drop(monitor);
     let ended = child.wait(session.renewer().map(|r| (r, stop_grace)));
+    // The keys go only when the kernel says the locks are free: a helper
+    // outside the program's group may still read (ECP-0135 section 3).
+    let watched = child.into_watched();
+    let held = std::iter::once(held).chain(slot.map(|slot| slot.lock));
+    crate::stragglers::until_free(&watched, held, stop_grace);
     // At once: the next holder need not wait for the lease to expire, nor
-    // (the mark says the program is gone) for the lock delay.
+    // (the mark says no reader of ours is left) for the lock delay.
     session.release_clean();
     match ended {
         crate::supervise::Ended::Exited(code) => {

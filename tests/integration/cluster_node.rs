@@ -48,9 +48,14 @@ tag=$1 tuners=$2 secs=${3:-600}
 # (kept across exec), so its read returns at the reader's death; in a
 # session of its own, so no signal for the reader's process group reaches
 # it. It says it is ready just before it blocks, and the reader starts
-# reading only then: a stop is stamped when it happens, never late.
+# reading only then: a stop is stamped when it happens, never late. It
+# closes the inherited lock descriptors first: it reads no tuner, and a
+# holder of the source lock is a reader the launcher stops (ECP-0135).
 mkfifo "ready.$tag" || exit 97
-exec 7> >(exec setsid bash -c 'echo > "ready.$1"; read -r _; echo "stop $1 $EPOCHREALTIME" >> events' bash "$tag")
+exec 7> >(exec setsid bash -c '
+  [ -n "$EC_SOURCE_LOCK_FD" ] && exec {EC_SOURCE_LOCK_FD}>&-
+  [ -n "$EC_TUNER_SLOT_FD" ] && exec {EC_TUNER_SLOT_FD}>&-
+  echo > "ready.$1"; read -r _; echo "stop $1 $EPOCHREALTIME" >> events' bash "$tag")
 read -r _ < "ready.$tag"
 for ((i = 0; i < tuners; i++)); do
   exec 9>>"tuner.$i"

@@ -346,11 +346,13 @@ let
       let
         s = clusterSc (clusterOn { ttl = 30; stopGrace = 5; }) "every-channel-publisher-tuner-a";
       in
-      check (s.TimeoutAbortSec == 5 && s.TimeoutStopSec == "10s") (builtins.toJSON s);
+      check (s.TimeoutAbortSec == 5 && s.TimeoutStopSec == "6s") (builtins.toJSON s);
 
-    "a unit with a progress watchdog keeps it, with NotifyAccess=all, and gets no cluster watchdog" =
+    # Issue 16 item 3: the progress watchdog used to replace the cluster
+    # watchdog with NotifyAccess=all, so its monitor fed systemd for a
+    # frozen launcher. Only the launcher vouches now.
+    "a cluster unit with a progress watchdog keeps the cluster watchdog with NotifyAccess=main and passes the span as --progress-window" =
       let
-        withProgress = clusterOn { };
         progress = evalConfig (lib.recursiveUpdate base {
           services.every-channel = {
             cluster = { enable = true; endpoints = etcdEndpoints; };
@@ -360,13 +362,51 @@ let
         s = clusterSc progress "every-channel-publisher-tuner-a";
       in
       check (
-        s.WatchdogSec == "30s"
-        && s.NotifyAccess == "all"
+        s.WatchdogSec == 3
+        && s.NotifyAccess == "main"
         && s.TimeoutAbortSec == 2
-        && has ''"--progress-watchdog" ${etcdFlags} "--node" "nixos" "--source"'' s.ExecStart
-        && (clusterSc withProgress "every-channel-publisher-leaky").WatchdogSec == 3
+        && has ''"--progress-watchdog" "--progress-window" "30" ${etcdFlags} "--node" "nixos" "--source"'' s.ExecStart
         && failingAssertions progress == [ ]
       ) (builtins.toJSON s);
+
+    # Issue 16 item 2: with the launcher SIGKILLed, systemd's cgroup kill is
+    # what ends a SIGTERM-ignoring helper; it must come within stopGrace +
+    # margin, before another node may start.
+    "a cluster unit's TimeoutStopSec is stopGrace + margin, whatever stopTimeout says" =
+      let
+        s = grace: stopTimeout: clusterSc (withEveryChannel {
+          inherit stopTimeout;
+          cluster = { enable = true; endpoints = etcdEndpoints; stopGrace = grace; ttl = 30; };
+        }) "every-channel-publisher-tuner-a";
+        plain = withEveryChannel { stopTimeout = "60s"; };
+      in
+      check (
+        (s 2 "10s").TimeoutStopSec == "3s"
+        && (s 5 "60s").TimeoutStopSec == "6s"
+        && (clusterSc plain "every-channel-publisher-tuner-a").TimeoutStopSec == "60s"
+      ) (builtins.toJSON (s 2 "10s"));
+
+    "a cluster unit's own TimeoutStopSec beyond stopGrace + margin fails with a readable assertion" =
+      let
+        failing = extra: failingAssertions (evalConfig (lib.recursiveUpdate base {
+          services.every-channel = {
+            cluster = { enable = true; endpoints = etcdEndpoints; };
+            publishers.tuner-a.serviceConfig = extra;
+          };
+        }));
+        forced = failingAssertions (evalConfig (lib.recursiveUpdate base {
+          services.every-channel.cluster = { enable = true; endpoints = etcdEndpoints; };
+          systemd.services.every-channel-publisher-tuner-a.serviceConfig.TimeoutStopSec = lib.mkForce "90s";
+        }));
+        message = value: "services.every-channel.publishers.tuner-a.serviceConfig.TimeoutStopSec (or systemd.services.every-channel-publisher-tuner-a.serviceConfig.TimeoutStopSec): ${value} is more than cluster.stopGrace + 1 s (3 s), or not a time span this module can read: when ec-launch itself is killed, systemd's kill of the unit's cgroup must end every reader before another node may start (the lease's expiry plus the lock delay); remove the override (cluster mode sets 3s), or raise cluster.stopGrace.";
+      in
+      check (
+        failing { TimeoutStopSec = "30s"; } == [ (message "30s") ]
+        && failing { TimeoutStopSec = "4"; } == [ (message "4") ]
+        && failing { TimeoutStopSec = "3s"; } == [ ]
+        && failing { TimeoutStopSec = "2500ms"; } == [ ]
+        && forced == [ (message "90s") ]
+      ) (builtins.toJSON (failing { TimeoutStopSec = "30s"; } ++ forced));
 
     "a fenced launcher (exit 76) is restarted: RestartPreventExitStatus is 75 only" =
       let

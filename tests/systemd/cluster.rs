@@ -40,6 +40,11 @@ use crate::harness::Staging;
 use crate::policy::{self, Hardening, StopTimeout, UnitPolicy};
 use crate::programs::{ProcessFacts, RECORD_DIR, SUITE_DIR, unix_micros};
 
+/// Issue 16: a helper outside the program's group with the launcher
+/// SIGKILLed, and a frozen launcher, each beside a standby node.
+#[path = "cluster_fence.rs"]
+pub mod fence;
+
 const ETCD_UNIT: &str = "ec-etcd.service";
 const ETCD_BINARY: &str = "/usr/bin/etcd";
 const ETCDCTL_BINARY: &str = "/usr/bin/etcdctl";
@@ -181,6 +186,7 @@ pub fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> R
             &format!("ExecStart={SUITE_DIR}/tuner-emulator --listen {DEVICE} --tuners {TUNERS}\n"),
         ),
     )?;
+    fence::stage(staging, policy, hardening, watchdog)?;
     for node in [NODE_A, NODE_B] {
         let service = format!(
             "ExecStart={} run --etcd {ETCD_URL} --etcd-ttl {TTL_SECS} --etcd-stop-grace {STOP_GRACE_SECS} --node {} --lock-dir {} --on-busy wait --source {} -- {SUITE_DIR}/reader {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\nWatchdogSec={watchdog}\nNotifyAccess=main\nTimeoutAbortSec={STOP_GRACE_SECS}\n{}{CLUSTER_SUCCESS}{}ReadWritePaths={RECORD_DIR}\n",

@@ -43,7 +43,15 @@ mod watch;
 mod cluster;
 
 /// The scenarios in run order, by the names `EC_SYSTEMD_ONLY` takes.
-const SCENARIOS: [&str; 6] = ["incident", "fix", "slots", "watch", "priority", "cluster"];
+const SCENARIOS: [&str; 7] = [
+    "incident",
+    "fix",
+    "slots",
+    "watch",
+    "priority",
+    "cluster",
+    "cluster-fence",
+];
 /// Runs only the named scenarios (comma-separated) of [`SCENARIOS`], to
 /// iterate on one; the boot, the staging and the teardown checks still run.
 /// Unset (CI, the acceptance run), every scenario runs.
@@ -232,6 +240,7 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
         "publisher",
         "reader",
         "stubborn-helper",
+        "detacher",
         "record-exit",
         "inspect",
     ] {
@@ -333,6 +342,7 @@ struct Figures {
     watch: watch::Figures,
     priority: priority::Figures,
     cluster: cluster::Figures,
+    cluster_fence: cluster::fence::Figures,
 }
 
 impl Figures {
@@ -396,6 +406,7 @@ impl Figures {
         self.watch.print();
         self.priority.print();
         self.cluster.print();
+        self.cluster_fence.print();
     }
 }
 
@@ -605,6 +616,9 @@ fn scenarios(
     }
     if run("cluster") {
         cluster::scenario(checks, &probe, &mut figures.cluster)?;
+    }
+    if run("cluster-fence") {
+        cluster::fence::scenario(checks, &probe, &mut figures.cluster_fence)?;
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use crate::cli::{OnBusy, RunArgs};
 use crate::cluster::ClusterConfig;
 use crate::cluster::claim::Disagreement;
 use crate::cluster::keyspace;
+use crate::cluster::placement::{Want, WantRecord};
 use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
 use crate::cluster::session::{Busy, Session, SlotClaim, SourceClaim, Taken};
 use crate::error::Error;
@@ -103,7 +104,7 @@ impl RunConfig {
         }
         // Before the device is asked (`--tuners auto`): a bad cluster
         // setting is the cheaper thing to find out.
-        let cluster = ClusterConfig::from_args(&args.cluster)?;
+        let cluster = ClusterConfig::from_args(&args.cluster, args.on_busy == OnBusy::Wait)?;
         let tuners = match args.tuners {
             None => None,
             Some(tuners) => {
@@ -301,11 +302,25 @@ impl Launching<'_> {
         // node never race through etcd. Nothing of it runs without --etcd.
         let (source_value, slot_value, waiting_value) =
             cluster_values(config, unit.as_ref(), self.redacted);
+        let want_value = || {
+            config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
+                let weight = cluster.spread.map_or(1, |spread| spread.weight);
+                WantRecord::for_this_launch(&cluster.connection.node, unit.clone(), weight)
+                    .to_json()
+            })
+        };
         let source_claim = SourceClaim {
             key: config.key.as_str(),
             value: &source_value,
             wait: matches!(config.policy, BusyPolicy::Wait { .. }),
             until: self.deadline,
+            spread: config.cluster.as_ref().and_then(|cluster| {
+                Some(Want {
+                    node: &cluster.connection.node,
+                    weight: cluster.spread?.weight,
+                    value: &want_value,
+                })
+            }),
         };
         let slot_claim = config.tuners.as_ref().map(|tuners| SlotClaim {
             device: tuners.device.as_str(),

@@ -491,8 +491,11 @@ pub fn claim(
         let standing = census.standing(spread.node, spread.weight, spread.source, &|node| {
             memory.suspects.contains_key(node)
         });
+        // The delays count from when the picture settled: a settle delay
+        // that ran out while nodes were still registering would let a node
+        // at its share take a source before the late ones had a turn.
         let quiet = (memory.last_new_want + QUIET).min(free_since + QUIET_GIVES_WAY);
-        let gate = (free_since + standing.delay()).max(quiet);
+        let gate = free_since.max(quiet) + standing.delay();
         if now >= gate {
             let turn_revision = census.turns.get(spread.node).copied().unwrap_or(0);
             let value = (spread.value)();
@@ -508,6 +511,10 @@ pub fn claim(
                         held = standing.held,
                         share = standing.share,
                         below = standing.below,
+                        position = standing.position,
+                        sources = census.sources.len(),
+                        nodes = census.nodes.len(),
+                        waited_ms = now.saturating_duration_since(free_since).as_millis(),
                         "placement: source taken in this node's turn"
                     );
                     witness.took(

@@ -11,6 +11,7 @@
 mod cli;
 mod cluster;
 mod cluster_node;
+mod cluster_placement;
 mod cluster_slots;
 mod device;
 mod entry;

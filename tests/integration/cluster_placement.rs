@@ -487,3 +487,71 @@ fn a_node_started_alone_keeps_everything_until_its_programs_restart_then_the_res
     assert_eq!(moved, 8);
     assert!(fleet.overlaps().is_empty(), "{}", fleet.overlaps());
 }
+
+#[test]
+fn placement_options_without_etcd_are_refused_with_64_before_anything_runs() {
+    let env = TestEnv::new();
+    for (flag, value) in [("--placement", "spread"), ("--node-weight", "2")] {
+        env.launch("http://10.0.0.7:5004/auto/v1.1")
+            .args(["--on-busy", "wait", flag, value])
+            .expect_status(64)
+            .one_line_error(flag)
+            .stderr_contains("--etcd")
+            .program_did_not_run()
+            .run();
+    }
+    env.launch("http://10.0.0.7:5004/auto/v1.1")
+        .env("EC_LAUNCH_NODE_WEIGHT", "2")
+        .expect_status(64)
+        .one_line_error("--node-weight")
+        .program_did_not_run()
+        .run();
+}
+
+#[test]
+fn spread_with_on_busy_skip_is_refused_and_a_weight_outside_one_to_a_thousand_too() {
+    let env = TestEnv::new();
+    // Refused before etcd is asked: no server needed.
+    let node = Node::new(&env, "a", "http://127.0.0.1:9");
+    node.launch(&source(1))
+        .args(["--placement", "spread"])
+        .expect_status(64)
+        .one_line_error("--placement spread needs --on-busy wait")
+        .program_did_not_run()
+        .run();
+    for weight in ["0", "1001", "-1", "x"] {
+        node.launch(&source(1))
+            .args(["--on-busy", "wait", &format!("--node-weight={weight}")])
+            .expect_failure()
+            .stderr_contains("--node-weight")
+            .program_did_not_run()
+            .run();
+    }
+}
+
+#[test]
+fn placement_first_takes_a_free_source_at_once_as_before() {
+    crate::etcd_server::require_etcd();
+    let env = TestEnv::new();
+    let etcd = EtcdServer::start();
+    let mut fleet = Fleet::new(&env, &etcd, &[1]);
+    let n = &fleet.nodes[0];
+    let program = [
+        env.path("placed").display().to_string(),
+        tag(1),
+        "a".to_owned(),
+    ];
+    let started = Instant::now();
+    let launcher = n.start(
+        n.launch(&source(1))
+            .args(["--on-busy", "wait", "--placement", "first"])
+            .program(program),
+    );
+    fleet.launchers.insert((0, 1), launcher);
+    assert!(fleet.wait_running(1, Duration::from_secs(10)));
+    // No wanted key: a first launcher is not counted as spread.
+    let nodes = fleet.status_nodes();
+    assert_eq!(nodes["a"]["held"], 1, "{nodes:?}");
+    assert_eq!(nodes["a"]["waiting"], serde_json::json!([]), "{nodes:?}");
+    eprintln!("--placement first ran its program {:.2?} after start", started.elapsed());
+}

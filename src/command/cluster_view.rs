@@ -208,6 +208,15 @@ impl ClusterReport {
             if in_cluster.is_empty() || in_cluster.iter().any(|h| h.this_node) {
                 continue;
             }
+            // A spread launcher of this node waits for the key (ECP-0140):
+            // it holds the local lock while it waits, by design, and runs
+            // no program.
+            let waits_here = self.nodes.iter().flatten().any(|node| {
+                node.this_node && node.waiting.iter().any(|waiting| waiting == key)
+            });
+            if waits_here {
+                continue;
+            }
             let nodes: Vec<String> = in_cluster
                 .iter()
                 .map(|h| {

@@ -205,7 +205,9 @@ pub enum Error {
     #[error("--node is empty or has control characters")]
     BadNodeName,
     /// Cluster mode: `--placement spread` with `--on-busy skip` (ECP-0140).
-    #[error("--placement spread needs --on-busy wait: a launcher that exits when the source is held has no turn to wait for")]
+    #[error(
+        "--placement spread needs --on-busy wait: a launcher that exits when the source is held has no turn to wait for"
+    )]
     SpreadNeedsWait,
     /// Cluster mode: the claims started over [`crate::cluster::session::MOST_RESTARTS`]
     /// times in a row, each after an answer that left unknown what we hold.

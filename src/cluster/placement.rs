@@ -384,6 +384,12 @@ struct Memory {
     last_new_want: Instant,
     /// Nodes whose source key was seen lost uncleanly, and when.
     suspects: HashMap<String, Instant>,
+    /// The holder `on_wait` was last told of.
+    told_holder: Option<(i64, i64)>,
+    /// The "at or above its share" wait was logged.
+    told_turn: bool,
+    /// Takes that failed on a moved turn, in this claim.
+    turn_moved: u32,
 }
 
 impl Memory {
@@ -428,7 +434,6 @@ pub fn claim(
 ) -> Result<Claimed, EtcdError> {
     super::etcd::ensure_lease("spread claim", lease)?;
     let key = keyspace::source(spread.source).into_bytes();
-    let turn = keyspace::turn(spread.node).into_bytes();
     client.put(
         keyspace::wanted(spread.source, lease).as_bytes(),
         &(spread.want)(),
@@ -439,120 +444,57 @@ pub fn claim(
         wants: HashSet::new(),
         last_new_want: Instant::now(),
         suspects: HashMap::new(),
+        told_holder: None,
+        told_turn: false,
+        turn_moved: 0,
     };
-    let mut told: Option<(i64, i64)> = None;
-    let mut told_turn = false;
-    let mut turn_moved = 0_u32;
     let everything = keyspace::everything().into_bytes();
     loop {
         let (kvs, revision) = client.list_at(&everything)?;
-        let wants: HashSet<Vec<u8>> = kvs
-            .iter()
-            .filter(|kv| matches!(keyspace::parse(&kv.key), Some(Named::Wanted { .. })))
-            .map(|kv| kv.key.clone())
-            .collect();
-        if !memory.wants.is_empty() && !wants.is_subset(&memory.wants) {
-            memory.last_new_want = Instant::now();
-        }
-        memory.wants = wants;
+        memory.looked(&kvs);
         if let Some(holder) = kvs.iter().find(|kv| kv.key == key) {
             if holder.lease == lease {
                 // An earlier txn whose answer was lost did succeed.
                 witness.took(client, holder.clone());
                 return Ok(Claimed::Ours);
             }
-            witness.saw_holder(holder);
-            memory.free_since = None;
-            if passed(until) {
-                return Ok(busy(Some(holder.clone())));
-            }
-            let identity = (holder.create_revision, holder.lease);
-            if told != Some(identity) {
-                on_wait(holder);
-                told = Some(identity);
-            }
-            // As `first` waits: for this key's delete only.
-            match client.wait_for_delete(&key, false, revision, until)? {
-                super::etcd::WatchOutcome::Deleted(events) => {
-                    witness.saw_deleted(&events);
-                    memory.saw(&events, spread.node);
-                }
-                super::etcd::WatchOutcome::LookAgain => witness.saw_nothing_certain(),
-                super::etcd::WatchOutcome::TimedOut => return Ok(busy(Some(holder.clone()))),
+            if let Some(busy) = wait_for_holder(
+                client,
+                witness,
+                &mut memory,
+                spread,
+                holder,
+                revision,
+                until,
+                on_wait,
+            )? {
+                return Ok(busy);
             }
             continue;
         }
         let now = Instant::now();
-        let free_since = *memory.free_since.get_or_insert(now);
-        memory
-            .suspects
-            .retain(|_, at| now.saturating_duration_since(*at) < spread.suspicion);
         let census = Census::from_keys(&kvs);
-        let standing = census.standing(spread.node, spread.weight, spread.source, &|node| {
-            memory.suspects.contains_key(node)
-        });
-        // The delays count from when the picture settled: a settle delay
-        // that ran out while nodes were still registering would let a node
-        // at its share take a source before the late ones had a turn.
-        let quiet = (memory.last_new_want + QUIET).min(free_since + QUIET_GIVES_WAY);
-        let gate = free_since.max(quiet) + standing.delay();
+        let (standing, gate) = memory.gate(&census, spread, now);
         if now >= gate {
-            let turn_revision = census.turns.get(spread.node).copied().unwrap_or(0);
-            let value = (spread.value)();
-            let created = client.create_in_turn(
-                &key,
-                &value,
-                lease,
-                (&turn, format!("{lease:x}").as_bytes(), turn_revision),
-            )?;
-            match created {
-                Some(Created::Ours { revision }) => {
-                    tracing::debug!(
-                        held = standing.held,
-                        share = standing.share,
-                        below = standing.below,
-                        position = standing.position,
-                        sources = census.sources.len(),
-                        nodes = census.nodes.len(),
-                        waited_ms = now.saturating_duration_since(free_since).as_millis(),
-                        "placement: source taken in this node's turn"
-                    );
-                    witness.took(
-                        client,
-                        KeyValue {
-                            key,
-                            value,
-                            create_revision: revision,
-                            mod_revision: revision,
-                            lease,
-                        },
-                    );
-                    return Ok(Claimed::Ours);
-                }
-                Some(Created::Held { holder, .. }) if holder.lease == lease => {
-                    witness.took(client, holder);
-                    return Ok(Claimed::Ours);
-                }
-                Some(Created::Held { holder, .. }) => witness.saw_holder(&holder),
-                None => {
-                    // Another launcher of this node claimed since the look:
-                    // our count is stale. Look again; pause when it keeps
-                    // happening, so a busy node cannot make us spin.
-                    turn_moved += 1;
-                    if turn_moved > 3 {
-                        std::thread::sleep(Duration::from_millis(
-                            10 * u64::from(turn_moved.min(20)),
-                        ));
-                    }
-                }
+            if take_in_turn(client, witness, &mut memory, spread, &census, lease)? {
+                tracing::debug!(
+                    held = standing.held,
+                    share = standing.share,
+                    below = standing.below,
+                    position = standing.position,
+                    sources = census.sources.len(),
+                    nodes = census.nodes.len(),
+                    "placement: source taken in this node's turn"
+                );
+                return Ok(Claimed::Ours);
             }
             continue;
         }
         if passed(until) {
             return Ok(busy(None));
         }
-        if !standing.below && !told_turn {
-            told_turn = true;
+        if !standing.below && !memory.told_turn {
+            memory.told_turn = true;
             tracing::info!(
                 source = %crate::printable::printable(spread.source),
                 "placement: this node holds {} sources, at or above its share of {}; leaving this free source to nodes below their share for {} first",
@@ -562,7 +504,140 @@ pub fn claim(
             );
         }
         let until_gate = until.map_or(gate, |until| until.min(gate));
-        wait_for_any_change(client, witness, &mut memory, spread.node, revision, until_gate)?;
+        wait_for_any_change(
+            client,
+            witness,
+            &mut memory,
+            spread.node,
+            revision,
+            until_gate,
+        )?;
+    }
+}
+
+impl Memory {
+    /// A look's wanted keys: one not seen before restarts the quiet period.
+    fn looked(&mut self, kvs: &[KeyValue]) {
+        let wants: HashSet<Vec<u8>> = kvs
+            .iter()
+            .filter(|kv| matches!(keyspace::parse(&kv.key), Some(Named::Wanted { .. })))
+            .map(|kv| kv.key.clone())
+            .collect();
+        if !self.wants.is_empty() && !wants.is_subset(&self.wants) {
+            self.last_new_want = Instant::now();
+        }
+        self.wants = wants;
+    }
+
+    /// Where this launcher stands for its free source, and the instant it
+    /// may try: the delays count from when the picture settled (a settle
+    /// delay that ran out while nodes were still registering would let a
+    /// node at its share take a source before the late ones had a turn).
+    fn gate(
+        &mut self,
+        census: &Census,
+        spread: &SpreadClaim<'_>,
+        now: Instant,
+    ) -> (Standing, Instant) {
+        let free_since = *self.free_since.get_or_insert(now);
+        self.suspects
+            .retain(|_, at| now.saturating_duration_since(*at) < spread.suspicion);
+        let standing = census.standing(spread.node, spread.weight, spread.source, &|node| {
+            self.suspects.contains_key(node)
+        });
+        let quiet = (self.last_new_want + QUIET).min(free_since + QUIET_GIVES_WAY);
+        (standing, free_since.max(quiet) + standing.delay())
+    }
+}
+
+/// The source is held by another: wait (as `first` does) for its key's
+/// delete only. `Some`: `until` passed.
+#[allow(clippy::too_many_arguments)] // the claim's state, passed through
+fn wait_for_holder(
+    client: &EtcdClient,
+    witness: &mut Witness,
+    memory: &mut Memory,
+    spread: &SpreadClaim<'_>,
+    holder: &KeyValue,
+    revision: i64,
+    until: Option<Instant>,
+    on_wait: &mut dyn FnMut(&KeyValue),
+) -> Result<Option<Claimed>, EtcdError> {
+    witness.saw_holder(holder);
+    memory.free_since = None;
+    if passed(until) {
+        return Ok(Some(busy(Some(holder.clone()))));
+    }
+    let identity = (holder.create_revision, holder.lease);
+    if memory.told_holder != Some(identity) {
+        on_wait(holder);
+        memory.told_holder = Some(identity);
+    }
+    match client.wait_for_delete(&holder.key, false, revision, until)? {
+        super::etcd::WatchOutcome::Deleted(events) => {
+            witness.saw_deleted(&events);
+            memory.saw(&events, spread.node);
+        }
+        super::etcd::WatchOutcome::LookAgain => witness.saw_nothing_certain(),
+        super::etcd::WatchOutcome::TimedOut => return Ok(Some(busy(Some(holder.clone())))),
+    }
+    Ok(None)
+}
+
+/// The take, in this node's turn: true when the key is ours; false to look
+/// again (held meanwhile, or another launcher of this node claimed since
+/// the look, so our count is stale).
+fn take_in_turn(
+    client: &EtcdClient,
+    witness: &mut Witness,
+    memory: &mut Memory,
+    spread: &SpreadClaim<'_>,
+    census: &Census,
+    lease: i64,
+) -> Result<bool, EtcdError> {
+    let key = keyspace::source(spread.source).into_bytes();
+    let turn = keyspace::turn(spread.node).into_bytes();
+    let turn_revision = census.turns.get(spread.node).copied().unwrap_or(0);
+    let value = (spread.value)();
+    let created = client.create_in_turn(
+        &key,
+        &value,
+        lease,
+        (&turn, format!("{lease:x}").as_bytes(), turn_revision),
+    )?;
+    match created {
+        Some(Created::Ours { revision }) => {
+            witness.took(
+                client,
+                KeyValue {
+                    key,
+                    value,
+                    create_revision: revision,
+                    mod_revision: revision,
+                    lease,
+                },
+            );
+            Ok(true)
+        }
+        Some(Created::Held { holder, .. }) if holder.lease == lease => {
+            witness.took(client, holder);
+            Ok(true)
+        }
+        Some(Created::Held { holder, .. }) => {
+            witness.saw_holder(&holder);
+            Ok(false)
+        }
+        None => {
+            // Pause when it keeps happening, so a busy node cannot make us
+            // spin.
+            memory.turn_moved += 1;
+            if memory.turn_moved > 3 {
+                std::thread::sleep(Duration::from_millis(
+                    10 * u64::from(memory.turn_moved.min(20)),
+                ));
+            }
+            Ok(false)
+        }
     }
 }
 
@@ -657,7 +732,12 @@ mod tests {
         for (i, node) in ["a", "b", "c"].iter().enumerate() {
             let weight = if i == 0 { 2 } else { 1 };
             for s in 0..12 {
-                keys.push(want(&format!("s{s}"), node, weight, 1 + (i * 100 + s) as i64));
+                keys.push(want(
+                    &format!("s{s}"),
+                    node,
+                    weight,
+                    i64::try_from(1 + i * 100 + s).expect("small"),
+                ));
             }
         }
         let census = Census::from_keys(&keys);
@@ -668,8 +748,14 @@ mod tests {
         let census = Census::from_keys(
             &(0..13)
                 .flat_map(|s| {
-                    ["a", "b", "c"]
-                        .map(|n| want(&format!("s{s}"), n, 1, 1 + s + 100 * i64::from(n.as_bytes()[0])))
+                    ["a", "b", "c"].map(|n| {
+                        want(
+                            &format!("s{s}"),
+                            n,
+                            1,
+                            1 + s + 100 * i64::from(n.as_bytes()[0]),
+                        )
+                    })
                 })
                 .collect::<Vec<_>>(),
         );
@@ -723,7 +809,12 @@ mod tests {
             for s in 0..4 {
                 let source = format!("{node}{s}");
                 keys.push(held(&source, node));
-                keys.push(want(&source, node, 1, 1 + (n * 10 + s) as i64));
+                keys.push(want(
+                    &source,
+                    node,
+                    1,
+                    i64::try_from(1 + n * 10 + s).expect("small"),
+                ));
             }
         }
         keys.push(want("dead0", "a", 1, 99));

@@ -211,9 +211,10 @@ impl ClusterReport {
             // A spread launcher of this node waits for the key (ECP-0140):
             // it holds the local lock while it waits, by design, and runs
             // no program.
-            let waits_here = self.nodes.iter().flatten().any(|node| {
-                node.this_node && node.waiting.iter().any(|waiting| waiting == key)
-            });
+            let waits_here =
+                self.nodes.iter().flatten().any(|node| {
+                    node.this_node && node.waiting.iter().any(|waiting| waiting == key)
+                });
             if waits_here {
                 continue;
             }
@@ -557,7 +558,28 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
         out.push_str(&line);
         out.push('\n');
     }
-    for node in report.nodes.iter().flatten() {
+    write_nodes(out, report.nodes.iter().flatten());
+    for device in report.devices.iter().flatten() {
+        let tuners = device
+            .tuners
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        let _ = writeln!(
+            out,
+            "device {}  tuners {}/{tuners} held in the cluster; {} waiting",
+            printable(&device.device),
+            device.held,
+            device.waiting
+        );
+        for warning in &device.warnings {
+            let _ = writeln!(out, "  ! {}", printable(warning));
+        }
+    }
+}
+
+/// One line per node (ECP-0140): weight, held against share, the sources
+/// it holds and those it waits for.
+fn write_nodes<'a>(out: &mut String, nodes: impl Iterator<Item = &'a ClusterNode>) {
+    for node in nodes {
         let mut line = format!(
             "node {}{}  weight {}  holds {} of its share {}",
             printable(&node.node),
@@ -574,21 +596,6 @@ pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
         }
         out.push_str(&line);
         out.push('\n');
-    }
-    for device in report.devices.iter().flatten() {
-        let tuners = device
-            .tuners
-            .map_or_else(|| "?".to_owned(), |n| n.to_string());
-        let _ = writeln!(
-            out,
-            "device {}  tuners {}/{tuners} held in the cluster; {} waiting",
-            printable(&device.device),
-            device.held,
-            device.waiting
-        );
-        for warning in &device.warnings {
-            let _ = writeln!(out, "  ! {}", printable(warning));
-        }
     }
 }
 

@@ -302,25 +302,13 @@ impl Launching<'_> {
         // node never race through etcd. Nothing of it runs without --etcd.
         let (source_value, slot_value, waiting_value) =
             cluster_values(config, unit.as_ref(), self.redacted);
-        let want_value = || {
-            config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
-                let weight = cluster.spread.map_or(1, |spread| spread.weight);
-                WantRecord::for_this_launch(&cluster.connection.node, unit.clone(), weight)
-                    .to_json()
-            })
-        };
+        let want_value = want_value(config, unit.as_ref());
         let source_claim = SourceClaim {
             key: config.key.as_str(),
             value: &source_value,
             wait: matches!(config.policy, BusyPolicy::Wait { .. }),
             until: self.deadline,
-            spread: config.cluster.as_ref().and_then(|cluster| {
-                Some(Want {
-                    node: &cluster.connection.node,
-                    weight: cluster.spread?.weight,
-                    value: &want_value,
-                })
-            }),
+            spread: spread_want(config, &want_value),
         };
         let slot_claim = config.tuners.as_ref().map(|tuners| SlotClaim {
             device: tuners.device.as_str(),
@@ -852,6 +840,28 @@ fn cluster_values<'a>(
         })
     };
     (source_value, slot_value, waiting_value)
+}
+
+/// The value of this launch's wanted key (ECP-0140), made when it
+/// registers. Empty without `--etcd`: nothing of it runs then.
+fn want_value<'a>(config: &'a RunConfig, unit: Option<&'a String>) -> impl Fn() -> Vec<u8> + 'a {
+    move || {
+        config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
+            let weight = cluster.spread.map_or(1, |spread| spread.weight);
+            WantRecord::for_this_launch(&cluster.connection.node, unit.cloned(), weight).to_json()
+        })
+    }
+}
+
+/// What the source claim asks of placement: with `--placement spread`,
+/// this node and its weight; `None` takes the key as soon as it is free.
+fn spread_want<'a>(config: &'a RunConfig, value: &'a dyn Fn() -> Vec<u8>) -> Option<Want<'a>> {
+    let cluster = config.cluster.as_ref()?;
+    Some(Want {
+        node: &cluster.connection.node,
+        weight: cluster.spread?.weight,
+        value,
+    })
 }
 
 /// In cluster mode, waits out the lock delay of a take that was not a

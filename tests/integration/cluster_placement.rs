@@ -14,6 +14,7 @@
 //! spread and times it saw.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -153,12 +154,18 @@ impl<'e> Fleet<'e> {
 
     /// Starts every (node, source) pair in `pairs`, spread over about
     /// `window` in the order given.
-    fn start_spread_over(&mut self, pairs: &[(usize, usize)], window: Duration, order: &mut Shuffle) {
+    fn start_spread_over(
+        &mut self,
+        pairs: &[(usize, usize)],
+        window: Duration,
+        order: &mut Shuffle,
+    ) {
         let step = window / u32::try_from(pairs.len().max(1)).expect("few");
         for &(node, i) in pairs {
             self.start(node, i);
             // Between 0 and 2 steps, so the whole stays within the window.
-            let jitter = step.mul_f64(f64::from(u32::try_from(order.next() % 200).expect("small")) / 100.0);
+            let jitter =
+                step.mul_f64(f64::from(u32::try_from(order.next() % 200).expect("small")) / 100.0);
             std::thread::sleep(jitter.min(step * 2));
         }
     }
@@ -250,11 +257,11 @@ impl<'e> Fleet<'e> {
     }
 
     fn logs(&self, node: usize) -> String {
-        self.launchers
-            .iter()
-            .filter(|((n, _), _)| *n == node)
-            .map(|((_, i), l)| format!("--- {} s{i}\n{}", self.name(node), l.log()))
-            .collect()
+        let mut text = String::new();
+        for ((_, i), launcher) in self.launchers.iter().filter(|((n, _), _)| *n == node) {
+            let _ = write!(text, "--- {} s{i}\n{}", self.name(node), launcher.log());
+        }
+        text
     }
 
     /// Kills (SIGKILL) every launcher of `node`; their readers die by the
@@ -303,7 +310,11 @@ fn converge(fleet: &mut Fleet<'_>, order: &mut Shuffle) -> (Vec<usize>, Duration
     );
     // Let anything that would still move (it must not) show.
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(fleet.overlaps().is_empty(), "two readers of a source: {}", fleet.overlaps());
+    assert!(
+        fleet.overlaps().is_empty(),
+        "two readers of a source: {}",
+        fleet.overlaps()
+    );
     (fleet.counts(), took)
 }
 
@@ -336,7 +347,11 @@ fn spreads_as(weights: &[u32], expected: &[usize]) {
             assert_eq!(node["held"], count, "{node}");
             assert_eq!(node["share"], count, "{node}");
             assert_eq!(node["weight"], weight, "{node}");
-            assert_eq!(node["sources"].as_array().map(Vec::len), Some(count), "{node}");
+            assert_eq!(
+                node["sources"].as_array().map(Vec::len),
+                Some(count),
+                "{node}"
+            );
         }
     }
 }
@@ -361,7 +376,11 @@ fn a_killed_nodes_sources_go_to_the_survivors_evenly_and_nothing_else_moves() {
         let etcd = EtcdServer::start();
         let mut fleet = Fleet::new(&env, &etcd, &[1, 1, 1]);
         let (counts, _) = converge(&mut fleet, &mut order);
-        assert_eq!(counts, [4, 4, 4], "round {round} (EC_PLACEMENT_SEED={seed})");
+        assert_eq!(
+            counts,
+            [4, 4, 4],
+            "round {round} (EC_PLACEMENT_SEED={seed})"
+        );
         let before = fleet.running();
         let survivors_own: BTreeMap<String, i32> = before
             .iter()
@@ -381,7 +400,7 @@ fn a_killed_nodes_sources_go_to_the_survivors_evenly_and_nothing_else_moves() {
             fleet.running(),
             fleet.logs(0)
         );
-        std::thread::sleep(Duration::from_millis(1000));
+        std::thread::sleep(Duration::from_secs(1));
         let after = fleet.running();
         let counts = fleet.counts();
         let moved = after
@@ -422,7 +441,11 @@ fn a_killed_nodes_sources_go_to_the_survivors_evenly_and_nothing_else_moves() {
         for n in 0..3 {
             fleet.start(n, 12);
         }
-        assert!(fleet.wait_running(13, Duration::from_secs(10)), "{}", fleet.logs(2));
+        assert!(
+            fleet.wait_running(13, Duration::from_secs(10)),
+            "{}",
+            fleet.logs(2)
+        );
         let placed = fleet.running()[&tag(12)].node.clone();
         eprintln!(
             "round {round}: node c back, took no running source; the 13th source ran on node {placed} {:.2?} after its launchers started",
@@ -442,7 +465,11 @@ fn a_node_started_alone_keeps_everything_until_its_programs_restart_then_the_res
     for i in 0..12 {
         fleet.start(0, i);
     }
-    assert!(fleet.wait_running(12, Duration::from_secs(10)), "{}", fleet.logs(0));
+    assert!(
+        fleet.wait_running(12, Duration::from_secs(10)),
+        "{}",
+        fleet.logs(0)
+    );
     assert_eq!(fleet.counts(), [12, 0, 0]);
     std::thread::sleep(Duration::from_secs(4));
     for i in 0..12 {
@@ -470,7 +497,10 @@ fn a_node_started_alone_keeps_everything_until_its_programs_restart_then_the_res
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(was.pid), Signal::SIGTERM)
             .expect("stop the reader");
         let mut launcher = fleet.launchers.remove(&(0, i)).expect("a's launcher");
-        assert_eq!(launcher.exit_within(Duration::from_secs(10)), Some(128 + 15));
+        assert_eq!(
+            launcher.exit_within(Duration::from_secs(10)),
+            Some(128 + 15)
+        );
         fleet.start(0, i);
         assert!(
             wait_until(Duration::from_secs(10), || {
@@ -484,10 +514,12 @@ fn a_node_started_alone_keeps_everything_until_its_programs_restart_then_the_res
         std::thread::sleep(Duration::from_millis(300));
     }
     let counts = fleet.counts();
-    let moved = moves.iter().filter(|m| !m.ends_with("->a")).count();
-    eprintln!("after a rolling restart of node a: spread {counts:?}, {moved} moved ({moves:?})");
+    let moved_away = moves.iter().filter(|m| !m.ends_with("->a")).count();
+    eprintln!(
+        "after a rolling restart of node a: spread {counts:?}, {moved_away} moved ({moves:?})"
+    );
     assert_eq!(counts, [4, 4, 4], "{moves:?}");
-    assert_eq!(moved, 8);
+    assert_eq!(moved_away, 8);
     assert!(fleet.overlaps().is_empty(), "{}", fleet.overlaps());
 }
 
@@ -556,5 +588,8 @@ fn placement_first_takes_a_free_source_at_once_as_before() {
     let nodes = fleet.status_nodes();
     assert_eq!(nodes["a"]["held"], 1, "{nodes:?}");
     assert_eq!(nodes["a"]["waiting"], serde_json::json!([]), "{nodes:?}");
-    eprintln!("--placement first ran its program {:.2?} after start", started.elapsed());
+    eprintln!(
+        "--placement first ran its program {:.2?} after start",
+        started.elapsed()
+    );
 }

@@ -26,6 +26,7 @@ rustPlatform.buildRustPackage {
     fileset = lib.fileset.unions [
       ../Cargo.toml
       ../Cargo.lock
+      ../build.rs
       ../clippy.toml
       ../src
       (lib.fileset.fileFilter (file: file.hasExt "rs") ../tests)

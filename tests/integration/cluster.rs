@@ -504,6 +504,10 @@ fn waiter_whose_lease_lapsed_takes_over(held: &str, wanted: &str, extra: &[&str]
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_node_cut_off_by_its_link_is_fenced_before_its_lease_expires_and_the_etcd_side_takes_over() {
     require_root!("create network namespaces and a veth pair");
     let link = Link::create();

@@ -456,6 +456,10 @@ fn systemd_analyze_verify_accepts_every_unit_nixos_writes() {
 /// to a scratch root without a word, and the lock directory comes out where
 /// `sourceLockDir` says, mode 2775, root and the module's group.
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn systemd_tmpfiles_creates_each_scenario_lock_directory_as_declared() {
     let test = "systemd_tmpfiles_creates_each_scenario_lock_directory_as_declared";
     if let Some(reason) = privilege::root_skip_reason("chown what systemd-tmpfiles creates") {

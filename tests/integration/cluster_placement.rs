@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::cluster_node::{Launcher, Node};
+use crate::cluster_node::{Launcher, Node, secs};
 use crate::etcd_server::EtcdServer;
 use crate::testenv::{TestEnv, wait_until};
 
@@ -401,6 +401,24 @@ fn a_killed_nodes_sources_go_to_the_survivors_evenly_and_nothing_else_moves() {
             fleet.logs(0)
         );
         std::thread::sleep(Duration::from_secs(1));
+        if std::env::var_os("EC_PLACEMENT_DEBUG").is_some() {
+            // When each moved key was taken and its delay ended, against
+            // the kill (on CLOCK_REALTIME, as the logs stamp).
+            eprintln!(
+                "killed at {:.3} s since 1970",
+                secs(i128::try_from(crate::cluster_node::now_micros()).expect("time"))
+                    - (failover + Duration::from_secs(1)).as_secs_f64()
+            );
+            for ((n, i), l) in &fleet.launchers {
+                for line in l
+                    .log()
+                    .lines()
+                    .filter(|l| l.contains("source taken") || l.contains("lock delay of"))
+                {
+                    eprintln!("{} s{i}: {line}", fleet.name(*n));
+                }
+            }
+        }
         let after = fleet.running();
         let counts = fleet.counts();
         let moved = after
@@ -418,9 +436,14 @@ fn a_killed_nodes_sources_go_to_the_survivors_evenly_and_nothing_else_moves() {
             let starts = fleet.starts().iter().filter(|(t, _)| t == tag).count();
             assert_eq!(starts, 1, "round {round}: {tag} started {starts} times");
         }
+        // The TTL + 2 s, plus the lock delay of an unclean take
+        // (ECP-0135), which placement cannot waive: the keys themselves are
+        // taken within a few ms of etcd expiring them (EC_PLACEMENT_DEBUG
+        // prints the takes), but etcd expires a lease up to about a second
+        // after its TTL (its lessor looks every 500 ms).
         assert!(
-            failover <= Duration::from_secs(TTL + 2),
-            "round {round} (EC_PLACEMENT_SEED={seed}): failover took {failover:?}, over TTL + 2 s"
+            failover <= Duration::from_secs(TTL + 2) + LOCK_DELAY,
+            "round {round} (EC_PLACEMENT_SEED={seed}): failover took {failover:?}, over TTL + 2 s + the lock delay"
         );
         assert!(fleet.overlaps().is_empty(), "{}", fleet.overlaps());
 

@@ -11,7 +11,8 @@
 //!
 //! Later phases: tuner slots (issue 10, in this file), the progress
 //! watchdog and stale readers (issue 11, `watch`), two nodes on one source
-//! through etcd (issue 12, `cluster`). `EC_SYSTEMD_ONLY` (e.g. `cluster` or
+//! through etcd (issue 12, `cluster`), two nodes sharing four channels
+//! (issue 19, `placement`). `EC_SYSTEMD_ONLY` (e.g. `cluster` or
 //! `fix,slots`) runs only the named ones while iterating.
 //!
 //! The two phases use two emulated devices (127.0.0.2 and 127.0.0.3, both on
@@ -39,8 +40,12 @@ mod watch;
 #[path = "cluster.rs"]
 mod cluster;
 
+/// Issue 19: two nodes share four channels through etcd.
+#[path = "placement.rs"]
+mod placement;
+
 /// The scenarios in run order, by the names `EC_SYSTEMD_ONLY` takes.
-const SCENARIOS: [&str; 5] = ["incident", "fix", "slots", "watch", "cluster"];
+const SCENARIOS: [&str; 6] = ["incident", "fix", "slots", "watch", "cluster", "placement"];
 /// Runs only the named scenarios (comma-separated) of [`SCENARIOS`], to
 /// iterate on one; the boot, the staging and the teardown checks still run.
 /// Unset (CI, the acceptance run), every scenario runs.
@@ -307,7 +312,8 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
         )?;
     }
     watch::stage(staging, policy, hardening)?;
-    cluster::stage(staging, policy, hardening)
+    cluster::stage(staging, policy, hardening)?;
+    placement::stage(staging, policy, hardening)
 }
 
 /// Everything the figures block prints at the end.
@@ -328,6 +334,7 @@ struct Figures {
     slot_rows: Vec<String>,
     watch: watch::Figures,
     cluster: cluster::Figures,
+    placement: placement::Figures,
 }
 
 impl Figures {
@@ -390,6 +397,7 @@ impl Figures {
         println!("  => 503 answers: {}", self.slot_503);
         self.watch.print();
         self.cluster.print();
+        self.placement.print();
     }
 }
 
@@ -596,6 +604,9 @@ fn scenarios(
     }
     if run("cluster") {
         cluster::scenario(checks, &probe, &mut figures.cluster)?;
+    }
+    if run("placement") {
+        placement::scenario(checks, &probe, &mut figures.placement)?;
     }
     Ok(())
 }

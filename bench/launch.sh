@@ -2,7 +2,7 @@
 # Launch benchmark: ec-launch beside flock(1) and a bare exec, in one run.
 # Measures what `cargo build --release` makes, which .cargo/config.toml makes
 # the binary the flake ships (glibc linked statically), and for comparison a
-# dynamically linked build of the same code. Figures only; see README.
+# dynamically linked build of the same code. Figures only; results in bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in flock /usr/bin/time; do

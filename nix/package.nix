@@ -20,7 +20,7 @@ rustPlatform.buildRustPackage {
   # not rebuild the package. Cargo wants every [[test]] target it is told
   # about to exist, hence the Rust files under tests/. The JSON files are
   # the module's and the launcher's one source of truth (`include_str!`),
-  # and the README's exit-code table is checked by a unit test.
+  # and docs/exit-codes.md's table is checked by a unit test.
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
@@ -32,6 +32,7 @@ rustPlatform.buildRustPackage {
       (lib.fileset.fileFilter (file: file.hasExt "rs") ../tests)
       ../benches
       ../README.md
+      ../docs/exit-codes.md
       ../nixos/secret-params.json
       ../nixos/cluster-timing.json
     ];

@@ -1,5 +1,5 @@
 //! `ec-launch`: the per-source lock-and-exec launcher for every-channel
-//! publishers. See the README for the contract and `evolution/` for why.
+//! publishers. See the README and `docs/` for the contract and `evolution/` for why.
 //!
 //! The entry point is a C `main` (`#![no_main]`) rather than Rust's: std's
 //! start-up asks glibc for the main thread's stack bounds, which parses

@@ -256,6 +256,15 @@ impl<'e> Fleet<'e> {
             .collect()
     }
 
+    /// Every launcher's log of source `i`, for a failure's message.
+    fn source_logs(&self, i: usize) -> String {
+        let mut text = String::new();
+        for ((n, _), launcher) in self.launchers.iter().filter(|((_, s), _)| *s == i) {
+            let _ = write!(text, "--- {} s{i}\n{}", self.name(*n), launcher.log());
+        }
+        text
+    }
+
     fn logs(&self, node: usize) -> String {
         let mut text = String::new();
         for ((_, i), launcher) in self.launchers.iter().filter(|((n, _), _)| *n == node) {
@@ -529,8 +538,10 @@ fn a_node_started_alone_keeps_everything_until_its_programs_restart_then_the_res
             wait_until(Duration::from_secs(10), || {
                 fleet.starts().len() > count && fleet.running().contains_key(&tag(i))
             }),
-            "{}",
-            fleet.logs(1)
+            "{} did not run again within 10 s; its launchers' logs:\n{}\nstatus: {:?}",
+            tag(i),
+            fleet.source_logs(i),
+            fleet.status_nodes()
         );
         let now = fleet.running()[&tag(i)].node.clone();
         moves.push(format!("{}->{now}", tag(i)));

@@ -134,6 +134,22 @@ pub enum Error {
     TunersAutoWithoutHost,
     #[error("{what} contains a NUL byte")]
     NulInArgument { what: String },
+    /// The lock directory's filesystem does not give local flock(2) locks.
+    #[error(
+        "lock directory {path:?} is on {filesystem}, whose locks are not local flock(2) locks: a forked helper may not hold them, or another path to the file is another lock"
+    )]
+    LockDirForeignLocks {
+        path: PathBuf,
+        filesystem: &'static str,
+    },
+    /// Checked before locking: exec would fail with E2BIG (execve(2)).
+    #[error("{what} is {bytes} bytes, over the system's limit of {limit} bytes for {limit_name}")]
+    ArgumentsTooLong {
+        what: String,
+        bytes: usize,
+        limit: usize,
+        limit_name: &'static str,
+    },
     #[error("the program name is empty")]
     EmptyProgram,
     /// `--tuners auto`: the device did not tell its tuner count. Names the
@@ -234,6 +250,8 @@ pub enum Error {
 /// would send the operator to the wrong fix.
 fn filesystem_hint(source: &io::Error) -> Option<&'static str> {
     match Errno::from_raw(source.raw_os_error()?) {
+        Errno::EMFILE => Some(DESCRIPTOR_LIMIT_HINT),
+        Errno::ENFILE => Some(SYSTEM_FILE_LIMIT_HINT),
         Errno::EROFS => Some(
             "the lock directory is on a read-only filesystem: use a --lock-dir on a writable one (tmpfs under /run)",
         ),
@@ -244,13 +262,30 @@ fn filesystem_hint(source: &io::Error) -> Option<&'static str> {
     }
 }
 
-/// Permission denied is 77; any other failure makes the lock path unusable.
+/// Permission denied is 77; running out of descriptors is 71 (the path is
+/// fine, the process or system is not); any other failure makes the lock
+/// path unusable.
 fn denied_or_unusable(source: &io::Error) -> ExitStatus {
-    if source.kind() == io::ErrorKind::PermissionDenied {
+    if out_of_descriptors(source) {
+        ExitStatus::OsError
+    } else if source.kind() == io::ErrorKind::PermissionDenied {
         ExitStatus::NoPermission
     } else {
         ExitStatus::LockUnusable
     }
+}
+
+/// EMFILE: this process's limit, not the lock path, is the problem.
+const DESCRIPTOR_LIMIT_HINT: &str = "this process is at its open-file limit (EMFILE): raise LimitNOFILE= (ulimit -n) for this service";
+/// ENFILE: the whole system's file table is full.
+const SYSTEM_FILE_LIMIT_HINT: &str = "the system's open-file table is full (ENFILE): raise fs.file-max or find the process leaking descriptors";
+
+/// True for EMFILE and ENFILE: no descriptor could be had.
+pub fn out_of_descriptors(source: &io::Error) -> bool {
+    matches!(
+        source.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE)
+    )
 }
 
 /// The SOURCE argument of `key` and `status` is wrong as a whole.
@@ -374,12 +409,28 @@ impl Error {
                 OsError,
                 "the service is out of tasks or memory: raise TasksMax= (ulimit -u) or free memory, or use --on-busy wait without --wait-timeout",
             ),
-            Self::Flock { .. } | Self::LockFileUnstable { .. } => (OsError, FLOCK),
+            Self::Flock { source, .. } => (
+                OsError,
+                match source {
+                    Errno::EMFILE => DESCRIPTOR_LIMIT_HINT,
+                    Errno::ENFILE => SYSTEM_FILE_LIMIT_HINT,
+                    _ => FLOCK,
+                },
+            ),
+            Self::LockFileUnstable { .. } => (OsError, FLOCK),
             Self::NulInArgument { .. } => (
                 BadArgument,
                 "remove the NUL byte: arguments cannot carry one through exec",
             ),
             Self::EmptyProgram => (BadArgument, "name the program to run after `--`"),
+            Self::LockDirForeignLocks { .. } => (
+                LockUnusable,
+                "use a local directory for --lock-dir, such as /run/ec-launch (tmpfs), the same one for every launcher of the node",
+            ),
+            Self::ArgumentsTooLong { .. } => (
+                BadArgument,
+                "shorten the arguments or the environment: `{source}` puts the whole source URL into every argument that names it (pass --source-file's URL once, or read EC_SOURCE_URL in the program)",
+            ),
             Self::AskDevice { source, .. } if source.needs_explicit_count() => (
                 ExitStatus::DeviceNeedsTunerCount,
                 "this device cannot tell its tuner count: pass --tuners N with the number of tuners it has",

@@ -28,6 +28,7 @@ mod exit_code;
 mod foreign_reader;
 mod holder;
 mod lock;
+mod lock_filesystem;
 mod lock_record;
 mod lock_waiter;
 mod logging;

@@ -272,11 +272,11 @@ pub fn spawn(
         argv,
         envp,
         program,
+        fds,
     } = exec::pass(prepared, held, slot)?;
-    let kept: Vec<RawFd> = exec::passed_locks(held, slot)
-        .into_iter()
-        .map(|lock| lock.lock.as_raw_fd())
-        .collect();
+    // The high duplicates, not the originals (ECP-0136); they stay open
+    // here until the child has exec'd (spawn returns after that).
+    let kept: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let mut command = Command::new(OsStr::from_bytes(argv[0].to_bytes()));
     command
         .args(
@@ -337,7 +337,7 @@ fn in_child(parent: Pid, kept: &[RawFd]) -> io::Result<()> {
 }
 
 /// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3), readable when it exits.
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;

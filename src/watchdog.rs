@@ -18,7 +18,10 @@
 //!   first thing; 0 and 1 become `/dev/null`, 2 stays the unit's log;
 //! - it dies with the program: it is the launcher's child, so after exec
 //!   the program's, with `PR_SET_PDEATHSIG` (SIGKILL) and a `getppid` check
-//!   every tick for the race before `prctl`;
+//!   every tick for the race before `prctl`; once the program runs it
+//!   follows the program process on a pidfd instead and clears the signal,
+//!   which follows a *thread* and fired when the program's main thread
+//!   called `pthread_exit` (ECP-0136);
 //! - it stays in the unit's cgroup (a plain fork) so `NotifyAccess=all`
 //!   accepts its pings and the kill policy ends it with the unit;
 //! - while the launcher has not exec'd yet (waiting for a held lock with
@@ -418,6 +421,15 @@ fn monitor(plan: &Plan, exec_signal: OwnedFd, program: nix::unistd::Pid) -> i32 
     if nix::unistd::getppid() != program {
         return 0;
     }
+    // From here on the monitor follows the program *process* on a pidfd
+    // (readable once every thread has exited): the parent-death signal
+    // follows the thread that forked us, the program's main thread, which
+    // may call pthread_exit while the others publish (ECP-0136). Without
+    // pidfd (Linux < 5.3) the signal and getppid stay.
+    let exits = crate::supervise::pidfd_open(program);
+    if exits.is_some() {
+        let _ = nix::sys::prctl::set_pdeathsig(None);
+    }
     // The program runs now (our parent exec'd): one ping, then every ping
     // needs new bytes; it has until `WatchdogSec` passes without one to
     // connect.
@@ -427,8 +439,15 @@ fn monitor(plan: &Plan, exec_signal: OwnedFd, program: nix::unistd::Pid) -> i32 
     let mut stalled_since: Option<Instant> = None;
     let mut last_ping = Instant::now();
     loop {
-        std::thread::sleep(plan.interval);
-        if nix::unistd::getppid() != program {
+        match &exits {
+            Some(exits) => {
+                if wait_readable(exits, plan.interval).unwrap_or(false) {
+                    return 0;
+                }
+            }
+            None => std::thread::sleep(plan.interval),
+        }
+        if exits.is_none() && nix::unistd::getppid() != program {
             return 0;
         }
         let progress = meter.progress();
@@ -731,14 +750,26 @@ fn socket_inodes(proc_root: &Path, root: u32) -> HashSet<u64> {
             continue;
         }
         let process = proc_root.join(pid.to_string());
-        if let Ok(fds) = fs::read_dir(process.join("fd")) {
-            for fd in fds.flatten() {
+        // A zombie leader (its main thread called pthread_exit) shows no
+        // descriptors; its live threads share them (ECP-0136).
+        let task_fds = fs::read_dir(process.join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|task| task.path().join("fd"));
+        for fd_dir in std::iter::once(process.join("fd")).chain(task_fds) {
+            let mut any = false;
+            for fd in fs::read_dir(&fd_dir).into_iter().flatten().flatten() {
+                any = true;
                 if let Some(inode) = fs::read_link(fd.path())
                     .ok()
                     .and_then(|target| parse_socket_link(target.to_str()?))
                 {
                     inodes.insert(inode);
                 }
+            }
+            if any {
+                break;
             }
         }
         pending.extend(children_of(&process));

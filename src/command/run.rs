@@ -594,6 +594,8 @@ fn describe_files(
     let mut verified = true;
     for (inode, record) in inodes.iter().zip(&records) {
         if let Some(inode) = inode {
+            // Each file here was found busy by our own flock(2) just now.
+            scan.reread_until_listed(*inode);
             verified &= scan.verify_takers(*inode, record.as_ref());
         }
     }
@@ -610,7 +612,12 @@ fn describe_files(
                 .unwrap_or_default();
             let mut described: Vec<String> = holders.iter().map(describe_holder).collect();
             if described.is_empty() {
-                described.push("a process this user cannot see".into());
+                described.push(if scan.out_of_descriptors() {
+                    // EMFILE while opening /proc: not a visibility problem.
+                    "a process not identified: this launcher ran out of file descriptors (EMFILE) reading /proc; raise its open-file limit (ulimit -n, LimitNOFILE=)".into()
+                } else {
+                    "a process this user cannot see".into()
+                });
             }
             let absent = inode
                 .map(|i| scan.absent_takers(i, &holders))

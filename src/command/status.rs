@@ -320,7 +320,7 @@ fn unlisted(
     let slot_name = name.and_then(tuner_slot::parse_slot_file_name);
     let in_place = !location.deleted
         && path.parent() == Some(lock_dir)
-        && fs::symlink_metadata(path).is_ok_and(|m| LockedInode::of_metadata(&m) == inode);
+        && LockedInode::of_path_nofollow(path).is_ok_and(|i| i == inode);
     if in_place {
         if let Some((stem, slot)) = slot_name {
             return Unlisted::LateSlot(SlotFile {
@@ -481,6 +481,10 @@ fn readers_report(
             lock_file: &lock.lock_file,
             holders: lock.holders.iter().map(|h| h.pid).collect(),
             slot: false,
+            launched_by: lock
+                .metadata
+                .as_ref()
+                .map(|record| (record.pid, record.unit.as_deref())),
         })
         .chain(slots.iter().map(|slot| LockView {
             key: Some(&slot.label),
@@ -488,6 +492,7 @@ fn readers_report(
             lock_file: &slot.slot_file,
             holders: slot.holders.clone(),
             slot: true,
+            launched_by: None,
         }))
         .collect();
     let mut endpoints: Vec<(Endpoint, Vec<std::net::SocketAddr>)> = Vec::new();
@@ -588,7 +593,7 @@ fn lock_files(dir: &Path) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
         path: dir.to_owned(),
         source,
     };
-    let device = LockedInode::of_metadata(&fs::metadata(dir).map_err(read_error)?);
+    let device = LockedInode::of_path(dir).map_err(read_error)?;
     let entries = fs::read_dir(dir).map_err(read_error)?;
     let mut files: Vec<(PathBuf, LockedInode)> = entries
         .flatten()
@@ -616,11 +621,17 @@ fn lock_files(dir: &Path) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
 fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockStatus> {
     // Read-only and without following links: status must never create,
     // truncate or lock anything.
-    let (metadata, record, mut warnings) = match crate::tuner_slot::open_record(path) {
-        Ok(file) => (file.metadata(), LockRecord::read_from(&file), Vec::new()),
+    let (metadata, lock_inode, record, mut warnings) = match crate::tuner_slot::open_record(path) {
+        Ok(file) => (
+            file.metadata(),
+            LockedInode::of_file(&file).ok(),
+            LockRecord::read_from(&file),
+            Vec::new(),
+        ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => (
             fs::symlink_metadata(path),
+            LockedInode::of_path_nofollow(path).ok(),
             None,
             vec![format!(
                 "cannot read the launch record ({e}); run as root or as the service user to see it"
@@ -640,7 +651,7 @@ fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockS
     };
     match metadata {
         Ok(metadata) if metadata.file_type().is_file() => {
-            let inode = LockedInode::of_metadata(&metadata);
+            let inode = lock_inode.unwrap_or_else(|| LockedInode::of_metadata(&metadata));
             let placement = if scan.is_held(inode) && misplaced(lock_dir, inode, record.as_ref()) {
                 Placement::Moved
             } else {
@@ -703,8 +714,7 @@ fn misplaced(lock_dir: &Path, inode: LockedInode, record: Option<&LockRecord>) -
             .filter(|k| k.as_str() == key),
     };
     expected.is_some_and(|key| {
-        fs::symlink_metadata(key.lock_path(lock_dir))
-            .map_or(true, |m| LockedInode::of_metadata(&m) != inode)
+        LockedInode::of_path_nofollow(&key.lock_path(lock_dir)).map_or(true, |i| i != inode)
     })
 }
 

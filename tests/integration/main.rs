@@ -14,16 +14,20 @@ mod cluster;
 mod cluster_node;
 mod cluster_placement;
 mod cluster_slots;
+mod descriptors;
 mod device;
 mod entry;
 mod etcd_harness;
 #[path = "../support/etcd_server.rs"]
 mod etcd_server;
+mod hung_filesystem;
 mod input;
 mod invocation;
 mod keys;
+mod lock_filesystems;
 mod lock_path;
 mod logging;
+mod main_thread;
 mod netns;
 mod operator;
 #[path = "../common/privilege.rs"]

@@ -483,11 +483,15 @@ fn the_monitor_holds_no_lock_descriptor_and_no_descriptor_of_the_launcher() {
         }
         descriptors.push((fd, target));
     }
-    // 0-2, the exec pipe and its own notify socket; never a file of ours.
+    // 0-2, the exec pipe, its own notify socket and the pidfd it follows
+    // the program by (ECP-0136); never a file of ours.
     for (fd, target) in &descriptors {
         let target = target.to_string_lossy();
         assert!(
-            *fd <= 2 || target.starts_with("pipe:") || target.starts_with("socket:"),
+            *fd <= 2
+                || target.starts_with("pipe:")
+                || target.starts_with("socket:")
+                || target == "anon_inode:[pidfd]",
             "unexpected descriptor {fd} -> {target} in the monitor: {descriptors:?}"
         );
     }
@@ -768,5 +772,42 @@ fn a_host_name_that_resolves_to_nothing_is_said_once_and_gets_no_ping() {
             .count(),
         1,
         "{stderr}"
+    );
+}
+
+// Issue 20 item 3 (ECP-0136). Failed before the fix: the monitor's
+// parent-death signal follows the thread that forked it, the program's
+// main thread, so `pthread_exit` there killed the monitor and a healthy
+// publisher stopped feeding the watchdog.
+#[test]
+fn a_program_whose_main_thread_exits_keeps_being_watched() {
+    let env = TestEnv::new();
+    let tuner = Tuner::start(true);
+    let notify = Notify::bind(&env);
+    let binary = crate::testenv::build_support_program(&env, "main_thread_exits", None);
+    let script = format!("exec '{}' 127.0.0.1 {}", binary.display(), tuner.port);
+    let program = launch(&env, &notify, &tuner.source(), &script);
+    tuner.wait_for_client();
+    let pid = program.pid();
+    assert!(
+        wait_until(PATIENCE, || fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z')))),
+        "the program's main thread never exited"
+    );
+    let _ = notify.collect(INTERVAL);
+    let pings = notify.collect(INTERVAL * 6);
+    assert!(
+        pings.len() >= 4,
+        "pings stopped after the main thread exited: {pings:?}"
+    );
+    let monitor = monitor_of(&pings, pid);
+    // And it still goes with the program.
+    drop(program);
+    assert!(
+        wait_until(Duration::from_secs(2), || !alive(monitor)),
+        "monitor {monitor} outlived the program"
     );
 }

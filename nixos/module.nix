@@ -281,6 +281,17 @@ let
       "--node"
       cluster.node
     ]
+    # Placement (evolution/ECP-0140-balanced-placement.md): only what
+    # differs from the launcher's defaults, so a unit that leaves them
+    # keeps the command line it had.
+    ++ lib.optionals (cluster.weight != 1) [
+      "--node-weight"
+      (toString cluster.weight)
+    ]
+    ++ lib.optionals (cluster.placement == "first") [
+      "--placement"
+      "first"
+    ]
   );
 
   # The launcher pings systemd's watchdog from its renewal thread, so PID 1
@@ -1483,6 +1494,34 @@ in
           This node's name in the cluster (`--node`), shown by
           `ec-launch status --etcd` as the holder's node. Unique among the
           nodes; defaults to `networking.hostName`.
+        '';
+      };
+
+      weight = mkOption {
+        type = types.ints.between 1 1000;
+        default = 1;
+        example = 2;
+        description = ''
+          This node's capacity relative to the other nodes' (`--node-weight`):
+          with placement `spread`, the sources its units wait for are shared
+          out so that each node runs about `weight / (sum of the live nodes'
+          weights)` of them (evolution/ECP-0140-balanced-placement.md).
+        '';
+      };
+
+      placement = mkOption {
+        type = types.enum [
+          "spread"
+          "first"
+        ];
+        default = "spread";
+        description = ''
+          How the nodes share the sources their units wait for
+          (`onBusy = "wait"`): `spread` (by `weight`; a lost node's sources
+          go to the least loaded survivors; nothing running is ever moved)
+          or `first` (whichever node finds a source free takes it, the
+          behaviour before placement existed). Units with `onBusy = "skip"`
+          always take a free source at once.
         '';
       };
     };

@@ -224,6 +224,24 @@ pub struct ClusterArgs {
     /// Cluster mode: how long the program gets between SIGTERM and SIGKILL when the lease cannot be renewed
     #[arg(long, value_name = "SECS", env = "EC_LAUNCH_ETCD_STOP_GRACE", value_parser = parse_seconds, default_value = "2")]
     pub etcd_stop_grace: Duration,
+
+    /// Cluster mode: how waiting nodes share the sources: spread (by --node-weight) or first (the first free node takes it) [default: spread with --on-busy wait, else first]
+    #[arg(long, value_enum, value_name = "MODE", env = "EC_LAUNCH_PLACEMENT")]
+    pub placement: Option<Placement>,
+
+    /// Cluster mode: this node's capacity relative to the others' for --placement spread, 1 to 1000 [default: 1]
+    #[arg(long, value_name = "W", env = "EC_LAUNCH_NODE_WEIGHT", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub node_weight: Option<u32>,
+}
+
+/// How the nodes of a cluster share the sources they all wait for
+/// (ECP-0140).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Placement {
+    /// Each node takes about its weight's part; a lost node's sources go to the least loaded
+    Spread,
+    /// Whichever node finds a source free first takes it
+    First,
 }
 
 /// `$EC_LAUNCH_LOCK_DIR`, else [`DEFAULT_LOCK_DIR`]. A variable set but

@@ -231,6 +231,11 @@ pub enum Error {
     /// Cluster mode: `--node` empty or with control characters.
     #[error("--node is empty or has control characters")]
     BadNodeName,
+    /// Cluster mode: `--placement spread` with `--on-busy skip` (ECP-0140).
+    #[error(
+        "--placement spread needs --on-busy wait: a launcher that exits when the source is held has no turn to wait for"
+    )]
+    SpreadNeedsWait,
     /// Cluster mode: the claims started over [`crate::cluster::session::MOST_RESTARTS`]
     /// times in a row, each after an answer that left unknown what we hold.
     #[error(
@@ -479,6 +484,10 @@ impl Error {
             Self::ClusterOptionWithoutEtcd { .. } => (
                 BadArgument,
                 "pass --etcd URL for cluster mode, or drop the option (check EC_LAUNCH_ETCD_* in the environment)",
+            ),
+            Self::SpreadNeedsWait => (
+                BadArgument,
+                "pass --on-busy wait, or --placement first (check EC_LAUNCH_PLACEMENT in the environment)",
             ),
             Self::BadNodeName => (
                 BadArgument,

@@ -32,6 +32,7 @@ use super::custody::{self, Custody, Held, held_keys};
 use super::etcd::{EtcdClient, EtcdError, KeepAlive, KeyValue};
 use super::fence::{self, BootInstant, Renewal, Renewer};
 use super::keyspace;
+use super::placement::{self, SpreadClaim, Want};
 use super::record::ClusterRecord;
 use super::vouch::Vouch;
 use crate::error::Error;
@@ -53,6 +54,9 @@ pub struct SourceClaim<'a> {
     pub value: &'a dyn Fn() -> Vec<u8>,
     pub wait: bool,
     pub until: Option<Instant>,
+    /// `--placement spread` with `wait`: wait for this node's turn
+    /// (ECP-0140); `None` takes the key as soon as it is free.
+    pub spread: Option<Want<'a>>,
 }
 
 impl std::fmt::Debug for SourceClaim<'_> {
@@ -308,16 +312,33 @@ impl Session {
                 self.start_over(Cause::Lost(why))?;
             }
             let lease = self.lease();
-            let claimed = claim::claim(
-                &self.client,
-                &mut self.witness,
-                key.as_bytes(),
-                source.value,
-                lease,
-                source.wait,
-                source.until,
-                on_wait,
-            );
+            let claimed = match &source.spread {
+                Some(want) if source.wait => placement::claim(
+                    &self.client,
+                    &mut self.witness,
+                    &SpreadClaim {
+                        source: source.key,
+                        node: want.node,
+                        weight: want.weight,
+                        value: source.value,
+                        want: want.value,
+                        suspicion: self.timing.ttl,
+                    },
+                    lease,
+                    source.until,
+                    on_wait,
+                ),
+                _ => claim::claim(
+                    &self.client,
+                    &mut self.witness,
+                    key.as_bytes(),
+                    source.value,
+                    lease,
+                    source.wait,
+                    source.until,
+                    on_wait,
+                ),
+            };
             let claimed = claimed.and_then(|claimed| {
                 if claimed == Claimed::Ours {
                     self.witness

@@ -21,6 +21,7 @@ use crate::cli::{OnBusy, RunArgs};
 use crate::cluster::ClusterConfig;
 use crate::cluster::claim::Disagreement;
 use crate::cluster::keyspace;
+use crate::cluster::placement::{Want, WantRecord};
 use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
 use crate::cluster::session::{Busy, Session, SlotClaim, SourceClaim, Taken};
 use crate::cluster::vouch::Vouch;
@@ -117,7 +118,7 @@ impl RunConfig {
         }
         // Before the device is asked (`--tuners auto`): a bad cluster
         // setting is the cheaper thing to find out.
-        let cluster = ClusterConfig::from_args(&args.cluster)?;
+        let cluster = ClusterConfig::from_args(&args.cluster, args.on_busy == OnBusy::Wait)?;
         if args.progress_window.is_some() && cluster.is_none() {
             // Locally the monitor feeds systemd itself: no window to apply.
             return Err(Error::ClusterOptionWithoutEtcd {
@@ -350,11 +351,13 @@ impl Launching<'_> {
         // node never race through etcd. Nothing of it runs without --etcd.
         let (source_value, slot_value, waiting_value) =
             cluster_values(config, unit.as_ref(), self.redacted);
+        let want_value = want_value(config, unit.as_ref());
         let source_claim = SourceClaim {
             key: config.key.as_str(),
             value: &source_value,
             wait: matches!(config.policy, BusyPolicy::Wait { .. }),
             until: self.deadline,
+            spread: spread_want(config, &want_value),
         };
         let slot_claim = config.tuners.as_ref().map(|tuners| SlotClaim {
             device: tuners.device.as_str(),
@@ -1022,6 +1025,28 @@ fn cluster_values<'a>(
         })
     };
     (source_value, slot_value, waiting_value)
+}
+
+/// The value of this launch's wanted key (ECP-0140), made when it
+/// registers. Empty without `--etcd`: nothing of it runs then.
+fn want_value<'a>(config: &'a RunConfig, unit: Option<&'a String>) -> impl Fn() -> Vec<u8> + 'a {
+    move || {
+        config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
+            let weight = cluster.spread.map_or(1, |spread| spread.weight);
+            WantRecord::for_this_launch(&cluster.connection.node, unit.cloned(), weight).to_json()
+        })
+    }
+}
+
+/// What the source claim asks of placement: with `--placement spread`,
+/// this node and its weight; `None` takes the key as soon as it is free.
+fn spread_want<'a>(config: &'a RunConfig, value: &'a dyn Fn() -> Vec<u8>) -> Option<Want<'a>> {
+    let cluster = config.cluster.as_ref()?;
+    Some(Want {
+        node: &cluster.connection.node,
+        weight: cluster.spread?.weight,
+        value,
+    })
 }
 
 /// In cluster mode, waits out the lock delay of a take that was not a

@@ -94,6 +94,7 @@ pub struct Node<'e> {
     endpoints: String,
     netns: Option<&'e Netns>,
     ttl: u64,
+    stop_grace: u64,
 }
 
 impl<'e> Node<'e> {
@@ -110,6 +111,7 @@ impl<'e> Node<'e> {
             endpoints: endpoints.into(),
             netns: None,
             ttl: TTL.as_secs(),
+            stop_grace: STOP_GRACE.as_secs(),
         }
     }
 
@@ -124,6 +126,13 @@ impl<'e> Node<'e> {
     #[must_use]
     pub fn ttl(mut self, secs: u64) -> Self {
         self.ttl = secs;
+        self
+    }
+
+    /// Its launchers use `--etcd-stop-grace SECS` instead of [`STOP_GRACE`].
+    #[must_use]
+    pub fn stop_grace(mut self, secs: u64) -> Self {
+        self.stop_grace = secs;
         self
     }
 
@@ -145,7 +154,7 @@ impl<'e> Node<'e> {
             .launch_in(self.lock_dir(), source)
             .args(["--node", &self.name, "--etcd", &self.endpoints])
             .args(["--etcd-ttl", &self.ttl.to_string()])
-            .args(["--etcd-stop-grace", &STOP_GRACE.as_secs().to_string()])
+            .args(["--etcd-stop-grace", &self.stop_grace.to_string()])
     }
 
     /// Starts a launcher of the reader `tag` on `source` with `extra` flags

@@ -12,6 +12,7 @@ mod caller_env;
 mod cli;
 mod cluster;
 mod cluster_node;
+mod cluster_placement;
 mod cluster_slots;
 mod descriptors;
 mod device;

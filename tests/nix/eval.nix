@@ -217,6 +217,32 @@ let
         && has ''"--node" "rack 2/slot 5%%" "--source"'' (exec explicit)
       ) (builtins.toJSON (map exec [ named host explicit ]));
 
+    "weight and placement reach the flags only when they differ from the launcher's defaults" =
+      let
+        exec = c: (clusterSc c "every-channel-publisher-tuner-a").ExecStart;
+        plain = clusterOn { };
+        weighted = clusterOn { weight = 3; };
+        first = clusterOn { placement = "first"; };
+        options = clusterOptions;
+      in
+      check (
+        clusterDefaults.weight == 1
+        && clusterDefaults.placement == "spread"
+        && options.weight.type.description or "" != ""
+        && !(has "--node-weight" (exec plain)) && !(has "--placement" (exec plain))
+        && has ''"--node" "nixos" "--node-weight" "3" "--source"'' (exec weighted)
+        && has ''"--node" "nixos" "--placement" "first" "--source"'' (exec first)
+        && failingAssertions weighted == [ ]
+        && failingAssertions first == [ ]
+      ) (builtins.toJSON (map exec [ plain weighted first ]));
+
+    "a weight outside 1..1000 or an unknown placement is refused by the option types" =
+      let
+        bad = cluster: !(builtins.tryEval (builtins.deepSeq (exec (clusterOn cluster)) true)).success;
+        exec = c: (clusterSc c "every-channel-publisher-tuner-a").ExecStart;
+      in
+      check (bad { weight = 0; } && bad { weight = 1001; } && bad { placement = "random"; }) "";
+
     "TLS and user files go through LoadCredential; the flags point at %d, never at the files" =
       let
         cfg = withEveryChannel {

@@ -11,7 +11,8 @@
 //!
 //! Later phases: tuner slots (issue 10, in this file), the progress
 //! watchdog and stale readers (issue 11, `watch`), two nodes on one source
-//! through etcd (issue 12, `cluster`). `EC_SYSTEMD_ONLY` (e.g. `cluster` or
+//! through etcd (issue 12, `cluster`), two nodes sharing four channels
+//! (issue 19, `placement`). `EC_SYSTEMD_ONLY` (e.g. `cluster` or
 //! `fix,slots`) runs only the named ones while iterating.
 //!
 //! The two phases use two emulated devices (127.0.0.2 and 127.0.0.3, both on
@@ -42,8 +43,12 @@ mod watch;
 #[path = "cluster.rs"]
 mod cluster;
 
+/// Issue 19: two nodes share four channels through etcd.
+#[path = "placement.rs"]
+mod placement;
+
 /// The scenarios in run order, by the names `EC_SYSTEMD_ONLY` takes.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "incident",
     "fix",
     "slots",
@@ -51,6 +56,7 @@ const SCENARIOS: [&str; 7] = [
     "priority",
     "cluster",
     "cluster-fence",
+    "placement",
 ];
 /// Runs only the named scenarios (comma-separated) of [`SCENARIOS`], to
 /// iterate on one; the boot, the staging and the teardown checks still run.
@@ -320,7 +326,8 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
     }
     watch::stage(staging, policy, hardening)?;
     priority::stage(staging, policy, hardening)?;
-    cluster::stage(staging, policy, hardening)
+    cluster::stage(staging, policy, hardening)?;
+    placement::stage(staging, policy, hardening)
 }
 
 /// Everything the figures block prints at the end.
@@ -343,6 +350,7 @@ struct Figures {
     priority: priority::Figures,
     cluster: cluster::Figures,
     cluster_fence: cluster::fence::Figures,
+    placement: placement::Figures,
 }
 
 impl Figures {
@@ -407,6 +415,7 @@ impl Figures {
         self.priority.print();
         self.cluster.print();
         self.cluster_fence.print();
+        self.placement.print();
     }
 }
 
@@ -619,6 +628,9 @@ fn scenarios(
     }
     if run("cluster-fence") {
         cluster::fence::scenario(checks, &probe, &mut figures.cluster_fence)?;
+    }
+    if run("placement") {
+        placement::scenario(checks, &probe, &mut figures.placement)?;
     }
     Ok(())
 }

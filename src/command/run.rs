@@ -316,16 +316,9 @@ struct Launching<'a> {
 impl Launching<'_> {
     /// Records the lock, takes the cluster key and a slot when asked, and
     /// runs the program: by exec, or supervised in cluster mode.
-    fn holding(
-        &self,
-        held: HeldLock,
-        prepared: exec::Prepared,
-        mut monitor: Option<watchdog::Monitor>,
-        mut wait_started: Option<Instant>,
-    ) -> Result<ExitStatus, Error> {
+    /// The record this launch writes into its lock and slot files.
+    fn launch_record(&self, unit: Option<String>) -> impl Fn() -> LockRecord + '_ {
         let config = self.config;
-        let progress = monitor.as_mut().and_then(watchdog::Monitor::take_progress);
-        let unit = cgroup::own_unit();
         // Only a service's launch can escape it (ECP-0139); a launch by hand
         // does not pay for reading the mount table.
         let cgroup_dir = unit
@@ -334,7 +327,7 @@ impl Launching<'_> {
             .and_then(|_| crate::escaped::own_cgroup_dir())
             .map(|d| d.to_string_lossy().into_owned());
         let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
-        let record = || {
+        move || {
             let mut record = LockRecord::for_this_launch(
                 config.key.as_str(),
                 self.redacted,
@@ -345,7 +338,20 @@ impl Launching<'_> {
             record.priority = Some(u32::from(config.priority.get()));
             record.cgroup.clone_from(&cgroup_dir);
             record
-        };
+        }
+    }
+
+    fn holding(
+        &self,
+        held: HeldLock,
+        prepared: exec::Prepared,
+        mut monitor: Option<watchdog::Monitor>,
+        mut wait_started: Option<Instant>,
+    ) -> Result<ExitStatus, Error> {
+        let config = self.config;
+        let progress = monitor.as_mut().and_then(watchdog::Monitor::take_progress);
+        let unit = cgroup::own_unit();
+        let record = self.launch_record(unit.clone());
         write_record(&held, &record(), "lock");
         // The cluster's key after the node's (ECP-0134): two units on one
         // node never race through etcd. Nothing of it runs without --etcd.

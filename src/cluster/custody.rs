@@ -23,9 +23,12 @@
 //!
 //! The watch is re-made after every stream window, and after a broken
 //! stream at once (then with a short backoff), from the last revision it
-//! saw; every re-made watch's header is checked again. A watch that cannot
-//! reach etcd proves nothing either way: the renewer's deadline covers an
-//! unreachable etcd, as before.
+//! saw; every re-made watch's header is checked again. A window that ends
+//! without a word is followed by a read of the key, as a compaction is: a
+//! stream that was made and then stays silent (a stalled member, gateway
+//! or proxy) must not hide a loss for longer than one window. A watch that
+//! cannot reach etcd proves nothing either way: the renewer's deadline
+//! covers an unreachable etcd, as before.
 //!
 //! Invariant: a custody fires only while it is kept; [`Custody::stop`] is
 //! called before the holder writes its own release mark, so the holder's
@@ -167,7 +170,24 @@ fn watch_until_lost(client: &EtcdClient, kv: &KeyValue, stopped: &AtomicBool) ->
             None
         });
         match verdict {
-            Ok(None) => backoff = Duration::ZERO,
+            // A whole window without a word: the stream is not trusted to
+            // have shown a loss (a member or proxy can make a watch and
+            // then send nothing), so the key is read again.
+            Ok(None) => {
+                backoff = Duration::ZERO;
+                match confirm(client, kv) {
+                    Ok((Some(loss), _)) => {
+                        return Some(format!(
+                            "the watch of our key {key} showed nothing for a whole window, and {loss}"
+                        ));
+                    }
+                    Ok((None, revision)) => start = start.max(revision + 1),
+                    Err(e) if e.is_store_changed() => return Some(e.to_string()),
+                    Err(e) => tracing::debug!(
+                        "cluster: reading our key {key} again after a quiet watch window failed: {e}"
+                    ),
+                }
+            }
             Ok(Some(Verdict::Lost(why))) => return Some(why),
             Ok(Some(Verdict::Confirm(what))) => match confirm(client, kv) {
                 Ok((Some(loss), _)) => return Some(format!("{what}, and {loss}")),

@@ -785,12 +785,23 @@ impl EtcdClient {
 
     /// Blocks until a DELETE event for `key` (or any key under it when
     /// `prefix`) after `after_revision`, or `until` passes. Reconnects a
-    /// broken watch stream (bounded per-stream read time, then re-watch
-    /// from the same revision) so a half-open connection cannot block
-    /// forever. Compacted history, or a store whose revision is now below
-    /// `after_revision` (restored from a backup, restarted empty: no
-    /// delete will ever come), is [`WatchOutcome::LookAgain`]: the caller
-    /// looks again, which is always safe.
+    /// broken watch stream (bounded per-stream read time, then re-watch)
+    /// so a half-open connection cannot block forever. Compacted history,
+    /// or a store whose revision is now below `after_revision` (restored
+    /// from a backup, restarted empty: no delete will ever come), is
+    /// [`WatchOutcome::LookAgain`]: the caller looks again, which is always
+    /// safe.
+    ///
+    /// The stream alone is never trusted to bring the delete: after each
+    /// window that showed none, the key (or the prefix) is read again, and
+    /// a delete the stream did not show (a member, gateway or proxy that
+    /// made the watch and then sent nothing; a loaded member whose catch-up
+    /// from an old revision outlasts every window) is
+    /// [`WatchOutcome::LookAgain`] too. A waiter so learns of any delete
+    /// within one window of it, whatever the stream does. A key found
+    /// unchanged is watched from the read's revision in the next window,
+    /// not from the old one again: the history to replay does not grow
+    /// with the wait.
     ///
     /// # Errors
     /// Any [`EtcdError`] of making the watch (the wait is read-only: none
@@ -803,7 +814,7 @@ impl EtcdClient {
         after_revision: i64,
         until: Option<Instant>,
     ) -> Result<WatchOutcome, EtcdError> {
-        let spec = WatchSpec {
+        let mut spec = WatchSpec {
             key,
             prefix,
             start_revision: after_revision + 1,
@@ -833,7 +844,69 @@ impl EtcdClient {
             if let Some(outcome) = outcome {
                 return Ok(outcome);
             }
+            if until.is_some_and(|until| until <= Instant::now()) {
+                return Ok(WatchOutcome::TimedOut);
+            }
+            match self.deleted_unseen(key, prefix, after_revision) {
+                Ok(None) => return Ok(WatchOutcome::LookAgain),
+                // The same key since: none of its deletes can lie behind
+                // the read. (Under a prefix a key made and deleted since
+                // could: that one's watch keeps its start.)
+                Ok(Some(read_at)) if !prefix => {
+                    spec.start_revision = spec.start_revision.max(read_at + 1);
+                }
+                Ok(Some(_)) => {}
+                Err(e) if e.is_store_changed() => return Err(e),
+                // The read proves nothing either way: watch on.
+                Err(e) => tracing::debug!("etcd: reading again after a quiet watch window: {e}"),
+            }
         }
+    }
+
+    /// After a watch window that showed no delete of `key` (or under it when
+    /// `prefix`) after `after_revision`: `None` when a read shows one
+    /// happened anyway (the key, or a key under the prefix as it was at
+    /// `after_revision`, is gone or was made again since) or the store went
+    /// back; otherwise the read's revision, up to which nothing was deleted.
+    fn deleted_unseen(
+        &self,
+        key: &[u8],
+        prefix: bool,
+        after_revision: i64,
+    ) -> Result<Option<i64>, EtcdError> {
+        let (now, read_at) = if prefix {
+            self.list_at(key)?
+        } else {
+            let (kv, read_at) = self.get(key)?;
+            (kv.into_iter().collect(), read_at)
+        };
+        if read_at < after_revision {
+            return Ok(None);
+        }
+        let kept = if prefix {
+            self.list_as_of(key, after_revision)?.iter().all(|then| {
+                now.iter()
+                    .any(|kv| kv.key == then.key && kv.create_revision == then.create_revision)
+            })
+        } else {
+            // The caller saw the key held at `after_revision`.
+            now.iter()
+                .any(|kv| kv.key == key && kv.create_revision <= after_revision)
+        };
+        Ok(kept.then_some(read_at))
+    }
+
+    /// The keys under `prefix` as they were at `revision`, with their
+    /// create revisions (a range at a past revision). Compacted history is
+    /// an error.
+    fn list_as_of(&self, prefix: &[u8], revision: i64) -> Result<Vec<KeyValue>, EtcdError> {
+        const OP: &str = "list";
+        let request = json!({
+            "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix)),
+            "revision": revision.to_string(), "keys_only": true,
+        });
+        let (answer, endpoint) = self.call(OP, "/v3/kv/range", &request)?;
+        kvs(&answer).map_err(|reason| malformed(OP, &endpoint, reason))
     }
 
     /// One watch stream until `window_end`: each message goes to
@@ -2059,6 +2132,51 @@ mod tests {
                 .expect_err("lease 0")
                 .is_lease_lost()
         );
+    }
+
+    #[test]
+    fn a_delete_a_silent_watch_stream_never_shows_is_found_by_a_read_after_the_window() {
+        use crate::cluster::etcd_server::StallingProxy;
+        let etcd = EtcdServer::start();
+        // Every watch through it is made and then says nothing more.
+        let proxy = StallingProxy::to(&etcd.url());
+        // A short call timeout makes the stream window short (1.2 s).
+        let waiter = EtcdClient::connect(&EtcdConnect {
+            call_timeout: Duration::from_millis(200),
+            ..config(&proxy.url())
+        })
+        .expect("connect");
+        let direct = client(&etcd);
+        for (key, prefix) in [(&b"/w/k"[..], false), (&b"/w/"[..], true)] {
+            let lease = direct.grant(Duration::from_secs(30)).expect("grant");
+            let Created::Ours { revision } =
+                direct.create(b"/w/k", b"v", lease.id).expect("create")
+            else {
+                panic!("not created");
+            };
+            let revoker = direct.clone();
+            let revoking = std::thread::spawn(move || {
+                // After the waiter's watch is made.
+                std::thread::sleep(Duration::from_millis(500));
+                revoker.revoke(lease.id).expect("revoke");
+                Instant::now()
+            });
+            let until = Some(Instant::now() + Duration::from_secs(8));
+            let outcome = waiter
+                .wait_for_delete(key, prefix, revision, until)
+                .expect("watch");
+            let woke = Instant::now();
+            let deleted = revoking.join().expect("revoker");
+            // Not seen on the stream: the wait cannot say how the key went
+            // (a clean release or not), only that it must look again.
+            assert_eq!(outcome, WatchOutcome::LookAgain, "prefix {prefix}");
+            let after = woke.saturating_duration_since(deleted);
+            eprintln!("prefix {prefix}: looked again {after:?} after the unseen delete");
+            assert!(
+                after <= waiter.watch_window() * 2 + Duration::from_secs(1),
+                "prefix {prefix}: {after:?}"
+            );
+        }
     }
 
     #[test]

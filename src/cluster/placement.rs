@@ -830,6 +830,75 @@ mod tests {
     }
 
     #[test]
+    fn a_spread_waiter_takes_a_source_whose_delete_its_watch_stream_never_showed() {
+        use crate::cluster::etcd::EtcdConnect;
+        use crate::cluster::etcd_server::{EtcdServer, StallingProxy};
+        let etcd = EtcdServer::start();
+        // The waiter's watches are made and then say nothing more.
+        let proxy = StallingProxy::to(&etcd.url());
+        let connect = |url: &str| {
+            EtcdClient::connect(&EtcdConnect {
+                endpoints: vec![url::Url::parse(url).expect("url")],
+                ca_file: None,
+                cert_file: None,
+                key_file: None,
+                user_file: None,
+                call_timeout: Duration::from_millis(300),
+            })
+            .expect("connect")
+        };
+        let direct = connect(&etcd.url());
+        let waiter = connect(&proxy.url());
+        let holder = direct.grant(Duration::from_secs(30)).expect("grant").id;
+        let record = ClusterRecord::for_this_launch("a", None, "s").to_json();
+        direct
+            .create(keyspace::source("s").as_bytes(), &record, holder)
+            .expect("create");
+        let lease = waiter.grant(Duration::from_secs(30)).expect("grant").id;
+        let window = waiter.watch_window();
+        let (told_tx, told) = std::sync::mpsc::channel();
+        let claimant = std::thread::spawn(move || {
+            let value = || ClusterRecord::for_this_launch("b", None, "s").to_json();
+            let want = || WantRecord::for_this_launch("b", None, 1).to_json();
+            let spread = SpreadClaim {
+                source: "s",
+                node: "b",
+                weight: 1,
+                value: &value,
+                want: &want,
+                suspicion: Duration::from_secs(3),
+            };
+            let until = Some(Instant::now() + Duration::from_secs(20));
+            let claimed = claim(
+                &waiter,
+                &mut Witness::default(),
+                &spread,
+                lease,
+                until,
+                &mut |holder| {
+                    let _ = told_tx.send(holder.lease);
+                },
+            );
+            (claimed.expect("claim"), Instant::now())
+        });
+        assert_eq!(told.recv_timeout(Duration::from_secs(10)), Ok(holder));
+        // Its watch of the holder's key is made by now.
+        std::thread::sleep(Duration::from_millis(500));
+        let released = Instant::now();
+        direct.revoke(holder).expect("revoke");
+        let (claimed, at) = claimant.join().expect("claimant");
+        let after = at.saturating_duration_since(released);
+        eprintln!("the waiter took the source {after:?} after its holder let go");
+        assert_eq!(claimed, Claimed::Ours);
+        assert!(
+            after <= window * 2 + QUIET + Duration::from_secs(1),
+            "{after:?}"
+        );
+        let (kv, _) = direct.get(keyspace::source("s").as_bytes()).expect("get");
+        assert_eq!(kv.expect("held").lease, lease);
+    }
+
+    #[test]
     fn hostile_records_count_their_source_but_no_node_and_no_weight() {
         let keys = vec![
             kv(keyspace::wanted("s", 5), b"not json".to_vec()),

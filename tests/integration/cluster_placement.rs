@@ -529,9 +529,13 @@ fn a_node_started_alone_keeps_everything_until_its_programs_restart_then_the_res
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(was.pid), Signal::SIGTERM)
             .expect("stop the reader");
         let mut launcher = fleet.launchers.remove(&(0, i)).expect("a's launcher");
+        let exited = launcher.exit_within(Duration::from_secs(10));
         assert_eq!(
-            launcher.exit_within(Duration::from_secs(10)),
-            Some(128 + 15)
+            exited,
+            Some(128 + 15),
+            "{}'s launcher on a did not end after its reader did; its log:\n{}",
+            tag(i),
+            launcher.log()
         );
         fleet.start(0, i);
         assert!(

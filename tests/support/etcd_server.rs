@@ -698,3 +698,128 @@ fn generate_tls(dir: &Path) -> TlsFiles {
         server_key: write("server-key.pem", &server_key),
     }
 }
+
+/// A loopback TCP proxy in front of one etcd member whose watch streams
+/// stall: the answer to a `/v3/watch` request is passed on up to and
+/// including the message that says the watch was created, and nothing
+/// after it, while the connection stays open; every other request and
+/// answer passes whole. The client sees what a member, gateway or proxy
+/// that stops sending a stream's events shows (etcd issue 9988; a loaded
+/// member that creates each watch but delivers its history only after the
+/// client's stream window): a watch that was made and then stays silent.
+/// Dropping it stops accepting; open connections end with their clients.
+pub struct StallingProxy {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingProxy {
+    /// A proxy to `target` (`http://host:port`).
+    #[must_use]
+    pub fn to(target: &str) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let target: SocketAddr = target
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .expect("a plain-HTTP loopback URL");
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let watching = Arc::new(AtomicBool::new(false));
+                let (mut from_client, mut to_server) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let request_watch = Arc::clone(&watching);
+                std::thread::spawn(move || {
+                    let mut buf = [0_u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                        // Set before the request goes on: its answer cannot
+                        // come back before it.
+                        if contains(&buf[..n], b"POST /v3/watch ") {
+                            request_watch.store(true, Ordering::SeqCst);
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = [0_u8; 16 * 1024];
+                    let mut seen = Vec::new();
+                    let mut stalled = false;
+                    while let Ok(n @ 1..) = from_server.read(&mut buf) {
+                        if stalled {
+                            continue; // read and dropped: the server is never blocked
+                        }
+                        if !watching.load(Ordering::SeqCst) {
+                            if to_client.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        let before = seen.len();
+                        seen.extend_from_slice(&buf[..n]);
+                        let Some(end) = after_created(&seen) else {
+                            if to_client.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            continue;
+                        };
+                        // Up to the end of the chunk that ends the created
+                        // message's line; nothing after.
+                        if to_client.write_all(&seen[before..end]).is_err() {
+                            break;
+                        }
+                        stalled = true;
+                    }
+                    let _ = to_client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { addr, stop }
+    }
+
+    /// The proxy's URL, `http://127.0.0.1:PORT`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which then sees `stop`.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// In a chunked watch answer: the end of the chunk holding the newline that
+/// ends the `"created":true` message (the gateway writes each message and
+/// its `\n` delimiter into one chunk, or the `\n` into a chunk of its own:
+/// either way the first `\n` followed by the chunk's CRLF).
+fn after_created(seen: &[u8]) -> Option<usize> {
+    let needle = b"\"created\":true";
+    let at = seen.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    (at..seen.len().saturating_sub(2))
+        .find(|&i| seen[i] == b'\n' && &seen[i + 1..i + 3] == b"\r\n")
+        .map(|i| i + 3)
+}

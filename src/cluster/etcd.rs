@@ -848,7 +848,12 @@ impl EtcdClient {
                 return Ok(WatchOutcome::TimedOut);
             }
             match self.deleted_unseen(key, prefix, after_revision) {
-                Ok(None) => return Ok(WatchOutcome::LookAgain),
+                Ok(None) => {
+                    tracing::info!(
+                        "etcd: a watch stream window ended without the delete that a read now shows (or the store went back); looking again"
+                    );
+                    return Ok(WatchOutcome::LookAgain);
+                }
                 // The same key since: none of its deletes can lie behind
                 // the read. (Under a prefix a key made and deleted since
                 // could: that one's watch keeps its start.)

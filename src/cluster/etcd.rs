@@ -793,12 +793,14 @@ impl EtcdClient {
     /// safe.
     ///
     /// The stream alone is never trusted to bring the delete: after each
-    /// window that showed none, the key (or the prefix) is read again, and
-    /// a delete the stream did not show (a member, gateway or proxy that
-    /// made the watch and then sent nothing; a loaded member whose catch-up
-    /// from an old revision outlasts every window) is
-    /// [`WatchOutcome::LookAgain`] too. A waiter so learns of any delete
-    /// within one window of it, whatever the stream does. A key found
+    /// window that showed none, the key (or the prefix) is read again. A
+    /// delete the read shows is given half a window more on a new stream
+    /// (made just before the window's end, its event may be on its way,
+    /// with the clean-release mark the caller wants), and when that shows
+    /// nothing either (a member, gateway or proxy that made the watch and
+    /// then sent nothing; a loaded member whose catch-up outlasts every
+    /// window), it is [`WatchOutcome::LookAgain`]. A waiter so learns of any
+    /// delete within a window and a half of it, whatever the stream does. A key found
     /// unchanged is watched from the read's revision in the next window,
     /// not from the old one again: the history to replay does not grow
     /// with the wait.
@@ -820,12 +822,21 @@ impl EtcdClient {
             start_revision: after_revision + 1,
             puts: false,
         };
+        // A read showed a delete the stream had not: one short window more
+        // from the same start, so a delete made just before a window's end
+        // (its event on the way) is still seen, with the value it had.
+        let mut gone = false;
         loop {
             let now = Instant::now();
+            let window = if gone {
+                self.inner.watch_window / 2
+            } else {
+                self.inner.watch_window
+            };
             let window_end = match until {
                 Some(until) if until <= now => return Ok(WatchOutcome::TimedOut),
-                Some(until) => until.min(now + self.inner.watch_window),
-                None => now + self.inner.watch_window,
+                Some(until) => until.min(now + window),
+                None => now + window,
             };
             let outcome = self.watch(&spec, window_end, &mut |message| {
                 if message.compact_revision > 0
@@ -847,13 +858,14 @@ impl EtcdClient {
             if until.is_some_and(|until| until <= Instant::now()) {
                 return Ok(WatchOutcome::TimedOut);
             }
+            if gone {
+                tracing::info!(
+                    "etcd: a read shows a delete that the watch stream did not show, even in a window more; looking again (the release was not seen, so a take waits the lock delay)"
+                );
+                return Ok(WatchOutcome::LookAgain);
+            }
             match self.deleted_unseen(key, prefix, after_revision) {
-                Ok(None) => {
-                    tracing::info!(
-                        "etcd: a watch stream window ended without the delete that a read now shows (or the store went back); looking again"
-                    );
-                    return Ok(WatchOutcome::LookAgain);
-                }
+                Ok(None) => gone = true,
                 // The same key since: none of its deletes can lie behind
                 // the read. (Under a prefix a key made and deleted since
                 // could: that one's watch keeps its start.)

@@ -163,6 +163,35 @@ pub struct StatusArgs {
     pub etcd: EtcdArgs,
 }
 
+/// This node's name when `--node` is not given: the kernel's host name.
+#[must_use]
+pub fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The first etcd option given without `--etcd`, if any: a mistake both
+/// executables refuse (ECP-0134), so it is decided here, once.
+#[must_use]
+pub fn stray_cluster_option(args: &EtcdArgs) -> Option<&'static str> {
+    if !args.endpoints.is_empty() {
+        return None;
+    }
+    let stray = [
+        ("--etcd-ca", args.etcd_ca.is_some()),
+        ("--etcd-cert", args.etcd_cert.is_some()),
+        ("--etcd-key", args.etcd_key.is_some()),
+        ("--etcd-user-file", args.etcd_user_file.is_some()),
+    ];
+    stray
+        .iter()
+        .find(|(_, given)| *given)
+        .map(|(flag, _)| *flag)
+}
+
 /// Where the cluster's locks live and how to reach them (cluster mode,
 /// ECP-0134); shared by `run` and `status`.
 #[derive(Debug, Args)]

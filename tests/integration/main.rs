@@ -15,8 +15,6 @@ mod cluster_slots;
 mod device;
 mod entry;
 mod etcd_harness;
-#[path = "../support/etcd_server.rs"]
-mod etcd_server;
 mod input;
 mod invocation;
 mod keys;
@@ -24,8 +22,6 @@ mod lock_path;
 mod logging;
 mod netns;
 mod operator;
-#[path = "../common/privilege.rs"]
-mod privilege;
 mod readers;
 mod records;
 mod resolver;
@@ -36,8 +32,7 @@ mod status;
 mod status_truth;
 mod testenv;
 mod tuner;
-// The emulator program's entry point is the example's; here only the device.
-#[allow(dead_code)]
-#[path = "../support/tuner_emulator.rs"]
-mod tuner_emulator;
 mod watchdog;
+
+// The suites' shared support (ECP-0138), under the names the tests use.
+use ec_test_support::{etcd_server, privilege, tuner_emulator};

@@ -31,6 +31,9 @@ pub struct TestEnv {
 impl TestEnv {
     #[must_use]
     pub fn new() -> Self {
+        // `ec-launch run --etcd` execs it: a stale one would test old code.
+        static CLUSTER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        CLUSTER.get_or_init(|| ec_test_support::executables::cluster_beside(Path::new(BIN)));
         let dir = tempfile::Builder::new()
             .prefix("ec-launch-test")
             .tempdir()

@@ -293,15 +293,9 @@ pub fn rfc3339(since: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(since)).to_string()
 }
 
-/// This node's name when `--node` is not given: the kernel's host name.
-#[must_use]
-pub fn default_node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
+/// This node's name when `--node` is not given (the library's, which the
+/// local `status` needs too).
+pub use crate::cli::default_node_name;
 
 #[cfg(test)]
 mod tests {

@@ -244,7 +244,7 @@ pub struct ClusterArgs {
 /// `$EC_LAUNCH_LOCK_DIR`, else [`DEFAULT_LOCK_DIR`]. A variable set but
 /// empty yields an empty path, which [`ensure_lock_dir_given`] reports as the
 /// variable's fault (clap would blame `--lock-dir`).
-fn default_lock_dir() -> PathBuf {
+pub(crate) fn default_lock_dir() -> PathBuf {
     std::env::var_os(LOCK_DIR_ENV).map_or_else(|| PathBuf::from(DEFAULT_LOCK_DIR), PathBuf::from)
 }
 
@@ -255,7 +255,7 @@ fn lock_dir_parser() -> impl TypedValueParser<Value = PathBuf> {
     clap::builder::OsStringValueParser::new().try_map(parse_lock_dir)
 }
 
-fn parse_lock_dir(text: OsString) -> Result<PathBuf, String> {
+pub(crate) fn parse_lock_dir(text: OsString) -> Result<PathBuf, String> {
     // Only the default can be empty (see `default_lock_dir`); an empty
     // `--lock-dir ''` is the flag's fault.
     if text.is_empty() && std::env::var_os(LOCK_DIR_ENV).is_none_or(|v| !v.is_empty()) {
@@ -278,7 +278,7 @@ pub fn ensure_lock_dir_given(dir: &std::path::Path) -> Result<(), crate::error::
 /// A busy code must not be one `ec-launch` uses for something else, or a
 /// script could not tell "busy" from, say, "program not found". 0 (busy
 /// counts as success) and the default 75 are accepted.
-fn parse_busy_exit_code(text: &str) -> Result<u8, String> {
+pub(crate) fn parse_busy_exit_code(text: &str) -> Result<u8, String> {
     let code: u8 = text
         .parse()
         .map_err(|_| format!("{text:?} is not an exit code; pass 0 to 255"))?;
@@ -290,7 +290,7 @@ fn parse_busy_exit_code(text: &str) -> Result<u8, String> {
     }
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .trim()
         .parse()

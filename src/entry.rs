@@ -67,6 +67,10 @@ pub fn ensure_standard_descriptors() -> bool {
 /// prints them, and usage errors with every argument that carries a
 /// credential redacted (clap quotes unexpected and invalid arguments).
 pub fn parse_args(args: &[OsString]) -> Result<Cli, ExitStatus> {
+    // The module's local launch, without building clap's command tree.
+    if let Some(cli) = crate::fast_cli::parse(args) {
+        return Ok(cli);
+    }
     let error = match Cli::try_parse_from(args) {
         Ok(cli) => return Ok(cli),
         Err(error) => error,

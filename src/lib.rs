@@ -23,6 +23,7 @@ pub mod entry;
 pub mod error;
 pub mod exec;
 pub mod exit_code;
+pub mod fast_cli;
 pub mod foreign_reader;
 pub mod handoff;
 pub mod holder;

@@ -51,7 +51,9 @@ rustPlatform.buildRustPackage {
   # way). buildRustPackage passes an explicit --target, so the flag does not
   # reach proc-macro crates, which cannot be linked statically.
   buildInputs = lib.optionals stdenv.hostPlatform.isGnu [ glibc.static ];
-  env.RUSTFLAGS = lib.optionalString stdenv.hostPlatform.isGnu "-C target-feature=+crt-static";
+  # At a fixed address too (no static PIE, which relocates itself at every
+  # start): the same flags as .cargo/config.toml (ECP-0138).
+  env.RUSTFLAGS = lib.optionalString stdenv.hostPlatform.isGnu "-C target-feature=+crt-static -C relocation-model=static";
 
   # The unit tests only (the library's and each executable's). The
   # integration and acceptance suites need flock(1), root, systemd and

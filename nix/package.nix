@@ -24,18 +24,20 @@ rustPlatform.buildRustPackage {
   # [[test]] target it is told about to exist, hence the Rust files under
   # tests/. The JSON files are
   # the module's and the launcher's one source of truth (`include_str!`),
-  # and the README's exit-code table is checked by a unit test.
+  # and docs/exit-codes.md's table is checked by a unit test.
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
       ../Cargo.toml
       ../Cargo.lock
+      ../build.rs
       ../clippy.toml
       ../src
       ../crates
       (lib.fileset.fileFilter (file: file.hasExt "rs") ../tests)
       ../benches
       ../README.md
+      ../docs/exit-codes.md
       ../nixos/secret-params.json
       ../nixos/cluster-timing.json
     ];

@@ -42,14 +42,12 @@ pub enum Command {
     Key(KeyArgs),
     /// Show who holds which source, from the kernel's lock table
     Status(StatusArgs),
-    /// Print a shell completion script (for packagers)
-    #[command(hide = true)]
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page in roff (for packagers)
-    #[command(hide = true)]
+    /// Print the man page (roff): ec-launch man > ec-launch.1; man ./ec-launch.1
     Man,
 }
 
@@ -137,7 +135,7 @@ pub struct StatusArgs {
     #[arg(long, value_name = "DIR", value_parser = lock_dir_parser(), default_value_os_t = default_lock_dir(), hide_default_value = true)]
     pub lock_dir: PathBuf,
 
-    /// Print {"locks": [...], "devices": [...], "warnings": [...]} (schema in the README)
+    /// Print {"locks": [...], "devices": [...], "warnings": [...]} (schema in docs/status.md)
     #[arg(long)]
     pub json: bool,
 

@@ -1,5 +1,5 @@
 //! `ec-launch`: the per-source lock-and-exec launcher for every-channel
-//! publishers. See the README for the contract and `evolution/` for why.
+//! publishers. See the README and `docs/` for the contract and `evolution/` for why.
 //! The code is the library's (`src/lib.rs`); cluster mode is the other
 //! executable, `ec-launch-cluster`, which this one execs first thing when
 //! `--etcd` or `EC_LAUNCH_ETCD` asks for it (ECP-0138).

@@ -49,6 +49,10 @@ pub(super) struct DeviceStatus {
     /// With `status --device`: the device's own view beside ours.
     #[serde(flatten)]
     report: Option<DeviceReport>,
+    /// The PIDs (in this namespace) blocked on one of its slots: launchers
+    /// that hold their source's lock while they wait for a tuner.
+    #[serde(skip)]
+    waiting_pids: BTreeSet<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +112,20 @@ pub(super) fn devices(
         .collect();
     let warnings = shared_device_ids(&devices);
     (devices, warnings)
+}
+
+/// Each process blocked on a device's slot, with the device as `status`
+/// names it: a launcher that holds its source's lock while it waits for a
+/// tuner is no reader, and the table says so.
+pub(super) fn slot_waiters(devices: &[DeviceStatus]) -> BTreeMap<u32, String> {
+    let mut waiters = BTreeMap::new();
+    for device in devices {
+        let name = device.device.as_deref().unwrap_or(&device.name);
+        for pid in &device.waiting_pids {
+            waiters.entry(*pid).or_insert_with(|| name.to_owned());
+        }
+    }
+    waiters
 }
 
 /// True when a device has a held slot whose file left its place: a second
@@ -207,6 +225,7 @@ fn device(
         slots,
         warnings,
         report: None,
+        waiting_pids: waiting.iter().flatten().copied().collect(),
     }
 }
 
@@ -500,6 +519,7 @@ mod tests {
             ],
             warnings: vec!["w\rx".into()],
             report: None,
+            waiting_pids: BTreeSet::new(),
         };
         let mut out = String::new();
         write_text(&mut out, &[device]);
@@ -524,6 +544,7 @@ mod tests {
             slots: Vec::new(),
             warnings: Vec::new(),
             report: None,
+            waiting_pids: BTreeSet::new(),
         };
         let warnings = shared_device_ids(&[device("10.0.0.5"), device("hdhr.lan")]);
         assert_eq!(warnings.len(), 1);
@@ -543,6 +564,7 @@ mod tests {
             slots: vec![slot(0, State::Held, Some(42)), slot(1, State::Free, None)],
             warnings: Vec::new(),
             report: None,
+            waiting_pids: BTreeSet::new(),
         };
         assert_eq!(host_of(&device).as_deref(), Some("10.0.0.5"));
         // A redacted credential in the record's source does not hide its host.

@@ -1,7 +1,14 @@
 //! `ec-launch completions SHELL` and `ec-launch man`: packaging aids that
 //! render shell completions and the man page from the same clap definition
 //! the program parses with, so they cannot drift from the real flags. The
-//! flake installs both; they are hidden from `--help`.
+//! flake installs both; `--help` lists them so a user who built with cargo
+//! finds them too.
+//!
+//! `clap_complete`'s bash script (4.6.11, clap issue #6421) spells a state one
+//! way in its dispatch loop (`ec__launch__subcmd__run`) and another in the
+//! case arms that hold each subcommand's flags (`ec__subcmd__launch__subcmd__run`)
+//! when the binary name has a hyphen, so no subcommand's flags ever
+//! completed. [`bash_arms_as_the_loop_spells_them`] respells the arms.
 
 use std::io::{self, Write};
 
@@ -10,11 +17,50 @@ use clap::CommandFactory;
 use crate::cli::Cli;
 use crate::exit_code::ExitStatus;
 
+/// The name the scripts complete, as installed.
+const BIN: &str = "ec-launch";
+
 /// Writes the completion script for `shell` to stdout.
 #[must_use]
 pub fn completions(shell: clap_complete::Shell) -> ExitStatus {
-    clap_complete::generate(shell, &mut Cli::command(), "ec-launch", &mut io::stdout());
-    ExitStatus::Success
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), BIN, &mut script);
+    if shell == clap_complete::Shell::Bash {
+        script = bash_arms_as_the_loop_spells_them(&String::from_utf8_lossy(&script)).into_bytes();
+    }
+    match io::stdout().lock().write_all(&script) {
+        Ok(()) => ExitStatus::Success,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitStatus::Success,
+        Err(e) => {
+            eprintln!("error: cannot write the completion script: {e}; check stdout");
+            ExitStatus::OsError
+        }
+    }
+}
+
+/// The bash script with each case arm's state label spelled as the dispatch
+/// loop spells it: the binary name's hyphens as `__` (the loop's escaping),
+/// not as the subcommand separator `__subcmd__` (the arms' single-pass
+/// escaping). Only whole arm labels at the arms' indentation are touched,
+/// so a script from a fixed `clap_complete` passes through unchanged.
+fn bash_arms_as_the_loop_spells_them(script: &str) -> String {
+    let loop_spelling = BIN.replace('-', "__");
+    let arm_spelling = BIN.replace('-', "__subcmd__");
+    let mut fixed = String::with_capacity(script.len());
+    for line in script.split_inclusive('\n') {
+        let label = line
+            .strip_prefix("        ")
+            .and_then(|rest| rest.strip_prefix(&*arm_spelling));
+        match label {
+            Some(rest) if rest.starts_with(')') || rest.starts_with("__") => {
+                fixed.push_str("        ");
+                fixed.push_str(&loop_spelling);
+                fixed.push_str(rest);
+            }
+            _ => fixed.push_str(line),
+        }
+    }
+    fixed
 }
 
 /// Writes the man page (roff) to stdout: the program, then one section per

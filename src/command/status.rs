@@ -197,6 +197,11 @@ pub(super) struct HolderJson {
     since: Option<String>,
     /// With `pid`, the identity: clock ticks after boot, as in the record.
     start_ticks: Option<u64>,
+    /// A launcher that holds its source's lock while it waits for a tuner
+    /// slot of this device (`--tuners`): it reads nothing yet. Present only
+    /// then (an addition to the schema).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_for_tuner: Option<String>,
 }
 
 impl From<ProcessInfo> for HolderJson {
@@ -207,6 +212,7 @@ impl From<ProcessInfo> for HolderJson {
             unit: info.unit,
             since: info.since,
             start_ticks: info.start_ticks,
+            waiting_for_tuner: None,
         }
     }
 }
@@ -294,8 +300,16 @@ pub fn status_with<V: ClusterView>(args: &StatusArgs, view: &V) -> Result<ExitSt
     );
     // Slots are shown for the whole directory only, but a slot holder
     // accounts for its connection to the device whatever is asked.
+    let (devices, device_warnings) =
+        device_view::devices(&scan, proc_root, &slots, &orphaned_slots);
+    // A source's holder blocked on a slot is a launcher waiting for a
+    // tuner, not a reader: said so, also when only SOURCE is asked about.
+    let slot_waiters = device_view::slot_waiters(&devices);
+    for holder in locks.iter_mut().flat_map(|lock| lock.holders.iter_mut()) {
+        holder.waiting_for_tuner = slot_waiters.get(&holder.pid).cloned();
+    }
     let (devices, device_warnings) = if key.is_none() || connections.is_some() {
-        device_view::devices(&scan, proc_root, &slots, &orphaned_slots)
+        (devices, device_warnings)
     } else {
         (Vec::new(), Vec::new())
     };
@@ -908,8 +922,14 @@ fn print_report<V: ClusterView>(report: &Report<V::Report>, json: bool, view: &V
         .locks
         .iter()
         .map(|lock| {
+            let waiting = !lock.holders.is_empty()
+                && lock.holders.iter().all(|h| h.waiting_for_tuner.is_some());
             let state = match (lock.state, lock.orphaned) {
                 (_, true) => "ORPHANED",
+                // Held by launchers that wait for a tuner: nothing reads
+                // the source yet (`--json` keeps "held", with each
+                // holder's `waiting_for_tuner`).
+                (State::Held, false) if waiting => "waiting",
                 (State::Held, false) => "held",
                 (State::Free, false) => "free",
                 (State::Unknown, false) => "unknown",
@@ -991,6 +1011,10 @@ fn describe(holder: &HolderJson) -> String {
     if let Some(since) = &holder.since {
         text.push_str(" since ");
         text.push_str(since);
+    }
+    if let Some(device) = &holder.waiting_for_tuner {
+        text.push_str(" waiting for a tuner of ");
+        text.push_str(&printable(device));
     }
     text
 }

@@ -406,6 +406,18 @@ fn freezing_etcd_fences_the_holder_before_its_lease_can_expire_and_no_one_overla
         Timeline::read(&env).life("b").is_none(),
         "the waiter ran while etcd was frozen"
     );
+    // The fence's log says what happened in the operator's terms, not the
+    // HTTP library's (`timeout: global`).
+    let log = active.log();
+    assert!(
+        !log.contains("timeout: "),
+        "the fence log speaks the HTTP library's jargon:\n{log}"
+    );
+    assert!(
+        log.contains("no answer from etcd within the call's deadline of ")
+            || log.contains("no connection to etcd within the call's deadline of "),
+        "the fence log does not say what etcd failed to do:\n{log}"
+    );
     etcd.thaw();
     // The waiter takes over, or, if it gave up during the freeze (69: etcd
     // unreachable while acquiring; 76: see
@@ -504,6 +516,10 @@ fn waiter_whose_lease_lapsed_takes_over(held: &str, wanted: &str, extra: &[&str]
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_node_cut_off_by_its_link_is_fenced_before_its_lease_expires_and_the_etcd_side_takes_over() {
     require_root!("create network namespaces and a veth pair");
     let link = Link::create();
@@ -782,7 +798,16 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
         ttl_left > 0.0 && ttl_left <= TTL.as_secs_f64(),
         "ttl_left {ttl_left}: {seen:#}"
     );
-    assert!(holder["since"].is_number(), "{seen:#}");
+    // `since` stays the seconds it always was; `since_rfc3339` says the
+    // same in the form a lock's `since` has, and the text shows that form.
+    let since = holder["since"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{seen:#}"));
+    let rfc3339 = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(since),
+    )
+    .to_string();
+    assert_eq!(holder["since_rfc3339"], rfc3339.as_str(), "{seen:#}");
     assert_eq!(status("b")["cluster"]["holders"][0]["this_node"], false);
     // The text form names the node too.
     env.command(["status", "--etcd", &etcd.endpoints(), "--node", "b"])
@@ -790,6 +815,7 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
         .arg(a.lock_dir())
         .stdout_contains("node a")
         .stdout_contains(active.pid().to_string())
+        .stdout_contains(format!("since {rfc3339}"))
         .run();
 }
 

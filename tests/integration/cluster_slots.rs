@@ -116,6 +116,16 @@ fn a_waiter_saying_two_tuners_keeps_launchers_saying_three_below_two_and_status_
     assert_eq!(waiters[0]["tuners"], 2, "{seen:#}");
     assert_eq!(waiters[0]["this_node"], true, "{seen:#}");
     assert_eq!(waiters[0]["pid"], waiter.pid(), "{seen:#}");
+    let since = waiters[0]["since"].as_u64().expect("since in seconds");
+    assert_eq!(
+        waiters[0]["since_rfc3339"],
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(since)
+        )
+        .to_string()
+        .as_str(),
+        "{seen:#}"
+    );
     // The waiting key is no holder: two slots are held, not three.
     let holders = cluster["holders"].as_array().expect("holders");
     let slots: Vec<&serde_json::Value> = holders

@@ -43,6 +43,10 @@ fn held_program(name: &str) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn tuners_auto_takes_the_tuner_count_from_discover_json() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 21);
@@ -78,6 +82,10 @@ fn tuners_auto_takes_the_tuner_count_from_discover_json() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn tuners_auto_on_a_device_without_discover_json_exits_78_asking_for_a_count() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 22);
@@ -96,6 +104,10 @@ fn tuners_auto_on_a_device_without_discover_json_exits_78_asking_for_a_count() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn tuners_auto_on_a_device_reporting_no_usable_tuner_count_exits_78() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 23);
@@ -117,6 +129,10 @@ fn tuners_auto_on_a_device_reporting_no_usable_tuner_count_exits_78() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn tuners_auto_on_a_hung_device_gives_up_after_the_timeouts_and_exits_69() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 24);
@@ -139,6 +155,10 @@ fn tuners_auto_on_a_hung_device_gives_up_after_the_timeouts_and_exits_69() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn tuners_auto_on_a_device_answering_garbage_exits_69() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 25);
@@ -254,6 +274,10 @@ fn status_device<'e>(env: &'e TestEnv, extra: &[&str]) -> crate::testenv::Invoca
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn status_device_reports_a_reader_from_another_address_as_foreign_and_exits_6() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 27);
@@ -306,6 +330,10 @@ fn status_device_reports_a_reader_from_another_address_as_foreign_and_exits_6() 
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn status_device_reports_a_reader_on_this_node_that_took_no_slot_and_exits_6() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 28);
@@ -368,6 +396,10 @@ fn device_reporting(ip: Ipv4Addr, status_json: &'static str) {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn status_device_keeps_the_tuners_a_device_reports_beside_one_it_reports_without_a_resource() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 42);
@@ -411,6 +443,10 @@ fn status_device_keeps_the_tuners_a_device_reports_beside_one_it_reports_without
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn status_device_with_an_entry_that_is_no_tuner_keeps_the_rest_and_says_the_view_is_partial() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 43);

@@ -281,6 +281,10 @@ impl Drop for Mount {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_read_only_or_full_filesystem_is_named_as_such() {
     require_root!("mount small and read-only filesystems");
     let env = TestEnv::new();

@@ -20,6 +20,10 @@ fn key_of(env: &TestEnv, source: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn links_mknod_copies_and_bind_mounts_of_one_device_are_one_source() {
     require_root!("mknod a copy of /dev/null and bind-mount it");
     let env = TestEnv::new();
@@ -65,6 +69,10 @@ fn links_mknod_copies_and_bind_mounts_of_one_device_are_one_source() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_launch_on_a_device_copy_is_refused_while_the_device_is_held() {
     require_root!("mknod a copy of /dev/null");
     let env = TestEnv::new();

@@ -48,6 +48,10 @@ fn as_nobody(env: &TestEnv, script: &str) -> std::process::Output {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_lock_file_another_user_planted_in_a_sticky_directory_is_refused() {
     require_root!("plant a lock file as another user");
     let env = TestEnv::new();
@@ -70,6 +74,10 @@ fn a_lock_file_with_a_second_hard_link_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_lock_directory_owned_by_another_user_is_refused() {
     require_root!("give the lock directory to another user");
     let env = TestEnv::new();
@@ -79,6 +87,10 @@ fn a_lock_directory_owned_by_another_user_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_directory_above_the_lock_directory_that_others_may_rename_in_is_refused() {
     require_root!("give a parent directory to another user");
     let env = TestEnv::new();
@@ -113,6 +125,10 @@ fn a_directory_above_the_lock_directory_that_others_may_rename_in_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn the_modules_setgid_group_directory_serves_root_and_the_service_user_read_write() {
     require_root!("run as root and as the service user");
     let env = TestEnv::new();
@@ -163,6 +179,10 @@ fn the_modules_setgid_group_directory_serves_root_and_the_service_user_read_writ
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn users_outside_the_files_user_and_group_cannot_open_a_lock_file_to_block_it() {
     require_root!("try the lock file as another user");
     let env = TestEnv::new();
@@ -238,6 +258,10 @@ fn with_stderr_closed_no_log_line_is_written_into_the_lock_file() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn status_of_a_source_refuses_what_run_refuses_instead_of_opening_it() {
     require_root!("plant a device node");
     let env = TestEnv::new();

@@ -8,6 +8,7 @@
     clippy::must_use_candidate
 )]
 
+mod caller_env;
 mod cli;
 mod cluster;
 mod cluster_node;

@@ -262,6 +262,10 @@ mod checks {
     use crate::testenv::require_root;
 
     #[test]
+    #[cfg_attr(
+        ec_tests_without_root,
+        ignore = "needs root: run the tests as root, as CI does"
+    )]
     fn the_node_side_reaches_the_etcd_side_until_the_link_is_cut() {
         require_root!("create network namespaces and a veth pair");
         let link = Link::create();
@@ -287,6 +291,10 @@ mod checks {
     }
 
     #[test]
+    #[cfg_attr(
+        ec_tests_without_root,
+        ignore = "needs root: run the tests as root, as CI does"
+    )]
     fn etcd_inside_the_etcd_side_answers_the_node_side_only_while_linked() {
         require_root!("create network namespaces and a veth pair");
         let link = Link::create();

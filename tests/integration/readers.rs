@@ -119,6 +119,10 @@ fn of_pid(connections: &[serde_json::Value], pid: u32) -> Vec<serde_json::Value>
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn the_lock_holders_connection_is_shown_as_held_with_its_bytes() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
@@ -153,6 +157,10 @@ fn the_lock_holders_connection_is_shown_as_held_with_its_bytes() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn two_holders_of_two_channels_on_one_endpoint_are_both_accounted_for() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
@@ -179,6 +187,10 @@ fn two_holders_of_two_channels_on_one_endpoint_are_both_accounted_for() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_reader_outside_any_lock_is_a_stale_reader_shown_first_with_exit_7() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
@@ -215,6 +227,10 @@ fn a_reader_outside_any_lock_is_a_stale_reader_shown_first_with_exit_7() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_stale_reader_of_a_free_source_is_found_too() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
@@ -230,6 +246,10 @@ fn a_stale_reader_of_a_free_source_is_found_too() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn an_ipv6_endpoint_is_watched_like_an_ipv4_one() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
@@ -259,6 +279,10 @@ fn an_ipv6_endpoint_is_watched_like_an_ipv4_one() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_child_that_inherited_the_lock_descriptor_and_owns_the_socket_holds_it() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
@@ -288,6 +312,10 @@ fn a_child_that_inherited_the_lock_descriptor_and_owns_the_socket_holds_it() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_holder_with_a_second_connection_of_its_own_is_flagged() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
@@ -315,6 +343,10 @@ fn a_holder_with_a_second_connection_of_its_own_is_flagged() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn no_credential_of_a_source_is_printed() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
@@ -374,6 +406,10 @@ fn plain_status_has_no_readers_section() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn for_one_source_another_channels_holder_on_its_endpoint_still_accounts_for_its_connection() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
@@ -400,6 +436,10 @@ fn for_one_source_another_channels_holder_on_its_endpoint_still_accounts_for_its
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_user_who_cannot_read_the_records_or_the_readers_is_told_unknown_not_clear() {
     require_root!("start readers as root and run status as another user");
     let env = TestEnv::new();
@@ -425,6 +465,10 @@ fn a_user_who_cannot_read_the_records_or_the_readers_is_told_unknown_not_clear()
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_connection_whose_owner_this_user_cannot_see_is_unknown_not_clear() {
     require_root!("start a reader as root and run status as another user");
     let env = TestEnv::new();
@@ -456,6 +500,10 @@ fn a_connection_whose_owner_this_user_cannot_see_is_unknown_not_clear() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_reader_holding_only_a_tuner_slot_of_the_device_is_accounted_for() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();

@@ -97,7 +97,7 @@ fn status<'e>(env: &'e TestEnv, args: &[&str]) -> Invocation<'e> {
         .args(args)
 }
 
-/// `status`'s documented exit statuses (README, "Exit codes").
+/// `status`'s documented exit statuses (docs/exit-codes.md).
 const STATUS_CODES: [i32; 7] = [0, 3, 4, 5, 6, 7, 69];
 
 /// Runs a `status` invocation: its exit status must be a documented one

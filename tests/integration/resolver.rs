@@ -76,6 +76,10 @@ fn timed(invocation: Invocation<'_>) -> Duration {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn the_silent_resolver_really_is_silent() {
     require_root!("make a network namespace");
     let resolver = SilentResolver::start();
@@ -98,6 +102,10 @@ fn the_silent_resolver_really_is_silent() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn tuners_auto_gives_up_on_a_silent_resolver_within_its_deadline() {
     require_root!("make a network namespace");
     let resolver = SilentResolver::start();
@@ -121,6 +129,10 @@ fn tuners_auto_gives_up_on_a_silent_resolver_within_its_deadline() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn status_device_gives_up_on_a_silent_resolver_within_its_deadline() {
     require_root!("make a network namespace");
     let resolver = SilentResolver::start();
@@ -143,6 +155,10 @@ fn status_device_gives_up_on_a_silent_resolver_within_its_deadline() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn status_readers_resolves_every_name_together_within_its_deadline() {
     require_root!("make a network namespace");
     let resolver = SilentResolver::start();

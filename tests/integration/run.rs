@@ -286,6 +286,10 @@ fn an_unwritable_lock_directory_is_a_clear_error_and_the_program_does_not_run() 
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_root_owned_lock_file_the_service_user_may_only_read_still_locks() {
     require_root!("create a lock file as root and run as another user");
     let env = TestEnv::new();

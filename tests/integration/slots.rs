@@ -201,7 +201,7 @@ fn a_waiter_takes_a_slot_as_soon_as_a_holder_is_sigkilled() {
         .trim()
         .parse()
         .unwrap();
-    // A figure for the README, not an assertion (timing depends on load).
+    // A figure for bench/RESULTS.md, not an assertion (timing depends on load).
     println!(
         "slot hand-over latency (SIGKILL of a holder to the waiter's program running): {:.1} ms",
         Duration::from_nanos(u64::try_from(ran_at.saturating_sub(killed_at)).unwrap())
@@ -438,6 +438,25 @@ fn status_groups_slots_by_device_with_holders_and_waiters_in_text_and_json() {
         !stdout.contains(".slot"),
         "slot files are not source locks: {stdout}"
     );
+    // The waiter holds its source's lock but reads nothing: the table says
+    // it waits, and says it of no reader.
+    let waiting_row = stdout
+        .lines()
+        .find(|l| l.contains(&channel(3)))
+        .unwrap_or_else(|| panic!("no row for the waiter's source: {stdout}"));
+    assert!(
+        waiting_row.starts_with("waiting ")
+            && waiting_row.contains(&format!("{waiter_pid} ec-launch"))
+            && waiting_row.contains("waiting for a tuner of 10.0.0.5"),
+        "{waiting_row}"
+    );
+    for reader in [channel(1), channel(2)] {
+        let row = stdout.lines().find(|l| l.contains(&reader)).unwrap();
+        assert!(
+            row.starts_with("held ") && !row.contains("waiting"),
+            "{row}"
+        );
+    }
     // `status SOURCE` keeps its meaning: the source's lock, held (0), and
     // its slot is not taken for a moved lock of the source.
     let one = status().arg("--json").arg(channel(1)).run().json();
@@ -457,6 +476,15 @@ fn status_groups_slots_by_device_with_holders_and_waiters_in_text_and_json() {
         locks.iter().all(|l| l["metadata"].get("tuners").is_none()),
         "source lock records keep their fields: {json:#}"
     );
+    // JSON keeps "held" for the waiter's lock and names what it waits for.
+    for lock in locks {
+        let holder = &lock["holders"][0];
+        if holder["pid"] == waiter_pid {
+            assert_eq!(holder["waiting_for_tuner"], "10.0.0.5", "{json:#}");
+        } else {
+            assert!(holder.get("waiting_for_tuner").is_none(), "{json:#}");
+        }
+    }
     let devices = json["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 1, "{json:#}");
     let device = &devices[0];

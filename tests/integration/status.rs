@@ -186,6 +186,10 @@ fn an_unreadable_or_missing_lock_directory_has_its_own_exit_code() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn an_unprivileged_user_is_told_when_other_users_holders_are_invisible() {
     crate::testenv::require_root!("start a holder as root and run status as another user");
     let env = TestEnv::new();

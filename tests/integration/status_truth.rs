@@ -184,6 +184,10 @@ impl Drop for BindMount {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_lock_directory_reached_through_a_bind_mount_shows_the_same_holders_and_orphans() {
     crate::testenv::require_root!("bind-mount the lock directory");
     let env = TestEnv::new();
@@ -243,6 +247,10 @@ fn a_lock_directory_with_a_non_utf8_name_is_scanned_and_reported() {
 // --- item 9: pid namespaces and reused pids ---------------------------------
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_holder_started_in_a_pid_namespace_is_matched_to_its_record_from_the_host() {
     crate::testenv::require_root!("create a pid namespace");
     let env = TestEnv::new();
@@ -297,6 +305,10 @@ fn in_pid_namespace(env: &TestEnv, script: &str) -> Output {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_reused_pid_of_an_exited_taker_is_never_named_as_the_holder() {
     crate::testenv::require_root!("create a pid namespace and write its ns_last_pid");
     let env = TestEnv::new();
@@ -343,6 +355,10 @@ fn a_reused_pid_of_an_exited_taker_is_never_named_as_the_holder() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_reused_pid_in_the_hosts_lock_table_is_never_named_as_the_holder() {
     crate::testenv::require_root!("write the initial namespace's ns_last_pid");
     // Only the initial PID namespace's /proc/locks shows an exited taker's
@@ -397,6 +413,10 @@ fn a_reused_pid_in_the_hosts_lock_table_is_never_named_as_the_holder() {
 // --- item 10: what status cannot know ---------------------------------------
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_held_lock_file_this_user_cannot_open_is_still_reported_held() {
     crate::testenv::require_root!("hold a lock as root and run status as another user");
     let env = TestEnv::new();
@@ -430,6 +450,10 @@ fn a_held_lock_file_this_user_cannot_open_is_still_reported_held() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_lock_file_status_cannot_examine_is_unknown_with_its_own_exit_code() {
     crate::testenv::require_root!("make a directory listable but not searchable for another user");
     let env = TestEnv::new();
@@ -467,6 +491,10 @@ fn a_lock_file_status_cannot_examine_is_unknown_with_its_own_exit_code() {
 }
 
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn a_lock_held_outside_a_pid_namespace_is_unknown_there_never_free() {
     crate::testenv::require_root!("create a pid namespace");
     let env = TestEnv::new();

@@ -316,7 +316,7 @@ pub fn is_root() -> bool {
 }
 
 /// Ends the calling test early, saying so, when it needs root and this is a
-/// non-root run that may skip it (see `tests/common/privilege.rs`); as root,
+/// non-root run that may skip it (see `crates/ec-test-support/src/privilege.rs`); as root,
 /// or in CI, the test goes on (and fails on its own without root).
 macro_rules! require_root {
     ($what:expr) => {

@@ -8,11 +8,11 @@
 # utils.escapeSystemdExecArg, and the inputs of the build-time source check;
 # and issue 10's tuner devices: `--tuners`/`--device` for units on a declared
 # host or naming the device, the assertions on contradictions, the warning
-# for skipping units on too few tuners, and the README's example
-# (./devices-example.nix); and issue 12's cluster mode: the etcd flags,
+# for skipping units on too few tuners, and docs/nixos-module.md's
+# example (./devices-example.nix); and issue 12's cluster mode: the etcd flags,
 # credentials through LoadCredential, the launcher's watchdog, one readable
-# assertion per misconfiguration, and the README's two-node example
-# (./cluster-example.nix).
+# assertion per misconfiguration, and docs/cluster.md's two-node
+# example (./cluster-example.nix).
 #
 #   EC_NIXPKGS_LIB=/abs/nixpkgs-lib EC_NIXOS_MODULES=/abs/nixos-modules \
 #     nix-instantiate --store dummy:// --eval --strict --json tests/nix/eval.nix
@@ -572,7 +572,7 @@ let
         && cfg { ReadWritePaths = [ "/var/lib/x" ]; } == [ ]
       ) (builtins.toJSON (cfg { WatchdogSec = "30s"; }));
 
-    "the README's two-node example gives both nodes the same flags but their own --node" =
+    "the documented two-node example gives both nodes the same flags but their own --node" =
       let
         node =
           hostName:
@@ -1502,7 +1502,7 @@ let
       in
       check (wrong == [ ]) (builtins.toJSON wrong);
 
-    # The README's example (quoted verbatim, tests/nix/main.rs checks):
+    # docs/nixos-module.md's example (quoted verbatim, tests/nix/main.rs checks):
     # more channels than tuners, every publisher a standby for a tuner.
     "three waiting publishers share a two-tuner box without warnings" =
       let

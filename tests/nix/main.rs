@@ -32,7 +32,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The nixpkgs revision the README and the ECP promise; a relock must be a
+/// The nixpkgs revision the docs and the ECP promise; a relock must be a
 /// deliberate change to this test too.
 const NIXPKGS_REV: &str = "34268251cf5547d39063f2c5ea9a196246f7f3a6";
 const NIXPKGS_NAR_HASH: &str = "sha256-G3tw/IXmaH6IQ2upZvhuN9sG8CkuX+BLuJDpE8hz0Ds=";
@@ -225,7 +225,7 @@ fn the_unit_policy_reads_as_the_systemd_suite_reads_it() {
     }
 }
 
-/// The fenced `nix` code blocks of the README, in order.
+/// The fenced `nix` code blocks of a Markdown file, in order.
 fn readme_nix_blocks(readme: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
@@ -293,35 +293,65 @@ fn the_readme_node_flake_parses_and_its_inputs_follow_its_nixpkgs() {
     }
 }
 
-/// The README's tuner-device example is `tests/nix/devices-example.nix`,
+/// The tuner-device example of `docs/nixos-module.md` is `tests/nix/devices-example.nix`,
 /// which `tests/nix/eval.nix` evaluates (three waiting publishers on a
 /// two-tuner box get `--tuners 2 --device …`, no assertion, no warning):
 /// the documented configuration is the tested one.
 #[test]
-fn the_readme_tuner_example_is_the_one_eval_nix_evaluates() {
-    let readme = fs::read_to_string(repo_root().join("README.md")).expect("cannot read README.md");
+fn the_documented_tuner_example_is_the_one_eval_nix_evaluates() {
+    let readme = fs::read_to_string(repo_root().join("docs/nixos-module.md"))
+        .expect("cannot read docs/nixos-module.md");
     let example = fs::read_to_string(repo_root().join("tests/nix/devices-example.nix"))
         .expect("cannot read tests/nix/devices-example.nix");
     assert!(
         readme_nix_blocks(&readme).contains(&example),
-        "README.md has no ```nix block equal to tests/nix/devices-example.nix; \
-         quote the file verbatim in the NixOS module's tuner section"
+        "docs/nixos-module.md has no ```nix block equal to tests/nix/devices-example.nix; \
+         quote the file verbatim in its tuner devices section"
     );
 }
 
-/// The README's two-node cluster example is `tests/nix/cluster-example.nix`,
+/// The two-node example of `docs/cluster.md` is `tests/nix/cluster-example.nix`,
 /// which `tests/nix/eval.nix` evaluates for two host names (both nodes get
 /// the same etcd flags and their own `--node`, no assertion, no warning):
 /// the documented configuration is the tested one.
 #[test]
-fn the_readme_cluster_example_is_the_one_eval_nix_evaluates() {
-    let readme = fs::read_to_string(repo_root().join("README.md")).expect("cannot read README.md");
+fn the_documented_cluster_example_is_the_one_eval_nix_evaluates() {
+    let readme = fs::read_to_string(repo_root().join("docs/cluster.md"))
+        .expect("cannot read docs/cluster.md");
     let example = fs::read_to_string(repo_root().join("tests/nix/cluster-example.nix"))
         .expect("cannot read tests/nix/cluster-example.nix");
     assert!(
         readme_nix_blocks(&readme).contains(&example),
-        "README.md has no ```nix block equal to tests/nix/cluster-example.nix; \
-         quote the file verbatim in the cluster section's NixOS module part"
+        "docs/cluster.md has no ```nix block equal to tests/nix/cluster-example.nix; \
+         quote the file verbatim in its NixOS module part"
+    );
+}
+
+/// `docs/nixos-options.md` is what `tests/nix/options-doc.nix` renders from
+/// the module's option declarations (`lib.optionAttrSetToDocList`): a
+/// changed option, default or description without the regenerated reference
+/// fails here. `EC_BLESS=1` writes the rendering instead of comparing.
+#[test]
+fn the_generated_options_reference_is_the_committed_one() {
+    let test = "the_generated_options_reference_is_the_committed_one";
+    let Some(inputs) = nixos_check::NixosInputs::from_env(test) else {
+        return;
+    };
+    let output = inputs.evaluate("tests/nix/options-doc.nix", &[]);
+    nixos_check::assert_clean_evaluation("tests/nix/options-doc.nix", &output);
+    let generated: String = serde_json::from_slice(&output.stdout)
+        .expect("tests/nix/options-doc.nix printed no JSON string");
+    let path = repo_root().join("docs/nixos-options.md");
+    if std::env::var_os("EC_BLESS").is_some_and(|v| v == "1") {
+        fs::write(&path, &generated).expect("cannot write docs/nixos-options.md");
+        return;
+    }
+    let committed = fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/nixos-options.md differs from the module's option declarations; \
+         regenerate it with `EC_BLESS=1 cargo test --locked --test nix {test}` \
+         (EC_NIXPKGS_LIB and EC_NIXOS_MODULES set) and commit it"
     );
 }
 
@@ -452,6 +482,10 @@ fn systemd_analyze_verify_accepts_every_unit_nixos_writes() {
 /// to a scratch root without a word, and the lock directory comes out where
 /// `sourceLockDir` says, mode 2775, root and the module's group.
 #[test]
+#[cfg_attr(
+    ec_tests_without_root,
+    ignore = "needs root: run the tests as root, as CI does"
+)]
 fn systemd_tmpfiles_creates_each_scenario_lock_directory_as_declared() {
     let test = "systemd_tmpfiles_creates_each_scenario_lock_directory_as_declared";
     if let Some(reason) = privilege::root_skip_reason("chown what systemd-tmpfiles creates") {
@@ -514,7 +548,7 @@ fn every_unit_stays_within_its_exposure_ceiling() {
             }
         }
     }
-    // Past the output capture, for the README's table.
+    // Past the output capture, for docs/nixos-module.md's table.
     let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), table.as_bytes());
     assert!(failures.is_empty(), "{failures}\n{table}");
 }

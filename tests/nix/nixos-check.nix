@@ -12,7 +12,8 @@
 #
 # DIR holds the README's node flake as flake.nix (the test copies it out of
 # README.md, so the quick start that is tested is the one operators read)
-# and a configuration.nix standing in for "your existing configuration".
+# and a configuration.nix standing in for "your existing configuration"
+# (empty: the quick start must not depend on anything it does not define).
 { readmeDir }:
 
 let

@@ -55,7 +55,7 @@ impl NixosInputs {
                         "needs nixpkgs.lib and NixOS's module files, which are not in this repository; \
                          set {LIB_ENV}=/abs/path/nixpkgs-lib and {MODULES_ENV}=/abs/path/nixos-modules \
                          (CI: .ci/run sets them to ../shared/nixpkgs-lib and ../shared/nixos-modules; \
-                         see README, NixOS module, Checks)"
+                         see docs/nixos-module.md, Checks)"
                     ),
                 );
                 return None;
@@ -176,8 +176,10 @@ pub fn assert_clean_evaluation(file: &str, output: &Output) {
 }
 
 /// The README's node flake, as `flake.nix`, beside a `configuration.nix`
-/// standing in for the node's existing configuration: it defines the unit
-/// the quick start names in `extraUnits`, as a real node would.
+/// standing in for the node's existing configuration. The stand-in defines
+/// nothing the quick start refers to: pasted verbatim into any node, the
+/// quick start must evaluate without a warning (it once named an
+/// `extraUnits` service that only this stand-in defined).
 #[track_caller]
 fn write_readme_flake(dir: &Path) {
     let readme =
@@ -191,8 +193,7 @@ fn write_readme_flake(dir: &Path) {
     fs::write(
         dir.join("configuration.nix"),
         "# The node's existing configuration, as far as the quick start refers to it.\n\
-         {\n  systemd.services.wt-publish = {\n    wantedBy = [ \"multi-user.target\" ];\n    \
-         serviceConfig.ExecStart = \"/run/current-system/sw/bin/wt-publish\";\n  };\n}\n",
+         { }\n",
     )
     .expect("cannot write configuration.nix");
 }

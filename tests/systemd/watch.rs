@@ -38,7 +38,7 @@ const ZOMBIE_UNIT: &str = "ec-watch-zombie.service";
 const HEALTHY_UNIT: &str = "ec-watch-healthy.service";
 /// The scope the stale reader runs in: outside every service.
 const STALE_SCOPE: &str = "ec-stale-reader.scope";
-/// `status`'s documented exit code for a stale reader (README, exit codes).
+/// `status`'s documented exit code for a stale reader (docs/exit-codes.md).
 const STALE_EXIT: i32 = 7;
 
 fn source(device: &str) -> String {

@@ -836,7 +836,10 @@ impl EtcdClient {
                         return Err(EtcdError::Unreachable {
                             operation: OP,
                             endpoints: endpoint,
-                            reason: format!("no answer to the watch: {error}"),
+                            reason: format!(
+                                "no answer to the watch: {}",
+                                read_error_in_operator_terms(&error)
+                            ),
                         });
                     }
                 }
@@ -1000,7 +1003,7 @@ impl EtcdClient {
                     EtcdError::Ambiguous {
                         operation,
                         endpoint: endpoint.clone(),
-                        reason: format!("reading the answer: {error}"),
+                        reason: format!("reading the answer: {}", in_operator_terms(&error, None)),
                     }
                 })?;
             let answer: Value = serde_json::from_slice(&bytes)
@@ -1107,7 +1110,8 @@ impl EtcdClient {
             }
             .build();
             let first_tls_contact = endpoint.scheme() == "https" && FIRST_CONTACT.contains(&path);
-            match classify(request.send(&body), first_tls_contact) {
+            let budget = stream_window.map_or(left, |window| window.max(Duration::from_millis(1)));
+            match classify(request.send(&body), first_tls_contact, budget) {
                 Attempt::Answered(response) => {
                     inner.current.store(index, Ordering::Relaxed);
                     let status = response.status().as_u16();
@@ -1211,13 +1215,14 @@ enum NotSentKind {
 fn classify(
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     first_tls_contact: bool,
+    budget: Duration,
 ) -> Attempt {
     use ureq::Timeout;
     let error = match result {
         Ok(response) => return Attempt::Answered(response),
         Err(error) => error,
     };
-    let reason = error.to_string();
+    let reason = in_operator_terms(&error, Some(budget));
     if let Some(tls) = rustls_error(&error) {
         return match tls {
             rustls::Error::AlertReceived(alert) if is_certificate_alert(*alert) => {
@@ -1267,6 +1272,49 @@ fn classify(
             Attempt::NotSent(NotSentKind::Unreachable, reason)
         }
         _ => Attempt::MaybeSent(reason),
+    }
+}
+
+/// A client error as an operator reads it in the journal: a timeout says
+/// which wait ran out (and, when known, how long the call had), not the
+/// HTTP library's name for it (`timeout: global`); other errors as the
+/// library words them (a refused connection, a TLS alert).
+fn in_operator_terms(error: &ureq::Error, budget: Option<Duration>) -> String {
+    use ureq::Timeout;
+    let ureq::Error::Timeout(timeout) = error else {
+        return error.to_string();
+    };
+    let what = match timeout {
+        Timeout::Resolve => "etcd's host name did not resolve",
+        Timeout::Connect => "no connection to etcd",
+        Timeout::SendRequest | Timeout::SendBody | Timeout::PerWrite | Timeout::Await100 => {
+            "the request was not sent to etcd"
+        }
+        Timeout::RecvResponse => "etcd's answer did not begin",
+        Timeout::RecvBody | Timeout::PerRead => "etcd's answer did not arrive whole",
+        // Global, PerCall, and any kind a later ureq adds.
+        _ => "no answer from etcd",
+    };
+    match budget {
+        Some(budget) => format!(
+            "{what} within the call's deadline of {}",
+            humantime::format_duration(Duration::from_millis(
+                u64::try_from(budget.as_millis()).unwrap_or(u64::MAX)
+            ))
+        ),
+        None => format!("{what} before the call's deadline"),
+    }
+}
+
+/// An I/O error from reading an answer's body, with a ureq error inside it
+/// put in the operator's terms.
+fn read_error_in_operator_terms(error: &io::Error) -> String {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+    {
+        Some(inner) => in_operator_terms(inner, None),
+        None => error.to_string(),
     }
 }
 
@@ -1634,7 +1682,7 @@ fn key_value(kv: &Value) -> Result<KeyValue, String> {
 
 #[cfg(test)]
 mod tests {
-    //! Against real etcd (the harness in `tests/support/etcd_server.rs`).
+    //! Against real etcd (the harness in `crates/ec-test-support/src/etcd_server.rs`).
 
     use super::*;
     use crate::cluster::etcd_server::{EtcdCluster, EtcdServer, TlsFiles};

@@ -293,6 +293,13 @@ pub fn rfc3339(since: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(since)).to_string()
 }
 
+/// `since` as RFC 3339 for JSON beside the seconds, or `None` for a time
+/// past year 9999 (which `rfc3339` spells out in words for text).
+#[must_use]
+pub fn rfc3339_if_readable(since: u64) -> Option<String> {
+    (since < YEAR_10000).then(|| rfc3339(since))
+}
+
 /// This node's name when `--node` is not given (the library's, which the
 /// local `status` needs too).
 pub use crate::cli::default_node_name;

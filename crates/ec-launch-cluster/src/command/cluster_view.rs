@@ -182,6 +182,9 @@ pub(crate) struct ClusterWaiter {
     tuners: Option<u32>,
     /// Seconds since the Unix epoch: when it began to wait.
     since: Option<u64>,
+    /// `since` in RFC 3339, as a lock's `since` is (an addition; `null`
+    /// past year 9999).
+    since_rfc3339: Option<String>,
     /// Seconds the waiter's lease has left; `null` when it just expired
     /// or the key has none (`lease_state` says which).
     ttl_left: Option<u64>,
@@ -219,6 +222,9 @@ pub(crate) struct ClusterHolder {
     pid: Option<u32>,
     /// Seconds since the Unix epoch.
     since: Option<u64>,
+    /// `since` in RFC 3339, as a lock's `since` is (an addition; `null`
+    /// past year 9999).
+    since_rfc3339: Option<String>,
     /// The recorded (redacted) source.
     source: Option<String>,
     /// Seconds the holder's lease has left; `null` when it just expired
@@ -394,6 +400,9 @@ fn holder_of(kv: &KeyValue, ttl_left: Option<u64>, node: &str) -> ClusterHolder 
         unit: record.as_ref().and_then(|r| r.unit.clone()),
         pid: record.as_ref().map(|r| r.pid),
         since: record.as_ref().map(|r| r.since),
+        since_rfc3339: record
+            .as_ref()
+            .and_then(|r| crate::cluster::record::rfc3339_if_readable(r.since)),
         source: record.map(|r| r.source.clone()),
         ttl_left,
         lease_state: LeaseState::of(kv.lease, ttl_left),
@@ -415,6 +424,9 @@ fn waiter_of(kv: &KeyValue, device: &str, ttl_left: Option<u64>, node: &str) -> 
         unit: record.as_ref().and_then(|r| r.unit.clone()),
         pid: record.as_ref().map(|r| r.pid),
         tuners,
+        since_rfc3339: record
+            .as_ref()
+            .and_then(|r| crate::cluster::record::rfc3339_if_readable(r.since)),
         since: record.map(|r| r.since),
         ttl_left,
         lease_state: LeaseState::of(kv.lease, ttl_left),

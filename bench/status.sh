@@ -18,15 +18,19 @@ cargo build --release --locked --quiet
 # .cargo/config.toml builds for the host triple: target/<host>/release.
 bin=$PWD/target/$(rustc -vV | sed -n 's/^host: //p')/release/ec-launch
 work=$(mktemp -d)
+# The lock directory on a tmpfs, as /run is in production: on a disk
+# filesystem shared with other programs' flocks (a build's own), a lock
+# whose taker is gone sends status on a second, stat-per-descriptor pass.
+locks=$(mktemp -d -p "${LOCK_PARENT:-/dev/shm}")
 pids=()
 cleanup() {
   ((${#pids[@]})) && kill -9 "${pids[@]}" 2>/dev/null || true
   [ -f "$work/helpers.pids" ] && xargs -r kill -9 < "$work/helpers.pids" 2>/dev/null || true
-  rm -rf "$work"
+  rm -rf "$work" "$locks"
 }
 trap cleanup EXIT
 
-export EC_LAUNCH_LOCK_DIR=$work/locks EC_LAUNCH_LOG=off
+export EC_LAUNCH_LOCK_DIR=$locks/locks EC_LAUNCH_LOG=off
 for i in $(seq 1 "$LOCKS"); do
   "$bin" run --source "http://10.1.$((i / 250)).$((i % 250 + 1)):5004/auto/v$i.1" -- true
 done

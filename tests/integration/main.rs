@@ -16,6 +16,7 @@ mod cluster_slots;
 mod device;
 mod entry;
 mod etcd_harness;
+mod handoff;
 mod input;
 mod invocation;
 mod keys;

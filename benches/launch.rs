@@ -42,7 +42,7 @@ const RSS_SAMPLES: usize = 20;
 const CONTENDERS: usize = 256;
 const CONTENTION_ROUNDS: usize = 5;
 const START_ROUNDS: usize = 300;
-const CLUSTER_START_ROUNDS: usize = 30;
+const CLUSTER_START_ROUNDS: usize = 10;
 
 struct Case {
     name: String,

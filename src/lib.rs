@@ -33,6 +33,7 @@ pub mod lock_waiter;
 pub mod logging;
 pub mod path_trust;
 pub mod printable;
+pub mod proc_file;
 pub mod proc_locks;
 pub mod process;
 pub mod readers;

@@ -18,7 +18,7 @@
 //! version may have written what this one would redact: a record reaches
 //! output only as [`Shown`](crate::shown::Shown), through [`Redact`].
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -102,7 +102,7 @@ impl LockRecord {
             started_at: humantime::format_rfc3339_seconds(now).to_string(),
             started_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             ec_launch_version: env!("CARGO_PKG_VERSION").to_owned(),
-            start_ticks: fs::read_to_string("/proc/self/stat")
+            start_ticks: crate::proc_file::read_to_string(Path::new("/proc/self/stat"))
                 .ok()
                 .and_then(|stat| process::parse_start_ticks(&stat)),
             pid_namespace: process::pid_namespace_of(Path::new("/proc"), "self"),

@@ -241,6 +241,8 @@ let
   # The timing rules are the launcher's (./cluster-timing.json): the module
   # checks them at evaluation so a unit never starts only to exit 64.
   clusterTiming = builtins.fromJSON (builtins.readFile ./cluster-timing.json);
+  # The launcher's priority bounds and defaults (./priority.json, ECP-0139).
+  priorities = builtins.fromJSON (builtins.readFile ./priority.json);
   cluster = cfg.cluster;
   clusterOption = name: "services.every-channel.cluster.${name}";
   # The smallest TTL `ec-launch run` accepts for a stop grace: renewal every
@@ -279,6 +281,17 @@ let
       "--node"
       cluster.node
     ]
+    # Placement (evolution/ECP-0140-balanced-placement.md): only what
+    # differs from the launcher's defaults, so a unit that leaves them
+    # keeps the command line it had.
+    ++ lib.optionals (cluster.weight != 1) [
+      "--node-weight"
+      (toString cluster.weight)
+    ]
+    ++ lib.optionals (cluster.placement == "first") [
+      "--placement"
+      "first"
+    ]
   );
 
   # The launcher pings systemd's watchdog from its renewal thread, so PID 1
@@ -292,6 +305,32 @@ let
   # launcher that freezes while renewals already fail is past what any
   # watchdog can catch in time.
   clusterWatchdogSec = lib.max 1 ((cluster.ttl - cluster.stopGrace - clusterTiming.margin) / 2);
+
+  # A cluster unit's TimeoutStopSec (ECP-0135 section 3): when the launcher
+  # itself is SIGKILLed, systemd's control-group kill is all that stops a
+  # helper that ignores SIGTERM, and it must be done before another node
+  # may start. That node starts no earlier than the lease's expiry plus the
+  # lock delay (stopGrace + margin); the launcher may die as late as the end
+  # of its own fence's grace, when the lease has only the margin left. So
+  # the kill, TimeoutStopSec after the death, must come within stopGrace +
+  # margin, leaving the margin. A clean stop still has stopGrace for the
+  # program and its helpers and the margin to release the keys.
+  clusterStopTimeout = cluster.stopGrace + clusterTiming.margin;
+  # A unit's watchdogSec (seconds, or a time span) in whole seconds, up.
+  progressWindowSeconds =
+    span:
+    let
+      seconds = if builtins.isInt span then span else timeSpanSeconds span;
+    in
+    lib.max 1 (
+      if builtins.isInt seconds then seconds else builtins.ceil seconds
+    );
+  clusterStopTimeoutFits =
+    value:
+    let
+      seconds = timeSpanSeconds (toString value);
+    in
+    seconds != null && seconds <= clusterStopTimeout;
   watchdogBeatsLease =
     3 * (clusterWatchdogSec + cluster.stopGrace + clusterTiming.margin) <= 2 * cluster.ttl;
 
@@ -677,6 +716,50 @@ let
             it. Only for network sources over TCP (HTTP, RTSP with RTP over
             TCP, RTMP); not for `/dev/…`, `udp://`, `rtp://` or `srt://`.
             A program that sends `WATCHDOG=1` itself may ping as well.
+            In cluster mode the unit keeps the cluster watchdog
+            (`WatchdogSec=` from `cluster.ttl`, `NotifyAccess=main`) and this
+            becomes `--progress-window`: the launcher pings only while its
+            lease is renewed and bytes arrived within this span, so neither
+            the monitor nor the program can keep a frozen launcher's unit
+            alive.
+          '';
+        };
+
+        priority = mkOption {
+          type = types.ints.between 0 priorities.max;
+          default = priorities.default;
+          example = 300;
+          description = ''
+            How much this unit matters when its device's tuners are short
+            (`ec-launch run --priority`, 0 to ${toString priorities.max}): waiting
+            units are served by priority, then by how long they waited, and
+            a unit that finds every tuner taken preempts the holder of the
+            lowest priority *strictly below* its own (SIGTERM, SIGKILL after
+            `preemptGrace`), which is logged with both sides and shown by
+            `ec-launch status`. Equal or higher priorities are never
+            preempted. A preempted unit was killed by a signal, so systemd
+            restarts it, and with `onBusy = "wait"` it waits in line. Only
+            units on a device (`--tuners`) compete. Suggested scale:
+            background channels 1-7, live viewing 10-99, recordings
+            100-500.
+          '';
+        };
+
+        preemptGrace = mkOption {
+          type = types.ints.unsigned;
+          default = priorities.preemptGrace;
+          description = ''
+            Seconds between SIGTERM and SIGKILL when this unit makes a
+            holder let go (preemption, or reclaiming an escaped holder).
+          '';
+        };
+
+        reclaimEscaped = mkOption {
+          type = types.nullOr types.bool;
+          default = null;
+          description = ''
+            Override of `services.every-channel.reclaimEscaped` for this
+            unit; `null` follows it.
           '';
         };
 
@@ -789,6 +872,7 @@ let
       optionPath,
       unit,
       sourceRequired,
+      serviceName,
       ...
     }:
     let
@@ -846,6 +930,16 @@ let
               "TimeoutAbortSec"
             ]);
           message = "${optionPath}.serviceConfig: WatchdogSec, NotifyAccess and TimeoutAbortSec are set by cluster mode (the launcher pings systemd's watchdog, so a frozen launcher is killed within stopGrace, before its lease lapses); remove them, or use watchdogSec for the progress watchdog.";
+        }
+        {
+          assertion =
+            !(cluster.enable && (unit.source != null || unit.sourceFile != null))
+            || clusterStopTimeoutFits (
+              config.systemd.services.${serviceName}.serviceConfig.TimeoutStopSec or clusterStopTimeout
+            );
+          message = "${optionPath}.serviceConfig.TimeoutStopSec (or systemd.services.${serviceName}.serviceConfig.TimeoutStopSec): ${
+            toString (config.systemd.services.${serviceName}.serviceConfig.TimeoutStopSec or "")
+          } is more than cluster.stopGrace + ${toString clusterTiming.margin} s (${toString clusterStopTimeout} s), or not a time span this module can read: when ec-launch itself is killed, systemd's kill of the unit's cgroup must end every reader before another node may start (the lease's expiry plus the lock delay); remove the override (cluster mode sets ${toString clusterStopTimeout}s), or raise cluster.stopGrace.";
         }
         {
           assertion = unit.device == null || cfg.devices ? ${unit.device};
@@ -951,12 +1045,30 @@ let
           "--on-busy"
           unit.onBusy
         ]
+        ++ lib.optional (
+          if unit.reclaimEscaped == null then cfg.reclaimEscaped else unit.reclaimEscaped
+        ) "--reclaim-escaped"
+        ++ lib.optionals (unit.priority != priorities.default) [
+          "--priority"
+          (toString unit.priority)
+        ]
+        ++ lib.optionals (unit.preemptGrace != priorities.preemptGrace) [
+          "--preempt-grace"
+          (toString unit.preemptGrace)
+        ]
         ++ lib.optionals (unit.lockKey != null) [
           "--key"
           unit.lockKey
         ]
         ++ tunerArgs unit
         ++ lib.optional (unit.watchdogSec != null) "--progress-watchdog"
+        # In cluster mode the unit's WatchdogSec is the launcher's; the
+        # progress watchdog's span becomes the window within which the
+        # launcher needs progress to vouch.
+        ++ lib.optionals (unit.watchdogSec != null && cluster.enable) [
+          "--progress-window"
+          (toString (progressWindowSeconds unit.watchdogSec))
+        ]
         ++ clusterArgs
         ++ lib.optionals (unit.source != null) [
           "--source"
@@ -986,6 +1098,12 @@ let
         (ownUnitPolicy
           // lib.optionalAttrs (hasSource && cluster.enable) {
             SuccessExitStatus = unitPolicy.restart.SuccessExitStatus ++ [ 143 ];
+            TimeoutStopSec = "${toString clusterStopTimeout}s";
+          }
+          # A unit's own TimeoutStopSec is checked (an assertion) instead of
+          # clashing with the derived one.
+          // lib.optionalAttrs (hasSource && cluster.enable && unit.serviceConfig ? TimeoutStopSec) {
+            TimeoutStopSec = unit.serviceConfig.TimeoutStopSec;
           })
         {
           Type = "exec";
@@ -1002,25 +1120,27 @@ let
           EnvironmentFile = literalPath unit.environmentFile;
         })
         # The progress watchdog: its monitor is not the main process, so
-        # systemd must accept notifications from the whole cgroup.
-        (mkIf (hasSource && unit.watchdogSec != null) {
+        # systemd must accept notifications from the whole cgroup. Not in
+        # cluster mode, where only the launcher vouches (below).
+        (mkIf (hasSource && unit.watchdogSec != null && !cluster.enable) {
           WatchdogSec = unit.watchdogSec;
           NotifyAccess = "all";
         })
         # Cluster mode: etcd's credentials, and the watchdog on the
         # launcher, which stays the main process (so `Type=exec` still
         # holds, and only the main PID may notify) and pings from its
-        # renewal thread. A unit with the progress watchdog keeps that one
-        # (its monitor feeds it, NotifyAccess=all, above). A watchdog abort
-        # ends the cgroup within stopGrace, as the launcher's own fence
-        # would; the default (TimeoutStopSec) could outlast the lease.
+        # renewal thread (ECP-0135 section 4): always, with the progress
+        # watchdog too, whose monitor then reports to the launcher, never to
+        # systemd, so neither it nor the program can keep a frozen launcher's
+        # unit alive. A watchdog abort ends the cgroup within stopGrace, as
+        # the launcher's own fence would.
         (mkIf (hasSource && cluster.enable && clusterFiles != [ ]) {
           LoadCredential = map (file: "${file.name}:${literalPath (credentialSource file.path)}") clusterFiles;
         })
         (mkIf (hasSource && cluster.enable) {
           TimeoutAbortSec = cluster.stopGrace;
         })
-        (mkIf (hasSource && cluster.enable && unit.watchdogSec == null) {
+        (mkIf (hasSource && cluster.enable) {
           WatchdogSec = clusterWatchdogSec;
           NotifyAccess = "main";
         })
@@ -1194,6 +1314,22 @@ in
       '';
     };
 
+    reclaimEscaped = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether the module's units reclaim a lock or tuner held by an
+        escaped holder (`ec-launch run --reclaim-escaped`): a process whose
+        record names one of the node's services, whose run of that service
+        is over (its cgroup is empty, or the unit was restarted), and which
+        no service holds (a helper moved to a scope or a session). Such a
+        holder would keep the channel dark: every start would find its
+        source busy. A holder started by hand (its record names no service)
+        or one inside a running service is never touched. `false` leaves
+        them to the operator; `ec-launch status` marks them `ESCAPED`.
+      '';
+    };
+
     sourceLockDir = mkOption {
       type = unitPath false types.str;
       default = "/run/every-channel/source-locks";
@@ -1209,7 +1345,8 @@ in
       example = "30s";
       description = ''
         `TimeoutStopSec=`: how long systemd waits after SIGTERM before it
-        SIGKILLs whatever is left in a unit's cgroup.
+        SIGKILLs whatever is left in a unit's cgroup. In cluster mode the
+        units with a source get `cluster.stopGrace` + 1 s instead.
       '';
     };
 
@@ -1263,7 +1400,7 @@ in
           restarts. Must be more than 2 × (stopGrace + 1); an assertion
           names the minimum. Also sets the unit's `WatchdogSec=` to
           (ttl - stopGrace - 1) / 2 seconds (rounded down, at least 1) with
-          `NotifyAccess=main`, unless the unit has `watchdogSec`; below
+          `NotifyAccess=main`, with or without the unit's `watchdogSec`; below
           3 × (stopGrace + 1) that watchdog may kill a frozen launcher
           after its lease expired (warned about).
         '';
@@ -1274,8 +1411,13 @@ in
         default = clusterTiming.stopGrace;
         description = ''
           Seconds between SIGTERM and SIGKILL when the launcher stops the
-          program because its lease is at risk (`--etcd-stop-grace`); also
-          the unit's `TimeoutAbortSec=`, so a watchdog abort is as quick.
+          program because its lease is at risk (`--etcd-stop-grace`), and
+          a helper still holding the program's lock after it exited; also
+          the unit's `TimeoutAbortSec=`, so a watchdog abort is as quick,
+          and, plus 1 s, its `TimeoutStopSec=` (in place of `stopTimeout`):
+          when `ec-launch` itself is killed, systemd's kill of the cgroup
+          must end every reader before another node may start. A unit's
+          own `TimeoutStopSec` above that fails an assertion.
           `stopTimeout` must exceed it by more than 1 s.
         '';
       };
@@ -1352,6 +1494,34 @@ in
           This node's name in the cluster (`--node`), shown by
           `ec-launch status --etcd` as the holder's node. Unique among the
           nodes; defaults to `networking.hostName`.
+        '';
+      };
+
+      weight = mkOption {
+        type = types.ints.between 1 1000;
+        default = 1;
+        example = 2;
+        description = ''
+          This node's capacity relative to the other nodes' (`--node-weight`):
+          with placement `spread`, the sources its units wait for are shared
+          out so that each node runs about `weight / (sum of the live nodes'
+          weights)` of them (evolution/ECP-0140-balanced-placement.md).
+        '';
+      };
+
+      placement = mkOption {
+        type = types.enum [
+          "spread"
+          "first"
+        ];
+        default = "spread";
+        description = ''
+          How the nodes share the sources their units wait for
+          (`onBusy = "wait"`): `spread` (by `weight`; a lost node's sources
+          go to the least loaded survivors; nothing running is ever moved)
+          or `first` (whichever node finds a source free takes it, the
+          behaviour before placement existed). Units with `onBusy = "skip"`
+          always take a free source at once.
         '';
       };
     };

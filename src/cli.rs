@@ -109,6 +109,22 @@ pub struct RunArgs {
     #[arg(long)]
     pub progress_watchdog: bool,
 
+    /// With --tuners: how much this launch matters, 0 to 1000 (default 100); waiters are served by it, and a holder strictly below it is preempted
+    #[arg(long, value_name = "N", env = crate::priority::PRIORITY_ENV)]
+    pub priority: Option<String>,
+
+    /// How long a preempted or reclaimed holder gets between SIGTERM and SIGKILL
+    #[arg(long, value_name = "SECS", env = "EC_LAUNCH_PREEMPT_GRACE", value_parser = parse_seconds, default_value = crate::priority::DEFAULT_PREEMPT_GRACE)]
+    pub preempt_grace: Duration,
+
+    /// Stop a holder that escaped the systemd service that launched it (that run is over, and no service holds it) and take its lock
+    #[arg(long, env = "EC_LAUNCH_RECLAIM_ESCAPED")]
+    pub reclaim_escaped: bool,
+
+    /// Cluster mode with --progress-watchdog: the launcher pings systemd's watchdog only while its lease is renewed and bytes arrived within SECS [default: WatchdogSec=]
+    #[arg(long, value_name = "SECS", requires = "progress_watchdog", value_parser = parse_seconds)]
+    pub progress_window: Option<Duration>,
+
     /// The program and its arguments, after `--`; `{source}` in an argument is replaced by the source
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]", value_parser = clap::value_parser!(OsString))]
     pub command: Vec<OsString>,
@@ -237,6 +253,24 @@ pub struct ClusterArgs {
     /// Cluster mode: how long the program gets between SIGTERM and SIGKILL when the lease cannot be renewed
     #[arg(long, value_name = "SECS", env = "EC_LAUNCH_ETCD_STOP_GRACE", value_parser = parse_seconds, default_value = "2")]
     pub etcd_stop_grace: Duration,
+
+    /// Cluster mode: how waiting nodes share the sources: spread (by --node-weight) or first (the first free node takes it) [default: spread with --on-busy wait, else first]
+    #[arg(long, value_enum, value_name = "MODE", env = "EC_LAUNCH_PLACEMENT")]
+    pub placement: Option<Placement>,
+
+    /// Cluster mode: this node's capacity relative to the others' for --placement spread, 1 to 1000 [default: 1]
+    #[arg(long, value_name = "W", env = "EC_LAUNCH_NODE_WEIGHT", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub node_weight: Option<u32>,
+}
+
+/// How the nodes of a cluster share the sources they all wait for
+/// (ECP-0140).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Placement {
+    /// Each node takes about its weight's part; a lost node's sources go to the least loaded
+    Spread,
+    /// Whichever node finds a source free first takes it
+    First,
 }
 
 /// `$EC_LAUNCH_LOCK_DIR`, else [`DEFAULT_LOCK_DIR`]. A variable set but

@@ -133,8 +133,27 @@ pub enum Error {
     TunersAutoWithoutHost,
     #[error("{what} contains a NUL byte")]
     NulInArgument { what: String },
+    /// The lock directory's filesystem does not give local flock(2) locks.
+    #[error(
+        "lock directory {path:?} is on {filesystem}, whose locks are not local flock(2) locks: a forked helper may not hold them, or another path to the file is another lock"
+    )]
+    LockDirForeignLocks {
+        path: PathBuf,
+        filesystem: &'static str,
+    },
+    /// Checked before locking: exec would fail with E2BIG (execve(2)).
+    #[error("{what} is {bytes} bytes, over the system's limit of {limit} bytes for {limit_name}")]
+    ArgumentsTooLong {
+        what: String,
+        bytes: usize,
+        limit: usize,
+        limit_name: &'static str,
+    },
     #[error("the program name is empty")]
     EmptyProgram,
+    /// `--priority` or `EC_LAUNCH_PRIORITY` out of range (ECP-0139).
+    #[error("{value:?} is not a priority")]
+    BadPriority { value: String },
     /// `--tuners auto`: the device did not tell its tuner count. Names the
     /// host only (`url` is built from it), never the source.
     #[error("cannot ask device {device} for its tuner count (GET {url})")]
@@ -186,6 +205,14 @@ pub enum Error {
         #[source]
         source: Errno,
     },
+    /// Cluster mode: the launcher must be a child subreaper, so a helper
+    /// that leaves the program's process group stays where the launcher
+    /// finds and stops it before releasing the keys (ECP-0135).
+    #[error("cannot become a child subreaper (prctl PR_SET_CHILD_SUBREAPER)")]
+    BecomeSubreaper {
+        #[source]
+        source: Errno,
+    },
     #[error("cannot open a signalfd for SIGTERM, SIGINT, SIGHUP and SIGCHLD")]
     WatchSignals {
         #[source]
@@ -210,6 +237,11 @@ pub enum Error {
     /// Cluster mode: `--node` empty or with control characters.
     #[error("--node is empty or has control characters")]
     BadNodeName,
+    /// Cluster mode: `--placement spread` with `--on-busy skip` (ECP-0140).
+    #[error(
+        "--placement spread needs --on-busy wait: a launcher that exits when the source is held has no turn to wait for"
+    )]
+    SpreadNeedsWait,
     /// Cluster mode: the lease was lost before the program started.
     #[error("the cluster lease was lost before the program started ({why})")]
     Fenced { why: String },
@@ -233,6 +265,8 @@ pub enum Error {
 /// would send the operator to the wrong fix.
 fn filesystem_hint(source: &io::Error) -> Option<&'static str> {
     match Errno::from_raw(source.raw_os_error()?) {
+        Errno::EMFILE => Some(DESCRIPTOR_LIMIT_HINT),
+        Errno::ENFILE => Some(SYSTEM_FILE_LIMIT_HINT),
         Errno::EROFS => Some(
             "the lock directory is on a read-only filesystem: use a --lock-dir on a writable one (tmpfs under /run)",
         ),
@@ -243,13 +277,30 @@ fn filesystem_hint(source: &io::Error) -> Option<&'static str> {
     }
 }
 
-/// Permission denied is 77; any other failure makes the lock path unusable.
+/// Permission denied is 77; running out of descriptors is 71 (the path is
+/// fine, the process or system is not); any other failure makes the lock
+/// path unusable.
 fn denied_or_unusable(source: &io::Error) -> ExitStatus {
-    if source.kind() == io::ErrorKind::PermissionDenied {
+    if out_of_descriptors(source) {
+        ExitStatus::OsError
+    } else if source.kind() == io::ErrorKind::PermissionDenied {
         ExitStatus::NoPermission
     } else {
         ExitStatus::LockUnusable
     }
+}
+
+/// EMFILE: this process's limit, not the lock path, is the problem.
+const DESCRIPTOR_LIMIT_HINT: &str = "this process is at its open-file limit (EMFILE): raise LimitNOFILE= (ulimit -n) for this service";
+/// ENFILE: the whole system's file table is full.
+const SYSTEM_FILE_LIMIT_HINT: &str = "the system's open-file table is full (ENFILE): raise fs.file-max or find the process leaking descriptors";
+
+/// True for EMFILE and ENFILE: no descriptor could be had.
+pub fn out_of_descriptors(source: &io::Error) -> bool {
+    matches!(
+        source.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE)
+    )
 }
 
 /// The SOURCE argument of `key` and `status` is wrong as a whole.
@@ -362,9 +413,13 @@ impl Error {
                 LockUnusable,
                 "another user could delete it while we hold it: if that user is the service, run as it (e.g. runuser -u <user> -- ec-launch …); otherwise inspect the file and remove it",
             ),
-            Self::MakeLockBlocking { .. } | Self::PassLock { .. } | Self::ResetSigpipe { .. } => {
-                (OsError, REPORT_HINT)
-            }
+            Self::MakeLockBlocking { .. }
+            | Self::PassLock { .. }
+            | Self::ResetSigpipe { .. }
+            | Self::BlockSignals { .. }
+            | Self::WatchSignals { .. }
+            | Self::BecomeSubreaper { .. }
+            | Self::ClusterModeNotHandedOff => (OsError, REPORT_HINT),
             Self::DuplicateLockDescriptor { .. } => (
                 OsError,
                 "the process is at its open-file limit: raise LimitNOFILE= (ulimit -n) for this service",
@@ -373,12 +428,32 @@ impl Error {
                 OsError,
                 "the service is out of tasks or memory: raise TasksMax= (ulimit -u) or free memory, or use --on-busy wait without --wait-timeout",
             ),
-            Self::Flock { .. } | Self::LockFileUnstable { .. } => (OsError, FLOCK),
+            Self::Flock { source, .. } => (
+                OsError,
+                match source {
+                    Errno::EMFILE => DESCRIPTOR_LIMIT_HINT,
+                    Errno::ENFILE => SYSTEM_FILE_LIMIT_HINT,
+                    _ => FLOCK,
+                },
+            ),
+            Self::LockFileUnstable { .. } => (OsError, FLOCK),
             Self::NulInArgument { .. } => (
                 BadArgument,
                 "remove the NUL byte: arguments cannot carry one through exec",
             ),
             Self::EmptyProgram => (BadArgument, "name the program to run after `--`"),
+            Self::BadPriority { .. } => (
+                BadArgument,
+                "pass --priority (or EC_LAUNCH_PRIORITY) an integer from 0 to 1000; the default is 100",
+            ),
+            Self::LockDirForeignLocks { .. } => (
+                LockUnusable,
+                "use a local directory for --lock-dir, such as /run/ec-launch (tmpfs), the same one for every launcher of the node",
+            ),
+            Self::ArgumentsTooLong { .. } => (
+                BadArgument,
+                "shorten the arguments or the environment: `{source}` puts the whole source URL into every argument that names it (pass --source-file's URL once, or read EC_SOURCE_URL in the program)",
+            ),
             Self::AskDevice { source, .. } if source.needs_explicit_count() => (
                 ExitStatus::DeviceNeedsTunerCount,
                 "this device cannot tell its tuner count: pass --tuners N with the number of tuners it has",
@@ -419,6 +494,10 @@ impl Error {
                 BadArgument,
                 "pass --etcd URL for cluster mode, or drop the option (check EC_LAUNCH_ETCD_* in the environment)",
             ),
+            Self::SpreadNeedsWait => (
+                BadArgument,
+                "pass --on-busy wait, or --placement first (check EC_LAUNCH_PLACEMENT in the environment)",
+            ),
             Self::BadNodeName => (
                 BadArgument,
                 "pass a node name such as the host name, or leave --node out to use the host name",
@@ -435,9 +514,6 @@ impl Error {
                 BadArgument,
                 "pass whole seconds, rounded up (e.g. --etcd-ttl 4 for 3.9): the fence's budget is checked against the TTL etcd grants",
             ),
-            Self::BlockSignals { .. }
-            | Self::WatchSignals { .. }
-            | Self::ClusterModeNotHandedOff => (OsError, REPORT_HINT),
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => (NotFound, "check the program name and PATH"),
                 _ => (
@@ -524,6 +600,9 @@ mod tests {
                 what: "argument 1".into(),
             },
             Error::EmptyProgram,
+            Error::BadPriority {
+                value: "1001".into(),
+            },
         ];
         let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
         let mut distinct = messages.clone();

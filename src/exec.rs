@@ -17,6 +17,15 @@
 //! argument) is built by [`prepare`] before the lock directory is touched;
 //! after locking only the descriptor number is added (ECP-0129).
 //!
+//! The descriptors the program inherits are moved out of the way first
+//! (ECP-0136): a lock left on descriptor 3, the lowest free one, is what a
+//! shell wrapper's `exec 3>/dev/null` or `exec 3>&1` replaces, silently
+//! dropping the lock. Each passed lock is duplicated (`F_DUPFD_CLOEXEC`)
+//! onto the highest free descriptor below `min(RLIMIT_NOFILE soft, 1024)`
+//! (1023, 1022 in practice; under 1024 so `select(2)` users can still
+//! poll it), and close-on-exec is cleared on those final numbers only: the
+//! low originals close at exec. `EC_SOURCE_LOCK_FD` names the final number.
+//!
 //! If exec fails we return the errno; the caller's exit status follows the
 //! `env(1)` convention (127 not found, 126 anything else).
 //!
@@ -26,7 +35,7 @@
 //! either way.
 
 use std::ffi::{CStr, CString, OsStr, OsString};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -36,6 +45,10 @@ use nix::sys::signal::{SigHandler, Signal, signal};
 use crate::error::Error;
 use crate::lock::HeldLock;
 use crate::tuner_slot::HeldSlot;
+
+/// Passed descriptors stay below this even under a higher limit: a
+/// program using `select(2)` cannot watch a descriptor at `FD_SETSIZE` or above.
+const PASSED_FD_CEILING: RawFd = 1024;
 
 /// The token in ARGS that is replaced by the source URL.
 const SOURCE_TOKEN: &str = "{source}";
@@ -50,7 +63,8 @@ mod env {
     pub const DEVICE_KEY: &str = "EC_DEVICE_KEY";
     pub const TUNER_SLOT: &str = "EC_TUNER_SLOT";
     pub const TUNER_SLOT_FD: &str = "EC_TUNER_SLOT_FD";
-    pub const ALL: [&str; 7] = [
+    pub const PRIORITY: &str = "EC_PRIORITY";
+    pub const ALL: [&str; 8] = [
         SOURCE_KEY,
         SOURCE_LOCK,
         SOURCE_LOCK_FD,
@@ -58,6 +72,7 @@ mod env {
         DEVICE_KEY,
         TUNER_SLOT,
         TUNER_SLOT_FD,
+        PRIORITY,
     ];
 }
 
@@ -92,12 +107,97 @@ pub struct Prepared {
 pub fn prepare(launch: &Launch<'_>) -> Result<Prepared, Error> {
     // Named first, so a NUL in a `{source}` argument blames the source.
     c_string(launch.source.as_bytes().to_vec(), "the source")?;
-    Ok(Prepared {
+    let prepared = Prepared {
         argv: program_argv(launch)?,
         envp: program_environment(launch, launch.lock_path.as_os_str().as_bytes())?,
         // A URL given as the program (a forgotten --source) may hold a credential.
         program: crate::redact::redact_word(&launch.program.to_string_lossy()),
-    })
+    };
+    ensure_within_exec_limits(&prepared.argv, &prepared.envp)?;
+    Ok(prepared)
+}
+
+/// Room kept for what [`pass`] adds after locking (`EC_SOURCE_LOCK_FD`,
+/// `EC_TUNER_SLOT`, `EC_TUNER_SLOT_FD`: three short entries).
+const PASSED_ENV_RESERVE: usize = 3 * (64 + std::mem::size_of::<usize>());
+
+/// Refuses, before the lock directory is touched, what `execve(2)` would
+/// refuse with E2BIG: one string over `MAX_ARG_STRLEN` (32 pages), or all
+/// of them with their pointers over `ARG_MAX` (`sysconf`, a quarter of the
+/// stack limit). Found only at exec, it was logged as a start first.
+fn ensure_within_exec_limits(argv: &[CString], envp: &[CString]) -> Result<(), Error> {
+    // SAFETY: sysconf only reads a system value.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let max_string = page * 32;
+    let strings = argv.iter().enumerate().map(|(i, a)| {
+        let what = if i == 0 {
+            "the program name".to_owned()
+        } else {
+            format!("argument {i} (with {SOURCE_TOKEN} expanded)")
+        };
+        (what, a)
+    });
+    let entries = envp.iter().map(|e| {
+        let name = e
+            .as_bytes()
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or_default();
+        (
+            format!(
+                "the environment variable {}",
+                crate::printable::printable(&String::from_utf8_lossy(name))
+            ),
+            e,
+        )
+    });
+    for (what, string) in strings.chain(entries) {
+        let bytes = string.as_bytes_with_nul().len();
+        if bytes > max_string {
+            return Err(Error::ArgumentsTooLong {
+                what,
+                bytes,
+                limit: max_string,
+                limit_name: "one argument or environment entry (MAX_ARG_STRLEN)",
+            });
+        }
+    }
+    // SAFETY: sysconf only reads a system value.
+    let Ok(limit) = usize::try_from(unsafe { libc::sysconf(libc::_SC_ARG_MAX) }) else {
+        return Ok(());
+    };
+    // The kernel also caps it at 3/4 of the default 8 MiB stack, whatever
+    // the stack limit (fs/exec.c), which sysconf does not know.
+    let limit = limit.min(6 << 20);
+    let pointer = std::mem::size_of::<usize>();
+    let total: usize = argv
+        .iter()
+        .chain(envp)
+        .map(|s| s.as_bytes_with_nul().len() + pointer)
+        .sum::<usize>()
+        + 2 * pointer
+        + PASSED_ENV_RESERVE;
+    if total > limit {
+        return Err(Error::ArgumentsTooLong {
+            what: "the program's arguments and environment together".to_owned(),
+            bytes: total,
+            limit,
+            limit_name: "exec (ARG_MAX)",
+        });
+    }
+    Ok(())
+}
+
+impl Prepared {
+    /// Tells the program its launch's priority in `EC_PRIORITY` (ECP-0139;
+    /// an inherited value was removed by [`prepare`]).
+    #[must_use]
+    pub fn with_priority(mut self, priority: u16) -> Self {
+        if let Ok(entry) = CString::new(format!("{}={priority}", env::PRIORITY)) {
+            self.envp.push(entry);
+        }
+        self
+    }
 }
 
 /// Execs the prepared program holding `held` (and `slot`, with
@@ -117,15 +217,15 @@ fn try_exec(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Res
         argv,
         envp,
         program,
+        fds,
     } = pass(prepared, held, slot)?;
     // Only these descriptors survive exec: a waiting thread's slot
-    // descriptors stay close-on-exec, so the program holds one slot.
-    for lock in passed_locks(held, slot) {
-        fcntl(&*lock.lock, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| {
-            Error::PassLock {
-                path: lock.path.clone(),
-                source,
-            }
+    // descriptors, and the low originals of the passed ones, stay
+    // close-on-exec, so the program holds one slot, at the high numbers.
+    for (lock, fd) in passed_locks(held, slot).into_iter().zip(&fds) {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| Error::PassLock {
+            path: lock.path.clone(),
+            source,
         })?;
     }
     // SAFETY: installing SIG_DFL runs no code of ours in signal context, and
@@ -151,6 +251,10 @@ pub struct Passed {
     pub envp: Vec<CString>,
     /// The program's name as errors show it (redacted).
     pub program: String,
+    /// The passed descriptors at their final (high) numbers, in the order
+    /// of [`passed_locks`], still close-on-exec: whoever starts the
+    /// program clears that flag on these and no others.
+    pub fds: Vec<OwnedFd>,
 }
 
 /// Completes `prepared` with the numbers of the descriptors the program
@@ -159,20 +263,28 @@ pub struct Passed {
 /// locks this way, so the program cannot tell them apart.
 ///
 /// # Errors
-/// [`Error::NulInArgument`] (cannot happen for numbers, kept for the type).
+/// [`Error::PassLock`] when a descriptor cannot be duplicated.
 pub fn pass(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Result<Passed, Error> {
     let Prepared {
         argv,
         mut envp,
         program,
     } = prepared;
-    let lock_fd = held.lock.as_raw_fd();
+    let mut fds = Vec::new();
+    for lock in passed_locks(held, slot) {
+        let fd = place_high(lock.lock.as_fd()).map_err(|source| Error::PassLock {
+            path: lock.path.clone(),
+            source,
+        })?;
+        fds.push(fd);
+    }
+    let lock_fd = fds[0].as_raw_fd();
     envp.push(c_string(
         format!("{}={lock_fd}", env::SOURCE_LOCK_FD).into_bytes(),
         env::SOURCE_LOCK_FD,
     )?);
     if let Some(slot) = slot {
-        let fd = slot.lock.lock.as_raw_fd();
+        let fd = fds[1].as_raw_fd();
         for (name, value) in [
             (env::TUNER_SLOT, slot.slot.to_string()),
             (env::TUNER_SLOT_FD, fd.to_string()),
@@ -184,7 +296,56 @@ pub fn pass(prepared: Prepared, held: &HeldLock, slot: Option<&HeldSlot>) -> Res
         argv,
         envp,
         program,
+        fds,
     })
+}
+
+/// A close-on-exec duplicate of `fd` on the highest free descriptor below
+/// `min(RLIMIT_NOFILE soft, 1024)`, or on the lowest free one when none
+/// is free up there (a tiny `ulimit -n`): never worse than before.
+/// `F_DUPFD_CLOEXEC` takes the lowest free number at or above the one asked
+/// for, so asking for a free number gets that number.
+fn place_high(fd: BorrowedFd<'_>) -> Result<OwnedFd, nix::errno::Errno> {
+    use nix::errno::Errno;
+    let ceiling = open_file_limit().min(PASSED_FD_CEILING);
+    let mut candidate = ceiling - 1;
+    while candidate > fd.as_raw_fd() {
+        // SAFETY: F_GETFD only reads the flags of a descriptor number; it
+        // touches no memory, and an unused number fails with EBADF.
+        let free =
+            unsafe { libc::fcntl(candidate, libc::F_GETFD) } == -1 && Errno::last() == Errno::EBADF;
+        if free {
+            match fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(candidate)).map(owned) {
+                Ok(new) if new.as_raw_fd() < ceiling => return Ok(new),
+                // Another thread took the number meanwhile: look lower.
+                Ok(_too_high) => {}
+                Err(Errno::EMFILE | Errno::EINVAL) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        candidate -= 1;
+    }
+    fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(0)).map(owned)
+}
+
+/// Takes ownership of a descriptor `F_DUPFD_CLOEXEC` just returned.
+fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` is a new descriptor from a successful F_DUPFD_CLOEXEC,
+    // owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// The soft `RLIMIT_NOFILE`: descriptors must be below it.
+fn open_file_limit() -> RawFd {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return PASSED_FD_CEILING;
+    }
+    RawFd::try_from(limit.rlim_cur).unwrap_or(RawFd::MAX)
 }
 
 /// The locks whose descriptors the program inherits (and only these).

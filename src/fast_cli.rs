@@ -101,9 +101,10 @@ fn verbosity(arg: &[u8]) -> Option<u8> {
     (!vs.is_empty() && vs.iter().all(|&b| b == b'v')).then(|| u8::try_from(vs.len()).ok())?
 }
 
-/// The variables clap reads for `run`'s cluster flags (`cli::EtcdArgs`,
-/// `cli::ClusterArgs`).
-const CLUSTER_VARIABLES: [&str; 8] = [
+/// The variables clap reads for `run`'s flags that this parser leaves to
+/// clap: cluster mode's (`cli::EtcdArgs`, `cli::ClusterArgs`) and the
+/// priority flags (ECP-0139).
+const CLUSTER_VARIABLES: [&str; 13] = [
     "EC_LAUNCH_ETCD",
     "EC_LAUNCH_ETCD_CA",
     "EC_LAUNCH_ETCD_CERT",
@@ -112,6 +113,11 @@ const CLUSTER_VARIABLES: [&str; 8] = [
     "EC_LAUNCH_NODE",
     "EC_LAUNCH_ETCD_TTL",
     "EC_LAUNCH_ETCD_STOP_GRACE",
+    "EC_LAUNCH_PLACEMENT",
+    "EC_LAUNCH_NODE_WEIGHT",
+    crate::priority::PRIORITY_ENV,
+    "EC_LAUNCH_PREEMPT_GRACE",
+    "EC_LAUNCH_RECLAIM_ESCAPED",
 ];
 
 /// Whether a variable clap reads for cluster mode is set (then clap
@@ -161,6 +167,10 @@ impl Given {
             None => DEFAULT_BUSY,
         };
         Some(RunArgs {
+            priority: None,
+            preempt_grace: parse_seconds(crate::priority::DEFAULT_PREEMPT_GRACE).ok()?,
+            reclaim_escaped: false,
+            progress_window: None,
             lock_dir,
             key: text(self.key)?,
             on_busy,
@@ -179,6 +189,8 @@ impl Given {
                     etcd_user_file: None,
                     node: None,
                 },
+                placement: None,
+                node_weight: None,
                 etcd_ttl: DEFAULT_TTL,
                 etcd_stop_grace: DEFAULT_STOP_GRACE,
             },

@@ -33,7 +33,8 @@
 //! owners of those sockets cost one comparison per descriptor. That pass
 //! then runs even when no lock is held: a stale reader needs none.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::io;
@@ -41,6 +42,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::thread;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RawDir, Stat};
@@ -55,6 +57,8 @@ use crate::process::{self, BootClock, ProcessInfo};
 const SINGLE_READ_BYTES: usize = 3072;
 /// How many reads of a multi-page `/proc/locks` are united (see `lock_table`).
 const LOCK_TABLE_READS: u32 = 3;
+/// How many more reads look for a lock known held (`reread_until_listed`).
+const LISTED_REREADS: u32 = 16;
 
 /// What the kernel appends to a descriptor's link when its file is gone.
 const DELETED_SUFFIX: &str = " (deleted)";
@@ -68,12 +72,55 @@ pub struct LockedInode {
 }
 
 impl LockedInode {
-    /// The inode of an open file.
+    /// The inode of an open file, with the device its locks are listed
+    /// under (see [`LockedInode::of_path`]).
     ///
     /// # Errors
-    /// When `fstat` fails.
+    /// When `statx` fails.
     pub fn of_file(file: &File) -> io::Result<Self> {
-        Ok(Self::of_metadata(&file.metadata()?))
+        Self::statx(file, c"", AtFlags::EMPTY_PATH)
+    }
+
+    /// The inode at `path` (links followed), with the device the kernel's
+    /// lock tables use: the filesystem's (`s_dev`, as `/proc/self/mountinfo`
+    /// gives it for the file's mount), not `stat`'s `st_dev`, which differs
+    /// on btrfs (each subvolume reports a device of its own) and would make
+    /// a held lock look free (ECP-0136).
+    ///
+    /// # Errors
+    /// When `statx` fails.
+    pub fn of_path(path: &Path) -> io::Result<Self> {
+        Self::statx(rustix::fs::CWD, path, AtFlags::empty())
+    }
+
+    /// [`LockedInode::of_path`] without following a final symbolic link.
+    ///
+    /// # Errors
+    /// When `statx` fails.
+    pub fn of_path_nofollow(path: &Path) -> io::Result<Self> {
+        Self::statx(rustix::fs::CWD, path, AtFlags::SYMLINK_NOFOLLOW)
+    }
+
+    fn statx<Fd: std::os::fd::AsFd, P: rustix::path::Arg>(
+        dir: Fd,
+        path: P,
+        flags: AtFlags,
+    ) -> io::Result<Self> {
+        let stat = rustix::fs::statx(
+            dir,
+            path,
+            flags,
+            rustix::fs::StatxFlags::BASIC_STATS | rustix::fs::StatxFlags::MNT_ID,
+        )?;
+        let mount = (stat.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
+            .then(|| mount_device(stat.stx_mnt_id))
+            .flatten();
+        let (dev_major, dev_minor) = mount.unwrap_or((stat.stx_dev_major, stat.stx_dev_minor));
+        Ok(Self {
+            dev_major,
+            dev_minor,
+            inode: stat.stx_ino,
+        })
     }
 
     /// The inode `metadata` describes.
@@ -91,6 +138,7 @@ impl LockedInode {
 
     /// The inode a `stat` result describes.
     #[must_use]
+    #[allow(dead_code)] // public API kept for other callers; the scan no longer stats descriptors
     pub fn of_stat(stat: &Stat) -> Self {
         let dev = stat.st_dev;
         // Linux majors and minors are 12 and 20 bits wide.
@@ -158,6 +206,10 @@ pub struct HolderScan {
     pub table_complete: bool,
     /// The processes whose descriptors show each socket asked for.
     socket_owners: BTreeMap<u64, BTreeSet<u32>>,
+    /// A `/proc` file could not be opened for want of a descriptor (EMFILE,
+    /// ENFILE): what was not read says nothing, so nothing is concluded
+    /// from it (a taker is unverified, not exited).
+    exhausted: Cell<bool>,
     clock: Option<BootClock>,
     proc_root: PathBuf,
 }
@@ -196,9 +248,7 @@ impl HolderScan {
         scan.hidepid = hidepid_in_force(proc_root);
         // A rename never leaves a filesystem, so only locks on the lock
         // directory's can be ours. (A bind mount has the same device.)
-        let dir_inode = fs::metadata(lock_dir)
-            .ok()
-            .map(|m| LockedInode::of_metadata(&m));
+        let dir_inode = LockedInode::of_path(lock_dir).ok();
         let device = dir_inode.map(|i| (i.dev_major, i.dev_minor));
         // A lock found away from the directory's path is ours when it is
         // listed there, or its record says it was made there.
@@ -316,21 +366,54 @@ impl HolderScan {
         // A row seen once is kept: a lock released meanwhile may show as held
         // for this one report, which is the safe mistake.
         let mut reads = 0;
-        while let Ok(text) = fs::read_to_string(proc_root.join("locks")) {
-            for row in proc_locks::parse(&text) {
-                if row.kind == LockKind::Flock && !row.waiting {
-                    scan.table
-                        .entry(LockedInode::of_row(&row))
-                        .or_default()
-                        .insert(row.pid);
-                }
-            }
+        while let Some(length) = scan.read_table_once() {
             reads += 1;
-            if reads == LOCK_TABLE_READS || text.len() < SINGLE_READ_BYTES {
+            if reads == LOCK_TABLE_READS || length < SINGLE_READ_BYTES {
                 break;
             }
         }
         scan
+    }
+
+    /// Reads `/proc/locks` once more into the table (a union); its length,
+    /// or `None` when it cannot be read.
+    fn read_table_once(&mut self) -> Option<usize> {
+        let text = match fs::read_to_string(self.proc_root.join("locks")) {
+            Ok(text) => text,
+            Err(e) => {
+                if crate::error::out_of_descriptors(&e) {
+                    self.exhausted.set(true);
+                }
+                return None;
+            }
+        };
+        for row in proc_locks::parse(&text) {
+            if row.kind == LockKind::Flock && !row.waiting {
+                self.table
+                    .entry(LockedInode::of_row(&row))
+                    .or_default()
+                    .insert(row.pid);
+            }
+        }
+        Some(text.len())
+    }
+
+    /// For a lock known to be held (a fresh descriptor's non-blocking
+    /// flock(2) on it just failed with `EWOULDBLOCK`) that the table does
+    /// not list: reads `/proc/locks` again, at most [`LISTED_REREADS`]
+    /// times, until it does. Three reads of a table churning hundreds of
+    /// locks still missed a row now and then (the `seq_file` skip above),
+    /// and a missing row made a busy launcher name nobody. True when listed.
+    pub fn reread_until_listed(&mut self, inode: LockedInode) -> bool {
+        for _ in 0..LISTED_REREADS {
+            if self.table.contains_key(&inode) || !self.table_complete {
+                break;
+            }
+            if self.read_table_once().is_none() {
+                break;
+            }
+        }
+        self.table.contains_key(&inode)
     }
 
     /// Checks each taker of `inode` through its own descriptors (a few
@@ -393,37 +476,42 @@ impl HolderScan {
         pid: u32,
         inode: LockedInode,
     ) -> Result<Option<(Vec<u8>, PathBuf)>, ()> {
+        let mut buffer: Vec<u8> = Vec::with_capacity(4096);
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let process_dir = self.proc_root.join(pid.to_string());
-        let fd_dir = match rustix::fs::open(process_dir.join("fd"), flags, Mode::empty()) {
+        let proc_dir = match rustix::fs::open(&self.proc_root, flags, Mode::empty()) {
             Ok(dir) => dir,
-            Err(Errno::ACCESS | Errno::PERM) => return Err(()),
+            Err(Errno::MFILE | Errno::NFILE) => {
+                self.exhausted.set(true);
+                return Err(());
+            }
             Err(_) => return Ok(None),
         };
-        let mut buffer: Vec<u8> = Vec::with_capacity(4096);
-        for name in descriptor_names(&fd_dir, &mut buffer) {
-            let Ok(stat) = rustix::fs::statat(&fd_dir, name.as_c_str(), AtFlags::empty()) else {
-                continue;
-            };
-            if LockedInode::of_stat(&stat) != inode {
-                continue;
+        let opened = open_descriptors(&self.proc_root, &proc_dir, pid, &mut buffer);
+        // One descriptor fewer for what follows, at a tiny `ulimit -n`.
+        drop(proc_dir);
+        let (fd_dir, names, process_dir) = match opened {
+            Ok(Some(found)) => found,
+            Err(Errno::ACCESS | Errno::PERM) => return Err(()),
+            Err(Errno::MFILE | Errno::NFILE) => {
+                self.exhausted.set(true);
+                return Err(());
             }
+            Ok(None) | Err(_) => return Ok(None),
+        };
+        for name in names {
+            // fdinfo, not stat(2) through the link: a stat asks the file's
+            // filesystem, and a hung NFS or FUSE server behind any
+            // descriptor of the taker would hang us (ECP-0136). A `lock:`
+            // row names device and inode without asking anyone.
             let fd = name.to_string_lossy();
-            let holds = fs::read_to_string(process_dir.join("fdinfo").join(fd.as_ref())).is_ok_and(
-                |info| {
-                    proc_locks::parse_fdinfo_locks(&info).iter().any(|row| {
-                        row.kind == LockKind::Flock
-                            && !row.waiting
-                            && LockedInode::of_row(row) == inode
-                    })
-                },
-            );
-            if holds {
-                let target = rustix::fs::readlinkat(&fd_dir, name.as_c_str(), Vec::new())
-                    .map(CString::into_bytes)
-                    .unwrap_or_default();
-                return Ok(Some((target, process_dir.join("fd").join(fd.as_ref()))));
+            let info = process_dir.join("fdinfo").join(fd.as_ref());
+            if !flocks_held_by(&info).contains(&inode) {
+                continue;
             }
+            let target = rustix::fs::readlinkat(&fd_dir, name.as_c_str(), Vec::new())
+                .map(CString::into_bytes)
+                .unwrap_or_default();
+            return Ok(Some((target, process_dir.join("fd").join(fd.as_ref()))));
         }
         Ok(None)
     }
@@ -444,6 +532,9 @@ impl HolderScan {
         for found in results {
             for (inode, pid) in found.sockets {
                 self.socket_owners.entry(inode).or_default().insert(pid);
+            }
+            if found.exhausted {
+                self.exhausted.set(true);
             }
             self.uninspectable += found.unreadable.len();
             self.unreadable_pids.extend(found.unreadable);
@@ -519,7 +610,10 @@ impl HolderScan {
         self.takers(inode)
             .filter(|pid| !holders.iter().any(|h| h.pid == *pid))
             .map(|pid| {
-                let why = if !self.is_alive(pid) {
+                let why = if self.exhausted.get() {
+                    // Not read is not absent: say nothing about it.
+                    Absence::Unverified
+                } else if !self.is_alive(pid) {
                     Absence::Exited
                 } else if self.unreadable_pids.contains(&pid) {
                     Absence::Unverified
@@ -543,10 +637,22 @@ impl HolderScan {
         self.located.iter()
     }
 
+    /// True when a `/proc` file could not be opened for want of a
+    /// descriptor (EMFILE, ENFILE): holders may be missing.
+    #[must_use]
+    pub fn out_of_descriptors(&self) -> bool {
+        self.exhausted.get()
+    }
+
     /// Why the holder list may be incomplete, for the operator.
     #[must_use]
     pub fn visibility_warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if self.exhausted.get() {
+            warnings.push(
+                "this process ran out of file descriptors (EMFILE/ENFILE) while reading /proc, so holders may be missing; raise the open-file limit (ulimit -n, LimitNOFILE=)".to_owned(),
+            );
+        }
         if self.hidepid {
             warnings.push(
                 "/proc is mounted with hidepid: other users' processes are invisible here, so holders may be missing; run as root".to_owned(),
@@ -581,6 +687,33 @@ fn made_in(via: &Path, dir_inode: u64) -> bool {
         .is_some_and(|record| record.lock_dir_inode == Some(dir_inode))
 }
 
+/// The device (`major:minor`, the superblock's `s_dev`) of mount `mount_id`
+/// per `/proc/self/mountinfo`; read once, and again when a mount is new.
+fn mount_device(mount_id: u64) -> Option<(u32, u32)> {
+    static DEVICES: Mutex<Option<HashMap<u64, (u32, u32)>>> = Mutex::new(None);
+    let mut devices = DEVICES.lock().ok()?;
+    if let Some(found) = devices.as_ref().and_then(|d| d.get(&mount_id)) {
+        return Some(*found);
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let map = devices.insert(mount_devices(&mountinfo));
+    map.get(&mount_id).copied()
+}
+
+/// Mount ID to device, from `mountinfo` text (proc(5): field 1 is the
+/// mount ID, field 3 `major:minor`, decimal).
+fn mount_devices(mountinfo: &str) -> HashMap<u64, (u32, u32)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let id = fields.next()?.parse().ok()?;
+            let (major, minor) = fields.nth(1)?.split_once(':')?;
+            Some((id, (major.parse().ok()?, minor.parse().ok()?)))
+        })
+        .collect()
+}
+
 /// A descriptor link without the kernel's " (deleted)" mark.
 fn without_deleted_suffix(target: &[u8]) -> &[u8] {
     target
@@ -608,6 +741,51 @@ struct DescriptorFindings {
     /// (socket inode, pid) for each wanted socket found.
     sockets: Vec<(u64, u32)>,
     unreadable: Vec<u32>,
+    /// Some open failed with EMFILE or ENFILE.
+    exhausted: bool,
+}
+
+/// The descriptor directory of process `pid` (open), its entries, and the
+/// directory holding its `fd` and `fdinfo`: `/proc/<pid>`, or, when that
+/// shows no descriptors, `/proc/<pid>/task/<tid>` of a live thread. A
+/// program whose main thread called `pthread_exit` has a zombie leader
+/// whose `fd` is empty while its other threads share the descriptor table
+/// (and hold its locks) (ECP-0136). `Ok(None)`: no such process.
+fn open_descriptors(
+    proc_root: &Path,
+    proc_dir: &OwnedFd,
+    pid: u32,
+    buffer: &mut Vec<u8>,
+) -> Result<Option<(OwnedFd, Vec<CString>, PathBuf)>, Errno> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let process_dir = proc_root.join(pid.to_string());
+    // Relative to the open /proc: two path components, not four.
+    let fd_dir = match rustix::fs::openat(proc_dir, format!("{pid}/fd"), flags, Mode::empty()) {
+        Ok(dir) => dir,
+        Err(Errno::NOENT | Errno::SRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let names = descriptor_names(&fd_dir, buffer);
+    if !names.is_empty() {
+        return Ok(Some((fd_dir, names, process_dir)));
+    }
+    let Ok(tasks) = fs::read_dir(process_dir.join("task")) else {
+        return Ok(Some((fd_dir, names, process_dir)));
+    };
+    for task in tasks.flatten() {
+        if task.file_name().to_str() == Some(&pid.to_string()) {
+            continue;
+        }
+        let task_dir = task.path();
+        let Ok(dir) = rustix::fs::open(task_dir.join("fd"), flags, Mode::empty()) else {
+            continue;
+        };
+        let names = descriptor_names(&dir, buffer);
+        if !names.is_empty() {
+            return Ok(Some((dir, names, task_dir)));
+        }
+    }
+    Ok(Some((fd_dir, names, process_dir)))
 }
 
 /// The numeric entries of an open `/proc/<pid>/fd` directory, read with
@@ -641,18 +819,23 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
     let mut by_inode = wanted.by_inode.clone();
     let mut targets = wanted.targets.clone();
     for &pid in pids {
-        let fd_dir = match rustix::fs::openat(&proc_dir, format!("{pid}/fd"), flags, Mode::empty())
-        {
-            Ok(dir) => dir,
-            Err(Errno::ACCESS | Errno::PERM) => {
-                found.unreadable.push(pid);
-                continue;
-            }
-            // Exited meanwhile, or a kernel thread: nothing to see.
-            Err(_) => continue,
-        };
+        let (fd_dir, names, process_dir) =
+            match open_descriptors(proc_root, &proc_dir, pid, &mut buffer) {
+                Ok(Some(found)) => found,
+                Err(Errno::ACCESS | Errno::PERM) => {
+                    found.unreadable.push(pid);
+                    continue;
+                }
+                Err(Errno::MFILE | Errno::NFILE) => {
+                    found.exhausted = true;
+                    found.unreadable.push(pid);
+                    continue;
+                }
+                // Exited meanwhile, or a kernel thread: nothing to see.
+                Ok(None) | Err(_) => continue,
+            };
         let mut start_ticks = None;
-        for name in descriptor_names(&fd_dir, &mut buffer) {
+        for name in names {
             let Ok(target) = rustix::fs::readlinkat(&fd_dir, name.as_c_str(), Vec::new()) else {
                 continue;
             };
@@ -667,24 +850,18 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
             }
             let path = without_deleted_suffix(&target);
             let in_dir = wanted.lock_dir.is_some_and(|dir| in_directory(path, dir));
-            let mut matched = in_dir || targets.contains(path);
-            if !matched && !by_inode.is_empty() && target.first() == Some(&b'/') {
-                matched = rustix::fs::statat(&fd_dir, name.as_c_str(), AtFlags::empty())
-                    .is_ok_and(|stat| by_inode.contains(&LockedInode::of_stat(&stat)));
-            }
-            if !matched {
+            let by_path = in_dir || targets.contains(path);
+            // Looking by inode reads fdinfo's `lock:` rows, never stat(2):
+            // see `descriptor_holding`.
+            if !by_path && (by_inode.is_empty() || target.first() != Some(&b'/')) {
                 continue;
             }
             let fd = name.to_string_lossy();
-            let process_dir = proc_root.join(pid.to_string());
-            let Ok(info) = fs::read_to_string(process_dir.join("fdinfo").join(fd.as_ref())) else {
+            let held = flocks_held_by(&process_dir.join("fdinfo").join(fd.as_ref()));
+            if !by_path && !held.iter().any(|inode| by_inode.contains(inode)) {
                 continue;
-            };
-            for row in proc_locks::parse_fdinfo_locks(&info) {
-                if row.kind != LockKind::Flock || row.waiting {
-                    continue;
-                }
-                let inode = LockedInode::of_row(&row);
+            }
+            for inode in held {
                 if by_inode.remove(&inode) {
                     targets.insert(path.to_vec());
                 }
@@ -705,6 +882,24 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
         }
     }
     found
+}
+
+/// The files on which the descriptor whose fdinfo is at `fdinfo` holds a
+/// flock(2) lock (held, not awaited): its `lock:` rows (proc(5)). Reading
+/// fdinfo never asks the file's filesystem, so a hung server behind the
+/// descriptor cannot hang us; unreadable (gone, or another user's) is none.
+#[must_use]
+pub fn flocks_held_by(fdinfo: &Path) -> Vec<LockedInode> {
+    fs::read_to_string(fdinfo).map_or_else(
+        |_| Vec::new(),
+        |info| {
+            proc_locks::parse_fdinfo_locks(&info)
+                .iter()
+                .filter(|row| row.kind == LockKind::Flock && !row.waiting)
+                .map(LockedInode::of_row)
+                .collect()
+        },
+    )
 }
 
 /// The inode of a descriptor link `socket:[inode]` (proc(5)).
@@ -767,6 +962,17 @@ mod tests {
         assert!(!in_directory(b"/run/locks-\xff/sub/a.lock", dir));
         assert!(!in_directory(b"socket:[1234]", dir));
         assert_eq!(without_deleted_suffix(b"/x/a.lock"), b"/x/a.lock");
+    }
+
+    #[test]
+    fn a_mounts_device_is_field_three_of_its_mountinfo_line() {
+        let mountinfo = "22 1 0:21 / /proc rw - proc proc rw\n\
+                         47 27 0:40 / /srv/b rw,relatime - btrfs /dev/loop0 rw,subvol=/\n\
+                         48 27 259:3 /sub /srv/s rw - btrfs /dev/nvme0n1p3 rw\n";
+        let devices = mount_devices(mountinfo);
+        assert_eq!(devices.get(&47), Some(&(0, 40)));
+        assert_eq!(devices.get(&48), Some(&(259, 3)));
+        assert_eq!(devices.get(&99), None);
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub enum Acquired {
 /// [`Error::CreateLockDir`], [`Error::InspectLockDir`] and the untrusted-path variants.
 pub fn ensure_lock_dir(dir: &Path, me: &Launcher) -> Result<(), Error> {
     if path_trust::check_lock_dir(dir, me)? == LockDir::Trusted {
-        return Ok(());
+        return crate::lock_filesystem::ensure_local_locks(dir);
     }
     let create_error = |source| Error::CreateLockDir {
         path: dir.to_owned(),
@@ -114,7 +114,7 @@ pub fn ensure_lock_dir(dir: &Path, me: &Launcher) -> Result<(), Error> {
         Err(e) => return Err(create_error(e)),
     }
     match path_trust::check_lock_dir(dir, me)? {
-        LockDir::Trusted => Ok(()),
+        LockDir::Trusted => crate::lock_filesystem::ensure_local_locks(dir),
         LockDir::Missing => Err(create_error(io::Error::from(io::ErrorKind::NotFound))),
     }
 }
@@ -376,7 +376,10 @@ fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access), Error> {
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match open(true, false) {
             Ok(file) => (file, Access::ReadWrite),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => match open(false, false) {
+            // flock(2) works on a read-only descriptor: a file we may not
+            // write (root made it) or cannot (a read-only filesystem) is
+            // still lockable, only its record cannot be written.
+            Err(e) if read_only_will_do(&e) => match open(false, false) {
                 Ok(file) => (file, Access::ReadOnly),
                 Err(_) => return Err(open_error(path, e)),
             },
@@ -396,6 +399,12 @@ fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access), Error> {
         }
     })?;
     Ok((file, access))
+}
+
+/// True when opening for writing failed in a way a read-only open avoids.
+fn read_only_will_do(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::PermissionDenied
+        || error.raw_os_error() == Some(Errno::EROFS as i32)
 }
 
 fn open_error(path: &Path, source: io::Error) -> Error {

@@ -81,6 +81,59 @@ pub struct LockRecord {
     /// learnt it from the device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+    /// The launch's `--priority` (ECP-0139); absent in an older version's
+    /// record, which counts as the default, 100. Used only to choose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    /// The launcher's cgroup directory (ECP-0139): whether the run that
+    /// recorded this holder is over is asked of the cgroup tree, never of
+    /// the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Slot records only: the holder this launcher preempted to take the
+    /// slot (ECP-0139), shown by `status` until the slot is taken again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted: Option<Preempted>,
+}
+
+/// Who was preempted to take a slot, and when (ECP-0139).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preempted {
+    pub pid: u32,
+    #[serde(default)]
+    pub program: Option<String>,
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The victim's source, redacted.
+    pub source: String,
+    pub priority: u32,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+}
+
+impl Redact for Preempted {
+    fn redacted(&self) -> Self {
+        let Self {
+            pid,
+            program,
+            unit,
+            node,
+            source,
+            priority,
+            at,
+        } = self;
+        Self {
+            pid: *pid,
+            program: program.redacted(),
+            unit: unit.redacted(),
+            node: node.redacted(),
+            source: redact_source(source),
+            priority: *priority,
+            at: at.redacted(),
+        }
+    }
 }
 
 impl LockRecord {
@@ -111,6 +164,9 @@ impl LockRecord {
             slot: None,
             tuners: None,
             device_id: None,
+            priority: None,
+            cgroup: None,
+            preempted: None,
         }
     }
 
@@ -198,6 +254,9 @@ impl Redact for LockRecord {
             slot,
             tuners,
             device_id,
+            priority,
+            cgroup,
+            preempted,
         } = self;
         Self {
             pid: *pid,
@@ -217,6 +276,9 @@ impl Redact for LockRecord {
             slot: *slot,
             tuners: *tuners,
             device_id: device_id.redacted(),
+            priority: *priority,
+            cgroup: cgroup.redacted(),
+            preempted: preempted.as_ref().map(Redact::redacted),
         }
     }
 }
@@ -322,6 +384,8 @@ mod tests {
         ("device", FieldKind::Text),
         ("tuners", FieldKind::Number),
         ("device_id", FieldKind::Text),
+        ("priority", FieldKind::Number),
+        ("cgroup", FieldKind::Text),
     ];
 
     proptest::proptest! {

@@ -108,6 +108,15 @@ pub fn start_ticks_of(proc_root: &Path, pid: u32) -> Option<u64> {
     parse_start_ticks(&stat)
 }
 
+/// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3): readable when the
+/// process exits, and a handle that cannot come to mean another process.
+/// `None` when the process is gone or the kernel has no pidfds.
+#[must_use]
+pub fn pidfd_open(pid: nix::unistd::Pid) -> Option<std::os::fd::OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid.as_raw())?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
 /// The PIDs of `pid` in its own and each enclosing namespace that `/proc`'s
 /// namespace can see, outermost first (the `NSpid` line of
 /// `/proc/<pid>/status`). The last one is the PID the process sees itself.

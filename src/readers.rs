@@ -43,6 +43,8 @@ pub struct LockView<'a> {
     /// A tuner slot (ECP-0132), not a source: its holders are accounted
     /// for on its source's endpoint, but it is not one of its sources.
     pub slot: bool,
+    /// The launch record's PID and unit: who launched under this lock.
+    pub launched_by: Option<(u32, Option<&'a str>)>,
 }
 
 /// How a held tuner slot is named in `holds`: `tuner slot 0 of 10.0.0.5`.
@@ -207,6 +209,10 @@ pub struct Reader {
     pub bytes_received: u64,
     /// Keys of the sources on this endpoint whose locks this process holds.
     pub holds: Vec<String>,
+    /// A stale reader launched through `ec-launch` (a lock record here
+    /// names its PID, or its unit) that no longer holds that lock: the
+    /// program or a wrapper closed the lock descriptor (ECP-0136).
+    pub dropped_lock: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -270,6 +276,7 @@ pub fn account(
             let pids = owners(connection.inode);
             let stale = !pids.is_empty() && !pids.iter().any(|p| held_by.contains_key(p));
             let row = |pid: Option<u32>, info: Option<ProcessInfo>| Reader {
+                dropped_lock: stale && pid.is_some_and(|p| dropped(&on_endpoint, p, info.as_ref())),
                 stale,
                 pid,
                 command: info.as_ref().and_then(|i| i.command.clone()),
@@ -300,6 +307,12 @@ pub fn account(
                 let info = describe(pid);
                 if stale {
                     warnings.push(stale_advice(pid, info.as_ref(), &endpoint.name));
+                    if dropped(&on_endpoint, pid, info.as_ref()) {
+                        warnings.push(format!(
+                            "pid {pid} was started by ec-launch under the lock of a source on {} but no longer holds it: the program or a wrapper closed the inherited lock descriptor (EC_SOURCE_LOCK_FD); it must keep it open",
+                            endpoint.name
+                        ));
+                    }
                 }
                 readers.push(row(Some(pid), info));
             }
@@ -319,6 +332,19 @@ pub fn account(
         .endpoints
         .sort_by_key(|e| !e.connections.iter().any(|c| c.stale));
     report
+}
+
+/// True when a lock in `locks` was launched by `pid` (its record's PID) or
+/// by `info`'s unit, and `pid` does not hold it: a reader that let go of
+/// the lock it was started under.
+fn dropped(locks: &[&LockView<'_>], pid: u32, info: Option<&ProcessInfo>) -> bool {
+    let unit = info.and_then(|i| i.unit.as_deref());
+    locks.iter().any(|lock| {
+        let launched = lock
+            .launched_by
+            .is_some_and(|(by, by_unit)| by == pid || (by_unit.is_some() && by_unit == unit));
+        launched && !lock.holders.contains(&pid)
+    })
 }
 
 /// The `!` lines for holders with more connections to `endpoint` than
@@ -593,6 +619,7 @@ mod tests {
             lock_file: path,
             holders: vec![100],
             slot: false,
+            launched_by: Some((100, None)),
         };
         let seven = LockView {
             key: Some("hdhomerun://10.0.0.5/v7.1"),
@@ -600,6 +627,8 @@ mod tests {
             lock_file: path,
             holders: vec![200],
             slot: false,
+            // Launched by 300, which let go of it.
+            launched_by: Some((300, None)),
         };
         let locks = [(&five, Some(0)), (&seven, Some(0))];
         let connections = [
@@ -636,7 +665,15 @@ mod tests {
             "stale first: {readers:?}"
         );
         assert!(readers[1..].iter().all(|r| !r.stale));
+        assert!(readers[0].dropped_lock, "{readers:?}");
+        assert!(readers[1..].iter().all(|r| !r.dropped_lock));
         let warnings = &report.endpoints[0].warnings;
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("pid 300") && w.contains("no longer holds it")),
+            "{warnings:?}"
+        );
         assert!(
             warnings
                 .iter()

@@ -218,10 +218,9 @@ pub struct SlotFile {
 /// directory has none.
 #[must_use]
 pub fn slot_files(dir: &Path) -> Vec<SlotFile> {
-    let Ok(metadata) = fs::metadata(dir) else {
+    let Ok(device_inode) = LockedInode::of_path(dir) else {
         return Vec::new();
     };
-    let device_inode = LockedInode::of_metadata(&metadata);
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -342,10 +341,9 @@ fn census(
     device: &DeviceKey,
     count: u32,
 ) -> (usize, Vec<OrphanedSlot>) {
-    let Ok(dir) = fs::metadata(lock_dir) else {
+    let Ok(dir_inode) = LockedInode::of_path(lock_dir) else {
         return (0, Vec::new());
     };
-    let dir_inode = LockedInode::of_metadata(&dir);
     let stem = device.file_stem();
     let mut ours = BTreeSet::new();
     let mut named = BTreeSet::new();
@@ -413,14 +411,17 @@ fn orphans_of(
 ) -> Vec<OrphanedSlot> {
     let mut found: BTreeMap<u64, OrphanedSlot> = BTreeMap::new();
     let fd_dir = proc_root.join(pid.to_string()).join("fd");
+    let fdinfo_dir = proc_root.join(pid.to_string()).join("fdinfo");
     for entry in fs::read_dir(&fd_dir).into_iter().flatten().flatten() {
         let via = entry.path();
-        let Some(inode) = fs::metadata(&via)
-            .ok()
-            .map(|m| LockedInode::of_metadata(&m))
+        // The descriptor's `lock:` rows, not a stat through the link,
+        // which would ask the file's filesystem and hang on a dead
+        // server (ECP-0136).
+        let Some(inode) = crate::holder::flocks_held_by(&fdinfo_dir.join(entry.file_name()))
+            .into_iter()
             .filter(|i| i.dev_major == dir_inode.dev_major && i.dev_minor == dir_inode.dev_minor)
             .map(|i| i.inode)
-            .filter(|i| inodes.contains(i) && !found.contains_key(i))
+            .find(|i| inodes.contains(i) && !found.contains_key(i))
         else {
             continue;
         };
@@ -560,6 +561,19 @@ pub fn acquire(
             });
         }
     }
+}
+
+/// The held slots whose files left the directory, when with them the
+/// device's held slots come to more than `count` (see [`acquire`]); empty
+/// otherwise. For a slot taken by another path than [`acquire`] (the
+/// waiting room's head, ECP-0139).
+#[must_use]
+pub fn orphans_over_count(lock_dir: &Path, device: &DeviceKey, count: u32) -> Vec<OrphanedSlot> {
+    let (in_place, orphans) = census(Path::new("/proc"), lock_dir, device, count);
+    if in_place + orphans.len() <= usize::try_from(count).unwrap_or(usize::MAX) {
+        return Vec::new();
+    }
+    orphans
 }
 
 /// One pass of [`acquire`], and the count agreed on.
@@ -747,16 +761,20 @@ mod tests {
         );
         // Another directory's slot of a device named alike (pid 43).
         let elsewhere = file_at(root.path().join("other"), record(0, "den-box", 1));
-        for (pid, target) in [(42, &files[2]), (43, &files[3])] {
-            let fd = proc_root.join(pid.to_string()).join("fd");
-            fs::create_dir_all(&fd).unwrap();
-            std::os::unix::fs::symlink(target, fd.join("3")).unwrap();
-        }
         let dev = dir_meta.dev();
         let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
         let row = |n: u32, pid: u32, inode: u64| {
             format!("{n}: FLOCK  ADVISORY  WRITE {pid} {major:02x}:{minor:02x}:{inode} 0 EOF\n")
         };
+        // Each holder's descriptor 3, its link and its fdinfo `lock:` row.
+        for (pid, target, inode) in [(42, &files[2], moved), (43, &files[3], elsewhere)] {
+            let process = proc_root.join(pid.to_string());
+            fs::create_dir_all(process.join("fd")).unwrap();
+            fs::create_dir_all(process.join("fdinfo")).unwrap();
+            std::os::unix::fs::symlink(target, process.join("fd/3")).unwrap();
+            let info = format!("pos:\t0\nflags:\t02\nlock:\t{}", row(1, pid, inode));
+            fs::write(process.join("fdinfo/3"), info).unwrap();
+        }
         let table = [row(1, 41, slot0), row(2, 42, moved), row(3, 43, elsewhere)].concat();
         fs::write(proc_root.join("locks"), &table).unwrap();
         // With room for every unnamed lock, no descriptor is looked at.

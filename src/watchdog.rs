@@ -18,7 +18,10 @@
 //!   first thing; 0 and 1 become `/dev/null`, 2 stays the unit's log;
 //! - it dies with the program: it is the launcher's child, so after exec
 //!   the program's, with `PR_SET_PDEATHSIG` (SIGKILL) and a `getppid` check
-//!   every tick for the race before `prctl`;
+//!   every tick for the race before `prctl`; once the program runs it
+//!   follows the program process on a pidfd instead and clears the signal,
+//!   which follows a *thread* and fired when the program's main thread
+//!   called `pthread_exit` (ECP-0136);
 //! - it stays in the unit's cgroup (a plain fork) so `NotifyAccess=all`
 //!   accepts its pings and the kill policy ends it with the unit;
 //! - while the launcher has not exec'd yet (waiting for a held lock with
@@ -277,6 +280,19 @@ impl Watchdog {
     }
 }
 
+/// `WatchdogSec=` as systemd passed it (`WATCHDOG_USEC`), when it did:
+/// the default progress window in cluster mode, the span a local monitor
+/// gives a source to deliver.
+#[must_use]
+pub fn watchdog_sec() -> Option<Duration> {
+    std::env::var(env::WATCHDOG_USEC)
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .filter(|&usec| usec > 0)
+        .map(Duration::from_micros)
+}
+
 impl Watchdog {
     /// [`Watchdog::from_env`] for this process, from its real environment.
     pub fn of_this_process() -> Self {
@@ -290,6 +306,8 @@ pub struct Plan {
     endpoint: Endpoint,
     socket: NotifySocket,
     interval: Duration,
+    /// Cluster mode: report progress to the launcher, never to systemd.
+    to_launcher: bool,
 }
 
 /// `run --progress-watchdog`: validates the source and, when systemd's
@@ -298,11 +316,15 @@ pub struct Plan {
 ///
 /// # Errors
 /// As [`plan`] and [`start`].
-pub fn start_if_asked(asked: bool, source: &str) -> Result<Option<Monitor>, Error> {
+pub fn start_if_asked(
+    asked: bool,
+    source: &str,
+    to_launcher: bool,
+) -> Result<Option<Monitor>, Error> {
     if !asked {
         return Ok(None);
     }
-    plan(source)?.as_ref().map(start).transpose()
+    plan(source, to_launcher)?.as_ref().map(start).transpose()
 }
 
 /// `--progress-watchdog`'s plan for `source`: `None` when systemd's watchdog
@@ -313,7 +335,7 @@ pub fn start_if_asked(asked: bool, source: &str) -> Result<Option<Monitor>, Erro
 /// [`Error::ProgressWatchdogUnwatchable`] when the source has no TCP
 /// endpoint to count bytes on (checked even without `WATCHDOG_USEC`, so a
 /// unit that cannot work fails on its first start, not after a restart).
-fn plan(source: &str) -> Result<Option<Plan>, Error> {
+fn plan(source: &str, to_launcher: bool) -> Result<Option<Plan>, Error> {
     let endpoint = Endpoint::from_source(source)
         .map_err(|reason| Error::ProgressWatchdogUnwatchable { reason })?;
     match Watchdog::of_this_process() {
@@ -333,6 +355,7 @@ fn plan(source: &str) -> Result<Option<Plan>, Error> {
                 endpoint,
                 socket,
                 interval,
+                to_launcher,
             }))
         }
     }
@@ -343,6 +366,16 @@ fn plan(source: &str) -> Result<Option<Plan>, Error> {
 #[derive(Debug)]
 pub struct Monitor {
     _exec_signal: OwnedFd,
+    /// Cluster mode: the read end of the pipe the monitor reports
+    /// progress into (non-blocking, close-on-exec), for `cluster::vouch`.
+    progress: Option<OwnedFd>,
+}
+
+impl Monitor {
+    /// The monitor's progress reports (cluster mode), taken once.
+    pub fn take_progress(&mut self) -> Option<OwnedFd> {
+        self.progress.take()
+    }
 }
 
 /// Forks the monitor. Call it before opening the lock file, with no other
@@ -353,6 +386,17 @@ pub struct Monitor {
 fn start(plan: &Plan) -> Result<Monitor, Error> {
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|source| Error::StartWatchdog { source })?;
+    // Non-blocking both ways: a launcher that does not read (frozen) must
+    // not block the monitor, and the launcher only polls.
+    let progress = if plan.to_launcher {
+        Some(
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|source| Error::StartWatchdog { source })?,
+        )
+    } else {
+        None
+    };
+    let (progress_read, progress_write) = progress.unzip();
     let program_pid = nix::unistd::getpid();
     // `--tuners auto` resolved the device's name on a thread of its own; a
     // name that resolved has its thread joined, one that did not made the
@@ -368,15 +412,18 @@ fn start(plan: &Plan) -> Result<Monitor, Error> {
     match unsafe { nix::unistd::fork() }.map_err(|source| Error::StartWatchdog { source })? {
         nix::unistd::ForkResult::Parent { child } => {
             drop(read_end);
-            tracing::debug!(monitor = child.as_raw(), endpoint = %plan.endpoint, interval = ?plan.interval, "progress watchdog started");
+            drop(progress_write);
+            tracing::debug!(monitor = child.as_raw(), endpoint = %plan.endpoint, interval = ?plan.interval, to_launcher = plan.to_launcher, "progress watchdog started");
             Ok(Monitor {
                 _exec_signal: write_end,
+                progress: progress_read,
             })
         }
         nix::unistd::ForkResult::Child => {
             drop(write_end);
+            drop(progress_read);
             let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                monitor(plan, read_end, program_pid)
+                monitor(plan, read_end, progress_write, program_pid)
             }))
             .unwrap_or(70);
             // SAFETY: `_exit` ends this forked process without running the
@@ -388,10 +435,16 @@ fn start(plan: &Plan) -> Result<Monitor, Error> {
 }
 
 /// The monitor process's life. Returns its exit status.
-fn monitor(plan: &Plan, exec_signal: OwnedFd, program: nix::unistd::Pid) -> i32 {
-    // First: no lock, no slot, nothing of the launcher's but 0-2.
-    let exec_signal = match isolate(exec_signal) {
-        Ok(fd) => fd,
+fn monitor(
+    plan: &Plan,
+    exec_signal: OwnedFd,
+    progress: Option<OwnedFd>,
+    program: nix::unistd::Pid,
+) -> i32 {
+    // First: no lock, no slot, nothing of the launcher's but 0-2 (and our
+    // two pipes).
+    let (exec_signal, progress) = match isolate(exec_signal, progress) {
+        Ok(fds) => fds,
         Err(e) => {
             tracing::error!(
                 "progress watchdog: cannot close the launcher's descriptors: {e}; exiting"
@@ -406,7 +459,11 @@ fn monitor(plan: &Plan, exec_signal: OwnedFd, program: nix::unistd::Pid) -> i32 
     }
     let _ = nix::sys::prctl::set_name(MONITOR_NAME);
     hide_arguments();
-    let Ok(mut pinger) = Pinger::new(plan.socket.clone(), "progress watchdog") else {
+    let pinger = match progress {
+        Some(fd) => Ok(Pinger::to_launcher(fd, "progress watchdog")),
+        None => Pinger::new(plan.socket.clone(), "progress watchdog"),
+    };
+    let Ok(mut pinger) = pinger else {
         tracing::error!("progress watchdog: cannot create a datagram socket; exiting");
         return 71;
     };
@@ -418,6 +475,15 @@ fn monitor(plan: &Plan, exec_signal: OwnedFd, program: nix::unistd::Pid) -> i32 
     if nix::unistd::getppid() != program {
         return 0;
     }
+    // From here on the monitor follows the program *process* on a pidfd
+    // (readable once every thread has exited): the parent-death signal
+    // follows the thread that forked us, the program's main thread, which
+    // may call pthread_exit while the others publish (ECP-0136). Without
+    // pidfd (Linux < 5.3) the signal and getppid stay.
+    let exits = crate::process::pidfd_open(program);
+    if exits.is_some() {
+        let _ = nix::sys::prctl::set_pdeathsig(None);
+    }
     // The program runs now (our parent exec'd): one ping, then every ping
     // needs new bytes; it has until `WatchdogSec` passes without one to
     // connect.
@@ -427,8 +493,15 @@ fn monitor(plan: &Plan, exec_signal: OwnedFd, program: nix::unistd::Pid) -> i32 
     let mut stalled_since: Option<Instant> = None;
     let mut last_ping = Instant::now();
     loop {
-        std::thread::sleep(plan.interval);
-        if nix::unistd::getppid() != program {
+        match &exits {
+            Some(exits) => {
+                if wait_readable(exits, plan.interval).unwrap_or(false) {
+                    return 0;
+                }
+            }
+            None => std::thread::sleep(plan.interval),
+        }
+        if exits.is_none() && nix::unistd::getppid() != program {
             return 0;
         }
         let progress = meter.progress();
@@ -493,22 +566,38 @@ fn parse_argument_area(stat: &str) -> Option<(u64, u64)> {
     (arg_start != 0 && arg_end > arg_start).then_some((arg_start, arg_end))
 }
 
-/// Closes every descriptor but 0-2 and `keep` (moved to 3), and points 0
-/// and 1 at `/dev/null`: the monitor must not keep the program's pipes or
-/// any lock alive.
-fn isolate(keep: OwnedFd) -> io::Result<OwnedFd> {
-    let keep_fd = keep.as_raw_fd();
-    std::mem::forget(keep);
-    if keep_fd != 3 {
-        // SAFETY: dup2 on a descriptor we own onto 3; whatever 3 was (the
-        // launcher's) is closed by it, which is what we want.
-        if unsafe { libc::dup2(keep_fd, 3) } != 3 {
+/// Closes every descriptor but 0-2, `keep` (moved to 3) and `also` (moved
+/// to 4), and points 0 and 1 at `/dev/null`: the monitor must not keep the
+/// program's pipes or any lock alive.
+fn isolate(keep: OwnedFd, also: Option<OwnedFd>) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
+    let kept: Vec<OwnedFd> = std::iter::once(keep).chain(also).collect();
+    let count = RawFd::try_from(kept.len()).unwrap_or(2);
+    // Out of the way first (at or above 3 + count), so moving one into
+    // place cannot close another that sits there.
+    let mut high = Vec::with_capacity(kept.len());
+    for fd in kept {
+        // SAFETY: F_DUPFD duplicates a descriptor we own onto the lowest
+        // free number at or above the given one.
+        let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, 3 + count) };
+        if moved == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        high.push(moved);
+    }
+    for (target, &fd) in (3..).zip(&high) {
+        // SAFETY: dup2 of a descriptor we own onto 3 or 4; whatever was
+        // there (the launcher's, or a kept one's old number, already
+        // duplicated above) is closed by it, which is what we want.
+        if unsafe { libc::dup2(fd, target) } != target {
             return Err(io::Error::last_os_error());
         }
     }
-    close_from(4)?;
-    // SAFETY: 3 is ours now (dup2 above, or it already was `keep`).
+    // Closes the high copies too.
+    close_from(3 + count)?;
+    // SAFETY: 3 (and 4) are ours now, by the dup2s above.
     let keep = unsafe { OwnedFd::from_raw_fd(3) };
+    // SAFETY: as above.
+    let also = (count > 1).then(|| unsafe { OwnedFd::from_raw_fd(4) });
     let null = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -520,7 +609,7 @@ fn isolate(keep: OwnedFd) -> io::Result<OwnedFd> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(keep)
+    Ok((keep, also))
 }
 
 /// Closes every descriptor from `first` up: `close_range(2)`, or one by one
@@ -564,10 +653,22 @@ fn wait_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
 /// watchdog", "cluster lease renewer").
 #[derive(Debug)]
 pub struct Pinger {
-    socket: UnixDatagram,
-    target: NotifySocket,
+    sink: Sink,
     who: &'static str,
     failing: bool,
+}
+
+/// Where a ping goes.
+#[derive(Debug)]
+enum Sink {
+    /// `WATCHDOG=1` to systemd.
+    Systemd {
+        socket: UnixDatagram,
+        target: NotifySocket,
+    },
+    /// A byte into the launcher's progress pipe (cluster mode, where only
+    /// the launcher vouches to systemd: `cluster::vouch`).
+    Launcher(OwnedFd),
 }
 
 impl Pinger {
@@ -577,23 +678,49 @@ impl Pinger {
     /// When the socket cannot be created.
     pub fn new(target: NotifySocket, who: &'static str) -> io::Result<Self> {
         Ok(Self {
-            socket: UnixDatagram::unbound()?,
-            target,
+            sink: Sink::Systemd {
+                socket: UnixDatagram::unbound()?,
+                target,
+            },
             who,
             failing: false,
         })
     }
 
+    /// Pings that report progress to the launcher through `pipe` (its
+    /// write end, non-blocking) instead of systemd.
+    #[must_use]
+    pub fn to_launcher(pipe: OwnedFd, who: &'static str) -> Self {
+        Self {
+            sink: Sink::Launcher(pipe),
+            who,
+            failing: false,
+        }
+    }
+
     pub fn ping(&mut self) {
         let who = self.who;
-        match self.target.send(&self.socket, b"WATCHDOG=1") {
+        let sent = match &self.sink {
+            Sink::Systemd { socket, target } => target.send(socket, b"WATCHDOG=1"),
+            // A full pipe (a launcher that does not read) already says
+            // "progress"; that is no failure.
+            Sink::Launcher(pipe) => match nix::unistd::write(pipe, b"1") {
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) => Ok(()),
+                Err(e) => Err(io::Error::from(e)),
+            },
+        };
+        let to = match &self.sink {
+            Sink::Systemd { .. } => "NOTIFY_SOCKET",
+            Sink::Launcher(_) => "the launcher's progress pipe",
+        };
+        match sent {
             Ok(()) if self.failing => {
                 self.failing = false;
-                tracing::info!("{who}: NOTIFY_SOCKET accepts pings again");
+                tracing::info!("{who}: {to} accepts pings again");
             }
             Err(e) if !self.failing => {
                 self.failing = true;
-                tracing::warn!("{who}: cannot send WATCHDOG=1 to NOTIFY_SOCKET: {e}");
+                tracing::warn!("{who}: cannot send WATCHDOG=1 to {to}: {e}");
             }
             Ok(()) | Err(_) => {}
         }
@@ -722,14 +849,26 @@ fn socket_inodes(proc_root: &Path, root: u32) -> HashSet<u64> {
             continue;
         }
         let process = proc_root.join(pid.to_string());
-        if let Ok(fds) = fs::read_dir(process.join("fd")) {
-            for fd in fds.flatten() {
+        // A zombie leader (its main thread called pthread_exit) shows no
+        // descriptors; its live threads share them (ECP-0136).
+        let task_fds = fs::read_dir(process.join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|task| task.path().join("fd"));
+        for fd_dir in std::iter::once(process.join("fd")).chain(task_fds) {
+            let mut any = false;
+            for fd in fs::read_dir(&fd_dir).into_iter().flatten().flatten() {
+                any = true;
                 if let Some(inode) = fs::read_link(fd.path())
                     .ok()
                     .and_then(|target| parse_socket_link(target.to_str()?))
                 {
                     inodes.insert(inode);
                 }
+            }
+            if any {
+                break;
             }
         }
         pending.extend(children_of(&process));

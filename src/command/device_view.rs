@@ -22,6 +22,7 @@ use super::status::{HolderJson, State, path_as_text};
 use crate::device_http::Device;
 use crate::holder::{HolderScan, LockedInode};
 use crate::lock_record::LockRecord;
+use crate::lock_record::Preempted;
 use crate::printable::printable;
 use crate::proc_locks::{self, LockKind};
 use crate::shown::Shown;
@@ -40,8 +41,12 @@ pub(super) struct DeviceStatus {
     tuners: Option<u32>,
     /// Slots the kernel shows held.
     held: usize,
-    /// Processes blocked in `flock(2)` on one of the device's slots.
+    /// Launchers waiting for a slot: blocked in `flock(2)` on one of the
+    /// device's slots, or in its waiting room (ECP-0139).
     waiting: usize,
+    /// The waiting room's live waiters, in the order they are served
+    /// (priority, then arrival; ECP-0139).
+    waiters: Vec<WaiterJson>,
     /// `DeviceID`s recorded by `--tuners auto`.
     device_ids: Vec<String>,
     slots: Vec<SlotStatus>,
@@ -68,8 +73,27 @@ struct SlotStatus {
     holders: Vec<HolderJson>,
     /// The recorded (redacted) source of the last launch on this slot.
     source: Option<String>,
+    /// The holder's `--priority` (ECP-0139); `null` when free or when the
+    /// record is not the holder's.
+    priority: Option<u32>,
+    /// The holders escaped the service that launched them (ECP-0139).
+    escaped: bool,
+    /// The holder this one preempted to take the slot (ECP-0139), from its
+    /// record; shown until the slot is taken again.
+    preempted: Option<Preempted>,
     /// The last launch on this slot, as written into the file (redacted).
     metadata: Option<Shown<LockRecord>>,
+}
+
+/// A launcher in a device's waiting room.
+#[derive(Debug, Serialize)]
+struct WaiterJson {
+    pid: u32,
+    priority: u32,
+    /// From the waiter's record (redacted).
+    source: Option<String>,
+    unit: Option<String>,
+    since: Option<String>,
 }
 
 /// A held slot whose file is no longer at its path in the lock directory
@@ -198,6 +222,7 @@ fn device(
             if pids.is_empty() { "?".to_owned() } else { pids.join(", ") },
         ));
     }
+    warnings.extend(slots.iter().filter(|s| s.escaped).map(escaped_slot_warning));
     let held = slots.iter().filter(|s| s.state == State::Held).count();
     if let Some(n) = tuners
         && held > usize::try_from(n).unwrap_or(usize::MAX)
@@ -215,18 +240,60 @@ fn device(
         .copied()
         .collect();
     let device_ids: BTreeSet<String> = records().filter_map(|r| r.device_id.clone()).collect();
+    let waiters = room_waiters(files, stem);
+    // A waiter blocked on the slots (the room's head) is counted once.
+    let waiting: BTreeSet<Option<u32>> = waiting
+        .into_iter()
+        .chain(waiters.iter().map(|w| Some(w.pid)))
+        .collect();
     DeviceStatus {
         device,
         name: stem.to_owned(),
         tuners,
         held,
         waiting: waiting.len(),
+        waiters,
         device_ids: device_ids.into_iter().collect(),
         slots,
         warnings,
         report: None,
         waiting_pids: waiting.iter().flatten().copied().collect(),
     }
+}
+
+/// What to do about a slot whose holders escaped their service (ECP-0139).
+fn escaped_slot_warning(slot: &SlotStatus) -> String {
+    let pids: Vec<String> = slot.holders.iter().map(|h| h.pid.to_string()).collect();
+    format!(
+        "slot {} is held by processes that escaped {}, which no longer runs them, and no service holds them; stop them (kill {}) or let the next start reclaim it (run --reclaim-escaped; the NixOS module's units do)",
+        slot.slot,
+        slot.metadata
+            .as_ref()
+            .and_then(|r| r.unit.as_deref())
+            .unwrap_or("?"),
+        pids.join(" "),
+    )
+}
+
+/// The live waiters of the device's waiting room, in serving order (ECP-0139).
+fn room_waiters(files: &[&SlotFile], stem: &str) -> Vec<WaiterJson> {
+    files
+        .first()
+        .and_then(|f| f.path.parent())
+        .map(|dir| crate::waiting_room::peek(&dir.join(format!("{stem}.waiting"))))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(waiter, record)| {
+            let shown = record.as_ref().map(Shown::of);
+            WaiterJson {
+                pid: waiter.pid,
+                priority: u32::from(waiter.priority.get()),
+                source: shown.as_ref().map(|r| r.source.clone()),
+                unit: shown.as_ref().and_then(|r| r.unit.clone()),
+                since: shown.as_ref().map(|r| r.started_at.clone()),
+            }
+        })
+        .collect()
 }
 
 fn slot(scan: &HolderScan, file: &SlotFile) -> SlotStatus {
@@ -248,6 +315,13 @@ fn slot(scan: &HolderScan, file: &SlotFile) -> SlotStatus {
     } else {
         Vec::new()
     };
+    let absent = if state == State::Held {
+        scan.absent_takers(file.inode, &holders)
+    } else {
+        Vec::new()
+    };
+    let (priority, escaped) =
+        super::status::holding_priority_and_escape(record.as_ref(), &holders, &absent);
     // Anyone who can write the file wrote the record: only its redacted
     // form is shown (its raw one served the holder check above).
     let shown = record.as_ref().map(Shown::of);
@@ -258,6 +332,12 @@ fn slot(scan: &HolderScan, file: &SlotFile) -> SlotStatus {
         orphaned: false,
         holders: holders.into_iter().map(HolderJson::from).collect(),
         source: shown.as_ref().map(|r| r.source.clone()),
+        preempted: shown
+            .as_ref()
+            .filter(|_| priority.is_some())
+            .and_then(|r| r.preempted.clone()),
+        priority,
+        escaped,
         metadata: shown,
     }
 }
@@ -281,6 +361,9 @@ fn orphaned_slot(scan: &HolderScan, orphan: &OrphanedSlot) -> SlotStatus {
         orphaned: true,
         holders: holders.into_iter().map(HolderJson::from).collect(),
         source: shown.as_ref().map(|r| r.source.clone()),
+        priority: None,
+        escaped: false,
+        preempted: None,
         metadata: shown,
     }
 }
@@ -439,6 +522,18 @@ pub(super) fn write_text(out: &mut String, devices: &[DeviceStatus]) {
             shown.join(", "),
             device.waiting
         );
+        // The waiting room, in the order it is served (ECP-0139).
+        if !device.waiters.is_empty() {
+            let line: Vec<String> = device
+                .waiters
+                .iter()
+                .map(|w| {
+                    let source = w.source.as_deref().map_or("?".into(), printable);
+                    format!("pid {} priority {} ({source})", w.pid, w.priority)
+                })
+                .collect();
+            let _ = writeln!(out, "  in line: {}", line.join(", "));
+        }
         for warning in &device.warnings {
             let _ = writeln!(out, "  ! {}", printable(warning));
         }
@@ -467,6 +562,24 @@ fn describe_slot(slot: &SlotStatus) -> String {
         }
         let unit = holder.unit.as_deref().map_or("no unit".into(), printable);
         let _ = write!(text, " ({unit}, {source})");
+    }
+    if let Some(priority) = slot.priority {
+        let _ = write!(text, " priority {priority}");
+    }
+    if slot.escaped {
+        text.push_str(" ESCAPED");
+    }
+    if let Some(victim) = &slot.preempted {
+        let _ = write!(
+            text,
+            " (preempted pid {} {} ({}, {}) at priority {} at {})",
+            victim.pid,
+            printable(victim.program.as_deref().unwrap_or("?")),
+            printable(victim.unit.as_deref().unwrap_or("no unit")),
+            printable(&victim.source),
+            victim.priority,
+            printable(&victim.at),
+        );
     }
     text
 }
@@ -498,6 +611,9 @@ mod tests {
                 .into_iter()
                 .collect(),
             source: pid.map(|_| "http://10.0.0.5:5004/auto/v5.1".into()),
+            priority: None,
+            escaped: false,
+            preempted: None,
             metadata: None,
         }
     }
@@ -510,6 +626,7 @@ mod tests {
             tuners: Some(2),
             held: 1,
             waiting: 3,
+            waiters: Vec::new(),
             device_ids: Vec::new(),
             slots: vec![
                 slot(0, State::Held, Some(42)),
@@ -540,6 +657,7 @@ mod tests {
             tuners: Some(2),
             held: 0,
             waiting: 0,
+            waiters: Vec::new(),
             device_ids: vec!["1040ABCD".into()],
             slots: Vec::new(),
             warnings: Vec::new(),
@@ -560,6 +678,7 @@ mod tests {
             tuners: Some(2),
             held: 1,
             waiting: 0,
+            waiters: Vec::new(),
             device_ids: Vec::new(),
             slots: vec![slot(0, State::Held, Some(42)), slot(1, State::Free, None)],
             warnings: Vec::new(),

@@ -26,6 +26,7 @@ use crate::lock::{self, Access, Acquired, BusyPolicy, HeldLock};
 use crate::lock_record::LockRecord;
 use crate::path_trust::{self, Launcher};
 use crate::printable::{printable, printable_path, shell_word};
+use crate::priority::Priority;
 use crate::process::ProcessInfo;
 use crate::redact::{redact_source, redact_word};
 use crate::shown::Shown;
@@ -46,10 +47,14 @@ pub trait ClusterLaunch: std::fmt::Debug {
     /// After the node's lock: opens the session and takes the source's
     /// key; `None` when it stayed held elsewhere (reported there). `unit`
     /// is this launch's systemd unit, for the keys' records.
+    /// `progress` is the watchdog monitor's report of the program's bytes,
+    /// when it watches them: in cluster mode only the launcher vouches to
+    /// systemd (ECP-0135 section 4).
     fn take_source<'a>(
         &'a self,
         launch: &'a Launching<'a>,
         unit: Option<&'a String>,
+        progress: Option<std::os::fd::OwnedFd>,
         wait_started: &mut Option<Instant>,
     ) -> Result<Option<Box<dyn ClusterHolding + 'a>>, Error>;
 }
@@ -66,23 +71,34 @@ pub trait ClusterHolding {
     fn supervise(
         self: Box<Self>,
         prepared: exec::Prepared,
-        held: &HeldLock,
-        slot: Option<&HeldSlot>,
+        held: HeldLock,
+        slot: Option<HeldSlot>,
         monitor: Option<watchdog::Monitor>,
     ) -> Result<ExitStatus, Error>;
 }
 
 /// How `run` turns `--etcd` and its options into cluster mode's part of a
-/// launch, or `None` without `--etcd`.
-pub type ClusterFromArgs = fn(&ClusterArgs) -> Result<Option<Box<dyn ClusterLaunch>>, Error>;
+/// launch, or `None` without `--etcd`; `wait` is `--on-busy wait`.
+pub type ClusterFromArgs = fn(&ClusterArgs, bool) -> Result<Option<Box<dyn ClusterLaunch>>, Error>;
 
 /// The local launcher's [`ClusterFromArgs`]: `--etcd` is handed off to
 /// `ec-launch-cluster` before parsing (ECP-0138), so here etcd options are
 /// a mistake, and `--etcd` itself is refused rather than launched without
 /// the cluster's lock.
-fn local_only(args: &ClusterArgs) -> Result<Option<Box<dyn ClusterLaunch>>, Error> {
+fn local_only(args: &ClusterArgs, _wait: bool) -> Result<Option<Box<dyn ClusterLaunch>>, Error> {
     if !args.etcd.endpoints.is_empty() {
         return Err(Error::ClusterModeNotHandedOff);
+    }
+    // In the order cluster mode checks them (`ClusterConfig::from_args`).
+    if args.placement.is_some() {
+        return Err(Error::ClusterOptionWithoutEtcd {
+            flag: "--placement",
+        });
+    }
+    if args.node_weight.is_some() {
+        return Err(Error::ClusterOptionWithoutEtcd {
+            flag: "--node-weight",
+        });
     }
     match crate::cli::stray_cluster_option(&args.etcd) {
         Some(flag) => Err(Error::ClusterOptionWithoutEtcd { flag }),
@@ -106,8 +122,16 @@ pub struct RunConfig {
     /// With `--tuners`: which device's slots, and how many.
     pub tuners: Option<TunerConfig>,
     pub progress_watchdog: bool,
+    /// `--progress-window` (cluster mode only).
+    pub progress_window: Option<Duration>,
     /// With `--etcd`: cluster mode (ECP-0134).
     pub cluster: Option<Box<dyn ClusterLaunch>>,
+    /// `--priority` (ECP-0139).
+    pub priority: Priority,
+    /// `--preempt-grace`: SIGTERM to SIGKILL for a holder made to let go.
+    pub preempt_grace: Duration,
+    /// `--reclaim-escaped`.
+    pub reclaim_escaped: bool,
 }
 
 /// `--tuners N` and `--device KEY`, validated (ECP-0132).
@@ -143,6 +167,10 @@ impl RunConfig {
                 timeout: args.wait_timeout,
             },
         };
+        let priority = match &args.priority {
+            None => Priority::default(),
+            Some(text) => Priority::parse(text).map_err(|value| Error::BadPriority { value })?,
+        };
         let mut command = args.command.into_iter();
         let program = command.next().unwrap_or_default();
         if program.is_empty() {
@@ -150,7 +178,13 @@ impl RunConfig {
         }
         // Before the device is asked (`--tuners auto`): a bad cluster
         // setting is the cheaper thing to find out.
-        let cluster = cluster_from_args(&args.cluster)?;
+        let cluster = cluster_from_args(&args.cluster, args.on_busy == OnBusy::Wait)?;
+        if args.progress_window.is_some() && cluster.is_none() {
+            // Locally the monitor feeds systemd itself: no window to apply.
+            return Err(Error::ClusterOptionWithoutEtcd {
+                flag: "--progress-window",
+            });
+        }
         let tuners = match args.tuners {
             None => None,
             Some(tuners) => {
@@ -178,7 +212,11 @@ impl RunConfig {
             args: command.collect(),
             tuners,
             progress_watchdog: args.progress_watchdog,
+            progress_window: args.progress_window,
             cluster,
+            priority,
+            preempt_grace: args.preempt_grace,
+            reclaim_escaped: args.reclaim_escaped,
         })
     }
 }
@@ -273,14 +311,21 @@ pub fn run_with(args: RunArgs, cluster_from_args: ClusterFromArgs) -> Result<Exi
         key: config.key.as_str(),
         lock_path: &lock_path,
         device: config.tuners.as_ref().map(|t| t.device.as_str()),
-    })?;
+    })?
+    .with_priority(config.priority.get());
     // Logged and recorded: a URL given as the program must not show its credential.
     let program_name = redact_word(&config.program.to_string_lossy());
     let redacted = redact_source(&config.source);
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
     // Forked before any lock file is opened, so it never has a lock
     // descriptor; kept until exec, which tells it the program runs.
-    let monitor = watchdog::start_if_asked(config.progress_watchdog, &config.source)?;
+    // In cluster mode it reports to the launcher, which alone vouches to
+    // systemd (ECP-0135 section 4).
+    let monitor = watchdog::start_if_asked(
+        config.progress_watchdog,
+        &config.source,
+        config.cluster.is_some(),
+    )?;
     // Only now, with nothing left to validate, is the lock directory touched.
     let me = Launcher::current();
     lock::ensure_lock_dir(&config.lock_dir, &me)?;
@@ -298,7 +343,15 @@ pub fn run_with(args: RunArgs, cluster_from_args: ClusterFromArgs) -> Result<Exi
             status_command(&config),
         );
     };
-    let acquired = lock::acquire(&lock_path, config.policy, &me, &mut announce_wait)?;
+    let reclaimed = if config.reclaim_escaped {
+        reclaim_source(&config, &lock_path, &me)?
+    } else {
+        None
+    };
+    let acquired = match reclaimed {
+        Some(held) => Acquired::Held(held),
+        None => lock::acquire(&lock_path, config.policy, &me, &mut announce_wait)?,
+    };
     let held = match acquired {
         Acquired::Held(held) => held,
         Acquired::Busy { file, timed_out } => {
@@ -314,7 +367,7 @@ pub fn run_with(args: RunArgs, cluster_from_args: ClusterFromArgs) -> Result<Exi
         deadline,
         me: &me,
     };
-    launch.holding(&held, prepared, monitor, wait_started)
+    launch.holding(held, prepared, monitor, wait_started)
 }
 
 /// A launch that holds its source lock: what the rest needs to know.
@@ -333,17 +386,18 @@ pub struct Launching<'a> {
 impl Launching<'_> {
     /// Records the lock, takes the cluster key and a slot when asked, and
     /// runs the program: by exec, or supervised in cluster mode.
-    fn holding(
-        &self,
-        held: &HeldLock,
-        prepared: exec::Prepared,
-        monitor: Option<watchdog::Monitor>,
-        mut wait_started: Option<Instant>,
-    ) -> Result<ExitStatus, Error> {
+    /// The record this launch writes into its lock and slot files.
+    fn launch_record(&self, unit: Option<String>) -> impl Fn() -> LockRecord + '_ {
         let config = self.config;
-        let unit = cgroup::own_unit();
+        // Only a service's launch can escape it (ECP-0139); a launch by hand
+        // does not pay for reading the mount table.
+        let cgroup_dir = unit
+            .as_deref()
+            .filter(|u| u.ends_with(".service"))
+            .and_then(|_| crate::escaped::own_cgroup_dir())
+            .map(|d| d.to_string_lossy().into_owned());
         let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
-        let record = || {
+        move || {
             let mut record = LockRecord::for_this_launch(
                 config.key.as_str(),
                 self.redacted,
@@ -351,29 +405,39 @@ impl Launching<'_> {
                 unit.clone(),
             );
             record.lock_dir_inode = lock_dir_inode;
+            record.priority = Some(u32::from(config.priority.get()));
+            record.cgroup.clone_from(&cgroup_dir);
             record
-        };
-        write_record(held, &record(), "lock");
+        }
+    }
+
+    fn holding(
+        &self,
+        held: HeldLock,
+        prepared: exec::Prepared,
+        mut monitor: Option<watchdog::Monitor>,
+        mut wait_started: Option<Instant>,
+    ) -> Result<ExitStatus, Error> {
+        let config = self.config;
+        let progress = monitor.as_mut().and_then(watchdog::Monitor::take_progress);
+        let unit = cgroup::own_unit();
+        let record = self.launch_record(unit.clone());
+        write_record(&held, &record(), "lock");
         // The cluster's key after the node's (ECP-0134): two units on one
         // node never race through etcd. Nothing of it runs without --etcd.
         let mut session = match &config.cluster {
             None => None,
-            Some(cluster) => match cluster.take_source(self, unit.as_ref(), &mut wait_started)? {
-                Some(session) => Some(session),
-                None => return Ok(config.busy_status),
-            },
+            Some(cluster) => {
+                match cluster.take_source(self, unit.as_ref(), progress, &mut wait_started)? {
+                    Some(session) => Some(session),
+                    None => return Ok(config.busy_status),
+                }
+            }
         };
         // Source first, then a slot: a duplicate stopped above.
         let slot = match &config.tuners {
             None => None,
             Some(tuners) => {
-                let slot_record = |slot: u32| LockRecord {
-                    device: Some(tuners.device.as_str().to_owned()),
-                    slot: Some(slot),
-                    tuners: Some(tuners.count),
-                    device_id: tuners.device_id.clone(),
-                    ..record()
-                };
                 let taken = take_slot(
                     config,
                     tuners,
@@ -381,11 +445,11 @@ impl Launching<'_> {
                     self.me,
                     self.program_name,
                     &mut wait_started,
+                    &record(),
                 )?;
                 let Some(slot) = taken else {
                     return Ok(config.busy_status);
                 };
-                write_record(&slot.lock, &slot_record(slot.slot), "tuner slot");
                 if let Some(session) = &mut session
                     && !session.take_slot(&mut wait_started)?
                 {
@@ -409,8 +473,8 @@ impl Launching<'_> {
         }
         self.announce_start(slot.as_ref(), wait_started, session.is_some());
         match session {
-            Some(session) => session.supervise(prepared, held, slot.as_ref(), monitor),
-            None => Err(exec::exec(prepared, held, slot.as_ref())),
+            Some(session) => session.supervise(prepared, held, slot, monitor),
+            None => Err(exec::exec(prepared, &held, slot.as_ref())),
         }
     }
 
@@ -440,8 +504,11 @@ impl Launching<'_> {
     }
 }
 
-/// Takes one of the device's slots (ECP-0132), announcing a wait; `None`
-/// when every slot stayed held, which is reported here.
+/// Takes one of the device's slots (ECP-0132) in the order of priority,
+/// preempting or reclaiming when allowed (ECP-0139), announcing a wait;
+/// `None` when every slot stayed held, which is reported here. The slot's
+/// record (`record` with the slot's fields, and the holder preempted for
+/// it) is written into the slot.
 fn take_slot(
     config: &RunConfig,
     tuners: &TunerConfig,
@@ -449,33 +516,86 @@ fn take_slot(
     me: &Launcher,
     program_name: &str,
     wait_started: &mut Option<Instant>,
+    record: &LockRecord,
 ) -> Result<Option<HeldSlot>, Error> {
     let wait = matches!(config.policy, BusyPolicy::Wait { .. });
     let mut announce_wait = |slots: &[BusySlot]| {
         wait_started.get_or_insert_with(Instant::now);
+        if slots.is_empty() {
+            tracing::info!(
+                device = %printable(tuners.device.as_str()),
+                key = %printable(config.key.as_str()),
+                "device busy: a free tuner slot of {} is kept for a launcher of higher priority or longer waiting; waiting{} before starting {} (priority {}; see `{}`)",
+                printable(tuners.device.as_str()),
+                until(config),
+                printable(program_name),
+                config.priority,
+                device_status_command(config),
+            );
+            return;
+        }
         tracing::info!(
             device = %printable(tuners.device.as_str()),
             key = %printable(config.key.as_str()),
-            "device busy: all {} tuner slots of {} are held: {}; waiting{} before starting {} (see `{}`)",
+            "device busy: all {} tuner slots of {} are held: {}; waiting{} before starting {} (priority {}; see `{}`)",
             slots.len(),
             printable(tuners.device.as_str()),
             describe_slots(&config.lock_dir, slots),
             until(config),
             printable(program_name),
+            config.priority,
             device_status_command(config),
         );
     };
-    let outcome = tuner_slot::acquire(
-        &config.lock_dir,
-        &tuners.device,
-        tuners.count,
+    let request = crate::slot_order::Request {
+        lock_dir: &config.lock_dir,
+        device: &tuners.device,
+        count: tuners.count,
         wait,
         deadline,
         me,
-        &mut announce_wait,
-    )?;
-    match outcome {
-        SlotOutcome::Held(slot) => Ok(Some(slot)),
+        priority: config.priority,
+        grace: config.preempt_grace,
+        reclaim_escaped: config.reclaim_escaped,
+        record,
+    };
+    let outcome = crate::slot_order::acquire(&request, &mut announce_wait)?;
+    if outcome.handed_over {
+        wait_started.get_or_insert_with(Instant::now);
+    }
+    match outcome.slot {
+        SlotOutcome::Held(slot) => {
+            let slot_record = LockRecord {
+                device: Some(tuners.device.as_str().to_owned()),
+                slot: Some(slot.slot),
+                tuners: Some(tuners.count),
+                device_id: tuners.device_id.clone(),
+                preempted: outcome.preempted,
+                ..record.clone()
+            };
+            write_record(&slot.lock, &slot_record, "tuner slot");
+            Ok(Some(slot))
+        }
+        SlotOutcome::Busy { slots, timed_out } if slots.is_empty() => {
+            let waited = gave_up_waiting(config, timed_out);
+            let behind: Vec<String> = outcome
+                .behind
+                .iter()
+                .map(|w| format!("pid {} at priority {}", w.pid, w.priority))
+                .collect();
+            tracing::warn!(
+                device = %printable(tuners.device.as_str()),
+                key = %printable(config.key.as_str()),
+                "device busy: the free tuner slot of {} is kept for the launchers waiting before this one (priority {}): {}; {waited}not starting {}, exiting {} (see `{}`)",
+                printable(tuners.device.as_str()),
+                config.priority,
+                behind.join(", "),
+                printable(program_name),
+                config.busy_status.code(),
+                device_status_command(config),
+            );
+            Ok(None)
+        }
         SlotOutcome::Busy { slots, timed_out } => {
             report_device_busy(config, &tuners.device, &slots, timed_out, program_name);
             Ok(None)
@@ -495,6 +615,64 @@ fn take_slot(
             );
             Ok(None)
         }
+    }
+}
+
+/// With `--reclaim-escaped`: when the source lock is held by processes
+/// that escaped the service that launched them (ECP-0139), makes them let
+/// go (logging each) and returns the lock; `None` when it is free, or held
+/// by anyone else (the normal path then skips or waits).
+fn reclaim_source(
+    config: &RunConfig,
+    lock_path: &Path,
+    me: &Launcher,
+) -> Result<Option<HeldLock>, Error> {
+    let file = match lock::acquire(lock_path, BusyPolicy::Skip, me, &mut |_| {})? {
+        Acquired::Held(held) => return Ok(Some(held)),
+        Acquired::Busy { file, .. } => file,
+    };
+    let holdings = crate::preempt::survey(&config.lock_dir, &[(0, lock_path.to_owned(), &file)]);
+    let judge = crate::escaped::Judge::for_this_process();
+    let Some(escaped) = holdings.iter().find(|h| {
+        judge.is_escaped(
+            h.record.as_ref(),
+            h.record_is_theirs,
+            &h.holders,
+            h.all_seen,
+        )
+    }) else {
+        return Ok(None);
+    };
+    let unit = escaped
+        .record
+        .as_ref()
+        .and_then(|r| r.unit.clone())
+        .unwrap_or_default();
+    let mut on_signal = |holder: &ProcessInfo, signal: &str| {
+        tracing::warn!(
+            key = %printable(config.key.as_str()),
+            lock_file = %printable_path(lock_path),
+            "reclaiming the source lock from a holder that escaped {}: {signal} to pid {} ({}) in cgroup {}",
+            printable(&unit),
+            holder.pid,
+            printable(holder.command.as_deref().unwrap_or("?")),
+            crate::slot_order::cgroup_of(holder.pid),
+        );
+    };
+    let taken = crate::preempt::make_let_go(
+        &config.lock_dir,
+        lock_path,
+        escaped.inode,
+        config.preempt_grace,
+        me,
+        &mut on_signal,
+    )?;
+    match taken {
+        Some(taken) => {
+            tracing::info!(key = %printable(config.key.as_str()), "source lock reclaimed {:.1} ms after SIGTERM", taken.after_term.as_secs_f64() * 1000.0);
+            Ok(Some(taken.lock))
+        }
+        None => Ok(None),
     }
 }
 
@@ -614,6 +792,8 @@ fn describe_files(
     let mut verified = true;
     for (inode, record) in inodes.iter().zip(&records) {
         if let Some(inode) = inode {
+            // Each file here was found busy by our own flock(2) just now.
+            scan.reread_until_listed(*inode);
             verified &= scan.verify_takers(*inode, record.as_ref());
         }
     }
@@ -630,7 +810,12 @@ fn describe_files(
                 .unwrap_or_default();
             let mut described: Vec<String> = holders.iter().map(describe_holder).collect();
             if described.is_empty() {
-                described.push("a process this user cannot see".into());
+                described.push(if scan.out_of_descriptors() {
+                    // EMFILE while opening /proc: not a visibility problem.
+                    "a process not identified: this launcher ran out of file descriptors (EMFILE) reading /proc; raise its open-file limit (ulimit -n, LimitNOFILE=)".into()
+                } else {
+                    "a process this user cannot see".into()
+                });
             }
             let absent = inode
                 .map(|i| scan.absent_takers(i, &holders))
@@ -642,6 +827,18 @@ fn describe_files(
                 .collect();
             if !exited.is_empty() {
                 described.push(format!("inherited from exited pid {}", exited.join(", ")));
+            }
+            let (_, escaped) = super::status::holding_priority_and_escape(
+                record.as_ref(),
+                &holders,
+                &absent,
+            );
+            if escaped {
+                described.push(format!(
+                    "which escaped {} (that run is over and no service holds it; stop it with `kill {}`, or start with --reclaim-escaped)",
+                    printable(record.as_ref().and_then(|r| r.unit.as_deref()).unwrap_or("?")),
+                    holders.iter().map(|h| h.pid.to_string()).collect::<Vec<_>>().join(" "),
+                ));
             }
             (described.join(", "), record.as_ref().map(Shown::of))
         })

@@ -165,6 +165,11 @@ struct LockStatus {
     /// launchers cannot see this lock.
     orphaned: bool,
     holders: Vec<HolderJson>,
+    /// The holder's `--priority` from its record (ECP-0139); `null` when
+    /// free or the record is not the holder's.
+    priority: Option<u32>,
+    /// The holders escaped the service that launched them (ECP-0139).
+    escaped: bool,
     /// The last recorded launch, as written into the file (redacted).
     metadata: Option<Shown<LockRecord>>,
     warnings: Vec<String>,
@@ -438,7 +443,7 @@ fn unlisted(
     let slot_name = name.and_then(tuner_slot::parse_slot_file_name);
     let in_place = !location.deleted
         && path.parent() == Some(lock_dir)
-        && fs::symlink_metadata(path).is_ok_and(|m| LockedInode::of_metadata(&m) == inode);
+        && LockedInode::of_path_nofollow(path).is_ok_and(|i| i == inode);
     if in_place {
         if let Some((stem, slot)) = slot_name {
             return Unlisted::LateSlot(SlotFile {
@@ -534,6 +539,10 @@ fn readers_report(
             lock_file: &lock.lock_file,
             holders: lock.holders.iter().map(|h| h.pid).collect(),
             slot: false,
+            launched_by: lock
+                .metadata
+                .as_ref()
+                .map(|record| (record.pid, record.unit.as_deref())),
         })
         .chain(slots.iter().map(|slot| LockView {
             key: Some(&slot.label),
@@ -541,6 +550,7 @@ fn readers_report(
             lock_file: &slot.slot_file,
             holders: slot.holders.clone(),
             slot: true,
+            launched_by: None,
         }))
         .collect();
     let mut endpoints: Vec<(Endpoint, Vec<std::net::SocketAddr>)> = Vec::new();
@@ -641,7 +651,7 @@ fn lock_files(dir: &Path) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
         path: dir.to_owned(),
         source,
     };
-    let device = LockedInode::of_metadata(&fs::metadata(dir).map_err(read_error)?);
+    let device = LockedInode::of_path(dir).map_err(read_error)?;
     let entries = fs::read_dir(dir).map_err(read_error)?;
     let mut files: Vec<(PathBuf, LockedInode)> = entries
         .flatten()
@@ -669,11 +679,17 @@ fn lock_files(dir: &Path) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
 fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockStatus> {
     // Read-only and without following links: status must never create,
     // truncate or lock anything.
-    let (metadata, record, mut warnings) = match crate::tuner_slot::open_record(path) {
-        Ok(file) => (file.metadata(), LockRecord::read_from(&file), Vec::new()),
+    let (metadata, lock_inode, record, mut warnings) = match crate::tuner_slot::open_record(path) {
+        Ok(file) => (
+            file.metadata(),
+            LockedInode::of_file(&file).ok(),
+            LockRecord::read_from(&file),
+            Vec::new(),
+        ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => (
             fs::symlink_metadata(path),
+            LockedInode::of_path_nofollow(path).ok(),
             None,
             vec![format!(
                 "cannot read the launch record ({e}); run as root or as the service user to see it"
@@ -693,7 +709,7 @@ fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockS
     };
     match metadata {
         Ok(metadata) if metadata.file_type().is_file() => {
-            let inode = LockedInode::of_metadata(&metadata);
+            let inode = lock_inode.unwrap_or_else(|| LockedInode::of_metadata(&metadata));
             let placement = if scan.is_held(inode) && misplaced(lock_dir, inode, record.as_ref()) {
                 Placement::Moved
             } else {
@@ -756,8 +772,7 @@ fn misplaced(lock_dir: &Path, inode: LockedInode, record: Option<&LockRecord>) -
             .filter(|k| k.as_str() == key),
     };
     expected.is_some_and(|key| {
-        fs::symlink_metadata(key.lock_path(lock_dir))
-            .map_or(true, |m| LockedInode::of_metadata(&m) != inode)
+        LockedInode::of_path_nofollow(&key.lock_path(lock_dir)).map_or(true, |i| i != inode)
     })
 }
 
@@ -867,6 +882,8 @@ fn lock_status(
     if held && holders.is_empty() {
         warnings.push("held by a process this user cannot see; run as root".to_owned());
     }
+    let (priority, escaped) = holding_priority_and_escape(record, &holders, &absent);
+    warnings.extend(escaped.then(|| escaped_warning(record, &holders)));
     LockStatus {
         key: shown.as_ref().map(|r| r.key.clone()),
         source: shown.as_ref().map(|r| r.source.clone()),
@@ -874,9 +891,45 @@ fn lock_status(
         state,
         orphaned: held && placement != Placement::InPlace,
         holders: holders.into_iter().map(HolderJson::from).collect(),
+        priority,
+        escaped,
         metadata: shown,
         warnings,
     }
+}
+
+/// The priority a held lock's record gives its holder (an older version's
+/// record: 100), and whether the holders escaped (ECP-0139); `(None,
+/// false)` when the record is not the holders' (an earlier launch's).
+pub(super) fn holding_priority_and_escape(
+    record: Option<&LockRecord>,
+    holders: &[ProcessInfo],
+    absent: &[(u32, Absence)],
+) -> (Option<u32>, bool) {
+    let Some(record) = record else {
+        return (None, false);
+    };
+    let theirs = holders.iter().any(|h| h.pid == record.pid)
+        || absent.iter().any(|(pid, _)| *pid == record.pid);
+    if !theirs || holders.is_empty() {
+        return (None, false);
+    }
+    let all_seen = !absent.iter().any(|(_, why)| *why == Absence::Unverified);
+    let priority = u32::from(crate::priority::Priority::from_record(record.priority).get());
+    let escaped = crate::escaped::judge().is_escaped(Some(record), true, holders, all_seen);
+    (Some(priority), escaped)
+}
+
+/// What to do about escaped holders.
+pub(super) fn escaped_warning(record: Option<&LockRecord>, holders: &[ProcessInfo]) -> String {
+    let unit = record
+        .and_then(|r| r.unit.as_deref())
+        .map_or_else(|| "?".into(), |u| printable(u).into_owned());
+    let pids: Vec<String> = holders.iter().map(|h| h.pid.to_string()).collect();
+    format!(
+        "escaped: {unit}, which launched it, no longer runs it and no service holds it; stop it (kill {}) or let the next start reclaim it (run --reclaim-escaped; the NixOS module's units do)",
+        pids.join(" ")
+    )
 }
 
 /// True when `holder` is the launcher `record` names: the same start time
@@ -934,7 +987,7 @@ fn print_report<V: ClusterView>(report: &Report<V::Report>, json: bool, view: &V
                 (State::Free, false) => "free",
                 (State::Unknown, false) => "unknown",
             };
-            let holders = if lock.holders.is_empty() {
+            let mut holders = if lock.holders.is_empty() {
                 "-".to_owned()
             } else {
                 lock.holders
@@ -943,6 +996,12 @@ fn print_report<V: ClusterView>(report: &Report<V::Report>, json: bool, view: &V
                     .collect::<Vec<_>>()
                     .join("; ")
             };
+            if let Some(priority) = lock.priority {
+                let _ = write!(holders, " priority {priority}");
+            }
+            if lock.escaped {
+                holders.push_str(" ESCAPED");
+            }
             // Keys, sources and paths come from files anyone with write
             // access may forge: escaped, like everything printed here.
             [

@@ -24,6 +24,10 @@ use crate::testenv::{BUSY, PATIENCE, TestEnv, require_root, wait_until};
 #[path = "cluster_loss.rs"]
 mod loss;
 
+/// Issue #16, item 2: helpers outside the program's process group (ECP-0135).
+#[path = "cluster_release.rs"]
+mod release;
+
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
 
 /// Channel `n` of the device at 10.0.0.5.

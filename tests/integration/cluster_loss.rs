@@ -21,14 +21,15 @@ use crate::etcd_server::EtcdServer;
 use crate::testenv::{PATIENCE, TestEnv, text, wait_until};
 
 /// The lock delay of the tests' launchers: stop grace + margin.
-const LOCK_DELAY: Duration = Duration::from_secs(STOP_GRACE.as_secs() + MARGIN.as_secs());
+pub(super) const LOCK_DELAY: Duration =
+    Duration::from_secs(STOP_GRACE.as_secs() + MARGIN.as_secs());
 
 /// Every source key lives under this.
 const SOURCES: &str = "/every-channel/ec-launch/v1/sources/";
 
 /// The one source key held, and its lease in `etcdctl`'s words (hex).
 #[track_caller]
-fn source_key_and_lease(etcd: &EtcdServer) -> (String, String) {
+pub(super) fn source_key_and_lease(etcd: &EtcdServer) -> (String, String) {
     let got = etcd.etcdctl(&["get", "--prefix", SOURCES, "-w", "json"]);
     assert!(got.status.success(), "{}", text(&got.stderr));
     let answer: serde_json::Value = serde_json::from_slice(&got.stdout).expect("etcdctl json");
@@ -44,7 +45,7 @@ fn source_key_and_lease(etcd: &EtcdServer) -> (String, String) {
 }
 
 #[track_caller]
-fn etcdctl_ok(etcd: &EtcdServer, args: &[&str]) -> String {
+pub(super) fn etcdctl_ok(etcd: &EtcdServer, args: &[&str]) -> String {
     let out = etcd.etcdctl(args);
     assert!(
         out.status.success(),
@@ -57,7 +58,7 @@ fn etcdctl_ok(etcd: &EtcdServer, args: &[&str]) -> String {
 /// The holder's reader, stopped: it must be dead before any waiter may
 /// start (the loss + the lock delay), and the holder exits 76.
 #[track_caller]
-fn assert_fenced_at_once(env: &TestEnv, active: &mut Launcher, lost_at: u128) -> u128 {
+pub(super) fn assert_fenced_at_once(env: &TestEnv, active: &mut Launcher, lost_at: u128) -> u128 {
     let stopped = stopped_within(env, "a", PATIENCE)
         .unwrap_or_else(|| panic!("the holder's reader still runs:\n{}", active.log()));
     let stop = stopped.stop.expect("stopped");
@@ -84,7 +85,7 @@ fn assert_fenced_at_once(env: &TestEnv, active: &mut Launcher, lost_at: u128) ->
 /// The waiter started only after the lock delay from `freed_at` (it took
 /// the key after that instant), and after the holder's reader stopped.
 #[track_caller]
-fn assert_after_lock_delay(what: &str, took: &Life, freed_at: u128, holder_stop: u128) {
+pub(super) fn assert_after_lock_delay(what: &str, took: &Life, freed_at: u128, holder_stop: u128) {
     let delay = figure(what, freed_at, took);
     assert!(
         delay >= micros(LOCK_DELAY),

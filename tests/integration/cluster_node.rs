@@ -48,9 +48,14 @@ tag=$1 tuners=$2 secs=${3:-600}
 # (kept across exec), so its read returns at the reader's death; in a
 # session of its own, so no signal for the reader's process group reaches
 # it. It says it is ready just before it blocks, and the reader starts
-# reading only then: a stop is stamped when it happens, never late.
+# reading only then: a stop is stamped when it happens, never late. It
+# closes the inherited lock descriptors first: it reads no tuner, and a
+# holder of the source lock is a reader the launcher stops (ECP-0135).
 mkfifo "ready.$tag" || exit 97
-exec 7> >(exec setsid bash -c 'echo > "ready.$1"; read -r _; echo "stop $1 $EPOCHREALTIME" >> events' bash "$tag")
+exec 7> >(exec setsid bash -c '
+  [ -n "$EC_SOURCE_LOCK_FD" ] && exec {EC_SOURCE_LOCK_FD}>&-
+  [ -n "$EC_TUNER_SLOT_FD" ] && exec {EC_TUNER_SLOT_FD}>&-
+  echo > "ready.$1"; read -r _; echo "stop $1 $EPOCHREALTIME" >> events' bash "$tag")
 read -r _ < "ready.$tag"
 for ((i = 0; i < tuners; i++)); do
   exec 9>>"tuner.$i"
@@ -89,6 +94,7 @@ pub struct Node<'e> {
     endpoints: String,
     netns: Option<&'e Netns>,
     ttl: u64,
+    stop_grace: u64,
 }
 
 impl<'e> Node<'e> {
@@ -105,6 +111,7 @@ impl<'e> Node<'e> {
             endpoints: endpoints.into(),
             netns: None,
             ttl: TTL.as_secs(),
+            stop_grace: STOP_GRACE.as_secs(),
         }
     }
 
@@ -119,6 +126,13 @@ impl<'e> Node<'e> {
     #[must_use]
     pub fn ttl(mut self, secs: u64) -> Self {
         self.ttl = secs;
+        self
+    }
+
+    /// Its launchers use `--etcd-stop-grace SECS` instead of [`STOP_GRACE`].
+    #[must_use]
+    pub fn stop_grace(mut self, secs: u64) -> Self {
+        self.stop_grace = secs;
         self
     }
 
@@ -140,7 +154,7 @@ impl<'e> Node<'e> {
             .launch_in(self.lock_dir(), source)
             .args(["--node", &self.name, "--etcd", &self.endpoints])
             .args(["--etcd-ttl", &self.ttl.to_string()])
-            .args(["--etcd-stop-grace", &STOP_GRACE.as_secs().to_string()])
+            .args(["--etcd-stop-grace", &self.stop_grace.to_string()])
     }
 
     /// Starts a launcher of the reader `tag` on `source` with `extra` flags

@@ -301,7 +301,7 @@ impl Invocation<'_> {
     /// Starts it in the background (stdin and stdout null, stderr piped);
     /// expectations do not apply, so none may have been set.
     #[track_caller]
-    pub fn spawn(self) -> Guard {
+    pub fn spawn(mut self) -> Guard {
         assert!(
             self.status == Some(0)
                 && !self.failure
@@ -317,7 +317,19 @@ impl Invocation<'_> {
                 && !self.lock_dir_untouched,
             "spawn() checks nothing: use run(), or check the Guard's outcome"
         );
-        Guard::spawn(&mut self.to_command())
+        let mut command = self.to_command();
+        match self.stderr_file.take() {
+            // Its log in a file the test reads while it runs.
+            Some(file) => Guard(
+                command
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(file)
+                    .spawn()
+                    .expect("spawn"),
+            ),
+            None => Guard::spawn(&mut command),
+        }
     }
 
     /// The first expectation `outcome` does not meet, in words.

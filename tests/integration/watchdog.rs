@@ -311,11 +311,13 @@ fn pings_while_bytes_flow_and_stop_within_one_interval_when_they_stop() {
 }
 
 /// Cluster mode supervises instead of exec'ing: the monitor must count the
-/// supervised program's bytes (it is the launcher's child now), and the
-/// lease renewer, which would ping for any launcher that is not frozen,
-/// must leave systemd's watchdog to the monitor.
+/// supervised program's bytes (it is the launcher's child now), and only
+/// the launcher pings systemd (issue 16 item 3, ECP-0135 section 4): while
+/// its lease is renewed and the monitor reported bytes within the progress
+/// window (`WatchdogSec` by default). This test asserted the monitor's own
+/// pings before; those fed systemd for a frozen launcher.
 #[test]
-fn in_cluster_mode_the_pings_follow_the_supervised_programs_bytes() {
+fn in_cluster_mode_the_launchers_pings_follow_the_supervised_programs_bytes() {
     let etcd = crate::etcd_server::EtcdServer::start();
     let env = TestEnv::new();
     let tuner = Tuner::start(true);
@@ -341,21 +343,32 @@ fn in_cluster_mode_the_pings_follow_the_supervised_programs_bytes() {
         flowing.len() >= 4,
         "expected a ping every {INTERVAL:?} while the supervised program reads, got {flowing:?}"
     );
-    let monitor = monitor_of(&flowing, program.pid());
+    let launcher = i32::try_from(program.pid()).expect("pid");
+    assert!(
+        flowing.iter().all(|p| p.pid == launcher),
+        "only the launcher pings in cluster mode: {flowing:?}"
+    );
+    let monitor = descendants(launcher)
+        .into_iter()
+        .find(|&pid| comm(pid) == "ec-watchdog")
+        .expect("the monitor is the launcher's child");
     tuner.set_streaming(false);
     let stopped_at = Instant::now();
-    let after = notify.collect(INTERVAL * 6);
+    let after = notify.collect(INTERVAL * 8);
+    // The monitor's last report comes at most a tick after the last byte,
+    // and the window (WatchdogSec, 600 ms) runs from it.
+    let window = Duration::from_micros(WATCHDOG_USEC.parse().expect("usec"));
     let late: Vec<&Ping> = after
         .iter()
-        .filter(|p| p.at.duration_since(stopped_at) > INTERVAL + SLACK)
+        .filter(|p| p.at.duration_since(stopped_at) > INTERVAL + window + SLACK)
         .collect();
     assert!(
         late.is_empty(),
-        "pings went on after the bytes stopped (the renewer must not ping here): {late:?}"
+        "pings went on after the bytes stopped and the window passed: {late:?}"
     );
     assert!(
         alive(monitor),
-        "the monitor died instead of withholding pings"
+        "the monitor died instead of withholding its reports"
     );
 }
 
@@ -483,11 +496,15 @@ fn the_monitor_holds_no_lock_descriptor_and_no_descriptor_of_the_launcher() {
         }
         descriptors.push((fd, target));
     }
-    // 0-2, the exec pipe and its own notify socket; never a file of ours.
+    // 0-2, the exec pipe, its own notify socket and the pidfd it follows
+    // the program by (ECP-0136); never a file of ours.
     for (fd, target) in &descriptors {
         let target = target.to_string_lossy();
         assert!(
-            *fd <= 2 || target.starts_with("pipe:") || target.starts_with("socket:"),
+            *fd <= 2
+                || target.starts_with("pipe:")
+                || target.starts_with("socket:")
+                || target == "anon_inode:[pidfd]",
             "unexpected descriptor {fd} -> {target} in the monitor: {descriptors:?}"
         );
     }
@@ -769,4 +786,186 @@ fn a_host_name_that_resolves_to_nothing_is_said_once_and_gets_no_ping() {
         1,
         "{stderr}"
     );
+}
+
+// Issue 20 item 3 (ECP-0136). Failed before the fix: the monitor's
+// parent-death signal follows the thread that forked it, the program's
+// main thread, so `pthread_exit` there killed the monitor and a healthy
+// publisher stopped feeding the watchdog.
+#[test]
+fn a_program_whose_main_thread_exits_keeps_being_watched() {
+    let env = TestEnv::new();
+    let tuner = Tuner::start(true);
+    let notify = Notify::bind(&env);
+    let binary = crate::testenv::build_support_program(&env, "main_thread_exits", None);
+    let script = format!("exec '{}' 127.0.0.1 {}", binary.display(), tuner.port);
+    let program = launch(&env, &notify, &tuner.source(), &script);
+    tuner.wait_for_client();
+    let pid = program.pid();
+    assert!(
+        wait_until(PATIENCE, || fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z')))),
+        "the program's main thread never exited"
+    );
+    let _ = notify.collect(INTERVAL);
+    let pings = notify.collect(INTERVAL * 6);
+    assert!(
+        pings.len() >= 4,
+        "pings stopped after the main thread exited: {pings:?}"
+    );
+    let monitor = monitor_of(&pings, pid);
+    // And it still goes with the program.
+    drop(program);
+    assert!(
+        wait_until(Duration::from_secs(2), || !alive(monitor)),
+        "monitor {monitor} outlived the program"
+    );
+}
+
+/// Issue #16 item 3 (ECP-0135 section 4): in cluster mode only the
+/// supervising launcher vouches to systemd, for its renewal and the
+/// program's progress together. These run a real etcd; the fake notify
+/// socket names each ping's sender (as `NotifyAccess=main` would judge it).
+mod cluster {
+    use super::*;
+    use crate::etcd_server::EtcdServer;
+
+    /// `ec-launch run --progress-watchdog --progress-window 1 --etcd …` on
+    /// the stand-in tuner, its child reading the stream.
+    fn launch_in_cluster(
+        env: &TestEnv,
+        etcd: &EtcdServer,
+        notify: &Notify,
+        tuner: &Tuner,
+    ) -> Guard {
+        let mut command = watched(
+            env,
+            &tuner.source(),
+            &[
+                "--progress-watchdog",
+                "--progress-window",
+                "1",
+                "--etcd",
+                &etcd.endpoints(),
+                "--node",
+                "a",
+                "--etcd-ttl",
+                "6",
+                "--etcd-stop-grace",
+                "1",
+            ],
+            &[
+                "bash".to_owned(),
+                "-c".to_owned(),
+                reader_in_a_child(tuner.port),
+            ],
+        );
+        command
+            .env("WATCHDOG_USEC", WATCHDOG_USEC)
+            .env("NOTIFY_SOCKET", &notify.address)
+            .env_remove("WATCHDOG_PID");
+        Guard::spawn(&mut command)
+    }
+
+    fn senders(pings: &[Ping]) -> std::collections::BTreeSet<i32> {
+        pings.iter().map(|p| p.pid).collect()
+    }
+
+    #[test]
+    fn only_the_launcher_pings_and_a_frozen_launcher_gets_no_ping_from_anyone() {
+        let etcd = EtcdServer::start();
+        let env = TestEnv::new();
+        let tuner = Tuner::start(true);
+        let notify = Notify::bind(&env);
+        let mut launcher = launch_in_cluster(&env, &etcd, &notify, &tuner);
+        tuner.wait_for_client();
+        let launcher_pid = i32::try_from(launcher.pid()).expect("pid");
+        let running = notify.collect(INTERVAL * 5);
+        assert!(!running.is_empty(), "no pings while streaming");
+        assert_eq!(
+            senders(&running),
+            std::collections::BTreeSet::from([launcher_pid]),
+            "a ping from another process than the launcher: {running:?}"
+        );
+        let pid = nix::unistd::Pid::from_raw(launcher_pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        // What was in flight at the stop, then silence from everyone.
+        let _ = notify.collect(SLACK);
+        let frozen = notify.collect(INTERVAL * 6);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+        assert!(
+            frozen.is_empty(),
+            "pings for a frozen launcher (systemd would keep it): {frozen:?}"
+        );
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let _ = launcher.0.wait();
+    }
+
+    #[test]
+    fn a_stalled_source_stops_the_pings_though_the_lease_is_renewed_and_progress_resumes_them() {
+        let etcd = EtcdServer::start();
+        let env = TestEnv::new();
+        let tuner = Tuner::start(true);
+        let notify = Notify::bind(&env);
+        let mut launcher = launch_in_cluster(&env, &etcd, &notify, &tuner);
+        tuner.wait_for_client();
+        assert!(
+            !notify.collect(INTERVAL * 4).is_empty(),
+            "no pings while streaming"
+        );
+        tuner.set_streaming(false);
+        // The window (1 s) and a monitor tick pass, then no ping at all.
+        let _ = notify.collect(Duration::from_secs(1) + INTERVAL + SLACK);
+        let stalled = notify.collect(INTERVAL * 6);
+        assert!(stalled.is_empty(), "pinged without progress: {stalled:?}");
+        assert!(
+            launcher.0.try_wait().expect("try_wait").is_none(),
+            "the launcher ended: the lease is renewed, only the pings stop"
+        );
+        tuner.set_streaming(true);
+        let resumed = notify.collect(INTERVAL * 5);
+        assert!(!resumed.is_empty(), "progress again, but no ping");
+        // SIGTERM, forwarded to the program's group: nothing is left
+        // holding stderr, which `finish` reads to its end.
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(launcher.pid()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let (_, stderr) = launcher.finish();
+        assert!(
+            stderr.contains("withholding WATCHDOG=1"),
+            "the stall was not logged: {stderr}"
+        );
+    }
+
+    #[test]
+    fn progress_window_needs_progress_watchdog_and_etcd() {
+        let env = TestEnv::new();
+        let tuner = Tuner::start(true);
+        let output = watched(
+            &env,
+            &tuner.source(),
+            &["--progress-window", "5"],
+            &["true"],
+        )
+        .output()
+        .expect("run");
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let output = watched(
+            &env,
+            &tuner.source(),
+            &["--progress-watchdog", "--progress-window", "5"],
+            &["true"],
+        )
+        .output()
+        .expect("run");
+        assert_eq!(output.status.code(), Some(64), "{}", describe(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stderr)
+                .contains("--progress-window was given without --etcd"),
+            "{}",
+            describe(&output)
+        );
+    }
 }

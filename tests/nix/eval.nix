@@ -190,7 +190,7 @@ let
       check (
         (s "every-channel-publisher-tuner-a").ExecStart == lib.concatStringsSep " " [
           ''"${ecLaunch}/bin/ec-launch" "run" "--lock-dir" "/run/every-channel/source-locks"''
-          ''"--on-busy" "skip" ${etcdFlags} "--node" "nixos" "--source" "${tunerUrl}" --''
+          ''"--on-busy" "skip" "--reclaim-escaped" ${etcdFlags} "--node" "nixos" "--source" "${tunerUrl}" --''
           ''"${ecNode}/bin/ec-node" "publish" "--name" "tuner a" "--bitrate-share=50%%" "$$HOME"''
         ]
         && lib.all (name: has ''${etcdFlags} "--node" "nixos" '' (s name).ExecStart) lockedUnitNames
@@ -216,6 +216,32 @@ let
         && has ''"--node" "tuner-node-b" "--source"'' (exec host)
         && has ''"--node" "rack 2/slot 5%%" "--source"'' (exec explicit)
       ) (builtins.toJSON (map exec [ named host explicit ]));
+
+    "weight and placement reach the flags only when they differ from the launcher's defaults" =
+      let
+        exec = c: (clusterSc c "every-channel-publisher-tuner-a").ExecStart;
+        plain = clusterOn { };
+        weighted = clusterOn { weight = 3; };
+        first = clusterOn { placement = "first"; };
+        options = clusterOptions;
+      in
+      check (
+        clusterDefaults.weight == 1
+        && clusterDefaults.placement == "spread"
+        && options.weight.type.description or "" != ""
+        && !(has "--node-weight" (exec plain)) && !(has "--placement" (exec plain))
+        && has ''"--node" "nixos" "--node-weight" "3" "--source"'' (exec weighted)
+        && has ''"--node" "nixos" "--placement" "first" "--source"'' (exec first)
+        && failingAssertions weighted == [ ]
+        && failingAssertions first == [ ]
+      ) (builtins.toJSON (map exec [ plain weighted first ]));
+
+    "a weight outside 1..1000 or an unknown placement is refused by the option types" =
+      let
+        bad = cluster: !(builtins.tryEval (builtins.deepSeq (exec (clusterOn cluster)) true)).success;
+        exec = c: (clusterSc c "every-channel-publisher-tuner-a").ExecStart;
+      in
+      check (bad { weight = 0; } && bad { weight = 1001; } && bad { placement = "random"; }) "";
 
     "TLS and user files go through LoadCredential; the flags point at %d, never at the files" =
       let
@@ -346,11 +372,13 @@ let
       let
         s = clusterSc (clusterOn { ttl = 30; stopGrace = 5; }) "every-channel-publisher-tuner-a";
       in
-      check (s.TimeoutAbortSec == 5 && s.TimeoutStopSec == "10s") (builtins.toJSON s);
+      check (s.TimeoutAbortSec == 5 && s.TimeoutStopSec == "6s") (builtins.toJSON s);
 
-    "a unit with a progress watchdog keeps it, with NotifyAccess=all, and gets no cluster watchdog" =
+    # Issue 16 item 3: the progress watchdog used to replace the cluster
+    # watchdog with NotifyAccess=all, so its monitor fed systemd for a
+    # frozen launcher. Only the launcher vouches now.
+    "a cluster unit with a progress watchdog keeps the cluster watchdog with NotifyAccess=main and passes the span as --progress-window" =
       let
-        withProgress = clusterOn { };
         progress = evalConfig (lib.recursiveUpdate base {
           services.every-channel = {
             cluster = { enable = true; endpoints = etcdEndpoints; };
@@ -360,13 +388,51 @@ let
         s = clusterSc progress "every-channel-publisher-tuner-a";
       in
       check (
-        s.WatchdogSec == "30s"
-        && s.NotifyAccess == "all"
+        s.WatchdogSec == 3
+        && s.NotifyAccess == "main"
         && s.TimeoutAbortSec == 2
-        && has ''"--progress-watchdog" ${etcdFlags} "--node" "nixos" "--source"'' s.ExecStart
-        && (clusterSc withProgress "every-channel-publisher-leaky").WatchdogSec == 3
+        && has ''"--progress-watchdog" "--progress-window" "30" ${etcdFlags} "--node" "nixos" "--source"'' s.ExecStart
         && failingAssertions progress == [ ]
       ) (builtins.toJSON s);
+
+    # Issue 16 item 2: with the launcher SIGKILLed, systemd's cgroup kill is
+    # what ends a SIGTERM-ignoring helper; it must come within stopGrace +
+    # margin, before another node may start.
+    "a cluster unit's TimeoutStopSec is stopGrace + margin, whatever stopTimeout says" =
+      let
+        s = grace: stopTimeout: clusterSc (withEveryChannel {
+          inherit stopTimeout;
+          cluster = { enable = true; endpoints = etcdEndpoints; stopGrace = grace; ttl = 30; };
+        }) "every-channel-publisher-tuner-a";
+        plain = withEveryChannel { stopTimeout = "60s"; };
+      in
+      check (
+        (s 2 "10s").TimeoutStopSec == "3s"
+        && (s 5 "60s").TimeoutStopSec == "6s"
+        && (clusterSc plain "every-channel-publisher-tuner-a").TimeoutStopSec == "60s"
+      ) (builtins.toJSON (s 2 "10s"));
+
+    "a cluster unit's own TimeoutStopSec beyond stopGrace + margin fails with a readable assertion" =
+      let
+        failing = extra: failingAssertions (evalConfig (lib.recursiveUpdate base {
+          services.every-channel = {
+            cluster = { enable = true; endpoints = etcdEndpoints; };
+            publishers.tuner-a.serviceConfig = extra;
+          };
+        }));
+        forced = failingAssertions (evalConfig (lib.recursiveUpdate base {
+          services.every-channel.cluster = { enable = true; endpoints = etcdEndpoints; };
+          systemd.services.every-channel-publisher-tuner-a.serviceConfig.TimeoutStopSec = lib.mkForce "90s";
+        }));
+        message = value: "services.every-channel.publishers.tuner-a.serviceConfig.TimeoutStopSec (or systemd.services.every-channel-publisher-tuner-a.serviceConfig.TimeoutStopSec): ${value} is more than cluster.stopGrace + 1 s (3 s), or not a time span this module can read: when ec-launch itself is killed, systemd's kill of the unit's cgroup must end every reader before another node may start (the lease's expiry plus the lock delay); remove the override (cluster mode sets 3s), or raise cluster.stopGrace.";
+      in
+      check (
+        failing { TimeoutStopSec = "30s"; } == [ (message "30s") ]
+        && failing { TimeoutStopSec = "4"; } == [ (message "4") ]
+        && failing { TimeoutStopSec = "3s"; } == [ ]
+        && failing { TimeoutStopSec = "2500ms"; } == [ ]
+        && forced == [ (message "90s") ]
+      ) (builtins.toJSON (failing { TimeoutStopSec = "30s"; } ++ forced));
 
     "a fenced launcher (exit 76) is restarted: RestartPreventExitStatus is 75 only" =
       let
@@ -587,7 +653,7 @@ let
         a = node "node-a";
         b = node "node-b";
         exec = cfg: cfg.systemd.services.every-channel-publisher-wxyz.serviceConfig.ExecStart;
-        flags = hostName: ''"--on-busy" "wait" "--tuners" "2" "--device" "192.168.1.20" "--etcd" "https://etcd-1.lan:2379,https://etcd-2.lan:2379,https://etcd-3.lan:2379" "--etcd-ttl" "10" "--etcd-stop-grace" "2" "--etcd-ca" %d/etcd-ca "--etcd-user-file" %d/etcd-user "--node" "${hostName}" "--source" "http://192.168.1.20:5004/auto/v5.1" -- '';
+        flags = hostName: ''"--on-busy" "wait" "--reclaim-escaped" "--tuners" "2" "--device" "192.168.1.20" "--etcd" "https://etcd-1.lan:2379,https://etcd-2.lan:2379,https://etcd-3.lan:2379" "--etcd-ttl" "10" "--etcd-stop-grace" "2" "--etcd-ca" %d/etcd-ca "--etcd-user-file" %d/etcd-user "--node" "${hostName}" "--source" "http://192.168.1.20:5004/auto/v5.1" -- '';
         s = a.systemd.services.every-channel-publisher-wxyz.serviceConfig;
       in
       check (
@@ -689,7 +755,7 @@ let
         (
           publisher.ExecStart == lib.concatStringsSep " " [
             ''"${ecLaunch}/bin/ec-launch" "run" "--lock-dir" "/run/every-channel/source-locks"''
-            ''"--on-busy" "skip" "--source" "${tunerUrl}" --''
+            ''"--on-busy" "skip" "--reclaim-escaped" "--source" "${tunerUrl}" --''
             ''"${ecNode}/bin/ec-node" "publish" "--name" "tuner a" "--bitrate-share=50%%" "$$HOME"''
           ]
         )
@@ -737,7 +803,7 @@ let
 
     "a worker with a source takes the lock with its key and policy" =
       check (
-        has ''"--on-busy" "wait" "--key" "tuner-a" "--source" "${tunerUrl}" -- "${ecNode}/bin/ec-node" "proof"'' archiveWorker.ExecStart
+        has ''"--on-busy" "wait" "--reclaim-escaped" "--key" "tuner-a" "--source" "${tunerUrl}" -- "${ecNode}/bin/ec-node" "proof"'' archiveWorker.ExecStart
       ) archiveWorker.ExecStart;
 
     "a worker without a source runs ec-node directly" =
@@ -1300,10 +1366,10 @@ let
       check (
         s "every-channel-publisher-tuner-a" == lib.concatStringsSep " " [
           ''"${ecLaunch}/bin/ec-launch" "run" "--lock-dir" "/run/every-channel/source-locks"''
-          ''"--on-busy" "skip" "--tuners" "2" "--device" "10.0.0.5" "--source" "${tunerUrl}" --''
+          ''"--on-busy" "skip" "--reclaim-escaped" "--tuners" "2" "--device" "10.0.0.5" "--source" "${tunerUrl}" --''
           ''"${ecNode}/bin/ec-node" "publish" "--name" "tuner a" "--bitrate-share=50%%" "$$HOME"''
         ]
-        && has ''"--on-busy" "wait" "--key" "tuner-a" ${tunerFlags 2 "10.0.0.5"} "--source" "${tunerUrl}" -- '' (s "every-channel-archive-proof")
+        && has ''"--on-busy" "wait" "--reclaim-escaped" "--key" "tuner-a" ${tunerFlags 2 "10.0.0.5"} "--source" "${tunerUrl}" -- '' (s "every-channel-archive-proof")
         && lib.all (name: !(has "--tuners" (s name)) && !(has "--device" (s name))) others
         && failingAssertions cfg == [ ]
       ) (builtins.toJSON (map s ([ "every-channel-publisher-tuner-a" "every-channel-archive-proof" ] ++ others)));
@@ -1374,7 +1440,7 @@ let
         s = cfg.systemd.services.every-channel-publisher-secret.serviceConfig.ExecStart;
       in
       check (
-        has ''"--on-busy" "skip" ${tunerFlags 2 "10.0.0.5"} --source-file %d/source -- '' s
+        has ''"--on-busy" "skip" "--reclaim-escaped" ${tunerFlags 2 "10.0.0.5"} --source-file %d/source -- '' s
         && failingAssertions cfg == [ ]
       ) s;
 
@@ -1520,11 +1586,59 @@ let
         ];
       in
       check (
-        lib.all (has ''"--on-busy" "wait" ${tunerFlags 2 "192.168.1.20"} "--source" "http://192.168.1.20:5004/auto/v'') exec
+        lib.all (has ''"--on-busy" "wait" "--reclaim-escaped" ${tunerFlags 2 "192.168.1.20"} "--source" "http://192.168.1.20:5004/auto/v'') exec
         && lib.length exec == 3
         && failingAssertions cfg == [ ]
         && cfg.warnings == [ ]
       ) (builtins.toJSON (exec ++ cfg.warnings));
+
+    # The README's priority example (quoted verbatim, tests/nix/main.rs
+    # checks): a recording at 300 and background channels at 10 on one box.
+    "a recording at 300 and background channels at 10 pass their priorities" =
+      let
+        cfg = evalConfig {
+          imports = [ ./priority-example.nix ];
+          services.every-channel = {
+            enable = true;
+            package = ecNode;
+          };
+        };
+        exec = name: cfg.systemd.services.${name}.serviceConfig.ExecStart;
+        background = exec "every-channel-publisher-weather";
+        recording = exec "every-channel-archive-news";
+        quiet = withEveryChannel {
+          reclaimEscaped = false;
+          publishers.q = {
+            source = "http://10.0.0.5:5004/auto/v77.1";
+            reclaimEscaped = null;
+          };
+          publishers.r = {
+            source = "http://10.0.0.5:5004/auto/v78.1";
+            reclaimEscaped = true;
+            priority = 100;
+            preemptGrace = 5;
+          };
+        };
+        q = quiet.systemd.services.every-channel-publisher-q.serviceConfig.ExecStart;
+        r = quiet.systemd.services.every-channel-publisher-r.serviceConfig.ExecStart;
+        outOfRange = (withEveryChannel {
+          publishers.x = {
+            source = tunerUrl;
+            priority = 1001;
+          };
+        }).systemd.services;
+      in
+      check (
+        has ''"--on-busy" "wait" "--reclaim-escaped" "--priority" "10" "--tuners" "2"'' background
+        && has ''"--on-busy" "wait" "--reclaim-escaped" "--priority" "300" "--preempt-grace" "3" "--tuners" "2"'' recording
+        && !(has "--reclaim-escaped" q)
+        && has ''"--on-busy" "skip" "--reclaim-escaped" "--source"'' r
+        && !(has "--priority" r)
+        && !(has "--preempt-grace" r)
+        && fails outOfRange
+        && failingAssertions cfg == [ ]
+        && cfg.warnings == [ ]
+      ) (builtins.toJSON [ background recording q r ]);
 
     "more sources than tuners with onBusy = skip warn, naming the units" =
       let
@@ -1635,7 +1749,7 @@ let
         s.WatchdogSec == "30s"
         && s.NotifyAccess == "all"
         && s.Restart == "always"
-        && has ''"--on-busy" "skip" "--progress-watchdog" "--source" "${tunerUrl}" --'' s.ExecStart
+        && has ''"--on-busy" "skip" "--reclaim-escaped" "--progress-watchdog" "--source" "${tunerUrl}" --'' s.ExecStart
       ) (builtins.toJSON s);
 
     "watchdogSec works with a sourceFile and takes seconds as a number" =

@@ -310,6 +310,23 @@ fn the_documented_tuner_example_is_the_one_eval_nix_evaluates() {
     );
 }
 
+/// The priority example of `docs/nixos-module.md` is
+/// `tests/nix/priority-example.nix`, which `tests/nix/eval.nix` evaluates
+/// (a recording at 300, background channels at 10, their flags, no
+/// assertion, no warning).
+#[test]
+fn the_documented_priority_example_is_the_one_eval_nix_evaluates() {
+    let doc = fs::read_to_string(repo_root().join("docs/nixos-module.md"))
+        .expect("cannot read docs/nixos-module.md");
+    let example = fs::read_to_string(repo_root().join("tests/nix/priority-example.nix"))
+        .expect("cannot read tests/nix/priority-example.nix");
+    assert!(
+        readme_nix_blocks(&doc).contains(&example),
+        "docs/nixos-module.md has no ```nix block equal to tests/nix/priority-example.nix; \
+         quote the file verbatim in its priorities section"
+    );
+}
+
 /// The two-node example of `docs/cluster.md` is `tests/nix/cluster-example.nix`,
 /// which `tests/nix/eval.nix` evaluates for two host names (both nodes get
 /// the same etcd flags and their own `--node`, no assertion, no warning):
@@ -399,6 +416,7 @@ fn every_scenario_evaluates_through_nixos_without_assertions_or_unexpected_warni
     for expected in [
         "readme-quick-start",
         "devices-example",
+        "priority-example",
         "cluster-example-node-a",
         "cluster-example-node-b",
         "credentials",

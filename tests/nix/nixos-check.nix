@@ -173,6 +173,13 @@ let
       ];
     };
 
+    priority-example.modules = withModule {
+      imports = [
+        ./priority-example.nix
+        enabled
+      ];
+    };
+
     cluster-example-node-a.modules = clusterNode "node-a";
     cluster-example-node-b.modules = clusterNode "node-b";
 
@@ -243,6 +250,7 @@ let
             awkwardLockDir
             "--on-busy"
             "skip"
+            "--reclaim-escaped"
             "--key"
             "key ${awkward}"
             "--source"
@@ -272,6 +280,7 @@ let
             awkwardLockDir
             "--on-busy"
             "skip"
+            "--reclaim-escaped"
             "--source"
             "/dev/v4l/by-id/${awkward}"
             "--"
@@ -310,6 +319,7 @@ let
         endingLockDir
         "--on-busy"
         "skip"
+        "--reclaim-escaped"
         "--etcd"
         "https://etcd-1.lan:2379"
         "--etcd-ttl"
@@ -348,6 +358,7 @@ let
             "/run/every-channel/source-locks"
             "--on-busy"
             "skip"
+            "--reclaim-escaped"
             "--source"
             "http://10.0.0.5:5004/auto/v5.1"
             "--"

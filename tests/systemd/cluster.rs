@@ -40,11 +40,16 @@ use crate::harness::Staging;
 use crate::policy::{self, Hardening, StopTimeout, UnitPolicy};
 use crate::programs::{ProcessFacts, RECORD_DIR, SUITE_DIR, unix_micros};
 
-const ETCD_UNIT: &str = "ec-etcd.service";
+/// Issue 16: a helper outside the program's group with the launcher
+/// SIGKILLed, and a frozen launcher, each beside a standby node.
+#[path = "cluster_fence.rs"]
+pub mod fence;
+
+pub(super) const ETCD_UNIT: &str = "ec-etcd.service";
 const ETCD_BINARY: &str = "/usr/bin/etcd";
 const ETCDCTL_BINARY: &str = "/usr/bin/etcdctl";
 /// The container has a network of its own, so etcd's default ports are free.
-const ETCD_URL: &str = "http://127.0.0.1:2379";
+pub(super) const ETCD_URL: &str = "http://127.0.0.1:2379";
 const ETCD_PEER_URL: &str = "http://127.0.0.1:2380";
 /// In the container's overlay (a tmpfs upper layer): gone with the container.
 const ETCD_DATA_DIR: &str = "/var/lib/ec-suite-etcd";
@@ -55,14 +60,14 @@ const SOURCE_KEYS: &str = "/every-channel/ec-launch/v1/sources/";
 /// left to expire would show, and the smallest TTL for a 1 s grace that the
 /// launcher accepts (it refuses TTL <= 2 x (grace + margin)) and the module
 /// does not warn about (TTL < 3 x (grace + margin)).
-const TTL_SECS: u64 = 6;
-const STOP_GRACE_SECS: u64 = 1;
+pub(super) const TTL_SECS: u64 = 6;
+pub(super) const STOP_GRACE_SECS: u64 = 1;
 /// What the module adds to the policy's `SuccessExitStatus` in cluster
 /// mode: a stop's SIGTERM, forwarded, ends the program, and the launcher
 /// exits 143 (128+SIGTERM) where an exec'd program would have died of the
 /// signal, which systemd counts as clean. systemd adds a second
 /// `SuccessExitStatus=` line to the first.
-const CLUSTER_SUCCESS: &str = "SuccessExitStatus=143\n";
+pub(super) const CLUSTER_SUCCESS: &str = "SuccessExitStatus=143\n";
 
 /// The fence's timing, which the module and the launcher also read.
 const TIMING_FILE: &str = "nixos/cluster-timing.json";
@@ -101,7 +106,7 @@ const NODE_B: Node = Node {
 /// the launcher's renewal thread (`NotifyAccess=main`). Here 2 s: a
 /// launcher that stops pinging, streaming or waiting, is restarted, which
 /// the checks on `NRestarts` see.
-fn watchdog_secs() -> Result<u64, String> {
+pub(super) fn watchdog_secs() -> Result<u64, String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(TIMING_FILE);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -181,6 +186,7 @@ pub fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> R
             &format!("ExecStart={SUITE_DIR}/tuner-emulator --listen {DEVICE} --tuners {TUNERS}\n"),
         ),
     )?;
+    fence::stage(staging, policy, hardening, watchdog)?;
     for node in [NODE_A, NODE_B] {
         let service = format!(
             "ExecStart={} run --etcd {ETCD_URL} --etcd-ttl {TTL_SECS} --etcd-stop-grace {STOP_GRACE_SECS} --node {} --lock-dir {} --on-busy wait --source {} -- {SUITE_DIR}/reader {{source}}\nExecStopPost={SUITE_DIR}/record-exit %n\nWatchdogSec={watchdog}\nNotifyAccess=main\nTimeoutAbortSec={STOP_GRACE_SECS}\n{}{CLUSTER_SUCCESS}{}ReadWritePaths={RECORD_DIR}\n",

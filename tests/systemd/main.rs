@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         "publisher" => return programs::publisher_main(rest),
         "reader" => return programs::reader_main(rest),
         "stubborn-helper" => return programs::helper_main(rest),
+        "detacher" => return programs::detacher_main(rest),
         "record-exit" => return programs::record_exit_main(rest),
         "inspect" => return programs::inspect_main(rest),
         _ => {}

@@ -128,6 +128,42 @@ pub fn helper_main(args: &[String]) -> ExitCode {
     }
 }
 
+/// `detacher URL`: a program that leaves a reader outside its process
+/// group and session (issue 16 item 2): `setsid -f stubborn-helper URL`
+/// forks, calls setsid(2) and execs the helper, whose parent then exits,
+/// so the helper is re-parented; it ignores SIGTERM and inherits the
+/// launcher's lock descriptor. The program itself then sleeps, default
+/// dispositions, until stopped.
+pub fn detacher_main(args: &[String]) -> ExitCode {
+    let Some(url) = args
+        .first()
+        .cloned()
+        .or_else(|| std::env::var("EC_SOURCE_URL").ok())
+    else {
+        eprintln!("usage: detacher URL");
+        return ExitCode::from(2);
+    };
+    let helper = format!("{SUITE_DIR}/stubborn-helper");
+    match Command::new("setsid").args(["-f", &helper, &url]).status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => {
+            eprintln!("detacher: setsid -f {helper} ended {status}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("detacher: cannot run setsid: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    append_record(
+        "detached.log",
+        &format!("{} detached at={}", own_unit(), unix_micros()),
+    );
+    loop {
+        thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 fn drain(body: &mut impl Read) -> io::Result<u64> {
     io::copy(body, &mut io::sink())
 }

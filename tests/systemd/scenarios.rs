@@ -11,7 +11,8 @@
 //!
 //! Later phases: tuner slots (issue 10, in this file), the progress
 //! watchdog and stale readers (issue 11, `watch`), two nodes on one source
-//! through etcd (issue 12, `cluster`). `EC_SYSTEMD_ONLY` (e.g. `cluster` or
+//! through etcd (issue 12, `cluster`), two nodes sharing four channels
+//! (issue 19, `placement`). `EC_SYSTEMD_ONLY` (e.g. `cluster` or
 //! `fix,slots`) runs only the named ones while iterating.
 //!
 //! The two phases use two emulated devices (127.0.0.2 and 127.0.0.3, both on
@@ -31,6 +32,9 @@ use crate::harness::{self, Container, Staging};
 use crate::policy::{self, Hardening, StopTimeout, UnitPolicy};
 use crate::programs::{ProcessFacts, RECORD_DIR, SUITE_DIR};
 
+/// Issue 18: priorities, preemption, an escaped holder reclaimed.
+#[path = "priority.rs"]
+mod priority;
 /// Issue 11: the progress watchdog and stale readers.
 #[path = "watch.rs"]
 mod watch;
@@ -39,8 +43,21 @@ mod watch;
 #[path = "cluster.rs"]
 mod cluster;
 
+/// Issue 19: two nodes share four channels through etcd.
+#[path = "placement.rs"]
+mod placement;
+
 /// The scenarios in run order, by the names `EC_SYSTEMD_ONLY` takes.
-const SCENARIOS: [&str; 5] = ["incident", "fix", "slots", "watch", "cluster"];
+const SCENARIOS: [&str; 8] = [
+    "incident",
+    "fix",
+    "slots",
+    "watch",
+    "priority",
+    "cluster",
+    "cluster-fence",
+    "placement",
+];
 /// Runs only the named scenarios (comma-separated) of [`SCENARIOS`], to
 /// iterate on one; the boot, the staging and the teardown checks still run.
 /// Unset (CI, the acceptance run), every scenario runs.
@@ -229,6 +246,7 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
         "publisher",
         "reader",
         "stubborn-helper",
+        "detacher",
         "record-exit",
         "inspect",
     ] {
@@ -310,7 +328,9 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
         )?;
     }
     watch::stage(staging, policy, hardening)?;
-    cluster::stage(staging, policy, hardening)
+    priority::stage(staging, policy, hardening)?;
+    cluster::stage(staging, policy, hardening)?;
+    placement::stage(staging, policy, hardening)
 }
 
 /// Everything the figures block prints at the end.
@@ -330,7 +350,10 @@ struct Figures {
     slot_503: u64,
     slot_rows: Vec<String>,
     watch: watch::Figures,
+    priority: priority::Figures,
     cluster: cluster::Figures,
+    cluster_fence: cluster::fence::Figures,
+    placement: placement::Figures,
 }
 
 impl Figures {
@@ -392,7 +415,10 @@ impl Figures {
         }
         println!("  => 503 answers: {}", self.slot_503);
         self.watch.print();
+        self.priority.print();
         self.cluster.print();
+        self.cluster_fence.print();
+        self.placement.print();
     }
 }
 
@@ -597,8 +623,17 @@ fn scenarios(
     if run("watch") {
         watch::scenarios(checks, &probe, &mut figures.watch)?;
     }
+    if run("priority") {
+        priority::scenarios(checks, &probe, &mut figures.priority)?;
+    }
     if run("cluster") {
         cluster::scenario(checks, &probe, &mut figures.cluster)?;
+    }
+    if run("cluster-fence") {
+        cluster::fence::scenario(checks, &probe, &mut figures.cluster_fence)?;
+    }
+    if run("placement") {
+        placement::scenario(checks, &probe, &mut figures.placement)?;
     }
     Ok(())
 }

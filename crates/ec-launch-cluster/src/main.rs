@@ -27,8 +27,8 @@ use ec_launch::entry::error_line;
 #[cfg(test)]
 use ec_launch::secret_props;
 use ec_launch::{
-    cli, entry, error, exec, exit_code, lock, logging, printable, redact, shown, tuner_slot,
-    watchdog,
+    cli, entry, error, exec, exit_code, lock, lock_free, logging, printable, redact, shown,
+    stragglers, tuner_slot, watchdog,
 };
 
 use std::ffi::OsString;

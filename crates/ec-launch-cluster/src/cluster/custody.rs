@@ -300,7 +300,7 @@ mod tests {
             timing,
             BootInstant::now(),
             Duration::from_secs(30),
-            false,
+            None,
             Box::new(|| Renewal::Renewed(Duration::from_secs(30))),
         )
         .unwrap()

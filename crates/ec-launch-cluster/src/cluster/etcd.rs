@@ -546,6 +546,64 @@ impl EtcdClient {
         Ok(Created::Held { holder, revision })
     }
 
+    /// [`EtcdClient::create`] in a node's turn (ECP-0140): creates `key`
+    /// only if it does not exist **and** `turn`'s `mod_revision` is still
+    /// `turn_revision` (0: the turn key does not exist; etcd compares a
+    /// missing key as all zeros), and puts `turn` in the same txn, both
+    /// under `lease`. `Ok(None)`: the key is free but the turn moved (another
+    /// launcher of the node claimed since the look): look again.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`]; an ambiguous one may have created the key.
+    pub fn create_in_turn(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        (turn, turn_value, turn_revision): (&[u8], &[u8], i64),
+    ) -> Result<Option<Created>, EtcdError> {
+        const OP: &str = "create-in-turn txn";
+        ensure_lease(OP, lease)?;
+        let key64 = BASE64.encode(key);
+        let turn64 = BASE64.encode(turn);
+        let request = json!({
+            "compare": [
+                { "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" },
+                {
+                    "key": turn64, "target": "MOD", "result": "EQUAL",
+                    "mod_revision": turn_revision.to_string()
+                }
+            ],
+            "success": [
+                { "request_put": {
+                    "key": key64, "value": BASE64.encode(value), "lease": lease.to_string()
+                }},
+                { "request_put": {
+                    "key": turn64, "value": BASE64.encode(turn_value), "lease": lease.to_string()
+                }}
+            ],
+            "failure": [{ "request_range": { "key": key64 } }],
+        });
+        let (answer, endpoint) = self.call(OP, "/v3/kv/txn", &request)?;
+        let revision = header_revision(&answer);
+        if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
+            if revision == 0 {
+                return Err(malformed(
+                    OP,
+                    &endpoint,
+                    "a txn that succeeded without a revision",
+                ));
+            }
+            return Ok(Some(Created::Ours { revision }));
+        }
+        let holder = answer
+            .pointer("/responses/0/response_range/kvs/0")
+            .map(key_value)
+            .transpose()
+            .map_err(|reason| malformed(OP, &endpoint, reason))?;
+        Ok(holder.map(|holder| Created::Held { holder, revision }))
+    }
+
     /// Rewrites `keys` (key, new value) in one txn, each under `lease`,
     /// only if every one of them is still under `lease`: `true` when done.
     /// A clean release marks its keys so (ECP-0135), guarded so that it can

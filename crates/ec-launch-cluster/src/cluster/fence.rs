@@ -39,6 +39,7 @@ use std::time::Duration;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
+use crate::cluster::vouch::Vouch;
 use crate::error::Error;
 use crate::watchdog::{Pinger, Watchdog};
 
@@ -378,7 +379,7 @@ impl Drop for Renewer {
 /// after `first_sent` (the send instant of the grant, which answered
 /// `first_ttl`); after each [`Renewal::Renewed`] moves the deadline; on
 /// [`Renewal::Lost`] or when the deadline passes, fires the fence once and
-/// stops. With `ping_watchdog`, also sends `WATCHDOG=1` to
+/// stops. With `vouch`, also sends `WATCHDOG=1` to
 /// `$NOTIFY_SOCKET` every `WATCHDOG_USEC/2` (at most every second) while
 /// not fenced, when systemd's watchdog is on for this process
 /// (`sd_watchdog_enabled(3)`): a frozen launcher stops pinging, and PID 1
@@ -394,11 +395,12 @@ pub fn start_renewer(
     timing: FenceTiming,
     first_sent: BootInstant,
     first_ttl: Duration,
-    ping_watchdog: bool,
+    vouch: Option<Vouch>,
     renew: Box<dyn FnMut() -> Renewal + Send>,
 ) -> Result<Renewer, Error> {
-    let watchdog = if ping_watchdog {
-        match Watchdog::of_this_process() {
+    let watchdog = match vouch {
+        None => None,
+        Some(vouch) => match Watchdog::of_this_process() {
             Watchdog::Enabled { socket, interval } => {
                 let pinger = Pinger::new(socket, "cluster lease renewer").map_err(|source| {
                     Error::StartRenewer {
@@ -406,15 +408,13 @@ pub fn start_renewer(
                         source,
                     }
                 })?;
-                Some((pinger, interval))
+                Some((pinger, interval, vouch))
             }
             Watchdog::Off(why) => {
                 tracing::debug!("cluster lease renewer: not pinging systemd's watchdog: {why}");
                 None
             }
-        }
-    } else {
-        None
+        },
     };
     start(timing, first_sent, first_ttl, watchdog, renew)
 }
@@ -423,7 +423,7 @@ fn start(
     timing: FenceTiming,
     first_sent: BootInstant,
     first_ttl: Duration,
-    watchdog: Option<(Pinger, Duration)>,
+    watchdog: Option<(Pinger, Duration, Vouch)>,
     renew: Box<dyn FnMut() -> Renewal + Send>,
 ) -> Result<Renewer, Error> {
     let io = |what| {
@@ -469,7 +469,7 @@ fn start(
 fn renew_loop(
     shared: &Shared,
     first_sent: BootInstant,
-    mut watchdog: Option<(Pinger, Duration)>,
+    mut watchdog: Option<(Pinger, Duration, Vouch)>,
     mut renew: Box<dyn FnMut() -> Renewal + Send>,
     stopped: &mpsc::Receiver<()>,
 ) {
@@ -487,18 +487,25 @@ fn renew_loop(
             }
             state.deadline
         };
-        if let Some((pinger, interval)) = &mut watchdog
+        // Only while not fired (checked above) and while progress allows:
+        // a frozen launcher, or one whose program stalled, vouches for
+        // nothing (ECP-0135 section 4).
+        if let Some((pinger, interval, vouch)) = &mut watchdog
             && now >= next_ping
         {
-            pinger.ping();
+            if vouch.progress_ok() {
+                pinger.ping();
+            }
             next_ping = now + *interval;
         }
         if now >= next_renewal {
             // Ping before a call that may block for up to its timeout, so
             // the longest gap between pings is the longer of the tick and
             // one call, not their sum.
-            if let Some((pinger, interval)) = &mut watchdog {
-                pinger.ping();
+            if let Some((pinger, interval, vouch)) = &mut watchdog {
+                if vouch.progress_ok() {
+                    pinger.ping();
+                }
                 next_ping = now + *interval;
             }
             let sent = BootInstant::now();
@@ -827,7 +834,7 @@ mod tests {
             timing,
             BootInstant::now(),
             secs(3.0),
-            Some((pinger, secs(60.0))),
+            Some((pinger, secs(60.0), Vouch::renewal_only())),
             Box::new(|| Renewal::Renewed(secs(3.0))),
         )
         .unwrap();
@@ -854,7 +861,7 @@ mod tests {
             timing,
             BootInstant::now(),
             secs(2.0),
-            Some((pinger, secs(0.1))),
+            Some((pinger, secs(0.1), Vouch::renewal_only())),
             Box::new(|| Renewal::Renewed(secs(3.0))),
         )
         .unwrap();
@@ -872,5 +879,47 @@ mod tests {
             systemd.recv(&mut buf).is_err(),
             "pinged after the fence fired"
         );
+    }
+
+    #[test]
+    fn a_renewed_lease_is_not_vouched_for_once_the_program_made_no_progress_within_the_window() {
+        let (_dir, systemd, pinger) = fake_systemd();
+        let (feed, monitor) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .unwrap();
+        let vouch = Vouch::with_progress(feed, secs(0.3));
+        vouch.program_started();
+        let timing = FenceTiming::new(secs(3.0), secs(0.2)).unwrap();
+        let renewer = super::start(
+            timing,
+            BootInstant::now(),
+            secs(3.0),
+            Some((pinger, secs(0.05), vouch)),
+            Box::new(|| Renewal::Renewed(secs(3.0))),
+        )
+        .unwrap();
+        systemd.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let count = |systemd: &UnixDatagram, buf: &mut [u8]| {
+            let mut n = 0;
+            while systemd.recv(buf).is_ok() {
+                n += 1;
+            }
+            n
+        };
+        std::thread::sleep(secs(0.2));
+        assert!(count(&systemd, &mut buf) > 0, "pinged within the window");
+        std::thread::sleep(secs(0.3));
+        let _ = count(&systemd, &mut buf);
+        std::thread::sleep(secs(0.5));
+        assert_eq!(
+            count(&systemd, &mut buf),
+            0,
+            "pinged without progress, lease renewed"
+        );
+        nix::unistd::write(&monitor, b"1").unwrap();
+        std::thread::sleep(secs(0.2));
+        assert!(count(&systemd, &mut buf) > 0, "progress again, pings again");
+        renewer.stop();
     }
 }

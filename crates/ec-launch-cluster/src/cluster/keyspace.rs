@@ -51,6 +51,21 @@ pub fn waiting_under(under: &[u8], lease: i64) -> Vec<u8> {
     key
 }
 
+/// The key by which the spread launcher holding `lease` says it wants
+/// `source` (ECP-0140): under that lease, kept while it holds the source.
+#[must_use]
+pub fn wanted(source: &str, lease: i64) -> String {
+    format!("{PREFIX}/wanted/{}/{lease:x}", escape(source))
+}
+
+/// A node's claim turn (ECP-0140): every spread claim of the node writes
+/// it in the txn that takes the source, and compares it unchanged since
+/// its look, so the node's launchers never all count it below its share.
+#[must_use]
+pub fn turn(node: &str) -> String {
+    format!("{PREFIX}/nodes/{}/turn", escape(node))
+}
+
 /// Everything under [`PREFIX`], for `status --etcd`.
 #[must_use]
 pub fn everything() -> String {
@@ -70,6 +85,21 @@ pub enum Named {
         device: String,
         lease: i64,
     },
+    /// A spread launcher that wants (waits for or holds) a source.
+    Wanted {
+        source: String,
+        lease: i64,
+    },
+    /// A node's claim turn.
+    Turn {
+        node: String,
+    },
+}
+
+/// Exactly what `{lease:x}` writes: lowercase hex of a positive ID.
+fn parse_lease(text: &str) -> Option<i64> {
+    let lease = i64::from_str_radix(text, 16).ok().filter(|l| *l > 0)?;
+    (text == format!("{lease:x}")).then_some(lease)
 }
 
 /// Reads a key written by [`source`], [`slot_under`] or [`waiting_under`];
@@ -82,13 +112,25 @@ pub fn parse(key: &[u8]) -> Option<Named> {
     if let Some(source) = rest.strip_prefix("sources/") {
         return Some(Named::Source(unescape(source)?));
     }
-    let (device, below) = rest.strip_prefix("devices/")?.split_once('/')?;
-    if let Some(lease) = below.strip_prefix("waiting/") {
-        // Exactly what `waiting_under` writes: lowercase hex of a positive ID.
-        let lease = i64::from_str_radix(lease, 16).ok().filter(|l| *l > 0)?;
-        if below != format!("waiting/{lease:x}") {
+    if let Some(wanted) = rest.strip_prefix("wanted/") {
+        let (source, lease) = wanted.split_once('/')?;
+        return Some(Named::Wanted {
+            source: unescape(source)?,
+            lease: parse_lease(lease)?,
+        });
+    }
+    if let Some(node) = rest.strip_prefix("nodes/") {
+        let node = node.strip_suffix("/turn")?;
+        if node.contains('/') {
             return None;
         }
+        return Some(Named::Turn {
+            node: unescape(node)?,
+        });
+    }
+    let (device, below) = rest.strip_prefix("devices/")?.split_once('/')?;
+    if let Some(lease) = below.strip_prefix("waiting/") {
+        let lease = parse_lease(lease)?;
         return Some(Named::Waiting {
             device: unescape(device)?,
             lease,
@@ -123,6 +165,8 @@ pub fn shown(key: &[u8]) -> String {
             lease,
         ))
         .into_owned(),
+        Some(Named::Wanted { source, lease }) => wanted(&redact_text(&source), lease),
+        Some(Named::Turn { node }) => turn(&redact_text(&node)),
         None => {
             let text = String::from_utf8_lossy(key);
             match text.strip_prefix(&everything()) {
@@ -236,6 +280,38 @@ mod tests {
             slot_under(device_slots("d").as_bytes(), 2),
             slot("d", 2).into_bytes()
         );
+        let want = wanted("hdhomerun://10.0.0.5/v5.1", 0x694d);
+        assert_eq!(
+            want,
+            "/every-channel/ec-launch/v1/wanted/hdhomerun:%2F%2F10.0.0.5%2Fv5.1/694d"
+        );
+        assert_eq!(
+            parse(want.as_bytes()),
+            Some(Named::Wanted {
+                source: "hdhomerun://10.0.0.5/v5.1".into(),
+                lease: 0x694d
+            })
+        );
+        assert_eq!(
+            parse(turn("node/a").as_bytes()),
+            Some(Named::Turn {
+                node: "node/a".into()
+            })
+        );
+        for other in [
+            "wanted/x",
+            "wanted/x/0",
+            "wanted/x/ABC",
+            "wanted/x/1/2",
+            "nodes/a/b/turn",
+            "nodes/a/other",
+        ] {
+            assert_eq!(
+                parse(format!("/every-channel/ec-launch/v1/{other}").as_bytes()),
+                None,
+                "{other}"
+            );
+        }
         assert_eq!(parse(b"/every-channel/ec-launch/v2/sources/x"), None);
         assert_eq!(parse(b"/every-channel/ec-launch/v1/devices/x/lease"), None);
     }

@@ -14,8 +14,10 @@ pub mod custody;
 pub mod etcd;
 pub mod fence;
 pub mod keyspace;
+pub mod placement;
 pub mod record;
 pub mod session;
+pub mod vouch;
 
 /// The real-etcd test harness, shared with the integration tests.
 #[cfg(test)]
@@ -23,7 +25,7 @@ pub(crate) use ec_test_support::etcd_server;
 
 use std::time::Duration;
 
-use crate::cli::{ClusterArgs, EtcdArgs};
+use crate::cli::{ClusterArgs, EtcdArgs, Placement};
 use crate::error::Error;
 use etcd::EtcdConnect;
 use fence::FenceTiming;
@@ -41,6 +43,9 @@ pub struct Connection {
 pub struct ClusterConfig {
     pub connection: Connection,
     pub timing: FenceTiming,
+    /// `--placement spread` (the default with `--on-busy wait`): this
+    /// node's weight; `None` for `first` (ECP-0140).
+    pub spread: Option<placement::Spread>,
 }
 
 impl Connection {
@@ -87,14 +92,40 @@ impl ClusterConfig {
     /// `None` without `--etcd`.
     ///
     /// # Errors
-    /// As [`Connection::from_args`], and a TTL too short for the stop grace.
-    pub fn from_args(args: &ClusterArgs) -> Result<Option<Self>, Error> {
+    /// As [`Connection::from_args`], a TTL too short for the stop grace,
+    /// placement options without `--etcd`, and `--placement spread`
+    /// without `wait` (`--on-busy wait`).
+    pub fn from_args(args: &ClusterArgs, wait: bool) -> Result<Option<Self>, Error> {
         if args.etcd.endpoints.is_empty() {
+            // Like the other cluster-only options: asked for and silently
+            // ignored would surprise more than an error.
+            if args.placement.is_some() {
+                return Err(Error::ClusterOptionWithoutEtcd {
+                    flag: "--placement",
+                });
+            }
+            if args.node_weight.is_some() {
+                return Err(Error::ClusterOptionWithoutEtcd {
+                    flag: "--node-weight",
+                });
+            }
             Connection::from_args(&args.etcd, Duration::ZERO)?;
             return Ok(None);
         }
+        let spread = match (args.placement, wait) {
+            (Some(Placement::Spread), false) => return Err(Error::SpreadNeedsWait),
+            (Some(Placement::First), _) | (None, false) => None,
+            (Some(Placement::Spread) | None, true) => Some(placement::Spread {
+                weight: args.node_weight.unwrap_or(1),
+            }),
+        };
         let timing = FenceTiming::new(args.etcd_ttl, args.etcd_stop_grace)?;
-        Ok(Connection::from_args(&args.etcd, timing.call_timeout())?
-            .map(|connection| Self { connection, timing }))
+        Ok(
+            Connection::from_args(&args.etcd, timing.call_timeout())?.map(|connection| Self {
+                connection,
+                timing,
+                spread,
+            }),
+        )
     }
 }

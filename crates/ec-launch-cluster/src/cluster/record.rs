@@ -161,7 +161,7 @@ impl Redact for ClusterRecord {
 /// Any record of ours from another writer's bytes: `None` for a value that
 /// is not JSON, not UTF-8, of a wrong type, out of range, nested too deep
 /// (`serde_json` stops at 128 levels), or larger than 64 KiB.
-fn parse_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+pub(crate) fn parse_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
     if bytes.len() > MAX_RECORD_BYTES {
         return None;
     }

@@ -32,7 +32,9 @@ use super::custody::{self, Custody, Held, held_keys};
 use super::etcd::{EtcdClient, EtcdError, KeepAlive, KeyValue};
 use super::fence::{self, BootInstant, Renewal, Renewer};
 use super::keyspace;
+use super::placement::{self, SpreadClaim, Want};
 use super::record::ClusterRecord;
+use super::vouch::Vouch;
 use crate::error::Error;
 use crate::supervise::{self, Interrupts};
 
@@ -52,6 +54,9 @@ pub struct SourceClaim<'a> {
     pub value: &'a dyn Fn() -> Vec<u8>,
     pub wait: bool,
     pub until: Option<Instant>,
+    /// `--placement spread` with `wait`: wait for this node's turn
+    /// (ECP-0140); `None` takes the key as soon as it is free.
+    pub spread: Option<Want<'a>>,
 }
 
 impl std::fmt::Debug for SourceClaim<'_> {
@@ -88,7 +93,9 @@ impl std::fmt::Debug for SlotClaim<'_> {
 /// the client they use.
 pub struct Session {
     client: EtcdClient,
-    config_ping_watchdog: bool,
+    /// What the renewers consult before pinging systemd's watchdog;
+    /// `None`: they do not ping.
+    vouch: Option<Vouch>,
     timing: fence::FenceTiming,
     /// The lease all keys are under; 0 when none. Shared with the
     /// interrupt thread, which revokes it on a stop request.
@@ -151,7 +158,7 @@ impl Session {
     ///
     /// # Errors
     /// etcd cannot be reached, refuses our credentials, or a file cannot be read.
-    pub fn open(config: &ClusterConfig, ping_watchdog: bool) -> Result<Self, Error> {
+    pub fn open(config: &ClusterConfig, vouch: Option<Vouch>) -> Result<Self, Error> {
         // From the renewer on, the process has threads: signals are read
         // (by the interrupt thread now, the supervisor later), never
         // handled, so they are blocked before any thread starts.
@@ -160,7 +167,7 @@ impl Session {
         let client = EtcdClient::connect(&config.connection.connect)?;
         let mut session = Self {
             client,
-            config_ping_watchdog: ping_watchdog,
+            vouch,
             timing: config.timing,
             lease: Arc::default(),
             renewer: None,
@@ -190,7 +197,7 @@ impl Session {
             self.timing,
             sent,
             lease.ttl,
-            self.config_ping_watchdog,
+            self.vouch.clone(),
             Box::new({
                 let mut failed_last = false;
                 move || {
@@ -275,6 +282,10 @@ impl Session {
     /// which forwards them to it.
     pub fn hand_signals_to_supervisor(&mut self) {
         self.program_started = true;
+        // From here on progress counts, when the progress watchdog is on.
+        if let Some(vouch) = &self.vouch {
+            vouch.program_started();
+        }
         if let Some(interrupts) = self.interrupts.take() {
             interrupts.stop();
         }
@@ -302,16 +313,33 @@ impl Session {
                 self.start_over(Cause::Lost(why))?;
             }
             let lease = self.lease();
-            let claimed = claim::claim(
-                &self.client,
-                &mut self.witness,
-                key.as_bytes(),
-                source.value,
-                lease,
-                source.wait,
-                source.until,
-                on_wait,
-            );
+            let claimed = match &source.spread {
+                Some(want) if source.wait => placement::claim(
+                    &self.client,
+                    &mut self.witness,
+                    &SpreadClaim {
+                        source: source.key,
+                        node: want.node,
+                        weight: want.weight,
+                        value: source.value,
+                        want: want.value,
+                        suspicion: self.timing.ttl,
+                    },
+                    lease,
+                    source.until,
+                    on_wait,
+                ),
+                _ => claim::claim(
+                    &self.client,
+                    &mut self.witness,
+                    key.as_bytes(),
+                    source.value,
+                    lease,
+                    source.wait,
+                    source.until,
+                    on_wait,
+                ),
+            };
             let claimed = claimed.and_then(|claimed| {
                 if claimed == Claimed::Ours {
                     self.witness

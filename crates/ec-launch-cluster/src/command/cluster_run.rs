@@ -17,8 +17,10 @@ use ec_launch::command::run::{
 use crate::cluster::ClusterConfig;
 use crate::cluster::claim::Disagreement;
 use crate::cluster::keyspace;
+use crate::cluster::placement::{Want, WantRecord};
 use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
 use crate::cluster::session::{Busy, Session, SlotClaim, SourceClaim, Taken};
+use crate::cluster::vouch::Vouch;
 use crate::error::Error;
 use crate::exec;
 use crate::exit_code::ExitStatus;
@@ -33,8 +35,9 @@ use crate::watchdog;
 ///
 /// # Errors
 /// As [`ClusterConfig::from_args`].
-pub fn from_args(args: &ClusterArgs) -> Result<Option<Box<dyn ClusterLaunch>>, Error> {
-    Ok(ClusterConfig::from_args(args)?.map(|config| Box::new(config) as Box<dyn ClusterLaunch>))
+pub fn from_args(args: &ClusterArgs, wait: bool) -> Result<Option<Box<dyn ClusterLaunch>>, Error> {
+    Ok(ClusterConfig::from_args(args, wait)?
+        .map(|config| Box::new(config) as Box<dyn ClusterLaunch>))
 }
 
 impl ClusterLaunch for ClusterConfig {
@@ -42,14 +45,21 @@ impl ClusterLaunch for ClusterConfig {
         &'a self,
         launch: &'a Launching<'a>,
         unit: Option<&'a String>,
+        progress: Option<std::os::fd::OwnedFd>,
         wait_started: &mut Option<Instant>,
     ) -> Result<Option<Box<dyn ClusterHolding + 'a>>, Error> {
         let config = launch.config;
         let (source_value, slot_value, waiting_value) =
             cluster_values(config, self, unit, launch.redacted);
-        let claim = source_claim(launch, &source_value);
-        let Some(session) =
-            take_cluster_source(config, self, &claim, launch.program_name, wait_started)?
+        let want_value = want_value(self, unit);
+        let claim = source_claim(launch, self, &source_value, &want_value);
+        let Some(session) = take_cluster_source(
+            config,
+            (self, progress),
+            &claim,
+            launch.program_name,
+            wait_started,
+        )?
         else {
             return Ok(None);
         };
@@ -60,6 +70,7 @@ impl ClusterLaunch for ClusterConfig {
             source_value: Box::new(source_value),
             slot_value: Box::new(slot_value),
             waiting_value: Box::new(waiting_value),
+            want_value: Box::new(want_value),
         })))
     }
 }
@@ -73,15 +84,23 @@ struct Holding<'a> {
     source_value: Box<dyn Fn() -> Vec<u8> + 'a>,
     slot_value: Box<dyn Fn() -> Vec<u8> + 'a>,
     waiting_value: Box<dyn Fn() -> Vec<u8> + 'a>,
+    want_value: Box<dyn Fn() -> Vec<u8> + 'a>,
 }
 
-/// The source's claim: its key, this launch's value, and how long to wait.
-fn source_claim<'b>(launch: &'b Launching<'_>, value: &'b dyn Fn() -> Vec<u8>) -> SourceClaim<'b> {
+/// The source's claim: its key, this launch's value, how long to wait,
+/// and what it asks of placement.
+fn source_claim<'b>(
+    launch: &'b Launching<'_>,
+    cluster: &'b ClusterConfig,
+    value: &'b dyn Fn() -> Vec<u8>,
+    want_value: &'b dyn Fn() -> Vec<u8>,
+) -> SourceClaim<'b> {
     SourceClaim {
         key: launch.config.key.as_str(),
         value,
         wait: matches!(launch.config.policy, BusyPolicy::Wait { .. }),
         until: launch.deadline,
+        spread: spread_want(cluster, want_value),
     }
 }
 
@@ -105,7 +124,12 @@ impl ClusterHolding for Holding<'_> {
         let Some(slot) = slot_claim(config, &*self.slot_value, &*self.waiting_value) else {
             return Ok(true);
         };
-        let claim = source_claim(self.launch, &*self.source_value);
+        let claim = source_claim(
+            self.launch,
+            self.cluster,
+            &*self.source_value,
+            &*self.want_value,
+        );
         take_cluster_slot(
             config,
             self.cluster,
@@ -119,7 +143,12 @@ impl ClusterHolding for Holding<'_> {
     fn settle(&mut self) -> Result<bool, Error> {
         let config = self.launch.config;
         let slot = slot_claim(config, &*self.slot_value, &*self.waiting_value);
-        let claim = source_claim(self.launch, &*self.source_value);
+        let claim = source_claim(
+            self.launch,
+            self.cluster,
+            &*self.source_value,
+            &*self.want_value,
+        );
         settle_in_cluster(
             config,
             self.cluster,
@@ -132,8 +161,8 @@ impl ClusterHolding for Holding<'_> {
     fn supervise(
         self: Box<Self>,
         prepared: exec::Prepared,
-        held: &HeldLock,
-        slot: Option<&HeldSlot>,
+        held: HeldLock,
+        slot: Option<HeldSlot>,
         monitor: Option<watchdog::Monitor>,
     ) -> Result<ExitStatus, Error> {
         let stop_grace = self.cluster.timing.stop_grace;
@@ -145,14 +174,24 @@ impl ClusterHolding for Holding<'_> {
 /// stayed held elsewhere (reported here).
 fn take_cluster_source(
     config: &RunConfig,
-    cluster: &ClusterConfig,
+    (cluster, progress): (&ClusterConfig, Option<std::os::fd::OwnedFd>),
     claim: &SourceClaim<'_>,
     program_name: &str,
     wait_started: &mut Option<Instant>,
 ) -> Result<Option<Session>, Error> {
-    // The progress monitor, when asked, feeds systemd's watchdog instead.
-    let ping_watchdog = !config.progress_watchdog;
-    let mut session = Session::open(cluster, ping_watchdog)?;
+    // Only the launcher vouches to systemd: for its renewal, and for the
+    // program's progress when the monitor reports it (ECP-0135 section 4).
+    let vouch = match progress {
+        Some(feed) => {
+            let window = config
+                .progress_window
+                .or_else(watchdog::watchdog_sec)
+                .unwrap_or(Duration::from_secs(30));
+            Vouch::with_progress(feed, window)
+        }
+        None => Vouch::renewal_only(),
+    };
+    let mut session = Session::open(cluster, Some(vouch))?;
     let mut announce_wait = |holder: &crate::cluster::etcd::KeyValue| {
         wait_started.get_or_insert_with(Instant::now);
         tracing::info!(
@@ -303,6 +342,28 @@ fn cluster_values<'a>(
     (source_value, slot_value, waiting_value)
 }
 
+/// The value of this launch's wanted key (ECP-0140), made when it
+/// registers.
+fn want_value<'a>(
+    cluster: &'a ClusterConfig,
+    unit: Option<&'a String>,
+) -> impl Fn() -> Vec<u8> + 'a {
+    move || {
+        let weight = cluster.spread.map_or(1, |spread| spread.weight);
+        WantRecord::for_this_launch(&cluster.connection.node, unit.cloned(), weight).to_json()
+    }
+}
+
+/// What the source claim asks of placement: with `--placement spread`,
+/// this node and its weight; `None` takes the key as soon as it is free.
+fn spread_want<'a>(cluster: &'a ClusterConfig, value: &'a dyn Fn() -> Vec<u8>) -> Option<Want<'a>> {
+    Some(Want {
+        node: &cluster.connection.node,
+        weight: cluster.spread?.weight,
+        value,
+    })
+}
+
 /// In cluster mode, waits out the lock delay of a take that was not a
 /// clean hand-over (ECP-0135): a holder that lost a key we took has stopped
 /// its program by then. The keys are taken again should they be lost
@@ -337,8 +398,8 @@ fn settle_in_cluster(
 /// stop the program before the lease can expire unrenewed.
 fn supervise_in_cluster(
     prepared: exec::Prepared,
-    held: &HeldLock,
-    slot: Option<&HeldSlot>,
+    held: HeldLock,
+    slot: Option<HeldSlot>,
     mut session: Session,
     stop_grace: Duration,
     monitor: Option<watchdog::Monitor>,
@@ -349,7 +410,7 @@ fn supervise_in_cluster(
         return Err(Error::Fenced { why });
     }
     session.hand_signals_to_supervisor();
-    let child = crate::supervise::spawn(prepared, held, slot)?;
+    let child = crate::supervise::spawn_in_cluster(prepared, &held, slot.as_ref())?;
     // The monitor learns "the program runs" from this end closing (it was
     // written for exec, where closing is implicit).
     drop(monitor);
@@ -358,8 +419,13 @@ fn supervise_in_cluster(
             .renewer()
             .map(|r| (r as &dyn crate::supervise::Fence, stop_grace)),
     );
+    // The keys go only when the kernel says the locks are free: a helper
+    // outside the program's group may still read (ECP-0135 section 3).
+    let watched = child.into_watched();
+    let held = std::iter::once(held).chain(slot.map(|slot| slot.lock));
+    crate::stragglers::until_free(&watched, held, stop_grace);
     // At once: the next holder need not wait for the lease to expire, nor
-    // (the mark says the program is gone) for the lock delay.
+    // (the mark says no reader of ours is left) for the lock delay.
     session.release_clean();
     match ended {
         crate::supervise::Ended::Exited(code) => {

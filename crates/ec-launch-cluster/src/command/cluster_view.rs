@@ -22,6 +22,7 @@ use ec_launch::tuner_slot::DeviceKey;
 use crate::cluster::Connection;
 use crate::cluster::etcd::{EtcdClient, KeyValue};
 use crate::cluster::keyspace::{self, Named};
+use crate::cluster::placement::Census;
 use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
 use crate::error::Error;
 use crate::printable::printable;
@@ -129,6 +130,11 @@ pub struct ClusterReport {
     /// launchers go by. Absent when etcd could not be asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) devices: Option<Vec<ClusterDevice>>,
+    /// Per node with a key (ECP-0140): its weight, what it holds against
+    /// its share, and the sources it waits for. Absent when etcd could
+    /// not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) nodes: Option<Vec<ClusterNode>>,
     /// Why etcd could not be asked: the cause, the endpoint, what to do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
@@ -189,6 +195,24 @@ pub(crate) struct ClusterWaiter {
     /// or the key has none (`lease_state` says which).
     ttl_left: Option<u64>,
     lease_state: LeaseState,
+    this_node: bool,
+}
+
+/// One node as the placement keys show it (ECP-0140).
+#[derive(Debug, Serialize)]
+pub(crate) struct ClusterNode {
+    node: String,
+    /// The smallest weight its spread launchers declare; 1 when none does.
+    weight: u32,
+    /// How many source keys name it as holder.
+    held: usize,
+    /// `ceil(M × weight / ΣW)` over every node with a key.
+    share: u64,
+    /// The source keys it holds.
+    sources: Vec<String>,
+    /// The source keys it wants but does not hold (held elsewhere, or free
+    /// and waiting for its turn).
+    waiting: Vec<String>,
     this_node: bool,
 }
 
@@ -267,6 +291,16 @@ impl ClusterReport {
             if in_cluster.is_empty() || in_cluster.iter().any(|h| h.this_node) {
                 continue;
             }
+            // A spread launcher of this node waits for the key (ECP-0140):
+            // it holds the local lock while it waits, by design, and runs
+            // no program.
+            let waits_here =
+                self.nodes.iter().flatten().any(|node| {
+                    node.this_node && node.waiting.iter().any(|waiting| waiting == key)
+                });
+            if waits_here {
+                continue;
+            }
             let nodes: Vec<String> = in_cluster
                 .iter()
                 .map(|h| {
@@ -295,6 +329,7 @@ impl ClusterReport {
             holders: None,
             waiters: None,
             devices: None,
+            nodes: None,
             error: Some(explain(error)),
         }
     }
@@ -327,6 +362,7 @@ pub(crate) fn cluster_report(
     only: Option<(&str, Option<&str>)>,
 ) -> Result<ClusterReport, Error> {
     let kvs = client.list(keyspace::everything().as_bytes())?;
+    let nodes = nodes(&kvs, node);
     let mut ttl_of_lease = BTreeMap::new();
     let mut ttl_left = |lease: i64| -> Result<Option<u64>, Error> {
         // A key without a lease (written by hand) never expires: there is
@@ -345,13 +381,17 @@ pub(crate) fn cluster_report(
     let mut waiters = Vec::new();
     for kv in kvs {
         let named = keyspace::parse(&kv.key);
+        // Placement's keys are shown per node (`nodes`), not as holders.
+        if matches!(named, Some(Named::Wanted { .. } | Named::Turn { .. })) {
+            continue;
+        }
         if let Some((source_key, device)) = only {
             let wanted = match &named {
                 Some(Named::Source(key)) => key == source_key,
                 Some(Named::Slot { device: d, .. } | Named::Waiting { device: d, .. }) => {
                     Some(d.as_str()) == device
                 }
-                None => false,
+                Some(Named::Wanted { .. } | Named::Turn { .. }) | None => false,
             };
             if !wanted {
                 continue;
@@ -370,8 +410,32 @@ pub(crate) fn cluster_report(
         holders: Some(holders),
         waiters: Some(waiters),
         devices: Some(devices),
+        nodes: Some(nodes),
         error: None,
     })
+}
+
+/// Every node with a key, as placement counts it (ECP-0140); names and
+/// keys are other writers' text, shown redacted.
+fn nodes(kvs: &[KeyValue], this_node: &str) -> Vec<ClusterNode> {
+    let census = Census::from_keys(kvs);
+    census
+        .nodes
+        .iter()
+        .map(|(name, load)| ClusterNode {
+            node: shown_text(name),
+            weight: load.weight(),
+            held: load.held.len(),
+            share: census.share_of(name),
+            sources: load.held.iter().map(|key| shown_text(key)).collect(),
+            waiting: load
+                .wants
+                .difference(&load.held)
+                .map(|key| shown_text(key))
+                .collect(),
+            this_node: name == this_node,
+        })
+        .collect()
 }
 
 /// One key as `status` shows it: the key's names and the value's fields
@@ -383,7 +447,9 @@ fn holder_of(kv: &KeyValue, ttl_left: Option<u64>, node: &str) -> ClusterHolder 
     let (source_key, device, slot) = match keyspace::parse(&kv.key) {
         Some(Named::Source(key)) => (Some(key), None, None),
         Some(Named::Slot { device, index }) => (None, Some(device), Some(index)),
-        Some(Named::Waiting { .. }) | None => (None, None, None),
+        Some(Named::Waiting { .. } | Named::Wanted { .. } | Named::Turn { .. }) | None => {
+            (None, None, None)
+        }
     };
     // A slot's declared count, in range (a hostile 0 or 10^9 is no count).
     let tuners = slot
@@ -581,6 +647,7 @@ pub(crate) fn write_text(out: &mut String, report: &ClusterReport) {
         out.push_str(&line);
         out.push('\n');
     }
+    write_nodes(out, report.nodes.iter().flatten());
     for device in report.devices.iter().flatten() {
         let tuners = device
             .tuners
@@ -595,6 +662,29 @@ pub(crate) fn write_text(out: &mut String, report: &ClusterReport) {
         for warning in &device.warnings {
             let _ = writeln!(out, "  ! {}", printable(warning));
         }
+    }
+}
+
+/// One line per node (ECP-0140): weight, held against share, the sources
+/// it holds and those it waits for.
+fn write_nodes<'a>(out: &mut String, nodes: impl Iterator<Item = &'a ClusterNode>) {
+    for node in nodes {
+        let mut line = format!(
+            "node {}{}  weight {}  holds {} of its share {}",
+            printable(&node.node),
+            if node.this_node { " (this node)" } else { "" },
+            node.weight,
+            node.held,
+            node.share
+        );
+        if !node.sources.is_empty() {
+            let _ = write!(line, ": {}", printable(&node.sources.join(", ")));
+        }
+        if !node.waiting.is_empty() {
+            let _ = write!(line, "; waits for {}", printable(&node.waiting.join(", ")));
+        }
+        out.push_str(&line);
+        out.push('\n');
     }
 }
 
@@ -633,6 +723,7 @@ mod tests {
             holders: Some(vec![holder]),
             waiters: Some(vec![waiter]),
             devices: Some(devices),
+            nodes: Some(nodes(std::slice::from_ref(&kv), "node-a")),
             error: None,
         };
         let mut text = String::new();

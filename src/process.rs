@@ -80,7 +80,7 @@ pub fn describe(
     if expected_start.is_some() && start_ticks != expected_start {
         return None;
     }
-    let command = fs::read_to_string(dir.join("comm"))
+    let command = crate::proc_file::read_to_string(&dir.join("comm"))
         .ok()
         .map(|c| c.trim_end_matches('\n').to_owned());
     let since = clock
@@ -103,8 +103,18 @@ pub fn describe(
 /// The start time of `pid`, in clock ticks after boot.
 #[must_use]
 pub fn start_ticks_of(proc_root: &Path, pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let stat =
+        crate::proc_file::read_to_string(&proc_root.join(pid.to_string()).join("stat")).ok()?;
     parse_start_ticks(&stat)
+}
+
+/// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3): readable when the
+/// process exits, and a handle that cannot come to mean another process.
+/// `None` when the process is gone or the kernel has no pidfds.
+#[must_use]
+pub fn pidfd_open(pid: nix::unistd::Pid) -> Option<std::os::fd::OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid.as_raw())?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 /// The PIDs of `pid` in its own and each enclosing namespace that `/proc`'s
@@ -112,7 +122,7 @@ pub fn start_ticks_of(proc_root: &Path, pid: u32) -> Option<u64> {
 /// `/proc/<pid>/status`). The last one is the PID the process sees itself.
 #[must_use]
 pub fn namespace_pids(proc_root: &Path, pid: u32) -> Vec<u32> {
-    fs::read_to_string(proc_root.join(pid.to_string()).join("status"))
+    crate::proc_file::read_to_string(&proc_root.join(pid.to_string()).join("status"))
         .map(|status| parse_namespace_pids(&status))
         .unwrap_or_default()
 }

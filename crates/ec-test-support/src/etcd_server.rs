@@ -708,6 +708,7 @@ fn generate_tls(dir: &Path) -> TlsFiles {
 /// member that creates each watch but delivers its history only after the
 /// client's stream window): a watch that was made and then stays silent.
 /// Dropping it stops accepting; open connections end with their clients.
+#[derive(Debug)]
 pub struct StallingProxy {
     addr: SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,

@@ -20,7 +20,9 @@
 //! silence, not a refused connection) and `start_member` (restart a stopped
 //! member on its data directory); for a single server also `restart_empty`
 //! (a new data directory at the same URLs), `restart_as_another_cluster`
-//! and `restore` from a `snapshot_save` (the store goes back in history).
+//! and `restore` from a `snapshot_save` (the store goes back in history);
+//! in front of a member, a `StallingProxy` whose watch streams are made and
+//! then say nothing more.
 //! TLS (`EtcdServer::start_tls`): a CA, a
 //! server certificate for 127.0.0.1/localhost and a client certificate are
 //! generated in-test with `rcgen`, with a second, unrelated CA and client

@@ -1,6 +1,6 @@
 //! Tells the test suites whether their root-only tests can run here, so a
 //! non-root run lists them as ignored (with the reason) instead of passing
-//! them. `tests/common/privilege.rs` keeps the same rule at run time, for a
+//! them. `ec_test_support::privilege` keeps the same rule at run time, for a
 //! build made under another user than the run (then a skip says so).
 
 fn main() {

@@ -17,8 +17,12 @@ rustPlatform.buildRustPackage {
   inherit (manifest) version;
 
   # Only what the build reads, so editing the module or the Nix tests does
-  # not rebuild the package. Cargo wants every [[test]] target it is told
-  # about to exist, hence the Rust files under tests/. The JSON files are
+  # not rebuild the package. The workspace (ECP-0138): the root package
+  # (library and `ec-launch`) and its members under crates/, whose build
+  # installs both executables, `ec-launch` and `ec-launch-cluster` (which
+  # `ec-launch run --etcd` execs from the same bin/). Cargo wants every
+  # [[test]] target it is told about to exist, hence the Rust files under
+  # tests/. The JSON files are
   # the module's and the launcher's one source of truth (`include_str!`),
   # and docs/exit-codes.md's table is checked by a unit test.
   src = lib.fileset.toSource {
@@ -29,6 +33,7 @@ rustPlatform.buildRustPackage {
       ../build.rs
       ../clippy.toml
       ../src
+      ../crates
       (lib.fileset.fileFilter (file: file.hasExt "rs") ../tests)
       ../benches
       ../README.md
@@ -48,13 +53,19 @@ rustPlatform.buildRustPackage {
   # way). buildRustPackage passes an explicit --target, so the flag does not
   # reach proc-macro crates, which cannot be linked statically.
   buildInputs = lib.optionals stdenv.hostPlatform.isGnu [ glibc.static ];
-  env.RUSTFLAGS = lib.optionalString stdenv.hostPlatform.isGnu "-C target-feature=+crt-static";
+  # At a fixed address too (no static PIE, which relocates itself at every
+  # start): the same flags as .cargo/config.toml (ECP-0138).
+  env.RUSTFLAGS = lib.optionalString stdenv.hostPlatform.isGnu "-C target-feature=+crt-static -C relocation-model=static";
 
-  # The unit tests only. The integration and acceptance suites need
-  # flock(1), root, systemd and nix-instantiate, none of which the build
-  # sandbox has; CI (.ci/run) runs them. The etcd client's unit tests start
-  # a real etcd on loopback, which the sandbox allows: etcd is put on PATH.
-  cargoTestFlags = [ "--bins" ];
+  # The unit tests only (the library's and each executable's). The
+  # integration and acceptance suites need flock(1), root, systemd and
+  # nix-instantiate, none of which the build sandbox has; CI (.ci/run) runs
+  # them. The etcd client's unit tests start a real etcd on loopback, which
+  # the sandbox allows: etcd is put on PATH.
+  cargoTestFlags = [
+    "--lib"
+    "--bins"
+  ];
   nativeCheckInputs = [ etcd ];
 
   # Completions and the man page are rendered by the binary from the same

@@ -9,7 +9,6 @@
 //! on a hybrid host, so the unified line is then used. See cgroups(7) and
 //! systemd.unit(5).
 
-use std::fs;
 use std::path::Path;
 
 /// Unit suffixes systemd uses for cgroup-owning units.
@@ -60,14 +59,15 @@ fn unit_from_path(path: &str) -> Option<String> {
 /// when it has none or the process is gone or hidden.
 #[must_use]
 pub fn unit_of_pid(proc_root: &Path, pid: u32) -> Option<String> {
-    let contents = fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    let contents =
+        crate::proc_file::read_to_string(&proc_root.join(pid.to_string()).join("cgroup")).ok()?;
     unit_from_cgroup(&contents)
 }
 
 /// The unit of this process.
 #[must_use]
 pub fn own_unit() -> Option<String> {
-    let contents = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let contents = crate::proc_file::read_to_string(Path::new("/proc/self/cgroup")).ok()?;
     unit_from_cgroup(&contents)
 }
 

@@ -177,6 +177,35 @@ pub struct StatusArgs {
     pub etcd: EtcdArgs,
 }
 
+/// This node's name when `--node` is not given: the kernel's host name.
+#[must_use]
+pub fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The first etcd option given without `--etcd`, if any: a mistake both
+/// executables refuse (ECP-0134), so it is decided here, once.
+#[must_use]
+pub fn stray_cluster_option(args: &EtcdArgs) -> Option<&'static str> {
+    if !args.endpoints.is_empty() {
+        return None;
+    }
+    let stray = [
+        ("--etcd-ca", args.etcd_ca.is_some()),
+        ("--etcd-cert", args.etcd_cert.is_some()),
+        ("--etcd-key", args.etcd_key.is_some()),
+        ("--etcd-user-file", args.etcd_user_file.is_some()),
+    ];
+    stray
+        .iter()
+        .find(|(_, given)| *given)
+        .map(|(flag, _)| *flag)
+}
+
 /// Where the cluster's locks live and how to reach them (cluster mode,
 /// ECP-0134); shared by `run` and `status`.
 #[derive(Debug, Args)]
@@ -247,7 +276,7 @@ pub enum Placement {
 /// `$EC_LAUNCH_LOCK_DIR`, else [`DEFAULT_LOCK_DIR`]. A variable set but
 /// empty yields an empty path, which [`ensure_lock_dir_given`] reports as the
 /// variable's fault (clap would blame `--lock-dir`).
-fn default_lock_dir() -> PathBuf {
+pub(crate) fn default_lock_dir() -> PathBuf {
     std::env::var_os(LOCK_DIR_ENV).map_or_else(|| PathBuf::from(DEFAULT_LOCK_DIR), PathBuf::from)
 }
 
@@ -258,7 +287,7 @@ fn lock_dir_parser() -> impl TypedValueParser<Value = PathBuf> {
     clap::builder::OsStringValueParser::new().try_map(parse_lock_dir)
 }
 
-fn parse_lock_dir(text: OsString) -> Result<PathBuf, String> {
+pub(crate) fn parse_lock_dir(text: OsString) -> Result<PathBuf, String> {
     // Only the default can be empty (see `default_lock_dir`); an empty
     // `--lock-dir ''` is the flag's fault.
     if text.is_empty() && std::env::var_os(LOCK_DIR_ENV).is_none_or(|v| !v.is_empty()) {
@@ -281,7 +310,7 @@ pub fn ensure_lock_dir_given(dir: &std::path::Path) -> Result<(), crate::error::
 /// A busy code must not be one `ec-launch` uses for something else, or a
 /// script could not tell "busy" from, say, "program not found". 0 (busy
 /// counts as success) and the default 75 are accepted.
-fn parse_busy_exit_code(text: &str) -> Result<u8, String> {
+pub(crate) fn parse_busy_exit_code(text: &str) -> Result<u8, String> {
     let code: u8 = text
         .parse()
         .map_err(|_| format!("{text:?} is not an exit code; pass 0 to 255"))?;
@@ -293,7 +322,7 @@ fn parse_busy_exit_code(text: &str) -> Result<u8, String> {
     }
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .trim()
         .parse()

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 
-use crate::cluster::etcd::EtcdError;
 use crate::device_http::DeviceError;
 use crate::exit_code::ExitStatus;
 use crate::source_key::KeyError;
@@ -174,10 +173,12 @@ pub enum Error {
         #[source]
         source: Errno,
     },
-    /// Cluster mode: an etcd call failed (ECP-0134). Its text never holds
-    /// a password, a token or a key's bytes.
-    #[error("cluster mode")]
-    Etcd(#[from] EtcdError),
+    /// Cluster mode's own failures (an etcd call, ECP-0134), defined by the
+    /// cluster executable, which decides their exit status and hint
+    /// (ECP-0138). Their text never holds a password, a token or a key's
+    /// bytes.
+    #[error(transparent)]
+    Cluster(ClusterCause),
     /// Cluster mode: `--etcd-ttl` leaves no time to stop the program
     /// before the lease can expire (ECP-0134, `cluster::fence`).
     #[error(
@@ -228,6 +229,11 @@ pub enum Error {
     /// Cluster mode: etcd options without `--etcd`.
     #[error("{flag} was given without --etcd")]
     ClusterOptionWithoutEtcd { flag: &'static str },
+    /// `--etcd` reached the local launcher, which the hand-off to cluster
+    /// mode should have prevented (ECP-0138): refused, never a launch
+    /// without the cluster's lock.
+    #[error("--etcd reached the local launcher instead of ec-launch-cluster")]
+    ClusterModeNotHandedOff,
     /// Cluster mode: `--node` empty or with control characters.
     #[error("--node is empty or has control characters")]
     BadNodeName,
@@ -236,19 +242,17 @@ pub enum Error {
         "--placement spread needs --on-busy wait: a launcher that exits when the source is held has no turn to wait for"
     )]
     SpreadNeedsWait,
-    /// Cluster mode: the claims started over [`crate::cluster::session::MOST_RESTARTS`]
-    /// times in a row, each after an answer that left unknown what we hold.
-    #[error(
-        "gave up taking the cluster keys after {attempts} start-overs in a row, each after an answer that left unknown whether a key was taken"
-    )]
-    ClaimGaveUp {
-        attempts: u32,
-        #[source]
-        source: EtcdError,
-    },
     /// Cluster mode: the lease was lost before the program started.
     #[error("the cluster lease was lost before the program started ({why})")]
     Fenced { why: String },
+    /// `ec-launch-cluster` missing beside `ec-launch`, or not runnable
+    /// (ECP-0138): cluster mode cannot start, and nothing was locked.
+    #[error("cannot run cluster mode's executable {path:?}")]
+    ClusterExecutable {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
     #[error("cannot run {program:?}")]
     Exec {
         program: String,
@@ -414,7 +418,8 @@ impl Error {
             | Self::ResetSigpipe { .. }
             | Self::BlockSignals { .. }
             | Self::WatchSignals { .. }
-            | Self::BecomeSubreaper { .. } => (OsError, REPORT_HINT),
+            | Self::BecomeSubreaper { .. }
+            | Self::ClusterModeNotHandedOff => (OsError, REPORT_HINT),
             Self::DuplicateLockDescriptor { .. } => (
                 OsError,
                 "the process is at its open-file limit: raise LimitNOFILE= (ulimit -n) for this service",
@@ -480,7 +485,11 @@ impl Error {
                 BadArgument,
                 "pass the device's number of tuners, e.g. --tuners 2: only a network source's host can be asked",
             ),
-            Self::Etcd(cause) | Self::ClaimGaveUp { source: cause, .. } => etcd_outcome(cause),
+            Self::Cluster(cause) => cause.0.outcome(),
+            Self::ClusterExecutable { .. } => (
+                ExitStatus::Unavailable,
+                "install the package's ec-launch-cluster beside ec-launch (cluster mode, --etcd, is its own executable)",
+            ),
             Self::ClusterOptionWithoutEtcd { .. } => (
                 BadArgument,
                 "pass --etcd URL for cluster mode, or drop the option (check EC_LAUNCH_ETCD_* in the environment)",
@@ -505,7 +514,6 @@ impl Error {
                 BadArgument,
                 "pass whole seconds, rounded up (e.g. --etcd-ttl 4 for 3.9): the fence's budget is checked against the TTL etcd grants",
             ),
-
             Self::Exec { source, .. } => match source {
                 Errno::ENOENT | Errno::ENOTDIR => (NotFound, "check the program name and PATH"),
                 _ => (
@@ -517,46 +525,35 @@ impl Error {
     }
 }
 
-/// The exit status and hint of a failed etcd call: the operator's flags
-/// (64, 66), etcd's health (69), or our credentials (77).
-fn etcd_outcome(cause: &EtcdError) -> (ExitStatus, &'static str) {
-    match cause {
-        EtcdError::BadConfig { .. } => (
-            ExitStatus::BadArgument,
-            "fix the --etcd flag named above (`ec-launch run --help` lists them)",
-        ),
-        EtcdError::FileUnreadable { .. } => (
-            ExitStatus::NoInput,
-            "check the path and that this user may read it (under systemd, LoadCredential= puts it in $CREDENTIALS_DIRECTORY)",
-        ),
-        EtcdError::Unreachable { .. } => (
-            ExitStatus::Unavailable,
-            "check that etcd runs and that this node reaches the --etcd endpoints (etcdctl endpoint health); under systemd the unit is restarted",
-        ),
-        EtcdError::Tls { .. } => (
-            ExitStatus::Unavailable,
-            "check that --etcd-ca is the CA that signed etcd's server certificate and that the certificate names the endpoint's host or IP address",
-        ),
-        EtcdError::AuthRejected { .. } => (
-            ExitStatus::NoPermission,
-            "check the user and password in --etcd-user-file, that the user's role may read and write the key prefix, and that etcd trusts the CA of --etcd-cert",
-        ),
-        EtcdError::Ambiguous { .. } => (
-            ExitStatus::Unavailable,
-            "etcd stopped answering during the call (overloaded, partitioned or electing a leader): check its health (etcdctl endpoint status); under systemd the unit is restarted",
-        ),
-        EtcdError::Rejected { .. } => (
-            ExitStatus::Unavailable,
-            "see etcd's message and check the cluster's health (etcdctl endpoint status); under systemd the unit is restarted",
-        ),
-        EtcdError::OtherCluster { .. } => (
-            ExitStatus::Unavailable,
-            "an --etcd endpoint answers for another etcd cluster (restored from a backup as a new cluster, or a wrong endpoint in the list): check that every --etcd URL names a member of one cluster (etcdctl endpoint status); under systemd the unit is restarted and takes its keys in the cluster that answers",
-        ),
-        EtcdError::Malformed { .. } => (
-            ExitStatus::Unavailable,
-            "check that --etcd names etcd's client URLs (etcd 3.4 or later, whose JSON gateway answers under /v3)",
-        ),
+/// A failure of cluster mode's own, which the cluster executable defines
+/// (ECP-0138): its message and causes are its `Display` and `source`, its
+/// exit status and hint its [`ClusterFailure::outcome`].
+pub trait ClusterFailure: std::error::Error + Send + Sync + 'static {
+    /// The exit status and the hint, as [`Error::hint`] gives them.
+    fn outcome(&self) -> (ExitStatus, &'static str);
+}
+
+/// A [`ClusterFailure`] inside [`Error::Cluster`].
+#[derive(Debug)]
+pub struct ClusterCause(pub Box<dyn ClusterFailure>);
+
+impl ClusterCause {
+    /// The failure itself, to look into (`downcast_ref`).
+    #[must_use]
+    pub fn failure(&self) -> &(dyn std::error::Error + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Display for ClusterCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ClusterCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 

@@ -78,11 +78,11 @@ exit_statuses! {
     ForeignReader => 6, "`status --device`: a device reports a tuner in use by a reader that holds no slot on this node (a foreign reader)";
     /// A process reads a source's endpoint without any lock there (ECP-0133).
     StaleReader => 7, "`status --readers`: a process has a TCP connection to a source's endpoint and holds the lock of no source there (a stale reader)";
-    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--tuners` on a source without a host and no `--device`, `--tuners auto` on a source without a host, `--progress-watchdog` on a source without TCP bytes to count, arguments and environment over exec's limits (E2BIG, checked before locking), a `--priority` or `EC_LAUNCH_PRIORITY` that is not an integer from 0 to 1000), or `EC_LAUNCH_LOCK_DIR` is set but empty; cluster mode: an `--etcd` URL with user information, a path or a scheme other than http/https, an https endpoint without `--etcd-ca`, `--etcd-cert` without `--etcd-key` (or the reverse), a malformed `--etcd-user-file` (not one `user:password` line) or certificate file, a `--etcd-ttl` too short for the renewal and the stop grace, or not whole seconds (etcd grants whole seconds), `--placement` or `--node-weight` without `--etcd`, `--placement spread` with `--on-busy skip`";
+    BadArgument => 64, "an argument the parser accepted cannot be used (e.g. a NUL byte, an empty program name, `--tuners` on a source without a host and no `--device`, `--tuners auto` on a source without a host, `--progress-watchdog` on a source without TCP bytes to count, arguments and environment over exec's limits (E2BIG, checked before locking), a `--priority` or `EC_LAUNCH_PRIORITY` that is not an integer from 0 to 1000), or `EC_LAUNCH_LOCK_DIR` is set but empty; cluster mode: an `--etcd` URL with user information, a path or a scheme other than http/https, an https endpoint without `--etcd-ca`, `--etcd-cert` without `--etcd-key` (or the reverse), a malformed `--etcd-user-file` (not one `user:password` line) or certificate file, a `--etcd-ttl` too short for the renewal and the stop grace, or not whole seconds (etcd grants whole seconds), `--placement` or `--node-weight` without `--etcd`, `--placement spread` with `--on-busy skip`; `ec-launch-cluster` started for anything but `run` or `status` with `--etcd`";
     BadSource => 65, "the source is empty, has whitespace or control characters, is not a URL with a host, has an `@` after the host, or `--key` is empty/has control characters";
     NoInput => 66, "`--source-file` cannot be read, is not a regular file or is over 64 KiB, or a device path does not resolve; cluster mode: `--etcd-ca`, `--etcd-cert`, `--etcd-key` or `--etcd-user-file` cannot be read";
     /// A tuner device or etcd cannot be asked (`EX_UNAVAILABLE`).
-    Unavailable => 69, "a tuner device cannot be asked: `run --tuners auto` (its name does not resolve within 2 s, no connection, timeout, an HTTP error other than 404, a malformed answer; systemd restarts it), or `status --device` (or an entry of its `status.json` is no tuner; and no foreign reader was seen); cluster mode: etcd cannot be reached or answers with an error while the locks are taken (no endpoint answers, a TLS handshake fails or the server's certificate is not signed by `--etcd-ca`, no leader, an answer that cannot be understood, an endpoint of another cluster, 8 start-overs in a row after answers that leave unknown whether a key was taken; systemd restarts it)";
+    Unavailable => 69, "a tuner device cannot be asked: `run --tuners auto` (its name does not resolve within 2 s, no connection, timeout, an HTTP error other than 404, a malformed answer; systemd restarts it), or `status --device` (or an entry of its `status.json` is no tuner; and no foreign reader was seen); cluster mode: etcd cannot be reached or answers with an error while the locks are taken (no endpoint answers, a TLS handshake fails or the server's certificate is not signed by `--etcd-ca`, no leader, an answer that cannot be understood, an endpoint of another cluster, 8 start-overs in a row after answers that leave unknown whether a key was taken; systemd restarts it); `ec-launch-cluster` missing or not executable beside `ec-launch`";
     OsError => 71, "an unexpected system call failure while locking, or no file descriptor to be had (EMFILE, ENFILE: the message names the limit); cluster mode: the launcher cannot become a child subreaper";
     LockUnusable => 73, "lock directory or lock file unusable: a directory on its path owned or writable by another user (ECP-0129), symlink, not a directory, FIFO/socket/device, another user's lock file or one with a second hard link at the lock path, cannot be created (e.g. read-only or full filesystem), or on a filesystem whose locks are not local flock(2) locks (NFS, SMB/CIFS, 9p, Ceph, AFS, Coda, FUSE, overlayfs, aufs, eCryptfs; ECP-0136)";
     /// Busy carries its number because `--busy-exit-code` may change it.
@@ -171,7 +171,8 @@ mod tests {
     use super::*;
 
     /// Where the generated table sits in `docs/exit-codes.md`.
-    const BEGIN: &str = "<!-- generated from src/exit_code.rs: EC_BLESS=1 cargo test --bin ec-launch exit_code -->\n";
+    const BEGIN: &str =
+        "<!-- generated from src/exit_code.rs: EC_BLESS=1 cargo test --lib exit_code -->\n";
     const END: &str = "<!-- end generated -->";
 
     /// `docs/exit-codes.md` with the table between the markers replaced by
@@ -195,7 +196,7 @@ mod tests {
         assert!(
             doc == generated,
             "docs/exit-codes.md's table differs from src/exit_code.rs; \
-             run `EC_BLESS=1 cargo test --bin ec-launch exit_code` and commit the result"
+             run `EC_BLESS=1 cargo test --lib exit_code` and commit the result"
         );
     }
 

@@ -18,7 +18,7 @@
 //! version may have written what this one would redact: a record reaches
 //! output only as [`Shown`](crate::shown::Shown), through [`Redact`].
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -155,7 +155,7 @@ impl LockRecord {
             started_at: humantime::format_rfc3339_seconds(now).to_string(),
             started_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             ec_launch_version: env!("CARGO_PKG_VERSION").to_owned(),
-            start_ticks: fs::read_to_string("/proc/self/stat")
+            start_ticks: crate::proc_file::read_to_string(Path::new("/proc/self/stat"))
                 .ok()
                 .and_then(|stat| process::parse_start_ticks(&stat)),
             pid_namespace: process::pid_namespace_of(Path::new("/proc"), "self"),
@@ -185,26 +185,22 @@ impl LockRecord {
     }
 
     /// Reads the record from a lock file, `None` when absent or unreadable.
+    ///
+    /// Into a page on the stack first: our records are a few hundred bytes,
+    /// and `status` reads thousands of lock files, where zeroing a buffer
+    /// of [`MAX_RECORD_BYTES`] for each was most of the work (a busy
+    /// launcher's too). Only a record that fills the page is read on into
+    /// a buffer of the full bound.
     #[must_use]
     pub fn read_from(file: &File) -> Option<Self> {
-        let mut buffer = vec![0; MAX_RECORD_BYTES];
-        let mut filled = 0;
-        while filled < buffer.len() {
-            match file.read_at(&mut buffer[filled..], filled as u64) {
-                Ok(0) => break,
-                Ok(n) => {
-                    filled += n;
-                    // Our records are written in one piece, so the first
-                    // read gets all of it; `status` reads thousands of
-                    // files and skips the read that would confirm the end.
-                    if buffer[..filled].contains(&b'\n') {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return None,
-            }
+        let mut page = [0; 4096];
+        let filled = read_line_into(file, &mut page, 0)?;
+        if filled < page.len() || page.contains(&b'\n') {
+            return Self::parse(&page[..filled]);
         }
+        let mut buffer = vec![0; MAX_RECORD_BYTES];
+        buffer[..filled].copy_from_slice(&page);
+        let filled = read_line_into(file, &mut buffer, filled)?;
         Self::parse(&buffer[..filled])
     }
 
@@ -214,6 +210,29 @@ impl LockRecord {
         let line = bytes.split(|b| *b == b'\n').next()?;
         serde_json::from_slice(line).ok()
     }
+}
+
+/// Reads `file` from offset `filled` into `buffer` until it is full, the
+/// file ends, or a newline has been read; the bytes filled, `None` on a read
+/// error.
+fn read_line_into(file: &File, buffer: &mut [u8], mut filled: usize) -> Option<usize> {
+    while filled < buffer.len() {
+        match file.read_at(&mut buffer[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                // Our records are written in one piece, so the first
+                // read gets all of it; `status` reads thousands of
+                // files and skips the read that would confirm the end.
+                if buffer[..filled].contains(&b'\n') {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(filled)
 }
 
 impl Redact for LockRecord {
@@ -277,6 +296,24 @@ mod tests {
         let short = LockRecord::for_this_launch("k", "http://h/", "p", Some("x.service".into()));
         short.write_into(&file).unwrap();
         assert_eq!(LockRecord::read_from(&file), Some(short));
+    }
+
+    #[test]
+    fn records_around_and_beyond_the_first_page_read_back_and_the_bound_holds() {
+        for length in [4000, 4096, 4200, 20_000] {
+            let file = tempfile::tempfile().unwrap();
+            let source = format!("http://h/{}", "p".repeat(length));
+            let record = LockRecord::for_this_launch("k", &source, "p", None);
+            record.write_into(&file).unwrap();
+            assert_eq!(LockRecord::read_from(&file), Some(record), "{length}");
+        }
+        // Past the bound a record is unreadable, never read without end.
+        let file = tempfile::tempfile().unwrap();
+        let source = format!("http://h/{}", "p".repeat(MAX_RECORD_BYTES));
+        LockRecord::for_this_launch("k", &source, "p", None)
+            .write_into(&file)
+            .unwrap();
+        assert_eq!(LockRecord::read_from(&file), None);
     }
 
     #[test]

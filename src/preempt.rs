@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -205,13 +205,7 @@ fn signal_holders(
 /// A pidfd of `holder`, only when the process it refers to has the start
 /// time `holder` was found with.
 fn pidfd_of(holder: &ProcessInfo) -> Option<OwnedFd> {
-    let pid = libc::pid_t::try_from(holder.pid).ok()?;
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new
-    // descriptor or -1; no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let pidfd = process::pidfd_open(i32::try_from(holder.pid).ok()?)?;
     // The pidfd pins the process: checked after opening it, the start time
     // proves it is the process found holding, not a reuse of its PID.
     if holder.start_ticks.is_none()

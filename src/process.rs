@@ -80,7 +80,7 @@ pub fn describe(
     if expected_start.is_some() && start_ticks != expected_start {
         return None;
     }
-    let command = fs::read_to_string(dir.join("comm"))
+    let command = crate::proc_file::read_to_string(&dir.join("comm"))
         .ok()
         .map(|c| c.trim_end_matches('\n').to_owned());
     let since = clock
@@ -103,7 +103,8 @@ pub fn describe(
 /// The start time of `pid`, in clock ticks after boot.
 #[must_use]
 pub fn start_ticks_of(proc_root: &Path, pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let stat =
+        crate::proc_file::read_to_string(&proc_root.join(pid.to_string()).join("stat")).ok()?;
     parse_start_ticks(&stat)
 }
 
@@ -112,7 +113,7 @@ pub fn start_ticks_of(proc_root: &Path, pid: u32) -> Option<u64> {
 /// `/proc/<pid>/status`). The last one is the PID the process sees itself.
 #[must_use]
 pub fn namespace_pids(proc_root: &Path, pid: u32) -> Vec<u32> {
-    fs::read_to_string(proc_root.join(pid.to_string()).join("status"))
+    crate::proc_file::read_to_string(&proc_root.join(pid.to_string()).join("status"))
         .map(|status| parse_namespace_pids(&status))
         .unwrap_or_default()
 }
@@ -157,6 +158,14 @@ pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     let after_command = &stat[stat.rfind(')')? + 1..];
     // After ")" come field 3 (state) onwards; starttime is field 22.
     after_command.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3), readable when it exits;
+/// `None` when it is gone or the kernel has none. One wrapper for the
+/// library and the supervisor (ECP-0138: rustix's call, not raw `libc`).
+pub fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 #[cfg(test)]

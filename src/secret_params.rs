@@ -99,13 +99,13 @@ fn ends_with_word(name: &str, word: &str) -> bool {
 }
 
 /// Every exact name in the list, for property tests that must cover it.
-#[cfg(test)]
+#[cfg(any(test, feature = "test-support"))]
 pub fn listed_names() -> Vec<String> {
     LIST.names.clone()
 }
 
 /// Every signed-URL envelope as (markers, params), for property tests.
-#[cfg(test)]
+#[cfg(any(test, feature = "test-support"))]
 pub fn listed_envelopes() -> Vec<(Vec<String>, Vec<String>)> {
     LIST.envelopes
         .iter()

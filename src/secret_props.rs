@@ -12,6 +12,10 @@
 //! strategies at the end make records with a credential in every text
 //! field and any value in the rest, for the modules that show them.
 
+// Built for the cluster crate's tests too (feature `test-support`): there
+// only the record strategies are used, not this crate's own properties.
+#![cfg_attr(not(test), allow(unused_imports, dead_code))]
+
 use std::fmt::Write as _;
 
 use proptest::prelude::*;

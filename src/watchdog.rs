@@ -480,7 +480,7 @@ fn monitor(
     // follows the thread that forked us, the program's main thread, which
     // may call pthread_exit while the others publish (ECP-0136). Without
     // pidfd (Linux < 5.3) the signal and getppid stay.
-    let exits = crate::supervise::pidfd_open(program);
+    let exits = crate::process::pidfd_open(program.as_raw());
     if exits.is_some() {
         let _ = nix::sys::prctl::set_pdeathsig(None);
     }
@@ -635,24 +635,15 @@ fn close_from(first: RawFd) -> io::Result<()> {
 /// Waits up to `timeout` for `fd` to be readable or hung up: true when it
 /// is (the launcher exec'd or exited), false on timeout.
 fn wait_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
-    let mut pollfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let millis = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
     loop {
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&raw mut pollfd, 1, millis) };
-        match ready {
-            0 => return Ok(false),
-            n if n > 0 => return Ok(true),
-            _ => {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    return Err(error);
-                }
-            }
+        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::POLLIN)];
+        match poll(&mut fds, millis) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
         }
     }
 }

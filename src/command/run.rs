@@ -11,20 +11,14 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io::Read as _;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cgroup;
-use crate::cli::{OnBusy, RunArgs};
-use crate::cluster::ClusterConfig;
-use crate::cluster::claim::Disagreement;
-use crate::cluster::keyspace;
-use crate::cluster::placement::{Want, WantRecord};
-use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
-use crate::cluster::session::{Busy, Session, SlotClaim, SourceClaim, Taken};
-use crate::cluster::vouch::Vouch;
+use crate::cli::{ClusterArgs, OnBusy, RunArgs};
 use crate::error::Error;
 use crate::exec::{self, Launch};
 use crate::exit_code::ExitStatus;
@@ -46,46 +40,116 @@ use crate::watchdog;
 /// "Hand-over"). Far below a device's 503-and-restart cycle (`RestartSec`).
 const HANDOVER_SETTLE: Duration = Duration::from_millis(250);
 
+/// Cluster mode's part of a launch (ECP-0134), which `ec-launch-cluster`
+/// supplies (ECP-0138): validated with the rest of `run`'s settings, then
+/// asked at each step of [`Launching::holding`]. The local launcher has
+/// none, so nothing of it runs without `--etcd`.
+pub trait ClusterLaunch: std::fmt::Debug {
+    /// After the node's lock: opens the session and takes the source's
+    /// key; `None` when it stayed held elsewhere (reported there). `unit`
+    /// is this launch's systemd unit, for the keys' records; `progress` the
+    /// progress monitor's reports, when it runs (only the launcher vouches
+    /// to systemd in cluster mode, ECP-0135 section 4).
+    fn take_source<'a>(
+        &'a self,
+        launch: &'a Launching<'a>,
+        unit: Option<&'a String>,
+        progress: Option<OwnedFd>,
+        wait_started: &mut Option<Instant>,
+    ) -> Result<Option<Box<dyn ClusterHolding + 'a>>, Error>;
+}
+
+/// A launch's cluster keys while it holds them.
+pub trait ClusterHolding {
+    /// After the node's slot: takes one of the device's cluster slots;
+    /// false when every one stayed held (reported there).
+    fn take_slot(&mut self, wait_started: &mut Option<Instant>) -> Result<bool, Error>;
+    /// Waits out the lock delay of a take that was not a clean hand-over;
+    /// false when a key taken again stayed held (reported there).
+    fn settle(&mut self) -> Result<bool, Error>;
+    /// Runs the program as our child under the lease, and exits as it did.
+    /// It takes the locks: the keys go only once the kernel says they are
+    /// free (ECP-0135 section 3).
+    fn supervise(
+        self: Box<Self>,
+        prepared: exec::Prepared,
+        held: HeldLock,
+        slot: Option<HeldSlot>,
+        monitor: Option<watchdog::Monitor>,
+    ) -> Result<ExitStatus, Error>;
+}
+
+/// How `run` turns `--etcd` and its options into cluster mode's part of a
+/// launch, or `None` without `--etcd`. The flag says whether the launch
+/// waits (`--on-busy wait`): `--placement spread` needs it (ECP-0140).
+pub type ClusterFromArgs = fn(&ClusterArgs, bool) -> Result<Option<Box<dyn ClusterLaunch>>, Error>;
+
+/// The local launcher's [`ClusterFromArgs`]: `--etcd` is handed off to
+/// `ec-launch-cluster` before parsing (ECP-0138), so here etcd options are
+/// a mistake, and `--etcd` itself is refused rather than launched without
+/// the cluster's lock.
+fn local_only(args: &ClusterArgs, _wait: bool) -> Result<Option<Box<dyn ClusterLaunch>>, Error> {
+    if !args.etcd.endpoints.is_empty() {
+        return Err(Error::ClusterModeNotHandedOff);
+    }
+    // In the order cluster mode checks them without `--etcd`: asked for
+    // and silently ignored would surprise more than an error.
+    if args.placement.is_some() {
+        return Err(Error::ClusterOptionWithoutEtcd {
+            flag: "--placement",
+        });
+    }
+    if args.node_weight.is_some() {
+        return Err(Error::ClusterOptionWithoutEtcd {
+            flag: "--node-weight",
+        });
+    }
+    match crate::cli::stray_cluster_option(&args.etcd) {
+        Some(flag) => Err(Error::ClusterOptionWithoutEtcd { flag }),
+        None => Ok(None),
+    }
+}
+
 /// `run`'s validated settings.
 #[derive(Debug)]
-struct RunConfig {
-    lock_dir: PathBuf,
+pub struct RunConfig {
+    pub lock_dir: PathBuf,
     /// The source as the program needs it (may hold credentials).
-    source: String,
-    key: SourceKey,
+    pub source: String,
+    pub key: SourceKey,
     /// The key was named with `--key` (so `status` must be asked with `--key`).
-    key_named: bool,
-    policy: BusyPolicy,
-    busy_status: ExitStatus,
-    program: OsString,
-    args: Vec<OsString>,
+    pub key_named: bool,
+    pub policy: BusyPolicy,
+    pub busy_status: ExitStatus,
+    pub program: OsString,
+    pub args: Vec<OsString>,
     /// With `--tuners`: which device's slots, and how many.
-    tuners: Option<TunerConfig>,
-    progress_watchdog: bool,
+    pub tuners: Option<TunerConfig>,
+    pub progress_watchdog: bool,
     /// `--progress-window` (cluster mode only).
-    progress_window: Option<Duration>,
+    pub progress_window: Option<Duration>,
     /// With `--etcd`: cluster mode (ECP-0134).
-    cluster: Option<ClusterConfig>,
+    pub cluster: Option<Box<dyn ClusterLaunch>>,
     /// `--priority` (ECP-0139).
-    priority: Priority,
+    pub priority: Priority,
     /// `--preempt-grace`: SIGTERM to SIGKILL for a holder made to let go.
-    preempt_grace: Duration,
+    pub preempt_grace: Duration,
     /// `--reclaim-escaped`.
-    reclaim_escaped: bool,
+    pub reclaim_escaped: bool,
 }
 
 /// `--tuners N` and `--device KEY`, validated (ECP-0132).
 #[derive(Debug)]
-struct TunerConfig {
-    device: DeviceKey,
+pub struct TunerConfig {
+    pub device: DeviceKey,
     /// As given (or learnt by `auto`), before agreeing with other launchers.
-    count: u32,
+    pub count: u32,
     /// The device's own `DeviceID`, when `auto` learnt it.
-    device_id: Option<String>,
+    pub device_id: Option<String>,
 }
 
 impl RunConfig {
-    fn from_args(args: RunArgs) -> Result<Self, Error> {
+    fn from_args(args: RunArgs, cluster_from_args: ClusterFromArgs) -> Result<Self, Error> {
         crate::cli::ensure_lock_dir_given(&args.lock_dir)?;
         let source = match (&args.source, &args.source_file) {
             (Some(source), _) => source.clone(),
@@ -118,7 +182,7 @@ impl RunConfig {
         }
         // Before the device is asked (`--tuners auto`): a bad cluster
         // setting is the cheaper thing to find out.
-        let cluster = ClusterConfig::from_args(&args.cluster, args.on_busy == OnBusy::Wait)?;
+        let cluster = cluster_from_args(&args.cluster, args.on_busy == OnBusy::Wait)?;
         if args.progress_window.is_some() && cluster.is_none() {
             // Locally the monitor feeds systemd itself: no window to apply.
             return Err(Error::ClusterOptionWithoutEtcd {
@@ -224,12 +288,21 @@ fn read_source_file(path: &Path) -> Result<String, Error> {
 /// # Errors
 /// Invalid input, lock directory or file problems, or a failed exec.
 pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
+    run_with(args, local_only)
+}
+
+/// [`run`], with cluster mode's part made by `cluster_from_args`
+/// (`ec-launch-cluster` passes its own).
+///
+/// # Errors
+/// As [`run`], and cluster mode's.
+pub fn run_with(args: RunArgs, cluster_from_args: ClusterFromArgs) -> Result<ExitStatus, Error> {
     if args.wait_timeout.is_some() && args.on_busy == OnBusy::Skip {
         tracing::warn!("--wait-timeout has no effect with --on-busy skip");
     }
     // --wait-timeout bounds the source lock and the slot together.
     let started = Instant::now();
-    let config = RunConfig::from_args(args)?;
+    let config = RunConfig::from_args(args, cluster_from_args)?;
     let deadline = match config.policy {
         BusyPolicy::Wait { timeout: Some(t) } => started.checked_add(t),
         _ => None,
@@ -302,20 +375,19 @@ pub fn run(args: RunArgs) -> Result<ExitStatus, Error> {
 }
 
 /// A launch that holds its source lock: what the rest needs to know.
-struct Launching<'a> {
-    config: &'a RunConfig,
-    lock_path: &'a Path,
+#[derive(Debug)]
+pub struct Launching<'a> {
+    pub config: &'a RunConfig,
+    pub lock_path: &'a Path,
     /// Redacted, for logs and records.
-    program_name: &'a str,
-    redacted: &'a str,
+    pub program_name: &'a str,
+    pub redacted: &'a str,
     /// `--wait-timeout` from the start: it bounds every lock together.
-    deadline: Option<Instant>,
-    me: &'a Launcher,
+    pub deadline: Option<Instant>,
+    pub me: &'a Launcher,
 }
 
 impl Launching<'_> {
-    /// Records the lock, takes the cluster key and a slot when asked, and
-    /// runs the program: by exec, or supervised in cluster mode.
     /// The record this launch writes into its lock and slot files.
     fn launch_record(&self, unit: Option<String>) -> impl Fn() -> LockRecord + '_ {
         let config = self.config;
@@ -341,6 +413,8 @@ impl Launching<'_> {
         }
     }
 
+    /// Records the lock, takes the cluster key and a slot when asked, and
+    /// runs the program: by exec, or supervised in cluster mode.
     fn holding(
         &self,
         held: HeldLock,
@@ -355,32 +429,10 @@ impl Launching<'_> {
         write_record(&held, &record(), "lock");
         // The cluster's key after the node's (ECP-0134): two units on one
         // node never race through etcd. Nothing of it runs without --etcd.
-        let (source_value, slot_value, waiting_value) =
-            cluster_values(config, unit.as_ref(), self.redacted);
-        let want_value = want_value(config, unit.as_ref());
-        let source_claim = SourceClaim {
-            key: config.key.as_str(),
-            value: &source_value,
-            wait: matches!(config.policy, BusyPolicy::Wait { .. }),
-            until: self.deadline,
-            spread: spread_want(config, &want_value),
-        };
-        let slot_claim = config.tuners.as_ref().map(|tuners| SlotClaim {
-            device: tuners.device.as_str(),
-            count: tuners.count,
-            value: &slot_value,
-            waiting_value: &waiting_value,
-        });
         let mut session = match &config.cluster {
             None => None,
             Some(cluster) => {
-                match take_cluster_source(
-                    config,
-                    (cluster, progress),
-                    &source_claim,
-                    self.program_name,
-                    &mut wait_started,
-                )? {
+                match cluster.take_source(self, unit.as_ref(), progress, &mut wait_started)? {
                     Some(session) => Some(session),
                     None => return Ok(config.busy_status),
                 }
@@ -402,22 +454,17 @@ impl Launching<'_> {
                 let Some(slot) = taken else {
                     return Ok(config.busy_status);
                 };
-                if let (Some(session), Some(slot_claim)) = (&mut session, &slot_claim)
-                    && !take_cluster_slot(
-                        config,
-                        session,
-                        (&source_claim, slot_claim),
-                        self.program_name,
-                        &mut wait_started,
-                    )?
+                if let Some(session) = &mut session
+                    && !session.take_slot(&mut wait_started)?
                 {
                     return Ok(config.busy_status);
                 }
                 Some(slot)
             }
         };
-        let claims = (&source_claim, slot_claim.as_ref());
-        if !settle_in_cluster(config, session.as_mut(), claims, self.program_name)? {
+        if let Some(session) = &mut session
+            && !session.settle()?
+        {
             return Ok(config.busy_status);
         }
         if wait_started.is_some() {
@@ -429,16 +476,9 @@ impl Launching<'_> {
             std::thread::sleep(HANDOVER_SETTLE);
         }
         self.announce_start(slot.as_ref(), wait_started, session.is_some());
-        match (session, &config.cluster) {
-            (Some(session), Some(cluster)) => supervise_in_cluster(
-                prepared,
-                held,
-                slot,
-                session,
-                cluster.timing.stop_grace,
-                monitor,
-            ),
-            _ => Err(exec::exec(prepared, &held, slot.as_ref())),
+        match session {
+            Some(session) => session.supervise(prepared, held, slot, monitor),
+            None => Err(exec::exec(prepared, &held, slot.as_ref())),
         }
     }
 
@@ -677,7 +717,7 @@ fn report_busy(
 }
 
 /// `gave up waiting after 30s; ` when a bounded wait ran out, else nothing.
-fn gave_up_waiting(config: &RunConfig, timed_out: bool) -> String {
+pub fn gave_up_waiting(config: &RunConfig, timed_out: bool) -> String {
     match config.policy {
         BusyPolicy::Wait { timeout: Some(t) } if timed_out => {
             format!("gave up waiting after {}; ", seconds(t))
@@ -731,7 +771,7 @@ fn describe_slots(lock_dir: &Path, slots: &[BusySlot]) -> String {
 }
 
 /// ` (up to 30s)` with a wait timeout, else nothing.
-fn until(config: &RunConfig) -> String {
+pub fn until(config: &RunConfig) -> String {
     match config.policy {
         BusyPolicy::Wait { timeout: Some(t) } => format!(" (up to {})", seconds(t)),
         _ => String::new(),
@@ -821,7 +861,7 @@ fn device_status_command(config: &RunConfig) -> String {
 /// The `status` command that shows this source's holders, quoted so it works
 /// when pasted into a shell (a test runs it). An operator-named key is
 /// asked for with `--key`, which takes it as it is.
-fn status_command(config: &RunConfig) -> String {
+pub fn status_command(config: &RunConfig) -> String {
     let key_flag = if config.key_named { "--key " } else { "" };
     format!(
         "ec-launch status --lock-dir {} {key_flag}{}",
@@ -850,398 +890,6 @@ fn describe_holder(holder: &ProcessInfo) -> String {
     text
 }
 
-fn seconds(duration: Duration) -> String {
+pub fn seconds(duration: Duration) -> String {
     format!("{}s", duration.as_secs_f64())
-}
-
-/// Opens the cluster session and takes the source's key; `None` when it
-/// stayed held elsewhere (reported here).
-fn take_cluster_source(
-    config: &RunConfig,
-    (cluster, progress): (&ClusterConfig, Option<std::os::fd::OwnedFd>),
-    claim: &SourceClaim<'_>,
-    program_name: &str,
-    wait_started: &mut Option<Instant>,
-) -> Result<Option<Session>, Error> {
-    // Only the launcher vouches to systemd: for its renewal, and for the
-    // program's progress when the monitor reports it (ECP-0135 section 4).
-    let vouch = match progress {
-        Some(feed) => {
-            let window = config
-                .progress_window
-                .or_else(watchdog::watchdog_sec)
-                .unwrap_or(Duration::from_secs(30));
-            Vouch::with_progress(feed, window)
-        }
-        None => Vouch::renewal_only(),
-    };
-    let mut session = Session::open(cluster, Some(vouch))?;
-    let mut announce_wait = |holder: &crate::cluster::etcd::KeyValue| {
-        wait_started.get_or_insert_with(Instant::now);
-        tracing::info!(
-            key = %printable(config.key.as_str()),
-            "source busy in the cluster: held by {}; waiting{} before starting {} (see `{}`)",
-            describe_cluster_holder(holder),
-            until(config),
-            printable(program_name),
-            cluster_status_command(config),
-        );
-    };
-    match session.take_source(claim, &mut announce_wait)? {
-        Taken::Ours => Ok(Some(session)),
-        Taken::Busy(Busy { holders, timed_out }) => {
-            let waited = gave_up_waiting(config, timed_out);
-            tracing::warn!(
-                key = %printable(config.key.as_str()),
-                "source busy in the cluster: held by {}; {waited}not starting {}, exiting {} (see `{}`)",
-                describe_cluster_holders(&holders),
-                printable(program_name),
-                config.busy_status.code(),
-                cluster_status_command(config),
-            );
-            Ok(None)
-        }
-    }
-}
-
-/// Takes one of the device's cluster slots; false when every one stayed
-/// held (reported here). The slot's record and the waiting key say which
-/// tuner count this launcher declares (ECP-0135 section 5).
-fn take_cluster_slot(
-    config: &RunConfig,
-    session: &mut Session,
-    (claim, slot): (&SourceClaim<'_>, &SlotClaim<'_>),
-    program_name: &str,
-    wait_started: &mut Option<Instant>,
-) -> Result<bool, Error> {
-    let device = slot.device;
-    let mut announce_wait = |holders: &[crate::cluster::etcd::KeyValue]| {
-        wait_started.get_or_insert_with(Instant::now);
-        tracing::info!(
-            device = %printable(device),
-            key = %printable(config.key.as_str()),
-            "device busy in the cluster: {} tuner slots of {} are held: {}; waiting{} before starting {} (see `{}`)",
-            holders.len(),
-            printable(device),
-            describe_cluster_holders(holders),
-            until(config),
-            printable(program_name),
-            cluster_status_command(config),
-        );
-    };
-    let mut warn_disagreement = |disagreement: &Disagreement| {
-        tracing::warn!(
-            device = %printable(device),
-            "launchers of device {} disagree on its tuner count: this one says --tuners {}, {}; using {} (give every launcher of the device the same --tuners)",
-            printable(device),
-            disagreement.own,
-            describe_declarations(&disagreement.by),
-            disagreement.using,
-        );
-    };
-    match session.take_slot(claim, slot, &mut announce_wait, &mut warn_disagreement)? {
-        Ok(slot) => {
-            tracing::debug!(device = %printable(device), slot, "cluster tuner slot taken");
-            Ok(true)
-        }
-        Err(Busy { holders, timed_out }) => {
-            let waited = gave_up_waiting(config, timed_out);
-            tracing::warn!(
-                device = %printable(device),
-                key = %printable(config.key.as_str()),
-                "device busy in the cluster: {} tuner slots of {} are held: {}; {waited}not starting {}, exiting {} (see `{}`)",
-                holders.len(),
-                printable(device),
-                describe_cluster_holders(&holders),
-                printable(program_name),
-                config.busy_status.code(),
-                cluster_status_command(config),
-            );
-            Ok(false)
-        }
-    }
-}
-
-/// `node a pid 4242 holding slot 0 says --tuners 2; node b pid 77 waiting
-/// says --tuners 2`, from keys under a device (another writer's text:
-/// redacted and escaped).
-fn describe_declarations(keys: &[crate::cluster::etcd::KeyValue]) -> String {
-    keys.iter()
-        .filter_map(|kv| {
-            let declarant = Shown::of(&Declarant::from_json(&kv.value)?);
-            let what = match keyspace::parse(&kv.key) {
-                Some(keyspace::Named::Slot { index, .. }) => format!("holding slot {index}"),
-                _ => "waiting".to_owned(),
-            };
-            let mut text = format!("node {}", printable(&declarant.node));
-            if let Some(unit) = &declarant.unit {
-                let _ = write!(text, " unit {}", printable(unit));
-            }
-            let _ = write!(
-                text,
-                " pid {} {what} says --tuners {}",
-                declarant.pid,
-                declarant.declared_tuners().unwrap_or_default()
-            );
-            Some(text)
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// This launch's record under its cluster keys: who holds them, and the
-/// stop grace a claimant's lock delay must outlast (ECP-0135).
-fn cluster_record(cluster: &ClusterConfig, unit: Option<String>, redacted: &str) -> ClusterRecord {
-    ClusterRecord::for_this_launch(&cluster.connection.node, unit, redacted)
-        .with_stop_grace(cluster.timing.stop_grace)
-}
-
-/// This launch's values under its cluster keys, made at each try (they
-/// date the holding): the source's, a slot's, and the key a launcher
-/// waits for a slot under. The slot's and the waiting key's record the
-/// tuner count this launcher declares (ECP-0135 section 5). Empty without
-/// `--etcd`: nothing of it runs then.
-#[allow(clippy::type_complexity)] // three closures, one per key
-fn cluster_values<'a>(
-    config: &'a RunConfig,
-    unit: Option<&'a String>,
-    redacted: &'a str,
-) -> (
-    impl Fn() -> Vec<u8> + 'a,
-    impl Fn() -> Vec<u8> + 'a,
-    impl Fn() -> Vec<u8> + 'a,
-) {
-    let count = config.tuners.as_ref().map(|tuners| tuners.count);
-    let source_value = move || {
-        config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
-            cluster_record(cluster, unit.cloned(), redacted).to_json()
-        })
-    };
-    let slot_value = move || {
-        config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
-            let mut record = cluster_record(cluster, unit.cloned(), redacted);
-            record.tuners = count;
-            record.to_json()
-        })
-    };
-    let waiting_value = move || {
-        config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
-            let node = cluster.connection.node.as_str();
-            WaitingRecord::for_this_launch(node, unit.cloned(), count.unwrap_or_default()).to_json()
-        })
-    };
-    (source_value, slot_value, waiting_value)
-}
-
-/// The value of this launch's wanted key (ECP-0140), made when it
-/// registers. Empty without `--etcd`: nothing of it runs then.
-fn want_value<'a>(config: &'a RunConfig, unit: Option<&'a String>) -> impl Fn() -> Vec<u8> + 'a {
-    move || {
-        config.cluster.as_ref().map_or_else(Vec::new, |cluster| {
-            let weight = cluster.spread.map_or(1, |spread| spread.weight);
-            WantRecord::for_this_launch(&cluster.connection.node, unit.cloned(), weight).to_json()
-        })
-    }
-}
-
-/// What the source claim asks of placement: with `--placement spread`,
-/// this node and its weight; `None` takes the key as soon as it is free.
-fn spread_want<'a>(config: &'a RunConfig, value: &'a dyn Fn() -> Vec<u8>) -> Option<Want<'a>> {
-    let cluster = config.cluster.as_ref()?;
-    Some(Want {
-        node: &cluster.connection.node,
-        weight: cluster.spread?.weight,
-        value,
-    })
-}
-
-/// In cluster mode, waits out the lock delay of a take that was not a
-/// clean hand-over (ECP-0135): a holder that lost a key we took has stopped
-/// its program by then. The keys are taken again should they be lost
-/// meanwhile; false when one taken again stayed held (reported here).
-fn settle_in_cluster(
-    config: &RunConfig,
-    session: Option<&mut Session>,
-    (claim, slot): (&SourceClaim<'_>, Option<&SlotClaim<'_>>),
-    program_name: &str,
-) -> Result<bool, Error> {
-    let Some(session) = session else {
-        return Ok(true);
-    };
-    let Some(Busy { holders, timed_out }) = session.settle(claim, slot)? else {
-        return Ok(true);
-    };
-    let waited = gave_up_waiting(config, timed_out);
-    tracing::warn!(
-        key = %printable(config.key.as_str()),
-        "cluster keys lost before the program started, and taken again: held by {}; {waited}not starting {}, exiting {} (see `{}`)",
-        describe_cluster_holders(&holders),
-        printable(program_name),
-        config.busy_status.code(),
-        cluster_status_command(config),
-    );
-    Ok(false)
-}
-
-/// Runs the program as our child under the lease, and exits as it did
-/// (ECP-0134): the launcher must outlive the exec to renew the lease and
-/// stop the program before the lease can expire unrenewed.
-fn supervise_in_cluster(
-    prepared: exec::Prepared,
-    held: HeldLock,
-    slot: Option<HeldSlot>,
-    mut session: Session,
-    stop_grace: Duration,
-    monitor: Option<watchdog::Monitor>,
-) -> Result<ExitStatus, Error> {
-    if let Some(why) = session.lost() {
-        // Lost while we claimed: what we "hold" may be another's by now.
-        session.release();
-        return Err(Error::Fenced { why });
-    }
-    session.hand_signals_to_supervisor();
-    let child = crate::supervise::spawn_in_cluster(prepared, &held, slot.as_ref())?;
-    // The monitor learns "the program runs" from this end closing (it was
-    // written for exec, where closing is implicit).
-    drop(monitor);
-    let ended = child.wait(session.renewer().map(|r| (r, stop_grace)));
-    // The keys go only when the kernel says the locks are free: a helper
-    // outside the program's group may still read (ECP-0135 section 3).
-    let watched = child.into_watched();
-    let held = std::iter::once(held).chain(slot.map(|slot| slot.lock));
-    crate::stragglers::until_free(&watched, held, stop_grace);
-    // At once: the next holder need not wait for the lease to expire, nor
-    // (the mark says no reader of ours is left) for the lock delay.
-    session.release_clean();
-    match ended {
-        crate::supervise::Ended::Exited(code) => {
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-            // The program's own status, not one of ours: like exec, the
-            // caller sees what the program said.
-            std::process::exit(i32::from(code));
-        }
-        crate::supervise::Ended::Fenced { child, .. } => {
-            // The supervisor logged why when it fenced; this says how it ended.
-            tracing::error!(
-                "fence: the program ended with {child}, before the lease could expire on the server and before a node that takes a lost key may start; exiting {} (systemd restarts the unit, which takes the keys again)",
-                ExitStatus::Fenced.code()
-            );
-            Ok(ExitStatus::Fenced)
-        }
-    }
-}
-
-/// [`describe_cluster_holder`] for each, `; `-separated.
-fn describe_cluster_holders(holders: &[crate::cluster::etcd::KeyValue]) -> String {
-    holders
-        .iter()
-        .map(describe_cluster_holder)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// `node-b unit x.service pid 4242 since … reading http://…`, from a
-/// cluster key's value (another writer's text: redacted and escaped; any
-/// value, however hostile, is described, never a panic).
-fn describe_cluster_holder(holder: &crate::cluster::etcd::KeyValue) -> String {
-    match ClusterRecord::from_json(&holder.value).map(|r| Shown::of(&r)) {
-        Some(record) => {
-            let mut text = format!("node {}", printable(&record.node));
-            if let Some(unit) = &record.unit {
-                let _ = write!(text, " unit {}", printable(unit));
-            }
-            let _ = write!(
-                text,
-                " pid {} since {} reading {}",
-                record.pid,
-                crate::cluster::record::rfc3339(record.since),
-                printable(&record.source),
-            );
-            text
-        }
-        None => format!(
-            "an unreadable record under {}",
-            printable(&crate::cluster::keyspace::shown(&holder.key))
-        ),
-    }
-}
-
-/// The `status --etcd` command that shows this source in the cluster, with
-/// the connection flags it needs (paths, never their contents), quoted so
-/// it works when pasted.
-fn cluster_status_command(config: &RunConfig) -> String {
-    let mut command = String::from("ec-launch status");
-    if let Some(cluster) = &config.cluster {
-        let connect = &cluster.connection.connect;
-        let endpoints: Vec<&str> = connect
-            .endpoints
-            .iter()
-            .map(|u| u.as_str().trim_end_matches('/'))
-            .collect();
-        let _ = write!(command, " --etcd {}", shell_word(&endpoints.join(",")));
-        for (flag, path) in [
-            ("--etcd-ca", &connect.ca_file),
-            ("--etcd-cert", &connect.cert_file),
-            ("--etcd-key", &connect.key_file),
-            ("--etcd-user-file", &connect.user_file),
-        ] {
-            if let Some(path) = path {
-                let _ = write!(command, " {flag} {}", shell_word(&printable_path(path)));
-            }
-        }
-        let _ = write!(
-            command,
-            " --node {}",
-            shell_word(&printable(&cluster.connection.node))
-        );
-    }
-    let local = status_command(config);
-    command.push_str(local.trim_start_matches("ec-launch status"));
-    command
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::cluster::etcd::KeyValue;
-    use crate::secret_props::{FieldKind, credential_text, hostile_record, leaks};
-
-    const FIELDS: &[(&str, FieldKind)] = &[
-        ("node", FieldKind::Text),
-        ("unit", FieldKind::Text),
-        ("pid", FieldKind::Number),
-        ("boot_id", FieldKind::Text),
-        ("since", FieldKind::Number),
-        ("source", FieldKind::Text),
-        ("version", FieldKind::Text),
-        ("tuners", FieldKind::Number),
-        ("stop_grace_ms", FieldKind::Number),
-    ];
-
-    proptest! {
-        /// Run's busy and wait messages describe any holder's value without
-        /// a credential and without a panic (a panic would turn the busy
-        /// 75 into 101 or an abort).
-        #[test]
-        fn a_cluster_holder_is_described_without_a_credential_or_a_panic(
-            value in hostile_record(FIELDS),
-            key in credential_text(),
-        ) {
-            let holder = KeyValue {
-                key: key.into_bytes(),
-                value,
-                create_revision: 1,
-                mod_revision: 1,
-                lease: 0,
-            };
-            let text = describe_cluster_holders(std::slice::from_ref(&holder));
-            prop_assert!(!leaks(&text), "{text}");
-            // The same value as a slot's or a waiter's that declares fewer
-            // tuners (the disagreement warning).
-            let text = describe_declarations(&[holder]);
-            prop_assert!(!leaks(&text), "{text}");
-        }
-    }
 }

@@ -26,11 +26,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::cluster_view::{self, ClusterReport, ClusterSection, cluster_report};
 use super::device_view::{self, DeviceStatus, OrphanedSlot};
 use crate::cli::StatusArgs;
-use crate::cluster::Connection;
-use crate::cluster::etcd::EtcdClient;
 use crate::error::Error;
 use crate::exit_code::ExitStatus;
 use crate::holder::{Absence, HolderScan, LockedInode};
@@ -43,8 +40,115 @@ use crate::sock_diag::{self, TcpConnection};
 use crate::source_key::{KeyError, SourceKey};
 use crate::tuner_slot::{self, DeviceKey, SlotFile};
 
-/// How long `status --etcd` waits for each etcd call.
-const STATUS_ETCD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Cluster mode's part of `status` (`--etcd`, ECP-0134), which
+/// `ec-launch-cluster` supplies (ECP-0138); the local executable's
+/// ([`LocalOnly`]) asks no cluster.
+pub trait ClusterView {
+    /// What the report holds under `cluster` in `--json`.
+    type Report: Serialize;
+    /// The cluster's holders (of SOURCE and its device, with `key`); a
+    /// failure is a warning, not an error: the node's own locks are still
+    /// worth printing. `held_here` are the keys of sources held on this
+    /// node, to warn of one whose cluster key another node holds.
+    fn section(
+        &self,
+        args: &StatusArgs,
+        key: Option<&SourceKey>,
+        held_here: &[&str],
+        warnings: &mut Vec<String>,
+    ) -> ClusterSection<Self::Report>;
+    /// The text view of `report`, appended to the table.
+    fn write_text(&self, out: &mut String, report: &Self::Report);
+}
+
+/// What `status` reports of the cluster.
+#[derive(Debug, Serialize)]
+pub struct ClusterSection<R> {
+    /// Only with `--etcd`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<R>,
+    /// `--etcd` was given but etcd could not be asked.
+    #[serde(skip)]
+    pub unanswered: bool,
+    /// `status --etcd SOURCE`: the cluster holds SOURCE's key.
+    #[serde(skip)]
+    pub holds_wanted: bool,
+}
+
+impl<R> ClusterSection<R> {
+    /// Nothing to say of the cluster: no `--etcd`.
+    #[must_use]
+    pub fn none() -> Self {
+        Self {
+            cluster: None,
+            unanswered: false,
+            holds_wanted: false,
+        }
+    }
+}
+
+/// The local executable's [`ClusterView`]: `--etcd` is handed off to
+/// `ec-launch-cluster` before parsing (ECP-0138), so only etcd options
+/// given without it reach this, and they get the answer cluster mode gave
+/// them: a warning, and an unanswered `cluster` naming the mistake.
+#[derive(Debug)]
+pub struct LocalOnly;
+
+/// [`LocalOnly`]'s report: the `cluster` of an etcd that was not asked.
+#[derive(Debug, Serialize)]
+pub struct Unasked {
+    node: String,
+    error: String,
+}
+
+impl ClusterView for LocalOnly {
+    type Report = Unasked;
+
+    fn section(
+        &self,
+        args: &StatusArgs,
+        _key: Option<&SourceKey>,
+        _held_here: &[&str],
+        warnings: &mut Vec<String>,
+    ) -> ClusterSection<Unasked> {
+        let error = if args.etcd.endpoints.is_empty() {
+            match crate::cli::stray_cluster_option(&args.etcd) {
+                Some(flag) => Error::ClusterOptionWithoutEtcd { flag },
+                None => return ClusterSection::none(),
+            }
+        } else {
+            Error::ClusterModeNotHandedOff
+        };
+        let line = crate::entry::error_line(&error);
+        let error = line.strip_prefix("error: ").unwrap_or(&line).to_owned();
+        warnings.push(format!(
+            "cannot ask etcd for the cluster's holders: {error}"
+        ));
+        let node = args
+            .etcd
+            .node
+            .clone()
+            .unwrap_or_else(crate::cli::default_node_name);
+        ClusterSection {
+            cluster: Some(Unasked { node, error }),
+            unanswered: true,
+            holds_wanted: false,
+        }
+    }
+
+    fn write_text(&self, out: &mut String, report: &Unasked) {
+        let _ = writeln!(
+            out,
+            "\nCLUSTER (etcd; this node: {})",
+            printable(&report.node)
+        );
+        let _ = writeln!(
+            out,
+            "(etcd could not be asked: {})",
+            printable(&report.error)
+        );
+    }
+}
 
 /// One lock as `status` reports it; also the `--json` schema of an entry.
 #[derive(Debug, Serialize)]
@@ -119,7 +223,7 @@ impl From<ProcessInfo> for HolderJson {
 }
 
 #[derive(Debug, Serialize)]
-struct Report {
+struct Report<C> {
     locks: Vec<LockStatus>,
     /// Tuner slots by device (ECP-0132); empty for `status SOURCE`.
     devices: Vec<DeviceStatus>,
@@ -129,7 +233,7 @@ struct Report {
     readers: Option<ReadersReport>,
     /// `cluster`, only with `--etcd` (ECP-0134).
     #[serde(flatten)]
-    cluster: ClusterSection,
+    cluster: ClusterSection<C>,
 }
 
 /// Runs `ec-launch status`.
@@ -137,6 +241,15 @@ struct Report {
 /// # Errors
 /// An invalid SOURCE, or a lock directory that cannot be read.
 pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
+    status_with(args, &LocalOnly)
+}
+
+/// [`status`], with cluster mode's part from `view` (`ec-launch-cluster`
+/// passes its own).
+///
+/// # Errors
+/// As [`status`].
+pub fn status_with<V: ClusterView>(args: &StatusArgs, view: &V) -> Result<ExitStatus, Error> {
     let proc_root = Path::new("/proc");
     crate::cli::ensure_lock_dir_given(&args.lock_dir)?;
     let key = match (&args.source, &args.key) {
@@ -231,7 +344,12 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         device_view::ask_devices(&mut devices);
     }
     warnings.extend(scan.visibility_warnings());
-    let cluster = cluster_section(args, key.as_ref(), &locks, &mut warnings);
+    let held_here: Vec<&str> = locks
+        .iter()
+        .filter(|l| l.state == State::Held)
+        .filter_map(|l| l.key.as_deref())
+        .collect();
+    let cluster = view.section(args, key.as_ref(), &held_here, &mut warnings);
     let report = Report {
         locks,
         devices,
@@ -239,7 +357,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitStatus, Error> {
         readers,
         cluster,
     };
-    print_report(&report, args.json);
+    print_report(&report, args.json, view);
     Ok(exit_status(&report, key.is_some(), args.readers))
 }
 
@@ -359,71 +477,6 @@ fn unlisted(
     }
 }
 
-/// [`cluster_view`], with a failure turned into a warning: the node's own
-/// locks are still worth printing when etcd cannot be asked. A source held
-/// here whose cluster key another node holds is warned of (`locks`).
-fn cluster_section(
-    args: &StatusArgs,
-    key: Option<&SourceKey>,
-    locks: &[LockStatus],
-    warnings: &mut Vec<String>,
-) -> ClusterSection {
-    match cluster_view(args, key, args.source.as_deref()) {
-        Ok(cluster) => {
-            if let Some(report) = &cluster {
-                let held_here: Vec<&str> = locks
-                    .iter()
-                    .filter(|l| l.state == State::Held)
-                    .filter_map(|l| l.key.as_deref())
-                    .collect();
-                warnings.extend(report.held_elsewhere_too(&held_here));
-            }
-            ClusterSection {
-                holds_wanted: key
-                    .is_some_and(|k| cluster.as_ref().is_some_and(|c| c.holds_source(k.as_str()))),
-                cluster,
-                unanswered: false,
-            }
-        }
-        Err(e) => {
-            // Named as `run` names it: the cause, the endpoint, what to do;
-            // and kept in `--json` as `cluster.error`.
-            warnings.push(format!(
-                "cannot ask etcd for the cluster's holders: {}",
-                cluster_view::explain(&e)
-            ));
-            let node = args
-                .etcd
-                .node
-                .clone()
-                .unwrap_or_else(crate::cluster::record::default_node_name);
-            ClusterSection {
-                cluster: Some(ClusterReport::unanswered(node, &e)),
-                unanswered: true,
-                holds_wanted: false,
-            }
-        }
-    }
-}
-
-/// The cluster's holders with `--etcd` (of SOURCE and its device, when
-/// given); `None` without it.
-fn cluster_view(
-    args: &StatusArgs,
-    key: Option<&SourceKey>,
-    source: Option<&str>,
-) -> Result<Option<ClusterReport>, Error> {
-    // A status call is one range and a few lease lookups: a generous
-    // timeout, it is an operator waiting, not a fence.
-    let Some(connection) = Connection::from_args(&args.etcd, STATUS_ETCD_TIMEOUT)? else {
-        return Ok(None);
-    };
-    let client = EtcdClient::connect(&connection.connect)?;
-    let device = key.and_then(|k| DeviceKey::of_source(k, source.unwrap_or(k.as_str())));
-    let only = key.map(|k| (k.as_str(), device.as_ref().map(DeviceKey::as_str)));
-    cluster_report(&client, &connection.node, only).map(Some)
-}
-
 /// Every established TCP connection, or `None` with a warning saying why
 /// the table cannot be read.
 fn socket_table(warnings: &mut Vec<String>) -> Option<Vec<TcpConnection>> {
@@ -440,7 +493,7 @@ fn socket_table(warnings: &mut Vec<String>) -> Option<Vec<TcpConnection>> {
 /// then a reader without a slot or lock (a foreign reader the device
 /// reports, then a stale reader on this node: both are the incident's
 /// signature), then what cannot be told, then a device that did not answer.
-fn exit_status(report: &Report, for_one_source: bool, readers_wanted: bool) -> ExitStatus {
+fn exit_status<C>(report: &Report<C>, for_one_source: bool, readers_wanted: bool) -> ExitStatus {
     let readers_unknown = readers_wanted
         && report
             .readers
@@ -910,7 +963,7 @@ fn join(pids: &[u32]) -> String {
         .join(", ")
 }
 
-fn print_report(report: &Report, json: bool) {
+fn print_report<V: ClusterView>(report: &Report<V::Report>, json: bool, view: &V) {
     if json {
         println!(
             "{}",
@@ -997,7 +1050,7 @@ fn print_report(report: &Report, json: bool) {
         out.push_str(&readers::render(readers));
     }
     if let Some(cluster) = &report.cluster.cluster {
-        cluster_view::write_text(&mut out, cluster);
+        view.write_text(&mut out, cluster);
     }
     print!("{out}");
     for warning in &report.warnings {

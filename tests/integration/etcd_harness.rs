@@ -1,4 +1,4 @@
-//! The etcd test harness itself (`tests/support/etcd_server.rs`): a member
+//! The etcd test harness itself (`crates/ec-test-support/src/etcd_server.rs`): a member
 //! starts healthy, a cluster elects a leader and survives a frozen member,
 //! TLS refuses a client without a certificate, auth refuses a wrong password.
 

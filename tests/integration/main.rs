@@ -18,8 +18,7 @@ mod descriptors;
 mod device;
 mod entry;
 mod etcd_harness;
-#[path = "../support/etcd_server.rs"]
-mod etcd_server;
+mod handoff;
 mod hung_filesystem;
 mod input;
 mod invocation;
@@ -31,8 +30,6 @@ mod main_thread;
 mod netns;
 mod operator;
 mod priority;
-#[path = "../common/privilege.rs"]
-mod privilege;
 mod readers;
 mod records;
 mod resolver;
@@ -43,8 +40,7 @@ mod status;
 mod status_truth;
 mod testenv;
 mod tuner;
-// The emulator program's entry point is the example's; here only the device.
-#[allow(dead_code)]
-#[path = "../support/tuner_emulator.rs"]
-mod tuner_emulator;
 mod watchdog;
+
+// The suites' shared support (ECP-0138), under the names the tests use.
+use ec_test_support::{etcd_server, privilege, tuner_emulator};

@@ -31,6 +31,9 @@ pub struct TestEnv {
 impl TestEnv {
     #[must_use]
     pub fn new() -> Self {
+        // `ec-launch run --etcd` execs it: a stale one would test old code.
+        static CLUSTER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        CLUSTER.get_or_init(|| ec_test_support::executables::cluster_beside(Path::new(BIN)));
         let dir = tempfile::Builder::new()
             .prefix("ec-launch-test")
             .tempdir()
@@ -380,7 +383,7 @@ pub fn is_root() -> bool {
 }
 
 /// Ends the calling test early, saying so, when it needs root and this is a
-/// non-root run that may skip it (see `tests/common/privilege.rs`); as root,
+/// non-root run that may skip it (see `crates/ec-test-support/src/privilege.rs`); as root,
 /// or in CI, the test goes on (and fails on its own without root).
 macro_rules! require_root {
     ($what:expr) => {

@@ -1,4 +1,4 @@
-//! The tuner emulator (`tests/support/tuner_emulator.rs`, the `tuner-emulator`
+//! The tuner emulator (`crates/ec-test-support/src/tuner_emulator.rs`, the `tuner-emulator`
 //! example) on loopback: the systemd suite and the NixOS VM test trust it to
 //! refuse like a busy HDHomeRun and to free a tuner when its reader goes.
 

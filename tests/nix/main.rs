@@ -17,17 +17,13 @@
 //! (`nixos_check`: NixOS renders each scenario, systemd reads the result).
 //! Without the two variables these tests say that they were skipped.
 
-#[allow(dead_code)]
-#[path = "../common/privilege.rs"]
-mod privilege;
-
-// The systemd suite's reader of nixos/unit-policy.json, so a change to the
-// file's shape that the suite cannot read fails here, where CI runs it.
 mod nixos_check;
-#[allow(dead_code)]
-#[path = "../systemd/policy.rs"]
-mod policy;
 mod source_check;
+
+// The suites' shared support (ECP-0138). The systemd suite's reader of
+// nixos/unit-policy.json is used here too, so a change to the file's shape
+// that the suite cannot read fails here, where CI runs it.
+use ec_test_support::{policy, privilege};
 
 use std::env;
 use std::ffi::OsStr;

@@ -18,7 +18,7 @@ let
   source = "http://127.0.0.1:${toString tunerPort}/auto/v5.1";
 
   # The tuner emulator the systemd suite runs too (one emulator, in Rust:
-  # tests/support/tuner_emulator.rs), built as this crate's `tuner-emulator`
+  # crates/ec-test-support/src/tuner_emulator.rs), built as this crate's `tuner-emulator`
   # example from the same source and vendored dependencies as the package.
   # With one tuner, a second concurrent stream gets 503 (805 All Tuners In
   # Use), as from a busy HDHomeRun; /stats reports the open streams, the

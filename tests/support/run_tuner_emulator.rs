@@ -2,10 +2,9 @@
 //! tuner-emulator -- --listen 127.0.0.1:5004 --tuners 1`), for the NixOS VM
 //! test and anyone who wants a device to point a publisher at.
 
-#[path = "tuner_emulator.rs"]
-mod tuner_emulator;
-
 use std::process::ExitCode;
+
+use ec_test_support::tuner_emulator;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

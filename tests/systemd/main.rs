@@ -24,14 +24,12 @@
 #![allow(clippy::too_many_lines)]
 
 mod harness;
-mod policy;
-#[path = "../common/privilege.rs"]
-mod privilege;
 mod programs;
 mod scenarios;
 mod tuner;
-#[path = "../support/tuner_emulator.rs"]
-mod tuner_emulator;
+
+// The suites' shared support (ECP-0138), under the names the tests use.
+use ec_test_support::{policy, privilege, tuner_emulator};
 
 use std::path::Path;
 use std::process::ExitCode;

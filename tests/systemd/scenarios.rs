@@ -252,9 +252,12 @@ fn stage(staging: &Staging, policy: &UnitPolicy, hardening: &Hardening) -> Resul
     ] {
         staging.alias("ec-suite", role)?;
     }
+    let ec_launch = std::path::Path::new(env!("CARGO_BIN_EXE_ec-launch"));
+    staging.program(ec_launch, "ec-launch")?;
+    // Beside it, where `ec-launch run --etcd` looks for it (ECP-0138).
     staging.program(
-        std::path::Path::new(env!("CARGO_BIN_EXE_ec-launch")),
-        "ec-launch",
+        &ec_test_support::executables::cluster_beside(ec_launch),
+        "ec-launch-cluster",
     )?;
 
     for (unit, device) in [

@@ -1,5 +1,5 @@
 //! The small HTTP client the stand-in programs use to talk to the tuner
-//! emulator (`tests/support/tuner_emulator.rs`, which this binary also
+//! emulator (`crates/ec-test-support/src/tuner_emulator.rs`, which this binary also
 //! plays under the name `tuner-emulator`).
 
 use std::io::{self, BufRead, BufReader, Read, Write};

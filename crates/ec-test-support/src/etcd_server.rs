@@ -29,8 +29,8 @@
 //! [`AUTH_PREFIX`], then turns authentication on.
 //!
 //! Only the standard library, `nix`, `tempfile` and `rcgen`, so the
-//! integration tests, the unit tests in `src/cluster/` (`#[path]` include)
-//! and the systemd suite can all use it.
+//! integration tests, the cluster crate's unit tests and the systemd suite
+//! can all use it (this crate, ECP-0138).
 
 #![allow(dead_code)] // each includer uses a part
 

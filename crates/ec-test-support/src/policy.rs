@@ -15,7 +15,13 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-/// The policy file, relative to the crate root.
+/// The repository's root, which the policy files are relative to: this
+/// crate lives two levels below it (`crates/ec-test-support`).
+fn repo_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// The policy file, relative to the repository's root.
 pub const POLICY_FILE: &str = "nixos/unit-policy.json";
 
 /// Keys of the policy file that are not unit settings.
@@ -41,7 +47,7 @@ pub enum StopTimeout {
 
 impl UnitPolicy {
     pub fn path() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(POLICY_FILE)
+        repo_root().join(POLICY_FILE)
     }
 
     /// Reads and validates the policy file.
@@ -141,7 +147,7 @@ pub struct Hardening {
 
 impl Hardening {
     pub fn load() -> Result<Self, String> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(HARDENING_FILE);
+        let path = repo_root().join(HARDENING_FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Self::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))

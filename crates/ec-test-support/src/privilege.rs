@@ -2,7 +2,7 @@
 //! is not, and fail instead of skipping where [`REQUIRE_ROOT_ENV`] is set.
 //! `.ci/run` sets it, so CI can never pass by skipping them.
 //!
-//! Shared by the test crates through `#[path]`: one rule, one variable name.
+//! Shared by the test crates through this crate: one rule, one variable name.
 
 /// Set to `1` to turn every root-only skip into a failure.
 pub const REQUIRE_ROOT_ENV: &str = "EC_LAUNCH_TEST_REQUIRE_ROOT";

@@ -1740,7 +1740,7 @@ fn key_value(kv: &Value) -> Result<KeyValue, String> {
 
 #[cfg(test)]
 mod tests {
-    //! Against real etcd (the harness in `tests/support/etcd_server.rs`).
+    //! Against real etcd (the harness in `crates/ec-test-support/src/etcd_server.rs`).
 
     use super::*;
     use crate::cluster::etcd_server::{EtcdCluster, EtcdServer, TlsFiles};

@@ -355,6 +355,17 @@ impl Renewer {
     }
 }
 
+/// The supervisor watches the lease's fence through this (ECP-0138).
+impl crate::supervise::Fence for Renewer {
+    fn alarm_fd(&self) -> BorrowedFd<'_> {
+        Renewer::alarm_fd(self)
+    }
+
+    fn fired(&self) -> Option<String> {
+        Renewer::fired(self)
+    }
+}
+
 impl Drop for Renewer {
     fn drop(&mut self) {
         drop(self.stop.take());
@@ -578,7 +589,7 @@ mod tests {
     fn the_modules_timing_file_matches_the_launchers_defaults_and_margin() {
         use clap::Parser as _;
         let shared: serde_json::Value =
-            serde_json::from_str(include_str!("../../nixos/cluster-timing.json")).unwrap();
+            serde_json::from_str(include_str!("../../../../nixos/cluster-timing.json")).unwrap();
         assert_eq!(Some(MARGIN.as_secs()), shared["margin"].as_u64());
         let cli = crate::cli::Cli::try_parse_from([
             "ec-launch",

@@ -6,7 +6,8 @@
 //! race through etcd); the cluster key second, under a lease the launcher
 //! keeps alive while it supervises the program, and fences (stops the
 //! program) before the lease could expire on the server. Nothing here runs
-//! without `--etcd`: the local launch path is what it was.
+//! without `--etcd`: the local launch path is what it was, and is another
+//! executable's (`ec-launch` execs this one for `--etcd`, ECP-0138).
 
 pub mod claim;
 pub mod custody;
@@ -20,8 +21,7 @@ pub mod vouch;
 
 /// The real-etcd test harness, shared with the integration tests.
 #[cfg(test)]
-#[path = "../../tests/support/etcd_server.rs"]
-pub(crate) mod etcd_server;
+pub(crate) use ec_test_support::etcd_server;
 
 use std::time::Duration;
 
@@ -56,13 +56,7 @@ impl Connection {
     /// options given without `--etcd`.
     pub fn from_args(args: &EtcdArgs, call_timeout: Duration) -> Result<Option<Self>, Error> {
         if args.endpoints.is_empty() {
-            let stray = [
-                ("--etcd-ca", args.etcd_ca.is_some()),
-                ("--etcd-cert", args.etcd_cert.is_some()),
-                ("--etcd-key", args.etcd_key.is_some()),
-                ("--etcd-user-file", args.etcd_user_file.is_some()),
-            ];
-            if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
+            if let Some(flag) = crate::cli::stray_cluster_option(args) {
                 return Err(Error::ClusterOptionWithoutEtcd { flag });
             }
             return Ok(None);

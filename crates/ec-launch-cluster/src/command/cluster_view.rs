@@ -14,6 +14,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use ec_launch::cli::StatusArgs;
+use ec_launch::command::status::{ClusterSection, ClusterView};
+use ec_launch::source_key::SourceKey;
+use ec_launch::tuner_slot::DeviceKey;
+
+use crate::cluster::Connection;
 use crate::cluster::etcd::{EtcdClient, KeyValue};
 use crate::cluster::keyspace::{self, Named};
 use crate::cluster::placement::Census;
@@ -22,51 +28,122 @@ use crate::error::Error;
 use crate::printable::printable;
 use crate::shown::Shown;
 
-/// What `status` reports of the cluster.
-#[derive(Debug, Serialize)]
-pub(super) struct ClusterSection {
-    /// Only with `--etcd`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) cluster: Option<ClusterReport>,
-    /// `--etcd` was given but etcd could not be asked.
-    #[serde(skip)]
-    pub(super) unanswered: bool,
-    /// `status --etcd SOURCE`: the cluster holds SOURCE's key.
-    #[serde(skip)]
-    pub(super) holds_wanted: bool,
+/// How long `status --etcd` waits for each etcd call.
+const STATUS_ETCD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `status --etcd`'s view of the cluster, for the library's `status_with`.
+#[derive(Debug)]
+pub struct EtcdView;
+
+impl ClusterView for EtcdView {
+    type Report = ClusterReport;
+
+    fn section(
+        &self,
+        args: &StatusArgs,
+        key: Option<&SourceKey>,
+        held_here: &[&str],
+        warnings: &mut Vec<String>,
+    ) -> ClusterSection<ClusterReport> {
+        cluster_section(args, key, held_here, warnings)
+    }
+
+    fn write_text(&self, out: &mut String, report: &ClusterReport) {
+        write_text(out, report);
+    }
+}
+
+/// [`cluster_view`], with a failure turned into a warning: the node's own
+/// locks are still worth printing when etcd cannot be asked. A source held
+/// here whose cluster key another node holds is warned of (`held_here`).
+fn cluster_section(
+    args: &StatusArgs,
+    key: Option<&SourceKey>,
+    held_here: &[&str],
+    warnings: &mut Vec<String>,
+) -> ClusterSection<ClusterReport> {
+    match cluster_view(args, key, args.source.as_deref()) {
+        Ok(cluster) => {
+            if let Some(report) = &cluster {
+                warnings.extend(report.held_elsewhere_too(held_here));
+            }
+            ClusterSection {
+                holds_wanted: key
+                    .is_some_and(|k| cluster.as_ref().is_some_and(|c| c.holds_source(k.as_str()))),
+                cluster,
+                unanswered: false,
+            }
+        }
+        Err(e) => {
+            // Named as `run` names it: the cause, the endpoint, what to do;
+            // and kept in `--json` as `cluster.error`.
+            warnings.push(format!(
+                "cannot ask etcd for the cluster's holders: {}",
+                explain(&e)
+            ));
+            let node = args
+                .etcd
+                .node
+                .clone()
+                .unwrap_or_else(crate::cluster::record::default_node_name);
+            ClusterSection {
+                cluster: Some(ClusterReport::unanswered(node, &e)),
+                unanswered: true,
+                holds_wanted: false,
+            }
+        }
+    }
+}
+
+/// The cluster's holders with `--etcd` (of SOURCE and its device, when
+/// given); `None` without it.
+fn cluster_view(
+    args: &StatusArgs,
+    key: Option<&SourceKey>,
+    source: Option<&str>,
+) -> Result<Option<ClusterReport>, Error> {
+    // A status call is one range and a few lease lookups: a generous
+    // timeout, it is an operator waiting, not a fence.
+    let Some(connection) = Connection::from_args(&args.etcd, STATUS_ETCD_TIMEOUT)? else {
+        return Ok(None);
+    };
+    let client = EtcdClient::connect(&connection.connect)?;
+    let device = key.and_then(|k| DeviceKey::of_source(k, source.unwrap_or(k.as_str())));
+    let only = key.map(|k| (k.as_str(), device.as_ref().map(DeviceKey::as_str)));
+    cluster_report(&client, &connection.node, only).map(Some)
 }
 
 /// The `--json` schema of `cluster`.
 #[derive(Debug, Serialize)]
-pub(super) struct ClusterReport {
+pub struct ClusterReport {
     /// This node's name, as `this_node` compares it.
-    pub(super) node: String,
+    pub(crate) node: String,
     /// Absent when etcd could not be asked (then `error` says why).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) holders: Option<Vec<ClusterHolder>>,
+    pub(crate) holders: Option<Vec<ClusterHolder>>,
     /// Launchers waiting for a device's slot (ECP-0135 section 5): they
     /// hold no tuner, but the count they declare is counted. Absent when
     /// etcd could not be asked.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) waiters: Option<Vec<ClusterWaiter>>,
+    pub(crate) waiters: Option<Vec<ClusterWaiter>>,
     /// Per device with slots or waiters: the counts declared, and what
     /// launchers go by. Absent when etcd could not be asked.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) devices: Option<Vec<ClusterDevice>>,
+    pub(crate) devices: Option<Vec<ClusterDevice>>,
     /// Per node with a key (ECP-0140): its weight, what it holds against
     /// its share, and the sources it waits for. Absent when etcd could
     /// not be asked.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) nodes: Option<Vec<ClusterNode>>,
+    pub(crate) nodes: Option<Vec<ClusterNode>>,
     /// Why etcd could not be asked: the cause, the endpoint, what to do.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// What a key's lease is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(super) enum LeaseState {
+pub(crate) enum LeaseState {
     /// Alive: `ttl_left` says for how long.
     Live,
     /// Gone, an instant ago: the key goes with it.
@@ -100,7 +177,7 @@ impl LeaseState {
 
 /// A `waiting/<lease>` key.
 #[derive(Debug, Serialize)]
-pub(super) struct ClusterWaiter {
+pub(crate) struct ClusterWaiter {
     /// The etcd key.
     key: String,
     device: String,
@@ -123,7 +200,7 @@ pub(super) struct ClusterWaiter {
 
 /// One node as the placement keys show it (ECP-0140).
 #[derive(Debug, Serialize)]
-pub(super) struct ClusterNode {
+pub(crate) struct ClusterNode {
     node: String,
     /// The smallest weight its spread launchers declare; 1 when none does.
     weight: u32,
@@ -141,7 +218,7 @@ pub(super) struct ClusterNode {
 
 /// One device as the cluster's keys show it.
 #[derive(Debug, Serialize)]
-pub(super) struct ClusterDevice {
+pub(crate) struct ClusterDevice {
     device: String,
     /// The smallest count declared by a holder or a waiter: what a
     /// launcher goes by (its own count may be smaller still); `null` when
@@ -156,7 +233,7 @@ pub(super) struct ClusterDevice {
 }
 
 #[derive(Debug, Serialize)]
-pub(super) struct ClusterHolder {
+pub(crate) struct ClusterHolder {
     /// The etcd key.
     key: String,
     /// The source key, for a source's key.
@@ -190,7 +267,7 @@ pub(super) struct ClusterHolder {
 
 impl ClusterReport {
     /// Does the cluster hold `key`'s source?
-    pub(super) fn holds_source(&self, key: &str) -> bool {
+    pub(crate) fn holds_source(&self, key: &str) -> bool {
         self.holders
             .iter()
             .flatten()
@@ -202,7 +279,7 @@ impl ClusterReport {
     /// readers of one source, one on each node (a holder here that runs
     /// without `--etcd`, or one whose key was lost), unless the other node
     /// is this one under another `--node`.
-    pub(super) fn held_elsewhere_too(&self, held_here: &[&str]) -> Vec<String> {
+    pub(crate) fn held_elsewhere_too(&self, held_here: &[&str]) -> Vec<String> {
         let mut warnings = Vec::new();
         for key in held_here {
             let in_cluster: Vec<&ClusterHolder> = self
@@ -246,7 +323,7 @@ impl ClusterReport {
 
     /// etcd could not be asked: `error` says why, in the words of `run`'s
     /// error (the cause, the endpoint) and its hint (what to do).
-    pub(super) fn unanswered(node: String, error: &Error) -> Self {
+    pub(crate) fn unanswered(node: String, error: &Error) -> Self {
         Self {
             node,
             holders: None,
@@ -260,11 +337,11 @@ impl ClusterReport {
 
 /// An error as one line: what failed, each cause, and what to do. The
 /// top of an etcd error ("cluster mode") says nothing here.
-pub(super) fn explain(error: &Error) -> String {
+pub(crate) fn explain(error: &Error) -> String {
     use std::error::Error as _;
-    let (mut line, mut cause) = match error {
-        Error::Etcd(etcd) => (etcd.to_string(), etcd.source()),
-        other => (other.to_string(), other.source()),
+    let (mut line, mut cause) = match crate::cluster_error::etcd_error(error) {
+        Some(etcd) => (etcd.to_string(), etcd.source()),
+        None => (error.to_string(), error.source()),
     };
     while let Some(inner) = cause {
         let _ = write!(line, ": {inner}");
@@ -279,7 +356,7 @@ pub(super) fn explain(error: &Error) -> String {
 ///
 /// # Errors
 /// etcd cannot be reached or refused us.
-pub(super) fn cluster_report(
+pub(crate) fn cluster_report(
     client: &EtcdClient,
     node: &str,
     only: Option<(&str, Option<&str>)>,
@@ -495,7 +572,7 @@ fn join(numbers: &[u32]) -> String {
 }
 
 /// The text view: one line per key, this node's marked.
-pub(super) fn write_text(out: &mut String, report: &ClusterReport) {
+pub(crate) fn write_text(out: &mut String, report: &ClusterReport) {
     let _ = writeln!(
         out,
         "\nCLUSTER (etcd; this node: {})",

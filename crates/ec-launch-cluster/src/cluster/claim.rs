@@ -549,7 +549,7 @@ fn passed(until: Option<Instant>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    //! Against real etcd (the harness in `tests/support/etcd_server.rs`).
+    //! Against real etcd (the harness in `crates/ec-test-support/src/etcd_server.rs`).
 
     use std::sync::mpsc;
     use std::thread;

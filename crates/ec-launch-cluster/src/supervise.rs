@@ -34,7 +34,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -47,7 +47,6 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
-use crate::cluster::fence::Renewer;
 use crate::error::Error;
 use crate::exec::{self, Passed, Prepared};
 use crate::exit_code::ExitStatus;
@@ -88,6 +87,19 @@ fn watched() -> SigSet {
 #[derive(Debug)]
 #[must_use]
 pub struct SignalGuard(());
+
+/// What the supervisor watches beside the child and the signals: a fence
+/// whose alarm descriptor becomes readable when it may have fired
+/// (ECP-0134). A value the supervisor is given, not a module it names, so
+/// the supervisor depends on no part of cluster mode (ECP-0138); the lease
+/// renewer (`cluster::fence::Renewer`) is the one there is.
+pub trait Fence {
+    /// Readable when the deadline may have passed.
+    fn alarm_fd(&self) -> BorrowedFd<'_>;
+    /// Why the program must stop now, or `None` when a renewal moved the
+    /// deadline since the alarm.
+    fn fired(&self) -> Option<String>;
+}
 
 /// Blocks SIGTERM, SIGINT, SIGHUP and SIGCHLD in the calling thread, so they
 /// wait to be read from a signalfd. Call it first in cluster mode, before
@@ -379,11 +391,7 @@ fn in_child(parent: Pid, kept: &[RawFd]) -> io::Result<()> {
 
 /// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3), readable when it exits.
 pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: the kernel just returned this descriptor, owned by no one else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::process::pidfd_open(pid.as_raw())
 }
 
 /// 128 + signal, like a shell; the exit code otherwise.
@@ -410,7 +418,7 @@ impl Supervisor {
     /// logs why, SIGTERMs the group and SIGKILLs it after `stop grace`.
     /// Returns when the child is reaped (its group killed first).
     #[must_use]
-    pub fn wait(&self, fence: Option<(&Renewer, Duration)>) -> Ended {
+    pub fn wait(&self, fence: Option<(&dyn Fence, Duration)>) -> Ended {
         loop {
             if let Some(code) = self.reap_if_exited() {
                 return Ended::Exited(code);
@@ -517,7 +525,7 @@ impl Supervisor {
 
     /// Waits for a signal, the child's exit, or the alarm (or `timeout`).
     /// Returns (a signal is readable, the alarm is readable).
-    fn poll(&self, renewer: Option<&Renewer>, timeout: Option<Duration>) -> (bool, bool) {
+    fn poll(&self, renewer: Option<&dyn Fence>, timeout: Option<Duration>) -> (bool, bool) {
         let check = if self.exits.is_some() {
             timeout
         } else {

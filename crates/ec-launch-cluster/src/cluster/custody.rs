@@ -272,7 +272,7 @@ fn lease_words(lease: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    //! Against real etcd (the harness in `tests/support/etcd_server.rs`).
+    //! Against real etcd (the harness in `crates/ec-test-support/src/etcd_server.rs`).
 
     use super::*;
     use crate::cluster::etcd::{Created, EtcdConnect};

@@ -232,10 +232,11 @@ impl Session {
         if self.restarts > MOST_RESTARTS {
             self.let_go(true);
             return Err(match cause {
-                Cause::Error(source) => Error::ClaimGaveUp {
+                Cause::Error(source) => crate::cluster_error::ClusterError::ClaimGaveUp {
                     attempts: MOST_RESTARTS,
                     source,
-                },
+                }
+                .into(),
                 Cause::Lost(why) => Error::Fenced {
                     why: format!(
                         "the cluster keys were lost {MOST_RESTARTS} times in a row before the program started, the last time because {why}"

@@ -300,15 +300,9 @@ pub fn rfc3339_if_readable(since: u64) -> Option<String> {
     (since < YEAR_10000).then(|| rfc3339(since))
 }
 
-/// This node's name when `--node` is not given: the kernel's host name.
-#[must_use]
-pub fn default_node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
+/// This node's name when `--node` is not given (the library's, which the
+/// local `status` needs too).
+pub use crate::cli::default_node_name;
 
 #[cfg(test)]
 mod tests {

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -180,21 +180,14 @@ fn signal(pid: u32, start: Option<u64>, signal: Signal) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
-    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
-    let Ok(fd) = RawFd::try_from(fd) else {
-        return false;
-    };
-    if fd < 0 {
+    let Some(pidfd) = process::pidfd_open(raw) else {
         // No pidfd (ESRCH: gone; ENOSYS: before Linux 5.3): plain kill,
         // after the same start-time check.
         if start.is_some() && process::start_ticks_of(std::path::Path::new(PROC), pid) != start {
             return false;
         }
         return nix::sys::signal::kill(Pid::from_raw(raw), signal).is_ok();
-    }
-    // SAFETY: the kernel just returned this descriptor, owned by no one else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    };
     if start.is_some() && process::start_ticks_of(std::path::Path::new(PROC), pid) != start {
         return false;
     }

@@ -205,7 +205,8 @@ fn signal_holders(
 /// A pidfd of `holder`, only when the process it refers to has the start
 /// time `holder` was found with.
 fn pidfd_of(holder: &ProcessInfo) -> Option<OwnedFd> {
-    let pidfd = process::pidfd_open(i32::try_from(holder.pid).ok()?)?;
+    let pid = i32::try_from(holder.pid).ok()?;
+    let pidfd = process::pidfd_open(nix::unistd::Pid::from_raw(pid))?;
     // The pidfd pins the process: checked after opening it, the start time
     // proves it is the process found holding, not a reuse of its PID.
     if holder.start_ticks.is_none()

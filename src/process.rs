@@ -108,6 +108,15 @@ pub fn start_ticks_of(proc_root: &Path, pid: u32) -> Option<u64> {
     parse_start_ticks(&stat)
 }
 
+/// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3): readable when the
+/// process exits, and a handle that cannot come to mean another process.
+/// `None` when the process is gone or the kernel has no pidfds.
+#[must_use]
+pub fn pidfd_open(pid: nix::unistd::Pid) -> Option<std::os::fd::OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid.as_raw())?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
 /// The PIDs of `pid` in its own and each enclosing namespace that `/proc`'s
 /// namespace can see, outermost first (the `NSpid` line of
 /// `/proc/<pid>/status`). The last one is the PID the process sees itself.
@@ -158,14 +167,6 @@ pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     let after_command = &stat[stat.rfind(')')? + 1..];
     // After ")" come field 3 (state) onwards; starttime is field 22.
     after_command.split_whitespace().nth(22 - 3)?.parse().ok()
-}
-
-/// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3), readable when it exits;
-/// `None` when it is gone or the kernel has none. One wrapper for the
-/// library and the supervisor (ECP-0138: rustix's call, not raw `libc`).
-pub fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(pid)?;
-    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 #[cfg(test)]

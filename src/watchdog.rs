@@ -480,7 +480,7 @@ fn monitor(
     // follows the thread that forked us, the program's main thread, which
     // may call pthread_exit while the others publish (ECP-0136). Without
     // pidfd (Linux < 5.3) the signal and getppid stay.
-    let exits = crate::process::pidfd_open(program.as_raw());
+    let exits = crate::process::pidfd_open(program);
     if exits.is_some() {
         let _ = nix::sys::prctl::set_pdeathsig(None);
     }

@@ -11,7 +11,6 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io::Read as _;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -47,14 +46,15 @@ const HANDOVER_SETTLE: Duration = Duration::from_millis(250);
 pub trait ClusterLaunch: std::fmt::Debug {
     /// After the node's lock: opens the session and takes the source's
     /// key; `None` when it stayed held elsewhere (reported there). `unit`
-    /// is this launch's systemd unit, for the keys' records; `progress` the
-    /// progress monitor's reports, when it runs (only the launcher vouches
-    /// to systemd in cluster mode, ECP-0135 section 4).
+    /// is this launch's systemd unit, for the keys' records.
+    /// `progress` is the watchdog monitor's report of the program's bytes,
+    /// when it watches them: in cluster mode only the launcher vouches to
+    /// systemd (ECP-0135 section 4).
     fn take_source<'a>(
         &'a self,
         launch: &'a Launching<'a>,
         unit: Option<&'a String>,
-        progress: Option<OwnedFd>,
+        progress: Option<std::os::fd::OwnedFd>,
         wait_started: &mut Option<Instant>,
     ) -> Result<Option<Box<dyn ClusterHolding + 'a>>, Error>;
 }
@@ -68,8 +68,6 @@ pub trait ClusterHolding {
     /// false when a key taken again stayed held (reported there).
     fn settle(&mut self) -> Result<bool, Error>;
     /// Runs the program as our child under the lease, and exits as it did.
-    /// It takes the locks: the keys go only once the kernel says they are
-    /// free (ECP-0135 section 3).
     fn supervise(
         self: Box<Self>,
         prepared: exec::Prepared,
@@ -80,8 +78,7 @@ pub trait ClusterHolding {
 }
 
 /// How `run` turns `--etcd` and its options into cluster mode's part of a
-/// launch, or `None` without `--etcd`. The flag says whether the launch
-/// waits (`--on-busy wait`): `--placement spread` needs it (ECP-0140).
+/// launch, or `None` without `--etcd`; `wait` is `--on-busy wait`.
 pub type ClusterFromArgs = fn(&ClusterArgs, bool) -> Result<Option<Box<dyn ClusterLaunch>>, Error>;
 
 /// The local launcher's [`ClusterFromArgs`]: `--etcd` is handed off to
@@ -92,8 +89,7 @@ fn local_only(args: &ClusterArgs, _wait: bool) -> Result<Option<Box<dyn ClusterL
     if !args.etcd.endpoints.is_empty() {
         return Err(Error::ClusterModeNotHandedOff);
     }
-    // In the order cluster mode checks them without `--etcd`: asked for
-    // and silently ignored would surprise more than an error.
+    // In the order cluster mode checks them (`ClusterConfig::from_args`).
     if args.placement.is_some() {
         return Err(Error::ClusterOptionWithoutEtcd {
             flag: "--placement",
@@ -388,6 +384,8 @@ pub struct Launching<'a> {
 }
 
 impl Launching<'_> {
+    /// Records the lock, takes the cluster key and a slot when asked, and
+    /// runs the program: by exec, or supervised in cluster mode.
     /// The record this launch writes into its lock and slot files.
     fn launch_record(&self, unit: Option<String>) -> impl Fn() -> LockRecord + '_ {
         let config = self.config;
@@ -413,8 +411,6 @@ impl Launching<'_> {
         }
     }
 
-    /// Records the lock, takes the cluster key and a slot when asked, and
-    /// runs the program: by exec, or supervised in cluster mode.
     fn holding(
         &self,
         held: HeldLock,

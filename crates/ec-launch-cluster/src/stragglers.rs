@@ -180,7 +180,7 @@ fn signal(pid: u32, start: Option<u64>, signal: Signal) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
-    let Some(pidfd) = process::pidfd_open(raw) else {
+    let Some(pidfd) = process::pidfd_open(Pid::from_raw(raw)) else {
         // No pidfd (ESRCH: gone; ENOSYS: before Linux 5.3): plain kill,
         // after the same start-time check.
         if start.is_some() && process::start_ticks_of(std::path::Path::new(PROC), pid) != start {

@@ -389,10 +389,9 @@ fn in_child(parent: Pid, kept: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3), readable when it exits.
-pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
-    crate::process::pidfd_open(pid.as_raw())
-}
+/// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3), readable when it exits:
+/// the library's, which the watchdog's monitor uses too.
+pub use ec_launch::process::pidfd_open;
 
 /// 128 + signal, like a shell; the exit code otherwise.
 fn status_code(status: WaitStatus) -> Option<u8> {

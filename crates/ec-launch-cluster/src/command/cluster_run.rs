@@ -7,7 +7,6 @@
 //! library's, the same as for a local launch.
 
 use std::fmt::Write as _;
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use ec_launch::cli::ClusterArgs;
@@ -34,8 +33,6 @@ use crate::watchdog;
 /// `run`'s cluster settings from its flags: the library's `run_with` calls
 /// it where the local launcher refuses `--etcd` (ECP-0138).
 ///
-/// `wait` is `--on-busy wait`, which `--placement spread` needs.
-///
 /// # Errors
 /// As [`ClusterConfig::from_args`].
 pub fn from_args(args: &ClusterArgs, wait: bool) -> Result<Option<Box<dyn ClusterLaunch>>, Error> {
@@ -48,7 +45,7 @@ impl ClusterLaunch for ClusterConfig {
         &'a self,
         launch: &'a Launching<'a>,
         unit: Option<&'a String>,
-        progress: Option<OwnedFd>,
+        progress: Option<std::os::fd::OwnedFd>,
         wait_started: &mut Option<Instant>,
     ) -> Result<Option<Box<dyn ClusterHolding + 'a>>, Error> {
         let config = launch.config;
@@ -87,7 +84,6 @@ struct Holding<'a> {
     source_value: Box<dyn Fn() -> Vec<u8> + 'a>,
     slot_value: Box<dyn Fn() -> Vec<u8> + 'a>,
     waiting_value: Box<dyn Fn() -> Vec<u8> + 'a>,
-    /// The wanted key's (ECP-0140), with `--placement spread`.
     want_value: Box<dyn Fn() -> Vec<u8> + 'a>,
 }
 
@@ -178,7 +174,7 @@ impl ClusterHolding for Holding<'_> {
 /// stayed held elsewhere (reported here).
 fn take_cluster_source(
     config: &RunConfig,
-    (cluster, progress): (&ClusterConfig, Option<OwnedFd>),
+    (cluster, progress): (&ClusterConfig, Option<std::os::fd::OwnedFd>),
     claim: &SourceClaim<'_>,
     program_name: &str,
     wait_started: &mut Option<Instant>,

@@ -1,15 +1,19 @@
 //! The common local launch, parsed without building clap's command tree
 //! (ECP-0138, decision 3): `ec-launch [-v] run [--lock-dir DIR]
 //! (--source URL | --source-file PATH) [--key KEY] [--on-busy skip|wait]
-//! [--wait-timeout SECS] [--busy-exit-code N] [--progress-watchdog] --
-//! PROGRAM [ARGS]`, the line the NixOS module writes for a local unit.
+//! [--wait-timeout SECS] [--busy-exit-code N] [--progress-watchdog]
+//! [--reclaim-escaped] [--priority N] [--preempt-grace SECS] -- PROGRAM
+//! [ARGS]`, the line the NixOS module writes for a local unit.
 //!
 //! It is an optimisation, never a second grammar: it answers only for a
 //! command line it fully understands, and then with exactly the [`Cli`]
 //! clap would make of it (a property test holds it to that); for anything
 //! else, including every line clap would refuse, every other flag and
-//! subcommand, and any `EC_LAUNCH_ETCD*`/`EC_LAUNCH_NODE` variable (which
-//! clap reads), it returns `None` and clap decides, with its own messages.
+//! subcommand (`--progress-window`, `--placement` and `--node-weight` are
+//! cluster mode's), and any variable clap reads for `run` but
+//! `EC_LAUNCH_LOCK_DIR` (`EC_LAUNCH_ETCD*`, `EC_LAUNCH_NODE*`,
+//! `EC_LAUNCH_PRIORITY`, …), it returns `None` and clap decides, with its
+//! own messages.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -21,6 +25,7 @@ use crate::cli::{
     parse_lock_dir, parse_seconds,
 };
 use crate::exit_code::DEFAULT_BUSY;
+use crate::priority::{DEFAULT_PREEMPT_GRACE, PRIORITY_ENV};
 
 /// clap's defaults for `--etcd-ttl` and `--etcd-stop-grace`, which a
 /// local launch carries unused.
@@ -30,7 +35,7 @@ const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(2);
 /// The parsed command line, when it is a local `run` this parser fully
 /// understands; `None` sends it to clap.
 pub fn parse(args: &[OsString]) -> Option<Cli> {
-    if cluster_environment() {
+    if deferred_environment() {
         return None;
     }
     let mut verbose: u8 = 0;
@@ -52,11 +57,17 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
             verbose = verbose.checked_add(count)?;
             continue;
         }
-        if bytes == b"--progress-watchdog" {
-            if run.progress_watchdog {
+        if bytes == b"--progress-watchdog" || bytes == b"--reclaim-escaped" {
+            let flag = if bytes == b"--progress-watchdog" {
+                &mut run.progress_watchdog
+            } else {
+                &mut run.reclaim_escaped
+            };
+            // clap refuses a flag given twice.
+            if *flag {
                 return None;
             }
-            run.progress_watchdog = true;
+            *flag = true;
             continue;
         }
         let (name, value) = match bytes.iter().position(|&b| b == b'=') {
@@ -76,6 +87,8 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
             b"--on-busy" => &mut run.on_busy,
             b"--wait-timeout" => &mut run.wait_timeout,
             b"--busy-exit-code" => &mut run.busy_exit_code,
+            b"--priority" => &mut run.priority,
+            b"--preempt-grace" => &mut run.preempt_grace,
             _ => return None,
         };
         if slot.replace(value).is_some() {
@@ -101,10 +114,10 @@ fn verbosity(arg: &[u8]) -> Option<u8> {
     (!vs.is_empty() && vs.iter().all(|&b| b == b'v')).then(|| u8::try_from(vs.len()).ok())?
 }
 
-/// The variables clap reads for `run`'s flags that this parser leaves to
-/// clap: cluster mode's (`cli::EtcdArgs`, `cli::ClusterArgs`) and the
-/// priority flags (ECP-0139).
-const CLUSTER_VARIABLES: [&str; 13] = [
+/// The variables clap reads for `run`'s flags but `--lock-dir`'s: the
+/// cluster flags (`cli::EtcdArgs`, `cli::ClusterArgs`) and the priority
+/// flags (ECP-0139). A unit sets them rarely (the module passes flags).
+const DEFERRED_VARIABLES: [&str; 13] = [
     "EC_LAUNCH_ETCD",
     "EC_LAUNCH_ETCD_CA",
     "EC_LAUNCH_ETCD_CERT",
@@ -115,16 +128,16 @@ const CLUSTER_VARIABLES: [&str; 13] = [
     "EC_LAUNCH_ETCD_STOP_GRACE",
     "EC_LAUNCH_PLACEMENT",
     "EC_LAUNCH_NODE_WEIGHT",
-    crate::priority::PRIORITY_ENV,
+    PRIORITY_ENV,
     "EC_LAUNCH_PREEMPT_GRACE",
     "EC_LAUNCH_RECLAIM_ESCAPED",
 ];
 
-/// Whether a variable clap reads for cluster mode is set (then clap
-/// parses, and the cluster executable or the stray-option check decides).
-/// Eight look-ups, not a copy of the whole environment.
-fn cluster_environment() -> bool {
-    CLUSTER_VARIABLES
+/// Whether a variable clap reads for `run` is set (then clap parses, and
+/// the cluster executable or the stray-option check decides). Thirteen
+/// look-ups, not a copy of the whole environment.
+fn deferred_environment() -> bool {
+    DEFERRED_VARIABLES
         .iter()
         .any(|name| std::env::var_os(name).is_some())
 }
@@ -139,7 +152,10 @@ struct Given {
     on_busy: Option<OsString>,
     wait_timeout: Option<OsString>,
     busy_exit_code: Option<OsString>,
+    priority: Option<OsString>,
+    preempt_grace: Option<OsString>,
     progress_watchdog: bool,
+    reclaim_escaped: bool,
 }
 
 impl Given {
@@ -166,11 +182,14 @@ impl Given {
             Some(text) => parse_busy_exit_code(&text).ok()?,
             None => DEFAULT_BUSY,
         };
+        // clap keeps `--priority` as text (`run` validates it, 64).
+        let preempt_grace = parse_seconds(
+            text(self.preempt_grace)?
+                .as_deref()
+                .unwrap_or(DEFAULT_PREEMPT_GRACE),
+        )
+        .ok()?;
         Some(RunArgs {
-            priority: None,
-            preempt_grace: parse_seconds(crate::priority::DEFAULT_PREEMPT_GRACE).ok()?,
-            reclaim_escaped: false,
-            progress_window: None,
             lock_dir,
             key: text(self.key)?,
             on_busy,
@@ -189,12 +208,16 @@ impl Given {
                     etcd_user_file: None,
                     node: None,
                 },
-                placement: None,
-                node_weight: None,
                 etcd_ttl: DEFAULT_TTL,
                 etcd_stop_grace: DEFAULT_STOP_GRACE,
+                placement: None,
+                node_weight: None,
             },
             progress_watchdog: self.progress_watchdog,
+            priority: text(self.priority)?,
+            preempt_grace,
+            reclaim_escaped: self.reclaim_escaped,
+            progress_window: None,
             command,
         })
     }
@@ -231,7 +254,7 @@ mod tests {
             .collect();
         let mut read = read;
         read.sort();
-        let mut deferred: Vec<String> = CLUSTER_VARIABLES.iter().map(|&n| n.to_owned()).collect();
+        let mut deferred: Vec<String> = DEFERRED_VARIABLES.iter().map(|&n| n.to_owned()).collect();
         deferred.sort();
         assert_eq!(read, deferred);
     }
@@ -249,6 +272,10 @@ mod tests {
             "--wait-timeout=2.5",
             "--busy-exit-code",
             "0",
+            "--reclaim-escaped",
+            "--priority",
+            "300",
+            "--preempt-grace=2",
             "-vv",
             "--",
             "ec-node",
@@ -272,6 +299,28 @@ mod tests {
             &["run", "--source", "s", "--source-file", "f", "--", "p"],
             &["run", "--source", "s", "--on-busy", "Wait", "--", "p"],
             &["run", "--source", "s", "--busy-exit-code", "64", "--", "p"],
+            &[
+                "run",
+                "--source",
+                "s",
+                "--reclaim-escaped",
+                "--reclaim-escaped",
+                "--",
+                "p",
+            ],
+            &["run", "--source", "s", "--preempt-grace", "soon", "--", "p"],
+            &[
+                "run",
+                "--source",
+                "s",
+                "--progress-watchdog",
+                "--progress-window",
+                "5",
+                "--",
+                "p",
+            ],
+            &["run", "--source", "s", "--placement", "spread", "--", "p"],
+            &["run", "--source", "s", "--node-weight", "2", "--", "p"],
             &["run", "--help"],
             &["key", "s"],
             &["status"],
@@ -297,6 +346,14 @@ mod tests {
             Just("--wait-timeout".to_owned()),
             Just("--busy-exit-code".to_owned()),
             Just("--progress-watchdog".to_owned()),
+            Just("--reclaim-escaped".to_owned()),
+            Just("--priority".to_owned()),
+            Just("--preempt-grace".to_owned()),
+            Just("--progress-window".to_owned()),
+            Just("--placement".to_owned()),
+            Just("--node-weight".to_owned()),
+            Just("spread".to_owned()),
+            Just("1001".to_owned()),
             Just("--tuners".to_owned()),
             Just("--help".to_owned()),
             Just("skip".to_owned()),
@@ -307,7 +364,7 @@ mod tests {
             Just("75".to_owned()),
             Just("64".to_owned()),
             Just(String::new()),
-            "--(lock-dir|source|key|on-busy|wait-timeout|busy-exit-code)=[a-z0-9./-]{0,6}",
+            "--(lock-dir|source|key|on-busy|wait-timeout|busy-exit-code|priority|preempt-grace|progress-window|placement|node-weight)=[a-z0-9./-]{0,6}",
             "[a-z0-9./:{}]{1,8}",
             "-[a-z]{1,3}",
         ]
@@ -343,7 +400,16 @@ mod tests {
             ),
             value("--busy-exit-code", vec!["0", "75", "9", "64", "256", "x"]),
             value("--tuners", vec!["2", "auto"]),
+            value(
+                "--priority",
+                vec!["0", "100", "300", "1000", "1001", "x", " 7"]
+            ),
+            value("--preempt-grace", vec!["5", "0.5", "0", "-1", "later"]),
+            value("--progress-window", vec!["30", "2.5", "x"]),
+            value("--placement", vec!["spread", "first", "wide"]),
+            value("--node-weight", vec!["1", "2", "0", "1001"]),
             Just(vec!["--progress-watchdog".to_owned()]),
+            Just(vec!["--reclaim-escaped".to_owned()]),
             Just(vec!["-v".to_owned()]),
             Just(vec!["-vv".to_owned()]),
         ]

@@ -17,6 +17,8 @@
 mod cluster;
 mod cluster_error;
 mod command;
+mod lock_free;
+mod stragglers;
 mod supervise;
 
 // The library's modules under the names the cluster code has always used
@@ -27,8 +29,8 @@ use ec_launch::entry::error_line;
 #[cfg(test)]
 use ec_launch::secret_props;
 use ec_launch::{
-    cli, entry, error, exec, exit_code, lock, lock_free, logging, printable, redact, shown,
-    stragglers, tuner_slot, watchdog,
+    cli, entry, error, exec, exit_code, holder, lock, logging, printable, proc_locks, process,
+    redact, shown, tuner_slot, watchdog,
 };
 
 use std::ffi::OsString;

@@ -29,8 +29,8 @@ const MAX_DEPTH: usize = 16;
 /// hybrid host), else the unified hierarchy's.
 #[must_use]
 pub fn own_cgroup_dir() -> Option<PathBuf> {
-    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let cgroups = crate::proc_file::read_to_string(Path::new("/proc/self/cgroup")).ok()?;
+    let mounts = crate::proc_file::read_to_string(Path::new("/proc/self/mountinfo")).ok()?;
     cgroup_dir(&cgroups, &mounts)
 }
 

@@ -378,7 +378,11 @@ impl HolderScan {
     /// Reads `/proc/locks` once more into the table (a union); its length,
     /// or `None` when it cannot be read.
     fn read_table_once(&mut self) -> Option<usize> {
-        let text = match fs::read_to_string(self.proc_root.join("locks")) {
+        // In page-sized reads: each read(2) of this seq_file takes the
+        // kernel's lock list afresh, so std's 32-, 64-, 128-byte steps made
+        // even a short table several unsynchronised snapshots (and a busy
+        // launcher's three reads of it ~27 system calls).
+        let text = match crate::proc_file::read_to_string(&self.proc_root.join("locks")) {
             Ok(text) => text,
             Err(e) => {
                 if crate::error::out_of_descriptors(&e) {
@@ -695,7 +699,7 @@ fn mount_device(mount_id: u64) -> Option<(u32, u32)> {
     if let Some(found) = devices.as_ref().and_then(|d| d.get(&mount_id)) {
         return Some(*found);
     }
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mountinfo = crate::proc_file::read_to_string(Path::new("/proc/self/mountinfo")).ok()?;
     let map = devices.insert(mount_devices(&mountinfo));
     map.get(&mount_id).copied()
 }
@@ -890,7 +894,7 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
 /// descriptor cannot hang us; unreadable (gone, or another user's) is none.
 #[must_use]
 pub fn flocks_held_by(fdinfo: &Path) -> Vec<LockedInode> {
-    fs::read_to_string(fdinfo).map_or_else(
+    crate::proc_file::read_to_string(fdinfo).map_or_else(
         |_| Vec::new(),
         |info| {
             proc_locks::parse_fdinfo_locks(&info)
@@ -911,7 +915,7 @@ fn socket_inode(target: &[u8]) -> Option<u64> {
 /// True when the proc filesystem at `proc_root` hides processes (`hidepid`
 /// other than 0/off), per `/proc/self/mountinfo`.
 fn hidepid_in_force(proc_root: &Path) -> bool {
-    fs::read_to_string(proc_root.join("self/mountinfo"))
+    crate::proc_file::read_to_string(&proc_root.join("self/mountinfo"))
         .is_ok_and(|mountinfo| mountinfo_hides_pids(&mountinfo, &proc_root.to_string_lossy()))
 }
 

@@ -14,12 +14,13 @@ use std::path::Path;
 /// Unit suffixes systemd uses for cgroup-owning units.
 const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".slice", ".socket", ".mount", ".swap"];
 
-/// The unit named by the contents of a `/proc/<pid>/cgroup` file, if any.
-/// Slices are returned only when nothing more specific is there.
+/// The cgroup paths in the contents of a `/proc/<pid>/cgroup` file
+/// (cgroups(7)): the v1 `name=systemd` hierarchy's, and the unified (v2)
+/// hierarchy's, each when present.
 #[must_use]
-fn unit_from_cgroup(contents: &str) -> Option<String> {
-    let mut systemd_path = None;
-    let mut unified_path = None;
+pub fn systemd_and_unified_paths(contents: &str) -> (Option<&str>, Option<&str>) {
+    let mut systemd = None;
+    let mut unified = None;
     for line in contents.lines() {
         let mut fields = line.splitn(3, ':');
         let (Some(id), Some(controllers), Some(path)) =
@@ -28,11 +29,19 @@ fn unit_from_cgroup(contents: &str) -> Option<String> {
             continue;
         };
         if controllers == "name=systemd" {
-            systemd_path = Some(path);
+            systemd = Some(path);
         } else if id == "0" && controllers.is_empty() {
-            unified_path = Some(path);
+            unified = Some(path);
         }
     }
+    (systemd, unified)
+}
+
+/// The unit named by the contents of a `/proc/<pid>/cgroup` file, if any.
+/// Slices are returned only when nothing more specific is there.
+#[must_use]
+fn unit_from_cgroup(contents: &str) -> Option<String> {
+    let (systemd_path, unified_path) = systemd_and_unified_paths(contents);
     systemd_path
         .and_then(unit_from_path)
         .or_else(|| unified_path.and_then(unit_from_path))

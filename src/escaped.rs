@@ -38,21 +38,7 @@ pub fn own_cgroup_dir() -> Option<PathBuf> {
 /// `/proc/<pid>/mountinfo` (proc(5)).
 #[must_use]
 pub fn cgroup_dir(cgroups: &str, mounts: &str) -> Option<PathBuf> {
-    let mut systemd = None;
-    let mut unified = None;
-    for line in cgroups.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        if controllers == "name=systemd" {
-            systemd = Some(path);
-        } else if id == "0" && controllers.is_empty() {
-            unified = Some(path);
-        }
-    }
+    let (systemd, unified) = cgroup::systemd_and_unified_paths(cgroups);
     let mount_of = |want_v2: bool| {
         mounts.lines().find_map(|line| {
             let (left, right) = line.split_once(" - ")?;

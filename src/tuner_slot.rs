@@ -361,7 +361,7 @@ fn census(
             named.insert(entry.ino());
         }
     }
-    let table = fs::read_to_string(proc_root.join("locks")).unwrap_or_default();
+    let table = crate::proc_file::read_to_string(&proc_root.join("locks")).unwrap_or_default();
     let held: BTreeSet<(u64, Option<u32>)> = crate::proc_locks::parse(&table)
         .into_iter()
         .filter(|row| {

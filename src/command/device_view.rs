@@ -426,7 +426,7 @@ pub(super) fn device_unanswered(devices: &[DeviceStatus]) -> bool {
 /// outside this namespace).
 fn waiters(proc_root: &Path) -> BTreeMap<LockedInode, BTreeSet<Option<u32>>> {
     let mut waiting: BTreeMap<LockedInode, BTreeSet<Option<u32>>> = BTreeMap::new();
-    let text = fs::read_to_string(proc_root.join("locks")).unwrap_or_default();
+    let text = crate::proc_file::read_to_string(&proc_root.join("locks")).unwrap_or_default();
     for row in proc_locks::parse(&text) {
         if row.kind == LockKind::Flock && row.waiting {
             let inode = LockedInode {

@@ -351,6 +351,21 @@ impl HolderScan {
     /// of a full scan's cost.
     #[must_use]
     pub fn lock_table(proc_root: &Path) -> Self {
+        Self::lock_table_read(proc_root, LOCK_TABLE_READS)
+    }
+
+    /// [`HolderScan::lock_table`] from one read: for a launcher whose own
+    /// flock(2) just found a lock busy, which asks
+    /// [`HolderScan::reread_until_listed`] for the one row it needs rather
+    /// than uniting three reads of the whole table. Every read of
+    /// `/proc/locks` holds up every flock(2) on the machine, and 255
+    /// launchers losing together read it at once.
+    #[must_use]
+    pub fn lock_table_once(proc_root: &Path) -> Self {
+        Self::lock_table_read(proc_root, 1)
+    }
+
+    fn lock_table_read(proc_root: &Path, most_reads: u32) -> Self {
         let mut scan = Self {
             clock: BootClock::read(),
             proc_root: proc_root.to_owned(),
@@ -368,7 +383,7 @@ impl HolderScan {
         let mut reads = 0;
         while let Some(length) = scan.read_table_once() {
             reads += 1;
-            if reads == LOCK_TABLE_READS || length < SINGLE_READ_BYTES {
+            if reads == most_reads || length < SINGLE_READ_BYTES {
                 break;
             }
         }
@@ -440,9 +455,10 @@ impl HolderScan {
                 continue;
             };
             match self.descriptor_holding(pid, inode) {
+                // Its start time is read once, when it is described
+                // (`holders`), after this proof that it holds the lock.
                 Ok(Some(_)) => {
-                    let start = process::start_ticks_of(&self.proc_root, pid);
-                    self.sharers.entry(inode).or_default().insert(pid, start);
+                    self.sharers.entry(inode).or_default().insert(pid, None);
                 }
                 Ok(None) => all = false,
                 Err(()) => {
@@ -502,7 +518,10 @@ impl HolderScan {
             }
             Ok(None) | Err(_) => return Ok(None),
         };
-        for name in names {
+        // From the top: a launcher puts the lock on the highest free
+        // descriptor below 1024 (ECP-0136), so a taker's is the first
+        // looked at, not the last of every descriptor's fdinfo.
+        for name in names.into_iter().rev() {
             // fdinfo, not stat(2) through the link: a stat asks the file's
             // filesystem, and a hung NFS or FUSE server behind any
             // descriptor of the taker would hang us (ECP-0136). A `lock:`

@@ -1000,48 +1000,111 @@ mod tests {
         assert_eq!(took.kv.create_revision, took.kv.mod_revision);
     }
 
-    /// A holder with grace 5 s; the claimant waits behind it, and `let_go`
-    /// ends the holding: how the claimant took the key.
-    fn hand_over(let_go: impl FnOnce(&EtcdClient, i64) + Send + 'static) -> Took {
+    /// Which claim takes the key in a hand-over: a source's, or the
+    /// agreed-N take of a one-tuner device's slot.
+    #[derive(Debug, Clone, Copy)]
+    enum Taker {
+        Source,
+        Slot,
+    }
+
+    impl Taker {
+        fn key(self) -> Vec<u8> {
+            match self {
+                Self::Source => KEY.to_vec(),
+                Self::Slot => keyspace::slot_under(&[DEVICE, b"/"].concat(), 0),
+            }
+        }
+
+        /// The holder's record: grace 5 s (one tuner on a slot), marked
+        /// released or not.
+        fn record(self, released: bool) -> Vec<u8> {
+            let mut record = ClusterRecord::for_this_launch("n", None, "http://h/v1")
+                .with_stop_grace(Duration::from_secs(5));
+            if matches!(self, Self::Slot) {
+                record.tuners = Some(1);
+            }
+            let json = record.to_json();
+            if released {
+                ClusterRecord::mark_released(&json).unwrap()
+            } else {
+                json
+            }
+        }
+
+        /// Waits for the key under `lease` (20 s at most): how it was taken.
+        fn take(self, client: &EtcdClient, lease: i64) -> Took {
+            let Self::Slot = self else {
+                return took_after_wait(client, lease, &mut Witness::default());
+            };
+            let value = || self.record(false);
+            let waiting = || declaring(1);
+            let request = slot_request(1, &value, &waiting);
+            let mut witness = Witness::default();
+            let taken = SlotEvents::quiet(|events| {
+                let until = Some(Instant::now() + Duration::from_secs(20));
+                claim_slot(client, &mut witness, &request, lease, (true, until), events)
+            })
+            .expect("claim_slot");
+            assert_eq!(taken, Some(0));
+            let mut took = witness.drain_taken();
+            assert_eq!(took.len(), 1, "the take was told: {took:?}");
+            let took = took.remove(0);
+            // The revision the guarded txn answered is the key's own.
+            let (kv, _) = client.get(&self.key()).expect("get");
+            assert_eq!(kv.as_ref(), Some(&took.kv));
+            took
+        }
+    }
+
+    /// A holder with grace 5 s; `taker` waits behind it, and the holder
+    /// lets go by a revoke, marked released before or not: how the key was
+    /// taken.
+    fn hand_over(taker: Taker, marked: bool) -> Took {
         let etcd = EtcdServer::start();
         let client = client(&etcd);
         let holder = lease(&client, 10);
+        let key = taker.key();
         assert!(matches!(
             client
-                .create(KEY, &record(5, false), holder)
+                .create(&key, &taker.record(false), holder)
                 .expect("create"),
             Created::Ours { .. }
         ));
         let ender = client.clone();
         let end = thread::spawn(move || {
             thread::sleep(Duration::from_millis(500));
-            let_go(&ender, holder);
+            if marked {
+                let value = taker.record(true);
+                assert!(
+                    ender
+                        .put_if_leased(&[(&key, &value)], holder)
+                        .expect("mark")
+                );
+            }
+            ender.revoke(holder).expect("revoke");
         });
-        let took = took_after_wait(&client, lease(&client, 10), &mut Witness::default());
+        let took = taker.take(&client, lease(&client, 10));
         end.join().expect("ender");
         took
     }
 
     #[test]
-    fn a_watched_release_marked_released_is_a_clean_hand_over() {
-        let took = hand_over(|client, holder| {
-            let marked = record(5, true);
-            assert!(
-                client
-                    .put_if_leased(&[(KEY, &marked)], holder)
-                    .expect("mark")
-            );
-            client.revoke(holder).expect("revoke");
-        });
-        assert!(took.clean, "{took:?}");
-        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    fn a_watched_release_marked_released_is_a_clean_hand_over_of_a_source_or_a_slot() {
+        for taker in [Taker::Source, Taker::Slot] {
+            let took = hand_over(taker, true);
+            assert!(took.clean, "{taker:?}: {took:?}");
+            assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+        }
     }
 
     #[test]
-    fn a_revoke_without_the_mark_is_not_a_clean_hand_over_and_says_the_holders_grace() {
-        let took = hand_over(|client, holder| client.revoke(holder).expect("revoke"));
-        assert!(!took.clean, "{took:?}");
-        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    fn a_revoke_without_the_mark_is_no_clean_hand_over_and_says_the_holders_grace() {
+        for taker in [Taker::Source, Taker::Slot] {
+            let took = hand_over(taker, false);
+            assert!(!took.clean, "{taker:?}: {took:?}");
+            assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+        }
     }
 
     #[test]
@@ -1075,89 +1138,6 @@ mod tests {
         }]);
         let took = took_after_wait(&client, lease(&client, 10), &mut witness);
         assert!(!took.clean, "{took:?}");
-    }
-
-    /// A slot record declaring one tuner, with grace 5 s, marked or not.
-    fn slot_record(released: bool) -> Vec<u8> {
-        let mut record = ClusterRecord::for_this_launch("n", None, "http://h/v1")
-            .with_stop_grace(Duration::from_secs(5));
-        record.tuners = Some(1);
-        if released {
-            ClusterRecord::mark_released(&record.to_json()).unwrap()
-        } else {
-            record.to_json()
-        }
-    }
-
-    /// A one-tuner device whose only slot is held; a claimant waits for it
-    /// through the agreed-N take, and `let_go` ends the holding: how the
-    /// claimant's witness judged the take.
-    fn slot_hand_over(let_go: impl FnOnce(&EtcdClient, i64) + Send + 'static) -> Took {
-        let etcd = EtcdServer::start();
-        let client = client(&etcd);
-        let holder = lease(&client, 10);
-        let slot_key = keyspace::slot_under(&[DEVICE, b"/"].concat(), 0);
-        assert!(matches!(
-            client
-                .create(&slot_key, &slot_record(false), holder)
-                .expect("create"),
-            Created::Ours { .. }
-        ));
-        let ender = client.clone();
-        let end = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(500));
-            let_go(&ender, holder);
-        });
-        let value = || slot_record(false);
-        let waiting = || declaring(1);
-        let request = slot_request(1, &value, &waiting);
-        let mut witness = Witness::default();
-        let taken = claim_slot(
-            &client,
-            &mut witness,
-            &request,
-            lease(&client, 10),
-            (true, Some(Instant::now() + Duration::from_secs(20))),
-            &mut SlotEvents {
-                wait: &mut |_| {},
-                disagree: &mut |_| {},
-                preempt: &mut |_, _, _| {},
-            },
-        )
-        .expect("claim_slot");
-        end.join().expect("ender");
-        assert_eq!(taken, Some(0));
-        let mut took = witness.drain_taken();
-        assert_eq!(took.len(), 1, "the take was told: {took:?}");
-        let took = took.remove(0);
-        assert_eq!(took.kv.key, slot_key);
-        // The revision the guarded txn answered is the key's own.
-        let (kv, _) = client.get(&slot_key).expect("get");
-        assert_eq!(kv.as_ref(), Some(&took.kv));
-        took
-    }
-
-    #[test]
-    fn a_slot_taken_by_the_agreed_count_txn_after_a_watched_marked_release_is_clean() {
-        let took = slot_hand_over(|client, holder| {
-            let key = keyspace::slot_under(&[DEVICE, b"/"].concat(), 0);
-            let marked = slot_record(true);
-            assert!(
-                client
-                    .put_if_leased(&[(&key, &marked)], holder)
-                    .expect("mark")
-            );
-            client.revoke(holder).expect("revoke");
-        });
-        assert!(took.clean, "{took:?}");
-        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
-    }
-
-    #[test]
-    fn a_slot_taken_by_the_agreed_count_txn_after_a_revoke_is_not_clean() {
-        let took = slot_hand_over(|client, holder| client.revoke(holder).expect("revoke"));
-        assert!(!took.clean, "{took:?}");
-        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
     }
 
     #[test]

@@ -209,11 +209,7 @@ fn a_priority_300_launcher_preempts_the_newest_100_on_another_node_which_release
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
     let device = device();
-    let (a, b, c) = (
-        Node::new(&env, "a", etcd.endpoints()),
-        Node::new(&env, "b", etcd.endpoints()),
-        Node::new(&env, "c", etcd.endpoints()),
-    );
+    let [a, b, c] = ["a", "b", "c"].map(|name| Node::new(&env, name, etcd.endpoints()));
     let mut older = hold(&a, &env, device, ("a1", 100), OnTerm::Exit);
     std::thread::sleep(Duration::from_millis(1100)); // a later `since`
     let mut newer = hold(&b, &env, device, ("b1", 100), OnTerm::Exit);
@@ -312,11 +308,7 @@ fn an_equal_priority_never_preempts_across_nodes() {
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
     let device = device();
-    let (a, b, c) = (
-        Node::new(&env, "a", etcd.endpoints()),
-        Node::new(&env, "b", etcd.endpoints()),
-        Node::new(&env, "c", etcd.endpoints()),
-    );
+    let [a, b, c] = ["a", "b", "c"].map(|name| Node::new(&env, name, etcd.endpoints()));
     let mut first = hold(&a, &env, device, ("a1", 100), OnTerm::Exit);
     let mut second = hold(&b, &env, device, ("b1", 100), OnTerm::Exit);
     launch(&c, &env, device, ("c1", 100), OnTerm::Exit)
@@ -341,11 +333,7 @@ fn a_victim_that_ignores_sigterm_and_its_setsid_helper_are_killed_after_the_grac
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
     let device = device();
-    let (a, b, c) = (
-        Node::new(&env, "a", etcd.endpoints()),
-        Node::new(&env, "b", etcd.endpoints()),
-        Node::new(&env, "c", etcd.endpoints()),
-    );
+    let [a, b, c] = ["a", "b", "c"].map(|name| Node::new(&env, name, etcd.endpoints()));
     let _kept = hold(&a, &env, device, ("a1", 200), OnTerm::Exit);
     let mut stubborn = hold(&b, &env, device, ("b1", 100), OnTerm::IgnoreWithHelper);
     assert!(wait_until(PATIENCE, || env.path("b1.helper").exists()));
@@ -397,11 +385,7 @@ fn waiters_of_priority_10_300_and_100_on_three_nodes_get_freed_slots_in_the_orde
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
     let device = device();
-    let (a, b, c) = (
-        Node::new(&env, "a", etcd.endpoints()),
-        Node::new(&env, "b", etcd.endpoints()),
-        Node::new(&env, "c", etcd.endpoints()),
-    );
+    let [a, b, c] = ["a", "b", "c"].map(|name| Node::new(&env, name, etcd.endpoints()));
     // Holders no waiter may preempt.
     let first = hold(&a, &env, device, ("h1", 1000), OnTerm::Exit);
     let second = hold(&b, &env, device, ("h2", 1000), OnTerm::Exit);
@@ -467,11 +451,7 @@ fn a_frozen_victim_launcher_loses_its_slot_only_when_its_lease_expires_and_the_p
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
     let device = device();
-    let (a, b, c) = (
-        Node::new(&env, "a", etcd.endpoints()),
-        Node::new(&env, "b", etcd.endpoints()),
-        Node::new(&env, "c", etcd.endpoints()),
-    );
+    let [a, b, c] = ["a", "b", "c"].map(|name| Node::new(&env, name, etcd.endpoints()));
     let _kept = hold(&a, &env, device, ("a1", 200), OnTerm::Exit);
     // The frozen node's program stands for one that systemd's watchdog
     // stops (ECP-0135 section 4): it reads no tuner file here, so the

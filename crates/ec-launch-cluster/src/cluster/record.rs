@@ -317,10 +317,17 @@ impl PreemptRequest {
     }
 
     /// True when it asks the holder of `slot` (as taken: its lease and
-    /// create revision).
+    /// create revision) and outranks it. A request whose priority is not
+    /// strictly above the one the holder recorded (a writer's mistake, a
+    /// hostile record) asks nobody: equal or higher is never preempted,
+    /// whoever wrote the key.
     #[must_use]
     pub fn asks(&self, slot: &super::etcd::KeyValue) -> bool {
-        self.victim_lease == slot.lease && self.victim_revision == slot.create_revision
+        let holder = ClusterRecord::from_json(&slot.value)
+            .map_or_else(|| Priority::from_record(None), |record| record.priority());
+        self.victim_lease == slot.lease
+            && self.victim_revision == slot.create_revision
+            && Priority::from_record(Some(self.priority)) > holder
     }
 }
 
@@ -450,6 +457,44 @@ mod tests {
             Some(record)
         );
         assert_eq!(ClusterRecord::from_json(b"not ours"), None);
+    }
+
+    #[test]
+    fn a_request_asks_only_the_holding_it_names_and_only_from_strictly_above() {
+        let mut record = ClusterRecord::for_this_launch("node-a", None, "http://h/v1");
+        record.priority = Some(200);
+        let slot = crate::cluster::etcd::KeyValue {
+            key: b"slot".to_vec(),
+            value: record.to_json(),
+            create_revision: 7,
+            mod_revision: 7,
+            lease: 42,
+        };
+        let request = |priority, victim_lease, victim_revision| PreemptRequest {
+            node: "b".into(),
+            unit: None,
+            pid: 1,
+            source: "s".into(),
+            priority,
+            grace_ms: 1000,
+            victim_lease,
+            victim_revision,
+            since: 1,
+        };
+        assert!(request(201, 42, 7).asks(&slot));
+        // Equal or lower never preempts, whatever the key says.
+        assert!(!request(200, 42, 7).asks(&slot));
+        assert!(!request(10, 42, 7).asks(&slot));
+        // Another holding of the slot (lease or take) is not asked.
+        assert!(!request(900, 43, 7).asks(&slot));
+        assert!(!request(900, 42, 8).asks(&slot));
+        // A holder whose record says no priority holds at the default.
+        let older = crate::cluster::etcd::KeyValue {
+            value: b"{}".to_vec(),
+            ..slot
+        };
+        assert!(!request(100, 42, 7).asks(&older));
+        assert!(request(101, 42, 7).asks(&older));
     }
 
     #[test]

@@ -148,6 +148,13 @@ impl Invocation<'_> {
         self
     }
 
+    /// Unsets a variable (one the test's own environment may carry, or one
+    /// an earlier `env` set).
+    pub fn env_remove(mut self, name: impl AsRef<OsStr>) -> Self {
+        self.vars.push((name.as_ref().to_owned(), None));
+        self
+    }
+
     /// Runs as this UID and GID (the test must be root).
     pub fn uid(mut self, id: u32) -> Self {
         self.uid = Some(id);

@@ -288,9 +288,7 @@ fn reader_from(from: Ipv4Addr, device: Ipv4Addr, channel: u32) -> BufReader<TcpS
 
 /// `ec-launch status --lock-dir <env> --device [extra…]`.
 fn status_device<'e>(env: &'e TestEnv, extra: &[&str]) -> crate::testenv::Invocation<'e> {
-    env.command(["status", "--device", "--lock-dir"])
-        .arg(env.lock_dir())
-        .args(extra)
+    env.status().arg("--device").args(extra)
 }
 
 #[test]
@@ -376,10 +374,7 @@ fn status_device_on_a_device_that_cannot_be_asked_warns_and_exits_69() {
         ))
         .run();
     // Without --device, nothing is asked.
-    env.command(["status", "--lock-dir"])
-        .arg(env.lock_dir())
-        .output_lacks("cannot ask")
-        .run();
+    env.status().output_lacks("cannot ask").run();
 }
 
 /// A device whose HTTP API answers every request with `status_json` as

@@ -52,6 +52,11 @@ impl TestEnv {
         invocation
     }
 
+    /// `ec-launch status --lock-dir <env> [args…]`, like `launch`.
+    pub fn status(&self) -> Invocation<'_> {
+        self.command(["status", "--lock-dir"]).arg(self.lock_dir())
+    }
+
     /// `ec-launch ARGS…` (any subcommand, no lock directory added), to be
     /// finished with expectations and `run()`.
     pub fn command<I, S>(&self, args: I) -> Invocation<'_>

@@ -101,8 +101,7 @@ fn start() -> (TestEnv, StandIn) {
 /// `ec-launch status --readers --lock-dir <env> [args…]`, exit status 0
 /// unless the test says otherwise.
 fn readers(env: &TestEnv) -> Invocation<'_> {
-    env.command(["status", "--readers", "--lock-dir"])
-        .arg(env.lock_dir())
+    env.status().arg("--readers")
 }
 
 /// `readers --json`: its exit status and report, whatever the status.
@@ -398,12 +397,7 @@ fn a_source_known_only_by_its_key_is_said_to_have_no_endpoint() {
 fn plain_status_has_no_readers_section() {
     let env = TestEnv::new();
     env.launch("http://127.0.0.1:9/x").program(["true"]).run();
-    let report = env
-        .command(["status", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .any_status()
-        .run()
-        .json();
+    let report = env.status().arg("--json").any_status().run().json();
     assert!(report.get("readers").is_none(), "{report:#}");
 }
 

@@ -303,24 +303,11 @@ fn a_root_owned_lock_file_the_service_user_may_only_read_still_locks() {
 
     // The service user may traverse but not write the directory or the file.
     fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o1777)).unwrap();
-    let service = env
-        .launch(SOURCE)
-        .program(held_until_release("service.pid"))
-        .uid(NOBODY)
-        .spawn();
-    let pid = i64::from(service.pid());
-    assert!(
-        wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
-        "the service user must hold the lock through a read-only descriptor"
+    // It holds the lock and excludes others like any lock.
+    let (_, stderr) = env.hold_as_service_user(
+        SOURCE,
+        "the service user must hold the lock through a read-only descriptor",
     );
-    // And it excludes others like any lock.
-    env.launch(SOURCE)
-        .program(["true"])
-        .expect_status(BUSY)
-        .run();
-    fs::write(env.path("release"), "").unwrap();
-    let (code, stderr) = service.finish();
-    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("read-only descriptor"),
         "a warning must say the record is stale: {stderr}"

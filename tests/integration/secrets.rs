@@ -153,16 +153,8 @@ fn exercise_with_key(url: &str) {
         .program(["true"])
         .label(url)
         .run();
-    let status = env
-        .command(["status", "--lock-dir"])
-        .arg(env.lock_dir())
-        .any_status()
-        .run();
-    let status_json = env
-        .command(["status", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .any_status()
-        .run();
+    let status = env.status().any_status().run();
+    let status_json = env.status().arg("--json").any_status().run();
     assert_no_secret(&everything(&env, &[&ran, &status, &status_json]), url);
 }
 

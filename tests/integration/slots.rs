@@ -415,7 +415,7 @@ fn status_groups_slots_by_device_with_holders_and_waiters_in_text_and_json() {
         wait_until(PATIENCE, || waiters(&slot_files(&env)) == vec![waiter_pid]),
         "the waiter never blocked on the slots"
     );
-    let status = || env.command(["status", "--lock-dir"]).arg(env.lock_dir());
+    let status = || env.status();
     let stdout = status().run().stdout;
     let line = stdout
         .lines()
@@ -566,7 +566,7 @@ fn a_credential_in_a_slot_holders_source_reaches_no_output_and_no_slot_file() {
         .program_did_not_run()
         .run();
     for json in [false, true] {
-        let mut status = env.command(["status", "--lock-dir"]).arg(env.lock_dir());
+        let mut status = env.status();
         if json {
             status = status.arg("--json");
         }

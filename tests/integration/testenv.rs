@@ -99,6 +99,36 @@ impl TestEnv {
         KillOnDrop(pid.trim().parse().expect("helper pid"))
     }
 
+    /// Launches a program on `source` as [`NOBODY`] (the service user) that
+    /// holds the lock until the file `release` appears; checks that the
+    /// kernel shows it holding the lock (`holding` is the failure message)
+    /// and that another launch is busy meanwhile; then releases it. Returns
+    /// its PID and stderr once it exited 0.
+    #[track_caller]
+    pub fn hold_as_service_user(&self, source: &str, holding: &str) -> (i64, String) {
+        let lock_file = self.lock_file_of(source);
+        let service = self
+            .launch(source)
+            .program(Self::sh(
+                "echo $$ > service.pid; while [ ! -e release ]; do sleep 0.02; done",
+            ))
+            .uid(NOBODY)
+            .spawn();
+        let pid = i64::from(service.pid());
+        assert!(
+            wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
+            "{holding}"
+        );
+        self.launch(source)
+            .program(["true"])
+            .expect_status(BUSY)
+            .run();
+        fs::write(self.path("release"), "").expect("write release");
+        let (code, stderr) = service.finish();
+        assert_eq!(code, Some(0), "{stderr}");
+        (pid, stderr)
+    }
+
     /// The lock file `ec-launch key` names for a source.
     #[must_use]
     #[track_caller]

@@ -56,7 +56,14 @@ impl TestEnv {
     /// `ec-launch` with a clean environment for our variables.
     #[must_use]
     pub fn ec_launch(&self) -> Command {
-        let mut command = Command::new(BIN);
+        self.executable(BIN)
+    }
+
+    /// The executable at `path` (a copy of `ec-launch`, or
+    /// `ec-launch-cluster`) run as [`TestEnv::ec_launch`] runs ours.
+    #[must_use]
+    pub fn executable(&self, path: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new(path);
         command
             .current_dir(self.dir.path())
             .env_remove("EC_LAUNCH_LOCK_DIR")

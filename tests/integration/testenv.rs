@@ -234,22 +234,13 @@ pub fn release_together(env: &TestEnv, scripts: impl IntoIterator<Item = String>
     launchers
 }
 
-/// How the launchers that exited ended, once `losers` of them have.
-#[derive(Debug, Default)]
-pub struct Settled {
-    /// Exited with the busy status.
-    pub busy: usize,
-    /// Exited with anything else.
-    pub others: Vec<Option<i32>>,
-    /// `losers` exited within the limit.
-    pub in_time: bool,
-}
-
 /// Waits up to `limit` until `losers` of `launchers` have exited, keeping
-/// the ones still running in `launchers`.
-pub fn settle(launchers: &mut Vec<Guard>, losers: usize, limit: Duration) -> Settled {
+/// the ones still running in `launchers`, and checks that they did, each
+/// with the busy status; `case` names the case in failure messages.
+#[track_caller]
+pub fn settle(launchers: &mut Vec<Guard>, losers: usize, limit: Duration, case: &str) {
     let mut outcome = Settled::default();
-    outcome.in_time = wait_until(limit, || {
+    let in_time = wait_until(limit, || {
         launchers.retain_mut(|l| match l.0.try_wait().expect("try_wait") {
             None => true,
             Some(status) if status.code() == Some(BUSY) => {
@@ -263,7 +254,22 @@ pub fn settle(launchers: &mut Vec<Guard>, losers: usize, limit: Duration) -> Set
         });
         outcome.busy + outcome.others.len() == losers
     });
-    outcome
+    let Settled { busy, others } = outcome;
+    assert!(
+        in_time,
+        "{case}: launchers did not settle ({} left, {busy} busy, others {others:?})",
+        launchers.len()
+    );
+    assert!(others.is_empty(), "{case}: unexpected exits {others:?}");
+}
+
+/// How the launchers that exited so far ended.
+#[derive(Debug, Default)]
+struct Settled {
+    /// Exited with the busy status.
+    busy: usize,
+    /// Exited with anything else.
+    others: Vec<Option<i32>>,
 }
 
 /// Polls `condition` until true or `limit` passes. For synchronising with

@@ -49,9 +49,7 @@ fn an_empty_ec_launch_etcd_is_cluster_mode_and_refused_as_an_empty_endpoint() {
 #[test]
 fn key_is_never_handed_off_whatever_the_environment_says() {
     let env = TestEnv::new();
-    env.command(["key", "--lock-dir"])
-        .arg(env.lock_dir())
-        .arg(SOURCE)
+    env.key(SOURCE)
         .env("EC_LAUNCH_ETCD", "http://127.0.0.1:9")
         .stdout_contains("hdhomerun://10.0.0.5/v5.1")
         .run();

@@ -52,6 +52,13 @@ impl TestEnv {
         invocation
     }
 
+    /// `ec-launch key --lock-dir <env> SOURCE`, like `launch`.
+    pub fn key(&self, source: impl AsRef<OsStr>) -> Invocation<'_> {
+        self.command(["key", "--lock-dir"])
+            .arg(self.lock_dir())
+            .arg(source)
+    }
+
     /// `ec-launch status --lock-dir <env> [args…]`, like `launch`.
     pub fn status(&self) -> Invocation<'_> {
         self.command(["status", "--lock-dir"]).arg(self.lock_dir())

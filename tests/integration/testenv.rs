@@ -140,12 +140,7 @@ impl TestEnv {
     #[must_use]
     #[track_caller]
     pub fn lock_file_of(&self, source: &str) -> PathBuf {
-        let json = self
-            .command(["key", "--json", "--lock-dir"])
-            .arg(self.lock_dir())
-            .arg(source)
-            .run()
-            .json();
+        let json = self.key(source).arg("--json").run().json();
         PathBuf::from(json["lock_file"].as_str().expect("lock_file"))
     }
 }

@@ -38,6 +38,30 @@ fn hold_slot(env: &TestEnv, source: &str, extra: &[&str], name: &str) -> Guard {
     holder
 }
 
+/// Launches `sleep` on channel 1 with `--tuners 2` and waits until it
+/// holds a slot; returns it and its slot file. `sleep` has no
+/// children: a child would keep the slot after the launch is killed.
+#[track_caller]
+fn sleep_on_a_slot(env: &TestEnv, who: &str) -> (Guard, PathBuf) {
+    let sleeper = env
+        .launch(channel(1))
+        .args(["--tuners", "2"])
+        .program(["sleep", "300"])
+        .spawn();
+    let pid = i64::from(sleeper.pid());
+    let mut slot = None;
+    assert!(
+        wait_until(PATIENCE, || {
+            slot = slot_files(env)
+                .into_iter()
+                .find(|f| holders(f).contains(&pid));
+            slot.is_some()
+        }),
+        "{who} never took a slot"
+    );
+    (sleeper, slot.expect("found"))
+}
+
 /// A launch on `source` with `args` (`--tuners N` and the like) that must
 /// exit busy without running its program; the test adds what it must say.
 fn busy_launch<'e>(env: &'e TestEnv, source: &str, args: &[&str]) -> Invocation<'e> {
@@ -158,24 +182,7 @@ fn the_program_gets_the_device_key_its_slot_and_the_slot_descriptor() {
 #[test]
 fn a_waiter_takes_a_slot_as_soon_as_a_holder_is_sigkilled() {
     let env = TestEnv::new();
-    // `sleep` without children: a child would keep the slot after the kill.
-    let mut first = env
-        .launch(channel(1))
-        .args(["--tuners", "2"])
-        .program(["sleep", "300"])
-        .spawn();
-    let first_pid = i64::from(first.pid());
-    let mut first_slot = None;
-    assert!(
-        wait_until(PATIENCE, || {
-            first_slot = slot_files(&env)
-                .into_iter()
-                .find(|f| holders(f).contains(&first_pid));
-            first_slot.is_some()
-        }),
-        "the first holder never took a slot"
-    );
-    let first_slot = first_slot.unwrap();
+    let (mut first, first_slot) = sleep_on_a_slot(&env, "the first holder");
     let _second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
     let mut waiter = env
         .launch(channel(3))
@@ -578,18 +585,7 @@ fn a_credential_in_a_slot_holders_source_reaches_no_output_and_no_slot_file() {
 fn a_waiter_that_took_a_slot_leaves_no_thread_waiting_on_the_other_slots() {
     for round in 0..5 {
         let env = TestEnv::new();
-        let mut first = env
-            .launch(channel(1))
-            .args(["--tuners", "2"])
-            .program(["sleep", "300"])
-            .spawn();
-        let first_pid = i64::from(first.pid());
-        assert!(
-            wait_until(PATIENCE, || slot_files(&env)
-                .iter()
-                .any(|f| holders(f).contains(&first_pid))),
-            "round {round}: the first holder never took a slot"
-        );
+        let (mut first, _) = sleep_on_a_slot(&env, &format!("round {round}: the first holder"));
         let _second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
         let waiter = env
             .launch(channel(3))

@@ -267,6 +267,25 @@ struct Settled {
     others: Vec<Option<i32>>,
 }
 
+/// A loopback server (a stand-in tuner) that streams to every client
+/// until it goes away; its address.
+pub fn streaming_server() -> std::net::SocketAddr {
+    use std::io::Write as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let address = listener.local_addr().expect("local address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                while stream.write_all(&[0x47; 1316]).is_ok() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+    });
+    address
+}
+
 /// Polls `condition` until true or `limit` passes. For synchronising with
 /// other processes (readiness), never for asserting how fast something is.
 pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {

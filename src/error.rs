@@ -566,7 +566,7 @@ mod tests {
     }
 
     /// One error of each step of locking and passing the lock, in order:
-    /// open, inspect, duplicate, wait thread, O_NONBLOCK, pass, SIGPIPE, NUL,
+    /// open, inspect, duplicate, wait thread, `O_NONBLOCK`, pass, SIGPIPE, NUL,
     /// empty program, priority.
     fn one_error_of_each_step() -> Vec<Error> {
         let path = || PathBuf::from("/run/l/x.lock");

@@ -92,7 +92,10 @@ pub fn acquire(
         priority,
         ..
     } = *request;
-    let mut room = WaitingRoom::open(lock_dir, device, me, false)?;
+    let mut room = match WaitingRoom::open(lock_dir, device, me, false) {
+        Ok(room) => room,
+        Err(error) => return unordered(request, &error, on_wait),
+    };
     let mut seat: Option<Seat> = None;
     let mut announced = false;
     let mut handed_over = false;
@@ -100,9 +103,9 @@ pub fn acquire(
     loop {
         // Watched before the order is read: an arrival after the reading
         // still wakes the head.
-        let watch = match (&room, &seat) {
-            (Some(room), Some(_)) => Some(room.watch()?),
-            _ => None,
+        let watch = match watch_while_seated(room.as_ref(), &mut seat) {
+            Ok(watch) => watch,
+            Err(error) => return unordered(request, &error, on_wait),
         };
         let tried = tuner_slot::acquire(lock_dir, device, count, false, None, me, &mut |_| {})?;
         let ahead = ahead(room.as_ref(), seat.as_ref(), priority);
@@ -204,6 +207,42 @@ fn head_took(
     })
 }
 
+/// The room watched while we have a seat in it. Without a watch nothing
+/// would wake us as the head, so on failure the seat is given up.
+fn watch_while_seated(
+    room: Option<&WaitingRoom>,
+    seat: &mut Option<Seat>,
+) -> Result<Option<nix::sys::inotify::Inotify>, Error> {
+    match (room, &*seat) {
+        (Some(room), Some(_)) => room.watch().map(Some).inspect_err(|_| *seat = None),
+        _ => Ok(None),
+    }
+}
+
+/// A room we cannot use (its name taken by a file, a directory this user
+/// may not list, no inotify instance left to wake the head) costs the
+/// order, never the launch: ECP-0132's own take of a slot, waiting when
+/// the launcher waits, else one try.
+fn unordered(
+    request: &Request<'_>,
+    error: &Error,
+    on_wait: &mut dyn FnMut(&[BusySlot]),
+) -> Result<Outcome, Error> {
+    warn_order_lost(request.device, error);
+    if request.wait {
+        return wait_unordered(request, on_wait);
+    }
+    let Request {
+        lock_dir,
+        device,
+        count,
+        me,
+        ..
+    } = *request;
+    let tried = tuner_slot::acquire(lock_dir, device, count, false, None, me, &mut |_| {})?;
+    Ok(Outcome::of(tried))
+}
+
 /// ECP-0132's own wait, outside the room's order: for a held slot whose
 /// file was deleted by hand (it waits out the orphan), and for a room this
 /// user cannot join.
@@ -253,13 +292,17 @@ fn sit_down_or_wait(
     let Err(error) = sit_down(request, room, seat) else {
         return Ok(None);
     };
-    let device = printable(request.device.as_str());
+    warn_order_lost(request.device, &error);
+    *seat = None;
+    wait_unordered(request, on_wait).map(Some)
+}
+
+fn warn_order_lost(device: &DeviceKey, error: &Error) {
+    let device = printable(device.as_str());
     tracing::warn!(
         device = %device,
         "cannot take a place in the waiting room of {device} ({error:#}); waiting for a tuner without an order (give the room the service's owner: see ECP-0139)",
     );
-    *seat = None;
-    wait_unordered(request, on_wait).map(Some)
 }
 
 fn sit_down(

@@ -623,3 +623,61 @@ fn a_slot_held_by_a_helper_that_escaped_its_service_is_reclaimed() {
         .run();
     assert!(!alive(helper.0));
 }
+
+#[test]
+fn a_room_that_cannot_be_opened_costs_the_order_and_never_the_lock() {
+    let env = TestEnv::new();
+    let source = "http://10.0.0.9:5004/auto/vu";
+    let _holder = env
+        .launch(source)
+        .args(["--tuners", "1"])
+        .program(held("h"))
+        .spawn();
+    assert!(wait_until(PATIENCE, || env.path("h.ran").exists()));
+    // The room's name taken by a plain file: it cannot be opened as a room.
+    let stem = fs::read_dir(env.lock_dir())
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".tuner0.slot")?.to_owned())
+        })
+        .expect("the holder's slot file");
+    fs::write(env.lock_dir().join(format!("{stem}.waiting")), "").unwrap();
+    // A launcher that does not wait is told busy, as before the room.
+    env.launch("http://10.0.0.9:5004/auto/vs")
+        .args(["--tuners", "1"])
+        .expect_status(BUSY)
+        .stderr_contains("device busy: all 1 tuner slots")
+        .program_did_not_run()
+        .run();
+    let log = env.path("w.log");
+    let mut waiter = env
+        .launch("http://10.0.0.9:5004/auto/vw")
+        .args(["--tuners", "1", "--on-busy", "wait"])
+        .program(held("w"))
+        .stderr_to(fs::File::create(&log).unwrap())
+        .spawn();
+    assert!(
+        wait_until(PATIENCE, || fs::read_to_string(&log)
+            .unwrap()
+            .contains("cannot take a place in the waiting room")),
+        "{}",
+        fs::read_to_string(&log).unwrap()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        waiter.running() && !env.path("w.ran").exists(),
+        "ran without the slot"
+    );
+    fs::write(env.path("release-h"), "").unwrap();
+    assert!(
+        wait_until(PATIENCE, || env.path("w.ran").exists()),
+        "the unordered waiter never got the freed slot"
+    );
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("waiting for a tuner without an order"),
+        "{text}"
+    );
+}

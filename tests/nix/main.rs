@@ -310,21 +310,23 @@ fn the_documented_tuner_example_is_the_one_eval_nix_evaluates() {
     );
 }
 
-/// The priority example of `docs/nixos-module.md` is
+/// The priority example of `docs/nixos-module.md` and of the README is
 /// `tests/nix/priority-example.nix`, which `tests/nix/eval.nix` evaluates
 /// (a recording at 300, background channels at 10, their flags, no
 /// assertion, no warning).
 #[test]
 fn the_documented_priority_example_is_the_one_eval_nix_evaluates() {
-    let doc = fs::read_to_string(repo_root().join("docs/nixos-module.md"))
-        .expect("cannot read docs/nixos-module.md");
     let example = fs::read_to_string(repo_root().join("tests/nix/priority-example.nix"))
         .expect("cannot read tests/nix/priority-example.nix");
-    assert!(
-        readme_nix_blocks(&doc).contains(&example),
-        "docs/nixos-module.md has no ```nix block equal to tests/nix/priority-example.nix; \
-         quote the file verbatim in its priorities section"
-    );
+    for page in ["docs/nixos-module.md", "README.md"] {
+        let doc = fs::read_to_string(repo_root().join(page))
+            .unwrap_or_else(|e| panic!("cannot read {page}: {e}"));
+        assert!(
+            readme_nix_blocks(&doc).contains(&example),
+            "{page} has no ```nix block equal to tests/nix/priority-example.nix; \
+             quote the file verbatim in its priorities section"
+        );
+    }
 }
 
 /// The two-node example of `docs/cluster.md` is `tests/nix/cluster-example.nix`,

@@ -111,6 +111,18 @@ fn readers_json(env: &TestEnv) -> (Option<i32>, serde_json::Value) {
     (outcome.code, outcome.json())
 }
 
+/// `readers --json` as [`NOBODY`], who cannot see root's descriptors: the
+/// report, once the status says "cannot tell" (5).
+#[track_caller]
+fn readers_json_as_nobody(env: &TestEnv) -> serde_json::Value {
+    readers(env)
+        .arg("--json")
+        .uid(NOBODY)
+        .expect_status(5)
+        .run()
+        .json()
+}
+
 /// The connections of the endpoint `address` in a `readers` report.
 fn connections_to(report: &serde_json::Value, address: SocketAddr) -> Vec<serde_json::Value> {
     let endpoints = report["readers"]["endpoints"]
@@ -446,12 +458,7 @@ fn a_user_who_cannot_read_the_records_or_the_readers_is_told_unknown_not_clear()
     let _stray = stand_in.stray_reader(2);
     // Neither the records (0660) nor root's descriptors are readable: a
     // stale reader may be there, so the answer is "cannot tell" (5).
-    let report = readers(&env)
-        .arg("--json")
-        .uid(NOBODY)
-        .expect_status(5)
-        .run()
-        .json();
+    let report = readers_json_as_nobody(&env);
     let without = report["readers"]["without_endpoint"].to_string();
     assert!(without.contains("no readable launch record"), "{report:#}");
 }
@@ -474,12 +481,7 @@ fn a_connection_whose_owner_this_user_cannot_see_is_unknown_not_clear() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    let report = readers(&env)
-        .arg("--json")
-        .uid(NOBODY)
-        .expect_status(5)
-        .run()
-        .json();
+    let report = readers_json_as_nobody(&env);
     let connections = connections_to(&report, stand_in.address);
     assert_eq!(connections.len(), 1, "{report:#}");
     assert!(connections[0]["pid"].is_null(), "{report:#}");

@@ -175,20 +175,11 @@ pub fn acquire(
                 Err((_, source)) => return Err(flock_error(path, source)),
             },
         };
-        if path_still_names(&lock, path)? {
-            return Ok(Acquired::Held(HeldLock {
-                lock,
-                path: path.to_owned(),
-                access,
-            }));
+        if let Some(held) = held_if_still_named(lock, path, access)? {
+            return Ok(Acquired::Held(held));
         }
-        tracing::debug!(lock_file = %path.display(), "lock file was replaced or removed while locking; retrying");
-        // Dropping `lock` unlocks the stale inode before the next attempt.
     }
-    Err(Error::LockFileUnstable {
-        path: path.to_owned(),
-        attempts: MAX_ATTEMPTS,
-    })
+    Err(unstable(path))
 }
 
 /// [`acquire`] with [`BusyPolicy::Wait`] and no timeout, for a
@@ -213,19 +204,11 @@ pub fn acquire_unless_called_off(
         else {
             return Ok(None);
         };
-        if path_still_names(&lock, path)? {
-            return Ok(Some(HeldLock {
-                lock,
-                path: path.to_owned(),
-                access,
-            }));
+        if let Some(held) = held_if_still_named(lock, path, access)? {
+            return Ok(Some(held));
         }
-        tracing::debug!(lock_file = %path.display(), "lock file was replaced or removed while locking; retrying");
     }
-    Err(Error::LockFileUnstable {
-        path: path.to_owned(),
-        attempts: MAX_ATTEMPTS,
-    })
+    Err(unstable(path))
 }
 
 /// Blocks in `flock(LOCK_SH)` on `file` until no one holds it exclusively
@@ -322,6 +305,33 @@ fn blocking_lock(
             Err((back, Errno::EINTR)) => file = back,
             Err((_, e)) => return Err(e),
         }
+    }
+}
+
+/// The lock, held, when `path` still names the inode it is on; `None` when
+/// the file was replaced or removed while locking, and `lock` is dropped,
+/// which unlocks the stale inode before the next attempt.
+fn held_if_still_named(
+    lock: Flock<File>,
+    path: &Path,
+    access: Access,
+) -> Result<Option<HeldLock>, Error> {
+    if path_still_names(&lock, path)? {
+        return Ok(Some(HeldLock {
+            lock,
+            path: path.to_owned(),
+            access,
+        }));
+    }
+    tracing::debug!(lock_file = %path.display(), "lock file was replaced or removed while locking; retrying");
+    Ok(None)
+}
+
+/// The error when every attempt found the file replaced under the lock.
+fn unstable(path: &Path) -> Error {
+    Error::LockFileUnstable {
+        path: path.to_owned(),
+        attempts: MAX_ATTEMPTS,
     }
 }
 

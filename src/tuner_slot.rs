@@ -550,10 +550,8 @@ pub fn acquire(
         let SlotOutcome::Held(held) = outcome else {
             return Ok(outcome);
         };
-        let (in_place, orphans) = census(Path::new("/proc"), lock_dir, device, count);
-        if orphans.is_empty()
-            || in_place + orphans.len() <= usize::try_from(count).unwrap_or(usize::MAX)
-        {
+        let orphans = orphans_over_count(lock_dir, device, count);
+        if orphans.is_empty() {
             return Ok(SlotOutcome::Held(held));
         }
         // One reader too many: let the slot go before anything reads.
@@ -579,8 +577,8 @@ pub fn acquire(
 
 /// The held slots whose files left the directory, when with them the
 /// device's held slots come to more than `count` (see [`acquire`]); empty
-/// otherwise. For a slot taken by another path than [`acquire`] (the
-/// waiting room's head, ECP-0139).
+/// otherwise. Asked after every slot taken, by [`acquire`] and by the
+/// waiting room's head (ECP-0139).
 #[must_use]
 pub fn orphans_over_count(lock_dir: &Path, device: &DeviceKey, count: u32) -> Vec<OrphanedSlot> {
     let (in_place, orphans) = census(Path::new("/proc"), lock_dir, device, count);

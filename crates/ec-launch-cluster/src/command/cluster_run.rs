@@ -615,20 +615,8 @@ mod tests {
 
     use super::*;
     use crate::cluster::etcd::KeyValue;
-    use crate::secret_props::{FieldKind, credential_text, hostile_record, leaks};
-
-    const FIELDS: &[(&str, FieldKind)] = &[
-        ("node", FieldKind::Text),
-        ("unit", FieldKind::Text),
-        ("pid", FieldKind::Number),
-        ("boot_id", FieldKind::Text),
-        ("since", FieldKind::Number),
-        ("source", FieldKind::Text),
-        ("version", FieldKind::Text),
-        ("tuners", FieldKind::Number),
-        ("stop_grace_ms", FieldKind::Number),
-        ("priority", FieldKind::Number),
-    ];
+    use crate::command::CLUSTER_RECORD_FIELDS as FIELDS;
+    use crate::secret_props::{credential_text, hostile_record, leaks};
 
     proptest! {
         /// Run's busy and wait messages describe any holder's value without

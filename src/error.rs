@@ -565,10 +565,12 @@ mod tests {
         io::Error::from_raw_os_error(errno as i32)
     }
 
-    #[test]
-    fn each_step_of_locking_and_passing_the_lock_is_named_in_its_own_words() {
+    /// One error of each step of locking and passing the lock, in order:
+    /// open, inspect, duplicate, wait thread, `O_NONBLOCK`, pass, SIGPIPE, NUL,
+    /// empty program, priority.
+    fn one_error_of_each_step() -> Vec<Error> {
         let path = || PathBuf::from("/run/l/x.lock");
-        let errors = [
+        vec![
             Error::OpenLockFile {
                 path: path(),
                 source: io(Errno::EMFILE),
@@ -603,7 +605,12 @@ mod tests {
             Error::BadPriority {
                 value: "1001".into(),
             },
-        ];
+        ]
+    }
+
+    #[test]
+    fn each_step_of_locking_and_passing_the_lock_is_named_in_its_own_words() {
+        let errors = one_error_of_each_step();
         let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
         let mut distinct = messages.clone();
         distinct.sort();
@@ -618,24 +625,9 @@ mod tests {
 
     #[test]
     fn failures_no_operator_caused_are_system_call_failures_not_permission_problems() {
-        let path = || PathBuf::from("/run/l/x.lock");
-        for error in [
-            Error::DuplicateLockDescriptor {
-                path: path(),
-                source: io(Errno::EMFILE),
-            },
-            Error::StartWaitThread {
-                path: path(),
-                source: io(Errno::EAGAIN),
-            },
-            Error::MakeLockBlocking {
-                path: path(),
-                source: Errno::EBADF,
-            },
-            Error::ResetSigpipe {
-                source: Errno::EINVAL,
-            },
-        ] {
+        let errors = one_error_of_each_step();
+        // Duplicate, wait thread, O_NONBLOCK and SIGPIPE.
+        for error in [2, 3, 4, 6].map(|step| &errors[step]) {
             assert_eq!(error.exit_status(), ExitStatus::OsError, "{error}");
             assert!(!error.hint().contains("flock(2)"), "{error}");
         }

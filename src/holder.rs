@@ -33,9 +33,8 @@
 //! owners of those sockets cost one comparison per descriptor. That pass
 //! then runs even when no lock is held: a stale reader needs none.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, OsStr};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -43,22 +42,21 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::thread;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{AtFlags, Mode, OFlags, RawDir, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, Stat};
 use rustix::io::Errno;
 
 use crate::lock_record::LockRecord;
-use crate::proc_locks::{self, LockKind, LockRow};
+use crate::proc_locks::{self, LockKind, LockRow, LockTable};
 use crate::process::{self, BootClock, ProcessInfo};
+use crate::spread;
 
-/// A `/proc/locks` shorter than this comes from one page of the `seq_file`,
-/// consistent in itself.
-const SINGLE_READ_BYTES: usize = 3072;
-/// How many reads of a multi-page `/proc/locks` are united (see `lock_table`).
-const LOCK_TABLE_READS: u32 = 3;
 /// How many more reads look for a lock known held (`reread_until_listed`).
 const LISTED_REREADS: u32 = 16;
+/// Processes a scan worker takes at a time: small enough that the workers
+/// finish together, large enough that taking them costs nothing.
+const PIDS_PER_BATCH: usize = 32;
 
 /// What the kernel appends to a descriptor's link when its file is gone.
 const DELETED_SUFFIX: &str = " (deleted)";
@@ -101,11 +99,31 @@ impl LockedInode {
         Self::statx(rustix::fs::CWD, path, AtFlags::SYMLINK_NOFOLLOW)
     }
 
+    /// [`LockedInode::of_file`] when `file` is a regular file, `None` when
+    /// it is not (one `statx` tells both).
+    ///
+    /// # Errors
+    /// When `statx` fails.
+    pub fn of_regular_file(file: &File) -> io::Result<Option<Self>> {
+        let (inode, mode) = Self::statx_with_mode(file, c"", AtFlags::EMPTY_PATH)?;
+        let regular = FileType::from_raw_mode(mode.into()) == FileType::RegularFile;
+        Ok(regular.then_some(inode))
+    }
+
     fn statx<Fd: std::os::fd::AsFd, P: rustix::path::Arg>(
         dir: Fd,
         path: P,
         flags: AtFlags,
     ) -> io::Result<Self> {
+        Self::statx_with_mode(dir, path, flags).map(|(inode, _)| inode)
+    }
+
+    /// The inode and its `stx_mode`.
+    fn statx_with_mode<Fd: std::os::fd::AsFd, P: rustix::path::Arg>(
+        dir: Fd,
+        path: P,
+        flags: AtFlags,
+    ) -> io::Result<(Self, u16)> {
         let stat = rustix::fs::statx(
             dir,
             path,
@@ -116,11 +134,12 @@ impl LockedInode {
             .then(|| mount_device(stat.stx_mnt_id))
             .flatten();
         let (dev_major, dev_minor) = mount.unwrap_or((stat.stx_dev_major, stat.stx_dev_minor));
-        Ok(Self {
+        let inode = Self {
             dev_major,
             dev_minor,
             inode: stat.stx_ino,
-        })
+        };
+        Ok((inode, stat.stx_mode))
     }
 
     /// The inode `metadata` describes.
@@ -186,6 +205,8 @@ pub enum Absence {
 /// One snapshot of flock(2) holders of locks in a lock directory.
 #[derive(Debug, Default)]
 pub struct HolderScan {
+    /// The flock rows of `/proc/locks`, as read (see [`LockTable::read`]).
+    locks: LockTable,
     /// Inodes with a held (not awaited) flock, and the PIDs that took them.
     table: BTreeMap<LockedInode, BTreeSet<Option<u32>>>,
     /// Processes whose descriptors show each held lock, with the start time
@@ -209,7 +230,7 @@ pub struct HolderScan {
     /// A `/proc` file could not be opened for want of a descriptor (EMFILE,
     /// ENFILE): what was not read says nothing, so nothing is concluded
     /// from it (a taker is unverified, not exited).
-    exhausted: Cell<bool>,
+    exhausted: AtomicBool,
     clock: Option<BootClock>,
     proc_root: PathBuf,
 }
@@ -351,7 +372,7 @@ impl HolderScan {
     /// of a full scan's cost.
     #[must_use]
     pub fn lock_table(proc_root: &Path) -> Self {
-        Self::lock_table_read(proc_root, LOCK_TABLE_READS)
+        Self::from_lock_table(proc_root, LockTable::read(proc_root))
     }
 
     /// [`HolderScan::lock_table`] from one read: for a launcher whose own
@@ -362,30 +383,24 @@ impl HolderScan {
     /// launchers losing together read it at once.
     #[must_use]
     pub fn lock_table_once(proc_root: &Path) -> Self {
-        Self::lock_table_read(proc_root, 1)
+        let mut locks = LockTable::default();
+        let read = locks.read_into(proc_root).map(|_| locks);
+        Self::from_lock_table(proc_root, read)
     }
 
-    fn lock_table_read(proc_root: &Path, most_reads: u32) -> Self {
+    fn from_lock_table(proc_root: &Path, read: io::Result<LockTable>) -> Self {
         let mut scan = Self {
             clock: BootClock::read(),
             proc_root: proc_root.to_owned(),
             table_complete: process::in_initial_pid_namespace(proc_root),
             ..Self::default()
         };
-        // /proc/locks is a seq_file: a table longer than a page takes more
-        // than one read(2), and rows removed meanwhile shift the rest, so a
-        // row can be skipped. Such a table is read three times and the union
-        // kept: under heavy lock churn one read missed a steady lock about
-        // 1.1% of the time and two reads 6 times in 8,000 (measured while
-        // building the test helper's equivalent, tests/integration/testenv.rs).
-        // A row seen once is kept: a lock released meanwhile may show as held
-        // for this one report, which is the safe mistake.
-        let mut reads = 0;
-        while let Some(length) = scan.read_table_once() {
-            reads += 1;
-            if reads == most_reads || length < SINGLE_READ_BYTES {
-                break;
+        match read {
+            Ok(locks) => {
+                scan.locks = locks;
+                scan.index_takers();
             }
+            Err(e) => scan.note_read_error(&e),
         }
         scan
     }
@@ -393,28 +408,39 @@ impl HolderScan {
     /// Reads `/proc/locks` once more into the table (a union); its length,
     /// or `None` when it cannot be read.
     fn read_table_once(&mut self) -> Option<usize> {
-        // In page-sized reads: each read(2) of this seq_file takes the
-        // kernel's lock list afresh, so std's 32-, 64-, 128-byte steps made
-        // even a short table several unsynchronised snapshots (and a busy
-        // launcher's three reads of it ~27 system calls).
-        let text = match crate::proc_file::read_to_string(&self.proc_root.join("locks")) {
-            Ok(text) => text,
-            Err(e) => {
-                if crate::error::out_of_descriptors(&e) {
-                    self.exhausted.set(true);
-                }
-                return None;
+        match self.locks.read_into(&self.proc_root) {
+            Ok(length) => {
+                self.index_takers();
+                Some(length)
             }
-        };
-        for row in proc_locks::parse(&text) {
-            if row.kind == LockKind::Flock && !row.waiting {
-                self.table
-                    .entry(LockedInode::of_row(&row))
-                    .or_default()
-                    .insert(row.pid);
+            Err(e) => {
+                self.note_read_error(&e);
+                None
             }
         }
-        Some(text.len())
+    }
+
+    /// The takers of each held flock, from the rows read so far.
+    fn index_takers(&mut self) {
+        for row in self.locks.held_flocks() {
+            self.table
+                .entry(LockedInode::of_row(row))
+                .or_default()
+                .insert(row.pid);
+        }
+    }
+
+    fn note_read_error(&self, error: &io::Error) {
+        if crate::error::out_of_descriptors(error) {
+            self.exhausted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The lock table this scan read (`status` asks it for waiters too, so
+    /// one report rests on one reading).
+    #[must_use]
+    pub fn lock_rows(&self) -> &LockTable {
+        &self.locks
     }
 
     /// For a lock known to be held (a fresh descriptor's non-blocking
@@ -496,68 +522,67 @@ impl HolderScan {
         pid: u32,
         inode: LockedInode,
     ) -> Result<Option<(Vec<u8>, PathBuf)>, ()> {
-        let mut buffer: Vec<u8> = Vec::with_capacity(4096);
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let proc_dir = match rustix::fs::open(&self.proc_root, flags, Mode::empty()) {
             Ok(dir) => dir,
             Err(Errno::MFILE | Errno::NFILE) => {
-                self.exhausted.set(true);
+                self.exhausted.store(true, Ordering::Relaxed);
                 return Err(());
             }
             Err(_) => return Ok(None),
         };
-        let opened = open_descriptors(&self.proc_root, &proc_dir, pid, &mut buffer);
+        let (mut listing, mut names, mut link) = (Vec::new(), Vec::new(), Vec::new());
+        let opened = open_descriptors(&proc_dir, pid, &mut listing, &mut names);
         // One descriptor fewer for what follows, at a tiny `ulimit -n`.
         drop(proc_dir);
-        let (fd_dir, names, process_dir) = match opened {
-            Ok(Some(found)) => found,
+        let dir = match opened {
+            Ok(Some(dir)) => dir,
             Err(Errno::ACCESS | Errno::PERM) => return Err(()),
             Err(Errno::MFILE | Errno::NFILE) => {
-                self.exhausted.set(true);
+                self.exhausted.store(true, Ordering::Relaxed);
                 return Err(());
             }
             Ok(None) | Err(_) => return Ok(None),
         };
+        let parent = dir.parent(&self.proc_root, pid);
         // From the top: a launcher puts the lock on the highest free
         // descriptor below 1024 (ECP-0136), so a taker's is the first
         // looked at, not the last of every descriptor's fdinfo.
-        for name in names.into_iter().rev() {
+        for name in names.split_inclusive(|b| *b == 0).rev() {
             // fdinfo, not stat(2) through the link: a stat asks the file's
             // filesystem, and a hung NFS or FUSE server behind any
             // descriptor of the taker would hang us (ECP-0136). A `lock:`
             // row names device and inode without asking anyone.
-            let fd = name.to_string_lossy();
-            let info = process_dir.join("fdinfo").join(fd.as_ref());
+            let fd = String::from_utf8_lossy(name.strip_suffix(b"\0").unwrap_or(name));
+            let info = parent.join("fdinfo").join(fd.as_ref());
             if !flocks_held_by(&info).contains(&inode) {
                 continue;
             }
-            let target = rustix::fs::readlinkat(&fd_dir, name.as_c_str(), Vec::new())
-                .map(CString::into_bytes)
+            let target = read_link(&dir.fd_dir, name, &mut link)
+                .map(<[u8]>::to_vec)
                 .unwrap_or_default();
-            return Ok(Some((target, process_dir.join("fd").join(fd.as_ref()))));
+            return Ok(Some((target, parent.join("fd").join(fd.as_ref()))));
         }
         Ok(None)
     }
 
     /// One pass over the descriptors of `pids`, spread over the cores: the
     /// scan is system calls on `/proc`, thousands of them on a busy node.
+    /// Findings are merged in `pids` order, as one thread would have.
     fn pass(&mut self, pids: &[u32], wanted: &Wanted<'_>) {
-        let workers = thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        let chunk = pids.len().div_ceil(workers).max(1);
         let proc_root = &self.proc_root;
-        let results: Vec<DescriptorFindings> = thread::scope(|scope| {
-            let handles: Vec<_> = pids
-                .chunks(chunk)
-                .map(|pids| scope.spawn(move || scan_processes(proc_root, pids, wanted)))
-                .collect();
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
-        });
+        let results: Vec<DescriptorFindings> = spread::map_batches(
+            pids,
+            PIDS_PER_BATCH,
+            || DescriptorReader::new(proc_root, wanted),
+            |reader, pids| reader.scan(pids, wanted),
+        );
         for found in results {
             for (inode, pid) in found.sockets {
                 self.socket_owners.entry(inode).or_default().insert(pid);
             }
             if found.exhausted {
-                self.exhausted.set(true);
+                self.exhausted.store(true, Ordering::Relaxed);
             }
             self.uninspectable += found.unreadable.len();
             self.unreadable_pids.extend(found.unreadable);
@@ -633,7 +658,7 @@ impl HolderScan {
         self.takers(inode)
             .filter(|pid| !holders.iter().any(|h| h.pid == *pid))
             .map(|pid| {
-                let why = if self.exhausted.get() {
+                let why = if self.exhausted.load(Ordering::Relaxed) {
                     // Not read is not absent: say nothing about it.
                     Absence::Unverified
                 } else if !self.is_alive(pid) {
@@ -664,14 +689,14 @@ impl HolderScan {
     /// descriptor (EMFILE, ENFILE): holders may be missing.
     #[must_use]
     pub fn out_of_descriptors(&self) -> bool {
-        self.exhausted.get()
+        self.exhausted.load(Ordering::Relaxed)
     }
 
     /// Why the holder list may be incomplete, for the operator.
     #[must_use]
     pub fn visibility_warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.exhausted.get() {
+        if self.exhausted.load(Ordering::Relaxed) {
             warnings.push(
                 "this process ran out of file descriptors (EMFILE/ENFILE) while reading /proc, so holders may be missing; raise the open-file limit (ulimit -n, LimitNOFILE=)".to_owned(),
             );
@@ -768,83 +793,190 @@ struct DescriptorFindings {
     exhausted: bool,
 }
 
-/// The descriptor directory of process `pid` (open), its entries, and the
-/// directory holding its `fd` and `fdinfo`: `/proc/<pid>`, or, when that
-/// shows no descriptors, `/proc/<pid>/task/<tid>` of a live thread. A
-/// program whose main thread called `pthread_exit` has a zombie leader
-/// whose `fd` is empty while its other threads share the descriptor table
-/// (and hold its locks) (ECP-0136). `Ok(None)`: no such process.
+/// The longest entry getdents(2) returns: the 19-byte `linux_dirent64`
+/// header and a 255-byte name with its NUL, rounded up to 8 bytes.
+const MAX_DIRENT_BYTES: usize = 280;
+/// The getdents(2) buffer: room for about a thousand descriptors per call.
+const LISTING_BYTES: usize = 32 * 1024;
+/// A descriptor link longer than this is read again with a growing buffer.
+const LINK_BYTES: usize = 4096;
+
+/// An open descriptor directory of a process, and whose it is: the
+/// process's own `fd`, or a live thread's `task/<tid>/fd`.
+struct DescriptorDir {
+    fd_dir: OwnedFd,
+    /// The thread whose directory it is, when not the leader's.
+    task: Option<u32>,
+}
+
+impl DescriptorDir {
+    /// The directory holding this `fd` and its `fdinfo`.
+    fn parent(&self, proc_root: &Path, pid: u32) -> PathBuf {
+        let process_dir = proc_root.join(pid.to_string());
+        match self.task {
+            Some(tid) => process_dir.join("task").join(tid.to_string()),
+            None => process_dir,
+        }
+    }
+}
+
+/// The descriptor directory of process `pid`, open, with its entries'
+/// names written into `names` (each with its NUL): `/proc/<pid>/fd`, or,
+/// when that shows no descriptors, `/proc/<pid>/task/<tid>/fd` of a live
+/// thread. A program whose main thread called `pthread_exit` has a zombie
+/// leader whose `fd` is empty while its other threads share the descriptor
+/// table (and hold its locks) (ECP-0136). Threads are listed only then: a
+/// process whose own `fd` lists anything shares that table with its
+/// threads (one that called `unshare(CLONE_FILES)` is not looked at).
+/// `Ok(None)`: no such process.
 fn open_descriptors(
-    proc_root: &Path,
     proc_dir: &OwnedFd,
     pid: u32,
-    buffer: &mut Vec<u8>,
-) -> Result<Option<(OwnedFd, Vec<CString>, PathBuf)>, Errno> {
+    listing: &mut Vec<u8>,
+    names: &mut Vec<u8>,
+) -> Result<Option<DescriptorDir>, Errno> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let process_dir = proc_root.join(pid.to_string());
     // Relative to the open /proc: two path components, not four.
     let fd_dir = match rustix::fs::openat(proc_dir, format!("{pid}/fd"), flags, Mode::empty()) {
         Ok(dir) => dir,
         Err(Errno::NOENT | Errno::SRCH) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let names = descriptor_names(&fd_dir, buffer);
+    list_names(&fd_dir, listing, names, true);
     if !names.is_empty() {
-        return Ok(Some((fd_dir, names, process_dir)));
+        return Ok(Some(DescriptorDir { fd_dir, task: None }));
     }
-    let Ok(tasks) = fs::read_dir(process_dir.join("task")) else {
-        return Ok(Some((fd_dir, names, process_dir)));
-    };
-    for task in tasks.flatten() {
-        if task.file_name().to_str() == Some(&pid.to_string()) {
+    let mut tids = Vec::new();
+    if let Ok(tasks) = rustix::fs::openat(proc_dir, format!("{pid}/task"), flags, Mode::empty()) {
+        list_names(&tasks, listing, &mut tids, false);
+    }
+    for tid in tids.split_inclusive(|b| *b == 0).filter_map(fd_number) {
+        if tid == pid {
             continue;
         }
-        let task_dir = task.path();
-        let Ok(dir) = rustix::fs::open(task_dir.join("fd"), flags, Mode::empty()) else {
+        let path = format!("{pid}/task/{tid}/fd");
+        let Ok(dir) = rustix::fs::openat(proc_dir, path, flags, Mode::empty()) else {
             continue;
         };
-        let names = descriptor_names(&dir, buffer);
+        list_names(&dir, listing, names, true);
         if !names.is_empty() {
-            return Ok(Some((dir, names, task_dir)));
+            return Ok(Some(DescriptorDir {
+                fd_dir: dir,
+                task: Some(tid),
+            }));
         }
     }
-    Ok(Some((fd_dir, names, process_dir)))
+    Ok(Some(DescriptorDir { fd_dir, task: None }))
 }
 
-/// The numeric entries of an open `/proc/<pid>/fd` directory, read with
-/// getdents(2) straight into one reused buffer (no opendir bookkeeping).
-fn descriptor_names(fd_dir: &OwnedFd, buffer: &mut Vec<u8>) -> Vec<CString> {
-    let mut names = Vec::new();
-    let mut entries = RawDir::new(fd_dir, buffer.spare_capacity_mut());
+/// The numeric entries of an open `/proc` directory (descriptors, or
+/// threads), written into `names` NUL-terminated, read with getdents(2)
+/// straight into one reused buffer (no opendir bookkeeping). getdents
+/// stops filling its buffer only at the end of the listing or when the
+/// next entry does not fit, so a reply that leaves room for the longest
+/// entry is the whole listing and the call that would return nothing is
+/// skipped: one system call per process, not two. `fresh`: empty `names`
+/// first.
+fn list_names(dir: &OwnedFd, listing: &mut Vec<u8>, names: &mut Vec<u8>, fresh: bool) {
+    if fresh {
+        names.clear();
+    }
+    listing.clear();
+    if listing.capacity() < LISTING_BYTES {
+        listing.reserve(LISTING_BYTES);
+    }
+    // `RawDir` may skip a few bytes to align the buffer.
+    let room = listing.capacity() - std::mem::align_of::<u64>();
+    let mut entries = RawDir::new(dir, listing.spare_capacity_mut());
+    let mut filled = 0;
     while let Some(Ok(entry)) = entries.next() {
-        let name = entry.file_name();
-        if name.to_bytes().first().is_some_and(u8::is_ascii_digit) {
-            names.push(name.to_owned());
+        let name = entry.file_name().to_bytes_with_nul();
+        // The kernel's record length for this name (linux_dirent64).
+        filled += (19 + name.len()).next_multiple_of(8);
+        if name.first().is_some_and(u8::is_ascii_digit) {
+            names.extend_from_slice(name);
+        }
+        if entries.is_buffer_empty() {
+            if filled + MAX_DIRENT_BYTES <= room {
+                break;
+            }
+            filled = 0;
         }
     }
-    names
 }
 
-/// Looks through the descriptors of `pids` for the ones `wanted` names and
-/// keeps those whose fdinfo shows a held flock. Only their fdinfo files are
-/// read, and links are read relative to the open `fd` directory
-/// (`readlinkat`: one path component per descriptor, not four). A `stat`
-/// per descriptor is paid only while `wanted.by_inode` is not empty.
-fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> DescriptorFindings {
-    let mut found = DescriptorFindings::default();
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let Ok(proc_dir) = rustix::fs::open(proc_root, flags, Mode::empty()) else {
-        return found;
-    };
-    let mut buffer: Vec<u8> = Vec::with_capacity(32 * 1024);
-    // Inodes still looked for by stat in this thread; a found one's path
-    // is matched as text from then on.
-    let mut by_inode = wanted.by_inode.clone();
-    let mut targets = wanted.targets.clone();
-    for &pid in pids {
-        let (fd_dir, names, process_dir) =
-            match open_descriptors(proc_root, &proc_dir, pid, &mut buffer) {
-                Ok(Some(found)) => found,
+/// The number a `/proc` entry name (with its NUL) stands for.
+fn fd_number(name: &[u8]) -> Option<u32> {
+    let digits = name.strip_suffix(b"\0").unwrap_or(name);
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The link of descriptor `name` (NUL-terminated) in `fd_dir`, read
+/// relative to the open directory (`readlinkat`: one path component, not
+/// four) into the reused `link` buffer.
+fn read_link<'a>(fd_dir: &OwnedFd, name: &[u8], link: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    let name = CStr::from_bytes_with_nul(name).ok()?;
+    link.clear();
+    if link.capacity() < LINK_BYTES {
+        link.reserve(LINK_BYTES);
+    }
+    let capacity = link.capacity();
+    let length = rustix::fs::readlinkat_raw(fd_dir, name, link.spare_capacity_mut())
+        .ok()?
+        .0
+        .len();
+    if length < capacity {
+        // SAFETY: readlinkat_raw initialised the first `length` bytes of
+        // the spare capacity, which starts at index 0 of the cleared vector.
+        unsafe { link.set_len(length) };
+    } else {
+        // Filled the buffer: perhaps cut short; read it whole.
+        *link = rustix::fs::readlinkat(fd_dir, name, Vec::new())
+            .ok()?
+            .into_bytes();
+    }
+    Some(link.as_slice())
+}
+
+/// One worker's means of reading descriptors: `/proc` open, its reused
+/// buffers, and its own copy of what is still looked for by inode (a found
+/// one's path is matched as text from then on).
+struct DescriptorReader<'a> {
+    proc_root: &'a Path,
+    proc_dir: Option<OwnedFd>,
+    listing: Vec<u8>,
+    names: Vec<u8>,
+    link: Vec<u8>,
+    by_inode: BTreeSet<LockedInode>,
+    targets: HashSet<Vec<u8>>,
+}
+
+impl<'a> DescriptorReader<'a> {
+    fn new(proc_root: &'a Path, wanted: &Wanted<'_>) -> Self {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        Self {
+            proc_root,
+            proc_dir: rustix::fs::open(proc_root, flags, Mode::empty()).ok(),
+            listing: Vec::new(),
+            names: Vec::new(),
+            link: Vec::new(),
+            by_inode: wanted.by_inode.clone(),
+            targets: wanted.targets.clone(),
+        }
+    }
+
+    /// Looks through the descriptors of `pids` for the ones `wanted` names
+    /// and keeps those whose fdinfo shows a held flock. Only their fdinfo
+    /// files are read. Links are compared by a byte prefix before anything
+    /// is parsed: nearly all (`/dev/null`, pipes, sockets) fail it.
+    fn scan(&mut self, pids: &[u32], wanted: &Wanted<'_>) -> DescriptorFindings {
+        let mut found = DescriptorFindings::default();
+        let Some(proc_dir) = &self.proc_dir else {
+            return found;
+        };
+        for &pid in pids {
+            let dir = match open_descriptors(proc_dir, pid, &mut self.listing, &mut self.names) {
+                Ok(Some(dir)) => dir,
                 Err(Errno::ACCESS | Errno::PERM) => {
                     found.unreadable.push(pid);
                     continue;
@@ -857,54 +989,59 @@ fn scan_processes(proc_root: &Path, pids: &[u32], wanted: &Wanted<'_>) -> Descri
                 // Exited meanwhile, or a kernel thread: nothing to see.
                 Ok(None) | Err(_) => continue,
             };
-        let mut start_ticks = None;
-        for name in names {
-            let Ok(target) = rustix::fs::readlinkat(&fd_dir, name.as_c_str(), Vec::new()) else {
-                continue;
-            };
-            let target = target.into_bytes();
-            if !wanted.sockets.is_empty()
-                && let Some(inode) = socket_inode(&target)
-            {
-                if wanted.sockets.contains(&inode) {
-                    found.sockets.push((inode, pid));
+            let mut start_ticks = None;
+            for name in self.names.split_inclusive(|b| *b == 0) {
+                let Some(target) = read_link(&dir.fd_dir, name, &mut self.link) else {
+                    continue;
+                };
+                if !wanted.sockets.is_empty()
+                    && let Some(inode) = socket_inode(target)
+                {
+                    if wanted.sockets.contains(&inode) {
+                        found.sockets.push((inode, pid));
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let path = without_deleted_suffix(&target);
-            let in_dir = wanted.lock_dir.is_some_and(|dir| in_directory(path, dir));
-            let by_path = in_dir || targets.contains(path);
-            // Looking by inode reads fdinfo's `lock:` rows, never stat(2):
-            // see `descriptor_holding`.
-            if !by_path && (by_inode.is_empty() || target.first() != Some(&b'/')) {
-                continue;
-            }
-            let fd = name.to_string_lossy();
-            let held = flocks_held_by(&process_dir.join("fdinfo").join(fd.as_ref()));
-            if !by_path && !held.iter().any(|inode| by_inode.contains(inode)) {
-                continue;
-            }
-            for inode in held {
-                if by_inode.remove(&inode) {
-                    targets.insert(path.to_vec());
+                let path = without_deleted_suffix(target);
+                let in_dir = wanted
+                    .lock_dir
+                    .is_some_and(|dir| path.starts_with(dir) && in_directory(path, dir));
+                let by_path = in_dir || (!self.targets.is_empty() && self.targets.contains(path));
+                // Looking by inode reads fdinfo's `lock:` rows, never
+                // stat(2): see `descriptor_holding`.
+                if !by_path && (self.by_inode.is_empty() || target.first() != Some(&b'/')) {
+                    continue;
                 }
-                if start_ticks.is_none() {
-                    start_ticks = process::start_ticks_of(proc_root, pid);
+                let fd = String::from_utf8_lossy(name.strip_suffix(b"\0").unwrap_or(name));
+                let parent = dir.parent(self.proc_root, pid);
+                let held = flocks_held_by(&parent.join("fdinfo").join(fd.as_ref()));
+                if !by_path && !held.iter().any(|inode| self.by_inode.contains(inode)) {
+                    continue;
                 }
-                found.shares.push(Share {
-                    pid,
-                    start_ticks,
-                    inode,
-                    location: Location {
-                        path: PathBuf::from(OsStr::from_bytes(path)),
-                        deleted: path.len() != target.len(),
-                        via: process_dir.join("fd").join(fd.as_ref()),
-                    },
-                });
+                let deleted = path.len() != target.len();
+                let path = path.to_vec();
+                for inode in held {
+                    if self.by_inode.remove(&inode) {
+                        self.targets.insert(path.clone());
+                    }
+                    if start_ticks.is_none() {
+                        start_ticks = process::start_ticks_of(self.proc_root, pid);
+                    }
+                    found.shares.push(Share {
+                        pid,
+                        start_ticks,
+                        inode,
+                        location: Location {
+                            path: PathBuf::from(OsStr::from_bytes(&path)),
+                            deleted,
+                            via: parent.join("fd").join(fd.as_ref()),
+                        },
+                    });
+                }
             }
         }
+        found
     }
-    found
 }
 
 /// The files on which the descriptor whose fdinfo is at `fdinfo` holds a
@@ -996,6 +1133,30 @@ mod tests {
         assert_eq!(devices.get(&47), Some(&(0, 40)));
         assert_eq!(devices.get(&48), Some(&(259, 3)));
         assert_eq!(devices.get(&99), None);
+    }
+
+    #[test]
+    fn a_listing_longer_than_one_getdents_buffer_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let listing_of = |count: u32| {
+            for n in 0..count {
+                fs::write(dir.path().join(n.to_string()), b"").unwrap();
+            }
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let open = rustix::fs::open(dir.path(), flags, Mode::empty()).unwrap();
+            let (mut listing, mut names) = (Vec::new(), Vec::new());
+            list_names(&open, &mut listing, &mut names, true);
+            let mut numbers: Vec<u32> = names
+                .split_inclusive(|b| *b == 0)
+                .filter_map(fd_number)
+                .collect();
+            numbers.sort_unstable();
+            numbers
+        };
+        // One reply with room to spare, then thousands of entries over
+        // several replies (24 bytes each: 32 KiB holds about 1,365).
+        assert_eq!(listing_of(3), vec![0, 1, 2]);
+        assert_eq!(listing_of(5000), (0..5000).collect::<Vec<_>>());
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub mod shown;
 pub mod slot_order;
 pub mod sock_diag;
 pub mod source_key;
+pub mod spread;
 pub mod tuner_slot;
 pub mod waiting_room;
 pub mod watchdog;

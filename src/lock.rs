@@ -175,20 +175,11 @@ pub fn acquire(
                 Err((_, source)) => return Err(flock_error(path, source)),
             },
         };
-        if path_still_names(&opened, path)? {
-            return Ok(Acquired::Held(HeldLock {
-                lock,
-                path: path.to_owned(),
-                access,
-            }));
+        if let Some(held) = held_if_still_named(lock, &opened, path, access)? {
+            return Ok(Acquired::Held(held));
         }
-        tracing::debug!(lock_file = %path.display(), "lock file was replaced or removed while locking; retrying");
-        // Dropping `lock` unlocks the stale inode before the next attempt.
     }
-    Err(Error::LockFileUnstable {
-        path: path.to_owned(),
-        attempts: MAX_ATTEMPTS,
-    })
+    Err(unstable(path))
 }
 
 /// [`acquire`] with [`BusyPolicy::Wait`] and no timeout, for a
@@ -213,19 +204,11 @@ pub fn acquire_unless_called_off(
         else {
             return Ok(None);
         };
-        if path_still_names(&opened, path)? {
-            return Ok(Some(HeldLock {
-                lock,
-                path: path.to_owned(),
-                access,
-            }));
+        if let Some(held) = held_if_still_named(lock, &opened, path, access)? {
+            return Ok(Some(held));
         }
-        tracing::debug!(lock_file = %path.display(), "lock file was replaced or removed while locking; retrying");
     }
-    Err(Error::LockFileUnstable {
-        path: path.to_owned(),
-        attempts: MAX_ATTEMPTS,
-    })
+    Err(unstable(path))
 }
 
 /// Blocks in `flock(LOCK_SH)` on `file` until no one holds it exclusively
@@ -325,9 +308,38 @@ fn blocking_lock(
     }
 }
 
-/// True when `path` still names the inode locked through the descriptor
-/// `opened` describes (its `fstat` when it was opened: a descriptor's
-/// inode never changes, so locking it needs no second `fstat`).
+/// The lock, held, when `path` still names the inode it is on; `None` when
+/// the file was replaced or removed while locking, and `lock` is dropped,
+/// which unlocks the stale inode before the next attempt. `opened` is the
+/// descriptor's `fstat` from when it was opened: a descriptor's inode never
+/// changes, so locking it needs no second `fstat`.
+fn held_if_still_named(
+    lock: Flock<File>,
+    opened: &fs::Metadata,
+    path: &Path,
+    access: Access,
+) -> Result<Option<HeldLock>, Error> {
+    if path_still_names(opened, path)? {
+        return Ok(Some(HeldLock {
+            lock,
+            path: path.to_owned(),
+            access,
+        }));
+    }
+    tracing::debug!(lock_file = %path.display(), "lock file was replaced or removed while locking; retrying");
+    Ok(None)
+}
+
+/// The error when every attempt found the file replaced under the lock.
+fn unstable(path: &Path) -> Error {
+    Error::LockFileUnstable {
+        path: path.to_owned(),
+        attempts: MAX_ATTEMPTS,
+    }
+}
+
+/// True when `path` still names the inode `held` (the locked descriptor's
+/// `fstat`) describes.
 fn path_still_names(held: &fs::Metadata, path: &Path) -> Result<bool, Error> {
     match fs::symlink_metadata(path) {
         Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),

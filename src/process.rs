@@ -68,6 +68,10 @@ impl BootClock {
 /// yields `None` fields, not an error. With `expected_start`, a process
 /// whose start time is another (the PID was reused) or unreadable yields
 /// `None`: it is not the process that was meant.
+///
+/// Two files: `cgroup`, then `stat`, whose start time, read last, vouches
+/// that the unit was read of the process meant (a PID is not reused while
+/// its process lives), and whose field 2 is the command name `comm` gives.
 #[must_use]
 pub fn describe(
     proc_root: &Path,
@@ -76,28 +80,28 @@ pub fn describe(
     expected_start: Option<u64>,
 ) -> Option<ProcessInfo> {
     let dir = proc_root.join(pid.to_string());
-    let start_ticks = start_ticks_of(proc_root, pid);
+    let unit = cgroup::unit_of_pid(proc_root, pid);
+    let stat = crate::proc_file::read_to_string(&dir.join("stat")).ok();
+    let start_ticks = stat.as_deref().and_then(parse_start_ticks);
     if expected_start.is_some() && start_ticks != expected_start {
         return None;
     }
-    let command = crate::proc_file::read_to_string(&dir.join("comm"))
-        .ok()
-        .map(|c| c.trim_end_matches('\n').to_owned());
+    let command = match stat.as_deref().and_then(parse_command) {
+        Some(command) => Some(command.to_owned()),
+        None => crate::proc_file::read_to_string(&dir.join("comm"))
+            .ok()
+            .map(|c| c.trim_end_matches('\n').to_owned()),
+    };
     let since = clock
         .zip(start_ticks)
         .map(|(clock, ticks)| humantime::format_rfc3339_seconds(clock.start_of(ticks)).to_string());
-    let info = ProcessInfo {
+    Some(ProcessInfo {
         pid,
         command,
-        unit: cgroup::unit_of_pid(proc_root, pid),
+        unit,
         since,
         start_ticks,
-    };
-    // Checked again after reading: the PID may have changed hands meanwhile.
-    if expected_start.is_some() && start_ticks_of(proc_root, pid) != expected_start {
-        return None;
-    }
-    Some(info)
+    })
 }
 
 /// The start time of `pid`, in clock ticks after boot.
@@ -159,6 +163,15 @@ pub fn in_initial_pid_namespace(proc_root: &Path) -> bool {
         == Some(INIT_PID_NAMESPACE)
 }
 
+/// Field 2, `comm`, of `/proc/<pid>/stat`: the text between the first `(`
+/// and the last `)` (the name may hold either), as `/proc/<pid>/comm`
+/// shows it without its newline (both print the task's name unescaped).
+#[must_use]
+pub fn parse_command(stat: &str) -> Option<&str> {
+    let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+    Some(name.trim_end_matches('\n'))
+}
+
 /// Field 22, `starttime`, of `/proc/<pid>/stat`, in clock ticks after boot.
 /// The command name (field 2) may contain spaces and parentheses, so fields
 /// are counted from the last `)`.
@@ -178,6 +191,9 @@ mod tests {
         let stat = "4242 (ec node) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 2000000 300 \
                     18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
         assert_eq!(parse_start_ticks(stat), Some(987_654));
+        assert_eq!(parse_command(stat), Some("ec node) (x)"));
+        assert_eq!(parse_command("1 (a\n) S"), Some("a"));
+        assert_eq!(parse_command("garbage"), None);
         assert_eq!(parse_start_ticks("garbage"), None);
     }
 
@@ -217,7 +233,9 @@ mod tests {
             "CLOCK_BOOTTIME and CLK_TCK must be readable"
         );
         let me = describe(Path::new("/proc"), std::process::id(), clock, None).expect("self");
-        assert!(me.command.is_some());
+        // The name from `stat` is the one `comm` gives.
+        let comm = fs::read_to_string(format!("/proc/{}/comm", std::process::id())).unwrap();
+        assert_eq!(me.command.as_deref(), Some(comm.trim_end_matches('\n')));
         let since = me.since.expect("start time");
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         assert!(since <= now, "{since} after {now}");

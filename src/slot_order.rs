@@ -250,15 +250,15 @@ fn wait_unordered(
     request: &Request<'_>,
     on_wait: &mut dyn FnMut(&[BusySlot]),
 ) -> Result<Outcome, Error> {
-    let Request {
-        lock_dir,
-        device,
-        count,
-        deadline,
-        me,
-        ..
-    } = *request;
-    let outcome = tuner_slot::acquire(lock_dir, device, count, true, deadline, me, on_wait)?;
+    let outcome = tuner_slot::acquire(
+        request.lock_dir,
+        request.device,
+        request.count,
+        true,
+        request.deadline,
+        request.me,
+        on_wait,
+    )?;
     Ok(Outcome {
         handed_over: true,
         ..Outcome::of(outcome)

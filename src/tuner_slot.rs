@@ -37,6 +37,7 @@ use crate::lock_record::LockRecord;
 use crate::lock_waiter::LockWaiter;
 use crate::path_trust::{self, Launcher};
 use crate::printable::printable;
+use crate::proc_locks::LockTable;
 use crate::source_key::{self, SourceKey};
 
 /// The most tuners a device may be declared with (HDHomeRun boxes have 2-6;
@@ -252,18 +253,33 @@ pub fn slot_files(dir: &Path) -> Vec<SlotFile> {
 /// # Errors
 /// Whatever `open` or `fstat` says; a file that is not regular is `Other`.
 pub fn open_record(path: &Path) -> io::Result<File> {
+    open_record_with_inode(path).map(|(file, _)| file)
+}
+
+/// [`open_record`], with the inode the kernel lists the file's locks under
+/// ([`LockedInode::of_file`]), from the one `statx` that checks the opened
+/// file: `status` opens thousands.
+///
+/// # Errors
+/// As [`open_record`].
+pub fn open_record_with_inode(path: &Path) -> io::Result<(File, LockedInode)> {
     let flags = (nix::fcntl::OFlag::O_NOFOLLOW
         | nix::fcntl::OFlag::O_NONBLOCK
         | nix::fcntl::OFlag::O_NOCTTY)
         .bits();
     let regular = |m: &fs::Metadata| path_trust::ensure_regular(path, m).map_err(io::Error::other);
+    // Before the open: opening a device can act on it.
     regular(&fs::symlink_metadata(path)?)?;
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags)
         .open(path)?;
+    if let Some(inode) = LockedInode::of_regular_file(&file)? {
+        return Ok((file, inode));
+    }
+    // Replaced since: the error says by what.
     regular(&file.metadata()?)?;
-    Ok(file)
+    Err(io::Error::other("not a regular file"))
 }
 
 /// A slot we hold. Dropping it unlocks; exec keeps it.
@@ -361,15 +377,13 @@ fn census(
             named.insert(entry.ino());
         }
     }
-    let table = crate::proc_file::read_to_string(&proc_root.join("locks")).unwrap_or_default();
-    let held: BTreeSet<(u64, Option<u32>)> = crate::proc_locks::parse(&table)
-        .into_iter()
-        .filter(|row| {
-            row.kind == crate::proc_locks::LockKind::Flock
-                && !row.waiting
-                && row.dev_major == dir_inode.dev_major
-                && row.dev_minor == dir_inode.dev_minor
-        })
+    // One read, as a launcher choosing a slot can afford (a row the table
+    // skips hides an orphan, the direction this check tolerates).
+    let mut table = LockTable::default();
+    let _unreadable_is_empty = table.read_into(proc_root);
+    let held: BTreeSet<(u64, Option<u32>)> = table
+        .held_flocks()
+        .filter(|row| row.dev_major == dir_inode.dev_major && row.dev_minor == dir_inode.dev_minor)
         .map(|row| (row.inode, row.pid))
         .collect();
     let in_place = held
@@ -536,10 +550,8 @@ pub fn acquire(
         let SlotOutcome::Held(held) = outcome else {
             return Ok(outcome);
         };
-        let (in_place, orphans) = census(Path::new("/proc"), lock_dir, device, count);
-        if orphans.is_empty()
-            || in_place + orphans.len() <= usize::try_from(count).unwrap_or(usize::MAX)
-        {
+        let orphans = orphans_over_count(lock_dir, device, count);
+        if orphans.is_empty() {
             return Ok(SlotOutcome::Held(held));
         }
         // One reader too many: let the slot go before anything reads.
@@ -565,8 +577,8 @@ pub fn acquire(
 
 /// The held slots whose files left the directory, when with them the
 /// device's held slots come to more than `count` (see [`acquire`]); empty
-/// otherwise. For a slot taken by another path than [`acquire`] (the
-/// waiting room's head, ECP-0139).
+/// otherwise. Asked after every slot taken, by [`acquire`] and by the
+/// waiting room's head (ECP-0139).
 #[must_use]
 pub fn orphans_over_count(lock_dir: &Path, device: &DeviceKey, count: u32) -> Vec<OrphanedSlot> {
     let (in_place, orphans) = census(Path::new("/proc"), lock_dir, device, count);

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -24,7 +24,7 @@ use crate::holder::{HolderScan, LockedInode};
 use crate::lock_record::LockRecord;
 use crate::lock_record::Preempted;
 use crate::printable::printable;
-use crate::proc_locks::{self, LockKind};
+use crate::proc_locks::LockTable;
 use crate::shown::Shown;
 use crate::tuner_slot::{self, DeviceKey, SlotFile};
 
@@ -115,14 +115,13 @@ pub(super) struct OrphanedSlot {
 /// left the directory, `orphans`), and warnings about them all.
 pub(super) fn devices(
     scan: &HolderScan,
-    proc_root: &Path,
     files: &[SlotFile],
     orphans: &[OrphanedSlot],
 ) -> (Vec<DeviceStatus>, Vec<String>) {
     if files.is_empty() && orphans.is_empty() {
         return (Vec::new(), Vec::new());
     }
-    let waiting = waiters(proc_root);
+    let waiting = waiters(scan.lock_rows());
     let mut by_stem: BTreeMap<&str, (Vec<&SlotFile>, Vec<&OrphanedSlot>)> = BTreeMap::new();
     for file in files {
         by_stem.entry(&file.stem).or_default().0.push(file);
@@ -423,19 +422,16 @@ pub(super) fn device_unanswered(devices: &[DeviceStatus]) -> bool {
 }
 
 /// The processes waiting on each inode (`->` rows; `None` for a PID
-/// outside this namespace).
-fn waiters(proc_root: &Path) -> BTreeMap<LockedInode, BTreeSet<Option<u32>>> {
+/// outside this namespace), from the table the holders were found in.
+fn waiters(table: &LockTable) -> BTreeMap<LockedInode, BTreeSet<Option<u32>>> {
     let mut waiting: BTreeMap<LockedInode, BTreeSet<Option<u32>>> = BTreeMap::new();
-    let text = crate::proc_file::read_to_string(&proc_root.join("locks")).unwrap_or_default();
-    for row in proc_locks::parse(&text) {
-        if row.kind == LockKind::Flock && row.waiting {
-            let inode = LockedInode {
-                dev_major: row.dev_major,
-                dev_minor: row.dev_minor,
-                inode: row.inode,
-            };
-            waiting.entry(inode).or_default().insert(row.pid);
-        }
+    for row in table.awaited_flocks() {
+        let inode = LockedInode {
+            dev_major: row.dev_major,
+            dev_minor: row.dev_minor,
+            inode: row.inode,
+        };
+        waiting.entry(inode).or_default().insert(row.pid);
     }
     waiting
 }

@@ -38,7 +38,11 @@ use crate::readers::{self, Endpoint, LockView, ReadersReport, WithoutEndpoint};
 use crate::shown::Shown;
 use crate::sock_diag::{self, TcpConnection};
 use crate::source_key::{KeyError, SourceKey};
+use crate::spread;
 use crate::tuner_slot::{self, DeviceKey, SlotFile};
+
+/// Lock files a worker inspects at a time (see [`spread::map_batches`]).
+const FILES_PER_BATCH: usize = 32;
 
 /// Cluster mode's part of `status` (`--etcd`, ECP-0134), which
 /// `ec-launch-cluster` supplies (ECP-0138); the local executable's
@@ -284,16 +288,7 @@ pub fn status_with<V: ClusterView>(args: &StatusArgs, view: &V) -> Result<ExitSt
     };
     let sockets: HashSet<u64> = connections.iter().flatten().map(|c| c.inode).collect();
     let scan = HolderScan::take_with_sockets(proc_root, &args.lock_dir, &listed, &sockets);
-    let mut locks: Vec<LockStatus> = entries
-        .iter()
-        // For one source: its file, and held files that may be it renamed.
-        .filter(|(path, inode)| {
-            wanted
-                .as_ref()
-                .is_none_or(|w| w == path || scan.is_held(*inode))
-        })
-        .filter_map(|(path, _)| inspect_file(&scan, &args.lock_dir, path))
-        .collect();
+    let mut locks = inspect_files(&scan, &args.lock_dir, &entries, wanted.as_ref());
     let mut slots = slots;
     let orphaned_slots = place_unlisted(
         &scan,
@@ -305,8 +300,7 @@ pub fn status_with<V: ClusterView>(args: &StatusArgs, view: &V) -> Result<ExitSt
     );
     // Slots are shown for the whole directory only, but a slot holder
     // accounts for its connection to the device whatever is asked.
-    let (devices, device_warnings) =
-        device_view::devices(&scan, proc_root, &slots, &orphaned_slots);
+    let (devices, device_warnings) = device_view::devices(&scan, &slots, &orphaned_slots);
     // A source's holder blocked on a slot is a launcher waiting for a
     // tuner, not a reader: said so, also when only SOURCE is asked about.
     let slot_waiters = device_view::slot_waiters(&devices);
@@ -359,6 +353,37 @@ pub fn status_with<V: ClusterView>(args: &StatusArgs, view: &V) -> Result<ExitSt
     };
     print_report(&report, args.json, view);
     Ok(exit_status(&report, key.is_some(), args.readers))
+}
+
+/// The status of each listed lock file (for one source, `wanted`: its file
+/// and held files that may be it renamed), in the listing's order.
+/// Thousands of files opened and read, and their holders described: system
+/// calls again, spread over the cores like the scan.
+fn inspect_files(
+    scan: &HolderScan,
+    lock_dir: &Path,
+    entries: &[(PathBuf, LockedInode)],
+    wanted: Option<&PathBuf>,
+) -> Vec<LockStatus> {
+    let paths: Vec<&PathBuf> = entries
+        .iter()
+        .filter(|(path, inode)| wanted.is_none_or(|w| w == path || scan.is_held(*inode)))
+        .map(|(path, _)| path)
+        .collect();
+    spread::map_batches(
+        &paths,
+        FILES_PER_BATCH,
+        || (),
+        |(), paths| -> Vec<LockStatus> {
+            paths
+                .iter()
+                .filter_map(|path| inspect_file(scan, lock_dir, path))
+                .collect()
+        },
+    )
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Held files the listing did not see: made after it (still in their
@@ -679,23 +704,30 @@ fn lock_files(dir: &Path) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
 fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockStatus> {
     // Read-only and without following links: status must never create,
     // truncate or lock anything.
-    let (metadata, lock_inode, record, mut warnings) = match crate::tuner_slot::open_record(path) {
-        Ok(file) => (
-            file.metadata(),
-            LockedInode::of_file(&file).ok(),
-            LockRecord::read_from(&file),
-            Vec::new(),
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => (
-            fs::symlink_metadata(path),
-            LockedInode::of_path_nofollow(path).ok(),
-            None,
-            vec![format!(
-                "cannot read the launch record ({e}); run as root or as the service user to see it"
-            )],
-        ),
-    };
+    let (metadata, lock_inode, record, mut warnings) =
+        match crate::tuner_slot::open_record_with_inode(path) {
+            // Regular, as the open checked: the common case, in one statx.
+            Ok((file, inode)) => {
+                let record = LockRecord::read_from(&file);
+                return Some(regular_lock_status(
+                    scan,
+                    lock_dir,
+                    path,
+                    inode,
+                    record.as_ref(),
+                    Vec::new(),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => (
+                fs::symlink_metadata(path),
+                LockedInode::of_path_nofollow(path).ok(),
+                None,
+                vec![format!(
+                    "cannot read the launch record ({e}); run as root or as the service user to see it"
+                )],
+            ),
+        };
     let unknown = |warning: String| {
         lock_status(
             scan,
@@ -710,18 +742,12 @@ fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockS
     match metadata {
         Ok(metadata) if metadata.file_type().is_file() => {
             let inode = lock_inode.unwrap_or_else(|| LockedInode::of_metadata(&metadata));
-            let placement = if scan.is_held(inode) && misplaced(lock_dir, inode, record.as_ref()) {
-                Placement::Moved
-            } else {
-                Placement::InPlace
-            };
-            Some(lock_status(
+            Some(regular_lock_status(
                 scan,
                 lock_dir,
-                path.to_owned(),
-                Some(inode),
+                path,
+                inode,
                 record.as_ref(),
-                placement,
                 warnings,
             ))
         }
@@ -737,6 +763,32 @@ fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockS
             )))
         }
     }
+}
+
+/// A regular lock file's status: moved when held and its record's key
+/// leads elsewhere.
+fn regular_lock_status(
+    scan: &HolderScan,
+    lock_dir: &Path,
+    path: &Path,
+    inode: LockedInode,
+    record: Option<&LockRecord>,
+    warnings: Vec<String>,
+) -> LockStatus {
+    let placement = if scan.is_held(inode) && misplaced(lock_dir, inode, record) {
+        Placement::Moved
+    } else {
+        Placement::InPlace
+    };
+    lock_status(
+        scan,
+        lock_dir,
+        path.to_owned(),
+        Some(inode),
+        record,
+        placement,
+        warnings,
+    )
 }
 
 fn kind_of(file_type: fs::FileType) -> &'static str {

@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use crate::cluster_node::{
     FENCED, Launcher, Life, MARGIN, NO_PERMISSION, Node, STOP_GRACE, TTL, Timeline, UNAVAILABLE,
     brief_reader_program, figure, last_renewal_sent, micros, now_micros, reader_program, secs,
-    start_together, started_within, stopped_within,
+    start_together, started_within, status_etcd, stopped_within,
 };
 use crate::etcd_server::{EtcdCluster, EtcdServer};
 use crate::netns::{EtcdInside, Link};
@@ -42,18 +42,10 @@ const SETTLE: Duration = Duration::from_millis(1500);
 /// [`SOURCE`] and waits until the reader runs.
 #[track_caller]
 fn hold(env: &TestEnv, node: &Node<'_>, tag: &str) -> Launcher {
-    let mut launcher = node.start_reader(SOURCE, tag, &[]);
-    wait_until(PATIENCE, || {
-        Timeline::read(env).life(tag).is_some() || !launcher.running()
-    });
-    if Timeline::read(env).life(tag).is_none() {
-        let status = launcher.exit_within(Duration::ZERO);
-        panic!(
-            "node {} never started reader {tag} (launcher status {status:?}):\n{}",
-            node.name(),
-            launcher.log()
-        );
-    }
+    let launcher = node.start_running(
+        node.launch(SOURCE).program(reader_program(env, tag, 1)),
+        tag,
+    );
     let life = Timeline::read(env).life(tag).cloned().unwrap();
     assert_eq!(
         life.parent,
@@ -232,8 +224,7 @@ fn two_tuners_across_four_nodes_never_run_more_than_two_programs() {
 fn a_waiting_node_runs_within_ttl_and_a_second_after_the_active_node_is_killed() {
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     let mut active = hold(&env, &a, "a");
     let mut waiter = wait_behind(&env, &b, "b");
     let reader = Timeline::read(&env).life("a").unwrap().pid;
@@ -292,8 +283,7 @@ fn a_sigkilled_launcher_takes_its_program_with_it() {
 fn a_waiting_node_runs_within_a_second_of_a_clean_stop() {
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     let mut active = hold(&env, &a, "a");
     let mut waiter = wait_behind(&env, &b, "b");
     let stopped_at = now_micros();
@@ -399,8 +389,7 @@ fn outcome_of_waiter(env: &TestEnv, waiter: &mut Launcher, tag: &str) -> Result<
 fn freezing_etcd_fences_the_holder_before_its_lease_can_expire_and_no_one_overlaps_it() {
     let mut etcd = EtcdServer::start();
     let env = TestEnv::new();
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     let mut active = hold(&env, &a, "a");
     let mut waiter = wait_behind(&env, &b, "b");
     let frozen_at = now_micros();
@@ -765,18 +754,10 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
     let a = Node::new(&env, "a", etcd.endpoints());
     let active = hold(&env, &a, "a");
     let status = |node: &str| {
-        env.command([
-            "status",
-            "--json",
-            "--etcd",
-            &etcd.endpoints(),
-            "--node",
-            node,
-        ])
-        .arg("--lock-dir")
-        .arg(a.lock_dir())
-        .run()
-        .json()
+        status_etcd(&env, &etcd.endpoints(), node, a.lock_dir())
+            .arg("--json")
+            .run()
+            .json()
     };
     let seen = status("a");
     let holders = seen["cluster"]["holders"].as_array().unwrap_or_else(|| {
@@ -814,9 +795,7 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
     assert_eq!(holder["since_rfc3339"], rfc3339.as_str(), "{seen:#}");
     assert_eq!(status("b")["cluster"]["holders"][0]["this_node"], false);
     // The text form names the node too.
-    env.command(["status", "--etcd", &etcd.endpoints(), "--node", "b"])
-        .arg("--lock-dir")
-        .arg(a.lock_dir())
+    status_etcd(&env, &etcd.endpoints(), "b", a.lock_dir())
         .stdout_contains("node a")
         .stdout_contains(active.pid().to_string())
         .stdout_contains(format!("since {rfc3339}"))
@@ -830,8 +809,7 @@ fn status_etcd_shows_the_holder_with_its_node_and_lease_and_which_is_this_node()
 fn a_waiting_launcher_stopped_by_sigterm_dies_of_it_at_once_and_revokes_its_lease() {
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     let _active = hold(&env, &a, "a");
     let mut waiter = b.start_reader(SOURCE, "b", &["--on-busy", "wait"]);
     assert!(
@@ -871,9 +849,7 @@ fn status_etcd_on_a_machine_without_a_lock_directory_still_lists_the_cluster() {
     let env = TestEnv::new();
     let a = Node::new(&env, "a", etcd.endpoints());
     let active = hold(&env, &a, "a");
-    env.command(["status", "--etcd", &etcd.endpoints(), "--node", "laptop"])
-        .arg("--lock-dir")
-        .arg(env.path("no-such-dir"))
+    status_etcd(&env, &etcd.endpoints(), "laptop", env.path("no-such-dir"))
         .stdout_contains("node a")
         .stdout_contains(active.pid().to_string())
         .stderr_contains("showing the cluster only")

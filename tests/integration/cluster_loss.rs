@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use super::{SOURCE, hold, took_over, wait_behind};
 use crate::cluster_node::{
     FENCED, Launcher, Life, MARGIN, Node, STOP_GRACE, Timeline, UNAVAILABLE, figure, micros,
-    now_micros, reader_program, secs, started_within, stopped_within,
+    now_micros, reader_program, secs, started_within, status_etcd, stopped_within,
 };
 use crate::etcd_server::EtcdServer;
 use crate::testenv::{PATIENCE, TestEnv, text, wait_until};
@@ -109,8 +109,7 @@ fn a_lost_key_fences_the_holder_and_the_waiter_waits(
 ) {
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     let mut active = hold(&env, &a, "a");
     let mut waiter = wait_behind(&env, &b, "b");
     let (lost_at, freed_at) = lose(&etcd, &mut active);
@@ -196,9 +195,7 @@ fn etcd_that_goes_back_fences_the_holder(
     let mut etcd = EtcdServer::start();
     before(&etcd);
     let env = TestEnv::new();
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
-    let c = Node::new(&env, "c", etcd.endpoints());
+    let [a, b, c] = Node::each(&env, &etcd.endpoints(), ["a", "b", "c"]);
     let mut active = hold(&env, &a, "a");
     let mut waiter = wait_behind(&env, &b, "b");
     let down_at = now_micros();
@@ -333,9 +330,7 @@ fn status_etcd_with_etcd_unreachable_names_the_cause_the_endpoint_and_what_to_do
         format!("http://{}", listener.local_addr().expect("addr"))
     };
     let status = |json: bool| {
-        env.command(["status", "--etcd", &dead, "--node", "laptop"])
-            .arg("--lock-dir")
-            .arg(env.lock_dir())
+        status_etcd(&env, &dead, "laptop", env.lock_dir())
             .args(json.then_some("--json"))
             .expect_status(UNAVAILABLE)
     };
@@ -373,10 +368,7 @@ fn status_etcd_says_a_key_without_a_lease_was_written_by_hand_and_never_expires(
         ],
     );
     let status = |json: bool| {
-        env.command(["status", "--etcd", &etcd.endpoints(), "--node", "a"])
-            .arg("--lock-dir")
-            .arg(env.lock_dir())
-            .args(json.then_some("--json"))
+        status_etcd(&env, &etcd.endpoints(), "a", env.lock_dir()).args(json.then_some("--json"))
     };
     status(false)
         .stdout_contains("no lease: written by hand, never expires")
@@ -493,9 +485,7 @@ fn status_etcd_warns_when_a_source_held_here_has_its_cluster_key_held_by_another
     let _cluster_holder = hold(&env, &b, "b");
     // This node reads the same source without the cluster's key.
     let _local = env.hold(SOURCE, &["sleep", "600"]);
-    env.command(["status", "--etcd", &etcd.endpoints(), "--node", "a"])
-        .arg("--lock-dir")
-        .arg(env.lock_dir())
+    status_etcd(&env, &etcd.endpoints(), "a", env.lock_dir())
         .arg(SOURCE)
         .stderr_contains(
             "is held on this node (its local lock) while its cluster key is held by node b",
@@ -515,9 +505,7 @@ fn status_etcd_warns_when_a_source_held_here_has_its_cluster_key_held_by_another
 fn a_waiter_stopped_during_its_lock_delay_hands_the_next_one_no_clean_release() {
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
-    let c = Node::new(&env, "c", etcd.endpoints());
+    let [a, b, c] = Node::each(&env, &etcd.endpoints(), ["a", "b", "c"]);
     // An ignored SIGTERM survives exec (signal(7)): the reader lives on
     // until the fence's SIGKILL.
     let mut stubborn: Vec<String> = ["bash", "-c", r#"trap '' TERM; exec "$@""#, "bash"]

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::invocation::Invocation;
 use crate::netns::Netns;
-use crate::testenv::{Guard, TestEnv, wait_until};
+use crate::testenv::{Guard, PATIENCE, TestEnv, wait_until};
 
 /// The lease TTL of the tests: small, but sane on a loaded 2-core machine.
 pub const TTL: Duration = Duration::from_secs(6);
@@ -115,6 +115,11 @@ impl<'e> Node<'e> {
         }
     }
 
+    /// Nodes named `names`, all talking to etcd at `endpoints`.
+    pub fn each<const N: usize>(env: &'e TestEnv, endpoints: &str, names: [&str; N]) -> [Self; N] {
+        names.map(|name| Self::new(env, name, endpoints))
+    }
+
     /// Its launchers run inside `netns` (they see only its interfaces).
     #[must_use]
     pub fn inside(mut self, netns: &'e Netns) -> Self {
@@ -157,6 +162,12 @@ impl<'e> Node<'e> {
             .args(["--etcd-stop-grace", &self.stop_grace.to_string()])
     }
 
+    /// `ec-launch status --etcd …` as this node sees it: its endpoints,
+    /// `--node` name and lock directory.
+    pub fn status(&self) -> Invocation<'e> {
+        status_etcd(self.env, &self.endpoints, &self.name, self.lock_dir())
+    }
+
     /// Starts a launcher of the reader `tag` on `source` with `extra` flags
     /// (one tuner file: the source is the tuner).
     pub fn start_reader(&self, source: &str, tag: &str, extra: &[&str]) -> Launcher {
@@ -172,6 +183,25 @@ impl<'e> Node<'e> {
     /// namespace if it has one. Killed when dropped.
     pub fn start(&self, invocation: Invocation<'_>) -> Launcher {
         self.spawn(invocation, Stdio::null())
+    }
+
+    /// Starts `invocation`, whose program logs its life as `tag` (a
+    /// [`reader_program`] or the like), and waits until that program runs;
+    /// fails the test with the launcher's status and log if it never does.
+    #[track_caller]
+    pub fn start_running(&self, invocation: Invocation<'_>, tag: &str) -> Launcher {
+        let mut launcher = self.start(invocation);
+        wait_until(PATIENCE, || {
+            Timeline::read(self.env).life(tag).is_some() || !launcher.running()
+        });
+        assert!(
+            Timeline::read(self.env).life(tag).is_some(),
+            "node {} never started {tag} (status {:?}):\n{}",
+            self.name,
+            launcher.exit_within(Duration::ZERO),
+            launcher.log()
+        );
+        launcher
     }
 
     fn spawn(&self, invocation: Invocation<'_>, stdin: Stdio) -> Launcher {
@@ -194,6 +224,20 @@ impl<'e> Node<'e> {
             dir: self.env.path(""),
         }
     }
+}
+
+/// `ec-launch status --etcd ENDPOINTS --node NODE --lock-dir DIR`: the
+/// cluster as node `node` sees it from a machine whose lock directory is
+/// `lock_dir`, to be finished with more arguments and expectations.
+pub fn status_etcd<'e>(
+    env: &'e TestEnv,
+    endpoints: &str,
+    node: &str,
+    lock_dir: impl AsRef<std::ffi::OsStr>,
+) -> Invocation<'e> {
+    env.command(["status", "--etcd", endpoints, "--node", node])
+        .arg("--lock-dir")
+        .arg(lock_dir)
 }
 
 /// Starts each node's invocation, all blocked in `read` on one pipe until

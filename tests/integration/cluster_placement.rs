@@ -101,7 +101,6 @@ struct Start {
 /// One cluster of test nodes on one etcd, and their launchers.
 struct Fleet<'e> {
     env: &'e TestEnv,
-    etcd: &'e EtcdServer,
     nodes: Vec<Node<'e>>,
     /// (node index, source index) → its launcher.
     launchers: BTreeMap<(usize, usize), Launcher>,
@@ -124,7 +123,6 @@ impl<'e> Fleet<'e> {
             .collect();
         Self {
             env,
-            etcd,
             nodes,
             launchers: BTreeMap::new(),
             weights: weights.to_vec(),
@@ -221,12 +219,9 @@ impl<'e> Fleet<'e> {
     /// `status --etcd --json`'s `cluster.nodes`, by node name.
     fn status_nodes(&self) -> BTreeMap<String, serde_json::Value> {
         let node = &self.nodes[0];
-        let json = self
-            .env
-            .command(["status", "--json", "--etcd", &self.etcd.endpoints()])
-            .args(["--node", node.name()])
-            .arg("--lock-dir")
-            .arg(node.lock_dir())
+        let json = node
+            .status()
+            .arg("--json")
             .any_status()
             // A spread launcher holds its local lock while it waits for
             // the cluster key: no second reader, so no warning of one.

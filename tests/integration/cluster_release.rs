@@ -17,7 +17,7 @@ use crate::cluster_node::{
     started_within, stopped_within,
 };
 use crate::etcd_server::EtcdServer;
-use crate::testenv::{PATIENCE, TestEnv, wait_until};
+use crate::testenv::{PATIENCE, TestEnv};
 
 /// A program that starts reader `tag` as a helper out of its reach: forked
 /// twice (re-parented when its parent exits), in a session of its own
@@ -62,18 +62,10 @@ impl Drop for Helpers<'_> {
 /// Starts `node`'s launcher of the helper reader `tag` and waits until it reads.
 #[track_caller]
 fn hold_with_helper(env: &TestEnv, node: &Node<'_>, tag: &str, stay: bool) -> Launcher {
-    let mut launcher = node.start(node.launch(SOURCE).program(helper_program(env, tag, stay)));
-    wait_until(PATIENCE, || {
-        Timeline::read(env).life(tag).is_some() || !launcher.running()
-    });
-    assert!(
-        Timeline::read(env).life(tag).is_some(),
-        "node {} never started helper {tag} (status {:?}):\n{}",
-        node.name(),
-        launcher.exit_within(Duration::ZERO),
-        launcher.log()
-    );
-    launcher
+    node.start_running(
+        node.launch(SOURCE).program(helper_program(env, tag, stay)),
+        tag,
+    )
 }
 
 #[test]
@@ -81,8 +73,7 @@ fn a_setsid_helper_ignoring_sigterm_is_dead_before_the_standby_starts_after_the_
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
     let _helpers = Helpers(&env);
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     let mut active = hold_with_helper(&env, &a, "a", false);
     let mut waiter = wait_behind(&env, &b, "b");
     let exited_at = now_micros();
@@ -133,8 +124,7 @@ fn a_setsid_helper_ignoring_sigterm_is_fenced_with_the_program_when_the_lease_is
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
     let _helpers = Helpers(&env);
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     let mut active = hold_with_helper(&env, &a, "a", true);
     let mut waiter = wait_behind(&env, &b, "b");
     let (_, lease) = source_key_and_lease(&etcd);
@@ -156,8 +146,7 @@ fn a_setsid_helper_ignoring_sigterm_is_dead_before_the_earliest_expiry_when_etcd
     let mut etcd = EtcdServer::start();
     let env = TestEnv::new();
     let _helpers = Helpers(&env);
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     let mut active = hold_with_helper(&env, &a, "a", true);
     let mut waiter = wait_behind(&env, &b, "b");
     let frozen_at = now_micros();

@@ -4,8 +4,6 @@
 //! *two* tuner files with `flock -n`, so the kernel, not the code under
 //! test, says whether a third reader ever ran (`cluster_node`).
 
-use std::time::Duration;
-
 use nix::sys::signal::Signal;
 
 use crate::cluster_node::{Launcher, Node, Timeline, brief_reader_program, reader_program};
@@ -34,40 +32,19 @@ fn tuners(n: u32) -> Vec<String> {
 /// n` (and `extra`), and waits until the reader runs.
 #[track_caller]
 fn hold(env: &TestEnv, node: &Node<'_>, ch: usize, tag: &str, n: u32) -> Launcher {
-    let mut launcher = node.start(
+    node.start_running(
         node.launch(&channel(ch))
             .args(tuners(n))
             .program(reader_program(env, tag, REAL_TUNERS)),
-    );
-    wait_until(PATIENCE, || {
-        Timeline::read(env).life(tag).is_some() || !launcher.running()
-    });
-    assert!(
-        Timeline::read(env).life(tag).is_some(),
-        "node {} never started reader {tag} (status {:?}):\n{}",
-        node.name(),
-        launcher.exit_within(Duration::ZERO),
-        launcher.log()
-    );
-    launcher
-}
-
-/// `status --etcd --json` as node `node` sees it.
-fn cluster_status(env: &TestEnv, etcd: &EtcdServer, node: &Node<'_>) -> serde_json::Value {
-    env.command(["status", "--json", "--etcd", &etcd.endpoints()])
-        .args(["--node", node.name()])
-        .arg("--lock-dir")
-        .arg(node.lock_dir())
-        .run()
-        .json()
+        tag,
+    )
 }
 
 #[test]
 fn a_node_saying_three_tuners_never_takes_a_third_slot_while_the_holders_say_two() {
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     let _a1 = hold(&env, &a, 1, "a1", 2);
     let _a2 = hold(&env, &a, 2, "a2", 2);
     b.launch(&channel(3))
@@ -87,8 +64,7 @@ fn a_node_saying_three_tuners_never_takes_a_third_slot_while_the_holders_say_two
 fn a_waiter_saying_two_tuners_keeps_launchers_saying_three_below_two_and_status_shows_it() {
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     let b1 = hold(&env, &b, 1, "b1", 3);
     let _b2 = hold(&env, &b, 2, "b2", 3);
     // A waiter that declares two tuners: no slot, but its N counts.
@@ -99,7 +75,7 @@ fn a_waiter_saying_two_tuners_keeps_launchers_saying_three_below_two_and_status_
             .program(reader_program(&env, "a", REAL_TUNERS)),
     );
     let waiting = || {
-        cluster_status(&env, &etcd, &a)["cluster"]["waiters"]
+        a.status().arg("--json").run().json()["cluster"]["waiters"]
             .as_array()
             .is_some_and(|w| !w.is_empty())
     };
@@ -108,7 +84,7 @@ fn a_waiter_saying_two_tuners_keeps_launchers_saying_three_below_two_and_status_
         "the waiter never registered:\n{}",
         waiter.log()
     );
-    let seen = cluster_status(&env, &etcd, &a);
+    let seen = a.status().arg("--json").run().json();
     let cluster = &seen["cluster"];
     let waiters = cluster["waiters"].as_array().expect("waiters");
     assert_eq!(waiters.len(), 1, "{seen:#}");
@@ -154,10 +130,7 @@ fn a_waiter_saying_two_tuners_keeps_launchers_saying_three_below_two_and_status_
             .any(|w| w.as_str().unwrap_or_default().contains("disagree"))),
         "{seen:#}"
     );
-    env.command(["status", "--etcd", &etcd.endpoints()])
-        .args(["--node", "a"])
-        .arg("--lock-dir")
-        .arg(a.lock_dir())
+    a.status()
         .stdout_contains("device den-box waiting: node a (this node)")
         .stdout_contains("disagree")
         .run();
@@ -176,7 +149,7 @@ fn a_waiter_saying_two_tuners_keeps_launchers_saying_three_below_two_and_status_
     assert!(timeline.life("b3").is_none(), "{timeline:#?}");
     timeline.assert_at_most(REAL_TUNERS);
     // Its waiting key went with the take.
-    let seen = cluster_status(&env, &etcd, &a);
+    let seen = a.status().arg("--json").run().json();
     assert_eq!(
         seen["cluster"]["waiters"],
         serde_json::json!([]),
@@ -192,8 +165,7 @@ fn nodes_saying_two_and_three_tuners_racing_for_one_device_never_run_three_reade
     const ROUNDS: usize = 3;
     let etcd = EtcdServer::start();
     let env = TestEnv::new();
-    let a = Node::new(&env, "a", etcd.endpoints());
-    let b = Node::new(&env, "b", etcd.endpoints());
+    let [a, b] = Node::each(&env, &etcd.endpoints(), ["a", "b"]);
     for round in 0..ROUNDS {
         let _ = std::fs::remove_file(env.path("events"));
         let mut holder = hold(&env, &a, 1, &format!("holder{round}"), 2);

@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::testenv::{BUSY, Guard, PATIENCE, TestEnv, holders, wait_until};
+use crate::testenv::{BUSY, Guard, PATIENCE, TestEnv, holders, streaming_server, wait_until};
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
 
@@ -127,20 +127,8 @@ fn at_a_tiny_descriptor_limit_the_program_still_runs_holding_its_lock() {
 // --readers` says so: the reader is stale (7) and `dropped_lock`.
 #[test]
 fn a_reader_that_closed_every_descriptor_is_flagged_as_having_dropped_its_lock() {
-    use std::io::Write;
     let env = TestEnv::new();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                while stream.write_all(&[0x47; 1316]).is_ok() {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            });
-        }
-    });
+    let address = streaming_server();
     let source = format!("http://{address}/auto/v5.1");
     let script = format!(
         "for fd in /proc/$$/fd/*; do n=${{fd##*/}}; [ \"$n\" -gt 2 ] && eval \"exec $n>&-\"; done; \
@@ -154,13 +142,12 @@ fn a_reader_that_closed_every_descriptor_is_flagged_as_having_dropped_its_lock()
     let mut last = serde_json::Value::Null;
     let flagged = wait_until(PATIENCE, || {
         let output = env
-            .ec_launch()
-            .args(["status", "--readers", "--json", "--lock-dir"])
-            .arg(env.lock_dir())
-            .output()
-            .unwrap();
-        last = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        output.status.code() == Some(7)
+            .status()
+            .args(["--readers", "--json"])
+            .any_status()
+            .run();
+        last = serde_json::from_str(&output.stdout).unwrap_or_default();
+        output.code == Some(7)
             && last["readers"]["endpoints"][0]["connections"]
                 .as_array()
                 .is_some_and(|c| {

@@ -37,6 +37,21 @@ fn discovering(discover: Discover) -> Api {
     }
 }
 
+/// `ec-launch run --tuners auto` on channel 1 of the device at `ip`.
+fn tuners_auto(env: &TestEnv, ip: Ipv4Addr) -> crate::testenv::Invocation<'_> {
+    env.launch(source(ip, 1)).args(["--tuners", "auto"])
+}
+
+/// A launch on channel 1 of the device at `ip` that takes one of its
+/// `tuners` slots and ends at once, so a slot file names the device.
+#[track_caller]
+fn take_a_slot(env: &TestEnv, ip: Ipv4Addr, tuners: &str) {
+    env.launch(source(ip, 1))
+        .args(["--tuners", tuners])
+        .program(["true"])
+        .run();
+}
+
 /// `sh -c` that leaves `ran-<name>` and then sleeps, holding what it holds.
 fn held_program(name: &str) -> Vec<String> {
     TestEnv::sh(&format!("touch ran-{name}; exec sleep 300"))
@@ -90,9 +105,7 @@ fn tuners_auto_on_a_device_without_discover_json_exits_78_asking_for_a_count() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 22);
     device(ip, 2, discovering(Discover::NotFound));
-    let env = TestEnv::new();
-    env.launch(source(ip, 1))
-        .args(["--tuners", "auto"])
+    tuners_auto(&TestEnv::new(), ip)
         .expect_status(78)
         .one_line_error(format!(
             "cannot ask device {ip} for its tuner count (GET http://{ip}/discover.json)"
@@ -119,9 +132,7 @@ fn tuners_auto_on_a_device_reporting_no_usable_tuner_count_exits_78() {
             ..Api::default()
         },
     );
-    TestEnv::new()
-        .launch(source(ip, 1))
-        .args(["--tuners", "auto"])
+    tuners_auto(&TestEnv::new(), ip)
         .expect_status(78)
         .one_line_error("no usable TunerCount")
         .program_did_not_run()
@@ -139,8 +150,7 @@ fn tuners_auto_on_a_hung_device_gives_up_after_the_timeouts_and_exits_69() {
     device(ip, 2, discovering(Discover::Hang));
     let env = TestEnv::new();
     let started = Instant::now();
-    env.launch(source(ip, 1))
-        .args(["--tuners", "auto"])
+    tuners_auto(&env, ip)
         .expect_status(69)
         .one_line_error("no complete answer within 2s")
         .output_lacks(SECRET)
@@ -163,9 +173,7 @@ fn tuners_auto_on_a_device_answering_garbage_exits_69() {
     require_root!("listen on port 80 of a loopback address");
     let ip = Ipv4Addr::new(127, 0, 0, 25);
     device(ip, 2, discovering(Discover::Garbage));
-    TestEnv::new()
-        .launch(source(ip, 1))
-        .args(["--tuners", "auto"])
+    tuners_auto(&TestEnv::new(), ip)
         .expect_status(69)
         .one_line_error("malformed answer: not JSON")
         .output_lacks(SECRET)
@@ -190,8 +198,7 @@ fn tuners_auto_with_nothing_listening_exits_69_and_a_number_never_asks() {
     // Nothing listens on 127.0.0.26:80: refused at once, no root needed.
     let ip = Ipv4Addr::new(127, 0, 0, 26);
     let env = TestEnv::new();
-    env.launch(source(ip, 1))
-        .args(["--tuners", "auto"])
+    tuners_auto(&env, ip)
         .expect_status(69)
         .one_line_error(format!("cannot ask device {ip} for its tuner count"))
         .stderr_contains("the device did not answer: Connection refused (os error 111); check")
@@ -215,6 +222,19 @@ fn streamer(ip: Ipv4Addr, channel: u32, name: &str) -> Vec<String> {
          && read -r status <&$tuner && touch ran-{name} && exec cat <&$tuner >/dev/null"
     );
     vec!["bash".into(), "-c".into(), script]
+}
+
+/// A launch on channel 1 of the device at `ip` with `tuners` slots whose
+/// [`streamer`] reads until the test ends; returns once the device answered.
+#[track_caller]
+fn stream_under_a_slot(env: &TestEnv, ip: Ipv4Addr, tuners: &str) -> crate::testenv::Guard {
+    let ours = env
+        .launch(source(ip, 1))
+        .args(["--tuners", tuners])
+        .program(streamer(ip, 1, "ours"))
+        .spawn();
+    assert!(wait_until(PATIENCE, || env.path("ran-ours").exists()));
+    ours
 }
 
 /// A reader outside any launcher streaming `channel` from the device at
@@ -268,9 +288,7 @@ fn reader_from(from: Ipv4Addr, device: Ipv4Addr, channel: u32) -> BufReader<TcpS
 
 /// `ec-launch status --lock-dir <env> --device [extra…]`.
 fn status_device<'e>(env: &'e TestEnv, extra: &[&str]) -> crate::testenv::Invocation<'e> {
-    env.command(["status", "--device", "--lock-dir"])
-        .arg(env.lock_dir())
-        .args(extra)
+    env.status().arg("--device").args(extra)
 }
 
 #[test]
@@ -283,12 +301,7 @@ fn status_device_reports_a_reader_from_another_address_as_foreign_and_exits_6() 
     let ip = Ipv4Addr::new(127, 0, 0, 27);
     device(ip, 2, Api::default());
     let env = TestEnv::new();
-    let _ours = env
-        .launch(source(ip, 1))
-        .args(["--tuners", "2"])
-        .program(streamer(ip, 1, "ours"))
-        .spawn();
-    assert!(wait_until(PATIENCE, || env.path("ran-ours").exists()));
+    let _ours = stream_under_a_slot(&env, ip, "2");
     status_device(&env, &[])
         .stdout_contains(format!("{ip}"))
         .output_lacks("foreign reader")
@@ -339,12 +352,7 @@ fn status_device_reports_a_reader_on_this_node_that_took_no_slot_and_exits_6() {
     let ip = Ipv4Addr::new(127, 0, 0, 28);
     device(ip, 3, Api::default());
     let env = TestEnv::new();
-    let _ours = env
-        .launch(source(ip, 1))
-        .args(["--tuners", "3"])
-        .program(streamer(ip, 1, "ours"))
-        .spawn();
-    assert!(wait_until(PATIENCE, || env.path("ran-ours").exists()));
+    let _ours = stream_under_a_slot(&env, ip, "3");
     // A hand-started reader on this node: same address, no slot.
     let _stray = reader_from(Ipv4Addr::LOCALHOST, ip, 4);
     status_device(&env, &[])
@@ -358,10 +366,7 @@ fn status_device_on_a_device_that_cannot_be_asked_warns_and_exits_69() {
     // Nothing listens on 127.0.0.29:80; a slot file names the device.
     let ip = Ipv4Addr::new(127, 0, 0, 29);
     let env = TestEnv::new();
-    env.launch(source(ip, 1))
-        .args(["--tuners", "2"])
-        .program(["true"])
-        .run();
+    take_a_slot(&env, ip, "2");
     status_device(&env, &[])
         .expect_status(69)
         .stdout_contains(format!(
@@ -369,10 +374,7 @@ fn status_device_on_a_device_that_cannot_be_asked_warns_and_exits_69() {
         ))
         .run();
     // Without --device, nothing is asked.
-    env.command(["status", "--lock-dir"])
-        .arg(env.lock_dir())
-        .output_lacks("cannot ask")
-        .run();
+    env.status().output_lacks("cannot ask").run();
 }
 
 /// A device whose HTTP API answers every request with `status_json` as
@@ -395,6 +397,17 @@ fn device_reporting(ip: Ipv4Addr, status_json: &'static str) {
     });
 }
 
+/// The first device's `device_tuners` in a `status --device --json`
+/// report, checked to be `count` long.
+#[track_caller]
+fn device_tuners(json: &serde_json::Value, count: usize) -> &Vec<serde_json::Value> {
+    let tuners = json["devices"][0]["device_tuners"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no device_tuners: {json:#}"));
+    assert_eq!(tuners.len(), count, "{json:#}");
+    tuners
+}
+
 #[test]
 #[cfg_attr(
     ec_tests_without_root,
@@ -411,10 +424,7 @@ fn status_device_keeps_the_tuners_a_device_reports_beside_one_it_reports_without
             {"Resource":"tuner2"}]"#,
     );
     let env = TestEnv::new();
-    env.launch(source(ip, 1))
-        .args(["--tuners", "2"])
-        .program(["true"])
-        .run();
+    take_a_slot(&env, ip, "2");
     status_device(&env, &[])
         .expect_status(6)
         .stdout_contains(format!(
@@ -427,10 +437,7 @@ fn status_device_keeps_the_tuners_a_device_reports_beside_one_it_reports_without
         .expect_status(6)
         .run()
         .json();
-    let tuners = json["devices"][0]["device_tuners"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no device_tuners: {json:#}"));
-    assert_eq!(tuners.len(), 3, "{json:#}");
+    let tuners = device_tuners(&json, 3);
     assert_eq!(tuners[1]["tuner"], "tuner1", "{json:#}");
     assert_eq!(tuners[0]["problem"], "no_resource", "{json:#}");
     assert_eq!(
@@ -452,20 +459,14 @@ fn status_device_with_an_entry_that_is_no_tuner_keeps_the_rest_and_says_the_view
     let ip = Ipv4Addr::new(127, 0, 0, 43);
     device_reporting(ip, r#"[{"Resource":"tuner0"}, 7, {"Resource":"tuner2"}]"#);
     let env = TestEnv::new();
-    env.launch(source(ip, 1))
-        .args(["--tuners", "2"])
-        .program(["true"])
-        .run();
+    take_a_slot(&env, ip, "2");
     // No foreign reader among what it says, but one entry says nothing:
     // "no foreign reader" is not established.
     let json = status_device(&env, &["--json"])
         .expect_status(69)
         .run()
         .json();
-    let tuners = json["devices"][0]["device_tuners"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no device_tuners: {json:#}"));
-    assert_eq!(tuners.len(), 3, "{json:#}");
+    let tuners = device_tuners(&json, 3);
     assert_eq!(tuners[1]["problem"], "unreadable", "{json:#}");
     assert_eq!(tuners[2]["tuner"], "tuner2", "{json:#}");
 }

@@ -52,6 +52,18 @@ impl TestEnv {
         invocation
     }
 
+    /// `ec-launch key --lock-dir <env> SOURCE`, like `launch`.
+    pub fn key(&self, source: impl AsRef<OsStr>) -> Invocation<'_> {
+        self.command(["key", "--lock-dir"])
+            .arg(self.lock_dir())
+            .arg(source)
+    }
+
+    /// `ec-launch status --lock-dir <env> [args…]`, like `launch`.
+    pub fn status(&self) -> Invocation<'_> {
+        self.command(["status", "--lock-dir"]).arg(self.lock_dir())
+    }
+
     /// `ec-launch ARGS…` (any subcommand, no lock directory added), to be
     /// finished with expectations and `run()`.
     pub fn command<I, S>(&self, args: I) -> Invocation<'_>
@@ -61,6 +73,7 @@ impl TestEnv {
     {
         Invocation {
             env: self,
+            binary: None,
             args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
             program: None,
             vars: Vec::new(),
@@ -93,6 +106,7 @@ impl TestEnv {
 #[derive(Debug)]
 pub struct Invocation<'e> {
     env: &'e TestEnv,
+    binary: Option<OsString>,
     args: Vec<OsString>,
     program: Option<Vec<OsString>>,
     vars: Vec<(OsString, Option<OsString>)>,
@@ -145,6 +159,20 @@ impl Invocation<'_> {
     pub fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.vars
             .push((name.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    /// Unsets a variable (one the test's own environment may carry, or one
+    /// an earlier `env` set).
+    pub fn env_remove(mut self, name: impl AsRef<OsStr>) -> Self {
+        self.vars.push((name.as_ref().to_owned(), None));
+        self
+    }
+
+    /// Runs the executable at `path` instead of the built `ec-launch` (a
+    /// copy of it elsewhere, or `ec-launch-cluster` directly).
+    pub fn binary(mut self, path: impl AsRef<OsStr>) -> Self {
+        self.binary = Some(path.as_ref().to_owned());
         self
     }
 
@@ -272,11 +300,12 @@ impl Invocation<'_> {
     /// The command as configured, for what the builder does not cover
     /// (`pre_exec`, wrapping it in another program).
     pub fn to_command(&self) -> Command {
-        let mut command = self.env.ec_launch();
+        let binary = self.binary.as_deref().unwrap_or(OsStr::new(BIN));
+        let mut command = self.env.executable(binary);
         if let Some(script) = &self.shell {
             let direct = command;
             command = Command::new("sh");
-            command.args(["-c", script, "sh", BIN]);
+            command.args(["-c", script, "sh"]).arg(binary);
             command.current_dir(self.env.path(""));
             for (name, value) in direct.get_envs() {
                 match value {

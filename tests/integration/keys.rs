@@ -9,13 +9,7 @@ use crate::testenv::{TestEnv, describe, holders, require_root};
 
 /// `ec-launch key --json SOURCE` → the key, or a failure with its output.
 fn key_of(env: &TestEnv, source: &str) -> String {
-    let json = env
-        .command(["key", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .arg(source)
-        .label(source)
-        .run()
-        .json();
+    let json = env.key(source).arg("--json").label(source).run().json();
     json["key"].as_str().unwrap().to_owned()
 }
 

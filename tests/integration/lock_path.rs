@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::testenv::{
-    BUSY, Invocation, NOBODY, PATIENCE, TestEnv, describe, holders, require_root, text, wait_until,
+    Invocation, NOBODY, PATIENCE, TestEnv, describe, holders, require_root, text, wait_until,
 };
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
@@ -150,25 +150,7 @@ fn the_modules_setgid_group_directory_serves_root_and_the_service_user_read_writ
     assert_eq!((metadata.uid(), metadata.gid()), (0, NOBODY));
 
     // …and the service user later takes it read-write (its record is written).
-    let service = env
-        .launch(SOURCE)
-        .program(TestEnv::sh(
-            "echo $$ > service.pid; while [ ! -e release ]; do sleep 0.02; done",
-        ))
-        .uid(NOBODY)
-        .spawn();
-    let pid = i64::from(service.pid());
-    assert!(
-        wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
-        "the service user must hold the lock"
-    );
-    env.launch(SOURCE)
-        .program(["true"])
-        .expect_status(BUSY)
-        .run();
-    fs::write(env.path("release"), "").unwrap();
-    let (code, stderr) = service.finish();
-    assert_eq!(code, Some(0), "{stderr}");
+    let (pid, stderr) = env.hold_as_service_user(SOURCE, "the service user must hold the lock");
     assert!(!stderr.contains("read-only descriptor"), "{stderr}");
     assert!(
         fs::read_to_string(&lock_file)
@@ -275,12 +257,7 @@ fn status_of_a_source_refuses_what_run_refuses_instead_of_opening_it() {
         nix::sys::stat::makedev(1, 3),
     )
     .unwrap();
-    let status = || {
-        env.command(["status", "--lock-dir"])
-            .arg(env.lock_dir())
-            .arg(SOURCE)
-            .expect_status(73)
-    };
+    let status = || env.status().arg(SOURCE).expect_status(73);
     status()
         .stderr_contains("not a regular file (it is a device node)")
         .run();

@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod cluster_node;
 mod cluster_placement;
+mod cluster_priority;
 mod cluster_slots;
 mod descriptors;
 mod device;

@@ -5,13 +5,11 @@
 //! owner of its connections by `status --readers`.
 
 use std::fs;
-use std::io::Write;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::testenv::{
-    BUSY, Guard, PATIENCE, TestEnv, build_support_program, describe, require_root, wait_until,
+    BUSY, Guard, PATIENCE, TestEnv, build_support_program, require_root, streaming_server,
+    wait_until,
 };
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
@@ -52,14 +50,7 @@ fn the_live_thread_of_a_program_whose_main_thread_exited_is_named_as_the_holder(
         .stderr_lacks("cannot see")
         .program_did_not_run()
         .run();
-    let output = env
-        .ec_launch()
-        .args(["status", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .output()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", describe(&output)));
+    let json = env.status().arg("--json").any_status().run().json();
     assert_eq!(
         json["locks"][0]["holders"][0]["pid"],
         u64::from(pid),
@@ -67,33 +58,13 @@ fn the_live_thread_of_a_program_whose_main_thread_exited_is_named_as_the_holder(
     );
 }
 
-/// A loopback server that streams to every client.
-fn stand_in() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                while stream.write_all(&[0x47; 1316]).is_ok() {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            });
-        }
-    });
-    address
-}
-
 fn readers(env: &TestEnv) -> (Option<i32>, serde_json::Value) {
-    let output = env
-        .ec_launch()
-        .args(["status", "--readers", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .output()
-        .unwrap();
-    let json = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", describe(&output)));
-    (output.status.code(), json)
+    let outcome = env
+        .status()
+        .args(["--readers", "--json"])
+        .any_status()
+        .run();
+    (outcome.code, outcome.json())
 }
 
 /// The connections of `pid` in a readers report.
@@ -117,7 +88,7 @@ fn connections_of(report: &serde_json::Value, pid: u32) -> Vec<serde_json::Value
 fn readers_whose_main_thread_exited_are_accounted_for_and_a_stale_one_exits_7() {
     require_root!("see every process's sockets and descriptors");
     let env = TestEnv::new();
-    let address = stand_in();
+    let address = streaming_server();
     let source = format!("http://{address}/auto/v5.1");
     let binary = program(&env);
     let reader = || {

@@ -196,19 +196,10 @@ fn a_priority_300_launcher_preempts_one_of_two_100_readers_which_is_told_at_once
         to_term.as_secs_f64() * 1e3
     );
     // `status` shows the preemption on the slot, until it is taken again.
-    let shown = env
-        .command(["status", "--lock-dir"])
-        .arg(env.lock_dir())
-        .run()
-        .stdout;
+    let shown = env.status().run().stdout;
     assert!(shown.contains("preempted pid"), "{shown}");
     assert!(shown.contains("priority 300"), "{shown}");
-    let json = env
-        .command(["status", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .run()
-        .stdout;
-    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let json = env.status().arg("--json").run().json();
     let slots = &json["devices"][0]["slots"];
     let preempted = slots
         .as_array()
@@ -363,20 +354,10 @@ fn waiters_of_priorities_10_300_and_100_are_served_300_then_100_then_10() {
     );
     // `status` shows the line in order, and a held waiter's file is no
     // lock moved out of the directory (the first build said ORPHANED, 4).
-    let shown = env
-        .command(["status", "--lock-dir"])
-        .arg(env.lock_dir())
-        .stderr_lacks("ORPHANED")
-        .run()
-        .stdout;
+    let shown = env.status().stderr_lacks("ORPHANED").run().stdout;
     assert!(shown.contains("; 3 waiting\n  in line: pid "), "{shown}");
     assert!(!shown.contains("ORPHANED"), "{shown}");
-    let json = env
-        .command(["status", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .run()
-        .stdout;
-    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let json = env.status().arg("--json").run().json();
     let line: Vec<u64> = json["devices"][0]["waiters"]
         .as_array()
         .unwrap()
@@ -567,18 +548,9 @@ fn a_holder_that_escaped_its_stopped_service_is_reclaimed_and_a_hand_started_one
             .is_empty()
     );
     // `status` marks it, whether or not anyone reclaims.
-    let shown = env
-        .command(["status", "--lock-dir"])
-        .arg(env.lock_dir())
-        .run()
-        .stdout;
+    let shown = env.status().run().stdout;
     assert!(shown.contains("ESCAPED"), "{shown}");
-    let json = env
-        .command(["status", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .run()
-        .stdout;
-    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let json = env.status().arg("--json").run().json();
     assert_eq!(json["locks"][0]["escaped"], true, "{json}");
     // Without the flag: busy, saying how to stop it.
     env.launch(source)

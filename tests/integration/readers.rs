@@ -4,14 +4,12 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
-use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::testenv::{
-    Guard, KillOnDrop, NOBODY, PATIENCE, TestEnv, describe, require_root, text, wait_until,
+    Guard, Invocation, KillOnDrop, NOBODY, PATIENCE, TestEnv, require_root, wait_until,
 };
 
 /// The exit status of a `status` that found a stale reader.
@@ -61,6 +59,23 @@ impl StandIn {
         )
     }
 
+    /// Launches a reader of `source` (a channel of this stand-in) under its
+    /// lock and waits until the kernel shows it holding the lock.
+    #[track_caller]
+    fn hold_reader(&self, env: &TestEnv, source: &str) -> Guard {
+        env.hold(source, &bash(&self.reader_script()))
+    }
+
+    /// Starts a reader outside any lock and waits until the stand-in has
+    /// seen it, the `count`th connection in all.
+    #[track_caller]
+    fn stray_reader(&self, count: usize) -> Guard {
+        let stray =
+            Guard::spawn(std::process::Command::new("bash").args(["-c", &self.reader_script()]));
+        self.wait_for(count);
+        stray
+    }
+
     /// Waits until `count` connections in all have been accepted.
     #[track_caller]
     fn wait_for(&self, count: usize) {
@@ -77,25 +92,35 @@ fn bash(script: &str) -> Vec<String> {
     vec!["bash".into(), "-c".into(), script.into()]
 }
 
-/// A reader started outside any lock.
-fn stray_reader(stand_in: &StandIn) -> Guard {
-    Guard::spawn(std::process::Command::new("bash").args(["-c", &stand_in.reader_script()]))
+/// The set-up of most tests here: an environment and a stand-in on IPv4
+/// loopback.
+fn start() -> (TestEnv, StandIn) {
+    (TestEnv::new(), StandIn::start("127.0.0.1:0"))
 }
 
-fn readers(env: &TestEnv, args: &[&str]) -> Output {
-    env.ec_launch()
-        .args(["status", "--readers", "--lock-dir"])
-        .arg(env.lock_dir())
-        .args(args)
-        .output()
-        .unwrap()
+/// `ec-launch status --readers --lock-dir <env> [args…]`, exit status 0
+/// unless the test says otherwise.
+fn readers(env: &TestEnv) -> Invocation<'_> {
+    env.status().arg("--readers")
 }
 
+/// `readers --json`: its exit status and report, whatever the status.
+#[track_caller]
 fn readers_json(env: &TestEnv) -> (Option<i32>, serde_json::Value) {
-    let output = readers(env, &["--json"]);
-    let json = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(&output)));
-    (output.status.code(), json)
+    let outcome = readers(env).arg("--json").any_status().run();
+    (outcome.code, outcome.json())
+}
+
+/// `readers --json` as [`NOBODY`], who cannot see root's descriptors: the
+/// report, once the status says "cannot tell" (5).
+#[track_caller]
+fn readers_json_as_nobody(env: &TestEnv) -> serde_json::Value {
+    readers(env)
+        .arg("--json")
+        .uid(NOBODY)
+        .expect_status(5)
+        .run()
+        .json()
 }
 
 /// The connections of the endpoint `address` in a `readers` report.
@@ -118,6 +143,20 @@ fn of_pid(connections: &[serde_json::Value], pid: u32) -> Vec<serde_json::Value>
         .collect()
 }
 
+/// The one connection `pid` has in `connections`, checked to be held (not
+/// stale); `report` is shown on failure.
+#[track_caller]
+fn held_connection(
+    connections: &[serde_json::Value],
+    pid: u32,
+    report: &serde_json::Value,
+) -> serde_json::Value {
+    let ours = of_pid(connections, pid);
+    assert_eq!(ours.len(), 1, "{report:#}");
+    assert_eq!(ours[0]["stale"], false, "{report:#}");
+    ours[0].clone()
+}
+
 #[test]
 #[cfg_attr(
     ec_tests_without_root,
@@ -125,29 +164,21 @@ fn of_pid(connections: &[serde_json::Value], pid: u32) -> Vec<serde_json::Value>
 )]
 fn the_lock_holders_connection_is_shown_as_held_with_its_bytes() {
     require_root!("see every process's descriptors");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
+    let (env, stand_in) = start();
     let source = stand_in.source("v5.1");
-    let holder = env.hold(&source, &bash(&stand_in.reader_script()));
+    let holder = stand_in.hold_reader(&env, &source);
     stand_in.wait_for(1);
 
     let (code, report) = readers_json(&env);
     assert_eq!(code, Some(0), "{report:#}");
     let connections = connections_to(&report, stand_in.address);
-    let ours = of_pid(&connections, holder.pid());
-    assert_eq!(ours.len(), 1, "{report:#}");
-    assert_eq!(ours[0]["stale"], false, "{report:#}");
-    assert_eq!(ours[0]["remote"], stand_in.address.to_string());
-    assert_eq!(ours[0]["holds"][0], source, "{report:#}");
-    assert!(
-        ours[0]["bytes_received"].as_u64().unwrap() > 0,
-        "{report:#}"
-    );
+    let ours = held_connection(&connections, holder.pid(), &report);
+    assert_eq!(ours["remote"], stand_in.address.to_string());
+    assert_eq!(ours["holds"][0], source, "{report:#}");
+    assert!(ours["bytes_received"].as_u64().unwrap() > 0, "{report:#}");
     assert_eq!(report["readers"]["stale"], 0);
 
-    let table = readers(&env, &[]);
-    assert_eq!(table.status.code(), Some(0), "{}", describe(&table));
-    let out = text(&table.stdout);
+    let out = readers(&env).run().stdout;
     assert!(
         out.lines()
             .any(|l| l.starts_with("held") && l.contains(&holder.pid().to_string())),
@@ -163,20 +194,17 @@ fn the_lock_holders_connection_is_shown_as_held_with_its_bytes() {
 )]
 fn two_holders_of_two_channels_on_one_endpoint_are_both_accounted_for() {
     require_root!("see every process's descriptors");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
-    let first = env.hold(&stand_in.source("v5.1"), &bash(&stand_in.reader_script()));
-    let second = env.hold(&stand_in.source("v7.1"), &bash(&stand_in.reader_script()));
+    let (env, stand_in) = start();
+    let first = stand_in.hold_reader(&env, &stand_in.source("v5.1"));
+    let second = stand_in.hold_reader(&env, &stand_in.source("v7.1"));
     stand_in.wait_for(2);
 
     let (code, report) = readers_json(&env);
     assert_eq!(code, Some(0), "{report:#}");
     let connections = connections_to(&report, stand_in.address);
     for (holder, channel) in [(&first, "v5.1"), (&second, "v7.1")] {
-        let ours = of_pid(&connections, holder.pid());
-        assert_eq!(ours.len(), 1, "{report:#}");
-        assert_eq!(ours[0]["stale"], false, "{report:#}");
-        assert_eq!(ours[0]["holds"][0], stand_in.source(channel));
+        let ours = held_connection(&connections, holder.pid(), &report);
+        assert_eq!(ours["holds"][0], stand_in.source(channel));
     }
     let endpoint = &report["readers"]["endpoints"][0];
     assert_eq!(
@@ -193,12 +221,10 @@ fn two_holders_of_two_channels_on_one_endpoint_are_both_accounted_for() {
 )]
 fn a_reader_outside_any_lock_is_a_stale_reader_shown_first_with_exit_7() {
     require_root!("see every process's descriptors");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
-    let holder = env.hold(&stand_in.source("v5.1"), &bash(&stand_in.reader_script()));
+    let (env, stand_in) = start();
+    let holder = stand_in.hold_reader(&env, &stand_in.source("v5.1"));
     stand_in.wait_for(1);
-    let stray = stray_reader(&stand_in);
-    stand_in.wait_for(2);
+    let stray = stand_in.stray_reader(2);
 
     let (code, report) = readers_json(&env);
     assert_eq!(code, Some(STALE), "{report:#}");
@@ -210,9 +236,7 @@ fn a_reader_outside_any_lock_is_a_stale_reader_shown_first_with_exit_7() {
     assert_eq!(stale[0]["holds"].as_array().unwrap().len(), 0);
     assert_eq!(of_pid(&connections, holder.pid())[0]["stale"], false);
 
-    let table = readers(&env, &[]);
-    assert_eq!(table.status.code(), Some(STALE), "{}", describe(&table));
-    let out = text(&table.stdout);
+    let out = readers(&env).expect_status(STALE).run().stdout;
     let readers_at = out.find("READER").unwrap_or_else(|| panic!("{out}"));
     let stale_at = out.find("STALE").unwrap_or_else(|| panic!("{out}"));
     let held_at = out[readers_at..]
@@ -233,11 +257,9 @@ fn a_reader_outside_any_lock_is_a_stale_reader_shown_first_with_exit_7() {
 )]
 fn a_stale_reader_of_a_free_source_is_found_too() {
     require_root!("see every process's descriptors");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
+    let (env, stand_in) = start();
     env.launch(stand_in.source("v5.1")).program(["true"]).run();
-    let stray = stray_reader(&stand_in);
-    stand_in.wait_for(1);
+    let stray = stand_in.stray_reader(1);
 
     let (code, report) = readers_json(&env);
     assert_eq!(code, Some(STALE), "{report:#}");
@@ -254,10 +276,9 @@ fn an_ipv6_endpoint_is_watched_like_an_ipv4_one() {
     require_root!("see every process's descriptors");
     let env = TestEnv::new();
     let stand_in = StandIn::start("[::1]:0");
-    let holder = env.hold(&stand_in.source("v5.1"), &bash(&stand_in.reader_script()));
+    let holder = stand_in.hold_reader(&env, &stand_in.source("v5.1"));
     stand_in.wait_for(1);
-    let stray = stray_reader(&stand_in);
-    stand_in.wait_for(2);
+    let stray = stand_in.stray_reader(2);
 
     let (code, report) = readers_json(&env);
     assert_eq!(code, Some(STALE), "{report:#}");
@@ -285,8 +306,7 @@ fn an_ipv6_endpoint_is_watched_like_an_ipv4_one() {
 )]
 fn a_child_that_inherited_the_lock_descriptor_and_owns_the_socket_holds_it() {
     require_root!("see every process's descriptors");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
+    let (env, stand_in) = start();
     let source = stand_in.source("v5.1");
     // The launched shell forks the reader and exits: only the child has
     // the lock descriptor and the socket.
@@ -305,10 +325,8 @@ fn a_child_that_inherited_the_lock_descriptor_and_owns_the_socket_holds_it() {
 
     let (code, report) = readers_json(&env);
     assert_eq!(code, Some(0), "{report:#}");
-    let ours = of_pid(&connections_to(&report, stand_in.address), pid);
-    assert_eq!(ours.len(), 1, "{report:#}");
-    assert_eq!(ours[0]["stale"], false, "{report:#}");
-    assert_eq!(ours[0]["holds"][0], source);
+    let ours = held_connection(&connections_to(&report, stand_in.address), pid, &report);
+    assert_eq!(ours["holds"][0], source);
 }
 
 #[test]
@@ -318,8 +336,7 @@ fn a_child_that_inherited_the_lock_descriptor_and_owns_the_socket_holds_it() {
 )]
 fn a_holder_with_a_second_connection_of_its_own_is_flagged() {
     require_root!("see every process's descriptors");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
+    let (env, stand_in) = start();
     let (ip, port) = (stand_in.address.ip(), stand_in.address.port());
     let script = format!(
         "exec {{a}}<>/dev/tcp/{ip}/{port} {{b}}<>/dev/tcp/{ip}/{port}; exec cat <&$a >/dev/null"
@@ -333,7 +350,7 @@ fn a_holder_with_a_second_connection_of_its_own_is_flagged() {
     let ours = of_pid(&connections_to(&report, stand_in.address), holder.pid());
     assert_eq!(ours.len(), 2, "{report:#}");
     assert!(ours.iter().all(|c| c["stale"] == false), "{report:#}");
-    let table = text(&readers(&env, &[]).stdout);
+    let table = readers(&env).any_status().run().stdout;
     assert!(
         table.lines().any(|l| l.trim_start().starts_with('!')
             && l.contains(&holder.pid().to_string())
@@ -349,21 +366,18 @@ fn a_holder_with_a_second_connection_of_its_own_is_flagged() {
 )]
 fn no_credential_of_a_source_is_printed() {
     require_root!("see every process's descriptors");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
+    let (env, stand_in) = start();
     let source = format!(
         "http://admin:S3CR3T@{}/auto/v5.1?token=T0KEN",
         stand_in.address
     );
-    let _holder = env.hold(&source, &bash(&stand_in.reader_script()));
+    let _holder = stand_in.hold_reader(&env, &source);
     stand_in.wait_for(1);
-    let _stray = stray_reader(&stand_in);
-    stand_in.wait_for(2);
+    let _stray = stand_in.stray_reader(2);
 
     for args in [&[][..], &["--json"][..]] {
-        let output = readers(&env, args);
-        assert_eq!(output.status.code(), Some(STALE), "{}", describe(&output));
-        let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        let output = readers(&env).args(args).expect_status(STALE).run();
+        let all = format!("{}{}", output.stdout, output.stderr);
         assert!(all.contains(&stand_in.address.to_string()), "{all}");
         for secret in ["S3CR3T", "T0KEN", "admin"] {
             assert!(!all.contains(secret), "{secret} printed:\n{all}");
@@ -384,7 +398,7 @@ fn a_source_known_only_by_its_key_is_said_to_have_no_endpoint() {
     let without = report["readers"]["without_endpoint"].as_array().unwrap();
     assert_eq!(without.len(), 1, "{report:#}");
     assert_eq!(without[0]["key"], "tuner-a");
-    let table = text(&readers(&env, &[]).stdout);
+    let table = readers(&env).any_status().run().stdout;
     assert!(
         table.contains("tuner-a") && table.contains("no network endpoint"),
         "{table}"
@@ -395,13 +409,7 @@ fn a_source_known_only_by_its_key_is_said_to_have_no_endpoint() {
 fn plain_status_has_no_readers_section() {
     let env = TestEnv::new();
     env.launch("http://127.0.0.1:9/x").program(["true"]).run();
-    let output = env
-        .ec_launch()
-        .args(["status", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = env.status().arg("--json").any_status().run().json();
     assert!(report.get("readers").is_none(), "{report:#}");
 }
 
@@ -412,25 +420,27 @@ fn plain_status_has_no_readers_section() {
 )]
 fn for_one_source_another_channels_holder_on_its_endpoint_still_accounts_for_its_connection() {
     require_root!("see every process's descriptors");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
+    let (env, stand_in) = start();
     let asked = stand_in.source("v5.1");
     env.launch(&asked).program(["true"]).run();
-    let other = env.hold(&stand_in.source("v7.1"), &bash(&stand_in.reader_script()));
+    let other = stand_in.hold_reader(&env, &stand_in.source("v7.1"));
     stand_in.wait_for(1);
 
-    let output = readers(&env, &["--json", &asked]);
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     // The asked source is free (3); the connection is the other channel's.
-    assert_eq!(output.status.code(), Some(3), "{report:#}");
+    let report = readers(&env)
+        .args(["--json", &asked])
+        .expect_status(3)
+        .run()
+        .json();
     let ours = of_pid(&connections_to(&report, stand_in.address), other.pid());
     assert_eq!(ours[0]["stale"], false, "{report:#}");
 
-    let stray = stray_reader(&stand_in);
-    stand_in.wait_for(2);
-    let output = readers(&env, &["--json", &asked]);
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(output.status.code(), Some(STALE), "{report:#}");
+    let stray = stand_in.stray_reader(2);
+    let report = readers(&env)
+        .args(["--json", &asked])
+        .expect_status(STALE)
+        .run()
+        .json();
     let stale = of_pid(&connections_to(&report, stand_in.address), stray.pid());
     assert_eq!(stale[0]["stale"], true, "{report:#}");
 }
@@ -442,24 +452,13 @@ fn for_one_source_another_channels_holder_on_its_endpoint_still_accounts_for_its
 )]
 fn a_user_who_cannot_read_the_records_or_the_readers_is_told_unknown_not_clear() {
     require_root!("start readers as root and run status as another user");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
-    let _holder = env.hold(&stand_in.source("v5.1"), &bash(&stand_in.reader_script()));
+    let (env, stand_in) = start();
+    let _holder = stand_in.hold_reader(&env, &stand_in.source("v5.1"));
     stand_in.wait_for(1);
-    let _stray = stray_reader(&stand_in);
-    stand_in.wait_for(2);
-    let output = env
-        .ec_launch()
-        .args(["status", "--readers", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let _stray = stand_in.stray_reader(2);
     // Neither the records (0660) nor root's descriptors are readable: a
     // stale reader may be there, so the answer is "cannot tell" (5).
-    assert_eq!(output.status.code(), Some(5), "{}", describe(&output));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = readers_json_as_nobody(&env);
     let without = report["readers"]["without_endpoint"].to_string();
     assert!(without.contains("no readable launch record"), "{report:#}");
 }
@@ -471,10 +470,9 @@ fn a_user_who_cannot_read_the_records_or_the_readers_is_told_unknown_not_clear()
 )]
 fn a_connection_whose_owner_this_user_cannot_see_is_unknown_not_clear() {
     require_root!("start a reader as root and run status as another user");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
+    let (env, stand_in) = start();
     let source = stand_in.source("v5.1");
-    let _holder = env.hold(&source, &bash(&stand_in.reader_script()));
+    let _holder = stand_in.hold_reader(&env, &source);
     stand_in.wait_for(1);
     // The record is readable, so the endpoint is known; root's
     // descriptors are not, so the connection's owner is not.
@@ -483,16 +481,7 @@ fn a_connection_whose_owner_this_user_cannot_see_is_unknown_not_clear() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    let output = env
-        .ec_launch()
-        .args(["status", "--readers", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(5), "{}", describe(&output));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = readers_json_as_nobody(&env);
     let connections = connections_to(&report, stand_in.address);
     assert_eq!(connections.len(), 1, "{report:#}");
     assert!(connections[0]["pid"].is_null(), "{report:#}");
@@ -506,29 +495,28 @@ fn a_connection_whose_owner_this_user_cannot_see_is_unknown_not_clear() {
 )]
 fn a_reader_holding_only_a_tuner_slot_of_the_device_is_accounted_for() {
     require_root!("see every process's descriptors");
-    let env = TestEnv::new();
-    let stand_in = StandIn::start("127.0.0.1:0");
+    let (env, stand_in) = start();
     // The program lets go of the source lock and keeps its tuner slot.
     let script = format!(
         "eval \"exec $EC_SOURCE_LOCK_FD>&-\"; {}",
         stand_in.reader_script()
     );
-    let holder = Guard::spawn(
-        &mut env
-            .launch(stand_in.source("v5.1"))
-            .args(["--tuners", "2"])
-            .program(bash(&script))
-            .to_command(),
-    );
+    let holder = env
+        .launch(stand_in.source("v5.1"))
+        .args(["--tuners", "2"])
+        .program(bash(&script))
+        .spawn();
     stand_in.wait_for(1);
 
     let (code, report) = readers_json(&env);
     assert_eq!(code, Some(0), "{report:#}");
-    let ours = of_pid(&connections_to(&report, stand_in.address), holder.pid());
-    assert_eq!(ours.len(), 1, "{report:#}");
-    assert_eq!(ours[0]["stale"], false, "{report:#}");
+    let ours = held_connection(
+        &connections_to(&report, stand_in.address),
+        holder.pid(),
+        &report,
+    );
     assert!(
-        ours[0]["holds"][0].as_str().unwrap().contains("tuner slot"),
+        ours["holds"][0].as_str().unwrap().contains("tuner slot"),
         "{report:#}"
     );
     // A slot is not a source of the endpoint.

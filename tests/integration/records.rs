@@ -90,13 +90,6 @@ fn slot_file(env: &TestEnv) -> PathBuf {
     slots.into_iter().next().unwrap()
 }
 
-/// `ec-launch status --lock-dir <env> ARGS…`.
-fn status<'e>(env: &'e TestEnv, args: &[&str]) -> Invocation<'e> {
-    env.command(["status", "--lock-dir"])
-        .arg(env.lock_dir())
-        .args(args)
-}
-
 /// `status`'s documented exit statuses (docs/exit-codes.md).
 const STATUS_CODES: [i32; 7] = [0, 3, 4, 5, 6, 7, 69];
 
@@ -123,7 +116,7 @@ fn every_lock_record_reader(env: &TestEnv, check: &dyn Fn(Invocation<'_>) -> Inv
     for form in [&[][..], &["--json"]] {
         let json = !form.is_empty();
         for extra in [&[][..], &[SOURCE], &["--readers"], &["--device"]] {
-            status_documented(check(status(env, &[form, extra].concat())), json);
+            status_documented(check(env.status().args([form, extra].concat())), json);
         }
     }
     for wait in [
@@ -197,7 +190,8 @@ fn hostile_lock_file_records_are_reported_and_never_change_an_exit_status() {
                 .output_lacks("panicked")
         });
         if !readable {
-            status(&env, &[SOURCE])
+            env.status()
+                .arg(SOURCE)
                 .label(format!("record {n}"))
                 .stdout_contains("the lock file has no readable launch record")
                 .run();

@@ -8,8 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use crate::testenv::{
-    BUSY, Guard, NOBODY, Outcome, PATIENCE, Settled, TOUCH_RAN, TestEnv, describe, holders,
-    is_root, kernel_locks, kernel_locks_on, release_together, require_root, settle, wait_until,
+    BUSY, Guard, NOBODY, Outcome, PATIENCE, TOUCH_RAN, TestEnv, describe, holders, is_root,
+    kernel_locks, kernel_locks_on, release_together, require_root, settle, wait_until,
 };
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
@@ -303,24 +303,11 @@ fn a_root_owned_lock_file_the_service_user_may_only_read_still_locks() {
 
     // The service user may traverse but not write the directory or the file.
     fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o1777)).unwrap();
-    let service = env
-        .launch(SOURCE)
-        .program(held_until_release("service.pid"))
-        .uid(NOBODY)
-        .spawn();
-    let pid = i64::from(service.pid());
-    assert!(
-        wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
-        "the service user must hold the lock through a read-only descriptor"
+    // It holds the lock and excludes others like any lock.
+    let (_, stderr) = env.hold_as_service_user(
+        SOURCE,
+        "the service user must hold the lock through a read-only descriptor",
     );
-    // And it excludes others like any lock.
-    env.launch(SOURCE)
-        .program(["true"])
-        .expect_status(BUSY)
-        .run();
-    fs::write(env.path("release"), "").unwrap();
-    let (code, stderr) = service.finish();
-    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("read-only descriptor"),
         "a warning must say the record is stale: {stderr}"
@@ -523,19 +510,11 @@ fn launchers_started_together_let_exactly_one_program_run_every_round() {
         );
         let mut launchers = release_together(&env, std::iter::repeat_n(script, LAUNCHERS));
         // Every loser exits 75; the winner runs until released.
-        let Settled {
-            busy,
-            others,
-            in_time,
-        } = settle(&mut launchers, LAUNCHERS - 1, Duration::from_secs(120));
-        assert!(
-            in_time,
-            "round {round}: launchers did not settle ({} left, {busy} busy, others {others:?})",
-            launchers.len()
-        );
-        assert!(
-            others.is_empty(),
-            "round {round}: unexpected exits {others:?}"
+        settle(
+            &mut launchers,
+            LAUNCHERS - 1,
+            Duration::from_secs(120),
+            &format!("round {round}"),
         );
         assert_eq!(
             launchers.len(),

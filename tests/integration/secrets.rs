@@ -25,7 +25,11 @@ fn everything(env: &TestEnv, outputs: &[&Outcome]) -> String {
     all
 }
 
-fn assert_no_secret(all: &str, url: &str) {
+/// Checks that neither `outputs` nor the lock directory holds the marker
+/// of `url`'s credentials, in any case.
+#[track_caller]
+fn assert_no_secret(env: &TestEnv, outputs: &[&Outcome], url: &str) {
+    let all = everything(env, outputs);
     assert!(
         !all.to_ascii_uppercase().contains(MARKER),
         "credential of {url} leaked:\n{all}"
@@ -36,16 +40,8 @@ fn assert_no_secret(all: &str, url: &str) {
 fn exercise(url: &str) {
     let env = TestEnv::new();
     let ran = env.launch(url).arg("-vv").program(["true"]).run();
-    let key = env
-        .command(["key", "--lock-dir"])
-        .arg(env.lock_dir())
-        .arg(url)
-        .run();
-    let key_json = env
-        .command(["key", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .arg(url)
-        .run();
+    let key = env.key(url).run();
+    let key_json = env.key(url).arg("--json").run();
 
     // Busy and timed-out paths print the holder and the key.
     let lock_file = env.lock_file_of(url);
@@ -76,7 +72,8 @@ fn exercise(url: &str) {
         .run();
 
     assert_no_secret(
-        &everything(&env, &[&ran, &key, &key_json, &busy, &timed_out, &failed]),
+        &env,
+        &[&ran, &key, &key_json, &busy, &timed_out, &failed],
         url,
     );
 }
@@ -101,9 +98,9 @@ fn invalid_sources_with_credentials_are_not_echoed_in_errors() {
         "mailto:XSECRETX@example.com",
     ] {
         let output = env.launch(url).program(["true"]).expect_failure().run();
-        assert_no_secret(&everything(&env, &[&output]), url);
+        assert_no_secret(&env, &[&output], url);
         let key = env.command(["key", url]).expect_failure().run();
-        assert_no_secret(&everything(&env, &[&key]), url);
+        assert_no_secret(&env, &[&key], url);
     }
 }
 
@@ -153,17 +150,9 @@ fn exercise_with_key(url: &str) {
         .program(["true"])
         .label(url)
         .run();
-    let status = env
-        .command(["status", "--lock-dir"])
-        .arg(env.lock_dir())
-        .any_status()
-        .run();
-    let status_json = env
-        .command(["status", "--json", "--lock-dir"])
-        .arg(env.lock_dir())
-        .any_status()
-        .run();
-    assert_no_secret(&everything(&env, &[&ran, &status, &status_json]), url);
+    let status = env.status().any_status().run();
+    let status_json = env.status().arg("--json").any_status().run();
+    assert_no_secret(&env, &[&ran, &status, &status_json], url);
 }
 
 #[test]
@@ -196,7 +185,7 @@ fn path_like_sources_are_not_echoed_raw_in_errors() {
             .expect_status(66)
             .stderr_contains("cannot be resolved")
             .run();
-        assert_no_secret(&everything(&env, &[&output]), source);
+        assert_no_secret(&env, &[&output], source);
     }
 }
 
@@ -257,7 +246,7 @@ fn command_line_errors_never_echo_a_credential() {
             .expect_status(2)
             .stderr_starts_with("error:")
             .run();
-        assert_no_secret(&everything(&env, &[&output]), &args.join(" "));
+        assert_no_secret(&env, &[&output], &args.join(" "));
     }
 }
 
@@ -289,5 +278,5 @@ fn a_source_given_as_the_program_is_not_echoed_by_the_exec_error() {
         .expect_status(127)
         .stderr_contains("cannot run")
         .run();
-    assert_no_secret(&everything(&env, &[&output]), url);
+    assert_no_secret(&env, &[&output], url);
 }

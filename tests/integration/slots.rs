@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::testenv::{
-    BUSY, Guard, KillOnDrop, PATIENCE, Settled, TestEnv, holders, kernel_locks, release_together,
-    settle, wait_until,
+    BUSY, Guard, Invocation, KillOnDrop, PATIENCE, TestEnv, holders, kernel_locks,
+    release_together, settle, wait_until,
 };
 
 /// Channel `n` of the device at 10.0.0.5.
@@ -36,6 +36,39 @@ fn hold_slot(env: &TestEnv, source: &str, extra: &[&str], name: &str) -> Guard {
         "{name} never started its program"
     );
     holder
+}
+
+/// Launches `sleep` on channel 1 with `--tuners 2` and waits until it
+/// holds a slot; returns it and its slot file. `sleep` has no
+/// children: a child would keep the slot after the launch is killed.
+#[track_caller]
+fn sleep_on_a_slot(env: &TestEnv, who: &str) -> (Guard, PathBuf) {
+    let sleeper = env
+        .launch(channel(1))
+        .args(["--tuners", "2"])
+        .program(["sleep", "300"])
+        .spawn();
+    let pid = i64::from(sleeper.pid());
+    let mut slot = None;
+    assert!(
+        wait_until(PATIENCE, || {
+            slot = slot_files(env)
+                .into_iter()
+                .find(|f| holders(f).contains(&pid));
+            slot.is_some()
+        }),
+        "{who} never took a slot"
+    );
+    (sleeper, slot.expect("found"))
+}
+
+/// A launch on `source` with `args` (`--tuners N` and the like) that must
+/// exit busy without running its program; the test adds what it must say.
+fn busy_launch<'e>(env: &'e TestEnv, source: &str, args: &[&str]) -> Invocation<'e> {
+    env.launch(source)
+        .args(args)
+        .expect_status(BUSY)
+        .program_did_not_run()
 }
 
 /// The slot files in the lock directory, sorted.
@@ -149,24 +182,7 @@ fn the_program_gets_the_device_key_its_slot_and_the_slot_descriptor() {
 #[test]
 fn a_waiter_takes_a_slot_as_soon_as_a_holder_is_sigkilled() {
     let env = TestEnv::new();
-    // `sleep` without children: a child would keep the slot after the kill.
-    let mut first = env
-        .launch(channel(1))
-        .args(["--tuners", "2"])
-        .program(["sleep", "300"])
-        .spawn();
-    let first_pid = i64::from(first.pid());
-    let mut first_slot = None;
-    assert!(
-        wait_until(PATIENCE, || {
-            first_slot = slot_files(&env)
-                .into_iter()
-                .find(|f| holders(f).contains(&first_pid));
-            first_slot.is_some()
-        }),
-        "the first holder never took a slot"
-    );
-    let first_slot = first_slot.unwrap();
+    let (mut first, first_slot) = sleep_on_a_slot(&env, "the first holder");
     let _second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
     let mut waiter = env
         .launch(channel(3))
@@ -240,11 +256,8 @@ fn a_child_that_inherits_the_slot_descriptor_keeps_the_slot_after_its_parent_exi
         .parse()
         .unwrap();
     let helper = KillOnDrop(helper);
-    env.launch(channel(2))
-        .args(["--tuners", "1"])
-        .expect_status(BUSY)
+    busy_launch(&env, &channel(2), &["--tuners", "1"])
         .stderr_contains(format!("slot 0 held by pid {} (sleep)", helper.0))
-        .program_did_not_run()
         .run();
     drop(helper);
     let slot = slot_files(&env).remove(0);
@@ -293,19 +306,11 @@ fn launchers_on_256_channels_of_one_device_with_four_tuners_never_run_more_than_
             )
         });
         let mut launchers = release_together(&env, scripts);
-        let Settled {
-            busy,
-            others,
-            in_time,
-        } = settle(&mut launchers, LAUNCHERS - TUNERS, Duration::from_secs(180));
-        assert!(
-            in_time,
-            "round {round}: launchers did not settle ({} left, {busy} busy, others {others:?})",
-            launchers.len()
-        );
-        assert!(
-            others.is_empty(),
-            "round {round}: unexpected exits {others:?}"
+        settle(
+            &mut launchers,
+            LAUNCHERS - TUNERS,
+            Duration::from_secs(180),
+            &format!("round {round}"),
         );
         assert_eq!(launchers.len(), TUNERS, "round {round}: four must run");
         assert!(
@@ -350,13 +355,10 @@ fn launchers_that_disagree_on_the_tuner_count_warn_and_use_the_smaller() {
     // A holder that says one tuner; a launcher that says two must use one,
     // and say so.
     let first = hold_slot(&env, &channel(1), &["--tuners", "1"], "first");
-    env.launch(channel(2))
-        .args(["--tuners", "2"])
-        .expect_status(BUSY)
+    busy_launch(&env, &channel(2), &["--tuners", "2"])
         .stderr_contains("this one says --tuners 2")
         .stderr_contains("using 1")
         .stderr_contains(format!("slot 0 held by pid {}", first.pid()))
-        .program_did_not_run()
         .run();
 }
 
@@ -391,12 +393,9 @@ fn a_duplicate_of_a_held_source_never_takes_a_slot() {
         .run();
     // And a skipping duplicate says the source is busy, not the device.
     let _ = fs::remove_file(env.path("ran"));
-    env.launch(channel(1))
-        .args(["--tuners", "2"])
-        .expect_status(BUSY)
+    busy_launch(&env, &channel(1), &["--tuners", "2"])
         .stderr_contains(format!("source busy: held by pid {}", first.pid()))
         .stderr_lacks("device busy")
-        .program_did_not_run()
         .run();
 }
 
@@ -415,7 +414,7 @@ fn status_groups_slots_by_device_with_holders_and_waiters_in_text_and_json() {
         wait_until(PATIENCE, || waiters(&slot_files(&env)) == vec![waiter_pid]),
         "the waiter never blocked on the slots"
     );
-    let status = || env.command(["status", "--lock-dir"]).arg(env.lock_dir());
+    let status = || env.status();
     let stdout = status().run().stdout;
     let line = stdout
         .lines()
@@ -558,15 +557,12 @@ fn a_credential_in_a_slot_holders_source_reaches_no_output_and_no_slot_file() {
     let env = TestEnv::new();
     let secret_source = "http://admin:S3CR3T@10.0.0.5:5004/auto/v1.1?token=S3CR3T";
     let _holder = hold_slot(&env, secret_source, &["--tuners", "1"], "holder");
-    env.launch(channel(2))
-        .args(["--tuners", "1"])
-        .expect_status(BUSY)
+    busy_launch(&env, &channel(2), &["--tuners", "1"])
         .stderr_contains("reading http://***@10.0.0.5:5004/auto/v1.1?token=***")
         .output_lacks("S3CR3T")
-        .program_did_not_run()
         .run();
     for json in [false, true] {
-        let mut status = env.command(["status", "--lock-dir"]).arg(env.lock_dir());
+        let mut status = env.status();
         if json {
             status = status.arg("--json");
         }
@@ -589,18 +585,7 @@ fn a_credential_in_a_slot_holders_source_reaches_no_output_and_no_slot_file() {
 fn a_waiter_that_took_a_slot_leaves_no_thread_waiting_on_the_other_slots() {
     for round in 0..5 {
         let env = TestEnv::new();
-        let mut first = env
-            .launch(channel(1))
-            .args(["--tuners", "2"])
-            .program(["sleep", "300"])
-            .spawn();
-        let first_pid = i64::from(first.pid());
-        assert!(
-            wait_until(PATIENCE, || slot_files(&env)
-                .iter()
-                .any(|f| holders(f).contains(&first_pid))),
-            "round {round}: the first holder never took a slot"
-        );
+        let (mut first, _) = sleep_on_a_slot(&env, &format!("round {round}: the first holder"));
         let _second = hold_slot(&env, &channel(2), &["--tuners", "2"], "second");
         let waiter = env
             .launch(channel(3))
@@ -686,12 +671,9 @@ fn every_spelling_of_a_device_shares_one_set_of_slots_with_its_sources_host() {
             canonical
         );
         for (n, spelling) in spellings.iter().enumerate() {
-            env.launch(source_of(n + 2))
-                .args(["--tuners", "1", spelling])
+            busy_launch(&env, &source_of(n + 2), &["--tuners", "1", spelling])
                 .label(format!("{spelling} is the device of {}", source_of(1)))
-                .expect_status(BUSY)
                 .stderr_contains(format!("slot 0 held by pid {}", first.pid()))
-                .program_did_not_run()
                 .run();
         }
         assert_eq!(
@@ -708,12 +690,9 @@ fn every_spelling_of_a_device_shares_one_set_of_slots_with_its_sources_host() {
             &["--tuners", "1", spellings[0]],
             "second",
         );
-        env.launch(source_of(8))
-            .args(["--tuners", "1"])
+        busy_launch(&env, &source_of(8), &["--tuners", "1"])
             .label(format!("{} holds {canonical}", spellings[0]))
-            .expect_status(BUSY)
             .stderr_contains(format!("slot 0 held by pid {}", second.pid()))
-            .program_did_not_run()
             .run();
     }
 }
@@ -737,12 +716,9 @@ fn a_launcher_refuses_to_be_a_reader_beyond_n_beside_a_slot_whose_file_was_delet
         .expect("second's slot")
         .clone();
     fs::remove_file(&deleted).unwrap();
-    env.launch(channel(3))
-        .args(["--tuners", "2"])
-        .expect_status(BUSY)
+    busy_launch(&env, &channel(3), &["--tuners", "2"])
         .stderr_contains("deleted")
         .stderr_contains(format!("pid {second_pid}"))
-        .program_did_not_run()
         .run();
     assert!(
         holders(&deleted).is_empty(),

@@ -3,17 +3,10 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::testenv::{Guard, Invocation, NOBODY, TestEnv, is_root};
+use crate::testenv::{Guard, NOBODY, TestEnv, is_root};
 
 const SOURCE: &str = "http://10.0.0.5:5004/auto/v5.1";
 const OTHER: &str = "http://10.0.0.5:5004/auto/v4.1";
-
-/// `ec-launch status --lock-dir <env> ARGS…`, expected to exit 0.
-fn status<'e>(env: &'e TestEnv, args: &[&str]) -> Invocation<'e> {
-    env.command(["status", "--lock-dir"])
-        .arg(env.lock_dir())
-        .args(args)
-}
 
 /// Starts `sleep 300` under the lock of `source`, holding it.
 fn hold(env: &TestEnv, source: &str) -> Guard {
@@ -26,7 +19,7 @@ fn held_and_free_sources_are_listed_with_the_holder_from_the_kernel() {
     env.launch(OTHER).program(["true"]).run();
     let holder = hold(&env, SOURCE);
 
-    let report = status(&env, &["--json"]).run().json();
+    let report = env.status().arg("--json").run().json();
     let locks = report["locks"].as_array().unwrap();
     assert_eq!(locks.len(), 2, "{report:#}");
     let held = locks
@@ -56,7 +49,7 @@ fn held_and_free_sources_are_listed_with_the_holder_from_the_kernel() {
     assert_eq!(free["state"], "free");
     assert_eq!(free["holders"].as_array().unwrap().len(), 0);
 
-    let table = status(&env, &[]).run();
+    let table = env.status().run();
     let lines: Vec<String> = table.stdout.lines().map(str::to_owned).collect();
     assert!(lines[0].starts_with("STATE"), "{lines:?}");
     assert!(
@@ -78,14 +71,17 @@ fn with_a_source_the_exit_code_says_held_or_free() {
         "http://10.0.0.5:5004/tuner2/v5.1",
         "hdhomerun://10.0.0.5/v5.1",
     ] {
-        status(&env, &[spelling]).label(spelling).run();
+        env.status().arg(spelling).label(spelling).run();
     }
-    status(&env, &[OTHER])
+    env.status()
+        .arg(OTHER)
         .label("never launched")
         .expect_status(3)
         .run();
     env.launch(OTHER).program(["true"]).run();
-    let free = status(&env, &["--json", OTHER])
+    let free = env
+        .status()
+        .args(["--json", OTHER])
         .label("launched and exited")
         .expect_status(3)
         .run();
@@ -98,7 +94,7 @@ fn a_helper_that_inherited_the_lock_is_named_as_the_holder() {
     let kill_helper = env.leave_helper_holding(SOURCE);
     let helper = kill_helper.0;
 
-    let report = status(&env, &["--json", SOURCE]).run().json();
+    let report = env.status().args(["--json", SOURCE]).run().json();
     let lock = &report["locks"][0];
     assert_eq!(lock["state"], "held");
     let pids: Vec<u64> = lock["holders"]
@@ -128,7 +124,7 @@ fn a_lock_file_deleted_while_held_is_reported_as_orphaned_with_exit_4() {
     let lock_file = env.lock_file_of(SOURCE);
     fs::remove_file(&lock_file).unwrap();
 
-    let report = status(&env, &["--json"]).expect_status(4).run().json();
+    let report = env.status().arg("--json").expect_status(4).run().json();
     let lock = &report["locks"][0];
     assert_eq!(lock["orphaned"], true, "{report:#}");
     assert_eq!(lock["state"], "held");
@@ -139,12 +135,13 @@ fn a_lock_file_deleted_while_held_is_reported_as_orphaned_with_exit_4() {
     assert_eq!(lock["lock_file"], lock_file.to_str().unwrap());
     assert_eq!(lock["holders"][0]["pid"], holder.pid());
 
-    status(&env, &[SOURCE])
+    env.status()
+        .arg(SOURCE)
         .expect_status(4)
         .stdout_contains("ORPHANED")
         .run();
     // An orphan of another source does not answer for this one.
-    status(&env, &[OTHER]).expect_status(3).run();
+    env.status().arg(OTHER).expect_status(3).run();
 }
 
 #[test]
@@ -153,7 +150,9 @@ fn no_credential_appears_in_status_output() {
     let secret = "http://admin:XSECRETXpw@10.0.0.5:5004/auto/v5.1?token=XSECRETXtok";
     let _holder = hold(&env, secret);
     for args in [vec![], vec!["--json"], vec![secret], vec!["--json", secret]] {
-        let output = status(&env, &args)
+        let output = env
+            .status()
+            .args(&args)
             .label(format!("status {args:?}"))
             .output_lacks("XSECRETX")
             .run();
@@ -168,7 +167,7 @@ fn no_credential_appears_in_status_output() {
 #[test]
 fn an_unreadable_or_missing_lock_directory_has_its_own_exit_code() {
     let env = TestEnv::new();
-    status(&env, &[])
+    env.status()
         .expect_status(66)
         .stderr_starts_with("error: cannot read lock directory")
         .stderr_contains("check --lock-dir")
@@ -177,7 +176,7 @@ fn an_unreadable_or_missing_lock_directory_has_its_own_exit_code() {
 
     fs::create_dir(env.lock_dir()).unwrap();
     fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o300)).unwrap();
-    let mut denied = status(&env, &[]);
+    let mut denied = env.status();
     if is_root() {
         denied = denied.uid(NOBODY);
         fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o333)).unwrap();
@@ -195,7 +194,7 @@ fn an_unprivileged_user_is_told_when_other_users_holders_are_invisible() {
     let env = TestEnv::new();
     let _holder = hold(&env, SOURCE);
     fs::set_permissions(env.path(""), fs::Permissions::from_mode(0o755)).unwrap();
-    let report = status(&env, &["--json"]).uid(NOBODY).run().json();
+    let report = env.status().arg("--json").uid(NOBODY).run().json();
     // The lock table still shows the lock held, and says why holders may be missing.
     assert_eq!(report["locks"][0]["state"], "held", "{report:#}");
     let warnings = report["warnings"].to_string();

@@ -56,7 +56,14 @@ impl TestEnv {
     /// `ec-launch` with a clean environment for our variables.
     #[must_use]
     pub fn ec_launch(&self) -> Command {
-        let mut command = Command::new(BIN);
+        self.executable(BIN)
+    }
+
+    /// The executable at `path` (a copy of `ec-launch`, or
+    /// `ec-launch-cluster`) run as [`TestEnv::ec_launch`] runs ours.
+    #[must_use]
+    pub fn executable(&self, path: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new(path);
         command
             .current_dir(self.dir.path())
             .env_remove("EC_LAUNCH_LOCK_DIR")
@@ -99,16 +106,41 @@ impl TestEnv {
         KillOnDrop(pid.trim().parse().expect("helper pid"))
     }
 
+    /// Launches a program on `source` as [`NOBODY`] (the service user) that
+    /// holds the lock until the file `release` appears; checks that the
+    /// kernel shows it holding the lock (`holding` is the failure message)
+    /// and that another launch is busy meanwhile; then releases it. Returns
+    /// its PID and stderr once it exited 0.
+    #[track_caller]
+    pub fn hold_as_service_user(&self, source: &str, holding: &str) -> (i64, String) {
+        let lock_file = self.lock_file_of(source);
+        let service = self
+            .launch(source)
+            .program(Self::sh(
+                "echo $$ > service.pid; while [ ! -e release ]; do sleep 0.02; done",
+            ))
+            .uid(NOBODY)
+            .spawn();
+        let pid = i64::from(service.pid());
+        assert!(
+            wait_until(PATIENCE, || holders(&lock_file) == vec![pid]),
+            "{holding}"
+        );
+        self.launch(source)
+            .program(["true"])
+            .expect_status(BUSY)
+            .run();
+        fs::write(self.path("release"), "").expect("write release");
+        let (code, stderr) = service.finish();
+        assert_eq!(code, Some(0), "{stderr}");
+        (pid, stderr)
+    }
+
     /// The lock file `ec-launch key` names for a source.
     #[must_use]
     #[track_caller]
     pub fn lock_file_of(&self, source: &str) -> PathBuf {
-        let json = self
-            .command(["key", "--json", "--lock-dir"])
-            .arg(self.lock_dir())
-            .arg(source)
-            .run()
-            .json();
+        let json = self.key(source).arg("--json").run().json();
         PathBuf::from(json["lock_file"].as_str().expect("lock_file"))
     }
 }
@@ -197,22 +229,13 @@ pub fn release_together(env: &TestEnv, scripts: impl IntoIterator<Item = String>
     launchers
 }
 
-/// How the launchers that exited ended, once `losers` of them have.
-#[derive(Debug, Default)]
-pub struct Settled {
-    /// Exited with the busy status.
-    pub busy: usize,
-    /// Exited with anything else.
-    pub others: Vec<Option<i32>>,
-    /// `losers` exited within the limit.
-    pub in_time: bool,
-}
-
 /// Waits up to `limit` until `losers` of `launchers` have exited, keeping
-/// the ones still running in `launchers`.
-pub fn settle(launchers: &mut Vec<Guard>, losers: usize, limit: Duration) -> Settled {
+/// the ones still running in `launchers`, and checks that they did, each
+/// with the busy status; `case` names the case in failure messages.
+#[track_caller]
+pub fn settle(launchers: &mut Vec<Guard>, losers: usize, limit: Duration, case: &str) {
     let mut outcome = Settled::default();
-    outcome.in_time = wait_until(limit, || {
+    let in_time = wait_until(limit, || {
         launchers.retain_mut(|l| match l.0.try_wait().expect("try_wait") {
             None => true,
             Some(status) if status.code() == Some(BUSY) => {
@@ -226,7 +249,41 @@ pub fn settle(launchers: &mut Vec<Guard>, losers: usize, limit: Duration) -> Set
         });
         outcome.busy + outcome.others.len() == losers
     });
-    outcome
+    let Settled { busy, others } = outcome;
+    assert!(
+        in_time,
+        "{case}: launchers did not settle ({} left, {busy} busy, others {others:?})",
+        launchers.len()
+    );
+    assert!(others.is_empty(), "{case}: unexpected exits {others:?}");
+}
+
+/// How the launchers that exited so far ended.
+#[derive(Debug, Default)]
+struct Settled {
+    /// Exited with the busy status.
+    busy: usize,
+    /// Exited with anything else.
+    others: Vec<Option<i32>>,
+}
+
+/// A loopback server (a stand-in tuner) that streams to every client
+/// until it goes away; its address.
+pub fn streaming_server() -> std::net::SocketAddr {
+    use std::io::Write as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let address = listener.local_addr().expect("local address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                while stream.write_all(&[0x47; 1316]).is_ok() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+    });
+    address
 }
 
 /// Polls `condition` until true or `limit` passes. For synchronising with

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 
-use crate::testenv::{Guard, PATIENCE, TestEnv, describe, holders, wait_until};
+use crate::testenv::{Guard, Invocation, PATIENCE, TestEnv, holders, wait_until};
 
 /// `WATCHDOG_USEC` of the tests: the monitor ticks every 300 ms.
 const WATCHDOG_USEC: &str = "600000";
@@ -163,32 +163,41 @@ impl Notify {
     }
 }
 
-/// `ec-launch run --lock-dir <env> --source SOURCE [extra…] -- PROGRAM…`
-/// as a `Command`, for launches that run beside the test (the fake notify
-/// socket is read while they run) and variables that must be unset.
-fn watched<S: AsRef<std::ffi::OsStr>>(
-    env: &TestEnv,
-    source: &str,
-    extra: &[&str],
-    program: &[S],
-) -> std::process::Command {
-    env.launch(source).args(extra).program(program).to_command()
+/// What most tests here start with: an environment, a stand-in tuner
+/// (streaming or silent) and the fake notify socket.
+fn start(streaming: bool) -> (TestEnv, Tuner, Notify) {
+    let env = TestEnv::new();
+    let tuner = Tuner::start(streaming);
+    let notify = Notify::bind(&env);
+    (env, tuner, notify)
 }
 
-/// `ec-launch run --progress-watchdog` on `source` with the watchdog's
-/// environment, running `script` in bash.
-fn launch(env: &TestEnv, notify: &Notify, source: &str, script: &str) -> Guard {
-    let mut command = watched(
-        env,
-        source,
-        &["--progress-watchdog"],
-        &["bash".to_owned(), "-c".to_owned(), script.to_owned()],
-    );
-    command
+/// `ec-launch run --lock-dir <env> --source SOURCE --progress-watchdog` with
+/// the watchdog's environment: `WATCHDOG_USEC` set, `NOTIFY_SOCKET` at
+/// `notify_socket`, `WATCHDOG_PID` unset (a test changes any of them after).
+fn watched<'e>(env: &'e TestEnv, source: &str, notify_socket: &str) -> Invocation<'e> {
+    env.launch(source)
+        .arg("--progress-watchdog")
         .env("WATCHDOG_USEC", WATCHDOG_USEC)
-        .env("NOTIFY_SOCKET", &notify.address)
-        .env_remove("WATCHDOG_PID");
-    Guard::spawn(&mut command)
+        .env("NOTIFY_SOCKET", notify_socket)
+        .env_remove("WATCHDOG_PID")
+}
+
+/// `watched` on `source`, running `script` in bash beside the test (the fake
+/// notify socket is read while it runs).
+fn launch(env: &TestEnv, notify: &Notify, source: &str, script: &str) -> Guard {
+    watched(env, source, &notify.address)
+        .program(["bash", "-c", script])
+        .spawn()
+}
+
+/// `watched` on the stand-in tuner with `extra` arguments, its program a
+/// [`reader_in_a_child`] of the tuner's stream.
+fn launch_reader(env: &TestEnv, notify: &Notify, tuner: &Tuner, extra: &[&str]) -> Guard {
+    watched(env, &tuner.source(), &notify.address)
+        .args(extra)
+        .program(["bash", "-c", &reader_in_a_child(tuner.port)])
+        .spawn()
 }
 
 /// A program whose *child* (not the program itself) reads the stream, as
@@ -268,15 +277,8 @@ fn monitor_of(pings: &[Ping], program: u32) -> i32 {
 
 #[test]
 fn pings_while_bytes_flow_and_stop_within_one_interval_when_they_stop() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(true);
-    let notify = Notify::bind(&env);
-    let program = launch(
-        &env,
-        &notify,
-        &tuner.source(),
-        &reader_in_a_child(tuner.port),
-    );
+    let (env, tuner, notify) = start(true);
+    let program = launch_reader(&env, &notify, &tuner, &[]);
     tuner.wait_for_client();
 
     let flowing = notify.collect(INTERVAL * 6);
@@ -319,24 +321,8 @@ fn pings_while_bytes_flow_and_stop_within_one_interval_when_they_stop() {
 #[test]
 fn in_cluster_mode_the_launchers_pings_follow_the_supervised_programs_bytes() {
     let etcd = crate::etcd_server::EtcdServer::start();
-    let env = TestEnv::new();
-    let tuner = Tuner::start(true);
-    let notify = Notify::bind(&env);
-    let mut command = watched(
-        &env,
-        &tuner.source(),
-        &["--progress-watchdog", "--etcd", &etcd.endpoints()],
-        &[
-            "bash".to_owned(),
-            "-c".to_owned(),
-            reader_in_a_child(tuner.port),
-        ],
-    );
-    command
-        .env("WATCHDOG_USEC", WATCHDOG_USEC)
-        .env("NOTIFY_SOCKET", &notify.address)
-        .env_remove("WATCHDOG_PID");
-    let program = Guard::spawn(&mut command);
+    let (env, tuner, notify) = start(true);
+    let program = launch_reader(&env, &notify, &tuner, &["--etcd", &etcd.endpoints()]);
     tuner.wait_for_client();
     let flowing = notify.collect(INTERVAL * 6);
     assert!(
@@ -374,15 +360,8 @@ fn in_cluster_mode_the_launchers_pings_follow_the_supervised_programs_bytes() {
 
 #[test]
 fn a_connection_that_sends_nothing_gets_no_ping_after_the_programs_start() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(false);
-    let notify = Notify::bind(&env);
-    let program = launch(
-        &env,
-        &notify,
-        &tuner.source(),
-        &reader_in_a_child(tuner.port),
-    );
+    let (env, tuner, notify) = start(false);
+    let program = launch_reader(&env, &notify, &tuner, &[]);
     tuner.wait_for_client();
     // A ping at the program's start (it gets a full interval to connect),
     // from the monitor, which is alive and watching; after that, silence.
@@ -401,15 +380,8 @@ fn a_connection_that_sends_nothing_gets_no_ping_after_the_programs_start() {
 
 #[test]
 fn the_monitor_exits_and_the_lock_is_released_when_the_program_is_killed() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(true);
-    let notify = Notify::bind(&env);
-    let mut program = launch(
-        &env,
-        &notify,
-        &tuner.source(),
-        &reader_in_a_child(tuner.port),
-    );
+    let (env, tuner, notify) = start(true);
+    let mut program = launch_reader(&env, &notify, &tuner, &[]);
     tuner.wait_for_client();
     let monitor = monitor_of(&notify.collect(INTERVAL * 3), program.pid());
     let lock_file = env.lock_file_of(&tuner.source());
@@ -439,20 +411,12 @@ fn the_monitor_exits_and_the_lock_is_released_when_the_program_is_killed() {
         "the lock outlived the program: {:?}",
         holders(&lock_file)
     );
-    let again = env
-        .launch(tuner.source())
-        .program(["true"])
-        .to_command()
-        .output()
-        .expect("run again");
-    assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
+    env.launch(tuner.source()).program(["true"]).run();
 }
 
 #[test]
 fn the_monitor_exits_when_the_program_exits_normally_and_the_lock_is_free() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(true);
-    let notify = Notify::bind(&env);
+    let (env, tuner, notify) = start(true);
     let script = format!(
         "exec 3<>/dev/tcp/127.0.0.1/{}; timeout 1 cat <&3 >/dev/null; exit 0",
         tuner.port
@@ -470,15 +434,8 @@ fn the_monitor_exits_when_the_program_exits_normally_and_the_lock_is_free() {
 
 #[test]
 fn the_monitor_holds_no_lock_descriptor_and_no_descriptor_of_the_launcher() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(true);
-    let notify = Notify::bind(&env);
-    let program = launch(
-        &env,
-        &notify,
-        &tuner.source(),
-        &reader_in_a_child(tuner.port),
-    );
+    let (env, tuner, notify) = start(true);
+    let program = launch_reader(&env, &notify, &tuner, &[]);
     tuner.wait_for_client();
     let monitor = monitor_of(&notify.collect(INTERVAL * 2), program.pid());
     let lock = fs::metadata(env.lock_file_of(&tuner.source())).expect("lock file");
@@ -513,24 +470,8 @@ fn the_monitor_holds_no_lock_descriptor_and_no_descriptor_of_the_launcher() {
 
 #[test]
 fn with_tuner_slots_the_monitor_holds_no_slot_descriptor_and_the_program_holds_one() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(true);
-    let notify = Notify::bind(&env);
-    let mut command = watched(
-        &env,
-        &tuner.source(),
-        &["--progress-watchdog", "--tuners", "2"],
-        &[
-            "bash".to_owned(),
-            "-c".to_owned(),
-            reader_in_a_child(tuner.port),
-        ],
-    );
-    command
-        .env("WATCHDOG_USEC", WATCHDOG_USEC)
-        .env("NOTIFY_SOCKET", &notify.address)
-        .env_remove("WATCHDOG_PID");
-    let program = Guard::spawn(&mut command);
+    let (env, tuner, notify) = start(true);
+    let program = launch_reader(&env, &notify, &tuner, &["--tuners", "2"]);
     tuner.wait_for_client();
     let monitor = monitor_of(&notify.collect(INTERVAL * 3), program.pid());
     let slots: Vec<fs::Metadata> = fs::read_dir(env.lock_dir())
@@ -566,20 +507,13 @@ fn with_tuner_slots_the_monitor_holds_no_slot_descriptor_and_the_program_holds_o
 
 #[test]
 fn without_watchdog_usec_it_warns_once_and_starts_no_monitor() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(true);
-    let notify = Notify::bind(&env);
-    let mut command = watched(
-        &env,
-        &tuner.source(),
-        &["--progress-watchdog"],
-        &TestEnv::sh("echo \"$(cat /proc/$$/task/*/children)\" > children; sleep 1"),
-    );
-    command
-        .env("NOTIFY_SOCKET", &notify.address)
+    let (env, tuner, notify) = start(true);
+    let program = watched(&env, &tuner.source(), &notify.address)
         .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID");
-    let program = Guard::spawn(&mut command);
+        .program(TestEnv::sh(
+            "echo \"$(cat /proc/$$/task/*/children)\" > children; sleep 1",
+        ))
+        .spawn();
     let pings = notify.collect(INTERVAL * 3);
     let (status, stderr) = program.finish();
     assert_eq!(status, Some(0), "{stderr}");
@@ -598,20 +532,11 @@ fn without_watchdog_usec_it_warns_once_and_starts_no_monitor() {
 
 #[test]
 fn a_watchdog_meant_for_another_pid_starts_no_monitor() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(true);
-    let notify = Notify::bind(&env);
-    let mut command = watched(
-        &env,
-        &tuner.source(),
-        &["--progress-watchdog"],
-        &["sleep", "1"],
-    );
-    command
-        .env("WATCHDOG_USEC", WATCHDOG_USEC)
+    let (env, tuner, notify) = start(true);
+    let program = watched(&env, &tuner.source(), &notify.address)
         .env("WATCHDOG_PID", "1")
-        .env("NOTIFY_SOCKET", &notify.address);
-    let program = Guard::spawn(&mut command);
+        .program(["sleep", "1"])
+        .spawn();
     let pings = notify.collect(INTERVAL * 3);
     let (status, stderr) = program.finish();
     assert_eq!(status, Some(0), "{stderr}");
@@ -624,9 +549,7 @@ fn a_watchdog_meant_for_another_pid_starts_no_monitor() {
 
 #[test]
 fn notify_socket_and_watchdog_variables_reach_the_program_unchanged() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(true);
-    let notify = Notify::bind(&env);
+    let (env, tuner, notify) = start(true);
     let program = launch(
         &env,
         &notify,
@@ -646,12 +569,7 @@ fn an_abstract_notify_socket_gets_the_pings() {
     let env = TestEnv::new();
     let tuner = Tuner::start(true);
     let notify = Notify::bind_abstract(&format!("ec-launch-test/notify/{}", std::process::id()));
-    let program = launch(
-        &env,
-        &notify,
-        &tuner.source(),
-        &reader_in_a_child(tuner.port),
-    );
+    let program = launch_reader(&env, &notify, &tuner, &[]);
     tuner.wait_for_client();
     let pings = notify.collect(INTERVAL * 4);
     assert!(pings.len() >= 2, "{pings:?}");
@@ -660,21 +578,12 @@ fn an_abstract_notify_socket_gets_the_pings() {
 
 #[test]
 fn a_launch_waiting_for_the_lock_keeps_the_watchdog_fed() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(false);
-    let notify = Notify::bind(&env);
+    let (env, tuner, notify) = start(false);
     let _holder = env.hold(&tuner.source(), &["sleep", "30"]);
-    let mut command = watched(
-        &env,
-        &tuner.source(),
-        &["--progress-watchdog", "--on-busy", "wait"],
-        &["true"],
-    );
-    command
-        .env("WATCHDOG_USEC", WATCHDOG_USEC)
-        .env("NOTIFY_SOCKET", &notify.address)
-        .env_remove("WATCHDOG_PID");
-    let waiting = Guard::spawn(&mut command);
+    let waiting = watched(&env, &tuner.source(), &notify.address)
+        .args(["--on-busy", "wait"])
+        .program(["true"])
+        .spawn();
     // A standby is healthy: systemd must not restart it for want of bytes.
     let pings = notify.collect(INTERVAL * 5);
     assert!(
@@ -688,55 +597,33 @@ fn a_launch_waiting_for_the_lock_keeps_the_watchdog_fed() {
 fn sources_without_a_tcp_byte_count_are_refused_before_locking() {
     let env = TestEnv::new();
     for source in ["udp://239.0.0.1:1234", "srt://127.0.0.1:9000", "/dev/null"] {
-        let output = watched(&env, source, &["--progress-watchdog"], &["true"])
-            .env("WATCHDOG_USEC", WATCHDOG_USEC)
-            .env("NOTIFY_SOCKET", "/nonexistent")
-            .output()
-            .expect("run");
-        assert_eq!(
-            output.status.code(),
-            Some(64),
-            "{source}: {}",
-            describe(&output)
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.starts_with("error: --progress-watchdog cannot watch this source: ")
-                && stderr.contains("; drop --progress-watchdog")
-                && stderr.lines().count() == 1,
-            "{source}: {stderr}"
-        );
-        assert!(
-            !env.lock_dir().exists(),
-            "{source}: the lock directory was touched"
-        );
+        watched(&env, source, "/nonexistent")
+            .program(["true"])
+            .label(source)
+            .expect_status(64)
+            .stderr_starts_with("error: --progress-watchdog cannot watch this source: ")
+            .stderr_contains("; drop --progress-watchdog")
+            .stderr_lines(1)
+            .lock_dir_untouched()
+            .run();
     }
 }
 
 #[test]
 fn a_credential_in_the_source_never_shows_in_the_watchdogs_messages() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(false);
-    let notify = Notify::bind(&env);
+    let (env, tuner, notify) = start(false);
     let source = format!(
         "http://op:S3CR3T@127.0.0.1:{}/auto/v5.1?token=S3CR3T",
         tuner.port
     );
-    let mut command = watched(
-        &env,
-        &source,
-        &["--progress-watchdog"],
-        &[
-            "bash".to_owned(),
-            "-c".to_owned(),
-            format!("exec 3<>/dev/tcp/127.0.0.1/{}; sleep 2", tuner.port),
-        ],
-    );
-    command
-        .env("WATCHDOG_USEC", WATCHDOG_USEC)
-        .env("NOTIFY_SOCKET", &notify.address)
-        .env("EC_LAUNCH_LOG", "debug");
-    let program = Guard::spawn(&mut command);
+    let program = watched(&env, &source, &notify.address)
+        .env("EC_LAUNCH_LOG", "debug")
+        .program([
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{}; sleep 2", tuner.port),
+        ])
+        .spawn();
     // The monitor lives as long as the program: its command line (readable
     // by every local user) must not keep the launcher's `--source URL`.
     let monitor = monitor_of(&notify.collect(INTERVAL * 2), program.pid());
@@ -759,17 +646,13 @@ fn a_credential_in_the_source_never_shows_in_the_watchdogs_messages() {
 fn a_host_name_that_resolves_to_nothing_is_said_once_and_gets_no_ping() {
     let env = TestEnv::new();
     let notify = Notify::bind(&env);
-    let mut command = watched(
+    let program = watched(
         &env,
         "http://no-such-tuner.invalid:5004/auto/v5.1",
-        &["--progress-watchdog"],
-        &["sleep", "2"],
-    );
-    command
-        .env("WATCHDOG_USEC", WATCHDOG_USEC)
-        .env("NOTIFY_SOCKET", &notify.address)
-        .env_remove("WATCHDOG_PID");
-    let program = Guard::spawn(&mut command);
+        &notify.address,
+    )
+    .program(["sleep", "2"])
+    .spawn();
     // The start's ping, then none: nothing can be counted.
     let start = Instant::now();
     let pings = notify.collect(INTERVAL * 5);
@@ -794,9 +677,7 @@ fn a_host_name_that_resolves_to_nothing_is_said_once_and_gets_no_ping() {
 // publisher stopped feeding the watchdog.
 #[test]
 fn a_program_whose_main_thread_exits_keeps_being_watched() {
-    let env = TestEnv::new();
-    let tuner = Tuner::start(true);
-    let notify = Notify::bind(&env);
+    let (env, tuner, notify) = start(true);
     let binary = crate::testenv::build_support_program(&env, "main_thread_exits", None);
     let script = format!("exec '{}' 127.0.0.1 {}", binary.display(), tuner.port);
     let program = launch(&env, &notify, &tuner.source(), &script);
@@ -841,11 +722,11 @@ mod cluster {
         notify: &Notify,
         tuner: &Tuner,
     ) -> Guard {
-        let mut command = watched(
+        launch_reader(
             env,
-            &tuner.source(),
+            notify,
+            tuner,
             &[
-                "--progress-watchdog",
                 "--progress-window",
                 "1",
                 "--etcd",
@@ -857,17 +738,7 @@ mod cluster {
                 "--etcd-stop-grace",
                 "1",
             ],
-            &[
-                "bash".to_owned(),
-                "-c".to_owned(),
-                reader_in_a_child(tuner.port),
-            ],
-        );
-        command
-            .env("WATCHDOG_USEC", WATCHDOG_USEC)
-            .env("NOTIFY_SOCKET", &notify.address)
-            .env_remove("WATCHDOG_PID");
-        Guard::spawn(&mut command)
+        )
     }
 
     fn senders(pings: &[Ping]) -> std::collections::BTreeSet<i32> {
@@ -877,9 +748,7 @@ mod cluster {
     #[test]
     fn only_the_launcher_pings_and_a_frozen_launcher_gets_no_ping_from_anyone() {
         let etcd = EtcdServer::start();
-        let env = TestEnv::new();
-        let tuner = Tuner::start(true);
-        let notify = Notify::bind(&env);
+        let (env, tuner, notify) = start(true);
         let mut launcher = launch_in_cluster(&env, &etcd, &notify, &tuner);
         tuner.wait_for_client();
         let launcher_pid = i32::try_from(launcher.pid()).expect("pid");
@@ -907,9 +776,7 @@ mod cluster {
     #[test]
     fn a_stalled_source_stops_the_pings_though_the_lease_is_renewed_and_progress_resumes_them() {
         let etcd = EtcdServer::start();
-        let env = TestEnv::new();
-        let tuner = Tuner::start(true);
-        let notify = Notify::bind(&env);
+        let (env, tuner, notify) = start(true);
         let mut launcher = launch_in_cluster(&env, &etcd, &notify, &tuner);
         tuner.wait_for_client();
         assert!(
@@ -943,29 +810,16 @@ mod cluster {
     fn progress_window_needs_progress_watchdog_and_etcd() {
         let env = TestEnv::new();
         let tuner = Tuner::start(true);
-        let output = watched(
-            &env,
-            &tuner.source(),
-            &["--progress-window", "5"],
-            &["true"],
-        )
-        .output()
-        .expect("run");
-        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
-        let output = watched(
-            &env,
-            &tuner.source(),
-            &["--progress-watchdog", "--progress-window", "5"],
-            &["true"],
-        )
-        .output()
-        .expect("run");
-        assert_eq!(output.status.code(), Some(64), "{}", describe(&output));
-        assert!(
-            String::from_utf8_lossy(&output.stderr)
-                .contains("--progress-window was given without --etcd"),
-            "{}",
-            describe(&output)
-        );
+        env.launch(tuner.source())
+            .args(["--progress-window", "5"])
+            .program(["true"])
+            .expect_status(2)
+            .run();
+        env.launch(tuner.source())
+            .args(["--progress-watchdog", "--progress-window", "5"])
+            .program(["true"])
+            .expect_status(64)
+            .stderr_contains("--progress-window was given without --etcd")
+            .run();
     }
 }

@@ -54,6 +54,13 @@ let
   archiveWorker = sc "every-channel-archive-proof";
 
   failingAssertions = cfg: map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
+  # The check that exactly `expected` fail, in order, showing what did.
+  assertionsAre =
+    cfg: expected:
+    let
+      failing = failingAssertions cfg;
+    in
+    check (failing == expected) (builtins.toJSON failing);
   # An evaluation that must fail (type error, merge conflict, throw). Of a
   # set of NixOS services, what their unit files are made of is forced:
   # NixOS's unit options without a default (startLimitBurst, …) throw when
@@ -465,11 +472,9 @@ let
       let
         cfg = withEveryChannel { cluster.enable = true; };
       in
-      check (
-        failingAssertions cfg == [
-          "services.every-channel.cluster.endpoints: cluster mode is enabled but no etcd endpoint is given; list the cluster's client URLs, e.g. [ \"https://etcd-1.lan:2379\" ]."
-        ]
-      ) (builtins.toJSON (failingAssertions cfg));
+      assertionsAre cfg [
+        "services.every-channel.cluster.endpoints: cluster mode is enabled but no etcd endpoint is given; list the cluster's client URLs, e.g. [ \"https://etcd-1.lan:2379\" ]."
+      ];
 
     "a TTL the launcher would refuse fails with a readable assertion naming the minimum" =
       let
@@ -547,11 +552,9 @@ let
       let
         cfg = clusterOn { endpoints = [ "https://etcd-1.lan:2379" ]; };
       in
-      check (
-        failingAssertions cfg == [
-          "services.every-channel.cluster.caFile: an endpoint is https, and ec-launch trusts only the CA it is given (not the system's roots); set caFile to the CA that signed the etcd servers' certificates."
-        ]
-      ) (builtins.toJSON (failingAssertions cfg));
+      assertionsAre cfg [
+        "services.every-channel.cluster.caFile: an endpoint is https, and ec-launch trusts only the CA it is given (not the system's roots); set caFile to the CA that signed the etcd servers' certificates."
+      ];
 
     "a password over plain http, or TLS files with no https endpoint, warn" =
       let
@@ -581,11 +584,9 @@ let
           services.every-channel.cluster = { enable = true; endpoints = etcdEndpoints; };
         });
       in
-      check (
-        failingAssertions cfg == [
-          "services.every-channel.cluster.node: empty (networking.hostName is empty, e.g. taken from DHCP); set node to a name that is unique among the cluster's nodes."
-        ]
-      ) (builtins.toJSON (failingAssertions cfg));
+      assertionsAre cfg [
+        "services.every-channel.cluster.node: empty (networking.hostName is empty, e.g. taken from DHCP); set node to a name that is unique among the cluster's nodes."
+      ];
 
     "a stopTimeout within stopGrace and the margin fails with a readable assertion" =
       let
@@ -888,38 +889,30 @@ let
       );
 
     "both source and sourceFile fail with a readable assertion" =
-      check (
-        failingAssertions bothSources == [
-          "services.every-channel.publishers.broken: set only one of `source` and `sourceFile`, not both."
-        ]
-      ) (builtins.toJSON (failingAssertions bothSources));
+      assertionsAre bothSources [
+        "services.every-channel.publishers.broken: set only one of `source` and `sourceFile`, not both."
+      ];
 
     "neither source nor sourceFile fails with a readable assertion" =
-      check (
-        failingAssertions neitherSource == [
-          "services.every-channel.publishers.broken: set `source` (a URL) or `sourceFile` (a file holding the URL); neither is set."
-        ]
-      ) (builtins.toJSON (failingAssertions neitherSource));
+      assertionsAre neitherSource [
+        "services.every-channel.publishers.broken: set `source` (a URL) or `sourceFile` (a file holding the URL); neither is set."
+      ];
 
     "a name systemd would have to escape fails with a readable assertion" =
       let
         cfg = withEveryChannel { publishers."channel 5" = { source = tunerUrl; }; };
       in
-      check (
-        failingAssertions cfg == [
-          "services.every-channel.publishers.channel 5: the name may only contain letters, digits, `:`, `_`, `.` and `-`."
-        ]
-      ) (builtins.toJSON (failingAssertions cfg));
+      assertionsAre cfg [
+        "services.every-channel.publishers.channel 5: the name may only contain letters, digits, `:`, `_`, `.` and `-`."
+      ];
 
     "publishers without a package fail with a readable assertion" =
-      check (
-        failingAssertions noPackage == [
-          "services.every-channel.package is not set, but publishers or archive workers are defined: set it to the package that provides bin/ec-node."
-        ]
-      ) (builtins.toJSON (failingAssertions noPackage));
+      assertionsAre noPackage [
+        "services.every-channel.package is not set, but publishers or archive workers are defined: set it to the package that provides bin/ec-node."
+      ];
 
     "the base configuration passes every assertion" =
-      check (failingAssertions config == [ ]) (builtins.toJSON (failingAssertions config));
+      assertionsAre config [ ];
 
     "the kill policy cannot be overridden through serviceConfig" =
       check (fails (withEveryChannel { publishers.tuner-a.serviceConfig.KillMode = "process"; }).systemd.services.every-channel-publisher-tuner-a.serviceConfig) "KillMode = process must conflict";
@@ -1461,7 +1454,7 @@ let
           device = "hdhr";
         };
       in
-      check (failingAssertions cfg == [ ]) (builtins.toJSON (failingAssertions cfg));
+      assertionsAre cfg [ ];
 
     "`device` naming no declared device fails with a readable assertion" =
       let
@@ -1493,11 +1486,9 @@ let
           archiveWorkers.proof.device = "attic";
         };
       in
-      check (
-        failingAssertions cfg == [
-          "services.every-channel.archiveWorkers.proof.device: `attic` is services.every-channel.devices.attic, but the source's host 10.0.0.5 is services.every-channel.devices.hdhr; remove `device` (the host picks the device) or fix the source."
-        ]
-      ) (builtins.toJSON (failingAssertions cfg));
+      assertionsAre cfg [
+        "services.every-channel.archiveWorkers.proof.device: `attic` is services.every-channel.devices.attic, but the source's host 10.0.0.5 is services.every-channel.devices.hdhr; remove `device` (the host picks the device) or fix the source."
+      ];
 
     "`device` on a unit without a source fails with a readable assertion" =
       let
@@ -1506,11 +1497,9 @@ let
           archiveWorkers.nightly.device = "hdhr";
         };
       in
-      check (
-        failingAssertions cfg == [
-          "services.every-channel.archiveWorkers.nightly.device: `device` only applies with `source` or `sourceFile`."
-        ]
-      ) (builtins.toJSON (failingAssertions cfg));
+      assertionsAre cfg [
+        "services.every-channel.archiveWorkers.nightly.device: `device` only applies with `source` or `sourceFile`."
+      ];
 
     "fewer than one tuner fails with a readable assertion" =
       let
@@ -1545,11 +1534,9 @@ let
           };
         };
       in
-      check (
-        failingAssertions cfg == [
-          "services.every-channel.devices.den, services.every-channel.devices.loft: one host `tuner.local`, declared more than once; declare each box once (a unit that spells it differently takes `device`)."
-        ]
-      ) (builtins.toJSON (failingAssertions cfg));
+      assertionsAre cfg [
+        "services.every-channel.devices.den, services.every-channel.devices.loft: one host `tuner.local`, declared more than once; declare each box once (a unit that spells it differently takes `device`)."
+      ];
 
     "a host with a scheme, port, path or space fails with a readable assertion" =
       let

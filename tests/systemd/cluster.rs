@@ -459,15 +459,10 @@ fn wait_reader(probe: &Probe, unit: &str) -> Result<Streaming, String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = String::new();
     while Instant::now() < deadline {
-        let processes = probe.unit_processes(unit);
-        let open = probe.counter(DEVICE, "open_streams").unwrap_or(0);
-        let main_pid: u32 = probe
-            .container
-            .property(unit, "MainPID")
-            .parse()
-            .unwrap_or(0);
+        let now = probe.unit_now(unit, DEVICE);
+        let (processes, main_pid) = (&now.processes, now.main_pid);
         if let Some(reader) = processes.iter().find(|p| p.comm == "reader")
-            && open == 1
+            && now.open == 1
         {
             return Ok(Streaming {
                 main_pid,
@@ -480,13 +475,7 @@ fn wait_reader(probe: &Probe, unit: &str) -> Result<Streaming, String> {
                 ids: processes.iter().map(ProcessFacts::id).collect(),
             });
         }
-        last = format!(
-            "processes {:?}, open streams {open}, MainPID {main_pid}",
-            processes
-                .iter()
-                .map(ProcessFacts::to_line)
-                .collect::<Vec<_>>()
-        );
+        last = now.describe();
         thread::sleep(Duration::from_millis(50));
     }
     let journal = probe.container.journal(unit);

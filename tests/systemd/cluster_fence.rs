@@ -215,6 +215,15 @@ fn seconds(from: u128, to: u128) -> f64 {
     (i128::try_from(to).unwrap_or(0) - i128::try_from(from).unwrap_or(0)) as f64 / 1e6
 }
 
+/// `at` as seconds since `from` (`"1.23 s{suffix}"`), or `never` when it
+/// did not happen.
+fn seconds_since(from: u128, at: Option<u128>, suffix: &str, never: &str) -> String {
+    at.map_or_else(
+        || never.to_owned(),
+        |at| format!("{:.2} s{suffix}", seconds(from, at)),
+    )
+}
+
 fn killed_launcher(
     checks: &mut Checks,
     probe: &Probe,
@@ -253,14 +262,8 @@ fn killed_launcher(
     let open = probe.counter(DEVICE, "open_streams")?;
     let line = format!(
         "launcher (pid {main_pid}) SIGKILLed with a setsid helper ignoring SIGTERM: helper dead {}; standby streaming {} after the kill ({} after the helper died); 503 answers {busy}, open streams {open}",
-        dead_at.map_or_else(
-            || "never (20 s)".to_owned(),
-            |at| format!("{:.2} s after the kill", seconds(killed_at, at))
-        ),
-        streaming.map_or_else(
-            || "never".to_owned(),
-            |at| format!("{:.2} s", seconds(killed_at, at))
-        ),
+        seconds_since(killed_at, dead_at, " after the kill", "never (20 s)"),
+        seconds_since(killed_at, streaming, "", "never"),
         match (dead_at, streaming) {
             (Some(dead), Some(start)) => format!("{:.2} s", seconds(dead, start)),
             _ => "?".to_owned(),
@@ -328,14 +331,8 @@ fn frozen_launcher(
     let busy = probe.counter(DEVICE, "busy_503")? - busy_before;
     let line = format!(
         "launcher frozen (SIGSTOP) with --progress-watchdog, WatchdogSec from the TTL, NotifyAccess=main: healthy before {healthy}; its reader dead {}; ExecStopPost saw: {exit}; standby streaming {} after the freeze; 503 answers {busy}",
-        dead_at.map_or_else(
-            || "never (20 s)".to_owned(),
-            |at| format!("{:.2} s after the freeze", seconds(frozen_at, at))
-        ),
-        streaming.map_or_else(
-            || "never".to_owned(),
-            |at| format!("{:.2} s", seconds(frozen_at, at))
-        ),
+        seconds_since(frozen_at, dead_at, " after the freeze", "never (20 s)"),
+        seconds_since(frozen_at, streaming, "", "never"),
     );
     checks.say(&line);
     figures.lines.push(line.clone());

@@ -377,14 +377,11 @@ impl Figures {
         for row in &self.fix_rows {
             println!("  {row}");
         }
-        let mut sorted = self.fast_stops.clone();
-        sorted.sort_by(f64::total_cmp);
-        if let (Some(min), Some(max)) = (sorted.first(), sorted.last()) {
+        if let Some((min, median, max)) = spread(&self.fast_stops) {
             println!(
-                "  => {} restarts with TimeoutStopSec={}s (module option stopTimeout): stop min {min:.2}s / median {:.2}s / max {max:.2}s",
-                sorted.len(),
+                "  => {} restarts with TimeoutStopSec={}s (module option stopTimeout): stop min {min:.2}s / median {median:.2}s / max {max:.2}s",
+                self.fast_stops.len(),
                 FAST_STOP_TIMEOUT.as_secs(),
-                median(&sorted)
             );
         }
         for stop in &self.other_stops {
@@ -402,14 +399,12 @@ impl Figures {
         for row in &self.slot_rows {
             println!("  {row}");
         }
-        let mut sorted = self.slot_handovers.clone();
-        sorted.sort_by(f64::total_cmp);
-        if let (Some(min), Some(max)) = (sorted.first(), sorted.last()) {
+        if let Some((min, median, max)) = spread(&self.slot_handovers) {
             println!(
                 "  => hand-over (old reader stops -> waiter streaming), {} restarts: min {:.0} ms / median {:.0} ms / max {:.0} ms",
-                sorted.len(),
+                self.slot_handovers.len(),
                 min * 1000.0,
-                median(&sorted) * 1000.0,
+                median * 1000.0,
                 max * 1000.0
             );
         }
@@ -422,13 +417,18 @@ impl Figures {
     }
 }
 
-fn median(sorted: &[f64]) -> f64 {
+/// The minimum, median and maximum of `values`; none of an empty list.
+fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let (&min, &max) = (sorted.first()?, sorted.last()?);
     let n = sorted.len();
-    if n % 2 == 1 {
+    let median = if n % 2 == 1 {
         sorted[n / 2]
     } else {
         f64::midpoint(sorted[n / 2 - 1], sorted[n / 2])
-    }
+    };
+    Some((min, median, max))
 }
 
 /// What one publisher instance looks like once it is up.
@@ -449,6 +449,30 @@ struct Probe<'a> {
     container: &'a Container,
 }
 
+/// A unit and its device at one moment, as the start-up waits poll them.
+struct UnitNow {
+    processes: Vec<ProcessFacts>,
+    /// The device's open streams (0 when it cannot say).
+    open: u64,
+    /// The unit's `MainPID` (0 when it has none).
+    main_pid: u32,
+}
+
+impl UnitNow {
+    /// What it was, for a wait's failure message.
+    fn describe(&self) -> String {
+        format!(
+            "processes {:?}, open streams {}, MainPID {}",
+            self.processes
+                .iter()
+                .map(ProcessFacts::to_line)
+                .collect::<Vec<_>>(),
+            self.open,
+            self.main_pid
+        )
+    }
+}
+
 impl Probe<'_> {
     fn stats(&self, device: &str) -> Result<Value, String> {
         let text = self.container.run(&[
@@ -463,6 +487,19 @@ impl Probe<'_> {
             .get(name)
             .and_then(Value::as_u64)
             .ok_or_else(|| format!("/stats has no {name}"))
+    }
+
+    /// `unit`'s processes and `MainPID`, and `device`'s open streams, now.
+    fn unit_now(&self, unit: &str, device: &str) -> UnitNow {
+        UnitNow {
+            processes: self.unit_processes(unit),
+            open: self.counter(device, "open_streams").unwrap_or(0),
+            main_pid: self
+                .container
+                .property(unit, "MainPID")
+                .parse()
+                .unwrap_or(0),
+        }
     }
 
     fn unit_processes(&self, unit: &str) -> Vec<ProcessFacts> {
@@ -504,33 +541,22 @@ impl Probe<'_> {
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut last = String::new();
         while Instant::now() < deadline {
-            let processes = self.unit_processes(unit);
-            let publisher = processes.iter().find(|p| p.comm == "publisher");
-            let helper = processes
+            let now = self.unit_now(unit, device);
+            let publisher = now.processes.iter().find(|p| p.comm == "publisher");
+            let helper = now
+                .processes
                 .iter()
                 .find(|p| p.comm == "stubborn-helper" && p.ignores_sigterm);
-            let open = self.counter(device, "open_streams").unwrap_or(0);
-            let main_pid: u32 = self
-                .container
-                .property(unit, "MainPID")
-                .parse()
-                .unwrap_or(0);
             if let (Some(publisher), Some(_)) = (publisher, helper)
-                && open == streams
-                && main_pid == publisher.pid
+                && now.open == streams
+                && now.main_pid == publisher.pid
             {
                 return Ok(Instance {
-                    main_pid,
-                    processes,
+                    main_pid: now.main_pid,
+                    processes: now.processes,
                 });
             }
-            last = format!(
-                "processes {:?}, open streams {open}, MainPID {main_pid}",
-                processes
-                    .iter()
-                    .map(ProcessFacts::to_line)
-                    .collect::<Vec<_>>()
-            );
+            last = now.describe();
             thread::sleep(Duration::from_millis(100));
         }
         Err(format!("{unit} did not come up with its helper: {last}"))

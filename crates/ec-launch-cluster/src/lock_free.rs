@@ -17,7 +17,7 @@
 //! process that *took* a flock: the old description was taken by us.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::holder::{HolderScan, LockedInode};
 use crate::lock::HeldLock;
-use crate::proc_locks::{self, LockKind};
+use crate::proc_locks::LockTable;
 
 const PROC: &str = "/proc";
 
@@ -136,14 +136,12 @@ impl Watched {
     /// Refused: whose lock is it? `/proc/locks` names the taker.
     fn by_taker(&self) -> Freedom {
         let me = std::process::id();
-        let text = fs::read_to_string(Path::new(PROC).join("locks")).unwrap_or_default();
-        let takers: Vec<Option<u32>> = proc_locks::parse(&text)
-            .into_iter()
+        let table = LockTable::read(Path::new(PROC)).unwrap_or_default();
+        let takers: Vec<Option<u32>> = table
+            .held_flocks()
             .filter(|row| {
-                row.kind == LockKind::Flock
-                    && !row.waiting
-                    && (row.dev_major, row.dev_minor, row.inode)
-                        == (self.inode.dev_major, self.inode.dev_minor, self.inode.inode)
+                (row.dev_major, row.dev_minor, row.inode)
+                    == (self.inode.dev_major, self.inode.dev_minor, self.inode.inode)
             })
             .map(|row| row.pid)
             .collect();

@@ -29,8 +29,8 @@ use ec_launch::entry::error_line;
 #[cfg(test)]
 use ec_launch::secret_props;
 use ec_launch::{
-    cli, entry, error, exec, exit_code, holder, lock, logging, printable, proc_locks, process,
-    redact, shown, tuner_slot, watchdog,
+    cli, entry, error, exec, exit_code, holder, lock, lock_record, logging, printable, priority,
+    proc_locks, process, redact, shown, tuner_slot, watchdog,
 };
 
 use std::ffi::OsString;

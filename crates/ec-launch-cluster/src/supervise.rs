@@ -101,6 +101,17 @@ pub trait Fence {
     fn fired(&self) -> Option<String>;
 }
 
+/// What else the supervisor heeds: a request that the program let go of
+/// its tuner slot (a preemption, ECP-0139 section 7), readable when one
+/// came. A value it is given, as the [`Fence`] is.
+pub trait StopRequest {
+    /// Readable once a request came.
+    fn ready_fd(&self) -> BorrowedFd<'_>;
+    /// Who asked (for the log line) and the grace between SIGTERM and
+    /// SIGKILL; `None` while nobody has.
+    fn requested(&self) -> Option<(String, Duration)>;
+}
+
 /// Blocks SIGTERM, SIGINT, SIGHUP and SIGCHLD in the calling thread, so they
 /// wait to be read from a signalfd. Call it first in cluster mode, before
 /// any thread starts: threads inherit the mask, and a process-directed
@@ -252,6 +263,24 @@ pub enum Ended {
     Exited(u8),
     /// The fence stopped it: why, and its status as in `Exited`.
     Fenced { why: String, child: u8 },
+    /// A launcher of higher priority asked for its tuner slot and it was
+    /// stopped: who asked, and its status as in `Exited`.
+    Preempted { by: String, child: u8 },
+}
+
+/// What a [`Supervisor::poll`] found readable.
+#[derive(Debug, Clone, Copy)]
+struct Ready {
+    signalled: bool,
+    alarm: bool,
+    requested: bool,
+}
+
+/// Whether the fence fired: the alarm is cleared first (a renewal may have
+/// moved the deadline since it became readable, so it is asked).
+fn fired(fence: &dyn Fence) -> Option<String> {
+    let _ = nix::unistd::read(fence.alarm_fd(), &mut [0u8; 8]);
+    fence.fired()
 }
 
 /// A running child and what we watch it with.
@@ -416,66 +445,103 @@ impl Supervisor {
     /// SIGTERM/SIGINT/SIGHUP go to the child's group; when the fence fires,
     /// logs why, SIGTERMs the group and SIGKILLs it after `stop grace`.
     /// Returns when the child is reaped (its group killed first).
+    #[cfg(test)]
     #[must_use]
     pub fn wait(&self, fence: Option<(&dyn Fence, Duration)>) -> Ended {
+        self.wait_heeding(fence, None)
+    }
+
+    /// [`Supervisor::wait`], and when `request` asks the program to let go
+    /// of its slot, stops it as the fence would, with the request's grace
+    /// (the fence still cuts that short should it fire meanwhile).
+    #[must_use]
+    pub fn wait_heeding(
+        &self,
+        fence: Option<(&dyn Fence, Duration)>,
+        request: Option<&dyn StopRequest>,
+    ) -> Ended {
         loop {
             if let Some(code) = self.reap_if_exited() {
                 return Ended::Exited(code);
             }
-            let (signalled, alarm) = self.poll(fence.map(|(renewer, _)| renewer), None);
-            if signalled {
+            let ready = self.poll(fence.map(|(renewer, _)| renewer), request, None);
+            if ready.signalled {
                 self.forward_signals();
                 // A SIGCHLD may be an orphan's, re-parented to us.
                 self.reap_orphans();
             }
-            if alarm && let Some((renewer, grace)) = fence {
-                // Clear the timerfd; a renewal may have moved the deadline
-                // since it became readable, so ask.
-                let _ = nix::unistd::read(renewer.alarm_fd(), &mut [0u8; 8]);
-                if let Some(why) = renewer.fired() {
-                    return self.fence(why, grace);
-                }
+            if ready.alarm
+                && let Some((renewer, grace)) = fence
+                && let Some(why) = fired(renewer)
+            {
+                tracing::error!(
+                    "fence: {why}; stopping {} (pid {}) before the lease can expire: SIGTERM to its process group and every other holder of its locks, SIGKILL after {}",
+                    self.program,
+                    self.pid,
+                    humantime::format_duration(grace)
+                );
+                let child = self.stop_all("fence", grace, None);
+                return Ended::Fenced { why, child };
+            }
+            if ready.requested
+                && let Some((by, grace)) = request.and_then(StopRequest::requested)
+            {
+                tracing::warn!(
+                    "preempted: {by} asked for this tuner slot; stopping {} (pid {}): SIGTERM to its process group and every other holder of its locks, SIGKILL after {}, then the slot is released",
+                    self.program,
+                    self.pid,
+                    humantime::format_duration(grace)
+                );
+                let child = self.stop_all("preemption", grace, fence);
+                return Ended::Preempted { by, child };
             }
         }
     }
 
-    /// Stops the child for the fence: SIGTERM to its group and to every
-    /// straggler (a holder of its locks, a descendant of ours, whatever its
-    /// group or session), SIGKILL to all that are left after `grace`.
-    /// Returns once the child is reaped and no straggler is found: every
-    /// reader is dead within the grace, before the lease can expire.
-    fn fence(&self, why: String, grace: Duration) -> Ended {
-        tracing::error!(
-            "fence: {why}; stopping {} (pid {}) before the lease can expire: SIGTERM to its process group and every other holder of its locks, SIGKILL after {}",
-            self.program,
-            self.pid,
-            humantime::format_duration(grace)
-        );
+    /// Stops the child: SIGTERM to its group and to every straggler (a
+    /// holder of its locks, a descendant of ours, whatever its group or
+    /// session), SIGKILL to all that are left after `grace`, or earlier,
+    /// after the fence's own grace, should `fence` fire meanwhile. Returns
+    /// the child's status once it is reaped and no straggler is found.
+    fn stop_all(&self, what: &str, grace: Duration, fence: Option<(&dyn Fence, Duration)>) -> u8 {
         self.signal_group(Signal::SIGTERM);
         self.signal_stragglers(Signal::SIGTERM);
-        let until = Instant::now() + grace;
+        let mut until = Instant::now() + grace;
         let mut child = None;
         loop {
             child = child.or_else(|| self.reap_if_exited());
             if let Some(child) = child
                 && self.no_stragglers()
             {
-                return Ended::Fenced { why, child };
+                return child;
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             // Stragglers have no pidfd of ours: look again every RESCAN.
-            if self.poll(None, Some(left.min(RESCAN))).0 {
+            let ready = self.poll(fence.map(|(f, _)| f), None, Some(left.min(RESCAN)));
+            if ready.signalled {
                 self.forward_signals();
                 self.reap_orphans();
+            }
+            if ready.alarm
+                && let Some((renewer, fence_grace)) = fence
+                && let Some(why) = fired(renewer)
+            {
+                tracing::error!(
+                    "fence: {why}; SIGKILL to {} (pid {}) after {} at the latest",
+                    self.program,
+                    self.pid,
+                    humantime::format_duration(fence_grace)
+                );
+                until = until.min(Instant::now() + fence_grace);
             }
             // Newcomers (a helper forked meanwhile) get their SIGTERM too.
             self.signal_stragglers(Signal::SIGTERM);
         }
         tracing::warn!(
-            "fence: {} (pid {}) or a process it started did not stop within {}; SIGKILL to its process group and every other holder of its locks",
+            "{what}: {} (pid {}) or a process it started did not stop within {}; SIGKILL to its process group and every other holder of its locks",
             self.program,
             self.pid,
             humantime::format_duration(grace)
@@ -487,9 +553,9 @@ impl Supervisor {
             if let Some(child) = child
                 && self.no_stragglers()
             {
-                return Ended::Fenced { why, child };
+                return child;
             }
-            self.poll(None, Some(RESCAN));
+            self.poll(None, None, Some(RESCAN));
             self.drain_signals();
             self.reap_orphans();
         }
@@ -522,9 +588,14 @@ impl Supervisor {
         self.watched
     }
 
-    /// Waits for a signal, the child's exit, or the alarm (or `timeout`).
-    /// Returns (a signal is readable, the alarm is readable).
-    fn poll(&self, renewer: Option<&dyn Fence>, timeout: Option<Duration>) -> (bool, bool) {
+    /// Waits for a signal, the child's exit, the alarm or a stop request
+    /// (or `timeout`): which are readable.
+    fn poll(
+        &self,
+        renewer: Option<&dyn Fence>,
+        request: Option<&dyn StopRequest>,
+        timeout: Option<Duration>,
+    ) -> Ready {
         let check = if self.exits.is_some() {
             timeout
         } else {
@@ -538,10 +609,12 @@ impl Supervisor {
         if let Some(exits) = &self.exits {
             fds.push(PollFd::new(exits.as_fd(), PollFlags::POLLIN));
         }
-        let alarm_at = renewer.map(|renewer| {
-            fds.push(PollFd::new(renewer.alarm_fd(), PollFlags::POLLIN));
+        let mut push = |fd| {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
             fds.len() - 1
-        });
+        };
+        let alarm_at = renewer.map(|renewer| push(renewer.alarm_fd()));
+        let request_at = request.map(|request| push(request.ready_fd()));
         if let Err(e) = poll(&mut fds, timeout)
             && e != Errno::EINTR
         {
@@ -549,11 +622,12 @@ impl Supervisor {
             tracing::warn!("supervisor: poll failed: {e}");
             std::thread::sleep(CHILD_CHECK);
         }
-        let ready = |fd: &PollFd| fd.any().unwrap_or(false);
-        (
-            ready(&fds[0]),
-            alarm_at.is_some_and(|index| ready(&fds[index])),
-        )
+        let ready = |at: Option<usize>| at.is_some_and(|i| fds[i].any().unwrap_or(false));
+        Ready {
+            signalled: ready(Some(0)),
+            alarm: ready(alarm_at),
+            requested: ready(request_at),
+        }
     }
 
     /// Reads every pending signal; forwards those meant for the program.

@@ -23,6 +23,7 @@ use super::etcd::{Created, EtcdClient, EtcdError, Event, KeyValue, WatchOutcome,
 use super::fence::BootInstant;
 use super::keyspace;
 use super::record::{ClusterRecord, Declarant};
+use crate::priority::Priority;
 
 /// What a claimant saw of the keys it claimed (ECP-0135, lock delay). Every
 /// create and every wait of a claim must be told to it (through
@@ -300,8 +301,19 @@ pub struct SlotRequest<'a> {
     /// The slot key's value, made at each try (it dates the holding and
     /// records `count`).
     pub value: &'a dyn Fn() -> Vec<u8>,
-    /// The waiting key's value (records `count`), made when registering.
+    /// The waiting key's value (records `count` and the priority), made
+    /// when registering.
     pub waiting_value: &'a dyn Fn() -> Vec<u8>,
+    /// Its `--priority`: the device's waiters are served by it, and a
+    /// holder strictly below it is asked to let go (ECP-0139 section 7).
+    pub priority: Priority,
+    /// The value of a request that the holder of a slot (its key as held)
+    /// let go.
+    pub preempt_value: &'a dyn Fn(&KeyValue) -> Vec<u8>,
+    /// How long a launcher that asked a holder to let go waits for a slot
+    /// when it would not wait otherwise (`skip`): the holder's grace, and
+    /// for a holder that does not answer, its lease's life.
+    pub preempt_patience: Duration,
 }
 
 impl std::fmt::Debug for SlotRequest<'_> {
@@ -312,7 +324,38 @@ impl std::fmt::Debug for SlotRequest<'_> {
                 &String::from_utf8_lossy(self.device_prefix),
             )
             .field("count", &self.count)
+            .field("priority", &self.priority)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a slot claim tells its caller as it goes.
+pub struct SlotEvents<'a> {
+    /// The holders, whenever a wait starts with other holders than the
+    /// last.
+    pub wait: &'a mut dyn FnMut(&[KeyValue]),
+    /// Once, when other launchers' counts first make this one use fewer
+    /// than it declared.
+    pub disagree: &'a mut dyn FnMut(&Disagreement),
+    /// A holder was asked to let go: its slot, its key and its record.
+    pub preempt: &'a mut dyn FnMut(u32, &KeyValue, &ClusterRecord),
+}
+
+impl std::fmt::Debug for SlotEvents<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotEvents").finish_non_exhaustive()
+    }
+}
+
+impl SlotEvents<'_> {
+    /// Runs `body` with events that tell nobody (a claim taken again
+    /// after a start-over, told once already).
+    pub fn quiet<T>(body: impl FnOnce(&mut SlotEvents<'_>) -> T) -> T {
+        body(&mut SlotEvents {
+            wait: &mut |_| {},
+            disagree: &mut |_| {},
+            preempt: &mut |_, _, _| {},
+        })
     }
 }
 
@@ -331,32 +374,41 @@ pub struct Disagreement {
 /// One of the device's slots (`slot-0`..), taken only when fewer slots are
 /// held than the smallest tuner count declared by this launcher, any
 /// holder and any waiter of the device, and only at an index below that
-/// count (ECP-0135 section 5). The choice is made on one look at the
-/// device's keys and taken by a txn that fails if anything under the
-/// device was written since that look, so two launchers never both decide
-/// on an old view; a failed txn looks again. A waiting launcher registers
-/// its own count under `waiting/<lease>` (removed by the txn that takes
-/// its slot, or with its lease) and watches the device's prefix for
-/// deletes (a slot freed, a waiter gone; any other delete is a spurious
-/// wake-up that only costs a look). `None`: no slot may be taken (skip),
-/// or `until` passed. `on_wait` is told the holders whenever a wait starts
-/// with other holders than the last; `on_disagree` once, when other
-/// launchers' counts first make this one use fewer than it declared.
-/// The slot taken, and how, is in `witness`: every holder a look shows,
-/// every delete the wait sees and the take itself are told to it.
+/// count (ECP-0135 section 5); and only when no waiter goes before this
+/// launcher (ECP-0139 section 7: priority descending, then arrival). The
+/// choice is made on one look at the device's keys and taken by a txn that
+/// fails if anything under the device was written since that look, so two
+/// launchers never both decide on an old view, and a waiter that arrives
+/// meanwhile is never passed by; a failed txn looks again.
+///
+/// A waiting launcher registers its own count and priority under
+/// `waiting/<lease>` (removed by the txn that takes its slot, or with its
+/// lease). The first in line watches the device's prefix for deletes (a
+/// slot freed, a waiter gone); every other waiter watches only the waiting
+/// key just ahead of its own, so a freed slot wakes the first in line and
+/// a departure wakes the one behind it: no herd. The first in line, when
+/// every slot is held and a holder's priority is strictly below its own,
+/// asks that holder to let go (`preempt-<i>`, under its lease, with its
+/// registration in the same txn) and waits for the slot's delete like any
+/// other: the slot is taken only once its holder has released it, and
+/// never by deleting another's key. It waits so even with `skip`, for
+/// `preempt_patience` at most.
+///
+/// `None`: no slot may be taken (skip), or `until` passed. `events` is told
+/// the holders whenever a wait starts with other holders than the last,
+/// a disagreement once, and each holder asked to let go. The slot taken,
+/// and how, is in `witness`: every holder a look shows, every delete the
+/// wait sees and the take itself are told to it.
 ///
 /// # Errors
 /// Any [`EtcdError`] of a look, a txn, the registration or the watch.
-#[allow(clippy::too_many_arguments)] // the plan's signature
 pub fn claim_slot(
     client: &EtcdClient,
     witness: &mut Witness,
     request: &SlotRequest<'_>,
     lease: i64,
-    wait: bool,
-    until: Option<Instant>,
-    on_wait: &mut dyn FnMut(&[KeyValue]),
-    on_disagree: &mut dyn FnMut(&Disagreement),
+    (wait, until): (bool, Option<Instant>),
+    events: &mut SlotEvents<'_>,
 ) -> Result<Option<u32>, EtcdError> {
     // Lease 0 is no lease (a stop request swapped it out): a slot key
     // written by hand without one would be taken for ours.
@@ -369,6 +421,8 @@ pub fn claim_slot(
     let mut told: Option<Vec<(i64, i64)>> = None;
     let mut disagreement_told = false;
     let mut changed_under_us = 0_u32;
+    // When this launcher first asked a holder to let go.
+    let mut asked_at: Option<Instant> = None;
     loop {
         let view = DeviceView::look(client, &under)?;
         if let Some((slot, kv)) = view.held_by(lease) {
@@ -382,49 +436,51 @@ pub fn claim_slot(
         let using = view.agreed_count(request.count, lease);
         if using < request.count && !disagreement_told {
             disagreement_told = true;
-            on_disagree(&Disagreement {
+            (events.disagree)(&Disagreement {
                 own: request.count,
                 using,
                 by: view.declaring_fewer_than(request.count, lease),
             });
         }
-        if let Some(slot) = view.free_slot(using) {
-            let registered = view.is_waiting(lease).then_some(waiting_key.as_slice());
-            let key = keyspace::slot_under(&under, slot);
-            let value = (request.value)();
-            if let Some(revision) = client.create_if_unchanged(
-                &under,
-                view.revision,
-                &key,
-                &value,
-                lease,
-                registered,
-            )? {
-                // The witness judges the take as any other: clean only
-                // right after a watched, marked release of this very slot.
-                witness.took(
-                    client,
-                    KeyValue {
-                        key,
-                        value,
-                        create_revision: revision,
-                        mod_revision: revision,
-                        lease,
-                    },
-                );
-                return Ok(Some(slot));
+        let ahead = view.ahead_of(lease, request.priority);
+        let free = view.free_slot(using);
+        let first_in_line = ahead.is_empty();
+        let acted = match free {
+            Some(slot) if first_in_line => {
+                take_free(client, witness, &view, (slot, &under), request, lease)?
             }
-            // Another launcher wrote first: look again, at once while it
-            // is rare, with a short pause when a writer keeps winning.
-            changed_under_us += 1;
-            if changed_under_us > 3 {
-                std::thread::sleep(std::time::Duration::from_millis(
-                    10 * u64::from(changed_under_us.min(20)),
-                ));
+            None if first_in_line && view.asking(lease).is_none() => {
+                ask_to_let_go(client, &view, &under, request, lease, events)?
             }
-            continue;
+            _ => Acted::Nothing,
+        };
+        match acted {
+            Acted::Took(slot) => return Ok(Some(slot)),
+            Acted::Asked => {
+                asked_at.get_or_insert_with(Instant::now);
+                continue;
+            }
+            Acted::LookAgain => {
+                // Another launcher wrote first: look again, at once while
+                // it is rare, with a short pause when a writer keeps winning.
+                changed_under_us += 1;
+                if changed_under_us > 3 {
+                    std::thread::sleep(Duration::from_millis(
+                        10 * u64::from(changed_under_us.min(20)),
+                    ));
+                }
+                continue;
+            }
+            Acted::Nothing => {}
         }
-        if !wait || passed(until) {
+        // A launcher that asked a holder to let go waits for that slot,
+        // even with skip, for a bounded time.
+        let asking = asked_at.is_some() && view.asking(lease).is_some();
+        let until = match (wait, asked_at) {
+            (false, Some(at)) if asking => Some(at + request.preempt_patience),
+            _ => until,
+        };
+        if !(wait || asking) || passed(until) {
             return Ok(None);
         }
         let holders: Vec<KeyValue> = view.slots.iter().map(|(_, kv)| kv.clone()).collect();
@@ -433,18 +489,110 @@ pub fn claim_slot(
             .map(|h| (h.create_revision, h.lease))
             .collect();
         if told.as_ref() != Some(&identity) {
-            on_wait(&holders);
+            (events.wait)(&holders);
             told = Some(identity);
         }
         if !view.is_waiting(lease) {
             client.put(&waiting_key, &(request.waiting_value)(), lease)?;
         }
-        // From the look's revision: a slot freed between the look and the
-        // watch (or the registration) still wakes us.
-        if wait_for_change(client, witness, &under, true, view.revision, until)? {
+        // From the look's revision: a slot freed (or a predecessor gone)
+        // between the look and the watch (or the registration) still wakes
+        // us. The first in line waits for any delete under the device;
+        // the others only for the waiter just ahead to leave.
+        let (key, prefix) = match ahead.last() {
+            Some(predecessor) => (predecessor.key.as_slice(), false),
+            None => (under.as_slice(), true),
+        };
+        if wait_for_change(client, witness, key, prefix, view.revision, until)? {
             return Ok(None);
         }
     }
+}
+
+/// What one look led a slot claim to do.
+enum Acted {
+    /// Took this slot.
+    Took(u32),
+    /// Asked a holder to let go (and registered in line).
+    Asked,
+    /// Another launcher wrote under the device since the look.
+    LookAgain,
+    /// Nothing: wait.
+    Nothing,
+}
+
+/// Takes the free `slot` when nothing was written under the device since
+/// the look, removing this launcher's registration and requests in the
+/// same txn.
+fn take_free(
+    client: &EtcdClient,
+    witness: &mut Witness,
+    view: &DeviceView,
+    (slot, under): (u32, &[u8]),
+    request: &SlotRequest<'_>,
+    lease: i64,
+) -> Result<Acted, EtcdError> {
+    let mut done = view.requests_of(lease);
+    if view.is_waiting(lease) {
+        done.push(keyspace::waiting_under(under, lease));
+    }
+    let done: Vec<&[u8]> = done.iter().map(Vec::as_slice).collect();
+    let key = keyspace::slot_under(under, slot);
+    let value = (request.value)();
+    let Some(revision) =
+        client.create_if_unchanged(under, view.revision, &key, &value, lease, &done)?
+    else {
+        return Ok(Acted::LookAgain);
+    };
+    // The witness judges the take as any other: clean only right after a
+    // watched, marked release of this very slot.
+    witness.took(
+        client,
+        KeyValue {
+            key,
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+            lease,
+        },
+    );
+    Ok(Acted::Took(slot))
+}
+
+/// First in line with every slot held: asks the holder of lowest priority
+/// strictly below ours to let go, registering in line in the same txn
+/// (so a launcher of lower priority never takes the slot it frees), and
+/// replacing any earlier request of ours that asks nobody now.
+fn ask_to_let_go(
+    client: &EtcdClient,
+    view: &DeviceView,
+    under: &[u8],
+    request: &SlotRequest<'_>,
+    lease: i64,
+    events: &mut SlotEvents<'_>,
+) -> Result<Acted, EtcdError> {
+    let Some((index, victim, record)) = view.victim(lease, request.priority) else {
+        return Ok(Acted::Nothing);
+    };
+    let key = super::precedence::request_key(under, index);
+    let value = (request.preempt_value)(victim);
+    let waiting_key = keyspace::waiting_under(under, lease);
+    let waiting_value = (request.waiting_value)();
+    let mut puts: Vec<(&[u8], &[u8])> = vec![(&key, &value)];
+    if !view.is_waiting(lease) {
+        puts.push((&waiting_key, &waiting_value));
+    }
+    let stale: Vec<Vec<u8>> = view
+        .requests_of(lease)
+        .into_iter()
+        .filter(|other| *other != key)
+        .collect();
+    let stale: Vec<&[u8]> = stale.iter().map(Vec::as_slice).collect();
+    if !client.put_if_unchanged(under, view.revision, &puts, lease, &stale)? {
+        return Ok(Acted::LookAgain);
+    }
+    (events.preempt)(index, victim, &record);
+    Ok(Acted::Asked)
 }
 
 /// One look at a device's keys (one range, at one revision).
@@ -456,6 +604,8 @@ pub struct DeviceView {
     pub slots: Vec<(u32, KeyValue)>,
     /// The registered waiters (this launcher's included).
     pub waiters: Vec<KeyValue>,
+    /// The requests that a slot's holder let go (ECP-0139), by slot index.
+    pub preempts: Vec<(u32, KeyValue)>,
 }
 
 impl DeviceView {
@@ -470,18 +620,21 @@ impl DeviceView {
         Ok(Self::from_keys(kvs, revision))
     }
 
-    /// Sorts keys read under one device's prefix into slots and waiters.
+    /// Sorts keys read under one device's prefix into slots, waiters and
+    /// preemption requests.
     #[must_use]
     pub fn from_keys(kvs: Vec<KeyValue>, revision: i64) -> Self {
         let mut view = Self {
             revision,
             slots: Vec::new(),
             waiters: Vec::new(),
+            preempts: Vec::new(),
         };
         for kv in kvs {
             match keyspace::parse(&kv.key) {
                 Some(keyspace::Named::Slot { index, .. }) => view.slots.push((index, kv)),
                 Some(keyspace::Named::Waiting { .. }) => view.waiters.push(kv),
+                Some(keyspace::Named::Preempt { index, .. }) => view.preempts.push((index, kv)),
                 _ => {}
             }
         }
@@ -697,6 +850,23 @@ mod tests {
         assert!(took < Duration::from_secs(3), "{took:?}");
     }
 
+    /// A request for `count` tuners at the default priority.
+    fn slot_request<'a>(
+        count: u32,
+        value: &'a dyn Fn() -> Vec<u8>,
+        waiting_value: &'a dyn Fn() -> Vec<u8>,
+    ) -> SlotRequest<'a> {
+        SlotRequest {
+            device_prefix: DEVICE,
+            count,
+            value,
+            waiting_value,
+            priority: Priority::default(),
+            preempt_value: &|_| Vec::new(),
+            preempt_patience: Duration::ZERO,
+        }
+    }
+
     /// A slot record declaring `tuners` (as `run` writes it).
     fn declaring(tuners: u32) -> Vec<u8> {
         format!(r#"{{"node":"n","unit":null,"pid":1,"tuners":{tuners}}}"#).into_bytes()
@@ -710,22 +880,19 @@ mod tests {
         until: Option<Instant>,
     ) -> (Option<u32>, Vec<Disagreement>) {
         let value = move || declaring(count);
-        let request = SlotRequest {
-            device_prefix: DEVICE,
-            count,
-            value: &value,
-            waiting_value: &value,
-        };
+        let request = slot_request(count, &value, &value);
         let mut told = Vec::new();
         let taken = claim_slot(
             client,
             &mut Witness::default(),
             &request,
             lease,
-            wait,
-            until,
-            &mut |_| {},
-            &mut |d| told.push(d.clone()),
+            (wait, until),
+            &mut SlotEvents {
+                wait: &mut |_| {},
+                disagree: &mut |d| told.push(d.clone()),
+                preempt: &mut |_, _, _| {},
+            },
         )
         .expect("claim_slot");
         (taken, told)
@@ -755,23 +922,20 @@ mod tests {
             thread::spawn(move || {
                 let until = Some(Instant::now() + Duration::from_secs(20));
                 let value = || declaring(2);
-                let request = SlotRequest {
-                    device_prefix: DEVICE,
-                    count: 2,
-                    value: &value,
-                    waiting_value: &value,
-                };
+                let request = slot_request(2, &value, &value);
                 claim_slot(
                     &client,
                     &mut Witness::default(),
                     &request,
                     lease,
-                    true,
-                    until,
-                    &mut |holders| {
-                        waiting_tx.send(holders.len()).expect("report");
+                    (true, until),
+                    &mut SlotEvents {
+                        wait: &mut |holders| {
+                            waiting_tx.send(holders.len()).expect("report");
+                        },
+                        disagree: &mut |_| {},
+                        preempt: &mut |_, _, _| {},
                     },
-                    &mut |_| {},
                 )
                 .expect("claim_slot")
             })
@@ -836,48 +1000,111 @@ mod tests {
         assert_eq!(took.kv.create_revision, took.kv.mod_revision);
     }
 
-    /// A holder with grace 5 s; the claimant waits behind it, and `let_go`
-    /// ends the holding: how the claimant took the key.
-    fn hand_over(let_go: impl FnOnce(&EtcdClient, i64) + Send + 'static) -> Took {
+    /// Which claim takes the key in a hand-over: a source's, or the
+    /// agreed-N take of a one-tuner device's slot.
+    #[derive(Debug, Clone, Copy)]
+    enum Taker {
+        Source,
+        Slot,
+    }
+
+    impl Taker {
+        fn key(self) -> Vec<u8> {
+            match self {
+                Self::Source => KEY.to_vec(),
+                Self::Slot => keyspace::slot_under(&[DEVICE, b"/"].concat(), 0),
+            }
+        }
+
+        /// The holder's record: grace 5 s (one tuner on a slot), marked
+        /// released or not.
+        fn record(self, released: bool) -> Vec<u8> {
+            let mut record = ClusterRecord::for_this_launch("n", None, "http://h/v1")
+                .with_stop_grace(Duration::from_secs(5));
+            if matches!(self, Self::Slot) {
+                record.tuners = Some(1);
+            }
+            let json = record.to_json();
+            if released {
+                ClusterRecord::mark_released(&json).unwrap()
+            } else {
+                json
+            }
+        }
+
+        /// Waits for the key under `lease` (20 s at most): how it was taken.
+        fn take(self, client: &EtcdClient, lease: i64) -> Took {
+            let Self::Slot = self else {
+                return took_after_wait(client, lease, &mut Witness::default());
+            };
+            let value = || self.record(false);
+            let waiting = || declaring(1);
+            let request = slot_request(1, &value, &waiting);
+            let mut witness = Witness::default();
+            let taken = SlotEvents::quiet(|events| {
+                let until = Some(Instant::now() + Duration::from_secs(20));
+                claim_slot(client, &mut witness, &request, lease, (true, until), events)
+            })
+            .expect("claim_slot");
+            assert_eq!(taken, Some(0));
+            let mut took = witness.drain_taken();
+            assert_eq!(took.len(), 1, "the take was told: {took:?}");
+            let took = took.remove(0);
+            // The revision the guarded txn answered is the key's own.
+            let (kv, _) = client.get(&self.key()).expect("get");
+            assert_eq!(kv.as_ref(), Some(&took.kv));
+            took
+        }
+    }
+
+    /// A holder with grace 5 s; `taker` waits behind it, and the holder
+    /// lets go by a revoke, marked released before or not: how the key was
+    /// taken.
+    fn hand_over(taker: Taker, marked: bool) -> Took {
         let etcd = EtcdServer::start();
         let client = client(&etcd);
         let holder = lease(&client, 10);
+        let key = taker.key();
         assert!(matches!(
             client
-                .create(KEY, &record(5, false), holder)
+                .create(&key, &taker.record(false), holder)
                 .expect("create"),
             Created::Ours { .. }
         ));
         let ender = client.clone();
         let end = thread::spawn(move || {
             thread::sleep(Duration::from_millis(500));
-            let_go(&ender, holder);
+            if marked {
+                let value = taker.record(true);
+                assert!(
+                    ender
+                        .put_if_leased(&[(&key, &value)], holder)
+                        .expect("mark")
+                );
+            }
+            ender.revoke(holder).expect("revoke");
         });
-        let took = took_after_wait(&client, lease(&client, 10), &mut Witness::default());
+        let took = taker.take(&client, lease(&client, 10));
         end.join().expect("ender");
         took
     }
 
     #[test]
-    fn a_watched_release_marked_released_is_a_clean_hand_over() {
-        let took = hand_over(|client, holder| {
-            let marked = record(5, true);
-            assert!(
-                client
-                    .put_if_leased(&[(KEY, &marked)], holder)
-                    .expect("mark")
-            );
-            client.revoke(holder).expect("revoke");
-        });
-        assert!(took.clean, "{took:?}");
-        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    fn a_watched_release_marked_released_is_a_clean_hand_over_of_a_source_or_a_slot() {
+        for taker in [Taker::Source, Taker::Slot] {
+            let took = hand_over(taker, true);
+            assert!(took.clean, "{taker:?}: {took:?}");
+            assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+        }
     }
 
     #[test]
-    fn a_revoke_without_the_mark_is_not_a_clean_hand_over_and_says_the_holders_grace() {
-        let took = hand_over(|client, holder| client.revoke(holder).expect("revoke"));
-        assert!(!took.clean, "{took:?}");
-        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+    fn a_revoke_without_the_mark_is_no_clean_hand_over_and_says_the_holders_grace() {
+        for taker in [Taker::Source, Taker::Slot] {
+            let took = hand_over(taker, false);
+            assert!(!took.clean, "{taker:?}: {took:?}");
+            assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
+        }
     }
 
     #[test]
@@ -913,92 +1140,6 @@ mod tests {
         assert!(!took.clean, "{took:?}");
     }
 
-    /// A slot record declaring one tuner, with grace 5 s, marked or not.
-    fn slot_record(released: bool) -> Vec<u8> {
-        let mut record = ClusterRecord::for_this_launch("n", None, "http://h/v1")
-            .with_stop_grace(Duration::from_secs(5));
-        record.tuners = Some(1);
-        if released {
-            ClusterRecord::mark_released(&record.to_json()).unwrap()
-        } else {
-            record.to_json()
-        }
-    }
-
-    /// A one-tuner device whose only slot is held; a claimant waits for it
-    /// through the agreed-N take, and `let_go` ends the holding: how the
-    /// claimant's witness judged the take.
-    fn slot_hand_over(let_go: impl FnOnce(&EtcdClient, i64) + Send + 'static) -> Took {
-        let etcd = EtcdServer::start();
-        let client = client(&etcd);
-        let holder = lease(&client, 10);
-        let slot_key = keyspace::slot_under(&[DEVICE, b"/"].concat(), 0);
-        assert!(matches!(
-            client
-                .create(&slot_key, &slot_record(false), holder)
-                .expect("create"),
-            Created::Ours { .. }
-        ));
-        let ender = client.clone();
-        let end = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(500));
-            let_go(&ender, holder);
-        });
-        let value = || slot_record(false);
-        let waiting = || declaring(1);
-        let request = SlotRequest {
-            device_prefix: DEVICE,
-            count: 1,
-            value: &value,
-            waiting_value: &waiting,
-        };
-        let mut witness = Witness::default();
-        let taken = claim_slot(
-            &client,
-            &mut witness,
-            &request,
-            lease(&client, 10),
-            true,
-            Some(Instant::now() + Duration::from_secs(20)),
-            &mut |_| {},
-            &mut |_| {},
-        )
-        .expect("claim_slot");
-        end.join().expect("ender");
-        assert_eq!(taken, Some(0));
-        let mut took = witness.drain_taken();
-        assert_eq!(took.len(), 1, "the take was told: {took:?}");
-        let took = took.remove(0);
-        assert_eq!(took.kv.key, slot_key);
-        // The revision the guarded txn answered is the key's own.
-        let (kv, _) = client.get(&slot_key).expect("get");
-        assert_eq!(kv.as_ref(), Some(&took.kv));
-        took
-    }
-
-    #[test]
-    fn a_slot_taken_by_the_agreed_count_txn_after_a_watched_marked_release_is_clean() {
-        let took = slot_hand_over(|client, holder| {
-            let key = keyspace::slot_under(&[DEVICE, b"/"].concat(), 0);
-            let marked = slot_record(true);
-            assert!(
-                client
-                    .put_if_leased(&[(&key, &marked)], holder)
-                    .expect("mark")
-            );
-            client.revoke(holder).expect("revoke");
-        });
-        assert!(took.clean, "{took:?}");
-        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
-    }
-
-    #[test]
-    fn a_slot_taken_by_the_agreed_count_txn_after_a_revoke_is_not_clean() {
-        let took = slot_hand_over(|client, holder| client.revoke(holder).expect("revoke"));
-        assert!(!took.clean, "{took:?}");
-        assert_eq!(took.previous_grace, Some(Duration::from_secs(5)));
-    }
-
     #[test]
     fn a_slot_claim_without_a_lease_is_refused_and_never_takes_a_leaseless_key_for_its_own() {
         let etcd = EtcdServer::start();
@@ -1008,22 +1149,19 @@ mod tests {
         let key = String::from_utf8(key).unwrap();
         assert!(etcd.etcdctl(&["put", &key, "v"]).status.success());
         let value = || declaring(2);
-        let request = SlotRequest {
-            device_prefix: DEVICE,
-            count: 2,
-            value: &value,
-            waiting_value: &value,
-        };
+        let request = slot_request(2, &value, &value);
         let mut witness = Witness::default();
         let error = claim_slot(
             &client,
             &mut witness,
             &request,
             0,
-            false,
-            None,
-            &mut |_| {},
-            &mut |_| {},
+            (false, None),
+            &mut SlotEvents {
+                wait: &mut |_| {},
+                disagree: &mut |_| {},
+                preempt: &mut |_, _, _| {},
+            },
         )
         .expect_err("lease 0 is no lease");
         assert!(error.is_lease_lost(), "{error}");
@@ -1118,7 +1256,7 @@ mod tests {
         let key = keyspace::slot_under(&under, 0);
         assert_eq!(
             client
-                .create_if_unchanged(&under, view.revision, &key, b"v", ours, None)
+                .create_if_unchanged(&under, view.revision, &key, b"v", ours, &[])
                 .expect("txn"),
             None,
             "a take on a stale look succeeded"
@@ -1126,7 +1264,7 @@ mod tests {
         let view = DeviceView::look(&client, &under).expect("look");
         assert_eq!(view.agreed_count(2, ours), 1);
         let created = client
-            .create_if_unchanged(&under, view.revision, &key, b"v", ours, None)
+            .create_if_unchanged(&under, view.revision, &key, b"v", ours, &[])
             .expect("txn")
             .expect("created");
         // The revision it answers is the key's own, as the witness needs.
@@ -1147,7 +1285,7 @@ mod tests {
                     &keyspace::slot_under(&other, 0),
                     b"v",
                     ours,
-                    None
+                    &[]
                 )
                 .expect("txn")
                 .is_some()

@@ -716,7 +716,7 @@ impl EtcdClient {
     /// Creates `key` with `value` under `lease` only if nothing under
     /// `prefix` was written after `revision` (every key there has a
     /// `mod_revision` at or below it: etcd 3.3+ compares a whole range) and
-    /// `key` does not exist; deletes `and_delete` in the same txn. A
+    /// `key` does not exist; deletes the keys `and_delete` in the same txn. A
     /// decision made on a look at `revision` is then made on the store as
     /// it is: a put after the look, even one deleted again, fails it.
     /// Deletes after the look do not, and need not: they only free what
@@ -733,31 +733,20 @@ impl EtcdClient {
         key: &[u8],
         value: &[u8],
         lease: i64,
-        and_delete: Option<&[u8]>,
+        and_delete: &[&[u8]],
     ) -> Result<Option<i64>, EtcdError> {
         const OP: &str = "create-if-unchanged txn";
         ensure_lease(OP, lease)?;
         let key64 = BASE64.encode(key);
-        let mut success = vec![json!({ "request_put": {
-            "key": key64, "value": BASE64.encode(value), "lease": lease.to_string()
-        }})];
-        if let Some(other) = and_delete {
-            success.push(json!({ "request_delete_range": { "key": BASE64.encode(other) } }));
-        }
-        let request = json!({
-            "compare": [
-                {
-                    "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix)),
-                    "target": "MOD", "result": "LESS", "mod_revision": (revision + 1).to_string()
-                },
-                { "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }
-            ],
-            "success": success,
+        let absent = json!({
+            "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0"
         });
-        let (answer, endpoint) = self.call(OP, "/v3/kv/txn", &request)?;
-        if answer.get("succeeded").and_then(Value::as_bool) != Some(true) {
+        let put = put_op(key, value, lease);
+        let Some((answer, endpoint)) =
+            self.txn_if_unchanged(OP, (prefix, revision), Some(absent), vec![put], and_delete)?
+        else {
             return Ok(None);
-        }
+        };
         // Every write of one txn has the txn's revision, which the header
         // carries; without it the key's history cannot be judged.
         match header_revision(&answer) {
@@ -768,6 +757,61 @@ impl EtcdClient {
             )),
             revision => Ok(Some(revision)),
         }
+    }
+
+    /// Puts `puts` (key, value) under `lease` only if nothing under
+    /// `prefix` was written after `revision` (as
+    /// [`EtcdClient::create_if_unchanged`], whether or not the keys exist),
+    /// and deletes `and_delete` in the same txn: a preemption request made
+    /// on a look is made on the store as it is (ECP-0139). `true`: written.
+    ///
+    /// # Errors
+    /// Any [`EtcdError`]; an ambiguous one may have written them.
+    pub fn put_if_unchanged(
+        &self,
+        prefix: &[u8],
+        revision: i64,
+        puts: &[(&[u8], &[u8])],
+        lease: i64,
+        and_delete: &[&[u8]],
+    ) -> Result<bool, EtcdError> {
+        const OP: &str = "put-if-unchanged txn";
+        ensure_lease(OP, lease)?;
+        let puts = puts
+            .iter()
+            .map(|(key, value)| put_op(key, value, lease))
+            .collect();
+        Ok(self
+            .txn_if_unchanged(OP, (prefix, revision), None, puts, and_delete)?
+            .is_some())
+    }
+
+    /// One txn: `puts` and deletes of `and_delete`, if nothing under the
+    /// prefix was written after the revision (and `also` holds); the
+    /// answer when it succeeded.
+    fn txn_if_unchanged(
+        &self,
+        operation: &'static str,
+        (prefix, revision): (&[u8], i64),
+        also: Option<Value>,
+        puts: Vec<Value>,
+        and_delete: &[&[u8]],
+    ) -> Result<Option<(Value, String)>, EtcdError> {
+        let mut success = puts;
+        for other in and_delete {
+            success.push(json!({ "request_delete_range": { "key": BASE64.encode(other) } }));
+        }
+        let mut compare = vec![json!({
+            "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix)),
+            "target": "MOD", "result": "LESS", "mod_revision": (revision + 1).to_string()
+        })];
+        compare.extend(also);
+        let request = json!({ "compare": compare, "success": success });
+        let (answer, endpoint) = self.call(operation, "/v3/kv/txn", &request)?;
+        if answer.get("succeeded").and_then(Value::as_bool) != Some(true) {
+            return Ok(None);
+        }
+        Ok(Some((answer, endpoint)))
     }
 
     /// The time lease `id` has left; `None` when it is gone.
@@ -1725,6 +1769,13 @@ fn read_user_file(path: &Path) -> Result<Credentials, EtcdError> {
 /// The first key after every key that starts with `prefix` (etcd's
 /// `range_end` for a prefix): the last byte below 0xff incremented, the
 /// bytes after it dropped; all 0xff means "to the end" (`\0`).
+/// A txn's put of `key` under `lease`.
+fn put_op(key: &[u8], value: &[u8], lease: i64) -> Value {
+    json!({ "request_put": {
+        "key": BASE64.encode(key), "value": BASE64.encode(value), "lease": lease.to_string()
+    }})
+}
+
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {

@@ -51,6 +51,16 @@ pub fn waiting_under(under: &[u8], lease: i64) -> Vec<u8> {
     key
 }
 
+/// The key, under a device's prefix `under` (ending in `/`), by which a
+/// launcher of higher priority asks the holder of slot `index` to let go
+/// (ECP-0139 section 7): under the asker's lease, watched by the holder.
+#[must_use]
+pub fn preempt_under(under: &[u8], index: u32) -> Vec<u8> {
+    let mut key = under.to_vec();
+    key.extend_from_slice(format!("preempt-{index}").as_bytes());
+    key
+}
+
 /// The key by which the spread launcher holding `lease` says it wants
 /// `source` (ECP-0140): under that lease, kept while it holds the source.
 #[must_use]
@@ -84,6 +94,11 @@ pub enum Named {
     Waiting {
         device: String,
         lease: i64,
+    },
+    /// A request that the holder of one of the device's slots let go.
+    Preempt {
+        device: String,
+        index: u32,
     },
     /// A spread launcher that wants (waits for or holds) a source.
     Wanted {
@@ -136,14 +151,24 @@ pub fn parse(key: &[u8]) -> Option<Named> {
             lease,
         });
     }
-    let index = below.strip_prefix("slot-")?;
-    if !index.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    if let Some(index) = below.strip_prefix("preempt-") {
+        return Some(Named::Preempt {
+            device: unescape(device)?,
+            index: parse_index(index)?,
+        });
     }
     Some(Named::Slot {
         device: unescape(device)?,
-        index: index.parse().ok()?,
+        index: parse_index(below.strip_prefix("slot-")?)?,
     })
+}
+
+/// Exactly what `{index}` writes: decimal digits.
+fn parse_index(text: &str) -> Option<u32> {
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// A key read from etcd as output may show it: anyone with write access may
@@ -159,6 +184,9 @@ pub fn shown(key: &[u8]) -> String {
         Some(Named::Source(name)) => source(&redact_text(&name)),
         Some(Named::Slot { device, index }) => {
             format!("{}slot-{index}", device_slots(&redact_text(&device)))
+        }
+        Some(Named::Preempt { device, index }) => {
+            format!("{}preempt-{index}", device_slots(&redact_text(&device)))
         }
         Some(Named::Waiting { device, lease }) => String::from_utf8_lossy(&waiting_under(
             device_slots(&redact_text(&device)).as_bytes(),
@@ -269,6 +297,8 @@ mod tests {
             "devices/x/slot-",
             "devices/x/slot-+1",
             "devices/x/slot-1/waiting/2",
+            "devices/x/preempt-",
+            "devices/x/preempt-a",
         ] {
             assert_eq!(
                 parse(format!("/every-channel/ec-launch/v1/{other}").as_bytes()),
@@ -279,6 +309,13 @@ mod tests {
         assert_eq!(
             slot_under(device_slots("d").as_bytes(), 2),
             slot("d", 2).into_bytes()
+        );
+        assert_eq!(
+            parse(&preempt_under(device_slots("host:5004").as_bytes(), 1)),
+            Some(Named::Preempt {
+                device: "host:5004".into(),
+                index: 1
+            })
         );
         let want = wanted("hdhomerun://10.0.0.5/v5.1", 0x694d);
         assert_eq!(

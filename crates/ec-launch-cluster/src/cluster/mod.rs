@@ -15,6 +15,8 @@ pub mod etcd;
 pub mod fence;
 pub mod keyspace;
 pub mod placement;
+pub mod precedence;
+pub mod preemption;
 pub mod record;
 pub mod session;
 pub mod vouch;

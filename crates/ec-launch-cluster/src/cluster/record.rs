@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::lock_record::Preempted;
+use crate::priority::Priority;
 use crate::redact::redact_source;
 use crate::shown::Redact;
 
@@ -57,6 +59,15 @@ pub struct ClusterRecord {
     /// sees the key deleted with this mark may start at once (ECP-0135).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// The holder's `--priority` (ECP-0139 section 7): a claimant of a
+    /// slot of strictly higher priority may ask it to let go. Absent from
+    /// older writers, whose holders count as the default, 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    /// On a slot key: the holder this launcher preempted to get a slot
+    /// (ECP-0139), shown by `status --etcd` until the slot is taken again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted: Option<Preempted>,
 }
 
 impl ClusterRecord {
@@ -78,6 +89,8 @@ impl ClusterRecord {
             tuners: None,
             stop_grace_ms: None,
             released: false,
+            priority: None,
+            preempted: None,
         }
     }
 
@@ -95,6 +108,13 @@ impl ClusterRecord {
         Self::from_json(value)?
             .stop_grace_ms
             .map(Duration::from_millis)
+    }
+
+    /// The priority its holder recorded; an older writer's holder counts
+    /// as the default, and a wild number is clamped (a record is a hint).
+    #[must_use]
+    pub fn priority(&self) -> Priority {
+        Priority::from_record(self.priority)
     }
 
     /// True when a value is a record of ours marked released.
@@ -140,6 +160,8 @@ impl Redact for ClusterRecord {
             tuners,
             stop_grace_ms,
             released,
+            priority,
+            preempted,
         } = self;
         Self {
             node: node.redacted(),
@@ -154,6 +176,8 @@ impl Redact for ClusterRecord {
             // grace treats it as any number (a lock delay clamps it).
             stop_grace_ms: *stop_grace_ms,
             released: *released,
+            priority: *priority,
+            preempted: preempted.as_ref().map(Redact::redacted),
         }
     }
 }
@@ -177,6 +201,7 @@ impl Redact for WaitingRecord {
             pid,
             tuners,
             since,
+            priority,
         } = self;
         Self {
             node: node.redacted(),
@@ -184,6 +209,7 @@ impl Redact for WaitingRecord {
             pid: *pid,
             tuners: *tuners,
             since: *since,
+            priority: *priority,
         }
     }
 }
@@ -191,8 +217,8 @@ impl Redact for WaitingRecord {
 /// The value of a device's `waiting/<lease>` key: a launcher that waits
 /// for one of the device's slots, and the tuner count it declares, which
 /// every launcher of the device counts as if the waiter held a slot
-/// (ECP-0135 section 5). Fields are only ever added (issue #18 orders
-/// waiters by a priority added here).
+/// (ECP-0135 section 5), and its priority, by which the device's waiters
+/// are served (ECP-0139 section 7). Fields are only ever added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaitingRecord {
     pub node: String,
@@ -203,12 +229,20 @@ pub struct WaitingRecord {
     pub tuners: u32,
     /// When it began to wait, seconds since the Unix epoch.
     pub since: u64,
+    /// Its `--priority`; absent from older writers (counted as 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
 }
 
 impl WaitingRecord {
-    /// This launcher, waiting with `tuners` declared.
+    /// This launcher, waiting with `tuners` declared at `priority`.
     #[must_use]
-    pub fn for_this_launch(node: &str, unit: Option<String>, tuners: u32) -> Self {
+    pub fn for_this_launch(
+        node: &str,
+        unit: Option<String>,
+        tuners: u32,
+        priority: Priority,
+    ) -> Self {
         Self {
             node: node.to_owned(),
             unit,
@@ -217,6 +251,7 @@ impl WaitingRecord {
             since: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            priority: Some(u32::from(priority.get())),
         }
     }
 
@@ -231,6 +266,105 @@ impl WaitingRecord {
     pub fn from_json(bytes: &[u8]) -> Option<Self> {
         parse_bounded(bytes)
     }
+}
+
+impl WaitingRecord {
+    /// The priority a waiting value says; a value that is not a waiting
+    /// record of ours, or an older one, counts as the default (100): it is
+    /// still a launcher that waits (ECP-0139).
+    #[must_use]
+    pub fn priority_of(value: &[u8]) -> Priority {
+        Priority::from_record(Self::from_json(value).and_then(|record| record.priority))
+    }
+}
+
+/// The value of a device's `preempt-<i>` key (ECP-0139 section 7): a
+/// launcher of strictly higher priority asks the holder of slot `i` to let
+/// go. It lives under the asker's lease, so it goes when the asker does;
+/// it names the holder asked (its lease and its key's create revision), so
+/// a later holder of the slot is never taken for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreemptRequest {
+    pub node: String,
+    pub unit: Option<String>,
+    /// The asking launcher's PID on that node.
+    pub pid: u32,
+    /// The asker's source, redacted.
+    pub source: String,
+    /// The asker's `--priority`.
+    pub priority: u32,
+    /// The asker's `--preempt-grace`, in milliseconds: SIGTERM to SIGKILL.
+    pub grace_ms: u64,
+    /// The lease of the holder asked.
+    pub victim_lease: i64,
+    /// The create revision of the slot key of the holder asked.
+    pub victim_revision: i64,
+    /// When it asked, seconds since the Unix epoch.
+    pub since: u64,
+}
+
+impl PreemptRequest {
+    #[must_use]
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// `None` for a value that is not a request of ours (as
+    /// [`ClusterRecord::from_json`]).
+    #[must_use]
+    pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        parse_bounded(bytes)
+    }
+
+    /// True when it asks the holder of `slot` (as taken: its lease and
+    /// create revision) and outranks it. A request whose priority is not
+    /// strictly above the one the holder recorded (a writer's mistake, a
+    /// hostile record) asks nobody: equal or higher is never preempted,
+    /// whoever wrote the key.
+    #[must_use]
+    pub fn asks(&self, slot: &super::etcd::KeyValue) -> bool {
+        let holder = ClusterRecord::from_json(&slot.value)
+            .map_or_else(|| Priority::from_record(None), |record| record.priority());
+        self.victim_lease == slot.lease
+            && self.victim_revision == slot.create_revision
+            && Priority::from_record(Some(self.priority)) > holder
+    }
+}
+
+impl Redact for PreemptRequest {
+    fn redacted(&self) -> Self {
+        // Every field by name: a new one must be given its redaction here.
+        let Self {
+            node,
+            unit,
+            pid,
+            source,
+            priority,
+            grace_ms,
+            victim_lease,
+            victim_revision,
+            since,
+        } = self;
+        Self {
+            node: node.redacted(),
+            unit: unit.redacted(),
+            pid: *pid,
+            source: redact_source(source),
+            priority: *priority,
+            grace_ms: *grace_ms,
+            victim_lease: *victim_lease,
+            victim_revision: *victim_revision,
+            since: *since,
+        }
+    }
+}
+
+/// Now, in seconds since the Unix epoch, as records say `since`.
+#[must_use]
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What any record under a device (a slot's or a waiter's) says of its
@@ -326,6 +460,44 @@ mod tests {
     }
 
     #[test]
+    fn a_request_asks_only_the_holding_it_names_and_only_from_strictly_above() {
+        let mut record = ClusterRecord::for_this_launch("node-a", None, "http://h/v1");
+        record.priority = Some(200);
+        let slot = crate::cluster::etcd::KeyValue {
+            key: b"slot".to_vec(),
+            value: record.to_json(),
+            create_revision: 7,
+            mod_revision: 7,
+            lease: 42,
+        };
+        let request = |priority, victim_lease, victim_revision| PreemptRequest {
+            node: "b".into(),
+            unit: None,
+            pid: 1,
+            source: "s".into(),
+            priority,
+            grace_ms: 1000,
+            victim_lease,
+            victim_revision,
+            since: 1,
+        };
+        assert!(request(201, 42, 7).asks(&slot));
+        // Equal or lower never preempts, whatever the key says.
+        assert!(!request(200, 42, 7).asks(&slot));
+        assert!(!request(10, 42, 7).asks(&slot));
+        // Another holding of the slot (lease or take) is not asked.
+        assert!(!request(900, 43, 7).asks(&slot));
+        assert!(!request(900, 42, 8).asks(&slot));
+        // A holder whose record says no priority holds at the default.
+        let older = crate::cluster::etcd::KeyValue {
+            value: b"{}".to_vec(),
+            ..slot
+        };
+        assert!(!request(100, 42, 7).asks(&older));
+        assert!(request(101, 42, 7).asks(&older));
+    }
+
+    #[test]
     fn any_since_is_formatted_and_none_panics() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(YEAR_10000 - 1), "9999-12-31T23:59:59Z");
@@ -351,6 +523,16 @@ mod tests {
             tuners: Some(2),
             stop_grace_ms: Some(u64::MAX),
             released: true,
+            priority: Some(u32::MAX),
+            preempted: Some(Preempted {
+                pid: 2,
+                program: Some(format!("p?token={secret}")),
+                unit: Some(format!("u?{secret}")),
+                node: Some(format!("admin:{secret}@n")),
+                source: format!("http://a:{secret}@h/x"),
+                priority: 10,
+                at: format!("token={secret}"),
+            }),
         };
         let shown = crate::shown::Shown::of(&record);
         let json = serde_json::to_string(&shown).unwrap();
@@ -392,7 +574,12 @@ mod tests {
             (declarant.node.as_str(), declarant.declared_tuners()),
             ("node-a", Some(2))
         );
-        let waiting = WaitingRecord::for_this_launch("node-b", Some("b.service".into()), 3);
+        let waiting = WaitingRecord::for_this_launch(
+            "node-b",
+            Some("b.service".into()),
+            3,
+            Priority::default(),
+        );
         assert_eq!(
             WaitingRecord::from_json(&waiting.to_json()),
             Some(waiting.clone())

@@ -27,12 +27,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::ClusterConfig;
-use super::claim::{self, Claimed, DeviceView, Disagreement, SlotRequest, Witness};
+use super::claim::{self, Claimed, DeviceView, SlotEvents, SlotRequest, Witness};
 use super::custody::{self, Custody, Held, held_keys};
 use super::etcd::{EtcdClient, EtcdError, KeepAlive, KeyValue};
 use super::fence::{self, BootInstant, Renewal, Renewer};
 use super::keyspace;
 use super::placement::{self, SpreadClaim, Want};
+use super::preemption::Heed;
 use super::record::ClusterRecord;
 use super::vouch::Vouch;
 use crate::error::Error;
@@ -76,8 +77,14 @@ pub struct SlotClaim<'a> {
     pub count: u32,
     /// The slot key's value, made at each try (it records `count`).
     pub value: &'a dyn Fn() -> Vec<u8>,
-    /// The waiting key's value (it records `count`).
+    /// The waiting key's value (it records `count` and the priority).
     pub waiting_value: &'a dyn Fn() -> Vec<u8>,
+    /// `--priority` (ECP-0139 section 7).
+    pub priority: crate::priority::Priority,
+    /// A request's value that the holder of a slot (its key) let go.
+    pub preempt_value: &'a dyn Fn(&KeyValue) -> Vec<u8>,
+    /// `--preempt-grace`: what a holder asked to let go is given.
+    pub preempt_grace: Duration,
 }
 
 impl std::fmt::Debug for SlotClaim<'_> {
@@ -85,6 +92,7 @@ impl std::fmt::Debug for SlotClaim<'_> {
         f.debug_struct("SlotClaim")
             .field("device", &self.device)
             .field("count", &self.count)
+            .field("priority", &self.priority)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +115,8 @@ pub struct Session {
     held: Held,
     /// The watches over them; fires the renewer's fence.
     custody: Option<Custody>,
+    /// The watch for a request that our slot be let go (ECP-0139).
+    heed: Option<Heed>,
     /// What the claims saw of the keys' previous holders.
     witness: Witness,
     /// The program may not start before this (the lock delay of a take
@@ -174,6 +184,7 @@ impl Session {
             interrupts: None,
             held: Arc::default(),
             custody: None,
+            heed: None,
             witness: Witness::default(),
             not_before: None,
             owed: Arc::default(),
@@ -252,6 +263,7 @@ impl Session {
         );
         self.let_go(true);
         held_keys(&self.held).clear();
+        self.heed = None;
         self.witness.forget();
         self.not_before = None;
         *owed_until(&self.owed) = None;
@@ -289,6 +301,15 @@ impl Session {
         if let Some(interrupts) = self.interrupts.take() {
             interrupts.stop();
         }
+    }
+
+    /// The watch for a request that our slot be let go, for the
+    /// supervisor to heed (ECP-0139 section 7).
+    #[must_use]
+    pub fn stop_request(&self) -> Option<&dyn crate::supervise::StopRequest> {
+        self.heed
+            .as_ref()
+            .map(|heed| heed as &dyn crate::supervise::StopRequest)
     }
 
     /// The renewer, for the supervisor to watch.
@@ -384,8 +405,7 @@ impl Session {
         &mut self,
         source: &SourceClaim<'_>,
         slot: &SlotClaim<'_>,
-        on_wait: &mut dyn FnMut(&[KeyValue]),
-        on_disagree: &mut dyn FnMut(&Disagreement),
+        events: &mut SlotEvents<'_>,
     ) -> Result<Result<u32, Busy>, Error> {
         let prefix = keyspace::device_slots(slot.device);
         let request = SlotRequest {
@@ -393,6 +413,12 @@ impl Session {
             count: slot.count,
             value: slot.value,
             waiting_value: slot.waiting_value,
+            priority: slot.priority,
+            preempt_value: slot.preempt_value,
+            // The holder's grace, and for one that cannot answer, the TTL
+            // its key outlives it by; then 10 s, as a local preemptor
+            // waits after its SIGKILL.
+            preempt_patience: slot.preempt_grace + self.timing.ttl + Duration::from_secs(10),
         };
         loop {
             let lease = self.lease();
@@ -401,10 +427,8 @@ impl Session {
                 &mut self.witness,
                 &request,
                 lease,
-                source.wait,
-                source.until,
-                on_wait,
-                on_disagree,
+                (source.wait, source.until),
+                events,
             );
             let claimed = claimed.and_then(|taken| {
                 if let Some(index) = taken {
@@ -458,6 +482,15 @@ impl Session {
             if let Some(custody) = &self.custody {
                 custody.keep(took.kv.clone())?;
             }
+            if let Some(keyspace::Named::Slot { device, index }) = keyspace::parse(&took.kv.key) {
+                let under = keyspace::device_slots(&device);
+                let request_key = keyspace::preempt_under(under.as_bytes(), index);
+                self.heed = Some(Heed::start(
+                    self.client.clone(),
+                    took.kv.clone(),
+                    request_key,
+                )?);
+            }
             let key = crate::printable::printable(&keyspace::shown(&took.kv.key)).into_owned();
             if took.clean {
                 tracing::debug!(key = %key, "cluster key taken after its holder's clean release: no lock delay");
@@ -508,9 +541,8 @@ impl Session {
                 }
                 if let Some(slot) = slot {
                     // Told once already, when the slot was first taken.
-                    let mut quiet = |_: &[KeyValue]| {};
-                    let mut agreed = |_: &Disagreement| {};
-                    if let Err(busy) = self.take_slot(source, slot, &mut quiet, &mut agreed)? {
+                    let taken = SlotEvents::quiet(|events| self.take_slot(source, slot, events))?;
+                    if let Err(busy) = taken {
                         return Ok(Some(busy));
                     }
                 }
@@ -580,6 +612,9 @@ impl Session {
         }
         if let Some(renewer) = self.renewer.take() {
             renewer.stop();
+        }
+        if let Some(heed) = self.heed.take() {
+            heed.stop();
         }
         let mark = mark && mark_unless_owed(&self.owed);
         let_go_of(&self.client, &self.lease, &self.held, mark);

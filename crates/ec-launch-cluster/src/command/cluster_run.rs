@@ -15,10 +15,11 @@ use ec_launch::command::run::{
 };
 
 use crate::cluster::ClusterConfig;
-use crate::cluster::claim::Disagreement;
+use crate::cluster::claim::{Disagreement, SlotEvents};
+use crate::cluster::etcd::KeyValue;
 use crate::cluster::keyspace;
 use crate::cluster::placement::{Want, WantRecord};
-use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
+use crate::cluster::record::{ClusterRecord, Declarant, PreemptRequest, Preempted, WaitingRecord};
 use crate::cluster::session::{Busy, Session, SlotClaim, SourceClaim, Taken};
 use crate::cluster::vouch::Vouch;
 use crate::error::Error;
@@ -49,8 +50,10 @@ impl ClusterLaunch for ClusterConfig {
         wait_started: &mut Option<Instant>,
     ) -> Result<Option<Box<dyn ClusterHolding + 'a>>, Error> {
         let config = launch.config;
+        let preempted = Preempting::default();
         let (source_value, slot_value, waiting_value) =
-            cluster_values(config, self, unit, launch.redacted);
+            cluster_values(config, self, unit, launch.redacted, &preempted);
+        let preempt_value = preempt_value(config, self, unit, launch.redacted);
         let want_value = want_value(self, unit);
         let claim = source_claim(launch, self, &source_value, &want_value);
         let Some(session) = take_cluster_source(
@@ -71,6 +74,8 @@ impl ClusterLaunch for ClusterConfig {
             slot_value: Box::new(slot_value),
             waiting_value: Box::new(waiting_value),
             want_value: Box::new(want_value),
+            preempt_value: Box::new(preempt_value),
+            preempted,
         })))
     }
 }
@@ -85,7 +90,18 @@ struct Holding<'a> {
     slot_value: Box<dyn Fn() -> Vec<u8> + 'a>,
     waiting_value: Box<dyn Fn() -> Vec<u8> + 'a>,
     want_value: Box<dyn Fn() -> Vec<u8> + 'a>,
+    preempt_value: PreemptValue<'a>,
+    /// The holder this launch asked to let go, once it has: the slot
+    /// record says so (ECP-0139).
+    preempted: Preempting,
 }
+
+/// How a launch makes a request that the holder of a slot (its key) let go.
+type PreemptValue<'a> = Box<dyn Fn(&KeyValue) -> Vec<u8> + 'a>;
+
+/// The holder a launch asked to let go of a slot, shared by the claim's
+/// event (which sets it) and the slot's value (which records it).
+type Preempting = std::rc::Rc<std::cell::RefCell<Option<Preempted>>>;
 
 /// The source's claim: its key, this launch's value, how long to wait,
 /// and what it asks of placement.
@@ -107,21 +123,25 @@ fn source_claim<'b>(
 /// The device's slot claim, with `--tuners`.
 fn slot_claim<'b>(
     config: &'b RunConfig,
-    value: &'b dyn Fn() -> Vec<u8>,
-    waiting_value: &'b dyn Fn() -> Vec<u8>,
+    (value, waiting_value): (&'b dyn Fn() -> Vec<u8>, &'b dyn Fn() -> Vec<u8>),
+    preempt_value: &'b dyn Fn(&KeyValue) -> Vec<u8>,
 ) -> Option<SlotClaim<'b>> {
     config.tuners.as_ref().map(|tuners| SlotClaim {
         device: tuners.device.as_str(),
         count: tuners.count,
         value,
         waiting_value,
+        priority: config.priority,
+        preempt_value,
+        preempt_grace: config.preempt_grace,
     })
 }
 
 impl ClusterHolding for Holding<'_> {
     fn take_slot(&mut self, wait_started: &mut Option<Instant>) -> Result<bool, Error> {
         let config = self.launch.config;
-        let Some(slot) = slot_claim(config, &*self.slot_value, &*self.waiting_value) else {
+        let values = (&*self.slot_value, &*self.waiting_value);
+        let Some(slot) = slot_claim(config, values, &*self.preempt_value) else {
             return Ok(true);
         };
         let claim = source_claim(
@@ -135,14 +155,15 @@ impl ClusterHolding for Holding<'_> {
             self.cluster,
             &mut self.session,
             (&claim, &slot),
-            self.launch.program_name,
+            (self.launch, &self.preempted),
             wait_started,
         )
     }
 
     fn settle(&mut self) -> Result<bool, Error> {
         let config = self.launch.config;
-        let slot = slot_claim(config, &*self.slot_value, &*self.waiting_value);
+        let values = (&*self.slot_value, &*self.waiting_value);
+        let slot = slot_claim(config, values, &*self.preempt_value);
         let claim = source_claim(
             self.launch,
             self.cluster,
@@ -228,9 +249,10 @@ fn take_cluster_slot(
     cluster: &ClusterConfig,
     session: &mut Session,
     (claim, slot): (&SourceClaim<'_>, &SlotClaim<'_>),
-    program_name: &str,
+    (launch, preempted): (&Launching<'_>, &Preempting),
     wait_started: &mut Option<Instant>,
 ) -> Result<bool, Error> {
+    let program_name = launch.program_name;
     let device = slot.device;
     let mut announce_wait = |holders: &[crate::cluster::etcd::KeyValue]| {
         wait_started.get_or_insert_with(Instant::now);
@@ -256,7 +278,35 @@ fn take_cluster_slot(
             disagreement.using,
         );
     };
-    match session.take_slot(claim, slot, &mut announce_wait, &mut warn_disagreement)? {
+    let mut announce_preemption = |index: u32, victim: &KeyValue, record: &ClusterRecord| {
+        let shown = Shown::of(record);
+        tracing::warn!(
+            device = %printable(device),
+            key = %printable(config.key.as_str()),
+            "preempting cluster tuner slot {index} of {}: {} at priority {}, for {} at priority {} (its launcher is asked through etcd: SIGTERM now, SIGKILL after {}; the slot is taken once it is released)",
+            printable(device),
+            describe_cluster_holder(victim),
+            record.priority(),
+            printable(launch.redacted),
+            config.priority,
+            humantime::format_duration(config.preempt_grace),
+        );
+        *preempted.borrow_mut() = Some(Preempted {
+            pid: shown.pid,
+            program: None,
+            unit: shown.unit.clone(),
+            node: Some(shown.node.clone()),
+            source: shown.source.clone(),
+            priority: u32::from(record.priority().get()),
+            at: crate::cluster::record::rfc3339(crate::cluster::record::now_unix()),
+        });
+    };
+    let mut events = SlotEvents {
+        wait: &mut announce_wait,
+        disagree: &mut warn_disagreement,
+        preempt: &mut announce_preemption,
+    };
+    match session.take_slot(claim, slot, &mut events)? {
         Ok(slot) => {
             tracing::debug!(device = %printable(device), slot, "cluster tuner slot taken");
             Ok(true)
@@ -323,23 +373,57 @@ fn cluster_values<'a>(
     cluster: &'a ClusterConfig,
     unit: Option<&'a String>,
     redacted: &'a str,
+    preempted: &Preempting,
 ) -> (
     impl Fn() -> Vec<u8> + 'a,
     impl Fn() -> Vec<u8> + 'a,
     impl Fn() -> Vec<u8> + 'a,
 ) {
     let count = config.tuners.as_ref().map(|tuners| tuners.count);
-    let source_value = move || cluster_record(cluster, unit.cloned(), redacted).to_json();
-    let slot_value = move || {
+    let priority = config.priority;
+    let record = move || {
         let mut record = cluster_record(cluster, unit.cloned(), redacted);
+        record.priority = Some(u32::from(priority.get()));
+        record
+    };
+    let source_value = move || record().to_json();
+    let preempted = std::rc::Rc::clone(preempted);
+    let slot_value = move || {
+        let mut record = record();
         record.tuners = count;
+        record.preempted.clone_from(&preempted.borrow());
         record.to_json()
     };
     let waiting_value = move || {
         let node = cluster.connection.node.as_str();
-        WaitingRecord::for_this_launch(node, unit.cloned(), count.unwrap_or_default()).to_json()
+        let tuners = count.unwrap_or_default();
+        WaitingRecord::for_this_launch(node, unit.cloned(), tuners, priority).to_json()
     };
     (source_value, slot_value, waiting_value)
+}
+
+/// The value of a request that the holder of a slot (its key as held) let
+/// go for this launch (ECP-0139 section 7), made when asking.
+fn preempt_value<'a>(
+    config: &'a RunConfig,
+    cluster: &'a ClusterConfig,
+    unit: Option<&'a String>,
+    redacted: &'a str,
+) -> impl Fn(&KeyValue) -> Vec<u8> + 'a {
+    move |victim| {
+        PreemptRequest {
+            node: cluster.connection.node.clone(),
+            unit: unit.cloned(),
+            pid: std::process::id(),
+            source: redacted.to_owned(),
+            priority: u32::from(config.priority.get()),
+            grace_ms: u64::try_from(config.preempt_grace.as_millis()).unwrap_or(u64::MAX),
+            victim_lease: victim.lease,
+            victim_revision: victim.create_revision,
+            since: crate::cluster::record::now_unix(),
+        }
+        .to_json()
+    }
 }
 
 /// The value of this launch's wanted key (ECP-0140), made when it
@@ -414,16 +498,19 @@ fn supervise_in_cluster(
     // The monitor learns "the program runs" from this end closing (it was
     // written for exec, where closing is implicit).
     drop(monitor);
-    let ended = child.wait(
+    let ended = child.wait_heeding(
         session
             .renewer()
             .map(|r| (r as &dyn crate::supervise::Fence, stop_grace)),
+        session.stop_request(),
     );
     // The keys go only when the kernel says the locks are free: a helper
     // outside the program's group may still read (ECP-0135 section 3).
+    tracing::debug!("the program ended ({ended:?}); releasing once its locks are free");
     let watched = child.into_watched();
     let held = std::iter::once(held).chain(slot.map(|slot| slot.lock));
     crate::stragglers::until_free(&watched, held, stop_grace);
+    tracing::debug!("the locks are free");
     // At once: the next holder need not wait for the lease to expire, nor
     // (the mark says no reader of ours is left) for the lock delay.
     session.release_clean();
@@ -432,6 +519,16 @@ fn supervise_in_cluster(
             let _ = std::io::Write::flush(&mut std::io::stdout());
             // The program's own status, not one of ours: like exec, the
             // caller sees what the program said.
+            std::process::exit(i32::from(code));
+        }
+        crate::supervise::Ended::Preempted { by, child } => {
+            // Not a success whatever the program said: systemd restarts the
+            // unit, which with `wait` queues at its priority (ECP-0139).
+            let code = if child == 0 { 128 + 15 } else { child };
+            tracing::warn!(
+                "preempted: the program ended with {child} and the tuner slot was released for {by}; exiting {code}"
+            );
+            let _ = std::io::Write::flush(&mut std::io::stdout());
             std::process::exit(i32::from(code));
         }
         crate::supervise::Ended::Fenced { child, .. } => {
@@ -518,19 +615,8 @@ mod tests {
 
     use super::*;
     use crate::cluster::etcd::KeyValue;
-    use crate::secret_props::{FieldKind, credential_text, hostile_record, leaks};
-
-    const FIELDS: &[(&str, FieldKind)] = &[
-        ("node", FieldKind::Text),
-        ("unit", FieldKind::Text),
-        ("pid", FieldKind::Number),
-        ("boot_id", FieldKind::Text),
-        ("since", FieldKind::Number),
-        ("source", FieldKind::Text),
-        ("version", FieldKind::Text),
-        ("tuners", FieldKind::Number),
-        ("stop_grace_ms", FieldKind::Number),
-    ];
+    use crate::command::CLUSTER_RECORD_FIELDS as FIELDS;
+    use crate::secret_props::{credential_text, hostile_record, leaks};
 
     proptest! {
         /// Run's busy and wait messages describe any holder's value without

@@ -23,7 +23,7 @@ use crate::cluster::Connection;
 use crate::cluster::etcd::{EtcdClient, KeyValue};
 use crate::cluster::keyspace::{self, Named};
 use crate::cluster::placement::Census;
-use crate::cluster::record::{ClusterRecord, Declarant, WaitingRecord};
+use crate::cluster::record::{ClusterRecord, Declarant, PreemptRequest, Preempted, WaitingRecord};
 use crate::error::Error;
 use crate::printable::printable;
 use crate::shown::Shown;
@@ -186,6 +186,9 @@ pub(crate) struct ClusterWaiter {
     pid: Option<u32>,
     /// The tuner count it declares.
     tuners: Option<u32>,
+    /// Its priority, by which the device's waiters are served (ECP-0139;
+    /// 100 for an older writer's record).
+    priority: Option<u32>,
     /// Seconds since the Unix epoch: when it began to wait.
     since: Option<u64>,
     /// `since` in RFC 3339, as a lock's `since` is (an addition; `null`
@@ -263,6 +266,14 @@ pub(crate) struct ClusterHolder {
     /// For a slot: the tuner count its taker declared (`null` before
     /// ECP-0135 or when the record says none).
     tuners: Option<u32>,
+    /// The holder's priority (ECP-0139; 100 for an older writer's record,
+    /// `null` for an unreadable one).
+    priority: Option<u32>,
+    /// For a slot: the holder its taker preempted to get it, and when.
+    preempted: Option<Preempted>,
+    /// For a slot: a launcher of higher priority has asked its holder to
+    /// let go (the request's `preempt-<i>` key), and is waiting for it.
+    preemption_asked: Option<PreemptRequest>,
 }
 
 impl ClusterReport {
@@ -379,6 +390,7 @@ pub(crate) fn cluster_report(
     };
     let mut holders = Vec::new();
     let mut waiters = Vec::new();
+    let mut requests = BTreeMap::new();
     for kv in kvs {
         let named = keyspace::parse(&kv.key);
         // Placement's keys are shown per node (`nodes`), not as holders.
@@ -388,21 +400,37 @@ pub(crate) fn cluster_report(
         if let Some((source_key, device)) = only {
             let wanted = match &named {
                 Some(Named::Source(key)) => key == source_key,
-                Some(Named::Slot { device: d, .. } | Named::Waiting { device: d, .. }) => {
-                    Some(d.as_str()) == device
-                }
+                Some(
+                    Named::Slot { device: d, .. }
+                    | Named::Waiting { device: d, .. }
+                    | Named::Preempt { device: d, .. },
+                ) => Some(d.as_str()) == device,
                 Some(Named::Wanted { .. } | Named::Turn { .. }) | None => false,
             };
             if !wanted {
                 continue;
             }
         }
+        // A request to let go is shown on the slot it asks for, while its
+        // holder is the one asked (`holders` below).
+        if let Some(Named::Preempt { device, index }) = named {
+            requests.insert((device, index), kv);
+            continue;
+        }
         let ttl_left = ttl_left(kv.lease)?;
         if let Some(Named::Waiting { device, .. }) = named {
             waiters.push(waiter_of(&kv, &device, ttl_left, node));
             continue;
         }
-        holders.push(holder_of(&kv, ttl_left, node));
+        let mut holder = holder_of(&kv, ttl_left, node);
+        if let Some(Named::Slot { device, index }) = named {
+            holder.preemption_asked = requests
+                .get(&(device, index))
+                .and_then(|request: &KeyValue| PreemptRequest::from_json(&request.value))
+                .filter(|request| request.asks(&kv))
+                .map(|request| Shown::of(&request).into_inner());
+        }
+        holders.push(holder);
     }
     let devices = devices(&holders, &waiters);
     Ok(ClusterReport {
@@ -447,9 +475,13 @@ fn holder_of(kv: &KeyValue, ttl_left: Option<u64>, node: &str) -> ClusterHolder 
     let (source_key, device, slot) = match keyspace::parse(&kv.key) {
         Some(Named::Source(key)) => (Some(key), None, None),
         Some(Named::Slot { device, index }) => (None, Some(device), Some(index)),
-        Some(Named::Waiting { .. } | Named::Wanted { .. } | Named::Turn { .. }) | None => {
-            (None, None, None)
-        }
+        Some(
+            Named::Waiting { .. }
+            | Named::Wanted { .. }
+            | Named::Turn { .. }
+            | Named::Preempt { .. },
+        )
+        | None => (None, None, None),
     };
     // A slot's declared count, in range (a hostile 0 or 10^9 is no count).
     let tuners = slot
@@ -469,6 +501,9 @@ fn holder_of(kv: &KeyValue, ttl_left: Option<u64>, node: &str) -> ClusterHolder 
         since_rfc3339: record
             .as_ref()
             .and_then(|r| crate::cluster::record::rfc3339_if_readable(r.since)),
+        priority: record.as_ref().map(|r| u32::from(r.priority().get())),
+        preempted: record.as_ref().and_then(|r| r.preempted.clone()),
+        preemption_asked: None,
         source: record.map(|r| r.source.clone()),
         ttl_left,
         lease_state: LeaseState::of(kv.lease, ttl_left),
@@ -490,6 +525,9 @@ fn waiter_of(kv: &KeyValue, device: &str, ttl_left: Option<u64>, node: &str) -> 
         unit: record.as_ref().and_then(|r| r.unit.clone()),
         pid: record.as_ref().map(|r| r.pid),
         tuners,
+        priority: record
+            .as_ref()
+            .map(|r| u32::from(crate::priority::Priority::from_record(r.priority).get())),
         since_rfc3339: record
             .as_ref()
             .and_then(|r| crate::cluster::record::rfc3339_if_readable(r.since)),
@@ -612,10 +650,14 @@ pub(crate) fn write_text(out: &mut String, report: &ClusterReport) {
         if let Some(tuners) = holder.tuners {
             let _ = write!(line, " tuners {tuners}");
         }
+        if let Some(priority) = holder.priority {
+            let _ = write!(line, " priority {priority}");
+        }
         if let Some(since) = holder.since {
             let _ = write!(line, " since {}", crate::cluster::record::rfc3339(since));
         }
         line.push_str(&holder.lease_state.describe(holder.ttl_left));
+        line.push_str(&describe_preemption(holder));
         out.push_str(&line);
         out.push('\n');
     }
@@ -640,6 +682,9 @@ pub(crate) fn write_text(out: &mut String, report: &ClusterReport) {
         if let Some(tuners) = waiter.tuners {
             let _ = write!(line, " tuners {tuners}");
         }
+        if let Some(priority) = waiter.priority {
+            let _ = write!(line, " priority {priority}");
+        }
         if let Some(since) = waiter.since {
             let _ = write!(line, " since {}", crate::cluster::record::rfc3339(since));
         }
@@ -663,6 +708,36 @@ pub(crate) fn write_text(out: &mut String, report: &ClusterReport) {
             let _ = writeln!(out, "  ! {}", printable(warning));
         }
     }
+}
+
+/// `; preempted node b pid 4242 unit (priority 100) at …` for a slot taken
+/// by preemption, and `; asked to let go by …` for one whose holder was
+/// asked (ECP-0139); nothing for any other key.
+fn describe_preemption(holder: &ClusterHolder) -> String {
+    let mut text = String::new();
+    if let Some(victim) = &holder.preempted {
+        let _ = write!(
+            text,
+            "; preempted node {} pid {}{} (priority {}) at {}",
+            printable(victim.node.as_deref().unwrap_or("?")),
+            victim.pid,
+            victim
+                .unit
+                .as_deref()
+                .map(|u| format!(" {}", printable(u)))
+                .unwrap_or_default(),
+            victim.priority,
+            printable(&victim.at)
+        );
+    }
+    if let Some(request) = &holder.preemption_asked {
+        let _ = write!(
+            text,
+            "; asked to let go by {}",
+            crate::cluster::preemption::describe_asker(request)
+        );
+    }
+    text
 }
 
 /// One line per node (ECP-0140): weight, held against share, the sources
@@ -693,19 +768,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::secret_props::{FieldKind, credential_text, hostile_record, leaks};
-
-    const FIELDS: &[(&str, FieldKind)] = &[
-        ("node", FieldKind::Text),
-        ("unit", FieldKind::Text),
-        ("pid", FieldKind::Number),
-        ("boot_id", FieldKind::Text),
-        ("since", FieldKind::Number),
-        ("source", FieldKind::Text),
-        ("version", FieldKind::Text),
-        ("tuners", FieldKind::Number),
-        ("stop_grace_ms", FieldKind::Number),
-    ];
+    use crate::command::CLUSTER_RECORD_FIELDS as FIELDS;
+    use crate::secret_props::{credential_text, hostile_record, leaks};
 
     fn shown(key: &[u8], value: Vec<u8>) -> (String, String) {
         let kv = KeyValue {
@@ -741,7 +805,7 @@ mod tests {
         let (text, _) = shown(key.as_bytes(), wild.to_vec());
         assert!(
             text.contains(
-                "held by node b pid 1 since an unreadable time (253402300800 s after 1970)"
+                "held by node b pid 1 priority 100 since an unreadable time (253402300800 s after 1970)"
             ),
             "{text}"
         );

@@ -55,7 +55,12 @@ rustPlatform.buildRustPackage {
   buildInputs = lib.optionals stdenv.hostPlatform.isGnu [ glibc.static ];
   # At a fixed address too (no static PIE, which relocates itself at every
   # start): the same flags as .cargo/config.toml (ECP-0138).
-  env.RUSTFLAGS = lib.optionalString stdenv.hostPlatform.isGnu "-C target-feature=+crt-static -C relocation-model=static";
+  # And SHA-256 in software on x86, as .cargo/config.toml has it: no CPUID
+  # probe (a trap to the hypervisor in a VM) at every launch (ECP-0128).
+  env.RUSTFLAGS = lib.concatStringsSep " " (
+    lib.optional stdenv.hostPlatform.isGnu "-C target-feature=+crt-static -C relocation-model=static"
+    ++ lib.optional stdenv.hostPlatform.isx86 "--cfg sha2_backend=\"soft\""
+  );
 
   # The unit tests only (the library's and each executable's). The
   # integration and acceptance suites need flock(1), root, systemd and

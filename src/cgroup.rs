@@ -37,10 +37,11 @@ pub fn systemd_and_unified_paths(contents: &str) -> (Option<&str>, Option<&str>)
     (systemd, unified)
 }
 
-/// The unit named by the contents of a `/proc/<pid>/cgroup` file, if any.
+/// The unit named by the contents of a `/proc/<pid>/cgroup` file, if any
+/// (`run` reads its own once, for the unit and the cgroup directory).
 /// Slices are returned only when nothing more specific is there.
 #[must_use]
-fn unit_from_cgroup(contents: &str) -> Option<String> {
+pub fn unit_from_cgroup(contents: &str) -> Option<String> {
     let (systemd_path, unified_path) = systemd_and_unified_paths(contents);
     systemd_path
         .and_then(unit_from_path)
@@ -70,13 +71,6 @@ fn unit_from_path(path: &str) -> Option<String> {
 pub fn unit_of_pid(proc_root: &Path, pid: u32) -> Option<String> {
     let contents =
         crate::proc_file::read_to_string(&proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-    unit_from_cgroup(&contents)
-}
-
-/// The unit of this process.
-#[must_use]
-pub fn own_unit() -> Option<String> {
-    let contents = crate::proc_file::read_to_string(Path::new("/proc/self/cgroup")).ok()?;
     unit_from_cgroup(&contents)
 }
 

@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::cgroup;
 use crate::lock_record::LockRecord;
@@ -30,8 +31,14 @@ const MAX_DEPTH: usize = 16;
 #[must_use]
 pub fn own_cgroup_dir() -> Option<PathBuf> {
     let cgroups = crate::proc_file::read_to_string(Path::new("/proc/self/cgroup")).ok()?;
+    own_cgroup_dir_from(&cgroups)
+}
+
+/// [`own_cgroup_dir`] from the text of `/proc/self/cgroup`, read already.
+#[must_use]
+pub fn own_cgroup_dir_from(cgroups: &str) -> Option<PathBuf> {
     let mounts = crate::proc_file::read_to_string(Path::new("/proc/self/mountinfo")).ok()?;
-    cgroup_dir(&cgroups, &mounts)
+    cgroup_dir(cgroups, &mounts)
 }
 
 /// [`own_cgroup_dir`] on the text of `/proc/<pid>/cgroup` and
@@ -115,22 +122,25 @@ fn has_processes(dir: &Path, depth: usize) -> bool {
             .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && has_processes(&e.path(), depth + 1))
 }
 
-/// What a judge of escape needs to know about itself.
+/// What a judge of escape needs to know about itself. Each is read when a
+/// judgement first needs it: only a record of a service's run asks, so a
+/// launcher that finds a source held by a process started by hand reads
+/// neither the mount table nor its namespace for it (ECP-0128).
 #[derive(Debug, Clone, Default)]
 pub struct Judge {
     /// The asking process's cgroup directory: a launcher restarted in the
     /// recorded unit is that unit's new run, so the recorded run is over.
-    pub own_cgroup: Option<PathBuf>,
+    pub own_cgroup: OnceLock<Option<PathBuf>>,
     /// The asking process's PID namespace: a record from another one was
     /// written where cgroup paths and PIDs may mean something else.
-    pub pid_namespace: Option<u64>,
+    pub pid_namespace: OnceLock<Option<u64>>,
     pub proc_root: PathBuf,
 }
 
 /// The judge for this process, made once (`status` asks per lock).
 #[must_use]
 pub fn judge() -> &'static Judge {
-    static JUDGE: std::sync::OnceLock<Judge> = std::sync::OnceLock::new();
+    static JUDGE: OnceLock<Judge> = OnceLock::new();
     JUDGE.get_or_init(Judge::for_this_process)
 }
 
@@ -139,10 +149,20 @@ impl Judge {
     #[must_use]
     pub fn for_this_process() -> Self {
         Self {
-            own_cgroup: own_cgroup_dir(),
-            pid_namespace: crate::process::pid_namespace_of(Path::new("/proc"), "self"),
+            own_cgroup: OnceLock::new(),
+            pid_namespace: OnceLock::new(),
             proc_root: PathBuf::from("/proc"),
         }
+    }
+
+    fn own_cgroup(&self) -> Option<&Path> {
+        self.own_cgroup.get_or_init(own_cgroup_dir).as_deref()
+    }
+
+    fn pid_namespace(&self) -> Option<u64> {
+        *self
+            .pid_namespace
+            .get_or_init(|| crate::process::pid_namespace_of(Path::new("/proc"), "self"))
     }
 
     /// Whether the holders of a lock or slot escaped the service its
@@ -167,11 +187,11 @@ impl Judge {
         if !unit.ends_with(".service") || holders.is_empty() || !all_seen {
             return false;
         }
-        if record.pid_namespace.is_none() || record.pid_namespace != self.pid_namespace {
+        if record.pid_namespace.is_none() || record.pid_namespace != self.pid_namespace() {
             return false;
         }
         let recorded_dir = Path::new(recorded_dir);
-        let run_over = self.own_cgroup.as_deref() == Some(recorded_dir) || !populated(recorded_dir);
+        let run_over = self.own_cgroup() == Some(recorded_dir) || !populated(recorded_dir);
         run_over
             && holders.iter().all(|holder| {
                 // A process gone meanwhile holds nothing; one whose cgroup
@@ -241,8 +261,8 @@ mod tests {
         )
         .unwrap();
         let judge = Judge {
-            own_cgroup: None,
-            pid_namespace: Some(7),
+            own_cgroup: None.into(),
+            pid_namespace: Some(7).into(),
             proc_root: proc_root.path().to_owned(),
         };
         let holder = ProcessInfo {
@@ -286,7 +306,7 @@ mod tests {
         // The recorded unit restarted: its new run is the judge.
         record.cgroup = Some("/nonexistent/x.service".into());
         let restarted = Judge {
-            own_cgroup: Some(PathBuf::from("/nonexistent/x.service")),
+            own_cgroup: Some(PathBuf::from("/nonexistent/x.service")).into(),
             ..judge.clone()
         };
         assert!(restarted.is_escaped(Some(&record), true, holders, true));

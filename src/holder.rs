@@ -372,13 +372,30 @@ impl HolderScan {
     /// of a full scan's cost.
     #[must_use]
     pub fn lock_table(proc_root: &Path) -> Self {
+        Self::from_lock_table(proc_root, LockTable::read(proc_root))
+    }
+
+    /// [`HolderScan::lock_table`] from one read: for a launcher whose own
+    /// flock(2) just found a lock busy, which asks
+    /// [`HolderScan::reread_until_listed`] for the one row it needs rather
+    /// than uniting three reads of the whole table. Every read of
+    /// `/proc/locks` holds up every flock(2) on the machine, and 255
+    /// launchers losing together read it at once.
+    #[must_use]
+    pub fn lock_table_once(proc_root: &Path) -> Self {
+        let mut locks = LockTable::default();
+        let read = locks.read_into(proc_root).map(|_| locks);
+        Self::from_lock_table(proc_root, read)
+    }
+
+    fn from_lock_table(proc_root: &Path, read: io::Result<LockTable>) -> Self {
         let mut scan = Self {
             clock: BootClock::read(),
             proc_root: proc_root.to_owned(),
             table_complete: process::in_initial_pid_namespace(proc_root),
             ..Self::default()
         };
-        match LockTable::read(proc_root) {
+        match read {
             Ok(locks) => {
                 scan.locks = locks;
                 scan.index_takers();
@@ -464,9 +481,10 @@ impl HolderScan {
                 continue;
             };
             match self.descriptor_holding(pid, inode) {
+                // Its start time is read once, when it is described
+                // (`holders`), after this proof that it holds the lock.
                 Ok(Some(_)) => {
-                    let start = process::start_ticks_of(&self.proc_root, pid);
-                    self.sharers.entry(inode).or_default().insert(pid, start);
+                    self.sharers.entry(inode).or_default().insert(pid, None);
                 }
                 Ok(None) => all = false,
                 Err(()) => {
@@ -527,7 +545,10 @@ impl HolderScan {
             Ok(None) | Err(_) => return Ok(None),
         };
         let parent = dir.parent(&self.proc_root, pid);
-        for name in names.split_inclusive(|b| *b == 0) {
+        // From the top: a launcher puts the lock on the highest free
+        // descriptor below 1024 (ECP-0136), so a taker's is the first
+        // looked at, not the last of every descriptor's fdinfo.
+        for name in names.split_inclusive(|b| *b == 0).rev() {
             // fdinfo, not stat(2) through the link: a stat asks the file's
             // filesystem, and a hung NFS or FUSE server behind any
             // descriptor of the taker would hang us (ECP-0136). A `lock:`

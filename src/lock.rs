@@ -139,7 +139,7 @@ pub fn acquire(
         _ => None,
     };
     for _ in 0..MAX_ATTEMPTS {
-        let (file, access) = open_lock_file(path, me)?;
+        let (file, access, opened) = open_lock_file(path, me)?;
         tracing::trace!(lock_file = %path.display(), ?access, "lock file opened");
         let lock = match policy {
             BusyPolicy::Skip => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -175,7 +175,7 @@ pub fn acquire(
                 Err((_, source)) => return Err(flock_error(path, source)),
             },
         };
-        if let Some(held) = held_if_still_named(lock, path, access)? {
+        if let Some(held) = held_if_still_named(lock, &opened, path, access)? {
             return Ok(Acquired::Held(held));
         }
     }
@@ -199,12 +199,12 @@ pub fn acquire_unless_called_off(
         if called_off.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let (file, access) = open_lock_file(path, me)?;
+        let (file, access, opened) = open_lock_file(path, me)?;
         let Some(lock) = blocking_lock(file, Some(called_off)).map_err(|e| flock_error(path, e))?
         else {
             return Ok(None);
         };
-        if let Some(held) = held_if_still_named(lock, path, access)? {
+        if let Some(held) = held_if_still_named(lock, &opened, path, access)? {
             return Ok(Some(held));
         }
     }
@@ -310,13 +310,16 @@ fn blocking_lock(
 
 /// The lock, held, when `path` still names the inode it is on; `None` when
 /// the file was replaced or removed while locking, and `lock` is dropped,
-/// which unlocks the stale inode before the next attempt.
+/// which unlocks the stale inode before the next attempt. `opened` is the
+/// descriptor's `fstat` from when it was opened: a descriptor's inode never
+/// changes, so locking it needs no second `fstat`.
 fn held_if_still_named(
     lock: Flock<File>,
+    opened: &fs::Metadata,
     path: &Path,
     access: Access,
 ) -> Result<Option<HeldLock>, Error> {
-    if path_still_names(&lock, path)? {
+    if path_still_names(opened, path)? {
         return Ok(Some(HeldLock {
             lock,
             path: path.to_owned(),
@@ -335,12 +338,9 @@ fn unstable(path: &Path) -> Error {
     }
 }
 
-/// True when `path` still names the inode `lock` is on.
-fn path_still_names(lock: &Flock<File>, path: &Path) -> Result<bool, Error> {
-    let held = lock.metadata().map_err(|source| Error::InspectLockFile {
-        path: path.to_owned(),
-        source,
-    })?;
+/// True when `path` still names the inode `held` (the locked descriptor's
+/// `fstat`) describes.
+fn path_still_names(held: &fs::Metadata, path: &Path) -> Result<bool, Error> {
     match fs::symlink_metadata(path) {
         Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -353,19 +353,22 @@ fn path_still_names(lock: &Flock<File>, path: &Path) -> Result<bool, Error> {
 
 /// Opens (creating if needed) the lock file without following links and
 /// without blocking on a planted FIFO, and checks it against the trust rule
-/// before and after opening.
-fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access), Error> {
+/// before and after opening; with the opened file's metadata.
+fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access, fs::Metadata), Error> {
     // Look before opening: opening a planted device node can have effects.
-    match fs::symlink_metadata(path) {
-        Ok(metadata) => path_trust::ensure_trusted_lock_file(path, &metadata, me)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+    let existed = match fs::symlink_metadata(path) {
+        Ok(metadata) => {
+            path_trust::ensure_trusted_lock_file(path, &metadata, me)?;
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(source) => {
             return Err(Error::InspectLockFile {
                 path: path.to_owned(),
                 source,
             });
         }
-    }
+    };
     let flags = (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits();
     let open = |write: bool, create: bool| {
         OpenOptions::new()
@@ -376,27 +379,39 @@ fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access), Error> {
             .custom_flags(flags)
             .open(path)
     };
+    let open_existing = || match open(true, false) {
+        Ok(file) => Ok((file, Access::ReadWrite)),
+        // flock(2) works on a read-only descriptor: a file we may not
+        // write (root made it) or cannot (a read-only filesystem) is
+        // still lockable, only its record cannot be written.
+        Err(e) if read_only_will_do(&e) => match open(false, false) {
+            Ok(file) => Ok((file, Access::ReadOnly)),
+            Err(_) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     // Create exclusively, so a file we set the mode of is one we made; an
     // existing file is opened without O_CREAT and never changed.
-    let (file, access) = match open(true, true) {
+    let create = || match open(true, true) {
         Ok(file) => {
-            file.set_permissions(Permissions::from_mode(LOCK_FILE_MODE))
-                .map_err(|source| open_error(path, source))?;
-            (file, Access::ReadWrite)
+            file.set_permissions(Permissions::from_mode(LOCK_FILE_MODE))?;
+            Ok((file, Access::ReadWrite))
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match open(true, false) {
-            Ok(file) => (file, Access::ReadWrite),
-            // flock(2) works on a read-only descriptor: a file we may not
-            // write (root made it) or cannot (a read-only filesystem) is
-            // still lockable, only its record cannot be written.
-            Err(e) if read_only_will_do(&e) => match open(false, false) {
-                Ok(file) => (file, Access::ReadOnly),
-                Err(_) => return Err(open_error(path, e)),
-            },
-            Err(e) => return Err(open_error(path, e)),
-        },
-        Err(e) => return Err(open_error(path, e)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_existing(),
+        Err(e) => Err(e),
     };
+    // The kind the look found first (nearly every launch finds its file,
+    // and a failed O_EXCL open is a path walk for nothing); the other only
+    // when the file came or went in between.
+    let opened = if existed {
+        match open_existing() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => create(),
+            opened => opened,
+        }
+    } else {
+        create()
+    };
+    let (file, access) = opened.map_err(|source| open_error(path, source))?;
     // And look again at what we opened: the path may have changed between.
     let metadata = file.metadata().map_err(|source| open_error(path, source))?;
     path_trust::ensure_trusted_lock_file(path, &metadata, me)?;
@@ -408,7 +423,7 @@ fn open_lock_file(path: &Path, me: &Launcher) -> Result<(File, Access), Error> {
             source,
         }
     })?;
-    Ok((file, access))
+    Ok((file, access, metadata))
 }
 
 /// True when opening for writing failed in a way a read-only open avoids.

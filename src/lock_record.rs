@@ -181,7 +181,14 @@ impl LockRecord {
         // at worst a stale tail, which fails to parse and is reported as
         // unreadable rather than as a wrong holder.
         file.write_all_at(&line, 0)?;
-        file.set_len(line.len() as u64)
+        // Cut only the tail of a longer record: ftruncate(2) updates the
+        // inode (a journal entry on ext4) even at the same size, where an
+        // fstat is a read (ECP-0128).
+        let length = line.len() as u64;
+        if file.metadata()?.len() > length {
+            file.set_len(length)?;
+        }
+        Ok(())
     }
 
     /// Reads the record from a lock file, `None` when absent or unreadable.

@@ -45,17 +45,20 @@ pub struct Launcher {
 
 impl Launcher {
     /// The running process: its effective UID, effective GID and
-    /// supplementary groups.
+    /// supplementary groups. Through rustix, which asks getgroups(2) for
+    /// the count: nix sizes its buffer from `sysconf(NGROUPS_MAX)`, which
+    /// glibc reads from `/proc/sys/kernel/ngroups_max`, an open, read and
+    /// close on every launch (ECP-0128).
     #[must_use]
     pub fn current() -> Self {
-        let mut groups: Vec<u32> = nix::unistd::getgroups()
+        let mut groups: Vec<u32> = rustix::process::getgroups()
             .unwrap_or_default()
             .into_iter()
-            .map(nix::unistd::Gid::as_raw)
+            .map(rustix::process::Gid::as_raw)
             .collect();
-        groups.push(nix::unistd::getegid().as_raw());
+        groups.push(rustix::process::getegid().as_raw());
         Self {
-            uid: nix::unistd::geteuid().as_raw(),
+            uid: rustix::process::geteuid().as_raw(),
             groups,
         }
     }

@@ -5,11 +5,19 @@
 //! 128, … bytes: six reads and a `statx` for a 300-byte `/proc/<pid>/stat`.
 //! A busy launcher reads several such files of the holder it names, and
 //! 255 of them at once when 256 contend for one source (ECP-0138). Here a
-//! file is read into one buffer of a page until the end, as `cat` would.
+//! file is read into one buffer of a page until the end, as `cat` would,
+//! with a page of room for every read: a `seq_file` such as `/proc/locks`
+//! makes one snapshot per read(2), under a lock every flock(2) on the
+//! machine waits for, so a read of the 45 bytes left in a page would be one
+//! more of them for nothing.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+
+/// The room offered to a read(2) that may return data: a `seq_file` hands
+/// out at most its buffer, a page, per read.
+const PAGE: usize = 4096;
 
 /// The whole text of `path` (a proc file, or any small file), read in
 /// page-sized steps until its end; bytes that are not UTF-8 are an
@@ -19,10 +27,12 @@ use std::path::Path;
 /// Opening or reading fails, or the text is not UTF-8.
 pub fn read_to_string(path: &Path) -> io::Result<String> {
     let mut file = File::open(path)?;
-    let mut bytes = Vec::with_capacity(4096);
+    let mut bytes = Vec::with_capacity(PAGE);
     loop {
-        if bytes.len() == bytes.capacity() {
-            bytes.reserve(4096);
+        // A small file's second read finds its end in what is left of the
+        // first page; a read that nearly filled it gets a whole page more.
+        if bytes.capacity() - bytes.len() < PAGE / 2 {
+            bytes.reserve(PAGE);
         }
         let start = bytes.len();
         let spare = bytes.capacity() - start;

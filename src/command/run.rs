@@ -387,14 +387,19 @@ impl Launching<'_> {
     /// Records the lock, takes the cluster key and a slot when asked, and
     /// runs the program: by exec, or supervised in cluster mode.
     /// The record this launch writes into its lock and slot files.
-    fn launch_record(&self, unit: Option<String>) -> impl Fn() -> LockRecord + '_ {
+    /// `own_cgroups` is this process's `/proc/self/cgroup`, which named
+    /// `unit`.
+    fn launch_record(
+        &self,
+        unit: Option<String>,
+        own_cgroups: Option<&str>,
+    ) -> impl Fn() -> LockRecord + '_ {
         let config = self.config;
         // Only a service's launch can escape it (ECP-0139); a launch by hand
         // does not pay for reading the mount table.
-        let cgroup_dir = unit
-            .as_deref()
-            .filter(|u| u.ends_with(".service"))
-            .and_then(|_| crate::escaped::own_cgroup_dir())
+        let cgroup_dir = own_cgroups
+            .filter(|_| unit.as_deref().is_some_and(|u| u.ends_with(".service")))
+            .and_then(crate::escaped::own_cgroup_dir_from)
             .map(|d| d.to_string_lossy().into_owned());
         let lock_dir_inode = fs::metadata(&config.lock_dir).ok().map(|m| m.ino());
         move || {
@@ -420,8 +425,10 @@ impl Launching<'_> {
     ) -> Result<ExitStatus, Error> {
         let config = self.config;
         let progress = monitor.as_mut().and_then(watchdog::Monitor::take_progress);
-        let unit = cgroup::own_unit();
-        let record = self.launch_record(unit.clone());
+        // Read once for the unit and, under a service, the cgroup directory.
+        let own_cgroups = crate::proc_file::read_to_string(Path::new("/proc/self/cgroup")).ok();
+        let unit = own_cgroups.as_deref().and_then(cgroup::unit_from_cgroup);
+        let record = self.launch_record(unit.clone(), own_cgroups.as_deref());
         write_record(&held, &record(), "lock");
         // The cluster's key after the node's (ECP-0134): two units on one
         // node never race through etcd. Nothing of it runs without --etcd.
@@ -779,16 +786,17 @@ pub fn until(config: &RunConfig) -> String {
 /// named when its own descriptors still hold the lock (a
 /// few stats: a reused PID does not pass); only when one is not verified is
 /// `/proc` scanned, once for all the files, for the processes sharing them.
-/// Under a burst of launches the cheap path keeps each loser cheap.
+/// Under a burst of launches the cheap path keeps each loser cheap: the
+/// lock table read once (reread only for a row it misses), the holder's
+/// `/proc` files once each, the mount table only where it is needed.
 fn describe_files(
     lock_dir: &Path,
     files: &[&fs::File],
 ) -> Vec<(String, Option<Shown<LockRecord>>)> {
     let proc_root = Path::new("/proc");
-    let inodes: Vec<Option<LockedInode>> =
-        files.iter().map(|f| LockedInode::of_file(f).ok()).collect();
+    let mut scan = HolderScan::lock_table_once(proc_root);
+    let inodes: Vec<Option<LockedInode>> = files.iter().map(|f| listed_inode(&scan, f)).collect();
     let records: Vec<Option<LockRecord>> = files.iter().map(|f| LockRecord::read_from(f)).collect();
-    let mut scan = HolderScan::lock_table(proc_root);
     let mut verified = true;
     for (inode, record) in inodes.iter().zip(&records) {
         if let Some(inode) = inode {
@@ -843,6 +851,18 @@ fn describe_files(
             (described.join(", "), record.as_ref().map(Shown::of))
         })
         .collect()
+}
+
+/// The inode of a busy lock or slot file as the lock table lists it: by
+/// `fstat`'s device when the table has that row (on every filesystem but
+/// btrfs, whose subvolumes report a device of their own), else by its
+/// mount's device, which reads `/proc/self/mountinfo` (ECP-0136).
+fn listed_inode(scan: &HolderScan, file: &fs::File) -> Option<LockedInode> {
+    let by_stat = file.metadata().ok().map(|m| LockedInode::of_metadata(&m));
+    match by_stat {
+        Some(inode) if scan.is_held(inode) => Some(inode),
+        _ => LockedInode::of_file(file).ok(),
+    }
 }
 
 /// The `status` command that shows the lock directory's devices, quoted so

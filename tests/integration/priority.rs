@@ -105,11 +105,7 @@ fn alive(pid: u32) -> bool {
 }
 
 fn pid_of(env: &TestEnv, tag: &str) -> u32 {
-    fs::read_to_string(env.path(&format!("{tag}.pid")))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    env.written_pid(&format!("{tag}.pid"))
 }
 
 /// The device's waiting-room files, sorted (their names are the order).

@@ -42,12 +42,7 @@ fn exec_keeps_the_launchers_pid_and_the_program_holds_the_lock() {
     let env = TestEnv::new();
     let holder = start_holder(&env, SOURCE);
     let pid = holder.pid();
-    assert!(wait_until(PATIENCE, || env.path("holder.pid").exists()));
-    let recorded: u32 = fs::read_to_string(env.path("holder.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let recorded = env.written_pid("holder.pid");
     assert_eq!(
         recorded, pid,
         "the program must run as the launcher's process"

@@ -92,6 +92,26 @@ impl TestEnv {
         holder
     }
 
+    /// The PID a test program wrote to `name` (`echo $$ > name`), once its
+    /// whole line is there: the shell creates the file before it writes,
+    /// so a file that exists may still be empty.
+    #[track_caller]
+    pub fn written_pid(&self, name: &str) -> u32 {
+        let path = self.path(name);
+        let mut pid = None;
+        assert!(
+            wait_until(PATIENCE, || {
+                pid = fs::read_to_string(&path)
+                    .ok()
+                    .filter(|text| text.ends_with('\n'))
+                    .and_then(|text| text.trim().parse().ok());
+                pid.is_some()
+            }),
+            "{name} never held a PID line"
+        );
+        pid.expect("checked above")
+    }
+
     /// Launches a program on `source` that forks a helper (which inherits
     /// the lock descriptor) and exits at once; returns the helper, killed
     /// when dropped.

@@ -5,8 +5,7 @@
 //! kernel, not the code under test, says whether a third reader ever ran.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -14,7 +13,7 @@ use nix::sys::signal::Signal;
 use crate::cluster_node::{Launcher, Node, now_micros};
 use crate::etcd_server::EtcdServer;
 use crate::testenv::{BUSY, PATIENCE, TestEnv, wait_until};
-use crate::tuner_emulator::serve_forever;
+use crate::tuner_emulator;
 
 /// The device: two tuners, shared by every node.
 const TUNERS: usize = 2;
@@ -69,29 +68,14 @@ fn reader(env: &TestEnv, device: SocketAddr, tag: &str, on_term: OnTerm) -> Vec<
 
 /// The emulated device on a free loopback port.
 fn device() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || serve_forever(&listener, TUNERS));
-    address
+    tuner_emulator::spawn_on_loopback(TUNERS)
 }
 
 /// The emulator's count of streams refused busy.
 fn busy_503s(device: SocketAddr) -> u64 {
-    let mut stream = TcpStream::connect(device).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let stats: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text:?}"));
-    stats["busy_503"].as_u64().expect("busy_503")
+    tuner_emulator::stats(device)["busy_503"]
+        .as_u64()
+        .expect("busy_503")
 }
 
 /// The `<what> <tag> <µs>` lines of `events`, as (what, tag, µs).
@@ -336,12 +320,7 @@ fn a_victim_that_ignores_sigterm_and_its_setsid_helper_are_killed_after_the_grac
     let [a, b, c] = ["a", "b", "c"].map(|name| Node::new(&env, name, etcd.endpoints()));
     let _kept = hold(&a, &env, device, ("a1", 200), OnTerm::Exit);
     let mut stubborn = hold(&b, &env, device, ("b1", 100), OnTerm::IgnoreWithHelper);
-    assert!(wait_until(PATIENCE, || env.path("b1.helper").exists()));
-    let helper: u32 = fs::read_to_string(env.path("b1.helper"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let helper = env.written_pid("b1.helper");
     let grace = Duration::from_secs(2);
     let asked = Instant::now();
     let mut recording = c

@@ -3,38 +3,12 @@
 //! 503s, and (for escape) real cgroups.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::testenv::{BUSY, Guard, KillOnDrop, PATIENCE, TestEnv, holders, wait_until};
-use crate::tuner_emulator::serve_forever;
-
-/// An emulated device of `tuners` tuners on a free loopback port.
-fn device(tuners: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || serve_forever(&listener, tuners));
-    address
-}
-
-/// The emulator's `/stats`.
-fn stats(device: SocketAddr) -> serde_json::Value {
-    let mut stream = TcpStream::connect(device).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text:?}"))
-}
+use crate::tuner_emulator::{spawn_on_loopback as device, stats};
 
 fn source(device: SocketAddr, channel: &str) -> String {
     format!("http://{device}/auto/v{channel}")

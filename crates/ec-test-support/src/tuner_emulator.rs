@@ -241,6 +241,32 @@ pub fn serve_forever(listener: &TcpListener, tuners: usize) {
     accept_forever(listener, &device);
 }
 
+/// A device of `tuners` tuners served in this process on a free loopback
+/// port, for as long as the process lives.
+pub fn spawn_on_loopback(tuners: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let address = listener.local_addr().expect("the listener's address");
+    std::thread::spawn(move || serve_forever(&listener, tuners));
+    address
+}
+
+/// The device's `/stats` (`busy_503` counts the streams refused busy).
+pub fn stats(device: SocketAddr) -> serde_json::Value {
+    let mut stream = TcpStream::connect(device).expect("connect to the emulator");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    write!(
+        stream,
+        "GET /stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .expect("ask for /stats");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read /stats");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+}
+
 /// Serves one device of `tuners` tuners, whose HTTP API says `api`, on
 /// every listener (one thread each beyond the first) until accepting fails.
 pub fn serve_device(listeners: Vec<TcpListener>, tuners: usize, api: Api) {
@@ -281,7 +307,7 @@ fn serve(device: &Shared, mut stream: TcpStream) -> io::Result<()> {
     let path = read_request_path(&mut stream)?;
     let path = path.split('?').next().unwrap_or_default().to_owned();
     if path == "/stats" {
-        let body = stats(&lock(device)).to_string();
+        let body = stats_body(&lock(device)).to_string();
         return respond(
             &mut stream,
             "200 OK",
@@ -554,7 +580,7 @@ fn respond(
     stream.write_all(body.as_bytes())
 }
 
-fn stats(device: &Device) -> serde_json::Value {
+fn stats_body(device: &Device) -> serde_json::Value {
     let streams: Vec<_> = device
         .tuners
         .iter()

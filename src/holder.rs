@@ -23,9 +23,11 @@
 //! fdinfo of those whose link points into the lock directory: the normal
 //! case, kept cheap for thousands of processes. Only when a held lock on the
 //! lock directory's filesystem was not found that way (moved, reached by
-//! another path, or someone else's lock) are the takers' descriptors
-//! `stat`ed, and only when that does not place it is a second pass made that
-//! `stat`s descriptors until it is found.
+//! another path, or someone else's lock) are the fdinfo `lock:` rows of the
+//! takers' path descriptors read, and only when that does not place it is a
+//! second pass made that reads them for every path descriptor until it is
+//! found (never stat(2) through a link: it would ask the file's filesystem,
+//! which may hang, ECP-0136).
 //!
 //! For `status --readers` the same first pass also keeps the descriptors
 //! whose link is `socket:[inode]` for an inode asked for (the connections

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::invocation::Invocation;
 use crate::netns::Netns;
-use crate::testenv::{Guard, PATIENCE, TestEnv, wait_until};
+use crate::testenv::{Guard, PATIENCE, TestEnv, alive, wait_until};
 
 /// The lease TTL of the tests: small, but sane on a loaded 2-core machine.
 pub const TTL: Duration = Duration::from_secs(6);
@@ -437,7 +437,7 @@ impl Timeline {
                 .lives
                 .iter()
                 .filter(|l| l.stop.is_none())
-                .all(|l| running(l.pid))
+                .all(|l| alive(l.pid))
         });
         timeline
     }
@@ -480,17 +480,6 @@ impl Timeline {
             "{most} readers' logged lives overlap (at most {tuners} allowed):\n{self:#?}"
         );
     }
-}
-
-/// True while `pid` exists and is not a zombie.
-fn running(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(") ")
-                .map(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 /// Waits until reader `tag` has logged its start; its life.

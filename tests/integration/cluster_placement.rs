@@ -23,7 +23,7 @@ use nix::sys::signal::Signal;
 
 use crate::cluster_node::{Launcher, Node, secs};
 use crate::etcd_server::EtcdServer;
-use crate::testenv::{TestEnv, wait_until};
+use crate::testenv::{TestEnv, alive, wait_until};
 
 /// Small, so failover is quick: TTL 3 s needs a stop grace of 0 (the budget
 /// of ECP-0134: TTL > 2 × (grace + 1 s)); the lock delay is then 1 s.
@@ -281,17 +281,6 @@ impl<'e> Fleet<'e> {
             drop(self.launchers.remove(&key));
         }
     }
-}
-
-/// True while `pid` runs (not a zombie).
-fn alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat.rsplit_once(") ")?.1.chars().next()?;
-            Some(state != 'Z' && state != 'X')
-        })
-        .unwrap_or(false)
 }
 
 /// All 12 sources on every node, started in a random order within 1 s;

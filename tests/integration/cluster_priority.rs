@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 
 use crate::cluster_node::{Launcher, Node, now_micros};
 use crate::etcd_server::EtcdServer;
-use crate::testenv::{BUSY, PATIENCE, TestEnv, wait_until};
+use crate::testenv::{BUSY, PATIENCE, TestEnv, alive, wait_until};
 use crate::tuner_emulator;
 
 /// The device: two tuners, shared by every node.
@@ -175,16 +175,6 @@ fn waiting_priorities(env: &TestEnv, etcd: &EtcdServer, node: &Node<'_>) -> Vec<
         .as_array()
         .map(|w| w.iter().filter_map(|w| w["priority"].as_u64()).collect())
         .unwrap_or_default()
-}
-
-fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
 }
 
 #[test]

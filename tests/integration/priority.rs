@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::testenv::{BUSY, Guard, KillOnDrop, PATIENCE, TestEnv, holders, wait_until};
+use crate::testenv::{BUSY, Guard, KillOnDrop, PATIENCE, TestEnv, alive, holders, wait_until};
 use crate::tuner_emulator::{spawn_on_loopback as device, stats};
 
 fn source(device: SocketAddr, channel: &str) -> String {
@@ -65,17 +65,6 @@ fn start_reader(
 
 fn status_line(env: &TestEnv, tag: &str) -> String {
     fs::read_to_string(env.path(&format!("{tag}.status"))).unwrap_or_default()
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie still answers kill(0); ask /proc for its state.
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
 }
 
 fn pid_of(env: &TestEnv, tag: &str) -> u32 {

@@ -306,6 +306,18 @@ pub fn streaming_server() -> std::net::SocketAddr {
     address
 }
 
+/// True while `pid` runs: it exists and is not a zombie (`Z`) or dead
+/// (`X`). A zombie still answers `kill(pid, 0)`, and holds nothing.
+pub fn alive(pid: impl std::fmt::Display) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
 /// Polls `condition` until true or `limit` passes. For synchronising with
 /// other processes (readiness), never for asserting how fast something is.
 pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {

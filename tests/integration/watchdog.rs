@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 
-use crate::testenv::{Guard, Invocation, PATIENCE, TestEnv, holders, wait_until};
+use crate::testenv::{Guard, Invocation, PATIENCE, TestEnv, alive, holders, wait_until};
 
 /// `WATCHDOG_USEC` of the tests: the monitor ticks every 300 ms.
 const WATCHDOG_USEC: &str = "600000";
@@ -238,17 +238,6 @@ fn descendants(pid: i32) -> Vec<i32> {
         }
     }
     found
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is dead for our purpose: it holds nothing and sends nothing.
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let after = &stat[stat.rfind(')')? + 2..];
-            after.split_whitespace().next().map(|s| s != "Z")
-        })
-        .unwrap_or(false)
 }
 
 /// Pings later than the start-up window (`start` + 1.5 intervals): those

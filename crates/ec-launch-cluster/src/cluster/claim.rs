@@ -546,16 +546,7 @@ fn take_free(
     };
     // The witness judges the take as any other: clean only right after a
     // watched, marked release of this very slot.
-    witness.took(
-        client,
-        KeyValue {
-            key,
-            value,
-            create_revision: revision,
-            mod_revision: revision,
-            lease,
-        },
-    );
+    witness.took(client, KeyValue::created(key, value, revision, lease));
     Ok(Acted::Took(slot))
 }
 

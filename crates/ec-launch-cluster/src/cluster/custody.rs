@@ -332,13 +332,7 @@ mod tests {
         let Created::Ours { revision } = client.create(KEY, b"ours", lease).expect("create") else {
             panic!("held");
         };
-        KeyValue {
-            key: KEY.to_vec(),
-            value: b"ours".to_vec(),
-            create_revision: revision,
-            mod_revision: revision,
-            lease,
-        }
+        KeyValue::created(KEY.to_vec(), b"ours".to_vec(), revision, lease)
     }
 
     /// Keeps `kv`, does `to_it`, and returns why the fence fired (within 5 s).

@@ -128,6 +128,21 @@ pub struct KeyValue {
     pub lease: i64,
 }
 
+impl KeyValue {
+    /// A key as a create txn at `revision` left it: made and last changed
+    /// there, under `lease`.
+    #[must_use]
+    pub fn created(key: Vec<u8>, value: Vec<u8>, revision: i64, lease: i64) -> Self {
+        Self {
+            key,
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+            lease,
+        }
+    }
+}
+
 /// What a create txn did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {

@@ -606,16 +606,7 @@ fn take_in_turn(
     )?;
     match created {
         Some(Created::Ours { revision }) => {
-            witness.took(
-                client,
-                KeyValue {
-                    key,
-                    value,
-                    create_revision: revision,
-                    mod_revision: revision,
-                    lease,
-                },
-            );
+            witness.took(client, KeyValue::created(key, value, revision, lease));
             Ok(true)
         }
         Some(Created::Held { holder, .. }) if holder.lease == lease => {

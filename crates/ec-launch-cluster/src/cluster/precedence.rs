@@ -129,13 +129,7 @@ mod tests {
     const UNDER: &[u8] = b"/every-channel/ec-launch/v1/devices/d/";
 
     fn kv(key: Vec<u8>, value: &str, revision: i64, lease: i64) -> KeyValue {
-        KeyValue {
-            key,
-            value: value.as_bytes().to_vec(),
-            create_revision: revision,
-            mod_revision: revision,
-            lease,
-        }
+        KeyValue::created(key, value.as_bytes().to_vec(), revision, lease)
     }
 
     fn slot(index: u32, priority: Option<u32>, since: u64, lease: i64) -> KeyValue {

@@ -18,10 +18,10 @@
 //! when one of its descriptors shows the lock, or, when its descriptors
 //! cannot be read, when its start time is the one the launch record names.
 //!
-//! [`HolderScan`] reads the lock table once, then the descriptors of every
-//! visible process. Pass one reads only the links of descriptors and the
-//! fdinfo of those whose link points into the lock directory: the normal
-//! case, kept cheap for thousands of processes. Only when a held lock on the
+//! [`HolderScan`] reads the lock table once, and, on other threads meanwhile,
+//! the descriptors of every visible process. Pass one reads only the links
+//! of descriptors and the fdinfo of those whose link points into the lock
+//! directory: the normal case, kept cheap for thousands of processes. Only when a held lock on the
 //! lock directory's filesystem was not found that way (moved, reached by
 //! another path, or someone else's lock) are the fdinfo `lock:` rows of the
 //! takers' path descriptors read, and only when that does not place it is a
@@ -267,8 +267,6 @@ impl HolderScan {
         listed: &BTreeSet<LockedInode>,
         sockets: &HashSet<u64>,
     ) -> Self {
-        let mut scan = Self::lock_table(proc_root);
-        scan.hidepid = hidepid_in_force(proc_root);
         // A rename never leaves a filesystem, so only locks on the lock
         // directory's can be ours. (A bind mount has the same device.)
         let dir_inode = LockedInode::of_path(lock_dir).ok();
@@ -280,36 +278,46 @@ impl HolderScan {
         };
         let ours =
             |inode: &LockedInode| device.is_none_or(|d| (inode.dev_major, inode.dev_minor) == d);
-        let mut wanted: BTreeSet<LockedInode> = scan.table.keys().copied().filter(ours).collect();
-        if !scan.table_complete {
-            wanted.extend(listed.iter().copied());
-        }
+        let wanted_locks = |scan: &Self| {
+            let mut wanted: BTreeSet<LockedInode> =
+                scan.table.keys().copied().filter(ours).collect();
+            if !scan.table_complete {
+                wanted.extend(listed.iter().copied());
+            }
+            wanted
+        };
+        let lock_dir = lock_dir
+            .canonicalize()
+            .unwrap_or_else(|_| lock_dir.to_owned());
+        let pids: Option<Vec<u32>> = fs::read_dir(proc_root).ok().map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        });
+        let no_targets = HashSet::new();
+        let nothing = BTreeSet::new();
+        let in_lock_dir = Wanted {
+            lock_dir: Some(lock_dir.as_os_str().as_bytes()),
+            targets: &no_targets,
+            by_inode: &nothing,
+            sockets,
+        };
+        let (mut scan, first_pass) =
+            Self::lock_table_beside(proc_root, pids.as_deref(), &in_lock_dir, |scan| {
+                wanted_locks(scan).is_empty() && sockets.is_empty()
+            });
+        scan.hidepid = hidepid_in_force(proc_root);
+        let mut wanted = wanted_locks(&scan);
         // Nothing held on that filesystem: no process can hold one of ours.
         if wanted.is_empty() && sockets.is_empty() {
             return scan;
         }
-        let lock_dir = lock_dir
-            .canonicalize()
-            .unwrap_or_else(|_| lock_dir.to_owned());
-        let Ok(entries) = fs::read_dir(&scan.proc_root) else {
+        let (Some(pids), Some(first_pass)) = (pids, first_pass) else {
             return scan;
         };
-        let pids: Vec<u32> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-            .collect();
         scan.visible_pids = Some(pids.iter().copied().collect());
-        let no_targets = HashSet::new();
-        let nothing = BTreeSet::new();
-        scan.pass(
-            &pids,
-            &Wanted {
-                lock_dir: Some(lock_dir.as_os_str().as_bytes()),
-                targets: &no_targets,
-                by_inode: &nothing,
-                sockets,
-            },
-        );
+        scan.absorb(first_pass);
         wanted.retain(|inode| !scan.sharers.contains_key(inode));
         if wanted.is_empty() {
             return scan;
@@ -367,6 +375,37 @@ impl HolderScan {
             scan.sharers.remove(&inode);
         }
         scan
+    }
+
+    /// The lock table, read on a thread of its own while the first pass
+    /// over `pids` runs: the first read of `/proc/locks` after a quiet
+    /// spell sleeps through an RCU grace period (the write side of the
+    /// kernel's file-lock semaphore), 16 ms of a 90 ms `status` here, with
+    /// nothing to do. The pass does not depend on the table; it stops early
+    /// when the table shows `nothing_to_find`, and its findings are then
+    /// not used.
+    fn lock_table_beside(
+        proc_root: &Path,
+        pids: Option<&[u32]>,
+        first: &Wanted<'_>,
+        nothing_to_find: impl Fn(&Self) -> bool + Sync,
+    ) -> (Self, Option<Vec<DescriptorFindings>>) {
+        let abandoned = AtomicBool::new(false);
+        std::thread::scope(|threads| {
+            let table = threads.spawn(|| {
+                let scan = Self::lock_table(proc_root);
+                if nothing_to_find(&scan) {
+                    abandoned.store(true, Ordering::Relaxed);
+                }
+                scan
+            });
+            let first_pass =
+                pids.map(|pids| read_descriptors(proc_root, pids, first, Some(&abandoned)));
+            let scan = table
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (scan, first_pass)
+        })
     }
 
     /// Reads only `/proc/locks`: enough to name a holder that took its lock
@@ -568,17 +607,14 @@ impl HolderScan {
         Ok(None)
     }
 
-    /// One pass over the descriptors of `pids`, spread over the cores: the
-    /// scan is system calls on `/proc`, thousands of them on a busy node.
-    /// Findings are merged in `pids` order, as one thread would have.
+    /// One pass over the descriptors of `pids` (see [`read_descriptors`]).
     fn pass(&mut self, pids: &[u32], wanted: &Wanted<'_>) {
-        let proc_root = &self.proc_root;
-        let results: Vec<DescriptorFindings> = spread::map_batches(
-            pids,
-            PIDS_PER_BATCH,
-            || DescriptorReader::new(proc_root, wanted),
-            |reader, pids| reader.scan(pids, wanted),
-        );
+        let found = read_descriptors(&self.proc_root, pids, wanted, None);
+        self.absorb(found);
+    }
+
+    /// Takes in what a pass found, in `pids` order, as one thread would.
+    fn absorb(&mut self, results: Vec<DescriptorFindings>) {
         for found in results {
             for (inode, pid) in found.sockets {
                 self.socket_owners.entry(inode).or_default().insert(pid);
@@ -762,6 +798,30 @@ fn mount_devices(mountinfo: &str) -> HashMap<u64, (u32, u32)> {
             Some((id, (major.parse().ok()?, minor.parse().ok()?)))
         })
         .collect()
+}
+
+/// One pass over the descriptors of `pids`, spread over the cores: the
+/// scan is system calls on `/proc`, thousands of them on a busy node. The
+/// findings come back in `pids` order; once `abandoned` is set, batches not
+/// yet begun are skipped (their findings would be thrown away).
+fn read_descriptors(
+    proc_root: &Path,
+    pids: &[u32],
+    wanted: &Wanted<'_>,
+    abandoned: Option<&AtomicBool>,
+) -> Vec<DescriptorFindings> {
+    spread::map_batches(
+        pids,
+        PIDS_PER_BATCH,
+        || DescriptorReader::new(proc_root, wanted),
+        |reader, pids| {
+            if abandoned.is_some_and(|a| a.load(Ordering::Relaxed)) {
+                DescriptorFindings::default()
+            } else {
+                reader.scan(pids, wanted)
+            }
+        },
+    )
 }
 
 /// A descriptor link without the kernel's " (deleted)" mark.

@@ -215,35 +215,20 @@ pub struct SlotFile {
     pub inode: LockedInode,
 }
 
-/// Every slot file in `dir`, sorted by device and slot. An unreadable
-/// directory has none.
-#[must_use]
-pub fn slot_files(dir: &Path) -> Vec<SlotFile> {
-    let Ok(device_inode) = LockedInode::of_path(dir) else {
-        return Vec::new();
-    };
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<SlotFile> = entries
-        .flatten()
-        .filter(|e| e.file_type().map_or(true, |t| !t.is_dir()))
-        .filter_map(|e| {
-            let name = e.file_name();
-            let (found, slot) = parse_slot_file_name(name.to_str()?)?;
-            Some(SlotFile {
-                path: e.path(),
-                stem: found.to_owned(),
-                slot,
-                inode: LockedInode {
-                    inode: e.ino(),
-                    ..device_inode
-                },
-            })
+impl SlotFile {
+    /// The slot file at `path` (an entry of the lock directory, whose
+    /// device is `device`'s, with inode `inode`), when its name is a slot
+    /// file's (`<stem>.tuner<i>.slot`).
+    #[must_use]
+    pub fn from_entry(path: PathBuf, device: LockedInode, inode: u64) -> Option<Self> {
+        let (stem, slot) = parse_slot_file_name(path.file_name()?.to_str()?)?;
+        Some(Self {
+            stem: stem.to_owned(),
+            slot,
+            inode: LockedInode { inode, ..device },
+            path,
         })
-        .collect();
-    files.sort_by(|a, b| (&a.stem, a.slot).cmp(&(&b.stem, b.slot)));
-    files
+    }
 }
 
 /// Opens a slot or lock file to read its record (`status` uses it for both):
@@ -280,6 +265,40 @@ pub fn open_record_with_inode(path: &Path) -> io::Result<(File, LockedInode)> {
     // Replaced since: the error says by what.
     regular(&file.metadata()?)?;
     Err(io::Error::other("not a regular file"))
+}
+
+/// [`open_record_with_inode`] for an entry its directory's listing showed
+/// as a regular file (`d_type`): that listing is the look before the open,
+/// so the open is the only path lookup, one component relative to `dir`
+/// (the directory, open), instead of a `stat` and an open that each walk
+/// the whole path (`status` opens thousands). Anything else, or a file
+/// that is no longer regular once open, takes [`open_record_with_inode`]'s
+/// way, which says why.
+///
+/// # Errors
+/// As [`open_record`].
+pub fn open_listed_record(
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &Path,
+    listed_regular: bool,
+) -> io::Result<(File, LockedInode)> {
+    if let (true, Some(name)) = (listed_regular, path.file_name()) {
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::NOCTTY
+            | rustix::fs::OFlags::CLOEXEC;
+        let file = File::from(rustix::fs::openat(
+            dir,
+            name,
+            flags,
+            rustix::fs::Mode::empty(),
+        )?);
+        if let Some(inode) = LockedInode::of_regular_file(&file)? {
+            return Ok((file, inode));
+        }
+    }
+    open_record_with_inode(path)
 }
 
 /// A slot we hold. Dropping it unlocks; exec keeps it.

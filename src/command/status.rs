@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
@@ -264,7 +265,10 @@ pub fn status_with<V: ClusterView>(args: &StatusArgs, view: &V) -> Result<ExitSt
     .transpose()
     .map_err(Error::SourceArg)?;
     let mut warnings = Vec::new();
-    let entries = local_lock_files(args, &mut warnings)?;
+    let Listing {
+        locks: entries,
+        slots,
+    } = local_listing(args, &mut warnings)?;
     let wanted = key.as_ref().map(|key| key.lock_path(&args.lock_dir));
     if let Some(path) = &wanted {
         // What run would refuse to open, status refuses too (ECP-0129).
@@ -272,12 +276,9 @@ pub fn status_with<V: ClusterView>(args: &StatusArgs, view: &V) -> Result<ExitSt
             crate::path_trust::ensure_regular(path, &metadata)?;
         }
     }
-    // Slot files are listed too: found held through their holders'
-    // descriptors, they are this directory's files, not moved locks.
-    let slots = tuner_slot::slot_files(&args.lock_dir);
     let listed: BTreeSet<LockedInode> = entries
         .iter()
-        .map(|(_, inode)| *inode)
+        .map(|entry| entry.inode)
         .chain(slots.iter().map(|s| s.inode))
         .collect();
     // Connections first, then their owners in the one descriptor scan.
@@ -362,22 +363,33 @@ pub fn status_with<V: ClusterView>(args: &StatusArgs, view: &V) -> Result<ExitSt
 fn inspect_files(
     scan: &HolderScan,
     lock_dir: &Path,
-    entries: &[(PathBuf, LockedInode)],
+    entries: &[ListedLock],
     wanted: Option<&PathBuf>,
 ) -> Vec<LockStatus> {
-    let paths: Vec<&PathBuf> = entries
+    let entries: Vec<&ListedLock> = entries
         .iter()
-        .filter(|(path, inode)| wanted.is_none_or(|w| w == path || scan.is_held(*inode)))
-        .map(|(path, _)| path)
+        .filter(|e| wanted.is_none_or(|w| *w == e.path || scan.is_held(e.inode)))
         .collect();
+    // Read-only and without following links: status must never create,
+    // truncate or lock anything. Each worker opens the files relative to
+    // the directory, open once.
+    let open_dir = || File::open(lock_dir).ok();
     spread::map_batches(
-        &paths,
+        &entries,
         FILES_PER_BATCH,
-        || (),
-        |(), paths| -> Vec<LockStatus> {
-            paths
+        open_dir,
+        |dir, entries| -> Vec<LockStatus> {
+            entries
                 .iter()
-                .filter_map(|path| inspect_file(scan, lock_dir, path))
+                .filter_map(|entry| {
+                    let opened = match dir {
+                        Some(dir) => {
+                            tuner_slot::open_listed_record(dir.as_fd(), &entry.path, entry.regular)
+                        }
+                        None => tuner_slot::open_record_with_inode(&entry.path),
+                    };
+                    inspect_opened(scan, lock_dir, &entry.path, opened)
+                })
                 .collect()
         },
     )
@@ -413,7 +425,8 @@ fn place_unlisted(
         match unlisted(lock_dir, *inode, location, record().as_ref()) {
             Unlisted::LateLock => {
                 if wanted.is_none_or(|w| *w == location.path) {
-                    locks.extend(inspect_file(scan, lock_dir, &location.path));
+                    let opened = tuner_slot::open_record_with_inode(&location.path);
+                    locks.extend(inspect_opened(scan, lock_dir, &location.path, opened));
                 }
             }
             Unlisted::LateSlot(file) => slots.push(file),
@@ -647,17 +660,23 @@ fn readers_report(
     report
 }
 
-/// The `*.lock` entries of `dir` that are not directories, sorted, with the
-/// inode each names (from the directory entry: no `stat` per file). An
-/// entry whose type cannot be told is kept: it is reported, not skipped.
-/// [`lock_files`]; with `--etcd`, a missing directory is a warning, not an
+/// The lock directory's files, from one reading of it: each inode from its
+/// directory entry (no `stat` per file).
+struct Listing {
+    /// The `*.lock` entries that are not directories, sorted. An entry
+    /// whose type cannot be told is kept: it is reported, not skipped.
+    locks: Vec<ListedLock>,
+    /// The slot files, sorted by device and slot: found held through their
+    /// holders' descriptors, they are this directory's files, not moved
+    /// locks.
+    slots: Vec<SlotFile>,
+}
+
+/// [`listing`]; with `--etcd`, a missing directory is a warning, not an
 /// error: a machine that is no node (an operator's workstation) may still
 /// ask the cluster, and it has no local locks.
-fn local_lock_files(
-    args: &StatusArgs,
-    warnings: &mut Vec<String>,
-) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
-    match lock_files(&args.lock_dir) {
+fn local_listing(args: &StatusArgs, warnings: &mut Vec<String>) -> Result<Listing, Error> {
+    match listing(&args.lock_dir) {
         Err(Error::ReadLockDir { source, .. })
             if source.kind() == io::ErrorKind::NotFound && !args.etcd.endpoints.is_empty() =>
         {
@@ -665,69 +684,91 @@ fn local_lock_files(
                 "no lock directory {} on this machine: showing the cluster only",
                 printable_path(&args.lock_dir)
             ));
-            Ok(Vec::new())
+            Ok(Listing {
+                locks: Vec::new(),
+                slots: Vec::new(),
+            })
         }
-        entries => entries,
+        listed => listed,
     }
 }
 
-fn lock_files(dir: &Path) -> Result<Vec<(PathBuf, LockedInode)>, Error> {
+/// A `*.lock` entry of the lock directory.
+struct ListedLock {
+    path: PathBuf,
+    inode: LockedInode,
+    /// The listing said a regular file (`d_type`): opened without a `stat`
+    /// first.
+    regular: bool,
+}
+
+fn listing(dir: &Path) -> Result<Listing, Error> {
     let read_error = |source| Error::ReadLockDir {
         path: dir.to_owned(),
         source,
     };
     let device = LockedInode::of_path(dir).map_err(read_error)?;
     let entries = fs::read_dir(dir).map_err(read_error)?;
-    let mut files: Vec<(PathBuf, LockedInode)> = entries
-        .flatten()
-        .filter(|e| e.file_type().map_or(true, |t| !t.is_dir()))
-        .filter(|e| {
-            Path::new(&e.file_name())
-                .extension()
-                .is_some_and(|x| x == "lock")
-        })
-        .map(|e| {
-            let inode = LockedInode {
-                inode: e.ino(),
-                ..device
-            };
-            (e.path(), inode)
-        })
-        .collect();
-    files.sort();
-    Ok(files)
+    let mut locks = Vec::new();
+    let mut slots = Vec::new();
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        if path.extension().is_some_and(|x| x == "lock") {
+            locks.push(ListedLock {
+                path,
+                inode: LockedInode {
+                    inode: entry.ino(),
+                    ..device
+                },
+                regular: entry.file_type().is_ok_and(|t| t.is_file()),
+            });
+        } else if let Some(slot) = SlotFile::from_entry(path, device, entry.ino()) {
+            slots.push(slot);
+        }
+    }
+    // Compared as bytes: every path has the directory's prefix, so this is
+    // the order of the names, which `Path`'s component-wise comparison
+    // also gives, at a fraction of its cost over thousands of files.
+    locks.sort_unstable_by(|a, b| a.path.as_os_str().cmp(b.path.as_os_str()));
+    slots.sort_by(|a, b| (&a.stem, a.slot).cmp(&(&b.stem, b.slot)));
+    Ok(Listing { locks, slots })
 }
 
 /// A lock file as it is now; `None` if it vanished. A file this user cannot
 /// open is still judged by its inode (a `stat` needs no read permission);
 /// one that cannot even be examined is `unknown`.
-fn inspect_file(scan: &HolderScan, lock_dir: &Path, path: &Path) -> Option<LockStatus> {
-    // Read-only and without following links: status must never create,
-    // truncate or lock anything.
-    let (metadata, lock_inode, record, mut warnings) =
-        match crate::tuner_slot::open_record_with_inode(path) {
-            // Regular, as the open checked: the common case, in one statx.
-            Ok((file, inode)) => {
-                let record = LockRecord::read_from(&file);
-                return Some(regular_lock_status(
-                    scan,
-                    lock_dir,
-                    path,
-                    inode,
-                    record.as_ref(),
-                    Vec::new(),
-                ));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-            Err(e) => (
-                fs::symlink_metadata(path),
-                LockedInode::of_path_nofollow(path).ok(),
-                None,
-                vec![format!(
-                    "cannot read the launch record ({e}); run as root or as the service user to see it"
-                )],
-            ),
-        };
+fn inspect_opened(
+    scan: &HolderScan,
+    lock_dir: &Path,
+    path: &Path,
+    opened: io::Result<(File, LockedInode)>,
+) -> Option<LockStatus> {
+    let (metadata, lock_inode, record, mut warnings) = match opened {
+        // Regular, as the open checked: the common case, in one statx.
+        Ok((file, inode)) => {
+            let record = LockRecord::read_from(&file);
+            return Some(regular_lock_status(
+                scan,
+                lock_dir,
+                path,
+                inode,
+                record.as_ref(),
+                Vec::new(),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => (
+            fs::symlink_metadata(path),
+            LockedInode::of_path_nofollow(path).ok(),
+            None,
+            vec![format!(
+                "cannot read the launch record ({e}); run as root or as the service user to see it"
+            )],
+        ),
+    };
     let unknown = |warning: String| {
         lock_status(
             scan,

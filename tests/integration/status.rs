@@ -203,3 +203,57 @@ fn an_unprivileged_user_is_told_when_other_users_holders_are_invisible() {
         "{report:#}"
     );
 }
+
+#[test]
+fn a_fifo_among_the_lock_files_is_listed_as_not_regular_and_never_opened() {
+    let env = TestEnv::new();
+    env.launch(SOURCE).program(["true"]).run();
+    let fifo = env.lock_dir().join("planted.lock");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    // A writer's open(2) returns only once someone opens the FIFO to read:
+    // the kernel's own witness that status never opened it.
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let (tid_tx, tid) = std::sync::mpsc::channel();
+    let writer_path = fifo.clone();
+    std::thread::spawn(move || {
+        tid_tx.send(nix::unistd::gettid()).unwrap();
+        let writer = fs::OpenOptions::new().write(true).open(writer_path);
+        let _ = opened_tx.send(writer.is_ok());
+    });
+    // Only a writer already waiting can witness an open.
+    let wchan = format!("/proc/self/task/{}/wchan", tid.recv().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fs::read_to_string(&wchan).unwrap_or_default() != "wait_for_partner" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never waited in open(2) on the FIFO ({wchan})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+
+    // Whether a lock is held on a FIFO cannot be told: exit 5.
+    let report = env.status().arg("--json").expect_status(5).run().json();
+    let planted = report["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lock_file"] == fifo.to_str().unwrap())
+        .unwrap_or_else(|| panic!("the FIFO is not listed: {report:#}"));
+    assert_eq!(planted["state"], "unknown", "{planted:#}");
+    assert!(
+        planted["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("not a regular file (a FIFO)")),
+        "{planted:#}"
+    );
+    assert!(
+        opened.try_recv().is_err(),
+        "status opened the FIFO: the blocked writer got through"
+    );
+    // Release the writer: the test opens it to read itself.
+    drop(fs::File::open(&fifo).unwrap());
+    assert_eq!(
+        opened.recv_timeout(std::time::Duration::from_secs(10)),
+        Ok(true)
+    );
+}

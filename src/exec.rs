@@ -129,38 +129,44 @@ fn ensure_within_exec_limits(argv: &[CString], envp: &[CString]) -> Result<(), E
     // SAFETY: sysconf only reads a system value.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let max_string = page * 32;
-    let strings = argv.iter().enumerate().map(|(i, a)| {
-        let what = if i == 0 {
+    // Each string is named only when it is refused: describing every
+    // argument and environment entry up front was a sixth of a launch's
+    // instructions.
+    let describe_argument = |i: usize| {
+        if i == 0 {
             "the program name".to_owned()
         } else {
             format!("argument {i} (with {SOURCE_TOKEN} expanded)")
-        };
-        (what, a)
-    });
-    let entries = envp.iter().map(|e| {
-        let name = e
+        }
+    };
+    let describe_entry = |entry: &CString| {
+        let name = entry
             .as_bytes()
             .split(|&b| b == b'=')
             .next()
             .unwrap_or_default();
-        (
-            format!(
-                "the environment variable {}",
-                crate::printable::printable(&String::from_utf8_lossy(name))
-            ),
-            e,
+        format!(
+            "the environment variable {}",
+            crate::printable::printable(&String::from_utf8_lossy(name))
         )
+    };
+    let too_long = |string: &CString| string.as_bytes_with_nul().len() > max_string;
+    let refused = (argv
+        .iter()
+        .position(too_long)
+        .map(|i| (describe_argument(i), &argv[i])))
+    .or_else(|| {
+        envp.iter()
+            .find(|e| too_long(e))
+            .map(|e| (describe_entry(e), e))
     });
-    for (what, string) in strings.chain(entries) {
-        let bytes = string.as_bytes_with_nul().len();
-        if bytes > max_string {
-            return Err(Error::ArgumentsTooLong {
-                what,
-                bytes,
-                limit: max_string,
-                limit_name: "one argument or environment entry (MAX_ARG_STRLEN)",
-            });
-        }
+    if let Some((what, string)) = refused {
+        return Err(Error::ArgumentsTooLong {
+            what,
+            bytes: string.as_bytes_with_nul().len(),
+            limit: max_string,
+            limit_name: "one argument or environment entry (MAX_ARG_STRLEN)",
+        });
     }
     // SAFETY: sysconf only reads a system value.
     let Ok(limit) = usize::try_from(unsafe { libc::sysconf(libc::_SC_ARG_MAX) }) else {

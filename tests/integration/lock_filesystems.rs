@@ -191,6 +191,19 @@ fn arguments_over_execs_limit_are_refused_before_locking_naming_the_limit() {
         .lock_dir_untouched()
         .run();
     assert!(!env.path("ran").exists());
+    // A source that fits in an argument (131,072 bytes with its NUL) but
+    // not in `EC_SOURCE_URL=<source>`: the entry is named by its variable.
+    let prefix = "http://10.0.0.5:5004/auto/v5.1?pad=";
+    let longest = format!("{prefix}{}", "x".repeat(131_071 - prefix.len()));
+    env.launch(&longest)
+        .program(touch(&[]))
+        .expect_status(64)
+        .stderr_contains("the environment variable EC_SOURCE_URL is")
+        .stderr_contains("MAX_ARG_STRLEN")
+        .stderr_lacks("acquired")
+        .lock_dir_untouched()
+        .run();
+    assert!(!env.path("ran").exists());
     // All of them over ARG_MAX.
     env.launch(&source)
         .program(touch(&["{source}"; 80]))

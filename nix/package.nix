@@ -11,26 +11,23 @@
 
 let
   manifest = (builtins.fromTOML (builtins.readFile ../Cargo.toml)).package;
-in
-rustPlatform.buildRustPackage {
-  pname = manifest.name;
-  inherit (manifest) version;
-
   # Only what the build reads, so editing the module or the Nix tests does
   # not rebuild the package. The workspace (ECP-0138): the root package
   # (library and `ec-launch`) and its members under crates/, whose build
   # installs both executables, `ec-launch` and `ec-launch-cluster` (which
   # `ec-launch run --etcd` execs from the same bin/). Cargo wants every
   # [[test]] target it is told about to exist, hence the Rust files under
-  # tests/. The JSON files are
-  # the module's and the launcher's one source of truth (`include_str!`),
-  # and docs/exit-codes.md's table is checked by a unit test.
+  # tests/. The JSON files are the module's and the launcher's one source of
+  # truth (`include_str!`), and docs/exit-codes.md's table is checked by a
+  # unit test. The linker wrapper and its order are under .cargo/.
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
       ../Cargo.toml
       ../Cargo.lock
       ../build.rs
+      ../.cargo/link-in-launch-order
+      ../.cargo/launch-order.txt
       ../clippy.toml
       ../src
       ../crates
@@ -42,6 +39,12 @@ rustPlatform.buildRustPackage {
       ../nixos/cluster-timing.json
     ];
   };
+in
+rustPlatform.buildRustPackage {
+  pname = manifest.name;
+  inherit (manifest) version;
+
+  inherit src;
 
   cargoLock.lockFile = ../Cargo.lock;
 
@@ -61,6 +64,14 @@ rustPlatform.buildRustPackage {
     lib.optional stdenv.hostPlatform.isGnu "-C target-feature=+crt-static -C relocation-model=static"
     ++ lib.optional stdenv.hostPlatform.isx86 "--cfg sha2_backend=\"soft\""
   );
+
+  # Linked through the wrapper .cargo/config.toml names, which places the
+  # launch path's functions together (.cargo/launch-order.txt, ECP-0128).
+  # It orders only when rustc links with lld; with another linker it is
+  # plain cc, so the build never depends on it. build.rs relinks when the
+  # order changes.
+  env."CARGO_TARGET_${stdenv.hostPlatform.rust.cargoEnvVarTarget}_LINKER" =
+    "${src}/.cargo/link-in-launch-order";
 
   # The unit tests only (the library's and each executable's). The
   # integration and acceptance suites need flock(1), root, systemd and

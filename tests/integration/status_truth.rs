@@ -363,31 +363,39 @@ fn a_reused_pid_in_the_hosts_lock_table_is_never_named_as_the_holder() {
     crate::testenv::require_root!("write the initial namespace's ns_last_pid");
     // Only the initial PID namespace's /proc/locks shows an exited taker's
     // PID as it was (a child namespace leaves the row out), so this reuse
-    // has to happen there. The write races other forks on the host; a lost
-    // race only means another attempt, and any process that got the PID is
-    // as much an impostor as ours.
-    let env = TestEnv::new();
-    let helper = env.leave_helper_holding(SOURCE);
-    let record: serde_json::Value =
-        serde_json::from_slice(&fs::read(env.lock_file_of(SOURCE)).unwrap()).unwrap();
-    let taker = record["pid"].as_u64().unwrap();
-    // Prints "ours" when our impostor got the PID, "theirs" when another
-    // process did first (which is never killed here).
-    let script = format!(
-        r#"for i in $(seq 1 200); do
-             [ -e /proc/{taker} ] && echo theirs && exit 0
-             echo {previous} > /proc/sys/kernel/ns_last_pid
-             sleep 300 </dev/null >/dev/null 2>&1 &
-             [ "$!" = {taker} ] && echo ours && exit 0
-             kill $!
-           done
-           exit 1"#,
-        previous = taker - 1
-    );
-    let forced = Command::new("sh").args(["-c", &script]).output().unwrap();
-    assert!(forced.status.success(), "pid {taker} could not be reused");
-    let _impostor =
-        (text(&forced.stdout).trim() == "ours").then(|| KillOnDrop(u32::try_from(taker).unwrap()));
+    // has to happen there. The write races other forks on the host: a
+    // process of another test that gets the PID first may exit before
+    // status looks (then "exited" is the truth, and the test proves
+    // nothing), so the taker's PID must go to our own impostor, which
+    // lives until the test ends; a lost race starts over with a new taker.
+    let (env, helper, taker, _impostor) = (0..10)
+        .find_map(|_| {
+            let env = TestEnv::new();
+            let helper = env.leave_helper_holding(SOURCE);
+            let record: serde_json::Value =
+                serde_json::from_slice(&fs::read(env.lock_file_of(SOURCE)).unwrap()).unwrap();
+            let taker = record["pid"].as_u64().unwrap();
+            // Prints "ours" when our impostor got the PID, "theirs" when
+            // another process did first (which is never killed here).
+            let script = format!(
+                r#"for i in $(seq 1 200); do
+                     [ -e /proc/{taker} ] && echo theirs && exit 0
+                     echo {previous} > /proc/sys/kernel/ns_last_pid
+                     sleep 300 </dev/null >/dev/null 2>&1 &
+                     [ "$!" = {taker} ] && echo ours && exit 0
+                     kill $!
+                   done
+                   exit 1"#,
+                previous = taker - 1
+            );
+            let forced = Command::new("sh").args(["-c", &script]).output().unwrap();
+            assert!(forced.status.success(), "pid {taker} could not be reused");
+            (text(&forced.stdout).trim() == "ours").then(|| {
+                let impostor = KillOnDrop(u32::try_from(taker).unwrap());
+                (env, helper, taker, impostor)
+            })
+        })
+        .expect("another process took the exited taker's PID in 10 tries of 10");
     assert!(Path::new(&format!("/proc/{taker}")).exists());
 
     env.launch(SOURCE)

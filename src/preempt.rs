@@ -13,10 +13,12 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
 
 use crate::error::Error;
 use crate::holder::{Absence, HolderScan, LockedInode};
@@ -156,12 +158,12 @@ pub fn make_let_go(
             source,
         })?
     };
-    signal_holders(lock_dir, inode, libc::SIGTERM, "SIGTERM", on_signal);
+    signal_holders(lock_dir, inode, Signal::TERM, "SIGTERM", on_signal);
     // From the signal (the scan before it is not the victim's time).
     let signalled = Instant::now();
     let mut killed = false;
     if receiver.recv_timeout(grace).is_err() {
-        killed = signal_holders(lock_dir, inode, libc::SIGKILL, "SIGKILL", on_signal) > 0;
+        killed = signal_holders(lock_dir, inode, Signal::KILL, "SIGKILL", on_signal) > 0;
         let _ = receiver.recv_timeout(AFTER_KILL);
     }
     let after_term = signalled.elapsed();
@@ -182,7 +184,7 @@ pub fn make_let_go(
 fn signal_holders(
     lock_dir: &Path,
     inode: LockedInode,
-    signal: libc::c_int,
+    signal: Signal,
     name: &str,
     on_signal: &mut dyn FnMut(&ProcessInfo, &str),
 ) -> usize {
@@ -218,19 +220,8 @@ fn pidfd_of(holder: &ProcessInfo) -> Option<OwnedFd> {
 }
 
 /// Sends `signal` through `pidfd`: to that process and no other.
-fn send_signal(pidfd: &OwnedFd, signal: libc::c_int) -> bool {
-    // SAFETY: pidfd_send_signal(2) with a valid pidfd, a signal number, no
-    // siginfo (null) and no flags.
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    sent == 0
+fn send_signal(pidfd: &OwnedFd, signal: Signal) -> bool {
+    rustix::process::pidfd_send_signal(pidfd, signal).is_ok()
 }
 
 /// This node's name, for the log line and the note (the kernel's hostname).

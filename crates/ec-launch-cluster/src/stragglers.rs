@@ -23,7 +23,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -191,18 +190,8 @@ fn signal(pid: u32, start: Option<u64>, signal: Signal) -> bool {
     if start.is_some() && process::start_ticks_of(std::path::Path::new(PROC), pid) != start {
         return false;
     }
-    // SAFETY: pidfd_send_signal takes a pidfd, a signal number, a null
-    // siginfo and flags 0; no memory of ours is passed.
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal as libc::c_int,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    sent == 0
+    rustix::process::Signal::from_named_raw(signal as i32)
+        .is_some_and(|signal| rustix::process::pidfd_send_signal(&pidfd, signal).is_ok())
 }
 
 /// One process as `/proc/<pid>/stat` shows it.

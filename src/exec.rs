@@ -195,6 +195,13 @@ fn ensure_within_exec_limits(argv: &[CString], envp: &[CString]) -> Result<(), E
 }
 
 impl Prepared {
+    /// The program's name as logs and records show it (redacted: a URL
+    /// given as the program may hold a credential).
+    #[must_use]
+    pub fn shown_program(&self) -> &str {
+        &self.program
+    }
+
     /// Tells the program its launch's priority in `EC_PRIORITY` (ECP-0139;
     /// an inherited value was removed by [`prepare`]).
     #[must_use]

@@ -28,7 +28,7 @@ use crate::path_trust::{self, Launcher};
 use crate::printable::{printable, printable_path, shell_word};
 use crate::priority::Priority;
 use crate::process::ProcessInfo;
-use crate::redact::{redact_source, redact_word};
+use crate::redact::redact_source;
 use crate::shown::Shown;
 use crate::source_key::{self, SourceKey};
 use crate::tuner_slot::{self, BusySlot, DeviceKey, HeldSlot, SlotOutcome};
@@ -313,8 +313,9 @@ pub fn run_with(args: RunArgs, cluster_from_args: ClusterFromArgs) -> Result<Exi
         device: config.tuners.as_ref().map(|t| t.device.as_str()),
     })?
     .with_priority(config.priority.get());
-    // Logged and recorded: a URL given as the program must not show its credential.
-    let program_name = redact_word(&config.program.to_string_lossy());
+    // Logged and recorded: a URL given as the program must not show its
+    // credential (redacted once, by `prepare`).
+    let program_name = prepared.shown_program().to_owned();
     let redacted = redact_source(&config.source);
     tracing::debug!(source = %redacted, key = %config.key, lock_file = %lock_path.display(), policy = ?config.policy, "launch validated");
     // Forked before any lock file is opened, so it never has a lock

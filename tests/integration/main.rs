@@ -24,6 +24,7 @@ mod hung_filesystem;
 mod input;
 mod invocation;
 mod keys;
+mod launch_order;
 mod lock_filesystems;
 mod lock_path;
 mod logging;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::etcd::{Created, EtcdClient, EtcdError, Event, KeyValue, WatchOutcome, WatchSpec};
 use super::fence::BootInstant;
 use super::keyspace;
-use super::record::{ClusterRecord, Declarant};
+use super::record::{ClusterRecord, Declarant, EtcdValue};
 use crate::priority::Priority;
 
 /// What a claimant saw of the keys it claimed (ECP-0135, lock delay). Every

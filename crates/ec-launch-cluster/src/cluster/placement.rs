@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::claim::{Claimed, Witness};
 use super::etcd::{Created, EtcdClient, EtcdError, Event, KeyValue, WatchSpec};
 use super::keyspace::{self, Named};
-use super::record::{ClusterRecord, parse_bounded};
+use super::record::{ClusterRecord, EtcdValue};
 use crate::shown::Redact;
 
 /// The delay per node ahead in the order (ECP-0140).
@@ -86,23 +86,14 @@ impl WantRecord {
         }
     }
 
-    #[must_use]
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// `None` for a value that is not a record of ours.
-    #[must_use]
-    pub fn from_json(bytes: &[u8]) -> Option<Self> {
-        parse_bounded(bytes)
-    }
-
     /// The weight, when it is one a launcher could have declared.
     #[must_use]
     pub fn declared_weight(&self) -> Option<u32> {
         Some(self.weight).filter(|w| WEIGHTS.contains(w))
     }
 }
+
+impl EtcdValue for WantRecord {}
 
 impl Redact for WantRecord {
     fn redacted(&self) -> Self {

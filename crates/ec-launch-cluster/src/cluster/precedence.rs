@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use super::claim::DeviceView;
 use super::etcd::KeyValue;
 use super::keyspace;
-use super::record::{ClusterRecord, PreemptRequest, WaitingRecord};
+use super::record::{ClusterRecord, EtcdValue, PreemptRequest, WaitingRecord};
 use crate::priority::Priority;
 
 /// A waiter's place in line: priority descending, then arrival (the

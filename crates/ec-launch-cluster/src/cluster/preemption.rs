@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::etcd::{EtcdClient, KeyValue, WatchSpec};
-use super::record::{PreemptRequest, rfc3339};
+use super::record::{EtcdValue, PreemptRequest, rfc3339};
 use crate::error::Error;
 use crate::printable::printable;
 use crate::shown::Shown;

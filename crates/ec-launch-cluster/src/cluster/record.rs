@@ -14,6 +14,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use crate::lock_record::Preempted;
@@ -131,19 +132,6 @@ impl ClusterRecord {
         record.released = true;
         Some(record.to_json())
     }
-
-    #[must_use]
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// `None` for a value that is not a record of ours: not JSON, not
-    /// UTF-8, a wrong type, a number out of range, nested too deep
-    /// (`serde_json` stops at 128 levels), or larger than 64 KiB.
-    #[must_use]
-    pub fn from_json(bytes: &[u8]) -> Option<Self> {
-        parse_bounded(bytes)
-    }
 }
 
 impl Redact for ClusterRecord {
@@ -182,15 +170,35 @@ impl Redact for ClusterRecord {
     }
 }
 
-/// Any record of ours from another writer's bytes: `None` for a value that
-/// is not JSON, not UTF-8, of a wrong type, out of range, nested too deep
-/// (`serde_json` stops at 128 levels), or larger than 64 KiB.
-pub(crate) fn parse_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() > MAX_RECORD_BYTES {
-        return None;
+/// A value we keep in etcd as JSON: written as ours, read back from any
+/// writer's bytes. One implementation for every kind of record, so each
+/// is bounded and parsed alike.
+pub trait EtcdValue: DeserializeOwned {
+    /// The value's bytes, as written to etcd.
+    #[must_use]
+    fn to_json(&self) -> Vec<u8>
+    where
+        Self: Serialize,
+    {
+        serde_json::to_vec(self).unwrap_or_default()
     }
-    serde_json::from_slice(bytes).ok()
+
+    /// `None` for a value that is not one of ours: not JSON, not UTF-8, of
+    /// a wrong type, out of range, nested too deep (`serde_json` stops at
+    /// 128 levels), or larger than 64 KiB (not parsed).
+    #[must_use]
+    fn from_json(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return None;
+        }
+        serde_json::from_slice(bytes).ok()
+    }
 }
+
+impl EtcdValue for ClusterRecord {}
+impl EtcdValue for WaitingRecord {}
+impl EtcdValue for PreemptRequest {}
+impl EtcdValue for Declarant {}
 
 impl Redact for WaitingRecord {
     fn redacted(&self) -> Self {
@@ -254,18 +262,6 @@ impl WaitingRecord {
             priority: Some(u32::from(priority.get())),
         }
     }
-
-    #[must_use]
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// `None` for a value that is not a waiting record of ours (as
-    /// [`ClusterRecord::from_json`]).
-    #[must_use]
-    pub fn from_json(bytes: &[u8]) -> Option<Self> {
-        parse_bounded(bytes)
-    }
 }
 
 impl WaitingRecord {
@@ -304,18 +300,6 @@ pub struct PreemptRequest {
 }
 
 impl PreemptRequest {
-    #[must_use]
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// `None` for a value that is not a request of ours (as
-    /// [`ClusterRecord::from_json`]).
-    #[must_use]
-    pub fn from_json(bytes: &[u8]) -> Option<Self> {
-        parse_bounded(bytes)
-    }
-
     /// True when it asks the holder of `slot` (as taken: its lease and
     /// create revision) and outranks it. A request whose priority is not
     /// strictly above the one the holder recorded (a writer's mistake, a
@@ -398,13 +382,6 @@ impl Redact for Declarant {
 }
 
 impl Declarant {
-    /// `None` for a value that is not a record of ours (as
-    /// [`ClusterRecord::from_json`]).
-    #[must_use]
-    pub fn from_json(bytes: &[u8]) -> Option<Self> {
-        parse_bounded(bytes)
-    }
-
     /// The declared count, when it is one a launcher could have declared
     /// (1 to [`crate::tuner_slot::MAX_TUNERS`]): a 0 or a huge number in a
     /// hostile record must neither stop every launcher nor lift the limit.

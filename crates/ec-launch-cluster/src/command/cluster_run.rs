@@ -19,7 +19,9 @@ use crate::cluster::claim::{Disagreement, SlotEvents};
 use crate::cluster::etcd::KeyValue;
 use crate::cluster::keyspace;
 use crate::cluster::placement::{Want, WantRecord};
-use crate::cluster::record::{ClusterRecord, Declarant, PreemptRequest, Preempted, WaitingRecord};
+use crate::cluster::record::{
+    ClusterRecord, Declarant, EtcdValue, PreemptRequest, Preempted, WaitingRecord,
+};
 use crate::cluster::session::{Busy, Session, SlotClaim, SourceClaim, Taken};
 use crate::cluster::vouch::Vouch;
 use crate::error::Error;

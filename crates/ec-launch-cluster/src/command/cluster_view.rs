@@ -23,7 +23,9 @@ use crate::cluster::Connection;
 use crate::cluster::etcd::{EtcdClient, KeyValue};
 use crate::cluster::keyspace::{self, Named};
 use crate::cluster::placement::Census;
-use crate::cluster::record::{ClusterRecord, Declarant, PreemptRequest, Preempted, WaitingRecord};
+use crate::cluster::record::{
+    ClusterRecord, Declarant, EtcdValue, PreemptRequest, Preempted, WaitingRecord,
+};
 use crate::error::Error;
 use crate::printable::printable;
 use crate::shown::Shown;

@@ -22,14 +22,14 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::claim::{Claimed, Witness};
 use super::etcd::{Created, EtcdClient, EtcdError, Event, KeyValue, WatchSpec};
 use super::keyspace::{self, Named};
-use super::record::{ClusterRecord, EtcdValue};
+use super::record::{ClusterRecord, EtcdValue, now_unix};
 use crate::shown::Redact;
 
 /// The delay per node ahead in the order (ECP-0140).
@@ -79,9 +79,7 @@ impl WantRecord {
             unit,
             pid: std::process::id(),
             weight,
-            since: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            since: now_unix(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }

@@ -82,9 +82,7 @@ impl ClusterRecord {
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .ok()
                 .map(|id| id.trim().to_owned()),
-            since: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            since: now_unix(),
             source: redacted_source.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             tuners: None,
@@ -256,9 +254,7 @@ impl WaitingRecord {
             unit,
             pid: std::process::id(),
             tuners,
-            since: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            since: now_unix(),
             priority: Some(u32::from(priority.get())),
         }
     }
